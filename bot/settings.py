@@ -1,0 +1,398 @@
+"""One typed settings object, read once from the environment and ``.env``.
+
+This is the only module that reads ``os.environ``. Every problem is collected and reported
+together, naming each variable. Secrets are wrapped in :class:`Secret` so they never appear in
+logs, errors or ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+
+__all__ = ["Secret", "Settings", "SettingsError", "load_settings", "ENV_VARS"]
+
+T = TypeVar("T")
+
+VOICE_MODES = ("always", "addressed", "push-to-talk")
+AGENT_ENGINES = ("auto", "openai", "elizaos", "eliza")
+ELIZAOS_APIS = ("auto", "v1", "v0")
+STT_ENGINES = ("auto", "deepgram", "local", "none")
+TTS_ENGINES = ("auto", "elevenlabs", "espeak", "piper", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:  # pickling would be a way to leak it
+        raise TypeError("Secret values cannot be pickled")
+
+
+class SettingsError(Exception):
+    """Raised with every configuration problem at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} configuration problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, grouped by service. See ``.env.example`` for the variables."""
+
+    # --- Discord
+    discord_token: Secret | None = None
+    discord_application_id: int | None = None
+    discord_dev_guild_id: int | None = None
+    discord_sync_global: bool = False
+    discord_chat_channels: frozenset[int] = frozenset()
+    discord_api_base: str | None = None  # e.g. https://127.0.0.1:PORT/api/v10 for the loopback Discord
+    discord_ca_file: Path | None = None  # extra CA certificate to trust (loopback Discord's TLS)
+    discord_shard_id: int | None = None
+    discord_shard_count: int | None = None
+    chat_rate_limit: int = 6  # messages per user per minute
+    # --- Agent
+    character_file: Path | None = None  # None: the shipped default character
+    agent_engine: str = "auto"
+    openai_api_key: Secret | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_max_tokens: int = 400
+    openai_temperature: float = 0.8
+    elizaos_url: str | None = None
+    elizaos_agent_id: str | None = None
+    elizaos_api_key: Secret | None = None
+    elizaos_api: str = "auto"
+    memory_context_turns: int = 20
+    data_dir: Path = Path("data")
+    transcript_retention_days: int = 30  # 0 keeps transcripts forever
+    # --- Speech-to-text
+    stt_engine: str = "auto"
+    deepgram_api_key: Secret | None = None
+    deepgram_model: str = "nova-3"  # flux-general-en selects Flux (/v2/listen)
+    deepgram_language: str = "en-US"
+    deepgram_endpointing_ms: int = 300
+    deepgram_url: str | None = None  # ws(s)://host:port override (tests, proxies)
+    local_stt_model: str | None = None  # path or faster-whisper name; None: the packaged tiny.en
+    stt_sample_rate: int = 16000
+    # --- Text-to-speech
+    tts_engine: str = "auto"
+    elevenlabs_api_key: Secret | None = None
+    elevenlabs_voice_id: str | None = None  # None: the character's voice, else a stock voice
+    elevenlabs_model: str = "eleven_flash_v2_5"
+    elevenlabs_base_url: str | None = None
+    espeak_voice: str = "en-us"
+    piper_model: Path | None = None
+    # --- Audio binaries
+    ffmpeg_path: str | None = None
+    opus_library: str | None = None
+    # --- Voice behaviour
+    voice_mode: str = "addressed"
+    wake_phrases: tuple[str, ...] = ()
+    voice_idle_leave_seconds: int = 300
+    record_audio: bool = False
+    # --- SMS (Twilio) and the web server
+    twilio_account_sid: str | None = None
+    twilio_auth_token: Secret | None = None
+    twilio_phone_number: str | None = None
+    twilio_api_base: str | None = None  # tests: http://127.0.0.1:PORT
+    public_url: str | None = None  # the URL Twilio calls, as Twilio sees it
+    web_host: str = "0.0.0.0"
+    web_port: int = 8080
+    sms_rate_limit: int = 10  # messages per number per 10 minutes
+    # --- Logging
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"Settings({shown})"
+
+    @property
+    def sms_enabled(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: each takes the raw string and returns the value or raises ValueError with a reason.
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be at most {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _snowflake(raw: str) -> int:
+    raw = raw.strip()
+    if not raw.isdigit() or not 15 <= len(raw) <= 21:
+        raise ValueError(f"expected a Discord id (a number of 15-21 digits), got {raw!r}")
+    return int(raw)
+
+
+def _snowflakes(raw: str) -> frozenset[int]:
+    return frozenset(_snowflake(p) for p in raw.split(",") if p.strip())
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _choice(options: tuple[str, ...], *, lower: bool = True) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower() if lower else raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}; got {raw!r}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}; got {raw!r}")
+        return value
+
+    return parse
+
+
+def _secret(raw: str) -> Secret:
+    value = raw.strip()
+    if any(c.isspace() for c in value):
+        raise ValueError("contains whitespace (a pasting mistake?)")
+    return Secret(value)
+
+
+def _discord_token(raw: str) -> Secret:
+    value = raw.strip()
+    if value.lower().startswith("bot "):
+        value = value[4:].strip()
+    if value.count(".") != 2 or any(c.isspace() for c in value):
+        raise ValueError("does not look like a bot token (three dot-separated parts); copy it from the Bot page")
+    return Secret(value)
+
+
+def _path(raw: str) -> Path:
+    return Path(raw.strip()).expanduser()
+
+
+def _existing_file(raw: str) -> Path:
+    path = _path(raw)
+    if not path.is_file():
+        raise ValueError(f"no such file: {str(path)!r}")
+    return path
+
+
+def _phone(raw: str) -> str:
+    value = raw.strip().replace(" ", "").replace("-", "")
+    if not (value.startswith("+") and value[1:].isdigit() and 8 <= len(value) <= 16):
+        raise ValueError(f"expected an E.164 number such as +15551234567, got {raw!r}")
+    return value
+
+
+def _account_sid(raw: str) -> str:
+    value = raw.strip()
+    if not (value.startswith("AC") and len(value) == 34):
+        raise ValueError("expected a Twilio Account SID: 'AC' followed by 32 characters")
+    return value
+
+
+def _phrases(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("is empty")
+    return value
+
+
+# variable name -> (field, parser). Order groups them as in .env.example.
+ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "DISCORD_TOKEN": ("discord_token", _discord_token),
+    "DISCORD_APPLICATION_ID": ("discord_application_id", _snowflake),
+    "DISCORD_DEV_GUILD_ID": ("discord_dev_guild_id", _snowflake),
+    "DISCORD_SYNC_GLOBAL": ("discord_sync_global", _bool),
+    "DISCORD_CHAT_CHANNELS": ("discord_chat_channels", _snowflakes),
+    "DISCORD_API_BASE": ("discord_api_base", _url("http", "https")),
+    "DISCORD_CA_FILE": ("discord_ca_file", _existing_file),
+    "DISCORD_SHARD_ID": ("discord_shard_id", _int(0)),
+    "DISCORD_SHARD_COUNT": ("discord_shard_count", _int(1)),
+    "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
+    "CHARACTER_FILE": ("character_file", _existing_file),
+    "AGENT_ENGINE": ("agent_engine", _choice(AGENT_ENGINES)),
+    "OPENAI_API_KEY": ("openai_api_key", _secret),
+    "OPENAI_BASE_URL": ("openai_base_url", _url("http", "https")),
+    "OPENAI_MODEL": ("openai_model", _text),
+    "OPENAI_MAX_TOKENS": ("openai_max_tokens", _int(16, 32000)),
+    "OPENAI_TEMPERATURE": ("openai_temperature", _float(0.0, 2.0)),
+    "ELIZAOS_URL": ("elizaos_url", _url("http", "https")),
+    "ELIZAOS_AGENT_ID": ("elizaos_agent_id", _text),
+    "ELIZAOS_API_KEY": ("elizaos_api_key", _secret),
+    "ELIZAOS_API": ("elizaos_api", _choice(ELIZAOS_APIS)),
+    "MEMORY_CONTEXT_TURNS": ("memory_context_turns", _int(0, 500)),
+    "DATA_DIR": ("data_dir", _path),
+    "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _int(0, 36500)),
+    "STT_ENGINE": ("stt_engine", _choice(STT_ENGINES)),
+    "DEEPGRAM_API_KEY": ("deepgram_api_key", _secret),
+    "DEEPGRAM_MODEL": ("deepgram_model", _text),
+    "DEEPGRAM_LANGUAGE": ("deepgram_language", _text),
+    "DEEPGRAM_ENDPOINTING_MS": ("deepgram_endpointing_ms", _int(10, 5000)),
+    "DEEPGRAM_URL": ("deepgram_url", _url("ws", "wss")),
+    "LOCAL_STT_MODEL": ("local_stt_model", _text),
+    "STT_SAMPLE_RATE": ("stt_sample_rate", lambda raw: int(_choice(("16000", "48000"))(raw))),
+    "TTS_ENGINE": ("tts_engine", _choice(TTS_ENGINES)),
+    "ELEVENLABS_API_KEY": ("elevenlabs_api_key", _secret),
+    "ELEVENLABS_VOICE_ID": ("elevenlabs_voice_id", _text),
+    "ELEVENLABS_MODEL": ("elevenlabs_model", _text),
+    "ELEVENLABS_BASE_URL": ("elevenlabs_base_url", _url("http", "https")),
+    "ESPEAK_VOICE": ("espeak_voice", _text),
+    "PIPER_MODEL": ("piper_model", _existing_file),
+    "FFMPEG_PATH": ("ffmpeg_path", _text),
+    "OPUS_LIBRARY": ("opus_library", _text),
+    "VOICE_MODE": ("voice_mode", _choice(VOICE_MODES)),
+    "WAKE_PHRASES": ("wake_phrases", _phrases),
+    "VOICE_IDLE_LEAVE_SECONDS": ("voice_idle_leave_seconds", _int(0, 86400)),
+    "RECORD_AUDIO": ("record_audio", _bool),
+    "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
+    "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
+    "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),
+    "TWILIO_API_BASE": ("twilio_api_base", _url("http", "https")),
+    "PUBLIC_URL": ("public_url", _url("http", "https")),
+    "WEB_HOST": ("web_host", _text),
+    "WEB_PORT": ("web_port", _int(1, 65535)),
+    "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
+    "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
+}
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    """Problems that involve more than one variable."""
+    problems: list[str] = []
+    engine = values.get("agent_engine", "auto")
+    if engine == "openai" and not (values.get("openai_api_key") or values.get("openai_base_url")):
+        problems.append("AGENT_ENGINE=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server such as Ollama)")
+    if engine == "elizaos" and not values.get("elizaos_url"):
+        problems.append("AGENT_ENGINE=elizaos needs ELIZAOS_URL")
+    if values.get("elizaos_url") and not values.get("elizaos_agent_id"):
+        problems.append("ELIZAOS_URL is set but ELIZAOS_AGENT_ID is not: the agent's id is required")
+    if values.get("stt_engine") == "deepgram" and not values.get("deepgram_api_key"):
+        problems.append("STT_ENGINE=deepgram needs DEEPGRAM_API_KEY")
+    if values.get("tts_engine") == "elevenlabs" and not values.get("elevenlabs_api_key"):
+        problems.append("TTS_ENGINE=elevenlabs needs ELEVENLABS_API_KEY")
+    twilio = [n for n in ("twilio_account_sid", "twilio_auth_token", "twilio_phone_number") if values.get(n)]
+    if twilio and len(twilio) < 3:
+        missing = [v for v, (f, _) in ENV_VARS.items()
+                   if f in ("twilio_account_sid", "twilio_auth_token", "twilio_phone_number") and not values.get(f)]
+        problems.append(f"SMS needs all of TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER; missing {', '.join(missing)}")
+    if len(twilio) == 3 and not values.get("public_url"):
+        problems.append("SMS is configured but PUBLIC_URL is not: Twilio signatures are checked against the public URL")
+    shard_id, shard_count = values.get("discord_shard_id"), values.get("discord_shard_count")
+    if (shard_id is None) != (shard_count is None):
+        problems.append("DISCORD_SHARD_ID and DISCORD_SHARD_COUNT go together")
+    elif shard_id is not None and shard_count is not None and shard_id >= shard_count:
+        problems.append(f"DISCORD_SHARD_ID must be below DISCORD_SHARD_COUNT ({shard_id} >= {shard_count})")
+    return problems
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> Settings:
+    """Read settings from ``environ`` (default ``os.environ``) over the values in ``env_file``.
+
+    Real environment variables win over ``.env``. Pass ``env_file=None`` to ignore ``.env``.
+    Raises :class:`SettingsError` listing every problem found.
+    """
+    source: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    source.update(os.environ if environ is None else environ)
+
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for var, (name, parse) in ENV_VARS.items():
+        raw = source.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:  # the message never includes a secret's value
+            problems.append(f"{var}: {exc}")
+    problems.extend(_cross_checks(values))
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def secret_value(secret: Secret | None) -> str | None:
+    """The plain value, for handing to an SDK at the composition root."""
+    return secret.get() if secret is not None else None
+
