@@ -1,0 +1,223 @@
+"""Conversation memory: turns keyed by room and speaker, shared by voice, text and SMS.
+
+A *room* is where a conversation happens (``discord:{guild}:{channel}``, ``discord:dm:{user}``,
+``sms:{e164}``, ``console``); a *speaker* is a person identity (``discord:{id}``, ``phone:{e164}``,
+``console:{name}``) or the bot itself for assistant turns. Identities can be linked so that the
+same person is the same person whether they speak, type or text; :meth:`Memory.forget_person`
+then erases them under every linked identity in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bot.db import Database
+
+__all__ = ["Memory", "Modality", "Turn", "private_rooms"]
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS: list[str] = [
+    # 1: turns, people and the identities that belong to them
+    """
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        room TEXT NOT NULL,
+        speaker_id TEXT NOT NULL,
+        speaker_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        text TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        interrupted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX turns_room ON turns (room, id);
+    CREATE INDEX turns_speaker ON turns (speaker_id);
+    CREATE INDEX turns_created ON turns (created_at);
+    CREATE TABLE people (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE identities (
+        identity TEXT PRIMARY KEY,
+        person_id INTEGER NOT NULL REFERENCES people (id) ON DELETE CASCADE
+    );
+    CREATE INDEX identities_person ON identities (person_id);
+    """,
+]
+
+
+class Modality(StrEnum):
+    """How a turn reached us (or left us)."""
+
+    TEXT = "text"
+    VOICE = "voice"
+    SMS = "sms"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One thing said in a room, by a person (``role="user"``) or the agent (``"assistant"``)."""
+
+    room: str
+    speaker_id: str
+    speaker_name: str
+    role: str
+    text: str
+    modality: Modality
+    created_at: float
+    interrupted: bool = False
+
+
+def private_rooms(identity: str) -> set[str]:
+    """The rooms that belong to one identity alone: its Discord DM, SMS thread or the console."""
+    kind, _, rest = identity.partition(":")
+    if not rest:
+        return set()
+    if kind == "discord" and rest.isdigit():
+        return {f"discord:dm:{rest}"}
+    if kind == "phone":
+        return {f"sms:{rest}"}
+    if kind == "console":
+        return {"console"}
+    return set()
+
+
+def _row_to_turn(row: sqlite3.Row) -> Turn:
+    return Turn(
+        room=row["room"],
+        speaker_id=row["speaker_id"],
+        speaker_name=row["speaker_name"],
+        role=row["role"],
+        text=row["text"],
+        modality=Modality(row["modality"]),
+        created_at=float(row["created_at"]),
+        interrupted=bool(row["interrupted"]),
+    )
+
+
+class Memory:
+    """Turns and identity links, stored in the shared :class:`Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.migrate("memory", _MIGRATIONS)
+
+    def append(self, turn: Turn) -> int:
+        """Store one turn; returns its row id."""
+        if turn.role not in ("user", "assistant"):
+            raise ValueError(f"role must be 'user' or 'assistant', got {turn.role!r}")
+        cur = self.db.execute(
+            "INSERT INTO turns (room, speaker_id, speaker_name, role, text, modality, created_at, interrupted)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                turn.room,
+                turn.speaker_id,
+                turn.speaker_name,
+                turn.role,
+                turn.text,
+                Modality(turn.modality).value,
+                turn.created_at,
+                int(turn.interrupted),
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def recent(self, room: str, limit: int) -> list[Turn]:
+        """The last ``limit`` turns in ``room``, oldest first."""
+        if limit <= 0:
+            return []
+        rows = self.db.query(
+            "SELECT * FROM turns WHERE room = ? ORDER BY id DESC LIMIT ?",
+            (room, limit),
+        )
+        return [_row_to_turn(r) for r in reversed(rows)]
+
+    def count(self, room: str | None = None) -> int:
+        """How many turns are stored (in ``room``, or everywhere)."""
+        if room is None:
+            rows = self.db.query("SELECT COUNT(*) AS n FROM turns")
+        else:
+            rows = self.db.query("SELECT COUNT(*) AS n FROM turns WHERE room = ?", (room,))
+        return int(rows[0]["n"])
+
+    # ----------------------------------------------------------------------------- identities
+
+    def link_identities(self, a: str, b: str) -> None:
+        """Record that ``a`` and ``b`` are the same person (e.g. ``discord:1`` and ``phone:+1555…``).
+
+        Linking is transitive: linking two identities that already belong to different people
+        merges those people.
+        """
+        if a == b:
+            return
+        with self.db.transaction() as db:
+            pa = self._person_of(a)
+            pb = self._person_of(b)
+            if pa is None and pb is None:
+                cur = db.execute("INSERT INTO people (created_at) VALUES (?)", (time.time(),))
+                person = int(cur.lastrowid or 0)
+                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?), (?, ?)", (a, person, b, person))
+            elif pa is None:
+                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?)", (a, pb))
+            elif pb is None:
+                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?)", (b, pa))
+            elif pa != pb:
+                db.execute("UPDATE identities SET person_id = ? WHERE person_id = ?", (pa, pb))
+                db.execute("DELETE FROM people WHERE id = ?", (pb,))
+
+    def identities_of(self, identity: str) -> set[str]:
+        """``identity`` itself plus every identity linked to it."""
+        rows = self.db.query(
+            "SELECT identity FROM identities WHERE person_id ="
+            " (SELECT person_id FROM identities WHERE identity = ?)",
+            (identity,),
+        )
+        return {identity} | {r["identity"] for r in rows}
+
+    def _person_of(self, identity: str) -> int | None:
+        rows = self.db.query("SELECT person_id FROM identities WHERE identity = ?", (identity,))
+        return int(rows[0]["person_id"]) if rows else None
+
+    # ---------------------------------------------------------------------------- forgetting
+
+    def forget_person(self, identity: str) -> int:
+        """Erase a person everywhere; returns the number of rows deleted.
+
+        Deletes every turn they spoke under any linked identity, every turn (theirs and the
+        agent's) in their private rooms (their Discord DM, SMS thread, the console), and the
+        identity links themselves. The agent's replies in shared rooms stay: they are the
+        agent's words, and their context is gone with the person's turns.
+        """
+        with self.db.transaction() as db:
+            identities = sorted(self.identities_of(identity))
+            rooms = sorted({room for ident in identities for room in private_rooms(ident)})
+            marks = ",".join("?" * len(identities))
+            deleted = db.execute(f"DELETE FROM turns WHERE speaker_id IN ({marks})", identities).rowcount
+            if rooms:
+                room_marks = ",".join("?" * len(rooms))
+                deleted += db.execute(f"DELETE FROM turns WHERE room IN ({room_marks})", rooms).rowcount
+            person = self._person_of(identity)
+            if person is not None:
+                deleted += db.execute("DELETE FROM identities WHERE person_id = ?", (person,)).rowcount
+                deleted += db.execute("DELETE FROM people WHERE id = ?", (person,)).rowcount
+        log.info("Forgot a person: %d identities, %d rows deleted", len(identities), deleted)
+        return deleted
+
+    def forget_room(self, room: str) -> int:
+        """Delete every turn in ``room``; returns the number deleted."""
+        return self.db.execute("DELETE FROM turns WHERE room = ?", (room,)).rowcount
+
+    def prune(self, older_than_days: int) -> int:
+        """Delete turns older than ``older_than_days`` days (0 or less keeps everything)."""
+        if older_than_days <= 0:
+            return 0
+        cutoff = time.time() - older_than_days * 86400.0
+        deleted = self.db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
+        if deleted:
+            log.info("Pruned %d turns older than %d days", deleted, older_than_days)
+        return deleted
