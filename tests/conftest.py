@@ -1,0 +1,15 @@
+"""Shared test set-up: a developer's environment and .env never reach a test."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.settings import ENV_VARS
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings come only from what each test passes; SDKs that read their own variables
+    # (DEEPGRAM_API_KEY, ELEVENLABS_API_KEY, OPENAI_*) see nothing either.
+    for name in [*ENV_VARS, "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "DEEPGRAM_TOKEN"]:
+        monkeypatch.delenv(name, raising=False)
