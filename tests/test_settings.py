@@ -98,3 +98,17 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as info:
         load_settings({"CHARACTER_FILE": str(tmp_path / "nope.json")}, env_file=None)
     assert "CHARACTER_FILE" in str(info.value) and "nope.json" in str(info.value)
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    from bot.settings import ENV_VARS
+
+    lines = (Path(__file__).parent.parent / ".env.example").read_text().splitlines()
+    names = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+    assert sorted(names) == sorted(ENV_VARS)
+    for i, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert lines[i - 1].startswith("# "), f"{line} has no comment above it"
+    # The example itself is a valid configuration.
+    example = {k: v for k, v in (line.split("=", 1) for line in lines if line and not line.startswith("#"))}
+    load_settings(example, env_file=None)
