@@ -1,0 +1,192 @@
+"""Sending SMS through Twilio's REST API, with errors mapped to clear outcomes.
+
+The twilio SDK types stay in this module: callers get a :class:`SendResult`. Retries live here and
+only here: bounded, exponential with full jitter, and only for 408/429/5xx, Twilio's 20429 and
+transport failures. Everything else (an opted-out recipient, a bad number, bad credentials) is
+final at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiohttp
+
+from bot.sms.text import mask_number
+
+__all__ = ["SendOutcome", "SendResult", "TwilioSender", "classify_send_error", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+
+class SendOutcome(StrEnum):
+    SENT = "sent"
+    OPTED_OUT = "opted_out"  # 21610: the recipient texted STOP; they must text START first
+    UNVERIFIED = "unverified_number"  # 21608: a trial account may only text verified numbers
+    INVALID_NUMBER = "invalid_number"  # 21211 (and 21614 not a mobile number)
+    AUTH_FAILED = "auth_failed"  # 20003 / HTTP 401: wrong Account SID or Auth Token
+    RATE_LIMITED = "rate_limited"  # 429 / 20429 still refused after every retry
+    UNAVAILABLE = "unavailable"  # 5xx, timeouts or connection failures after every retry
+    REJECTED = "rejected"  # any other 4xx: Twilio refused this message; retrying would not help
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How one REST send ended. ``detail`` is for logs: it never holds a secret or a message body."""
+
+    outcome: SendOutcome
+    to: str
+    sid: str | None = None
+    status: int | None = None  # HTTP status of the last attempt, if there was a response
+    code: int | None = None  # Twilio error code of the last attempt
+    attempts: int = 1
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is SendOutcome.SENT
+
+
+_CODE_OUTCOMES: dict[int, SendOutcome] = {
+    21610: SendOutcome.OPTED_OUT,
+    21608: SendOutcome.UNVERIFIED,
+    21211: SendOutcome.INVALID_NUMBER,
+    21614: SendOutcome.INVALID_NUMBER,
+    20003: SendOutcome.AUTH_FAILED,
+    20429: SendOutcome.RATE_LIMITED,
+}
+
+
+def classify_send_error(status: int | None, code: int | None) -> tuple[SendOutcome, bool]:
+    """Map an HTTP status and Twilio error code to ``(outcome, retryable)``.
+
+    ``status=None`` means no response at all (connection failure, timeout): retryable.
+    """
+    if code is not None and code in _CODE_OUTCOMES:
+        outcome = _CODE_OUTCOMES[code]
+        return outcome, outcome is SendOutcome.RATE_LIMITED
+    if status is None:
+        return SendOutcome.UNAVAILABLE, True
+    if status == 401:
+        return SendOutcome.AUTH_FAILED, False
+    if status == 429:
+        return SendOutcome.RATE_LIMITED, True
+    if status == 408 or status >= 500:
+        return SendOutcome.UNAVAILABLE, True
+    return SendOutcome.REJECTED, False
+
+
+def backoff_delay(attempt: int, rand: float, *, base: float = 0.5, cap: float = 8.0) -> float:
+    """Full-jitter exponential backoff before retry number ``attempt`` (1-based); ``rand`` in [0, 1)."""
+    return rand * min(cap, base * (2 ** (attempt - 1)))
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class TwilioSender:
+    """Sends SMS with the twilio SDK's async client.
+
+    The client is created on first use, inside the running loop, because
+    ``AsyncTwilioHttpClient`` builds an aiohttp ``ClientSession`` in its constructor. Call
+    :meth:`aclose` on shutdown.
+
+    ``api_base`` points the SDK at another host (tests: ``http://127.0.0.1:PORT``) through
+    ``client.api.base_url``; never set Twilio's edge/region, which rewrite the hostname.
+    ``sleep`` and ``rand`` make the backoff deterministic in tests.
+    """
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        from_number: str,
+        *,
+        api_base: str | None = None,
+        status_callback: str | None = None,
+        max_attempts: int = 4,
+        attempt_timeout: float = 15.0,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._account_sid = account_sid
+        self._auth_token = auth_token
+        self.from_number = from_number
+        self._api_base = api_base
+        self._status_callback = status_callback
+        self._max_attempts = max_attempts
+        self._attempt_timeout = attempt_timeout
+        self._sleep = sleep
+        self._rand = rand
+        self._client: object | None = None  # twilio.rest.Client; typed loosely so it never leaks
+
+    def __repr__(self) -> str:
+        return f"TwilioSender(account_sid={self._account_sid!r}, from={mask_number(self.from_number)!r})"
+
+    def _get_client(self) -> object:
+        if self._client is None:
+            from twilio.http.async_http_client import AsyncTwilioHttpClient
+            from twilio.rest import Client
+
+            http = AsyncTwilioHttpClient()
+            # environment={}: the SDK would otherwise read TWILIO_* variables from os.environ.
+            client = Client(self._account_sid, self._auth_token, http_client=http, environment={})
+            if self._api_base:
+                client.api.base_url = self._api_base
+            self._client = client
+        return self._client
+
+    async def send(self, to: str, body: str) -> SendResult:
+        """Send one message (``body`` at most 1,600 characters) and report how it went."""
+        from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+
+        client = self._get_client()
+        attempt = 0
+        while True:
+            attempt += 1
+            status: int | None
+            code: int | None
+            try:
+                # The async client passes timeout=None to aiohttp, which means no timeout at all,
+                # so every attempt gets our own.
+                async with asyncio.timeout(self._attempt_timeout):
+                    message = await client.messages.create_async(  # type: ignore[attr-defined]
+                        to=to, from_=self.from_number, body=body, status_callback=self._status_callback
+                    )
+            except TwilioRestException as exc:
+                status, code, detail = exc.status, _int_or_none(exc.code), str(exc.msg)
+            except TwilioServiceException as exc:
+                status, code, detail = exc.status, _int_or_none(exc.code), str(exc.title)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, code, detail = None, None, f"{type(exc).__name__}: {exc}"
+            else:
+                return SendResult(SendOutcome.SENT, to, sid=str(message.sid), status=201, attempts=attempt)
+            outcome, retryable = classify_send_error(status, code)
+            if not retryable or attempt >= self._max_attempts:
+                return SendResult(outcome, to, status=status, code=code, attempts=attempt, detail=detail)
+            delay = backoff_delay(attempt, self._rand())
+            log.info(
+                "Twilio send to %s failed (%s, HTTP %s, code %s); retry %d/%d in %.2fs",
+                mask_number(to), outcome, status, code, attempt, self._max_attempts - 1, delay,
+            )
+            await self._sleep(delay)
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP session (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.http_client.close()  # type: ignore[attr-defined]
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
