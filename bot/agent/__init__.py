@@ -1,0 +1,228 @@
+"""The agent: a character with memory, answering through a streaming reply engine.
+
+Usage::
+
+    reply = agent.reply(Incoming(room, speaker_id, speaker_name, text, Modality.TEXT))
+    try:
+        async for delta in reply:       # raises AgentError if the engine fails
+            show(delta)
+    except AgentError as exc:
+        show(exc.user_message)          # nothing is stored as said
+    else:
+        reply.finish()                  # stores the assistant turn
+
+The person's turn is stored when the reply starts (so it is remembered even if the reply fails);
+the agent's turn only when the caller says what was actually delivered, via :meth:`Reply.finish`
+(for voice: the part that was spoken before a barge-in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+from bot.agent.character import Character, CharacterError, CharacterVoice
+from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
+from bot.agent.prompt import build_messages, clip
+from bot.memory import Memory, Turn
+
+__all__ = [
+    "Agent",
+    "AgentError",
+    "Character",
+    "CharacterError",
+    "CharacterVoice",
+    "Incoming",
+    "MAX_INPUT_CHARS",
+    "Reply",
+    "AGENT_SPEAKER_ID",
+]
+
+log = logging.getLogger(__name__)
+
+# Longest message passed to an engine. ElizaOS's sessions API refuses content over 4,000
+# characters, and a wall of pasted text is better summarised by its start than rejected.
+MAX_INPUT_CHARS = 4000
+AGENT_SPEAKER_ID = "agent"
+
+
+class Reply:
+    """One streamed reply. Async-iterate it once for text deltas; then call :meth:`finish`."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        incoming: Incoming,
+        source: AsyncIterator[str] | None,
+        *,
+        canned: str | None = None,
+        store: bool = True,
+    ) -> None:
+        self._agent = agent
+        self.incoming = incoming
+        self._source = source
+        self._canned = canned
+        self._store = store
+        self._gen: AsyncGenerator[str, None] | None = None
+        self.text = ""
+        self.done = False
+        self.error: AgentError | None = None
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<Reply room={self.incoming.room!r} chars={len(self.text)} done={self.done}>"
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._gen is not None:
+            raise RuntimeError("a Reply can be iterated only once")
+        self._gen = self._run()
+        return self._gen
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        if self._canned is not None:
+            self.text = self._canned
+            self.done = True
+            yield self._canned
+            return
+        assert self._source is not None
+        started = time.monotonic()
+        try:
+            async for delta in self._source:
+                if not delta:
+                    continue
+                self.text += delta
+                yield delta
+        except asyncio.CancelledError:
+            raise
+        except AgentError as exc:
+            self.error = exc
+            log.warning("Reply failed (engine=%s room=%s): %s", self._agent.engine_name, self.incoming.room, exc)
+            raise
+        except Exception as exc:  # a bug in an engine: log it fully, show the person something kind
+            self.error = AgentError(f"{self._agent.engine_name} engine crashed: {type(exc).__name__}: {exc}")
+            log.exception("Reply engine %s crashed (room=%s)", self._agent.engine_name, self.incoming.room)
+            raise self.error from exc
+        finally:
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if not self.text.strip():
+            self.error = AgentError(f"{self._agent.engine_name} engine returned an empty reply",
+                                    user_message="Sorry, I drew a blank there. Could you say that again?",
+                                    retryable=True)
+            log.warning("Empty reply (engine=%s room=%s)", self._agent.engine_name, self.incoming.room)
+            raise self.error
+        self.done = True
+        log.debug("Reply done in %.3fs (engine=%s room=%s chars=%d)", time.monotonic() - started,
+                  self._agent.engine_name, self.incoming.room, len(self.text))
+
+    async def collect(self) -> str:
+        """Consume the whole reply and return its text (raises :class:`AgentError`)."""
+        async for _ in self:
+            pass
+        return self.text
+
+    async def aclose(self) -> None:
+        """Stop generating (e.g. the person barged in); the engine's stream is closed."""
+        if self._gen is not None:
+            await self._gen.aclose()
+        elif self._source is not None and hasattr(self._source, "aclose"):
+            await self._source.aclose()  # type: ignore[attr-defined]
+
+    def finish(self, spoken: str | None = None, *, interrupted: bool = False) -> None:
+        """Store the agent's turn: ``spoken`` if given (what was actually delivered), else the full text.
+
+        Does nothing if the reply failed, was already finished, or answered an empty message.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if self.error is not None or not self._store:
+            return
+        said = self.text if spoken is None else spoken
+        if not said.strip() and not interrupted:
+            return
+        self._agent.memory.append(
+            Turn(
+                room=self.incoming.room,
+                speaker_id=AGENT_SPEAKER_ID,
+                speaker_name=self._agent.character.name,
+                role="assistant",
+                text=said,
+                modality=self.incoming.modality,
+                created_at=self._agent.clock(),
+                interrupted=interrupted,
+            )
+        )
+
+
+class Agent:
+    """A character, its memory, and the engine that writes its replies."""
+
+    def __init__(
+        self,
+        character: Character,
+        engine: ReplyEngine,
+        memory: Memory,
+        *,
+        context_turns: int = 20,
+        max_input_chars: int = MAX_INPUT_CHARS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.character = character
+        self.engine = engine
+        self.memory = memory
+        self.context_turns = context_turns
+        self.max_input_chars = max_input_chars
+        self.clock = clock
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    def __repr__(self) -> str:
+        return f"<Agent character={self.character.name!r} engine={self.engine_name!r}>"
+
+    def reply(self, incoming: Incoming) -> Reply:
+        """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate."""
+        said = incoming.text.strip()
+        if not said:
+            # An empty mention or a silent voice turn: answer kindly, without the engine, and
+            # remember nothing (nothing was said).
+            name = " ".join(incoming.speaker_name.split())
+            greeting = f"Did you mean to say something{', ' + name if name else ''}? I'm listening."
+            return Reply(self, incoming, None, canned=greeting, store=False)
+        history = tuple(self.memory.recent(incoming.room, self.context_turns))
+        self.memory.append(
+            Turn(
+                room=incoming.room,
+                speaker_id=incoming.speaker_id,
+                speaker_name=incoming.speaker_name,
+                role="user",
+                text=incoming.text,
+                modality=incoming.modality,
+                created_at=self.clock(),
+            )
+        )
+        text = clip(said, self.max_input_chars)
+        if text is not said:
+            log.info("Shortened a %d-character message to %d for the engine (room=%s)",
+                     len(said), len(text), incoming.room)
+        conversation = Conversation(
+            character=self.character,
+            incoming=incoming,
+            text=text,
+            messages=tuple(build_messages(self.character, history, incoming, text=text)),
+            history=history,
+        )
+        return Reply(self, incoming, self.engine.stream(conversation))
+
+    async def check(self) -> str:
+        """Round-trip the engine's service (for ``voicebot check``); raises :class:`AgentError`."""
+        return await self.engine.check()
+
+    async def aclose(self) -> None:
+        """Close the engine."""
+        await self.engine.aclose()

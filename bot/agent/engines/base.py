@@ -1,0 +1,77 @@
+"""The reply-engine interface and the types every engine shares.
+
+An engine turns one :class:`Conversation` (the assembled prompt plus who said what) into a stream
+of text deltas. Engines translate their provider's failures into :class:`AgentError` at the
+boundary, so nothing above them ever sees an SDK or HTTP exception.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from bot.agent.character import Character
+from bot.memory import Modality, Turn
+
+__all__ = ["AgentError", "ChatMessage", "Conversation", "Incoming", "ReplyEngine"]
+
+ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """Something a person said to the agent, and where."""
+
+    room: str
+    speaker_id: str
+    speaker_name: str
+    text: str
+    modality: Modality
+
+
+class AgentError(Exception):
+    """A reply could not be produced.
+
+    ``user_message`` is friendly and safe to show to the person; ``str(exc)`` is for logs and
+    names what went wrong (never a secret). ``retryable`` says whether trying again later may help.
+    """
+
+    def __init__(self, message: str, *, user_message: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.user_message = user_message or "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Everything an engine may need for one reply.
+
+    ``messages`` is the assembled chat prompt (system, history, the new message) for LLM engines;
+    ``incoming`` and ``history`` are the raw material for engines that keep their own state
+    (ElizaOS) or follow their own rules (classic ELIZA). ``text`` is what to send: the incoming
+    text, possibly shortened.
+    """
+
+    character: Character
+    incoming: Incoming
+    text: str
+    messages: Sequence[ChatMessage] = ()
+    history: Sequence[Turn] = field(default=())
+
+
+class ReplyEngine(ABC):
+    """Streams reply text for a conversation."""
+
+    name: str = "engine"
+
+    @abstractmethod
+    def stream(self, conversation: Conversation) -> AsyncIterator[str]:
+        """Yield reply text deltas as they are produced. Raises :class:`AgentError`."""
+
+    @abstractmethod
+    async def check(self) -> str:
+        """Round-trip the service; return a short detail or raise :class:`AgentError` naming the problem."""
+
+    async def aclose(self) -> None:
+        """Release connections and sessions (idempotent)."""

@@ -1,0 +1,210 @@
+"""Prompt assembly: character + recent memory + who is talking through what -> chat messages.
+
+:func:`build_messages` is pure and deterministic: the same inputs always give the same messages.
+Where a character has more lore, knowledge or examples than fit, the choice is made by a
+generator seeded from the inputs (room and the new text), so it varies between turns the way
+ElizaOS's random sampling does, yet tests and replays are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+
+from bot.agent.character import Character, ExampleMessage
+from bot.agent.engines.base import ChatMessage, Incoming
+from bot.memory import Modality, Turn
+
+__all__ = ["build_messages", "build_system_prompt", "clip", "situation", "speaker_label"]
+
+MAX_BIO = 8
+MAX_LORE = 4
+MAX_KNOWLEDGE = 5
+MAX_ADJECTIVES = 5
+MAX_TOPICS = 6
+MAX_EXAMPLES = 2
+MAX_NAME = 48
+MAX_HISTORY_TURN_CHARS = 2000  # one pasted essay must not crowd the rest of the window out
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(user|name)(\d*)\s*\}\}", re.IGNORECASE)
+_AGENT_PLACEHOLDER = re.compile(r"\{\{\s*(agentName|char)\s*\}\}", re.IGNORECASE)
+_EXAMPLE_NAMES = ("Sam", "Alex", "Jordan", "Robin")
+_WORD = re.compile(r"[a-z0-9']+")
+_STOPWORDS = frozenset(
+    "a an and are as at be but by can do does for from has have how i if in is it its me my no not of on or "
+    "so that the their them there they this to was we what when where which who why will with you your".split()
+)
+
+
+def speaker_label(name: str) -> str:
+    """A speaker's display name made safe for a one-line transcript prefix."""
+    label = " ".join(name.split())[:MAX_NAME].strip()
+    return label or "Someone"
+
+
+def _rng(*parts: str) -> random.Random:
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _sample(items: Sequence[str], k: int, rng: random.Random) -> list[str]:
+    """Up to ``k`` items, chosen by ``rng`` but kept in their original order."""
+    if len(items) <= k:
+        return list(items)
+    chosen = sorted(rng.sample(range(len(items)), k))
+    return [items[i] for i in chosen]
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 2}
+
+
+def _relevant(items: Sequence[str], query: str, k: int) -> list[str]:
+    """The ``k`` items sharing most words with ``query`` (ties keep file order)."""
+    if len(items) <= k:
+        return list(items)
+    q = _words(query)
+    ranked = sorted(range(len(items)), key=lambda i: (-len(q & _words(items[i])), i))
+    return [items[i] for i in sorted(ranked[:k])]
+
+
+def _example_speaker(speaker: str, character: Character) -> str:
+    if speaker.strip().lower() in (character.name.lower(), (character.username or "").lower()):
+        return character.name
+    match = _PLACEHOLDER.fullmatch(speaker.strip())
+    if match:
+        index = int(match.group(2) or "1") - 1
+        return _EXAMPLE_NAMES[index % len(_EXAMPLE_NAMES)]
+    return speaker_label(speaker)
+
+
+def _fill_placeholders(text: str, character: Character) -> str:
+    text = _AGENT_PLACEHOLDER.sub(character.name, text)
+    return _PLACEHOLDER.sub(
+        lambda m: _EXAMPLE_NAMES[(int(m.group(2) or "1") - 1) % len(_EXAMPLE_NAMES)], text
+    )
+
+
+def _format_example(conversation: Sequence[ExampleMessage], character: Character) -> str:
+    return "\n".join(
+        f"{_example_speaker(m.speaker, character)}: {_fill_placeholders(m.text, character)}" for m in conversation
+    )
+
+
+def _room_kind(room: str) -> str:
+    if room == "console":
+        return "a terminal chat"
+    if room.startswith("discord:dm:"):
+        return "a Discord direct message"
+    if room.startswith("sms:"):
+        return "an SMS conversation"
+    if room.startswith("discord:"):
+        return "a Discord server channel"
+    return "a chat"
+
+
+def situation(incoming: Incoming, *, group: bool = False) -> str:
+    """One paragraph telling the model who is talking, through what, and how to answer."""
+    who = speaker_label(incoming.speaker_name)
+    if incoming.modality is Modality.VOICE:
+        text = (
+            f"{who} is speaking to you in a Discord voice channel. Your reply will be spoken aloud: "
+            "keep it short (one to three sentences), use plain spoken words, and no markdown, lists, "
+            "emoji, links or code."
+        )
+    elif incoming.modality is Modality.SMS:
+        text = (
+            f"{who} is texting you by SMS. Reply in plain text with no markdown, in a message short "
+            "enough for a phone screen (ideally under 300 characters)."
+        )
+    else:
+        text = (
+            f"{who} is writing to you in {_room_kind(incoming.room)}. Keep it conversational and "
+            "reasonably short; light markdown is fine."
+        )
+    if group:
+        text += (
+            " Several people take part in this conversation; each of their messages starts with "
+            "the speaker's name. Do not start your own replies with your name."
+        )
+    return text
+
+
+def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False) -> str:
+    """The system message: identity, personality, knowledge, style, examples and the situation."""
+    rng = _rng(incoming.room, incoming.text)
+    name = character.name
+    parts: list[str] = [_fill_placeholders(character.system, character) if character.system else f"You are {name}."]
+    if character.bio:
+        bio = _sample(character.bio, MAX_BIO, rng)
+        parts.append(f"About {name}:\n" + "\n".join(f"- {_fill_placeholders(b, character)}" for b in bio))
+    if character.lore:
+        lore = _sample(character.lore, MAX_LORE, rng)
+        parts.append(f"Some things about {name}'s past:\n" + "\n".join(f"- {_fill_placeholders(x, character)}" for x in lore))
+    if character.adjectives:
+        parts.append(f"{name} is " + ", ".join(_sample(character.adjectives, MAX_ADJECTIVES, rng)) + ".")
+    if character.topics:
+        parts.append(f"{name} is interested in " + ", ".join(_sample(character.topics, MAX_TOPICS, rng)) + ".")
+    if character.knowledge:
+        facts = _relevant(character.knowledge, incoming.text, MAX_KNOWLEDGE)
+        parts.append("Things you know:\n" + "\n".join(f"- {_fill_placeholders(f, character)}" for f in facts))
+    style = [*character.style_all, *character.style_chat]
+    if style:
+        parts.append("How you write:\n" + "\n".join(f"- {_fill_placeholders(s, character)}" for s in style))
+    if character.message_examples:
+        count = len(character.message_examples)
+        chosen = sorted(rng.sample(range(count), min(count, MAX_EXAMPLES)))
+        examples = [_format_example(character.message_examples[i], character) for i in chosen]
+        parts.append(
+            f"Examples of how {name} talks (for tone only; these are not part of this conversation):\n\n"
+            + "\n\n".join(examples)
+        )
+    parts.append(situation(incoming, group=group))
+    return "\n\n".join(parts)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters at a word boundary, saying that it was cut."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    space = head.rfind(" ", int(limit * 0.8))
+    if space > 0:
+        head = head[:space]
+    return f"{head.rstrip()} [... message cut: it was {len(text):,} characters long]"
+
+
+def _turn_message(turn: Turn) -> ChatMessage:
+    if turn.role == "assistant":
+        content = clip(turn.text, MAX_HISTORY_TURN_CHARS)
+        if turn.interrupted:
+            # The person talked over the agent: the model should know the rest was never heard.
+            content += " [you were interrupted here; they did not hear the rest]"
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": f"{speaker_label(turn.speaker_name)}: {clip(turn.text, MAX_HISTORY_TURN_CHARS)}"}
+
+
+def build_messages(
+    character: Character,
+    history: Sequence[Turn],
+    incoming: Incoming,
+    *,
+    text: str | None = None,
+) -> list[ChatMessage]:
+    """Chat messages for an OpenAI-style model.
+
+    ``history`` is the recent memory window of the room, oldest first, *not* including the new
+    message; ``text`` overrides the incoming text (e.g. a shortened version of a very long one).
+    User messages carry the speaker's name so several people can share a room.
+    """
+    said = incoming.text if text is None else text
+    speakers = {t.speaker_id for t in history if t.role == "user"} | {incoming.speaker_id}
+    group = len(speakers) > 1
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": build_system_prompt(character, incoming, group=group)}
+    ]
+    messages.extend(_turn_message(t) for t in history if t.text.strip())
+    messages.append({"role": "user", "content": f"{speaker_label(incoming.speaker_name)}: {said}"})
+    return messages
