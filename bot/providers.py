@@ -1,0 +1,140 @@
+"""Speech providers built from settings: the one place that maps settings to audio/ constructors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from audio.stt.base import STTEngine, STTError
+from audio.tts.base import TTSEngine, TTSError, VoiceSpec
+from bot.settings import Settings, secret_value
+
+if TYPE_CHECKING:
+    from bot.agent.character import Character
+
+__all__ = ["build_stt", "build_tts", "build_local_tts", "voice_for", "checks", "local_stt_available"]
+
+log = logging.getLogger(__name__)
+
+
+def local_stt_available() -> bool:
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngine | None:
+    """The configured recognizer; None when listening is off (``STT_ENGINE=none`` or nothing installed)."""
+    engine = settings.stt_engine
+    if engine == "none":
+        return None
+    if engine == "deepgram" or (engine == "auto" and settings.deepgram_api_key):
+        from audio.stt.deepgram import DeepgramSTT
+
+        ws_url = settings.deepgram_url
+        http_url = None
+        if ws_url:
+            http_url = ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        return DeepgramSTT(
+            secret_value(settings.deepgram_api_key) or "",
+            model=settings.deepgram_model,
+            language=settings.deepgram_language,
+            endpointing_ms=settings.deepgram_endpointing_ms,
+            keyterms=keyterms,
+            base_url=http_url,
+            ws_url=ws_url,
+        )
+    if engine == "local" or local_stt_available():
+        from audio.stt.local import LocalWhisperSTT
+
+        return LocalWhisperSTT(model=settings.local_stt_model)
+    log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
+    return None
+
+
+def build_local_tts(settings: Settings) -> TTSEngine:
+    """The voice that needs nothing: Piper when configured, else espeak-ng."""
+    if settings.tts_engine == "piper" or settings.piper_model is not None:
+        from audio.tts.piper import PiperEngine
+
+        return PiperEngine(model_path=settings.piper_model)
+    from audio.tts.espeak import EspeakEngine
+
+    return EspeakEngine(default_voice=settings.espeak_voice)
+
+
+def build_tts(settings: Settings) -> TTSEngine | None:
+    engine = settings.tts_engine
+    if engine == "none":
+        return None
+    if engine == "elevenlabs" or (engine == "auto" and settings.elevenlabs_api_key):
+        from audio.tts.elevenlabs import ElevenLabsEngine
+
+        kwargs: dict[str, object] = {"model": settings.elevenlabs_model}
+        if settings.elevenlabs_voice_id:
+            kwargs["voice_id"] = settings.elevenlabs_voice_id
+        return ElevenLabsEngine(
+            api_key=secret_value(settings.elevenlabs_api_key) or "",
+            base_url=settings.elevenlabs_base_url,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    return build_local_tts(settings)
+
+
+def voice_for(settings: Settings, character: Character, override: str | None = None) -> VoiceSpec:
+    """The voice to speak with: a per-guild choice, else settings, else the character's voice."""
+    v = character.voice
+    voice_id = override or settings.elevenlabs_voice_id or (v.voice_id if v else None)
+    if v is None:
+        return VoiceSpec(voice_id=voice_id)
+    return VoiceSpec(voice_id=voice_id, model=v.model, stability=v.stability, similarity_boost=v.similarity_boost,
+                     style=v.style, use_speaker_boost=v.use_speaker_boost)
+
+
+def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+    """`voicebot check` probes for the speech providers (and SMS), each closing what it opened."""
+    probes: list[tuple[str, Callable[[], Awaitable[str]]]] = []
+
+    async def check_stt() -> str:
+        engine = build_stt(settings)
+        if engine is None:
+            raise STTError("no recognizer configured", retryable=False,
+                           user_message="set DEEPGRAM_API_KEY or install the local engine")
+        try:
+            return await engine.check()
+        finally:
+            await engine.aclose()
+
+    async def check_tts() -> str:
+        engine = build_tts(settings)
+        if engine is None:
+            raise TTSError("TTS_ENGINE=none")
+        try:
+            return await engine.check()
+        finally:
+            await engine.aclose()
+
+    if settings.stt_engine != "none":
+        probes.append((f"speech-to-text ({_stt_name(settings)})", check_stt))
+    if settings.tts_engine != "none":
+        probes.append((f"text-to-speech ({_tts_name(settings)})", check_tts))
+    if settings.sms_enabled:
+        from bot.sms import check_twilio
+
+        probes.append(("sms (twilio)", lambda: check_twilio(settings)))
+    return probes
+
+
+def _stt_name(settings: Settings) -> str:
+    if settings.stt_engine == "deepgram" or (settings.stt_engine == "auto" and settings.deepgram_api_key):
+        return "deepgram"
+    return "local"
+
+
+def _tts_name(settings: Settings) -> str:
+    if settings.tts_engine == "elevenlabs" or (settings.tts_engine == "auto" and settings.elevenlabs_api_key):
+        return "elevenlabs"
+    return "piper" if settings.tts_engine == "piper" or settings.piper_model else "espeak"

@@ -1,0 +1,532 @@
+"""One voice channel's conversation: decoded speech in, spoken replies out.
+
+The session owns one speech-to-text stream per active speaker, decides with :class:`TurnPolicy`
+which complete turns to answer, streams the agent's reply sentence by sentence into text-to-speech
+while the rest is still being generated, and stops talking when someone talks over it (barge-in,
+decided on a non-empty interim transcript, so the bot's own voice leaking through a speaker does not
+cut it off). Memory gets only what was actually played, marked as interrupted when it was.
+
+It knows nothing about Discord: the Discord glue feeds it ``on_speech_start``/``on_audio``/
+``on_speech_end`` per user and gives it an :class:`AudioOut` to play through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from audio.speech import SentenceSplitter, normalize_for_speech
+from audio.stt.base import STTEngine, STTError, STTStream, Transcript
+from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
+from bot.agent import Agent, AgentError, Incoming
+from bot.memory import Memory, Modality, Turn
+from bot.voice.turns import PendingTurn, TurnPolicy
+
+__all__ = ["AudioOut", "PlayResult", "TurnTiming", "VoiceSession", "Participant"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlayResult:
+    """How one utterance went out."""
+
+    played_seconds: float
+    total_seconds: float
+    interrupted: bool
+    first_frame_at: float | None  # clock time the first audio frame was handed to Discord
+
+    @property
+    def fraction(self) -> float:
+        if not self.interrupted:
+            return 1.0
+        return 0.0 if self.total_seconds <= 0 else min(1.0, self.played_seconds / self.total_seconds)
+
+
+class AudioOut(Protocol):
+    """Where the session's speech goes (a voice connection's playback queue)."""
+
+    async def play(self, text: str, chunks: AsyncIterator[bytes], fmt: AudioFormat) -> PlayResult:
+        """Play one utterance as its chunks arrive; return when it ends or is stopped."""
+
+    def stop(self) -> None:
+        """Stop what is playing now (barge-in): the pending ``play`` returns ``interrupted``."""
+
+
+@dataclass
+class TurnTiming:
+    """One answered turn's latency breakdown (clock times; ``None`` where a step did not happen)."""
+
+    user_id: int
+    speech_end: float
+    final_transcript: float | None = None
+    first_text: float | None = None
+    first_sentence: float | None = None
+    first_tts_audio: float | None = None
+    first_frame: float | None = None
+
+    def breakdown_ms(self) -> dict[str, float | None]:
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        return {
+            "end_of_speech_to_final_transcript": ms(self.speech_end, self.final_transcript),
+            "final_transcript_to_first_text": ms(self.final_transcript, self.first_text),
+            "first_text_to_first_tts_audio": ms(self.first_text, self.first_tts_audio),
+            "first_tts_audio_to_first_frame": ms(self.first_tts_audio, self.first_frame),
+            "end_of_speech_to_first_frame": ms(self.speech_end, self.first_frame),
+        }
+
+
+@dataclass
+class Participant:
+    user_id: int
+    name: str
+    stream: STTStream | None = None
+    reader: asyncio.Task[None] | None = None
+    finals: list[str] = field(default_factory=list)
+    speaking: bool = False
+    ended_at: float | None = None
+
+
+class VoiceSession:
+    """The conversation in one voice channel."""
+
+    def __init__(
+        self,
+        *,
+        room: str,
+        agent: Agent,
+        memory: Memory,
+        stt: STTEngine | None,
+        tts: TTSEngine,
+        out: AudioOut,
+        policy: TurnPolicy,
+        voice: VoiceSpec | None = None,
+        fallback_tts: TTSEngine | None = None,
+        sample_rate: int = 16000,
+        humans_present: Callable[[], int] = lambda: 1,
+        notify: Callable[[str], Awaitable[None]] | None = None,
+        mirror: Callable[[str, str], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.room = room
+        self.agent = agent
+        self.memory = memory
+        self.stt = stt
+        self.tts = tts
+        self.fallback_tts = fallback_tts
+        self.out = out
+        self.policy = policy
+        self.voice = voice
+        self.sample_rate = sample_rate
+        self.humans_present = humans_present
+        self._notify = notify
+        self._mirror = mirror
+        self.clock = clock
+        self.participants: dict[int, Participant] = {}
+        self.timings: list[TurnTiming] = []
+        self.last_timing: TurnTiming | None = None
+        self._responder: asyncio.Task[None] | None = None
+        self._speaking = False  # the bot is playing audio right now
+        self._barge_in = asyncio.Event()
+        self._stt_failed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.answered = asyncio.Condition()  # notified after each answered or dropped turn (tests, simulate)
+        self.turns_done = 0
+
+    # ------------------------------------------------------------------ input from the receive path
+
+    def on_speech_start(self, user_id: int, name: str) -> None:
+        """A person started speaking (first packet after silence)."""
+        if self._closed:
+            return
+        person = self._participant(user_id, name)
+        person.speaking = True
+        self._ensure_stream(person)
+
+    def on_audio(self, user_id: int, name: str, pcm: bytes) -> None:
+        """Decoded PCM (s16le mono at ``sample_rate``) from one person. Must run on the event loop."""
+        if self._closed or self._stt_failed:
+            return
+        person = self._participant(user_id, name)
+        stream = self._ensure_stream(person)
+        if stream is not None:
+            stream.push(pcm)
+
+    def on_speech_end(self, user_id: int) -> None:
+        """The person stopped (packet gap + VAD): flush their recognizer now."""
+        person = self.participants.get(user_id)
+        if person is None or self._closed:
+            return
+        person.speaking = False
+        person.ended_at = self.clock()
+        if person.stream is not None:
+            self._spawn(person.stream.finalize(), f"stt-finalize-{user_id}")
+
+    def on_leave(self, user_id: int) -> None:
+        """The person left the channel (or opted out): drop everything about them."""
+        person = self.participants.pop(user_id, None)
+        self.policy.forget(user_id)
+        if person is not None:
+            self._spawn(self._close_participant(person), f"stt-close-{user_id}")
+
+    # ------------------------------------------------------------------ speaking on request
+
+    async def say(self, text: str) -> PlayResult | None:
+        """Speak ``text`` now (``/say``), queued behind anything already being said."""
+        spoken = normalize_for_speech(text)
+        if not spoken:
+            return None
+        return await self._speak_sentence(spoken, None)
+
+    # ------------------------------------------------------------------ STT
+
+    def _participant(self, user_id: int, name: str) -> Participant:
+        person = self.participants.get(user_id)
+        if person is None:
+            person = self.participants[user_id] = Participant(user_id, name)
+        return person
+
+    def _ensure_stream(self, person: Participant) -> STTStream | None:
+        if self.stt is None or self._stt_failed:
+            return None
+        if person.stream is None:
+            person.stream = self.stt.open_stream(speaker=str(person.user_id), sample_rate=self.sample_rate)
+            person.reader = asyncio.get_running_loop().create_task(
+                self._read_transcripts(person, person.stream), name=f"stt-read-{person.user_id}"
+            )
+        return person.stream
+
+    async def _read_transcripts(self, person: Participant, stream: STTStream) -> None:
+        try:
+            async for transcript in stream:
+                self._on_transcript(person, transcript)
+        except STTError as exc:
+            log.error("speech recognition failed for the channel: %s", exc, extra={"room": self.room})
+            if not exc.retryable:
+                self._stt_failed = True  # no reconnect loop on a rejected key or quota
+            await self._tell(exc.user_message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("transcript reader crashed", extra={"room": self.room, "user_id": person.user_id})
+        finally:
+            if person.stream is stream:
+                person.stream, person.reader = None, None
+
+    def _on_transcript(self, person: Participant, transcript: Transcript) -> None:
+        text = transcript.text.strip()
+        if not transcript.is_final:
+            if text and self._speaking:
+                self._barge(person)
+            return
+        if text:
+            person.finals.append(text)
+            if self._speaking:
+                self._barge(person)
+        if transcript.end_of_turn and person.finals:
+            words = " ".join(person.finals)
+            person.finals.clear()
+            now = transcript.received_at or self.clock()
+            ended = person.ended_at if person.ended_at is not None else now
+            self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now))
+
+    # ------------------------------------------------------------------ turns
+
+    def _complete_turn(self, turn: PendingTurn) -> None:
+        if self._mirror is not None:
+            self._spawn(self._mirror(turn.name, turn.text), "mirror-user")
+        if self.policy.offer(turn, humans_present=self.humans_present()):
+            self._kick()
+            return
+        # Not for the bot, but part of the room's conversation: the agent should know it was said.
+        self.memory.append(Turn(room=self.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
+                                      role="user", text=turn.text, modality=Modality.VOICE,
+                                      created_at=time.time()))
+
+    def _kick(self) -> None:
+        if self._responder is None or self._responder.done():
+            self._responder = asyncio.get_running_loop().create_task(self._respond_loop(), name=f"respond-{self.room}")
+
+    async def _respond_loop(self) -> None:
+        while not self._closed:
+            turn = self.policy.next_turn()
+            if turn is None:
+                return
+            try:
+                await self._answer(turn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("answering a voice turn failed", extra={"room": self.room, "user_id": turn.user_id})
+            async with self.answered:
+                self.turns_done += 1
+                self.answered.notify_all()
+
+    async def _answer(self, turn: PendingTurn) -> None:
+        timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at)
+        self.timings.append(timing)
+        del self.timings[:-100]
+        self.last_timing = timing
+        self._barge_in.clear()
+        reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
+                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
+        splitter = SentenceSplitter()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        produce = asyncio.get_running_loop().create_task(
+            self._produce_sentences(reply, splitter, sentences, timing), name=f"reply-text-{self.room}"
+        )
+        spoken: list[str] = []
+        interrupted = False
+        try:
+            interrupted = await self._speak_sentences(sentences, timing, spoken)
+            if not interrupted:
+                await produce  # re-raises an agent failure
+        except AgentError as exc:
+            log.warning("voice reply failed: %s", exc, extra={"room": self.room, "user_id": turn.user_id})
+            if not spoken:
+                await self._speak_or_post(exc.user_message)
+            return
+        finally:
+            if not produce.done():
+                produce.cancel()
+                with contextlib.suppress(asyncio.CancelledError, AgentError):
+                    await produce
+        self.policy.answered(turn.user_id)
+        said = " ".join(spoken).strip()
+        if interrupted:
+            if said:  # only what was actually played, marked so the agent knows it was cut off
+                reply.finish(said, interrupted=True)
+        elif said:
+            reply.finish(said)
+        if self._mirror is not None and said:
+            self._spawn(self._mirror(self.agent.character.name, said + (" …" if interrupted else "")), "mirror-bot")
+
+    async def _produce_sentences(self, reply: AsyncIterator[str], splitter: SentenceSplitter,
+                                 sentences: asyncio.Queue[str | None], timing: TurnTiming) -> None:
+        try:
+            async for delta in reply:
+                if timing.first_text is None and delta.strip():
+                    timing.first_text = self.clock()
+                for sentence in splitter.feed(delta):
+                    if timing.first_sentence is None:
+                        timing.first_sentence = self.clock()
+                    sentences.put_nowait(sentence)
+            for sentence in splitter.flush():
+                sentences.put_nowait(sentence)
+        finally:
+            sentences.put_nowait(None)
+
+    async def _speak_sentences(self, sentences: asyncio.Queue[str | None], timing: TurnTiming,
+                               spoken: list[str]) -> bool:
+        """Synthesize and play sentences as they come; returns True when interrupted."""
+        next_audio: tuple[str, _Prefetch] | None = None
+        try:
+            while True:
+                if next_audio is None:
+                    sentence = await self._next_speakable(sentences)
+                    if sentence is None:
+                        return False
+                    next_audio = (sentence, self._prefetch(sentence, timing))
+                text, audio = next_audio
+                next_audio = None
+                # Start synthesizing the following sentence while this one plays.
+                follower = self._peek_speakable(sentences)
+                if follower is not None:
+                    next_audio = (follower, self._prefetch(follower, timing))
+                result = await self._play(text, audio, timing)
+                if result is None:
+                    continue  # nothing could be synthesized for this sentence
+                if result.interrupted or self._barge_in.is_set():
+                    spoken.append(_prefix_by_fraction(text, result.fraction))
+                    return True
+                spoken.append(text)
+        finally:
+            if next_audio is not None:
+                next_audio[1].cancel()
+
+    async def _next_speakable(self, sentences: asyncio.Queue[str | None]) -> str | None:
+        while True:
+            sentence = await sentences.get()
+            if sentence is None:
+                sentences.put_nowait(None)  # keep the end marker for later readers
+                return None
+            speakable = normalize_for_speech(sentence)
+            if speakable:
+                return speakable
+
+    def _peek_speakable(self, sentences: asyncio.Queue[str | None]) -> str | None:
+        while not sentences.empty():
+            sentence = sentences.get_nowait()
+            if sentence is None:
+                sentences.put_nowait(None)
+                return None
+            speakable = normalize_for_speech(sentence)
+            if speakable:
+                return speakable
+        return None
+
+    def _prefetch(self, text: str, timing: TurnTiming | None) -> _Prefetch:
+        return _Prefetch(self, text, timing)
+
+    async def _play(self, text: str, audio: _Prefetch, timing: TurnTiming | None) -> PlayResult | None:
+        fmt = await audio.format()
+        if fmt is None:
+            return None
+        self._speaking = True
+        try:
+            result = await self.out.play(text, audio.chunks(), fmt)
+        finally:
+            self._speaking = False
+            audio.cancel()
+        if timing is not None and timing.first_frame is None and result.first_frame_at is not None:
+            timing.first_frame = result.first_frame_at
+        return result
+
+    async def _speak_sentence(self, text: str, timing: TurnTiming | None) -> PlayResult | None:
+        return await self._play(text, self._prefetch(text, timing), timing)
+
+    async def _speak_or_post(self, text: str) -> None:
+        if await self._speak_sentence(text, None) is None:
+            await self._tell(text)
+
+    def _barge(self, person: Participant) -> None:
+        if self._barge_in.is_set():
+            return
+        log.info("barge-in by %s", person.user_id, extra={"room": self.room})
+        self._barge_in.set()
+        self.out.stop()
+
+    async def _tell(self, text: str) -> None:
+        if self._notify is not None:
+            try:
+                await self._notify(text)
+            except Exception:
+                log.exception("could not post a note to the channel", extra={"room": self.room})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    async def _close_participant(self, person: Participant) -> None:
+        if person.stream is not None:
+            with contextlib.suppress(STTError):
+                await person.stream.aclose()
+        if person.reader is not None:
+            person.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await person.reader
+
+    async def aclose(self) -> None:
+        """Stop talking and listening; cancel and await every task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.out.stop()
+        if self._responder is not None:
+            self._responder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._responder
+        for person in list(self.participants.values()):
+            await self._close_participant(person)
+        self.participants.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _Prefetch:
+    """Starts synthesizing a sentence at once and buffers its audio until playback takes it.
+
+    Falls back to the local engine when the main one fails before any audio came out.
+    """
+
+    def __init__(self, session: VoiceSession, text: str, timing: TurnTiming | None) -> None:
+        self._session = session
+        self._text = text
+        self._timing = timing
+        self._queue: asyncio.Queue[bytes | None | BaseException] = asyncio.Queue()
+        self._format: asyncio.Future[AudioFormat | None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-prefetch")
+
+    async def format(self) -> AudioFormat | None:
+        return await asyncio.shield(self._format)
+
+    def _set_format(self, fmt: AudioFormat | None) -> None:
+        if not self._format.done():
+            self._format.set_result(fmt)
+
+    async def _run(self) -> None:
+        engines = [self._session.tts]
+        if self._session.fallback_tts is not None and self._session.fallback_tts is not self._session.tts:
+            engines.append(self._session.fallback_tts)
+        try:
+            for i, engine in enumerate(engines):
+                started = False
+                voice = self._session.voice if engine is self._session.tts else None
+                try:
+                    async with contextlib.aclosing(engine.synthesize(self._text, voice)) as chunks:
+                        async for chunk in chunks:
+                            if not chunk:
+                                continue
+                            if not started:
+                                started = True
+                                if self._timing is not None and self._timing.first_tts_audio is None:
+                                    self._timing.first_tts_audio = self._session.clock()
+                                self._set_format(engine.format)
+                            self._queue.put_nowait(chunk)
+                    if started:
+                        return
+                    self._set_format(None)  # nothing speakable came out
+                    return
+                except TTSError as exc:
+                    log.warning("speech synthesis failed (%s): %s", engine.name, exc)
+                    if started or i == len(engines) - 1:
+                        # Mid-sentence failure: end this sentence here; the caller moves on.
+                        if not started:
+                            self._set_format(None)
+                            await self._session._tell(f"{exc.user_message} ({self._text})")
+                        return
+        finally:
+            self._set_format(None)
+            self._queue.put_nowait(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+
+def _prefix_by_fraction(text: str, fraction: float) -> str:
+    """The words of ``text`` that fit in the played fraction of its audio."""
+    if fraction >= 1.0:
+        return text
+    words = text.split()
+    keep = int(len(words) * max(0.0, fraction))
+    return " ".join(words[:keep])
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("voice session task %s failed", task.get_name(), exc_info=task.exception())
