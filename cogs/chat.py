@@ -1,0 +1,142 @@
+"""Text chat: answers when mentioned, replied to, in DMs, or in channels enabled in settings."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.agent import AgentError, Incoming
+from bot.memory import Modality
+from bot.textchat import RateLimiter, StreamingWriter
+
+if TYPE_CHECKING:
+    from bot.client import VoiceBot
+
+__all__ = ["ChatCog", "room_for", "should_answer", "clean_text"]
+
+log = logging.getLogger(__name__)
+
+
+def room_for(channel: discord.abc.Messageable, author: discord.abc.User) -> str:
+    """The memory room of a text channel, thread or DM."""
+    if isinstance(channel, discord.DMChannel) or getattr(channel, "guild", None) is None:
+        return f"discord:dm:{author.id}"
+    return f"discord:{channel.guild.id}:{channel.id}"  # type: ignore[union-attr]
+
+
+def should_answer(message: discord.Message, me: discord.abc.User, enabled_channels: frozenset[int]) -> bool:
+    """Whether a message is addressed to the bot."""
+    if message.author.bot or message.author.id == me.id or message.webhook_id is not None:
+        return False
+    if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+        return False
+    if message.guild is None:
+        return True
+    if any(user.id == me.id for user in message.mentions):
+        return True
+    ref = message.reference
+    if ref is not None and isinstance(ref.resolved, discord.Message) and ref.resolved.author.id == me.id:
+        return True
+    channel_id = message.channel.id
+    parent_id = getattr(message.channel, "parent_id", None)
+    return channel_id in enabled_channels or (parent_id is not None and parent_id in enabled_channels)
+
+
+def clean_text(message: discord.Message, me: discord.abc.User) -> str:
+    """The message text with the bot's own mention removed and other mentions as names."""
+    text = re.sub(rf"<@!?{me.id}>", "", message.content)
+    for user in message.mentions:
+        text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+    for role in message.role_mentions:
+        text = text.replace(f"<@&{role.id}>", f"@{role.name}")
+    for channel in message.channel_mentions:
+        text = text.replace(f"<#{channel.id}>", f"#{channel.name}")
+    text = re.sub(r"<a?:(\w+):\d+>", r":\1:", text)  # custom emoji
+    return text.strip()
+
+
+class ChatCog(commands.Cog, name="Chat"):
+    """Talks with people in text channels and DMs."""
+
+    def __init__(self, bot: VoiceBot) -> None:
+        self.bot = bot
+        self.agent = bot.services.agent
+        self.enabled_channels = bot.settings.discord_chat_channels
+        self.limiter = RateLimiter(limit=bot.settings.chat_rate_limit, window=60.0)
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.bot.user
+        if me is None or not should_answer(message, me, self.enabled_channels):
+            return
+        allowed, wait = self.limiter.check(message.author.id)
+        if not allowed:
+            if self.limiter.should_warn(message.author.id):
+                await self._send_safely(
+                    message,
+                    f"You're writing faster than I can think! Give me about {wait:.0f} seconds and try again.",
+                )
+            log.info("rate limited a user", extra={"user_id": message.author.id})
+            return
+        await self.answer(message, clean_text(message, me))
+
+    async def answer(self, message: discord.Message, text: str) -> None:
+        incoming = Incoming(
+            room=room_for(message.channel, message.author),
+            speaker_id=f"discord:{message.author.id}",
+            speaker_name=message.author.display_name,
+            text=text,
+            modality=Modality.TEXT,
+        )
+        reply = self.agent.reply(incoming)
+
+        async def send(chunk: str) -> discord.Message:
+            if not writer.messages:
+                return await message.reply(chunk, mention_author=False)
+            return await message.channel.send(chunk)
+
+        async def edit(handle: object, chunk: str) -> None:
+            assert isinstance(handle, discord.Message)
+            await handle.edit(content=chunk)
+
+        writer = StreamingWriter(send, edit)
+        try:
+            async with message.channel.typing():
+                await writer.stream(reply)
+        except AgentError as exc:
+            log.warning("reply failed: %s", exc, extra={"room": incoming.room, "user_id": message.author.id})
+            note = exc.user_message
+            if writer.messages:
+                await self._finish_safely(writer, f"\n\n*({note})*")
+            else:
+                await self._send_safely(message, note)
+            return
+        except discord.HTTPException as exc:
+            log.warning("could not deliver a reply: %s %s", exc.status, exc.text,
+                        extra={"room": incoming.room, "user_id": message.author.id})
+            return
+        if not writer.text.strip():
+            log.warning("the agent produced an empty reply", extra={"room": incoming.room})
+            await self._send_safely(message, "I'm lost for words. Could you put that another way?")
+            return
+        reply.finish()
+
+    async def _finish_safely(self, writer: StreamingWriter, suffix: str) -> None:
+        try:
+            await writer.finish(suffix)
+        except discord.HTTPException as exc:
+            log.warning("could not deliver an error note: %s", exc.status)
+
+    async def _send_safely(self, message: discord.Message, text: str) -> None:
+        try:
+            await message.reply(text, mention_author=False)
+        except discord.HTTPException as exc:
+            log.warning("could not reply in channel %s: %s %s", message.channel.id, exc.status, exc.text)
+
+
+async def setup(bot: VoiceBot) -> None:
+    await bot.add_cog(ChatCog(bot))
