@@ -1,0 +1,199 @@
+"""The bot's web server: ``/healthz`` and, when SMS is configured, Twilio's webhooks.
+
+It runs inside the bot process (started by the composition root next to the Discord client) or
+alone (``voicebot serve``, see :func:`serve` and :func:`run_web_forever`) for deployments that put
+the web side behind a load balancer apart from the gateway side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.agent import Agent
+    from bot.db import Database
+    from bot.memory import Memory
+    from bot.sms.inbound import SmsService, TwilioWebhooks
+
+__all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], bool]
+
+
+def create_app(
+    *,
+    health: Mapping[str, HealthCheck] | None = None,
+    webhooks: TwilioWebhooks | None = None,
+    client_max_size: int = 256 * 1024,
+) -> web.Application:
+    """The aiohttp application: ``GET /healthz`` plus Twilio's routes when ``webhooks`` is given.
+
+    ``health`` maps a part's name to a cheap, non-blocking check; ``/healthz`` answers
+    ``{"ok": bool, "parts": {name: bool}}`` with 200 when every part is up, else 503.
+    ``client_max_size`` caps request bodies (Twilio's forms are a few kB).
+    """
+    app = web.Application(client_max_size=client_max_size)
+    checks: dict[str, HealthCheck] = {"web": lambda: True, **(health or {})}
+    if webhooks is not None:
+        checks.setdefault("sms", lambda: True)
+
+    async def healthz(request: web.Request) -> web.Response:
+        parts: dict[str, bool] = {}
+        for name, check in checks.items():
+            try:
+                parts[name] = bool(check())
+            except Exception:  # a failing check means "down", never a 500
+                log.exception("health check %s raised", name)
+                parts[name] = False
+        ok = all(parts.values())
+        return web.json_response({"ok": ok, "parts": parts}, status=200 if ok else 503)
+
+    app.router.add_get("/healthz", healthz)
+    if webhooks is not None:
+        webhooks.register(app)
+    return app
+
+
+class WebServer:
+    """Owns an :class:`aiohttp.web.AppRunner` bound to ``host:port`` (port 0: any free port)."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"WebServer(host={self.host!r}, port={self.port!r}, running={self._runner is not None})"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start serving; ``port`` becomes the bound port."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app, access_log=None)  # one line per request is ours to write
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("Web server listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests (aiohttp's shutdown grace), release the port."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.info("Web server stopped")
+
+
+def build_sms(
+    settings: Settings,
+    *,
+    agent: Agent,
+    memory: Memory,
+    db: Database,
+    reply_budget: float = 10.0,
+) -> tuple[SmsService, TwilioWebhooks]:
+    """Build the SMS pipeline from settings (call inside the running loop; needs ``sms_enabled``)."""
+    from bot.sms.inbound import SmsService, TwilioWebhooks
+    from bot.sms.outbound import TwilioSender
+    from bot.sms.store import SmsStore
+
+    if not settings.sms_enabled or not settings.public_url:
+        raise ValueError("SMS needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER and PUBLIC_URL")
+    assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_phone_number
+    token = settings.twilio_auth_token.get()
+    store = SmsStore(db)
+    pruned = store.prune()
+    if pruned:
+        log.info("Pruned %d old SMS bookkeeping rows", pruned)
+    public = settings.public_url.rstrip("/")
+    sender = TwilioSender(
+        settings.twilio_account_sid,
+        token,
+        settings.twilio_phone_number,
+        api_base=settings.twilio_api_base,
+        status_callback=f"{public}/twilio/status",
+    )
+    service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
+                         rate_limit=settings.sms_rate_limit, reply_budget=reply_budget)
+    return service, TwilioWebhooks(service, auth_token=token, public_url=public)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    agent: Agent,
+    memory: Memory,
+    db: Database,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[WebServer], None] | None = None,
+    health: Mapping[str, HealthCheck] | None = None,
+) -> None:
+    """Run the web server (with SMS when configured) until ``stop`` is set or the task is cancelled.
+
+    ``ready`` is called with the started server (tests use it to learn the bound port).
+    The SMS pipeline is closed (replies in flight get a grace period) before this returns.
+    """
+    service: SmsService | None = None
+    webhooks: TwilioWebhooks | None = None
+    if settings.sms_enabled:
+        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db)
+    else:
+        log.info("SMS is not configured; serving /healthz only")
+    server = WebServer(create_app(health=health, webhooks=webhooks), settings.web_host, settings.web_port)
+    stop = stop or asyncio.Event()
+    try:
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+    finally:
+        await server.stop()  # first: no new webhooks while replies drain
+        if service is not None:
+            await service.aclose()
+
+
+def run_web_forever(settings: Settings) -> int:
+    """``voicebot serve``: the web side alone, until SIGINT/SIGTERM. Returns an exit code."""
+
+    async def main() -> None:
+        from bot.services import build_services
+
+        services = await build_services(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # e.g. Windows: KeyboardInterrupt still works
+                pass
+        try:
+            await serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop)
+        finally:
+            await services.aclose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
