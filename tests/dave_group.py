@@ -169,3 +169,53 @@ class VoiceGateway:
 
     def encrypt(self, user_id: int, opus: bytes) -> bytes:
         return self.members[user_id].encrypt_opus(opus)
+
+
+# --- real discord.py objects around a ReceiveVoiceClient ------------------------------------------
+
+GUILD_ID = 888000
+BOT_SSRC = 9999
+
+
+def _user(user_id: int, name: str) -> dict[str, Any]:
+    return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name, "avatar": None,
+            "bot": user_id == BOT_ID}
+
+
+def voice_channel(client: Any) -> Any:
+    """A real discord.VoiceChannel in a real Guild, built from gateway payloads; the bot is the client user."""
+    import discord
+
+    state = client._connection
+    state.user = discord.ClientUser(state=state, data=_user(BOT_ID, "bot"))
+    guild = discord.Guild(
+        data={
+            "id": str(GUILD_ID), "name": "g", "owner_id": str(ALICE), "member_count": 1, "emojis": [],
+            "stickers": [], "features": [], "voice_states": [], "members": [],
+            "roles": [{"id": str(GUILD_ID), "name": "@everyone", "permissions": "0", "position": 0, "color": 0,
+                       "hoist": False, "managed": False, "mentionable": False}],
+            "channels": [{"id": str(CHANNEL_ID), "type": 2, "name": "voice", "position": 0,
+                          "guild_id": str(GUILD_ID), "bitrate": 64000, "user_limit": 0}],
+        },
+        state=state,
+    )
+    state._add_guild(guild)
+    return guild.get_channel(CHANNEL_ID)
+
+
+def attach_gateway(vc: Any) -> tuple[VoiceGateway, Any]:
+    """Wire a recorded DiscordVoiceWebSocket to ``vc``'s connection state as discord.py's own
+    ``from_connection_state`` would, minus the network; returns the scripted gateway and a bound
+    127.0.0.1 UDP socket standing in for the voice server's socket (op 2 READY would create it)."""
+    conn = vc._connection
+    ws = RecordingVoiceWebSocket(vc.loop, hook=conn.hook)
+    ws._connection = conn
+    conn.ws = ws
+    # What op 2 READY + IP discovery would have set: our SSRC and a connected UDP socket. A real
+    # socket keeps discord.py's reader thread blocked in select() instead of spinning on MISSING.
+    # discord.py's own VOICE_SERVER_UPDATE step creates the UDP socket and un-pauses its reader.
+    conn.ssrc = BOT_SSRC
+    conn._create_socket()
+    sock = conn.socket
+    sock.bind(("127.0.0.1", 0))
+    return VoiceGateway(ws), sock

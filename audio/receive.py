@@ -1,0 +1,562 @@
+"""Per-speaker voice receive on discord.py 2.7, DAVE-aware.
+
+discord.py encrypts what it sends but has no receive API. This module adds a thin layer on its own
+hooks (research/discord-voice-receive.md §3):
+
+- ``VoiceConnectionState(hook=...)`` gives us every JSON voice-gateway op *after* discord.py handled
+  it: op 5 SPEAKING maps SSRC → user, op 11/12/13 track who is present;
+- ``add_socket_listener`` gives us every UDP datagram on discord.py's socket-reader thread.
+
+Per datagram, on that thread (:class:`VoiceReceiver`): RTP parse → filters → transport decrypt →
+drop extension body → strip padding → duplicate check → DAVE decrypt with discord.py's own
+``dave_session`` → hand ``VoicePacket`` to the event loop. Nothing raises out of the callback and
+nothing blocks: every failure is a counted drop (see :class:`ReceiveStats`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import davey
+import discord
+from discord.voice_state import VoiceConnectionState
+
+from audio.rtp import OPUS_SILENCE, SUPPORTED_MODE, Drop, TransportCipher, parse_header
+
+if TYPE_CHECKING:
+    from discord.gateway import DiscordVoiceWebSocket
+
+__all__ = [
+    "VoicePacket",
+    "ReceiveSink",
+    "ReceiveStats",
+    "VoiceReceiver",
+    "ReceiveVoiceClient",
+]
+
+log = logging.getLogger(__name__)
+
+_DAVE_MARKER = b"\xfa\xfa"  # every DAVE frame ends with this magic (daveprotocol.com, frame trailer)
+_AUDIO = davey.MediaType.audio
+
+# Voice gateway opcodes (discord.py's DiscordVoiceWebSocket constants; 11/12 are not named there for receive)
+OP_SESSION_DESCRIPTION = 4
+OP_SPEAKING = 5
+OP_CLIENTS_CONNECT = 11
+OP_CLIENT_CONNECT = 12
+OP_CLIENT_DISCONNECT = 13
+
+# Drop reasons beyond the transport-level ones in audio.rtp.Drop; values are counter names.
+DUPLICATE = "duplicate"
+DAVE_NOT_READY = "dave_not_ready"
+DAVE_NO_DECRYPTOR = "dave_no_decryptor"
+DAVE_UNENCRYPTED = "dave_unencrypted"
+DAVE_DECRYPT = "dave_decrypt"
+HOLD_OVERFLOW = "hold_overflow"
+HOLD_DISCARDED = "hold_discarded"
+OPTED_OUT = "opted_out"
+BACKLOG = "backlog"
+LOOP_CLOSED = "loop_closed"
+INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class VoicePacket:
+    """One Opus frame from one speaker, fully decrypted, in arrival order (not yet reordered)."""
+
+    user_id: int
+    ssrc: int
+    sequence: int  # RTP sequence number, wraps at 65536
+    timestamp: int  # RTP timestamp, 48 kHz units
+    opus: bytes
+
+
+class ReceiveSink(Protocol):
+    """What receives decrypted frames; called on the event loop, in arrival order per SSRC."""
+
+    def on_packet(self, packet: VoicePacket) -> None:
+        """A frame arrived from ``packet.user_id``."""
+
+    def on_speaker_left(self, user_id: int) -> None:
+        """The member left the voice channel (op 13): drop every bit of state kept for them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveStats:
+    """A snapshot of the receive counters (monotonic since the receiver was created)."""
+
+    datagrams: int  # every datagram the socket listener saw
+    audio_packets: int  # RTP v2 Opus from someone else: what should turn into frames
+    delivered: int  # frames handed to the sink
+    dave_decrypted: int  # of those, how many went through DAVE decryption
+    trial_attributed: int  # SSRCs attributed to a user by trial DAVE decryption (before op 5)
+    speaking_events: int  # op 5 with a non-zero speaking flag from someone else
+    held: int  # frames currently waiting for their SSRC's op 5
+    dropped: Mapping[str, int]  # reason -> count; decrypt failures are lost packets
+
+    @property
+    def lost(self) -> int:
+        """Audio packets that will never reach the decoder (duplicates and filtered types excluded)."""
+        return sum(n for reason, n in self.dropped.items() if reason not in _NOT_LOSS)
+
+
+_NOT_LOSS = frozenset(
+    {DUPLICATE, OPTED_OUT, Drop.RTCP.value, Drop.PAYLOAD_TYPE.value, Drop.OWN_SSRC.value, Drop.NOT_RTP.value,
+     Drop.EMPTY.value}
+)
+
+
+class _SeqWindow:
+    """The last ``size`` sequence numbers seen on one SSRC (a bounded replay window)."""
+
+    __slots__ = ("_seen", "_order")
+
+    def __init__(self, size: int) -> None:
+        self._seen: set[int] = set()
+        self._order: collections.deque[int] = collections.deque(maxlen=size)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._seen
+
+    def add(self, seq: int) -> None:
+        order = self._order
+        if len(order) == order.maxlen:
+            self._seen.discard(order[0])
+        order.append(seq)
+        self._seen.add(seq)
+
+
+class VoiceReceiver:
+    """The synchronous receive core for one voice connection.
+
+    ``conn`` is discord.py's ``VoiceConnectionState`` (anything with ``secret_key``, ``mode``,
+    ``ssrc``, ``dave_session`` and ``dave_protocol_version``); all five are read afresh per packet
+    because op 4 and DAVE transitions replace them. ``own_user_id`` returns the bot's user id.
+    ``deliver`` receives the frames ready for the event loop (see :class:`ReceiveVoiceClient` for
+    the thread hand-off). ``accept_user(user_id)`` is consulted before DAVE decryption: users who
+    opted out are dropped here, before any of their audio is decrypted or decoded.
+    """
+
+    def __init__(
+        self,
+        conn: Any,
+        own_user_id: Callable[[], int | None],
+        deliver: Callable[[VoicePacket], None],
+        *,
+        accept_user: Callable[[int], bool] | None = None,
+        hold_frames: int = 50,
+        max_held_ssrcs: int = 16,
+        replay_window: int = 128,
+        max_ssrcs: int = 1024,
+    ) -> None:
+        self._conn = conn
+        self._own_user_id = own_user_id
+        self._deliver = deliver
+        self.accept_user = accept_user
+        self._hold_frames = hold_frames
+        self._max_held_ssrcs = max_held_ssrcs
+        self._replay_window = replay_window
+        self._max_ssrcs = max_ssrcs
+        self._lock = threading.Lock()
+        self._ssrc_to_user: dict[int, int] = {}
+        self._members: set[int] = set()
+        self._windows: collections.OrderedDict[int, _SeqWindow] = collections.OrderedDict()
+        self._held: collections.OrderedDict[int, collections.deque[tuple[int, int, bytes]]] = collections.OrderedDict()
+        self._key_source: object = None
+        self._cipher: TransportCipher | None = None
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._datagrams = 0
+        self._audio = 0
+        self._delivered = 0
+        self._dave_decrypted = 0
+        self._trial = 0
+        self._speaking = 0
+
+    # --- state fed from the voice gateway (event loop) ---------------------------------------------
+
+    @property
+    def ssrc_to_user(self) -> dict[int, int]:
+        """A copy of the current SSRC → user id map."""
+        with self._lock:
+            return dict(self._ssrc_to_user)
+
+    @property
+    def members(self) -> frozenset[int]:
+        """User ids the voice gateway says are connected (ops 11/12/5, minus op 13)."""
+        with self._lock:
+            return frozenset(self._members)
+
+    def map_ssrc(self, ssrc: int, user_id: int, *, speaking: bool = False) -> None:
+        """Record that ``ssrc`` belongs to ``user_id`` (op 5/12) and replay frames held for it."""
+        with self._lock:
+            if user_id == self._own_user_id():
+                return
+            if speaking:
+                self._speaking += 1
+            self._ssrc_to_user[ssrc] = user_id
+            self._members.add(user_id)
+            held = self._held.pop(ssrc, None)
+            if held:
+                for seq, ts, frame in held:
+                    self._finish(ssrc, user_id, seq, ts, frame)
+
+    def add_members(self, user_ids: list[int]) -> None:
+        """Op 11: these users are present (no SSRC yet)."""
+        with self._lock:
+            self._members.update(user_ids)
+
+    def forget_user(self, user_id: int) -> list[int]:
+        """Op 13: drop the user's SSRCs, replay windows and held frames; return the SSRCs dropped."""
+        with self._lock:
+            self._members.discard(user_id)
+            gone = [s for s, u in self._ssrc_to_user.items() if u == user_id]
+            for ssrc in gone:
+                del self._ssrc_to_user[ssrc]
+                self._windows.pop(ssrc, None)
+                held = self._held.pop(ssrc, None)
+                if held:
+                    self._dropped[HOLD_DISCARDED] += len(held)
+            return gone
+
+    def note_speaking(self) -> None:
+        """Count a speaking event that carried no new mapping (for the deaf watchdog)."""
+        with self._lock:
+            self._speaking += 1
+
+    def count(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` drops for ``reason`` (used by the thread hand-off)."""
+        with self._lock:
+            self._dropped[reason] += n
+
+    def stats(self) -> ReceiveStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return ReceiveStats(
+                datagrams=self._datagrams,
+                audio_packets=self._audio,
+                delivered=self._delivered,
+                dave_decrypted=self._dave_decrypted,
+                trial_attributed=self._trial,
+                speaking_events=self._speaking,
+                held=sum(len(q) for q in self._held.values()),
+                dropped=types.MappingProxyType(dict(self._dropped)),
+            )
+
+    # --- the socket-thread path --------------------------------------------------------------------
+
+    def on_datagram(self, data: bytes) -> None:
+        """The socket listener: never raises, never blocks beyond a short lock."""
+        try:
+            with self._lock:
+                self._datagrams += 1
+                self._handle(data)
+        except Exception:  # a bug here must not kill discord.py's reader loop or flood its log
+            with self._lock:
+                self._dropped[INTERNAL_ERROR] += 1
+                first = self._dropped[INTERNAL_ERROR] == 1
+            if first:
+                log.exception("voice receive: unexpected error handling a datagram (counted as dropped)")
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason] += 1
+
+    def _handle(self, data: bytes) -> None:
+        conn = self._conn
+        own_ssrc = conn.ssrc
+        header = parse_header(data, own_ssrc if isinstance(own_ssrc, int) else None)
+        if isinstance(header, Drop):
+            self._dropped[header.value] += 1
+            return
+        self._audio += 1
+        ssrc, seq = header.ssrc, header.sequence
+        window = self._windows.get(ssrc)
+        if window is not None and seq in window:
+            self._dropped[DUPLICATE] += 1
+            return
+        if conn.mode != SUPPORTED_MODE:
+            self._dropped[Drop.UNSUPPORTED_MODE.value] += 1
+            return
+        key = conn.secret_key
+        if key is not self._key_source:
+            try:
+                self._cipher = TransportCipher(bytes(key))
+            except (TypeError, ValueError):
+                self._cipher = None
+            self._key_source = key
+        cipher = self._cipher
+        if cipher is None:
+            self._dropped[Drop.NO_KEY.value] += 1
+            return
+        frame = cipher.open(data, header)
+        if isinstance(frame, Drop):
+            self._dropped[frame.value] += 1
+            return
+        # Authenticated: only now may the sequence number count as seen (forged copies cannot mark it).
+        if window is None:
+            window = self._windows[ssrc] = _SeqWindow(self._replay_window)
+            if len(self._windows) > self._max_ssrcs:
+                self._windows.popitem(last=False)
+        window.add(seq)
+        user_id = self._ssrc_to_user.get(ssrc)
+        if user_id is None:
+            self._unknown_ssrc(ssrc, seq, header.timestamp, frame)
+            return
+        self._finish(ssrc, user_id, seq, header.timestamp, frame)
+
+    def _finish(self, ssrc: int, user_id: int, seq: int, ts: int, frame: bytes) -> None:
+        """Opt-out check, DAVE decrypt and deliver (lock held)."""
+        accept = self.accept_user
+        if accept is not None and not accept(user_id):
+            self._dropped[OPTED_OUT] += 1
+            return
+        conn = self._conn
+        session = conn.dave_session
+        if conn.dave_protocol_version != 0:
+            if session is None or not session.ready:
+                self._dropped[DAVE_NOT_READY] += 1
+                return
+            opus = self._dave_decrypt(session, user_id, frame)
+            if opus is None:
+                return
+            self._dave_decrypted += 1
+        elif session is not None and session.ready and frame.endswith(_DAVE_MARKER) and frame != OPUS_SILENCE:
+            # Downgraded to version 0, but a sender may not have switched yet (discord.py keeps
+            # passthrough on for 120 s): decrypt what still looks like DAVE, else treat it as plain Opus.
+            try:
+                opus = session.decrypt(user_id, _AUDIO, frame)
+                self._dave_decrypted += 1
+            except ValueError:
+                opus = frame
+        else:
+            opus = frame
+        if not opus:
+            self._dropped[Drop.EMPTY.value] += 1
+            return
+        self._delivered += 1
+        self._deliver(VoicePacket(user_id, ssrc, seq, ts, opus))
+
+    def _dave_decrypt(self, session: Any, user_id: int, frame: bytes) -> bytes | None:
+        try:
+            return session.decrypt(user_id, _AUDIO, frame)
+        except ValueError as exc:
+            # davey 0.1.7 raises ValueError("Failed to decrypt: <reason>") for every failure
+            msg = str(exc)
+            if "NoDecryptorForUser" in msg:
+                self._dropped[DAVE_NO_DECRYPTOR] += 1
+            elif "UnencryptedWhenPassthroughDisabled" in msg:
+                self._dropped[DAVE_UNENCRYPTED] += 1
+            else:
+                self._dropped[DAVE_DECRYPT] += 1
+            return None
+
+    def _unknown_ssrc(self, ssrc: int, seq: int, ts: int, frame: bytes) -> None:
+        """No op 5 yet: attribute by trial DAVE decryption, else hold the frame (lock held)."""
+        conn = self._conn
+        session = conn.dave_session
+        if (
+            conn.dave_protocol_version != 0
+            and session is not None
+            and session.ready
+            and frame != OPUS_SILENCE  # silence passes DAVE for anyone: it proves nothing
+        ):
+            own = self._own_user_id()
+            for uid_str in session.get_user_ids():
+                uid = int(uid_str)
+                if uid == own:
+                    continue
+                try:
+                    opus = session.decrypt(uid, _AUDIO, frame)
+                except ValueError:
+                    continue
+                # The GCM tag makes the first success the true sender; keep this plaintext, since a
+                # second decryption of the same frame would fail as a replay.
+                self._trial += 1
+                self._ssrc_to_user[ssrc] = uid
+                self._members.add(uid)
+                log.debug("voice receive: SSRC %s attributed to user %s by trial decryption", ssrc, uid)
+                held = self._held.pop(ssrc, None)
+                if held:
+                    for hseq, hts, hframe in held:
+                        self._finish(ssrc, uid, hseq, hts, hframe)
+                accept = self.accept_user
+                if accept is not None and not accept(uid):
+                    self._dropped[OPTED_OUT] += 1
+                    return
+                self._dave_decrypted += 1
+                self._delivered += 1
+                self._deliver(VoicePacket(uid, ssrc, seq, ts, opus))
+                return
+        queue = self._held.get(ssrc)
+        if queue is None:
+            if len(self._held) >= self._max_held_ssrcs:
+                _, evicted = self._held.popitem(last=False)
+                self._dropped[HOLD_OVERFLOW] += len(evicted)
+            queue = self._held[ssrc] = collections.deque()
+        if len(queue) >= self._hold_frames:
+            queue.popleft()
+            self._dropped[HOLD_OVERFLOW] += 1
+        queue.append((seq, ts, frame))
+
+
+class ReceiveVoiceClient(discord.VoiceClient):
+    """discord.py's ``VoiceClient`` plus per-speaker receive; use it for every connection.
+
+    ``channel.connect(cls=ReceiveVoiceClient)`` works as is (attach a sink later with
+    :meth:`set_sink`), or pass ``functools.partial(ReceiveVoiceClient, sink=..., accept_user=...)``.
+    Playback (``play``) and discord.py's DAVE handling are unchanged.
+
+    The sink is called on the event loop; frames reach it in batches handed over from the
+    socket thread with ``call_soon_threadsafe`` (one wake-up per batch). If the loop falls behind
+    by more than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``).
+    """
+
+    receiver: VoiceReceiver
+
+    def __init__(
+        self,
+        client: discord.Client,
+        channel: discord.abc.Connectable,
+        *,
+        sink: ReceiveSink | None = None,
+        accept_user: Callable[[int], bool] | None = None,
+        hold_frames: int = 50,
+        max_held_ssrcs: int = 16,
+        max_backlog: int = 10_000,
+    ) -> None:
+        # The receiver must exist before super().__init__ calls create_connection_state().
+        self._sink: ReceiveSink | None = sink
+        self._pending: collections.deque[VoicePacket] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._max_backlog = max_backlog
+        self._listening = False
+        self._receiver_opts = {"accept_user": accept_user, "hold_frames": hold_frames, "max_held_ssrcs": max_held_ssrcs}
+        super().__init__(client, channel)
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        """discord.py's override point: the same state, with our websocket hook on every voice socket."""
+        conn = VoiceConnectionState(self, hook=self._on_voice_op)
+        self.receiver = VoiceReceiver(conn, self._own_id, self._hand_off, **self._receiver_opts)  # type: ignore[arg-type]
+        return conn
+
+    def _own_id(self) -> int | None:
+        user = self._state.user
+        return user.id if user is not None else None
+
+    # --- public API --------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> ReceiveStats:
+        """A frozen snapshot of the receive counters."""
+        return self.receiver.stats()
+
+    @property
+    def accept_user(self) -> Callable[[int], bool] | None:
+        """The opt-out filter consulted before any of a user's audio is decrypted."""
+        return self.receiver.accept_user
+
+    @accept_user.setter
+    def accept_user(self, fn: Callable[[int], bool] | None) -> None:
+        self.receiver.accept_user = fn
+
+    def set_sink(self, sink: ReceiveSink | None) -> None:
+        """Attach (or detach, with None) the consumer of frames and leave events."""
+        self._sink = sink
+
+    def user_for_ssrc(self, ssrc: int) -> int | None:
+        """The user an SSRC is mapped to, if known."""
+        return self.receiver.ssrc_to_user.get(ssrc)
+
+    async def connect(self, *, reconnect: bool, timeout: float, self_deaf: bool = False, self_mute: bool = False) -> None:
+        await super().connect(reconnect=reconnect, timeout=timeout, self_deaf=self_deaf, self_mute=self_mute)
+        self._listen()
+
+    async def disconnect(self, *, force: bool = False) -> None:
+        self._unlisten()
+        await super().disconnect(force=force)
+
+    # --- wiring ------------------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        # Idempotent: remove first so the callback is never registered twice. A full disconnect
+        # stops discord.py's reader and clears its callbacks, so this runs again on every op 4.
+        conn = self._connection
+        conn.remove_socket_listener(self.receiver.on_datagram)
+        conn.add_socket_listener(self.receiver.on_datagram)
+        self._listening = True
+
+    def _unlisten(self) -> None:
+        if self._listening:
+            self._connection.remove_socket_listener(self.receiver.on_datagram)
+            self._listening = False
+
+    async def _on_voice_op(self, ws: DiscordVoiceWebSocket, msg: dict[str, Any]) -> None:
+        """Runs on the event loop after discord.py handled each JSON voice op; never raises."""
+        try:
+            op = msg.get("op")
+            d = msg.get("d") or {}
+            if op == OP_SESSION_DESCRIPTION:
+                # A (re)connected session: a fresh key and maybe a fresh DAVE group; start listening.
+                self._listen()
+            elif op == OP_SPEAKING:
+                self.receiver.map_ssrc(int(d["ssrc"]), int(d["user_id"]), speaking=bool(int(d.get("speaking") or 0)))
+            elif op == OP_CLIENT_CONNECT:
+                # undocumented: carries user_id and audio_ssrc (0 when the user has no audio stream)
+                ssrc = int(d.get("audio_ssrc") or 0)
+                if ssrc and "user_id" in d:
+                    self.receiver.map_ssrc(ssrc, int(d["user_id"]))
+            elif op == OP_CLIENTS_CONNECT:
+                self.receiver.add_members([int(u) for u in d.get("user_ids", ())])
+            elif op == OP_CLIENT_DISCONNECT:
+                user_id = int(d["user_id"])
+                self.receiver.forget_user(user_id)
+                self._drain()  # frames already handed over go first, so the sink's cleanup is final
+                sink = self._sink
+                if sink is not None:
+                    sink.on_speaker_left(user_id)
+        except Exception:
+            log.exception("voice receive: could not handle voice op %s", msg.get("op"))
+
+    def _hand_off(self, packet: VoicePacket) -> None:
+        """Socket thread → event loop: append to a bounded batch; wake the loop once per batch."""
+        with self._pending_lock:
+            if len(self._pending) >= self._max_backlog:
+                wake = False
+                overflow = True
+            else:
+                self._pending.append(packet)
+                overflow = False
+                wake = not self._drain_scheduled
+                self._drain_scheduled = True
+        if overflow:
+            self.receiver._drop(BACKLOG)  # lock already held by the receiver on this path
+            return
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed during shutdown
+                with self._pending_lock:
+                    lost = len(self._pending)
+                    self._pending.clear()
+                    self._drain_scheduled = False
+                self.receiver._dropped[LOOP_CLOSED] += lost
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            batch = list(self._pending)
+            self._pending.clear()
+            self._drain_scheduled = False
+        sink = self._sink
+        if sink is None:
+            return
+        for packet in batch:
+            try:
+                sink.on_packet(packet)
+            except Exception:
+                log.exception("voice receive: sink failed on a packet from user %s", packet.user_id)

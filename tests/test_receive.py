@@ -1,0 +1,343 @@
+"""Receive: discord.py's own DAVE handling driven by a scripted voice gateway, packets sealed in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import davey
+import discord
+import pytest
+
+from bot.loopback.mls import ExternalSender, establish_group
+from audio.receive import ReceiveStats, ReceiveVoiceClient, VoicePacket
+from tests.dave_group import (
+    ALICE,
+    BOB,
+    BOT_ID,
+    BOT_SSRC,
+    CAROL,
+    TRANSPORT_KEY,
+    VoiceGateway,
+    attach_gateway,
+    seal,
+    voice_channel,
+)
+
+OPUS = b"\xfc" + bytes(range(1, 60))
+OPUS2 = b"\xfc" + bytes(range(100, 160))
+SILENCE = b"\xf8\xff\xfe"
+ALICE_SSRC, BOB_SSRC, CAROL_SSRC = 11, 12, 13
+
+
+class RecordingSink:
+    """A ReceiveSink that records and lets a test await a number of packets (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.packets: list[VoicePacket] = []
+        self.left: list[int] = []
+        self._waiter: tuple[int, asyncio.Future[None]] | None = None
+
+    def on_packet(self, packet: VoicePacket) -> None:
+        self.packets.append(packet)
+        self._check()
+
+    def on_speaker_left(self, user_id: int) -> None:
+        self.left.append(user_id)
+
+    def _check(self) -> None:
+        if self._waiter and len(self.packets) >= self._waiter[0] and not self._waiter[1].done():
+            self._waiter[1].set_result(None)
+
+    async def wait_for(self, n: int) -> list[VoicePacket]:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiter = (n, fut)
+        self._check()
+        await asyncio.wait_for(fut, timeout=5)  # failure guard only
+        return self.packets
+
+
+@dataclasses.dataclass
+class Rig:
+    vc: ReceiveVoiceClient
+    gw: VoiceGateway
+    sink: RecordingSink
+    sock: socket.socket
+    counter: int = 0
+
+    def send(self, user: int, ssrc: int, seq: int, opus: bytes = OPUS, *, raw: bool = False, **kw: Any) -> bytes:
+        frame = opus if raw else self.gw.encrypt(user, opus)
+        self.counter += 1
+        packet = seal(frame, seq=seq, ts=seq * 960, ssrc=ssrc, counter=self.counter, **kw)
+        self.vc.receiver.on_datagram(packet)
+        return packet
+
+    @property
+    def stats(self) -> ReceiveStats:
+        return self.vc.stats
+
+    async def speaking(self, user: int, ssrc: int, flag: int = 1) -> None:
+        await self.gw.json(5, {"user_id": str(user), "ssrc": ssrc, "speaking": flag})
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with discord.Client(intents=discord.Intents.default()) as client:
+        channel = voice_channel(client)
+        sink = RecordingSink()
+        vc = ReceiveVoiceClient(client, channel, sink=sink)
+        gw, sock = attach_gateway(vc)
+        try:
+            yield Rig(vc, gw, sink, sock)
+        finally:
+            await vc._connection.disconnect(force=True)  # stops discord.py's socket-reader thread
+            sock.close()
+
+
+async def _dave_rig(rig: Rig) -> Rig:
+    await rig.gw.session_description()
+    await rig.gw.establish(ALICE)
+    return rig
+
+
+async def test_op4_makes_discordpy_send_key_package_and_registers_listener(rig: Rig) -> None:
+    await rig.gw.session_description()
+    ops = [op for op, _ in rig.gw.ws.sent_binary]
+    assert ops == [26]
+    assert rig.gw.ws.sent_json[0]["op"] == 5 and rig.gw.ws.sent_json[0]["d"]["ssrc"] == BOT_SSRC
+    await rig.gw.establish(ALICE)
+    conn = rig.vc._connection
+    assert conn.dave_session is not None and conn.dave_session.ready and conn.dave_protocol_version == 1
+    assert [m["op"] for m in rig.gw.ws.sent_json] == [5, 23]
+    await rig.speaking(ALICE, ALICE_SSRC)
+    # end to end through discord.py's SocketReader thread: a real datagram on the real socket
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(seal(rig.gw.encrypt(ALICE, OPUS), ssrc=ALICE_SSRC), rig.sock.getsockname())
+        packets = await rig.sink.wait_for(1)
+    finally:
+        sender.close()
+    assert packets[0] == VoicePacket(ALICE, ALICE_SSRC, 1, 960, OPUS)
+
+
+async def test_listener_registered_once_across_repeated_op4(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.gw.session_description()  # a reconnect: discord.py reinits DAVE, we re-register
+    reader = rig.vc._connection._socket_reader
+    assert reader._callbacks.count(rig.vc.receiver.on_datagram) == 1
+
+
+@pytest.mark.parametrize("ext_words", [None, 0, 1, 2])
+@pytest.mark.parametrize("padding", [0, 1, 7])
+async def test_dave_frames_with_extensions_and_padding(rig: Rig, ext_words: int | None, padding: int) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1, ext_words=ext_words, padding=padding)
+    packets = await rig.sink.wait_for(1)
+    assert packets[0].opus == OPUS and packets[0].user_id == ALICE
+    assert rig.stats.dave_decrypted == 1 and rig.stats.lost == 0
+
+
+async def test_all_padding_and_silence(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.vc.receiver.on_datagram(seal(b"", ssrc=ALICE_SSRC, padding=5, counter=99))
+    rig.send(ALICE, ALICE_SSRC, 2, SILENCE)
+    packets = await rig.sink.wait_for(1)
+    assert packets[0].opus == SILENCE
+    assert rig.stats.dropped["empty"] == 1
+
+
+async def test_duplicates_are_not_decrypted_twice(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    packet = rig.send(ALICE, ALICE_SSRC, 5)
+    for _ in range(3):
+        rig.vc.receiver.on_datagram(packet)
+    await rig.sink.wait_for(1)
+    stats = rig.stats
+    assert stats.delivered == 1 and stats.dropped["duplicate"] == 3 and stats.lost == 0
+    dave_stats = rig.vc._connection.dave_session.get_decryption_stats(ALICE)
+    assert dave_stats.attempts == 1 and dave_stats.failures == 0
+
+
+async def test_reordered_and_wrapping_sequences_are_all_delivered(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    for seq in (65534, 0, 65535, 1):
+        rig.send(ALICE, ALICE_SSRC, seq)
+    packets = await rig.sink.wait_for(4)
+    assert [p.sequence for p in packets] == [65534, 0, 65535, 1]
+
+
+@pytest.mark.parametrize("pt", [101, 103])
+async def test_video_rtcp_and_own_ssrc_are_filtered(rig: Rig, pt: int) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC + 1, 1, pt=pt)
+    rig.vc.receiver.on_datagram(bytes([0x81, 200]) + bytes(30))
+    rig.send(ALICE, BOT_SSRC, 1)
+    stats = rig.stats
+    assert stats.dropped == {"payload_type": 1, "rtcp": 1, "own_ssrc": 1}
+    assert stats.delivered == 0 and stats.audio_packets == 0
+
+
+async def test_unknown_ssrc_is_attributed_by_trial_decryption(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.gw.add_member(BOB)
+    rig.send(BOB, BOB_SSRC, 1, SILENCE)  # silence proves nothing: held, not attributed
+    assert rig.stats.held == 1 and rig.vc.user_for_ssrc(BOB_SSRC) is None
+    rig.send(BOB, BOB_SSRC, 2, OPUS)
+    packets = await rig.sink.wait_for(2)
+    assert {(p.user_id, p.sequence) for p in packets} == {(BOB, 1), (BOB, 2)}
+    assert rig.vc.user_for_ssrc(BOB_SSRC) == BOB
+    stats = rig.stats
+    assert stats.trial_attributed == 1 and stats.held == 0 and stats.lost == 0
+    assert next(p for p in packets if p.sequence == 2).opus == OPUS  # the trial's plaintext was kept
+
+
+async def test_unknown_ssrc_held_until_op5_then_replayed(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.gw.add_member(CAROL)
+    # a frame from a key nobody in our group has (another group entirely): trial cannot match
+    outsider_a, outsider_b = davey.DaveSession(1, 5, 1), davey.DaveSession(1, 6, 1)
+    establish_group(ExternalSender(), outsider_a, outsider_b, 1)
+    rig.send(CAROL, CAROL_SSRC, 1, SILENCE)
+    rig.send(CAROL, CAROL_SSRC, 2, outsider_a.encrypt_opus(OPUS), raw=True)
+    rig.send(CAROL, CAROL_SSRC, 3, SILENCE)
+    assert rig.stats.held == 3 and not rig.sink.packets and rig.stats.trial_attributed == 0
+    await rig.speaking(CAROL, CAROL_SSRC)
+    packets = await rig.sink.wait_for(2)
+    assert [p.sequence for p in packets] == [1, 3] and all(p.user_id == CAROL for p in packets)
+    assert rig.stats.held == 0 and rig.stats.dropped == {"dave_decrypt": 1}
+
+
+async def test_hold_buffer_is_bounded(rig: Rig) -> None:
+    await rig.gw.session_description(dave_version=0)  # no DAVE: unknown SSRCs can only be held
+    for seq in range(60):
+        rig.send(ALICE, ALICE_SSRC, seq, OPUS, raw=True)
+    assert rig.stats.held == 50 and rig.stats.dropped["hold_overflow"] == 10
+    for ssrc in range(100, 120):
+        rig.send(ALICE, ssrc, 1, OPUS, raw=True)
+    assert rig.stats.held <= 16 * 50
+    assert len(rig.vc.receiver._held) == 16
+    await rig.speaking(ALICE, 119)
+    packets = await rig.sink.wait_for(1)
+    assert packets[0].ssrc == 119
+
+
+async def test_epoch_change_mid_stream(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1)
+    old_epoch_frame = rig.gw.encrypt(ALICE, OPUS2)
+    await rig.gw.add_member(CAROL)  # op 27 → discord.py sends op 28; op 29 + op 22
+    assert [op for op, _ in rig.gw.ws.sent_binary] == [26, 28]
+    assert rig.vc._connection.dave_session.epoch == 2
+    await rig.speaking(CAROL, CAROL_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 2)
+    rig.send(CAROL, CAROL_SSRC, 1, OPUS2)
+    rig.send(ALICE, ALICE_SSRC, 3, old_epoch_frame, raw=True)  # sent before the switch, arriving after
+    packets = await rig.sink.wait_for(4)
+    assert [(p.user_id, p.opus) for p in packets] == [(ALICE, OPUS), (ALICE, OPUS), (CAROL, OPUS2), (ALICE, OPUS2)]
+    assert rig.stats.lost == 0
+
+
+async def test_downgrade_to_version_zero(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1)
+    await rig.gw.downgrade()
+    assert rig.vc._connection.dave_protocol_version == 0
+    rig.send(ALICE, ALICE_SSRC, 2, OPUS2, raw=True)
+    rig.send(ALICE, ALICE_SSRC, 3)  # a sender that has not switched yet: still DAVE
+    packets = await rig.sink.wait_for(3)
+    assert [p.opus for p in packets] == [OPUS, OPUS2, OPUS]
+
+
+async def test_member_leaving_drops_state(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1)
+    await rig.gw.json(11, {"user_ids": [str(ALICE), str(BOB)]})
+    assert rig.vc.receiver.members == {ALICE, BOB}
+    await rig.gw.json(13, {"user_id": str(ALICE)})
+    assert rig.sink.left == [ALICE]
+    assert [p.sequence for p in rig.sink.packets] == [1]  # drained before the leave event
+    assert rig.vc.user_for_ssrc(ALICE_SSRC) is None and ALICE not in rig.vc.receiver.members
+    assert ALICE_SSRC not in rig.vc.receiver._windows
+
+
+async def test_op12_audio_ssrc_maps(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.gw.json(12, {"user_id": str(ALICE), "audio_ssrc": ALICE_SSRC, "video_ssrc": 0})
+    assert rig.vc.user_for_ssrc(ALICE_SSRC) == ALICE
+    await rig.gw.json(12, {"user_id": str(BOB), "audio_ssrc": 0})
+    assert rig.vc.user_for_ssrc(0) is None
+
+
+async def test_dave_active_but_not_ready_drops(rig: Rig) -> None:
+    await rig.gw.session_description()  # version 1, no welcome yet
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1, OPUS, raw=True)
+    assert rig.stats.dropped == {"dave_not_ready": 1}
+
+
+async def test_bad_packets_are_counted_and_dropped(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    recv = rig.vc.receiver.on_datagram
+    recv(seal(rig.gw.encrypt(ALICE, OPUS), ssrc=ALICE_SSRC, seq=1, counter=1)[:20])  # truncated
+    recv(seal(OPUS * 40, bytes(32), ssrc=ALICE_SSRC, seq=2))  # oversized and wrongly keyed
+    recv(seal(b"\x01" * 4000, ssrc=ALICE_SSRC, seq=3))  # oversized plaintext that is not DAVE
+    recv(b"\x80\x78" + bytes(100))  # garbage with a plausible header
+    recv(seal(rig.gw.encrypt(ALICE, OPUS)[:-3] + b"\xfa\xfa", ssrc=ALICE_SSRC, seq=4))  # mangled DAVE frame
+    recv(seal(rig.gw.encrypt(ALICE, b"\x01" * 4000)[:-1], ssrc=ALICE_SSRC, seq=5))  # truncated DAVE frame
+    recv(seal(rig.gw.encrypt(ALICE, OPUS), ssrc=ALICE_SSRC, seq=6))
+    recv(seal(rig.gw.encrypt(ALICE, OPUS2), ssrc=ALICE_SSRC, seq=7))
+    await rig.sink.wait_for(2)
+    stats = rig.stats
+    assert stats.dropped["too_short"] == 1
+    assert stats.dropped["transport_decrypt"] == 2
+    assert stats.dropped.get("dave_unencrypted", 0) + stats.dropped.get("dave_decrypt", 0) == 3
+    assert stats.delivered == 2 and stats.lost == 6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.delivered = 0  # type: ignore[misc]
+
+
+async def test_opted_out_user_is_never_decrypted(rig: Rig) -> None:
+    await _dave_rig(rig)
+    rig.vc.accept_user = lambda user_id: user_id != ALICE
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 1)
+    assert rig.stats.dropped == {"opted_out": 1} and rig.stats.lost == 0
+    assert rig.vc._connection.dave_session.get_decryption_stats(ALICE).attempts == 0
+
+
+async def test_sink_errors_do_not_escape(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+
+    class Broken(RecordingSink):
+        def on_packet(self, packet: VoicePacket) -> None:
+            super().on_packet(packet)
+            raise RuntimeError("boom")
+
+    broken = Broken()
+    rig.vc.set_sink(broken)
+    rig.send(ALICE, ALICE_SSRC, 1)
+    rig.send(ALICE, ALICE_SSRC, 2)
+    assert len(await broken.wait_for(2)) == 2
+    assert "sink failed" in caplog.text
+
+
+async def test_speaking_events_are_counted_but_not_for_ourselves(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC, 1)
+    await rig.speaking(ALICE, ALICE_SSRC, 0)
+    await rig.speaking(BOT_ID, BOT_SSRC, 1)
+    assert rig.stats.speaking_events == 1
+    assert rig.vc.user_for_ssrc(BOT_SSRC) is None
