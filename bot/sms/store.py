@@ -20,10 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from bot.db import Database
+from bot.sms.text import mask_number
 
-__all__ = ["Admission", "LinkCode", "PhoneLink", "SmsStore", "LINK_CODE_TTL", "RATE_WINDOW"]
+if TYPE_CHECKING:
+    from bot.memory import Memory
+
+__all__ = ["Admission", "LinkCode", "PhoneLink", "PhoneLinker", "SmsStore", "LINK_CODE_TTL", "RATE_WINDOW"]
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +248,40 @@ class SmsStore:
 
 def _link(row: sqlite3.Row) -> PhoneLink:
     return PhoneLink(str(row["number"]), str(row["identity"]), str(row["display_name"]), float(row["linked_at"]))
+
+
+class PhoneLinker:
+    """The Discord side of linking a phone: hand out codes, list and remove links.
+
+    The SMS side (a code texted in) is :meth:`SmsService.handle`, which calls
+    :meth:`SmsStore.consume_link_code` and ``Memory.link_identities``.
+    """
+
+    def __init__(self, store: SmsStore, memory: Memory) -> None:
+        self.store = store
+        self.memory = memory
+
+    def start(self, identity: str, display_name: str) -> LinkCode:
+        """A fresh one-time code for ``identity`` (e.g. ``discord:123``)."""
+        code = self.store.create_link_code(identity, display_name)
+        log.info("Link code issued for %s", identity)
+        return code
+
+    def linked_numbers(self, identity: str) -> list[str]:
+        """Phone numbers linked to ``identity`` that memory still links (``/forget`` removes them)."""
+        known = self.memory.identities_of(identity)
+        return [link.number for link in self.store.links_for_identity(identity) if f"phone:{link.number}" in known]
+
+    def unlink(self, identity: str) -> list[str]:
+        """Remove every phone linked to ``identity``; returns the numbers unlinked."""
+        removed = self.store.remove_links(identity)
+        unlink = getattr(self.memory, "unlink_identity", None)
+        for link in removed:
+            if unlink is not None:
+                unlink(f"phone:{link.number}")
+            else:
+                # Memory has no way to split a person yet: the SMS link (names, codes) is gone,
+                # and forget_person still covers both identities, which errs on the private side.
+                log.warning("Memory cannot unlink identities; phone:%s stays linked in memory", mask_number(link.number))
+        log.info("Unlinked %d phone(s) from %s", len(removed), identity)
+        return [link.number for link in removed]

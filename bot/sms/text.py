@@ -12,6 +12,7 @@ __all__ = [
     "SMS_SEGMENT_LIMIT",
     "Keyword",
     "classify_keyword",
+    "link_instructions",
     "mask_number",
     "normalize_for_sms",
     "parse_link_code",
@@ -168,3 +169,10 @@ def split_sms(text: str, limit: int = SMS_SEGMENT_LIMIT) -> list[str]:
         segments.append(head)
         rest = rest[cut:].lstrip()
     return segments
+
+
+def link_instructions(code: str, bot_number: str, minutes: int) -> str:
+    """What ``/link phone`` shows: the code and where to text it."""
+    return (f"Text **LINK {code}** to **{bot_number}** from the phone you want to link "
+            f"(the code works once, for {minutes} minutes). After that, whatever you text me "
+            "is remembered as you, and /forget covers both. Use /unlink to undo.")
