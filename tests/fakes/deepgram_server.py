@@ -1,0 +1,436 @@
+"""A loopback Deepgram live-transcription server for tests (v1 ``/v1/listen`` and Flux ``/v2/listen``).
+
+The real ``AsyncDeepgramClient`` connects to it through a custom ``DeepgramClientEnvironment``.
+It checks ``Authorization: Token <key>``, parses the query string, receives binary audio and the
+JSON control messages, and answers with the message shapes Deepgram sends.
+
+"Recognition" is a test-controlled rule on the audio itself: audio is cut into 20 ms frames; a frame
+whose samples all equal one non-zero value ``v`` is speech of the word ``vocabulary[v]`` (a run of
+such frames is one word), anything else is silence. ``word_audio`` builds such audio.
+
+Scripting switches: ``reject_status`` (answer handshakes with an HTTP status), ``drop_after_bytes``
+(close a connection with 1011 ``NET-0001`` once it has received that much audio),
+``drop_on_control`` (close with 1011 on receiving that control message type, once),
+``drop_on_connect`` (close that many new connections at once with 1011), ``send_unknown``
+(send a message of an unknown type first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.02
+NET_0001 = json.dumps(
+    {"err_code": "NET-0001", "err_msg": "No audio or text message received within the timeout window."}
+)
+
+
+def word_audio(values: Sequence[int], *, frames_per_word: int = 10, gap_frames: int = 0, sample_rate: int = 16000) -> bytes:
+    """Audio the fake recognises: each value is a word of ``frames_per_word`` frames; 0 is silence."""
+    frame_samples = int(sample_rate * FRAME_SECONDS)
+    out = bytearray()
+    for value in values:
+        out += value.to_bytes(2, "little", signed=True) * frame_samples * frames_per_word
+        out += bytes(2 * frame_samples * gap_frames)
+    return bytes(out)
+
+
+def silence(frames: int, *, sample_rate: int = 16000) -> bytes:
+    """``frames`` frames of 20 ms digital silence."""
+    return bytes(2 * int(sample_rate * FRAME_SECONDS) * frames)
+
+
+@dataclass
+class FakeWord:
+    text: str
+    start: float
+    end: float
+
+
+@dataclass
+class FakeConnection:
+    """What one accepted socket saw and said."""
+
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    audio: bytearray = field(default_factory=bytearray)
+    control: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    closed: bool = False
+    close_code: int | None = None
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def control_types(self) -> list[str]:
+        return [str(m.get("type")) for m in self.control]
+
+    def sent_types(self) -> list[str]:
+        return [str(m.get("type")) for m in self.sent]
+
+
+class _Recognizer:
+    """Per-connection speech state on the connection's own audio clock."""
+
+    def __init__(self, conn: FakeConnection, vocabulary: Mapping[int, str]) -> None:
+        self.conn = conn
+        self.vocabulary = vocabulary
+        rate = int(conn.param("sample_rate") or 16000)
+        self.frame_bytes = 2 * int(rate * FRAME_SECONDS)
+        self.buffer = bytearray()
+        self.frames = 0
+        self.words: list[FakeWord] = []  # since the last final (v1) / in the current turn (v2)
+        self.current: int | None = None  # value of the word being spoken
+        self.segment_start = 0.0  # v1: end of the last final; v2: start of the turn window
+        self.silent_frames = 0
+        self.endpointed = True
+        self.utterance_ended = True
+        self.last_word_end = 0.0
+        self.turn_index = 0
+        self.in_turn = False  # Flux: a turn has started and not yet ended
+
+    @property
+    def now(self) -> float:
+        return round(self.frames * FRAME_SECONDS, 6)
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, Any]]:
+        """Process whole frames, yielding events as they happen so replies see the state of that
+        moment: ("speech_started", t), ("silence", ms of silence so far), and ("speech", None) once
+        at the end of a message that contained speech."""
+        self.buffer += data
+        new_speech = False
+        while len(self.buffer) >= self.frame_bytes:
+            frame = bytes(self.buffer[: self.frame_bytes])
+            del self.buffer[: self.frame_bytes]
+            value = int.from_bytes(frame[:2], "little", signed=True)
+            speech = value != 0 and frame == frame[:2] * (len(frame) // 2)
+            start = self.now
+            self.frames += 1
+            if speech:
+                if self.endpointed:
+                    self.endpointed = False
+                    yield ("speech_started", start)
+                if self.current != value or self.silent_frames or not self.words:
+                    self.words.append(FakeWord(self.vocabulary.get(value, f"w{value}"), start, self.now))
+                else:
+                    self.words[-1].end = self.now
+                self.current = value
+                self.silent_frames = 0
+                self.utterance_ended = False
+                self.in_turn = True
+                self.last_word_end = self.now
+                new_speech = True
+            else:
+                self.current = None
+                self.silent_frames += 1
+                yield ("silence", self.silent_frames * FRAME_SECONDS * 1000)
+        if new_speech:
+            yield ("speech", None)
+
+
+class FakeDeepgram:
+    """Loopback Deepgram. Use as ``async with FakeDeepgram(...) as dg:`` and point the engine at
+    ``dg.http_url``. Every handshake (accepted or not) is counted in ``handshakes``; accepted
+    sockets are recorded in ``connections``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "test-key",
+        vocabulary: Mapping[int, str] | None = None,
+        reject_status: int | None = None,
+        drop_after_bytes: int | None = None,
+        drop_on_connect: int = 0,
+        send_unknown: bool = False,
+        drop_on_control: str | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.vocabulary = dict(vocabulary or {})
+        self.reject_status = reject_status
+        self.drop_after_bytes = drop_after_bytes
+        self.drops_remaining = 1 if drop_after_bytes is not None else 0
+        self.drop_on_connect = drop_on_connect
+        self.send_unknown = send_unknown
+        self.drop_on_control = drop_on_control
+        self.handshakes = 0
+        self.connections: list[FakeConnection] = []
+        self._server: Server | None = None
+        self._changed = asyncio.Event()
+        self.port = 0
+
+    # ---- lifecycle
+
+    async def __aenter__(self) -> FakeDeepgram:
+        self._server = await serve(self._handler, "127.0.0.1", 0, process_request=self._process_request)
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    # ---- waiting helpers (event-driven; the timeout is only a failure guard)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def _loop() -> None:
+            while True:
+                changed = self._changed
+                if predicate():
+                    return
+                await changed.wait()
+
+        await asyncio.wait_for(_loop(), timeout)
+
+    # ---- protocol
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshakes += 1
+        self._notify()
+        path = urlsplit(request.path).path
+        if path not in ("/v1/listen", "/v2/listen"):
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self.reject_status is not None:
+            body = {
+                402: '{"err_code":"ASR_PAYMENT_REQUIRED","err_msg":"Project does not have enough credits."}',
+                403: '{"err_code":"INSUFFICIENT_PERMISSIONS","err_msg":"This key cannot use this model."}',
+                429: '{"err_code":"TOO_MANY_REQUESTS","err_msg":"Too many concurrent requests."}',
+            }.get(self.reject_status, '{"err_code":"ERROR","err_msg":"Rejected."}')
+            return connection.respond(self.reject_status, body)
+        if request.headers.get("Authorization") != f"Token {self.api_key}":
+            return connection.respond(
+                HTTPStatus.UNAUTHORIZED,
+                '{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}',
+            )
+        return None
+
+    async def _send(self, ws: ServerConnection, conn: FakeConnection, message: dict[str, Any]) -> None:
+        conn.sent.append(message)
+        await ws.send(json.dumps(message))
+        self._notify()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        split = urlsplit(ws.request.path)
+        conn = FakeConnection(
+            path=split.path,
+            query=parse_qs(split.query),
+            headers={k: v for k, v in ws.request.headers.raw_items()},
+        )
+        self.connections.append(conn)
+        self._notify()
+        request_id = str(uuid.uuid4())
+        rec = _Recognizer(conn, self.vocabulary)
+        flux = conn.path == "/v2/listen"
+        try:
+            if self.drop_on_connect > 0:
+                self.drop_on_connect -= 1
+                await ws.close(1011, NET_0001)
+                return
+            if flux:
+                await self._send(ws, conn, {"type": "Connected", "request_id": request_id, "sequence_id": 0})
+            if self.send_unknown:
+                await self._send(ws, conn, {"type": "SomethingNew", "detail": "ignore me"})
+            async for message in ws:
+                if isinstance(message, bytes):
+                    conn.audio += message
+                    self._notify()
+                    if flux:
+                        await self._flux_audio(ws, conn, rec, request_id, message)
+                    else:
+                        await self._v1_audio(ws, conn, rec, request_id, message)
+                    if (
+                        self.drops_remaining
+                        and self.drop_after_bytes is not None
+                        and len(conn.audio) >= self.drop_after_bytes
+                    ):
+                        self.drops_remaining -= 1
+                        await ws.close(1011, NET_0001)
+                        return
+                    continue
+                control = json.loads(message)
+                conn.control.append(control)
+                self._notify()
+                kind = control.get("type")
+                if kind is not None and kind == self.drop_on_control:
+                    self.drop_on_control = None
+                    await ws.close(1011, NET_0001)
+                    return
+                if kind == "KeepAlive":
+                    continue
+                if kind == "Finalize" and not flux:
+                    await self._v1_final(ws, conn, rec, request_id, from_finalize=True)
+                elif kind == "ForceEndTurn" and flux:
+                    await self._flux_end_of_turn(ws, conn, rec, request_id, trigger="manual")
+                elif kind == "CloseStream":
+                    if not flux:
+                        if rec.now > rec.segment_start:
+                            await self._v1_final(ws, conn, rec, request_id)
+                        await self._send(
+                            ws,
+                            conn,
+                            {
+                                "type": "Metadata",
+                                "transaction_key": "deprecated",
+                                "request_id": request_id,
+                                "sha256": "0" * 64,
+                                "created": "2026-01-01T00:00:00.000Z",
+                                "duration": rec.now,
+                                "channels": 1,
+                            },
+                        )
+                    await ws.close(1000)
+                    return
+                else:
+                    await self._send(
+                        ws,
+                        conn,
+                        {"type": "Error", "variant": "SchemaError", "description": "unknown message", "message": message},
+                    )
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closed = True
+            conn.close_code = ws.close_code
+            self._notify()
+
+    # ---- v1
+
+    def _results(self, conn: FakeConnection, rec: _Recognizer, request_id: str, *, is_final: bool,
+                 speech_final: bool = False, from_finalize: bool = False, until: float | None = None) -> dict[str, Any]:
+        end = rec.now if until is None else until
+        words = [w for w in rec.words if w.start < end]
+        text = " ".join(w.text for w in words)
+        return {
+            "type": "Results",
+            "channel_index": [0, 1],
+            "start": rec.segment_start,
+            "duration": round(end - rec.segment_start, 6),
+            "is_final": is_final,
+            "speech_final": speech_final,
+            "from_finalize": from_finalize,
+            "channel": {
+                "alternatives": [
+                    {
+                        "transcript": text.capitalize() + ("." if text and is_final else "") if conn.param("smart_format") == "true" else text,
+                        "confidence": 0.99 if text else 0.0,
+                        "words": [
+                            {"word": w.text, "start": w.start, "end": min(w.end, end), "confidence": 0.99, "punctuated_word": w.text}
+                            for w in words
+                        ],
+                    }
+                ]
+            },
+            "metadata": {
+                "request_id": request_id,
+                "model_uuid": "00000000-0000-0000-0000-000000000000",
+                "model_info": {"name": conn.param("model") or "", "version": "fake", "arch": conn.param("model") or ""},
+            },
+        }
+
+    async def _v1_final(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, *,
+                        speech_final: bool = False, from_finalize: bool = False, until: float | None = None) -> None:
+        msg = self._results(conn, rec, request_id, is_final=True, speech_final=speech_final,
+                            from_finalize=from_finalize, until=until)
+        rec.segment_start = rec.now if until is None else until
+        rec.words = [w for w in rec.words if w.start >= rec.segment_start]
+        rec.endpointed = True
+        await self._send(ws, conn, msg)
+
+    async def _v1_audio(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, data: bytes) -> None:
+        endpointing = conn.param("endpointing")
+        endpoint_ms = float(endpointing) if endpointing and endpointing not in ("false", "true") else None
+        utterance_end = conn.param("utterance_end_ms")
+        utterance_end_ms = float(utterance_end) if utterance_end else None
+        for event, detail in rec.feed(data):
+            if event == "speech_started" and conn.param("vad_events") == "true":
+                await self._send(ws, conn, {"type": "SpeechStarted", "channel": [0, 1], "timestamp": detail})
+            elif event == "silence":
+                if endpoint_ms is not None and not rec.endpointed and detail >= endpoint_ms:
+                    await self._v1_final(ws, conn, rec, request_id, speech_final=True, until=rec.now)
+                if (
+                    utterance_end_ms is not None
+                    and not rec.utterance_ended
+                    and rec.now - rec.last_word_end >= utterance_end_ms / 1000
+                ):
+                    rec.utterance_ended = True
+                    await self._send(
+                        ws, conn, {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": rec.last_word_end}
+                    )
+            elif event == "speech" and conn.param("interim_results") == "true":
+                await self._send(ws, conn, self._results(conn, rec, request_id, is_final=False))
+
+    # ---- v2 (Flux)
+
+    def _turn_info(self, rec: _Recognizer, request_id: str, event: str, trigger: str | None = None) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "type": "TurnInfo",
+            "request_id": request_id,
+            "sequence_id": 0,
+            "event": event,
+            "turn_index": rec.turn_index,
+            "audio_window_start": rec.segment_start,
+            "audio_window_end": rec.now,
+            "transcript": " ".join(w.text for w in rec.words),
+            "words": [{"word": w.text, "confidence": 0.99, "start": w.start, "end": w.end} for w in rec.words],
+            "end_of_turn_confidence": 0.9 if event == "EndOfTurn" else 0.1,
+        }
+        if trigger is not None:
+            msg["trigger"] = trigger
+        return msg
+
+    async def _flux_end_of_turn(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, trigger: str) -> None:
+        msg = self._turn_info(rec, request_id, "EndOfTurn", trigger)
+        msg["sequence_id"] = len(conn.sent)
+        rec.segment_start = rec.now
+        rec.words = []
+        rec.turn_index += 1
+        rec.in_turn = False
+        rec.endpointed = True
+        await self._send(ws, conn, msg)
+
+    async def _flux_audio(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, data: bytes) -> None:
+        timeout = conn.param("eot_timeout_ms")
+        eot_ms = float(timeout) if timeout else 500.0
+        for event, detail in rec.feed(data):
+            if event == "speech_started":
+                msg = self._turn_info(rec, request_id, "StartOfTurn")
+                msg["sequence_id"] = len(conn.sent)
+                await self._send(ws, conn, msg)
+            elif event == "silence":
+                if rec.in_turn and detail >= eot_ms:
+                    await self._flux_end_of_turn(ws, conn, rec, request_id, trigger="timeout")
+                elif not rec.in_turn:
+                    rec.segment_start = rec.now
+            elif event == "speech":
+                msg = self._turn_info(rec, request_id, "Update")
+                msg["sequence_id"] = len(conn.sent)
+                await self._send(ws, conn, msg)
