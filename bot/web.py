@@ -148,16 +148,19 @@ async def serve(
     stop: asyncio.Event | None = None,
     ready: Callable[[WebServer], None] | None = None,
     health: Mapping[str, HealthCheck] | None = None,
+    reply_budget: float = 10.0,
 ) -> None:
     """Run the web server (with SMS when configured) until ``stop`` is set or the task is cancelled.
 
     ``ready`` is called with the started server (tests use it to learn the bound port).
+    ``reply_budget``: seconds a webhook waits for the agent before answering empty and sending
+    the reply through the REST API later (Twilio abandons a webhook after 15 s).
     The SMS pipeline is closed (replies in flight get a grace period) before this returns.
     """
     service: SmsService | None = None
     webhooks: TwilioWebhooks | None = None
     if settings.sms_enabled:
-        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db)
+        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
     else:
         log.info("SMS is not configured; serving /healthz only")
     server = WebServer(create_app(health=health, webhooks=webhooks), settings.web_host, settings.web_port)
