@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -457,7 +457,7 @@ class SmsService:
         return results
 
     @contextlib.asynccontextmanager
-    async def _room(self, room: str):  # type: ignore[no-untyped-def]
+    async def _room(self, room: str) -> AsyncIterator[None]:
         entry = self._rooms.get(room)
         if entry is None:
             entry = self._rooms[room] = _RoomLock(asyncio.Lock())
