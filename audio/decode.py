@@ -1,0 +1,479 @@
+"""Per-speaker Opus decoding, loss concealment and end-of-speech detection.
+
+A synchronous core the event loop drives (decode is a few µs per 20 ms frame):
+
+- :class:`SpeakerDecoder`: a small reorder buffer keyed by RTP sequence (wraps at 65536), Opus →
+  s16le PCM at 16 kHz mono by default (48 kHz available), PLC for losses and in-band FEC when the
+  next packet is at hand, bounded gap concealment, corrupt frames counted and concealed.
+- :class:`SpeechSegmenter`: speech start/end from a VAD plus packet gaps. Discord sends nothing
+  while someone is quiet, so the end of speech is often *no packets*: the owner calls ``tick()``
+  on a timer, with an injectable clock.
+- :class:`ReceivePipeline`: the :class:`~audio.receive.ReceiveSink` owning one decoder and
+  segmenter per speaker; it delivers PCM and speech events to a :class:`SpeechConsumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import discord.opus
+
+from audio.receive import VoicePacket
+from audio.vad import Vad, WebRtcVad
+
+__all__ = [
+    "OpusPcmDecoder",
+    "decoder_class",
+    "SpeakerDecoder",
+    "DecoderStats",
+    "SpeechSegmenter",
+    "SpeechEvent",
+    "SpeechConsumer",
+    "ReceivePipeline",
+    "PipelineStats",
+]
+
+log = logging.getLogger(__name__)
+
+_MAX_FRAME_MS = 120  # the longest Opus packet
+_SEQ_MOD = 0x10000
+_SEQ_HALF = 0x8000
+
+
+class OpusPcmDecoder(discord.opus.Decoder):
+    """discord.py's Opus decoder at a chosen rate/channel count, decoding into a reused buffer.
+
+    discord.py computes SAMPLE_SIZE, SAMPLES_PER_FRAME and FRAME_SIZE once from SAMPLING_RATE and
+    CHANNELS (opus.py ``_OpusStruct``), so a subclass must override all of them; use
+    :func:`decoder_class`. ``decode`` keeps discord.py's semantics (``None`` = PLC, ``fec=True``
+    rebuilds the *previous* frame from this packet) but skips its per-call ctypes allocation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._max_samples = self.SAMPLING_RATE * _MAX_FRAME_MS // 1000
+        self._buf = (ctypes.c_int16 * (self._max_samples * self.CHANNELS))()
+        self._ptr = ctypes.cast(self._buf, discord.opus.c_int16_ptr)
+        self._bytes_per_sample = 2 * self.CHANNELS
+        self._last_samples = self.SAMPLES_PER_FRAME
+
+    def decode(self, data: bytes | None, *, fec: bool = False) -> bytes:  # type: ignore[override]
+        if data is None and fec:
+            raise TypeError("Invalid arguments: FEC cannot be used with null data")
+        lib = discord.opus._lib
+        if data is None or fec:
+            # PLC and FEC must be asked for exactly the lost duration: assume it matched the last frame.
+            capacity = self._last_samples
+        else:
+            capacity = self._max_samples
+        n = lib.opus_decode(self._state, data, len(data) if data else 0, self._ptr, capacity, 1 if fec else 0)
+        if data is not None and not fec:
+            self._last_samples = n
+        return ctypes.string_at(self._buf, n * self._bytes_per_sample)
+
+
+_classes: dict[tuple[int, int], type[OpusPcmDecoder]] = {}
+
+
+def decoder_class(sample_rate: int = 16000, channels: int = 1) -> type[OpusPcmDecoder]:
+    """An :class:`OpusPcmDecoder` subclass for ``sample_rate`` (8/12/16/24/48 kHz) and ``channels``."""
+    if sample_rate not in (8000, 12000, 16000, 24000, 48000) or channels not in (1, 2):
+        raise ValueError(f"Opus cannot decode to {sample_rate} Hz x {channels}")
+    key = (sample_rate, channels)
+    cls = _classes.get(key)
+    if cls is None:
+        sample_size = 2 * channels
+        spf = sample_rate * OpusPcmDecoder.FRAME_LENGTH // 1000
+        cls = type(
+            f"OpusPcmDecoder{sample_rate // 1000}k{channels}ch",
+            (OpusPcmDecoder,),
+            {
+                "SAMPLING_RATE": sample_rate,
+                "CHANNELS": channels,
+                "SAMPLE_SIZE": sample_size,
+                "SAMPLES_PER_FRAME": spf,
+                "FRAME_SIZE": spf * sample_size,
+            },
+        )
+        _classes[key] = cls
+    return cls
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderStats:
+    """Counters of one speaker's decoder."""
+
+    decoded: int = 0  # frames decoded from packets
+    concealed: int = 0  # lost frames filled by PLC
+    fec_recovered: int = 0  # lost frames rebuilt from the next packet's in-band FEC
+    skipped: int = 0  # lost frames beyond the concealment bound (not filled)
+    late: int = 0  # packets that arrived after their slot was released
+    duplicates: int = 0
+    corrupt: int = 0  # packets libopus rejected
+
+
+class SpeakerDecoder:
+    """One speaker's reorder buffer and decoder; synchronous.
+
+    ``push`` returns the PCM frames released in order (decoded, FEC-rebuilt or concealed). A missing
+    packet is waited for until ``reorder_depth`` later packets have arrived, then concealed; gaps of
+    more than ``max_conceal_frames`` are concealed that far and skipped beyond.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        channels: int = 1,
+        reorder_depth: int = 3,
+        max_conceal_frames: int = 5,
+    ) -> None:
+        self._decoder = decoder_class(sample_rate, channels)()
+        self._depth = max(0, reorder_depth)
+        self._max_conceal = max(0, max_conceal_frames)
+        self._buffer: dict[int, bytes] = {}
+        self._next: int | None = None
+        self._c = collections.Counter[str]()
+
+    @property
+    def stats(self) -> DecoderStats:
+        return DecoderStats(**self._c)
+
+    @property
+    def buffered(self) -> int:
+        """Packets waiting in the reorder buffer."""
+        return len(self._buffer)
+
+    def push(self, seq: int, opus: bytes) -> list[bytes]:
+        """Add one packet; return the PCM frames now ready, in order."""
+        out: list[bytes] = []
+        if self._next is None:
+            self._next = seq
+        ahead = (seq - self._next) % _SEQ_MOD
+        if ahead >= _SEQ_HALF:
+            self._c["late"] += 1
+            return out
+        if seq in self._buffer:
+            self._c["duplicates"] += 1
+            return out
+        self._buffer[seq] = opus
+        self._release(out, force=False)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Release everything buffered now (the speaker went quiet): conceal holes, decode the rest."""
+        out: list[bytes] = []
+        self._release(out, force=True)
+        return out
+
+    def reset(self) -> None:
+        """Forget sequence state (e.g. after a long pause); the decoder keeps its state."""
+        self._buffer.clear()
+        self._next = None
+
+    def _release(self, out: list[bytes], *, force: bool) -> None:
+        buf = self._buffer
+        while buf:
+            nxt = self._next
+            assert nxt is not None
+            opus = buf.pop(nxt, None)
+            if opus is not None:
+                self._decode_into(out, opus)
+                self._next = (nxt + 1) % _SEQ_MOD
+                continue
+            if not force and len(buf) <= self._depth:
+                return  # still waiting for the missing packet
+            # The packet at ``nxt`` is lost: conceal up to the bound, skip beyond it.
+            gap = min((s - nxt) % _SEQ_MOD for s in buf)
+            conceal = min(gap, self._max_conceal)
+            for i in range(conceal):
+                last = i == gap - 1
+                following = buf.get((nxt + i + 1) % _SEQ_MOD) if last else None
+                self._conceal_into(out, following)
+            if gap > conceal:
+                self._c["skipped"] += gap - conceal
+            self._next = (nxt + gap) % _SEQ_MOD
+
+    def _decode_into(self, out: list[bytes], opus: bytes) -> None:
+        try:
+            pcm = self._decoder.decode(opus)
+        except discord.opus.OpusError:
+            self._c["corrupt"] += 1
+            self._conceal_into(out, None)  # keep the speaker's timeline going
+            return
+        self._c["decoded"] += 1
+        out.append(pcm)
+
+    def _conceal_into(self, out: list[bytes], following: bytes | None) -> None:
+        if following is not None:
+            try:
+                # In-band FEC: the next packet carries a low-bitrate copy of the lost one.
+                out.append(self._decoder.decode(following, fec=True))
+                self._c["fec_recovered"] += 1
+                return
+            except discord.opus.OpusError:
+                pass
+        try:
+            out.append(self._decoder.decode(None))
+            self._c["concealed"] += 1
+        except discord.opus.OpusError:
+            self._c["skipped"] += 1
+
+
+class SpeechEvent:
+    """Speech events a :class:`SpeechSegmenter` reports."""
+
+    START = "start"
+    END = "end"
+
+
+class SpeechSegmenter:
+    """Start/end of speech for one speaker from VAD decisions and packet gaps.
+
+    Start: ``start_frames`` voiced frames in a row. End: ``end_silence_ms`` of unvoiced audio, or no
+    voiced frame for ``end_silence_ms`` of wall-clock time (Discord stops sending when someone is
+    quiet, so no audio arrives to be unvoiced; ``tick`` catches that). ``clock`` is injectable.
+    Without a VAD every frame counts as voiced, so only packet gaps end speech.
+    """
+
+    def __init__(
+        self,
+        vad: Vad | None,
+        *,
+        frame_ms: int = 20,
+        start_frames: int = 2,
+        end_silence_ms: int = 600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._vad = vad
+        self._frame_ms = frame_ms
+        self._start_frames = start_frames
+        self._end_silence_ms = end_silence_ms
+        self._clock = clock
+        self.speaking = False
+        self._voiced_run = 0
+        self._unvoiced_ms = 0
+        self._last_voice_at = 0.0
+
+    def feed(self, pcm: bytes) -> str | None:
+        """Classify one frame; return ``SpeechEvent.START``/``END`` when the state changes."""
+        voiced = True if self._vad is None else self._vad.is_speech(pcm)
+        if voiced:
+            self._voiced_run += 1
+            self._unvoiced_ms = 0
+            self._last_voice_at = self._clock()
+            if not self.speaking and self._voiced_run >= self._start_frames:
+                self.speaking = True
+                return SpeechEvent.START
+            return None
+        self._voiced_run = 0
+        if self.speaking:
+            self._unvoiced_ms += self._frame_ms
+            if self._unvoiced_ms >= self._end_silence_ms:
+                return self._end()
+        return None
+
+    def tick(self) -> str | None:
+        """Timer check: end speech if no voiced frame arrived for ``end_silence_ms``."""
+        if self.speaking and (self._clock() - self._last_voice_at) * 1000 >= self._end_silence_ms:
+            return self._end()
+        return None
+
+    def _end(self) -> str:
+        self.speaking = False
+        self._voiced_run = 0
+        self._unvoiced_ms = 0
+        return SpeechEvent.END
+
+
+class SpeechConsumer(Protocol):
+    """What the STT glue implements; called on the event loop."""
+
+    def on_speech_start(self, user_id: int) -> None:
+        """The speaker started talking; PCM follows (including a short pre-roll)."""
+
+    def on_audio(self, user_id: int, pcm: bytes) -> None:
+        """One frame of s16le PCM at the pipeline's rate, only between start and end."""
+
+    def on_speech_end(self, user_id: int) -> None:
+        """The speaker stopped (silence or no packets for the configured time, or they left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """Totals over every speaker the pipeline has seen (including ones already dropped)."""
+
+    speakers: int
+    packets: int
+    frames_out: int
+    decoded: int
+    concealed: int
+    fec_recovered: int
+    skipped: int
+    late: int
+    duplicates: int
+    corrupt: int
+
+
+class _Speaker:
+    __slots__ = ("decoder", "segmenter", "pre_roll", "last_packet_at", "base")
+
+    def __init__(self, decoder: SpeakerDecoder, segmenter: SpeechSegmenter, pre_roll: int, now: float) -> None:
+        self.decoder = decoder
+        self.segmenter = segmenter
+        self.pre_roll: collections.deque[bytes] = collections.deque(maxlen=max(1, pre_roll))
+        self.last_packet_at = now
+        self.base = DecoderStats()
+
+
+class ReceivePipeline:
+    """A :class:`~audio.receive.ReceiveSink` that decodes each speaker and segments their speech.
+
+    PCM between speech start and end goes to ``consumer.on_audio``; the last ``pre_roll_ms`` of audio
+    before a start is replayed after ``on_speech_start`` so onsets are not clipped. Call
+    :meth:`tick` every 20–100 ms (or run :meth:`run`): it releases reorder buffers of speakers who
+    went quiet, fires end-of-speech on packet gaps and drops speakers idle for ``idle_drop_s``.
+    Memory per speaker is bounded (reorder buffer, pre-roll, VAD state), however long they talk.
+    """
+
+    def __init__(
+        self,
+        consumer: SpeechConsumer,
+        *,
+        sample_rate: int = 16000,
+        channels: int = 1,
+        vad_factory: Callable[[int], Vad | None] | None = WebRtcVad,
+        end_silence_ms: int = 600,
+        start_frames: int = 2,
+        pre_roll_ms: int = 200,
+        reorder_depth: int = 3,
+        max_conceal_frames: int = 5,
+        flush_after_ms: int = 100,
+        idle_drop_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if vad_factory is not None and channels != 1:
+            raise ValueError("the VAD needs mono PCM: use channels=1 or vad_factory=None")
+        self._consumer = consumer
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self._vad_factory = vad_factory
+        self._end_silence_ms = end_silence_ms
+        self._start_frames = start_frames
+        self._pre_roll = pre_roll_ms // 20
+        self._reorder_depth = reorder_depth
+        self._max_conceal = max_conceal_frames
+        self._flush_after = flush_after_ms / 1000
+        self._idle_drop = idle_drop_s
+        self._clock = clock
+        self._speakers: dict[int, _Speaker] = {}
+        self._packets = 0
+        self._frames_out = 0
+        self._seen = 0
+        self._retired = collections.Counter[str]()
+
+    @property
+    def speakers(self) -> frozenset[int]:
+        """User ids with decoder state."""
+        return frozenset(self._speakers)
+
+    def stats(self) -> PipelineStats:
+        total = collections.Counter(self._retired)
+        for sp in self._speakers.values():
+            s = sp.decoder.stats
+            for name in DecoderStats.__slots__:
+                total[name] += getattr(s, name)
+        return PipelineStats(speakers=self._seen, packets=self._packets, frames_out=self._frames_out,
+                             **{name: total[name] for name in DecoderStats.__slots__})
+
+    # --- ReceiveSink -------------------------------------------------------------------------------
+
+    def on_packet(self, packet: VoicePacket) -> None:
+        self._packets += 1
+        now = self._clock()
+        sp = self._speakers.get(packet.user_id)
+        if sp is None:
+            sp = self._new_speaker(now)
+            self._speakers[packet.user_id] = sp
+        sp.last_packet_at = now
+        for pcm in sp.decoder.push(packet.sequence, packet.opus):
+            self._frame(packet.user_id, sp, pcm)
+
+    def on_speaker_left(self, user_id: int) -> None:
+        self._drop(user_id)
+
+    # --- timer -------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Release quiet speakers' buffers, end speech on packet gaps, drop long-idle speakers."""
+        now = self._clock()
+        for user_id, sp in list(self._speakers.items()):
+            idle = now - sp.last_packet_at
+            if idle >= self._flush_after and sp.decoder.buffered:
+                for pcm in sp.decoder.flush():
+                    self._frame(user_id, sp, pcm)
+            if sp.segmenter.tick() == SpeechEvent.END:
+                self._consumer.on_speech_end(user_id)
+            if idle >= self._idle_drop:
+                self._drop(user_id)
+
+    async def run(self, interval: float = 0.05) -> None:
+        """Call :meth:`tick` every ``interval`` seconds until cancelled (the owner names and awaits the task)."""
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("receive pipeline tick failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        """End every open speech segment and drop all state."""
+        for user_id in list(self._speakers):
+            self._drop(user_id)
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _new_speaker(self, now: float) -> _Speaker:
+        self._seen += 1
+        vad = self._vad_factory(self.sample_rate) if self._vad_factory is not None else None
+        decoder = SpeakerDecoder(sample_rate=self.sample_rate, channels=self.channels,
+                                 reorder_depth=self._reorder_depth, max_conceal_frames=self._max_conceal)
+        segmenter = SpeechSegmenter(vad, start_frames=self._start_frames, end_silence_ms=self._end_silence_ms,
+                                    clock=self._clock)
+        return _Speaker(decoder, segmenter, self._pre_roll, now)
+
+    def _frame(self, user_id: int, sp: _Speaker, pcm: bytes) -> None:
+        event = sp.segmenter.feed(pcm)
+        consumer = self._consumer
+        if event == SpeechEvent.START:
+            consumer.on_speech_start(user_id)
+            for earlier in sp.pre_roll:
+                consumer.on_audio(user_id, earlier)
+                self._frames_out += 1
+            sp.pre_roll.clear()
+            consumer.on_audio(user_id, pcm)
+            self._frames_out += 1
+        elif sp.segmenter.speaking:
+            consumer.on_audio(user_id, pcm)
+            self._frames_out += 1
+        else:
+            if event == SpeechEvent.END:
+                consumer.on_speech_end(user_id)
+            sp.pre_roll.append(pcm)
+
+    def _drop(self, user_id: int) -> None:
+        sp = self._speakers.pop(user_id, None)
+        if sp is None:
+            return
+        s = sp.decoder.stats
+        for name in DecoderStats.__slots__:
+            self._retired[name] += getattr(s, name)
+        if sp.segmenter.speaking:
+            self._consumer.on_speech_end(user_id)

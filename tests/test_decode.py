@@ -1,0 +1,260 @@
+"""Per-speaker decode: reorder, wrap, PLC/FEC, corrupt frames, end-of-speech, bounded memory."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from discord.opus import Decoder
+
+from audio.decode import (
+    ReceivePipeline,
+    SpeakerDecoder,
+    SpeechEvent,
+    SpeechSegmenter,
+    decoder_class,
+)
+from audio.receive import VoicePacket
+from tests.dave_group import opus_frames
+
+SILENCE = b"\xf8\xff\xfe"
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[bytes]:
+    return opus_frames(60)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """A SpeechConsumer that records the event stream."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def on_speech_start(self, user_id: int) -> None:
+        self.events.append(("start", user_id, 0))
+
+    def on_audio(self, user_id: int, pcm: bytes) -> None:
+        self.events.append(("audio", user_id, len(pcm)))
+
+    def on_speech_end(self, user_id: int) -> None:
+        self.events.append(("end", user_id, 0))
+
+    def kinds(self) -> list[str]:
+        out: list[str] = []
+        for kind, _, _ in self.events:
+            if not out or out[-1] != kind or kind != "audio":
+                out.append(kind)
+        return out
+
+
+def test_decoder_class_overrides_every_derived_constant() -> None:
+    cls = decoder_class(16000, 1)
+    assert (cls.SAMPLING_RATE, cls.CHANNELS, cls.SAMPLE_SIZE, cls.SAMPLES_PER_FRAME, cls.FRAME_SIZE) == (
+        16000, 1, 2, 320, 640)
+    assert issubclass(cls, Decoder) and decoder_class(16000, 1) is cls
+    assert decoder_class(48000, 2).FRAME_SIZE == 3840
+    with pytest.raises(ValueError):
+        decoder_class(44100, 1)
+
+
+@pytest.mark.parametrize(("rate", "channels", "size"), [(16000, 1, 640), (48000, 1, 1920), (48000, 2, 3840)])
+def test_decodes_at_requested_rate(frames: list[bytes], rate: int, channels: int, size: int) -> None:
+    dec = SpeakerDecoder(sample_rate=rate, channels=channels)
+    out = [pcm for i, f in enumerate(frames[:10]) for pcm in dec.push(i, f)]
+    assert [len(p) for p in out] == [size] * 10
+
+
+def test_decoded_sine_is_not_garbage(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder()
+    out = b"".join(pcm for i, f in enumerate(frames[:20]) for pcm in dec.push(i, f))
+    samples = struct.unpack(f"<{len(out) // 2}h", out)[3200:]
+    rms = math.sqrt(sum(s * s for s in samples) / len(samples))
+    assert 5000 < rms < 12000  # a 12000-amplitude sine has an RMS of ~8500
+
+
+def test_reordering_within_depth(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder(reorder_depth=3)
+    released = []
+    for seq in (0, 2, 1, 3, 5, 4):
+        released.append(len(dec.push(seq, frames[seq])))
+    assert released == [1, 0, 2, 1, 0, 2]
+    assert dec.stats.decoded == 6 and dec.stats.concealed == dec.stats.fec_recovered == 0
+
+
+def test_sequence_wraps(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder()
+    out = []
+    for i, seq in enumerate((65533, 65534, 65535, 0, 1, 2)):
+        out += dec.push(seq, frames[i])
+    assert len(out) == 6 and dec.stats.late == 0
+    dec.push(65535, frames[0])  # now old: late, not a new frame
+    assert dec.stats.late == 1
+
+
+def test_single_loss_uses_fec_and_longer_gap_plc(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder(reorder_depth=2)
+    out = []
+    for seq in [0, 1, 3, 4, 5, 9, 10, 11, 12]:
+        out += dec.push(seq, frames[seq])
+    out += dec.flush()
+    stats = dec.stats
+    assert stats.fec_recovered == 2  # seq 2 from 3's FEC; seq 8 from 9's FEC
+    assert stats.concealed == 2  # seq 6, 7
+    assert len(out) == 13
+
+
+def test_long_gap_is_bounded(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder(reorder_depth=0, max_conceal_frames=3)
+    out = dec.push(0, frames[0]) + dec.push(1000, frames[1])
+    assert len(out) == 1 + 3 + 1
+    assert dec.stats.skipped == 999 - 3
+
+
+def test_duplicates_and_corrupt_opus_never_stall(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder()
+    out = dec.push(0, frames[0]) + dec.push(0, frames[0])  # already released: late
+    out += dec.push(2, frames[2]) + dec.push(2, frames[2])  # still buffered behind seq 1: duplicate
+    out += dec.push(1, b"\xff\xff\xff\xff\xff\xff")  # invalid: code 3 with a bad frame count
+    out += dec.push(3, frames[3])
+    assert len(out) == 4  # the corrupt frame was concealed, nothing waits
+    stats = dec.stats
+    assert (stats.late, stats.duplicates, stats.corrupt, stats.decoded, stats.concealed) == (1, 1, 1, 3, 1)
+
+
+def test_silence_frames_decode_to_silence() -> None:
+    dec = SpeakerDecoder()
+    (pcm,) = dec.push(0, SILENCE)
+    assert pcm == bytes(640)
+
+
+class ScriptedVad:
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.voiced = True
+
+    def is_speech(self, pcm: bytes) -> bool:
+        return self.voiced
+
+    def reset(self) -> None:
+        pass
+
+
+def test_segmenter_vad_silence_and_packet_gap() -> None:
+    clock = FakeClock()
+    vad = ScriptedVad()
+    seg = SpeechSegmenter(vad, start_frames=2, end_silence_ms=100, clock=clock)
+    assert seg.feed(b"") is None
+    assert seg.feed(b"") == SpeechEvent.START
+    vad.voiced = False
+    assert [seg.feed(b"") for _ in range(5)] == [None, None, None, None, SpeechEvent.END]
+    vad.voiced = True
+    seg.feed(b"")
+    assert seg.feed(b"") == SpeechEvent.START
+    clock.now += 0.099
+    assert seg.tick() is None
+    clock.now += 0.002
+    assert seg.tick() == SpeechEvent.END
+    assert seg.tick() is None
+
+
+def _packets(user: int, frames: list[bytes], start: int = 0) -> list[VoicePacket]:
+    return [VoicePacket(user, 1, (start + i) % 65536, i * 960, f) for i, f in enumerate(frames)]
+
+
+def test_pipeline_start_audio_end_on_packet_gap(frames: list[bytes]) -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    pipe = ReceivePipeline(rec, clock=clock, end_silence_ms=300)
+    for p in _packets(7, frames[:20]):
+        pipe.on_packet(p)
+        clock.now += 0.02
+    assert rec.kinds() == ["start", "audio"]
+    assert all(n == 640 for kind, _, n in rec.events if kind == "audio")
+    clock.now += 0.2
+    pipe.tick()
+    assert rec.kinds() == ["start", "audio"]
+    clock.now += 0.2
+    pipe.tick()
+    assert rec.kinds() == ["start", "audio", "end"]
+    # the sine is voiced from the first frame: start after 2 frames, pre-roll replays frame 1
+    assert sum(1 for kind, _, _ in rec.events if kind == "audio") == 20
+
+
+def test_pipeline_end_on_vad_silence(frames: list[bytes]) -> None:
+    rec = Recorder()
+    pipe = ReceivePipeline(rec, clock=FakeClock(), end_silence_ms=200)
+    for p in _packets(7, frames[:10] + [SILENCE] * 25):
+        pipe.on_packet(p)
+    assert rec.kinds() == ["start", "audio", "end"]
+
+
+def test_pipeline_flushes_reorder_buffer_on_tick(frames: list[bytes]) -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    pipe = ReceivePipeline(rec, clock=clock, vad_factory=None, start_frames=1)
+    for p in _packets(7, frames[:5]):
+        if p.sequence != 3:
+            pipe.on_packet(p)
+    audio = sum(1 for e in rec.events if e[0] == "audio")
+    assert audio == 3  # 4 is waiting behind the hole at 3
+    clock.now += 0.2
+    pipe.tick()
+    assert sum(1 for e in rec.events if e[0] == "audio") == 5
+    assert pipe.stats().fec_recovered == 1
+
+
+def test_pipeline_speaker_left_drops_state_and_ends_speech(frames: list[bytes]) -> None:
+    rec = Recorder()
+    pipe = ReceivePipeline(rec, clock=FakeClock())
+    for p in _packets(7, frames[:5]) + _packets(8, frames[:5]):
+        pipe.on_packet(p)
+    assert pipe.speakers == {7, 8}
+    pipe.on_speaker_left(7)
+    assert pipe.speakers == {8} and rec.events[-1] == ("end", 7, 0)
+    assert pipe.stats().decoded == 10  # the departed speaker's counts are kept in the totals
+    pipe.close()
+    assert pipe.speakers == frozenset()
+
+
+def test_pipeline_drops_idle_speakers(frames: list[bytes]) -> None:
+    clock = FakeClock()
+    pipe = ReceivePipeline(Recorder(), clock=clock, idle_drop_s=30)
+    pipe.on_packet(_packets(7, frames[:1])[0])
+    clock.now += 31
+    pipe.tick()
+    assert pipe.speakers == frozenset()
+
+
+def test_pipeline_corrupt_opus_does_not_stall(frames: list[bytes]) -> None:
+    rec = Recorder()
+    pipe = ReceivePipeline(rec, clock=FakeClock(), vad_factory=None, start_frames=1)
+    bad = [b"\xff" * 7, b"\x00", frames[2]]
+    for p in _packets(7, bad):
+        pipe.on_packet(p)
+    assert sum(1 for e in rec.events if e[0] == "audio") == 3
+    assert pipe.stats().corrupt == 1  # b"\x00" is a valid (empty) TOC-only packet for libopus
+
+
+def test_ten_minute_talker_has_bounded_state(frames: list[bytes]) -> None:
+    clock = FakeClock()
+    pipe = ReceivePipeline(Recorder(), clock=clock)
+    n = 30_000  # ten minutes of 20 ms frames, sequence wrapping past 65535 is covered by start offset
+    for i in range(n):
+        pipe.on_packet(VoicePacket(7, 1, (60_000 + i) % 65536, i * 960, frames[i % len(frames)]))
+        clock.now += 0.02
+        if i % 1000 == 0:
+            sp = pipe._speakers[7]
+            assert sp.decoder.buffered <= 3 and len(sp.pre_roll) <= 10
+    stats = pipe.stats()
+    assert stats.decoded == n and stats.late == 0 and stats.frames_out == n
