@@ -1,0 +1,208 @@
+"""Replies from any OpenAI-compatible chat endpoint (OpenAI, Ollama, vLLM, OpenRouter, LM Studio...).
+
+Uses the official ``openai`` SDK with ``stream=True``: the server answers with Server-Sent Events,
+one ``chat.completion.chunk`` per ``data:`` line and ``data: [DONE]`` at the end. SDK types stay in
+this module; everything that leaves it is ``str`` or :class:`AgentError`.
+
+Retries: the SDK retries the *request* (connection errors, 408, 409, 429, 5xx) with exponential
+backoff and jitter, honouring ``retry-after``; other 4xx are never retried. Once text has started
+streaming nothing is retried, because the person has already heard or seen the beginning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from openai import AsyncOpenAI
+
+from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
+
+__all__ = ["OPENAI_BASE_URL", "OpenAIEngine", "safe_url", "translate_error"]
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+# Local servers (Ollama, vLLM, LM Studio) ignore the key but the SDK insists on one.
+PLACEHOLDER_KEY = "not-needed"
+
+_OWNER_HINT = "Please let whoever runs me know."
+
+
+def safe_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, fit for logs and errors."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _server_message(exc: openai.APIStatusError, limit: int = 200) -> str:
+    body = exc.body
+    message: Any = None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+    text = " ".join(str(message or "").split())
+    return text[:limit]
+
+
+def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: float) -> AgentError:
+    """Map an ``openai`` SDK exception to an :class:`AgentError` (pure; never includes secrets).
+
+    Server messages are left out for 401/403 because OpenAI echoes part of the key in them.
+    """
+    where = safe_url(base_url)
+    if isinstance(exc, openai.AuthenticationError):
+        return AgentError(
+            f"LLM endpoint {where} rejected the API key (401): check OPENAI_API_KEY",
+            user_message=f"I can't think right now: my language model refused my credentials. {_OWNER_HINT}",
+        )
+    if isinstance(exc, openai.PermissionDeniedError):
+        return AgentError(
+            f"LLM endpoint {where} denied access (403) for model {model!r}: check the key's permissions",
+            user_message=f"I can't think right now: my language model denied access. {_OWNER_HINT}",
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return AgentError(
+            f"LLM endpoint {where} has no model {model!r} (404): check OPENAI_MODEL (and OPENAI_BASE_URL)",
+            user_message=f"I can't think right now: my language model isn't available. {_OWNER_HINT}",
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return AgentError(
+            f"LLM endpoint {where} is rate limiting or out of quota (429): {_server_message(exc)}",
+            user_message="I'm a bit overwhelmed right now. Try me again in a minute?",
+            retryable=True,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return AgentError(
+            f"LLM endpoint {where} timed out (no data for {timeout:g}s)",
+            user_message="Sorry, my thoughts are taking too long. Try again in a moment?",
+            retryable=True,
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return AgentError(
+            f"cannot connect to the LLM endpoint {where}: is it running and is OPENAI_BASE_URL right?",
+            user_message="Sorry, I can't reach my language model right now. Try again in a moment?",
+            retryable=True,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retryable = status >= 500 or status in (408, 409)
+        return AgentError(
+            f"LLM endpoint {where} answered HTTP {status} for model {model!r}: {_server_message(exc)}",
+            user_message=("Sorry, my language model is having trouble. Try again in a moment?" if retryable
+                          else "Sorry, my language model couldn't handle that message."),
+            retryable=retryable,
+        )
+    if isinstance(exc, openai.APIError):  # an error event inside the stream
+        return AgentError(
+            f"LLM endpoint {where} reported an error mid-reply: {' '.join(str(exc.message).split())[:200]}",
+            user_message="Sorry, I lost my train of thought. Could you say that again?",
+            retryable=True,
+        )
+    return AgentError(f"LLM request to {where} failed: {type(exc).__name__}")
+
+
+class OpenAIEngine(ReplyEngine):
+    """Streams chat completions from an OpenAI-compatible endpoint."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        model: str = "gpt-4o-mini",
+        max_tokens: int = 400,
+        temperature: float = 0.8,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+    ) -> None:
+        """``api_key`` may be None for a local server (``base_url`` set); a placeholder is sent."""
+        if not api_key and not base_url:
+            raise AgentError("the OpenAI engine needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+        self.model = model
+        self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        # base_url is always passed so the SDK never falls back to reading OPENAI_BASE_URL itself.
+        self._client = AsyncOpenAI(
+            api_key=api_key or PLACEHOLDER_KEY,
+            base_url=self.base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(base_url={safe_url(self.base_url)!r}, model={self.model!r})"
+
+    @property
+    def _is_openai(self) -> bool:
+        return urlsplit(self.base_url).hostname == "api.openai.com"
+
+    def _limits(self) -> dict[str, Any]:
+        # OpenAI's newer models reject max_tokens in favour of max_completion_tokens, while many
+        # compatible servers only understand max_tokens.
+        key = "max_completion_tokens" if self._is_openai else "max_tokens"
+        return {key: self.max_tokens}
+
+    def _error(self, exc: BaseException) -> AgentError:
+        return translate_error(exc, model=self.model, base_url=self.base_url, timeout=self.timeout)
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.model,
+                messages=[dict(m) for m in conversation.messages],  # type: ignore[misc]
+                stream=True,
+                temperature=self.temperature,
+                **self._limits(),
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        try:
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        if choice.index == 0 and choice.delta is not None and choice.delta.content:
+                            yield choice.delta.content
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+
+    async def check(self) -> str:
+        """List the server's models and confirm the configured one is there."""
+        try:
+            page = await self._client.models.list()
+            ids = [m.id async for m in page]
+        except openai.NotFoundError:
+            # Some compatible servers have no /models: a one-token completion proves the path.
+            try:
+                await self._client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
+                )
+            except openai.OpenAIError as exc:
+                raise self._error(exc) from None
+            return f"{safe_url(self.base_url)} answered with model {self.model}"
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        if ids and self.model not in ids:
+            shown = ", ".join(sorted(ids)[:8]) + (" ..." if len(ids) > 8 else "")
+            raise AgentError(
+                f"model {self.model!r} is not offered by {safe_url(self.base_url)} (OPENAI_MODEL); available: {shown}"
+            )
+        return f"{safe_url(self.base_url)} offers model {self.model}"
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.close()

@@ -1,0 +1,227 @@
+"""A loopback OpenAI-compatible server speaking the real chat-completions wire protocol.
+
+``POST /v1/chat/completions`` with ``"stream": true`` answers ``text/event-stream``: one
+``data: {chat.completion.chunk}`` event per token, a final chunk with ``finish_reason``, then
+``data: [DONE]``. Without ``stream`` it answers one ``chat.completion`` object. ``GET /v1/models``
+lists models. Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
+
+Switches: ``fail_with`` (401 / 404 / 500 / 429), ``stall`` (hold the request open after
+``stall_after`` chunks, never finishing), ``paced`` (send each chunk only when the test calls
+:meth:`FakeOpenAI.allow`). Every request is recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeOpenAI", "RecordedRequest"]
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeOpenAI:
+    api_key: str = "sk-test-0123456789abcdef"
+    models: tuple[str, ...] = ("gpt-test", "llama3.2")
+    reply_tokens: list[str] = field(default_factory=lambda: ["Hello", " there", ",", " friend", "."])
+    fail_with: int | None = None
+    stall: bool = False
+    stall_after: int = 0
+    paced: bool = False
+    require_key: bool = True
+    models_endpoint: bool = True
+
+    requests: list[RecordedRequest] = field(default_factory=list)
+    chunks_sent: int = 0
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self._permits: asyncio.Semaphore | None = None
+        self._release = asyncio.Event()  # set on close: lets stalled handlers end
+        self._chunk_sent = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> str:
+        """Start on 127.0.0.1 (a free port); returns the base URL ending in ``/v1``."""
+        self._permits = asyncio.Semaphore(0)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+        return self.base_url
+
+    async def close(self) -> None:
+        self._release.set()
+        if self._permits is not None:
+            for _ in range(1000):
+                self._permits.release()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------------ test hooks
+
+    def allow(self, n: int = 1) -> None:
+        """Let ``n`` more chunks out (paced mode)."""
+        assert self._permits is not None
+        for _ in range(n):
+            self._permits.release()
+
+    async def wait_chunks(self, n: int) -> None:
+        """Wait until at least ``n`` chunks have been written to the socket."""
+        async with self._chunk_sent:
+            await self._chunk_sent.wait_for(lambda: self.chunks_sent >= n)
+
+    @property
+    def completion_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # ------------------------------------------------------------------------------ protocol
+
+    @staticmethod
+    def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> web.Response:
+        return web.json_response(
+            {"error": {"message": message, "type": type_, "param": param, "code": code}}, status=status
+        )
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if not self.require_key:
+            return None
+        header = request.headers.get("Authorization", "")
+        if header != f"Bearer {self.api_key}" or self.fail_with == 401:
+            given = header.removeprefix("Bearer ")
+            # Like OpenAI, the message quotes the key it was given (we echo it whole so tests
+            # can prove it never reaches our logs or errors).
+            return self._error(401, f"Incorrect API key provided: {given}. You can find your API key at "
+                                    "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+                               "invalid_api_key")
+        return None
+
+    async def _record(self, request: web.Request) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = None
+        if request.can_read_body:
+            body = await request.json()
+        self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), body))
+        return body
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        if not self.models_endpoint:
+            return self._error(404, "Not found", "invalid_request_error", None)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        created = int(time.time())
+        return web.json_response({
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": created, "owned_by": "fake"} for m in self.models],
+        })
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await self._record(request)
+        except json.JSONDecodeError:
+            return self._error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if self.fail_with == 429:
+            response = self._error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
+            response.headers["retry-after-ms"] = "1"
+            return response
+        if self.fail_with == 500:
+            response = self._error(500, "The server had an error while processing your request.", "server_error", None)
+            response.headers["retry-after-ms"] = "1"  # keeps the SDK's retry quick in tests
+            return response
+        assert body is not None
+        problem = self._validate(body)
+        if problem is not None:
+            return self._error(400, problem, "invalid_request_error", None)
+        model = body["model"]
+        if model not in self.models or self.fail_with == 404:
+            return self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                               "invalid_request_error", "model_not_found")
+        if body.get("stream"):
+            return await self._stream(request, model)
+        text = "".join(self.reply_tokens)
+        return web.json_response({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+
+    @staticmethod
+    def _validate(body: dict[str, Any]) -> str | None:
+        if not isinstance(body.get("model"), str):
+            return "you must provide a model parameter"
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty array"
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+                return f"Invalid value for 'messages[{i}].role'"
+            if not isinstance(m.get("content"), str):
+                return f"Invalid type for 'messages[{i}].content'"
+        if "stream" in body and not isinstance(body["stream"], bool):
+            return "'stream' must be a boolean"
+        return None
+
+    def _chunk(self, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        payload = {
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+        await response.write(data)
+        async with self._chunk_sent:
+            self.chunks_sent += 1
+            self._chunk_sent.notify_all()
+
+    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        await response.write(self._chunk(model, {"role": "assistant", "content": ""}))
+        for i, token in enumerate(self.reply_tokens):
+            if self.stall and i >= self.stall_after:
+                await self._release.wait()  # hold the connection open, sending nothing
+                return response
+            if self.paced:
+                assert self._permits is not None
+                await self._permits.acquire()
+                if self._release.is_set():
+                    return response
+            await self._send(response, self._chunk(model, {"content": token}))
+        await response.write(self._chunk(model, {}, "stop"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self.finished = True
+        return response
