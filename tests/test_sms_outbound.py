@@ -127,3 +127,16 @@ def test_classify_and_backoff_are_pure() -> None:
     assert classify_send_error(None, None) == (SendOutcome.UNAVAILABLE, True)
     assert backoff_delay(10, 0.999) < 8.0
     assert backoff_delay(1, 0.0) == 0.0
+
+
+async def test_check_fetches_the_account_and_names_bad_credentials(fake: FakeTwilio) -> None:
+    from bot.settings import load_settings
+    from bot.sms import check_twilio
+
+    base = {"TWILIO_ACCOUNT_SID": SID, "TWILIO_PHONE_NUMBER": FROM, "TWILIO_API_BASE": fake.base_url,
+            "PUBLIC_URL": "https://bot.example"}
+    ok = await check_twilio(load_settings({**base, "TWILIO_AUTH_TOKEN": TOKEN}, env_file=None))
+    assert "Test Account" in ok and "active" in ok
+    with pytest.raises(RuntimeError, match="rejected") as info:
+        await check_twilio(load_settings({**base, "TWILIO_AUTH_TOKEN": "wrong-token-456"}, env_file=None))
+    assert "wrong-token-456" not in str(info.value)

@@ -178,6 +178,22 @@ class TwilioSender:
             )
             await self._sleep(delay)
 
+    async def check(self) -> str:
+        """Fetch the account (for ``voicebot check``): a short detail, or RuntimeError saying what is wrong."""
+        from twilio.base.exceptions import TwilioRestException
+
+        client = self._get_client()
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                account = await client.api.v2010.accounts(self._account_sid).fetch_async()  # type: ignore[attr-defined]
+        except TwilioRestException as exc:
+            if exc.status == 401 or _int_or_none(exc.code) == 20003:
+                raise RuntimeError("Twilio rejected TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN (401)") from None
+            raise RuntimeError(f"Twilio answered HTTP {exc.status} (code {exc.code})") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RuntimeError(f"cannot reach Twilio: {type(exc).__name__}") from None
+        return f"account {account.friendly_name!r} is {account.status}"
+
     async def aclose(self) -> None:
         """Close the SDK's HTTP session (idempotent)."""
         client, self._client = self._client, None

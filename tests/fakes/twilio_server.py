@@ -70,6 +70,7 @@ class FakeTwilio:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create_message)
+        app.router.add_get("/2010-04-01/Accounts/{sid}.json", self._fetch_account)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -111,9 +112,21 @@ class FakeTwilio:
         }
         return web.json_response(body, status=status)
 
-    async def _create_message(self, request: web.Request) -> web.Response:
+    def _authorized(self, request: web.Request) -> bool:
         expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        if request.headers.get("Authorization") != expected or request.match_info["sid"] != self.account_sid:
+        return request.headers.get("Authorization") == expected and request.match_info["sid"] == self.account_sid
+
+    async def _fetch_account(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        return web.json_response({
+            "sid": self.account_sid, "friendly_name": "Test Account", "status": "active", "type": "Full",
+            "owner_account_sid": self.account_sid, "auth_token": "[redacted]", "date_created": None,
+            "date_updated": None, "uri": f"/2010-04-01/Accounts/{self.account_sid}.json", "subresource_uris": {},
+        })
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
             self.unauthorized += 1
             await self._notify()
             return self._error(401, 20003, "Authenticate")
