@@ -76,8 +76,25 @@ async def _run_bot(settings: Settings) -> None:
     services = await build_services(settings)
     bot = VoiceBot(services)
     assert settings.discord_token is not None
-    async with bot:
-        await bot.start(settings.discord_token.get())
+    web_task: asyncio.Task[None] | None = None
+    stop_web = asyncio.Event()
+    if settings.sms_enabled:
+        from bot.web import serve
+
+        # SMS answers through the same agent and memory; the web server lives beside the gateway.
+        web_task = asyncio.create_task(
+            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+                  health={"discord": bot.is_ready}),
+            name="web-server",
+        )
+    try:
+        async with bot:
+            await bot.start(settings.discord_token.get())
+    finally:
+        if web_task is not None:
+            stop_web.set()
+            await asyncio.gather(web_task, return_exceptions=True)
+        await services.aclose()
 
 
 def cmd_run(settings: Settings, out: TextIO) -> int:
@@ -256,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", help="talk to the agent in this terminal")
     sub.add_parser("invite", help="print the URL that adds the bot to a server")
     sub.add_parser("check", help="validate settings and contact each configured service")
+    sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
     return parser
 
 
@@ -280,4 +298,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out:
         return cmd_invite(settings, out)
     if command == "check":
         return cmd_check(settings, out)
+    if command == "serve":
+        from bot.web import run_web_forever
+
+        return run_web_forever(settings)
     raise AssertionError(command)

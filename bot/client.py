@@ -20,7 +20,7 @@ __all__ = ["EXTENSIONS", "VoiceBot", "make_intents", "discord_connector"]
 log = logging.getLogger(__name__)
 
 # Every feature, loaded in this order in setup_hook. One place to add or remove a feature.
-EXTENSIONS: tuple[str, ...] = ("cogs.chat",)
+EXTENSIONS: tuple[str, ...] = ("cogs.chat", "cogs.link")
 
 
 def make_intents() -> discord.Intents:
@@ -67,7 +67,11 @@ class VoiceBotTree(app_commands.CommandTree["VoiceBot"]):
 
 
 class VoiceBot(commands.Bot):
-    """Owns start-up, extension loading, command sync and shutdown."""
+    """Owns start-up, extension loading, command sync and shutdown.
+
+    The services it is given belong to whoever built them (the composition root closes them after
+    the bot and the web server have stopped, since both use them).
+    """
 
     def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS) -> None:
         settings = services.settings
@@ -120,8 +124,3 @@ class VoiceBot(commands.Bot):
         assert self.user is not None
         log.info("logged in as %s (%s) in %d guild(s)", self.user, self.user.id, len(self.guilds))
 
-    async def close(self) -> None:
-        try:
-            await super().close()
-        finally:
-            await self.services.aclose()
