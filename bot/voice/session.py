@@ -6,8 +6,9 @@ while the rest is still being generated, and stops talking when someone talks ov
 decided on a non-empty interim transcript, so the bot's own voice leaking through a speaker does not
 cut it off). Memory gets only what was actually played, marked as interrupted when it was.
 
-It knows nothing about Discord: the Discord glue feeds it ``on_speech_start``/``on_audio``/
-``on_speech_end`` per user and gives it an :class:`AudioOut` to play through.
+It knows nothing about Discord: it is the receive pipeline's ``SpeechConsumer``
+(``on_speech_start``/``on_audio``/``on_speech_end`` per user id), resolves names through
+``name_of``, and plays through an :class:`AudioOut`.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class VoiceSession:
         voice: VoiceSpec | None = None,
         fallback_tts: TTSEngine | None = None,
         sample_rate: int = 16000,
+        name_of: Callable[[int], str] = str,
         humans_present: Callable[[], int] = lambda: 1,
         notify: Callable[[str], Awaitable[None]] | None = None,
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
@@ -125,6 +127,7 @@ class VoiceSession:
         self.policy = policy
         self.voice = voice
         self.sample_rate = sample_rate
+        self.name_of = name_of
         self.humans_present = humans_present
         self._notify = notify
         self._mirror = mirror
@@ -143,19 +146,19 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ input from the receive path
 
-    def on_speech_start(self, user_id: int, name: str) -> None:
+    def on_speech_start(self, user_id: int) -> None:
         """A person started speaking (first packet after silence)."""
         if self._closed:
             return
-        person = self._participant(user_id, name)
+        person = self._participant(user_id)
         person.speaking = True
         self._ensure_stream(person)
 
-    def on_audio(self, user_id: int, name: str, pcm: bytes) -> None:
+    def on_audio(self, user_id: int, pcm: bytes) -> None:
         """Decoded PCM (s16le mono at ``sample_rate``) from one person. Must run on the event loop."""
         if self._closed or self._stt_failed:
             return
-        person = self._participant(user_id, name)
+        person = self._participant(user_id)
         stream = self._ensure_stream(person)
         if stream is not None:
             stream.push(pcm)
@@ -188,10 +191,10 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ STT
 
-    def _participant(self, user_id: int, name: str) -> Participant:
+    def _participant(self, user_id: int) -> Participant:
         person = self.participants.get(user_id)
         if person is None:
-            person = self.participants[user_id] = Participant(user_id, name)
+            person = self.participants[user_id] = Participant(user_id, self.name_of(user_id))
         return person
 
     def _ensure_stream(self, person: Participant) -> STTStream | None:
