@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Iterable
 
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript, TranscriptQueue, Word
@@ -106,7 +107,7 @@ def _transcript(text: str, start: float, end: float, *, is_final: bool, end_of_t
         end=end,
         confidence=1.0 if words else None,
         words=tuple(Word(w, start + i * step, start + (i + 1) * step, 1.0) for i, w in enumerate(words)),
-        received_at=asyncio.get_running_loop().time(),
+        received_at=time.monotonic(),
     )
 
 

