@@ -1,0 +1,225 @@
+"""Pure text builders for what the bot tells people about listening: notices, status lines, summaries.
+
+A bot that listens must say so plainly: that it is listening, which outside services hear the audio
+or read the words, and how to say no. Everything here is a pure function of plain values so tests
+read the exact wording without Discord.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bot.settings import Settings
+from bot.voice.turns import VoiceMode
+
+__all__ = [
+    "Providers",
+    "providers_from_settings",
+    "consent_notice",
+    "channel_status",
+    "mode_explanation",
+    "status_summary",
+    "ConnectionStatus",
+    "format_breakdown",
+]
+
+CHANNEL_STATUS_LIMIT = 500  # Discord's maximum voice channel status length
+MESSAGE_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class Providers:
+    """Who processes what, in words a person understands."""
+
+    stt: str | None  # None: nobody transcribes (listening is off)
+    stt_remote: bool
+    tts: str | None
+    tts_remote: bool
+    llm: str
+    llm_remote: bool
+
+
+def _host(url: str | None) -> str | None:
+    if not url:
+        return None
+    return urlsplit(url).hostname or None
+
+
+def _is_local_host(host: str | None) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
+    """Describe the configured providers; ``engine_name`` is the agent's engine (``Agent.engine_name``)."""
+    # speech-to-text: the same choice providers.build_stt makes
+    if settings.stt_engine == "none":
+        stt, stt_remote = None, False
+    elif settings.stt_engine == "deepgram" or (settings.stt_engine == "auto" and settings.deepgram_api_key):
+        host = _host(settings.deepgram_url)
+        stt_remote = not _is_local_host(host)
+        stt = "Deepgram" if host is None else f"Deepgram ({host})"
+    else:
+        stt, stt_remote = "a local recognizer on the bot's own server", False
+    # text-to-speech
+    if settings.tts_engine == "none":
+        tts, tts_remote = None, False
+    elif settings.tts_engine == "elevenlabs" or (settings.tts_engine == "auto" and settings.elevenlabs_api_key):
+        host = _host(settings.elevenlabs_base_url)
+        tts_remote = not _is_local_host(host)
+        tts = "ElevenLabs" if host is None else f"ElevenLabs ({host})"
+    else:
+        tts, tts_remote = "a local voice on the bot's own server", False
+    # the language model
+    engine = engine_name.lower()
+    if engine.startswith("openai"):
+        host = _host(settings.openai_base_url) or "api.openai.com"
+        llm, llm_remote = f"the language model at {host}", not _is_local_host(host)
+    elif engine.startswith("eliza") and engine != "eliza" and settings.elizaos_url:
+        host = _host(settings.elizaos_url)
+        llm, llm_remote = f"the ElizaOS agent at {host}", not _is_local_host(host)
+    else:
+        llm, llm_remote = "a built-in script on the bot's own server", False
+    return Providers(stt=stt, stt_remote=stt_remote, tts=tts, tts_remote=tts_remote, llm=llm, llm_remote=llm_remote)
+
+
+def mode_explanation(mode: str, bot_name: str) -> str:
+    """One sentence on when the bot answers."""
+    if mode == VoiceMode.ALWAYS:
+        return f"{bot_name} answers everything said in the channel."
+    if mode == VoiceMode.PUSH_TO_TALK:
+        return f"{bot_name} answers only people who press **Talk to {bot_name}** (or use `/listen`) first."
+    return f"{bot_name} answers when someone says its name, or when you're alone with it."
+
+
+def consent_notice(
+    *,
+    bot_name: str,
+    channel_name: str,
+    mode: str,
+    providers: Providers,
+    recording: bool,
+    retention_days: int,
+    mirror: bool = False,
+) -> str:
+    """The message posted in the voice channel's chat when the bot joins."""
+    lines = [f"🎙️ **{bot_name} is now in {channel_name} and listening.**"]
+    if providers.stt is None:
+        lines.append("Speech recognition is switched off: nobody's voice is transcribed.")
+    else:
+        where = "sent to" if providers.stt_remote else "handled by"
+        lines.append(f"What you say here is {where} {providers.stt} to be written down as text, "
+                     f"and that text goes to {providers.llm} to write a reply.")
+    if providers.tts is not None:
+        lines.append(f"Replies are spoken by {providers.tts}.")
+    lines.append(mode_explanation(mode, bot_name))
+    if recording:
+        lines.append("⚠️ An admin enabled audio recording: voices in this channel are saved to disk.")
+    else:
+        lines.append("Audio is never saved.")
+    if retention_days > 0:
+        lines.append(f"Transcripts are kept for {retention_days} day{'s' if retention_days != 1 else ''}.")
+    else:
+        lines.append("Transcripts are kept until someone asks to be forgotten.")
+    if mirror:
+        lines.append("A transcript of the conversation is posted in this chat.")
+    lines.append("Don't want to be heard? Use `/optout`: your voice is ignored from then on, "
+                 "and `/forget` erases what the bot remembers about you. `/optin` undoes the opt-out.")
+    return _clip("\n".join(lines), MESSAGE_LIMIT)
+
+
+def channel_status(bot_name: str, *, mode: str) -> str:
+    """The short voice channel status shown under the channel name (Discord allows 500 characters)."""
+    if mode == VoiceMode.PUSH_TO_TALK:
+        text = f"🎙️ {bot_name} listens when asked (push-to-talk) · /optout to opt out"
+    else:
+        text = f"🎙️ {bot_name} is listening · /optout to opt out"
+    return _clip(text, CHANNEL_STATUS_LIMIT)
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """Plain data about one guild's voice connection, gathered by the voice manager for ``/status``."""
+
+    channel_name: str | None
+    connected: bool
+    reconnecting: bool
+    latency_ms: float | None
+    dave_version: int | None  # 0: DAVE not in use; None: unknown
+    dave_ready: bool | None
+    received: int | None
+    decrypted: int | None
+    dropped: Mapping[str, int]
+    mode: str
+    voice: str | None
+    listeners: int  # humans in the channel
+    opted_out_present: int  # of those, how many opted out
+    server_muted: bool
+    can_speak: bool
+    breakdown: Mapping[str, float | None] | None  # the last turn's latency breakdown in ms
+
+
+def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
+    """One line per latency step; missing steps are shown as '—'."""
+    labels = {
+        "end_of_speech_to_final_transcript": "end of speech → final transcript",
+        "final_transcript_to_first_text": "final transcript → first reply text",
+        "first_text_to_first_tts_audio": "first reply text → first synthesized audio",
+        "first_tts_audio_to_first_frame": "first synthesized audio → first packet",
+        "end_of_speech_to_first_frame": "**end of speech → first packet**",
+    }
+    lines = []
+    for key, label in labels.items():
+        value = breakdown.get(key)
+        lines.append(f"• {label}: {'—' if value is None else f'{value:.0f} ms'}")
+    return lines
+
+
+def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str) -> str:
+    """The ``/status`` reply."""
+    lines: list[str] = []
+    if status is None:
+        lines.append(f"**Voice:** {bot_name} is not in a voice channel here. Use `/join` to bring it in.")
+    else:
+        if status.reconnecting:
+            state = "reconnecting…"
+        elif status.connected:
+            state = "connected" + (f" ({status.latency_ms:.0f} ms)" if status.latency_ms is not None else "")
+        else:
+            state = "not connected"
+        lines.append(f"**Voice:** {status.channel_name or '?'}, {state}")
+        if status.dave_version is None:
+            dave = "unknown"
+        elif status.dave_version == 0:
+            dave = "off (transport encryption only)"
+        else:
+            dave = f"protocol v{status.dave_version}, " + ("ready" if status.dave_ready else "setting up")
+        lines.append(f"**End-to-end encryption (DAVE):** {dave}")
+        if status.received is not None:
+            dropped = sum(status.dropped.values())
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()) if v)
+            lines.append(f"**Packets:** {status.received} received, {status.decrypted} decrypted, {dropped} dropped"
+                         + (f" ({detail})" if detail else ""))
+        lines.append(f"**Mode:** {status.mode}. {mode_explanation(status.mode, bot_name)}")
+        lines.append(f"**Listening to:** {status.listeners} "
+                     f"{'person' if status.listeners == 1 else 'people'}"
+                     + (f" ({status.opted_out_present} opted out, not heard)" if status.opted_out_present else ""))
+        if status.server_muted or not status.can_speak:
+            lines.append("**Speaking:** not allowed here right now (muted, or not a stage speaker); "
+                         "replies go to the text chat.")
+        if status.voice:
+            lines.append(f"**Speaking voice:** {status.voice}")
+    lines.append(f"**Speech-to-text:** {providers.stt or 'off'}")
+    lines.append(f"**Text-to-speech:** {providers.tts or 'off'}")
+    lines.append(f"**Replies written by:** {providers.llm}")
+    if status is not None and status.breakdown:
+        lines.append("**Last turn:**")
+        lines.extend(format_breakdown(status.breakdown))
+    elif status is not None:
+        lines.append("**Last turn:** none yet")
+    return _clip("\n".join(lines), MESSAGE_LIMIT)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

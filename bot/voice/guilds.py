@@ -1,0 +1,195 @@
+"""Per-guild voice settings and the voice opt-out list, persisted in the shared SQLite database.
+
+Guild settings hold only what an admin changed; anything unset falls back to the bot's settings
+(``VOICE_MODE``, ``VOICE_IDLE_LEAVE_SECONDS``...), so changing a default in ``.env`` reaches every
+guild that never chose otherwise.
+
+Opt-outs are per person and global across guilds: someone who said no in one server has said no to
+the bot, not to a server. The set is read on discord.py's socket thread for every voice packet (the
+receive filter), so it is kept in memory as an immutable snapshot replaced on every change; reading
+it takes no lock and touches no database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bot.db import Database
+from bot.settings import Settings
+from bot.voice.turns import VoiceMode
+
+__all__ = ["GuildVoiceSettings", "GuildSettingsStore", "OptOutList", "GuildSettingsError", "MAX_IDLE_LEAVE_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE_LEAVE_SECONDS = 86_400
+MAX_VOICE_ID_LENGTH = 128
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE voice_guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        mode TEXT,
+        voice_id TEXT,
+        mirror_transcripts INTEGER NOT NULL DEFAULT 0,
+        idle_leave_seconds INTEGER,
+        record_audio INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE voice_opt_outs (
+        user_id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL
+    )
+    """,
+]
+
+
+class GuildSettingsError(ValueError):
+    """A setting value that cannot be stored; the message is safe to show to an admin."""
+
+
+@dataclass(frozen=True)
+class GuildVoiceSettings:
+    """One guild's effective voice settings (its own choices over the bot's defaults)."""
+
+    guild_id: int
+    mode: str
+    voice_id: str | None  # None: the character's or the configured voice
+    mirror_transcripts: bool
+    idle_leave_seconds: int  # 0: never leave for lack of company
+    record_audio: bool  # the admin's consent; recording also needs RECORD_AUDIO=true
+
+    def recording_allowed(self, settings: Settings) -> bool:
+        """Audio may be written to disk only when the admin enabled it AND the operator allows it."""
+        return self.record_audio and settings.record_audio
+
+
+def _validate(field: str, value: Any) -> Any:
+    if field == "mode":
+        if value is not None and value not in VoiceMode.ALL:
+            raise GuildSettingsError(f"Unknown mode {value!r}; choose one of {', '.join(VoiceMode.ALL)}.")
+    elif field == "voice_id":
+        if value is not None:
+            value = str(value).strip()
+            if not value or len(value) > MAX_VOICE_ID_LENGTH or any(c.isspace() for c in value):
+                raise GuildSettingsError("That voice id doesn't look right (no spaces, at most 128 characters).")
+    elif field == "idle_leave_seconds":
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_IDLE_LEAVE_SECONDS:
+                raise GuildSettingsError(f"Idle time must be a whole number of seconds from 0 to {MAX_IDLE_LEAVE_SECONDS}.")
+    elif field in ("mirror_transcripts", "record_audio"):
+        if not isinstance(value, bool):
+            raise GuildSettingsError(f"{field} must be true or false.")
+    else:
+        raise GuildSettingsError(f"Unknown setting {field!r}.")
+    return value
+
+
+class GuildSettingsStore:
+    """Reads and writes per-guild voice settings; defaults come from the bot's :class:`Settings`."""
+
+    COMPONENT = "guilds"
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self._settings = settings
+        db.migrate(self.COMPONENT, _MIGRATIONS)
+
+    def get(self, guild_id: int) -> GuildVoiceSettings:
+        """The guild's effective settings (defaults for anything it never set)."""
+        rows = self._db.query("SELECT * FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
+        s = self._settings
+        if not rows:
+            return GuildVoiceSettings(guild_id, mode=s.voice_mode, voice_id=None, mirror_transcripts=False,
+                                      idle_leave_seconds=s.voice_idle_leave_seconds, record_audio=False)
+        row = rows[0]
+        mode = row["mode"] if row["mode"] in VoiceMode.ALL else s.voice_mode
+        idle = row["idle_leave_seconds"]
+        return GuildVoiceSettings(
+            guild_id,
+            mode=mode,
+            voice_id=row["voice_id"],
+            mirror_transcripts=bool(row["mirror_transcripts"]),
+            idle_leave_seconds=s.voice_idle_leave_seconds if idle is None else int(idle),
+            record_audio=bool(row["record_audio"]),
+        )
+
+    def update(self, guild_id: int, /, **changes: Any) -> GuildVoiceSettings:
+        """Store some settings for a guild and return the effective result.
+
+        ``mode``, ``voice_id`` and ``idle_leave_seconds`` accept None to go back to the default.
+        Raises :class:`GuildSettingsError` (nothing stored) if any value is invalid.
+        """
+        fields = {f.name for f in dataclasses.fields(GuildVoiceSettings)} - {"guild_id"}
+        clean: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in fields:
+                raise GuildSettingsError(f"Unknown setting {name!r}.")
+            clean[name] = _validate(name, value)
+        if not clean:
+            return self.get(guild_id)
+        with self._db.transaction():
+            self._db.execute(
+                "INSERT INTO voice_guild_settings (guild_id, updated_at) VALUES (?, ?) "
+                "ON CONFLICT(guild_id) DO NOTHING",
+                (guild_id, time.time()),
+            )
+            # Column names come from the dataclass's field names checked above, never from input.
+            assignments = ", ".join(f"{name} = ?" for name in clean)
+            values = [int(v) if isinstance(v, bool) else v for v in clean.values()]
+            self._db.execute(
+                f"UPDATE voice_guild_settings SET {assignments}, updated_at = ? WHERE guild_id = ?",
+                (*values, time.time(), guild_id),
+            )
+        log.info("voice settings changed", extra={"guild_id": guild_id, "changed": sorted(clean)})
+        return self.get(guild_id)
+
+    def reset(self, guild_id: int) -> None:
+        """Forget everything a guild chose (e.g. when the bot is removed from it)."""
+        self._db.execute("DELETE FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
+
+
+class OptOutList:
+    """People who said no to being heard: their audio is dropped before it is decrypted.
+
+    :meth:`is_opted_out` is safe to call from any thread and costs one set lookup.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        db.migrate(GuildSettingsStore.COMPONENT, _MIGRATIONS)
+        self._snapshot: frozenset[int] = self._load()
+
+    def _load(self) -> frozenset[int]:
+        return frozenset(int(r["user_id"]) for r in self._db.query("SELECT user_id FROM voice_opt_outs"))
+
+    @property
+    def user_ids(self) -> frozenset[int]:
+        return self._snapshot
+
+    def is_opted_out(self, user_id: int) -> bool:
+        return user_id in self._snapshot
+
+    def accepts(self, user_id: int) -> bool:
+        """The receive filter: True when this person's audio may be processed."""
+        return user_id not in self._snapshot
+
+    def opt_out(self, user_id: int) -> bool:
+        """Record the opt-out; returns False if the person had already opted out."""
+        cursor = self._db.execute(
+            "INSERT INTO voice_opt_outs (user_id, created_at) VALUES (?, ?) ON CONFLICT(user_id) DO NOTHING",
+            (user_id, time.time()),
+        )
+        # Replacing the reference is atomic under the GIL: the socket thread sees old or new, never half.
+        self._snapshot = self._snapshot | {user_id}
+        return cursor.rowcount > 0
+
+    def opt_in(self, user_id: int) -> bool:
+        """Remove the opt-out; returns False if the person had not opted out."""
+        cursor = self._db.execute("DELETE FROM voice_opt_outs WHERE user_id = ?", (user_id,))
+        self._snapshot = self._snapshot - {user_id}
+        return cursor.rowcount > 0
