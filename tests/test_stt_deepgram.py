@@ -494,3 +494,27 @@ def test_missing_key_is_a_clear_error() -> None:
 def test_repr_has_no_key() -> None:
     engine = DeepgramSTT(KEY)
     assert KEY not in repr(engine)
+
+
+async def test_replay_buffer_is_bounded() -> None:
+    async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB) as dg:
+        # Silence is never finalised by the fake, so nothing ever covers it.
+        engine = engine_for(dg, replay_seconds=1.0)
+        stream = engine.open_stream(speaker="s")
+        for second in range(1, 6):
+            for _ in range(50):
+                stream.push(silence(1))
+            await dg.wait_for(lambda: bool(dg.connections) and len(dg.connections[0].audio) == second * BPS)
+            assert stream._ring_bytes <= BPS + FRAME
+        await stream.aclose()
+
+
+async def test_long_replay_is_sent_in_small_chunks() -> None:
+    audio = word_audio([1000, 2000, 3000] * 20)  # 12 s, never finalised before the drop
+    async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB, drop_after_bytes=len(audio)) as dg:
+        engine = engine_for(dg)
+        stream = engine.open_stream(speaker="s")
+        stream.push(audio)
+        await dg.wait_for(lambda: len(dg.connections) == 2 and len(dg.connections[1].audio) == len(audio))
+        assert bytes(dg.connections[1].audio) == audio
+        await stream.aclose()

@@ -20,7 +20,9 @@ Protocol facts this module relies on (deepgram-sdk 7.16.0, Deepgram docs):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import itertools
 import logging
 import random
 import time
@@ -318,7 +320,7 @@ class DeepgramSTT(STTEngine):
         return f"DeepgramSTT(model={self.model!r}, ws_url={self.ws_url!r})"
 
     def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> DeepgramStream:
-        """Open a stream for one speaker; the socket opens on the first ``push``."""
+        """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``."""
         stream = DeepgramStream(self, speaker=speaker, sample_rate=sample_rate)
         self._streams.add(stream)
         return stream
@@ -491,6 +493,9 @@ class DeepgramStream(STTStream):
                         self._dropped_audio / self._bps,
                     )
             if self._sent < end:
+                if self._connected:
+                    # Deepgram's clock never saw the skipped bytes: keep later times on our timeline.
+                    self._conn_start += end - self._sent
                 self._sent = end
 
     def _cover(self, position: int) -> None:
@@ -503,16 +508,20 @@ class DeepgramStream(STTStream):
             self._ring_bytes -= len(chunk)
 
     def _unsent(self) -> bytes:
-        """Up to 250 ms of audio from ``_sent`` onward, read from the right end of the ring."""
+        """Up to 250 ms of audio from ``_sent`` onward."""
+        pos = self._sent
+        first = max(0, bisect.bisect_right(self._ring, pos, key=_chunk_start) - 1)
         pieces: list[bytes] = []
-        for start, chunk in reversed(self._ring):
-            end = start + len(chunk)
-            if end <= self._sent:
+        size = 0
+        for start, chunk in itertools.islice(self._ring, first, None):
+            if start + len(chunk) <= pos:
+                continue
+            piece = chunk[pos - start :] if start < pos else chunk
+            pieces.append(piece)
+            size += len(piece)
+            if size >= self._max_chunk:
                 break
-            pieces.append(chunk[self._sent - start :] if start < self._sent else chunk)
-        pieces.reverse()
-        data = b"".join(pieces)
-        return data[: self._max_chunk]
+        return b"".join(pieces)[: self._max_chunk]
 
     # ---- connection supervision
 
@@ -647,11 +656,16 @@ class DeepgramStream(STTStream):
         while True:
             while self._sent < self._pushed_end:
                 data = self._unsent()
+                if not data:  # cannot happen while the ring holds [covered, pushed_end); never spin
+                    self._sent = self._pushed_end
+                    break
                 await conn.send_media(data)
                 self._sent += len(data)
             if self._finalize_requested:
                 self._finalize_requested = False
                 if self._sent > self._finalized_at:
+                    # Discord sends no packets while someone is silent, so endpointing may never
+                    # see a pause: this is what makes Deepgram emit the final now.
                     if flux:
                         await conn.send_force_end_turn()
                     else:
@@ -732,6 +746,10 @@ class DeepgramStream(STTStream):
             self._turn_has_speech = False
             self._awaiting_finalize = False
         self._out.put(transcript)
+
+
+def _chunk_start(item: tuple[int, bytes]) -> int:
+    return item[0]
 
 
 def _describe(exc: BaseException | None) -> str:
