@@ -21,7 +21,7 @@ import threading
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import davey
 import discord
@@ -66,9 +66,11 @@ LOOP_CLOSED = "loop_closed"
 INTERNAL_ERROR = "internal_error"
 
 
-@dataclass(frozen=True, slots=True)
-class VoicePacket:
-    """One Opus frame from one speaker, fully decrypted, in arrival order (not yet reordered)."""
+class VoicePacket(NamedTuple):
+    """One Opus frame from one speaker, fully decrypted, in arrival order (not yet reordered).
+
+    Immutable like our dataclasses, but a NamedTuple: one is built per packet on the socket thread.
+    """
 
     user_id: int
     ssrc: int
@@ -270,7 +272,7 @@ class VoiceReceiver:
         conn = self._conn
         own_ssrc = conn.ssrc
         header = parse_header(data, own_ssrc if isinstance(own_ssrc, int) else None)
-        if isinstance(header, Drop):
+        if type(header) is Drop:
             self._dropped[header.value] += 1
             return
         self._audio += 1
@@ -294,7 +296,7 @@ class VoiceReceiver:
             self._dropped[Drop.NO_KEY.value] += 1
             return
         frame = cipher.open(data, header)
-        if isinstance(frame, Drop):
+        if type(frame) is Drop:
             self._dropped[frame.value] += 1
             return
         # Authenticated: only now may the sequence number count as seen (forged copies cannot mark it).
