@@ -13,3 +13,13 @@ def _no_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     # (DEEPGRAM_API_KEY, ELEVENLABS_API_KEY, OPENAI_*) see nothing either.
     for name in [*ENV_VARS, "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "DEEPGRAM_TOKEN"]:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_discord_api_base() -> object:
+    # The bot points discord.py's REST routes at DISCORD_API_BASE (a class attribute); undo it.
+    import discord.http
+
+    saved = discord.http.Route.BASE
+    yield
+    discord.http.Route.BASE = saved
