@@ -47,12 +47,17 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit. Every execute() is its own transaction unless a
         # transaction() block is open, so nothing is ever left uncommitted by accident.
-        self._conn = sqlite3.connect(
-            ":memory:" if self.path is None else str(self.path),
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=5.0,
-        )
+        try:
+            self._conn = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=5.0,
+            )
+            # connect() is lazy: touch the file now so a bad DATA_DIR fails here, with its path.
+            self._conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open the database at {self.path}: {exc}") from None
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._closed = False

@@ -123,3 +123,9 @@ def test_closed_database_raises_clearly() -> None:
     db.close()  # idempotent
     with pytest.raises(DatabaseError, match="closed"):
         db.query("SELECT 1")
+
+
+def test_unopenable_path_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DatabaseError, match=r"cannot open the database at .*taken"):
+        Database(tmp_path / "taken")

@@ -7,6 +7,7 @@ Usage::
         async for delta in reply:       # raises AgentError if the engine fails
             show(delta)
     except AgentError as exc:
+        log.warning("reply failed: %s", exc)   # the caller logs the one line, with its context
         show(exc.user_message)          # nothing is stored as said
     else:
         reply.finish()                  # stores the assistant turn
@@ -98,7 +99,9 @@ class Reply:
             raise
         except AgentError as exc:
             self.error = exc
-            log.warning("Reply failed (engine=%s room=%s): %s", self._agent.engine_name, self.incoming.room, exc)
+            # The caller (chat cog, voice session, SMS, CLI) writes the one warning line for this
+            # failure, with the person and channel it knows about; here it is detail only.
+            log.debug("Reply failed (engine=%s room=%s): %s", self._agent.engine_name, self.incoming.room, exc)
             raise
         except Exception as exc:  # a bug in an engine: log it fully, show the person something kind
             self.error = AgentError(f"{self._agent.engine_name} engine crashed: {type(exc).__name__}: {exc}")
@@ -112,7 +115,7 @@ class Reply:
             self.error = AgentError(f"{self._agent.engine_name} engine returned an empty reply",
                                     user_message="Sorry, I drew a blank there. Could you say that again?",
                                     retryable=True)
-            log.warning("Empty reply (engine=%s room=%s)", self._agent.engine_name, self.incoming.room)
+            log.debug("Empty reply (engine=%s room=%s)", self._agent.engine_name, self.incoming.room)
             raise self.error
         self.done = True
         log.debug("Reply done in %.3fs (engine=%s room=%s chars=%d)", time.monotonic() - started,
