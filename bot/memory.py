@@ -170,6 +170,22 @@ class Memory:
                 db.execute("UPDATE identities SET person_id = ? WHERE person_id = ?", (pa, pb))
                 db.execute("DELETE FROM people WHERE id = ?", (pb,))
 
+    def unlink_identity(self, identity: str) -> bool:
+        """Detach ``identity`` from the person it was linked to; returns whether it was linked.
+
+        A person left with a single identity needs no link any more, so that row goes too.
+        """
+        with self.db.transaction() as db:
+            person = self._person_of(identity)
+            if person is None:
+                return False
+            db.execute("DELETE FROM identities WHERE identity = ?", (identity,))
+            left = db.query("SELECT identity FROM identities WHERE person_id = ?", (person,))
+            if len(left) <= 1:
+                db.execute("DELETE FROM identities WHERE person_id = ?", (person,))
+                db.execute("DELETE FROM people WHERE id = ?", (person,))
+            return True
+
     def identities_of(self, identity: str) -> set[str]:
         """``identity`` itself plus every identity linked to it."""
         rows = self.db.query(

@@ -119,3 +119,18 @@ def test_prune_deletes_only_old_turns(memory: Memory) -> None:
     assert memory.prune(30) == 1
     assert [t.text for t in memory.recent(GUILD_ROOM, 10)] == ["recent"]
     assert memory.count() == 1
+
+
+def test_unlink_separates_a_person_again() -> None:
+    from bot.db import Database
+    from bot.memory import Memory
+
+    memory = Memory(Database.in_memory())
+    memory.link_identities("discord:1", "phone:+15550001111")
+    memory.link_identities("discord:1", "console:me")
+    assert memory.unlink_identity("phone:+15550001111")
+    assert memory.identities_of("discord:1") == {"discord:1", "console:me"}
+    assert memory.identities_of("phone:+15550001111") == {"phone:+15550001111"}
+    assert memory.unlink_identity("console:me")
+    assert memory.identities_of("discord:1") == {"discord:1"}
+    assert not memory.unlink_identity("discord:1")
