@@ -1,0 +1,105 @@
+"""Privacy commands anyone can use for themselves: ``/optout``, ``/optin`` and ``/forget``.
+
+Opting out is global across servers and takes effect at once: the person's voice packets are
+dropped at the receive stage, before decryption, so they are neither transcribed nor remembered.
+``/forget`` erases what the bot remembers of the person under every linked identity (a linked phone
+number too) and drops anything about them still in flight (an open recognizer stream, a waiting turn).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.memory import Memory
+from bot.voice.guilds import OptOutList
+from cogs.voice import guild_only_check
+
+if TYPE_CHECKING:
+    from bot.client import VoiceBot
+    from bot.voice.manager import VoiceManager
+
+__all__ = ["PrivacyCog", "optout_message", "optin_message", "forget_message"]
+
+log = logging.getLogger(__name__)
+
+
+def optout_message(changed: bool) -> str:
+    if not changed:
+        return "You had already opted out: I don't listen to you in any voice channel."
+    return ("Done: from now on I ignore your voice in every server; it is not transcribed, stored or sent anywhere. "
+            "`/forget` also erases what I remember about you, and `/optin` undoes this.")
+
+
+def optin_message(changed: bool) -> str:
+    if not changed:
+        return "You hadn't opted out, so nothing changed: I can hear you in voice channels I'm in."
+    return "Welcome back: I'll hear you again in voice channels I'm in. `/optout` stops it any time."
+
+
+def forget_message(removed: int) -> str:
+    if removed == 0:
+        return "I had nothing stored about you. Anything you were saying just now was dropped too."
+    return (f"Forgotten: I erased {removed} stored message{'s' if removed != 1 else ''} of yours "
+            "(including texts from any phone you linked) and anything I was still processing.")
+
+
+class PrivacyCog(commands.Cog, name="Privacy"):
+    """Decide whether the bot hears and remembers you."""
+
+    def __init__(self, bot: VoiceBot, memory: Memory, fallback_optouts: OptOutList) -> None:
+        self.bot = bot
+        self.memory = memory
+        self._fallback_optouts = fallback_optouts
+
+    def _manager(self) -> VoiceManager | None:
+        # The voice cog owns the live opt-out snapshot the receive filter reads; share it when loaded.
+        cog = self.bot.get_cog("Voice")
+        return getattr(cog, "manager", None)
+
+    @app_commands.command(name="optout")
+    @app_commands.guild_only()
+    @guild_only_check
+    async def optout(self, interaction: discord.Interaction) -> None:
+        """Stop me from hearing you: your voice is ignored in every server, from now on."""
+        manager = self._manager()
+        user_id = interaction.user.id
+        if manager is not None:
+            changed = manager.opt_out(user_id)
+        else:
+            changed = self._fallback_optouts.opt_out(user_id)
+        log.info("voice opt-out", extra={"user_id": user_id, "changed": changed})
+        await interaction.response.send_message(optout_message(changed), ephemeral=True)
+
+    @app_commands.command(name="optin")
+    @app_commands.guild_only()
+    @guild_only_check
+    async def optin(self, interaction: discord.Interaction) -> None:
+        """Let me hear you again in voice channels after an /optout."""
+        manager = self._manager()
+        user_id = interaction.user.id
+        changed = manager.opt_in(user_id) if manager is not None else self._fallback_optouts.opt_in(user_id)
+        log.info("voice opt-in", extra={"user_id": user_id, "changed": changed})
+        await interaction.response.send_message(optin_message(changed), ephemeral=True)
+
+    @app_commands.command(name="forget")
+    @app_commands.guild_only()
+    @guild_only_check
+    async def forget(self, interaction: discord.Interaction) -> None:
+        """Erase everything I remember about you (voice, text, and any linked phone)."""
+        user_id = interaction.user.id
+        manager = self._manager()
+        if manager is not None:
+            manager.drop_live_state(user_id)
+        removed = self.memory.forget_person(f"discord:{user_id}")
+        log.info("forgot a person", extra={"user_id": user_id, "rows": removed})
+        await interaction.response.send_message(forget_message(removed), ephemeral=True)
+
+
+async def setup(bot: VoiceBot) -> None:
+    services = bot.services
+    await bot.add_cog(PrivacyCog(bot, services.memory, OptOutList(services.db)))
