@@ -337,3 +337,72 @@ def test_wav_conversion_any_rate_and_channels(tmp_path: Path) -> None:
         pcm = tone(0.5, rate=rate, channels=channels)
         out = load_wav_48k_stereo(write_wav(tmp_path / f"t{rate}{channels}.wav", pcm, rate, channels))
         assert abs(len(out) / 4 / 48000 - 0.5) < 0.01
+
+
+async def test_close_4015_resumes_and_dave_is_rebuilt(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    guild, voice = seed(discord_)
+    alice = guild.add_member("Alice")
+    async with running_client(discord_, monkeypatch) as client:
+        participant = await alice.join_voice(voice)
+        vc = await connect(client, voice)
+        try:
+            first = await discord_.wait_dave_transition(timeout=TIMEOUT)
+            await discord_.close_bot_voice(guild, 4015)
+            await discord_.events.wait_for("voice_resume", timeout=TIMEOUT)
+            # After RESUMED and a fresh op 4 discord.py re-creates its DAVE session: the old leaf is
+            # removed and the new key package added in one commit.
+            again = await discord_.wait_dave_transition(after=first.data["transition_id"], timeout=TIMEOUT)
+            assert again.data["members"] == sorted([discord_.bot_user_id, alice.id])
+            assert vc._connection.dave_session is not None and vc._connection.dave_session.ready
+            assert vc.voice_privacy_code == participant.dave.voice_privacy_code  # type: ignore[union-attr]
+        finally:
+            await vc.disconnect(force=True)
+    assert discord_.problems == []
+
+
+async def test_voice_server_change_moves_the_bot_to_the_new_endpoint(
+    discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guild, voice = seed(discord_)
+    alice = guild.add_member("Alice")
+    async with running_client(discord_, monkeypatch) as client:
+        await alice.join_voice(voice)
+        vc = await connect(client, voice)
+        try:
+            first = await discord_.wait_dave_transition(timeout=TIMEOUT)
+            endpoint = await discord_.change_voice_server(guild)
+            region = endpoint.partition("/")[2]
+            await discord_.events.wait_for("voice_identify", lambda e: e.data["region"] == region, timeout=TIMEOUT)
+            await discord_.wait_dave_transition(after=first.data["transition_id"], timeout=TIMEOUT)
+            assert vc.endpoint == endpoint
+        finally:
+            await vc.disconnect(force=True)
+    assert discord_.problems == []
+
+
+async def test_member_leaving_mid_sentence(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    guild, voice = seed(discord_)
+    alice = guild.add_member("Alice")
+    async with running_client(discord_, monkeypatch) as client:
+        vc = await connect(client, voice)
+        try:
+            participant = await alice.join_voice(voice)
+            await participant.wait_dave_ready(timeout=TIMEOUT)
+            counter = PacketCounter(asyncio.get_running_loop(), participant.ssrc, want=5)
+            vc._connection.add_socket_listener(counter)
+            frames = await asyncio.get_running_loop().run_in_executor(None, encode_opus_frames, tone(2.0))
+            speaking = asyncio.create_task(participant.speak_opus(frames), name="test-speak")
+            try:
+                await asyncio.wait_for(counter.done, TIMEOUT)
+                await alice.leave_voice()
+                result = await asyncio.wait_for(speaking, TIMEOUT)
+            finally:
+                vc._connection.remove_socket_listener(counter)
+                speaking.cancel()
+            assert result.sent < 100
+            gone = await discord_.wait_dave_transition(after=1, timeout=TIMEOUT)
+            assert gone.data["members"] == [discord_.bot_user_id]
+            assert vc.is_connected()
+        finally:
+            await vc.disconnect(force=True)
+    assert discord_.problems == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import shutil
 import ssl
@@ -405,8 +406,6 @@ class LocalDiscord:
     def post_message(self, author: MemberHandle, channel: ChannelHandle, content: str, *,
                      reply_to: Message | None = None) -> Message:
         world = self.world
-        import re
-
         mentions = [int(m) for m in re.findall(r"<@!?(\d+)>", content) if int(m) in world.users]
         message = Message(world.snowflakes.next(), channel.id, channel.channel.guild_id, author.member.user,
                           content, time.time(), mentions=mentions,

@@ -27,7 +27,7 @@ import os
 import secrets
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import nacl.exceptions
