@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
+import discord.gateway
+import yarl
 from discord import app_commands
 from discord.ext import commands
 
@@ -96,6 +98,11 @@ class VoiceBot(commands.Bot):
         self.failed_extensions: dict[str, str] = {}
 
     async def setup_hook(self) -> None:
+        if self.settings.discord_api_base:
+            # An unsharded client never asks /gateway/bot; it dials discord.py's default gateway.
+            # With a custom API base (the loopback Discord) the gateway must come from that API.
+            _, url, _ = await self.http.get_bot_gateway()
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         for name in self._extensions:
             try:
                 await self.load_extension(name)

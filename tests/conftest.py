@@ -18,8 +18,9 @@ def _no_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _restore_discord_api_base() -> object:
     # The bot points discord.py's REST routes at DISCORD_API_BASE (a class attribute); undo it.
+    import discord.gateway
     import discord.http
 
-    saved = discord.http.Route.BASE
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     yield
-    discord.http.Route.BASE = saved
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
