@@ -178,6 +178,8 @@ class VoiceSession:
         person = self.participants.pop(user_id, None)
         self.policy.forget(user_id)
         if person is not None:
+            if person.reader is not None:
+                person.reader.cancel()
             self._spawn(self._close_participant(person), f"stt-close-{user_id}")
 
     # ------------------------------------------------------------------ speaking on request
@@ -445,10 +447,12 @@ class VoiceSession:
         for person in list(self.participants.values()):
             await self._close_participant(person)
         self.participants.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        # Closers (finalize, stream close) finish quickly; give them a moment, then cancel the rest.
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 class _Prefetch:
