@@ -1,165 +1,285 @@
-"""Reply text made fit for speaking, and cut into sentences while it is still being generated.
+"""Reply text → speakable sentences.
 
-The text channel always gets the full text; what is spoken is normalised: markdown removed, code
-blocks left out, links named by their host, emoji dropped, long numbers grouped so a voice reads
-them as numbers rather than as a string of digits.
+``SentenceSplitter`` cuts streamed reply text into sentences as soon as each one is complete, so
+TTS can start on the first sentence while the agent is still generating the rest.
+``normalize_for_speech`` turns one piece of chat text (markdown, code, URLs, emoji, Discord
+mentions, long numbers) into what should be said out loud; the text channel keeps the original.
+Both are synchronous and pure, so tests call them without asyncio.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 __all__ = ["normalize_for_speech", "SentenceSplitter"]
 
-_CODE_BLOCK = re.compile(r"```.*?(```|$)", re.S)
+# -- normalisation -----------------------------------------------------------------------------
+
+_FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+_CUSTOM_EMOJI = re.compile(r"<a?:\w+:\d+>")
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+_TIMESTAMP = re.compile(r"<t:-?\d+(?::[tTdDfFR])?>")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]+)\]\((?:[^()\s]|\([^()\s]*\))+\)")
+_URL = re.compile(r"<?\b(?:https?://|www\.)[^\s<>]+>?", re.IGNORECASE)
 _INLINE_CODE = re.compile(r"`([^`\n]*)`")
-_MD_LINK = re.compile(r"!?\[([^\]\n]*)\]\((?:[^)\s]+)(?:\s+\"[^\"]*\")?\)")
-_URL = re.compile(r"\b(?:https?://|www\.)([^\s/<>()\[\]]+)[^\s<>()\[\]]*", re.I)
-_DISCORD_EMOJI = re.compile(r"<a?:\w+:\d+>")
-_DISCORD_MENTION = re.compile(r"<(?:@[!&]?|#)\d+>")
-_SHORTCODE = re.compile(r"(?<!\w):[a-z0-9_+\-]+:(?!\w)")
-_HEADER = re.compile(r"^\s{0,3}#{1,6}\s+", re.M)
-_QUOTE = re.compile(r"^\s{0,3}>\s?", re.M)
-_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+", re.M)
-_RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$", re.M)
-_EMPHASIS = re.compile(r"(\*\*|__|\*|_|~~)(?=\S)(.+?)(?<=\S)\1")
-_TABLE_PIPE = re.compile(r"\s*\|\s*")
-_LONG_NUMBER = re.compile(r"(?<![\d.,])\d{5,}(?![\d,]|\.\d)")
-_SPACES = re.compile(r"[ \t\u00a0]+")
-_BLANKS = re.compile(r"\n\s*\n+")
-
-# Pictographs, dingbats, flags, skin tones, joiners and variation selectors.
+_HEADER = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
+_QUOTE = re.compile(r"^[ \t]*>+[ \t]?", re.MULTILINE)
+_BULLET = re.compile(r"^[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+_RULE = re.compile(r"^[ \t]*(?:[-*_][ \t]*){3,}$", re.MULTILINE)
+_EMPHASIS = [
+    re.compile(r"\*\*\*(.+?)\*\*\*", re.DOTALL),
+    re.compile(r"\*\*(.+?)\*\*", re.DOTALL),
+    re.compile(r"__(.+?)__", re.DOTALL),
+    re.compile(r"~~(.+?)~~", re.DOTALL),
+    re.compile(r"\|\|(.+?)\|\|", re.DOTALL),
+    re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"),
+    re.compile(r"(?<![\w_])_(?!\s)(.+?)(?<!\s)_(?![\w_])"),
+]
+_SHORTCODE = re.compile(r":[a-z][a-z0-9_+-]*:")
 _EMOJI = re.compile(
-    "[\U0001F000-\U0001FAFF\U00002600-\U000027BF\U0001F1E6-\U0001F1FF\U0001F3FB-\U0001F3FF"
-    "\u200d\ufe0e\ufe0f\u2300-\u23ff\u2b00-\u2bff\u3030\u303d\u3297\u3299]+"
+    "["
+    "\U0001f000-\U0001faff"  # pictographs, emoticons, transport, symbols, flags (regional indicators)
+    "\u2600-\u27bf"  # misc symbols and dingbats
+    "\u2b00-\u2bff"  # arrows, stars
+    "\u2300-\u23ff"  # technical (⌚ ⏰ …)
+    "\ufe0f\ufe0e\u200d\u20e3"  # variation selectors, zero-width joiner, keycap
+    "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
+    "]+"
 )
+_PHONE = re.compile(r"(?<![\w.])(\+?\(?\d{1,4}\)?(?:[ .-]\(?\d{2,4}\)?){2,4})(?!\w|[.,]\d)")
+_LONG_NUMBER = re.compile(r"(?<![\w.,])(\d{5,})(\.\d+)?(?![\w,])")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_SPEAKABLE = re.compile(r"[^\W_]")
 
 
-def _group_number(match: re.Match[str]) -> str:
-    digits = match.group(0)
-    if len(digits) >= 10 or digits.startswith("0"):
-        # An id, a code or a phone number: read in small groups, not as an amount.
-        groups = [digits[i:i + 3] for i in range(0, len(digits), 3)]
-        if len(groups) > 1 and len(groups[-1]) == 1:  # 555 123 4567, not 555 123 456 7
-            groups[-2:] = [groups[-2] + groups[-1]]
-        return " ".join(groups)
-    return f"{int(digits):,}"
+def _domain(url: str) -> str:
+    host = re.sub(r"^(?:https?://)?(?:www\.)?", "", url.strip("<>"), flags=re.IGNORECASE)
+    host = re.split(r"[/?#:]", host, maxsplit=1)[0]
+    return host.rstrip(".,;:!?)").lower()
 
 
-def _link_name(match: re.Match[str]) -> str:
-    host = match.group(1).lower().rstrip(".,;:!?")
-    if host.startswith("www."):
-        host = host[4:]
-    return f"a link to {host}" if host else "a link"
+def _url_phrase(match: re.Match[str]) -> str:
+    url = match.group(0)
+    trailing = ""
+    while url and url[-1] in ".,;:!?)":  # sentence punctuation after a URL is not part of it
+        trailing = url[-1] + trailing
+        url = url[:-1]
+    domain = _domain(url)
+    return (f"a link to {domain}" if domain else "a link") + trailing
 
 
-def _end_list_line(line: str) -> str:
-    """A heading or list item is a phrase of its own: give it a full stop so it is read as one."""
-    if (_HEADER.match(line) or _BULLET.match(line)) and not re.search(r"[.!?,;:]\s*$", line):
-        return line.rstrip() + "."
-    return line
+def _phone_phrase(match: re.Match[str]) -> str:
+    digits = re.findall(r"\d+", match.group(1))
+    if not 7 <= sum(len(d) for d in digits) <= 15:
+        return match.group(0)
+    return ", ".join(" ".join(group) for group in digits)
 
 
-def normalize_for_speech(text: str) -> str:
-    """What a voice should say for ``text``; ``""`` when nothing in it is speakable."""
-    text = _CODE_BLOCK.sub(" ", text)
-    text = _INLINE_CODE.sub(r"\1", text)
-    text = _MD_LINK.sub(r"\1", text)
-    text = _URL.sub(_link_name, text)
-    text = _DISCORD_EMOJI.sub(" ", text)
-    text = _DISCORD_MENTION.sub(" ", text)
-    text = _SHORTCODE.sub(" ", text)
-    text = _EMOJI.sub(" ", text)
-    text = _RULE.sub(" ", text)
-    text = "\n".join(_end_list_line(line) for line in text.split("\n"))
-    text = _HEADER.sub("", text)
-    text = _QUOTE.sub("", text)
-    text = _BULLET.sub("", text)
-    for _ in range(2):  # nested emphasis such as ***bold italic***
-        text = _EMPHASIS.sub(r"\2", text)
-    text = _TABLE_PIPE.sub(", ", text) if "|" in text else text
-    text = _LONG_NUMBER.sub(_group_number, text)
-    text = _BLANKS.sub(". ", text)
-    text = text.replace("\n", " ")
-    text = _SPACES.sub(" ", text).strip()
-    text = re.sub(r"\s+([,.!?;:])", r"\1", text)
-    text = re.sub(r"([.!?])\.+(?=\s|$)", r"\1", text)
-    text = re.sub(r"[,;:]\.(?=\s|$)", ".", text)
-    if not re.search(r"[^\W_]", text):
-        return ""
-    return text
+def _number_phrase(match: re.Match[str]) -> str:
+    digits, fraction = match.group(1), match.group(2) or ""
+    if digits.startswith("0") or len(digits) > 15:
+        # Codes and identifiers, not quantities: read them in groups of digits.
+        return ", ".join(" ".join(digits[i : i + 3]) for i in range(0, len(digits), 3)) + fraction
+    return f"{int(digits):,}{fraction}"
 
 
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m u.s u.k no fig approx inc ltd co dept".split()
-)
-_END = re.compile(r"([.!?…]+)([\"'”’)\]]*)(\s+|$)")
-_EARLY_CUT = 120  # characters without a sentence end before a clause may be spoken on its own
+def normalize_for_speech(text: str, names: Mapping[str, str] | None = None) -> str:
+    """Return what should be said for ``text`` ("" when nothing in it is speakable).
+
+    ``names`` maps Discord user/role/channel ids to display names for mentions.
+    """
+    names = names or {}
+    out = _FENCED_CODE.sub("\n", text)
+    out = _CUSTOM_EMOJI.sub("", out)
+    out = _TIMESTAMP.sub("", out)
+    out = _USER_MENTION.sub(lambda m: names.get(m.group(1), "someone"), out)
+    out = _ROLE_MENTION.sub(lambda m: names.get(m.group(1), "a role"), out)
+    out = _CHANNEL_MENTION.sub(lambda m: names.get(m.group(1), "a channel"), out)
+    out = _IMAGE.sub(lambda m: m.group(1), out)
+    out = _LINK.sub(lambda m: m.group(1), out)
+    out = _URL.sub(_url_phrase, out)
+    out = _INLINE_CODE.sub(lambda m: m.group(1), out)
+    out = _RULE.sub("", out)
+    out = _HEADER.sub("", out)
+    out = _QUOTE.sub("", out)
+    out = _BULLET.sub("", out)
+    for pattern in _EMPHASIS:
+        out = pattern.sub(lambda m: m.group(1), out)
+    out = _SHORTCODE.sub("", out)
+    out = _EMOJI.sub("", out)
+    out = _PHONE.sub(_phone_phrase, out)
+    out = _LONG_NUMBER.sub(_number_phrase, out)
+    lines = [_SPACES.sub(" ", line).strip() for line in out.split("\n")]
+    lines = [line for line in lines if line]
+    # Lines (list items, headers, paragraphs) are separate thoughts: end each with punctuation so
+    # TTS pauses between them.
+    spoken = " ".join(
+        line if i == len(lines) - 1 or line[-1] in ".!?:;,…" else line + "." for i, line in enumerate(lines)
+    )
+    return spoken if _SPEAKABLE.search(spoken) else ""
+
+
+# -- sentence splitting ------------------------------------------------------------------------
+
+# Titles and abbreviations that never end a sentence, and those that end one only before a capital.
+_NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "cf", "approx", "no", "fig", "mt", "ft"}
+_MAYBE_FINAL = {"etc", "u.s", "u.k", "a.m", "p.m", "inc", "ltd", "co", "corp"}
+_TERMINAL = ".!?…"
+_CLOSERS = "\"')]}»”’*_"
+_CLAUSE_BREAK = re.compile(r"[,;:—–](?=\s)")
 
 
 class SentenceSplitter:
-    """Feed streamed text; get back each sentence as soon as it is complete.
+    """Cut a stream of text deltas into complete sentences, as early as is safe.
 
-    Sentences end at ``.``, ``!``, ``?`` or ``…`` followed by white space, or at a blank line, but
-    not after common abbreviations (``Dr.``, ``e.g.``), inside numbers (``3.14``) or inside a code
-    block. When a sentence runs long, it is cut at a clause boundary (a comma, semicolon or dash) so
-    speech can start sooner. Concatenating everything returned equals the input, white space aside.
+    ``feed(delta)`` returns the sentences completed by that delta; ``flush()`` returns the rest.
+    A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by whitespace (plus any closing quotes
+    or brackets), or at a newline, but not after titles and abbreviations (Mr., e.g.), inside
+    numbers (3.14), URLs, or fenced code blocks (a code block is emitted whole, as its own piece,
+    for ``normalize_for_speech`` to drop). To cut latency, when the first sentence of the stream
+    runs past ``first_clause_chars`` characters, its first clause (ending at a comma, semicolon,
+    colon or dash at least ``min_clause_chars`` in) is emitted on its own. The joined output always
+    equals the input up to whitespace.
     """
 
-    def __init__(self, *, early_cut: int = _EARLY_CUT) -> None:
-        self._buffer = ""
-        self._early_cut = early_cut
+    def __init__(self, *, first_clause_chars: int = 80, min_clause_chars: int = 20) -> None:
+        self._buf = ""
+        self._emitted_any = False
+        self._first_clause_chars = first_clause_chars
+        self._min_clause_chars = min_clause_chars
 
     def feed(self, delta: str) -> list[str]:
-        self._buffer += delta
-        out: list[str] = []
-        while True:
-            cut = self._find_cut()
-            if cut is None:
-                break
-            sentence, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
-            if sentence:
-                out.append(sentence)
-        return out
+        """Add reply text; return every sentence it completed (stripped, non-empty)."""
+        self._buf += delta
+        return self._drain(final=False)
 
     def flush(self) -> list[str]:
-        rest, self._buffer = self._buffer.strip(), ""
-        return [rest] if rest else []
+        """The stream ended: return whatever is left (as one or more pieces)."""
+        out = self._drain(final=True)
+        rest = self._buf.strip()
+        self._buf = ""
+        if rest:
+            out.append(rest)
+        return out
 
-    def _find_cut(self) -> int | None:
-        buf = self._buffer
-        # Never end a sentence inside an open code block: wait for it to close.
-        fences = [m.start() for m in re.finditer(r"```", buf)]
-        open_from = fences[-1] if len(fences) % 2 else None
-        paragraph = buf.find("\n\n")
-        for m in _END.finditer(buf):
-            end = m.end(2)
-            if open_from is not None and end > open_from:
+    # -- internals -----------------------------------------------------------------------------
+
+    def _drain(self, *, final: bool) -> list[str]:
+        out: list[str] = []
+        while True:
+            end = self._next_end(final)
+            if end is None:
                 break
-            if any(a < m.start() < b for a, b in zip(fences[::2], fences[1::2])):
-                continue
-            if paragraph != -1 and paragraph < m.start():
-                break
-            if not m.group(3) and end == len(buf):
-                return None  # the end of the buffer: more text may follow ("3." then "14")
-            if m.group(1) == "." and self._is_abbreviation(buf, m.start()):
-                continue
-            return m.end()
-        if paragraph != -1 and (open_from is None or paragraph < open_from):
-            return paragraph + 2
-        if open_from is None and len(buf) > self._early_cut:
-            clause = max(buf.rfind(", ", 0, len(buf) - 1), buf.rfind("; ", 0, len(buf) - 1),
-                         buf.rfind(" – ", 0, len(buf) - 1), buf.rfind(" - ", 0, len(buf) - 1))
-            if clause >= self._early_cut // 3:
-                return clause + 2
+            piece, self._buf = self._buf[:end].strip(), self._buf[end:]
+            if piece:
+                out.append(piece)
+                self._emitted_any = True
+        return out
+
+    def _next_end(self, final: bool) -> int | None:
+        """Index just past the next complete piece in the buffer, or None if none is complete."""
+        buf = self._buf
+        start = len(buf) - len(buf.lstrip())
+        fence = buf.find("```", start)
+        limit = len(buf) if fence < 0 else fence
+        if fence == start:
+            close = buf.find("```", fence + 3)
+            if close < 0:
+                return None  # inside a code block: wait for its end (flush takes it whole)
+            line_end = buf.find("\n", close + 3)
+            if line_end < 0:
+                return len(buf) if final else None
+            return line_end + 1
+        end, undecided = self._sentence_end(buf, start, limit, final)
+        if end is not None:
+            return end
+        if fence >= 0 and not undecided:
+            return fence  # text before a code block is a piece of its own
+        if not self._emitted_any and not undecided:
+            return self._early_clause(buf, start, limit)
+        return None
+
+    def _early_clause(self, buf: str, start: int, limit: int) -> int | None:
+        if limit - start < self._first_clause_chars:
+            return None
+        window_end = start + self._first_clause_chars
+        for match in _CLAUSE_BREAK.finditer(buf, start + self._min_clause_chars, window_end):
+            if not self._in_url(buf, match.start()):
+                return match.end()
         return None
 
     @staticmethod
-    def _is_abbreviation(buf: str, dot: int) -> bool:
-        start = dot
-        while start > 0 and (buf[start - 1].isalpha() or buf[start - 1] == "."):
-            start -= 1
-        word = buf[start:dot].lower()
-        if word in _ABBREVIATIONS:
+    def _in_url(buf: str, index: int) -> bool:
+        word_start = max(buf.rfind(" ", 0, index), buf.rfind("\n", 0, index)) + 1
+        word = buf[word_start : index + 1].lower()
+        return "://" in word or word.startswith("www.")
+
+    def _sentence_end(self, buf: str, start: int, limit: int, final: bool) -> tuple[int | None, bool]:
+        """(end index, undecided): undecided means a candidate needs more text to judge."""
+        i = start
+        while i < limit:
+            ch = buf[i]
+            if ch == "\n":
+                if buf[start:i].strip():
+                    return i + 1, False
+                i += 1
+                continue
+            if ch not in _TERMINAL:
+                i += 1
+                continue
+            j = i
+            while j < limit and buf[j] in _TERMINAL:
+                j += 1
+            while j < limit and buf[j] in _CLOSERS:
+                j += 1
+            if j >= limit:
+                # Punctuation at the very end: the next character decides (unless the stream ended).
+                if final and limit == len(buf):
+                    return j, False
+                return None, True
+            if not buf[j].isspace():
+                i = j  # 3.14, example.com, "wait...what"
+                continue
+            k = j
+            while k < limit and buf[k].isspace():
+                k += 1
+            next_char = buf[k] if k < limit else ""
+            if not next_char and not (final and limit == len(buf)) and limit == len(buf):
+                return None, True
+            after = buf[k + 1] if k + 1 < limit else ""
+            if next_char == "I" and not after and limit == len(buf) and not final:
+                return None, True  # "Well... I" — the pronoun or a new sentence? Needs one more char.
+            if next_char == "I" and (after.isspace() or after in "'’"):
+                next_char = "i"  # the pronoun "I" does not start a sentence after an ellipsis
+            if self._is_boundary(buf, start, i, j, next_char):
+                return j, False
+            i = j
+        return None, False
+
+    def _is_boundary(self, buf: str, start: int, i: int, j: int, next_char: str) -> bool:
+        punct = buf[i:j]
+        if "!" in punct or "?" in punct:
             return True
-        return len(word) == 1 and word.isalpha() and word not in ("a", "i")  # initials: "J. R. R."
+        word_start = max(buf.rfind(" ", start, i), buf.rfind("\n", start, i), start - 1) + 1
+        word = buf[word_start:i].strip("\"'([{*_").lower()
+        ellipsis = punct.startswith("...") or punct.startswith("…")
+        capital_next = bool(next_char) and (next_char.isupper() or next_char in "\"'“‘(")
+        if ellipsis:
+            return capital_next or not next_char
+        if not word:
+            return True
+        if word in _NEVER_FINAL:
+            return False
+        if len(word) == 1 and word.isalpha():
+            return False  # an initial: "J. R. R. Tolkien"
+        if word in _MAYBE_FINAL:
+            return capital_next or not next_char
+        if word.isdigit() and buf[start:word_start].strip() == "":
+            return False  # a numbered list marker at the start of a line: "1. First"
+        if "://" in word or word.startswith("www."):
+            return True  # "see https://example.com. Then" — the URL ended at the final dot
+        return True
