@@ -81,8 +81,8 @@ def _phone_phrase(match: re.Match[str]) -> str:
 
 def _number_phrase(match: re.Match[str]) -> str:
     digits, fraction = match.group(1), match.group(2) or ""
-    if digits.startswith("0") or len(digits) > 15:
-        # Codes and identifiers, not quantities: read them in groups of digits.
+    if digits.startswith("0") or (len(digits) >= 10 and not fraction):
+        # Codes, identifiers and bare phone numbers, not quantities: read them in groups of digits.
         return ", ".join(" ".join(digits[i : i + 3]) for i in range(0, len(digits), 3)) + fraction
     return f"{int(digits):,}{fraction}"
 

@@ -168,3 +168,12 @@ def test_property_output_concatenates_to_input(tokens: list[str], chunks: list[i
 def test_property_never_raises_on_any_text(text: str, chunks: list[int]) -> None:
     out = split_all(text, chunks)
     assert squash("".join(out)) == squash(text)
+
+
+def test_a_bare_phone_number_is_read_as_digits_not_billions() -> None:
+    from audio.speech import normalize_for_speech
+
+    spoken = normalize_for_speech("Call 5551234567 today.")
+    assert "billion" not in spoken and "5,551" not in spoken
+    assert spoken.replace(",", "").replace(" ", "").startswith("Call5551234567")
+    assert normalize_for_speech("It costs 1234567 dollars.") == "It costs 1,234,567 dollars."
