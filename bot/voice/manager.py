@@ -268,7 +268,7 @@ class VoiceManager:
         self.silent = self.tts is None  # TTS_ENGINE=none: replies go to the voice channel's chat
         self.local_tts = local_tts
         self._pipeline_factory = pipeline_factory or _default_pipeline
-        self._out_factory = out_factory or _default_out
+        self._out_factory = out_factory or _default_out_factory(settings)
         self._owned = owned  # engines this manager built and must close
         self._connect_timeout = connect_timeout
         self._guilds: dict[int, GuildVoice] = {}
@@ -872,7 +872,14 @@ def _default_pipeline(feed: SpeechFeed, sample_rate: int) -> PipelineSink:
     return ReceivePipeline(feed, sample_rate=sample_rate)
 
 
-def _default_out(vc: discord.VoiceClient) -> ClosableAudioOut:
-    from audio import playback
+def _default_out_factory(settings: Settings) -> OutFactory:
+    """Speech goes out through the playback queue, with FFmpeg from settings or the bundled one."""
 
-    return playback.build_audio_out(vc)  # type: ignore[attr-defined,no-any-return]
+    def make(vc: discord.VoiceClient) -> ClosableAudioOut:
+        from audio.native import find_ffmpeg
+        from audio.playback import Speaker
+        from bot.voice.session import SpeakerOut
+
+        return SpeakerOut(Speaker(vc, ffmpeg=find_ffmpeg(settings.ffmpeg_path), name=f"speaker-{vc.channel.id}"))
+
+    return make

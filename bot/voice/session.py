@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from audio.playback import Speaker, Utterance
 from audio.speech import SentenceSplitter, normalize_for_speech
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
@@ -28,7 +29,7 @@ from bot.agent import Agent, AgentError, Incoming
 from bot.memory import Memory, Modality, Turn
 from bot.voice.turns import PendingTurn, TurnPolicy
 
-__all__ = ["AudioOut", "PlayResult", "TurnTiming", "VoiceSession", "Participant"]
+__all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession", "Participant"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,30 @@ class AudioOut(Protocol):
 
     def stop(self) -> None:
         """Stop what is playing now (barge-in): the pending ``play`` returns ``interrupted``."""
+
+
+class SpeakerOut:
+    """:class:`AudioOut` over a voice connection's playback queue (:class:`audio.playback.Speaker`)."""
+
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+        self._stopping: set[asyncio.Task[object]] = set()
+
+    async def play(self, text: str, chunks: AsyncIterator[bytes], fmt: AudioFormat) -> PlayResult:
+        handle = self.speaker.enqueue(Utterance(text, chunks, fmt))
+        played = await asyncio.shield(handle.done)
+        total = played.total_seconds if played.total_seconds is not None else played.played_seconds
+        return PlayResult(played.played_seconds, total, played.interrupted, played.first_frame_at)
+
+    def stop(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.speaker.stop(), name="speaker-stop")
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def aclose(self) -> None:
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+        await self.speaker.aclose()
 
 
 @dataclass
