@@ -7,11 +7,13 @@ types never leave the engine's module: only these dataclasses and ``TTSError`` d
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-__all__ = ["AudioFormat", "VoiceSpec", "VoiceInfo", "TTSError", "TTSEngine"]
+__all__ = ["AudioFormat", "VoiceSpec", "VoiceInfo", "TTSError", "TTSEngine", "stream_from_thread"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,44 @@ class TTSEngine(ABC):
     async def aclose(self) -> None:
         """Release resources (HTTP clients, models). Idempotent."""
         return None
+
+
+async def stream_from_thread(produce: Callable[[Callable[[bytes], bool]], None], *, what: str) -> AsyncIterator[bytes]:
+    """Run a blocking synthesizer on a worker thread and yield its audio as it is produced.
+
+    ``produce(emit)`` runs in the default executor and calls ``emit(chunk)`` for each piece of audio;
+    ``emit`` returns False once the consumer has stopped (the async generator was closed), and the
+    producer should then return early. A ``TTSError`` from the producer propagates unchanged; any
+    other exception becomes ``TTSError("{what} failed: …")``. Closing the generator waits for the
+    producer to return, so a synthesizer's lock is never left held.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+    stop = threading.Event()
+
+    def emit(chunk: bytes) -> bool:
+        loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        return not stop.is_set()
+
+    def work() -> None:
+        try:
+            produce(emit)
+        except BaseException as exc:  # delivered to the consumer, re-raised there
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    future = loop.run_in_executor(None, work)
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            if isinstance(item, TTSError):
+                raise item
+            if isinstance(item, BaseException):
+                raise TTSError(f"{what} failed: {item!r}", kind="engine_failed") from item
+            yield item
+    finally:
+        stop.set()
+        await asyncio.shield(future)

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec
+from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec, stream_from_thread
 
 __all__ = ["EspeakEngine", "synthesize_pcm", "list_espeak_voices", "ESPEAK_SAMPLE_RATE"]
 
@@ -238,37 +238,12 @@ class EspeakEngine(TTSEngine):
         if not text.strip():
             return
         voice_name = (voice.voice_id if voice and voice.voice_id else None) or self._default_voice
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        stop = threading.Event()
 
-        def sink(chunk: bytes) -> bool:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            return not stop.is_set()
+        def produce(emit: Callable[[bytes], bool]) -> None:
+            _Engine.get().synth(text, voice_name, emit, self._rate_wpm)
 
-        def work() -> None:
-            try:
-                _Engine.get().synth(text, voice_name, sink, self._rate_wpm)
-            except BaseException as exc:  # delivered to the consumer, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        future = loop.run_in_executor(None, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, TTSError):
-                    raise item
-                if isinstance(item, BaseException):
-                    raise TTSError(f"espeak-ng failed: {item!r}", kind="engine_failed") from item
-                yield item
-        finally:
-            # Abort synthesis at the next callback and wait so the engine lock is released.
-            stop.set()
-            await asyncio.shield(future)
+        async for chunk in stream_from_thread(produce, what="espeak-ng"):
+            yield chunk
 
     async def list_voices(self) -> list[VoiceInfo]:
         """espeak-ng's voices (loaded in a worker thread)."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec
+from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec, stream_from_thread
 
 __all__ = ["PiperEngine", "INSTALL_HINT"]
 
@@ -89,33 +89,15 @@ class PiperEngine(TTSEngine):
             return
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, self._load)
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        stop = threading.Event()
 
-        def work() -> None:
-            try:
-                with self._synth_lock:
-                    for chunk in model.synthesize(text):
-                        if stop.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, chunk.audio_int16_bytes)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+        def produce(emit: Callable[[bytes], bool]) -> None:
+            with self._synth_lock:
+                for chunk in model.synthesize(text):
+                    if not emit(chunk.audio_int16_bytes):
+                        return
 
-        future = loop.run_in_executor(None, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise TTSError(f"Piper synthesis failed: {item!r}", kind="engine_failed") from item
-                yield item
-        finally:
-            stop.set()
-            await asyncio.shield(future)
+        async for chunk in stream_from_thread(produce, what="Piper synthesis"):
+            yield chunk
 
     async def list_voices(self) -> list[VoiceInfo]:
         """The one loaded voice."""
