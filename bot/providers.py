@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -86,12 +87,8 @@ def build_tts(settings: Settings) -> TTSEngine | None:
 
 def voice_for(settings: Settings, character: Character, override: str | None = None) -> VoiceSpec:
     """The voice to speak with: a per-guild choice, else settings, else the character's voice."""
-    v = character.voice
-    voice_id = override or settings.elevenlabs_voice_id or (v.voice_id if v else None)
-    if v is None:
-        return VoiceSpec(voice_id=voice_id)
-    return VoiceSpec(voice_id=voice_id, model=v.model, stability=v.stability, similarity_boost=v.similarity_boost,
-                     style=v.style, use_speaker_boost=v.use_speaker_boost)
+    voice = character.voice or VoiceSpec()
+    return dataclasses.replace(voice, voice_id=override or settings.elevenlabs_voice_id or voice.voice_id)
 
 
 def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:

@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from audio.tts.base import VoiceSpec
+
 __all__ = [
     "Character",
     "CharacterError",
@@ -53,16 +55,8 @@ class CharacterError(Exception):
         super().__init__(f"{where}: {problem}")
 
 
-@dataclass(frozen=True)
-class CharacterVoice:
-    """ElevenLabs voice settings; the same field names as ``audio.tts.VoiceSpec``."""
-
-    voice_id: str | None = None
-    model: str | None = None
-    stability: float | None = None
-    similarity_boost: float | None = None
-    style: float | None = None
-    use_speaker_boost: bool | None = None
+# A character's ElevenLabs voice is exactly what the TTS interface takes.
+CharacterVoice = VoiceSpec
 
 
 @dataclass(frozen=True)
