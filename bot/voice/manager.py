@@ -28,7 +28,7 @@ import discord
 from audio.decode import ReceivePipeline
 from audio.receive import ReceiveVoiceClient, VoicePacket
 from audio.watchdog import DeafWatchdog, WatchdogAction
-from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo
+from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
 from bot.providers import voice_for
 from bot.voice.consent import (
     ConnectionStatus,
@@ -501,7 +501,7 @@ class VoiceManager:
             tts=self.tts if self.tts is not None else _SilentTTS(),
             out=out,
             policy=policy,
-            voice=voice_for(self.settings, character, gs.voice_id),
+            voice=self._voice(gs.voice_id),
             fallback_tts=self.local_tts,
             sample_rate=self.settings.stt_sample_rate,
             name_of=lambda uid: _name_of(guild, uid),
@@ -709,8 +709,15 @@ class VoiceManager:
         gs = self.guild_settings.update(guild_id, voice_id=voice_id)
         session = self.session(guild_id)
         if session is not None:
-            session.voice = voice_for(self.settings, self.agent.character, gs.voice_id)
+            session.voice = self._voice(gs.voice_id)
         return gs
+
+    def _voice(self, override: str | None) -> VoiceSpec:
+        """The session's voice. The character's and settings' voices are ElevenLabs voices: with a
+        local engine only a guild's own choice (from that engine's list) applies."""
+        if self.tts is not None and self.tts.name != "elevenlabs":
+            return VoiceSpec(voice_id=override)
+        return voice_for(self.settings, self.agent.character, override)
 
     async def update_settings(self, guild_id: int, **changes: Any) -> GuildVoiceSettings:
         gs = self.guild_settings.update(guild_id, **changes)
