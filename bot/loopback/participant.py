@@ -296,16 +296,24 @@ class Participant:
         if timer is not None:
             timer.cancel()
         utterance = self._current.pop(user_id, None)
-        if utterance is None or not utterance.frames:
+        if utterance is None:
             return
         # discord.py ends each playback with five silence frames; they are not speech.
         while utterance.frames and utterance.frames[-1][1] == OPUS_SILENCE:
             utterance.frames.pop()
-        if not utterance.frames:
-            return
-        utterance.complete = True
-        self.heard.append(utterance)
-        self._notify()
+        if utterance.frames:
+            utterance.complete = True
+            self.heard.append(utterance)
+        self._notify()  # also when nothing was kept: waiters on "nothing arriving" need to know
+
+    @property
+    def hearing(self) -> bool:
+        """Someone's utterance is still arriving (not yet ended by a packet gap or op 5 off)."""
+        return bool(self._current)
+
+    async def wait_quiet(self, timeout: float = 20.0) -> None:
+        """Wait until every utterance heard so far is complete (nothing is arriving)."""
+        await self._wait(lambda: not self._current, timeout)
 
     async def wait_heard(self, count: int = 1, timeout: float = 20.0) -> HeardUtterance:
         """Wait until ``count`` complete utterances have been heard; return the ``count``-th."""
