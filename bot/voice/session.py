@@ -86,7 +86,8 @@ class SpeakerOut:
 
 @dataclass
 class TurnTiming:
-    """One answered turn's latency breakdown (clock times; ``None`` where a step did not happen)."""
+    """One answered turn's latency breakdown (clock times; ``None`` where a step did not happen),
+    with what was asked and what was actually said back (``reply``: only the played part)."""
 
     user_id: int
     speech_end: float
@@ -95,6 +96,10 @@ class TurnTiming:
     first_sentence: float | None = None
     first_tts_audio: float | None = None
     first_frame: float | None = None
+    speaker_name: str = ""
+    text: str = ""
+    reply: str = ""
+    interrupted: bool = False
 
     def breakdown_ms(self) -> dict[str, float | None]:
         def ms(a: float | None, b: float | None) -> float | None:
@@ -118,6 +123,17 @@ class Participant:
     finals: list[str] = field(default_factory=list)
     speaking: bool = False
     ended_at: float | None = None
+    speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
+    turn_ends: int = 0  # end-of-turn finals the recognizer gave back
+
+    @property
+    def awaiting_recognizer(self) -> bool:
+        """An end of speech has not been answered by an end-of-turn final yet.
+
+        Counted, not paired: an engine may end a turn on its own pause before the receive path
+        notices the end of speech, and then answers the later ``finalize`` with nothing.
+        """
+        return self.turn_ends < self.speech_ends
 
 
 class VoiceSession:
@@ -168,6 +184,31 @@ class VoiceSession:
         self._closed = False
         self.answered = asyncio.Condition()  # notified after each answered or dropped turn (tests, simulate)
         self.turns_done = 0
+        # Called with every complete turn heard (answered or not); for `voicebot simulate` and tests.
+        self.on_turn: Callable[[PendingTurn], None] | None = None
+        self._changed = asyncio.Event()  # set on every change that can make the session settled
+
+    # ------------------------------------------------------------------ state, for simulate and tests
+
+    @property
+    def settled(self) -> bool:
+        """Nothing in flight: nobody mid-speech, every end of speech answered by the recognizer,
+        no turn waiting or being answered, nothing playing."""
+        return (
+            not any(p.speaking or p.awaiting_recognizer for p in self.participants.values())
+            and len(self.policy) == 0
+            and (self._responder is None or self._responder.done())
+            and not self._speaking
+        )
+
+    async def wait_settled(self) -> None:
+        """Return once :attr:`settled` holds (the caller bounds the wait with a timeout)."""
+        while not self.settled:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _touch(self) -> None:
+        self._changed.set()
 
     # ------------------------------------------------------------------ input from the receive path
 
@@ -178,6 +219,7 @@ class VoiceSession:
         person = self._participant(user_id)
         person.speaking = True
         self._ensure_stream(person)
+        self._touch()
 
     def on_audio(self, user_id: int, pcm: bytes) -> None:
         """Decoded PCM (s16le mono at ``sample_rate``) from one person. Must run on the event loop."""
@@ -196,7 +238,9 @@ class VoiceSession:
         person.speaking = False
         person.ended_at = self.clock()
         if person.stream is not None:
+            person.speech_ends += 1
             self._spawn(person.stream.finalize(), f"stt-finalize-{user_id}")
+        self._touch()
 
     def on_leave(self, user_id: int) -> None:
         """The person left the channel (or opted out): drop everything about them."""
@@ -206,6 +250,7 @@ class VoiceSession:
             if person.reader is not None:
                 person.reader.cancel()
             self._spawn(self._close_participant(person), f"stt-close-{user_id}")
+        self._touch()
 
     # ------------------------------------------------------------------ speaking on request
 
@@ -250,6 +295,8 @@ class VoiceSession:
         finally:
             if person.stream is stream:
                 person.stream, person.reader = None, None
+            person.turn_ends = person.speech_ends  # this stream will answer nothing more
+            self._touch()
 
     def _on_transcript(self, person: Participant, transcript: Transcript) -> None:
         text = transcript.text.strip()
@@ -261,6 +308,9 @@ class VoiceSession:
             person.finals.append(text)
             if self._speaking:
                 self._barge(person)
+        if transcript.end_of_turn:
+            person.turn_ends += 1
+            self._touch()
         if transcript.end_of_turn and person.finals:
             words = " ".join(person.finals)
             person.finals.clear()
@@ -271,6 +321,11 @@ class VoiceSession:
     # ------------------------------------------------------------------ turns
 
     def _complete_turn(self, turn: PendingTurn) -> None:
+        if self.on_turn is not None:
+            try:
+                self.on_turn(turn)
+            except Exception:
+                log.exception("on_turn hook failed", extra={"room": self.room})
         if self._mirror is not None:
             self._spawn(self._mirror(turn.name, turn.text), "mirror-user")
         if self.policy.offer(turn, humans_present=self.humans_present()):
@@ -284,6 +339,7 @@ class VoiceSession:
     def _kick(self) -> None:
         if self._responder is None or self._responder.done():
             self._responder = asyncio.get_running_loop().create_task(self._respond_loop(), name=f"respond-{self.room}")
+            self._responder.add_done_callback(lambda _: self._touch())
 
     async def _respond_loop(self) -> None:
         while not self._closed:
@@ -299,9 +355,11 @@ class VoiceSession:
             async with self.answered:
                 self.turns_done += 1
                 self.answered.notify_all()
+            self._touch()
 
     async def _answer(self, turn: PendingTurn) -> None:
-        timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at)
+        timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
+                            speaker_name=turn.name, text=turn.text)
         self.timings.append(timing)
         del self.timings[:-100]
         self.last_timing = timing
@@ -331,6 +389,7 @@ class VoiceSession:
                     await produce
         self.policy.answered(turn.user_id)
         said = " ".join(spoken).strip()
+        timing.reply, timing.interrupted = said, interrupted
         if interrupted:
             if said:  # only what was actually played, marked so the agent knows it was cut off
                 reply.finish(said, interrupted=True)
@@ -415,6 +474,7 @@ class VoiceSession:
             result = await self.out.play(text, audio.chunks(), fmt)
         finally:
             self._speaking = False
+            self._touch()
             audio.cancel()
         if timing is not None and timing.first_frame is None and result.first_frame_at is not None:
             timing.first_frame = result.first_frame_at
