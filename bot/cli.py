@@ -262,6 +262,34 @@ def cmd_check(settings: Settings, out: TextIO) -> int:
     return 0 if all(ok for _, ok, _, _ in results) else 1
 
 
+# ---------------------------------------------------------------------------------------- simulate
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """``voicebot simulate``: the bot in a loopback voice call with scripted speakers (no Discord needed)."""
+    import json
+
+    from bot.simulate import SimulateArgumentError, SimulationError, build_options, simulate
+
+    try:
+        options = build_options(args.speak or [], args.at or [], args.mode, args.out)
+    except SimulateArgumentError as exc:
+        sys.stderr.write(f"voicebot simulate: {exc}\n")
+        return 2
+    try:
+        result = asyncio.run(simulate(options, settings))
+    except SimulationError as exc:
+        sys.stderr.write(f"voicebot simulate: {exc}\n")
+        return 2 if exc.setup else 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        out.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(result.format_text())
+    return 0 if result.completed else 1
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -274,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("invite", help="print the URL that adds the bot to a server")
     sub.add_parser("check", help="validate settings and contact each configured service")
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
+    simulate = sub.add_parser(
+        "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
+    simulate.add_argument("--speak", action="append", required=True, metavar="NAME=FILE.wav",
+                          help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
+    simulate.add_argument("--at", action="append", metavar="NAME=SECONDS",
+                          help="start NAME's speech this many seconds after the others (default: together)")
+    simulate.add_argument("--mode", choices=("always", "addressed", "push-to-talk"), default="always",
+                          help="when the bot answers (default: always)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    simulate.add_argument("--out", metavar="DIR", help="save what the bot said as WAV files in DIR")
     return parser
 
 
@@ -288,7 +326,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out:
     secrets = [s.get() for s in (settings.discord_token, settings.openai_api_key, settings.elizaos_api_key,
                                  settings.deepgram_api_key, settings.elevenlabs_api_key,
                                  settings.twilio_auth_token) if s is not None]
-    setup_logging("WARNING" if args.command in ("chat", "invite", "check") else settings.log_level, secrets=secrets)
+    setup_logging("WARNING" if args.command in ("chat", "invite", "check", "simulate") else settings.log_level,
+                  secrets=secrets)
     command = args.command or "run"
     if command == "run":
         return cmd_run(settings, out)
@@ -302,4 +341,6 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out:
         from bot.web import run_web_forever
 
         return run_web_forever(settings)
+    if command == "simulate":
+        return cmd_simulate(args, settings, out)
     raise AssertionError(command)

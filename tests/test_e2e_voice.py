@@ -1,0 +1,358 @@
+"""End to end with real audio: the unchanged bot on the loopback Discord, real speech engines.
+
+Speech is espeak-ng (WAVs written here), recognised by the local faster-whisper model (tiny.en,
+loaded once per process and shared); replies are synthesized by espeak-ng, played through FFmpeg
+and Opus, DAVE- and transport-encrypted by discord.py, and decrypted and decoded by the listening
+participant. espeak's output varies a little call to call and tiny.en flips a word with it, so
+transcripts are checked on most key words, not all. Nothing waits on time: every wait is on state
+(the session settled, the participant's utterances complete, loopback events), with timeouts only
+as failure guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audio.native import load_libopus
+from bot.cli import main
+from bot.providers import local_stt_available
+from bot.settings import Settings, load_settings
+from bot.simulate import (
+    SimulateArgumentError,
+    SimulationError,
+    SimulationResult,
+    SpokenReply,
+    Transcribed,
+    TurnReport,
+    attribute_heard,
+    build_options,
+    check_recognizer,
+    running_bot,
+)
+
+TIMEOUT = 30.0
+SETTLE = 45.0
+JOKE = "Please tell me a joke about the weather."
+MORNING = "Good morning, can you hear me?"
+KEYS = {JOKE: ("please", "tell", "joke", "weather"), MORNING: ("good", "morning", "can", "hear")}
+TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"
+
+needs_whisper = pytest.mark.skipif(not local_stt_available(), reason="faster-whisper is not installed")
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def mostly(said: str, expected: str, share: float = 0.75) -> bool:
+    """At least ``share`` of the expected key words were recognised (tiny.en on espeak flips one)."""
+    key = set(KEYS.get(expected) or (w for w in words(expected) if len(w) > 2))
+    return len(key & words(said)) >= share * len(key)
+
+
+def write_wav(path: Path, pcm: bytes, rate: int, channels: int = 1, width: int = 2) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from audio.tts.espeak import synthesize_pcm
+
+    directory = tmp_path_factory.mktemp("speech")
+    out = {}
+    for key, text in (("joke", JOKE), ("morning", MORNING)):
+        pcm, rate = synthesize_pcm(text)
+        out[key] = write_wav(directory / f"{key}.wav", pcm, rate)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _opus() -> None:
+    load_libopus()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "local", "TTS_ENGINE": "espeak"}, env_file=None)
+
+
+def assert_nothing_left_running() -> None:
+    leftovers = [t.get_name() for t in asyncio.all_tasks() if not t.done()
+                 and t.get_name().startswith(("voice-", "stt-", "respond-", "reply-", "tts-", "speaker-", "simulate-"))]
+    assert leftovers == [], f"orphaned tasks: {leftovers}"
+
+
+def bot_speech(participant: object, bot_id: int) -> list:
+    return [u for u in participant.heard if u.user_id == bot_id]  # type: ignore[attr-defined]
+
+
+def to_whisper(pcm48k_stereo: bytes) -> bytes:
+    import soxr
+
+    stereo = np.frombuffer(pcm48k_stereo, dtype="<i2").reshape(-1, 2).astype(np.float32)
+    mono = stereo.mean(axis=1) / 32768.0
+    return (np.clip(soxr.resample(mono, 48000, 16000), -1, 1) * 32767).astype("<i2").tobytes()
+
+
+# ------------------------------------------------------------------------------------------------ voice
+
+
+@needs_whisper
+async def test_join_speak_hear_the_reply_and_leave(settings: Settings, wavs: dict[str, Path]) -> None:
+    async with running_bot(settings, ["Alice"]) as lb:
+        alice = lb.members["Alice"]
+        participant = await alice.join_voice(lb.voice)
+        assert "I'm in" in await lb.command(alice, "join")
+        await lb.wait_dave_group([alice])
+        session = lb.manager.session(lb.guild.id)
+        assert session is not None
+        turns: list = []
+        session.on_turn = turns.append
+
+        await participant.speak_wav(wavs["joke"])
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        await participant.wait_quiet(TIMEOUT)
+
+        assert len(turns) == 1 and mostly(turns[0].text, JOKE), turns
+        timing = session.timings[-1]
+        assert timing.reply and not timing.interrupted
+        assert all(v is not None for v in timing.breakdown_ms().values()), timing.breakdown_ms()
+        heard = bot_speech(participant, lb.discord.bot_user_id)
+        assert heard, "the participant heard nothing from the bot"
+        pcm = b"".join([await u.pcm() for u in heard])
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        assert np.sqrt(np.mean(samples**2)) > 500  # speech, not silence
+        # As long as the reply synthesized on its own (espeak, per sentence as the bot does it).
+        from audio.tts.espeak import synthesize_pcm
+
+        loop = asyncio.get_running_loop()
+        expected = 0.0
+        for sentence in re.split(r"(?<=[.!?])\s+", timing.reply):
+            spoken, rate = await loop.run_in_executor(None, synthesize_pcm, sentence)
+            expected += len(spoken) / 2 / rate
+        duration = sum(u.duration for u in heard)
+        assert abs(duration - expected) <= 0.2 * expected + 0.3, (duration, expected, timing.reply)
+        # ... and it says the reply: recognised back from what the participant decoded.
+        recognised = await lb.manager.stt.transcribe(await loop.run_in_executor(None, to_whisper, pcm))
+        assert mostly(recognised, timing.reply, share=0.5), (recognised, timing.reply)
+        assert lb.discord.events.of("bot_speaking")
+
+        assert "Left" in await lb.command(alice, "leave")
+        assert lb.manager.connection(lb.guild.id) is None
+    assert lb.discord.problems == []
+    assert_nothing_left_running()
+
+
+async def test_text_mention_is_answered_in_the_channel(settings: Settings) -> None:
+    async with running_bot(settings, ["Alice"]) as lb:
+        asked = await lb.members["Alice"].send_message(lb.text, f"<@{lb.discord.bot_user_id}> I feel happy today.")
+        reply = await lb.discord.wait_bot_message(lb.text, timeout=TIMEOUT)
+        assert reply.content.strip() and reply.reference_id == asked.id
+    assert lb.discord.problems == []
+
+
+@needs_whisper
+async def test_two_people_speaking_at_once_are_both_transcribed(settings: Settings, wavs: dict[str, Path]) -> None:
+    # Default mode (addressed) with two people who don't name the bot: heard, not answered.
+    async with running_bot(settings, ["Alice", "Bob"]) as lb:
+        alice, bob = lb.members["Alice"], lb.members["Bob"]
+        pa, pb = await alice.join_voice(lb.voice), await bob.join_voice(lb.voice)
+        await lb.command(alice, "join")
+        await lb.wait_dave_group([alice, bob])
+        session = lb.manager.session(lb.guild.id)
+        turns: list = []
+        session.on_turn = turns.append
+        await asyncio.gather(pa.speak_wav(wavs["joke"]), pb.speak_wav(wavs["morning"]))
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        said = {t.name: t.text for t in turns}
+        assert set(said) == {"Alice", "Bob"}, turns
+        assert mostly(said["Alice"], JOKE) and mostly(said["Bob"], MORNING), said
+        stats = lb.manager.connection(lb.guild.id).vc.stats
+        assert stats.delivered > 0 and stats.lost == 0
+        await lb.command(alice, "leave")
+    assert lb.discord.problems == []
+    assert_nothing_left_running()
+
+
+@needs_whisper
+async def test_someone_joining_mid_call_is_heard(settings: Settings, wavs: dict[str, Path]) -> None:
+    async with running_bot(settings, ["Alice"]) as lb:
+        alice = lb.members["Alice"]
+        await alice.join_voice(lb.voice)
+        await lb.command(alice, "join")
+        await lb.wait_dave_group([alice])
+        epochs_before = len(lb.discord.events.of("dave_transition"))
+        gv = lb.manager.connection(lb.guild.id)
+        epoch = gv.vc._connection.dave_session.epoch
+
+        carol = lb.add_member("Carol")  # not even a member when the bot joined
+        pc = await carol.join_voice(lb.voice)
+        await lb.wait_dave_group([alice, carol])
+        assert len(lb.discord.events.of("dave_transition")) > epochs_before
+        assert gv.vc._connection.dave_session.epoch > epoch  # the bot moved to the new epoch
+        turns: list = []
+        gv.session.on_turn = turns.append
+        await pc.speak_wav(wavs["morning"])
+        await asyncio.wait_for(gv.session.wait_settled(), SETTLE)
+        assert [t.name for t in turns] == ["Carol"] and mostly(turns[0].text, MORNING), turns
+        await lb.command(alice, "leave")
+    assert lb.discord.problems == []
+    assert_nothing_left_running()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def run_cli(argv: list[str], tmp_path: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["--env-file", str(tmp_path / "absent.env"), "simulate", *argv], out=out)
+    return code, out.getvalue()
+
+
+@needs_whisper
+def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real Discord settings are ignored: these would fail if simulate used them.
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("DISCORD_API_BASE", "https://127.0.0.1:9/api/v10")
+    monkeypatch.setenv("DISCORD_DEV_GUILD_ID", "100000000000000001")
+    out_dir = tmp_path / "said"
+    code, text = run_cli(["--speak", f"Alice={wavs['joke']}", "--speak", f"Bob={wavs['morning']}",
+                          "--json", "--out", str(out_dir)], tmp_path)
+    assert code == 0, text
+    result = json.loads(text)
+    assert set(result) == {"transcripts", "replies", "turns", "packets", "dave", "problems"}
+    said = {t["speaker"]: t["text"] for t in result["transcripts"]}
+    assert set(said) == {"Alice", "Bob"} and mostly(said["Alice"], JOKE) and mostly(said["Bob"], MORNING), said
+    assert result["replies"] and all(r["text"] for r in result["replies"])
+    assert any(r["audio_seconds"] > 0.3 for r in result["replies"])
+    assert {t["speaker"] for t in result["turns"]} <= {"Alice", "Bob"} and result["turns"]
+    first = result["turns"][0]
+    assert first["first_audio_ms"] > 0 and first["breakdown"]["end_of_speech_to_first_frame"] > 0
+    assert set(result["packets"]) == {"received", "decrypted", "dropped"}
+    assert result["packets"]["decrypted"] > 0 and result["packets"]["dropped"] == 0
+    assert result["dave"] is True and result["problems"] == []
+    files = sorted(out_dir.glob("reply-*.wav"))
+    assert files
+    with wave.open(str(files[0]), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 2, 2)
+        assert wav.getnframes() > 48000 * 0.3
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def good_wav(tmp_path: Path) -> Path:
+    return write_wav(tmp_path / "tone.wav", (np.sin(np.arange(1600) / 5) * 8000).astype("<i2").tobytes(), 16000)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--speak", "Alice=missing.wav"], "no such file"),
+    (["--speak", "Alice"], "expected NAME=FILE.wav"),
+    (["--speak", "=GOOD"], "expected NAME=FILE.wav"),
+    (["--speak", "<@everyone>=GOOD"], "bad NAME"),
+    (["--speak", "Alice=GOOD", "--speak", "alice=GOOD"], "given twice"),
+    (["--speak", "Alice=GOOD", "--at", "Bob=1"], "nobody called Bob"),
+    (["--speak", "Alice=GOOD", "--at", "Alice=soon"], "not a number"),
+    (["--speak", "Alice=GOOD", "--at", "Alice=-1"], "between 0 and"),
+    (["--speak", "Alice=GOOD", "--at", "Alice=inf"], "between 0 and"),
+    (["--speak", "Alice=GOOD", "--at", "Alice"], "expected NAME=SECONDS"),
+    (["--speak", "Alice=GOOD", "--out", "GOOD"], "not a directory"),
+])
+def test_bad_arguments_exit_2_with_a_reason(argv: list[str], message: str, good_wav: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.replace("GOOD", str(good_wav)) for a in argv]
+    code, text = run_cli(argv, tmp_path)
+    assert code == 2 and text == ""
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"RIFF\x00\x00"), "not a PCM WAV file"),
+    (lambda p: p.write_text("hello"), "not a PCM WAV file"),
+    (lambda p: write_wav(p, bytes(300), 16000, width=1), "8-bit"),
+    (lambda p: write_wav(p, bytes(300), 16000, width=3), "24-bit"),
+    (lambda p: write_wav(p, b"", 16000), "no audio"),
+    (lambda p: p.mkdir(), "not a file"),
+])
+def test_unusable_wav_files_are_refused(make: object, message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "speech.wav"
+    make(path)  # type: ignore[operator]
+    code, _ = run_cli(["--speak", f"Alice={path}"], tmp_path)
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_argparse_errors_exit_2(tmp_path: Path) -> None:
+    for argv in (["--speak", "Alice=a.wav", "--mode", "loud"], []):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(argv, tmp_path)
+        assert exc.value.code == 2
+
+
+def test_without_a_recognizer_it_says_how_to_get_one(good_wav: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("bot.providers.local_stt_available", lambda: False)
+    code, _ = run_cli(["--speak", f"Alice={good_wav}"], tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'voicebot[local]'" in err and "DEEPGRAM_API_KEY" in err
+    monkeypatch.setenv("STT_ENGINE", "none")
+    code, _ = run_cli(["--speak", f"Alice={good_wav}"], tmp_path)
+    assert code == 2 and "STT_ENGINE=none" in capsys.readouterr().err
+    with pytest.raises(SimulationError):
+        check_recognizer(load_settings({"STT_ENGINE": "local", "LOCAL_STT_MODEL": "./no/such/model"}, env_file=None))
+    assert check_recognizer(load_settings({"DEEPGRAM_API_KEY": "dg-key-123456"}, env_file=None)) == "deepgram"
+
+
+def test_options_keep_order_offsets_and_mode(good_wav: Path, tmp_path: Path) -> None:
+    options = build_options([f"Alice={good_wav}", f"Bob = {good_wav}"], ["bob=1.5"], "push-to-talk", str(tmp_path))
+    assert [(s.name, s.at) for s in options.speeches] == [("Alice", 0.0), ("Bob", 1.5)]
+    assert options.mode == "push-to-talk" and options.out_dir == tmp_path
+    with pytest.raises(SimulateArgumentError):
+        build_options([], [], "always")
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+
+
+def test_heard_audio_is_attributed_to_the_reply_playing_then() -> None:
+    # turn 0 played from t=10, turn 1 never played, turn 2 from t=20; utterances start a little
+    # before the first non-silent frame (leading silence) or later (a second sentence).
+    owners = attribute_heard([10.0, None, 20.0], [5.0, 9.9, 12.5, 19.8, 21.0])
+    assert owners == [[1, 2], [], [3, 4]]
+    assert attribute_heard([], [1.0]) == []
+
+
+def test_result_as_json_and_text() -> None:
+    result = SimulationResult(
+        transcripts=(Transcribed("Alice", "hello there"),),
+        replies=(SpokenReply("Hi Alice.", 1.234, to="Alice", pcm=b"\x00" * 8),),
+        turns=(TurnReport("Alice", 812.0, {"end_of_speech_to_final_transcript": 500.0,
+                                           "final_transcript_to_first_text": 2.0,
+                                           "first_text_to_first_tts_audio": 30.0,
+                                           "first_tts_audio_to_first_frame": None,
+                                           "end_of_speech_to_first_frame": None}),),
+        packets={"received": 10, "decrypted": 9, "dropped": 1},
+        dave=True, problems=("interaction 1 was not answered within 3 s",),
+        dropped_reasons={"dave_decrypt": 1}, dave_version=1,
+    )
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["replies"] == [{"text": "Hi Alice.", "audio_seconds": 1.234}]
+    assert data["turns"][0]["breakdown"]["first_tts_audio_to_first_frame"] is None
+    text = result.format_text()
+    assert "Alice: hello there" in text and "Hi Alice." in text and "500 → 2 → 30 → -" in text
+    assert "dave_decrypt 1" in text and "DAVE: active (protocol v1)" in text and "not answered" in text
