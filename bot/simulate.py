@@ -29,7 +29,7 @@ from bot.settings import Secret, Settings
 
 if TYPE_CHECKING:
     from bot.client import VoiceBot
-    from bot.loopback.participant import HeardUtterance, Participant
+    from bot.loopback.participant import HeardUtterance, Participant, SpeakResult
     from bot.loopback.server import ChannelHandle, GuildHandle, LocalDiscord, MemberHandle
     from bot.services import Services
     from bot.voice.manager import VoiceManager
@@ -480,6 +480,7 @@ async def simulate(options: SimulateOptions, settings: Settings) -> SimulationRe
     Raises :class:`SimulationError` when it cannot run (no recognizer, the bot cannot join).
     """
     from audio.native import NativeLibraryError, load_libopus
+    from audio.stt.base import STTError
 
     check_recognizer(settings)
     try:
@@ -491,23 +492,38 @@ async def simulate(options: SimulateOptions, settings: Settings) -> SimulationRe
     level = loopback_log.level
     # The loopback's complaints come back in the result's problems; its log lines would only repeat them.
     loopback_log.setLevel(logging.ERROR)
+    step = _Step()
     try:
         async with running_bot(settings, [s.name for s in options.speeches]) as lb:
-            return await _call(lb, options)
+            return await _call(lb, options, step)
+    except asyncio.TimeoutError:
+        raise SimulationError(f"gave up: {step.now} took too long") from None
+    except STTError as exc:
+        raise SimulationError(f"speech recognition failed: {exc}") from None
     finally:
         loopback_log.setLevel(level)
 
 
-async def _call(lb: LoopbackBot, options: SimulateOptions) -> SimulationResult:
+class _Step:
+    """What the simulation is doing now, for the message when a step times out."""
+
+    def __init__(self) -> None:
+        self.now = "starting the bot"
+
+
+async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> SimulationResult:
     loop = asyncio.get_running_loop()
     problems: list[str] = []
     warm = loop.create_task(_warm_up(lb.manager), name="simulate-warm-up")
     try:
+        step.now = f"/mode {options.mode}"
         answer = await lb.command(lb.host, "mode", {"mode": options.mode})
         if "Mode set" not in answer:
             raise SimulationError(f"/mode {options.mode} failed: {answer}")
+        step.now = "joining the voice channel"
         host = await lb.host.join_voice(lb.voice)
         speakers = {s.name: await lb.members[s.name].join_voice(lb.voice) for s in options.speeches}
+        step.now = "/join"
         answer = await lb.command(lb.host, "join")
         gv = lb.manager.connection(lb.guild.id)
         if gv is None:
@@ -516,7 +532,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions) -> SimulationResult:
             await lb.wait_dave_group([lb.host, *(lb.members[n] for n in speakers)])
         except asyncio.TimeoutError:
             problems.append("simulate: the DAVE group with everyone in the call did not form in time")
-        await warm
+        step.now = "loading the speech model"
+        await asyncio.wait_for(warm, STEP_TIMEOUT * 2)
     finally:
         if not warm.done():
             warm.cancel()
@@ -527,7 +544,12 @@ async def _call(lb: LoopbackBot, options: SimulateOptions) -> SimulationResult:
     session.on_turn = heard.append
     dave_version = _dave_version(gv.vc)
 
-    frames = await asyncio.gather(*(loop.run_in_executor(None, _opus_frames, s.wav) for s in options.speeches))
+    step.now = "reading the WAV files"
+    try:
+        frames = await asyncio.gather(*(loop.run_in_executor(None, _opus_frames, s.wav) for s in options.speeches))
+    except (OSError, ValueError, EOFError) as exc:
+        raise SimulationError(f"cannot read a WAV file: {exc}") from None
+    step.now = "speaking"
     longest = max(s.at + len(f) * 0.02 for s, f in zip(options.speeches, frames))
     tasks = [loop.create_task(_speak(lb, s, speakers[s.name], f, options.mode), name=f"simulate-speak-{s.name}")
              for s, f in zip(options.speeches, frames)]
@@ -555,9 +577,12 @@ async def _call(lb: LoopbackBot, options: SimulateOptions) -> SimulationResult:
     dave_version = max(dave_version, _dave_version(gv.vc))
     stats = gv.vc.stats
     timings = list(session.timings)
-    answer = await lb.command(lb.host, "leave")
-    if "Left" not in answer:
-        problems.append(f"simulate: /leave answered {answer!r}")
+    try:
+        answer = await lb.command(lb.host, "leave")
+        if "Left" not in answer:
+            problems.append(f"simulate: /leave answered {answer!r}")
+    except asyncio.TimeoutError:
+        problems.append("simulate: /leave was not answered")
 
     by_id = {m.id: name for name, m in lb.members.items()}
     replies, turns = await _replies(timings, host.heard, by_id, spoke_until)
@@ -593,7 +618,7 @@ def _opus_frames(path: Path) -> list[bytes]:
 
 
 async def _speak(lb: LoopbackBot, speech: Speech, participant: Participant, frames: list[bytes],
-                 mode: str) -> Any:
+                 mode: str) -> SpeakResult:
     if speech.at > 0:
         await asyncio.sleep(speech.at)  # the requested offset, not synchronisation
     if mode == "push-to-talk":
