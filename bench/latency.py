@@ -56,7 +56,7 @@ from bot.memory import Memory, Modality
 from bot.voice.session import SpeakerOut, TurnTiming, VoiceSession
 from bot.voice.turns import TurnPolicy, VoiceMode
 
-__all__ = ["BenchConfig", "PlayerEmulation", "PlayRecord", "run_benchmark", "summarize", "main"]
+__all__ = ["BenchConfig", "PlayerEmulation", "PlayRecord", "run_benchmark", "summarize", "describe", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class BenchConfig:
     warmup: int = 1  # streaming turns run first and left out (cold connections, first imports)
     batch_concurrency: int = 5
     settle: float = 0.15  # pause after each streaming turn so stopped streams finish closing
+    # A streaming reply is stopped (as a barge-in would) once this many of its utterances have
+    # started playing; 1 measures and stops at once, 2 lets the first sentence play out.
+    stop_after_utterances: int = 1
     turn_timeout: float = 30.0  # failure guard per turn
 
 
@@ -277,6 +280,8 @@ async def run_streaming(providers: TimedProviders, cfg: BenchConfig) -> list[Str
             speech_end = time.monotonic()
             session.on_speech_end(USER)
             record = await asyncio.wait_for(player.first_frames.get(), cfg.turn_timeout)
+            for _ in range(cfg.stop_after_utterances - 1):
+                await asyncio.wait_for(player.first_frames.get(), cfg.turn_timeout)
             out.stop()  # the first frame is what we measure; stop the reply as a barge-in would
             await _wait_turns(session, i + 1, cfg.turn_timeout)
             await asyncio.wait_for(out.speaker.wait_idle(), cfg.turn_timeout)
@@ -456,6 +461,7 @@ def summarize(streaming: Sequence[StreamTurn], batch: Sequence[float], cfg: Benc
             "warmup_turns": cfg.warmup,
             "batch_turns": len(batch),
             "batch_concurrency": cfg.batch_concurrency,
+            "stop_after_utterances": cfg.stop_after_utterances,
         },
         "wall_seconds": round(wall_seconds, 1),
     }
@@ -470,7 +476,8 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     return summarize(streaming, batch, cfg, time.monotonic() - started)
 
 
-def _human(result: dict[str, Any]) -> str:
+def describe(result: dict[str, Any]) -> str:
+    """The summary as a few readable lines (for stderr)."""
     lines = [
         f"streaming p50/p95 {result['streaming_ms']['p50']}/{result['streaming_ms']['p95']} ms "
         f"(floor {result['floor_ms']['p50']}/{result['floor_ms']['p95']}, "
@@ -485,19 +492,21 @@ def _human(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: run the benchmark, print the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--speech-seconds", type=float, default=0.8)
     parser.add_argument("--batch-concurrency", type=int, default=5)
+    parser.add_argument("--stop-after-utterances", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = BenchConfig(turns=args.turns, warmup=args.warmup, speech_seconds=args.speech_seconds,
-                      batch_concurrency=args.batch_concurrency)
+                      batch_concurrency=args.batch_concurrency, stop_after_utterances=args.stop_after_utterances)
     result = asyncio.run(run_benchmark(cfg))
     if not args.json:
-        print(_human(result), file=sys.stderr)
+        print(describe(result), file=sys.stderr)
     print(json.dumps(result, separators=(",", ":")))
     return 0
 
