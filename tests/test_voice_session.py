@@ -215,6 +215,25 @@ async def test_barge_in_on_interim_text_stops_and_stores_only_what_was_played() 
     await session.aclose()
 
 
+async def test_words_said_before_the_bot_began_do_not_interrupt_it() -> None:
+    engine = ScriptedEngine(["One two three four five six seven eight."])
+    stt = ScriptedSTT({1: ["tell me a story"], 2: [""]})
+    out = RecordingOut(hold=True)
+    session, _, _ = make_session(engine, stt, out=out)
+    speak(session, 2)  # Bob finished speaking; his recognizer is still working on it
+    speak(session, 1)
+    await asyncio.wait_for(out.started.wait(), 10)
+    stt.streams["2"].emit("what I said earlier", final=True)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert out.stops == 0
+    session.on_speech_start(2)  # now Bob really talks over the bot
+    stt.streams["2"].emit("hold on")
+    await wait_turns(session, 1)
+    assert out.stops == 1
+    await session.aclose()
+
+
 async def test_addressed_mode_answers_only_when_named_but_remembers_everything() -> None:
     engine = ScriptedEngine(["Yes?"])
     stt = ScriptedSTT({1: ["nice weather today", "hey wren are you there"]})

@@ -37,6 +37,7 @@ from bot.voice.consent import (
     consent_notice,
     providers_from_settings,
 )
+from audio.native import NativeLibraryError, load_libopus
 from bot.voice.guilds import GuildSettingsStore, GuildVoiceSettings, OptOutList
 from bot.voice.session import AudioOut, PlayResult, VoiceSession
 from bot.voice.turns import TurnPolicy, VoiceMode
@@ -407,6 +408,11 @@ class VoiceManager:
         if stray is not None:  # a connection we don't track (e.g. a failed earlier attempt): start clean
             with contextlib.suppress(Exception):
                 await stray.disconnect(force=True)
+        try:
+            load_libopus(self.settings.opus_library)  # bundled with PyAV; nothing else loads it
+        except NativeLibraryError as exc:
+            log.error("cannot join voice: %s", exc)
+            raise VoiceCommandError("My audio codec (libopus) is missing; the bot's log says how to fix it.") from None
         try:
             vc = await channel.connect(cls=ReceiveVoiceClient, self_deaf=False, timeout=self._connect_timeout,
                                        reconnect=True)

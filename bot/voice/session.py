@@ -178,6 +178,7 @@ class VoiceSession:
         self.last_timing: TurnTiming | None = None
         self._responder: asyncio.Task[None] | None = None
         self._speaking = False  # the bot is playing audio right now
+        self._speaking_since = 0.0
         self._barge_in = asyncio.Event()
         self._stt_failed = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -301,12 +302,12 @@ class VoiceSession:
     def _on_transcript(self, person: Participant, transcript: Transcript) -> None:
         text = transcript.text.strip()
         if not transcript.is_final:
-            if text and self._speaking:
+            if text and self._talking_over(person):
                 self._barge(person)
             return
         if text:
             person.finals.append(text)
-            if self._speaking:
+            if self._talking_over(person):
                 self._barge(person)
         if transcript.end_of_turn:
             person.turn_ends += 1
@@ -470,6 +471,7 @@ class VoiceSession:
         if fmt is None:
             return None
         self._speaking = True
+        self._speaking_since = self.clock()
         try:
             result = await self.out.play(text, audio.chunks(), fmt)
         finally:
@@ -486,6 +488,18 @@ class VoiceSession:
     async def _speak_or_post(self, text: str) -> None:
         if await self._speak_sentence(text, None) is None:
             await self._tell(text)
+
+    def _talking_over(self, person: Participant) -> bool:
+        """Whether this person is speaking over the bot now.
+
+        Words can arrive while the bot talks that were said before it began (a recognizer
+        working through an earlier utterance): those are not an interruption.
+        """
+        if not self._speaking:
+            return False
+        if person.speaking:
+            return True
+        return person.ended_at is not None and person.ended_at >= self._speaking_since
 
     def _barge(self, person: Participant) -> None:
         if self._barge_in.is_set():
