@@ -69,12 +69,12 @@ def write_wav(path: Path, pcm: bytes, rate: int, channels: int = 1, width: int =
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from audio.tts.espeak import synthesize_pcm
+    from tests.speech_samples import espeak_pcm  # the same audio on every run
 
     directory = tmp_path_factory.mktemp("speech")
     out = {}
     for key, text in (("joke", JOKE), ("morning", MORNING)):
-        pcm, rate = synthesize_pcm(text)
+        pcm, rate = espeak_pcm(text)
         out[key] = write_wav(directory / f"{key}.wav", pcm, rate)
     return out
 
