@@ -98,7 +98,8 @@ def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]
     async def check_stt() -> str:
         engine = build_stt(settings)
         if engine is None:
-            raise STTError("no recognizer configured", retryable=False,
+            raise STTError("no recognizer: set DEEPGRAM_API_KEY, or install the local one with "
+                           "pip install 'voicebot[local]'", retryable=False,
                            user_message="set DEEPGRAM_API_KEY or install the local engine")
         try:
             return await engine.check()
