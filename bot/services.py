@@ -6,7 +6,7 @@ Cogs receive what they need from here through the bot; none of them constructs a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.agent import Agent
@@ -16,7 +16,7 @@ from bot.memory import Memory
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from bot.voice.manager import VoiceManager
 
 __all__ = ["Services", "build_services"]
 
@@ -29,19 +29,11 @@ class Services:
     db: Database
     memory: Memory
     agent: Agent
-    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
-
-    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
-        """Register an async clean-up to run (in reverse order) when the services close."""
-        self._closers.append(closer)
+    # A voice manager built by the caller (simulate, tests), which also closes it; when None the
+    # voice cog builds one from these services and owns it.
+    voice: VoiceManager | None = None
 
     async def aclose(self) -> None:
-        for closer in reversed(self._closers):
-            try:
-                await closer()
-            except Exception:
-                log.exception("error while closing a service")
-        self._closers.clear()
         await self.agent.aclose()
         self.db.close()
 

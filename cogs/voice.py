@@ -348,7 +348,7 @@ class VoiceCog(commands.Cog, name="Voice"):
 
 async def setup(bot: VoiceBot) -> None:
     services = bot.services
-    manager = getattr(services, "voice", None)
+    manager = services.voice
     owns = manager is None
     if manager is None:
         manager = VoiceManager.from_services(services)

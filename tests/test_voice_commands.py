@@ -205,7 +205,7 @@ async def running_bot(h: Harness, monkeypatch: pytest.MonkeyPatch,
                            guild_settings=GuildSettingsStore(db, settings), optouts=OptOutList(db),
                            stt=None, tts=FakeTTS(), local_tts=None, pipeline_factory=pipeline_factory,
                            out_factory=out_factory, connect_timeout=TIMEOUT)
-    services.voice = manager  # type: ignore[attr-defined]  # what the lead's composition root will provide
+    services.voice = manager
     bot = VoiceBot(services, extensions=("cogs.voice", "cogs.privacy"))
     h.bot, h.manager = bot, manager
     runner: asyncio.Task[None] | None = None

@@ -282,23 +282,16 @@ class VoiceManager:
 
     @classmethod
     def from_services(cls, services: Services) -> VoiceManager:
-        """Build from the composition root's services, reusing its speech engines when it has them."""
+        """Build from the composition root's services, with the speech engines the settings choose."""
         from bot.providers import build_local_tts, build_stt, build_tts
 
         settings = services.settings
         owned: list[Any] = []
-        stt = getattr(services, "stt", None)
-        if stt is None:
-            stt = build_stt(settings, keyterms=(services.agent.character.name,))
-            if stt is not None:
-                owned.append(stt)
-        tts = getattr(services, "tts", None)
-        if tts is None:
-            tts = build_tts(settings)
-            if tts is not None:
-                owned.append(tts)
-        local = getattr(services, "local_tts", None)
-        if local is None and settings.tts_engine != "none":
+        stt = build_stt(settings, keyterms=(services.agent.character.name,))
+        tts = build_tts(settings)
+        owned += [engine for engine in (stt, tts) if engine is not None]
+        local: TTSEngine | None = None
+        if settings.tts_engine != "none":
             if tts is not None and tts.name in ("espeak", "piper"):
                 local = tts  # the main voice is already the local one
             else:
