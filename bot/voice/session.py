@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from audio.playback import Speaker, Utterance
+from audio.playback import Speaker, Utterance, spoken_prefix
 from audio.speech import SentenceSplitter, normalize_for_speech
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
@@ -435,7 +435,7 @@ class VoiceSession:
                 if result is None:
                     continue  # nothing could be synthesized for this sentence
                 if result.interrupted or self._barge_in.is_set():
-                    spoken.append(_prefix_by_fraction(text, result.fraction))
+                    spoken.append(spoken_prefix(text, result.fraction))
                     return True
                 spoken.append(text)
         finally:
@@ -622,15 +622,6 @@ class _Prefetch:
     def cancel(self) -> None:
         if not self._task.done():
             self._task.cancel()
-
-
-def _prefix_by_fraction(text: str, fraction: float) -> str:
-    """The words of ``text`` that fit in the played fraction of its audio."""
-    if fraction >= 1.0:
-        return text
-    words = text.split()
-    keep = int(len(words) * max(0.0, fraction))
-    return " ".join(words[:keep])
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
