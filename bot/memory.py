@@ -188,12 +188,17 @@ class Memory:
 
     def identities_of(self, identity: str) -> set[str]:
         """``identity`` itself plus every identity linked to it."""
+        return self._linked(identity)[1]
+
+    def _linked(self, identity: str) -> tuple[int | None, set[str]]:
+        """The person ``identity`` belongs to (None if unlinked) and all of its identities, in one query."""
         rows = self.db.query(
-            "SELECT identity FROM identities WHERE person_id ="
+            "SELECT identity, person_id FROM identities WHERE person_id ="
             " (SELECT person_id FROM identities WHERE identity = ?)",
             (identity,),
         )
-        return {identity} | {r["identity"] for r in rows}
+        person = int(rows[0]["person_id"]) if rows else None
+        return person, {identity} | {r["identity"] for r in rows}
 
     def _person_of(self, identity: str) -> int | None:
         rows = self.db.query("SELECT person_id FROM identities WHERE identity = ?", (identity,))
@@ -210,14 +215,14 @@ class Memory:
         agent's words, and their context is gone with the person's turns.
         """
         with self.db.transaction() as db:
-            identities = sorted(self.identities_of(identity))
+            person, linked = self._linked(identity)
+            identities = sorted(linked)
             rooms = sorted({room for ident in identities for room in private_rooms(ident)})
             marks = ",".join("?" * len(identities))
             deleted = db.execute(f"DELETE FROM turns WHERE speaker_id IN ({marks})", identities).rowcount
             if rooms:
                 room_marks = ",".join("?" * len(rooms))
                 deleted += db.execute(f"DELETE FROM turns WHERE room IN ({room_marks})", rooms).rowcount
-            person = self._person_of(identity)
             if person is not None:
                 deleted += db.execute("DELETE FROM identities WHERE person_id = ?", (person,)).rowcount
                 deleted += db.execute("DELETE FROM people WHERE id = ?", (person,)).rowcount
