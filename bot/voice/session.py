@@ -421,16 +421,16 @@ class VoiceSession:
         try:
             while True:
                 if next_audio is None:
-                    sentence = await self._next_speakable(sentences)
+                    sentence = await self._take_speakable(sentences, wait=True)
                     if sentence is None:
                         return False
-                    next_audio = (sentence, self._prefetch(sentence, timing))
+                    next_audio = (sentence, _Prefetch(self, sentence, timing))
                 text, audio = next_audio
                 next_audio = None
                 # Start synthesizing the following sentence while this one plays.
-                follower = self._peek_speakable(sentences)
+                follower = await self._take_speakable(sentences, wait=False)
                 if follower is not None:
-                    next_audio = (follower, self._prefetch(follower, timing))
+                    next_audio = (follower, _Prefetch(self, follower, timing))
                 result = await self._play(text, audio, timing)
                 if result is None:
                     continue  # nothing could be synthesized for this sentence
@@ -442,29 +442,20 @@ class VoiceSession:
             if next_audio is not None:
                 next_audio[1].cancel()
 
-    async def _next_speakable(self, sentences: asyncio.Queue[str | None]) -> str | None:
-        while True:
-            sentence = await sentences.get()
-            if sentence is None:
-                sentences.put_nowait(None)  # keep the end marker for later readers
-                return None
-            speakable = normalize_for_speech(sentence)
-            if speakable:
-                return speakable
+    async def _take_speakable(self, sentences: asyncio.Queue[str | None], *, wait: bool) -> str | None:
+        """The next sentence with something to say, normalised for speech.
 
-    def _peek_speakable(self, sentences: asyncio.Queue[str | None]) -> str | None:
-        while not sentences.empty():
-            sentence = sentences.get_nowait()
+        None at the end of the reply, or, with ``wait=False``, when no sentence is ready yet.
+        """
+        while wait or not sentences.empty():
+            sentence = await sentences.get() if wait else sentences.get_nowait()
             if sentence is None:
-                sentences.put_nowait(None)
+                sentences.put_nowait(None)  # keep the end marker for later reads
                 return None
             speakable = normalize_for_speech(sentence)
             if speakable:
                 return speakable
         return None
-
-    def _prefetch(self, text: str, timing: TurnTiming | None) -> _Prefetch:
-        return _Prefetch(self, text, timing)
 
     async def _play(self, text: str, audio: _Prefetch, timing: TurnTiming | None) -> PlayResult | None:
         fmt = await audio.format()
@@ -483,7 +474,7 @@ class VoiceSession:
         return result
 
     async def _speak_sentence(self, text: str, timing: TurnTiming | None) -> PlayResult | None:
-        return await self._play(text, self._prefetch(text, timing), timing)
+        return await self._play(text, _Prefetch(self, text, timing), timing)
 
     async def _speak_or_post(self, text: str) -> None:
         if await self._speak_sentence(text, None) is None:
