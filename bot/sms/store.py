@@ -23,7 +23,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from bot.db import Database
-from bot.sms.text import mask_number
 
 if TYPE_CHECKING:
     from bot.memory import Memory
@@ -275,13 +274,7 @@ class PhoneLinker:
     def unlink(self, identity: str) -> list[str]:
         """Remove every phone linked to ``identity``; returns the numbers unlinked."""
         removed = self.store.remove_links(identity)
-        unlink = getattr(self.memory, "unlink_identity", None)
         for link in removed:
-            if unlink is not None:
-                unlink(f"phone:{link.number}")
-            else:
-                # Memory has no way to split a person yet: the SMS link (names, codes) is gone,
-                # and forget_person still covers both identities, which errs on the private side.
-                log.warning("Memory cannot unlink identities; phone:%s stays linked in memory", mask_number(link.number))
+            self.memory.unlink_identity(f"phone:{link.number}")
         log.info("Unlinked %d phone(s) from %s", len(removed), identity)
         return [link.number for link in removed]
