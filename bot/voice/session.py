@@ -555,7 +555,7 @@ class _Prefetch:
         self._session = session
         self._text = text
         self._timing = timing
-        self._queue: asyncio.Queue[bytes | None | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the sentence's audio ended
         self._format: asyncio.Future[AudioFormat | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-prefetch")
 
@@ -585,10 +585,7 @@ class _Prefetch:
                                     self._timing.first_tts_audio = self._session.clock()
                                 self._set_format(engine.format)
                             self._queue.put_nowait(chunk)
-                    if started:
-                        return
-                    self._set_format(None)  # nothing speakable came out
-                    return
+                    return  # done, or nothing speakable came out (the format stays None)
                 except TTSError as exc:
                     log.warning("speech synthesis failed (%s): %s", engine.name, exc)
                     if started or i == len(engines) - 1:
@@ -606,8 +603,6 @@ class _Prefetch:
             item = await self._queue.get()
             if item is None:
                 return
-            if isinstance(item, BaseException):
-                raise item
             yield item
 
     def cancel(self) -> None:
