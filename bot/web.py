@@ -114,7 +114,7 @@ def build_sms(
     reply_budget: float = 10.0,
 ) -> tuple[SmsService, TwilioWebhooks]:
     """Build the SMS pipeline from settings (call inside the running loop; needs ``sms_enabled``)."""
-    from bot.sms.inbound import SmsService, TwilioWebhooks
+    from bot.sms.inbound import STATUS_PATH, SmsService, TwilioWebhooks
     from bot.sms.outbound import TwilioSender
     from bot.sms.store import SmsStore
 
@@ -132,7 +132,7 @@ def build_sms(
         token,
         settings.twilio_phone_number,
         api_base=settings.twilio_api_base,
-        status_callback=f"{public}/twilio/status",
+        status_callback=public + STATUS_PATH,
     )
     service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
                          rate_limit=settings.sms_rate_limit, reply_budget=reply_budget)

@@ -489,10 +489,6 @@ class TwilioWebhooks:
     def __repr__(self) -> str:
         return f"TwilioWebhooks(public_url={self._public_url!r})"
 
-    @property
-    def status_callback_url(self) -> str:
-        return self._public_url + STATUS_PATH
-
     def register(self, app: web.Application) -> None:
         app.router.add_post(SMS_PATH, self.sms)
         app.router.add_post(STATUS_PATH, self.status)
