@@ -30,15 +30,18 @@ def _fence_state(text: str, start_lang: str | None = None) -> str | None:
     return lang
 
 
-def _cut_point(text: str, limit: int) -> int:
-    """Where to cut ``text`` (len > limit): the best boundary at or before ``limit``."""
+def _cut_point(text: str, limit: int, open_lang: str | None = None) -> int:
+    """Where to cut ``text`` (len > limit): the best boundary at or before ``limit``.
+
+    ``open_lang`` is the code block already open where ``text`` starts (a continued block).
+    """
     window = text[:limit]
     floor = limit // 3  # never make a uselessly short chunk just to find a nice boundary
     # Prefer ending a code block: a boundary right after a closing fence.
     for sep in ("\n\n", "\n"):
         idx = window.rfind(sep)
         while idx > floor:
-            if _fence_state(text[:idx]) is None:
+            if _fence_state(text[:idx], open_lang) is None:
                 return idx + len(sep)
             idx = window.rfind(sep, 0, idx)
     for sep in ("\n\n", "\n"):
@@ -81,7 +84,7 @@ def _pieces(text: str, limit: int, open_lang: str | None = None) -> list[_Piece]
             pieces.append(_Piece(text, open_lang, _fence_state(text, open_lang)))
             break
         lead = len(text) - len(text.lstrip())
-        cut = lead + _cut_point(text[lead:], room)
+        cut = lead + _cut_point(text[lead:], room, open_lang)
         piece = text[:cut]
         after = _fence_state(piece, open_lang)
         pieces.append(_Piece(piece, open_lang, after))
@@ -120,7 +123,7 @@ class RateLimiter:
             events.popleft()
         if len(events) < self.limit:
             events.append(now)
-            if not events or len(self._events) > 10_000:  # keep the table bounded
+            if len(self._events) > 10_000:  # keep the table bounded
                 self._evict(now)
             return True, 0.0
         return False, max(0.0, events[0] + self.window - now)

@@ -113,3 +113,14 @@ async def test_streaming_writer_continues_in_new_messages_past_the_limit() -> No
     await writer.finish()
     assert all(len(m) <= 100 for m in channel.messages)
     assert " ".join(channel.messages).split() == (sentence * 20).split()
+
+
+def test_a_block_continued_from_the_previous_message_ends_where_its_fence_closes() -> None:
+    # The block is longer than a message, so the second message starts inside it; that message
+    # should end at the block's closing fence, and no later message should reopen the block.
+    code = "```py\n" + "x = 1\n" * 250 + "```\n\n"
+    prose = "Plain words follow here. " * 40
+    chunks = split_message(code + prose + "\n\n" + prose, 1000)
+    assert [c.startswith("```py") for c in chunks] == [True, True, False, False, False]
+    assert chunks[1].endswith("x = 1\n```")
+    assert all(c.count("```") % 2 == 0 for c in chunks)
