@@ -24,6 +24,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "Word",
@@ -106,10 +107,34 @@ class STTStream(ABC):
         """Interim and final transcripts, in order."""
 
 
+_S = TypeVar("_S", bound=STTStream)
+
+
 class STTEngine(ABC):
-    """A speech-to-text provider: makes streams, checks its configuration, owns shared resources."""
+    """A speech-to-text provider: makes streams, checks its configuration, owns shared resources.
+
+    Engines keep the streams they opened (``_track`` in ``open_stream``, ``_forget`` when a stream
+    closes) so that ``aclose`` can close every stream still open (``_close_streams``).
+    """
 
     name: str
+
+    def __init__(self) -> None:
+        self._streams: set[STTStream] = set()
+
+    def _track(self, stream: _S) -> _S:
+        self._streams.add(stream)
+        return stream
+
+    def _forget(self, stream: STTStream) -> None:
+        self._streams.discard(stream)
+
+    async def _close_streams(self) -> None:
+        """Close every stream still open (concurrently; one stream's failure does not stop the rest)."""
+        streams = list(self._streams)
+        if streams:
+            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+        self._streams.clear()
 
     @abstractmethod
     def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> STTStream:

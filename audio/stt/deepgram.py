@@ -279,6 +279,7 @@ class DeepgramSTT(STTEngine):
         ws_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         if not api_key:
             raise STTError(
                 "no Deepgram API key configured",
@@ -311,7 +312,6 @@ class DeepgramSTT(STTEngine):
             base=http.rstrip("/"), production=self.ws_url, agent=self.ws_url, agent_rest=http.rstrip("/")
         )
         self._client = AsyncDeepgramClient(api_key=api_key, environment=environment, max_retries=0)
-        self._streams: set[DeepgramStream] = set()
         # A rejected key or account fails every stream the same way: remember it so that new
         # speakers fail at once instead of each repeating the rejected handshake.
         self.fatal: STTError | None = None
@@ -321,9 +321,7 @@ class DeepgramSTT(STTEngine):
 
     def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> DeepgramStream:
         """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``."""
-        stream = DeepgramStream(self, speaker=speaker, sample_rate=sample_rate)
-        self._streams.add(stream)
-        return stream
+        return self._track(DeepgramStream(self, speaker=speaker, sample_rate=sample_rate))
 
     def _connect(self, sample_rate: int) -> Any:
         if self.flux:
@@ -379,13 +377,7 @@ class DeepgramSTT(STTEngine):
 
     async def aclose(self) -> None:
         """Close every open stream (each flushes what it has sent)."""
-        streams = list(self._streams)
-        if streams:
-            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
-        self._streams.clear()
-
-    def _forget(self, stream: DeepgramStream) -> None:
-        self._streams.discard(stream)
+        await self._close_streams()
 
 
 def _ws_from_http(url: str) -> str:

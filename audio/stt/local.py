@@ -259,6 +259,7 @@ class LocalWhisperSTT(STTEngine):
         max_pending_s: float = 60.0,
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
+        super().__init__()
         self.model_path = resolve_model(model)
         self.language = language
         self.cpu_threads = cpu_threads
@@ -274,16 +275,13 @@ class LocalWhisperSTT(STTEngine):
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-whisper")
         self._model: Any = None
         self._loading: asyncio.Future[Any] | None = None
-        self._streams: set[LocalWhisperStream] = set()
 
     def __repr__(self) -> str:
         return f"LocalWhisperSTT(model={self.model_path!r})"
 
     def open_stream(self, *, speaker: str, sample_rate: int = WHISPER_RATE) -> LocalWhisperStream:
         """Open a stream; audio at rates other than 16 kHz is resampled (soxr)."""
-        stream = LocalWhisperStream(self, speaker=speaker, sample_rate=sample_rate)
-        self._streams.add(stream)
-        return stream
+        return self._track(LocalWhisperStream(self, speaker=speaker, sample_rate=sample_rate))
 
     async def _get_model(self) -> Any:
         if self._model is not None:
@@ -334,15 +332,9 @@ class LocalWhisperSTT(STTEngine):
 
     async def aclose(self) -> None:
         """Close every stream (each transcribes what it has buffered), then stop the worker."""
-        streams = list(self._streams)
-        if streams:
-            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
-        self._streams.clear()
+        await self._close_streams()
         if self._own_executor:
             await asyncio.to_thread(self._executor.shutdown, True)
-
-    def _forget(self, stream: LocalWhisperStream) -> None:
-        self._streams.discard(stream)
 
 
 class LocalWhisperStream(STTStream):
