@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import math
 import struct
 import threading
@@ -23,6 +22,7 @@ from audio.native import load_libopus
 from bot.loopback.participant import ParticipantOptions, encode_opus_frames, load_wav_48k_stereo
 from bot.loopback.server import ChannelHandle, GuildHandle, LocalDiscord
 from bot.loopback.voice import BotVoice, open_rtp, seal_rtp
+from tests.test_loopback_gateway import RawGateway, close_raw
 from tests.test_loopback_rest import TIMEOUT, running_client
 
 
@@ -228,28 +228,10 @@ async def test_voice_close_codes_are_reported(discord_: LocalDiscord, monkeypatc
             await vc.disconnect(force=True)
 
 
-class RawVoice:
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.session, self.ws = session, ws
-
-    async def recv(self) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=TIMEOUT)
-        assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        return json.loads(msg.data)
-
-    async def send(self, op: int, d: Any) -> None:
-        await self.ws.send_str(json.dumps({"op": op, "d": d}))
-
-    async def closed_with(self) -> int | None:
-        msg = await self.ws.receive(timeout=TIMEOUT)
-        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
-        return self.ws.close_code
-
-
-async def raw_voice(discord_: LocalDiscord) -> RawVoice:
+async def raw_voice(discord_: LocalDiscord) -> RawGateway:
     session = aiohttp.ClientSession(connector=discord_.connector())
     ws = await session.ws_connect(f"wss://127.0.0.1:{discord_.port}/?v=8")
-    return RawVoice(session, ws)
+    return RawGateway(session, ws)
 
 
 @pytest.mark.parametrize(
@@ -285,8 +267,7 @@ async def test_voice_identify_and_select_checks(discord_: LocalDiscord, change: 
         await raw.send(1, {"protocol": "udp", "data": {"address": "127.0.0.1", "port": 1, "mode": mode}})
         assert await raw.closed_with() == code
     finally:
-        await raw.ws.close()
-        await raw.session.close()
+        await close_raw(raw)
     assert discord_.problems
 
 
