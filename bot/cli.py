@@ -217,6 +217,7 @@ async def _check_discord(settings: Settings) -> str:
 
 async def run_checks(settings: Settings) -> list[CheckResult]:
     """Contact each configured service once; one result per service."""
+    from bot import providers
     from bot.agent.factory import build_agent
     from bot.db import Database
     from bot.memory import Memory
@@ -237,20 +238,9 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
         results.append(("agent", False, str(exc), 0.0))
     finally:
         db.close()
-    for name, probe in _extra_checks(settings):
+    for name, probe in providers.checks(settings):  # speech engines and SMS, as configured
         results.append(await _timed(name, probe))
     return results
-
-
-def _extra_checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
-    """Checks of the voice and SMS providers; each module is imported only when configured."""
-    checks: list[tuple[str, Callable[[], Awaitable[str]]]] = []
-    try:
-        from bot import providers
-    except ImportError:  # the voice providers are optional to the text bot
-        return checks
-    checks.extend(providers.checks(settings))
-    return checks
 
 
 def cmd_check(settings: Settings, out: TextIO) -> int:
