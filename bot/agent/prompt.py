@@ -12,6 +12,7 @@ import hashlib
 import random
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from bot.agent.character import Character, ExampleMessage
 from bot.agent.engines.base import ChatMessage, Incoming
@@ -27,6 +28,8 @@ MAX_TOPICS = 6
 MAX_EXAMPLES = 2
 MAX_NAME = 48
 MAX_HISTORY_TURN_CHARS = 2000  # one pasted essay must not crowd the rest of the window out
+
+T = TypeVar("T")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(user|name)(\d*)\s*\}\}", re.IGNORECASE)
 _AGENT_PLACEHOLDER = re.compile(r"\{\{\s*(agentName|char)\s*\}\}", re.IGNORECASE)
@@ -49,7 +52,7 @@ def _rng(*parts: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _sample(items: Sequence[str], k: int, rng: random.Random) -> list[str]:
+def _sample(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
     """Up to ``k`` items, chosen by ``rng`` but kept in their original order."""
     if len(items) <= k:
         return list(items)
@@ -154,9 +157,7 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
     if style:
         parts.append("How you write:\n" + "\n".join(f"- {_fill_placeholders(s, character)}" for s in style))
     if character.message_examples:
-        count = len(character.message_examples)
-        chosen = sorted(rng.sample(range(count), min(count, MAX_EXAMPLES)))
-        examples = [_format_example(character.message_examples[i], character) for i in chosen]
+        examples = [_format_example(c, character) for c in _sample(character.message_examples, MAX_EXAMPLES, rng)]
         parts.append(
             f"Examples of how {name} talks (for tone only; these are not part of this conversation):\n\n"
             + "\n\n".join(examples)
