@@ -73,21 +73,24 @@ def _relevant(items: Sequence[str], query: str, k: int) -> list[str]:
     return [items[i] for i in sorted(ranked[:k])]
 
 
+def _placeholder_name(match: re.Match[str]) -> str:
+    """The example name standing in for a ``{{userN}}``/``{{nameN}}`` placeholder (N defaults to 1)."""
+    index = int(match.group(2) or "1") - 1
+    return _EXAMPLE_NAMES[index % len(_EXAMPLE_NAMES)]
+
+
 def _example_speaker(speaker: str, character: Character) -> str:
     if speaker.strip().lower() in (character.name.lower(), (character.username or "").lower()):
         return character.name
     match = _PLACEHOLDER.fullmatch(speaker.strip())
     if match:
-        index = int(match.group(2) or "1") - 1
-        return _EXAMPLE_NAMES[index % len(_EXAMPLE_NAMES)]
+        return _placeholder_name(match)
     return speaker_label(speaker)
 
 
 def _fill_placeholders(text: str, character: Character) -> str:
     text = _AGENT_PLACEHOLDER.sub(character.name, text)
-    return _PLACEHOLDER.sub(
-        lambda m: _EXAMPLE_NAMES[(int(m.group(2) or "1") - 1) % len(_EXAMPLE_NAMES)], text
-    )
+    return _PLACEHOLDER.sub(_placeholder_name, text)
 
 
 def _format_example(conversation: Sequence[ExampleMessage], character: Character) -> str:
