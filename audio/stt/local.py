@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript, TranscriptQueue
+from audio.vad import WebRtcVad
 
 __all__ = [
     "LocalWhisperSTT",
@@ -125,12 +126,7 @@ class UtteranceSegmenter:
         onset_frames: int = 3,
         max_utterance_s: float = 30.0,
     ) -> None:
-        if vad is None:
-            import webrtcvad
-
-            detector = webrtcvad.Vad(aggressiveness)
-            vad = lambda frame: detector.is_speech(frame, WHISPER_RATE)  # noqa: E731
-        self._vad = vad
+        self._vad = vad if vad is not None else WebRtcVad(WHISPER_RATE, aggressiveness).is_speech
         self.frame_bytes = WHISPER_RATE * 2 * FRAME_MS // 1000
         self._silence_frames = max(1, silence_ms // FRAME_MS)
         self._onset = max(1, min(5, onset_frames))
