@@ -93,6 +93,10 @@ def _fill_placeholders(text: str, character: Character) -> str:
     return _PLACEHOLDER.sub(_placeholder_name, text)
 
 
+def _bullets(items: Sequence[str], character: Character) -> str:
+    return "\n".join(f"- {_fill_placeholders(item, character)}" for item in items)
+
+
 def _format_example(conversation: Sequence[ExampleMessage], character: Character) -> str:
     return "\n".join(
         f"{_example_speaker(m.speaker, character)}: {_fill_placeholders(m.text, character)}" for m in conversation
@@ -145,20 +149,20 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
     parts: list[str] = [_fill_placeholders(character.system, character) if character.system else f"You are {name}."]
     if character.bio:
         bio = _sample(character.bio, MAX_BIO, rng)
-        parts.append(f"About {name}:\n" + "\n".join(f"- {_fill_placeholders(b, character)}" for b in bio))
+        parts.append(f"About {name}:\n" + _bullets(bio, character))
     if character.lore:
         lore = _sample(character.lore, MAX_LORE, rng)
-        parts.append(f"Some things about {name}'s past:\n" + "\n".join(f"- {_fill_placeholders(x, character)}" for x in lore))
+        parts.append(f"Some things about {name}'s past:\n" + _bullets(lore, character))
     if character.adjectives:
         parts.append(f"{name} is " + ", ".join(_sample(character.adjectives, MAX_ADJECTIVES, rng)) + ".")
     if character.topics:
         parts.append(f"{name} is interested in " + ", ".join(_sample(character.topics, MAX_TOPICS, rng)) + ".")
     if character.knowledge:
         facts = _relevant(character.knowledge, incoming.text, MAX_KNOWLEDGE)
-        parts.append("Things you know:\n" + "\n".join(f"- {_fill_placeholders(f, character)}" for f in facts))
+        parts.append("Things you know:\n" + _bullets(facts, character))
     style = [*character.style_all, *character.style_chat]
     if style:
-        parts.append("How you write:\n" + "\n".join(f"- {_fill_placeholders(s, character)}" for s in style))
+        parts.append("How you write:\n" + _bullets(style, character))
     if character.message_examples:
         examples = [_format_example(c, character) for c in _sample(character.message_examples, MAX_EXAMPLES, rng)]
         parts.append(
