@@ -201,12 +201,7 @@ class VoiceReceiver:
                 return
             if speaking:
                 self._speaking += 1
-            self._ssrc_to_user[ssrc] = user_id
-            self._members.add(user_id)
-            held = self._held.pop(ssrc, None)
-            if held:
-                for seq, ts, frame in held:
-                    self._finish(ssrc, user_id, seq, ts, frame)
+            self._attribute(ssrc, user_id)
 
     def add_members(self, user_ids: list[int]) -> None:
         """Op 11: these users are present (no SSRC yet)."""
@@ -311,6 +306,15 @@ class VoiceReceiver:
             return
         self._finish(ssrc, user_id, seq, header.timestamp, frame)
 
+    def _attribute(self, ssrc: int, user_id: int) -> None:
+        """Map ``ssrc`` to ``user_id`` and replay the frames held for it (lock held)."""
+        self._ssrc_to_user[ssrc] = user_id
+        self._members.add(user_id)
+        held = self._held.pop(ssrc, None)
+        if held:
+            for seq, ts, frame in held:
+                self._finish(ssrc, user_id, seq, ts, frame)
+
     def _finish(self, ssrc: int, user_id: int, seq: int, ts: int, frame: bytes) -> None:
         """Opt-out check, DAVE decrypt and deliver (lock held)."""
         accept = self.accept_user
@@ -379,13 +383,8 @@ class VoiceReceiver:
                 # The GCM tag makes the first success the true sender; keep this plaintext, since a
                 # second decryption of the same frame would fail as a replay.
                 self._trial += 1
-                self._ssrc_to_user[ssrc] = uid
-                self._members.add(uid)
                 log.debug("voice receive: SSRC %s attributed to user %s by trial decryption", ssrc, uid)
-                held = self._held.pop(ssrc, None)
-                if held:
-                    for hseq, hts, hframe in held:
-                        self._finish(ssrc, uid, hseq, hts, hframe)
+                self._attribute(ssrc, uid)
                 accept = self.accept_user
                 if accept is not None and not accept(uid):
                     self._dropped[OPTED_OUT] += 1
