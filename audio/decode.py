@@ -323,14 +323,13 @@ class PipelineStats:
 
 
 class _Speaker:
-    __slots__ = ("decoder", "segmenter", "pre_roll", "last_packet_at", "base")
+    __slots__ = ("decoder", "segmenter", "pre_roll", "last_packet_at")
 
     def __init__(self, decoder: SpeakerDecoder, segmenter: SpeechSegmenter, pre_roll: int, now: float) -> None:
         self.decoder = decoder
         self.segmenter = segmenter
         self.pre_roll: collections.deque[bytes] = collections.deque(maxlen=max(1, pre_roll))
         self.last_packet_at = now
-        self.base = DecoderStats()
 
 
 class ReceivePipeline:
