@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback_http import serve_on_loopback
+
 __all__ = ["FakeElizaOS"]
 
 
@@ -70,12 +72,7 @@ class FakeElizaOS:
             app.router.add_route("*", "/api/{tail:.*}", self._express_404)
         app.router.add_post("/{aid}/message", self._v0_message)
         app.router.add_get("/agents", self._v0_agents)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self._runner, self.url = await serve_on_loopback(app, shutdown_timeout=0.5)
         return self.url
 
     async def close(self) -> None:

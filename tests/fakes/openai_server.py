@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback_http import serve_on_loopback
+
 __all__ = ["FakeOpenAI", "RecordedRequest"]
 
 
@@ -62,12 +64,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
+        self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.5)
+        self.base_url = url + "/v1"
         return self.base_url
 
     async def close(self) -> None:

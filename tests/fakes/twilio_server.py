@@ -21,6 +21,8 @@ from typing import Any
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from tests.fakes.loopback_http import serve_on_loopback
+
 __all__ = ["FakeTwilio", "SentMessage", "sign_webhook"]
 
 
@@ -71,12 +73,7 @@ class FakeTwilio:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create_message)
         app.router.add_get("/2010-04-01/Accounts/{sid}.json", self._fetch_account)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await serve_on_loopback(app, access_log=None)
         return self.base_url
 
     async def stop(self) -> None:
