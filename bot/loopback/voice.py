@@ -58,7 +58,6 @@ AES_GCM = "aead_aes256_gcm_rtpsize"
 # Discord lists AES-GCM first; discord.py takes the first mode it supports (xchacha20).
 MODES = [AES_GCM, XCHACHA]
 VOICE_HEARTBEAT_MS = 13750
-OPUS_SILENCE = b"\xf8\xff\xfe"
 DAVE_TIMEOUT = 10.0  # how long the coordinator waits for op 28 / op 23 before giving up on a member
 
 # Voice op codes.
