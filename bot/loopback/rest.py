@@ -98,7 +98,7 @@ def _unknown(kind: str, code: int) -> DiscordHTTPError:
     return DiscordHTTPError(404, code, f"Unknown {kind}")
 
 
-def _snowflake(value: str, kind: str, code: int) -> int:
+def _snowflake(value: str, kind: str) -> int:
     try:
         return int(value)
     except ValueError:
@@ -232,7 +232,7 @@ class RestAPI:
         return web.Response(status=204, headers=self._headers(call.route))
 
     def _channel(self, call: Call) -> Channel:
-        channel_id = _snowflake(call.params["channel_id"], "channel", 10003)
+        channel_id = _snowflake(call.params["channel_id"], "channel")
         channel = self.world.channels.get(channel_id)
         if channel is None:
             self.world.problem(f"{call.route}: channel {channel_id} does not exist", route=call.route)
@@ -256,7 +256,7 @@ class RestAPI:
                                  "email": None, "locale": "en-US"})
 
     async def get_user(self, call: Call) -> web.Response:
-        user = self.world.users.get(_snowflake(call.params["user_id"], "user", 10013))
+        user = self.world.users.get(_snowflake(call.params["user_id"], "user"))
         if user is None:
             raise _unknown("User", 10013)
         return self._json(call, user_payload(user))
@@ -298,10 +298,10 @@ class RestAPI:
     async def get_member(self, call: Call) -> web.Response:
         from bot.loopback.state import member_payload
 
-        guild = self.world.guilds.get(_snowflake(call.params["guild_id"], "guild", 10004))
+        guild = self.world.guilds.get(_snowflake(call.params["guild_id"], "guild"))
         if guild is None:
             raise _unknown("Guild", 10004)
-        member = guild.members.get(_snowflake(call.params["user_id"], "user", 10007))
+        member = guild.members.get(_snowflake(call.params["user_id"], "user"))
         if member is None:
             raise _unknown("Member", 10007)
         return self._json(call, member_payload(member))
@@ -309,14 +309,14 @@ class RestAPI:
     # --- application commands -------------------------------------------------------------------
 
     def _command_scope(self, call: Call) -> tuple[int | None, dict[str, AppCommand]]:
-        app_id = _snowflake(call.params["application_id"], "application", 10002)
+        app_id = _snowflake(call.params["application_id"], "application")
         if app_id != self.world.application_id:
             self.world.problem(f"{call.route} for application {app_id}, not the bot's ({self.world.application_id})",
                                route=call.route)
             raise DiscordHTTPError(403, 50001, "Missing Access")
         if "guild_id" not in call.params:
             return None, self.world.global_commands
-        guild_id = _snowflake(call.params["guild_id"], "guild", 10004)
+        guild_id = _snowflake(call.params["guild_id"], "guild")
         if guild_id not in self.world.guilds:
             self.world.problem(f"{call.route}: the bot is not in guild {guild_id}", route=call.route)
             raise DiscordHTTPError(403, 50001, "Missing Access")
@@ -434,7 +434,7 @@ class RestAPI:
         return interaction
 
     async def interaction_callback(self, call: Call) -> web.Response:
-        interaction_id = _snowflake(call.params["interaction_id"], "interaction", 10062)
+        interaction_id = _snowflake(call.params["interaction_id"], "interaction")
         interaction = self.world.interactions.get(interaction_id)
         if interaction is None or interaction.token != call.params["token"]:
             self.world.problem(f"callback for unknown interaction {interaction_id}", route=call.route)
@@ -517,7 +517,7 @@ class RestAPI:
                 raise DiscordHTTPError(404, 10008, "Unknown Message")
             message_id = interaction.original_message_id
         else:
-            message_id = _snowflake(raw, "message", 10008)
+            message_id = _snowflake(raw, "message")
         message = self.world.messages.get(message_id)
         if message is None or message.deleted or message.interaction_id != interaction.id:
             raise DiscordHTTPError(404, 10008, "Unknown Message")
@@ -585,7 +585,7 @@ class RestAPI:
         return self._json(call, [message_payload(m, self.world) for m in messages])
 
     def _message_in(self, call: Call, channel: Channel) -> Message:
-        message = self.world.messages.get(_snowflake(call.params["message_id"], "message", 10008))
+        message = self.world.messages.get(_snowflake(call.params["message_id"], "message"))
         if message is None or message.deleted or message.channel_id != channel.id:
             raise DiscordHTTPError(404, 10008, "Unknown Message")
         return message
