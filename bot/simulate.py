@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.settings import Secret, Settings
+from bot.settings import VOICE_MODES, Secret, Settings
 
 if TYPE_CHECKING:
     from bot.client import VoiceBot
@@ -61,12 +61,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODES = ("always", "addressed", "push-to-talk")
+MODES = VOICE_MODES  # what --mode accepts: the bot's voice modes, set with /mode
 STEP_TIMEOUT = 30.0  # one Discord step (a command, a voice handshake with DAVE)
 SETTLE_TIMEOUT = 60.0  # after the last speaker finished, for recognition and replies to be done
 MAX_WAV_SECONDS = 600.0
 MAX_OFFSET_SECONDS = 600.0
-MANAGE_GUILD = 1 << 5
 # A reply's first packet can precede the first non-silent frame the player reported (leading
 # silence in the synthesized audio is sent too): how much earlier it may start and still count.
 ATTRIBUTION_SLACK = 0.3
@@ -302,6 +301,7 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
     from bot.client import VoiceBot
     from bot.db import Database
     from bot.loopback.server import LocalDiscord
+    from bot.loopback.state import Permissions
     from bot.services import build_services
     from bot.voice.manager import VoiceManager
 
@@ -317,7 +317,7 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
         guild = server.add_guild("Simulation")
         text = guild.add_text_channel("general")
         voice = guild.add_voice_channel("Voice")
-        host = guild.add_member(host_name, roles=[guild.add_role("hosts", MANAGE_GUILD)])
+        host = guild.add_member(host_name, roles=[guild.add_role("hosts", Permissions.MANAGE_GUILD)])
         members = {name: guild.add_member(name) for name in names}
         sim_settings = simulation_settings(settings, server, guild.id)
         services = await build_services(sim_settings, db=Database.in_memory())

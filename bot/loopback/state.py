@@ -65,6 +65,7 @@ class ChannelType:
 class Permissions:
     """Permission bits the loopback checks or reports (Discord's bit positions)."""
 
+    MANAGE_GUILD = 1 << 5
     VIEW_CHANNEL = 1 << 10
     SEND_MESSAGES = 1 << 11
     READ_MESSAGE_HISTORY = 1 << 16
