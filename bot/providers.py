@@ -14,7 +14,8 @@ from bot.settings import Settings, secret_value
 if TYPE_CHECKING:
     from bot.agent.character import Character
 
-__all__ = ["build_stt", "build_tts", "build_local_tts", "voice_for", "checks", "local_stt_available"]
+__all__ = ["build_stt", "build_tts", "build_local_tts", "voice_for", "checks", "local_stt_available", "stt_choice",
+           "tts_choice"]
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,34 @@ def local_stt_available() -> bool:
     return True
 
 
+def stt_choice(settings: Settings) -> str | None:
+    """Which recognizer the settings select: ``"deepgram"``, ``"local"``, or None (listening off)."""
+    if settings.stt_engine == "none":
+        return None
+    if settings.stt_engine == "deepgram" or (settings.stt_engine == "auto" and settings.deepgram_api_key):
+        return "deepgram"
+    return "local"
+
+
+def tts_choice(settings: Settings) -> str | None:
+    """Which voice the settings select: ``"elevenlabs"``, ``"piper"``, ``"espeak"``, or None (silent)."""
+    if settings.tts_engine == "none":
+        return None
+    if settings.tts_engine == "elevenlabs" or (settings.tts_engine == "auto" and settings.elevenlabs_api_key):
+        return "elevenlabs"
+    return _local_voice(settings)
+
+
+def _local_voice(settings: Settings) -> str:
+    return "piper" if settings.tts_engine == "piper" or settings.piper_model is not None else "espeak"
+
+
 def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngine | None:
     """The configured recognizer; None when listening is off (``STT_ENGINE=none`` or nothing installed)."""
-    engine = settings.stt_engine
-    if engine == "none":
+    choice = stt_choice(settings)
+    if choice is None:
         return None
-    if engine == "deepgram" or (engine == "auto" and settings.deepgram_api_key):
+    if choice == "deepgram":
         from audio.stt.deepgram import DeepgramSTT
 
         ws_url = settings.deepgram_url
@@ -48,7 +71,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             base_url=http_url,
             ws_url=ws_url,
         )
-    if engine == "local" or local_stt_available():
+    if settings.stt_engine == "local" or local_stt_available():
         from audio.stt.local import LocalWhisperSTT
 
         return LocalWhisperSTT(model=settings.local_stt_model)
@@ -58,7 +81,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
 
 def build_local_tts(settings: Settings) -> TTSEngine:
     """The voice that needs nothing: Piper when configured, else espeak-ng."""
-    if settings.tts_engine == "piper" or settings.piper_model is not None:
+    if _local_voice(settings) == "piper":
         from audio.tts.piper import PiperEngine
 
         return PiperEngine(model_path=settings.piper_model)
@@ -68,10 +91,10 @@ def build_local_tts(settings: Settings) -> TTSEngine:
 
 
 def build_tts(settings: Settings) -> TTSEngine | None:
-    engine = settings.tts_engine
-    if engine == "none":
+    choice = tts_choice(settings)
+    if choice is None:
         return None
-    if engine == "elevenlabs" or (engine == "auto" and settings.elevenlabs_api_key):
+    if choice == "elevenlabs":
         from audio.tts.elevenlabs import ElevenLabsEngine
 
         kwargs: dict[str, object] = {"model": settings.elevenlabs_model}
@@ -115,24 +138,14 @@ def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]
         finally:
             await engine.aclose()
 
-    if settings.stt_engine != "none":
-        probes.append((f"speech-to-text ({_stt_name(settings)})", check_stt))
-    if settings.tts_engine != "none":
-        probes.append((f"text-to-speech ({_tts_name(settings)})", check_tts))
+    stt, tts = stt_choice(settings), tts_choice(settings)
+    if stt is not None:
+        probes.append((f"speech-to-text ({stt})", check_stt))
+    if tts is not None:
+        probes.append((f"text-to-speech ({tts})", check_tts))
     if settings.sms_enabled:
         from bot.sms import check_twilio
 
         probes.append(("sms (twilio)", lambda: check_twilio(settings)))
     return probes
 
-
-def _stt_name(settings: Settings) -> str:
-    if settings.stt_engine == "deepgram" or (settings.stt_engine == "auto" and settings.deepgram_api_key):
-        return "deepgram"
-    return "local"
-
-
-def _tts_name(settings: Settings) -> str:
-    if settings.tts_engine == "elevenlabs" or (settings.tts_engine == "auto" and settings.elevenlabs_api_key):
-        return "elevenlabs"
-    return "piper" if settings.tts_engine == "piper" or settings.piper_model else "espeak"

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bot.providers import stt_choice, tts_choice
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
 
@@ -53,19 +54,18 @@ def _is_local_host(host: str | None) -> bool:
 
 def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
     """Describe the configured providers; ``engine_name`` is the agent's engine (``Agent.engine_name``)."""
-    # speech-to-text: the same choice providers.build_stt makes
-    if settings.stt_engine == "none":
+    stt_kind, tts_kind = stt_choice(settings), tts_choice(settings)
+    if stt_kind is None:
         stt, stt_remote = None, False
-    elif settings.stt_engine == "deepgram" or (settings.stt_engine == "auto" and settings.deepgram_api_key):
+    elif stt_kind == "deepgram":
         host = _host(settings.deepgram_url)
         stt_remote = not _is_local_host(host)
         stt = "Deepgram" if host is None else f"Deepgram ({host})"
     else:
         stt, stt_remote = "a local recognizer on the bot's own server", False
-    # text-to-speech
-    if settings.tts_engine == "none":
+    if tts_kind is None:
         tts, tts_remote = None, False
-    elif settings.tts_engine == "elevenlabs" or (settings.tts_engine == "auto" and settings.elevenlabs_api_key):
+    elif tts_kind == "elevenlabs":
         host = _host(settings.elevenlabs_base_url)
         tts_remote = not _is_local_host(host)
         tts = "ElevenLabs" if host is None else f"ElevenLabs ({host})"
