@@ -317,6 +317,7 @@ class ElizaOSEngine(ReplyEngine):
                 if response.status in (404, 410) and attempt == 0:
                     # The session expired (ElizaOS drops idle sessions): start a fresh one.
                     self._sessions.pop(room, None)
+                    self._seen.pop(session_id, None)
                     log.info("ElizaOS session expired (room=%s); creating a new one", room)
                     continue
                 if response.status >= 400:
@@ -451,6 +452,7 @@ class ElizaOSEngine(ReplyEngine):
 
     async def aclose(self) -> None:
         self._sessions.clear()
+        self._seen.clear()
         if self._own_http and self._http is not None and not self._http.closed:
             await self._http.close()
 
