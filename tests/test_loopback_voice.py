@@ -84,6 +84,14 @@ async def connect(client: discord.Client, channel: ChannelHandle) -> discord.Voi
     return await vc_channel.connect(timeout=TIMEOUT)
 
 
+async def play(vc: discord.VoiceClient, pcm: bytes) -> Exception | None:
+    """Play 48 kHz stereo PCM through the bot's voice client; return the player's error (None when fine)."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[Exception | None] = loop.create_future()
+    vc.play(discord.PCMAudio(io.BytesIO(pcm)), after=lambda err: loop.call_soon_threadsafe(finished.set_result, err))
+    return await asyncio.wait_for(finished, TIMEOUT)
+
+
 def bot_decrypt(vc: discord.VoiceClient, packet: bytes, user_id: int) -> bytes:
     conn = vc._connection
     opened = open_rtp(conn.mode, bytes(conn.secret_key), packet)
@@ -104,11 +112,7 @@ async def test_bot_joins_dave_completes_and_participant_hears_playback(
             assert vc._connection.dave_session is not None and vc._connection.dave_session.ready
             assert vc._connection.mode == "aead_xchacha20_poly1305_rtpsize"
             assert vc.voice_privacy_code == participant.dave.voice_privacy_code  # type: ignore[union-attr]
-            finished: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-            loop = asyncio.get_running_loop()
-            vc.play(discord.PCMAudio(io.BytesIO(tone(0.6))),
-                    after=lambda err: loop.call_soon_threadsafe(finished.set_result, err))
-            assert await asyncio.wait_for(finished, TIMEOUT) is None
+            assert await play(vc, tone(0.6)) is None
             heard = await participant.wait_heard(timeout=TIMEOUT)
             pcm = await heard.pcm()
             assert heard.user_id == discord_.bot_user_id
@@ -184,8 +188,7 @@ async def test_second_participant_causes_new_epoch_that_the_bot_follows(
             counter = PacketCounter(asyncio.get_running_loop(), pb.ssrc, want=10)
             vc._connection.add_socket_listener(counter)
             try:
-                frames = await asyncio.get_running_loop().run_in_executor(None, encode_opus_frames, tone(0.2))
-                await pb.speak_opus(frames)
+                await pb.speak_pcm(tone(0.2))
                 await asyncio.wait_for(counter.done, TIMEOUT)
             finally:
                 vc._connection.remove_socket_listener(counter)
@@ -284,15 +287,10 @@ async def test_garbage_loss_reorder_jitter_do_not_break_the_call(
             participant = await alice.join_voice(voice, options)
             await participant.wait_dave_ready(timeout=TIMEOUT)
             await discord_.wait_dave_transition(timeout=TIMEOUT)
-            frames = await asyncio.get_running_loop().run_in_executor(None, encode_opus_frames, tone(0.6))
-            result = await participant.speak_opus(frames)
+            result = await participant.speak_pcm(tone(0.6))
             assert result.dropped > 0 and result.sent + result.dropped == 30
             # The call survives: the bot can still play and be heard.
-            loop = asyncio.get_running_loop()
-            finished: asyncio.Future[Exception | None] = loop.create_future()
-            vc.play(discord.PCMAudio(io.BytesIO(tone(0.2))),
-                    after=lambda err: loop.call_soon_threadsafe(finished.set_result, err))
-            assert await asyncio.wait_for(finished, TIMEOUT) is None
+            assert await play(vc, tone(0.2)) is None
             await participant.wait_heard(timeout=TIMEOUT)
             assert vc.is_connected()
         finally:
