@@ -108,8 +108,15 @@ def build_tts(settings: Settings) -> TTSEngine | None:
     return build_local_tts(settings)
 
 
-def voice_for(settings: Settings, character: Character, override: str | None = None) -> VoiceSpec:
-    """The voice to speak with: a per-guild choice, else settings, else the character's voice."""
+def voice_for(settings: Settings, character: Character, override: str | None = None, *,
+              engine: str = "elevenlabs") -> VoiceSpec:
+    """The voice to speak with on ``engine``: a per-guild choice, else settings, else the character's.
+
+    The character's and settings' voices are ElevenLabs voices; a local engine (espeak, Piper) takes
+    only a guild's own choice, made from that engine's voice list.
+    """
+    if engine != "elevenlabs":
+        return VoiceSpec(voice_id=override)
     voice = character.voice or VoiceSpec()
     return dataclasses.replace(voice, voice_id=override or settings.elevenlabs_voice_id or voice.voice_id)
 

@@ -40,6 +40,9 @@ def test_voice_precedence_guild_then_settings_then_character() -> None:
     assert voice_for(settings(ELEVENLABS_VOICE_ID="from-settings"), character, "guild-choice").voice_id == "guild-choice"
     plain = dataclasses.replace(character, voice=None)
     assert voice_for(settings(), plain) == VoiceSpec()
+    # A local engine cannot use ElevenLabs voice ids: only the guild's own choice applies.
+    assert voice_for(settings(ELEVENLABS_VOICE_ID="from-settings"), character, engine="espeak") == VoiceSpec()
+    assert voice_for(settings(), character, "en-gb", engine="espeak") == VoiceSpec(voice_id="en-gb")
 
 
 def test_check_names_the_engines() -> None:

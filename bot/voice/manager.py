@@ -712,11 +712,8 @@ class VoiceManager:
         return gs
 
     def _voice(self, override: str | None) -> VoiceSpec:
-        """The session's voice. The character's and settings' voices are ElevenLabs voices: with a
-        local engine only a guild's own choice (from that engine's list) applies."""
-        if self.tts is not None and self.tts.name != "elevenlabs":
-            return VoiceSpec(voice_id=override)
-        return voice_for(self.settings, self.agent.character, override)
+        engine = self.tts.name if self.tts is not None else "elevenlabs"
+        return voice_for(self.settings, self.agent.character, override, engine=engine)
 
     async def update_settings(self, guild_id: int, **changes: Any) -> GuildVoiceSettings:
         gs = self.guild_settings.update(guild_id, **changes)
