@@ -231,8 +231,13 @@ class StreamingSource(discord.AudioSource):
 class StreamingPCMSource(StreamingSource):
     """In-process source for s16le at 48 kHz, mono (upmixed) or stereo: no subprocess, no delay."""
 
+    @staticmethod
+    def accepts(fmt: AudioFormat) -> bool:
+        """True if this source can play ``fmt`` (s16le at 48 kHz, mono or stereo)."""
+        return fmt.encoding == "s16le" and fmt.sample_rate == 48000 and fmt.channels in (1, 2)
+
     def __init__(self, fmt: AudioFormat, **kwargs: Any) -> None:
-        if fmt.encoding != "s16le" or fmt.sample_rate != 48000 or fmt.channels not in (1, 2):
+        if not self.accepts(fmt):
             raise ValueError(f"StreamingPCMSource needs s16le 48 kHz mono/stereo, not {fmt}")
         super().__init__(**kwargs)
         self.format = fmt
@@ -396,7 +401,7 @@ def make_source(
     fmt: AudioFormat, *, executable: str | None = None, always_ffmpeg: bool = False, **kwargs: Any
 ) -> StreamingSource:
     """The best source for ``fmt``: in-process for s16le 48 kHz (unless ``always_ffmpeg``), else FFmpeg."""
-    if not always_ffmpeg and fmt.encoding == "s16le" and fmt.sample_rate == 48000 and fmt.channels in (1, 2):
+    if not always_ffmpeg and StreamingPCMSource.accepts(fmt):
         return StreamingPCMSource(fmt, **kwargs)
     return StreamingFFmpegSource(fmt, executable=executable, **kwargs)
 
