@@ -422,6 +422,14 @@ def spoken_prefix(text: str, fraction: float) -> str:
 # -- the utterance queue -----------------------------------------------------------------------
 
 
+async def _aclose_quietly(audio: AsyncIterator[bytes]) -> None:
+    """Close a TTS audio iterator if it can be closed (an async generator); errors are ignored."""
+    aclose = getattr(audio, "aclose", None)
+    if aclose is not None:
+        with suppress(Exception):
+            await aclose()
+
+
 @dataclass
 class Utterance:
     """One thing to say: its text (for memory) and its audio stream in ``format``."""
@@ -596,10 +604,7 @@ class Speaker:
             handle.stream_finished = True
             handle.chunks.put_nowait(_END)
         finally:
-            aclose = getattr(audio, "aclose", None)
-            if aclose is not None:
-                with suppress(Exception):
-                    await aclose()
+            await _aclose_quietly(audio)
 
     async def _cancel_fetch(self, handle: UtteranceHandle) -> None:
         task = handle.fetch_task
@@ -609,10 +614,7 @@ class Speaker:
                 await task
         elif task is None:
             # Never fetched: close the iterator so the TTS request is not left half-open.
-            aclose = getattr(handle.utterance.audio, "aclose", None)
-            if aclose is not None:
-                with suppress(Exception):
-                    await aclose()
+            await _aclose_quietly(handle.utterance.audio)
 
     async def _discard(self, handle: UtteranceHandle) -> None:
         await self._cancel_fetch(handle)
