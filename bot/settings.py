@@ -20,7 +20,7 @@ __all__ = ["Secret", "Settings", "SettingsError", "load_settings", "ENV_VARS"]
 
 T = TypeVar("T")
 
-VOICE_MODES = ("always", "addressed", "push-to-talk")
+VOICE_MODES = ("auto", "always", "addressed", "push-to-talk", "scribe")
 AGENT_ENGINES = ("auto", "openai", "elizaos", "eliza")
 ELIZAOS_APIS = ("auto", "v1", "v0")
 STT_ENGINES = ("auto", "deepgram", "local", "none")
@@ -120,7 +120,7 @@ class Settings:
     ffmpeg_path: str | None = None
     opus_library: str | None = None
     # --- Voice behaviour
-    voice_mode: str = "addressed"
+    voice_mode: str = "auto"
     wake_phrases: tuple[str, ...] = ()
     voice_idle_leave_seconds: int = 300
     record_audio: bool = False

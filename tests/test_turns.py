@@ -72,3 +72,29 @@ def test_forget_drops_a_leavers_turns() -> None:
     policy.offer(turn(1, "hello", 100), humans_present=2)
     policy.forget(1)
     assert policy.next_turn() is None
+
+
+def test_auto_is_the_default_and_follows_the_room() -> None:
+    clock = Clock()
+    policy = TurnPolicy(bot_names=("Nova",), clock=clock)
+    assert policy.mode == VoiceMode.AUTO
+    assert policy.wants(1, "what time is it", humans_present=1)  # alone with the bot: no name needed
+    assert not policy.wants(1, "what time is it", humans_present=2)  # a second person came in
+    assert policy.wants(2, "Nova, what time is it", humans_present=2)
+    assert "one person" in policy.rule_now(1) and "2 people" in policy.rule_now(2)
+
+
+def test_addressed_mode_needs_the_name_even_alone() -> None:
+    clock = Clock()
+    policy = TurnPolicy(bot_names=("Nova",), mode=VoiceMode.ADDRESSED, clock=clock)
+    assert not policy.wants(1, "what time is it", humans_present=1)
+    assert policy.wants(1, "nova what time is it", humans_present=1)
+    policy.answered(1)
+    assert policy.wants(1, "and tomorrow?", humans_present=1)  # a follow-up still counts
+
+
+def test_scribe_mode_answers_nobody() -> None:
+    policy = TurnPolicy(bot_names=("Nova",), mode=VoiceMode.SCRIBE, clock=Clock())
+    assert not policy.wants(1, "Nova, answer me", humans_present=1)
+    assert not policy.offer(turn(1, "Nova, answer me", 100), humans_present=1)
+    assert "notes" in policy.rule_now(1)

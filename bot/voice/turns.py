@@ -2,12 +2,14 @@
 
 Modes (per guild):
 
+- ``auto`` (the default): with one person in the channel (bots do not count) every turn is answered;
+  with two or more, only turns that address the bot, as in ``addressed``.
 - ``always``: every complete turn is answered.
-- ``addressed``: a turn is answered when it names the bot (its name or a wake phrase), when the bot
-  is the only other participant, or when it follows up within a short window on a conversation the
-  bot just had with that person.
+- ``addressed``: a turn is answered when it names the bot (its name or a wake phrase) or follows up
+  within a short window on a conversation the bot just had with that person.
 - ``push-to-talk``: a turn is answered only while its speaker has an open listening window (opened by
   a button or command).
+- ``scribe``: no turn is answered; the bot only takes notes (every turn still goes to memory).
 
 Complete turns wait in a queue while the bot is busy; when the bot is free the next one is taken,
 and a turn that no longer makes sense (too old, or superseded by a newer turn from the same person)
@@ -27,10 +29,12 @@ __all__ = ["VoiceMode", "PendingTurn", "TurnPolicy", "mentions_any"]
 
 
 class VoiceMode:
+    AUTO = "auto"
     ALWAYS = "always"
     ADDRESSED = "addressed"
     PUSH_TO_TALK = "push-to-talk"
-    ALL = (ALWAYS, ADDRESSED, PUSH_TO_TALK)
+    SCRIBE = "scribe"
+    ALL = (AUTO, ALWAYS, ADDRESSED, PUSH_TO_TALK, SCRIBE)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class TurnPolicy:
     """Decides which complete turns to answer, and keeps the queue of those waiting."""
 
     bot_names: tuple[str, ...]
-    mode: str = VoiceMode.ADDRESSED
+    mode: str = VoiceMode.AUTO
     wake_phrases: tuple[str, ...] = ()
     stale_after: float = 10.0  # seconds after the end of speech beyond which an answer would be late
     follow_up_window: float = 12.0  # seconds after the bot spoke with someone in which they need not name it
@@ -87,13 +91,26 @@ class TurnPolicy:
         now = self.clock()
         if self.mode == VoiceMode.ALWAYS:
             return True
+        if self.mode == VoiceMode.SCRIBE:
+            return False
         if self.mode == VoiceMode.PUSH_TO_TALK:
             return self._listening_until.get(user_id, 0.0) > now
-        return (
-            humans_present <= 1
-            or self.is_addressed(text)
-            or self._conversing_until.get(user_id, 0.0) > now
-        )
+        if self.mode == VoiceMode.AUTO and humans_present <= 1:
+            return True
+        return self.is_addressed(text) or self._conversing_until.get(user_id, 0.0) > now
+
+    def rule_now(self, humans_present: int) -> str:
+        """Which rule applies at this moment, in a few words (for ``/status``)."""
+        if self.mode == VoiceMode.AUTO:
+            if humans_present <= 1:
+                return "auto: one person here, answering without being named"
+            return f"auto: {humans_present} people here, answering only when named"
+        return {
+            VoiceMode.ALWAYS: "always: answering every turn",
+            VoiceMode.ADDRESSED: "addressed: answering only when named",
+            VoiceMode.PUSH_TO_TALK: "push-to-talk: answering people who asked to be heard",
+            VoiceMode.SCRIBE: "scribe: taking notes, answering nobody",
+        }.get(self.mode, self.mode)
 
     def open_listening_window(self, user_id: int, seconds: float = 30.0) -> None:
         """Push-to-talk: answer this person's turns for the next ``seconds``."""

@@ -1,0 +1,118 @@
+"""Echo guard: the bot's own words coming back through a listener's speakers are not a person.
+
+When someone listens on speakers instead of headphones, their microphone picks the bot up and
+Discord sends it back to us as that person's voice, 200–800 ms late and at another level. A
+recognizer then transcribes the bot's own sentence, and without a guard the bot barges in on itself
+or answers itself (people have reported seven self-answers in a row).
+
+The guard remembers what the bot said and when it was playing. A transcript is an echo when the
+person's speech overlapped the bot's playback (or began shortly after it ended, the delay of the
+echo path) and its words are, fuzzily, a run of the words the bot was saying then. Recognizers make
+small mistakes on echoed audio, so the match is on words with a tolerance, not on exact text.
+A person who repeats the bot's sentence on purpose a while after it stopped speaking is not dropped:
+only speech that began within ``max_delay`` of the bot's playback is compared.
+
+Synchronous and clock-injected, so tests drive it without asyncio.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+__all__ = ["EchoGuard", "words_of"]
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words without accents or punctuation (digits kept), for comparing transcripts."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    return re.findall(r"\w+", folded)
+
+
+@dataclass(frozen=True)
+class _Said:
+    words: tuple[str, ...]
+    started: float
+    ended: float
+
+
+class EchoGuard:
+    """Remembers the bot's recent speech and recognises it when it is heard back."""
+
+    def __init__(
+        self,
+        *,
+        max_delay: float = 2.0,
+        keep: float = 30.0,
+        min_match: float = 0.7,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_delay = max_delay  # speech starting this long after the bot stopped can still be echo
+        self.keep = keep  # seconds of the bot's speech remembered
+        self.min_match = min_match  # share of the heard words that must be found in the bot's words
+        self.clock = clock
+        self._said: deque[_Said] = deque()
+        self._playing_since: float | None = None
+        self.dropped = 0  # transcripts recognised as echo (finals and interims)
+
+    # ------------------------------------------------------------------ the bot's side
+
+    def playing(self) -> None:
+        """The bot started playing something (its words are recorded when :meth:`said` is called)."""
+        self._playing_since = self.clock()
+
+    def said(self, text: str, *, started: float | None = None, ended: float | None = None) -> None:
+        """The bot played ``text`` (all of it, or the part heard before it was stopped)."""
+        now = self.clock()
+        start = started if started is not None else (self._playing_since or now)
+        self._playing_since = None
+        words = tuple(words_of(text))
+        if words:
+            self._said.append(_Said(words, start, ended if ended is not None else now))
+        while self._said and self._said[0].ended < now - self.keep:
+            self._said.popleft()
+
+    # ------------------------------------------------------------------ the listener's side
+
+    def is_echo(self, text: str, *, speech_started: float | None) -> bool:
+        """Whether ``text``, heard from someone whose speech began at ``speech_started``, is the bot.
+
+        Counts it in :attr:`dropped` when it is.
+        """
+        heard = words_of(text)
+        if not heard:
+            return False
+        start = speech_started if speech_started is not None else self.clock()
+        candidates: list[str] = []
+        for said in self._said:
+            if said.started - 0.5 <= start <= said.ended + self.max_delay:
+                candidates.extend(said.words)
+        if self._playing_since is not None and start >= self._playing_since - 0.5 and self._said:
+            # Something is playing now whose text is not recorded yet: compare with the latest too.
+            candidates.extend(self._said[-1].words)
+        if not candidates or not self._matches(heard, candidates):
+            return False
+        self.dropped += 1
+        return True
+
+    def _matches(self, heard: list[str], said: list[str]) -> bool:
+        matcher = SequenceMatcher(None, said, heard, autojunk=False)
+        found = sum(block.size for block in matcher.get_matching_blocks())
+        if len(heard) == 1:
+            # One word is weak evidence; accept it only as an exact word of the bot's speech.
+            return found == 1 and len(heard[0]) > 2
+        # Near-misses of single words ("Lisbon" heard as "Lisbin") still count for most of a match.
+        fuzzy = 0
+        said_set = set(said)
+        for word in heard:
+            if word not in said_set and any(
+                SequenceMatcher(None, word, other).ratio() >= 0.75 for other in said_set
+            ):
+                fuzzy += 1
+        return (found + 0.8 * fuzzy) / len(heard) >= self.min_match

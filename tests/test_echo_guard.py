@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from bot.voice.echo import EchoGuard, words_of
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_words_fold_case_accents_and_punctuation() -> None:
+    assert words_of("Café, au LAIT!") == ["cafe", "au", "lait"]
+
+
+def test_the_bots_sentence_heard_back_late_and_misrecognised_is_echo() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing()
+    clock.now += 2.5
+    guard.said("The weather in Lisbon is sunny and warm today.")
+    # Echo: the listener's microphone began hearing it 400 ms after the bot began.
+    assert guard.is_echo("the weather in lisbin is sunny and warm", speech_started=1000.4)
+    assert guard.is_echo("sunny and warm today", speech_started=1002.0)
+    assert guard.dropped == 2
+
+
+def test_something_else_said_over_the_bot_is_not_echo() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing()
+    clock.now += 2.0
+    guard.said("I think you should try the park by the river.")
+    assert not guard.is_echo("no I think you are wrong about that", speech_started=1000.5)
+    assert not guard.is_echo("stop", speech_started=1000.5)
+    assert guard.dropped == 0
+
+
+def test_repeating_the_bot_on_purpose_later_is_not_echo() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing()
+    clock.now += 2.0
+    guard.said("The meeting is at nine tomorrow.")
+    clock.now += 6.0
+    assert not guard.is_echo("the meeting is at nine tomorrow", speech_started=clock.now - 1.5)
+
+
+def test_echo_of_a_sentence_still_playing_is_caught() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing()
+    clock.now += 1.0
+    guard.said("First sentence about the harbour.")
+    guard.playing()  # the second sentence is playing; its text is recorded when it ends
+    assert guard.is_echo("first sentence about the harbour", speech_started=clock.now + 0.2)
+
+
+def test_old_speech_is_forgotten() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock, keep=30)
+    guard.said("An old sentence nobody will echo.", started=900.0, ended=901.0)
+    clock.now += 100
+    guard.said("A new one.")
+    assert not guard.is_echo("an old sentence nobody will echo", speech_started=901.2)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from audio.stt.invented import KNOWN_PHRASES, InventedTextFilter
+
+
+def test_known_closing_lines_in_every_language_are_dropped() -> None:
+    flt = InventedTextFilter()
+    short = {"thank you", "thanks", "you", "bye", "bye bye", "danke", "tschüss", "merci", "gracias",
+             "obrigado", "grazie"}
+    for lang, phrases in KNOWN_PHRASES.items():
+        for phrase in phrases:
+            if phrase not in short:
+                assert flt.check(phrase.capitalize() + "!") == "phrase", (lang, phrase)
+    assert flt.check("Thank you for watching!") == "phrase"
+    assert flt.check("Thanks for watching. Please subscribe.") == "phrase"
+    assert flt.check("Untertitel im Auftrag des ZDF") == "phrase"
+    assert flt.check("ご視聴ありがとうございました") == "phrase"
+    assert flt.check("Sous-titres réalisés par la communauté d'Amara.org") == "phrase"
+    assert flt.dropped["phrase"] >= 5
+
+
+def test_real_speech_containing_the_words_is_kept() -> None:
+    flt = InventedTextFilter()
+    assert flt.check("Thank you for watching the kids yesterday") is None
+    assert flt.check("Can you tell me about Lisbon?") is None
+    assert flt.check("Thanks", confidence=0.95) is None  # a plain, confident answer
+    assert flt.check("yes", confidence=None) is None
+    assert sum(flt.dropped.values()) == 0
+
+
+def test_unsure_single_words_and_non_speech_are_dropped() -> None:
+    flt = InventedTextFilter(min_word_confidence=0.5, min_speech_ratio=0.1)
+    assert flt.check("you", confidence=0.2) == "low_confidence"
+    assert flt.check("Hmm.", confidence=0.3) == "low_confidence"
+    assert flt.check("what a lovely day", speech_ratio=0.02) == "non_speech"
+    assert flt.dropped == {"low_confidence": 2, "non_speech": 1}
+
+
+@given(st.text(max_size=200))
+def test_never_raises(text: str) -> None:
+    InventedTextFilter().check(text, confidence=0.4, speech_ratio=0.5)
