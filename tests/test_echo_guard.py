@@ -18,7 +18,7 @@ def test_words_fold_case_accents_and_punctuation() -> None:
 def test_the_bots_sentence_heard_back_late_and_misrecognised_is_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing()
+    guard.playing("The weather in Lisbon is sunny and warm today.")
     clock.now += 2.5
     guard.said("The weather in Lisbon is sunny and warm today.")
     # Echo: the listener's microphone began hearing it 400 ms after the bot began.
@@ -30,7 +30,7 @@ def test_the_bots_sentence_heard_back_late_and_misrecognised_is_echo() -> None:
 def test_something_else_said_over_the_bot_is_not_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing()
+    guard.playing("I think you should try the park by the river.")
     clock.now += 2.0
     guard.said("I think you should try the park by the river.")
     assert not guard.is_echo("no I think you are wrong about that", speech_started=1000.5)
@@ -41,7 +41,7 @@ def test_something_else_said_over_the_bot_is_not_echo() -> None:
 def test_repeating_the_bot_on_purpose_later_is_not_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing()
+    guard.playing("The meeting is at nine tomorrow.")
     clock.now += 2.0
     guard.said("The meeting is at nine tomorrow.")
     clock.now += 6.0
@@ -51,11 +51,13 @@ def test_repeating_the_bot_on_purpose_later_is_not_echo() -> None:
 def test_echo_of_a_sentence_still_playing_is_caught() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing()
+    guard.playing("First sentence about the harbour.")
     clock.now += 1.0
     guard.said("First sentence about the harbour.")
-    guard.playing()  # the second sentence is playing; its text is recorded when it ends
+    guard.playing("And a second one about the boats.")
     assert guard.is_echo("first sentence about the harbour", speech_started=clock.now + 0.2)
+    clock.now += 0.5
+    assert guard.is_echo("and a", speech_started=clock.now - 0.1)  # the echo of what plays now
 
 
 def test_old_speech_is_forgotten() -> None:
@@ -65,3 +67,15 @@ def test_old_speech_is_forgotten() -> None:
     clock.now += 100
     guard.said("A new one.")
     assert not guard.is_echo("an old sentence nobody will echo", speech_started=901.2)
+
+
+def test_one_word_is_echo_only_while_the_bot_talks() -> None:
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing("Please try again later.")
+    clock.now += 0.5
+    assert guard.is_echo("please", speech_started=1000.3)  # the first interim of an echo
+    clock.now += 1.5
+    guard.said("Please try again later.")
+    assert guard.is_echo("again", speech_started=1001.5)  # the first interim of an echo
+    assert not guard.is_echo("again", speech_started=1002.5)  # a person asking right after

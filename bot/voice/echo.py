@@ -58,20 +58,21 @@ class EchoGuard:
         self.min_match = min_match  # share of the heard words that must be found in the bot's words
         self.clock = clock
         self._said: deque[_Said] = deque()
-        self._playing_since: float | None = None
+        self._playing: _Said | None = None  # the sentence playing now (its end still open)
         self.dropped = 0  # transcripts recognised as echo (finals and interims)
 
     # ------------------------------------------------------------------ the bot's side
 
-    def playing(self) -> None:
-        """The bot started playing something (its words are recorded when :meth:`said` is called)."""
-        self._playing_since = self.clock()
+    def playing(self, text: str) -> None:
+        """The bot started playing ``text``."""
+        now = self.clock()
+        self._playing = _Said(tuple(words_of(text)), now, now)
 
     def said(self, text: str, *, started: float | None = None, ended: float | None = None) -> None:
-        """The bot played ``text`` (all of it, or the part heard before it was stopped)."""
+        """The bot finished playing: ``text`` is all of it, or the part heard before it was stopped."""
         now = self.clock()
-        start = started if started is not None else (self._playing_since or now)
-        self._playing_since = None
+        start = started if started is not None else (self._playing.started if self._playing else now)
+        self._playing = None
         words = tuple(words_of(text))
         if words:
             self._said.append(_Said(words, start, ended if ended is not None else now))
@@ -88,25 +89,29 @@ class EchoGuard:
         heard = words_of(text)
         if not heard:
             return False
-        start = speech_started if speech_started is not None else self.clock()
+        now = self.clock()
+        start = speech_started if speech_started is not None else now
+        spans = list(self._said)
+        if self._playing is not None:
+            spans.append(_Said(self._playing.words, self._playing.started, now))
         candidates: list[str] = []
-        for said in self._said:
+        during = False  # the person's speech began while the bot was still talking
+        for said in spans:
             if said.started - 0.5 <= start <= said.ended + self.max_delay:
                 candidates.extend(said.words)
-        if self._playing_since is not None and start >= self._playing_since - 0.5 and self._said:
-            # Something is playing now whose text is not recorded yet: compare with the latest too.
-            candidates.extend(self._said[-1].words)
-        if not candidates or not self._matches(heard, candidates):
+                during = during or start <= said.ended
+        if not candidates or not self._matches(heard, candidates, during=during):
             return False
         self.dropped += 1
         return True
 
-    def _matches(self, heard: list[str], said: list[str]) -> bool:
+    def _matches(self, heard: list[str], said: list[str], *, during: bool) -> bool:
         matcher = SequenceMatcher(None, said, heard, autojunk=False)
         found = sum(block.size for block in matcher.get_matching_blocks())
         if len(heard) == 1:
-            # One word is weak evidence; accept it only as an exact word of the bot's speech.
-            return found == 1 and len(heard[0]) > 2
+            # One word is weak evidence (a recognizer's first interim of an echo, or a person's
+            # "again?" right after the bot): echo only when it began while the bot was talking.
+            return during and found == 1
         # Near-misses of single words ("Lisbon" heard as "Lisbin") still count for most of a match.
         fuzzy = 0
         said_set = set(said)

@@ -24,9 +24,11 @@ from typing import Protocol
 from audio.playback import Speaker, Utterance, spoken_prefix
 from audio.speech import SentenceSplitter, normalize_for_speech
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
+from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming
 from bot.memory import Memory, Modality, Turn
+from bot.voice.echo import EchoGuard
 from bot.voice.turns import PendingTurn, TurnPolicy
 
 __all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession", "Participant"]
@@ -122,6 +124,7 @@ class Participant:
     reader: asyncio.Task[None] | None = None
     finals: list[str] = field(default_factory=list)
     speaking: bool = False
+    started_at: float | None = None  # when the current (or last) stretch of speech began
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
@@ -188,6 +191,10 @@ class VoiceSession:
         # Called with every complete turn heard (answered or not); for `voicebot simulate` and tests.
         self.on_turn: Callable[[PendingTurn], None] | None = None
         self._changed = asyncio.Event()  # set on every change that can make the session settled
+        # The bot's own voice heard back through someone's speakers, and text the recognizer made up:
+        # neither barges in nor becomes a turn; both are counted.
+        self.echo = EchoGuard(clock=clock)
+        self.invented = InventedTextFilter()
 
     # ------------------------------------------------------------------ state, for simulate and tests
 
@@ -219,6 +226,7 @@ class VoiceSession:
             return
         person = self._participant(user_id)
         person.speaking = True
+        person.started_at = self.clock()
         self._ensure_stream(person)
         self._touch()
 
@@ -301,6 +309,14 @@ class VoiceSession:
 
     def _on_transcript(self, person: Participant, transcript: Transcript) -> None:
         text = transcript.text.strip()
+        if text and self.echo.is_echo(text, speech_started=person.started_at):
+            log.info("dropped the bot's own voice heard back from %s", person.user_id, extra={"room": self.room})
+            text = ""
+        elif text and transcript.is_final:
+            reason = self.invented.check(text, confidence=transcript.confidence)
+            if reason is not None:
+                log.info("dropped invented text (%s) from %s", reason, person.user_id, extra={"room": self.room})
+                text = ""
         if not transcript.is_final:
             if text and self._talking_over(person):
                 self._barge(person)
@@ -463,10 +479,13 @@ class VoiceSession:
             return None
         self._speaking = True
         self._speaking_since = self.clock()
+        self.echo.playing(text)
+        result: PlayResult | None = None
         try:
             result = await self.out.play(text, audio.chunks(), fmt)
         finally:
             self._speaking = False
+            self.echo.said(text if result is None else spoken_prefix(text, result.fraction))
             self._touch()
             audio.cancel()
         if timing is not None and timing.first_frame is None and result.first_frame_at is not None:
