@@ -21,7 +21,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import davey
 import discord.opus
@@ -173,6 +173,7 @@ class Participant:
         self._timestamp = self._rng.randrange(0, 1 << 32)
         self._speak_lock = asyncio.Lock()
         self._pending_sends: set[asyncio.TimerHandle] = set()
+        self._echo: _Echo | None = None
 
     def __repr__(self) -> str:
         return f"<Participant {self.name!r} user_id={self.user_id} ssrc={self.ssrc}>"
@@ -282,6 +283,8 @@ class Participant:
             utterance = self._current[user_id] = HeardUtterance(user_id, ssrc, at, timestamp)
         utterance.frames.append((self._extend_seq(ssrc, seq), opus))
         utterance.last_packet_at = at
+        if self._echo is not None and self._echo.source == user_id and opus != OPUS_SILENCE:
+            self._echo.heard(opus)
         old = self._gap_timers.pop(user_id, None)
         if old is not None:
             old.cancel()
@@ -319,6 +322,35 @@ class Participant:
         """Wait until ``count`` complete utterances have been heard; return the ``count``-th."""
         await self._wait(lambda: len(self.heard) >= count, timeout)
         return self.heard[count - 1]
+
+    # --- echo: a listener whose microphone hears their speakers -----------------------------------
+
+    def echo(self, source_user_id: int, *, delay: float = 0.4, gain: float = 0.5) -> None:
+        """Play what ``source_user_id`` says back into the call, ``delay`` seconds late and scaled by
+        ``gain``, as a person listening on speakers does; :meth:`stop_echo` ends it."""
+        self._echo = _Echo(self, source_user_id, delay, gain)
+
+    def stop_echo(self) -> None:
+        if self._echo is not None:
+            self._echo.close()
+        self._echo = None
+
+    @property
+    def echoed_frames(self) -> int:
+        return self._echo.sent if self._echo is not None else 0
+
+    def _send_now(self, opus: bytes) -> bool:
+        """Send one frame with the next sequence number and timestamp (echo path)."""
+        call = self.call
+        if call is None:
+            return False
+        seq, ts = self._seq, self._timestamp
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        frame = self._protect(opus)
+        if frame is None:
+            return False
+        return self._send(call, seq, ts, frame) > 0
 
     # --- speaking ---------------------------------------------------------------------------------
 
@@ -423,6 +455,7 @@ class Participant:
 
     def detach(self) -> None:
         """Stop everything tied to the current call (leaving the channel)."""
+        self.stop_echo()
         self.call = None
         for handle in self._pending_sends:
             handle.cancel()
@@ -430,3 +463,72 @@ class Participant:
         for user_id in list(self._current):
             self._finish(user_id)
         self.dave_reset()
+
+
+class _Echo:
+    """Decodes what one member says, scales it, and sends it back on a delay from ``owner``.
+
+    Frames are re-encoded one by one on the event loop (about half a millisecond each) and sent
+    by timers, so the echo keeps the source's 20 ms pacing; SPEAKING goes on with the first echoed
+    frame and off once the echo has been quiet for :data:`UTTERANCE_GAP`.
+    """
+
+    def __init__(self, owner: Participant, source: int, delay: float, gain: float) -> None:
+        load_libopus()
+        self.owner = owner
+        self.source = source
+        self.delay = delay
+        self.gain = gain
+        self.sent = 0
+        self._decoder = discord.opus.Decoder()
+        self._encoder = discord.opus.Encoder()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._quiet: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._speaking = False
+
+    def heard(self, opus: bytes) -> None:
+        pcm = np.frombuffer(self._decoder.decode(opus), dtype="<i2").astype(np.float32) * self.gain
+        frame = self._encoder.encode(np.clip(pcm, -32768, 32767).astype("<i2").tobytes(), FRAME_SAMPLES)
+        loop = asyncio.get_running_loop()
+
+        def send() -> None:
+            self._timers.discard(handle)
+            self._send(frame)
+
+        handle = loop.call_later(self.delay, send)
+        self._timers.add(handle)
+
+    def _send(self, frame: bytes) -> None:
+        call = self.owner.call
+        if call is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._speaking:
+            self._speaking = True
+            self._spawn(call.speaking(self.owner, 1))
+        if self.owner._send_now(frame):
+            self.sent += 1
+        if self._quiet is not None:
+            self._quiet.cancel()
+        self._quiet = loop.call_later(UTTERANCE_GAP, self._silent)
+
+    def _silent(self) -> None:
+        self._quiet = None
+        call = self.owner.call
+        if self._speaking and call is not None:
+            self._spawn(call.speaking(self.owner, 0))
+        self._speaking = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="loopback-echo-speaking")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        if self._quiet is not None:
+            self._quiet.cancel()
+            self._quiet = None

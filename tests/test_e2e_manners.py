@@ -1,0 +1,89 @@
+"""A good guest in a room of people, end to end on the loopback Discord with real audio.
+
+The bot runs unchanged (local faster-whisper, espeak-ng, the built-in ELIZA); a listener who plays
+the bot back into the call through their speakers is a participant that echoes the bot's audio
+with a delay and a level change. Every wait is on state (the session settled), never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from audio.native import load_libopus
+from bot.providers import local_stt_available
+from bot.settings import load_settings
+from bot.simulate import running_bot
+from bot.voice.turns import VoiceMode
+
+SETTLE = 60.0
+MORNING = "Good morning, can you hear me?"
+
+needs_whisper = pytest.mark.skipif(not local_stt_available(), reason="faster-whisper is not installed")
+
+
+@pytest.fixture(scope="module")
+def morning_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import wave
+
+    from tests.speech_samples import espeak_pcm
+
+    pcm, rate = espeak_pcm(MORNING)
+    path = tmp_path_factory.mktemp("speech") / "morning.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _opus() -> None:
+    load_libopus()
+
+
+@needs_whisper
+@pytest.mark.parametrize(("mode", "delay", "gain"), [
+    (VoiceMode.AUTO, 0.2, 0.8),
+    (VoiceMode.ALWAYS, 0.5, 0.5),
+    (VoiceMode.ADDRESSED, 0.8, 1.0),
+    (VoiceMode.PUSH_TO_TALK, 0.4, 0.6),
+    (VoiceMode.SCRIBE, 0.4, 0.6),
+])
+async def test_a_listener_on_speakers_never_makes_the_bot_answer_itself(
+        mode: str, delay: float, gain: float, morning_wav: Path) -> None:
+    # "good morning" is a wake phrase, so Alice addresses the bot in every mode that needs it.
+    settings = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "local", "TTS_ENGINE": "espeak",
+                              "VOICE_MODE": mode, "WAKE_PHRASES": "good morning"}, env_file=None)
+    async with running_bot(settings, ["Alice", "Eddie"]) as lb:
+        alice, eddie = lb.members["Alice"], lb.members["Eddie"]
+        pa = await alice.join_voice(lb.voice)
+        pe = await eddie.join_voice(lb.voice)
+        await lb.command(alice, "join")
+        await lb.wait_dave_group([alice, eddie])
+        session = lb.manager.session(lb.guild.id)
+        assert session is not None and session.policy.mode == mode
+        if mode == VoiceMode.PUSH_TO_TALK:
+            assert "listening" in await lb.command(alice, "listen")
+        pe.echo(lb.discord.bot_user_id, delay=delay, gain=gain)
+        turns: list = []
+        session.on_turn = turns.append
+
+        await pa.speak_wav(morning_wav)
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+
+        assert [t.name for t in turns] == ["Alice"], turns  # the echo never became a turn
+        if mode == VoiceMode.SCRIBE:
+            assert session.timings == [] and pe.echoed_frames == 0  # notes only: nothing said
+        else:
+            assert len(session.timings) == 1, session.timings  # one answer, to Alice, none to itself
+            timing = session.timings[0]
+            assert timing.user_id == pa.user_id and timing.reply and not timing.interrupted, timing
+            assert pe.echoed_frames > 25  # the bot really was played back into the call
+            assert session.echo.dropped >= 1
+        pe.stop_echo()
+        await lb.command(alice, "leave")
+    assert lb.discord.problems == []
