@@ -211,9 +211,10 @@ class VoiceCog(commands.Cog, name="Voice"):
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @manage_server_check
-    @app_commands.describe(mode="always: answer everything; addressed: when named; push-to-talk: when asked")
+    @app_commands.describe(mode="auto: anyone when alone, else when named; always; addressed: when named; "
+                                "push-to-talk: when asked; scribe: notes only")
     async def mode(self, interaction: discord.Interaction,
-                   mode: Literal["always", "addressed", "push-to-talk"]) -> None:
+                   mode: Literal["auto", "always", "addressed", "push-to-talk", "scribe"]) -> None:
         """Choose when I answer in voice in this server (needs Manage Server)."""
         assert interaction.guild_id is not None
         try:

@@ -257,6 +257,7 @@ async def test_join_status_say_and_leave(discord_: LocalDiscord, monkeypatch: py
 
         status = await h.command(h.alice, "status")
         assert "Lounge" in status and "DAVE" in status and "Packets:" in status and "Last turn" in status
+        assert "Right now:** auto: one person here" in status  # which rule the room puts in force
 
         assert await h.command(h.alice, "say", {"text": "Hello there, everyone."}) == "Said it."
         assert h.outs[-1].played == ["Hello there, everyone."]
@@ -345,9 +346,12 @@ async def test_mode_needs_manage_server(discord_: LocalDiscord, monkeypatch: pyt
     h = _seed(discord_)
     async with running_bot(h, monkeypatch):
         assert "Manage Server" in await h.command(h.alice, "mode", {"mode": "always"})
-        assert h.manager.guild_settings.get(h.guild.id).mode == "addressed"
+        assert h.manager.guild_settings.get(h.guild.id).mode == "auto"
         assert "Mode set to **push-to-talk**" in await h.command(h.boss, "mode", {"mode": "push-to-talk"})
         assert h.manager.guild_settings.get(h.guild.id).mode == "push-to-talk"
+        assert "only taking notes" in await h.command(h.boss, "mode", {"mode": "scribe"})
+        assert "Mode set to **auto**" in await h.command(h.boss, "mode", {"mode": "auto"})
+        assert "Mode set to **push-to-talk**" in await h.command(h.boss, "mode", {"mode": "push-to-talk"})
         # /voice set is admin-only too; /voice list is for everyone
         assert "Manage Server" in await h.command(h.alice, "voice set", {"voice": "Rachel"})
         assert "Rachel" in await h.command(h.alice, "voice list")

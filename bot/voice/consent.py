@@ -90,7 +90,12 @@ def mode_explanation(mode: str, bot_name: str) -> str:
         return f"{bot_name} answers everything said in the channel."
     if mode == VoiceMode.PUSH_TO_TALK:
         return f"{bot_name} answers only people who press **Talk to {bot_name}** (or use `/listen`) first."
-    return f"{bot_name} answers when someone says its name, or when you're alone with it."
+    if mode == VoiceMode.ADDRESSED:
+        return f"{bot_name} answers when someone says its name."
+    if mode == VoiceMode.SCRIBE:
+        return (f"{bot_name} is only taking notes: it answers nobody, keeps a transcript of who said what "
+                f"(`/transcript`), and posts a summary when it leaves.")
+    return f"{bot_name} answers when someone says its name, or anything you say when you're alone with it."
 
 
 def consent_notice(
@@ -133,6 +138,8 @@ def channel_status(bot_name: str, *, mode: str) -> str:
     """The short voice channel status shown under the channel name (Discord allows 500 characters)."""
     if mode == VoiceMode.PUSH_TO_TALK:
         text = f"🎙️ {bot_name} listens when asked (push-to-talk) · /optout to opt out"
+    elif mode == VoiceMode.SCRIBE:
+        text = f"📝 {bot_name} is taking notes · /optout to opt out"
     else:
         text = f"🎙️ {bot_name} is listening · /optout to opt out"
     return _clip(text, CHANNEL_STATUS_LIMIT)
@@ -158,6 +165,8 @@ class ConnectionStatus:
     server_muted: bool
     can_speak: bool
     breakdown: Mapping[str, float | None] | None  # the last turn's latency breakdown in ms
+    rule: str | None = None  # which answering rule applies right now (auto mode changes with the room)
+    ignored: Mapping[str, int] | None = None  # transcripts dropped: echo of the bot, invented text
 
 
 def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
@@ -202,6 +211,13 @@ def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot
             lines.append(f"**Packets:** {status.received} received, {status.decrypted} decrypted, {dropped} dropped"
                          + (f" ({detail})" if detail else ""))
         lines.append(f"**Mode:** {status.mode}. {mode_explanation(status.mode, bot_name)}")
+        if status.rule:
+            lines.append(f"**Right now:** {status.rule}")
+        if status.ignored and any(status.ignored.values()):
+            labels = {"echo": "my own voice heard back", "phrase": "invented phrases",
+                      "non_speech": "noise read as words", "low_confidence": "unsure single words"}
+            lines.append("**Ignored:** " + ", ".join(f"{n} × {labels.get(k, k)}"
+                                                     for k, n in sorted(status.ignored.items()) if n))
         lines.append(f"**Listening to:** {status.listeners} "
                      f"{'person' if status.listeners == 1 else 'people'}"
                      + (f" ({status.opted_out_present} opted out, not heard)" if status.opted_out_present else ""))

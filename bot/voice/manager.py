@@ -351,6 +351,8 @@ class VoiceManager:
             server_muted=bool(me.voice and me.voice.mute),
             can_speak=can_speak_in(gv.channel, me),
             breakdown=timing.breakdown_ms() if timing is not None else None,
+            rule=gv.session.policy.rule_now(len(humans)),
+            ignored={"echo": gv.session.echo.dropped, **gv.session.invented.dropped},
         )
 
     # ------------------------------------------------------------------ join / move / leave
