@@ -137,6 +137,14 @@ class Memory:
         )
         return [_row_to_turn(r) for r in reversed(rows)]
 
+    def since(self, room: str, created_after: float, limit: int) -> list[Turn]:
+        """Up to the last ``limit`` turns in ``room`` stored after ``created_after`` (epoch seconds), oldest first."""
+        rows = self.db.query(
+            "SELECT * FROM turns WHERE room = ? AND created_at >= ? ORDER BY id DESC LIMIT ?",
+            (room, created_after, limit),
+        )
+        return [_row_to_turn(r) for r in reversed(rows)]
+
     def count(self, room: str | None = None) -> int:
         """How many turns are stored (in ``room``, or everywhere)."""
         if room is None:

@@ -6,6 +6,7 @@ translates commands into manager calls and answers (errors always ephemeral, slo
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import TYPE_CHECKING, Literal
 
@@ -156,9 +157,34 @@ class VoiceCog(commands.Cog, name="Voice"):
             await self._answer(interaction, "I'm not in a voice channel in this server.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        left = await self.manager.leave(interaction.guild_id, reason=f"/leave by {interaction.user.id}")
+        left = await self.manager.leave(interaction.guild_id, reason=f"/leave by {interaction.user.id}", notes=True)
         await self._answer(interaction, "Left the voice channel. I'm no longer listening." if left
                            else "I'm not in a voice channel in this server.")
+
+    @app_commands.command(name="transcript")
+    @app_commands.guild_only()
+    @guild_only_check
+    async def transcript(self, interaction: discord.Interaction) -> None:
+        """Get the transcript of the current voice call as a file (for people in the call)."""
+        assert interaction.guild_id is not None
+        try:
+            gv = self.manager.connection(interaction.guild_id)
+            if gv is None:
+                raise VoiceCommandError("I'm not in a voice channel in this server, so there is no call to transcribe.")
+            member = self._caller(interaction)
+            in_call = member.voice is not None and member.voice.channel is not None \
+                and member.voice.channel.id == gv.channel.id
+            if not in_call and not interaction.permissions.manage_guild:
+                raise VoiceCommandError(f"The transcript is for the people in {gv.channel.mention}; join it first.")
+            data, name, cut = self.manager.transcript(interaction.guild_id)
+        except VoiceCommandError as exc:
+            await self._answer(interaction, str(exc))
+            return
+        note = "Here's the transcript of this call so far."
+        if cut:
+            note += " Its first part is left out: the whole would be larger than Discord accepts."
+        await interaction.response.send_message(note, file=discord.File(io.BytesIO(data), filename=name),
+                                                ephemeral=True)
 
     # ------------------------------------------------------------------ speaking
 

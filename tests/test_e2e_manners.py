@@ -87,3 +87,38 @@ async def test_a_listener_on_speakers_never_makes_the_bot_answer_itself(
         pe.stop_echo()
         await lb.command(alice, "leave")
     assert lb.discord.problems == []
+
+
+@needs_whisper
+async def test_scribe_answers_nobody_and_its_transcript_and_notes_arrive(morning_wav: Path) -> None:
+    settings = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "local", "TTS_ENGINE": "espeak",
+                              "VOICE_MODE": "scribe"}, env_file=None)
+    async with running_bot(settings, ["Alice", "Bob"]) as lb:
+        alice, bob = lb.members["Alice"], lb.members["Bob"]
+        pa, pb = await alice.join_voice(lb.voice), await bob.join_voice(lb.voice)
+        await lb.command(alice, "join")
+        notice = await lb.discord.wait_bot_message(lb.voice, contains="/optout")
+        assert "taking notes" in notice.content
+        await lb.wait_dave_group([alice, bob])
+        session = lb.manager.session(lb.guild.id)
+        assert session is not None
+        await pa.speak_wav(morning_wav)
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        await pb.speak_wav(morning_wav)
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        assert session.timings == []  # nobody was answered
+        assert not [u for u in pa.heard + pb.heard if u.user_id == lb.discord.bot_user_id]
+
+        handle = await alice.invoke_command("transcript", channel=lb.text)
+        assert "transcript" in await handle.wait_text(timeout=30)
+        [data] = handle.original.attachment_data
+        lines = data.decode().splitlines()
+        spoken = [line for line in lines if line.startswith("[")]
+        assert [line.split("] ")[1].split(":")[0] for line in spoken] == ["Alice", "Bob"], lines
+        assert all("morning" in line.lower() for line in spoken), lines
+
+        assert "Left" in await lb.command(alice, "leave", timeout=60)
+        notes = await lb.discord.wait_bot_message(lb.voice, contains="Notes from")
+        [posted] = notes.attachment_data
+        assert posted.count(b"] Alice: ") == 1 and posted.count(b"] Bob: ") == 1
+    assert lb.discord.problems == []

@@ -14,8 +14,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +38,7 @@ __all__ = ["RestAPI", "MESSAGE_LIMIT", "INTERACTION_RESPONSE_TYPES"]
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000  # characters of content in one message
+ATTACHMENT_LIMIT = 10 * 1024 * 1024  # bytes of files in one message (a guild without boosts)
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 # Interaction callback types: 4 message, 5 deferred message, 6 deferred update, 7 update message,
@@ -58,6 +59,7 @@ class Call:
     params: dict[str, str]
     body: Any
     files: list[str]
+    file_data: list[bytes] = field(default_factory=list)  # the uploaded bytes, in ``files`` order
 
 
 class DiscordHTTPError(Exception):
@@ -195,35 +197,39 @@ class RestAPI:
             response.force_close()
             return response
         try:
-            body, files = await self._read_body(request)
-            call = Call(request, method, route, match.groupdict(), body, files)
+            body, files, data = await self._read_body(request)
+            call = Call(request, method, route, match.groupdict(), body, files, data)
             self.world.events.append("rest", route=route, path=path, params=call.params, body=body)
             return await handler(call)
         except DiscordHTTPError as exc:
             return _json_response(exc.payload(), status=exc.status, headers=self._headers(route))
 
-    async def _read_body(self, request: web.Request) -> tuple[Any, list[str]]:
+    async def _read_body(self, request: web.Request) -> tuple[Any, list[str], list[bytes]]:
         if not request.can_read_body:
-            return None, []
+            return None, [], []
         ctype = request.content_type
         if ctype == "application/json":
             try:
-                return await request.json(), []
+                return await request.json(), [], []
             except json.JSONDecodeError:
                 raise DiscordHTTPError(400, 50109, "The request body contains invalid JSON.") from None
         if ctype.startswith("multipart/"):
             body: Any = None
             files: list[str] = []
+            data: list[bytes] = []
             reader = await request.multipart()
             async for part in reader:
                 if part.name == "payload_json":  # type: ignore[union-attr]
                     body = json.loads(await part.text())  # type: ignore[union-attr]
                 else:
                     files.append(part.filename or part.name or "file")  # type: ignore[union-attr]
-                    await part.read()  # type: ignore[union-attr]
-            return body, files
+                    data.append(bytes(await part.read()))  # type: ignore[union-attr]
+            if sum(len(d) for d in data) > ATTACHMENT_LIMIT:
+                # Discord answers an upload over the guild's limit with 413 and code 40005.
+                raise DiscordHTTPError(413, 40005, "Request entity too large")
+            return body, files, data
         await request.read()
-        return None, []
+        return None, [], []
 
     def _json(self, call: Call, payload: Any, status: int = 200) -> web.Response:
         return _json_response(payload, status=status, headers=self._headers(call.route))
@@ -387,7 +393,8 @@ class RestAPI:
         self._deadline_handles.clear()
 
     def _new_message(self, *, channel: Channel, content: str, body: dict[str, Any], files: list[str],
-                     interaction: Interaction | None = None, webhook: bool = False) -> Message:
+                     interaction: Interaction | None = None, webhook: bool = False,
+                     file_data: Sequence[bytes] = ()) -> Message:
         self._check_content(content, body, files, field="content")
         mentions = self._mentions(content, body.get("allowed_mentions"), channel)
         message = Message(
@@ -404,6 +411,7 @@ class RestAPI:
             webhook_id=self.world.application_id if webhook else None,
             attachments=files,
         )
+        message.attachment_data = list(file_data)
         self.world.messages[message.id] = message
         return message
 
@@ -470,7 +478,7 @@ class RestAPI:
         channel = self.world.channels[interaction.channel_id]
         if rtype == 4:
             message = self._new_message(channel=channel, content=str(data.get("content") or ""), body=data,
-                                        files=call.files, interaction=interaction, webhook=True)
+                                        files=call.files, file_data=call.file_data, interaction=interaction, webhook=True)
         elif rtype == 5:
             # The "thinking" placeholder: an empty loading message the follow-up edit fills in.
             message = Message(self.world.snowflakes.next(), channel.id, channel.guild_id, self.world.bot, "",
@@ -532,7 +540,7 @@ class RestAPI:
         body = call.body or {}
         channel = self.world.channels[interaction.channel_id]
         message = self._new_message(channel=channel, content=str(body.get("content") or ""), body=body,
-                                    files=call.files, interaction=interaction, webhook=True)
+                                    files=call.files, file_data=call.file_data, interaction=interaction, webhook=True)
         interaction.followup_ids.append(message.id)
         if not message.flags & EPHEMERAL:
             self._dispatch("MESSAGE_CREATE", message_payload(message, self.world))
@@ -607,7 +615,7 @@ class RestAPI:
             else:
                 reference_id = ref_id
         message = self._new_message(channel=channel, content=str(body.get("content") or ""), body=body,
-                                    files=call.files)
+                                    files=call.files, file_data=call.file_data)
         message.reference_id = reference_id
         payload = message_payload(message, self.world)
         self._dispatch("MESSAGE_CREATE", payload)

@@ -43,7 +43,7 @@ from aiohttp import web
 
 from bot.loopback.gateway import GatewaySession, MainGateway
 from bot.loopback.participant import Participant, ParticipantOptions
-from bot.loopback.rest import RestAPI, new_interaction_token
+from bot.loopback.rest import ATTACHMENT_LIMIT, RestAPI, new_interaction_token
 from bot.loopback.state import (
     Channel,
     ChannelType,
@@ -293,7 +293,9 @@ class LocalDiscord:
         if directory is None:
             directory = self._own_directory = Path(tempfile.mkdtemp(prefix="loopback-discord-"))
         self.tls = await asyncio.get_running_loop().run_in_executor(None, make_tls_material, directory)
-        app = web.Application()
+        # Room for a full-size upload, so an oversized one gets Discord's own error from the REST
+        # handler rather than aiohttp's.
+        app = web.Application(client_max_size=ATTACHMENT_LIMIT + (1 << 20))
         self.rest.register(app)
         self.gateway.register(app)
         self.voice.register(app)

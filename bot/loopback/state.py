@@ -186,7 +186,8 @@ class Message:
     webhook_id: int | None = None
     edited_at: float | None = None
     deleted: bool = False
-    attachments: list[str] = field(default_factory=list)  # file names only
+    attachments: list[str] = field(default_factory=list)  # file names
+    attachment_data: list[bytes] = field(default_factory=list)  # their bytes, in the same order
 
 
 @dataclass

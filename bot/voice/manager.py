@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
@@ -39,6 +41,7 @@ from bot.voice.consent import (
 )
 from audio.native import NativeLibraryError, load_libopus
 from bot.voice.guilds import GuildSettingsStore, GuildVoiceSettings, OptOutList
+from bot.voice.scribe import call_transcript, render_transcript, summarize
 from bot.voice.session import AudioOut, PlayResult, VoiceSession
 from bot.voice.turns import TurnPolicy, VoiceMode
 
@@ -206,6 +209,7 @@ class GuildVoice:
     sink: PipelineSink
     out: GuardedOut
     joined_at: float = field(default_factory=time.monotonic)
+    joined_wall: float = field(default_factory=time.time)  # epoch seconds, for the call's transcript
     notice: discord.Message | None = None
     status_set: bool = False
     idle_task: asyncio.Task[None] | None = None
@@ -384,10 +388,53 @@ class VoiceManager:
             await self._connect(channel)
             return JoinOutcome.JOINED
 
-    async def leave(self, guild_id: int, *, reason: str = "asked to leave") -> bool:
-        """Leave the guild's voice channel and release everything. Returns False if not in voice."""
+    async def leave(self, guild_id: int, *, reason: str = "asked to leave", notes: bool = False) -> bool:
+        """Leave the guild's voice channel and release everything. Returns False if not in voice.
+
+        With ``notes`` (``/leave``, or leaving an empty channel) a note-taking bot then posts the
+        call's transcript and summary in the channel's chat.
+        """
         async with self._lock(guild_id):
-            return await self._leave_locked(guild_id, reason=reason)
+            gv = self._guilds.get(guild_id)
+            left = await self._leave_locked(guild_id, reason=reason)
+        if left and notes and gv is not None and gv.session.policy.mode == VoiceMode.SCRIBE:
+            await self._post_notes(gv)
+        return left
+
+    # ------------------------------------------------------------------ notes (scribe)
+
+    def transcript(self, guild_id: int) -> tuple[bytes, str, bool]:
+        """The current call's transcript as a file: (bytes, file name, whether its start was cut)."""
+        gv = self._guilds.get(guild_id)
+        if gv is None:
+            raise VoiceCommandError("I'm not in a voice channel in this server, so there is no call to transcribe.")
+        return self._transcript_of(gv)
+
+    def _transcript_of(self, gv: GuildVoice) -> tuple[bytes, str, bool]:
+        turns = call_transcript(self.memory, gv.room, gv.joined_wall)
+        started = datetime.fromtimestamp(gv.joined_wall, tz=timezone.utc)
+        title = f"Transcript of {gv.channel.name}, from {started:%Y-%m-%d %H:%M} UTC"
+        data, cut = render_transcript(turns, title=title, limit_bytes=gv.channel.guild.filesize_limit)
+        return data, f"transcript-{started:%Y%m%d-%H%M}.txt", cut
+
+    async def _post_notes(self, gv: GuildVoice) -> None:
+        """After a note-taking call: the transcript as a file and, from a language model, a summary."""
+        turns = call_transcript(self.memory, gv.room, gv.joined_wall)
+        if not turns:
+            await self._post(gv, "Nothing was said while I was taking notes.")
+            return
+        data, name, cut = self._transcript_of(gv)
+        summary = await summarize(self.agent, gv.room, turns)
+        text = f"📝 **Notes from {discord.utils.escape_markdown(gv.channel.name)}**"
+        if summary:
+            text += "\n" + summary
+        if cut:
+            text += "\n(The transcript's first part was left out: the whole would be larger than Discord accepts.)"
+        try:
+            await gv.channel.send(text[:2000], file=discord.File(io.BytesIO(data), filename=name),
+                                  allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.info("could not post the call's notes: %s", exc.status, extra={"guild_id": gv.guild_id})
 
     async def _leave_locked(self, guild_id: int, *, reason: str, already_disconnected: bool = False) -> bool:
         gv = self._guilds.pop(guild_id, None)
@@ -818,6 +865,8 @@ class VoiceManager:
                 return
             await self._post(gv, f"Nobody's here, so I left {gv.channel.mention}. `/join` brings me back.")
             await self._leave_locked(gv.guild_id, reason=f"alone for {seconds:.0f} s")
+        if gv.session.policy.mode == VoiceMode.SCRIBE:
+            await self._post_notes(gv)
 
     async def _post(self, gv: GuildVoice, text: str) -> None:
         """Post in the voice channel's text chat; failures are logged, never raised."""

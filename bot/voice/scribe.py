@@ -1,0 +1,113 @@
+"""Notes of a voice call: the transcript file ``/transcript`` posts, and the summary posted on ``/leave``.
+
+Nothing here keeps its own copy of what was said: the transcript is read back from memory (every
+heard turn is stored there, in every mode), so it follows the retention setting and ``/forget``
+like everything else, and a one-hour call costs the database, not the process's memory. The file
+is bounded by Discord's attachment limit: when a call's transcript would exceed it, the newest part
+is kept and the file says that earlier lines were left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from bot.agent import Agent, AgentError, Incoming
+from bot.agent.engines.base import Conversation
+from bot.memory import Memory, Modality, Turn
+
+__all__ = ["MAX_TRANSCRIPT_TURNS", "render_transcript", "call_transcript", "summarize"]
+
+log = logging.getLogger(__name__)
+
+MAX_TRANSCRIPT_TURNS = 20_000  # far beyond a long call (a turn every two seconds for eleven hours)
+SUMMARY_INPUT_CHARS = 24_000  # the newest part of a long transcript, well inside a small model's context
+SUMMARY_TIMEOUT = 90.0
+OMITTED = "[… earlier lines left out: the whole transcript would be larger than Discord accepts …]\n"
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S")
+
+
+def render_transcript(turns: Sequence[Turn], *, title: str, limit_bytes: int) -> tuple[bytes, bool]:
+    """A UTF-8 text file of ``turns`` ("[HH:MM:SS] Name: words", times in UTC) of at most
+    ``limit_bytes``; returns the bytes and whether earlier lines had to be left out."""
+    header = f"{title}\nTimes are UTC.\n\n".encode()
+    lines = [f"[{_clock(t.created_at)}] {' '.join(t.speaker_name.split()) or 'someone'}: "
+             f"{' '.join(t.text.split())}{' …' if t.interrupted else ''}\n".encode() for t in turns]
+    budget = limit_bytes - len(header)
+    kept: list[bytes] = []
+    size = 0
+    for line in reversed(lines):
+        if size + len(line) > budget - len(OMITTED.encode()):
+            break
+        kept.append(line)
+        size += len(line)
+    truncated = len(kept) < len(lines)
+    body = (OMITTED.encode() if truncated else b"") + b"".join(reversed(kept))
+    return header + body, truncated
+
+
+def call_transcript(memory: Memory, room: str, since: float) -> list[Turn]:
+    """What was said in ``room`` since ``since`` (epoch seconds), from memory."""
+    return memory.since(room, since, MAX_TRANSCRIPT_TURNS)
+
+
+async def summarize(agent: Agent, room: str, turns: Sequence[Turn]) -> str | None:
+    """A few lines on what a call was about, written by the agent's language model.
+
+    None when there is nothing to summarise, when the engine is the built-in ELIZA (a script, not a
+    language model: it would only turn the transcript into questions), or when the engine fails.
+    Nothing is stored in memory: the summary is about the call, not part of it.
+    """
+    if not turns or agent.engine_name == "eliza":
+        return None
+    text = "".join(f"{t.speaker_name}: {t.text}\n" for t in turns)
+    if len(text) > SUMMARY_INPUT_CHARS:
+        text = "…\n" + text[-SUMMARY_INPUT_CHARS:]
+    instruction = (
+        "Below is the transcript of a voice call you listened to as a note-taker. Write a short summary "
+        "for the people in it: at most five bullet points covering what was discussed, what was decided "
+        "and who will do what. Write it in the language the people spoke. Do not add anything that was "
+        "not said."
+    )
+    incoming = Incoming(room=f"{room}:summary", speaker_id="scribe", speaker_name="transcript",
+                        text=f"{instruction}\n\n{text}", modality=Modality.TEXT)
+    conversation = Conversation(
+        character=agent.character,
+        incoming=incoming,
+        text=incoming.text,
+        messages=({"role": "system", "content": f"You are {agent.character.name}, taking notes of a call."},
+                  {"role": "user", "content": incoming.text}),
+    )
+    parts: list[str] = []
+
+    async def collect() -> None:
+        stream = agent.engine.stream(conversation)
+        try:
+            async for delta in stream:
+                parts.append(delta)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(collect(), SUMMARY_TIMEOUT)
+    except AgentError as exc:
+        log.warning("could not summarise the call: %s", exc, extra={"room": room})
+        return None
+    except asyncio.TimeoutError:
+        log.warning("summarising the call took over %.0f s; posting the transcript only", SUMMARY_TIMEOUT,
+                    extra={"room": room})
+        return None
+    summary = "".join(parts).strip()
+    log.info("call summarised in %.1f s", time.monotonic() - started, extra={"room": room})
+    return summary or None
