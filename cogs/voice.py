@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
 from bot.voice.consent import mode_explanation, status_summary
-from bot.voice.guilds import MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
+from bot.voice.guilds import ALLOWED, AUTO_JOIN, MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
 from bot.voice.manager import JoinOutcome, ListenView, VoiceCommandError, VoiceManager
 
 if TYPE_CHECKING:
@@ -316,6 +316,39 @@ class VoiceCog(commands.Cog, name="Voice"):
             voices = []
         return voice_choices(voices, current)
 
+    @voice.command(name="autojoin")
+    @manage_server_check
+    @app_commands.describe(channel="A voice channel", on="Join it by myself when someone arrives (true) or not (false)")
+    async def voice_autojoin(self, interaction: discord.Interaction,
+                             channel: discord.VoiceChannel | discord.StageChannel, on: bool) -> None:
+        """Choose voice channels I join by myself when the first person arrives (needs Manage Server)."""
+        assert interaction.guild_id is not None
+        await self._channel_list(interaction, AUTO_JOIN, channel, on)
+
+    @voice.command(name="allow")
+    @manage_server_check
+    @app_commands.describe(channel="A voice channel", on="Allow bringing me there (true) or not (false)")
+    async def voice_allow(self, interaction: discord.Interaction,
+                          channel: discord.VoiceChannel | discord.StageChannel, on: bool) -> None:
+        """Limit which voice channels I may be brought into; none listed means any (needs Manage Server)."""
+        assert interaction.guild_id is not None
+        await self._channel_list(interaction, ALLOWED, channel, on)
+
+    async def _channel_list(self, interaction: discord.Interaction, kind: str,
+                            channel: discord.VoiceChannel | discord.StageChannel, on: bool) -> None:
+        assert interaction.guild_id is not None
+        try:
+            listed = self.manager.guild_settings.set_channel(interaction.guild_id, kind, channel.id, on)
+        except GuildSettingsError as exc:
+            await self._answer(interaction, str(exc))
+            return
+        names = ", ".join(f"<#{cid}>" for cid in sorted(listed)) or "none"
+        if kind == AUTO_JOIN:
+            text = f"I join these by myself when someone arrives: {names}."
+        else:
+            text = f"I may be brought into: {names}." if listed else "I may be brought into any voice channel."
+        await self._answer(interaction, text)
+
     @voice.command(name="settings")
     @manage_server_check
     @app_commands.describe(
@@ -349,9 +382,14 @@ class VoiceCog(commands.Cog, name="Voice"):
                  f"• mode: **{gs.mode}**", f"• voice: **{gs.voice_id or 'default'}**",
                  f"• transcript in chat: **{'on' if gs.mirror_transcripts else 'off'}**",
                  f"• leave: **{idle}**", f"• audio recording: **{recording}**",
+                 f"• joins by itself: **{self._listed(interaction.guild_id, AUTO_JOIN) or 'nowhere'}**",
+                 f"• may be brought into: **{self._listed(interaction.guild_id, ALLOWED) or 'any channel'}**",
                  f"• transcripts kept: **{settings.transcript_retention_days or 'forever'}"
                  f"{' days' if settings.transcript_retention_days else ''}**"]
         await self._answer(interaction, "\n".join(lines))
+
+    def _listed(self, guild_id: int, kind: str) -> str:
+        return ", ".join(f"<#{cid}>" for cid in sorted(self.manager.guild_settings.channels(guild_id, kind)))
 
     # ------------------------------------------------------------------ status
 

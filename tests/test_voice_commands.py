@@ -35,7 +35,7 @@ from bot.voice.session import PlayResult
 
 loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
 from bot.loopback.server import ChannelHandle, GuildHandle, InteractionHandle, LocalDiscord, MemberHandle  # noqa: E402
-from bot.loopback.state import Channel, ChannelType, Interaction, Permissions, interaction_payload  # noqa: E402
+from bot.loopback.state import Channel, ChannelType, Interaction, Permissions, interaction_payload, option_payloads  # noqa: E402
 
 TIMEOUT = 20.0
 EPHEMERAL = 1 << 6
@@ -112,19 +112,22 @@ class Harness:
     pipelines: list[RecordingPipeline] = field(default_factory=list)
 
     async def command(self, member: MemberHandle, name: str, options: dict[str, Any] | None = None) -> str:
-        if " " in name:  # a subcommand: typed options built here (the loopback's helper takes flat ones)
+        if " " in name:  # a subcommand: typed from its declared options (the loopback's helper takes flat ones)
             group, sub = name.split(" ", 1)
-            typed = [{"name": k, "type": 5 if isinstance(v, bool) else 4 if isinstance(v, int) else 3, "value": v}
-                     for k, v in (options or {}).items()]
+            world = self.discord.world
+            command = world.find_command(group, self.guild.id)
+            assert command is not None, f"/{group} was not synced"
+            declared = next(o for o in command.options if o["name"] == sub).get("options", [])
+            typed, resolved = option_payloads(declared, options or {}, world, self.guild.guild)
             handle = raw_invoke(self.discord, member.id, self.guild.id, self.text.id, group,
-                                [{"name": sub, "type": 1, "options": typed}])
+                                [{"name": sub, "type": 1, "options": typed}], resolved)
         else:
             handle = await member.invoke_command(name, options, channel=self.text)
         return await answer_of(handle)
 
 
 def raw_invoke(discord_: LocalDiscord, user_id: int, guild_id: int | None, channel_id: int, name: str,
-               options: list[dict[str, Any]]) -> InteractionHandle:
+               options: list[dict[str, Any]], resolved: dict[str, Any] | None = None) -> InteractionHandle:
     """Deliver an INTERACTION_CREATE with hand-built options (subcommands) or from a DM."""
     world = discord_.world
     command = world.find_command(name, guild_id if guild_id is not None else next(iter(world.guild_commands)))
@@ -134,7 +137,8 @@ def raw_invoke(discord_: LocalDiscord, user_id: int, guild_id: int | None, chann
                               created_at=asyncio.get_running_loop().time())
     world.interactions[interaction.id] = interaction
     world.interactions_by_token[interaction.token] = interaction
-    discord_.gateway.dispatch("INTERACTION_CREATE", interaction_payload(interaction, world, command, options, {}))
+    discord_.gateway.dispatch("INTERACTION_CREATE",
+                              interaction_payload(interaction, world, command, options, resolved or {}))
     discord_.rest.track_interaction(interaction)
     return InteractionHandle(discord_, interaction)
 
@@ -450,3 +454,37 @@ async def test_leaves_when_alone(discord_: LocalDiscord, monkeypatch: pytest.Mon
             await h.alice.leave_voice()
             await asyncio.wait_for(h.manager.left.wait_for(lambda: h.manager.connection(h.guild.id) is None), TIMEOUT)
         await discord_.wait_bot_message(h.voice, contains="Nobody's here", timeout=TIMEOUT)
+
+
+async def test_joining_policy_allow_list_and_auto_join(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    musicbot = h.guild.add_member("Tunes", bot=True)
+    async with running_bot(h, monkeypatch):
+        # Only admins choose, and the answer names the list.
+        assert "Manage Server" in await h.command(h.alice, "voice allow", {"channel": h.voice.id, "on": True})
+        assert f"brought into: <#{h.voice.id}>." in await h.command(h.boss, "voice allow",
+                                                                     {"channel": h.voice.id, "on": True})
+        assert h.manager.guild_settings.channels(h.guild.id, "allowed") == {h.voice.id}
+        await h.alice.join_voice(h.other_voice)
+        refused = await h.command(h.alice, "join")
+        assert "chose where I may join" in refused and f"<#{h.voice.id}>" in refused
+        assert h.manager.connection(h.guild.id) is None
+
+        # Auto-join: a bot arriving does not bring it; the first person does (allowed even off the allow-list).
+        await h.command(h.boss, "voice autojoin", {"channel": h.other_voice.id, "on": True})
+        await h.alice.leave_voice()
+        await musicbot.join_voice(h.other_voice)
+        await h.command(h.alice, "status")  # handled after the voice state update above
+        assert h.manager.connection(h.guild.id) is None
+        await h.alice.join_voice(h.other_voice)
+        notice = await discord_.wait_bot_message(h.other_voice, contains="/optout", timeout=TIMEOUT)
+        assert "listening" in notice.content  # the same notice as after /join
+        gv = h.manager.connection(h.guild.id)
+        assert gv is not None and gv.channel.id == h.other_voice.id
+        settings = await h.command(h.boss, "voice settings")
+        assert f"joins by itself: **<#{h.other_voice.id}>**" in settings
+        assert "Left" in await h.command(h.alice, "leave")
+        assert "by myself when someone arrives: none" in await h.command(
+            h.boss, "voice autojoin", {"channel": h.other_voice.id, "on": False})
+        assert "joins by itself: **nowhere**" in await h.command(h.boss, "voice settings")
+    assert discord_.problems == []

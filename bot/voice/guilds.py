@@ -22,7 +22,8 @@ from bot.db import Database
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
 
-__all__ = ["GuildVoiceSettings", "GuildSettingsStore", "OptOutList", "GuildSettingsError", "MAX_IDLE_LEAVE_SECONDS"]
+__all__ = ["GuildVoiceSettings", "GuildSettingsStore", "OptOutList", "GuildSettingsError", "MAX_IDLE_LEAVE_SECONDS",
+           "AUTO_JOIN", "ALLOWED"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,21 @@ _MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     )
     """,
+    # Joining policy: voice channels the bot joins by itself when someone arrives (auto_join), and
+    # the only ones it may be brought into (allowed; none listed means any).
+    """
+    CREATE TABLE voice_guild_channels (
+        guild_id INTEGER NOT NULL,
+        channel_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('auto_join', 'allowed')),
+        PRIMARY KEY (guild_id, channel_id, kind)
+    )
+    """,
 ]
+
+AUTO_JOIN = "auto_join"
+ALLOWED = "allowed"
+MAX_LISTED_CHANNELS = 25
 
 
 class GuildSettingsError(ValueError):
@@ -148,9 +163,38 @@ class GuildSettingsStore:
         log.info("voice settings changed", extra={"guild_id": guild_id, "changed": sorted(clean)})
         return self.get(guild_id)
 
+    def channels(self, guild_id: int, kind: str) -> frozenset[int]:
+        """The guild's voice channels of ``kind`` (:data:`AUTO_JOIN` or :data:`ALLOWED`)."""
+        rows = self._db.query("SELECT channel_id FROM voice_guild_channels WHERE guild_id = ? AND kind = ?",
+                              (guild_id, kind))
+        return frozenset(int(r["channel_id"]) for r in rows)
+
+    def set_channel(self, guild_id: int, kind: str, channel_id: int, on: bool) -> frozenset[int]:
+        """Add or remove a channel from a list; returns the list. At most :data:`MAX_LISTED_CHANNELS`."""
+        if kind not in (AUTO_JOIN, ALLOWED):
+            raise GuildSettingsError(f"Unknown channel list {kind!r}.")
+        if on:
+            if channel_id not in self.channels(guild_id, kind) and \
+                    len(self.channels(guild_id, kind)) >= MAX_LISTED_CHANNELS:
+                raise GuildSettingsError(f"That list is full ({MAX_LISTED_CHANNELS} channels); remove one first.")
+            self._db.execute("INSERT OR IGNORE INTO voice_guild_channels (guild_id, channel_id, kind) VALUES (?, ?, ?)",
+                             (guild_id, channel_id, kind))
+        else:
+            self._db.execute("DELETE FROM voice_guild_channels WHERE guild_id = ? AND channel_id = ? AND kind = ?",
+                             (guild_id, channel_id, kind))
+        log.info("voice channel list changed", extra={"guild_id": guild_id, "list": kind})
+        return self.channels(guild_id, kind)
+
+    def may_join(self, guild_id: int, channel_id: int) -> bool:
+        """The joining policy: with an allow-list, only its channels (and auto-join ones); else any."""
+        allowed = self.channels(guild_id, ALLOWED)
+        return not allowed or channel_id in allowed or channel_id in self.channels(guild_id, AUTO_JOIN)
+
     def reset(self, guild_id: int) -> None:
         """Forget everything a guild chose (e.g. when the bot is removed from it)."""
-        self._db.execute("DELETE FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
+        with self._db.transaction():
+            self._db.execute("DELETE FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
+            self._db.execute("DELETE FROM voice_guild_channels WHERE guild_id = ?", (guild_id,))
 
 
 class OptOutList:

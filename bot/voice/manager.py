@@ -40,7 +40,7 @@ from bot.voice.consent import (
     providers_from_settings,
 )
 from audio.native import NativeLibraryError, load_libopus
-from bot.voice.guilds import GuildSettingsStore, GuildVoiceSettings, OptOutList
+from bot.voice.guilds import ALLOWED, AUTO_JOIN, GuildSettingsStore, GuildVoiceSettings, OptOutList
 from bot.voice.scribe import call_transcript, render_transcript, summarize
 from bot.voice.session import AudioOut, PlayResult, VoiceSession
 from bot.voice.turns import TurnPolicy, VoiceMode
@@ -376,6 +376,11 @@ class VoiceManager:
             raise VoiceCommandError("I'm shutting down; try again in a minute.")
         guild = channel.guild
         async with self._lock(guild.id):
+            if not self.guild_settings.may_join(guild.id, channel.id):
+                allowed = self.guild_settings.channels(guild.id, ALLOWED) | self.guild_settings.channels(guild.id, AUTO_JOIN)
+                names = ", ".join(f"<#{cid}>" for cid in sorted(allowed))
+                raise VoiceCommandError(f"This server's admins chose where I may join: {names}. "
+                                        f"(`/voice allow` changes the list.)")
             problem = join_problem(channel, guild.me)
             if problem is not None:
                 raise VoiceCommandError(problem)
@@ -809,6 +814,7 @@ class VoiceManager:
         """Follow the bot being moved, kicked or muted, and people coming and going."""
         guild = member.guild
         if guild.id not in self._guilds:
+            await self._maybe_auto_join(member, after)
             return
         if member.id == guild.me.id:
             async with self._lock(guild.id):
@@ -835,6 +841,21 @@ class VoiceManager:
             gv.session.on_leave(member.id)
         if was_here != is_here and not member.bot:
             self._watch_company(gv)
+
+    async def _maybe_auto_join(self, member: discord.Member, after: discord.VoiceState) -> None:
+        """A person arrived in a channel the guild wants the bot in: join it (and tell them, as always)."""
+        channel = after.channel
+        if member.bot or channel is None or self._closed or self.busy(member.guild.id):
+            return
+        if not isinstance(channel, (discord.VoiceChannel, discord.StageChannel)):
+            return
+        if channel.id not in self.guild_settings.channels(member.guild.id, AUTO_JOIN):
+            return
+        log.info("joining by myself: someone arrived", extra={"guild_id": member.guild.id, "channel_id": channel.id})
+        try:
+            await self.join(channel)
+        except VoiceCommandError as exc:
+            log.info("could not join by myself: %s", exc, extra={"guild_id": member.guild.id})
 
     def _watch_company(self, gv: GuildVoice, *, restart: bool = False) -> None:
         """Leave after the configured time with no humans; any human arriving cancels the countdown."""
