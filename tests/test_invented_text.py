@@ -35,7 +35,11 @@ def test_unsure_single_words_and_non_speech_are_dropped() -> None:
     assert flt.check("you", confidence=0.2) == "low_confidence"
     assert flt.check("Hmm.", confidence=0.3) == "low_confidence"
     assert flt.check("what a lovely day", speech_ratio=0.02) == "non_speech"
-    assert flt.dropped == {"low_confidence": 2, "non_speech": 1}
+    assert flt.check("I'm not going to be able to do this, but I'm not going to be able to do this.",
+                     confidence=0.22) == "low_confidence"
+    assert flt.check("I was thinking about the weather in Lisbon.", confidence=0.8) is None
+    assert flt.check(" . ") == "no_words" and flt.check("...!") == "no_words"
+    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2}
 
 
 @given(st.text(max_size=200))

@@ -8,7 +8,10 @@ by name so an operator can see what was dropped:
 - ``phrase``: the whole transcript is one of those closing lines (or several of them), in any of the
   languages below, after folding case, accents and punctuation;
 - ``non_speech``: the voice-activity detector found (almost) no speech in the audio it came from;
-- ``low_confidence``: a single word below the confidence threshold (a cough read as "you").
+- ``low_confidence``: a single word below the word threshold (a cough read as "you"), or any
+  transcript below the overall threshold (Whisper's fluent inventions over babble or music score
+  well under what it gives real speech);
+- ``no_words``: nothing but punctuation (Whisper writes "." over music).
 
 Synchronous, no I/O: the voice session calls :meth:`InventedTextFilter.check` on every final.
 """
@@ -107,21 +110,24 @@ def _only_phrases(words: list[str]) -> bool:
 class InventedTextFilter:
     """Decides whether a final transcript is invented text; counts what it dropped, by rule."""
 
-    def __init__(self, *, min_word_confidence: float = 0.5, min_speech_ratio: float = 0.1) -> None:
+    def __init__(self, *, min_word_confidence: float = 0.5, min_confidence: float = 0.35,
+                 min_speech_ratio: float = 0.1) -> None:
         self.min_word_confidence = min_word_confidence
+        self.min_confidence = min_confidence
         self.min_speech_ratio = min_speech_ratio
         self.dropped: Counter[str] = Counter()
 
     def check(self, text: str, *, confidence: float | None = None, speech_ratio: float | None = None) -> str | None:
-        """The rule that drops ``text`` (``phrase``, ``non_speech``, ``low_confidence``), or None to keep it.
+        """The rule that drops ``text`` (``phrase``, ``non_speech``, ``low_confidence``, ``no_words``),
+        or None to keep it.
 
         ``confidence`` is the recognizer's (0–1) for the transcript, ``speech_ratio`` the share of its
         audio the voice-activity detector marked as speech; either may be unknown.
         """
-        folded = _fold(text)
-        if not folded:
+        if not text.strip():
             return None
-        reason = self._reason(folded, confidence, speech_ratio)
+        folded = _fold(text)
+        reason = "no_words" if not folded else self._reason(folded, confidence, speech_ratio)
         if reason is not None:
             self.dropped[reason] += 1
         return reason
@@ -132,6 +138,8 @@ class InventedTextFilter:
             return "non_speech"
         if _only_phrases(words):
             return "phrase"
+        if confidence is not None and confidence < self.min_confidence:
+            return "low_confidence"
         if folded in _SHORT or len(words) == 1:
             if confidence is not None and confidence < self.min_word_confidence:
                 return "low_confidence"
