@@ -15,7 +15,7 @@ from typing import TextIO
 import discord
 
 from bot.logs import setup_logging
-from bot.settings import Settings, SettingsError, load_settings
+from bot.settings import VOICE_MODES, Settings, SettingsError, load_settings
 
 __all__ = ["main", "invite_url", "application_id_from_token", "PERMISSIONS"]
 
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
     simulate.add_argument("--at", action="append", metavar="NAME=SECONDS",
                           help="start NAME's speech this many seconds after the others (default: together)")
-    simulate.add_argument("--mode", choices=("always", "addressed", "push-to-talk"), default="always",
+    simulate.add_argument("--mode", choices=VOICE_MODES, default="always",
                           help="when the bot answers (default: always)")
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     simulate.add_argument("--out", metavar="DIR", help="save what the bot said as WAV files in DIR")

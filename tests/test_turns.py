@@ -98,3 +98,14 @@ def test_scribe_mode_answers_nobody() -> None:
     assert not policy.wants(1, "Nova, answer me", humans_present=1)
     assert not policy.offer(turn(1, "Nova, answer me", 100), humans_present=1)
     assert "notes" in policy.rule_now(1)
+
+
+def test_every_mode_is_offered_by_settings_and_simulate() -> None:
+    from bot.cli import build_parser
+    from bot.settings import VOICE_MODES, load_settings
+
+    assert set(VOICE_MODES) == set(VoiceMode.ALL)
+    assert load_settings({}, env_file=None).voice_mode == VoiceMode.AUTO
+    for mode in VoiceMode.ALL:
+        args = build_parser().parse_args(["simulate", "--speak", "A=a.wav", "--mode", mode])
+        assert args.mode == mode
