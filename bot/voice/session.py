@@ -125,6 +125,7 @@ class Participant:
     finals: list[str] = field(default_factory=list)
     speaking: bool = False
     started_at: float | None = None  # when the current (or last) stretch of speech began
+    humans_at_start: int | None = None  # people in the room when that stretch began
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
@@ -227,6 +228,8 @@ class VoiceSession:
         person = self._participant(user_id)
         person.speaking = True
         person.started_at = self.clock()
+        if person.humans_at_start is None or not person.finals:  # a new turn, not its continuation
+            person.humans_at_start = self.humans_present()
         self._ensure_stream(person)
         self._touch()
 
@@ -333,7 +336,9 @@ class VoiceSession:
             person.finals.clear()
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
-            self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now))
+            self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now,
+                                            humans_present=person.humans_at_start))
+            person.humans_at_start = None
 
     # ------------------------------------------------------------------ turns
 
@@ -345,7 +350,8 @@ class VoiceSession:
                 log.exception("on_turn hook failed", extra={"room": self.room})
         if self._mirror is not None:
             self._spawn(self._mirror(turn.name, turn.text), "mirror-user")
-        if self.policy.offer(turn, humans_present=self.humans_present()):
+        humans = turn.humans_present if turn.humans_present is not None else self.humans_present()
+        if self.policy.offer(turn, humans_present=humans):
             self._kick()
             return
         # Not for the bot, but part of the room's conversation: the agent should know it was said.

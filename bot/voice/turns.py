@@ -46,6 +46,9 @@ class PendingTurn:
     text: str
     ended_at: float  # when the person stopped speaking (clock time)
     final_at: float  # when the final transcript arrived
+    # People in the room when this person began speaking: whether they were alone with the bot
+    # (``auto`` mode) is decided by the room they spoke into, not by who came or went meanwhile.
+    humans_present: int | None = None
 
 
 def _fold(text: str) -> str:
