@@ -14,9 +14,10 @@ import pytest
 
 from audio.native import load_libopus
 from bot.providers import local_stt_available
-from bot.settings import load_settings
+from bot.settings import Settings, load_settings
 from bot.simulate import running_bot
 from bot.voice.turns import VoiceMode
+from tests.fakes.openai_server import FakeOpenAI
 
 SETTLE = 60.0
 MORNING = "Good morning, can you hear me?"
@@ -24,20 +25,29 @@ MORNING = "Good morning, can you hear me?"
 needs_whisper = pytest.mark.skipif(not local_stt_available(), reason="faster-whisper is not installed")
 
 
-@pytest.fixture(scope="module")
-def morning_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _wav(tmp_path_factory: pytest.TempPathFactory, text: str, name: str) -> Path:
     import wave
 
     from tests.speech_samples import espeak_pcm
 
-    pcm, rate = espeak_pcm(MORNING)
-    path = tmp_path_factory.mktemp("speech") / "morning.wav"
+    pcm, rate = espeak_pcm(text)
+    path = tmp_path_factory.mktemp("speech") / name
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(pcm)
     return path
+
+
+@pytest.fixture(scope="module")
+def morning_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _wav(tmp_path_factory, MORNING, "morning.wav")
+
+
+@pytest.fixture(scope="module")
+def joke_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _wav(tmp_path_factory, "Please tell me a joke about the weather.", "joke.wav")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,8 +101,17 @@ async def test_a_listener_on_speakers_never_makes_the_bot_answer_itself(
 
 @needs_whisper
 async def test_scribe_answers_nobody_and_its_transcript_and_notes_arrive(morning_wav: Path) -> None:
-    settings = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "local", "TTS_ENGINE": "espeak",
-                              "VOICE_MODE": "scribe"}, env_file=None)
+    summary = "- Alice and Bob said good morning."
+    async with FakeOpenAI(reply_tokens=[summary[:12], summary[12:]]) as llm:
+        settings = load_settings({"AGENT_ENGINE": "openai", "OPENAI_BASE_URL": llm.base_url,
+                                  "OPENAI_API_KEY": llm.api_key, "OPENAI_MODEL": "gpt-test", "STT_ENGINE": "local",
+                                  "TTS_ENGINE": "espeak", "VOICE_MODE": "scribe"}, env_file=None)
+        await _scribe_call(settings, morning_wav, summary)
+        [request] = llm.completion_requests  # one call to the model: the summary, no replies
+        assert "Alice: Good morning" in request.body["messages"][-1]["content"]
+
+
+async def _scribe_call(settings: Settings, morning_wav: Path, summary: str) -> None:
     async with running_bot(settings, ["Alice", "Bob"]) as lb:
         alice, bob = lb.members["Alice"], lb.members["Bob"]
         pa, pb = await alice.join_voice(lb.voice), await bob.join_voice(lb.voice)
@@ -119,6 +138,37 @@ async def test_scribe_answers_nobody_and_its_transcript_and_notes_arrive(morning
 
         assert "Left" in await lb.command(alice, "leave", timeout=60)
         notes = await lb.discord.wait_bot_message(lb.voice, contains="Notes from")
+        assert summary in notes.content
         [posted] = notes.attachment_data
         assert posted.count(b"] Alice: ") == 1 and posted.count(b"] Bob: ") == 1
+    assert lb.discord.problems == []
+
+
+@needs_whisper
+async def test_auto_answers_a_lone_person_unnamed_and_in_company_only_who_addresses_it(morning_wav: Path,
+                                                                                       joke_wav: Path) -> None:
+    settings = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "local", "TTS_ENGINE": "espeak",
+                              "WAKE_PHRASES": "good morning"}, env_file=None)
+    async with running_bot(settings, ["Alice", "Bob"]) as lb:
+        alice, bob = lb.members["Alice"], lb.members["Bob"]
+        pa = await alice.join_voice(lb.voice)
+        await lb.command(alice, "join")
+        await lb.wait_dave_group([alice])
+        session = lb.manager.session(lb.guild.id)
+        assert session is not None and session.policy.mode == VoiceMode.AUTO
+        await pa.speak_wav(joke_wav)  # alone, and not naming the bot
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        assert [t.user_id for t in session.timings] == [pa.user_id]
+        assert "one person here" in await lb.command(alice, "status")
+
+        pb = await bob.join_voice(lb.voice)
+        await lb.wait_dave_group([alice, bob])
+        assert "2 people here" in await lb.command(alice, "status")
+        await pb.speak_wav(joke_wav)  # in company, not addressed: heard, not answered
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        assert [t.user_id for t in session.timings] == [pa.user_id]
+        await pb.speak_wav(morning_wav)  # "good morning" is a wake phrase here
+        await asyncio.wait_for(session.wait_settled(), SETTLE)
+        assert [t.user_id for t in session.timings] == [pa.user_id, pb.user_id]
+        await lb.command(alice, "leave")
     assert lb.discord.problems == []
