@@ -14,8 +14,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from bot.db import Database
+
+if TYPE_CHECKING:
+    from bot.privacy import ForgetReport
 
 __all__ = ["Memory", "Modality", "Turn", "private_rooms"]
 
@@ -206,28 +210,26 @@ class Memory:
 
     # ---------------------------------------------------------------------------- forgetting
 
-    def forget_person(self, identity: str) -> int:
-        """Erase a person everywhere; returns the number of rows deleted.
+    def forget_person(self, identity: str) -> ForgetReport:
+        """Erase a person everywhere in the database; returns what was removed, by kind.
 
-        Deletes every turn they spoke under any linked identity, every turn (theirs and the
-        agent's) in their private rooms (their Discord DM, SMS thread, the console), and the
-        identity links themselves. The agent's replies in shared rooms stay: they are the
-        agent's words, and their context is gone with the person's turns.
+        Deletes every turn they spoke under any linked identity, the agent's reply right after
+        each of them in shared rooms, every turn in their private rooms (their Discord DM, SMS
+        thread, the console), the identity links, and their rows in the SMS store; then scrubs
+        the WAL so none of it stays on disk. See :func:`bot.privacy.forget_person`.
         """
-        with self.db.transaction() as db:
-            person, linked = self._linked(identity)
-            identities = sorted(linked)
-            rooms = sorted({room for ident in identities for room in private_rooms(ident)})
-            marks = ",".join("?" * len(identities))
-            deleted = db.execute(f"DELETE FROM turns WHERE speaker_id IN ({marks})", identities).rowcount
-            if rooms:
-                room_marks = ",".join("?" * len(rooms))
-                deleted += db.execute(f"DELETE FROM turns WHERE room IN ({room_marks})", rooms).rowcount
-            if person is not None:
-                deleted += db.execute("DELETE FROM identities WHERE person_id = ?", (person,)).rowcount
-                deleted += db.execute("DELETE FROM people WHERE id = ?", (person,)).rowcount
-        log.info("Forgot a person: %d identities, %d rows deleted", len(identities), deleted)
-        return deleted
+        from bot.privacy import forget_person
+
+        return forget_person(self.db, identity)
+
+    def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:
+        """Delete the latest user turn matching exactly (a reply being redone after a crash stores it again)."""
+        cur = self.db.execute(
+            "DELETE FROM turns WHERE id = (SELECT id FROM turns WHERE room = ? AND speaker_id = ? AND role = 'user' "
+            "AND text = ? AND created_at >= ? ORDER BY id DESC LIMIT 1)",
+            (room, speaker_id, text, since),
+        )
+        return cur.rowcount > 0
 
     def forget_room(self, room: str) -> int:
         """Delete every turn in ``room``; returns the number deleted."""
