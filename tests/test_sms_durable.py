@@ -288,7 +288,7 @@ async def test_drain_grace_expires_leaves_the_reply_recorded(runs: Runs, caplog:
     await run.service.aclose(grace=0.0)
     assert run.store.state_of(sid) == "replying"
     [left] = [r.getMessage() for r in caplog.records if "SMS shutdown" in r.getMessage()]
-    assert "1 replying" in left and "1 reply task(s) stopped" in left and THEM not in left
+    assert "0 of 1 reply(ies) in flight finished" in left and "1 replying" in left and THEM not in left
     await run.client.close()
     run.db.close()
 

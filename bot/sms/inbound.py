@@ -415,16 +415,16 @@ class SmsService:
             cancelled = len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
         left = self.store.unfinished()
+        finished = f"{len(tasks) - cancelled} of {len(tasks)} reply(ies) in flight finished within the {grace:.0f}s grace"
         if left:
             by_state: dict[str, int] = {}
             for message in left:
                 by_state[message.state] = by_state.get(message.state, 0) + 1
             detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
-            log.warning("SMS shutdown: %d message(s) not answered within the %.0fs grace (%s; %d reply task(s) "
-                        "stopped) are recorded and will be finished at the next start", len(left), grace, detail,
-                        cancelled)
+            log.warning("SMS shutdown: %s; %d message(s) not answered (%s) are recorded and will be finished at "
+                        "the next start", finished, len(left), detail)
         elif tasks:
-            log.info("SMS shutdown: the %d reply(ies) in flight finished within the grace", len(tasks))
+            log.info("SMS shutdown: %s", finished)
         if self.sender is not None:
             await self.sender.aclose()
 

@@ -125,6 +125,9 @@ class FakeTwilio:
         """Every message sent to ``number`` (by REST or TwiML)."""
         return [m for m in self.messages if m.to == number and m.direction.startswith("outbound")]
 
+    def answers_to_any(self) -> bool:
+        return any(m.direction.startswith("outbound") for m in self.messages)
+
     async def wait_until(self, predicate: Any, timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds (re-checked whenever the fake's state changes)."""
         async with asyncio.timeout(timeout):
