@@ -91,8 +91,10 @@ async def test_sigterm_drains_replies_in_flight_and_answers_503(tmp_path: Path) 
 
 
 async def test_sigterm_with_no_grace_leaves_replies_recorded_and_says_so(tmp_path: Path) -> None:
-    bot, twilio, code, _ = await _sigterm_run(tmp_path, "0")
+    bot, twilio, code, statuses = await _sigterm_run(tmp_path, "0")
     assert code == 0, bot.log_text()
+    # The webhooks waiting for those replies answer 503 too, so Twilio retries them after the restart.
+    assert [status for status, _ in statuses] == [503] * 4, statuses
     log = bot.log_text()
     assert "0 of 3 reply(ies) in flight finished within the 0s grace; 4 message(s) not answered" in log, log
     assert "+15553" not in log.replace("+1******", "")  # numbers stay masked

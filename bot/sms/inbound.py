@@ -492,7 +492,7 @@ class SmsService:
                 handoff.cancel()
         if handoff.cancelled():
             return []
-        return handoff.result()
+        return handoff.result()  # raises ShuttingDown if the reply was stopped by a shutdown
 
     def twiml_written(self, message_sid: str, ok: bool) -> None:
         """The webhook wrote (``ok``) or failed to write the TwiML reply handed to it."""
@@ -517,6 +517,19 @@ class SmsService:
                      sms_received_at: float, handoff: asyncio.Future[list[str]] | None,
                      pending: PendingSms | None = None) -> None:
         """Take one message from ``state`` (accepted, replying or sending) to answered / failed / suppressed."""
+        try:
+            await self._reply_steps(sid, number, text, truncated, state, sms_received_at=sms_received_at,
+                                    handoff=handoff, pending=pending)
+        except asyncio.CancelledError:
+            # Stopped by a shutdown: a webhook still waiting answers 503 (Twilio retries); the row
+            # keeps its state for the next start.
+            if handoff is not None and not handoff.done():
+                handoff.set_exception(ShuttingDown())
+            raise
+
+    async def _reply_steps(self, sid: str, number: str, text: str, truncated: bool, state: str, *,
+                           sms_received_at: float, handoff: asyncio.Future[list[str]] | None,
+                           pending: PendingSms | None) -> None:
         who = mask_number(number)
         room = f"sms:{number}"
         started = time.monotonic()
