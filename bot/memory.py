@@ -9,6 +9,7 @@ then erases them under every linked identity in one call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -21,9 +22,11 @@ from bot.db import Database
 if TYPE_CHECKING:
     from bot.privacy import ForgetReport
 
-__all__ = ["Memory", "Modality", "Turn", "private_rooms"]
+__all__ = ["Memory", "Modality", "RetentionSchedule", "Turn", "private_rooms", "RETENTION_INTERVAL"]
 
 log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL = 3600.0  # a running bot prunes old transcripts hourly, not only at start
 
 _MIGRATIONS: list[str] = [
     # 1: turns, people and the identities that belong to them
@@ -244,3 +247,56 @@ class Memory:
         if deleted:
             log.info("Pruned %d turns older than %d days", deleted, older_than_days)
         return deleted
+
+
+class RetentionSchedule:
+    """Deletes transcripts older than ``days`` now and every ``interval`` seconds while the bot runs.
+
+    Also drops SMS bookkeeping past its use (it holds phone numbers) when the SMS tables exist, and
+    scrubs the WAL after a prune that deleted something, so expired words leave the disk too.
+    Owns one named task; :meth:`aclose` cancels it.
+    """
+
+    def __init__(self, memory: Memory, days: int, *, interval: float = RETENTION_INTERVAL) -> None:
+        self.memory = memory
+        self.days = days
+        self.interval = interval
+        self.runs = 0  # completed prunes (tests wait on it)
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RetentionSchedule(days={self.days}, interval={self.interval}, running={self._task is not None})"
+
+    def prune_now(self) -> int:
+        """One prune; returns the transcript turns deleted."""
+        removed = self.memory.prune(self.days)
+        bookkeeping = 0
+        if "sms_messages" in self.memory.db.tables():
+            from bot.sms.store import SmsStore
+
+            bookkeeping = SmsStore(self.memory.db).prune()
+        if removed or bookkeeping:
+            self.memory.db.scrub()
+        self.runs += 1
+        return removed
+
+    def start(self) -> None:
+        """Prune now, then on schedule (call inside the running loop; ``days`` 0 keeps everything)."""
+        if self.days <= 0 or self._task is not None:
+            return
+        self.prune_now()
+        self._task = asyncio.create_task(self._run(), name="transcript-retention")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)  # the schedule itself, not synchronisation
+            try:
+                self.prune_now()
+            except Exception:  # a locked or damaged database must not end the schedule
+                log.exception("Pruning old transcripts failed; retrying in %.0f s", self.interval)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
