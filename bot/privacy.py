@@ -190,7 +190,7 @@ _LABELS: dict[str, tuple[str, str]] = {
     "reply": ("reply to you", "replies to you"),
     "linked phone": ("linked phone", "linked phones"),
     "linked account": ("linked account", "linked accounts"),
-    "sms record": ("text in the SMS queue", "texts in the SMS queue"),
+    "sms record": ("SMS record", "SMS records"),
     "link code": ("pending link code", "pending link codes"),
     "bookkeeping": ("bookkeeping record", "bookkeeping records"),
 }

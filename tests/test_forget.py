@@ -143,7 +143,7 @@ async def test_forget_removes_every_row_and_every_byte_but_keeps_opt_outs(bot: B
     # one of them still being answered).
     assert report.counts == {"message": 4, "reply": 3, "linked phone": 1, "sms record": 3}, report.counts
     assert forget_message(report).startswith("Forgotten: I erased 4 messages, 3 replies to you, 1 linked phone, "
-                                             "3 texts in the SMS queue")
+                                             "3 SMS records")
     bot.agent.gate.set()
     await bot.service.wait_idle()  # the reply in flight finds its record gone and stops
 

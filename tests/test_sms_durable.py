@@ -297,3 +297,61 @@ async def test_drain_grace_expires_leaves_the_reply_recorded(runs: Runs, caplog:
     await wait_state(nxt.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]
     assert user_turns(nxt.memory) == ["slow one"]
+
+
+async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: Runs,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    first = await runs.start(budget=0.0)
+    released = runs.fake.hold_next("before")
+    sid = "SM" + "6" * 32
+    await first.post(form("hello", sid))
+    await asyncio.wait_for(runs.fake.held.wait(), TIMEOUT)
+    await first.crash()
+    released.set()
+
+    runs.fake.list_failures = 1  # Twilio's list answers 500 (the SDK's client does not retry it)
+    second = await runs.start()
+    second.service.resume_unfinished()
+    await second.service.wait_idle()
+    assert runs.fake.sent == [] and second.store.state_of(sid) == "sending"  # late rather than twice
+    assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
+    await second.crash()
+
+    third = await runs.start()
+    third.service.resume_unfinished()
+    await wait_state(third.store, sid, "answered")
+    assert [m.body for m in runs.fake.sent] == [REPLY]
+
+
+async def test_the_loopback_messages_list_filters_like_twilio(runs: Runs) -> None:
+    """The list endpoint as the twilio SDK calls it: To, From, DateSent (day, before, after), paging."""
+    import time as _time
+    from datetime import date
+
+    fake = runs.fake
+    now = _time.time()
+    for i in range(7):
+        fake.record(THEM, OURS, f"today {i}", "outbound-api")
+    old = fake.record(THEM, OURS, "three days ago", "outbound-api")
+    old.date_created = old.date_sent = now - 3 * 86400
+    fake.record("+15550000000", OURS, "to someone else", "outbound-api")
+    fake.record(OURS, THEM, "inbound", "inbound")
+    queued = fake.record(THEM, OURS, "never sent", "outbound-api")
+    queued.date_sent = None
+    sender = TwilioSender(SID, TOKEN, OURS, api_base=fake.base_url)
+    client = sender._get_client()
+    try:
+        today = date.fromtimestamp(now).isoformat()
+        listed = await client.messages.list_async(to=THEM, from_=OURS, date_sent_after=today, page_size=3)  # type: ignore[attr-defined]
+        assert sorted(m.body for m in listed) == [f"today {i}" for i in range(7)]  # 3 pages followed
+        assert len(fake.list_requests) == 3 and fake.list_requests[0]["DateSent>"] == today
+        before = await client.messages.list_async(to=THEM, date_sent_before=date.fromtimestamp(now - 86400).isoformat())  # type: ignore[attr-defined]
+        assert [m.body for m in before] == ["three days ago"]
+        exact = await client.messages.list_async(date_sent=date.fromtimestamp(now - 3 * 86400).isoformat())  # type: ignore[attr-defined]
+        assert [m.body for m in exact] == ["three days ago"]
+        every = await client.messages.list_async(to=THEM)  # type: ignore[attr-defined]
+        assert len(every) == 9 and every[0].date_created is not None
+        assert await sender.find_sent(THEM, ["today 3", "today 3", "not there"], since=now - 60) == [True, False, False]
+    finally:
+        await sender.aclose()

@@ -6,13 +6,22 @@ Flow for ``POST /twilio/sms``:
    ``public_url`` + the request's path and query). Behind a proxy the Host header is the proxy's
    idea of the host, so it is never used. Unsigned or forged: 403.
 2. Parse the fields into :class:`InboundSms` (missing fields: 400).
-3. Dedupe by ``MessageSid`` in SQLite: a Twilio retry or replay, even of a message still being
-   answered, gets an empty ``<Response/>`` so no message is ever answered twice.
+3. Record the message (``MessageSid``, sender, text) in SQLite before anything else, so it is
+   durable before the webhook answers. A SID already finished (a retry or a replay) gets an empty
+   ``<Response/>``; a SID being answered right now too; a SID an earlier run left unfinished (a
+   crash) is finished now. While draining for shutdown the answer is 503, so Twilio retries.
 4. Compliance keywords (STOP/START/HELP), opt-outs, the per-number rate limit and link codes are
    handled before the agent sees anything.
 5. The agent's reply is awaited for up to ``reply_budget`` seconds (Twilio gives a webhook 15 s).
    If it is ready, it goes back as TwiML; otherwise the webhook answers an empty ``<Response/>``
    and the reply is sent through the REST API when it is done.
+
+Each step is a state transition in :mod:`bot.sms.store` (one transaction each). The reply is
+stored (state ``sending``) before it leaves and each segment Twilio confirms is noted, so after a
+crash :meth:`SmsService.resume_unfinished` regenerates what was not written and, for what may have
+left, asks Twilio's Messages list before sending the rest: a late answer rather than a second one.
+Recovery assumes one process owns the database (the Procfile's single worker); two processes
+sharing one file would each finish the other's unfinished messages at start-up.
 
 Why we remember opt-outs although Twilio enforces STOP on long codes itself: replies that go out
 through the REST API after the webhook has returned would be refused by Twilio with 21610, and
@@ -221,7 +230,6 @@ class SmsService:
         self._twiml_waiters: dict[str, asyncio.Future[bool]] = {}
         self._rooms: dict[str, _RoomLock] = {}
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
-        self._closing = False
         self._draining = False
 
     @property
@@ -405,7 +413,6 @@ class SmsService:
         start finishes it; one log line says what was left.
         """
         self.begin_drain()
-        self._closing = True
         tasks = set(self._tasks)
         cancelled = 0
         if tasks:

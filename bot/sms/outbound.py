@@ -188,7 +188,8 @@ class TwilioSender:
         the caller then must not send (a second text is worse than a late one) and tries later.
         ``since`` is Unix seconds; a 2-minute margin absorbs clock differences with Twilio.
         """
-        from twilio.base.exceptions import TwilioRestException
+        # A failed list page raises the SDK's base TwilioException (not TwilioRestException).
+        from twilio.base.exceptions import TwilioException
 
         client = self._get_client()
         # DateSent filters by day (GMT); the day before covers a send just before midnight.
@@ -197,7 +198,7 @@ class TwilioSender:
             async with asyncio.timeout(self._attempt_timeout * 2):
                 found = await client.messages.list_async(  # type: ignore[attr-defined]
                     to=to, from_=self.from_number, date_sent_after=day, limit=200)
-        except (TwilioRestException, aiohttp.ClientError, TimeoutError) as exc:
+        except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Cannot list Twilio messages to %s (%s); the reply is retried later",
                         mask_number(to), type(exc).__name__)
             return None

@@ -90,6 +90,7 @@ class FakeTwilio:
         self.unauthorized = 0
         self.messages: list[ListedMessage] = []  # everything the list endpoint can return
         self.list_requests: list[dict[str, str]] = []  # the query of each list call, as received
+        self.list_failures = 0  # the next this-many list calls answer 500
         self._script: deque[_Scripted] = deque()
         self._holds: deque[tuple[str, asyncio.Event]] = deque()
         self.held = asyncio.Event()  # set when a create request is being held (see hold_next)
@@ -260,6 +261,9 @@ class FakeTwilio:
             return self._error(401, 20003, "Authenticate")
         query = dict(request.query)
         self.list_requests.append(query)
+        if self.list_failures > 0:
+            self.list_failures -= 1
+            return self._error(500, 20500, "Internal Server Error")
         found = list(self.messages)
         if "To" in query:
             found = [m for m in found if m.to == query["To"]]
