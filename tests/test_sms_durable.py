@@ -310,15 +310,20 @@ async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: 
     await first.crash()
     released.set()
 
-    runs.fake.list_failures = 1  # Twilio's list answers 500 (the SDK's client does not retry it)
+    runs.fake.list_failures = 3  # Twilio's list answers 500 (the SDK's client does not retry it)
     second = await runs.start()
+    second.service.find_sent_retry_delays = (0.0, 0.0)  # asked three times in all, failing each time
     second.service.resume_unfinished()
     await second.service.wait_idle()
     assert runs.fake.sent == [] and second.store.state_of(sid) == "sending"  # late rather than twice
     assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
     await second.crash()
 
+    assert len(runs.fake.list_requests) == 3
+
+    runs.fake.list_failures = 1  # next time it fails once, then answers: the same run carries on
     third = await runs.start()
+    third.service.find_sent_retry_delays = (0.0,)
     third.service.resume_unfinished()
     await wait_state(third.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]

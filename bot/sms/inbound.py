@@ -85,6 +85,7 @@ STATUS_PATH = "/twilio/status"
 MAX_INBOUND_CHARS = 2000  # what the agent sees of one text; Twilio concatenates at most 1,600 anyway
 RECOVERY_MAX_AGE = 86400.0  # an unfinished message older than a day is closed, not answered late
 TWIML_WRITE_TIMEOUT = 30.0  # the webhook writes its answer right after handle() returns
+FIND_SENT_RETRY_DELAYS = (5.0, 30.0, 120.0)
 RECOVERY_CONCURRENCY = 8  # replies finished after a restart at once (a burst must not flood the engine)
 
 
@@ -231,6 +232,9 @@ class SmsService:
         self._rooms: dict[str, _RoomLock] = {}
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._draining = False
+        # When Twilio's list cannot say whether a reply left before a crash, ask again after these
+        # delays; then leave it for the next start (a late answer rather than a second one).
+        self.find_sent_retry_delays: tuple[float, ...] = FIND_SENT_RETRY_DELAYS
 
     @property
     def busy(self) -> int:
@@ -611,6 +615,11 @@ class SmsService:
             if sent < len(segments):
                 if recovering:
                     found = await self._already_sent(number, segments[sent:], since)
+                    for delay in self.find_sent_retry_delays:
+                        if found is not None:
+                            break
+                        await asyncio.sleep(delay)  # Twilio's list was unavailable; ask again later
+                        found = await self._already_sent(number, segments[sent:], since)
                     if found is None:
                         log.warning("SMS %s from %s: cannot tell whether the reply was sent; left for the next "
                                     "start", sid, who)
