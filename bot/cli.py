@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import getpass
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,10 +89,17 @@ async def _run_bot(settings: Settings) -> None:
                   health={"discord": bot.is_ready}),
             name="web-server",
         )
+    # SIGTERM (a platform's restart or deploy) closes the bot like Ctrl-C, so the web side drains
+    # its SMS replies below instead of the process dying with them.
+    closing: set[asyncio.Task[None]] = set()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close(), name="sigterm-close")))
     try:
         async with bot:
             await bot.start(settings.discord_token.get())
     finally:
+        await asyncio.gather(*closing, return_exceptions=True)
         if web_task is not None:
             stop_web.set()
             await asyncio.gather(web_task, return_exceptions=True)

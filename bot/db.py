@@ -69,6 +69,9 @@ class Database:
                 # WAL + NORMAL is durable across application crashes; only an OS crash can lose
                 # the last transactions, which is acceptable for chat history.
                 self._conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows are overwritten with zeros instead of left in free space, so what /forget
+            # and retention delete is gone from the file, not merely unreachable (see scrub()).
+            self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions ("
@@ -165,6 +168,30 @@ class Database:
                 raise
             else:
                 self._conn.execute("COMMIT")
+
+    def tables(self) -> set[str]:
+        """Every table in the file (what /forget's coverage test checks against)."""
+        rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {str(r["name"]) for r in rows}
+
+    def scrub(self) -> bool:
+        """Make deleted rows unrecoverable from disk: checkpoint the WAL into the file and truncate it.
+
+        With ``secure_delete`` on, a delete zeroes the freed bytes in the page it writes, but the
+        page's earlier versions still sit in the ``-wal`` file until a checkpoint copies the new
+        version over the old one and ``TRUNCATE`` empties the log. Returns False (and logs) when
+        another connection's reader kept the checkpoint from completing.
+        """
+        if self.path is None:
+            return True
+        with self._lock:
+            self._check_open()
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("SQLite at %s: the WAL could not be truncated (another reader is open); "
+                        "deleted rows stay in the -wal file until the next checkpoint", self.path)
+            return False
+        return True
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

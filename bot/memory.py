@@ -9,17 +9,24 @@ then erases them under every linked identity in one call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from bot.db import Database
 
-__all__ = ["Memory", "Modality", "Turn", "private_rooms"]
+if TYPE_CHECKING:
+    from bot.privacy import ForgetReport
+
+__all__ = ["Memory", "Modality", "RetentionSchedule", "Turn", "private_rooms", "RETENTION_INTERVAL"]
 
 log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL = 3600.0  # a running bot prunes old transcripts hourly, not only at start
 
 _MIGRATIONS: list[str] = [
     # 1: turns, people and the identities that belong to them
@@ -214,28 +221,26 @@ class Memory:
 
     # ---------------------------------------------------------------------------- forgetting
 
-    def forget_person(self, identity: str) -> int:
-        """Erase a person everywhere; returns the number of rows deleted.
+    def forget_person(self, identity: str) -> ForgetReport:
+        """Erase a person everywhere in the database; returns what was removed, by kind.
 
-        Deletes every turn they spoke under any linked identity, every turn (theirs and the
-        agent's) in their private rooms (their Discord DM, SMS thread, the console), and the
-        identity links themselves. The agent's replies in shared rooms stay: they are the
-        agent's words, and their context is gone with the person's turns.
+        Deletes every turn they spoke under any linked identity, the agent's reply right after
+        each of them in shared rooms, every turn in their private rooms (their Discord DM, SMS
+        thread, the console), the identity links, and their rows in the SMS store; then scrubs
+        the WAL so none of it stays on disk. See :func:`bot.privacy.forget_person`.
         """
-        with self.db.transaction() as db:
-            person, linked = self._linked(identity)
-            identities = sorted(linked)
-            rooms = sorted({room for ident in identities for room in private_rooms(ident)})
-            marks = ",".join("?" * len(identities))
-            deleted = db.execute(f"DELETE FROM turns WHERE speaker_id IN ({marks})", identities).rowcount
-            if rooms:
-                room_marks = ",".join("?" * len(rooms))
-                deleted += db.execute(f"DELETE FROM turns WHERE room IN ({room_marks})", rooms).rowcount
-            if person is not None:
-                deleted += db.execute("DELETE FROM identities WHERE person_id = ?", (person,)).rowcount
-                deleted += db.execute("DELETE FROM people WHERE id = ?", (person,)).rowcount
-        log.info("Forgot a person: %d identities, %d rows deleted", len(identities), deleted)
-        return deleted
+        from bot.privacy import forget_person
+
+        return forget_person(self.db, identity)
+
+    def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:
+        """Delete the latest user turn matching exactly (a reply being redone after a crash stores it again)."""
+        cur = self.db.execute(
+            "DELETE FROM turns WHERE id = (SELECT id FROM turns WHERE room = ? AND speaker_id = ? AND role = 'user' "
+            "AND text = ? AND created_at >= ? ORDER BY id DESC LIMIT 1)",
+            (room, speaker_id, text, since),
+        )
+        return cur.rowcount > 0
 
     def forget_room(self, room: str) -> int:
         """Delete every turn in ``room``; returns the number deleted."""
@@ -250,3 +255,56 @@ class Memory:
         if deleted:
             log.info("Pruned %d turns older than %d days", deleted, older_than_days)
         return deleted
+
+
+class RetentionSchedule:
+    """Deletes transcripts older than ``days`` now and every ``interval`` seconds while the bot runs.
+
+    Also drops SMS bookkeeping past its use (it holds phone numbers) when the SMS tables exist, and
+    scrubs the WAL after a prune that deleted something, so expired words leave the disk too.
+    Owns one named task; :meth:`aclose` cancels it.
+    """
+
+    def __init__(self, memory: Memory, days: int, *, interval: float = RETENTION_INTERVAL) -> None:
+        self.memory = memory
+        self.days = days
+        self.interval = interval
+        self.runs = 0  # completed prunes (tests wait on it)
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RetentionSchedule(days={self.days}, interval={self.interval}, running={self._task is not None})"
+
+    def prune_now(self) -> int:
+        """One prune; returns the transcript turns deleted."""
+        removed = self.memory.prune(self.days)
+        bookkeeping = 0
+        if "sms_messages" in self.memory.db.tables():
+            from bot.sms.store import SmsStore
+
+            bookkeeping = SmsStore(self.memory.db).prune()
+        if removed or bookkeeping:
+            self.memory.db.scrub()
+        self.runs += 1
+        return removed
+
+    def start(self) -> None:
+        """Prune now, then on schedule (call inside the running loop; ``days`` 0 keeps everything)."""
+        if self.days <= 0 or self._task is not None:
+            return
+        self.prune_now()
+        self._task = asyncio.create_task(self._run(), name="transcript-retention")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)  # the schedule itself, not synchronisation
+            try:
+                self.prune_now()
+            except Exception:  # a locked or damaged database must not end the schedule
+                log.exception("Pruning old transcripts failed; retrying in %.0f s", self.interval)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

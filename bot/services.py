@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from bot.agent import Agent
 from bot.agent.factory import build_agent
 from bot.db import Database
-from bot.memory import Memory
+from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,8 +32,11 @@ class Services:
     # A voice manager built by the caller (simulate, tests), which also closes it; when None the
     # voice cog builds one from these services and owns it.
     voice: VoiceManager | None = None
+    retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
 
     async def aclose(self) -> None:
+        if self.retention is not None:
+            await self.retention.aclose()
         await self.agent.aclose()
         self.db.close()
 
@@ -44,13 +47,12 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.data_dir / "voicebot.sqlite3")
     memory = Memory(db)
-    if settings.transcript_retention_days:
-        removed = memory.prune(settings.transcript_retention_days)
-        if removed:
-            log.info("pruned %d turns older than %d days", removed, settings.transcript_retention_days)
+    retention = RetentionSchedule(memory, settings.transcript_retention_days)
     try:
+        retention.start()  # prunes now, then hourly (TRANSCRIPT_RETENTION_DAYS=0 keeps everything)
         agent = await build_agent(settings, memory)
     except BaseException:
+        await retention.aclose()
         db.close()
         raise
-    return Services(settings=settings, db=db, memory=memory, agent=agent)
+    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)

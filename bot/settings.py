@@ -133,6 +133,8 @@ class Settings:
     web_host: str = "0.0.0.0"
     web_port: int = 8080
     sms_rate_limit: int = 10  # messages per number per 10 minutes
+    # --- SMS durability (sms-trust)
+    sms_shutdown_grace: float = 20.0  # seconds replies in flight get to finish on SIGTERM
     # --- Logging
     log_level: str = "INFO"
 
@@ -328,6 +330,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_HOST": ("web_host", _text),
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
+    "SMS_SHUTDOWN_GRACE": ("sms_shutdown_grace", _float(0.0, 600.0)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 

@@ -166,14 +166,18 @@ async def serve(
     server = WebServer(create_app(health=health, webhooks=webhooks), settings.web_host, settings.web_port)
     stop = stop or asyncio.Event()
     try:
+        if service is not None:
+            service.resume_unfinished()  # before serving, so Twilio's retries find them in progress
         await server.start()
         if ready is not None:
             ready(server)
         await stop.wait()
     finally:
-        await server.stop()  # first: no new webhooks while replies drain
         if service is not None:
-            await service.aclose()
+            # Webhooks answer 503 (Twilio retries) while replies in flight get their grace period;
+            # the server stays up meanwhile so Twilio gets that answer rather than a refused connection.
+            await service.aclose(settings.sms_shutdown_grace)
+        await server.stop()
 
 
 def run_web_forever(settings: Settings) -> int:

@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.memory import Memory
+from bot.privacy import ForgetReport
 from bot.voice.guilds import OptOutList
 from cogs.voice import guild_only_check
 
@@ -41,11 +42,11 @@ def optin_message(changed: bool) -> str:
     return "Welcome back: I'll hear you again in voice channels I'm in. `/optout` stops it any time."
 
 
-def forget_message(removed: int) -> str:
-    if removed == 0:
+def forget_message(report: ForgetReport) -> str:
+    if report.empty:
         return "I had nothing stored about you. Anything you were saying just now was dropped too."
-    return (f"Forgotten: I erased {removed} stored message{'s' if removed != 1 else ''} of yours "
-            "(including texts from any phone you linked) and anything I was still processing.")
+    return (f"Forgotten: I erased {report.describe()} (including texts from any phone you linked) and anything "
+            "I was still processing. If you opted out, that stays: I keep only a scrambled mark of it.")
 
 
 class PrivacyCog(commands.Cog, name="Privacy"):
@@ -96,7 +97,7 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         if manager is not None:
             manager.drop_live_state(user_id)
         removed = self.memory.forget_person(f"discord:{user_id}")
-        log.info("forgot a person", extra={"user_id": user_id, "rows": removed})
+        log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
         await interaction.response.send_message(forget_message(removed), ephemeral=True)
 
 

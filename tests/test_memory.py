@@ -92,15 +92,17 @@ def test_forget_person_everywhere(memory: Memory) -> None:
     memory.append(turn("sms:+15550000001", "bot", "reply sms", role="assistant", modality=Modality.SMS))
     memory.append(turn("discord:dm:2", "discord:2", "bob dm", name="Bob"))
 
-    deleted = memory.forget_person("phone:+15550000001")
-    # 5 turns (guild, dm x2, sms x2) + 2 identity rows + 1 person row
-    assert deleted == 8
+    report = memory.forget_person("phone:+15550000001")
+    # Counted by kind, never summed: their 3 turns, the agent's 2 replies in their private rooms,
+    # and the Discord account that was linked to the phone.
+    assert report.counts == {"message": 3, "reply": 2, "linked account": 1}
+    assert report.describe() == "3 messages, 2 replies to you, 1 linked account"
     assert [t.text for t in memory.recent(GUILD_ROOM, 10)] == ["bob in guild", "reply in guild"]
     assert memory.recent("discord:dm:1", 10) == []
     assert memory.recent("sms:+15550000001", 10) == []
     assert [t.text for t in memory.recent("discord:dm:2", 10)] == ["bob dm"]
     assert memory.identities_of("discord:1") == {"discord:1"}
-    assert memory.forget_person("discord:404") == 0
+    assert memory.forget_person("discord:404").empty
 
 
 def test_private_rooms() -> None:

@@ -79,7 +79,7 @@ async def test_link_then_forget_covers_both(harness: Harness) -> None:
     assert h.linker.linked_numbers(f"discord:{USER_ID}") == [THEM]
 
     removed = h.memory.forget_person(f"discord:{USER_ID}")
-    assert removed > 0
+    assert removed["message"] == 3 and removed["linked phone"] == 1  # hello, hi on discord, it's me
     assert h.memory.recent(f"sms:{THEM}", 50) == []
     assert h.memory.recent(f"discord:dm:{USER_ID}", 50) == []
     # Memory no longer links them, so the SMS side stops using the Discord name too.

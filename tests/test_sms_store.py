@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.db import Database
-from bot.sms.store import LINK_CODE_TTL, RATE_WINDOW, Admission, SmsStore
+from bot.sms.store import LINK_CODE_TTL, RATE_WINDOW, Admission, Claim, SmsStore
 
 NUMBER = "+15551230001"
 
@@ -18,15 +18,43 @@ class Clock:
         return self.now
 
 
-def test_claim_dedupes_and_survives_restart(tmp_path: Path) -> None:
+def test_claim_records_the_text_and_dedupes_finished_messages_across_restarts(tmp_path: Path) -> None:
     db = Database(tmp_path / "db.sqlite3")
     store = SmsStore(db)
-    assert store.claim("SM1", NUMBER)
-    assert not store.claim("SM1", NUMBER)
+    assert store.claim("SM1", NUMBER, "hello there") is Claim.NEW
+    # Seen but not finished: a retry must finish it, not be dismissed as a duplicate.
+    assert store.claim("SM1", NUMBER, "hello there") is Claim.UNFINISHED
     db.close()
-    store = SmsStore(Database(tmp_path / "db.sqlite3"))
-    assert not store.claim("SM1", NUMBER)
-    assert store.claim("SM2", NUMBER)
+    db = Database(tmp_path / "db.sqlite3")
+    store = SmsStore(db)
+    [pending] = store.unfinished()
+    assert (pending.message_sid, pending.from_number, pending.body, pending.state) == ("SM1", NUMBER, "hello there",
+                                                                                        "received")
+    assert store.advance("SM1", "received", "accepted")
+    assert store.advance("SM1", "accepted", "replying")
+    assert not store.advance("SM1", "accepted", "replying")  # not in that state any more: one winner
+    assert store.advance("SM1", "replying", "sending", reply=["part one", "part two"], sent_segments=0)
+    assert store.segment_sent("SM1", 1)
+    pending = store.pending("SM1")
+    assert pending is not None and pending.reply == ("part one", "part two") and pending.sent_segments == 1
+    assert store.advance("SM1", "sending", "answered")
+    assert store.claim("SM1", NUMBER, "hello there") is Claim.DONE
+    assert store.unfinished() == [] and store.pending("SM1") is None
+    # A finished row keeps no text and no reply.
+    row = db.query("SELECT body, reply FROM sms_messages WHERE message_sid = 'SM1'")[0]
+    assert (row["body"], row["reply"]) == (None, None)
+    assert store.claim("SM2", NUMBER) is Claim.NEW
+    db.close()
+
+
+def test_a_forgotten_message_cannot_move_on() -> None:
+    db = Database.in_memory()
+    store = SmsStore(db)
+    store.claim("SM1", NUMBER, "secret words")
+    store.advance("SM1", "received", "accepted")
+    db.execute("DELETE FROM sms_messages WHERE from_number = ?", (NUMBER,))  # what /forget does
+    assert not store.advance("SM1", "accepted", "replying")
+    assert not store.segment_sent("SM1", 1)
 
 
 def test_rate_limit_notes_once_then_silence_until_window_passes() -> None:

@@ -424,8 +424,12 @@ async def test_optout_drops_speech_at_receive(discord_: LocalDiscord, monkeypatc
         h.manager.memory.append(Turn(room=f"discord:{h.guild.id}:{h.text.id}", speaker_id=f"discord:{h.alice.id}",
                                      speaker_name="Alice", role="user", text="remember me", modality=Modality.TEXT,
                                      created_at=time.time()))
-        assert "erased 1 stored message" in await h.command(h.alice, "forget")
+        assert "erased 1 message (" in await h.command(h.alice, "forget")
         assert "nothing stored" in await h.command(h.alice, "forget")
+        # Forgetting does not undo the opt-out (kept as a keyed subject, not the raw id).
+        assert "already" in await h.command(h.alice, "optout")
+        assert str(h.alice.id) not in " ".join(str(v) for r in h.manager.memory.db.query(
+            "SELECT * FROM opt_outs") for v in tuple(r))
         assert "Welcome back" in await h.command(h.alice, "optin")
         await h.command(h.alice, "leave")
 

@@ -6,13 +6,22 @@ Flow for ``POST /twilio/sms``:
    ``public_url`` + the request's path and query). Behind a proxy the Host header is the proxy's
    idea of the host, so it is never used. Unsigned or forged: 403.
 2. Parse the fields into :class:`InboundSms` (missing fields: 400).
-3. Dedupe by ``MessageSid`` in SQLite: a Twilio retry or replay, even of a message still being
-   answered, gets an empty ``<Response/>`` so no message is ever answered twice.
+3. Record the message (``MessageSid``, sender, text) in SQLite before anything else, so it is
+   durable before the webhook answers. A SID already finished (a retry or a replay) gets an empty
+   ``<Response/>``; a SID being answered right now too; a SID an earlier run left unfinished (a
+   crash) is finished now. While draining for shutdown the answer is 503, so Twilio retries.
 4. Compliance keywords (STOP/START/HELP), opt-outs, the per-number rate limit and link codes are
    handled before the agent sees anything.
 5. The agent's reply is awaited for up to ``reply_budget`` seconds (Twilio gives a webhook 15 s).
    If it is ready, it goes back as TwiML; otherwise the webhook answers an empty ``<Response/>``
    and the reply is sent through the REST API when it is done.
+
+Each step is a state transition in :mod:`bot.sms.store` (one transaction each). The reply is
+stored (state ``sending``) before it leaves and each segment Twilio confirms is noted, so after a
+crash :meth:`SmsService.resume_unfinished` regenerates what was not written and, for what may have
+left, asks Twilio's Messages list before sending the rest: a late answer rather than a second one.
+Recovery assumes one process owns the database (the Procfile's single worker); two processes
+sharing one file would each finish the other's unfinished messages at start-up.
 
 Why we remember opt-outs although Twilio enforces STOP on long codes itself: replies that go out
 through the REST API after the webhook has returned would be refused by Twilio with 21610, and
@@ -30,18 +39,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 
-from bot.agent import AgentError, Incoming
+from bot.agent import AGENT_SPEAKER_ID, AgentError, Incoming, Reply
 from bot.memory import Modality, Turn
 from bot.sms.outbound import SendOutcome, SendResult
-from bot.sms.store import Admission, SmsStore
+from bot.sms.store import UNFINISHED, Admission, Claim, PendingSms, SmsStore
 from bot.sms.text import (
     Keyword,
     classify_keyword,
@@ -60,6 +69,7 @@ __all__ = [
     "InboundFormError",
     "InboundSms",
     "SmsSender",
+    "ShuttingDown",
     "SmsService",
     "StatusUpdate",
     "TwilioWebhooks",
@@ -73,6 +83,14 @@ log = logging.getLogger(__name__)
 SMS_PATH = "/twilio/sms"
 STATUS_PATH = "/twilio/status"
 MAX_INBOUND_CHARS = 2000  # what the agent sees of one text; Twilio concatenates at most 1,600 anyway
+RECOVERY_MAX_AGE = 86400.0  # an unfinished message older than a day is closed, not answered late
+TWIML_WRITE_TIMEOUT = 30.0  # the webhook writes its answer right after handle() returns
+FIND_SENT_RETRY_DELAYS = (5.0, 30.0, 120.0)
+RECOVERY_CONCURRENCY = 8  # replies finished after a restart at once (a burst must not flood the engine)
+
+
+class ShuttingDown(Exception):
+    """The service is draining: the webhook answers 503 so Twilio retries after the restart."""
 
 
 # --- our dataclasses and their pure parsers ---------------------------------------------------
@@ -209,8 +227,14 @@ class SmsService:
         self.max_inbound_chars = max_inbound_chars
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # MessageSid -> the task finishing it
+        self._twiml_waiters: dict[str, asyncio.Future[bool]] = {}
         self._rooms: dict[str, _RoomLock] = {}
-        self._closing = False
+        self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+        self._draining = False
+        # When Twilio's list cannot say whether a reply left before a crash, ask again after these
+        # delays; then leave it for the next start (a late answer rather than a second one).
+        self.find_sent_retry_delays: tuple[float, ...] = FIND_SENT_RETRY_DELAYS
 
     @property
     def busy(self) -> int:
@@ -235,15 +259,40 @@ class SmsService:
     async def handle(self, sms: InboundSms) -> list[str]:
         """Handle one (signature-checked) inbound SMS; returns the segments to answer in TwiML.
 
+        The message (text and sender) is in the database before this returns, whatever it returns.
         An empty list means "answer with an empty response": nothing to say, or the reply will
-        follow through the REST API. Logs exactly one line per message (plus one if a later REST
-        send fails).
+        follow through the REST API. Raises :class:`ShuttingDown` while draining: the webhook
+        answers 503 so Twilio retries, and the recorded message is finished at the next start.
+        Logs exactly one line per message (plus one if a later REST send fails).
         """
         number, who = sms.from_number, mask_number(sms.from_number)
-        if not self.store.claim(sms.message_sid, number):
+        claim = self.store.claim(sms.message_sid, number, sms.body, sms.num_media)
+        if claim is Claim.DONE:
             log.info("SMS %s from %s is a duplicate (Twilio retry or replay); not answering again", sms.message_sid, who)
             return []
+        if self._draining:
+            log.info("SMS %s from %s recorded during shutdown; answered 503 (finished at the next start)",
+                     sms.message_sid, who)
+            raise ShuttingDown()
+        if claim is Claim.UNFINISHED:
+            if sms.message_sid in self._inflight:
+                log.info("SMS %s from %s is a duplicate of a message being answered; not answering twice",
+                         sms.message_sid, who)
+                return []
+            pending = self.store.pending(sms.message_sid)
+            if pending is None:
+                return []
+            if pending.state != "received":
+                log.info("SMS %s from %s: Twilio retried a message left %s by an earlier run; finishing it",
+                         sms.message_sid, who, pending.state)
+                self._resume(pending)
+                return []
+            # Left before any decision: decide now, as if it were new.
+        return await self._process(sms, webhook=True)
 
+    async def _process(self, sms: InboundSms, *, webhook: bool) -> list[str]:
+        """Decide and answer a ``received`` message; ``webhook=False`` (a recovery) sends answers by REST."""
+        number, who = sms.from_number, mask_number(sms.from_number)
         keyword = classify_keyword(sms.body)
         if keyword is not None:
             return self._keyword(sms, keyword)
@@ -253,14 +302,11 @@ class SmsService:
             log.info("SMS %s from %s ignored: the number opted out (it must text START first)", sms.message_sid, who)
             return []
 
-        text = sms.body.strip()
-        if not text and sms.num_media:
-            text = f"(sent {sms.num_media} picture{'s' if sms.num_media != 1 else ''} without text)"
+        text, cut = self._agent_text(sms.body, sms.num_media)
         if not text:
             self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: empty body", sms.message_sid, who)
             return []
-        text, cut = truncate_for_agent(text, self.max_inbound_chars)
 
         admission = self.store.admit(sms.message_sid, number, self.rate_limit)
         if admission is not Admission.ACCEPT:
@@ -280,7 +326,19 @@ class SmsService:
             if answered is not None:
                 return answered
 
+        if not webhook:
+            self._spawn(sms.message_sid, self._reply(sms.message_sid, number, text, cut, "accepted",
+                                                     sms_received_at=self._clock(), handoff=None))
+            return []
         return await self._answer_with_agent(sms, text, truncated=cut)
+
+    def _agent_text(self, body: str, num_media: int) -> tuple[str, bool]:
+        text = body.strip()
+        if not text and num_media:
+            text = f"(sent {num_media} picture{'s' if num_media != 1 else ''} without text)"
+        if not text:
+            return "", False
+        return truncate_for_agent(text, self.max_inbound_chars)
 
     def on_status(self, update: StatusUpdate) -> None:
         """Log a delivery status callback (one line); a 21610 there also records the opt-out."""
@@ -292,20 +350,92 @@ class SmsService:
         else:
             log.info("SMS %s to %s %s", update.message_sid, who, update.status)
 
+    # --- recovery and shutdown ----------------------------------------------------------------
+
+    def resume_unfinished(self) -> int:
+        """Start finishing every message an earlier run left unfinished; returns how many.
+
+        Call once at start-up, before webhooks are served, so a Twilio retry of one of them finds
+        it in progress here. Messages older than :data:`RECOVERY_MAX_AGE` are closed as failed:
+        an answer a day late would make no sense to the person.
+        """
+        pending = self.store.unfinished()
+        now = self._clock()
+        resumed = 0
+        stale = 0
+        for message in pending:
+            if message.message_sid in self._inflight:
+                continue
+            if now - message.received_at > RECOVERY_MAX_AGE or message.body is None:
+                self.store.advance(message.message_sid, UNFINISHED, "failed")
+                stale += 1
+                continue
+            self._resume(message)
+            resumed += 1
+        if resumed or stale:
+            log.info("Finishing %d SMS left unfinished by the last run (%d too old or without text, closed)",
+                     resumed, stale)
+        return resumed
+
+    def _resume(self, message: PendingSms) -> None:
+        if message.state == "received":
+            sms = InboundSms(message.message_sid, "", message.from_number, "", message.body or "",
+                             num_media=message.num_media)
+            self._spawn(message.message_sid, self._recover_received(sms))
+            return
+        text, cut = self._agent_text(message.body or "", message.num_media)
+        self._spawn(message.message_sid, self._reply(message.message_sid, message.from_number, text, cut,
+                                                     message.state, sms_received_at=message.received_at,
+                                                     handoff=None, pending=message))
+
+    async def _recover_received(self, sms: InboundSms) -> None:
+        """A message recorded but never decided on: decide now; canned answers go by REST."""
+        async with self._recovery_slots:
+            segments = await self._process(sms, webhook=False)
+            if segments and self.sender is not None and not self.store.is_opted_out(sms.from_number):
+                await self._send_all(sms.from_number, segments)
+
+    def begin_drain(self) -> None:
+        """Stop taking new work: webhooks answer 503 from now on (Twilio retries them later)."""
+        if not self._draining:
+            self._draining = True
+            log.debug("SMS: draining; new webhooks get 503 so Twilio retries them after the restart")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     async def wait_idle(self) -> None:
         """Wait until every reply in progress (including later REST sends) has finished."""
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def aclose(self, grace: float = 5.0) -> None:
-        """Let replies in progress finish for ``grace`` seconds, then cancel and await the rest."""
-        self._closing = True
+    async def aclose(self, grace: float = 20.0) -> None:
+        """Drain: let replies in progress finish for ``grace`` seconds, then cancel and await the rest.
+
+        A cancelled reply keeps its recorded state (accepted, replying or sending), so the next
+        start finishes it; one log line says what was left.
+        """
+        self.begin_drain()
         tasks = set(self._tasks)
+        cancelled = 0
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+            cancelled = len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
+        left = self.store.unfinished()
+        finished = f"{len(tasks) - cancelled} of {len(tasks)} reply(ies) in flight finished within the {grace:.0f}s grace"
+        if left:
+            by_state: dict[str, int] = {}
+            for message in left:
+                by_state[message.state] = by_state.get(message.state, 0) + 1
+            detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
+            log.warning("SMS shutdown: %s; %d message(s) not answered (%s) are recorded and will be finished at "
+                        "the next start", finished, len(left), detail)
+        elif tasks:
+            log.info("SMS shutdown: %s", finished)
         if self.sender is not None:
             await self.sender.aclose()
 
@@ -362,15 +492,9 @@ class SmsService:
                     modality=Modality.SMS, created_at=self._clock())
 
     async def _answer_with_agent(self, sms: InboundSms, text: str, *, truncated: bool) -> list[str]:
-        if self._closing:
-            self.store.set_state(sms.message_sid, "failed")
-            log.warning("SMS %s from %s arrived during shutdown; not answered", sms.message_sid,
-                        mask_number(sms.from_number))
-            return []
         handoff: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._reply(sms, text, handoff, truncated), name=f"sms-reply-{sms.message_sid}")
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
+        self._spawn(sms.message_sid, self._reply(sms.message_sid, sms.from_number, text, truncated, "accepted",
+                                                 sms_received_at=self._clock(), handoff=handoff))
         try:
             await asyncio.wait({handoff}, timeout=self.reply_budget)
         finally:
@@ -379,74 +503,191 @@ class SmsService:
                 handoff.cancel()
         if handoff.cancelled():
             return []
-        return handoff.result()
+        return handoff.result()  # raises ShuttingDown if the reply was stopped by a shutdown
 
-    def _reap(self, task: asyncio.Task[None]) -> None:
+    def twiml_written(self, message_sid: str, ok: bool) -> None:
+        """The webhook wrote (``ok``) or failed to write the TwiML reply handed to it."""
+        waiter = self._twiml_waiters.pop(message_sid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)
+
+    def _spawn(self, message_sid: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"sms-reply-{message_sid}")
+        self._tasks.add(task)
+        self._inflight[message_sid] = task
+        task.add_done_callback(lambda t: self._reap(message_sid, t))
+
+    def _reap(self, message_sid: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if self._inflight.get(message_sid) is task:
+            del self._inflight[message_sid]
         if not task.cancelled() and task.exception() is not None:
             log.error("%s crashed", task.get_name(), exc_info=task.exception())
 
-    async def _reply(self, sms: InboundSms, text: str, handoff: asyncio.Future[list[str]], truncated: bool) -> None:
-        number, who = sms.from_number, mask_number(sms.from_number)
+    async def _reply(self, sid: str, number: str, text: str, truncated: bool, state: str, *,
+                     sms_received_at: float, handoff: asyncio.Future[list[str]] | None,
+                     pending: PendingSms | None = None) -> None:
+        """Take one message from ``state`` (accepted, replying or sending) to answered / failed / suppressed."""
+        try:
+            await self._reply_steps(sid, number, text, truncated, state, sms_received_at=sms_received_at,
+                                    handoff=handoff, pending=pending)
+        except asyncio.CancelledError:
+            # Stopped by a shutdown: a webhook still waiting answers 503 (Twilio retries); the row
+            # keeps its state for the next start.
+            if handoff is not None and not handoff.done():
+                handoff.set_exception(ShuttingDown())
+            raise
+
+    async def _reply_steps(self, sid: str, number: str, text: str, truncated: bool, state: str, *,
+                           sms_received_at: float, handoff: asyncio.Future[list[str]] | None,
+                           pending: PendingSms | None) -> None:
+        who = mask_number(number)
         room = f"sms:{number}"
         started = time.monotonic()
-        async with self._room(room):
-            incoming = Incoming(room=room, speaker_id=f"phone:{number}", speaker_name=self._speaker_name(number),
-                                text=text, modality=Modality.SMS)
-            reply = self.agent.reply(incoming)
+        recovering = pending is not None
+        slots = self._recovery_slots if recovering else contextlib.nullcontext()
+        async with slots, self._room(room):
+            reply: Reply | None = None
             failure: str | None = None
-            try:
-                async for _delta in reply:
-                    pass
-                segments = split_sms(normalize_for_sms(reply.text))
-            except AgentError as exc:
-                failure = str(exc)
-                segments = [exc.user_message]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug in an engine must not leave the person without an answer
-                log.exception("SMS %s: the agent raised unexpectedly", sms.message_sid)
-                failure = f"{type(exc).__name__}"
-                segments = [self.OOPS_TEXT]
-            if not segments:
-                failure = "the agent produced an empty reply"
-                segments = [self.OOPS_TEXT]
-
-            via = "twiml"
-            results: list[SendResult] = []
-            if not handoff.done():
-                handoff.set_result(segments)
-                delivered = True
+            if state == "sending":
+                assert pending is not None
+                segments = list(pending.reply)
+                failure = pending.failure
+                sent = pending.sent_segments
+                since = pending.updated_at
             else:
-                via = "rest"
-                results = await self._send_all(number, segments)
-                delivered = bool(results) and all(r.ok for r in results)
+                if self.store.is_opted_out(number):
+                    self.store.advance(sid, ("accepted", "replying"), "suppressed")
+                    log.info("SMS %s from %s not answered: the number opted out meanwhile", sid, who)
+                    return
+                if state == "replying":
+                    # The earlier run stored the person's turn when its reply began; it is stored again below.
+                    self.memory.forget_turn(room, f"phone:{number}", text, sms_received_at)
+                if not self.store.advance(sid, ("accepted", "replying"), "replying"):
+                    log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
+                    return
+                incoming = Incoming(room=room, speaker_id=f"phone:{number}", speaker_name=self._speaker_name(number),
+                                    text=text, modality=Modality.SMS)
+                reply = self.agent.reply(incoming)
+                try:
+                    async for _delta in reply:
+                        pass
+                    segments = split_sms(normalize_for_sms(reply.text))
+                except AgentError as exc:
+                    failure = str(exc)
+                    segments = [exc.user_message]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug in an engine must not leave the person without an answer
+                    log.exception("SMS %s: the agent raised unexpectedly", sid)
+                    failure = f"{type(exc).__name__}"
+                    segments = [self.OOPS_TEXT]
+                if not segments:
+                    failure = "the agent produced an empty reply"
+                    segments = [self.OOPS_TEXT]
+                since = self._clock()
+                # The reply is recorded before it leaves, so a crash from here on never sends it twice.
+                if not self.store.advance(sid, "replying", "sending", reply=segments, failure=failure, sent_segments=0):
+                    log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
+                    return
+                sent = 0
+
+            via = "rest"
+            results: list[SendResult] = []
+            written = False
+            if handoff is not None and not handoff.done():
+                waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._twiml_waiters[sid] = waiter
+                handoff.set_result(segments)
+                try:
+                    async with asyncio.timeout(TWIML_WRITE_TIMEOUT):
+                        written = await waiter
+                except TimeoutError:
+                    written = False
+                finally:
+                    self._twiml_waiters.pop(sid, None)
+                if written:
+                    via = "twiml"
+                    sent = len(segments)
+                else:
+                    # The webhook died before its answer went out; Twilio may or may not have it.
+                    recovering = True
+            if sent < len(segments):
+                if recovering:
+                    found = await self._already_sent(number, segments[sent:], since)
+                    for delay in self.find_sent_retry_delays:
+                        if found is not None:
+                            break
+                        await asyncio.sleep(delay)  # Twilio's list was unavailable; ask again later
+                        found = await self._already_sent(number, segments[sent:], since)
+                    if found is None:
+                        log.warning("SMS %s from %s: cannot tell whether the reply was sent; left for the next "
+                                    "start", sid, who)
+                        return
+                    sent += found
+                    if found:
+                        self.store.segment_sent(sid, sent)
+                results = await self._send_all(number, segments[sent:], sid=sid, first=sent)
+            delivered = all(r.ok for r in results)
+            suppressed = any(r.outcome is SendOutcome.OPTED_OUT for r in results)
+            final = "suppressed" if suppressed else "answered" if failure is None and delivered else "failed"
+            if not self.store.advance(sid, "sending", final):
+                log.info("SMS %s from %s: record gone before the reply was noted (forgotten)", sid, who)
+                return
             if failure is None and delivered:
-                reply.finish()  # only now is it "said"
+                if reply is not None:
+                    reply.finish()  # only now is it "said"
+                else:  # finished after a crash: the run that wrote it could not store it
+                    self.memory.append(Turn(room=room, speaker_id=AGENT_SPEAKER_ID,
+                                            speaker_name=self.agent.character.name, role="assistant",
+                                            text=" ".join(segments), modality=Modality.SMS,
+                                            created_at=self._clock()))
         elapsed = time.monotonic() - started
-        state = "answered" if failure is None and delivered else "failed"
-        self.store.set_state(sms.message_sid, state)
         detail = "" if not truncated else " (body truncated for the agent)"
         if failure is not None:
             log.warning("SMS %s from %s: agent failed (%s); sent an apology via %s in %.1fs%s",
-                        sms.message_sid, who, failure, via, elapsed, detail)
+                        sid, who, failure, via, elapsed, detail)
         elif not delivered:
             bad = next((r for r in results if not r.ok), None)
             log.warning("SMS %s from %s: reply not delivered via %s: %s (HTTP %s, code %s, %d attempt(s))",
-                        sms.message_sid, who, via, bad.outcome if bad else "no sender",
+                        sid, who, via, bad.outcome if bad else "no sender",
                         bad.status if bad else None, bad.code if bad else None, bad.attempts if bad else 0)
         else:
-            log.info("SMS %s from %s answered via %s: %d segment(s) in %.1fs%s",
-                     sms.message_sid, who, via, len(segments), elapsed, detail)
+            log.info("SMS %s from %s answered via %s%s: %d segment(s) in %.1fs%s",
+                     sid, who, via, " after a restart" if pending is not None else "", len(segments), elapsed, detail)
 
-    async def _send_all(self, number: str, segments: list[str]) -> list[SendResult]:
-        """REST-send segments in order, stopping at the first failure. Never sends to an opt-out."""
+    async def _already_sent(self, number: str, segments: list[str], since: float) -> int | None:
+        """How many leading ``segments`` Twilio already created (None: cannot tell)."""
+        finder = getattr(self.sender, "find_sent", None)
+        if finder is None:
+            return None
+        found: list[bool] | None = await finder(number, segments, since)
+        if found is None:
+            return None
+        count = 0
+        for hit in found:
+            if not hit:
+                break
+            count += 1
+        return count
+
+    async def _send_all(self, number: str, segments: list[str], *, sid: str | None = None,
+                        first: int = 0) -> list[SendResult]:
+        """REST-send segments in order, stopping at the first failure. Never sends to an opt-out.
+
+        With ``sid``, each confirmed segment is recorded at once, and a record that vanished (the
+        person was forgotten) stops the sending.
+        """
         results: list[SendResult] = []
         if self.sender is None:
+            results.append(SendResult(SendOutcome.UNAVAILABLE, number, attempts=0, detail="no sender"))
             return results
-        for segment in segments:
+        for i, segment in enumerate(segments):
             if self.store.is_opted_out(number):
                 results.append(SendResult(SendOutcome.OPTED_OUT, number, attempts=0, detail="opted out (remembered)"))
+                break
+            if sid is not None and self.store.pending(sid) is None:
+                results.append(SendResult(SendOutcome.REJECTED, number, attempts=0, detail="forgotten"))
                 break
             result = await self.sender.send(number, segment)
             results.append(result)
@@ -454,6 +695,8 @@ class SmsService:
                 self.store.set_opted_out(number, "twilio:21610")
             if not result.ok:
                 break
+            if sid is not None:
+                self.store.segment_sent(sid, first + i + 1)
         return results
 
     @contextlib.asynccontextmanager
@@ -520,8 +763,21 @@ class TwilioWebhooks:
         except InboundFormError as exc:
             log.warning("Twilio SMS webhook rejected with 400: %s", exc)
             return web.Response(status=400, text=str(exc))
-        segments = await self.service.handle(sms)
-        return web.Response(text=twiml(segments), content_type="application/xml")
+        try:
+            segments = await self.service.handle(sms)
+        except ShuttingDown:
+            return web.Response(status=503, text="shutting down; retry", headers={"Retry-After": "5"})
+        response = web.Response(text=twiml(segments), content_type="application/xml")
+        written = False
+        try:
+            # Written here rather than by aiohttp after we return, so a TwiML reply is noted as
+            # sent only once it has left (else a crash could lose it, or a retry answer it twice).
+            await response.prepare(request)
+            await response.write_eof()
+            written = True
+        finally:
+            self.service.twiml_written(sms.message_sid, written)
+        return response
 
     async def status(self, request: web.Request) -> web.Response:
         form = await self._signed_form(request)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -177,6 +178,42 @@ class TwilioSender:
                 mask_number(to), outcome, status, code, attempt, self._max_attempts - 1, delay,
             )
             await self._sleep(delay)
+
+    async def find_sent(self, to: str, bodies: list[str], since: float) -> list[bool] | None:
+        """Which of ``bodies`` Twilio already holds as messages from us to ``to`` created since ``since``.
+
+        Used before re-sending a reply whose send may have happened just before a crash: Twilio's
+        Messages list (filtered by To, From and DateSent, as the API offers) is the only record of
+        a message created but not yet noted by us. Returns None when Twilio could not be asked;
+        the caller then must not send (a second text is worse than a late one) and tries later.
+        ``since`` is Unix seconds; a 2-minute margin absorbs clock differences with Twilio.
+        """
+        # A failed list page raises the SDK's base TwilioException (not TwilioRestException).
+        from twilio.base.exceptions import TwilioException
+
+        client = self._get_client()
+        # DateSent filters by day (GMT); the day before covers a send just before midnight.
+        day = time.strftime("%Y-%m-%d", time.gmtime(since - 86400))
+        try:
+            async with asyncio.timeout(self._attempt_timeout * 2):
+                found = await client.messages.list_async(  # type: ignore[attr-defined]
+                    to=to, from_=self.from_number, date_sent_after=day, limit=200)
+        except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("Cannot list Twilio messages to %s (%s); the reply is retried later",
+                        mask_number(to), type(exc).__name__)
+            return None
+        created: list[str] = []
+        for message in found:
+            stamp = message.date_created or message.date_sent
+            if stamp is not None and stamp.timestamp() >= since - 120:
+                created.append(str(message.body or ""))
+        out: list[bool] = []
+        for body in bodies:
+            hit = body in created
+            if hit:
+                created.remove(body)  # one Twilio message proves one segment, not two identical ones
+            out.append(hit)
+        return out
 
     async def check(self) -> str:
         """Fetch the account (for ``voicebot check``): a short detail, or RuntimeError saying what is wrong."""

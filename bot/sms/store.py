@@ -1,9 +1,21 @@
 """SMS bookkeeping in the shared SQLite database.
 
-Everything that must survive a restart, or be shared by several web workers behind a load
-balancer, lives here: which ``MessageSid`` values were already handled (Twilio retries a webhook
-that failed or timed out, and a retry must never produce a second answer), per-number rate-limit
-windows, opt-outs, one-time link codes and phone ↔ Discord links.
+Everything that must survive a restart lives here: every inbound message from the moment it is
+accepted (its text and sender are written before the webhook answers 200) and where it is in its
+life, per-number rate-limit windows, opt-outs, one-time link codes and phone ↔ Discord links.
+
+A message's state moves forward in the database, one transaction per step::
+
+    received ─┬─> accepted ─> replying ─> sending ─┬─> answered
+              │   (admitted)  (agent      (reply    ├─> failed
+              │                writing)    stored)  └─> suppressed (opted out / forgotten meanwhile)
+              └─> ignored | limited | keyword:* | linked | link-failed
+
+``received``, ``accepted``, ``replying`` and ``sending`` are *unfinished*: after a crash they are
+finished at the next start, or when Twilio retries the SID (see :class:`bot.sms.inbound.SmsService`).
+``sending`` stores the reply's segments and how many were confirmed sent, so a recovery can ask
+Twilio which were created before sending the rest (never twice). A finished row keeps only its
+number, time and state (for dedupe and the rate limit): the text and reply are cleared.
 
 Calls are short synchronous SQLite statements (see :mod:`bot.db`); each decision that reads and
 writes (claim, admit, consume a code) runs in one transaction so two concurrent webhooks cannot
@@ -13,6 +25,7 @@ both win.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import sqlite3
@@ -27,7 +40,8 @@ from bot.db import Database
 if TYPE_CHECKING:
     from bot.memory import Memory
 
-__all__ = ["Admission", "LinkCode", "PhoneLink", "PhoneLinker", "SmsStore", "LINK_CODE_TTL", "RATE_WINDOW"]
+__all__ = ["Admission", "Claim", "LinkCode", "PendingSms", "PhoneLink", "PhoneLinker", "SmsStore", "LINK_CODE_TTL",
+           "RATE_WINDOW", "UNFINISHED"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +81,45 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX sms_links_by_identity ON sms_links (identity);
     """,
+    # 2: durable messages: the text until it is answered, the reply while it is being sent.
+    # (Opt-outs moved to bot.privacy's keyed table; the raw sms_opt_outs is converted and dropped.)
+    """
+    ALTER TABLE sms_messages ADD COLUMN body TEXT;
+    ALTER TABLE sms_messages ADD COLUMN num_media INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sms_messages ADD COLUMN reply TEXT;
+    ALTER TABLE sms_messages ADD COLUMN sent_segments INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sms_messages ADD COLUMN updated_at REAL;
+    CREATE INDEX sms_messages_by_state ON sms_messages (state, received_at);
+    """,
 ]
+
+UNFINISHED = ("received", "accepted", "replying", "sending")
+# States that count towards a number's rate limit: every message we decided to answer.
+_ANSWERING = ("accepted", "replying", "sending", "answered", "failed", "suppressed")
+
+
+class Claim(StrEnum):
+    """What :meth:`SmsStore.claim` found for a MessageSid."""
+
+    NEW = "new"  # first time: recorded (text and sender) as ``received``
+    UNFINISHED = "unfinished"  # seen before and not finished (a crash, or still in progress)
+    DONE = "done"  # seen and finished: a retry or a replay, never answered again
+
+
+@dataclass(frozen=True)
+class PendingSms:
+    """An unfinished message as stored."""
+
+    message_sid: str
+    from_number: str
+    body: str | None  # None: stored by a version that did not keep the text
+    num_media: int
+    state: str
+    received_at: float
+    updated_at: float
+    reply: tuple[str, ...]  # the segments being sent (state ``sending``)
+    failure: str | None  # why the reply is an apology (the agent failed), for the log and memory
+    sent_segments: int  # how many of them Twilio confirmed
 
 
 class Admission(StrEnum):
@@ -107,20 +159,79 @@ class SmsStore:
     """Typed access to the ``sms`` tables. ``clock`` returns Unix seconds (tests pass their own)."""
 
     def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        from bot.privacy import OptOuts
+
         self._db = db
         self._clock = clock
         db.migrate("sms", _MIGRATIONS)
+        self._opt_outs = OptOuts(db)  # converts (and drops) the raw sms_opt_outs of version 1
 
-    # --- dedupe and rate limit ----------------------------------------------------------------
+    # --- the message's life -------------------------------------------------------------------
 
-    def claim(self, message_sid: str, number: str) -> bool:
-        """Record ``message_sid`` as seen; False if it was already seen (a retry or a replay)."""
+    def claim(self, message_sid: str, number: str, body: str = "", num_media: int = 0) -> Claim:
+        """Record a message (text and sender, durably) unless its SID is known; say what was found."""
+        now = self._clock()
+        with self._db.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO sms_messages (message_sid, from_number, received_at, state, body, num_media, "
+                "updated_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
+                (message_sid, number, now, body, num_media, now),
+            )
+            if cur.rowcount == 1:
+                return Claim.NEW
+            state = self.state_of(message_sid)
+        return Claim.UNFINISHED if state in UNFINISHED else Claim.DONE
+
+    def advance(self, message_sid: str, from_states: str | tuple[str, ...], to: str, *,
+                reply: list[str] | None = None, failure: str | None = None,
+                sent_segments: int | None = None) -> bool:
+        """Move one message ``from_states`` → ``to`` in one transaction; False if it was not in them.
+
+        False means someone else moved it, or the row is gone (the person was forgotten): either
+        way the caller must not act on it any more. Finishing clears the text and the reply.
+        """
+        froms = (from_states,) if isinstance(from_states, str) else from_states
+        sets = ["state = ?", "updated_at = ?"]
+        params: list[object] = [to, self._clock()]
+        if to not in UNFINISHED:
+            sets += ["body = NULL", "reply = NULL"]
+        if reply is not None:
+            sets.append("reply = ?")
+            params.append(json.dumps({"segments": reply, "failure": failure}))
+        if sent_segments is not None:
+            sets.append("sent_segments = ?")
+            params.append(sent_segments)
+        marks = ",".join("?" * len(froms))
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO sms_messages (message_sid, from_number, received_at, state) "
-            "VALUES (?, ?, ?, 'received')",
-            (message_sid, number, self._clock()),
+            f"UPDATE sms_messages SET {', '.join(sets)} WHERE message_sid = ? AND state IN ({marks})",
+            (*params, message_sid, *froms),
         )
         return cur.rowcount == 1
+
+    def segment_sent(self, message_sid: str, count: int) -> bool:
+        """Record that the first ``count`` segments of a ``sending`` reply were created by Twilio."""
+        cur = self._db.execute(
+            "UPDATE sms_messages SET sent_segments = ?, updated_at = ? WHERE message_sid = ? AND state = 'sending'",
+            (count, self._clock(), message_sid),
+        )
+        return cur.rowcount == 1
+
+    def pending(self, message_sid: str) -> PendingSms | None:
+        rows = self._db.query(f"SELECT * FROM sms_messages WHERE message_sid = ? AND state IN "
+                              f"({','.join('?' * len(UNFINISHED))})", (message_sid, *UNFINISHED))
+        return _pending(rows[0]) if rows else None
+
+    def unfinished(self) -> list[PendingSms]:
+        """Every unfinished message, oldest first (what a start-up finishes)."""
+        rows = self._db.query(f"SELECT * FROM sms_messages WHERE state IN ({','.join('?' * len(UNFINISHED))}) "
+                              "ORDER BY received_at, rowid", UNFINISHED)
+        return [_pending(r) for r in rows]
+
+    def counts_by_state(self) -> dict[str, int]:
+        rows = self._db.query("SELECT state, COUNT(*) FROM sms_messages GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- rate limit ---------------------------------------------------------------------------
 
     def admit(self, message_sid: str, number: str, limit: int, window: float = RATE_WINDOW) -> Admission:
         """Decide whether ``number`` may have this claimed message answered, and record the decision.
@@ -131,9 +242,9 @@ class SmsStore:
         now = self._clock()
         with self._db.transaction():
             (count,) = self._db.query(
-                "SELECT COUNT(*) FROM sms_messages WHERE from_number = ? AND state IN ('accepted', 'answered', 'failed') "
-                "AND received_at > ?",
-                (number, now - window),
+                f"SELECT COUNT(*) FROM sms_messages WHERE from_number = ? AND state IN ({','.join('?' * len(_ANSWERING))}) "
+                "AND received_at > ? AND message_sid != ?",
+                (number, *_ANSWERING, now - window, message_sid),
             )[0]
             if count < limit:
                 decision = Admission.ACCEPT
@@ -150,12 +261,12 @@ class SmsStore:
                         "ON CONFLICT(number) DO UPDATE SET noted_at = excluded.noted_at",
                         (number, now),
                     )
-            self._db.execute("UPDATE sms_messages SET state = ? WHERE message_sid = ?", (state, message_sid))
+            self.advance(message_sid, "received", state)
         return decision
 
     def set_state(self, message_sid: str, state: str) -> None:
-        """Record how handling ended (``answered``, ``failed``, ``ignored``, ``keyword``, ...)."""
-        self._db.execute("UPDATE sms_messages SET state = ? WHERE message_sid = ?", (state, message_sid))
+        """Record how handling ended (``ignored``, ``keyword:stop``, ``linked``...) from wherever it was."""
+        self.advance(message_sid, UNFINISHED, state)
 
     def state_of(self, message_sid: str) -> str | None:
         rows = self._db.query("SELECT state FROM sms_messages WHERE message_sid = ?", (message_sid,))
@@ -164,27 +275,27 @@ class SmsStore:
     def prune(self, retention: float = DEDUPE_RETENTION) -> int:
         """Drop SIDs, notes and codes too old to matter; returns rows removed."""
         now = self._clock()
-        removed = self._db.execute("DELETE FROM sms_messages WHERE received_at < ?", (now - retention,)).rowcount
+        removed = self._db.execute(
+            f"DELETE FROM sms_messages WHERE received_at < ? AND state NOT IN ({','.join('?' * len(UNFINISHED))})",
+            (now - retention, *UNFINISHED)).rowcount
         removed += self._db.execute("DELETE FROM sms_rate_notes WHERE noted_at < ?", (now - RATE_WINDOW,)).rowcount
         removed += self._db.execute("DELETE FROM sms_link_codes WHERE expires_at < ?", (now,)).rowcount
         return removed
 
     # --- opt-outs -----------------------------------------------------------------------------
 
+    # Stored as keyed subjects, never the raw number, so they outlive /forget (see bot.privacy).
+
     def set_opted_out(self, number: str, source: str) -> None:
         """Remember that ``number`` opted out (``source``: ``"keyword"`` or ``"twilio:21610"``)."""
-        self._db.execute(
-            "INSERT INTO sms_opt_outs (number, opted_out_at, source) VALUES (?, ?, ?) "
-            "ON CONFLICT(number) DO UPDATE SET opted_out_at = excluded.opted_out_at, source = excluded.source",
-            (number, self._clock(), source),
-        )
+        self._opt_outs.add(f"phone:{number}", "sms", source)
 
     def clear_opt_out(self, number: str) -> bool:
         """Forget an opt-out (the person texted START); True if there was one."""
-        return self._db.execute("DELETE FROM sms_opt_outs WHERE number = ?", (number,)).rowcount > 0
+        return self._opt_outs.remove(f"phone:{number}")
 
     def is_opted_out(self, number: str) -> bool:
-        return bool(self._db.query("SELECT 1 FROM sms_opt_outs WHERE number = ?", (number,)))
+        return self._opt_outs.has(f"phone:{number}")
 
     # --- link codes and links -----------------------------------------------------------------
 
@@ -243,6 +354,14 @@ class SmsStore:
             self._db.execute("DELETE FROM sms_links WHERE identity = ?", (identity,))
             self._db.execute("DELETE FROM sms_link_codes WHERE identity = ?", (identity,))
         return links
+
+
+def _pending(row: sqlite3.Row) -> PendingSms:
+    stored = json.loads(row["reply"]) if row["reply"] else {}
+    received = float(row["received_at"])
+    return PendingSms(str(row["message_sid"]), str(row["from_number"]), row["body"], int(row["num_media"] or 0),
+                      str(row["state"]), received, float(row["updated_at"] or received),
+                      tuple(stored.get("segments", ())), stored.get("failure"), int(row["sent_segments"] or 0))
 
 
 def _link(row: sqlite3.Row) -> PhoneLink:

@@ -200,40 +200,47 @@ class GuildSettingsStore:
 class OptOutList:
     """People who said no to being heard: their audio is dropped before it is decrypted.
 
-    :meth:`is_opted_out` is safe to call from any thread and costs one set lookup.
+    Stored as keyed subjects (see :mod:`bot.privacy`), never raw ids, so an opt-out outlives
+    ``/forget``. :meth:`is_opted_out` is safe to call from any thread and costs one dict lookup
+    once a person's subject is known.
     """
 
     def __init__(self, db: Database) -> None:
+        from bot.privacy import OptOuts
+
         self._db = db
         db.migrate(GuildSettingsStore.COMPONENT, _MIGRATIONS)
-        self._snapshot: frozenset[int] = self._load()
+        self._store = OptOuts(db)  # also moves raw rows an earlier version wrote into keyed subjects
+        self._snapshot: frozenset[str] = self._store.subjects("voice")
+        self._subjects: dict[int, str] = {}  # id -> subject, in memory only (the HMAC is per packet otherwise)
 
-    def _load(self) -> frozenset[int]:
-        return frozenset(int(r["user_id"]) for r in self._db.query("SELECT user_id FROM voice_opt_outs"))
+    def _subject(self, user_id: int) -> str:
+        subject = self._subjects.get(user_id)
+        if subject is None:
+            subject = self._subjects[user_id] = self._store.subject(f"discord:{user_id}")
+        return subject
 
     @property
     def user_ids(self) -> frozenset[int]:
-        return self._snapshot
+        """The opted-out people among those seen by this process (the stored subjects cannot be reversed)."""
+        return frozenset(uid for uid, subject in list(self._subjects.items()) if subject in self._snapshot)
 
     def is_opted_out(self, user_id: int) -> bool:
-        return user_id in self._snapshot
+        return self._subject(user_id) in self._snapshot
 
     def accepts(self, user_id: int) -> bool:
         """The receive filter: True when this person's audio may be processed."""
-        return user_id not in self._snapshot
+        return self._subject(user_id) not in self._snapshot
 
     def opt_out(self, user_id: int) -> bool:
         """Record the opt-out; returns False if the person had already opted out."""
-        cursor = self._db.execute(
-            "INSERT INTO voice_opt_outs (user_id, created_at) VALUES (?, ?) ON CONFLICT(user_id) DO NOTHING",
-            (user_id, time.time()),
-        )
+        changed = self._store.add(f"discord:{user_id}", "voice", "optout")
         # Replacing the reference is atomic under the GIL: the socket thread sees old or new, never half.
-        self._snapshot = self._snapshot | {user_id}
-        return cursor.rowcount > 0
+        self._snapshot = self._snapshot | {self._subject(user_id)}
+        return changed
 
     def opt_in(self, user_id: int) -> bool:
         """Remove the opt-out; returns False if the person had not opted out."""
-        cursor = self._db.execute("DELETE FROM voice_opt_outs WHERE user_id = ?", (user_id,))
-        self._snapshot = self._snapshot - {user_id}
-        return cursor.rowcount > 0
+        changed = self._store.remove(f"discord:{user_id}")
+        self._snapshot = self._snapshot - {self._subject(user_id)}
+        return changed

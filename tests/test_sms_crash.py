@@ -1,0 +1,102 @@
+"""The real process: ``python -m bot serve`` killed with SIGKILL in a burst, then stopped with SIGTERM.
+
+Every texter of a 200-message burst is answered exactly once after a kill -9 and a restart, with a
+Twilio-like driver re-posting the signed webhooks; SIGTERM drains (503 to new webhooks, replies in
+flight finish within SMS_SHUTDOWN_GRACE, the rest is logged and recorded for the next start).
+Everything waits on state (model requests seen, deliveries done, no unfinished row in the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import aiohttp
+
+from bench.sms_crash import ACCOUNT, OURS, PUBLIC, TOKEN, Bot, _free_port, burst
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.twilio_server import FakeTwilio, sign_webhook
+
+TIMEOUT = 240.0
+
+
+async def test_burst_with_kill_9_every_message_answered_once_after_restart(tmp_path: Path) -> None:
+    result = await burst(200, kill_when_busy=100, data_dir=tmp_path, timeout=TIMEOUT)
+    assert result.never_answered == 0, result
+    assert result.answered_twice == 0, result
+    assert result.answered_before_kill >= 1  # the kill came while some were done and most were not
+    assert sum(result.unfinished_at_kill.values()) >= 100, result
+    assert result.answered_after_restart == 200 - result.answered_before_kill
+    assert result.resumed_at_start >= 1
+
+
+async def _post(session: aiohttp.ClientSession, port: int, sid: str, frm: str, body: str) -> tuple[int, str]:
+    fields = {"MessageSid": sid, "SmsSid": sid, "AccountSid": ACCOUNT, "From": frm, "To": OURS, "Body": body,
+              "NumMedia": "0"}
+    headers = {"X-Twilio-Signature": sign_webhook(TOKEN, PUBLIC + "/twilio/sms", fields)}
+    async with session.post(f"http://127.0.0.1:{port}/twilio/sms", data=fields, headers=headers) as resp:
+        return resp.status, await resp.text()
+
+
+async def _sigterm_run(tmp_path: Path, grace: str) -> tuple[Bot, FakeTwilio, int, list[tuple[int, str]]]:
+    """Three replies in flight, then SIGTERM; one more webhook during the drain; returns the exit code."""
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    async with FakeTwilio(ACCOUNT, "x") as twilio, FakeOpenAI(api_key="sk-sigterm-0123456789", paced=True) as model:
+        twilio.auth_token = TOKEN
+        bot = Bot(tmp_path, _free_port(), twilio.base_url, model.base_url)
+        bot.env.update({"OPENAI_API_KEY": "sk-sigterm-0123456789", "SMS_SHUTDOWN_GRACE": grace})
+        await bot.start()
+        try:
+            await bot.wait_ready(TIMEOUT)
+            statuses: list[tuple[int, str]] = []
+            async with aiohttp.ClientSession() as session:
+                webhooks = [asyncio.create_task(_post(session, bot.port, f"SM{i:032d}", f"+1555300000{i}", "hi"),
+                                                name=f"webhook-{i}") for i in range(3)]
+                async with asyncio.timeout(TIMEOUT):
+                    while len(model.completion_requests) < 3:
+                        await asyncio.sleep(0.02)  # polling a predicate
+                assert bot.proc is not None
+                bot.proc.terminate()  # SIGTERM
+                async with asyncio.timeout(TIMEOUT):
+                    while True:  # the drain has begun when a new webhook gets 503
+                        status, _ = await _post(session, bot.port, "SM" + "7" * 32, "+15553009999", "late")
+                        if status == 503:
+                            break
+                        assert status == 200
+                        await asyncio.sleep(0.02)
+                statuses.append((503, ""))
+                model.allow(100)  # the three replies in flight can now finish (if there is grace left)
+                async with asyncio.timeout(TIMEOUT):
+                    code = await bot.proc.wait()
+                statuses += await asyncio.gather(*webhooks)
+            return bot, twilio, code, statuses
+        finally:
+            if bot.proc is not None and bot.proc.returncode is None:
+                bot.kill()
+                await bot.proc.wait()
+
+
+async def test_sigterm_drains_replies_in_flight_and_answers_503(tmp_path: Path) -> None:
+    bot, twilio, code, statuses = await _sigterm_run(tmp_path, "120")
+    assert code == 0, bot.log_text()
+    assert statuses[0][0] == 503
+    # The three in flight were answered (in their webhooks' TwiML, which were still open).
+    assert all(status == 200 and "<Message>" in xml for status, xml in statuses[1:]), statuses
+    log = bot.log_text()
+    assert "3 of 3 reply(ies) in flight finished within the 120s grace" in log
+    # The webhook refused during the drain is recorded (its text kept) for the next start.
+    assert "1 message(s) not answered" in log and "1 received" in log
+    assert bot.states().get("received") == 1 and bot.states().get("answered") == 3
+
+
+async def test_sigterm_with_no_grace_leaves_replies_recorded_and_says_so(tmp_path: Path) -> None:
+    bot, twilio, code, statuses = await _sigterm_run(tmp_path, "0")
+    assert code == 0, bot.log_text()
+    # The webhooks waiting for those replies answer 503 too, so Twilio retries them after the restart.
+    assert [status for status, _ in statuses] == [503] * 4, statuses
+    log = bot.log_text()
+    assert "0 of 3 reply(ies) in flight finished within the 0s grace; 4 message(s) not answered" in log, log
+    assert "+15553" not in log.replace("+1******", "")  # numbers stay masked
+    states = bot.states()
+    assert (states.get("replying"), states.get("received")) == (3, 1), states
