@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -64,6 +65,12 @@ OPTED_OUT = "opted_out"
 BACKLOG = "backlog"
 LOOP_CLOSED = "loop_closed"
 INTERNAL_ERROR = "internal_error"
+
+# The voice socket's receive buffer. Linux's default (net.core.rmem_default, 208 KiB) holds only a
+# few hundred small datagrams, about 10 ms of 500 speakers: one garbage-collection pause on the event
+# loop overflowed it in the real-time benchmark (bench/receive.py). 4 MiB holds a quarter second or
+# more; the kernel doubles the request for its bookkeeping and caps it at net.core.rmem_max.
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 class VoicePacket(NamedTuple):
@@ -429,8 +436,11 @@ class ReceiveVoiceClient(discord.VoiceClient):
         hold_frames: int = 50,
         max_held_ssrcs: int = 16,
         max_backlog: int = 10_000,
+        receive_buffer: int = RECEIVE_BUFFER_BYTES,
     ) -> None:
         # The receiver must exist before super().__init__ calls create_connection_state().
+        self._receive_buffer = receive_buffer
+        self.receive_buffer_bytes: int | None = None  # the socket's effective SO_RCVBUF, once listening
         self._sink: ReceiveSink | None = sink
         self._pending: collections.deque[VoicePacket] = collections.deque()
         self._pending_lock = threading.Lock()
@@ -488,9 +498,29 @@ class ReceiveVoiceClient(discord.VoiceClient):
         # Idempotent: remove first so the callback is never registered twice. A full disconnect
         # stops discord.py's reader and clears its callbacks, so this runs again on every op 4.
         conn = self._connection
+        self._grow_receive_buffer(conn.socket)
         conn.remove_socket_listener(self.receiver.on_datagram)
         conn.add_socket_listener(self.receiver.on_datagram)
         self._listening = True
+
+    def _grow_receive_buffer(self, sock: socket.socket | Any) -> None:
+        # discord.py makes a new UDP socket on every (re)connect and move; op 4 follows each one, so
+        # setting it here covers them all. Idempotent.
+        if not isinstance(sock, socket.socket) or self._receive_buffer <= 0:
+            return
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < self._receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+            effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except OSError as exc:
+            log.warning("voice receive: could not enlarge the UDP receive buffer: %s", exc)
+            return
+        if effective != self.receive_buffer_bytes:
+            # Linux reports twice what it granted; less than asked means net.core.rmem_max caps it.
+            log.log(logging.INFO if effective < self._receive_buffer else logging.DEBUG,
+                    "voice receive: UDP receive buffer %d bytes (asked for %d; raise net.core.rmem_max for more)",
+                    effective, self._receive_buffer)
+        self.receive_buffer_bytes = effective
 
     def _unlisten(self) -> None:
         if self._listening:

@@ -130,6 +130,17 @@ async def test_listener_registered_once_across_repeated_op4(rig: Rig) -> None:
     assert reader._callbacks.count(rig.vc.receiver.on_datagram) == 1
 
 
+async def test_op4_enlarges_the_voice_socket_receive_buffer(rig: Rig) -> None:
+    # The default buffer (net.core.rmem_default, ~208 KiB) holds ~10 ms of 500 speakers; discord.py
+    # makes the socket, op 4 is where we start listening on it, so that is where it grows.
+    default = rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    await rig.gw.session_description()
+    effective = rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert rig.vc.receive_buffer_bytes == effective > default
+    await rig.gw.session_description()  # a reconnect's op 4: still the enlarged buffer, no error
+    assert rig.vc.receive_buffer_bytes == rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == effective
+
+
 @pytest.mark.parametrize("ext_words", [None, 0, 1, 2])
 @pytest.mark.parametrize("padding", [0, 1, 7])
 async def test_dave_frames_with_extensions_and_padding(rig: Rig, ext_words: int | None, padding: int) -> None:
