@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -64,6 +65,19 @@ OPTED_OUT = "opted_out"
 BACKLOG = "backlog"
 LOOP_CLOSED = "loop_closed"
 INTERNAL_ERROR = "internal_error"
+
+# The voice socket's receive buffer. Linux's default (net.core.rmem_default, 208 KiB) holds only a
+# few hundred small datagrams, about 10 ms of 500 speakers: one garbage-collection pause on the event
+# loop overflowed it in the real-time benchmark (bench/receive.py). 4 MiB holds a quarter second or
+# more; the kernel doubles the request for its bookkeeping and caps it at net.core.rmem_max.
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# Frames waiting for the event loop at which discord.py's reader thread pauses (up to BACKPRESSURE_WAIT_S)
+# until the loop has taken them. The reader drops the GIL in every select()/recv() and takes it straight
+# back, so on one busy core the loop's GIL request can lose for seconds (the real-time benchmark saw
+# 8 s stalls and its backlog overflow); pausing hands the GIL over, and the socket buffer holds the
+# datagrams meanwhile. 256 frames is about 10 ms of 500 speakers.
+BACKPRESSURE_FRAMES = 256
+BACKPRESSURE_WAIT_S = 0.05
 
 
 class VoicePacket(NamedTuple):
@@ -413,8 +427,10 @@ class ReceiveVoiceClient(discord.VoiceClient):
     Playback (``play``) and discord.py's DAVE handling are unchanged.
 
     The sink is called on the event loop; frames reach it in batches handed over from the
-    socket thread with ``call_soon_threadsafe`` (one wake-up per batch). If the loop falls behind
-    by more than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``).
+    socket thread with ``call_soon_threadsafe`` (one wake-up per batch). With ``backpressure_frames``
+    waiting, the socket thread pauses (briefly, bounded) until the loop takes them, so the socket's
+    enlarged buffer (``receive_buffer``) absorbs a slow loop. If the loop still falls behind by more
+    than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``).
     """
 
     receiver: VoiceReceiver
@@ -429,13 +445,20 @@ class ReceiveVoiceClient(discord.VoiceClient):
         hold_frames: int = 50,
         max_held_ssrcs: int = 16,
         max_backlog: int = 10_000,
+        receive_buffer: int = RECEIVE_BUFFER_BYTES,
+        backpressure_frames: int = BACKPRESSURE_FRAMES,
     ) -> None:
         # The receiver must exist before super().__init__ calls create_connection_state().
+        self._receive_buffer = receive_buffer
+        self.receive_buffer_bytes: int | None = None  # the socket's effective SO_RCVBUF, once listening
         self._sink: ReceiveSink | None = sink
         self._pending: collections.deque[VoicePacket] = collections.deque()
         self._pending_lock = threading.Lock()
         self._drain_scheduled = False
         self._max_backlog = max_backlog
+        self._backpressure = max(1, backpressure_frames)
+        self._caught_up = threading.Event()  # cleared while the hand-off queue is at the high-water mark
+        self._caught_up.set()
         self._listening = False
         self._receiver_opts = {"accept_user": accept_user, "hold_frames": hold_frames, "max_held_ssrcs": max_held_ssrcs}
         super().__init__(client, channel)
@@ -488,13 +511,40 @@ class ReceiveVoiceClient(discord.VoiceClient):
         # Idempotent: remove first so the callback is never registered twice. A full disconnect
         # stops discord.py's reader and clears its callbacks, so this runs again on every op 4.
         conn = self._connection
-        conn.remove_socket_listener(self.receiver.on_datagram)
-        conn.add_socket_listener(self.receiver.on_datagram)
+        self._grow_receive_buffer(conn.socket)
+        conn.remove_socket_listener(self._on_datagram)
+        conn.add_socket_listener(self._on_datagram)
         self._listening = True
+
+    def _grow_receive_buffer(self, sock: socket.socket | Any) -> None:
+        # discord.py makes a new UDP socket on every (re)connect and move; op 4 follows each one, so
+        # setting it here covers them all. Idempotent.
+        if not isinstance(sock, socket.socket) or self._receive_buffer <= 0:
+            return
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < self._receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+            effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            force = getattr(socket, "SO_RCVBUFFORCE", None)
+            if effective < self._receive_buffer and force is not None:
+                try:  # past net.core.rmem_max: allowed only with CAP_NET_ADMIN
+                    sock.setsockopt(socket.SOL_SOCKET, force, self._receive_buffer)
+                    effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                except OSError:
+                    pass
+        except OSError as exc:
+            log.warning("voice receive: could not enlarge the UDP receive buffer: %s", exc)
+            return
+        if effective != self.receive_buffer_bytes:
+            # Linux reports twice what it granted; less than asked means net.core.rmem_max caps it.
+            log.log(logging.INFO if effective < self._receive_buffer else logging.DEBUG,
+                    "voice receive: UDP receive buffer %d bytes (asked for %d; raise net.core.rmem_max for more)",
+                    effective, self._receive_buffer)
+        self.receive_buffer_bytes = effective
 
     def _unlisten(self) -> None:
         if self._listening:
-            self._connection.remove_socket_listener(self.receiver.on_datagram)
+            self._connection.remove_socket_listener(self._on_datagram)
             self._listening = False
 
     async def _on_voice_op(self, ws: DiscordVoiceWebSocket, msg: dict[str, Any]) -> None:
@@ -524,6 +574,12 @@ class ReceiveVoiceClient(discord.VoiceClient):
         except Exception:
             log.exception("voice receive: could not handle voice op %s", msg.get("op"))
 
+    def _on_datagram(self, data: bytes) -> None:
+        """discord.py's reader thread: receive, then let the event loop catch up if it is behind."""
+        self.receiver.on_datagram(data)
+        if not self._caught_up.is_set():
+            self._caught_up.wait(BACKPRESSURE_WAIT_S)  # bounded: a stopped loop cannot hold the reader
+
     def _hand_off(self, packet: VoicePacket) -> None:
         """Socket thread → event loop: append to a bounded batch; wake the loop once per batch."""
         with self._pending_lock:
@@ -533,6 +589,8 @@ class ReceiveVoiceClient(discord.VoiceClient):
             else:
                 self._pending.append(packet)
                 overflow = False
+                if len(self._pending) >= self._backpressure:
+                    self._caught_up.clear()
                 wake = not self._drain_scheduled
                 self._drain_scheduled = True
         if overflow:
@@ -546,13 +604,15 @@ class ReceiveVoiceClient(discord.VoiceClient):
                     lost = len(self._pending)
                     self._pending.clear()
                     self._drain_scheduled = False
+                    self._caught_up.set()
                 self.receiver._dropped[LOOP_CLOSED] += lost
 
     def _drain(self) -> None:
         with self._pending_lock:
-            batch = list(self._pending)
-            self._pending.clear()
+            batch = self._pending
+            self._pending = collections.deque()
             self._drain_scheduled = False
+            self._caught_up.set()
         sink = self._sink
         if sink is None:
             return

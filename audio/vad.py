@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import array
 import logging
-from typing import Protocol
+import sys
+from typing import Any, Protocol
 
 __all__ = ["Vad", "WebRtcVad", "SileroVad", "create_vad"]
 
@@ -39,16 +40,24 @@ class WebRtcVad:
         self._aggressiveness = aggressiveness
         self._vad = webrtcvad.Vad(aggressiveness)
         self._frame_bytes = {sample_rate * ms // 1000 * 2 for ms in (10, 20, 30)}
+        # webrtcvad.Vad.is_speech only re-checks the length (done here) around its C function; call
+        # that directly on the receive hot path (a quarter of the VAD's cost per frame).
+        self._process: Any = getattr(sys.modules.get("_webrtcvad"), "process", None)
+        self._handle: Any = getattr(self._vad, "_vad", None)
 
     def is_speech(self, pcm: bytes) -> bool:
-        if len(pcm) not in self._frame_bytes:
+        n = len(pcm)
+        if n not in self._frame_bytes:
             return False  # a truncated/odd frame (e.g. a short concealment): not evidence of speech
+        if self._process is not None and self._handle is not None:
+            return bool(self._process(self._handle, self.sample_rate, pcm, n // 2))
         return bool(self._vad.is_speech(pcm, self.sample_rate))
 
     def reset(self) -> None:
         import webrtcvad
 
         self._vad = webrtcvad.Vad(self._aggressiveness)
+        self._handle = getattr(self._vad, "_vad", None)
 
 
 class SileroVad:

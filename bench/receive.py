@@ -1,38 +1,70 @@
-"""Benchmark: N simulated speakers through receive + decode on one core.
+"""Benchmark: voice receive for N speakers, synthetic (CPU per packet) and in real time (loss).
 
-Each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real MLS group (built
+Synthetic mode: each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real MLS group (built
 with the loopback external sender) and transport-sealed (aead_xchacha20_poly1305_rtpsize). Packets
 are fed to the receive core's socket callback directly, handed off in 20 ms batches (as the event
 loop drains them) into the ReceivePipeline (reorder, Opus → 16 kHz mono, webrtcvad, segmenter).
 CPU is time.process_time(). The same run also measures bare libopus decoding of the same frames
-into a reused buffer (the floor), and reports the ratio.
+into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the ratio.
 
-Usage: python -m bench.receive [--speakers 1,10,100] [--seconds 4]
-Prints one JSON line.
+Real-time mode (``--realtime``): one fresh process per speaker count, pinned to one core with
+``taskset`` when there are at least two (else unpinned; the JSON says which). It builds the real
+``ReceiveVoiceClient`` on a real ``discord.Client`` and ``VoiceChannel``, drives discord.py's own voice
+gateway handlers (op 4, DAVE ops 25/27/29/30/22, op 5 per speaker; tests/dave_group.py), so the UDP
+socket, its ``SO_RCVBUF`` and discord.py's ``SocketReader`` thread are the product's. N speakers join
+one MLS group in a sender process on the other core; each sends a DAVE- and transport-encrypted
+frame every 20 ms (phases spread over the 20 ms, as independent clients would be; the frames are
+sealed before the clock starts, since encrypting is the senders' cost, not ours) to 127.0.0.1 for
+``--realtime-seconds``. In the process under test: reader thread → hand-off → event loop →
+``ReceivePipeline`` (reorder, decode, webrtcvad, segmentation, its 50 ms tick). Reported per count:
+``lost`` (sent but never decoded: socket overflow, backlog, late), ``rejected`` (the receiver's
+drops: none of this traffic should be), the largest event-loop stall (a 5 ms ticker's lateness)
+and the longest garbage-collection pause, and CPU ms per speaker-second (process CPU, all threads,
+over the send window plus the drain).
+
+DAVE memory (``--dave-memory``): RSS growth of a fresh process that builds an MLS group of N members
+plus the bot (every member's davey session lives there, as in the sender process), per session.
+
+Usage: python -m bench.receive [--json] [--speakers 1,10,100] [--seconds 4]
+           [--realtime 100,300,500] [--realtime-seconds 10] [--repeat 1] [--dave-memory 100,200]
+Prints one JSON line (``--json`` is accepted for symmetry with bench.latency; output is always JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import ctypes
+import gc
 import json
+import logging
 import math
+import multiprocessing
+import os
 import random
+import shutil
+import socket
 import struct
+import subprocess
 import sys
 import time
 import types
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
 
 import davey
+import discord
 import discord.opus
 
 from audio.decode import ReceivePipeline, decoder_class
 from audio.native import load_libopus
 from audio.receive import VoicePacket, VoiceReceiver
 from audio.rtp import SUPPORTED_MODE, build_packet
-from bot.loopback.mls import ExternalSender, commit_pending_proposals
+from bot.loopback.mls import ExternalSender, commit_pending_proposals, proposals_op_payload, split_commit_welcome
+
+log = logging.getLogger(__name__)
 
 CHANNEL = 4242
 BOT = 1
@@ -96,20 +128,21 @@ def _group(speakers: int) -> tuple[davey.DaveSession, list[davey.DaveSession]]:
     return bot, members
 
 
-def _bare_decode_ms(frames: Sequence[bytes], speakers: int, rounds: int) -> float:
-    """CPU ms to decode the same frames with libopus alone (one decoder per speaker, reused buffer)."""
-    cls = decoder_class(16000, 1)
-    decoders = [cls() for _ in range(speakers)]
-    lib = discord.opus._lib
-    buf = (ctypes.c_int16 * 1920)()
-    ptr = ctypes.cast(buf, discord.opus.c_int16_ptr)
-    start = time.process_time()
-    for r in range(rounds):
-        frame = frames[r % len(frames)]
-        n = len(frame)
-        for dec in decoders:
-            lib.opus_decode(dec._state, frame, n, ptr, 1920, 0)
-    return (time.process_time() - start) * 1000
+class _BareDecode:
+    """libopus alone on the same frames (one decoder per speaker, reused buffer): the floor."""
+
+    def __init__(self, speakers: int) -> None:
+        cls = decoder_class(16000, 1)
+        self._decoders = [cls() for _ in range(speakers)]
+        self._buf = (ctypes.c_int16 * 1920)()
+        self._ptr = ctypes.cast(self._buf, discord.opus.c_int16_ptr)
+
+    def round(self, frame: bytes) -> None:
+        """Decode ``frame`` once per speaker."""
+        decode = discord.opus._lib.opus_decode
+        ptr, n = self._ptr, len(frame)
+        for dec in self._decoders:
+            decode(dec._state, frame, n, ptr, 1920, 0)
 
 
 def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, float | int]:
@@ -138,10 +171,15 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
     on_datagram = receiver.on_datagram
     on_packet = pipeline.on_packet
 
-    start = time.process_time()
+    # The floor is measured interleaved with the pipeline, round by round, so both see the same
+    # machine (other people's load on a shared host moves either one by 10-20 % from run to run).
+    bare = _BareDecode(speakers)
+    clock = time.process_time
+    cpu = bare_cpu = 0.0
     idx = 0
     next_tick = TICK_S
-    for _ in range(rounds):
+    for r in range(rounds):
+        start = clock()
         for _ in range(speakers):
             on_datagram(packets[idx])
             idx += 1
@@ -151,13 +189,18 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
         if now[0] >= next_tick:  # ReceivePipeline.run()'s default interval
             pipeline.tick()
             next_tick += TICK_S
-    cpu_ms = (time.process_time() - start) * 1000
-    bare_ms = _bare_decode_ms(frames, speakers, rounds)
+        middle = clock()
+        bare.round(frames[r % len(frames)])
+        if r:  # round 0 builds every speaker's decoder and VAD: once per speaker, not per packet
+            cpu += middle - start
+            bare_cpu += clock() - middle
+    cpu_ms = cpu * 1000
+    bare_ms = bare_cpu * 1000
 
     rstats = receiver.stats()
     pstats = pipeline.stats()
     sent = len(packets)
-    speaker_seconds = speakers * rounds * FRAME_S
+    speaker_seconds = speakers * (rounds - 1) * FRAME_S
     per = cpu_ms / speaker_seconds
     bare_per = bare_ms / speaker_seconds
     return {
@@ -170,29 +213,356 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
         "packets_lost": sent - pstats.decoded,
         "receive_lost": rstats.lost,
         "frames_to_consumer": consumer.frames,
-        "core_fraction_at_real_time": round(cpu_ms / 1000 / (rounds * FRAME_S), 4),
+        "core_fraction_at_real_time": round(cpu_ms / 1000 / ((rounds - 1) * FRAME_S), 4),
     }
+
+
+# ------------------------------------------------------------------------------------------------ real time
+
+RT_FIRST_USER = 100_000  # speakers' user ids; far from tests.dave_group's bot/Alice ids
+RT_FIRST_SSRC = 20_000
+STALL_TICK_S = 0.005
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _udp_rcvbuf_errors() -> int | None:
+    """System-wide UDP RcvbufErrors (datagrams the kernel dropped for a full socket buffer)."""
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _sender_main(conn: Connection, user_ids: list[int], ssrcs: list[int], phases: list[float], seconds: float,
+                 external_sender: bytes, channel_id: int, key: bytes, cpu: int | None) -> None:
+    """One sender process: MLS members for ``user_ids``, then paced UDP (runs in a spawned process)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))  # MLS setup may use every core; pinned at "go"
+    load_libopus()
+    sessions = []
+    for uid in user_ids:
+        member = davey.DaveSession(1, uid, channel_id)
+        member.set_external_sender(external_sender)
+        sessions.append(member)
+    conn.send([m.get_serialized_key_package() for m in sessions])
+    welcome = conn.recv()
+    for member in sessions:
+        member.process_welcome(welcome)
+    frames = _speech_like_frames(100)
+    rounds = int(seconds / FRAME_S)
+    order = sorted(range(len(user_ids)), key=lambda i: phases[i])
+    packets: list[bytes] = []
+    schedule: list[float] = []
+    counter = 0
+    for r in range(rounds):
+        for i in order:
+            counter += 1
+            opus = sessions[i].encrypt_opus(frames[(r + i) % len(frames)])
+            packets.append(build_packet(opus, key, sequence=(1000 + r) & 0xFFFF, timestamp=r * 960, ssrc=ssrcs[i],
+                                        counter=counter, extension_body=b"\x10\xaa\x00\x00"))
+            schedule.append(r * FRAME_S + phases[i])
+    conn.send("ready")
+    command, addr, start_at = conn.recv()
+    assert command == "go"
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    cpu0 = time.process_time()
+    sent = errors = 0
+    worst_late = 0.0
+    total = len(packets)
+    sendto = sock.sendto
+    perf = time.perf_counter
+    while sent < total:
+        now = perf() - start_at
+        if schedule[sent] > now:
+            wait = schedule[sent] - now
+            if wait > 0.0003:
+                time.sleep(wait - 0.0002)
+            continue
+        worst_late = max(worst_late, now - schedule[sent])
+        while sent < total and schedule[sent] <= now:
+            try:
+                sendto(packets[sent], addr)
+            except OSError:
+                errors += 1
+            sent += 1
+    conn.send({"sent": sent, "send_errors": errors, "worst_late_ms": round(worst_late * 1000, 2),
+               "cpu_s": round(time.process_time() - cpu0, 3)})
+    sock.close()
+
+
+class _LoopWatch:
+    """The event loop's largest stall (lateness of a short ticker) and the longest GC pause."""
+
+    def __init__(self) -> None:
+        self.worst_stall = 0.0
+        self.worst_gc = 0.0
+        self.collections = [0, 0, 0]
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.worst_gc = max(self.worst_gc, time.perf_counter() - self._gc_started)
+            self.collections[info["generation"]] += 1
+
+    async def run(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        try:
+            loop = asyncio.get_running_loop()
+            while True:
+                due = loop.time() + STALL_TICK_S
+                await asyncio.sleep(STALL_TICK_S)
+                self.worst_stall = max(self.worst_stall, loop.time() - due)
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+
+async def _wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` (a failure guard, never the expected path)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sender_procs: int,
+                    receive_buffer: int | None) -> dict[str, Any]:
+    from audio.receive import ReceiveVoiceClient
+    from tests.dave_group import ALICE, CHANNEL_ID, TRANSPORT_KEY, attach_gateway, voice_channel
+
+    load_libopus()
+    loop = asyncio.get_running_loop()
+    async with discord.Client(intents=discord.Intents.none()) as client:
+        consumer = _NullConsumer()
+        pipeline = ReceivePipeline(consumer)
+        extra = {} if receive_buffer is None else {"receive_buffer": receive_buffer}
+        vc = ReceiveVoiceClient(client, voice_channel(client), sink=pipeline, **extra)
+        gw, sock = attach_gateway(vc)
+        ctx = multiprocessing.get_context("spawn")
+        procs: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await gw.session_description()  # op 4: the key, DAVE v1; we start listening here
+            await gw.establish(ALICE)  # a silent member who founds the group and welcomes the bot
+            rng = random.Random(speakers)
+            users = [RT_FIRST_USER + i for i in range(speakers)]
+            phases = [rng.random() * FRAME_S for _ in users]
+            for k in range(sender_procs):
+                mine = list(range(k, speakers, sender_procs))
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_sender_main, name=f"bench-receive-sender-{k}", daemon=True, args=(
+                    child, [users[i] for i in mine], [RT_FIRST_SSRC + i for i in mine], [phases[i] for i in mine],
+                    seconds, gw.sender.payload(), CHANNEL_ID, TRANSPORT_KEY, sender_cpu))
+                proc.start()
+                procs.append((proc, parent))
+            key_packages = [kp for _, parent in procs for kp in await loop.run_in_executor(None, parent.recv)]
+            # Everyone joins in one op 27; discord.py's bot commits it (op 28), as Discord may pick.
+            committer = gw.members[ALICE]
+            payload = proposals_op_payload(
+                [gw.sender.add_proposal(kp, CHANNEL_ID, committer.epoch) for kp in key_packages])
+            await gw.ws.received_binary_message(gw._binary(27, payload))
+            commit, welcome = split_commit_welcome(gw.ws.sent_binary[-1][1])
+            assert welcome is not None
+            committer.process_proposals(davey.ProposalsOperationType.append, payload[1:])
+            committer.process_commit(commit)
+            gw._transition += 1
+            await gw.ws.received_binary_message(gw._binary(29, struct.pack(">H", gw._transition) + commit))
+            await gw.json(22, {"transition_id": gw._transition})
+            for _, parent in procs:
+                parent.send(welcome)
+            for i, uid in enumerate(users):
+                await gw.json(5, {"user_id": str(uid), "ssrc": RT_FIRST_SSRC + i, "speaking": 1})
+            for _, parent in procs:
+                assert await loop.run_in_executor(None, parent.recv) == "ready"
+            conn = vc._connection
+            assert conn.dave_session is not None and conn.dave_session.ready
+
+            watch = _LoopWatch()
+            tasks.append(loop.create_task(pipeline.run(), name="bench-receive-pipeline"))
+            tasks.append(loop.create_task(watch.run(), name="bench-receive-loopwatch"))
+            gc.collect()
+            await asyncio.sleep(0.2)  # the ticker's first lateness is the task start, not a stall
+            watch.worst_stall = watch.worst_gc = 0.0
+            watch.collections = [0, 0, 0]
+            before = vc.stats
+            rcvbuf_errors = _udp_rcvbuf_errors()
+            cpu0 = time.process_time()
+            start_at = time.perf_counter() + 0.1
+            for _, parent in procs:
+                parent.send(("go", sock.getsockname(), start_at))
+            reports = [await loop.run_in_executor(None, parent.recv) for _, parent in procs]
+            sent = sum(r["sent"] for r in reports)
+            # Drain: everything the socket took is read and handed over (guard: a few seconds).
+            last = [-1]
+
+            def settled() -> bool:
+                seen = vc.stats.datagrams - before.datagrams
+                done = seen >= sent or seen == last[0]
+                last[0] = seen
+                return done and not vc._pending
+
+            await _wait_until(settled, timeout=10.0, step=0.25)
+            pipeline.tick()
+            cpu_s = time.process_time() - cpu0
+            after = vc.stats
+            rcvbuf_after = _udp_rcvbuf_errors()
+            pstats = pipeline.stats()
+            datagrams = after.datagrams - before.datagrams
+            dropped = {k: v - before.dropped.get(k, 0) for k, v in after.dropped.items() if v - before.dropped.get(k, 0)}
+            # Backlog and a closed loop are losses of real audio; every other drop rejected a datagram.
+            rejected = sum(n for reason, n in dropped.items() if reason not in ("backlog", "loop_closed"))
+            return {
+                "speakers": speakers,
+                "seconds": seconds,
+                "sent": sent,
+                "lost": sent - pstats.decoded,
+                "rejected": rejected,
+                "socket_overflow": sent - datagrams,
+                "udp_rcvbuf_errors_system": (rcvbuf_after - rcvbuf_errors
+                                             if rcvbuf_errors is not None and rcvbuf_after is not None else None),
+                "receiver_dropped": dropped,
+                "concealed": pstats.concealed + pstats.fec_recovered,
+                "largest_loop_stall_ms": round(watch.worst_stall * 1000, 1),
+                "longest_gc_pause_ms": round(watch.worst_gc * 1000, 1),
+                "gc_collections": watch.collections,
+                "cpu_ms_per_speaker_second": round(cpu_s * 1000 / (speakers * seconds), 3),
+                "core_fraction": round(cpu_s / seconds, 3),
+                "so_rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # effective (Linux: 2x granted)
+                "speech_starts": consumer.starts,
+                "sender_worst_late_ms": max(r["worst_late_ms"] for r in reports),
+                "sender_processes": sender_procs,
+            }
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            for proc, parent in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+                parent.close()
+            await vc._connection.disconnect(force=True)  # stops discord.py's socket-reader thread
+            sock.close()
+
+
+def _dave_memory(members: int) -> dict[str, Any]:
+    """RSS growth of one MLS group of ``members`` + the bot in this (fresh) process."""
+    gc.collect()
+    before = _rss_bytes()
+    bot, sessions = _group(members)
+    grown = _rss_bytes() - before
+    assert bot.ready and len(sessions) == members
+    return {"members": members, "sessions": members + 1, "rss_mib": round(grown / 2**20, 1),
+            "kib_per_session": round(grown / 1024 / (members + 1), 1)}
+
+
+def _cores() -> tuple[int | None, int | None]:
+    """(core for the process under test, core for the senders), or Nones when not pinning."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+def _child(args: list[str], cpu: int | None) -> dict[str, Any]:
+    """Run ``python -m bench.receive ARGS`` in a fresh process (pinned with taskset) and parse its line."""
+    cmd = [sys.executable, "-m", "bench.receive", *args]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1], "args": args}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--speakers", default="1,10,100", help="comma-separated sweep")
-    parser.add_argument("--seconds", type=float, default=4.0, help="simulated seconds per speaker")
+    parser.add_argument("--json", action="store_true", help="accepted for symmetry; the output is always JSON")
+    parser.add_argument("--speakers", default="1,10,100", help="synthetic sweep, comma-separated ('' to skip)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="simulated seconds per synthetic speaker")
+    parser.add_argument("--realtime", default="100,300,500", help="real-time speaker counts ('' to skip)")
+    parser.add_argument("--realtime-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="real-time runs per speaker count")
+    parser.add_argument("--dave-memory", default="100,200", help="group sizes to measure ('' to skip)")
+    parser.add_argument("--sender-processes", type=int, default=0, help="0: one per 150 speakers, at most 4")
+    parser.add_argument("--receive-buffer", type=int, help="SO_RCVBUF to ask for (0: the OS default)")
+    parser.add_argument("--child-realtime", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-sender-cpu", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("--child-dave-memory", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    load_libopus()
-    frames = _speech_like_frames(100)
-    results = [run(int(n), args.seconds, frames) for n in args.speakers.split(",")]
-    top = results[-1]
-    line = {
-        "bench": "receive",
-        "speakers": top["speakers"],
-        "cpu_ms_per_speaker_second": top["cpu_ms_per_speaker_second"],
-        "bare_decode_ms_per_speaker_second": top["bare_decode_ms_per_speaker_second"],
-        "ratio": top["ratio"],
-        "packets_lost": top["packets_lost"],
-        "target_met": top["ratio"] <= 2.0 and top["packets_lost"] == 0,
-        "sweep": results,
-    }
+    logging.basicConfig(level=logging.WARNING)
+
+    if args.child_realtime is not None:
+        cpu = args.child_sender_cpu if args.child_sender_cpu >= 0 else None
+        procs = args.sender_processes or min(4, 1 + args.child_realtime // 150)
+        result = asyncio.run(_realtime(args.child_realtime, args.realtime_seconds, cpu, procs, args.receive_buffer))
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    if args.child_dave_memory is not None:
+        sys.stdout.write(json.dumps(_dave_memory(args.child_dave_memory)) + "\n")
+        return 0
+
+    line: dict[str, Any] = {"bench": "receive", "cpus": os.cpu_count(), "loadavg_before": _loadavg()}
+    if args.speakers:
+        load_libopus()
+        frames = _speech_like_frames(100)
+        results = [run(int(n), args.seconds, frames) for n in args.speakers.split(",")]
+        top = results[-1]
+        line.update({
+            "speakers": top["speakers"],
+            "cpu_ms_per_speaker_second": top["cpu_ms_per_speaker_second"],
+            "bare_decode_ms_per_speaker_second": top["bare_decode_ms_per_speaker_second"],
+            "ratio": top["ratio"],
+            "packets_lost": top["packets_lost"],
+            "synthetic_target_met": top["ratio"] <= 1.3 and top["packets_lost"] == 0,
+            "sweep": results,
+        })
+    if args.realtime:
+        core, sender_core = _cores()
+        line["pinned"] = {"process_under_test": core, "senders": sender_core, "tool": "taskset" if core is not None else None}
+        runs = []
+        for n in (int(x) for x in args.realtime.split(",")):
+            for _ in range(max(1, args.repeat)):
+                child = ["--child-realtime", str(n), "--realtime-seconds", str(args.realtime_seconds),
+                         "--sender-processes", str(args.sender_processes)]
+                if args.receive_buffer is not None:
+                    child += ["--receive-buffer", str(args.receive_buffer)]
+                if sender_core is not None:
+                    child += ["--child-sender-cpu", str(sender_core)]
+                result = _child(child, core)
+                result["loadavg"] = _loadavg()
+                runs.append(result)
+        line["realtime"] = runs
+        biggest = max((r for r in runs if "error" not in r), key=lambda r: r["speakers"], default=None)
+        line["realtime_target_met"] = bool(
+            biggest is not None and biggest["speakers"] >= 500
+            and all(r.get("lost") == 0 for r in runs if r.get("speakers") == biggest["speakers"]))
+    if args.dave_memory:
+        line["dave_memory"] = [_child(["--child-dave-memory", n], None) for n in args.dave_memory.split(",")]
+    line["loadavg_after"] = _loadavg()
     sys.stdout.write(json.dumps(line) + "\n")
     return 0
 

@@ -404,7 +404,8 @@ class SimulationResult:
         """The ``--json`` object."""
         return {
             "transcripts": [{"speaker": t.speaker, "text": t.text} for t in self.transcripts],
-            "replies": [{"text": r.text, "audio_seconds": r.audio_seconds} for r in self.replies],
+            "replies": [{"text": r.text, "audio_seconds": r.audio_seconds, "interrupted": r.interrupted}
+                        for r in self.replies],
             "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown}
                       for t in self.turns],
             "packets": dict(self.packets),

@@ -236,19 +236,26 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
     assert set(result) == {"transcripts", "replies", "turns", "packets", "dave", "problems"}
     said = {t["speaker"]: t["text"] for t in result["transcripts"]}
     assert set(said) == {"Alice", "Bob"} and mostly(said["Alice"], JOKE) and mostly(said["Bob"], MORNING), said
-    assert result["replies"] and all(r["text"] for r in result["replies"])
-    assert any(r["audio_seconds"] > 0.3 for r in result["replies"])
+    replies = result["replies"]
+    assert replies and all(r["text"] for r in replies)
+    # Two people speak at once, so an earlier reply may be cut short by the other's barge-in (then it
+    # says so). The last reply answers the last turn: nobody speaks after it, so by design it plays
+    # whole — a spoken sentence, well over 0.3 s.
+    last = replies[-1]
+    assert last["interrupted"] is False and last["audio_seconds"] > 0.3, replies
+    assert all(r["audio_seconds"] > 0.3 for r in replies if not r["interrupted"]), replies
     assert {t["speaker"] for t in result["turns"]} <= {"Alice", "Bob"} and result["turns"]
-    first = result["turns"][0]
-    assert first["first_audio_ms"] > 0 and first["breakdown"]["end_of_speech_to_first_frame"] > 0
+    final = result["turns"][-1]
+    assert final["first_audio_ms"] > 0 and final["breakdown"]["end_of_speech_to_first_frame"] > 0
     assert set(result["packets"]) == {"received", "decrypted", "dropped"}
     assert result["packets"]["decrypted"] > 0 and result["packets"]["dropped"] == 0
     assert result["dave"] is True and result["problems"] == []
+    # One WAV per reply heard, named by the reply's number; the last one holds the whole last reply.
     files = sorted(out_dir.glob("reply-*.wav"))
-    assert files
-    with wave.open(str(files[0]), "rb") as wav:
+    assert out_dir / f"reply-{len(replies):02d}.wav" in files
+    with wave.open(str(files[-1]), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 2, 2)
-        assert wav.getnframes() > 48000 * 0.3
+        assert wav.getnframes() >= 48000 * (last["audio_seconds"] - 0.01)  # gaps kept; seconds rounded
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -351,7 +358,7 @@ def test_result_as_json_and_text() -> None:
         dropped_reasons={"dave_decrypt": 1}, dave_version=1,
     )
     data = json.loads(json.dumps(result.to_json()))
-    assert data["replies"] == [{"text": "Hi Alice.", "audio_seconds": 1.234}]
+    assert data["replies"] == [{"text": "Hi Alice.", "audio_seconds": 1.234, "interrupted": False}]
     assert data["turns"][0]["breakdown"]["first_tts_audio_to_first_frame"] is None
     text = result.format_text()
     assert "Alice: hello there" in text and "Hi Alice." in text and "500 → 2 → 30 → -" in text

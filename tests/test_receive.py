@@ -127,7 +127,37 @@ async def test_listener_registered_once_across_repeated_op4(rig: Rig) -> None:
     await _dave_rig(rig)
     await rig.gw.session_description()  # a reconnect: discord.py reinits DAVE, we re-register
     reader = rig.vc._connection._socket_reader
-    assert reader._callbacks.count(rig.vc.receiver.on_datagram) == 1
+    assert reader._callbacks.count(rig.vc._on_datagram) == 1
+
+
+async def test_op4_enlarges_the_voice_socket_receive_buffer(rig: Rig) -> None:
+    # The default buffer (net.core.rmem_default, ~208 KiB) holds ~10 ms of 500 speakers; discord.py
+    # makes the socket, op 4 is where we start listening on it, so that is where it grows.
+    default = rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    await rig.gw.session_description()
+    effective = rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    assert rig.vc.receive_buffer_bytes == effective > default
+    await rig.gw.session_description()  # a reconnect's op 4: still the enlarged buffer, no error
+    assert rig.vc.receive_buffer_bytes == rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == effective
+
+
+async def test_reader_thread_pauses_for_a_loop_that_is_behind(rig: Rig) -> None:
+    # On one busy core discord.py's reader (GIL dropped and retaken on every recv) can starve the
+    # event loop; at the high-water mark the reader waits for a drain, the socket buffer holding the rest.
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    vc = rig.vc
+    vc._backpressure = 2
+    rig.send(ALICE, ALICE_SSRC, 1)
+    assert vc._caught_up.is_set()
+    rig.send(ALICE, ALICE_SSRC, 2)
+    assert not vc._caught_up.is_set()  # the reader's next datagram would wait for the loop
+    # The wait is bounded: called on the loop itself (which cannot drain meanwhile) it still returns.
+    rig.counter += 1
+    vc._on_datagram(seal(rig.gw.encrypt(ALICE, OPUS), seq=3, ts=3 * 960, ssrc=ALICE_SSRC, counter=rig.counter))
+    packets = await rig.sink.wait_for(3)
+    assert [p.sequence for p in packets] == [1, 2, 3]
+    assert vc._caught_up.is_set() and rig.stats.lost == 0
 
 
 @pytest.mark.parametrize("ext_words", [None, 0, 1, 2])
