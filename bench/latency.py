@@ -1,26 +1,40 @@
-"""Benchmark: end of a person's speech → first reply audio frame handed to Discord.
+"""Benchmark: the wait a person hears, from the end of their voice to the first sound of the answer.
 
-Streaming: each turn runs through the real pipeline — ``DeepgramSTT`` (deepgram-sdk), an ``Agent``
-with ``OpenAIEngine`` (openai SDK), ``ElevenLabsEngine`` (elevenlabs SDK), ``VoiceSession`` and
-``SpeakerOut`` over a real ``audio.playback.Speaker`` — against loopback providers with fixed timing
-(``bench.providers``: final transcript 300 ms after the last audio, first token 200 ms after the
-request then 100 tokens/s, first TTS byte 150 ms after the request then 4× real time). Speech is fed
-as 16 kHz mono 20 ms frames at real-time pace; the end of speech is the moment the last frame was
-pushed. The Speaker plays into :class:`PlayerEmulation`, which does what discord.py's ``AudioPlayer``
-does (a thread reading a frame every 20 ms with drift correction, Opus-encoding it, calling
-``after``) and records when the first non-silent frame was handed over. Once it has been, the reply
-is stopped (as a barge-in would) so 50 turns fit in a minute and a half.
+Measured through the loopback Discord with the unchanged bot (the same way ``voicebot simulate``
+runs it): a scripted member speaks espeak-ng speech made at run time as Opus packets, transport-
+and DAVE-encrypted at 20 ms pacing; the bot receives, decrypts, decodes, decides the turn is over,
+transcribes, asks the agent, synthesizes, plays, Opus-encodes, encrypts and sends; a second member
+(the host) receives and decrypts the reply. The wait is the speaker's last voice packet → the
+first reply packet the host received. Silence is trimmed from the speech, so the last packet is
+the end of the voice.
 
-Per turn, the provider floor is 300 ms + (LLM request → first sentence complete, as the fake LLM
-saw it) + 150 ms; our overhead is measured − floor.
+Two configurations in one run:
 
-Batch baseline on the same fakes: after the end of speech wait 1.5 s of silence, send the whole clip
-to Deepgram and wait for its final, collect the whole LLM reply, synthesize the whole reply, then
-play it through the same Speaker and player emulation. Batch turns do not interact, so they run a
-few at a time (``--batch-concurrency``) to keep the run short.
+- ``local``: faster-whisper, espeak-ng and the built-in ELIZA agent (no network).
+- ``cloud``: the Deepgram, OpenAI-compatible and ElevenLabs loopback fakes (``tests/fakes``) driven
+  by the real SDKs, timed like the services: Deepgram hears speech in the audio it receives and
+  endpoints on silence *in that audio* (``speech_final`` / ``UtteranceEnd`` after its windows),
+  answers ``Finalize`` after 50 ms; the LLM's first token comes 200 ms after the request, then 40
+  tokens/s; ElevenLabs' first audio 150 ms after the request, then 4× real time; every new
+  connection to any of them costs 100 ms before the first byte (a TLS handshake), so reusing
+  connections counts. The fakes run on their own event loop in a thread, like remote services.
 
-Usage: python -m bench.latency [--turns 50] [--json]
-Prints one JSON line on stdout (without ``--json`` a readable breakdown also goes to stderr).
+Speech: ``UTTERANCES`` (10), of which 4 have a pause of 400–700 ms in the middle of a sentence,
+during which the speaker sends nothing (as Discord clients do). A pause answered before the person
+finished is a false cut-off. A warm-up utterance runs first in each configuration and is left out.
+
+``breakdown_ms`` splits each turn's wait: ``end_of_turn`` (last voice packet → the bot decided the
+person stopped), ``stt`` (→ final transcript), ``agent`` (→ first sentence of the reply), ``tts``
+(→ first synthesized audio), ``playback`` (→ first frame handed to discord.py's player) and
+``send`` (→ first packet received by the listener: Opus encode, encryption, UDP). ``floor_ms``
+(cloud) is the providers' own share of that turn: the final's latency after the end-of-turn
+signal + the LLM's first token + the TTS's first audio.
+
+``--compare`` also runs each configuration with the bot's settings from before this work (fixed
+600 ms silence rule, no speculation) where such settings exist, so a note can quote both.
+
+Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare]
+Prints one JSON line on stdout (without ``--json`` a readable summary also goes to stderr).
 """
 
 from __future__ import annotations
@@ -28,487 +42,503 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import discord
-import discord.opus
 import numpy as np
 
-from audio.native import load_libopus
-from audio.playback import Speaker, Utterance
-from audio.speech import normalize_for_speech
-from audio.stt.base import STTStream
-from audio.stt.deepgram import DeepgramSTT
-from audio.tts.elevenlabs import ElevenLabsEngine
-from bench.providers import ProviderThread, TimedProviders, Timings
-from bot.agent import Agent, Incoming
-from bot.agent.character import default_character
-from bot.agent.engines.openai_engine import OpenAIEngine
-from bot.db import Database
-from bot.memory import Memory, Modality
-from bot.voice.session import SpeakerOut, TurnTiming, VoiceSession
-from bot.voice.turns import TurnPolicy, VoiceMode
+from bot.settings import Secret, Settings
 
-__all__ = ["BenchConfig", "PlayerEmulation", "PlayRecord", "run_benchmark", "summarize", "describe", "main"]
+__all__ = [
+    "UTTERANCES",
+    "WARMUP",
+    "Spoken",
+    "Part",
+    "BenchConfig",
+    "Providers",
+    "TurnSample",
+    "prepare_speech",
+    "run_config",
+    "summarize",
+    "run_benchmark",
+    "describe",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
-USER = 4242
-SPEECH_RATE = 16000
-FRAME_SECONDS = 0.02
-FRAME_SAMPLES = int(SPEECH_RATE * FRAME_SECONDS)
-TARGET_OVERHEAD_P95_MS = 60.0
-TARGET_RATIO = 3.0
-KEY = "bench-key"  # the fakes do not check keys; the SDKs insist on one
+# (parts, pause in seconds between parts). The paused ones stop where a person thinks mid-sentence.
+UTTERANCES: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("What is the weather like in Lisbon today?",), 0.0),
+    (("I was thinking about", "the weather in Lisbon."), 0.5),
+    (("Can you tell me a joke about computers?",), 0.0),
+    (("Could you remind me to call my mother and", "buy some bread tomorrow?"), 0.6),
+    (("I need help planning a trip to the mountains.",), 0.0),
+    (("The best part of the trip was", "the food in the old town."), 0.45),
+    (("How long does it take to boil an egg?",), 0.0),
+    (("I would like to know more about", "the history of Rome."), 0.7),
+    (("My sister is visiting us next week.",), 0.0),
+    (("Why do cats sleep so much?",), 0.0),
+)
+WARMUP: tuple[tuple[str, ...], float] = (("Hello there, can you hear me?",), 0.0)
+
+# The cloud fakes' timing (seconds), as the issue fixes it.
+CONNECT_DELAY = 0.100
+STT_FINALIZE_DELAY = 0.050
+LLM_FIRST_TOKEN = 0.200
+LLM_TOKENS_PER_SECOND = 40.0
+TTS_FIRST_AUDIO = 0.150
+TTS_SPEED = 4.0
+LLM_REPLY = ["Sure", ",", " let", " me", " think", "."] + [
+    " Lisbon", " is", " sunny", " and", " warm", " today", ",", " about", " twenty", " degrees", "."
+] + [" Would", " you", " like", " to", " hear", " more", " about", " it", "?"]
+
+# What "before this work" means in settings, applied by --compare where the field exists.
+BASELINE_SETTINGS: dict[str, Any] = {"turn_detection": "fixed", "speculative_reply": False}
+VOICE_RMS = 300.0  # trimming: quieter 20 ms frames at the ends of espeak-ng's output are silence
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What one benchmark run does."""
 
-    turns: int = 50
-    timings: Timings = field(default_factory=Timings)
-    speech_seconds: float = 0.8  # length of each turn's speech
-    silence_wait: float = 1.5  # the batch design's end-of-turn silence
-    warmup: int = 1  # streaming turns run first and left out (cold connections, first imports)
-    batch_concurrency: int = 5
-    settle: float = 0.15  # pause after each streaming turn so stopped streams finish closing
-    # A streaming reply is stopped (as a barge-in would) once this many of its utterances have
-    # started playing; 1 measures and stops at once, 2 lets the first sentence play out.
-    stop_after_utterances: int = 1
-    turn_timeout: float = 30.0  # failure guard per turn
+    configs: tuple[str, ...] = ("local", "cloud")
+    utterances: tuple[tuple[tuple[str, ...], float], ...] = UTTERANCES
+    warmup: bool = True
+    compare: bool = False  # also run the baseline settings
+    gap: float = 0.6  # quiet time between one reply and the next utterance
+    settle_timeout: float = 60.0  # failure guard per utterance
+    overrides: dict[str, Any] = field(default_factory=dict)  # settings for the measured runs
 
 
-# ---------------------------------------------------------------------------------------------
-# The player thread
+# --------------------------------------------------------------------------------------------- speech
 
 
-@dataclass
-class PlayRecord:
-    """One ``play()`` call on the emulated voice client (``time.monotonic()`` times)."""
+@dataclass(frozen=True)
+class Part:
+    """One stretch of speech without a pause: its text, Opus frames and voiced 20 ms frames."""
 
-    available_at: float  # play() was called: the source already holds its first frame
-    started_at: float | None = None  # the player thread was running
-    handed_at: float | None = None  # the first non-silent frame was returned by read()
-    frames: int = 0
+    text: str
+    frames: tuple[bytes, ...]
+    voiced_frames: int
 
 
-class PlayerEmulation:
-    """A ``PlayTarget`` that plays like ``discord.VoiceClient``: an Opus encoder is made in
-    ``play()``, then a thread reads a 20 ms frame, encodes it, and sleeps with discord.py's drift
-    correction until the next one; ``after(error)`` and ``source.cleanup()`` run when it ends.
+@dataclass(frozen=True)
+class Spoken:
+    """One utterance ready to say: its parts and the pause between them."""
 
-    ``first_frames`` (an asyncio queue on the creating loop) gets each record once its first
-    non-silent frame has been handed over.
-    """
+    parts: tuple[Part, ...]
+    pause: float
 
-    DELAY = 0.02
+    @property
+    def paused(self) -> bool:
+        return len(self.parts) > 1
 
-    def __init__(self, *, encode: bool = True) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._encode = encode
-        if encode:
-            load_libopus()
-        self.records: list[PlayRecord] = []
-        self.first_frames: asyncio.Queue[PlayRecord] = asyncio.Queue()
-        self._end = threading.Event()
-        self._thread: threading.Thread | None = None
+    @property
+    def text(self) -> str:
+        return " ".join(p.text for p in self.parts)
 
-    def play(self, source: discord.AudioSource, *, after: Callable[[Exception | None], Any] | None = None) -> None:
-        available = time.monotonic()
-        if self.is_playing():
-            raise discord.ClientException("Already playing audio.")
-        encoder = discord.opus.Encoder() if self._encode and not source.is_opus() else None
-        record = PlayRecord(available_at=available)
-        self.records.append(record)
-        self._end = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(source, after, record, self._end, encoder), name="bench-audio-player", daemon=True
-        )
+
+def _trim(pcm: bytes, rate: int) -> bytes:
+    """Cut the quiet 20 ms frames off both ends (the last packet should be the end of the voice)."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    frame = rate // 50
+    n = len(samples) // frame
+    if n == 0:
+        return pcm
+    frames = samples[: n * frame].astype(np.float32).reshape(n, frame)
+    loud = np.flatnonzero(np.sqrt(np.mean(frames * frames, axis=1)) > VOICE_RMS)
+    if loud.size == 0:
+        return pcm
+    return samples[loud[0] * frame : (loud[-1] + 1) * frame].tobytes()
+
+
+def _make_part(text: str) -> Part:
+    """espeak-ng speech for ``text`` as Opus frames (blocking: run in an executor)."""
+    import soxr
+
+    from audio.tts.espeak import synthesize_pcm
+    from bot.loopback.participant import encode_opus_frames
+    from tests.fakes.deepgram_server import is_voiced_frame
+
+    pcm, rate = synthesize_pcm(text)
+    pcm = _trim(pcm, rate)
+    mono = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    stereo48 = soxr.resample(mono, rate, 48000)
+    stereo = np.clip(np.repeat(stereo48[:, None], 2, axis=1) * 32768.0, -32768, 32767).astype("<i2").tobytes()
+    mono16 = np.clip(soxr.resample(mono, rate, 16000) * 32768.0, -32768, 32767).astype("<i2").tobytes()
+    size = 640  # 20 ms at 16 kHz mono
+    voiced = sum(is_voiced_frame(mono16[i : i + size]) for i in range(0, len(mono16) - size + 1, size))
+    return Part(text, tuple(encode_opus_frames(stereo)), voiced)
+
+
+def prepare_speech(utterances: Sequence[tuple[tuple[str, ...], float]]) -> list[Spoken]:
+    """Synthesize every utterance now (blocking; espeak-ng is one process-wide engine)."""
+    return [Spoken(tuple(_make_part(t) for t in parts), pause) for parts, pause in utterances]
+
+
+# --------------------------------------------------------------------------------------------- cloud fakes
+
+
+class Providers:
+    """The three cloud fakes, timed like the services, on a private event loop in a thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-providers", daemon=True)
+        self.deepgram: Any = None
+        self.openai: Any = None
+        self.elevenlabs: Any = None
+        self.script: Any = None
+
+    def __enter__(self) -> Providers:
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=60)
+        return self
 
-    def _run(self, source: discord.AudioSource, after: Callable[[Exception | None], Any] | None,
-             record: PlayRecord, end: threading.Event, encoder: discord.opus.Encoder | None) -> None:
-        error: Exception | None = None
-        record.started_at = time.monotonic()
+    def __exit__(self, *exc_info: object) -> None:
         try:
-            loops = 0
-            start = time.perf_counter()
-            while not end.is_set():
-                data = source.read()
-                if not data:
-                    error = getattr(source, "_current_error", None)
-                    break
-                if record.handed_at is None and data.count(0) != len(data):
-                    record.handed_at = time.monotonic()
-                    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-                        self._loop.call_soon_threadsafe(self.first_frames.put_nowait, record)
-                if encoder is not None:
-                    encoder.encode(data, encoder.SAMPLES_PER_FRAME)
-                record.frames += 1
-                loops += 1
-                # discord.py's AudioPlayer pacing, including its one-frame offset.
-                next_time = start + self.DELAY * loops
-                time.sleep(max(0.0, self.DELAY + (next_time - time.perf_counter())))
-        except Exception as exc:
-            error = exc
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=60)
         finally:
-            if after is not None:
-                try:
-                    after(error)
-                except Exception:
-                    log.exception("after callback failed")
-            source.cleanup()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
 
-    def stop(self) -> None:
-        self._end.set()
+    async def _start(self) -> None:
+        from tests.fakes.deepgram_server import FakeDeepgram, SpeechScript
+        from tests.fakes.elevenlabs_server import FakeElevenLabs
+        from tests.fakes.openai_server import FakeOpenAI
 
-    def is_playing(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._end.is_set()
+        self.script = SpeechScript()
+        self.deepgram = FakeDeepgram(script=self.script, connect_delay=CONNECT_DELAY, finalize_delay=STT_FINALIZE_DELAY)
+        await self.deepgram.__aenter__()
+        self.openai = FakeOpenAI(reply_tokens=list(LLM_REPLY), first_token_delay=LLM_FIRST_TOKEN,
+                                 tokens_per_second=LLM_TOKENS_PER_SECOND, connect_delay=CONNECT_DELAY)
+        await self.openai.start()
+        self.elevenlabs = FakeElevenLabs(first_audio_delay=TTS_FIRST_AUDIO, speed=TTS_SPEED, connect_delay=CONNECT_DELAY)
+        await self.elevenlabs.__aenter__()
 
-    def is_connected(self) -> bool:
-        return True
+    async def _stop(self) -> None:
+        await self.elevenlabs.__aexit__(None, None, None)
+        await self.openai.close()
+        await self.deepgram.__aexit__(None, None, None)
 
-    def join(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def settings(self, base: Settings) -> Settings:
+        from tests.fakes.elevenlabs_server import DEFAULT_VOICES
 
-    def drain(self) -> None:
-        """Forget first-frame notices from earlier turns."""
-        while not self.first_frames.empty():
-            self.first_frames.get_nowait()
+        return base.replace(
+            stt_engine="deepgram", deepgram_api_key=Secret(self.deepgram.api_key), deepgram_url=self.deepgram.ws_url,
+            tts_engine="elevenlabs", elevenlabs_api_key=Secret(self.elevenlabs.api_key),
+            elevenlabs_base_url=self.elevenlabs.url, elevenlabs_voice_id=DEFAULT_VOICES[0]["voice_id"],
+            agent_engine="openai", openai_api_key=Secret(self.openai.api_key), openai_base_url=self.openai.base_url,
+            openai_model=self.openai.models[0],
+        )
+
+    def say(self, spoken: Spoken) -> None:
+        """Tell the fake Deepgram what the person is about to say."""
+        self.script.say([(p.text, p.voiced_frames) for p in spoken.parts])
+
+    def marks(self) -> tuple[int, int, int]:
+        return len(self.deepgram.finals), len(self.openai.streams), len(self.elevenlabs.streams)
+
+    def floor(self, marks: tuple[int, int, int]) -> tuple[dict[str, float | None], int]:
+        """The providers' own latencies for the turn since ``marks``, and how many LLM calls it made."""
+        finals = self.deepgram.finals[marks[0]:]
+        streams = [s for s in self.openai.streams[marks[1]:]]
+        tts = self.elevenlabs.streams[marks[2]:]
+        answered = [s for s in streams if not s.disconnected and s.first_token_at is not None]
+        stt_ms = (finals[-1][1] - finals[-1][0]) * 1000 if finals else None
+        llm = answered[-1] if answered else None
+        llm_ms = (llm.first_token_at - llm.requested_at) * 1000 if llm is not None and llm.first_token_at else None
+        tts_ms = None
+        if llm is not None:
+            after = [t for t in tts if t[0] is not None and t[0] >= llm.requested_at and t[1] is not None]
+            if after:
+                tts_ms = (after[0][1] - after[0][0]) * 1000
+        return {"stt_final": stt_ms, "llm_first_token": llm_ms, "tts_first_audio": tts_ms}, len(streams)
 
 
-# ---------------------------------------------------------------------------------------------
-# Turns
-
-
-def speech_frames(seconds: float) -> list[bytes]:
-    """``seconds`` of a quiet 200 Hz tone as 20 ms frames of 16 kHz mono s16le."""
-    n = max(1, round(seconds / FRAME_SECONDS))
-    t = np.arange(n * FRAME_SAMPLES) / SPEECH_RATE
-    pcm = (2000 * np.sin(2 * np.pi * 200 * t)).astype("<i2").tobytes()
-    size = FRAME_SAMPLES * 2
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+# --------------------------------------------------------------------------------------------- one configuration
 
 
 @dataclass
-class StreamTurn:
-    """One measured streaming turn (``time.monotonic()`` times)."""
+class TurnSample:
+    """One measured utterance."""
 
-    speech_end: float
-    play: PlayRecord
-    llm_requested_at: float
-    llm_first_sentence_at: float
-    tts_requested_at: float | None
-    stt_last_audio_at: float | None
-    stt_final_sent_at: float | None
-    timing: TurnTiming | None
-
-    def measured_ms(self) -> float:
-        assert self.play.handed_at is not None
-        return (self.play.handed_at - self.speech_end) * 1000
-
-    def floor_ms(self, timings: Timings) -> float:
-        llm = self.llm_first_sentence_at - self.llm_requested_at
-        return (timings.stt_delay + llm + timings.tts_first_byte) * 1000
-
-    def stages_ms(self, timings: Timings) -> dict[str, float]:
-        """Our share of the turn, hop by hop (provider waits subtracted)."""
-
-        def ms(a: float | None, b: float | None, minus: float = 0.0) -> float | None:
-            return None if a is None or b is None else (b - a - minus) * 1000
-
-        t = self.timing
-        stages = {
-            "push_to_stt_server": ms(self.speech_end, self.stt_last_audio_at),
-            "stt_timer_late": ms(self.stt_last_audio_at, self.stt_final_sent_at, timings.stt_delay),
-            "stt_final_to_session": ms(self.stt_final_sent_at, t.final_transcript if t else None),
-            "final_to_llm_request": ms(t.final_transcript if t else None, self.llm_requested_at),
-            "llm_sentence_to_splitter": ms(self.llm_first_sentence_at, t.first_sentence if t else None),
-            "sentence_to_tts_request": ms(t.first_sentence if t else None, self.tts_requested_at),
-            "tts_first_byte_to_session": ms(self.tts_requested_at, t.first_tts_audio if t else None,
-                                            timings.tts_first_byte),
-            "tts_audio_to_frame_available": ms(t.first_tts_audio if t else None, self.play.available_at),
-            "frame_available_to_handed": ms(self.play.available_at, self.play.handed_at),
-        }
-        return {k: v for k, v in stages.items() if v is not None}
+    utterance: int
+    paused: bool
+    wait_ms: float | None
+    breakdown_ms: dict[str, float | None]
+    cutoff: bool
+    llm_calls: int = 0
+    wasted_llm_calls: int = 0
+    floor_ms: dict[str, float | None] | None = None
+    heard: str = ""
 
 
-async def _wait_turns(session: VoiceSession, n: int, timeout: float) -> None:
-    async with session.answered:
-        await asyncio.wait_for(session.answered.wait_for(lambda: session.turns_done >= n), timeout)
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round((b - a) * 1000, 1)
 
 
-async def run_streaming(providers: TimedProviders, cfg: BenchConfig) -> list[StreamTurn]:
-    """Warm-up plus ``cfg.turns`` streaming turns through the real components."""
-    memory = Memory(Database.in_memory())
-    character = default_character()
-    engine = OpenAIEngine(api_key=KEY, base_url=f"{providers.http_url}/v1", model="bench-model")
-    agent = Agent(character, engine, memory)
-    stt = DeepgramSTT(KEY, base_url=providers.http_url, ws_url=providers.deepgram_url)
-    tts = ElevenLabsEngine(api_key=KEY, base_url=providers.http_url)
-    player = PlayerEmulation()
-    out = SpeakerOut(Speaker(player, name="bench-speaker"))
-    session = VoiceSession(
-        room="discord:1:2", agent=agent, memory=memory, stt=stt, tts=tts, out=out,
-        policy=TurnPolicy(bot_names=(character.name,), mode=VoiceMode.ALWAYS),
-        name_of=lambda uid: "Bench",
-    )
-    frames = speech_frames(cfg.speech_seconds)
-    results: list[StreamTurn] = []
-    try:
-        for i in range(cfg.warmup + cfg.turns):
-            calls_before = len(providers.llm_calls)
-            tts_before = len(providers.tts_requests)
-            finals_before = len(providers.stt_finals)
-            player.drain()
-            session.on_speech_start(USER)
-            start = time.monotonic()
-            for k, frame in enumerate(frames):
-                delay = start + k * FRAME_SECONDS - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                session.on_audio(USER, frame)
-            speech_end = time.monotonic()
-            session.on_speech_end(USER)
-            record = await asyncio.wait_for(player.first_frames.get(), cfg.turn_timeout)
-            for _ in range(cfg.stop_after_utterances - 1):
-                await asyncio.wait_for(player.first_frames.get(), cfg.turn_timeout)
-            out.stop()  # the first frame is what we measure; stop the reply as a barge-in would
-            await _wait_turns(session, i + 1, cfg.turn_timeout)
-            await asyncio.wait_for(out.speaker.wait_idle(), cfg.turn_timeout)
-            await asyncio.sleep(cfg.settle)
-            if i < cfg.warmup:
-                continue
-            calls = providers.llm_calls[calls_before:]
-            if len(calls) != 1 or calls[0].first_sentence_at is None:
-                raise RuntimeError(f"turn {i}: expected one LLM request with a first sentence, got {calls}")
-            tts_requests = providers.tts_requests[tts_before:]
-            finals = providers.stt_finals[finals_before:]
-            results.append(StreamTurn(
-                speech_end=speech_end,
-                play=record,
-                llm_requested_at=calls[0].requested_at,
-                llm_first_sentence_at=calls[0].first_sentence_at,
-                tts_requested_at=tts_requests[0][0] if tts_requests else None,
-                stt_last_audio_at=finals[0][0] if finals else None,
-                stt_final_sent_at=finals[0][1] if finals else None,
-                timing=session.last_timing,
-            ))
-    finally:
-        await session.aclose()
-        await out.aclose()
-        await stt.aclose()
-        await tts.aclose()
-        await engine.aclose()
-        player.join()
-    return results
-
-
-async def _first_final(transcripts: AsyncIterator[Any], timeout: float) -> str:
-    async def wait() -> str:
-        async for transcript in transcripts:
-            if transcript.end_of_turn and transcript.text:
-                return str(transcript.text)
-        raise RuntimeError("the STT stream ended without a final")
-
-    return await asyncio.wait_for(wait(), timeout)
-
-
-async def _replay(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-class _BatchWorker:
-    """One lane of the batch baseline: its own STT stream, Speaker and player."""
-
-    def __init__(self, index: int, stt: DeepgramSTT, agent: Agent, tts: ElevenLabsEngine) -> None:
-        self.room = f"bench:batch:{index}"
-        self.stt = stt
-        self.agent = agent
-        self.tts = tts
-        self.player = PlayerEmulation()
-        self.speaker = Speaker(self.player, name=f"bench-batch-{index}")
-        self.stream: STTStream = stt.open_stream(speaker=f"batch-{index}", sample_rate=SPEECH_RATE)
-        self.transcripts = aiter(self.stream)
-
-    async def warm(self, timeout: float) -> None:
-        """Open the STT socket before measuring (a batch design would keep its client warm too)."""
-        self.stream.push(bytes(FRAME_SAMPLES * 2))
-        await _first_final(self.transcripts, timeout)
-
-    async def turn(self, clip: bytes, cfg: BenchConfig) -> float:
-        """One batch turn; returns end of speech → first frame handed over, in ms."""
-        self.player.drain()
-        speech_end = time.monotonic()
-        await asyncio.sleep(cfg.silence_wait)  # the batch design's "they stopped talking"
-        self.stream.push(clip)
-        text = await _first_final(self.transcripts, cfg.turn_timeout)
-        reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{USER}", speaker_name="Bench",
-                                          text=text, modality=Modality.VOICE))
-        async for _ in reply:
-            pass
-        reply.finish()
-        chunks = [c async for c in self.tts.synthesize(normalize_for_speech(reply.text)) if c]
-        handle = self.speaker.enqueue(Utterance(reply.text, _replay(chunks), self.tts.format))
-        record = await asyncio.wait_for(self.player.first_frames.get(), cfg.turn_timeout)
-        await self.speaker.stop()
-        await asyncio.shield(handle.done)
-        assert record.handed_at is not None
-        return (record.handed_at - speech_end) * 1000
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-        await self.speaker.aclose()
-        self.player.join()
-
-
-async def run_batch(providers: TimedProviders, cfg: BenchConfig) -> list[float]:
-    """The same turns, the batch way; returns each turn's latency in ms."""
-    memory = Memory(Database.in_memory())
-    engine = OpenAIEngine(api_key=KEY, base_url=f"{providers.http_url}/v1", model="bench-model")
-    agent = Agent(default_character(), engine, memory)
-    stt = DeepgramSTT(KEY, base_url=providers.http_url, ws_url=providers.deepgram_url)
-    tts = ElevenLabsEngine(api_key=KEY, base_url=providers.http_url)
-    clip = b"".join(speech_frames(cfg.speech_seconds))
-    lanes = max(1, min(cfg.batch_concurrency, cfg.turns))
-    workers = [_BatchWorker(i, stt, agent, tts) for i in range(lanes)]
-    todo: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(cfg.turns):
-        todo.put_nowait(i)
-    results: list[float] = []
-
-    async def lane(worker: _BatchWorker) -> None:
-        while not todo.empty():
-            todo.get_nowait()
-            results.append(await worker.turn(clip, cfg))
-
-    try:
-        await asyncio.gather(*(w.warm(cfg.turn_timeout) for w in workers))
-        tasks = [asyncio.create_task(lane(w), name=f"bench-batch-lane-{i}") for i, w in enumerate(workers)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        for worker in workers:
-            await worker.aclose()
-        await stt.aclose()
-        await tts.aclose()
-        await engine.aclose()
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-
-def _pct(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None}
-    arr = np.asarray(values, dtype=float)
-    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1)}
-
-
-def summarize(streaming: Sequence[StreamTurn], batch: Sequence[float], cfg: BenchConfig,
-              wall_seconds: float) -> dict[str, Any]:
-    """The benchmark's JSON object. Pure."""
-    measured = [t.measured_ms() for t in streaming]
-    floors = [t.floor_ms(cfg.timings) for t in streaming]
-    overhead = [m - f for m, f in zip(measured, floors, strict=True)]
-    stage_values: dict[str, list[float]] = {}
-    for turn in streaming:
-        for name, value in turn.stages_ms(cfg.timings).items():
-            stage_values.setdefault(name, []).append(value)
-    streaming_ms = _pct(measured)
-    batch_ms = _pct(batch)
-    ratio = None
-    if streaming_ms["p50"] and batch_ms["p50"] is not None:
-        ratio = round(batch_ms["p50"] / streaming_ms["p50"], 2)
-    overhead_ms = _pct(overhead)
+def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, float | None]:
+    if timing is None:
+        return {}
+    decided = getattr(timing, "turn_end", None) or timing.speech_end
     return {
-        "bench": "latency",
-        "turns": len(streaming),
-        "streaming_ms": streaming_ms,
-        "floor_ms": _pct(floors),
-        "overhead_ms": overhead_ms,
-        "batch_ms": batch_ms,
-        "ratio_batch_over_streaming": ratio,
-        "targets": {"overhead_p95_ms": TARGET_OVERHEAD_P95_MS, "ratio": TARGET_RATIO},
-        "targets_met": {
-            "overhead_p95": overhead_ms["p95"] is not None and overhead_ms["p95"] <= TARGET_OVERHEAD_P95_MS,
-            "ratio": ratio is not None and ratio >= TARGET_RATIO,
-        },
-        # Where our share goes; "frame_available_to_handed" is the player's phase (thread start
-        # and the 20 ms frame clock) between the first frame existing and Discord getting it.
-        "overhead_breakdown_ms": {name: _pct(values) for name, values in stage_values.items()},
-        "first_frame_available_ms": _pct([(t.play.available_at - t.speech_end) * 1000 for t in streaming]),
-        "config": {
-            **asdict(cfg.timings),
-            "speech_seconds": cfg.speech_seconds,
-            "silence_wait": cfg.silence_wait,
-            "warmup_turns": cfg.warmup,
-            "batch_turns": len(batch),
-            "batch_concurrency": cfg.batch_concurrency,
-            "stop_after_utterances": cfg.stop_after_utterances,
-        },
-        "wall_seconds": round(wall_seconds, 1),
+        "end_of_turn": _ms(ended, decided),
+        "stt": _ms(decided, timing.final_transcript),
+        "agent": _ms(timing.final_transcript, timing.first_sentence or timing.first_text),
+        "tts": _ms(timing.first_sentence or timing.first_text, timing.first_tts_audio),
+        "playback": _ms(timing.first_tts_audio, timing.first_frame),
+        "send": _ms(timing.first_frame, heard_at),
     }
 
 
+async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cfg: BenchConfig,
+                     providers: Providers | None = None, *, warm: Spoken | None = None) -> list[TurnSample]:
+    """Run every utterance through the real bot on the loopback Discord; one sample per utterance."""
+    from bot.simulate import running_bot
+
+    samples: list[TurnSample] = []
+    async with running_bot(settings, ["Alice"]) as lb:
+        answer = await lb.command(lb.host, "mode", {"mode": "always"})
+        if "Mode set" not in answer:
+            raise RuntimeError(f"/mode always failed: {answer}")
+        host = await lb.host.join_voice(lb.voice)
+        alice = await lb.members["Alice"].join_voice(lb.voice)
+        answer = await lb.command(lb.host, "join")
+        gv = lb.manager.connection(lb.guild.id)
+        if gv is None:
+            raise RuntimeError(f"/join failed: {answer}")
+        await lb.wait_dave_group([lb.host, lb.members["Alice"]])
+        stt = lb.manager.stt
+        if stt is not None and stt.name == "local":
+            await stt.check()  # load the model now: its load time is not a turn's wait
+        session = gv.session
+        turns: list[Any] = []
+        session.on_turn = turns.append
+        bot_id = lb.discord.bot_user_id
+        todo = ([warm] if warm is not None else []) + list(speech)
+        for index, spoken in enumerate(todo):
+            measured = warm is None or index > 0
+            heard_mark, turn_mark, timing_mark = len(host.heard), len(turns), len(session.timings)
+            provider_marks = providers.marks() if providers is not None else None
+            if providers is not None:
+                providers.say(spoken)
+            result = None
+            for k, part in enumerate(spoken.parts):
+                result = await alice.speak_opus(list(part.frames))
+                if k + 1 < len(spoken.parts):
+                    await asyncio.sleep(spoken.pause)  # the person's pause (nothing is sent), not synchronisation
+            assert result is not None
+            ended = result.ended_at
+            await asyncio.wait_for(session.wait_settled(), cfg.settle_timeout)
+            await host.wait_quiet(cfg.settle_timeout)
+            if not measured:
+                await asyncio.sleep(cfg.gap)
+                continue
+            replies = [u for u in host.heard[heard_mark:] if u.user_id == bot_id]
+            after = [u.first_packet_at for u in replies if u.first_packet_at >= ended]
+            heard_at = min(after) if after else None
+            new_turns = turns[turn_mark:]
+            early = any(u.first_packet_at < ended for u in replies)
+            cutoff = spoken.paused and (len(new_turns) > 1 or early)
+            timings = list(session.timings)[timing_mark:] if timing_mark <= len(session.timings) else []
+            timing = timings[-1] if timings else None
+            sample = TurnSample(
+                utterance=index - (1 if warm is not None else 0), paused=spoken.paused,
+                wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
+                heard=" | ".join(t.text for t in new_turns),
+            )
+            sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0))
+            if provider_marks is not None and providers is not None:
+                sample.floor_ms, sample.llm_calls = providers.floor(provider_marks)
+                sample.wasted_llm_calls = max(0, sample.llm_calls - len(timings))
+            samples.append(sample)
+            await asyncio.sleep(cfg.gap)  # a natural gap before the next thing said, not synchronisation
+        await lb.command(lb.host, "leave")
+    return samples
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def _pct(values: Sequence[float | None]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"p50": None, "p95": None}
+    arr = np.asarray(vals, dtype=float)
+    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1)}
+
+
+def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str, Any]:
+    """One configuration's figures. Pure."""
+    stages: dict[str, list[float | None]] = {}
+    for s in samples:
+        for name, value in s.breakdown_ms.items():
+            stages.setdefault(name, []).append(value)
+    out: dict[str, Any] = {
+        "turns": len(samples),
+        "wait_ms": _pct([s.wait_ms for s in samples]),
+        "breakdown_ms": {name: _pct(values) for name, values in stages.items()},
+    }
+    if cloud:
+        floors = []
+        for s in samples:
+            parts = list((s.floor_ms or {}).values())
+            floors.append(None if not parts or any(p is None for p in parts) else sum(p for p in parts if p is not None))
+        out["floor_ms"] = _pct(floors)
+        out["floor_parts_ms"] = {name: _pct([(s.floor_ms or {}).get(name) for s in samples])
+                                 for name in ("stt_final", "llm_first_token", "tts_first_audio")}
+    out["false_cutoffs"] = {"count": sum(s.cutoff for s in samples), "of": sum(s.paused for s in samples)}
+    out["wasted_llm_calls"] = {"count": sum(s.wasted_llm_calls for s in samples),
+                               "of": sum(s.llm_calls for s in samples) if cloud else len(samples)}
+    out["waits_ms"] = [s.wait_ms for s in samples]
+    out["heard"] = [s.heard for s in samples]  # the turns the bot heard per utterance ("a | b": cut in two)
+    out["missed"] = sum(1 for s in samples if s.wait_ms is None)
+    return out
+
+
+def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[TurnSample]], cfg: BenchConfig,
+              wall_seconds: float) -> dict[str, Any]:
+    """The benchmark's JSON object. Pure."""
+    out: dict[str, Any] = {"bench": "latency"}
+    for kind, samples in results.items():
+        out[kind] = summarize_config(samples, cloud=kind == "cloud")
+    everything = [s for samples in results.values() for s in samples]
+    out["false_cutoffs"] = {"count": sum(s.cutoff for s in everything), "of": sum(s.paused for s in everything)}
+    out["wasted_llm_calls"] = {"count": sum(out[k]["wasted_llm_calls"]["count"] for k in results),
+                               "of": sum(out[k]["wasted_llm_calls"]["of"] for k in results)}
+    if baseline:
+        out["baseline"] = {kind: summarize_config(samples, cloud=kind == "cloud") for kind, samples in baseline.items()}
+        out["baseline"]["settings"] = {k: v for k, v in BASELINE_SETTINGS.items() if k in _settings_fields()}
+    out["config"] = {
+        "utterances": len(cfg.utterances),
+        "paused": sum(1 for parts, _ in cfg.utterances if len(parts) > 1),
+        "pauses_s": [pause for parts, pause in cfg.utterances if len(parts) > 1],
+        "cloud_timing_s": {"connect": CONNECT_DELAY, "stt_finalize": STT_FINALIZE_DELAY,
+                           "llm_first_token": LLM_FIRST_TOKEN, "llm_tokens_per_second": LLM_TOKENS_PER_SECOND,
+                           "tts_first_audio": TTS_FIRST_AUDIO, "tts_speed": TTS_SPEED},
+        "overrides": {k: v for k, v in cfg.overrides.items()},
+    }
+    out["machine"] = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    out["wall_seconds"] = round(wall_seconds, 1)
+    return out
+
+
+def _settings_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(Settings)}
+
+
+def _settings_for(kind: str, providers: Providers | None, overrides: dict[str, Any]) -> Settings:
+    base = Settings(voice_mode="always", log_level="WARNING")
+    if kind == "cloud":
+        assert providers is not None
+        base = providers.settings(base)
+    else:
+        base = base.replace(stt_engine="local", tts_engine="espeak", agent_engine="eliza")
+    known = _settings_fields()
+    return base.replace(**{k: v for k, v in overrides.items() if k in known})
+
+
 async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
-    """Run both designs against fresh loopback providers and return the summary."""
+    """Run every configuration (and the baseline with ``compare``) and return the summary."""
+    from audio.native import load_libopus
+
+    load_libopus()
     started = time.monotonic()
-    with ProviderThread(cfg.timings) as providers:
-        streaming = await run_streaming(providers, cfg)
-        batch = await run_batch(providers, cfg)
-    return summarize(streaming, batch, cfg, time.monotonic() - started)
+    loop = asyncio.get_running_loop()
+    speech = await loop.run_in_executor(None, prepare_speech, cfg.utterances)
+    warm = (await loop.run_in_executor(None, prepare_speech, [WARMUP]))[0] if cfg.warmup else None
+    results: dict[str, list[TurnSample]] = {}
+    baseline: dict[str, list[TurnSample]] = {}
+    loopback_log = logging.getLogger("bot.loopback")
+    level = loopback_log.level
+    loopback_log.setLevel(logging.ERROR)  # Discord-side complaints are not this benchmark's subject
+    try:
+        with contextlib.ExitStack() as stack:
+            providers = stack.enter_context(Providers()) if "cloud" in cfg.configs else None
+            for kind in cfg.configs:
+                if cfg.compare:
+                    base = _settings_for(kind, providers, BASELINE_SETTINGS)
+                    baseline[kind] = await run_config(kind, base, speech, cfg, providers if kind == "cloud" else None,
+                                                      warm=warm)
+                settings = _settings_for(kind, providers, cfg.overrides)
+                results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
+                                                 warm=warm)
+    finally:
+        loopback_log.setLevel(level)
+    return summarize(results, baseline, cfg, time.monotonic() - started)
+
+
+def _lines(name: str, r: dict[str, Any]) -> Iterator[str]:
+    floor = f", floor {r['floor_ms']['p50']}/{r['floor_ms']['p95']}" if "floor_ms" in r else ""
+    yield (f"{name}: wait p50/p95 {r['wait_ms']['p50']}/{r['wait_ms']['p95']} ms{floor}; "
+           f"false cut-offs {r['false_cutoffs']['count']}/{r['false_cutoffs']['of']}, "
+           f"wasted LLM calls {r['wasted_llm_calls']['count']}/{r['wasted_llm_calls']['of']}")
+    for stage, pct in r["breakdown_ms"].items():
+        yield f"    {stage:12s} {pct['p50']!s:>8} {pct['p95']!s:>8}"
 
 
 def describe(result: dict[str, Any]) -> str:
     """The summary as a few readable lines (for stderr)."""
-    lines = [
-        f"streaming p50/p95 {result['streaming_ms']['p50']}/{result['streaming_ms']['p95']} ms "
-        f"(floor {result['floor_ms']['p50']}/{result['floor_ms']['p95']}, "
-        f"overhead {result['overhead_ms']['p50']}/{result['overhead_ms']['p95']})",
-        f"batch p50/p95 {result['batch_ms']['p50']}/{result['batch_ms']['p95']} ms, "
-        f"ratio {result['ratio_batch_over_streaming']}",
-        "overhead by hop (p50/p95 ms):",
-    ]
-    for name, pct in result["overhead_breakdown_ms"].items():
-        lines.append(f"  {name:32s} {pct['p50']:>7} {pct['p95']:>7}")
+    lines: list[str] = []
+    for kind in ("local", "cloud"):
+        if kind in result:
+            lines += _lines(kind, result[kind])
+    for kind, r in result.get("baseline", {}).items():
+        if kind != "settings":
+            lines += _lines(f"baseline {kind}", r)
+    lines.append(f"machine: {result['machine']}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the benchmark, print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=50)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="only the JSON line")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--speech-seconds", type=float, default=0.8)
-    parser.add_argument("--batch-concurrency", type=int, default=5)
-    parser.add_argument("--stop-after-utterances", type=int, default=1)
+    parser.add_argument("--configs", default="local,cloud", help="comma-separated: local, cloud")
+    parser.add_argument("--compare", action="store_true", help="also run the settings from before (baseline)")
+    parser.add_argument("--utterances", type=int, default=len(UTTERANCES), help="use the first N utterances")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a bot setting for the measured runs (e.g. turn_detection=fixed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    cfg = BenchConfig(turns=args.turns, warmup=args.warmup, speech_seconds=args.speech_seconds,
-                      batch_concurrency=args.batch_concurrency, stop_after_utterances=args.stop_after_utterances)
+    configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    bad = [c for c in configs if c not in ("local", "cloud")]
+    if bad or not configs:
+        parser.error(f"--configs: unknown {bad or 'nothing'}; use local and/or cloud")
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name.strip()] = _parse_value(value.strip())
+    cfg = BenchConfig(configs=configs, utterances=UTTERANCES[: max(1, args.utterances)], compare=args.compare,
+                      overrides=overrides)
     result = asyncio.run(run_benchmark(cfg))
     if not args.json:
         print(describe(result), file=sys.stderr)
     print(json.dumps(result, separators=(",", ":")))
     return 0
+
+
+def _parse_value(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 if __name__ == "__main__":

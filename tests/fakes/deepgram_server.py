@@ -8,6 +8,15 @@ JSON control messages, and answers with the message shapes Deepgram sends.
 whose samples all equal one non-zero value ``v`` is speech of the word ``vocabulary[v]`` (a run of
 such frames is one word), anything else is silence. ``word_audio`` builds such audio.
 
+Speech mode (for the latency benchmark): with ``script=SpeechScript()`` a frame is speech when it
+is loud enough (:func:`is_voiced_frame`, so real speech such as espeak-ng's works) and the words are
+the script's: the benchmark says what the person is about to say, with how many voiced frames each
+part takes, and words appear as that much voiced audio arrives. Endpointing, ``UtteranceEnd`` and
+``Finalize`` then behave as on the service: on silence *in the audio received*, and a ``Finalize``
+is answered after ``finalize_delay``. ``connect_delay`` holds every new handshake (a TLS handshake
+over the internet); ``finals`` records when each final was asked for (a Finalize received, or the
+last voiced frame before an endpoint) and sent.
+
 Scripting switches: ``reject_status`` (answer handshakes with an HTTP status), ``drop_after_bytes``
 (close a connection with 1011 ``NET-0001`` once it has received that much audio),
 ``drop_on_control`` (close with 1011 on receiving that control message type, once),
@@ -20,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +38,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -52,6 +64,69 @@ def word_audio(values: Sequence[int], *, frames_per_word: int = 10, gap_frames: 
 def silence(frames: int, *, sample_rate: int = 16000) -> bytes:
     """``frames`` frames of 20 ms digital silence."""
     return bytes(2 * int(sample_rate * FRAME_SECONDS) * frames)
+
+
+VOICED_RMS = 300.0  # int16 RMS above which a 20 ms frame counts as speech in speech mode
+
+
+def is_voiced_frame(frame: bytes) -> bool:
+    """Whether one frame of s16le mono is speech by the speech mode's rule (loud enough)."""
+    samples = np.frombuffer(frame[: len(frame) - len(frame) % 2], dtype="<i2").astype(np.float32)
+    return bool(samples.size) and float(np.sqrt(np.mean(samples * samples))) > VOICED_RMS
+
+
+class SpeechScript:
+    """What the person says next, for speech mode: parts of ``(text, voiced_frames)``.
+
+    A word is recognised once the voiced audio received reaches its end (the part's voiced frames
+    are shared out by word length). A final that comes when most of a part has been heard completes
+    the part (the recogniser has the whole phrase by then). Thread-safe: the benchmark sets it from
+    its own loop while the server's loop reads it.
+    """
+
+    def __init__(self, near_end: float = 0.6) -> None:
+        self._lock = threading.Lock()
+        self._near_end = near_end
+        self._words: list[tuple[str, int, int, int]] = []  # (word, voiced frames to reveal, part start, part end)
+        self._progress = 0
+        self._revealed = 0
+
+    def say(self, parts: Sequence[tuple[str, int]]) -> None:
+        """The next utterance (forgets whatever of the previous one was not heard)."""
+        words: list[tuple[str, int, int, int]] = []
+        base = 0
+        for text, frames in parts:
+            tokens = text.split()
+            total = sum(len(t) for t in tokens) or 1
+            done = 0
+            for token in tokens:
+                done += len(token)
+                words.append((token, base + max(1, round(frames * done / total)), base, base + frames))
+            base += frames
+        with self._lock:
+            self._words, self._progress, self._revealed = words, 0, 0
+
+    def advance(self) -> list[str]:
+        """One more voiced frame arrived; the words it completes."""
+        with self._lock:
+            self._progress += 1
+            return self._reveal()
+
+    def complete_part(self) -> list[str]:
+        """A final is due: when most of the current part was heard, the rest of its words."""
+        with self._lock:
+            if self._revealed < len(self._words):
+                _, _, start, end = self._words[self._revealed]
+                if self._progress >= start + self._near_end * (end - start):
+                    self._progress = max(self._progress, end)
+            return self._reveal()
+
+    def _reveal(self) -> list[str]:
+        out: list[str] = []
+        while self._revealed < len(self._words) and self._words[self._revealed][1] <= self._progress:
+            out.append(self._words[self._revealed][0])
+            self._revealed += 1
+        return out
 
 
 @dataclass
@@ -109,6 +184,15 @@ class _Recognizer:
     def now(self) -> float:
         return round(self.frames * FRAME_SECONDS, 6)
 
+    def before_final(self) -> None:
+        """A final is about to be sent (speech mode completes a nearly heard phrase)."""
+
+    def text_of(self, words: Sequence[FakeWord], is_final: bool) -> str:
+        text = " ".join(w.text for w in words)
+        if self.conn.param("smart_format") == "true":
+            return text.capitalize() + ("." if text and is_final else "")
+        return text
+
     def feed(self, data: bytes) -> Iterator[tuple[str, Any]]:
         """Process whole frames, yielding events as they happen so replies see the state of that
         moment: ("speech_started", t), ("silence", ms of silence so far), and ("speech", None) once
@@ -144,6 +228,51 @@ class _Recognizer:
             yield ("speech", None)
 
 
+class _SpeechRecognizer(_Recognizer):
+    """Speech mode: loud frames are speech, words come from the :class:`SpeechScript`."""
+
+    def __init__(self, conn: FakeConnection, script: SpeechScript) -> None:
+        super().__init__(conn, {})
+        self.script = script
+        self.voiced_at = 0.0  # monotonic time the last voiced frame arrived
+
+    def _add(self, words: list[str], start: float) -> None:
+        for word in words:
+            self.words.append(FakeWord(word, start, self.now))
+
+    def feed(self, data: bytes) -> Iterator[tuple[str, Any]]:
+        self.buffer += data
+        new_words = False
+        while len(self.buffer) >= self.frame_bytes:
+            frame = bytes(self.buffer[: self.frame_bytes])
+            del self.buffer[: self.frame_bytes]
+            start = self.now
+            self.frames += 1
+            if is_voiced_frame(frame):
+                self.voiced_at = time.monotonic()
+                if self.endpointed:
+                    self.endpointed = False
+                    yield ("speech_started", start)
+                words = self.script.advance()
+                self._add(words, start)
+                new_words = new_words or bool(words)
+                self.silent_frames = 0
+                self.utterance_ended = False
+                self.in_turn = True
+                self.last_word_end = self.now
+            else:
+                self.silent_frames += 1
+                yield ("silence", self.silent_frames * FRAME_SECONDS * 1000)
+        if new_words:
+            yield ("speech", None)  # interims come as words are recognised
+
+    def before_final(self) -> None:
+        self._add(self.script.complete_part(), self.now)
+
+    def text_of(self, words: Sequence[FakeWord], is_final: bool) -> str:
+        return " ".join(w.text for w in words)  # the script's own capitals and punctuation
+
+
 class FakeDeepgram:
     """Loopback Deepgram. Use as ``async with FakeDeepgram(...) as dg:`` and point the engine at
     ``dg.http_url``. Every handshake (accepted or not) is counted in ``handshakes``; accepted
@@ -159,8 +288,16 @@ class FakeDeepgram:
         drop_on_connect: int = 0,
         send_unknown: bool = False,
         drop_on_control: str | None = None,
+        script: SpeechScript | None = None,
+        connect_delay: float = 0.0,
+        finalize_delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.script = script
+        self.connect_delay = connect_delay
+        self.finalize_delay = finalize_delay
+        # (asked at, sent at, how) per final with end of turn: "finalize" or "endpoint"; monotonic
+        self.finals: list[tuple[float, float, str]] = []
         self.vocabulary = dict(vocabulary or {})
         self.reject_status = reject_status
         self.drop_after_bytes = drop_after_bytes
@@ -212,9 +349,11 @@ class FakeDeepgram:
 
     # ---- protocol
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         self.handshakes += 1
         self._notify()
+        if self.connect_delay > 0:
+            await asyncio.sleep(self.connect_delay)  # simulated TLS handshake time, not synchronisation
         path = urlsplit(request.path).path
         if path not in ("/v1/listen", "/v2/listen"):
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
@@ -248,7 +387,7 @@ class FakeDeepgram:
         self.connections.append(conn)
         self._notify()
         request_id = str(uuid.uuid4())
-        rec = _Recognizer(conn, self.vocabulary)
+        rec = _Recognizer(conn, self.vocabulary) if self.script is None else _SpeechRecognizer(conn, self.script)
         flux = conn.path == "/v2/listen"
         try:
             if self.drop_on_connect > 0:
@@ -287,7 +426,11 @@ class FakeDeepgram:
                 if kind == "KeepAlive":
                     continue
                 if kind == "Finalize" and not flux:
+                    asked = time.monotonic()
+                    if self.finalize_delay > 0:
+                        await asyncio.sleep(self.finalize_delay)  # the service's processing time
                     await self._v1_final(ws, conn, rec, request_id, from_finalize=True)
+                    self.finals.append((asked, time.monotonic(), "finalize"))
                 elif kind == "ForceEndTurn" and flux:
                     await self._flux_end_of_turn(ws, conn, rec, request_id, trigger="manual")
                 elif kind == "CloseStream":
@@ -328,7 +471,7 @@ class FakeDeepgram:
                  speech_final: bool = False, from_finalize: bool = False, until: float | None = None) -> dict[str, Any]:
         end = rec.now if until is None else until
         words = [w for w in rec.words if w.start < end]
-        text = " ".join(w.text for w in words)
+        text = rec.text_of(words, is_final)
         return {
             "type": "Results",
             "channel_index": [0, 1],
@@ -340,7 +483,7 @@ class FakeDeepgram:
             "channel": {
                 "alternatives": [
                     {
-                        "transcript": text.capitalize() + ("." if text and is_final else "") if conn.param("smart_format") == "true" else text,
+                        "transcript": text,
                         "confidence": 0.99 if text else 0.0,
                         "words": [
                             {"word": w.text, "start": w.start, "end": min(w.end, end), "confidence": 0.99, "punctuated_word": w.text}
@@ -358,6 +501,7 @@ class FakeDeepgram:
 
     async def _v1_final(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, *,
                         speech_final: bool = False, from_finalize: bool = False, until: float | None = None) -> None:
+        rec.before_final()
         msg = self._results(conn, rec, request_id, is_final=True, speech_final=speech_final,
                             from_finalize=from_finalize, until=until)
         rec.segment_start = rec.now if until is None else until
@@ -376,6 +520,8 @@ class FakeDeepgram:
             elif event == "silence":
                 if endpoint_ms is not None and not rec.endpointed and detail >= endpoint_ms:
                     await self._v1_final(ws, conn, rec, request_id, speech_final=True, until=rec.now)
+                    if isinstance(rec, _SpeechRecognizer):
+                        self.finals.append((rec.voiced_at, time.monotonic(), "endpoint"))
                 if (
                     utterance_end_ms is not None
                     and not rec.utterance_ended

@@ -6,12 +6,17 @@ answered with a chunked raw-PCM body; ``GET /v2/voices`` and ``GET /v1/voices`` 
 Every request is validated and recorded. Tests script what the next requests do (fail with a
 given error shape, stall, stream only when released, die mid-stream) with asyncio primitives,
 never with sleeps.
+
+Timing like the service (for the latency benchmark, never for tests): ``first_audio_delay``
+before the first audio, then ``speed`` times real time; ``connect_delay`` before the first answer
+on each new connection (a TLS handshake). ``streams`` records each stream's request and first byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from tests.fakes.connection_cost import connection_cost_middleware
 
 __all__ = [
     "FakeElevenLabs",
@@ -130,8 +137,17 @@ class FakeElevenLabs:
         voices: list[dict[str, Any]] | None = None,
         audio_for: Callable[[str, str], bytes] | None = None,
         chunk_bytes: int = 4096,
+        first_audio_delay: float = 0.0,
+        speed: float | None = None,
+        connect_delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.first_audio_delay = first_audio_delay
+        self.speed = speed
+        self.connect_delay = connect_delay
+        self.new_connections = [0]
+        # (requested at, first audio byte written at or None), time.monotonic()
+        self.streams: list[list[float | None]] = []
         self.voices = list(DEFAULT_VOICES if voices is None else voices)
         self.audio_for = audio_for or self._default_audio
         self.chunk_bytes = chunk_bytes
@@ -153,7 +169,7 @@ class FakeElevenLabs:
         self._script.extend(behaviours)
 
     async def __aenter__(self) -> FakeElevenLabs:
-        app = web.Application()
+        app = web.Application(middlewares=[connection_cost_middleware(self.connect_delay, self.new_connections)])
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._tts_stream)
         app.router.add_get("/v2/voices", self._voices_v2)
         app.router.add_get("/v1/voices", self._voices_v1)
@@ -183,6 +199,7 @@ class FakeElevenLabs:
         return None
 
     async def _tts_stream(self, request: web.Request) -> web.StreamResponse:
+        requested_at = time.monotonic()
         voice_id = request.match_info["voice_id"]
         try:
             body = await request.json()
@@ -236,16 +253,38 @@ class FakeElevenLabs:
         if isinstance(behaviour, Paced):
             self._blocked.append(behaviour)
             behaviour.arrived.set()
+        timing: list[float | None] = [requested_at, None]
+        self.streams.append(timing)
+        rate = int(output_format.split("_")[1]) if output_format.startswith("pcm_") else 48000
         for offset in range(0, len(audio), self.chunk_bytes):
             if isinstance(behaviour, Paced) and not behaviour._unlimited:
                 await behaviour.credits.acquire()
-            await response.write(audio[offset : offset + self.chunk_bytes])
+            await self._pace(requested_at, offset / (2 * rate))
+            try:
+                await response.write(audio[offset : offset + self.chunk_bytes])
+            except (ConnectionResetError, ConnectionError):
+                return response  # the client stopped listening (a cancelled sentence)
+            if timing[1] is None:
+                timing[1] = time.monotonic()
             if isinstance(behaviour, Paced):
                 behaviour.sent += 1
-        await response.write_eof()
+        try:
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            return response
         if isinstance(behaviour, Paced):
             behaviour.done.set()
         return response
+
+    async def _pace(self, start: float, audio_seconds: float) -> None:
+        """The service's timing: first audio ``first_audio_delay`` after the request, then
+        ``speed`` times real time (paced against the request's start so it does not drift)."""
+        if not self.first_audio_delay and not self.speed:
+            return
+        due = start + self.first_audio_delay + (audio_seconds / self.speed if self.speed else 0.0)
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the provider's own clock, not synchronisation
 
     async def _voices_v2(self, request: web.Request) -> web.Response:
         self.voice_requests.append(("/v2/voices", dict(request.query)))

@@ -8,6 +8,11 @@ lists models. Errors use OpenAI's envelope ``{"error": {"message", "type", "para
 Switches: ``fail_with`` (401 / 404 / 500 / 429), ``stall`` (hold the request open after
 ``stall_after`` chunks, never finishing), ``paced`` (send each chunk only when the test calls
 :meth:`FakeOpenAI.allow`). Every request is recorded for assertions.
+
+Timing like the service (for the latency benchmark, never for tests): ``first_token_delay``
+before the first token, then ``tokens_per_second``; ``connect_delay`` before the first answer on
+each new connection (a TLS handshake). ``streams`` records when each streamed reply began and got
+its first token.
 """
 
 from __future__ import annotations
@@ -20,9 +25,20 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.connection_cost import connection_cost_middleware
 from tests.fakes.loopback_http import serve_on_loopback
 
-__all__ = ["FakeOpenAI", "RecordedRequest"]
+__all__ = ["FakeOpenAI", "RecordedRequest", "StreamTiming"]
+
+
+@dataclass
+class StreamTiming:
+    """One streamed completion (``time.monotonic()`` times)."""
+
+    requested_at: float
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    disconnected: bool = False  # the client went away before the end (a cancelled reply)
 
 
 @dataclass
@@ -44,8 +60,13 @@ class FakeOpenAI:
     paced: bool = False
     require_key: bool = True
     models_endpoint: bool = True
+    first_token_delay: float = 0.0
+    tokens_per_second: float | None = None  # None: as fast as the socket takes them
+    connect_delay: float = 0.0
 
     requests: list[RecordedRequest] = field(default_factory=list)
+    streams: list[StreamTiming] = field(default_factory=list)
+    new_connections: list[int] = field(default_factory=lambda: [0])
     chunks_sent: int = 0
     finished: bool = False
 
@@ -61,7 +82,7 @@ class FakeOpenAI:
     async def start(self) -> str:
         """Start on 127.0.0.1 (a free port); returns the base URL ending in ``/v1``."""
         self._permits = asyncio.Semaphore(0)
-        app = web.Application()
+        app = web.Application(middlewares=[connection_cost_middleware(self.connect_delay, self.new_connections)])
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.5)
@@ -205,21 +226,41 @@ class FakeOpenAI:
             self._chunk_sent.notify_all()
 
     async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        timing = StreamTiming(requested_at=time.monotonic())
+        self.streams.append(timing)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        await response.write(self._chunk(model, {"role": "assistant", "content": ""}))
-        for i, token in enumerate(self.reply_tokens):
-            if self.stall and i >= self.stall_after:
-                await self._release.wait()  # hold the connection open, sending nothing
-                return response
-            if self.paced:
-                assert self._permits is not None
-                await self._permits.acquire()
-                if self._release.is_set():
+        try:
+            await response.write(self._chunk(model, {"role": "assistant", "content": ""}))
+            for i, token in enumerate(self.reply_tokens):
+                if self.stall and i >= self.stall_after:
+                    await self._release.wait()  # hold the connection open, sending nothing
                     return response
-            await self._send(response, self._chunk(model, {"content": token}))
-        await response.write(self._chunk(model, {}, "stop"))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+                if self.paced:
+                    assert self._permits is not None
+                    await self._permits.acquire()
+                    if self._release.is_set():
+                        return response
+                await self._pace(timing.requested_at, i)
+                await self._send(response, self._chunk(model, {"content": token}))
+                if timing.first_token_at is None:
+                    timing.first_token_at = time.monotonic()
+            await response.write(self._chunk(model, {}, "stop"))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            timing.disconnected = True
+            return response
+        timing.finished_at = time.monotonic()
         self.finished = True
         return response
+
+    async def _pace(self, start: float, index: int) -> None:
+        """The service's timing: the first token ``first_token_delay`` after the request, then
+        ``tokens_per_second`` (paced against the request's start so it does not drift)."""
+        if not self.first_token_delay and not self.tokens_per_second:
+            return
+        due = start + self.first_token_delay + (index / self.tokens_per_second if self.tokens_per_second else 0.0)
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the provider's own clock, not synchronisation
