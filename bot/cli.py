@@ -111,6 +111,7 @@ async def _run_bot(settings: Settings) -> None:
             )
             # Bind before logging in: a WEB_PORT in use ends start-up with its own line, not later.
             await _until_listening(listening, web_task)
+        async with bot:
             await bot.start(settings.discord_token.get())
     finally:
         if web_task is not None:
