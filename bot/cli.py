@@ -467,7 +467,9 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         setup_logging(requested_log_level())
         if requested_log_level() == "DEBUG":
             log.debug("settings did not load", exc_info=exc)
-        sys.stderr.write(f"{prog}: {exc}\n")
+        # One problem is one line; several are listed, one line each.
+        text = exc.problems[0] if len(exc.problems) == 1 else str(exc)
+        sys.stderr.write(f"{prog}: {text}\n")
         return CONFIG
     install_redactor(secret_values(settings))
     setup_logging(_log_level(command, settings))

@@ -13,15 +13,35 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ROOT", "CliRun", "Finished", "free_port"]
+__all__ = ["ROOT", "CliRun", "Finished", "drop_file_override", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+_PR_CAPBSET_DROP = 24
+
+
+def drop_file_override() -> None:
+    """In a child before exec: give up root's power to ignore file modes (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH), so a directory of mode 0555 refuses writes as it would for any user.
+
+    Dropped from the bounding set, because root regains every capability it allows at exec.
+    Tests here run as root; everything else about the process stays the same.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 @dataclass(frozen=True)
@@ -44,7 +64,7 @@ class CliRun:
     settings: dict[str, str]
     args: tuple[str, ...] = ()
     stdin: str = ""
-    user: int | None = None  # run as this uid (tests run as root; a permission test needs someone else)
+    no_file_override: bool = False  # as root: without the capability to ignore file modes
     proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def start(self) -> CliRun:
@@ -53,7 +73,8 @@ class CliRun:
                "PYTHONDONTWRITEBYTECODE": "1", "DATA_DIR": str(self.home / "data"), **self.settings}
         argv = [sys.executable, "-m", "bot", *(() if self.command == "run" else (self.command,)), *self.args]
         self.proc = subprocess.Popen(argv, env=env, cwd=self.home, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, user=self.user)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=drop_file_override if self.no_file_override else None)
         assert self.proc.stdin is not None
         self.proc.stdin.write(self.stdin)  # small: fits the pipe's buffer, read when the command wants it
         self.proc.stdin.close()
@@ -68,5 +89,5 @@ class CliRun:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            raise AssertionError(f"voicebot {self.command} did not exit within {timeout} s:\n{out}\n{err}") from None
+            err += f"\n[test harness: killed after {timeout} s without exiting]\n"
         return Finished(self.proc.returncode, out, err)
