@@ -6,35 +6,52 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
 import getpass
 import logging
 import signal
+import socket
+import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TextIO
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-import discord
+from bot.logs import RedactingStream, install_excepthooks, install_redactor, setup_logging
+from bot.settings import VOICE_MODES, Settings, SettingsError, load_settings, requested_log_level, secret_values
 
-from bot.logs import setup_logging
-from bot.settings import VOICE_MODES, Settings, SettingsError, load_settings
+if TYPE_CHECKING:
+    import discord
 
-__all__ = ["main", "invite_url", "application_id_from_token", "PERMISSIONS"]
+__all__ = ["main", "run_command", "describe_failure", "invite_url", "application_id_from_token", "PERMISSIONS"]
 
 log = logging.getLogger(__name__)
 
-# Exactly what the bot uses: read and answer text, join and speak in voice, set the voice channel
-# status that says it is listening.
-PERMISSIONS = discord.Permissions(
-    view_channel=True,
-    send_messages=True,
-    send_messages_in_threads=True,
-    read_message_history=True,
-    connect=True,
-    speak=True,
-    use_voice_activation=True,
-    set_voice_channel_status=True,
-)
+
+def _permissions() -> discord.Permissions:
+    import discord
+
+    # Exactly what the bot uses: read and answer text, join and speak in voice, set the voice
+    # channel status that says it is listening.
+    return discord.Permissions(
+        view_channel=True,
+        send_messages=True,
+        send_messages_in_threads=True,
+        read_message_history=True,
+        connect=True,
+        speak=True,
+        use_voice_activation=True,
+        set_voice_channel_status=True,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # PERMISSIONS is built on first use so `voicebot chat` never imports discord.py.
+    if name == "PERMISSIONS":
+        return _permissions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 NO_TOKEN_HELP = """\
 voicebot: DISCORD_TOKEN is not set, so the bot cannot log in to Discord.
@@ -63,8 +80,10 @@ def application_id_from_token(token: str) -> int | None:
 
 
 def invite_url(application_id: int) -> str:
+    import discord.utils
+
     return discord.utils.oauth_url(
-        application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
+        application_id, permissions=_permissions(), scopes=("bot", "applications.commands")
     )
 
 
@@ -80,15 +99,6 @@ async def _run_bot(settings: Settings) -> None:
     assert settings.discord_token is not None
     web_task: asyncio.Task[None] | None = None
     stop_web = asyncio.Event()
-    if settings.sms_enabled:
-        from bot.web import serve
-
-        # SMS answers through the same agent and memory; the web server lives beside the gateway.
-        web_task = asyncio.create_task(
-            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
-                  health={"discord": bot.is_ready}),
-            name="web-server",
-        )
     # SIGTERM (a platform's restart or deploy) closes the bot like Ctrl-C, so the web side drains
     # its SMS replies below instead of the process dying with them.
     closing: set[asyncio.Task[None]] = set()
@@ -96,6 +106,18 @@ async def _run_bot(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close(), name="sigterm-close")))
     try:
+        if settings.sms_enabled:
+            from bot.web import serve
+
+            # SMS answers through the same agent and memory; the web server lives beside the gateway.
+            listening = asyncio.Event()
+            web_task = asyncio.create_task(
+                serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+                      health={"discord": bot.is_ready}, ready=lambda _server: listening.set()),
+                name="web-server",
+            )
+            # Bind before logging in: a WEB_PORT in use ends start-up with its own line, not later.
+            await _until_listening(listening, web_task)
         async with bot:
             await bot.start(settings.discord_token.get())
     finally:
@@ -106,18 +128,24 @@ async def _run_bot(settings: Settings) -> None:
         await services.aclose()
 
 
+async def _until_listening(listening: asyncio.Event, web_task: asyncio.Task[None]) -> None:
+    """Return once the web server listens; raise its error if it stopped before that."""
+    waiter = asyncio.create_task(listening.wait(), name="web-listening")
+    try:
+        await asyncio.wait({waiter, web_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not listening.is_set():
+        web_task.result()  # the bind error
+        raise RuntimeError("the web server stopped before it listened")
+
+
 def cmd_run(settings: Settings, out: TextIO) -> int:
     if settings.discord_token is None:
         out.write(NO_TOKEN_HELP)
         return 2
     try:
         asyncio.run(_run_bot(settings))
-    except discord.LoginFailure:
-        log.error("Discord rejected DISCORD_TOKEN: reset the token on the Bot page and update .env")
-        return 1
-    except discord.PrivilegedIntentsRequired:
-        log.error('Enable "Message Content Intent" on the Bot page of your application, then start again')
-        return 1
     except KeyboardInterrupt:
         pass
     return 0
@@ -208,6 +236,8 @@ async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> CheckResult:
 
 
 async def _check_discord(settings: Settings) -> str:
+    import discord
+
     from bot.client import apply_api_base, discord_connector
 
     assert settings.discord_token is not None
@@ -218,7 +248,9 @@ async def _check_discord(settings: Settings) -> str:
         return f"logged in as {data['username']} ({data['id']})"
     except discord.LoginFailure:
         raise RuntimeError("DISCORD_TOKEN was rejected (401): reset it on the Bot page") from None
-    except (discord.HTTPException, OSError) as exc:
+    except discord.HTTPException as exc:
+        raise RuntimeError(f"Discord answered HTTP {exc.status} at login: try again later") from None
+    except OSError as exc:
         raise RuntimeError(f"cannot reach Discord: {exc}") from None
     finally:
         await http.close()
@@ -314,32 +346,188 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = out or sys.stdout
+
+# ------------------------------------------------------------------------- failures and main
+#
+# Every command runs inside run_command: a problem that stops it becomes one line naming the setting
+# or file, what is wrong and what to do, with exit status 2 for configuration and 1 for everything
+# else. The traceback is logged only at LOG_LEVEL=DEBUG. All output passes the process's redactor.
+
+CONFIG = 2
+RUNTIME = 1
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a person is told when a command cannot go on, and the exit status."""
+
+    line: str
+    status: int
+
+
+def _database_failure(exc: BaseException, settings: Settings) -> Failure:
+    cause = exc if isinstance(exc, sqlite3.Error) else exc.__context__
+    name = getattr(cause, "sqlite_errorname", "")
+    where = f"DATA_DIR {str(settings.data_dir)!r}"
+    db_file = settings.data_dir / "voicebot.sqlite3"
+    if name == "SQLITE_NOTADB":
+        return Failure(f"{where}: {str(db_file)!r} is not a SQLite database: move that file away "
+                       "or point DATA_DIR at another directory", CONFIG)
+    if name in ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH") or name.startswith("SQLITE_READONLY"):
+        return Failure(f"{where}: cannot write the database there ({cause}): make the directory writable "
+                       "by this user or point DATA_DIR at one that is", CONFIG)
+    if isinstance(cause, sqlite3.Error):
+        return Failure(f"{where}: the database {str(db_file)!r} cannot be used ({cause}): "
+                       "point DATA_DIR at another directory, or restore the file", CONFIG)
+    return Failure(f"{where}: {exc}", CONFIG)
+
+
+def _path_failure(exc: OSError, settings: Settings) -> Failure:
+    path = Path(str(exc.filename))
+    data_dir = settings.data_dir
+    under_data_dir = path == data_dir or data_dir in path.parents or path in data_dir.parents
+    what = f"DATA_DIR {str(data_dir)!r}" if under_data_dir else f"{str(path)!r}"
+    if isinstance(exc, FileExistsError) or isinstance(exc, NotADirectoryError):
+        return Failure(f"{what}: {str(path)!r} is a file, not a directory: point DATA_DIR at a directory", CONFIG)
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return Failure(f"{what}: not writable ({exc.strerror}): make it writable by this user or point "
+                       "DATA_DIR at a directory that is", CONFIG)
+    return Failure(f"{what}: {exc.strerror or exc}", CONFIG)
+
+
+def _discord_failure(exc: BaseException, settings: Settings) -> Failure | None:
+    """Discord's answer at login, when discord.py is loaded (``voicebot`` only)."""
+    discord = sys.modules.get("discord")
+    aiohttp = sys.modules.get("aiohttp")
+    if discord is None:
+        return None
+    where = settings.discord_api_base or "discord.com"
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return Failure('DISCORD_TOKEN: the bot needs "Message Content Intent": enable it on the Bot page '
+                       "of your application, then start again", CONFIG)
+    if isinstance(exc, discord.LoginFailure):
+        return Failure("DISCORD_TOKEN was rejected by Discord (401): reset the token on the Bot page "
+                       "and update .env", CONFIG)
+    if isinstance(exc, discord.DiscordServerError):
+        return Failure(f"Discord ({where}) answered HTTP {exc.status} at login: Discord is having trouble; "
+                       "try again in a few minutes", RUNTIME)
+    if isinstance(exc, discord.HTTPException):
+        return Failure(f"Discord ({where}) answered HTTP {exc.status} at login: try again later "
+                       "(429 means this token is rate limited)", RUNTIME)
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+        reason = getattr(exc, "os_error", None) or exc
+        return Failure(f"cannot reach Discord at {where} ({getattr(reason, 'strerror', None) or reason}): "
+                       "check the network connection (or DISCORD_API_BASE), then start again", RUNTIME)
+    if isinstance(exc, discord.GatewayNotFound):
+        return Failure("Discord's gateway could not be found: Discord is having trouble; try again later", RUNTIME)
+    return None
+
+
+def describe_failure(exc: BaseException, settings: Settings) -> Failure:
+    """The one line (and exit status) for an exception that ended a command (pure)."""
+    from bot.agent import AgentError
+    from bot.agent.character import CharacterError
+    from bot.db import DatabaseError
+
+    if isinstance(exc, CharacterError):
+        setting = "CHARACTER_FILE " if settings.character_file is not None else ""
+        return Failure(f"{setting}{exc}: fix the file, or unset CHARACTER_FILE to use the shipped character", CONFIG)
+    if isinstance(exc, (DatabaseError, sqlite3.Error)):
+        return _database_failure(exc, settings)
+    discord_failure = _discord_failure(exc, settings)
+    if discord_failure is not None:
+        return discord_failure
+    if isinstance(exc, socket.gaierror):  # binding the web server: the only name lookup at start-up
+        return Failure(f"WEB_HOST {settings.web_host!r} cannot be resolved ({exc.strerror}): use an address "
+                       "of this machine, such as 0.0.0.0 (everywhere) or 127.0.0.1", CONFIG)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _path_failure(exc, settings)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return Failure(f"WEB_PORT {settings.web_port} is already in use on {settings.web_host} (another voicebot?): "
+                       "stop that program or choose another WEB_PORT", CONFIG)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return Failure(f"WEB_HOST {settings.web_host!r} is not an address of this machine: use one that is, "
+                       "such as 0.0.0.0 (everywhere) or 127.0.0.1", CONFIG)
+    if isinstance(exc, OSError) and exc.errno == errno.EACCES:
+        return Failure(f"WEB_PORT {settings.web_port}: not allowed to listen there (ports below 1024 need "
+                       "privileges): choose a WEB_PORT above 1024", CONFIG)
+    if isinstance(exc, AgentError):
+        return Failure(f"the agent cannot start: {exc}", CONFIG)
+    detail = " ".join(str(exc).split())[:300]
+    return Failure(f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} "
+                   "(set LOG_LEVEL=DEBUG to see where)", RUNTIME)
+
+
+def _log_level(command: str, settings: Settings) -> str:
+    # Terminal commands print their own results; logs would clutter them, unless asked for DEBUG.
+    if command in ("chat", "invite", "check", "simulate") and settings.log_level != "DEBUG":
+        return "ERROR" if settings.log_level == "ERROR" else "WARNING"
+    return settings.log_level
+
+
+def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    """Load settings, set up logging and run ``command``; every failure becomes one line and a status."""
+    prog = "voicebot" if command == "run" else f"voicebot {command}"
     try:
         settings = load_settings(env_file=args.env_file)
     except SettingsError as exc:
-        sys.stderr.write(f"voicebot: {exc}\n")
-        return 2
-    secrets = [s.get() for s in (settings.discord_token, settings.openai_api_key, settings.elizaos_api_key,
-                                 settings.deepgram_api_key, settings.elevenlabs_api_key,
-                                 settings.twilio_auth_token) if s is not None]
-    setup_logging("WARNING" if args.command in ("chat", "invite", "check", "simulate") else settings.log_level,
-                  secrets=secrets)
-    command = args.command or "run"
-    if command == "run":
-        return cmd_run(settings, out)
-    if command == "chat":
-        return cmd_chat(settings, stdin or sys.stdin, out)
-    if command == "invite":
-        return cmd_invite(settings, out)
-    if command == "check":
-        return cmd_check(settings, out)
-    if command == "serve":
-        from bot.web import run_web_forever
+        install_redactor(exc.secrets)
+        setup_logging(requested_log_level())
+        if requested_log_level() == "DEBUG":
+            log.debug("settings did not load", exc_info=exc)
+        # One problem is one line; several are listed, one line each.
+        text = exc.problems[0] if len(exc.problems) == 1 else str(exc)
+        sys.stderr.write(f"{prog}: {text}\n")
+        return CONFIG
+    install_redactor(secret_values(settings))
+    setup_logging(_log_level(command, settings))
+    try:
+        if command == "run":
+            return cmd_run(settings, out)
+        if command == "chat":
+            return cmd_chat(settings, stdin, out)
+        if command == "invite":
+            return cmd_invite(settings, out)
+        if command == "check":
+            return cmd_check(settings, out)
+        if command == "serve":
+            from bot.web import run_web_forever
 
-        return run_web_forever(settings)
-    if command == "simulate":
-        return cmd_simulate(args, settings, out)
-    raise AssertionError(command)
+            return run_web_forever(settings)
+        if command == "simulate":
+            return cmd_simulate(args, settings, out)
+        raise AssertionError(command)
+    except Exception as exc:
+        failure = describe_failure(exc, settings)
+        if settings.log_level == "DEBUG":
+            log.debug("%s failed", prog, exc_info=exc)
+        sys.stderr.write(f"{prog}: {failure.line}\n")
+        return failure.status
+
+
+@contextlib.contextmanager
+def redacted_output(out: TextIO) -> Iterator[TextIO]:
+    """``out``, ``sys.stdout`` and ``sys.stderr`` through the process's redactor for the duration."""
+    saved = sys.stdout, sys.stderr
+    streams = [RedactingStream(out)]
+    if out is sys.stdout:
+        sys.stdout = streams[0]
+    else:
+        sys.stdout = RedactingStream(sys.stdout)
+        streams.append(sys.stdout)
+    sys.stderr = RedactingStream(sys.stderr)
+    streams.append(sys.stderr)
+    install_excepthooks()
+    try:
+        yield streams[0]
+    finally:
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                stream.release()
+        sys.stdout, sys.stderr = saved
+
+
+def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with redacted_output(out or sys.stdout) as redacted:
+        return run_command(args.command or "run", args, stdin or sys.stdin, redacted)

@@ -1,59 +1,349 @@
-"""Logging set-up for the whole process.
+"""Logging set-up for the whole process, and the one redaction every output goes through.
 
-Secrets are kept out of logs by construction (they are :class:`bot.settings.Secret` objects), and a
-redacting filter on the root handler is a second line of defence: should a library log a request
-with a key in it, the key's value is replaced before anything is written.
+Secrets are kept out of output by construction (they are :class:`bot.settings.Secret` objects), and
+one process-wide :class:`Redactor` is the second line of defence for what a library, a provider's
+error body or a traceback lets through. Everything people see passes it:
+
+- log records, at the handlers (a filter on every handler, so every logger is covered: the OpenAI
+  SDK's ``openai``/``httpx2`` loggers, discord.py, aiohttp, asyncio's "exception was never
+  retrieved"), including formatted exception text and stack info;
+- each command's stdout and stderr (:class:`RedactingStream`, installed by the CLI);
+- uncaught exceptions' tracebacks (``sys.excepthook``, ``threading.excepthook``);
+- error text shown to people on Discord and SMS (``AgentError`` redacts through :func:`redact`).
+
+It replaces every 8-character (or longer) piece of a secret, not only whole values, because
+providers echo parts of keys ("sk-proj-abcd...wxyz", the first 16 characters of a masked key), and
+the ``user:password@`` part of any URL. A secret shorter than 8 characters (a URL password) is
+replaced only where it appears whole.
+
+The matcher runs on every log line, so it is one compiled regular expression shaped as a trie of
+all 8-character windows of every secret: the regex engine rejects a position on its first character
+in C, and a line with no secret costs one ``search``.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
+import re
 import sys
+import threading
+import traceback
 from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TextIO
+from urllib.parse import unquote
 
-__all__ = ["RedactingFilter", "setup_logging"]
+__all__ = [
+    "REDACTED",
+    "WINDOW",
+    "RedactingFilter",
+    "RedactingStream",
+    "Redactor",
+    "install_redactor",
+    "redact",
+    "redactor",
+    "setup_logging",
+]
 
 REDACTED = "********"
+WINDOW = 8  # a piece of a secret this long or longer is redacted wherever it appears
+_SHORT_MIN = 4  # shorter whole values (a 3-letter password) would redact ordinary words
+
+# The userinfo of scheme://user:password@host or scheme://token@host in any text (the host stays
+# readable). Anchored on the literal "://" so the engine scans for it at C speed.
+_USERINFO = re.compile(r"://([^\s/?#@\"'<>]+)@")
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex matching exactly ``words``, factored by common prefix so each position fails fast."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        optional = "" in node
+        if not branches:
+            return ""
+        if len(branches) == 1 and not optional:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")" + ("?" if optional else "")
+
+    return emit(trie)
+
+
+def derived_forms(secret: str) -> set[str]:
+    """The forms a secret takes on the wire besides itself: percent-decoded (URL userinfo)."""
+    forms = {secret}
+    decoded = unquote(secret)
+    if decoded != secret:
+        forms.add(decoded)
+    return forms
+
+
+def basic_auth_form(user: str, password: str) -> str:
+    """What ``Authorization: Basic`` carries for a user and password (echoed by some servers)."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+class Redactor:
+    """Replaces every 8-character piece of the given secrets (and URL userinfo) in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values: set[str] = set()
+        for secret in secrets:
+            if secret:
+                values.update(derived_forms(secret))
+        windows: set[str] = set()
+        short: set[str] = set()
+        for value in values:
+            if len(value) >= WINDOW:
+                windows.update(value[i:i + WINDOW] for i in range(len(value) - WINDOW + 1))
+            elif len(value) >= _SHORT_MIN:
+                short.add(value)
+        self.secrets = frozenset(values)
+        self._windows = frozenset(windows)
+        self._pattern = re.compile(_trie_pattern(windows)) if windows else None
+        # Replace longer values first so one is never left half-replaced by a shorter one inside it.
+        self._short = re.compile("|".join(re.escape(s) for s in sorted(short, key=len, reverse=True))) if short else None
+        # Every piece (1..7 characters) that could be the start of a window: a stream holds such a
+        # tail back until the next write shows whether it continues into a secret.
+        self._prefixes = frozenset(w[:k] for w in windows for k in range(1, WINDOW))
+
+    def __repr__(self) -> str:  # never the values
+        return f"Redactor(secrets={len(self.secrets)}, windows={len(self._windows)})"
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Merged ``[start, end)`` ranges of ``text`` that are pieces of secrets or URL userinfo."""
+        found: list[tuple[int, int]] = []
+        pattern = self._pattern
+        if pattern is not None:
+            m = pattern.search(text)
+            while m is not None:
+                found.append((m.start(), m.start() + WINDOW))
+                m = pattern.search(text, m.start() + 1)  # overlapping: a long piece is many windows
+        if self._short is not None:
+            found.extend((m.start(), m.end()) for m in self._short.finditer(text))
+        if "://" in text:
+            found.extend(m.span(1) for m in _USERINFO.finditer(text))
+        if not found:
+            return found
+        found.sort()
+        merged = [found[0]]
+        for start, end in found[1:]:
+            last_start, last_end = merged[-1]
+            if start <= last_end:
+                merged[-1] = (last_start, max(last_end, end))
+            else:
+                merged.append((start, end))
+        return merged
+
+    @staticmethod
+    def _apply(text: str, spans: list[tuple[int, int]]) -> str:
+        parts: list[str] = []
+        pos = 0
+        for start, end in spans:
+            parts.append(text[pos:start])
+            parts.append(REDACTED)
+            pos = end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+    def __call__(self, text: str) -> str:
+        spans = self.spans(text)
+        return self._apply(text, spans) if spans else text
+
+    def split_safe(self, text: str) -> tuple[str, str]:
+        """``(redacted text safe to write now, raw tail to hold until more text arrives)``.
+
+        The tail is the shortest end of ``text`` that could still grow into a window of a secret,
+        so a key written a few characters at a time (a streamed reply) is caught across writes.
+        """
+        cut = len(text)
+        for k in range(min(WINDOW - 1, len(text)), 0, -1):
+            if text[-k:] in self._prefixes:
+                cut = len(text) - k
+                break
+        spans = self.spans(text)
+        # A confirmed piece that reaches into the tail is held whole, to be matched again with what follows.
+        for start, end in spans:
+            if end > cut:
+                cut = min(cut, start)
+                break
+        return self._apply(text[:cut], [s for s in spans if s[1] <= cut]), text[cut:]
+
+
+# The one redactor of this process; setup_logging (through the CLI) installs the real one.
+_current = Redactor()
+_current_lock = threading.Lock()
+
+
+def install_redactor(secrets: Iterable[str]) -> Redactor:
+    """Make a redactor of ``secrets`` the process's one redactor (used by every output)."""
+    global _current
+    with _current_lock:
+        _current = Redactor(secrets)
+    return _current
+
+
+def redactor() -> Redactor:
+    return _current
+
+
+def redact(text: str) -> str:
+    """``text`` with every piece of a configured secret and every URL userinfo replaced."""
+    return _current(text)
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces every known secret value in a record's final message."""
+    """On a handler: redacts a record's final message, exception text and stack info in place.
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    Attached to handlers rather than loggers because a logger's filters do not see records that
+    propagate up from its children (``httpx2``, ``openai._base_client``...).
+    """
+
+    def __init__(self, secrets: Iterable[str] | None = None) -> None:
         super().__init__()
-        # Short values would redact ordinary words; real keys are long.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+        # None: follow the process's redactor (installed after this filter may have been built).
+        self._own = Redactor(secrets) if secrets is not None else None
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._own if self._own is not None else _current
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        scrub = self.redactor
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it, as logging would
             return True
-        message = record.getMessage()
-        redacted = message
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, REDACTED)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        exc_text = record.exc_text
-        if exc_text:
-            for secret in self._secrets:
-                exc_text = exc_text.replace(secret, REDACTED)
-            record.exc_text = exc_text
+        redacted = scrub(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
         return True
 
 
-def setup_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream: object = None) -> None:
-    """Configure the root logger once: one stream handler, a plain format, secret redaction."""
+class RedactingStream(io.TextIOBase):
+    """A text stream that redacts everything written through it before it reaches ``stream``.
+
+    A tail that could be the start of a secret is held back until the next write (or
+    :meth:`release`), so a secret split across writes is still caught; ``flush`` does not release
+    it, since streamed output flushes after every few characters.
+    """
+
+    def __init__(self, stream: TextIO, scrub: Redactor | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self._own = scrub
+        self._held = ""
+        self._lock = threading.RLock()
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._own if self._own is not None else _current
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            safe, self._held = self.redactor.split_safe(self._held + s)
+            if safe:
+                self.stream.write(safe)
+        return len(s)
+
+    def writelines(self, lines: Iterable[str]) -> None:  # type: ignore[override]
+        for line in lines:
+            self.write(line)
+
+    def release(self) -> None:
+        """Write the held tail (at exit: nothing more is coming)."""
+        with self._lock:
+            held, self._held = self._held, ""
+            if held:
+                self.stream.write(self.redactor(held))
+                self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def getvalue(self) -> str:
+        """Like ``StringIO.getvalue`` when the wrapped stream is one (tests read output this way)."""
+        self.release()
+        return self.stream.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+    sys.stderr.flush()
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(redact(f"Exception in thread {name}:\n{text}"))
+    sys.stderr.flush()
+
+
+def install_excepthooks() -> None:
+    """Tracebacks of uncaught exceptions (main thread and others) go through the redactor."""
+    sys.excepthook = _excepthook
+    threading.excepthook = _thread_excepthook
+
+
+# Loggers that log every request line at INFO (the OpenAI SDK's HTTP client is httpx2, a fork of
+# httpx with its own logger names) or every frame at DEBUG; kept at WARNING unless LOG_LEVEL=DEBUG.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "websockets", "hpack")
+
+
+def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, stream: object = None) -> None:
+    """Configure the root logger once: one stream handler, a plain format, secret redaction.
+
+    ``secrets`` given: they become the process's redactor. Every handler already attached to any
+    logger gets the redacting filter too.
+    """
+    if secrets is not None:
+        install_redactor(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        for other in getattr(logger, "handlers", ()):
+            if not any(isinstance(f, RedactingFilter) for f in other.filters):
+                other.addFilter(RedactingFilter())
+    numeric = logging.getLevelName(level)
     # discord.py logs every gateway event at DEBUG; keep it at INFO unless asked.
-    logging.getLogger("discord").setLevel(max(logging.getLevelName(level), logging.INFO))
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("discord").setLevel(max(numeric, logging.INFO))
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)

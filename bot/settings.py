@@ -7,16 +7,21 @@ logs, errors or ``repr``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import os
+import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-__all__ = ["Secret", "Settings", "SettingsError", "load_settings", "ENV_VARS"]
+__all__ = ["Secret", "Settings", "SettingsError", "load_settings", "requested_log_level", "secret_values", "ENV_VARS"]
 
 T = TypeVar("T")
 
@@ -61,10 +66,15 @@ class Secret:
 
 
 class SettingsError(Exception):
-    """Raised with every configuration problem at once."""
+    """Raised with every configuration problem at once.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``secrets`` holds the raw values of the secret settings that were read, so whoever prints the
+    problems can redact them even though no :class:`Settings` was built.
+    """
+
+    def __init__(self, problems: list[str], *, secrets: tuple[str, ...] = ()) -> None:
         self.problems = problems
+        self.secrets = secrets
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{len(problems)} configuration problem(s):\n{lines}")
 
@@ -212,12 +222,29 @@ def _choice(options: tuple[str, ...], *, lower: bool = True) -> Callable[[str], 
     return parse
 
 
+_USERINFO = re.compile(r"://([^/?#@]*)@")
+
+
+def _shown_url(raw: str) -> str:
+    """``raw`` fit for an error message: any ``user:password@`` part masked."""
+    return _USERINFO.sub("://********@", raw.strip())
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().rstrip("/")
         scheme, sep, rest = value.partition("://")
+        expected = " or ".join(s + "://" for s in schemes)
         if not sep or scheme.lower() not in schemes or not rest:
-            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}; got {raw!r}")
+            raise ValueError(f"expected a URL starting with {expected}; got {_shown_url(raw)!r}")
+        try:  # what the HTTP clients will do with it later, where the error would name no setting
+            parts = urlsplit(value)
+            host, _port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc}): {_shown_url(raw)!r}; "
+                             f"write it as {expected}host[:port][/path]") from None
+        if not host:
+            raise ValueError(f"has no host name: {_shown_url(raw)!r}")
         return value
 
     return parse
@@ -247,6 +274,19 @@ def _existing_file(raw: str) -> Path:
     path = _path(raw)
     if not path.is_file():
         raise ValueError(f"no such file: {str(path)!r}")
+    return path
+
+
+def _ca_file(raw: str) -> Path:
+    path = _existing_file(raw)
+    try:  # exactly what the Discord connector does with it
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ValueError(f"{str(path)!r} is not a PEM certificate file ({reason}); "
+                         "give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     return path
 
 
@@ -283,7 +323,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_SYNC_GLOBAL": ("discord_sync_global", _bool),
     "DISCORD_CHAT_CHANNELS": ("discord_chat_channels", _snowflakes),
     "DISCORD_API_BASE": ("discord_api_base", _url("http", "https")),
-    "DISCORD_CA_FILE": ("discord_ca_file", _existing_file),
+    "DISCORD_CA_FILE": ("discord_ca_file", _ca_file),
     "DISCORD_SHARD_ID": ("discord_shard_id", _int(0)),
     "DISCORD_SHARD_COUNT": ("discord_shard_count", _int(1)),
     "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
@@ -364,6 +404,55 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _read_env_file(env_file: str | os.PathLike[str]) -> dict[str, str]:
+    """The values in ``env_file`` (empty when there is none); SettingsError for an unusable file."""
+    path = Path(env_file)
+    if not path.is_file():
+        return {}
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read the settings file: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")  # editors on Windows like to add a BOM
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                             "(for example: iconv -f latin1 -t utf-8)"]) from None
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def _secret_vars() -> frozenset[str]:
+    return frozenset(var for var, (_, parse) in ENV_VARS.items() if parse in (_secret, _discord_token))
+
+
+def userinfo_values(url: str) -> list[str]:
+    """The secret forms of a URL's ``user:password@`` part: each half, the pair, and its Basic form."""
+    found: list[str] = []
+    for info in _USERINFO.findall(url):
+        user, _, password = info.partition(":")
+        found.extend(v for v in (info, user, password) if v)
+        found.append(base64.b64encode(info.encode()).decode("ascii"))  # Authorization: Basic ...
+    return found
+
+
+def _raw_secret_values(source: Mapping[str, str]) -> tuple[str, ...]:
+    """Secret settings as read, before parsing (for redacting problems about an unloadable configuration)."""
+    secret_vars = _secret_vars()
+    values: list[str] = []
+    for var in ENV_VARS:
+        raw = source.get(var)
+        if not raw or not raw.strip():
+            continue
+        if var in secret_vars:
+            value = raw.strip()
+            values.append(value)
+            if value.lower().startswith("bot "):
+                values.append(value[4:].strip())
+        if "://" in raw:
+            values.extend(userinfo_values(raw))
+    return tuple(values)
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
@@ -374,10 +463,14 @@ def load_settings(
     Real environment variables win over ``.env``. Pass ``env_file=None`` to ignore ``.env``.
     Raises :class:`SettingsError` listing every problem found.
     """
+    env = os.environ if environ is None else environ
     source: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
-        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    source.update(os.environ if environ is None else environ)
+    if env_file is not None:
+        try:
+            source.update(_read_env_file(env_file))
+        except SettingsError as exc:
+            raise SettingsError(exc.problems, secrets=_raw_secret_values(env)) from None
+    source.update(env)
 
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -391,8 +484,34 @@ def load_settings(
             problems.append(f"{var}: {exc}")
     problems.extend(_cross_checks(values))
     if problems:
-        raise SettingsError(problems)
+        raise SettingsError(problems, secrets=_raw_secret_values(source))
     return Settings(**values)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret the running process knows, in the forms it may appear in output.
+
+    Each :class:`Secret` setting, the ``user:password@`` part of every configured URL (each half,
+    the pair, and its base64 Basic-auth form), and the Twilio Basic-auth credential.
+    """
+    values: list[str] = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, Secret) and value.get():
+            values.append(value.get())
+        elif isinstance(value, str) and "://" in value:
+            values.extend(userinfo_values(value))
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        pair = f"{settings.twilio_account_sid}:{settings.twilio_auth_token.get()}"
+        values.append(base64.b64encode(pair.encode()).decode("ascii"))
+    return values
+
+
+def requested_log_level(environ: Mapping[str, str] | None = None) -> str:
+    """``LOG_LEVEL`` from the environment when valid, else INFO: for reporting a configuration that
+    did not load (the traceback is shown only at DEBUG)."""
+    raw = (os.environ if environ is None else environ).get("LOG_LEVEL", "")
+    return raw.strip().upper() if raw.strip().upper() in LOG_LEVELS else "INFO"
 
 
 def secret_value(secret: Secret | None) -> str | None:

@@ -308,7 +308,8 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
     try:
         bot_name = load_configured_character(settings).name
     except Exception as exc:
-        raise SimulationError(f"cannot load the character: {exc}", setup=True) from None
+        raise SimulationError(f"CHARACTER_FILE {exc}: fix the file, or unset CHARACTER_FILE to use the "
+                              "shipped character", setup=True) from None
     taken = {n.casefold() for n in names}
     while host_name.casefold() in taken:
         host_name += "'"

@@ -309,6 +309,9 @@ def _decode(raw: bytes, source: str) -> Character:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CharacterError(source, None, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # json's parser recurses once per level of [ or {
+        raise CharacterError(source, None, "nested too deeply to be a character (JSON arrays or objects "
+                                           "inside each other hundreds of levels deep)") from None
     return parse_character(data, source)
 
 

@@ -5,7 +5,9 @@
 ``data: [DONE]``. Without ``stream`` it answers one ``chat.completion`` object. ``GET /v1/models``
 lists models. Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 
-Switches: ``fail_with`` (401 / 404 / 500 / 429), ``stall`` (hold the request open after
+Switches: ``fail_with`` (401 / 404 / 500 / 429), ``broken_sse`` (after the first token, one event
+that is not JSON (``"not-json"``), not UTF-8 (``"not-utf8"``), a chunk of the wrong shape
+(``"wrong-shape"``), or the connection cut mid-body (``"cut"``)), ``stall`` (hold the request open after
 ``stall_after`` chunks, never finishing), ``paced`` (send each chunk only when the test calls
 :meth:`FakeOpenAI.allow`). Every request is recorded for assertions.
 
@@ -55,6 +57,7 @@ class FakeOpenAI:
     models: tuple[str, ...] = ("gpt-test", "llama3.2")
     reply_tokens: list[str] = field(default_factory=lambda: ["Hello", " there", ",", " friend", "."])
     fail_with: int | None = None
+    broken_sse: str | None = None  # "not-json" | "not-utf8" | "wrong-shape" | "cut"
     stall: bool = False
     stall_after: int = 0
     paced: bool = False
@@ -225,6 +228,22 @@ class FakeOpenAI:
             self.chunks_sent += 1
             self._chunk_sent.notify_all()
 
+    async def _break(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        if self.broken_sse == "cut":
+            # Chunked encoding with no terminating chunk: the client sees the body end mid-stream.
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        broken = {
+            "not-json": b'data: {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {"content": "x"\n\n',
+            "not-utf8": b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n',
+            "wrong-shape": b'data: {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": 5}\n\n',
+        }[self.broken_sse or ""]
+        await self._send(response, broken)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
         timing = StreamTiming(requested_at=time.monotonic())
         self.streams.append(timing)
@@ -233,6 +252,8 @@ class FakeOpenAI:
         try:
             await response.write(self._chunk(model, {"role": "assistant", "content": ""}))
             for i, token in enumerate(self.reply_tokens):
+                if self.broken_sse is not None and i == 1:
+                    return await self._break(request, response)
                 if self.stall and i >= self.stall_after:
                     await self._release.wait()  # hold the connection open, sending nothing
                     return response

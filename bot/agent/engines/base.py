@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.agent.character import Character
+from bot.logs import redact
 from bot.memory import Modality, Turn
 
 __all__ = ["AgentError", "ChatMessage", "Conversation", "Incoming", "ReplyEngine"]
@@ -38,8 +39,11 @@ class AgentError(Exception):
     """
 
     def __init__(self, message: str, *, user_message: str | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.user_message = user_message or "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
+        # Both texts reach people (terminal, Discord, SMS) and logs: the process's redactor takes out
+        # any piece of a secret a provider's error text carried in.
+        super().__init__(redact(message))
+        self.user_message = redact(
+            user_message or "Sorry, I couldn't come up with a reply just now. Please try again in a moment.")
         self.retryable = retryable
 
 

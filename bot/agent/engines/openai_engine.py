@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
@@ -108,6 +109,27 @@ def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: f
             user_message="Sorry, I lost my train of thought. Could you say that again?",
             retryable=True,
         )
+    if isinstance(exc, (httpx2.RequestError, OSError)):  # the connection broke while the reply streamed
+        return AgentError(
+            f"LLM endpoint {where} broke off the reply ({type(exc).__name__}): is the server or a proxy "
+            "cutting long responses?",
+            user_message="Sorry, I lost my train of thought. Could you say that again?",
+            retryable=True,
+        )
+    if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError: an event that is not JSON
+        return AgentError(
+            f"LLM endpoint {where} sent a malformed server-sent event ({type(exc).__name__}: {exc}): "
+            f"is OPENAI_BASE_URL an OpenAI-compatible server?",
+            user_message="Sorry, my language model sent something I couldn't read. Try again in a moment?",
+            retryable=True,
+        )
+    if isinstance(exc, (TypeError, AttributeError, KeyError, IndexError)):
+        return AgentError(
+            f"LLM endpoint {where} sent an event that is not a chat.completion.chunk ({type(exc).__name__}): "
+            "is OPENAI_BASE_URL an OpenAI-compatible server?",
+            user_message="Sorry, my language model sent something I couldn't read. Try again in a moment?",
+            retryable=True,
+        )
     return AgentError(f"LLM request to {where} failed: {type(exc).__name__}")
 
 
@@ -188,8 +210,22 @@ class OpenAIEngine(ReplyEngine):
                 async for chunk in stream:
                     for choice in chunk.choices:
                         if choice.index == 0 and choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
+                            content = choice.delta.content
+                            if not isinstance(content, str):  # the SDK builds chunks without validating
+                                raise TypeError(f"delta.content is {type(content).__name__}, not text")
+                            yield content
+        except openai.APITimeoutError as exc:
+            raise self._error(exc) from None
+        except openai.APIConnectionError as exc:
+            # The server was reached and answered 200; its body broke off (not "cannot connect").
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else ConnectionResetError()
+            raise self._error(cause) from None
         except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        except Exception as exc:
+            # Nothing of ours runs in this loop but reading fields: any other error is the server's
+            # stream (an event that is not JSON, a chunk of the wrong shape, a connection cut
+            # mid-body), a provider error like the others, not a crash of the engine.
             raise self._error(exc) from None
 
     async def check(self) -> str:

@@ -1,0 +1,114 @@
+"""The one redactor (issue 10 item 3): pieces of secrets, URL userinfo, streams split mid-secret,
+log records with tracebacks, and every logger (the OpenAI SDK logs through ``httpx2``)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.logs import REDACTED, WINDOW, RedactingFilter, RedactingStream, Redactor, setup_logging
+from bot.settings import load_settings, secret_values
+
+KEY = "sk-proj-Zq8xV3mK9pL2wR7tY4uN6bH1cD5eF0gA"
+TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.Qw3rTy7uI9oP1aS5dF8gH2jK4lZ6xC0vB"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def windows(secret: str) -> list[str]:
+    return [secret[i:i + WINDOW] for i in range(len(secret) - WINDOW + 1)]
+
+
+def leaks(text: str, secrets: list[str]) -> list[str]:
+    return [w for s in secrets for w in windows(s) if w in text]
+
+
+def test_every_piece_of_eight_or_more_characters_is_redacted() -> None:
+    scrub = Redactor([KEY, TOKEN])
+    masked = f"Incorrect API key provided: {KEY[:16]}...{KEY[-4:]}; token {TOKEN[10:30]}; whole {KEY}"
+    out = scrub(masked)
+    assert not leaks(out, [KEY, TOKEN])
+    assert out.startswith("Incorrect API key provided: ") and REDACTED in out
+    assert scrub("nothing secret here, ids 1234 and words") == "nothing secret here, ids 1234 and words"
+
+
+def test_url_userinfo_is_redacted_in_any_url_and_short_passwords_whole() -> None:
+    scrub = Redactor(["pw4u"])
+    out = scrub("POST http://alice:pw4u@llm.local:8000/v1/chat and wss://tok@x.example/ws; pw4u again")
+    assert "alice" not in out and "pw4u" not in out and "tok@" not in out
+    assert "http://********@llm.local:8000/v1/chat" in out
+
+
+def test_settings_list_every_secret_setting_and_url_userinfo() -> None:
+    settings = load_settings({
+        "DISCORD_TOKEN": TOKEN, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://bob:Hunter2Hunter2@h/v1",
+        "ELIZAOS_URL": "http://u:p@e", "ELIZAOS_AGENT_ID": "a", "ELIZAOS_API_KEY": "eliza-key-123456",
+        "DEEPGRAM_API_KEY": "dg-key-1234567890", "ELEVENLABS_API_KEY": "el-key-1234567890",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "tw-token-1234567890",
+        "TWILIO_PHONE_NUMBER": "+15550001111", "PUBLIC_URL": "https://bot.example",
+    }, env_file=None)
+    values = set(secret_values(settings))
+    assert {TOKEN, KEY, "Hunter2Hunter2", "bob:Hunter2Hunter2", "eliza-key-123456", "dg-key-1234567890",
+            "el-key-1234567890", "tw-token-1234567890", "p"} <= values
+
+
+def test_a_secret_written_a_few_characters_at_a_time_is_caught() -> None:
+    sink = io.StringIO()
+    stream = RedactingStream(sink, Redactor([KEY]))
+    text = f"Wren> the key is {KEY}, keep it.\nyou> "
+    for i in range(0, len(text), 3):  # like a streamed reply, flushed after every delta
+        stream.write(text[i:i + 3])
+        stream.flush()
+    assert sink.getvalue().endswith("you> ")  # nothing secret-like is held back at a prompt
+    stream.release()
+    assert not leaks(sink.getvalue(), [KEY])
+    assert sink.getvalue() == f"Wren> the key is {REDACTED}, keep it.\nyou> "
+
+
+def test_log_records_and_tracebacks_are_redacted_for_every_logger() -> None:
+    sink = io.StringIO()
+    setup_logging("DEBUG", secrets=[KEY], stream=sink)
+    try:
+        logging.getLogger("httpx2").info("HTTP Request: POST http://u:pass@h/v1 %s", KEY)
+        logging.getLogger("openai._base_client").debug("Request options: %r", {"headers": {"Authorization": KEY[:20]}})
+        try:
+            raise RuntimeError(f"server said {KEY[4:24]}")
+        except RuntimeError:
+            logging.getLogger("discord.client").exception("failed")
+        logging.getLogger("x").info("stack", stack_info=True, extra={"k": KEY})
+    finally:
+        setup_logging("WARNING", secrets=[])
+    text = sink.getvalue()
+    assert "HTTP Request" in text and "Traceback" in text and "server said" in text
+    assert not leaks(text, [KEY]) and "u:pass" not in text
+
+
+def test_filter_with_its_own_secrets() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "k=%s", (KEY,), None)
+    assert RedactingFilter([KEY]).filter(record)
+    assert record.getMessage() == f"k={REDACTED}"
+
+
+def test_chat_does_not_import_discord(tmp_path: Path) -> None:
+    probe = (
+        "import io, sys\n"
+        "from bot.cli import main\n"
+        "out = io.StringIO()\n"
+        "code = main(['--env-file', '/nonexistent/.env', 'chat'], stdin=io.StringIO('hello\\n'), out=out)\n"
+        "assert code == 0 and 'Wren> ' in out.getvalue(), out.getvalue()\n"
+        "print('discord' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] == 'discord')[:3])\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False []"
+
+
+@pytest.mark.parametrize("piece", [KEY, KEY[:8], KEY[10:26], KEY[-8:]])
+def test_pieces(piece: str) -> None:
+    assert piece not in Redactor([KEY])(f"x{piece}y")

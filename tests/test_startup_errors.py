@@ -1,0 +1,214 @@
+"""Issue 10 item 4: every start-up problem is one clear line, not a traceback.
+
+Each case runs every command it applies to as a real process (all of them at once, so the run takes
+as long as the slowest, discord.py's five retries of a 500 at login): the problem must be reported as
+one line that names the setting or file, says what is wrong and what to do, with exit status 2 for a
+configuration problem and 1 for a runtime one, and no traceback unless LOG_LEVEL=DEBUG.
+
+"DATA_DIR not writable": tests run as root, whom no file mode stops, so that case starts the command
+without root's CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH capabilities (everything else unchanged),
+against a directory of mode 0555: the kernel then refuses the write as it would for any user, a
+real permission error rather than a simulated one. (Running it as ``nobody`` is not possible here:
+the interpreter lives under /root, mode 0700.)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.cli_runs import CliRun, Finished, free_port
+from tests.fakes.echo_server import EchoServer
+
+TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB"
+SMS = {"TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
+       "TWILIO_PHONE_NUMBER": "+15550001111", "PUBLIC_URL": "https://bot.example.com"}
+
+
+@dataclass
+class Case:
+    """One bad start-up, for the commands it applies to."""
+
+    name: str
+    commands: tuple[str, ...]
+    status: int  # 2: configuration, 1: runtime
+    says: tuple[str, ...]  # in the problem line: the setting or file, what is wrong, what to do
+    prepare: Callable[[Path, Context], dict[str, str]]  # writes files, returns settings
+    read_only: bool = False  # the command must meet file modes (see the module docstring)
+
+
+@dataclass
+class Context:
+    echo_url: str
+    busy_port: int
+    closed_port: int
+    wav: Path
+    keep: list[object] = field(default_factory=list)
+
+
+def _bad_character(home: Path, ctx: Context) -> dict[str, str]:
+    (home / "wren.json").write_text('{"name": "Wren", "bio": ["kind", 5]}')
+    return {"CHARACTER_FILE": str(home / "wren.json")}
+
+
+def _deep_character(home: Path, ctx: Context) -> dict[str, str]:
+    (home / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    return {"CHARACTER_FILE": str(home / "deep.json")}
+
+
+def _port_in_use(home: Path, ctx: Context) -> dict[str, str]:
+    return {**SMS, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(ctx.busy_port)}
+
+
+def _unresolvable_host(home: Path, ctx: Context) -> dict[str, str]:
+    return {**SMS, "WEB_HOST": "no-such-host.invalid", "WEB_PORT": str(free_port())}
+
+
+def _data_dir_is_a_file(home: Path, ctx: Context) -> dict[str, str]:
+    (home / "datafile").write_text("not a directory")
+    return {"DATA_DIR": str(home / "datafile")}
+
+
+def _data_dir_not_writable(home: Path, ctx: Context) -> dict[str, str]:
+    data = home / "readonly"
+    data.mkdir()
+    data.chmod(0o555)
+    return {"DATA_DIR": str(data)}
+
+
+def _not_sqlite(home: Path, ctx: Context) -> dict[str, str]:
+    data = home / "data"
+    data.mkdir()
+    (data / "voicebot.sqlite3").write_bytes(b"these are my notes, not a database\n" * 200)
+    return {"DATA_DIR": str(data)}
+
+
+def _latin1_env(home: Path, ctx: Context) -> dict[str, str]:
+    (home / ".env").write_bytes("# caf\xe9 settings\nOPENAI_MODEL=caf\xe9\n".encode("latin-1"))
+    return {}
+
+
+def _ca_not_pem(home: Path, ctx: Context) -> dict[str, str]:
+    (home / "ca.pem").write_text("this is not a certificate\n")
+    return {"DISCORD_CA_FILE": str(home / "ca.pem")}
+
+
+def _bad_openai_url(home: Path, ctx: Context) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": "http://[::1"}
+
+
+def _discord_unreachable(home: Path, ctx: Context) -> dict[str, str]:
+    return {"DISCORD_API_BASE": f"http://127.0.0.1:{ctx.closed_port}/api/v10"}
+
+
+def _discord_500(home: Path, ctx: Context) -> dict[str, str]:
+    return {"DISCORD_API_BASE": f"{ctx.echo_url}/login/500/api/v10"}
+
+
+ALL = ("run", "chat", "check", "serve", "simulate")
+CASES = [
+    Case("discord-500-at-login", ("run",), 1, ("Discord", "HTTP 500", "try again"), _discord_500),
+    Case("malformed-character", ("run", "chat", "serve", "simulate", "check"), 2,
+         ("CHARACTER_FILE", "wren.json", "bio[1]", "fix the file"), _bad_character),
+    Case("character-nested-100000-deep", ("run", "chat", "serve", "simulate", "check"), 2,
+         ("CHARACTER_FILE", "deep.json", "nested too deeply", "fix the file"), _deep_character),
+    Case("web-port-in-use", ("run", "serve"), 2, ("WEB_PORT", "already in use", "choose another WEB_PORT"),
+         _port_in_use),
+    Case("web-host-unresolvable", ("run", "serve"), 2, ("WEB_HOST", "no-such-host.invalid", "cannot be resolved",
+                                                        "use an address"), _unresolvable_host),
+    Case("data-dir-is-a-file", ("run", "chat", "serve"), 2, ("DATA_DIR", "datafile", "not a directory",
+                                                             "point DATA_DIR"), _data_dir_is_a_file),
+    Case("data-dir-not-writable", ("run", "chat", "serve"), 2, ("DATA_DIR", "readonly", "cannot write",
+                                                                "make the directory writable"),
+         _data_dir_not_writable, read_only=True),
+    Case("data-dir-holds-not-sqlite", ("run", "chat", "serve"), 2,
+         ("DATA_DIR", "voicebot.sqlite3", "not a SQLite database", "move that file away"), _not_sqlite),
+    Case("dotenv-latin-1", ALL, 2, (".env", "not UTF-8", "save it as UTF-8"), _latin1_env),
+    Case("discord-ca-not-pem", ALL, 2, ("DISCORD_CA_FILE", "ca.pem", "not a PEM certificate", "give the CA"),
+         _ca_not_pem),
+    Case("openai-base-url-unclosed-ipv6", ALL, 2, ("OPENAI_BASE_URL", "not a valid URL", "write it as"),
+         _bad_openai_url),
+    Case("discord-unreachable", ("run",), 1, ("cannot reach Discord", f"127.0.0.1", "check the network"),
+         _discord_unreachable),
+]
+MATRIX = [(case, command) for case in CASES for command in case.commands]
+
+
+def _check_expectations(case: Case) -> tuple[int, tuple[str, ...]]:
+    # `voicebot check` lists every service; a broken character is its agent line (exit 1: a check failed).
+    if case.name in ("malformed-character", "character-nested-100000-deep"):
+        return 1, case.says[1:3]
+    return case.status, case.says
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Finished]]:
+    echo = EchoServer()
+    echo_url = echo.start()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    root = tmp_path_factory.mktemp("startup")
+    wav = root / "hello.wav"
+    _write_wav(wav)
+    ctx = Context(echo_url, busy.getsockname()[1], free_port(), wav)
+    runs: dict[tuple[str, str], CliRun] = {}
+    try:
+        for case, command in MATRIX:
+            home = root / f"{case.name}-{command}"
+            home.mkdir()
+            settings = {"DISCORD_TOKEN": TOKEN, "DISCORD_API_BASE": f"http://127.0.0.1:{ctx.closed_port}/api/v10",
+                        "STT_ENGINE": "none" if command != "simulate" else "auto", "TTS_ENGINE": "espeak",
+                        "DATA_DIR": str(home / "data"), "WEB_HOST": "127.0.0.1", "WEB_PORT": str(free_port()),
+                        **case.prepare(home, ctx)}
+            if command == "simulate":
+                settings["STT_ENGINE"] = "deepgram"
+                settings.update(DEEPGRAM_API_KEY="dg0123456789abcdef", DEEPGRAM_URL=f"ws://127.0.0.1:{ctx.closed_port}")
+            args = ("--speak", f"Alice={wav}") if command == "simulate" else ()
+            runs[(case.name, command)] = CliRun(command, home, settings, args=args, stdin="hello\n",
+                                                no_file_override=case.read_only and os.geteuid() == 0).start()
+        yield {key: run.finish(timeout=180) for key, run in runs.items()}
+    finally:
+        for run in runs.values():
+            if run.proc is not None and run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+        busy.close()
+        echo.stop()
+
+
+def _write_wav(path: Path) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\x00\x00" * 16000)
+
+
+@pytest.mark.parametrize(("case", "command"), MATRIX, ids=[f"{c.name}-{cmd}" for c, cmd in MATRIX])
+def test_one_clear_line(finished: dict[tuple[str, str], Finished], case: Case, command: str) -> None:
+    result = finished[(case.name, command)]
+    status, says = _check_expectations(case) if command == "check" else (case.status, case.says)
+    output = result.output
+    assert "Traceback" not in output, output
+    assert result.code == status, output
+    lines = [line for line in output.splitlines() if all(s in line for s in says)]
+    assert len(lines) == 1, f"expected one line saying {says}:\n{output}"
+    if command != "check" or status == 2:
+        prog = "voicebot" if command == "run" else f"voicebot {command}"
+        assert lines[0].startswith(f"{prog}: "), lines[0]
+
+
+def test_the_traceback_is_shown_at_debug(tmp_path: Path) -> None:
+    settings = {"LOG_LEVEL": "DEBUG", **_bad_character(tmp_path, Context("", 0, 0, tmp_path))}
+    result = CliRun("chat", tmp_path, settings, stdin="hello\n").start().finish(timeout=120)
+    assert result.code == 2
+    assert "Traceback" in result.stderr and "CharacterError" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("voicebot chat: CHARACTER_FILE ")
