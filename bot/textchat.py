@@ -31,26 +31,29 @@ def _fence_state(text: str, start_lang: str | None = None) -> str | None:
     return lang
 
 
-def cut_at_sentence(text: str, limit: int) -> str:
+def cut_at_sentence(text: str, limit: int, *, complete: bool = True) -> str:
     """The longest start of ``text`` within ``limit`` characters that ends a sentence. Pure.
 
-    Falls back to a line break, then a word boundary, then a hard cut, so a reply with no sentence
-    end in reach is still cut somewhere readable.
+    ``complete=False`` says the text stops mid-stream (the agent was cut off), so even a short one
+    is cut back to its last sentence end. Falls back to a line break, then a word boundary, then a
+    hard cut, so a reply with no sentence end in reach is still cut somewhere readable.
     """
-    if len(text) <= limit:
+    if complete and len(text) <= limit:
         return text.rstrip()
-    window = text[: limit + 1]  # a sentence ending exactly at the limit still counts
+    span = min(limit, len(text))
+    window = text[: span + 1]  # a sentence ending exactly at the limit still counts
+    floor = span // 3  # never keep a uselessly short start just to end on a full stop
     best = -1
     for m in _SENTENCE_END.finditer(window):
-        if m.end() - 1 <= limit:
+        if m.end() - 1 <= span:
             best = m.end()
-    if best > limit // 3:
+    if best > floor:
         return text[:best].rstrip()
     for sep in ("\n", " "):
-        idx = window.rfind(sep, 0, limit)
-        if idx > limit // 3:
+        idx = window.rfind(sep, 0, span)
+        if idx > floor:
             return text[:idx].rstrip()
-    return text[:limit]
+    return text[:span]
 
 
 def _cut_point(text: str, limit: int, open_lang: str | None = None) -> int:
@@ -267,7 +270,7 @@ class StreamingWriter:
         last = pieces[-1]
         # Room for the note and for closing/reopening a code block around it.
         budget = self._limit - len(SHORTENED_NOTE) - 2 - (len(f"```{last.lang_before}\n") if last.lang_before is not None else 0) - 4
-        raw = cut_at_sentence(last.raw, budget)
+        raw = cut_at_sentence(last.raw, budget, complete=False)  # more text followed it
         shown = _Piece(raw, last.lang_before, _fence_state(raw, last.lang_before)).render()
         self._delivered = (self.text[: self._frozen_chars] + raw).strip()
         await self._show(f"{shown}\n{SHORTENED_NOTE}" if shown.endswith("```") else f"{shown} {SHORTENED_NOTE}".strip())
