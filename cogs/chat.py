@@ -101,6 +101,15 @@ class ChatCog(commands.Cog, name="Chat"):
             self._typing_in.discard(channel_id)
 
     @commands.Cog.listener()
+    async def on_command_error(self, ctx: commands.Context[VoiceBot], error: commands.CommandError) -> None:
+        # The bot has no text commands, but its prefix is its mention, so discord.py reads every
+        # "@bot hello" as the command "hello"; without a listener it logs each one as an ERROR
+        # with a traceback. A mention is a chat message, answered by on_message.
+        if isinstance(error, commands.CommandNotFound):
+            return
+        log.warning("text command failed: %s: %s", type(error).__name__, error)
+
+    @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         me = self.bot.user
         if me is None or not should_answer(message, me, self.enabled_channels):

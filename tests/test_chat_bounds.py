@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,7 +128,9 @@ async def test_the_agent_stream_is_closed_at_the_cap(monkeypatch: pytest.MonkeyP
         assert d.problems == []
 
 
-async def test_a_flood_of_mentions_stays_inside_discords_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_flood_of_mentions_stays_inside_discords_rate_limits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
     async with LocalDiscord(token=TOKEN) as d:
         async with running_bot(d, monkeypatch, {"AGENT_ENGINE": "eliza", "CHAT_RATE_LIMIT": "2"}) as bot:
             people = [bot.guild.add_member(name) for name in ("Ann", "Ben", "Cy")]
@@ -148,3 +151,5 @@ async def test_a_flood_of_mentions_stays_inside_discords_rate_limits(monkeypatch
             assert creates[5] - creates[0] >= 4.9
         assert d.events.of("rate_limited") == []
         assert d.problems == []
+    # A mention is not a text command: no "CommandNotFound" traceback per message.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
