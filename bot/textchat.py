@@ -269,7 +269,8 @@ class StreamingWriter:
             self._current, self._current_text = None, ""
         last = pieces[-1]
         # Room for the note and for closing/reopening a code block around it.
-        budget = self._limit - len(SHORTENED_NOTE) - 2 - (len(f"```{last.lang_before}\n") if last.lang_before is not None else 0) - 4
+        reopen = len(f"```{last.lang_before}\n") if last.lang_before is not None else 0
+        budget = self._limit - len(SHORTENED_NOTE) - 2 - reopen - 4  # 4: a closing "\n```"
         raw = cut_at_sentence(last.raw, budget, complete=False)  # more text followed it
         shown = _Piece(raw, last.lang_before, _fence_state(raw, last.lang_before)).render()
         self._delivered = (self.text[: self._frozen_chars] + raw).strip()

@@ -140,6 +140,9 @@ async def test_a_flood_of_mentions_stays_inside_discords_rate_limits(
                     sent.append(await person.send_message(bot.text, f"<@{d.bot_user_id}> hello number {round_}"))
             # Each person: two answers, then one "slow down" note, then silence.
             await _wait_for(lambda: len(bot.text.bot_messages) >= 9, "nine bot messages")
+            # Every answer finished (its last edit done, its turn stored) before the bot is closed.
+            await _wait_for(lambda: sum(t.role == "assistant" for t in bot.services.memory.recent(bot.room, 50)) == 6,
+                            "six stored answers")
             replies = bot.text.bot_messages
             assert len(replies) == 9
             answered = {m.reference_id for m in replies}
