@@ -143,8 +143,12 @@ class Settings:
     web_host: str = "0.0.0.0"
     web_port: int = 8080
     sms_rate_limit: int = 10  # messages per number per 10 minutes
-    # --- SMS durability (sms-trust)
+    # --- SMS durability
     sms_shutdown_grace: float = 20.0  # seconds replies in flight get to finish on SIGTERM
+    # --- Reply caps: the most one reply may take in each channel (longer ones are shortened)
+    discord_reply_max_messages: int = 4  # Discord messages (2,000 characters each)
+    sms_reply_max_segments: int = 4  # SMS messages (1,600 characters each)
+    voice_reply_max_seconds: float = 60.0  # seconds of speech
     # --- Logging
     log_level: str = "INFO"
 
@@ -371,6 +375,9 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
     "SMS_SHUTDOWN_GRACE": ("sms_shutdown_grace", _float(0.0, 600.0)),
+    "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
+    "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
+    "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 

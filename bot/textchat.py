@@ -12,9 +12,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["DISCORD_LIMIT", "split_message", "RateLimiter", "StreamingWriter"]
+__all__ = ["DISCORD_LIMIT", "SHORTENED_NOTE", "split_message", "RateLimiter", "StreamingWriter", "cut_at_sentence"]
 
 DISCORD_LIMIT = 2000  # characters per message (Discord rejects longer content with 50035)
+SHORTENED_NOTE = "*…(reply shortened)*"
 
 _FENCE = re.compile(r"^\s*```(\S*)\s*$")
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s")
@@ -28,6 +29,31 @@ def _fence_state(text: str, start_lang: str | None = None) -> str | None:
         if m:
             lang = None if lang is not None else m.group(1)
     return lang
+
+
+def cut_at_sentence(text: str, limit: int, *, complete: bool = True) -> str:
+    """The longest start of ``text`` within ``limit`` characters that ends a sentence. Pure.
+
+    ``complete=False`` says the text stops mid-stream (the agent was cut off), so even a short one
+    is cut back to its last sentence end. Falls back to a line break, then a word boundary, then a
+    hard cut, so a reply with no sentence end in reach is still cut somewhere readable.
+    """
+    if complete and len(text) <= limit:
+        return text.rstrip()
+    span = min(limit, len(text))
+    window = text[: span + 1]  # a sentence ending exactly at the limit still counts
+    floor = span // 3  # never keep a uselessly short start just to end on a full stop
+    best = -1
+    for m in _SENTENCE_END.finditer(window):
+        if m.end() - 1 <= span:
+            best = m.end()
+    if best > floor:
+        return text[:best].rstrip()
+    for sep in ("\n", " "):
+        idx = window.rfind(sep, 0, span)
+        if idx > floor:
+            return text[:idx].rstrip()
+    return text[:span]
 
 
 def _cut_point(text: str, limit: int, open_lang: str | None = None) -> int:
@@ -150,6 +176,10 @@ class StreamingWriter:
     edited at most every ``edit_interval`` seconds (Discord rate-limits edits), and when the text
     outgrows one message the full chunks are frozen and the rest continues in a new message.
     ``send(text)`` returns a handle; ``edit(handle, text)`` changes it.
+
+    A reply never takes more than ``max_messages`` messages: past that it is cut at a sentence end,
+    the last message says it was shortened, ``capped`` becomes true (the caller stops the agent) and
+    ``delivered`` holds the text people were shown (what memory should keep).
     """
 
     def __init__(
@@ -159,6 +189,7 @@ class StreamingWriter:
         *,
         limit: int = DISCORD_LIMIT,
         edit_interval: float = 1.0,
+        max_messages: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send, self._edit = send, edit
@@ -168,38 +199,82 @@ class StreamingWriter:
         self._current: object | None = None
         self._current_text = ""
         self._last_flush = float("-inf")
+        self._max_messages = max_messages
+        self._frozen_count = 0
         self.messages: list[object] = []
         self.text = ""
+        self.capped = False
+        self._delivered: str | None = None
+
+    @property
+    def delivered(self) -> str:
+        """The reply as people saw it (without the shortened note)."""
+        return self.text if self._delivered is None else self._delivered
+
+    def _over_cap(self) -> bool:
+        # Cheap test on every delta: past this many characters the reply cannot fit what is left.
+        return len(self.text) - self._frozen_chars > (self._max_messages - self._frozen_count) * self._limit
 
     async def feed(self, delta: str) -> None:
+        if self.capped:
+            return
         self.text += delta
         pending = self.text[self._frozen_chars:]
         if self._current is None and not _SENTENCE_END.search(pending + " ") and len(pending) < 200:
             return  # nothing worth showing yet
-        if self._clock() - self._last_flush >= self._interval:
+        if self._over_cap() or self._clock() - self._last_flush >= self._interval:
             await self._flush(final=False)
 
     async def finish(self, suffix: str = "") -> None:
+        if self.capped:
+            return
         self.text += suffix
         await self._flush(final=True)
 
     async def stream(self, deltas: AsyncIterator[str]) -> str:
         async for delta in deltas:
             await self.feed(delta)
+            if self.capped:
+                break  # the caller closes the source: nothing more will be shown
         await self.finish()
         return self.text
 
     async def _flush(self, *, final: bool) -> None:
-        pieces = _pieces(self.text[self._frozen_chars:], self._limit, self._open_lang)
+        rest = self.text[self._frozen_chars:]
+        room = self._max_messages - self._frozen_count  # messages left, the one being edited included
+        # Only the start can be shown: splitting all of a huge reply would cost time for nothing.
+        pieces = _pieces(rest[: (room + 1) * self._limit], self._limit, self._open_lang)
+        if len(pieces) > room:
+            await self._shorten(pieces[:room])
+            return
         # Every piece but the last is complete: show it and freeze it.
         for piece in pieces[:-1]:
             await self._show(piece.render())
             self._frozen_chars += len(piece.raw)
+            self._frozen_count += 1
             self._open_lang = piece.lang_after
             self._current, self._current_text = None, ""
         if pieces:
             await self._show(pieces[-1].render())
         self._last_flush = self._clock()
+
+    async def _shorten(self, pieces: list[_Piece]) -> None:
+        """Show ``pieces`` (as many as the cap allows), the last one cut at a sentence, with the note."""
+        self.capped = True
+        for piece in pieces[:-1]:
+            await self._show(piece.render())
+            self._frozen_chars += len(piece.raw)
+            self._frozen_count += 1
+            self._open_lang = piece.lang_after
+            self._current, self._current_text = None, ""
+        last = pieces[-1]
+        # Room for the note and for closing/reopening a code block around it.
+        reopen = len(f"```{last.lang_before}\n") if last.lang_before is not None else 0
+        budget = self._limit - len(SHORTENED_NOTE) - 2 - reopen - 4  # 4: a closing "\n```"
+        raw = cut_at_sentence(last.raw, budget, complete=False)  # more text followed it
+        shown = _Piece(raw, last.lang_before, _fence_state(raw, last.lang_before)).render()
+        self._delivered = (self.text[: self._frozen_chars] + raw).strip()
+        await self._show(f"{shown}\n{SHORTENED_NOTE}" if shown.endswith("```") else f"{shown} {SHORTENED_NOTE}".strip())
 
     async def _show(self, text: str) -> None:
         if not text:

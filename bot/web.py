@@ -135,7 +135,8 @@ def build_sms(
         status_callback=public + STATUS_PATH,
     )
     service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
-                         rate_limit=settings.sms_rate_limit, reply_budget=reply_budget)
+                         rate_limit=settings.sms_rate_limit, reply_budget=reply_budget,
+                         max_segments=settings.sms_reply_max_segments)
     return service, TwilioWebhooks(service, auth_token=token, public_url=public)
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import discord
 from discord.ext import commands
@@ -19,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["ChatCog", "room_for", "should_answer", "clean_text"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def room_for(channel: discord.abc.Messageable, author: discord.abc.User) -> str:
@@ -67,6 +73,41 @@ class ChatCog(commands.Cog, name="Chat"):
         self.agent = bot.services.agent
         self.enabled_channels = bot.settings.discord_chat_channels
         self.limiter = RateLimiter(limit=bot.settings.chat_rate_limit, window=60.0)
+        # One REST call at a time per channel. discord.py tracks a bucket from the headers of each
+        # answer, in the order its tasks read them; with several calls in flight it can read an
+        # older "remaining" last and go over Discord's 5-per-5-seconds (a 429). In sequence its
+        # count is exact, and one channel cannot use more than that rate anyway.
+        self._channel_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._typing_in: set[int] = set()
+
+    async def _in_turn(self, channel_id: int, call: Callable[[], Awaitable[T]]) -> T:
+        lock = self._channel_locks.get(channel_id)
+        if lock is None:
+            lock = self._channel_locks[channel_id] = asyncio.Lock()
+        async with lock:
+            return await call()
+
+    @contextlib.asynccontextmanager
+    async def _typing(self, channel: discord.abc.Messageable, channel_id: int) -> AsyncIterator[None]:
+        """The typing indicator, once per channel: replies written at the same time share it."""
+        if channel_id in self._typing_in:
+            yield
+            return
+        self._typing_in.add(channel_id)
+        try:
+            async with channel.typing():
+                yield
+        finally:
+            self._typing_in.discard(channel_id)
+
+    @commands.Cog.listener()
+    async def on_command_error(self, ctx: commands.Context[VoiceBot], error: commands.CommandError) -> None:
+        # The bot has no text commands, but its prefix is its mention, so discord.py reads every
+        # "@bot hello" as the command "hello"; without a listener it logs each one as an ERROR
+        # with a traceback. A mention is a chat message, answered by on_message.
+        if isinstance(error, commands.CommandNotFound):
+            return
+        log.warning("text command failed: %s: %s", type(error).__name__, error)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -94,19 +135,23 @@ class ChatCog(commands.Cog, name="Chat"):
         )
         reply = self.agent.reply(incoming)
 
+        channel_id = message.channel.id
+
         async def send(chunk: str) -> discord.Message:
             if not writer.messages:
-                return await message.reply(chunk, mention_author=False)
-            return await message.channel.send(chunk)
+                return await self._in_turn(channel_id, lambda: message.reply(chunk, mention_author=False))
+            return await self._in_turn(channel_id, lambda: message.channel.send(chunk))
 
         async def edit(handle: object, chunk: str) -> None:
             assert isinstance(handle, discord.Message)
-            await handle.edit(content=chunk)
+            await self._in_turn(channel_id, lambda: handle.edit(content=chunk))
 
-        writer = StreamingWriter(send, edit)
+        writer = StreamingWriter(send, edit, max_messages=self.bot.settings.discord_reply_max_messages)
         try:
-            async with message.channel.typing():
+            async with self._typing(message.channel, channel_id):
                 await writer.stream(reply)
+                if writer.capped:
+                    await reply.aclose()  # stop the engine generating what nobody will see
         except AgentError as exc:
             log.warning("reply failed: %s", exc, extra={"room": incoming.room, "user_id": message.author.id})
             note = exc.user_message
@@ -123,6 +168,11 @@ class ChatCog(commands.Cog, name="Chat"):
             log.warning("the agent produced an empty reply", extra={"room": incoming.room})
             await self._send_safely(message, "I'm lost for words. Could you put that another way?")
             return
+        if writer.capped:
+            log.info("reply shortened to %d message(s), %d characters", len(writer.messages), len(writer.delivered),
+                     extra={"room": incoming.room, "user_id": message.author.id})
+            reply.finish(writer.delivered, interrupted=True)  # remembered as cut short, as shown
+            return
         reply.finish()
 
     async def _finish_safely(self, writer: StreamingWriter, suffix: str) -> None:
@@ -133,7 +183,7 @@ class ChatCog(commands.Cog, name="Chat"):
 
     async def _send_safely(self, message: discord.Message, text: str) -> None:
         try:
-            await message.reply(text, mention_author=False)
+            await self._in_turn(message.channel.id, lambda: message.reply(text, mention_author=False))
         except discord.HTTPException as exc:
             log.warning("could not reply in channel %s: %s %s", message.channel.id, exc.status, exc.text)
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
 from hypothesis import given, settings, strategies as st
 
-from bot.textchat import RateLimiter, StreamingWriter, split_message
+from bot.textchat import SHORTENED_NOTE, RateLimiter, StreamingWriter, cut_at_sentence, split_message
 
 
 def _words(chunks: list[str]) -> list[str]:
@@ -105,7 +106,7 @@ async def test_streaming_writer_shows_text_early_and_edits_as_it_grows() -> None
 async def test_streaming_writer_continues_in_new_messages_past_the_limit() -> None:
     now = [0.0]
     channel = Recorder()
-    writer = StreamingWriter(channel.send, channel.edit, clock=lambda: now[0], limit=100)
+    writer = StreamingWriter(channel.send, channel.edit, clock=lambda: now[0], limit=100, max_messages=20)
     sentence = "Words make a sentence here. "
     for i in range(20):
         now[0] += 2
@@ -124,3 +125,71 @@ def test_a_block_continued_from_the_previous_message_ends_where_its_fence_closes
     assert [c.startswith("```py") for c in chunks] == [True, True, False, False, False]
     assert chunks[1].endswith("x = 1\n```")
     assert all(c.count("```") % 2 == 0 for c in chunks)
+
+
+async def _endless(piece: str, pulled: list[int]) -> AsyncIterator[str]:
+    """An agent that never stops talking; ``pulled`` counts what was taken from it."""
+    while True:
+        pulled[0] += 1
+        yield piece
+
+
+async def test_a_reply_longer_than_the_cap_is_cut_at_a_sentence_and_the_source_left_alone() -> None:
+    channel = Recorder()
+    writer = StreamingWriter(channel.send, channel.edit, max_messages=4)
+    pulled = [0]
+    source = _endless("This is one more sentence of an endless reply. ", pulled)
+    await writer.stream(source)
+    assert writer.capped
+    assert len(channel.messages) == 4 and all(len(m) <= 2000 for m in channel.messages)
+    assert channel.messages[-1].endswith("reply. " + SHORTENED_NOTE)
+    assert all(SHORTENED_NOTE not in m for m in channel.messages[:-1])
+    # It stopped reading soon after the cap: about 4 messages' worth, not more.
+    assert pulled[0] * 48 < 5 * 2000
+    # What memory gets is exactly what was shown, sentence-whole.
+    shown = " ".join(channel.messages).replace(SHORTENED_NOTE, "")
+    assert writer.delivered.split() == shown.split()
+    assert writer.delivered.endswith("reply.")
+    await source.aclose()
+
+
+async def test_a_huge_code_block_is_capped_with_its_fences_closed() -> None:
+    channel = Recorder()
+    writer = StreamingWriter(channel.send, channel.edit, limit=500, max_messages=3)
+    await writer.stream(_code(2000))
+    assert writer.capped and len(channel.messages) == 3
+    assert all(len(m) <= 500 and m.count("```") % 2 == 0 for m in channel.messages)
+    assert channel.messages[-1].endswith("```\n" + SHORTENED_NOTE)
+
+
+async def _code(lines: int) -> AsyncIterator[str]:
+    yield "Here it is:\n```py\n"
+    for _ in range(lines):
+        yield "x = 1\n"
+    yield "```\nDone."
+
+
+def test_cut_at_sentence_prefers_sentences_then_words() -> None:
+    assert cut_at_sentence("One two three. Four five six seven.", 20) == "One two three."
+    assert cut_at_sentence("Short enough.", 50) == "Short enough."
+    assert cut_at_sentence("First sentence here. Second one runs on and on", 30) == "First sentence here."
+    assert cut_at_sentence("no sentence end at all in this text", 20) == "no sentence end at"
+    assert cut_at_sentence("x" * 50, 20) == "x" * 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab c.\n!?`xyz"), min_size=0, max_size=3000),
+       st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=200))
+async def test_capped_or_not_the_messages_stay_inside_the_limits(text: str, cap: int, step: int) -> None:
+    channel = Recorder()
+    writer = StreamingWriter(channel.send, channel.edit, limit=200, max_messages=cap, clock=lambda: 0.0)
+
+    async def deltas() -> AsyncIterator[str]:
+        for i in range(0, len(text), step):
+            yield text[i:i + step]
+
+    await writer.stream(deltas())
+    assert len(channel.messages) <= cap
+    assert all(len(m) <= 200 for m in channel.messages)
+    shown = " ".join(channel.messages).replace(SHORTENED_NOTE, " ")
+    assert _words([writer.delivered]) == _words([shown])

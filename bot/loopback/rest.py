@@ -1,14 +1,15 @@
 """The loopback Discord's REST API (``/api/v10``): the subset discord.py calls for this bot.
 
 Unknown routes answer 404 with Discord's error JSON *and* a problem naming the route, so a missing
-route is obvious rather than a silent hang. Every answer carries rate-limit headers shaped like
-Discord's (discord.py reads ``X-Ratelimit-*`` on every response).
+route is obvious rather than a silent hang. Discord's rate limits are enforced (``ratelimit.py``):
+every answer carries the bucket's ``X-RateLimit-*`` headers (discord.py reads them on every
+response and waits before it would go over), and a request past a limit gets Discord's 429 and is
+recorded as a problem.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.loopback.ratelimit import Decision, RateLimiter
 from bot.loopback.state import (
     AppCommand,
     Channel,
@@ -59,6 +61,7 @@ class Call:
     params: dict[str, str]
     body: Any
     files: list[str]
+    headers: dict[str, str]  # the rate-limit headers every answer to this call carries
     file_data: list[bytes] = field(default_factory=list)  # the uploaded bytes, in ``files`` order
 
 
@@ -117,8 +120,10 @@ class RestAPI:
         gateway_url: Callable[[], str],
         dispatch: Callable[[str, dict[str, Any]], None],
         interaction_deadline: float = 3.0,
+        rate_limits: RateLimiter | None = None,
     ) -> None:
         self.world = world
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimiter()
         self._gateway_url = gateway_url
         self._dispatch = dispatch
         self.interaction_deadline = interaction_deadline
@@ -160,17 +165,18 @@ class RestAPI:
     def register(self, app: web.Application) -> None:
         app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self._handle)
 
-    def _headers(self, route: str) -> dict[str, str]:
-        bucket = hashlib.sha1(route.encode()).hexdigest()[:16]
-        return {
-            "X-RateLimit-Limit": "50",
-            "X-RateLimit-Remaining": "49",
-            "X-RateLimit-Reset": f"{time.time() + 1.0:.3f}",
-            "X-RateLimit-Reset-After": "1.000",
-            "X-RateLimit-Bucket": bucket,
-            "X-RateLimit-Scope": "user",
-            "Via": "1.1 google",
-        }
+    def _limit(self, route: str, path: str, params: dict[str, str]) -> Decision:
+        decision = self.rate_limits.check(route, path, params)
+        if not decision.allowed:
+            scope = "the global limit" if decision.is_global else f"the {decision.bucket} bucket"
+            self.world.problem(
+                f"the bot exceeded Discord's rate limit ({scope}) with {route}; Discord answered 429, "
+                f"retry after {decision.retry_after:.3f} s", route=route, bucket=decision.bucket,
+                retry_after=decision.retry_after, is_global=decision.is_global,
+            )
+            self.world.events.append("rate_limited", route=route, path=path, bucket=decision.bucket,
+                                     retry_after=decision.retry_after, is_global=decision.is_global)
+        return decision
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         version = request.match_info["version"]
@@ -187,22 +193,27 @@ class RestAPI:
             route = f"{method} {path}"
             self.world.problem(f"the bot called {method} /api/v{version}{path}, which the loopback Discord does not implement",
                                route=route)
-            return _json_response({"message": "404: Not Found", "code": 0}, status=404, headers=self._headers(route))
+            return _json_response({"message": "404: Not Found", "code": 0}, status=404,
+                                  headers=self._limit(route, path, {}).headers)
         if version not in ("9", "10"):
             self.world.problem(f"the bot used API version v{version}; Discord serves v9/v10", route=route)
         if auth and request.headers.get("Authorization") != f"Bot {self.world.token}":
             self.world.problem(f"{route} without a valid 'Authorization: Bot <token>' header", route=route)
             response = _json_response({"message": "401: Unauthorized", "code": 0}, status=401,
-                                         headers=self._headers(route))
+                                      headers={"Via": "1.1 google"})
             response.force_close()
             return response
+        decision = self._limit(route, path, match.groupdict())
+        if not decision.allowed:
+            await request.read()
+            return _json_response(decision.body(), status=429, headers=decision.headers)
         try:
             body, files, data = await self._read_body(request)
-            call = Call(request, method, route, match.groupdict(), body, files, data)
+            call = Call(request, method, route, match.groupdict(), body, files, decision.headers, data)
             self.world.events.append("rest", route=route, path=path, params=call.params, body=body)
             return await handler(call)
         except DiscordHTTPError as exc:
-            return _json_response(exc.payload(), status=exc.status, headers=self._headers(route))
+            return _json_response(exc.payload(), status=exc.status, headers=decision.headers)
 
     async def _read_body(self, request: web.Request) -> tuple[Any, list[str], list[bytes]]:
         if not request.can_read_body:
@@ -232,10 +243,10 @@ class RestAPI:
         return None, [], []
 
     def _json(self, call: Call, payload: Any, status: int = 200) -> web.Response:
-        return _json_response(payload, status=status, headers=self._headers(call.route))
+        return _json_response(payload, status=status, headers=call.headers)
 
     def _empty(self, call: Call) -> web.Response:
-        return web.Response(status=204, headers=self._headers(call.route))
+        return web.Response(status=204, headers=call.headers)
 
     def _channel(self, call: Call) -> Channel:
         channel_id = _snowflake(call.params["channel_id"], "channel")

@@ -44,6 +44,8 @@ from aiohttp import web
 from bot.loopback.gateway import GatewaySession, MainGateway
 from bot.loopback.participant import Participant, ParticipantOptions
 from bot.loopback.rest import ATTACHMENT_LIMIT, RestAPI, new_interaction_token
+from bot.loopback.ratelimit import RateLimiter
+from bot.loopback.rest import RestAPI, new_interaction_token
 from bot.loopback.state import (
     Channel,
     ChannelType,
@@ -268,6 +270,7 @@ class LocalDiscord:
         voice_event_delay: float = 0.005,
         dave: bool = True,
         directory: Path | None = None,
+        rate_limits: RateLimiter | None = None,
     ) -> None:
         self.token = token or f"loopback.{secrets.token_urlsafe(24)}"
         self.world = World(token=self.token, bot_name=bot_name)
@@ -279,7 +282,7 @@ class LocalDiscord:
         self.gateway = MainGateway(self.world, resume_url=lambda: self.gateway_url,
                                    on_voice_state=self._on_voice_state)
         self.rest = RestAPI(self.world, gateway_url=lambda: self.gateway_url, dispatch=self.gateway.dispatch,
-                            interaction_deadline=interaction_deadline)
+                            interaction_deadline=interaction_deadline, rate_limits=rate_limits)
         self.voice = VoiceService(self.world, endpoint_host=lambda: f"127.0.0.1:{self.port}",
                                   dispatch_later=self.gateway.dispatch_later, event_delay=voice_event_delay,
                                   dave_version=1 if dave else 0)

@@ -52,12 +52,13 @@ from bot.memory import Modality, Turn
 from bot.sms.outbound import SendOutcome, SendResult
 from bot.sms.store import UNFINISHED, Admission, Claim, PendingSms, SmsStore
 from bot.sms.text import (
+    SMS_SEGMENT_LIMIT,
     Keyword,
+    cap_sms,
     classify_keyword,
     mask_number,
     normalize_for_sms,
     parse_link_code,
-    split_sms,
     truncate_for_agent,
 )
 
@@ -216,6 +217,7 @@ class SmsService:
         rate_limit: int,
         reply_budget: float = 10.0,
         max_inbound_chars: int = MAX_INBOUND_CHARS,
+        max_segments: int = 4,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent = agent
@@ -225,6 +227,7 @@ class SmsService:
         self.rate_limit = rate_limit
         self.reply_budget = reply_budget
         self.max_inbound_chars = max_inbound_chars
+        self.max_segments = max_segments  # per reply (SMS_REPLY_MAX_SEGMENTS)
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, asyncio.Task[None]] = {}  # MessageSid -> the task finishing it
@@ -549,6 +552,7 @@ class SmsService:
         async with slots, self._room(room):
             reply: Reply | None = None
             failure: str | None = None
+            said: str | None = None  # what was sent, when that is less than the agent's text
             if state == "sending":
                 assert pending is not None
                 segments = list(pending.reply)
@@ -570,9 +574,16 @@ class SmsService:
                                     text=text, modality=Modality.SMS)
                 reply = self.agent.reply(incoming)
                 try:
+                    stopped = False
                     async for _delta in reply:
-                        pass
-                    segments = split_sms(normalize_for_sms(reply.text))
+                        if len(reply.text) > 2 * self.max_segments * SMS_SEGMENT_LIMIT:
+                            stopped = True  # far more than will be sent: stop the agent generating
+                            break
+                    if stopped:
+                        await reply.aclose()
+                    segments, sent_text, shortened = cap_sms(normalize_for_sms(reply.text), self.max_segments,
+                                                             incomplete=stopped)
+                    said = sent_text if shortened else None
                 except AgentError as exc:
                     failure = str(exc)
                     segments = [exc.user_message]
@@ -636,7 +647,7 @@ class SmsService:
                 return
             if failure is None and delivered:
                 if reply is not None:
-                    reply.finish()  # only now is it "said"
+                    reply.finish(said, interrupted=said is not None)  # only now is it "said"
                 else:  # finished after a crash: the run that wrote it could not store it
                     self.memory.append(Turn(room=room, speaker_id=AGENT_SPEAKER_ID,
                                             speaker_name=self.agent.character.name, role="assistant",

@@ -8,9 +8,13 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from bot.textchat import cut_at_sentence
+
 __all__ = [
     "SMS_SEGMENT_LIMIT",
+    "SHORTENED_SMS_NOTE",
     "Keyword",
+    "cap_sms",
     "classify_keyword",
     "link_instructions",
     "mask_number",
@@ -169,6 +173,31 @@ def split_sms(text: str, limit: int = SMS_SEGMENT_LIMIT) -> list[str]:
         segments.append(head)
         rest = rest[cut:].lstrip()
     return segments
+
+
+SHORTENED_SMS_NOTE = "…(reply shortened)"
+
+
+def cap_sms(text: str, max_segments: int, *, incomplete: bool = False,
+            limit: int = SMS_SEGMENT_LIMIT) -> tuple[list[str], str, bool]:
+    """At most ``max_segments`` segments of ``text``; returns ``(segments, delivered, shortened)``.
+
+    A longer text (or one known to be ``incomplete``: the agent was stopped mid-reply) is cut at
+    the last sentence end that fits, and its last segment ends with :data:`SHORTENED_SMS_NOTE`.
+    ``delivered`` is what the person receives, without the note: the turn to remember.
+    """
+    # Only the start can be sent; splitting a megabyte to throw most of it away would cost time.
+    segments = split_sms(text[: (max_segments + 1) * limit + 1], limit)
+    if len(segments) <= max_segments and not incomplete:
+        return segments, "\n".join(segments), False
+    kept = segments[:max_segments]
+    if not kept:
+        return [], "", incomplete
+    # The last kept segment is incomplete when more followed it, or when the reply itself was.
+    last = cut_at_sentence(kept[-1], limit - len(SHORTENED_SMS_NOTE) - 1, complete=False)
+    delivered = "\n".join([*kept[:-1], last]).strip()
+    kept[-1] = f"{last} {SHORTENED_SMS_NOTE}".strip()
+    return kept, delivered, True
 
 
 def link_instructions(code: str, bot_number: str, minutes: int) -> str:

@@ -561,6 +561,7 @@ class VoiceManager:
             humans_present=humans_present,
             notify=notify,
             mirror=mirror,
+            max_reply_seconds=self.settings.voice_reply_max_seconds,
         )
 
     async def _watch_receive(self, gv: GuildVoice, interval: float = 1.0) -> None:

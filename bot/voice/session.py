@@ -26,7 +26,7 @@ from audio.speech import SentenceSplitter, normalize_for_speech
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
-from bot.agent import Agent, AgentError, Incoming
+from bot.agent import Agent, AgentError, Incoming, Reply
 from bot.memory import Memory, Modality, Turn
 from bot.voice.echo import EchoGuard
 from bot.voice.turns import PendingTurn, TurnPolicy
@@ -34,6 +34,10 @@ from bot.voice.turns import PendingTurn, TurnPolicy
 __all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession", "Participant"]
 
 log = logging.getLogger(__name__)
+
+# Faster than anyone speaks (about 15 characters a second is usual): reply text past
+# VOICE_REPLY_MAX_SECONDS at this pace can never be spoken, so the agent is stopped there.
+_FASTEST_CHARS_PER_SECOND = 50
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class VoiceSession:
         humans_present: Callable[[], int] = lambda: 1,
         notify: Callable[[str], Awaitable[None]] | None = None,
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
+        max_reply_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.room = room
@@ -176,6 +181,8 @@ class VoiceSession:
         self.humans_present = humans_present
         self._notify = notify
         self._mirror = mirror
+        self.max_reply_seconds = max_reply_seconds  # VOICE_REPLY_MAX_SECONDS: past it, stop at a sentence
+        self._tts_chars_per_second = 14.0  # the main voice's pace, learnt from each whole sentence
         self.clock = clock
         self.participants: dict[int, Participant] = {}
         self.timings: list[TurnTiming] = []
@@ -399,7 +406,7 @@ class VoiceSession:
         try:
             interrupted = await self._speak_sentences(sentences, timing, spoken)
             if not interrupted:
-                await produce  # re-raises an agent failure
+                interrupted = await produce  # re-raises an agent failure; True if it stopped the agent
         except AgentError as exc:
             log.warning("voice reply failed: %s", exc, extra={"room": self.room, "user_id": turn.user_id})
             if not spoken:
@@ -421,10 +428,16 @@ class VoiceSession:
         if self._mirror is not None and said:
             self._spawn(self._mirror(self.agent.character.name, said + (" …" if interrupted else "")), "mirror-bot")
 
-    async def _produce_sentences(self, reply: AsyncIterator[str], splitter: SentenceSplitter,
-                                 sentences: asyncio.Queue[str | None], timing: TurnTiming) -> None:
+    async def _produce_sentences(self, reply: Reply, splitter: SentenceSplitter,
+                                 sentences: asyncio.Queue[str | None], timing: TurnTiming) -> bool:
+        """Queue the reply's sentences; True when it outgrew what will be spoken and was stopped."""
+        produced, most = 0, self.max_reply_seconds * _FASTEST_CHARS_PER_SECOND
         try:
             async for delta in reply:
+                produced += len(delta)
+                if produced > most:
+                    await reply.aclose()
+                    return True
                 if timing.first_text is None and delta.strip():
                     timing.first_text = self.clock()
                 for sentence in splitter.feed(delta):
@@ -433,13 +446,15 @@ class VoiceSession:
                     sentences.put_nowait(sentence)
             for sentence in splitter.flush():
                 sentences.put_nowait(sentence)
+            return False
         finally:
             sentences.put_nowait(None)
 
     async def _speak_sentences(self, sentences: asyncio.Queue[str | None], timing: TurnTiming,
                                spoken: list[str]) -> bool:
-        """Synthesize and play sentences as they come; returns True when interrupted."""
+        """Synthesize and play sentences as they come; returns True when interrupted or shortened."""
         next_audio: tuple[str, _Prefetch] | None = None
+        played = 0.0
         try:
             while True:
                 if next_audio is None:
@@ -449,6 +464,10 @@ class VoiceSession:
                     next_audio = (sentence, _Prefetch(self, sentence, timing))
                 text, audio = next_audio
                 next_audio = None
+                if played >= self.max_reply_seconds:  # long enough: end on the last whole sentence
+                    log.info("voice reply shortened after %.0f s", played, extra={"room": self.room})
+                    audio.cancel()
+                    return True
                 # Start synthesizing the following sentence while this one plays.
                 follower = await self._take_speakable(sentences, wait=False)
                 if follower is not None:
@@ -456,10 +475,22 @@ class VoiceSession:
                 result = await self._play(text, audio, timing)
                 if result is None:
                     continue  # nothing could be synthesized for this sentence
+                prefix = ""
+                if audio.unspoken and not (result.interrupted or self._barge_in.is_set()):
+                    # The voice failed part-way through: the local voice says the rest.
+                    played += result.played_seconds
+                    prefix, text = audio.heard, audio.unspoken
+                    result = await self._play(text, _Prefetch(self, text, timing, local_only=True), timing)
+                    if result is None:  # no other voice: memory keeps only what was heard
+                        spoken.append(prefix)
+                        return True
+                elif audio.unspoken:
+                    text = audio.heard  # stopped within the part that was synthesized
+                played += result.played_seconds
                 if result.interrupted or self._barge_in.is_set():
-                    spoken.append(spoken_prefix(text, result.fraction))
+                    spoken.append(f"{prefix} {spoken_prefix(text, result.fraction)}".strip())
                     return True
-                spoken.append(text)
+                spoken.append(f"{prefix} {text}".strip())
         finally:
             if next_audio is not None:
                 next_audio[1].cancel()
@@ -573,13 +604,19 @@ class VoiceSession:
 class _Prefetch:
     """Starts synthesizing a sentence at once and buffers its audio until playback takes it.
 
-    Falls back to the local engine when the main one fails before any audio came out.
+    Falls back to the local engine when the main one fails before any audio came out. When it
+    fails part-way, ``heard`` is the start its audio covered (whole words, at the voice's pace)
+    and ``unspoken`` the rest, for the caller to finish in the local voice.
     """
 
-    def __init__(self, session: VoiceSession, text: str, timing: TurnTiming | None) -> None:
+    def __init__(self, session: VoiceSession, text: str, timing: TurnTiming | None, *,
+                 local_only: bool = False) -> None:
         self._session = session
         self._text = text
         self._timing = timing
+        self._local_only = local_only
+        self.heard = ""
+        self.unspoken = ""
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the sentence's audio ended
         self._format: asyncio.Future[AudioFormat | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-prefetch")
@@ -592,29 +629,40 @@ class _Prefetch:
             self._format.set_result(fmt)
 
     async def _run(self) -> None:
-        engines = [self._session.tts]
-        if self._session.fallback_tts is not None and self._session.fallback_tts is not self._session.tts:
-            engines.append(self._session.fallback_tts)
+        session = self._session
+        engines = [] if self._local_only else [session.tts]
+        if session.fallback_tts is not None and session.fallback_tts is not session.tts:
+            engines.append(session.fallback_tts)
         try:
             for i, engine in enumerate(engines):
                 started = False
+                produced = 0  # bytes of audio
                 voice = self._session.voice if engine is self._session.tts else None
                 try:
                     async with contextlib.aclosing(engine.synthesize(self._text, voice)) as chunks:
                         async for chunk in chunks:
                             if not chunk:
                                 continue
+                            produced += len(chunk)
                             if not started:
                                 started = True
                                 if self._timing is not None and self._timing.first_tts_audio is None:
                                     self._timing.first_tts_audio = self._session.clock()
                                 self._set_format(engine.format)
                             self._queue.put_nowait(chunk)
+                    rate = engine.format.bytes_per_second
+                    if engine is session.tts and rate and produced:
+                        session._tts_chars_per_second = len(self._text) * rate / produced
                     return  # done, or nothing speakable came out (the format stays None)
                 except TTSError as exc:
                     log.warning("speech synthesis failed (%s): %s", engine.name, exc)
                     if started or i == len(engines) - 1:
-                        # Mid-sentence failure: end this sentence here; the caller moves on.
+                        # Mid-sentence failure: end this audio here; the caller finishes the words.
+                        if started and engine is session.tts:
+                            rate = engine.format.bytes_per_second
+                            said = produced / rate * session._tts_chars_per_second if rate else 0.0
+                            self.heard = spoken_prefix(self._text, said / max(1, len(self._text)))
+                            self.unspoken = self._text[len(self.heard):].strip()
                         if not started:
                             self._set_format(None)
                             await self._session._tell(f"{exc.user_message} ({self._text})")
