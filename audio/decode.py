@@ -193,7 +193,6 @@ class SpeakerDecoder:
         ahead = (seq - nxt) % _SEQ_MOD
         if ahead < self._ahead:
             if self._run:  # the stream is still where it was: whatever ran outside was stray
-                self._c["strays"] += len(self._run)
                 self._run.clear()
             if seq in self._buffer:
                 self._c["duplicates"] += 1
@@ -220,9 +219,9 @@ class SpeakerDecoder:
                 self.accepted = False
                 return
             if seq != (last + 1) % _SEQ_MOD:
-                self._c["strays"] += len(run)
                 run.clear()
         run.append((seq, opus))
+        self._c["strays"] += 1  # until a run proves otherwise
         if len(run) < self._run_needed:
             self.accepted = False
             return
@@ -230,6 +229,7 @@ class SpeakerDecoder:
         # held (its audio is real), then start over there; the decoder keeps its state.
         self._release(out, force=True)
         self._c["resyncs"] += 1
+        self._c["strays"] -= len(run)
         self._next = run[0][0]
         for s, o in run:
             self._buffer[s] = o
