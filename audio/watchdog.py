@@ -133,9 +133,8 @@ class DeafWatchdog:
         for user_id in current:
             packets, speaking, frames = packets_by.get(user_id, 0), speaking_by.get(user_id, 0), heard.get(user_id, 0)
             p = people.get(user_id)
-            if p is None:
-                people[user_id] = _Person(packets, speaking, frames)
-                continue
+            if p is None:  # counted from zero: a new person's first packets are activity too
+                p = people[user_id] = _Person(0, 0, 0)
             dp, ds, dh = packets - p.packets, speaking - p.speaking, frames - p.heard
             p.packets, p.speaking, p.heard = packets, speaking, frames
             if dp < 0 or ds < 0 or dh < 0:  # a new connection or a new stream: start over for them
@@ -147,13 +146,14 @@ class DeafWatchdog:
                 p.last_heard = now
                 p.since, p.unheard_packets, p.unheard_speaking = None, 0, 0
                 continue
-            if not dp and not ds:
-                continue
-            if p.since is None:
-                p.since = now
-            p.unheard_packets += dp
-            p.unheard_speaking += ds
-            if now - p.since >= self.window_s and (p.unheard_packets >= self.min_packets or p.unheard_speaking >= 2):
+            if dp or ds:
+                if p.since is None:
+                    p.since = now
+                p.unheard_packets += dp
+                p.unheard_speaking += ds
+            # No need to be speaking at this very moment: someone who spoke and was not heard for
+            # the whole window is unheard, even if they stopped to wait for an answer.
+            if p.since is not None and now - p.since >= self.window_s and (p.unheard_packets >= self.min_packets or p.unheard_speaking >= 2):
                 deaf.append((user_id, p))
         return deaf
 

@@ -179,3 +179,18 @@ def test_opted_out_and_ignored_traffic_is_not_deafness() -> None:
     verdicts = run_people(wd, clock, 20, lambda s: (
         dataclasses.replace(people({}, delivered=0, hold_overflow=50 * s), audio_packets=2000 + 50 * s), {}))
     assert verdicts and verdicts[0].unheard == () and "0 frames delivered" in verdicts[0].log_message
+
+
+def test_one_short_unheard_sentence_is_enough() -> None:
+    """Alice says one sentence (1 s), nothing of it decoded, then waits: deaf once the window has passed."""
+    clock = Clock()
+    wd = DeafWatchdog(clock=clock, window_s=3)
+    verdicts = run_people(wd, clock, 6, lambda s: (people({ALICE: 50}), {}))
+    assert len(verdicts) == 1 and verdicts[0].unheard == (ALICE,) and verdicts[0].counts["audio_packets"] == 50
+
+
+def test_a_short_gap_in_hearing_someone_is_not_deafness() -> None:
+    clock = Clock()
+    wd = DeafWatchdog(clock=clock, window_s=5)
+    decoded = [50 * s if s % 4 == 0 else 50 * (s - s % 4) for s in range(40)]
+    assert run_people(wd, clock, 40, lambda s: (people({ALICE: 50 * s}), {ALICE: decoded[s]})) == []
