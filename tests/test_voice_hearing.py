@@ -66,10 +66,11 @@ async def test_a_stream_that_jumps_is_heard_again_without_a_rejoin(discord_: Loc
         # trial decryption finds her, her old SSRC is retired and a fresh decoder follows the new one.
         alice.restart_stream(ssrc=discord_.voice.new_ssrc(), seq_step=-1000)
         before = heard(h, h.alice.id)
+        trials = gv.vc.stats.trial_attributed  # a first packet racing its op 5 may have been one already
         await alice.speak_opus(await _frames(pcm), announce=False)
         await until(lambda: heard(h, h.alice.id) >= before + 25, "Alice heard on her new SSRC")
         assert gv.vc.receiver.ssrc_to_user == {alice.ssrc: h.alice.id}
-        assert h.pipelines[-1].stats().ssrc_changes == 1 and gv.vc.stats.trial_attributed == 1
+        assert h.pipelines[-1].stats().ssrc_changes == 1 and gv.vc.stats.trial_attributed == trials + 1
 
         assert h.manager.connection(h.guild.id) is gv and gv.watchdog.rejoins == 0
         status = await h.command(h.alice, "status")
