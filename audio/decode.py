@@ -2,14 +2,17 @@
 
 A synchronous core the event loop drives (decode is a few µs per 20 ms frame):
 
-- :class:`SpeakerDecoder`: a small reorder buffer keyed by RTP sequence (wraps at 65536), Opus →
+- :class:`SpeakerDecoder`: one RTP stream's reorder buffer keyed by sequence (wraps at 65536), Opus →
   s16le PCM at 16 kHz mono by default (48 kHz available), PLC for losses and in-band FEC when the
-  next packet is at hand, bounded gap concealment, corrupt frames counted and concealed.
+  next packet is at hand, bounded gap concealment, corrupt frames counted and concealed. A stream
+  that jumps (a run of consecutive packets far ahead of or behind the expected sequence) is
+  restarted at its new position; a single stray packet never moves it.
 - :class:`SpeechSegmenter`: speech start/end from a VAD plus packet gaps. Discord sends nothing
   while someone is quiet, so the end of speech is often *no packets*: the owner calls ``tick()``
   on a timer, with an injectable clock.
-- :class:`ReceivePipeline`: the :class:`~audio.receive.ReceiveSink` owning one decoder and
-  segmenter per speaker; it delivers PCM and speech events to a :class:`SpeechConsumer`.
+- :class:`ReceivePipeline`: the :class:`~audio.receive.ReceiveSink` owning one segmenter per speaker
+  and one decoder per SSRC (a speaker's new SSRC starts a fresh decoder and retires the old one);
+  it delivers PCM and speech events to a :class:`SpeechConsumer`.
 """
 
 from __future__ import annotations
@@ -137,14 +140,30 @@ class DecoderStats:
     late: int = 0  # packets that arrived after their slot was released
     duplicates: int = 0
     corrupt: int = 0  # packets libopus rejected
+    strays: int = 0  # packets far outside the stream's window that did not start a run (never decoded)
+    resyncs: int = 0  # times the stream restarted at a new position after a run of packets
+
+    @property
+    def lost(self) -> int:
+        """Frames missing from the stream after reordering and FEC (concealed or skipped)."""
+        return self.concealed + self.skipped
 
 
 class SpeakerDecoder:
-    """One speaker's reorder buffer and decoder; synchronous.
+    """One RTP stream's reorder buffer and decoder; synchronous.
 
     ``push`` returns the PCM frames released in order (decoded, FEC-rebuilt or concealed). A missing
     packet is waited for until ``reorder_depth`` later packets have arrived, then concealed; gaps of
     more than ``max_conceal_frames`` are concealed that far and skipped beyond.
+
+    The window: a packet up to ``resync_window`` ahead of the next expected sequence is buffered;
+    one up to ``late_window`` behind is late (dropped). Anything further away is either a stray
+    (one forged or misrouted frame: Opus silence passes DAVE for anyone) or the first packet of
+    the stream at a new position (an encoder restart). The usual jitter-buffer rule tells them
+    apart: ``resync_packets`` packets in sequence with each other outside the window, with no
+    in-window packet between them, restart the stream at the first of them (nothing of the run is
+    lost). A single stray is counted and forgotten. :attr:`accepted` says whether the last pushed
+    packet became part of the stream (the pipeline's idle timer only counts those).
     """
 
     def __init__(
@@ -154,38 +173,89 @@ class SpeakerDecoder:
         channels: int = 1,
         reorder_depth: int = 3,
         max_conceal_frames: int = 5,
+        resync_window: int = 50,
+        late_window: int = 10,
+        resync_packets: int = 3,
     ) -> None:
         self._decoder = decoder_class(sample_rate, channels)()
         self._depth = max(0, reorder_depth)
         self._max_conceal = max(0, max_conceal_frames)
+        # The window must hold the reorder buffer, and a run needs at least two packets to be a run.
+        self._ahead = max(resync_window, self._depth + 2)
+        self._behind = max(0, min(late_window, _SEQ_HALF - 1))
+        self._run_needed = max(2, resync_packets)
         self._buffer: dict[int, bytes] = {}
         self._next: int | None = None
+        self._run: list[tuple[int, bytes]] = []  # consecutive packets outside the window, oldest first
         self._c = collections.Counter[str]()
+        self.accepted = False
 
     @property
     def stats(self) -> DecoderStats:
         return DecoderStats(**self._c)
 
     @property
+    def decoded(self) -> int:
+        """Frames decoded from packets so far (cheap: no snapshot)."""
+        return self._c["decoded"]
+
+    @property
     def buffered(self) -> int:
-        """Packets waiting in the reorder buffer."""
+        """Packets waiting in the reorder buffer (a pending run outside the window not included)."""
         return len(self._buffer)
 
     def push(self, seq: int, opus: bytes) -> list[bytes]:
         """Add one packet; return the PCM frames now ready, in order."""
         out: list[bytes] = []
-        if self._next is None:
-            self._next = seq
-        ahead = (seq - self._next) % _SEQ_MOD
-        if ahead >= _SEQ_HALF:
+        nxt = self._next
+        if nxt is None:
+            self._next = nxt = seq
+        ahead = (seq - nxt) % _SEQ_MOD
+        if ahead < self._ahead:
+            if self._run:  # the stream is still where it was: whatever ran outside was stray
+                self._run.clear()
+            if seq in self._buffer:
+                self._c["duplicates"] += 1
+                self.accepted = False
+                return out
+            self._buffer[seq] = opus
+            self.accepted = True
+            self._release(out, force=False)
+            return out
+        if _SEQ_MOD - ahead <= self._behind:
             self._c["late"] += 1
+            self.accepted = False
             return out
-        if seq in self._buffer:
-            self._c["duplicates"] += 1
-            return out
-        self._buffer[seq] = opus
-        self._release(out, force=False)
+        self._outside(seq, opus, out)
         return out
+
+    def _outside(self, seq: int, opus: bytes, out: list[bytes]) -> None:
+        """A packet far from the stream: a stray, or part of a run that restarts the stream."""
+        run = self._run
+        if run:
+            last = run[-1][0]
+            if seq == last:
+                self._c["duplicates"] += 1
+                self.accepted = False
+                return
+            if seq != (last + 1) % _SEQ_MOD:
+                run.clear()
+        run.append((seq, opus))
+        self._c["strays"] += 1  # until a run proves otherwise
+        if len(run) < self._run_needed:
+            self.accepted = False
+            return
+        # A run: the stream continues from its first packet. Release what the old position still
+        # held (its audio is real), then start over there; the decoder keeps its state.
+        self._release(out, force=True)
+        self._c["resyncs"] += 1
+        self._c["strays"] -= len(run)
+        self._next = run[0][0]
+        for s, o in run:
+            self._buffer[s] = o
+        run.clear()
+        self.accepted = True
+        self._release(out, force=False)
 
     def flush(self) -> list[bytes]:
         """Release everything buffered now (the speaker went quiet): conceal holes, decode the rest."""
@@ -196,6 +266,7 @@ class SpeakerDecoder:
     def reset(self) -> None:
         """Forget sequence state (e.g. after a long pause); the decoder keeps its state."""
         self._buffer.clear()
+        self._run.clear()
         self._next = None
 
     def _release(self, out: list[bytes], *, force: bool) -> None:
@@ -340,16 +411,30 @@ class PipelineStats:
     late: int
     duplicates: int
     corrupt: int
+    strays: int = 0
+    resyncs: int = 0
+    ssrc_changes: int = 0  # a speaker's audio moved to a new SSRC (fresh decoder, old one retired)
+
+    @property
+    def lost(self) -> int:
+        """Frames missing from real streams after reordering and FEC (concealed or skipped)."""
+        return self.concealed + self.skipped
+
+
+_DECODER_COUNTERS = tuple(f for f in DecoderStats.__slots__)
 
 
 class _Speaker:
-    __slots__ = ("decoder", "segmenter", "pre_roll", "last_packet_at")
+    __slots__ = ("ssrc", "decoder", "segmenter", "pre_roll", "last_packet_at", "heard_before")
 
-    def __init__(self, decoder: SpeakerDecoder, segmenter: SpeechSegmenter, pre_roll: int, now: float) -> None:
+    def __init__(self, ssrc: int, decoder: SpeakerDecoder, segmenter: SpeechSegmenter, pre_roll: int,
+                 now: float) -> None:
+        self.ssrc = ssrc  # the SSRC this decoder follows; another SSRC means another stream
         self.decoder = decoder
         self.segmenter = segmenter
         self.pre_roll: collections.deque[bytes] = collections.deque(maxlen=max(1, pre_roll))
         self.last_packet_at = now
+        self.heard_before = 0  # frames decoded by this speaker's retired decoders
 
 
 class ReceivePipeline:
@@ -360,6 +445,12 @@ class ReceivePipeline:
     :meth:`tick` every 20–100 ms (or run :meth:`run`): it releases reorder buffers of speakers who
     went quiet, fires end-of-speech on packet gaps and drops speakers idle for ``idle_drop_s``.
     Memory per speaker is bounded (reorder buffer, pre-roll, VAD state), however long they talk.
+
+    Decoder and reorder state belong to one SSRC: when a speaker's packets arrive on a new SSRC
+    (their client restarted its stream), what the old decoder still held is released and a fresh
+    decoder follows the new stream. Only packets that join a stream count as activity for the idle
+    timer, so strays cannot keep a stuck speaker alive. :meth:`heard` is what the deaf watchdog
+    reads: frames decoded from each speaker's packets.
     """
 
     def __init__(
@@ -374,6 +465,7 @@ class ReceivePipeline:
         pre_roll_ms: int = 200,
         reorder_depth: int = 3,
         max_conceal_frames: int = 5,
+        resync_packets: int = 3,
         flush_after_ms: int = 100,
         idle_drop_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -389,13 +481,16 @@ class ReceivePipeline:
         self._pre_roll = pre_roll_ms // 20
         self._reorder_depth = reorder_depth
         self._max_conceal = max_conceal_frames
+        self._resync_packets = resync_packets
         self._flush_after = flush_after_ms / 1000
         self._idle_drop = idle_drop_s
         self._clock = clock
         self._speakers: dict[int, _Speaker] = {}
+        self._heard: dict[int, int] = {}  # frames decoded for speakers dropped while idle (they may return)
         self._packets = 0
         self._frames_out = 0
         self._seen = 0
+        self._ssrc_changes = 0
         self._retired = collections.Counter[str]()
 
     @property
@@ -406,27 +501,45 @@ class ReceivePipeline:
     def stats(self) -> PipelineStats:
         total = collections.Counter(self._retired)
         for sp in self._speakers.values():
-            s = sp.decoder.stats
-            for name in DecoderStats.__slots__:
-                total[name] += getattr(s, name)
+            c = sp.decoder._c
+            for name in _DECODER_COUNTERS:
+                total[name] += c[name]
         return PipelineStats(speakers=self._seen, packets=self._packets, frames_out=self._frames_out,
-                             **{name: total[name] for name in DecoderStats.__slots__})
+                             ssrc_changes=self._ssrc_changes,
+                             **{name: total[name] for name in _DECODER_COUNTERS})
+
+    def loss(self) -> tuple[int, int]:
+        """``(lost, strays)``: frames missing from real streams, and packets no stream accepted."""
+        s = self.stats()
+        return s.lost, s.strays
+
+    def heard(self) -> dict[int, int]:
+        """Per speaker: frames decoded from their packets so far (what the deaf watchdog measures)."""
+        out = dict(self._heard)
+        for user_id, sp in self._speakers.items():
+            out[user_id] = out.get(user_id, 0) + sp.heard_before + sp.decoder.decoded
+        return out
 
     # --- ReceiveSink -------------------------------------------------------------------------------
 
     def on_packet(self, packet: VoicePacket) -> None:
         self._packets += 1
-        now = self._clock()
-        sp = self._speakers.get(packet.user_id)
+        user_id = packet.user_id
+        sp = self._speakers.get(user_id)
         if sp is None:
-            sp = self._new_speaker(now)
-            self._speakers[packet.user_id] = sp
-        sp.last_packet_at = now
-        for pcm in sp.decoder.push(packet.sequence, packet.opus):
-            self._frame(packet.user_id, sp, pcm)
+            sp = self._speakers[user_id] = self._new_speaker(packet.ssrc, self._clock())
+        elif sp.ssrc != packet.ssrc:
+            self._new_stream(user_id, sp, packet.ssrc)
+        decoder = sp.decoder
+        frames = decoder.push(packet.sequence, packet.opus)
+        if decoder.accepted:
+            sp.last_packet_at = self._clock()
+        for pcm in frames:
+            self._frame(user_id, sp, pcm)
 
     def on_speaker_left(self, user_id: int) -> None:
         self._drop(user_id)
+        self._heard.pop(user_id, None)
 
     # --- timer -------------------------------------------------------------------------------------
 
@@ -459,14 +572,34 @@ class ReceivePipeline:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    def _new_speaker(self, now: float) -> _Speaker:
+    def _new_decoder(self) -> SpeakerDecoder:
+        return SpeakerDecoder(sample_rate=self.sample_rate, channels=self.channels,
+                              reorder_depth=self._reorder_depth, max_conceal_frames=self._max_conceal,
+                              resync_packets=self._resync_packets)
+
+    def _new_speaker(self, ssrc: int, now: float) -> _Speaker:
         self._seen += 1
         vad = self._vad_factory(self.sample_rate) if self._vad_factory is not None else None
-        decoder = SpeakerDecoder(sample_rate=self.sample_rate, channels=self.channels,
-                                 reorder_depth=self._reorder_depth, max_conceal_frames=self._max_conceal)
         segmenter = SpeechSegmenter(vad, start_frames=self._start_frames, end_silence_ms=self._end_silence_ms,
                                     clock=self._clock)
-        return _Speaker(decoder, segmenter, self._pre_roll, now)
+        return _Speaker(ssrc, self._new_decoder(), segmenter, self._pre_roll, now)
+
+    def _new_stream(self, user_id: int, sp: _Speaker, ssrc: int) -> None:
+        """The speaker's audio moved to ``ssrc``: finish the old stream, follow the new one afresh."""
+        old = sp.decoder
+        for pcm in old.flush():
+            self._frame(user_id, sp, pcm)
+        self._retire(old)
+        sp.heard_before += old.decoded
+        sp.decoder = self._new_decoder()
+        log.debug("voice receive: user %s moved from SSRC %s to %s", user_id, sp.ssrc, ssrc)
+        sp.ssrc = ssrc
+        self._ssrc_changes += 1
+
+    def _retire(self, decoder: SpeakerDecoder) -> None:
+        c = decoder._c
+        for name in _DECODER_COUNTERS:
+            self._retired[name] += c[name]
 
     def _frame(self, user_id: int, sp: _Speaker, pcm: bytes) -> None:
         event = sp.segmenter.feed(pcm)
@@ -491,8 +624,7 @@ class ReceivePipeline:
         sp = self._speakers.pop(user_id, None)
         if sp is None:
             return
-        s = sp.decoder.stats
-        for name in DecoderStats.__slots__:
-            self._retired[name] += getattr(s, name)
+        self._retire(sp.decoder)
+        self._heard[user_id] = self._heard.get(user_id, 0) + sp.heard_before + sp.decoder.decoded
         if sp.segmenter.speaking:
             self._consumer.on_speech_end(user_id)

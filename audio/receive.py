@@ -21,7 +21,7 @@ import socket
 import threading
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import davey
@@ -62,6 +62,8 @@ DAVE_DECRYPT = "dave_decrypt"
 HOLD_OVERFLOW = "hold_overflow"
 HOLD_DISCARDED = "hold_discarded"
 OPTED_OUT = "opted_out"
+BOT = "bot"  # another bot's audio, ignored unless the guild includes bots
+RETIRED_SSRC = "retired_ssrc"  # late packets of a stream its user has replaced with a new SSRC
 BACKLOG = "backlog"
 LOOP_CLOSED = "loop_closed"
 INTERNAL_ERROR = "internal_error"
@@ -105,7 +107,15 @@ class ReceiveSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReceiveStats:
-    """A snapshot of the receive counters (monotonic since the receiver was created)."""
+    """A snapshot of the receive counters (monotonic since the receiver was created).
+
+    Drops fall in three kinds: :attr:`rejected` (not audio anyone in the call sent: bad RTP, no or
+    wrong key, failed transport or DAVE authentication, forged frames no stream accepted),
+    :attr:`ignored` (real traffic deliberately not heard: RTCP, video, our own, duplicates, people
+    who opted out, other bots) and the rest of ``dropped`` (real audio that arrived but could not
+    be used, e.g. DAVE not ready yet). :attr:`lost` is different in kind: frames missing from real
+    streams after reordering and FEC, as the decoders saw them (0 without a decoding sink).
+    """
 
     datagrams: int  # every datagram the socket listener saw
     audio_packets: int  # RTP v2 Opus from someone else: what should turn into frames
@@ -114,16 +124,33 @@ class ReceiveStats:
     trial_attributed: int  # SSRCs attributed to a user by trial DAVE decryption (before op 5)
     speaking_events: int  # op 5 with a non-zero speaking flag from someone else
     held: int  # frames currently waiting for their SSRC's op 5
-    dropped: Mapping[str, int]  # reason -> count; decrypt failures are lost packets
+    dropped: Mapping[str, int]  # reason -> count
+    lost: int = 0  # frames missing from real streams after reordering and FEC (from the decoding sink)
+    strays: int = 0  # delivered frames no stream accepted (a forged or stray packet far out of sequence)
+    # For the deaf watchdog, only people whose audio is meant to be heard (not opted out, not ignored bots):
+    packets_by_user: Mapping[int, int] = field(default_factory=dict)  # authenticated packets on their SSRC
+    speaking_by_user: Mapping[int, int] = field(default_factory=dict)  # op 5 "speaking" events
 
     @property
-    def lost(self) -> int:
-        """Audio packets that will never reach the decoder (duplicates and filtered types excluded)."""
-        return sum(n for reason, n in self.dropped.items() if reason not in _NOT_LOSS)
+    def rejected(self) -> int:
+        """Datagrams that were not audio anyone in the call sent (see the class docstring)."""
+        return self.strays + sum(n for reason, n in self.dropped.items() if reason in REJECTED_REASONS)
+
+    @property
+    def ignored(self) -> int:
+        """Real traffic deliberately not heard."""
+        return sum(n for reason, n in self.dropped.items() if reason in IGNORED_REASONS)
 
 
-_NOT_LOSS = frozenset(
-    {DUPLICATE, OPTED_OUT, Drop.RTCP.value, Drop.PAYLOAD_TYPE.value, Drop.OWN_SSRC.value, Drop.NOT_RTP.value,
+# Not audio anyone in the call sent. A DAVE failure on an authenticated transport packet is a frame
+# that does not authenticate end to end (forged, replayed or mangled), so it is rejected too.
+REJECTED_REASONS = frozenset(
+    {Drop.TOO_SHORT.value, Drop.NOT_RTP.value, Drop.NO_KEY.value, Drop.UNSUPPORTED_MODE.value,
+     Drop.TRANSPORT_DECRYPT.value, Drop.BAD_EXTENSION.value, Drop.BAD_PADDING.value,
+     DAVE_NO_DECRYPTOR, DAVE_UNENCRYPTED, DAVE_DECRYPT}
+)
+IGNORED_REASONS = frozenset(
+    {DUPLICATE, OPTED_OUT, BOT, RETIRED_SSRC, Drop.RTCP.value, Drop.PAYLOAD_TYPE.value, Drop.OWN_SSRC.value,
      Drop.EMPTY.value}
 )
 
@@ -131,11 +158,12 @@ _NOT_LOSS = frozenset(
 class _SeqWindow:
     """The last ``size`` sequence numbers seen on one SSRC (a bounded replay window)."""
 
-    __slots__ = ("_seen", "_order")
+    __slots__ = ("_seen", "_order", "packets")
 
     def __init__(self, size: int) -> None:
         self._seen: set[int] = set()
         self._order: collections.deque[int] = collections.deque(maxlen=size)
+        self.packets = 0  # authenticated packets on this SSRC (the watchdog's "someone is talking")
 
     def __contains__(self, seq: int) -> bool:
         return seq in self._seen
@@ -156,7 +184,12 @@ class VoiceReceiver:
     because op 4 and DAVE transitions replace them. ``own_user_id`` returns the bot's user id.
     ``deliver`` receives the frames ready for the event loop (see :class:`ReceiveVoiceClient` for
     the thread hand-off). ``accept_user(user_id)`` is consulted before DAVE decryption: users who
-    opted out are dropped here, before any of their audio is decrypted or decoded.
+    opted out are dropped here, before any of their audio is decrypted or decoded; so are the users
+    in ``ignore_users`` (other bots), counted apart.
+
+    One SSRC per user: when a user is mapped to a new SSRC (their client restarted its stream, with
+    or without op 13), the old SSRC's mapping, replay window and held frames are retired, and late
+    packets still arriving on it are dropped (``retired_ssrc``) rather than attributed again.
     """
 
     def __init__(
@@ -170,17 +203,23 @@ class VoiceReceiver:
         max_held_ssrcs: int = 16,
         replay_window: int = 128,
         max_ssrcs: int = 1024,
+        max_retired: int = 64,
     ) -> None:
         self._conn = conn
         self._own_user_id = own_user_id
         self._deliver = deliver
         self.accept_user = accept_user
+        self.ignore_users: frozenset[int] = frozenset()  # replaced whole (atomic for the socket thread)
+        self._max_retired = max_retired
         self._hold_frames = hold_frames
         self._max_held_ssrcs = max_held_ssrcs
         self._replay_window = replay_window
         self._max_ssrcs = max_ssrcs
         self._lock = threading.Lock()
         self._ssrc_to_user: dict[int, int] = {}
+        self._user_ssrc: dict[int, int] = {}  # each user's current audio SSRC
+        self._retired: collections.OrderedDict[int, int] = collections.OrderedDict()  # ssrc -> former user
+        self._speaking_by_user: collections.Counter[int] = collections.Counter()
         self._members: set[int] = set()
         self._windows: collections.OrderedDict[int, _SeqWindow] = collections.OrderedDict()
         self._held: collections.OrderedDict[int, collections.deque[tuple[int, int, bytes]]] = collections.OrderedDict()
@@ -215,6 +254,8 @@ class VoiceReceiver:
                 return
             if speaking:
                 self._speaking += 1
+                self._speaking_by_user[user_id] += 1
+            self._retired.pop(ssrc, None)  # the gateway says so: the SSRC is live again
             self._attribute(ssrc, user_id)
 
     def add_members(self, user_ids: list[int]) -> None:
@@ -226,14 +267,20 @@ class VoiceReceiver:
         """Op 13: drop the user's SSRCs, replay windows and held frames; return the SSRCs dropped."""
         with self._lock:
             self._members.discard(user_id)
+            self._user_ssrc.pop(user_id, None)
+            self._speaking_by_user.pop(user_id, None)
             gone = [s for s, u in self._ssrc_to_user.items() if u == user_id]
             for ssrc in gone:
-                del self._ssrc_to_user[ssrc]
-                self._windows.pop(ssrc, None)
-                held = self._held.pop(ssrc, None)
-                if held:
-                    self._dropped[HOLD_DISCARDED] += len(held)
+                self._release_ssrc(ssrc)
             return gone
+
+    def _release_ssrc(self, ssrc: int) -> None:
+        """Forget an SSRC's mapping, replay window and held frames (lock held)."""
+        self._ssrc_to_user.pop(ssrc, None)
+        self._windows.pop(ssrc, None)
+        held = self._held.pop(ssrc, None)
+        if held:
+            self._dropped[HOLD_DISCARDED] += len(held)
 
     def note_speaking(self) -> None:
         """Count a speaking event that carried no new mapping (for the deaf watchdog)."""
@@ -245,9 +292,16 @@ class VoiceReceiver:
         with self._lock:
             self._dropped[reason] += n
 
-    def stats(self) -> ReceiveStats:
-        """A consistent snapshot of the counters."""
+    def stats(self, *, lost: int = 0, strays: int = 0) -> ReceiveStats:
+        """A consistent snapshot of the counters; ``lost``/``strays`` come from the decoding sink."""
         with self._lock:
+            heard = self._heard_users
+            packets: dict[int, int] = {}
+            for ssrc, user_id in self._ssrc_to_user.items():
+                window = self._windows.get(ssrc)
+                if window is not None and heard(user_id):
+                    packets[user_id] = packets.get(user_id, 0) + window.packets
+            speaking = {u: n for u, n in self._speaking_by_user.items() if heard(u)}
             return ReceiveStats(
                 datagrams=self._datagrams,
                 audio_packets=self._audio,
@@ -257,7 +311,18 @@ class VoiceReceiver:
                 speaking_events=self._speaking,
                 held=sum(len(q) for q in self._held.values()),
                 dropped=types.MappingProxyType(dict(self._dropped)),
+                lost=lost,
+                strays=strays,
+                packets_by_user=types.MappingProxyType(packets),
+                speaking_by_user=types.MappingProxyType(speaking),
             )
+
+    def _heard_users(self, user_id: int) -> bool:
+        """Whether this user's audio is meant to be heard (not an ignored bot, not opted out)."""
+        if user_id in self.ignore_users:
+            return False
+        accept = self.accept_user
+        return accept is None or accept(user_id)
 
     # --- the socket-thread path --------------------------------------------------------------------
 
@@ -314,6 +379,7 @@ class VoiceReceiver:
             if len(self._windows) > self._max_ssrcs:
                 self._windows.popitem(last=False)
         window.add(seq)
+        window.packets += 1
         user_id = self._ssrc_to_user.get(ssrc)
         if user_id is None:
             self._unknown_ssrc(ssrc, seq, header.timestamp, frame)
@@ -321,7 +387,19 @@ class VoiceReceiver:
         self._finish(ssrc, user_id, seq, header.timestamp, frame)
 
     def _attribute(self, ssrc: int, user_id: int) -> None:
-        """Map ``ssrc`` to ``user_id`` and replay the frames held for it (lock held)."""
+        """Map ``ssrc`` to ``user_id``, retire the user's previous SSRC, replay held frames (lock held)."""
+        previous = self._user_ssrc.get(user_id)
+        if previous is not None and previous != ssrc and self._ssrc_to_user.get(previous) == user_id:
+            # The user's stream restarted on a new SSRC: the old stream's state means nothing now.
+            self._release_ssrc(previous)
+            self._retired[previous] = user_id
+            if len(self._retired) > self._max_retired:
+                self._retired.popitem(last=False)
+            log.debug("voice receive: user %s moved from SSRC %s to %s", user_id, previous, ssrc)
+        former = self._ssrc_to_user.get(ssrc)
+        if former is not None and former != user_id and self._user_ssrc.get(former) == ssrc:
+            del self._user_ssrc[former]  # the SSRC now belongs to someone else
+        self._user_ssrc[user_id] = ssrc
         self._ssrc_to_user[ssrc] = user_id
         self._members.add(user_id)
         held = self._held.pop(ssrc, None)
@@ -331,6 +409,9 @@ class VoiceReceiver:
 
     def _finish(self, ssrc: int, user_id: int, seq: int, ts: int, frame: bytes) -> None:
         """Opt-out check, DAVE decrypt and deliver (lock held)."""
+        if user_id in self.ignore_users:
+            self._dropped[BOT] += 1
+            return
         accept = self.accept_user
         if accept is not None and not accept(user_id):
             self._dropped[OPTED_OUT] += 1
@@ -377,6 +458,10 @@ class VoiceReceiver:
 
     def _unknown_ssrc(self, ssrc: int, seq: int, ts: int, frame: bytes) -> None:
         """No op 5 yet: attribute by trial DAVE decryption, else hold the frame (lock held)."""
+        if ssrc in self._retired:
+            # A stream its user replaced: its late packets would decrypt and map it back to them.
+            self._dropped[RETIRED_SSRC] += 1
+            return
         conn = self._conn
         session = conn.dave_session
         if (
@@ -399,6 +484,9 @@ class VoiceReceiver:
                 self._trial += 1
                 log.debug("voice receive: SSRC %s attributed to user %s by trial decryption", ssrc, uid)
                 self._attribute(ssrc, uid)
+                if uid in self.ignore_users:
+                    self._dropped[BOT] += 1
+                    return
                 accept = self.accept_user
                 if accept is not None and not accept(uid):
                     self._dropped[OPTED_OUT] += 1
@@ -477,8 +565,12 @@ class ReceiveVoiceClient(discord.VoiceClient):
 
     @property
     def stats(self) -> ReceiveStats:
-        """A frozen snapshot of the receive counters."""
-        return self.receiver.stats()
+        """A frozen snapshot of the receive counters, with the sink's stream losses when it reports them."""
+        loss = getattr(self._sink, "loss", None)
+        if loss is None:
+            return self.receiver.stats()
+        lost, strays = loss()
+        return self.receiver.stats(lost=lost, strays=strays)
 
     @property
     def accept_user(self) -> Callable[[int], bool] | None:
@@ -488,6 +580,15 @@ class ReceiveVoiceClient(discord.VoiceClient):
     @accept_user.setter
     def accept_user(self, fn: Callable[[int], bool] | None) -> None:
         self.receiver.accept_user = fn
+
+    @property
+    def ignore_users(self) -> frozenset[int]:
+        """Users (other bots) whose audio is dropped before decryption, counted as ``bot``."""
+        return self.receiver.ignore_users
+
+    @ignore_users.setter
+    def ignore_users(self, user_ids: frozenset[int]) -> None:
+        self.receiver.ignore_users = frozenset(user_ids)
 
     def set_sink(self, sink: ReceiveSink | None) -> None:
         """Attach (or detach, with None) the consumer of frames and leave events."""

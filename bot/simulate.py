@@ -393,7 +393,7 @@ class SimulationResult:
     transcripts: tuple[Transcribed, ...]
     replies: tuple[SpokenReply, ...]
     turns: tuple[TurnReport, ...]
-    packets: dict[str, int]  # the bot's receive counters: received, decrypted, dropped
+    packets: dict[str, int]  # the bot's receive counters: received, decrypted, lost, rejected
     dave: bool
     problems: tuple[str, ...] = ()  # the loopback's (Discord's terms) and the simulation's own
     dropped_reasons: dict[str, int] = field(default_factory=dict)
@@ -437,8 +437,9 @@ class SimulationResult:
                              f"heard {_ms(t.first_audio_ms)})")
         p = self.packets
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped_reasons.items()) if v)
-        lines.append(f"Packets (bot): received {p['received']}, decrypted {p['decrypted']}, dropped {p['dropped']}"
-                     + (f" ({reasons})" if reasons else ""))
+        # lost: gaps in the real streams after reordering and FEC; rejected: not audio anyone sent
+        lines.append(f"Packets (bot): received {p['received']}, decrypted {p['decrypted']}, lost {p['lost']}, "
+                     f"rejected {p['rejected']}" + (f" (drops: {reasons})" if reasons else ""))
         lines.append(f"DAVE: {'active (protocol v%d)' % self.dave_version if self.dave else 'not active'}")
         if self.problems:
             lines.append("Problems:")
@@ -595,7 +596,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         transcripts=tuple(Transcribed(t.name, t.text) for t in heard),
         replies=tuple(replies),
         turns=tuple(turns),
-        packets={"received": stats.audio_packets, "decrypted": stats.delivered, "dropped": stats.lost},
+        packets={"received": stats.audio_packets, "decrypted": stats.delivered, "lost": stats.lost,
+                 "rejected": stats.rejected},
         dave=dave_version > 0,
         problems=tuple(lb.discord.problems) + tuple(problems),
         dropped_reasons=dict(stats.dropped),

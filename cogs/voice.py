@@ -355,10 +355,11 @@ class VoiceCog(commands.Cog, name="Voice"):
         transcript="Post who said what (and my replies) in the voice channel's chat",
         idle_leave_seconds=f"Leave after this many seconds alone (0 = stay; at most {MAX_IDLE_LEAVE_SECONDS})",
         record_audio="Allow saving voice audio to disk (also needs RECORD_AUDIO=true on the bot)",
+        bots="Hear other bots in the voice channel (music bots...); off: their audio is ignored unheard",
     )
     async def voice_settings(self, interaction: discord.Interaction, transcript: bool | None = None,
                              idle_leave_seconds: app_commands.Range[int, 0, MAX_IDLE_LEAVE_SECONDS] | None = None,
-                             record_audio: bool | None = None) -> None:
+                             record_audio: bool | None = None, bots: bool | None = None) -> None:
         """Show or change this server's voice settings (needs Manage Server)."""
         assert interaction.guild_id is not None
         changes: dict[str, object] = {}
@@ -368,6 +369,8 @@ class VoiceCog(commands.Cog, name="Voice"):
             changes["idle_leave_seconds"] = idle_leave_seconds
         if record_audio is not None:
             changes["record_audio"] = record_audio
+        if bots is not None:
+            changes["include_bots"] = bots
         try:
             gs = await self.manager.update_settings(interaction.guild_id, **changes)
         except GuildSettingsError as exc:
@@ -384,6 +387,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                  f"• leave: **{idle}**", f"• audio recording: **{recording}**",
                  f"• joins by itself: **{self._listed(interaction.guild_id, AUTO_JOIN) or 'nowhere'}**",
                  f"• may be brought into: **{self._listed(interaction.guild_id, ALLOWED) or 'any channel'}**",
+                 f"• other bots: **{'heard' if gs.include_bots else 'ignored'}**",
                  f"• transcripts kept: **{settings.transcript_retention_days or 'forever'}"
                  f"{' days' if settings.transcript_retention_days else ''}**"]
         await self._answer(interaction, "\n".join(lines))

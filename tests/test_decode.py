@@ -115,9 +115,66 @@ def test_single_loss_uses_fec_and_longer_gap_plc(frames: list[bytes]) -> None:
 
 def test_long_gap_is_bounded(frames: list[bytes]) -> None:
     dec = SpeakerDecoder(reorder_depth=0, max_conceal_frames=3)
-    out = dec.push(0, frames[0]) + dec.push(1000, frames[1])
+    out = dec.push(0, frames[0]) + dec.push(40, frames[1])  # inside the window: a gap, not a jump
     assert len(out) == 1 + 3 + 1
-    assert dec.stats.skipped == 999 - 3
+    assert dec.stats.skipped == 39 - 3 and dec.stats.lost == 39
+
+
+# --- streams that jump (issue 11) ----------------------------------------------------------------
+
+
+def test_one_frame_far_ahead_never_moves_the_stream(frames: list[bytes]) -> None:
+    """A transport-valid silence frame 20,000 ahead, then the speaker goes quiet and carries on."""
+    dec = SpeakerDecoder()
+    out = [pcm for seq in range(100, 125) for pcm in dec.push(seq, frames[seq % 60])]
+    assert dec.push(100 + 20_000, SILENCE) == [] and not dec.accepted
+    out += dec.flush()  # the speaker paused: this is where the old decoder jumped by the whole gap
+    after = [pcm for seq in range(125, 175) for pcm in dec.push(seq, frames[seq % 60])]
+    assert len(after) == 50 and dec.accepted
+    stats = dec.stats
+    assert (stats.decoded, stats.late, stats.strays, stats.resyncs, stats.lost) == (75, 0, 1, 0, 0)
+
+
+@pytest.mark.parametrize("offset", [20_000, -1_000, 40_000])
+def test_a_run_outside_the_window_restarts_the_stream(frames: list[bytes], offset: int) -> None:
+    dec = SpeakerDecoder()
+    for seq in range(65_500, 65_530):  # wraps past 65535 on the way
+        dec.push(seq % 65536, frames[seq % 60])
+    start = (65_530 + offset) % 65536
+    got = [len(dec.push((start + i) % 65536, frames[i % 60])) for i in range(10)]
+    # the first two wait (they could be strays), the third proves a run: all three come out at once
+    assert got == [0, 0, 3, 1, 1, 1, 1, 1, 1, 1]
+    stats = dec.stats
+    assert (stats.decoded, stats.resyncs, stats.strays, stats.late) == (40, 1, 0, 0)
+
+
+def test_strays_interleaved_with_the_real_stream_are_not_a_run(frames: list[bytes]) -> None:
+    """Consecutive forged frames never add up while the real stream keeps arriving between them."""
+    dec = SpeakerDecoder()
+    out = []
+    for i in range(30):
+        out += dec.push(i, frames[i])
+        out += dec.push(30_000 + i, SILENCE)
+    stats = dec.stats
+    assert len(out) == 30 and stats.decoded == 30 and stats.resyncs == 0 and stats.strays == 30
+
+
+def test_just_late_packets_are_late_and_a_short_step_back_catches_up(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder(late_window=10)
+    for seq in range(50):
+        dec.push(seq, frames[seq])
+    assert dec.push(45, frames[45]) == [] and dec.stats.late == 1  # reordered far too late: dropped
+    # a stream stepping back 5 (inside the late window) is late until it reaches where it was
+    got = sum(len(dec.push(seq, frames[seq % 60])) for seq in range(45, 60))
+    assert got == 10 and dec.stats.resyncs == 0
+
+
+def test_a_duplicate_inside_a_run_does_not_break_it(frames: list[bytes]) -> None:
+    dec = SpeakerDecoder()
+    dec.push(0, frames[0])
+    for seq in (5000, 5000, 5001, 5002):
+        dec.push(seq, frames[seq % 60])
+    assert dec.stats.resyncs == 1 and dec.stats.duplicates == 1 and dec.stats.decoded == 4
 
 
 def test_duplicates_and_corrupt_opus_never_stall(frames: list[bytes]) -> None:
@@ -244,6 +301,69 @@ def test_pipeline_corrupt_opus_does_not_stall(frames: list[bytes]) -> None:
         pipe.on_packet(p)
     assert sum(1 for e in rec.events if e[0] == "audio") == 3
     assert pipe.stats().corrupt == 1  # b"\x00" is a valid (empty) TOC-only packet for libopus
+
+
+def _stream_time_to_audio(pipe: ReceivePipeline, rec: Recorder, clock: FakeClock,
+                          packets: list[VoicePacket], user: int) -> float | None:
+    """Feed packets at 20 ms, ticking like the pipeline's timer; stream seconds until ``user`` is heard."""
+    before = sum(1 for e in rec.events if e[0] == "audio" and e[1] == user)
+    first: float | None = None
+    for i, packet in enumerate(packets):
+        pipe.on_packet(packet)
+        clock.now += 0.02
+        pipe.tick()
+        if first is None and sum(1 for e in rec.events if e[0] == "audio" and e[1] == user) > before:
+            first = (i + 1) * 0.02
+    return first
+
+
+def test_pipeline_hears_again_after_a_stray_frame_far_ahead(frames: list[bytes]) -> None:
+    """Issue 11, first sequence: one frame 20,000 ahead on a speaker's SSRC, then they go on talking."""
+    clock, rec = FakeClock(), Recorder()
+    pipe = ReceivePipeline(rec, clock=clock, vad_factory=None, start_frames=1, end_silence_ms=300)
+    talk = [VoicePacket(7, 1, 1000 + i, i * 960, frames[i % 60]) for i in range(60)]
+    assert _stream_time_to_audio(pipe, rec, clock, talk[:30], 7) is not None
+    pipe.on_packet(VoicePacket(7, 1, 21_030, 0, SILENCE))
+    for _ in range(40):  # a pause long enough for flush and end of speech
+        clock.now += 0.02
+        pipe.tick()
+    assert rec.events[-1] == ("end", 7, 0)
+    waited = _stream_time_to_audio(pipe, rec, clock, talk[30:], 7)
+    assert waited is not None and waited <= 1.0
+    assert pipe.stats().strays == 1 and pipe.stats().late == 0 and pipe.heard()[7] == 60
+
+
+def test_pipeline_hears_a_speaker_restarting_on_a_new_ssrc_behind(frames: list[bytes]) -> None:
+    """Issue 11, second sequence: the same user on a new SSRC, sequence numbers 1,000 behind, no op 13."""
+    clock, rec = FakeClock(), Recorder()
+    pipe = ReceivePipeline(rec, clock=clock, vad_factory=None, start_frames=1, end_silence_ms=300)
+    old = [VoicePacket(7, 1, 5000 + i, i * 960, frames[i % 60]) for i in range(30)]
+    new = [VoicePacket(7, 2, 4030 + i, i * 960, frames[i % 60]) for i in range(30)]
+    _stream_time_to_audio(pipe, rec, clock, old, 7)
+    for _ in range(40):
+        clock.now += 0.02
+        pipe.tick()
+    waited = _stream_time_to_audio(pipe, rec, clock, new, 7)
+    assert waited is not None and waited <= 1.0
+    stats = pipe.stats()
+    assert stats.ssrc_changes == 1 and stats.late == 0 and stats.decoded == 60 and pipe.heard() == {7: 60}
+    # the same restart on the *same* SSRC resyncs instead
+    same = [VoicePacket(7, 2, 3030 + i, i * 960, frames[i % 60]) for i in range(30)]
+    waited = _stream_time_to_audio(pipe, rec, clock, same, 7)
+    assert waited is not None and waited <= 1.0 and pipe.stats().resyncs == 1
+
+
+def test_strays_do_not_keep_an_idle_speaker_alive(frames: list[bytes]) -> None:
+    clock = FakeClock()
+    pipe = ReceivePipeline(Recorder(), clock=clock, idle_drop_s=30)
+    pipe.on_packet(VoicePacket(7, 1, 100, 0, frames[0]))
+    for i in range(30):
+        clock.now += 1
+        pipe.on_packet(VoicePacket(7, 1, 100 + 20_000 + 7 * i, 0, SILENCE))  # never a run
+        pipe.tick()
+    assert pipe.speakers == frozenset() and pipe.heard() == {7: 1}
+    pipe.on_speaker_left(7)
+    assert pipe.heard() == {}
 
 
 def test_ten_minute_talker_has_bounded_state(frames: list[bytes]) -> None:

@@ -247,8 +247,8 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
     assert {t["speaker"] for t in result["turns"]} <= {"Alice", "Bob"} and result["turns"]
     final = result["turns"][-1]
     assert final["first_audio_ms"] > 0 and final["breakdown"]["end_of_speech_to_first_frame"] > 0
-    assert set(result["packets"]) == {"received", "decrypted", "dropped"}
-    assert result["packets"]["decrypted"] > 0 and result["packets"]["dropped"] == 0
+    assert set(result["packets"]) == {"received", "decrypted", "lost", "rejected"}
+    assert result["packets"]["decrypted"] > 0 and result["packets"]["rejected"] == 0
     assert result["dave"] is True and result["problems"] == []
     # One WAV per reply heard, named by the reply's number; the last one holds the whole last reply.
     files = sorted(out_dir.glob("reply-*.wav"))
@@ -353,7 +353,7 @@ def test_result_as_json_and_text() -> None:
                                            "first_text_to_first_tts_audio": 30.0,
                                            "first_tts_audio_to_first_frame": None,
                                            "end_of_speech_to_first_frame": None}),),
-        packets={"received": 10, "decrypted": 9, "dropped": 1},
+        packets={"received": 12, "decrypted": 9, "lost": 2, "rejected": 1},
         dave=True, problems=("interaction 1 was not answered within 3 s",),
         dropped_reasons={"dave_decrypt": 1}, dave_version=1,
     )
@@ -363,3 +363,5 @@ def test_result_as_json_and_text() -> None:
     text = result.format_text()
     assert "Alice: hello there" in text and "Hi Alice." in text and "500 → 2 → 30 → -" in text
     assert "dave_decrypt 1" in text and "DAVE: active (protocol v1)" in text and "not answered" in text
+    assert "received 12, decrypted 9, lost 2, rejected 1 (drops: dave_decrypt 1)" in text
+    assert data["packets"] == {"received": 12, "decrypted": 9, "lost": 2, "rejected": 1}

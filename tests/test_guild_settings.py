@@ -56,6 +56,7 @@ def test_settings_persist_across_restarts(tmp_path: Path) -> None:
     {"idle_leave_seconds": "60"},
     {"mirror_transcripts": "yes"},
     {"record_audio": 1},
+    {"include_bots": "no"},
     {"guild_id": 5},
     {"colour": "blue"},
 ])
@@ -65,6 +66,24 @@ def test_bad_values_are_refused_and_nothing_is_stored(changes: dict[str, object]
         store.update(GUILD, **({"mirror_transcripts": True, "record_audio": True} | changes))
     gs = store.get(GUILD)
     assert gs.mirror_transcripts is False and gs.record_audio is False
+
+
+def test_other_bots_are_ignored_until_a_guild_includes_them(tmp_path: Path) -> None:
+    """A database from before the setting existed gains it, off, with every stored choice kept."""
+    from bot.voice.guilds import _MIGRATIONS
+
+    path = tmp_path / "bot.sqlite3"
+    db = Database(path)
+    db.migrate(GuildSettingsStore.COMPONENT, _MIGRATIONS[:1])
+    db.execute("INSERT INTO voice_guild_settings (guild_id, mode, updated_at) VALUES (?, 'always', 0)", (GUILD,))
+    db.close()
+    db = Database(path)
+    store = GuildSettingsStore(db, Settings())
+    gs = store.get(GUILD)
+    assert gs.mode == "always" and gs.include_bots is False and store.get(OTHER_GUILD).include_bots is False
+    assert store.update(GUILD, include_bots=True).include_bots is True
+    db.close()
+    assert GuildSettingsStore(Database(path), Settings()).get(GUILD).include_bots is True
 
 
 def test_recording_needs_both_the_admin_and_the_operator() -> None:

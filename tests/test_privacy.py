@@ -92,7 +92,7 @@ def test_status_summary_shows_connection_dave_packets_providers_and_latency() ->
     text = status_summary(_status(), providers, bot_name="Wren")
     assert "Lounge, connected (42 ms)" in text
     assert "protocol v1, ready" in text
-    assert "500 received, 480 decrypted, 20 dropped (dave_decrypt 12, duplicate 8)" in text
+    assert "500 received, 480 decrypted, 20 dropped (drops: dave_decrypt 12, duplicate 8)" in text
     assert "2 people (1 opted out, not heard)" in text
     assert "end of speech → final transcript: 300 ms" in text
     assert "first synthesized audio → first packet: —" in text
@@ -108,3 +108,17 @@ def test_status_summary_variants() -> None:
     assert "reconnecting" in text and "off (transport encryption only)" in text
     assert "Last turn:** none yet" in text and "not allowed here right now" in text and "rachel" in text
     assert "setting up" in status_summary(_status(dave_ready=False), providers, bot_name="Wren")
+
+
+def test_status_summary_separates_lost_from_rejected_and_shows_hearing() -> None:
+    from types import MappingProxyType
+
+    from audio.watchdog import WatchdogStats
+
+    providers = providers_from_settings(_settings(), "eliza")
+    hearing = WatchdogStats(speaking=2, heard=1, unheard=MappingProxyType({7: 6.2}), rejoins=1, given_up=False,
+                            verdicts=1)
+    text = status_summary(_status(lost=3, rejected=12, hearing=hearing, bots_ignored=1), providers, bot_name="Wren")
+    assert "500 received, 480 decrypted, 3 lost, 12 rejected (drops: dave_decrypt 12, duplicate 8)" in text
+    assert "**Hearing:** 2 people speaking lately, 1 heard; 1 not heard for 6 s; deaf watchdog rejoined 1×" in text
+    assert "**Other bots:** 1 in the channel, not heard" in text

@@ -333,7 +333,8 @@ async def test_bad_packets_are_counted_and_dropped(rig: Rig) -> None:
     assert stats.dropped["too_short"] == 1
     assert stats.dropped["transport_decrypt"] == 2
     assert stats.dropped.get("dave_unencrypted", 0) + stats.dropped.get("dave_decrypt", 0) == 3
-    assert stats.delivered == 2 and stats.lost == 6
+    # none of it was audio anyone in the call sent: rejected, not lost (no real stream had a gap)
+    assert stats.delivered == 2 and stats.rejected == 6 and stats.lost == 0 and stats.ignored == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.delivered = 0  # type: ignore[misc]
 
@@ -371,3 +372,61 @@ async def test_speaking_events_are_counted_but_not_for_ourselves(rig: Rig) -> No
     await rig.speaking(BOT_ID, BOT_SSRC, 1)
     assert rig.stats.speaking_events == 1
     assert rig.vc.user_for_ssrc(BOT_SSRC) is None
+
+
+# --- a user's stream moving to a new SSRC; other bots (issue 11) ---------------------------------
+
+
+async def test_new_ssrc_from_op5_retires_the_old_mapping(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 5000)
+    await rig.speaking(ALICE, 21)  # the same user restarts on a new SSRC; no op 13
+    rig.send(ALICE, 21, 4000)  # sequence numbers 1,000 behind: a new stream, not a late one
+    rig.send(ALICE, ALICE_SSRC, 5001)  # a late packet of the old stream
+    packets = await rig.sink.wait_for(2)
+    assert [(p.ssrc, p.sequence) for p in packets] == [(ALICE_SSRC, 5000), (21, 4000)]
+    assert rig.vc.receiver.ssrc_to_user == {21: ALICE}
+    stats = rig.stats
+    assert stats.dropped == {"retired_ssrc": 1} and stats.ignored == 1 and stats.rejected == 0
+    assert stats.packets_by_user == {ALICE: 1}
+
+
+async def test_new_ssrc_found_by_trial_decryption_retires_the_old_one(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 10)
+    rig.send(ALICE, 21, 9000)  # no op 5 for it: DAVE trial decryption says it is Alice
+    rig.send(ALICE, ALICE_SSRC, 11)  # the old stream's late packet must not map it back
+    rig.send(ALICE, 21, 9001)
+    packets = await rig.sink.wait_for(3)
+    assert [(p.ssrc, p.sequence) for p in packets] == [(ALICE_SSRC, 10), (21, 9000), (21, 9001)]
+    assert rig.vc.receiver.ssrc_to_user == {21: ALICE}
+    assert rig.stats.trial_attributed == 1 and rig.stats.dropped == {"retired_ssrc": 1}
+    # the gateway is the authority: op 5 for the old SSRC makes it live again
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(ALICE, ALICE_SSRC, 12)
+    assert (await rig.sink.wait_for(4))[-1].ssrc == ALICE_SSRC
+    assert rig.vc.receiver.ssrc_to_user == {ALICE_SSRC: ALICE}
+
+
+async def test_other_bots_are_dropped_before_decryption(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.gw.add_member(BOB)
+    rig.vc.ignore_users = frozenset({BOB})
+    rig.vc.accept_user = lambda user_id: user_id != CAROL
+    await rig.speaking(BOB, BOB_SSRC)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    rig.send(BOB, BOB_SSRC, 1)
+    rig.send(BOB, 31, 1)  # an unknown SSRC: trial decryption finds Bob, who is then ignored
+    rig.send(ALICE, ALICE_SSRC, 1)
+    await rig.sink.wait_for(1)
+    stats = rig.stats
+    assert [p.user_id for p in rig.sink.packets] == [ALICE]
+    assert stats.dropped == {"bot": 2} and stats.ignored == 2 and stats.rejected == 0
+    assert rig.vc._connection.dave_session.get_decryption_stats(BOB).attempts == 1  # only the trial
+    # the watchdog's per-person counters leave out ignored bots
+    assert stats.packets_by_user == {ALICE: 1} and stats.speaking_by_user == {ALICE: 1}
+    rig.vc.ignore_users = frozenset()
+    rig.send(BOB, 31, 2)  # Bob's stream is on SSRC 31 now (the trial retired BOB_SSRC)
+    assert (await rig.sink.wait_for(2))[-1].user_id == BOB

@@ -366,8 +366,8 @@ class Participant:
         frames = await loop.run_in_executor(None, encode_opus_frames, pcm)
         return await self.speak_opus(frames)
 
-    async def speak_opus(self, frames: list[bytes]) -> SpeakResult:
-        """Send prepared Opus frames at 20 ms pacing; SPEAKING (op 5) goes out first."""
+    async def speak_opus(self, frames: list[bytes], *, announce: bool = True) -> SpeakResult:
+        """Send prepared Opus frames at 20 ms pacing; SPEAKING (op 5) goes out first unless not ``announce``."""
         call = self.call
         if call is None:
             raise RuntimeError(f"{self.name} is not in a voice channel")
@@ -376,7 +376,8 @@ class Participant:
                 await self.wait_dave_ready()
             loop = asyncio.get_running_loop()
             self.speaking_state = 1
-            await call.speaking(self, 1)
+            if announce:
+                await call.speaking(self, 1)
             opts = self.options
             sent = dropped = 0
             held: tuple[int, int, bytes] | None = None
@@ -416,9 +417,25 @@ class Participant:
                     sent += self._send(call, *held)
             finally:
                 self.speaking_state = 0
-                if self.call is call:
+                if self.call is call and announce:
                     await call.speaking(self, 0)
             return SpeakResult(frames=len(frames), sent=sent, dropped=dropped, started_at=first, ended_at=last)
+
+    def restart_stream(self, *, ssrc: int | None = None, seq_step: int = 0) -> None:
+        """Restart the outgoing stream as a client restarting its encoder might: a new SSRC (when
+        given) and sequence numbers moved by ``seq_step``. No op 13 is sent."""
+        if ssrc is not None:
+            self.ssrc = ssrc
+        self._seq = (self._seq + seq_step) & 0xFFFF
+
+    def send_stray(self, seq_step: int, opus: bytes = OPUS_SILENCE) -> int:
+        """One frame ``seq_step`` away from the stream's next sequence number, authenticated like any
+        other (Opus silence passes DAVE for anyone); returns how many receivers it was sent to."""
+        call = self.call
+        frame = self._protect(opus)
+        if call is None or frame is None:
+            return 0
+        return call.send_media(self, seq=(self._seq + seq_step) & 0xFFFF, timestamp=self._timestamp, payload=frame)
 
     def _protect(self, opus: bytes) -> bytes | None:
         if not self.dave_version or opus == OPUS_SILENCE:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bot.providers import stt_choice, tts_choice
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
+
+if TYPE_CHECKING:
+    from audio.watchdog import WatchdogStats
 
 __all__ = [
     "Providers",
@@ -167,6 +171,10 @@ class ConnectionStatus:
     breakdown: Mapping[str, float | None] | None  # the last turn's latency breakdown in ms
     rule: str | None = None  # which answering rule applies right now (auto mode changes with the room)
     ignored: Mapping[str, int] | None = None  # transcripts dropped: echo of the bot, invented text
+    lost: int | None = None  # frames missing from real streams after reordering and FEC
+    rejected: int | None = None  # datagrams that were not audio anyone in the call sent
+    hearing: WatchdogStats | None = None  # the deaf watchdog's view: people speaking, people heard
+    bots_ignored: int = 0  # other bots in the channel whose audio is not heard
 
 
 def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
@@ -206,10 +214,26 @@ def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot
             dave = f"protocol v{status.dave_version}, " + ("ready" if status.dave_ready else "setting up")
         lines.append(f"**End-to-end encryption (DAVE):** {dave}")
         if status.received is not None:
-            dropped = sum(status.dropped.values())
             detail = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()) if v)
-            lines.append(f"**Packets:** {status.received} received, {status.decrypted} decrypted, {dropped} dropped"
-                         + (f" ({detail})" if detail else ""))
+            if status.lost is None or status.rejected is None:
+                counts = f"{sum(status.dropped.values())} dropped"
+            else:  # lost: gaps in real streams; rejected: not audio anyone in the call sent
+                counts = f"{status.lost} lost, {status.rejected} rejected"
+            lines.append(f"**Packets:** {status.received} received, {status.decrypted} decrypted, {counts}"
+                         + (f" (drops: {detail})" if detail else ""))
+        if status.hearing is not None:
+            h = status.hearing
+            text = (f"{h.speaking} {'person' if h.speaking == 1 else 'people'} speaking lately, {h.heard} heard")
+            if h.unheard:
+                text += f"; {len(h.unheard)} not heard for {max(h.unheard.values()):.0f} s"
+            if h.given_up:
+                text += "; deaf watchdog gave up after rejoining"
+            elif h.rejoins:
+                text += f"; deaf watchdog rejoined {h.rejoins}×"
+            lines.append(f"**Hearing:** {text}")
+        if status.bots_ignored:
+            lines.append(f"**Other bots:** {status.bots_ignored} in the channel, not heard "
+                         "(`/voice settings bots:True` includes them)")
         lines.append(f"**Mode:** {status.mode}. {mode_explanation(status.mode, bot_name)}")
         if status.rule:
             lines.append(f"**Right now:** {status.rule}")

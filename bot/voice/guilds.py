@@ -46,6 +46,8 @@ _MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     )
     """,
+    # Other bots' audio (music bots...) is ignored unless the guild chooses to include it.
+    "ALTER TABLE voice_guild_settings ADD COLUMN include_bots INTEGER NOT NULL DEFAULT 0",
     # Joining policy: voice channels the bot joins by itself when someone arrives (auto_join), and
     # the only ones it may be brought into (allowed; none listed means any).
     """
@@ -77,6 +79,7 @@ class GuildVoiceSettings:
     mirror_transcripts: bool
     idle_leave_seconds: int  # 0: never leave for lack of company
     record_audio: bool  # the admin's consent; recording also needs RECORD_AUDIO=true
+    include_bots: bool = False  # hear other bots in the voice channel (ignored before decryption by default)
 
     def recording_allowed(self, settings: Settings) -> bool:
         """Audio may be written to disk only when the admin enabled it AND the operator allows it."""
@@ -96,7 +99,7 @@ def _validate(field: str, value: Any) -> Any:
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_IDLE_LEAVE_SECONDS:
                 raise GuildSettingsError(f"Idle time must be a whole number of seconds from 0 to {MAX_IDLE_LEAVE_SECONDS}.")
-    elif field in ("mirror_transcripts", "record_audio"):
+    elif field in ("mirror_transcripts", "record_audio", "include_bots"):
         if not isinstance(value, bool):
             raise GuildSettingsError(f"{field} must be true or false.")
     else:
@@ -131,6 +134,7 @@ class GuildSettingsStore:
             mirror_transcripts=bool(row["mirror_transcripts"]),
             idle_leave_seconds=s.voice_idle_leave_seconds if idle is None else int(idle),
             record_audio=bool(row["record_audio"]),
+            include_bots=bool(row["include_bots"]),
         )
 
     def update(self, guild_id: int, /, **changes: Any) -> GuildVoiceSettings:

@@ -218,6 +218,7 @@ class GuildVoice:
     watchdog: DeafWatchdog = field(default_factory=DeafWatchdog)
     company: asyncio.Event = field(default_factory=asyncio.Event)  # set while a human is present
     leaving: bool = False
+    bots: set[int] = field(default_factory=set)  # other bots in the channel (ignored unless the guild includes them)
 
     @property
     def room(self) -> str:
@@ -348,6 +349,10 @@ class VoiceManager:
             received=stats.audio_packets,
             decrypted=stats.delivered,
             dropped=dict(stats.dropped),
+            lost=stats.lost,
+            rejected=stats.rejected,
+            hearing=gv.watchdog.snapshot(),
+            bots_ignored=len(vc.ignore_users),
             mode=gv.session.policy.mode,
             voice=gs.voice_id,
             listeners=len(humans),
@@ -484,8 +489,12 @@ class VoiceManager:
     def _wire(self, vc: ReceiveVoiceClient, channel: discord.VoiceChannel | discord.StageChannel) -> GuildVoice:
         guild = channel.guild
         gs = self.guild_settings.get(guild.id)
-        # The receive filter: opted-out people are dropped before their audio is even decrypted.
+        # The receive filter: opted-out people are dropped before their audio is even decrypted,
+        # and so are other bots (a music bot is not someone to answer) unless the guild includes them.
         vc.accept_user = self.optouts.accepts
+        me = guild.me.id if guild.me is not None else None
+        bots = {m.id for m in channel.members if m.bot and m.id != me}
+        vc.ignore_users = frozenset() if gs.include_bots else frozenset(bots)
         inner = self._out_factory(vc)
         holder: dict[str, GuildVoice] = {}
 
@@ -504,7 +513,7 @@ class VoiceManager:
         session = self._new_session(guild, channel, gs, out, holder)
         sink = self._pipeline_factory(SpeechFeed(session, self.optouts), self.settings.stt_sample_rate)
         vc.set_sink(sink)
-        gv = GuildVoice(guild_id=guild.id, channel=channel, vc=vc, session=session, sink=sink, out=out)
+        gv = GuildVoice(guild_id=guild.id, channel=channel, vc=vc, session=session, sink=sink, out=out, bots=bots)
         holder["gv"] = gv
         self._start_tasks(gv)
         return gv
@@ -570,7 +579,8 @@ class VoiceManager:
             await asyncio.sleep(interval)
             if not gv.vc.is_connected():
                 continue  # discord.py is reconnecting; counters mean nothing meanwhile
-            verdict = gv.watchdog.observe(gv.vc.stats)
+            heard = getattr(gv.sink, "heard", None)  # frames decoded per person: what the watchdog measures
+            verdict = gv.watchdog.observe(gv.vc.stats, heard() if heard is not None else None)
             if verdict is None:
                 continue
             log.warning(verdict.log_message, extra={"guild_id": gv.guild_id})
@@ -600,6 +610,7 @@ class VoiceManager:
                 return
             fresh = self._guilds.get(gv.guild_id)
             if fresh is not None:
+                watchdog.rebase()  # the new connection's counters start from zero
                 fresh.watchdog = watchdog
 
     async def _move(self, gv: GuildVoice, channel: discord.VoiceChannel | discord.StageChannel) -> None:
@@ -624,6 +635,9 @@ class VoiceManager:
         gv.sink.close()
         gv.sink = self._pipeline_factory(SpeechFeed(gv.session, self.optouts), self.settings.stt_sample_rate)
         gv.vc.set_sink(gv.sink)
+        me = channel.guild.me.id if channel.guild.me is not None else None
+        gv.bots = {m.id for m in channel.members if m.bot and m.id != me}
+        self._apply_bot_filter(gv)
         gv.watchdog.reset()
         self._start_tasks(gv)
         log.info("moved voice channel", extra={"guild_id": gv.guild_id, "from": old.id, "to": channel.id})
@@ -775,7 +789,23 @@ class VoiceManager:
         gv = self._guilds.get(guild_id)
         if gv is not None and "idle_leave_seconds" in changes:
             self._watch_company(gv, restart=True)
+        if gv is not None and "include_bots" in changes:
+            self._apply_bot_filter(gv, gs.include_bots)
         return gs
+
+    def _apply_bot_filter(self, gv: GuildVoice, include_bots: bool | None = None) -> None:
+        """Point the receive filter at the bots now in the channel (none when the guild includes bots)."""
+        if include_bots is None:
+            include_bots = self.guild_settings.get(gv.guild_id).include_bots
+        ignored = frozenset() if include_bots else frozenset(gv.bots)
+        newly = ignored - gv.vc.ignore_users
+        gv.vc.ignore_users = ignored
+        for user_id in newly:  # anything of theirs already in flight is forgotten too
+            gv.session.on_leave(user_id)
+            try:
+                gv.sink.on_speaker_left(user_id)
+            except Exception:
+                log.exception("decode pipeline failed to drop a speaker", extra={"guild_id": gv.guild_id})
 
     async def list_voices(self, *, max_age: float = 300.0) -> list[VoiceInfo]:
         """The voices the TTS engine offers (cached for autocomplete; an engine failure raises TTSError)."""
@@ -838,6 +868,12 @@ class VoiceManager:
             return
         was_here = before.channel is not None and before.channel.id == gv.channel.id
         is_here = after.channel is not None and after.channel.id == gv.channel.id
+        if member.bot and was_here != is_here:
+            if is_here:
+                gv.bots.add(member.id)
+            else:
+                gv.bots.discard(member.id)
+            self._apply_bot_filter(gv)
         if was_here and not is_here:
             gv.session.on_leave(member.id)
         if was_here != is_here and not member.bot:
