@@ -75,6 +75,7 @@ NAMES_NO_PERSON: dict[str, str] = {
     "schema_versions": "schema version per component",
     "sqlite_sequence": "SQLite's AUTOINCREMENT counters",
     "voice_guild_settings": "per-server choices keyed by guild id",
+    "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",
     "opt_outs": "opt-outs as HMAC subjects; the key is outside the database (kept on purpose)",
 }
 
