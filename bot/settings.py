@@ -130,9 +130,14 @@ class Settings:
     twilio_phone_number: str | None = None
     twilio_api_base: str | None = None  # tests: http://127.0.0.1:PORT
     public_url: str | None = None  # the URL Twilio calls, as Twilio sees it
-    web_host: str = "0.0.0.0"
+    web_host: str = "127.0.0.1"  # loopback: the console needs no token; set 0.0.0.0 to expose webhooks
     web_port: int = 8080
     sms_rate_limit: int = 10  # messages per number per 10 minutes
+    # --- Console, playground and /metrics (bot/console)
+    console_token: Secret | None = None  # required when the web server is bound beyond loopback
+    metrics_token: Secret | None = None  # a separate token for /metrics (else CONSOLE_TOKEN)
+    console_show_content: bool = False  # show what was said (transcripts, replies) on the console
+    metrics_guild_labels: bool = False  # label voice metrics with guild ids
     # --- Logging
     log_level: str = "INFO"
 
@@ -328,6 +333,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_HOST": ("web_host", _text),
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
+    "CONSOLE_TOKEN": ("console_token", _secret),
+    "METRICS_TOKEN": ("metrics_token", _secret),
+    "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
+    "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 
