@@ -180,6 +180,7 @@ class Playground:
         self.clock = clock
         self._connections: dict[web.WebSocketResponse, VoiceSession] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._closers: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def count(self) -> int:
@@ -196,6 +197,8 @@ class Playground:
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=10)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0, compress=False)
@@ -286,12 +289,23 @@ class Playground:
         finally:
             out.closed = True
             self._connections.pop(ws, None)
+            # aiohttp cancels a handler whose client went away: the closing runs in a task of its
+            # own, so a closed tab still ends its session, recognizer stream and synthesis.
+            closer = asyncio.get_running_loop().create_task(self._close(ws, session, pending), name="playground-close")
+            self._closers.add(closer)
+            closer.add_done_callback(self._closers.discard)
+            await asyncio.shield(closer)
+
+    async def _close(self, ws: web.WebSocketResponse, session: VoiceSession, pending: set[asyncio.Task[None]]) -> None:
+        try:
             await session.aclose()
+        finally:
             for t in list(pending):
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(Exception):
+                    await ws.close()
             log.info("playground closed")
 
     async def _read(self, ws: web.WebSocketResponse, session: VoiceSession,
