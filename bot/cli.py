@@ -76,17 +76,18 @@ async def _run_bot(settings: Settings) -> None:
     services = await build_services(settings)
     bot = VoiceBot(services)
     assert settings.discord_token is not None
-    web_task: asyncio.Task[None] | None = None
-    stop_web = asyncio.Event()
-    if settings.sms_enabled:
-        from bot.web import serve
+    from bot.console import console_mount
+    from bot.web import serve
 
-        # SMS answers through the same agent and memory; the web server lives beside the gateway.
-        web_task = asyncio.create_task(
-            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
-                  health={"discord": bot.is_ready}),
-            name="web-server",
-        )
+    # The console (always) and SMS (when configured) answer through the same agent and memory; the
+    # web server lives beside the gateway.
+    stop_web = asyncio.Event()
+    _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
+    web_task: asyncio.Task[None] | None = asyncio.create_task(
+        serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+              health={"discord": bot.is_ready}, mounts=[console]),
+        name="web-server",
+    )
     try:
         async with bot:
             await bot.start(settings.discord_token.get())
@@ -100,7 +101,9 @@ async def _run_bot(settings: Settings) -> None:
 def cmd_run(settings: Settings, out: TextIO) -> int:
     if settings.discord_token is None:
         out.write(NO_TOKEN_HELP)
-        return 2
+        from bot.console.run import run_console
+
+        return run_console(settings, out)  # the console and its voice playground, until Ctrl-C
     try:
         asyncio.run(_run_bot(settings))
     except discord.LoginFailure:
@@ -315,7 +318,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, out:
         return 2
     secrets = [s.get() for s in (settings.discord_token, settings.openai_api_key, settings.elizaos_api_key,
                                  settings.deepgram_api_key, settings.elevenlabs_api_key,
-                                 settings.twilio_auth_token) if s is not None]
+                                 settings.twilio_auth_token, settings.console_token, settings.metrics_token)
+               if s is not None]
     setup_logging("WARNING" if args.command in ("chat", "invite", "check", "simulate") else settings.log_level,
                   secrets=secrets)
     command = args.command or "run"
