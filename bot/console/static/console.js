@@ -16,7 +16,9 @@ const RECEIVE = [["delivered", "#3fb950"], ["lost", "#f85149"], ["rejected", "#8
 const voicebot = window.voicebot = {
   state: null,
   updates: 0,
-  playground: { connected: false, transcripts: [], replies: [], turns: [], replyAudioSeconds: 0, errors: [] },
+  playground: {
+    connected: false, transcripts: [], replies: [], turns: [], replyAudioSeconds: 0, sentSeconds: 0, errors: [],
+  },
 };
 
 const $ = (id) => document.getElementById(id);
@@ -291,7 +293,10 @@ async function ensureMic() {
   const source = pg.micCtx.createMediaStreamSource(pg.mic);
   pg.node = new AudioWorkletNode(pg.micCtx, "pcm-capture");
   pg.node.port.onmessage = (ev) => {
-    if (pg.talking && pg.ws && pg.ws.readyState === WebSocket.OPEN) pg.ws.send(ev.data);
+    if (pg.talking && pg.ws && pg.ws.readyState === WebSocket.OPEN) {
+      pg.ws.send(ev.data);
+      voicebot.playground.sentSeconds += ev.data.byteLength / 32000;
+    }
   };
   source.connect(pg.node);
 }
@@ -308,7 +313,7 @@ async function startTalking() {
   pg.ws.send(JSON.stringify({ type: "start" }));
   const talk = $("pg-talk");
   talk.setAttribute("aria-pressed", "true");
-  talk.textContent = "⏹ Stop and send";
+  talk.textContent = "Stop and send";
 }
 
 function stopTalking(send = true) {
@@ -317,7 +322,7 @@ function stopTalking(send = true) {
   if (send && pg.ws && pg.ws.readyState === WebSocket.OPEN) pg.ws.send(JSON.stringify({ type: "end" }));
   const talk = $("pg-talk");
   talk.setAttribute("aria-pressed", "false");
-  talk.textContent = "🎙 Press to talk";
+  talk.textContent = "Press to talk";
 }
 
 function setupPlayground() {
