@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
@@ -131,7 +132,7 @@ async def test_talking_to_the_bot_from_a_browser(services: Services, tmp_path: P
                 await browser.close()
 
         # /metrics counts the turn, read by prometheus-client's own parser.
-        async with server_client(server) as client:
+        async with aiohttp.ClientSession() as client:
             text = await (await client.get(f"{url}metrics")).text()
         families = {f.name: f for f in text_string_to_metric_families(text)}
         answered = [s.value for s in families["voicebot_turns"].samples if s.name == "voicebot_turns_total"
@@ -143,12 +144,6 @@ async def test_talking_to_the_bot_from_a_browser(services: Services, tmp_path: P
         await asyncio.wait_for(_until(lambda: console.playground is not None and console.playground.count() == 0), 60)
     finally:
         await server.close()
-
-
-def server_client(server: TestServer) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientSession()
 
 
 async def _until(predicate: Any) -> None:

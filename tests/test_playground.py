@@ -237,7 +237,6 @@ async def test_a_second_tab_is_refused_while_the_first_keeps_working(rig: Rig) -
 
 
 async def test_closing_the_tab_mid_reply_stops_everything(rig: Rig) -> None:
-    rig.services.agent.engine.inner.name  # the agent's engine is metered (wrapped) by the console
     ws = await rig.connect()
     await receive_until(ws, "hello")
     await ws.send_str(json.dumps({"type": "text", "text": "tell me a long story about the sea"}))

@@ -160,10 +160,11 @@ class Console(LiveSource):
         self._watched.add(id(session))
         channel = channel_of(session.room)
         session.stt = meter_stt(session.stt, self.metrics)
+        same = session.fallback_tts is session.tts  # the session compares them by identity
         tts = meter_tts(session.tts, self.metrics)
         if tts is not None:
             session.tts = tts
-        session.fallback_tts = meter_tts(session.fallback_tts, self.metrics)
+        session.fallback_tts = session.tts if same else meter_tts(session.fallback_tts, self.metrics)
 
         def on_outcome(outcome: str, timing: TurnTiming | None) -> None:
             self.metrics.turn(channel, outcome, timing, end_of_turn=end_of_turn)

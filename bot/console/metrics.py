@@ -441,20 +441,29 @@ class _MeteredEngine:
         await self.inner.aclose()
 
 
+# Wrapping twice for the same Metrics is a no-op; for another Metrics the new one takes over.
+
+
 def meter_stt(engine: STTEngine | None, metrics: Metrics) -> STTEngine | None:
-    if engine is None or isinstance(engine, _MeteredSTT):
-        return engine
-    return _MeteredSTT(engine, metrics)
+    if isinstance(engine, _MeteredSTT):
+        if engine._metrics is metrics:
+            return engine
+        engine = engine.inner
+    return None if engine is None else _MeteredSTT(engine, metrics)
 
 
 def meter_tts(engine: TTSEngine | None, metrics: Metrics) -> TTSEngine | None:
-    if engine is None or isinstance(engine, _MeteredTTS):
-        return engine
-    return _MeteredTTS(engine, metrics)
+    if isinstance(engine, _MeteredTTS):
+        if engine._metrics is metrics:
+            return engine
+        engine = engine.inner
+    return None if engine is None else _MeteredTTS(engine, metrics)
 
 
 def meter_engine(engine: ReplyEngine, metrics: Metrics) -> ReplyEngine:
     """Wrap an agent's reply engine (``agent.engine = meter_engine(agent.engine, metrics)``)."""
     if isinstance(engine, _MeteredEngine):
-        return engine
+        if engine._metrics is metrics:
+            return engine  # type: ignore[return-value]
+        engine = engine.inner
     return _MeteredEngine(engine, metrics)  # type: ignore[return-value]
