@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -236,7 +237,7 @@ async def test_a_second_tab_is_refused_while_the_first_keeps_working(rig: Rig) -
     await third.close()
 
 
-async def test_closing_the_tab_mid_reply_stops_everything(rig: Rig) -> None:
+async def test_closing_the_tab_mid_reply_stops_everything(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     ws = await rig.connect()
     await receive_until(ws, "hello")
     await ws.send_str(json.dumps({"type": "text", "text": "tell me a long story about the sea"}))
@@ -249,6 +250,22 @@ async def test_closing_the_tab_mid_reply_stops_everything(rig: Rig) -> None:
     await ws.close()  # the person closed the tab while the bot was talking
     await wait_for(lambda: rig.console.playground.count() == 0)  # type: ignore[union-attr]
     # The fixture checks that no session, synthesis or recognizer task is left running.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_talk_button_held_too_long_is_released_by_the_server(rig: Rig, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    import bot.console.playground as playground
+
+    monkeypatch.setattr(playground, "MAX_TALK_SECONDS", 0.0)  # "a minute" passes at the first frame
+    ws = await rig.connect()
+    await receive_until(ws, "hello")
+    await ws.send_str(json.dumps({"type": "start"}))
+    await ws.send_bytes(tone(0.2))
+    released = await receive_until(ws, "released")
+    assert "answering" in released["message"]
+    assert (await receive_until(ws, "transcript"))["text"] == "hello there computer"  # the turn went on
+    await ws.close()
 
 
 async def test_garbage_and_floods_of_control_messages_are_bounded(rig: Rig) -> None:

@@ -10,7 +10,7 @@ Wire protocol on the WebSocket ``/playground/ws`` (the page's ``console.js`` spe
   (a two-second burst allowance); anything else is refused with one ``error`` message;
 - server → browser, text frames: ``hello`` (engines), ``transcript``, ``reply_start``
   (``sample_rate`` of the audio that follows), ``reply_end``, ``stop`` (barge-in: drop what is
-  queued), ``turn`` (outcome, wait by stage, what was said), ``note`` and ``error``;
+  queued), ``released`` (the talk button was held too long: the server ended the turn), ``turn`` (outcome, wait by stage, what was said), ``note`` and ``error``;
 - server → browser, binary frames: reply audio, raw PCM s16le mono at ``reply_start``'s rate.
 
 One tab at a time: a second connection is refused (close code 1013) while one is open. Closing the
@@ -139,20 +139,26 @@ class PlaygroundOut:
         started: float | None = None
         total = 0.0
         carry = bytearray()
-        await self._send_json({"type": "reply_start", "sample_rate": fmt.sample_rate})
         interrupted = False
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-            async for chunk in chunks:
-                if self._stop.is_set() or self.closed:
-                    interrupted = True
-                    break
-                pcm = _to_mono_s16(chunk, fmt, carry)
-                if not pcm:
-                    continue
-                if started is None:
-                    started = self._clock()
-                total += len(pcm) / (2 * fmt.sample_rate)
-                await self._send_bytes(pcm)
+        try:
+            await self._send_json({"type": "reply_start", "sample_rate": fmt.sample_rate})
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                async for chunk in chunks:
+                    if self._stop.is_set() or self.closed:
+                        interrupted = True
+                        break
+                    pcm = _to_mono_s16(chunk, fmt, carry)
+                    if not pcm:
+                        continue
+                    if started is None:
+                        started = self._clock()
+                    total += len(pcm) / (2 * fmt.sample_rate)
+                    await self._send_bytes(pcm)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            # The tab closed, or stopped reading for SEND_TIMEOUT: what was sent is all it heard.
+            log.info("playground reply cut short: %s", type(exc).__name__)
+            self.closed = True
+            interrupted = True
         if started is not None and not interrupted:
             # Wait while the browser plays what it was sent (or until stopped).
             remaining = started + total - self._clock()
@@ -162,7 +168,7 @@ class PlaygroundOut:
             interrupted = self._stop.is_set()
         played = total if started is None else min(total, self._clock() - started)
         if not self.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
                 await self._send_json({"type": "stop" if interrupted else "reply_end"})
         return PlayResult(played_seconds=played, total_seconds=total, interrupted=interrupted,
                           first_frame_at=started)
@@ -358,7 +364,7 @@ class Playground:
                         session.on_audio(PLAYGROUND_USER, data)
                         if elapsed > MAX_TALK_SECONDS:
                             end_talk()
-                            await send_json({"type": "note", "message": "That was a minute; I'm answering now."})
+                            await send_json({"type": "released", "message": "That was a minute; I'm answering now."})
                 if problem is not None and await refuse(*problem):
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused messages")
                     return

@@ -259,6 +259,7 @@ async function connectPlayground() {
         break;
       }
       case "note": log("note", msg.message); break;
+      case "released": stopTalking(false); log("note", msg.message); break;
       case "error": voicebot.playground.errors.push(msg.message); log("error", msg.message); break;
       default: break;
     }
