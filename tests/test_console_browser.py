@@ -154,3 +154,49 @@ async def _until(predicate: Any) -> None:
 def test_chromium_is_the_debian_one() -> None:
     # The tests drive the system browser; nothing is downloaded by playwright.
     assert shutil.which("chromium") in (CHROMIUM, None) or os.path.exists(CHROMIUM)
+
+
+async def test_two_tabs_and_a_tab_closed_mid_reply(services: Services) -> None:
+    from playwright.async_api import async_playwright
+
+    from audio.tts.espeak import EspeakEngine
+
+    tts = EspeakEngine()
+    console = Console(services, metrics=Metrics(process=False), engines=(None, tts, None))
+    server = TestServer(create_app(mounts=[lambda app: mount(app, console)]), host="127.0.0.1")
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                first = await browser.new_page(bypass_csp=True)
+                second = await browser.new_page(bypass_csp=True)
+                for page in (first, second):
+                    await page.goto(url)
+                await first.click("#pg-connect")
+                await first.wait_for_function("window.voicebot.playground.connected", timeout=WAIT)
+                await second.click("#pg-connect")
+                await second.wait_for_function("window.voicebot.playground.errors.length > 0", timeout=WAIT)
+                assert "another tab" in await second.evaluate("window.voicebot.playground.errors[0]")
+                await second.wait_for_function("!window.voicebot.playground.connected", timeout=WAIT)
+                assert await first.evaluate("window.voicebot.playground.connected")
+
+                # The first tab types; it closes as soon as the reply's audio starts arriving.
+                await first.fill("#pg-text", "Tell me about the sea and the sky and the long summer days.")
+                await first.click("#pg-send")
+                await first.wait_for_function("window.voicebot.playground.replyAudioSeconds > 0", timeout=WAIT)
+                await first.close()
+                await asyncio.wait_for(_until(lambda: console.playground is not None
+                                              and console.playground.count() == 0), 60)
+                # The slot is free: the second tab connects now.
+                await second.click("#pg-connect")
+                await second.wait_for_function("window.voicebot.playground.connected", timeout=WAIT)
+            finally:
+                await browser.close()
+    finally:
+        await server.close()
+        await tts.aclose()
+    leftovers = [t.get_name() for t in asyncio.all_tasks() if not t.done()
+                 and t.get_name().startswith(("respond-playground", "tts-prefetch", "stt-", "playground", "console"))]
+    assert leftovers == []
