@@ -77,6 +77,7 @@ async def _run_bot(settings: Settings) -> None:
     bot = VoiceBot(services)
     assert settings.discord_token is not None
     from bot.console import console_mount
+    from bot.console.run import report_web_failure
     from bot.web import serve
 
     # The console (always) and SMS (when configured) answer through the same agent and memory; the
@@ -88,6 +89,7 @@ async def _run_bot(settings: Settings) -> None:
               health={"discord": bot.is_ready}, mounts=[console]),
         name="web-server",
     )
+    web_task.add_done_callback(report_web_failure)
     try:
         async with bot:
             await bot.start(settings.discord_token.get())

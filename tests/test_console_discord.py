@@ -90,3 +90,67 @@ async def test_a_voice_channel_turn_is_counted_and_shown(tmp_path: Path) -> None
         finally:
             await server.close()
     assert lb.discord.problems == []
+
+
+async def test_with_a_token_the_console_runs_beside_the_bot(tmp_path: Path) -> None:
+    import socket
+
+    from bot.cli import _run_bot
+    from bot.loopback.server import LocalDiscord
+    from bot.simulate import simulation_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "none", "TTS_ENGINE": "espeak",
+                          "DATA_DIR": str(tmp_path), "WEB_PORT": str(port)}, env_file=None)
+    async with LocalDiscord(bot_name="Wren") as discord_:
+        guild = discord_.add_guild("Console")
+        settings = simulation_settings(base, discord_, guild.id)
+        bot = asyncio.create_task(_run_bot(settings), name="test-bot")
+        try:
+            async with ClientSession() as http:
+                async def discord_seen() -> bool:
+                    try:
+                        state = await (await http.get(f"http://127.0.0.1:{port}/console/state")).json()
+                    except OSError:
+                        return False
+                    return bool(state["discord"])
+
+                async def poll() -> None:
+                    while not await discord_seen():
+                        await asyncio.sleep(0.1)
+
+                await asyncio.wait_for(poll(), TIMEOUT)
+                metrics = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+                assert values(metrics, "voicebot_voice_connections", "voicebot_voice_connections")[()] == 0
+        finally:
+            bot.cancel()
+            await asyncio.gather(bot, return_exceptions=True)
+    assert [t.get_name() for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith(
+        ("console", "web-server", "playground"))] == []
+
+
+async def test_a_taken_port_is_one_clear_line_and_the_bot_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    import socket
+
+    from bot.console.run import report_web_failure
+    from bot.db import Database
+    from bot.services import build_services
+    from bot.web import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings({"WEB_PORT": str(taken.getsockname()[1])}, env_file=None)
+        services = await build_services(settings, db=Database.in_memory())
+        try:
+            task = asyncio.create_task(serve(settings, agent=services.agent, memory=services.memory,
+                                             db=services.db), name="web-server")
+            task.add_done_callback(report_web_failure)  # runs before gather's own callback
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await services.aclose()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= 40]
+    assert len(lines) == 1 and "could not start" in lines[0] and "WEB_PORT" in lines[0], lines

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from bot.settings import Settings
 
-__all__ = ["run_console", "CONSOLE_HINT"]
+__all__ = ["run_console", "report_web_failure", "CONSOLE_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,19 @@ async def _serve_console(settings: Settings, out: TextIO, stop: asyncio.Event) -
                     ready=ready, mounts=[mount])
     finally:
         await services.aclose()
+
+
+def report_web_failure(task: asyncio.Task[None]) -> None:
+    """Done-callback for the web server beside the bot: one clear line when it could not run
+    (the bot goes on without its console and webhooks)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, OSError):
+        log.error("The web server (console, metrics, webhooks) could not start: %s. Set WEB_HOST/WEB_PORT.",
+                  exc.strerror or exc)
+    elif exc is not None:
+        log.error("The web server stopped", exc_info=exc)
 
 
 def run_console(settings: Settings, out: TextIO) -> int:
