@@ -341,3 +341,57 @@ async def test_too_many_event_streams_are_refused(services: Services) -> None:
             resp.close()
     finally:
         await client.close()  # the server ends its streams on shutdown: nothing hangs here
+
+
+# ------------------------------------------------------------------------------------------ session outcomes
+
+
+async def test_the_session_reports_every_outcome_to_the_metrics() -> None:
+    from bot.voice.turns import VoiceMode
+    from tests.test_voice_session import (
+        RecordingOut,
+        ScriptedEngine,
+        ScriptedSTT,
+        make_session,
+        speak,
+        wait_turns,
+    )
+
+    services = await make_services()
+    console = Console(services, metrics=Metrics(process=False))
+    try:
+        # ignored (addressed mode, not named), then answered, then failed (the agent), then interrupted.
+        ignored, _, _ = make_session(ScriptedEngine(["Yes?"]), ScriptedSTT({1: ["nice weather", "hey wren hi"]}),
+                                     mode=VoiceMode.ADDRESSED, humans=3)
+        console.watch(ignored, end_of_turn=0.6)
+        speak(ignored, 1)
+        speak(ignored, 1)
+        await wait_turns(ignored, 1)
+        await ignored.aclose()
+
+        failing, _, _ = make_session(ScriptedEngine(["never"], fail_after=0), ScriptedSTT({1: ["hello"]}))
+        console.watch(failing)
+        speak(failing, 1)
+        await wait_turns(failing, 1)
+        await failing.aclose()
+
+        out = RecordingOut(hold=True)
+        stt = ScriptedSTT({1: ["tell me a story"]})
+        cut, _, _ = make_session(ScriptedEngine(["One two three four five six. ", "Never."]), stt, out=out)
+        console.watch(cut)
+        speak(cut, 1)
+        await asyncio.wait_for(out.started.wait(), 30)
+        cut.on_speech_start(2)
+        stt.streams["2"].emit("wait")
+        await wait_turns(cut, 1)
+        await cut.aclose()
+
+        f = parse(console.metrics.render().decode())
+        got = {o: sample(f, "voicebot_turns", "voicebot_turns_total", channel="voice", outcome=o) for o in
+               ("answered", "ignored", "failed", "interrupted")}
+        assert got == {"answered": 1, "ignored": 1, "failed": 1, "interrupted": 1}
+        assert [t.outcome for t in console.turns] == ["ignored", "answered", "failed", "interrupted"]
+        assert sample(f, "voicebot_provider_requests", "voicebot_provider_requests_total",
+                      provider="scripted", kind="stt") >= 3
+    finally:
+        await services.aclose()

@@ -320,8 +320,8 @@ class _MeteredSTTStream(STTStream):
         self._inner = inner
         self._metrics = metrics
         self._provider = provider
-        self.sample_rate = inner.sample_rate
-        self.speaker = inner.speaker
+        self.sample_rate = getattr(inner, "sample_rate", 16000)
+        self.speaker = getattr(inner, "speaker", "")
 
     def push(self, pcm: bytes) -> None:
         self._inner.push(pcm)
