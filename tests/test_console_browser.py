@@ -197,6 +197,6 @@ async def test_two_tabs_and_a_tab_closed_mid_reply(services: Services) -> None:
     finally:
         await server.close()
         await tts.aclose()
-    leftovers = [t.get_name() for t in asyncio.all_tasks() if not t.done()
-                 and t.get_name().startswith(("respond-playground", "tts-prefetch", "stt-", "playground", "console"))]
-    assert leftovers == []
+    from tests.test_playground import assert_nothing_left_running
+
+    await assert_nothing_left_running()
