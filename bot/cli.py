@@ -97,6 +97,10 @@ async def _run_bot(settings: Settings) -> None:
     services = await build_services(settings)
     bot = VoiceBot(services)
     assert settings.discord_token is not None
+    from bot.console import console_mount
+    from bot.console.run import report_web_failure
+    from bot.web import serve
+
     web_task: asyncio.Task[None] | None = None
     stop_web = asyncio.Event()
     # SIGTERM (a platform's restart or deploy) closes the bot like Ctrl-C, so the web side drains
@@ -106,18 +110,21 @@ async def _run_bot(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close(), name="sigterm-close")))
     try:
+        # The console (always) and SMS (when configured) answer through the same agent and memory;
+        # the web server lives beside the gateway.
+        _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
+        listening = asyncio.Event()
+        web_task = asyncio.create_task(
+            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+                  health={"discord": bot.is_ready}, mounts=[console], ready=lambda _server: listening.set()),
+            name="web-server",
+        )
         if settings.sms_enabled:
-            from bot.web import serve
-
-            # SMS answers through the same agent and memory; the web server lives beside the gateway.
-            listening = asyncio.Event()
-            web_task = asyncio.create_task(
-                serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
-                      health={"discord": bot.is_ready}, ready=lambda _server: listening.set()),
-                name="web-server",
-            )
-            # Bind before logging in: a WEB_PORT in use ends start-up with its own line, not later.
+            # Twilio's webhooks need the port: bind before logging in, so a WEB_PORT in use ends
+            # start-up with its own line, not later.
             await _until_listening(listening, web_task)
+        else:
+            web_task.add_done_callback(report_web_failure)  # the console alone: logged, the bot goes on
         async with bot:
             await bot.start(settings.discord_token.get())
     finally:
@@ -143,7 +150,9 @@ async def _until_listening(listening: asyncio.Event, web_task: asyncio.Task[None
 def cmd_run(settings: Settings, out: TextIO) -> int:
     if settings.discord_token is None:
         out.write(NO_TOKEN_HELP)
-        return 2
+        from bot.console.run import run_console
+
+        return run_console(settings, out)  # the console and its voice playground, until Ctrl-C
     try:
         asyncio.run(_run_bot(settings))
     except KeyboardInterrupt:

@@ -140,7 +140,7 @@ class Settings:
     twilio_phone_number: str | None = None
     twilio_api_base: str | None = None  # tests: http://127.0.0.1:PORT
     public_url: str | None = None  # the URL Twilio calls, as Twilio sees it
-    web_host: str = "0.0.0.0"
+    web_host: str = "127.0.0.1"  # loopback: the console needs no token; set 0.0.0.0 to expose webhooks
     web_port: int = 8080
     sms_rate_limit: int = 10  # messages per number per 10 minutes
     # --- SMS durability
@@ -149,6 +149,11 @@ class Settings:
     discord_reply_max_messages: int = 4  # Discord messages (2,000 characters each)
     sms_reply_max_segments: int = 4  # SMS messages (1,600 characters each)
     voice_reply_max_seconds: float = 60.0  # seconds of speech
+    # --- Console, playground and /metrics (bot/console)
+    console_token: Secret | None = None  # required when the web server is bound beyond loopback
+    metrics_token: Secret | None = None  # a separate token for /metrics (else CONSOLE_TOKEN)
+    console_show_content: bool = False  # show what was said (transcripts, replies) on the console
+    metrics_guild_labels: bool = False  # label voice metrics with guild ids
     # --- Logging
     log_level: str = "INFO"
 
@@ -378,6 +383,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
     "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
     "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),
+    "CONSOLE_TOKEN": ("console_token", _secret),
+    "METRICS_TOKEN": ("metrics_token", _secret),
+    "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
+    "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -35,6 +35,7 @@ def create_app(
     health: Mapping[str, HealthCheck] | None = None,
     webhooks: TwilioWebhooks | None = None,
     client_max_size: int = 256 * 1024,
+    mounts: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
     """The aiohttp application: ``GET /healthz`` plus Twilio's routes when ``webhooks`` is given.
 
@@ -61,6 +62,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     if webhooks is not None:
         webhooks.register(app)
+    for mount in mounts:  # e.g. the console (bot/console), which adds its routes and lifecycle
+        mount(app)
     return app
 
 
@@ -150,6 +153,7 @@ async def serve(
     ready: Callable[[WebServer], None] | None = None,
     health: Mapping[str, HealthCheck] | None = None,
     reply_budget: float = 10.0,
+    mounts: Sequence[Callable[[web.Application], None]] = (),
 ) -> None:
     """Run the web server (with SMS when configured) until ``stop`` is set or the task is cancelled.
 
@@ -164,7 +168,8 @@ async def serve(
         service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
     else:
         log.info("SMS is not configured; serving /healthz only")
-    server = WebServer(create_app(health=health, webhooks=webhooks), settings.web_host, settings.web_port)
+    server = WebServer(create_app(health=health, webhooks=webhooks, mounts=mounts), settings.web_host,
+                       settings.web_port)
     stop = stop or asyncio.Event()
     try:
         if service is not None:

@@ -24,10 +24,37 @@ def run(argv: list[str], stdin: str = "") -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def test_without_a_token_it_says_what_to_set_and_offers_chat() -> None:
-    code, text = run([])
-    assert code == 2
-    assert "DISCORD_TOKEN" in text and "Message Content Intent" in text and "voicebot chat" in text
+def test_without_a_token_it_says_what_to_set_and_serves_the_console(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:  # a free port for the console
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WEB_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "--env-file", "/nonexistent/.env"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        url = f"http://127.0.0.1:{port}/"
+        while url not in "".join(lines):  # waits on the process's output, bounded by the read below
+            line = proc.stdout.readline()
+            assert line, f"voicebot exited: {''.join(lines)}{proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line)
+        text = "".join(lines)
+        assert "DISCORD_TOKEN" in text and "Message Content Intent" in text and "voicebot chat" in text
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.status == 200 and b"playground" in resp.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_bad_settings_are_all_reported(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

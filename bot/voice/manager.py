@@ -312,6 +312,10 @@ class VoiceManager:
     def connection(self, guild_id: int) -> GuildVoice | None:
         return self._guilds.get(guild_id)
 
+    def connections(self) -> list[GuildVoice]:
+        """Every guild's voice connection now (the console and /metrics read them)."""
+        return list(self._guilds.values())
+
     def session(self, guild_id: int) -> VoiceSession | None:
         gv = self._guilds.get(guild_id)
         return gv.session if gv is not None else None

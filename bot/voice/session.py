@@ -198,6 +198,9 @@ class VoiceSession:
         self.turns_done = 0
         # Called with every complete turn heard (answered or not); for `voicebot simulate` and tests.
         self.on_turn: Callable[[PendingTurn], None] | None = None
+        # Called with each turn's outcome ("answered", "interrupted", "failed", "ignored") and its
+        # timing (None when ignored); the console's metrics and live chart.
+        self.on_outcome: Callable[[str, TurnTiming | None], None] | None = None
         self._changed = asyncio.Event()  # set on every change that can make the session settled
         # The bot's own voice heard back through someone's speakers, and text the recognizer made up:
         # neither barges in nor becomes a turn; both are counted.
@@ -270,6 +273,21 @@ class VoiceSession:
                 person.reader.cancel()
             self._spawn(self._close_participant(person), f"stt-close-{user_id}")
         self._touch()
+
+    def hear_text(self, user_id: int, text: str) -> None:
+        """A complete turn typed rather than spoken (the console's playground text box)."""
+        if self._closed or not text.strip():
+            return
+        now = self.clock()
+        self._complete_turn(PendingTurn(user_id, self._participant(user_id).name, text.strip(),
+                                        ended_at=now, final_at=now))
+
+    def _report(self, outcome: str, timing: TurnTiming | None) -> None:
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(outcome, timing)
+            except Exception:
+                log.exception("on_outcome hook failed", extra={"room": self.room})
 
     # ------------------------------------------------------------------ speaking on request
 
@@ -361,6 +379,7 @@ class VoiceSession:
         if self.policy.offer(turn, humans_present=humans):
             self._kick()
             return
+        self._report("ignored", None)
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
         self.memory.append(Turn(room=self.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
                                       role="user", text=turn.text, modality=Modality.VOICE,
@@ -409,6 +428,7 @@ class VoiceSession:
                 interrupted = await produce  # re-raises an agent failure; True if it stopped the agent
         except AgentError as exc:
             log.warning("voice reply failed: %s", exc, extra={"room": self.room, "user_id": turn.user_id})
+            self._report("failed", timing)
             if not spoken:
                 await self._speak_or_post(exc.user_message)
             return
@@ -420,6 +440,7 @@ class VoiceSession:
         self.policy.answered(turn.user_id)
         said = " ".join(spoken).strip()
         timing.reply, timing.interrupted = said, interrupted
+        self._report("interrupted" if interrupted else "answered", timing)
         if interrupted:
             if said:  # only what was actually played, marked so the agent knows it was cut off
                 reply.finish(said, interrupted=True)

@@ -1,0 +1,469 @@
+"""Prometheus metrics: the families the README documents, in a registry of their own.
+
+Two kinds of source:
+
+- events, counted when they happen: a voice turn's outcome and its wait by stage (from the
+  :class:`VoiceSession`'s ``on_outcome`` hook and its :class:`TurnTiming`), a text or SMS reply
+  (the agent's reply engine, wrapped), provider requests and errors (the speech and reply engines,
+  wrapped by :func:`meter_stt`, :func:`meter_tts`, :func:`meter_engine`);
+- state read at scrape time by :class:`LiveCollector`: voice connections, people speaking, the
+  receive counters each connection already keeps, and SMS messages by state from the database.
+
+Nothing here is global: a :class:`Metrics` owns its ``CollectorRegistry`` and is passed to whoever
+reports, so tests (and two servers in one process) never see each other's counts. Labels carry
+no secrets and no conversation content; guild ids only with ``METRICS_GUILD_LABELS=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from audio.stt.base import STTEngine, STTError, STTStream, Transcript
+from audio.tts.base import TTSEngine, TTSError, VoiceInfo, VoiceSpec
+
+if TYPE_CHECKING:
+    from bot.agent.engines.base import Conversation, ReplyEngine
+    from bot.voice.session import TurnTiming
+
+__all__ = [
+    "CHANNELS",
+    "CONTENT_TYPE",
+    "OUTCOMES",
+    "STAGES",
+    "LiveCollector",
+    "LiveSource",
+    "Metrics",
+    "ReceiveSample",
+    "channel_of",
+    "meter_engine",
+    "meter_stt",
+    "meter_tts",
+    "stage_seconds",
+]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+CHANNELS = ("voice", "text", "sms", "call", "playground")
+OUTCOMES = ("answered", "interrupted", "failed", "ignored")
+STAGES = ("end_of_turn", "stt_final", "agent_first_text", "tts_first_audio", "first_packet")
+# A person notices a wait from about 200 ms; past 5 s something is wrong.
+WAIT_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+
+
+def channel_of(room: str) -> str:
+    """The ``channel`` label for a memory room (rooms name their transport by prefix)."""
+    if room == "playground" or room.startswith("playground:"):
+        return "playground"
+    if room.startswith("discord:"):
+        return "voice"
+    if room.startswith("sms:"):
+        return "sms"
+    return "call"
+
+
+def stage_seconds(timing: TurnTiming, end_of_turn: float = 0.0) -> dict[str, float]:
+    """A turn's wait split by stage (only the stages that happened).
+
+    ``end_of_turn`` is how long the transport takes to notice the voice stopped (Discord's decode
+    declares the end after its silence window; a press-to-talk release is the end itself): the
+    session's clock starts at that decision, so the transport says what came before it.
+    """
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else max(0.0, b - a)
+
+    spans = {
+        "end_of_turn": end_of_turn,
+        "stt_final": span(timing.speech_end, timing.final_transcript),
+        "agent_first_text": span(timing.final_transcript, timing.first_text),
+        "tts_first_audio": span(timing.first_text, timing.first_tts_audio),
+        "first_packet": span(timing.first_tts_audio, timing.first_frame),
+    }
+    return {k: v for k, v in spans.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ReceiveSample:
+    """One voice connection's receive counters, as :class:`audio.receive.ReceiveStats` keeps them."""
+
+    key: object  # identifies the connection across scrapes (the stats owner)
+    guild_id: int
+    delivered: int
+    lost: int
+    dropped: dict[str, int]
+
+    @property
+    def rejected(self) -> int:
+        """Dropped on purpose (filtered: not audio, our own packets, opted-out people, duplicates)."""
+        return max(0, sum(self.dropped.values()) - self.lost)
+
+
+class LiveSource:
+    """What the live collector reads at scrape time; the console implements it over the bot."""
+
+    def receive_samples(self) -> list[ReceiveSample]:
+        return []
+
+    def voice_connections(self) -> dict[int, int]:
+        """guild id -> connections (0 or 1 each)."""
+        return {}
+
+    def active_speakers(self) -> dict[int | str, int]:
+        """guild id (or ``"playground"``) -> people speaking now."""
+        return {}
+
+    def sms_states(self) -> dict[str, int]:
+        return {}
+
+
+class LiveCollector:
+    """Scrape-time families over a :class:`LiveSource`.
+
+    Receive counters live on each connection and vanish with it; the last values seen of a
+    connection that went away are kept in ``_retired`` so the totals stay monotonic (a counter that
+    drops reads as a restart to Prometheus). Counts between the last look and the leave are lost;
+    the console looks every second.
+    """
+
+    def __init__(self, source: LiveSource, *, guild_labels: bool = False) -> None:
+        self.source = source
+        self.guild_labels = guild_labels
+        self._last: dict[object, ReceiveSample] = {}
+        self._retired: dict[tuple[str, str], int] = {}  # (guild or "", "result:x"/"reason:y") -> count
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families are built at collect time; names are fixed and documented
+
+    def _guild(self, guild_id: int | str) -> str:
+        return str(guild_id) if self.guild_labels else ""
+
+    def observe_receive(self) -> list[ReceiveSample]:
+        """Read the connections' counters, retiring connections that went away; returns the live ones."""
+        samples = self.source.receive_samples()
+        live = {s.key: s for s in samples}
+        for key, old in list(self._last.items()):
+            if key not in live:
+                for name, n in _receive_counts(old):
+                    k = (self._guild(old.guild_id), name)
+                    self._retired[k] = self._retired.get(k, 0) + n
+                del self._last[key]
+        self._last.update(live)
+        return samples
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["guild"] if self.guild_labels else []
+        try:
+            samples = self.observe_receive()
+        except Exception:  # a scrape never fails because one source did
+            log.exception("reading receive counters failed")
+            samples = []
+        totals: dict[tuple[str, str], int] = dict(self._retired)
+        for s in samples:
+            for name, n in _receive_counts(s):
+                k = (self._guild(s.guild_id), name)
+                totals[k] = totals.get(k, 0) + n
+        packets = CounterMetricFamily("voicebot_receive_packets", "Received voice packets by result "
+                                      "(delivered to the decoder, lost, or rejected by a filter).",
+                                      labels=labels + ["result"])
+        drops = CounterMetricFamily("voicebot_receive_drops", "Received voice packets dropped, by reason.",
+                                    labels=labels + ["reason"])
+        for result in ("delivered", "lost", "rejected"):
+            guilds = {g for g, _ in totals} or {""}
+            for g in sorted(guilds):
+                packets.add_metric(([g] if labels else []) + [result], totals.get((g, f"result:{result}"), 0))
+        for (g, name), n in sorted(totals.items()):
+            if name.startswith("reason:"):
+                drops.add_metric(([g] if labels else []) + [name[7:]], n)
+        yield packets
+        yield drops
+
+        connections = GaugeMetricFamily("voicebot_voice_connections", "Voice channels the bot is in.",
+                                        labels=labels)
+        speakers = GaugeMetricFamily("voicebot_active_speakers", "People speaking now (voice and playground).",
+                                     labels=labels)
+        try:
+            conns = self.source.voice_connections()
+            active = self.source.active_speakers()
+        except Exception:
+            log.exception("reading voice state failed")
+            conns, active = {}, {}
+        if labels:
+            for gid, n in sorted(conns.items()):
+                connections.add_metric([str(gid)], n)
+            for gid, n in sorted(active.items(), key=lambda kv: str(kv[0])):
+                speakers.add_metric([str(gid)], n)
+        else:
+            connections.add_metric([], sum(conns.values()))
+            speakers.add_metric([], sum(active.values()))
+        yield connections
+        yield speakers
+
+        # A gauge, though its name ends in _total (the README's interface): messages move between
+        # states (received -> accepted -> answered), and the store keeps a week of them.
+        sms = GaugeMetricFamily("voicebot_sms_messages_total", "SMS messages in the store, by state.",
+                                labels=["state"])
+        try:
+            states = self.source.sms_states()
+        except Exception:
+            log.exception("reading SMS states failed")
+            states = {}
+        for state, n in sorted(states.items()):
+            sms.add_metric([state], n)
+        yield sms
+
+
+def _receive_counts(s: ReceiveSample) -> Iterator[tuple[str, int]]:
+    yield "result:delivered", s.delivered
+    yield "result:lost", s.lost
+    yield "result:rejected", s.rejected
+    for reason, n in s.dropped.items():
+        yield f"reason:{reason}", n
+
+
+def sms_states_from(db: Any) -> dict[str, int]:
+    """SMS messages by state, read from the store's table (empty when SMS never ran)."""
+    try:
+        rows = db.query("SELECT state, COUNT(*) AS n FROM sms_messages GROUP BY state")
+    except sqlite3.OperationalError:  # no such table: the SMS store never migrated this database
+        return {}
+    out: dict[str, int] = {}
+    for row in rows:
+        # "keyword:STOP" -> "keyword": the label set stays small and says nothing of the message.
+        state = str(row["state"]).split(":", 1)[0]
+        out[state] = out.get(state, 0) + int(row["n"])
+    return out
+
+
+class Metrics:
+    """The registry and the event families; pass one instance to everything that reports."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.turns = Counter("voicebot_turns", "Turns people took, by channel and how they ended.",
+                             ["channel", "outcome"], registry=r)
+        self.wait = Histogram("voicebot_wait_seconds", "End of a person's speech to the first reply audio "
+                              "(text channels: message received to the first reply text).", ["channel"],
+                              buckets=WAIT_BUCKETS, registry=r)
+        self.stage = Histogram("voicebot_stage_seconds", "A voice turn's wait, split by stage.", ["stage"],
+                               buckets=STAGE_BUCKETS, registry=r)
+        self.requests = Counter("voicebot_provider_requests", "Requests to speech and reply providers.",
+                                ["provider", "kind"], registry=r)
+        self.errors = Counter("voicebot_provider_errors", "Failed requests to speech and reply providers.",
+                              ["provider", "kind"], registry=r)
+        for channel in CHANNELS:  # every series exists from the start, so rates work from the first scrape
+            for outcome in OUTCOMES:
+                self.turns.labels(channel, outcome)
+        for stage in STAGES:
+            self.stage.labels(stage)
+        if process:
+            ProcessCollector(registry=r)
+        self.live: LiveCollector | None = None
+        self.last_errors: dict[str, tuple[float, str]] = {}  # "kind/provider" -> (unix time, message)
+        self.listeners: list[Callable[[str, str, TurnTiming | None, dict[str, float]], None]] = []
+
+    def attach_live(self, source: LiveSource, *, guild_labels: bool = False) -> LiveCollector:
+        self.live = LiveCollector(source, guild_labels=guild_labels)
+        self.registry.register(self.live)
+        return self.live
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------------ events
+
+    def turn(self, channel: str, outcome: str, timing: TurnTiming | None = None, *,
+             end_of_turn: float = 0.0, wait: float | None = None) -> None:
+        """One turn ended. Voice turns pass their timing (stages); text turns pass ``wait``."""
+        self.turns.labels(channel, outcome).inc()
+        stages: dict[str, float] = {}
+        if timing is not None and outcome in ("answered", "interrupted"):
+            stages = stage_seconds(timing, end_of_turn)
+            if timing.first_frame is not None:
+                self.wait.labels(channel).observe(max(0.0, timing.first_frame - timing.speech_end) + end_of_turn)
+                for stage, seconds in stages.items():
+                    self.stage.labels(stage).observe(seconds)
+        elif wait is not None:
+            self.wait.labels(channel).observe(wait)
+        for listener in list(self.listeners):
+            try:
+                listener(channel, outcome, timing, stages)
+            except Exception:
+                log.exception("turn listener failed")
+
+    def request(self, provider: str, kind: str) -> None:
+        self.requests.labels(provider, kind).inc()
+
+    def error(self, provider: str, kind: str, message: str) -> None:
+        self.errors.labels(provider, kind).inc()
+        # The message is an engine's log-safe error text (no secrets by the engines' contract).
+        self.last_errors[f"{kind}/{provider}"] = (time.time(), message[:300])
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine wrappers: count requests and errors, delegate everything else
+
+
+class _MeteredSTTStream(STTStream):
+    def __init__(self, inner: STTStream, metrics: Metrics, provider: str) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._provider = provider
+        self.sample_rate = getattr(inner, "sample_rate", 16000)
+        self.speaker = getattr(inner, "speaker", "")
+
+    def push(self, pcm: bytes) -> None:
+        self._inner.push(pcm)
+
+    async def finalize(self) -> None:
+        await self._inner.finalize()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[Transcript]:  # type: ignore[override]
+        try:
+            async for transcript in self._inner:
+                yield transcript
+        except STTError as exc:
+            self._metrics.error(self._provider, "stt", str(exc))
+            raise
+
+
+class _MeteredSTT(STTEngine):
+    def __init__(self, inner: STTEngine, metrics: Metrics) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self._metrics = metrics
+
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> STTStream:
+        self._metrics.request(self.name, "stt")
+        try:
+            stream = self.inner.open_stream(speaker=speaker, sample_rate=sample_rate)
+        except STTError as exc:
+            self._metrics.error(self.name, "stt", str(exc))
+            raise
+        return _MeteredSTTStream(stream, self._metrics, self.name)
+
+    async def check(self) -> str:
+        return await self.inner.check()
+
+    async def aclose(self) -> None:
+        return None  # the wrapped engine belongs to whoever built it
+
+
+class _MeteredTTS(TTSEngine):
+    def __init__(self, inner: TTSEngine, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.format = inner.format
+        self._metrics = metrics
+
+    async def synthesize(self, text: str, voice: VoiceSpec | None = None) -> AsyncIterator[bytes]:  # type: ignore[override]
+        self._metrics.request(self.name, "tts")
+        try:
+            async for chunk in self.inner.synthesize(text, voice):
+                yield chunk
+        except TTSError as exc:
+            self._metrics.error(self.name, "tts", str(exc))
+            raise
+
+    async def list_voices(self) -> list[VoiceInfo]:
+        return await self.inner.list_voices()
+
+    async def check(self) -> str:
+        return await self.inner.check()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _MeteredEngine:
+    """A reply engine that counts requests and errors, and turns of the text channels.
+
+    Voice-like rooms (voice, call, playground) count their turns in the voice session, which
+    knows the outcome (interrupted) and the wait to the first audio; here only text and SMS.
+    """
+
+    def __init__(self, inner: ReplyEngine, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._metrics = metrics
+        self._clock = clock
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.inner, item)
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
+        from bot.agent.engines.base import AgentError
+        from bot.memory import Modality
+
+        incoming = conversation.incoming
+        channel = "sms" if incoming.modality == Modality.SMS else "text"
+        counted = incoming.modality != Modality.VOICE
+        started = self._clock()
+        first: float | None = None
+        self._metrics.request(self.name, "agent")
+        try:
+            async for delta in self.inner.stream(conversation):
+                if first is None and delta.strip():
+                    first = self._clock() - started
+                yield delta
+        except AgentError as exc:
+            self._metrics.error(self.name, "agent", str(exc))
+            if counted:
+                self._metrics.turn(channel, "failed")
+            raise
+        except Exception as exc:  # a crashing engine is an error of this provider too
+            self._metrics.error(self.name, "agent", type(exc).__name__)
+            if counted:
+                self._metrics.turn(channel, "failed")
+            raise
+        if counted:
+            self._metrics.turn(channel, "answered" if first is not None else "failed", wait=first)
+
+    async def check(self) -> str:
+        return await self.inner.check()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# Wrapping twice for the same Metrics is a no-op; for another Metrics the new one takes over.
+
+
+def meter_stt(engine: STTEngine | None, metrics: Metrics) -> STTEngine | None:
+    if isinstance(engine, _MeteredSTT):
+        if engine._metrics is metrics:
+            return engine
+        engine = engine.inner
+    return None if engine is None else _MeteredSTT(engine, metrics)
+
+
+def meter_tts(engine: TTSEngine | None, metrics: Metrics) -> TTSEngine | None:
+    if isinstance(engine, _MeteredTTS):
+        if engine._metrics is metrics:
+            return engine
+        engine = engine.inner
+    return None if engine is None else _MeteredTTS(engine, metrics)
+
+
+def meter_engine(engine: ReplyEngine, metrics: Metrics) -> ReplyEngine:
+    """Wrap an agent's reply engine (``agent.engine = meter_engine(agent.engine, metrics)``)."""
+    if isinstance(engine, _MeteredEngine):
+        if engine._metrics is metrics:
+            return engine  # type: ignore[return-value]
+        engine = engine.inner
+    return _MeteredEngine(engine, metrics)  # type: ignore[return-value]
