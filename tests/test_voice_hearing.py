@@ -139,6 +139,37 @@ async def test_a_speaker_the_bot_cannot_hear_makes_it_rejoin_once(discord_: Loca
     assert discord_.problems == []
 
 
+async def test_still_deaf_after_the_rejoin_says_so_and_stops_trying(discord_: LocalDiscord,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch):
+        def factory(feed: Any, sample_rate: int) -> RecordingPipeline:
+            pipeline = DeafPipeline(feed, sample_rate=sample_rate)  # every connection's decoding is broken
+            h.pipelines.append(pipeline)
+            return pipeline
+
+        h.manager._pipeline_factory = factory
+        alice = await h.alice.join_voice(h.voice)
+        await h.command(h.alice, "join")
+        await discord_.wait_bot_voice(h.guild, timeout=TIMEOUT)
+        first = h.manager.connection(h.guild.id)
+        first.watchdog = DeafWatchdog(window_s=1.0, min_packets=10)
+        await alice.speak_pcm(_sine_pcm_48k_stereo(1.0))
+        await discord_.wait_bot_message(h.voice, contains="rejoining", timeout=TIMEOUT)
+        await until(lambda: (gv := h.manager.connection(h.guild.id)) is not None and gv is not first
+                    and gv.vc.is_connected(), "the rejoined connection")
+        again = h.manager.connection(h.guild.id)
+        await discord_.wait_bot_voice(h.guild, timeout=TIMEOUT)
+        await alice.speak_pcm(_sine_pcm_48k_stereo(1.0))
+        await discord_.wait_bot_message(h.voice, contains="stopped trying", timeout=TIMEOUT)
+        assert again.watchdog.given_up and again.watchdog.rejoins == 1
+        assert h.manager.connection(h.guild.id) is again  # no second rejoin
+        assert len(h.pipelines) == 2
+        assert "deaf watchdog gave up after rejoining" in await h.command(h.alice, "status")
+        await h.command(h.alice, "leave")
+    assert discord_.problems == []
+
+
 async def test_other_bots_are_not_heard_unless_the_guild_includes_them(discord_: LocalDiscord,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     h = _seed(discord_)
