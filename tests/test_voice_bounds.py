@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from audio.tts.base import VoiceSpec
 from audio.tts.elevenlabs import ElevenLabsEngine
 from bot.agent.engines.base import Conversation, ReplyEngine
-from tests.fakes.elevenlabs_server import DieAfter, FakeElevenLabs, Paced
+from tests.fakes.elevenlabs_server import DieAfter, Fail, FakeElevenLabs, Paced, error_body
 from tests.test_voice_session import ROOM, ScriptedEngine, ScriptedSTT, ToneTTS, make_session, speak, wait_turns
 
 BYTES_PER_SECOND = 48000 * 2  # pcm_48000: s16le mono
@@ -65,14 +65,17 @@ async def test_a_long_reply_stops_at_the_cap_on_a_sentence_and_memory_keeps_what
 
 async def test_the_voice_dying_mid_sentence_is_finished_by_the_local_voice() -> None:
     first, second = "This first sentence is fine.", "One two three four five six seven eight nine ten eleven twelve."
+    third = "And the service stays down."
     async with FakeElevenLabs() as fake:
         whole = Paced()
         whole.finish()  # the first sentence streams normally
-        fake.script(whole, DieAfter(BYTES_PER_SECOND))  # the second dies after one second of audio
+        down = Fail(503, error_body("service_unavailable"))
+        # The second dies after one second of audio; then the service is down (every retry too).
+        fake.script(whole, DieAfter(BYTES_PER_SECOND), down, down, down)
         tts = ElevenLabsEngine(api_key="test-key", base_url=fake.url, output_format="pcm_48000", backoff_base=0.0)
         local = ToneTTS()
-        session, memory, out = make_session(ScriptedEngine([first + " ", second]), ScriptedSTT({1: ["go"]}),
-                                            tts=tts, fallback=local)
+        session, memory, out = make_session(ScriptedEngine([first + " ", second + " ", third]),
+                                            ScriptedSTT({1: ["go"]}), tts=tts, fallback=local)
         speak(session, 1)
         await wait_turns(session, 1)
         await session.aclose()
@@ -87,12 +90,12 @@ async def test_the_voice_dying_mid_sentence_is_finished_by_the_local_voice() -> 
         else second[: int(covered)]
     rest = second[len(heard_words):].strip()
     assert rest and rest.startswith(("five", "four", "six"))  # about 20 characters in
-    assert local.texts == [rest]
-    assert [t for t, _ in out.played][2:] == [rest]
+    assert local.texts == [rest, third]
+    assert [t for t, _ in out.played][2:] == [rest, third]
     # What memory holds: every word was heard once, so the whole reply, not marked interrupted.
     turn = memory.recent(ROOM, 10)[-1]
     assert turn.role == "assistant" and not turn.interrupted
-    assert turn.text == f"{first} {second}"
+    assert turn.text == f"{first} {second} {third}"
 
 
 async def test_the_voice_dying_mid_sentence_with_no_local_voice_stores_only_what_was_heard() -> None:
