@@ -133,6 +133,12 @@ class Settings:
     web_host: str = "0.0.0.0"
     web_port: int = 8080
     sms_rate_limit: int = 10  # messages per number per 10 minutes
+    # --- Phone calls (Twilio Media Streams; uses the Twilio settings and PUBLIC_URL above)
+    phone_calls: bool = True
+    phone_allowed_callers: frozenset[str] = frozenset()  # empty: anyone may call
+    phone_greeting: str = "Hi, this is {name}."
+    phone_ai_notice: bool = True
+    phone_max_call_seconds: int = 600
     # --- Logging
     log_level: str = "INFO"
 
@@ -143,6 +149,10 @@ class Settings:
     @property
     def sms_enabled(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+    @property
+    def phone_enabled(self) -> bool:
+        return self.sms_enabled and bool(self.public_url) and self.phone_calls
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -266,6 +276,10 @@ def _phrases(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
 
 
+def _phones(raw: str) -> frozenset[str]:
+    return frozenset(_phone(p) for p in raw.split(",") if p.strip())
+
+
 def _text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -328,6 +342,11 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_HOST": ("web_host", _text),
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
+    "PHONE_CALLS": ("phone_calls", _bool),
+    "PHONE_ALLOWED_CALLERS": ("phone_allowed_callers", _phones),
+    "PHONE_GREETING": ("phone_greeting", _text),
+    "PHONE_AI_NOTICE": ("phone_ai_notice", _bool),
+    "PHONE_MAX_CALL_SECONDS": ("phone_max_call_seconds", _int(30, 14400)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bot.agent import Agent
     from bot.db import Database
     from bot.memory import Memory
+    from bot.phone.service import PhoneService
     from bot.sms.inbound import SmsService, TwilioWebhooks
 
 __all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
@@ -35,6 +36,7 @@ def create_app(
     health: Mapping[str, HealthCheck] | None = None,
     webhooks: TwilioWebhooks | None = None,
     client_max_size: int = 256 * 1024,
+    phone: PhoneService | None = None,
 ) -> web.Application:
     """The aiohttp application: ``GET /healthz`` plus Twilio's routes when ``webhooks`` is given.
 
@@ -61,6 +63,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     if webhooks is not None:
         webhooks.register(app)
+    if phone is not None:
+        phone.register(app)  # /twilio/voice, /twilio/voice/status, the media WebSocket
     return app
 
 
@@ -163,7 +167,13 @@ async def serve(
         service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
     else:
         log.info("SMS is not configured; serving /healthz only")
-    server = WebServer(create_app(health=health, webhooks=webhooks), settings.web_host, settings.web_port)
+    phone: PhoneService | None = None
+    if settings.phone_enabled:
+        from bot.phone.service import build_phone
+
+        phone = build_phone(settings, agent=agent, memory=memory, db=db)
+    server = WebServer(create_app(health=health, webhooks=webhooks, phone=phone), settings.web_host,
+                       settings.web_port)
     stop = stop or asyncio.Event()
     try:
         await server.start()
@@ -174,6 +184,8 @@ async def serve(
         await server.stop()  # first: no new webhooks while replies drain
         if service is not None:
             await service.aclose()
+        if phone is not None:
+            await phone.aclose()
 
 
 def run_web_forever(settings: Settings) -> int:

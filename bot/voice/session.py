@@ -157,6 +157,8 @@ class VoiceSession:
         notify: Callable[[str], Awaitable[None]] | None = None,
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        speaker_id: Callable[[int], str] = lambda user_id: f"discord:{user_id}",
+        modality: Modality = Modality.VOICE,
     ) -> None:
         self.room = room
         self.agent = agent
@@ -173,6 +175,9 @@ class VoiceSession:
         self._notify = notify
         self._mirror = mirror
         self.clock = clock
+        # Memory identity and modality of the people heard (a phone call: ``phone:+E164``, "call").
+        self.speaker_id = speaker_id
+        self.modality = modality
         self.participants: dict[int, Participant] = {}
         self.timings: list[TurnTiming] = []
         self.last_timing: TurnTiming | None = None
@@ -333,8 +338,8 @@ class VoiceSession:
             self._kick()
             return
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
-        self.memory.append(Turn(room=self.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
-                                      role="user", text=turn.text, modality=Modality.VOICE,
+        self.memory.append(Turn(room=self.room, speaker_id=self.speaker_id(turn.user_id), speaker_name=turn.name,
+                                      role="user", text=turn.text, modality=self.modality,
                                       created_at=time.time()))
 
     def _kick(self) -> None:
@@ -365,8 +370,8 @@ class VoiceSession:
         del self.timings[:-100]
         self.last_timing = timing
         self._barge_in.clear()
-        reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
-                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
+        reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
+                                          speaker_name=turn.name, text=turn.text, modality=self.modality))
         splitter = SentenceSplitter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         produce = asyncio.get_running_loop().create_task(
