@@ -271,10 +271,13 @@ class LoopbackCall:
             self._changed.notify_all()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds (re-checked on every message; the timeout guards failures)."""
+        """Wait until ``predicate()`` holds: re-checked on every message and every 50 ms (for
+        predicates on the playout clock); the timeout only guards failures."""
         async with asyncio.timeout(timeout):
-            async with self._changed:
-                await self._changed.wait_for(predicate)
+            while not predicate():
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.05)
 
     async def wait_quiet(self, timeout: float = 30.0) -> None:
         """Wait until everything the bot sent has played and its marks were echoed."""

@@ -563,6 +563,9 @@ class _Prefetch:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the sentence's audio ended
         self._format: asyncio.Future[AudioFormat | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-prefetch")
+        # Owned by the session too: a cancelled synthesis may still be finishing on a worker thread.
+        session._tasks.add(self._task)  # type: ignore[arg-type]
+        self._task.add_done_callback(session._tasks.discard)  # type: ignore[arg-type]
 
     async def format(self) -> AudioFormat | None:
         return await asyncio.shield(self._format)
