@@ -494,3 +494,49 @@ async def test_shutdown_ends_calls_in_progress() -> None:
 async def _until(predicate: Callable[[], bool], r: Rig) -> None:
     async with r.phone.changed:
         await r.phone.changed.wait_for(predicate)
+
+
+async def test_deepgram_gets_the_callers_mulaw_as_is() -> None:
+    from audio.stt.deepgram import DeepgramSTT
+    from bot.phone.audio import mulaw_encode
+    from tests.fakes.deepgram_server import FakeDeepgram
+
+    async with FakeDeepgram() as deepgram:
+        stt = DeepgramSTT("test-key", base_url=deepgram.http_url, ws_url=deepgram.ws_url)
+        try:
+            async with rig(scripted(FakeAgent(), stt=stt)) as r:
+                call = await r.twilio.call(CALLER)
+                question = speech_8k("Hello there, how are you today?")
+                await call.speak_pcm(question)
+                await deepgram.wait_for(lambda: bool(deepgram.connections) and len(deepgram.connections[0].audio) > 8000,
+                                        TIMEOUT)
+                await call.hang_up()
+                await ended(r, call)
+        finally:
+            await stt.aclose()
+    conn = deepgram.connections[0]
+    assert (conn.param("encoding"), conn.param("sample_rate")) == ("mulaw", "8000")
+    # The bytes Deepgram got are the caller's own μ-law (the speech, from a little before it began).
+    sent = mulaw_encode(question[: len(question) - len(question) % 2])
+    received = bytes(conn.audio)
+    # Identical but for μ-law's two zeros: negative zero (0x7f) comes back as positive zero (0xff).
+    same = bytes.maketrans(b"\x7f", b"\xff")
+    assert len(received) > 8000
+    assert received[:4000].translate(same) in (b"\xff" * 8000 + sent + b"\xff" * 8000).translate(same)
+
+
+async def test_elevenlabs_is_asked_for_mulaw_and_its_bytes_reach_the_caller_unchanged() -> None:
+    from tests.fakes.elevenlabs_server import FakeElevenLabs
+
+    audio = bytes(range(256)) * 8  # 256 ms of μ-law: any byte is valid
+    async with FakeElevenLabs(audio_for=lambda text, fmt: audio) as eleven:
+        async with rig(real_phone, TTS_ENGINE="elevenlabs", ELEVENLABS_API_KEY="test-key",
+                       ELEVENLABS_BASE_URL=eleven.url, STT_ENGINE="none", PHONE_GREETING="Hello caller.") as r:
+            call = await r.twilio.call(CALLER)
+            await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)
+            await call.hang_up()
+            await ended(r, call)
+    assert [req.query.get("output_format") for req in eleven.requests] == ["ulaw_8000"]
+    heard = call.heard_mulaw()
+    assert heard[: len(audio)] == audio and set(heard[len(audio):]) <= {0xFF}  # padded to whole 20 ms frames
+    assert eleven.problems == []

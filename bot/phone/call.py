@@ -3,7 +3,9 @@
 Inbound: each ``media`` frame (base64 μ-law, 20 ms) is decoded to 8 kHz PCM in process, cut into
 speech by the same VAD segmenter as Discord audio (Twilio sends silence too, so the VAD decides the
 ends of speech), and handed to the session as its one speaker (``on_speech_start``/``on_audio``/
-``on_speech_end``). Frames arriving faster than real time beyond a small burst are dropped.
+``on_speech_end``). Deepgram gets the μ-law bytes themselves (``encoding=mulaw&sample_rate=8000``);
+the local recognizer resamples the 8 kHz PCM itself (soxr). Frames arriving faster than real time
+beyond a small burst are dropped.
 
 Outbound: :class:`TwilioAudioOut` is the session's :class:`AudioOut`. Each utterance (a sentence) is
 converted to μ-law 8 kHz (:class:`~bot.phone.audio.MulawEncoder`), sent as ``media`` frames and
@@ -33,7 +35,15 @@ from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, VoiceSpec
 from audio.vad import WebRtcVad
 from bot.memory import Modality
-from bot.phone.audio import FRAME_BYTES, MULAW_RATE, MULAW_SILENCE, MulawEncoder, UnsupportedFormat, mulaw_decode
+from bot.phone.audio import (
+    FRAME_BYTES,
+    MULAW_RATE,
+    MULAW_SILENCE,
+    MulawEncoder,
+    UnsupportedFormat,
+    mulaw_decode,
+    mulaw_encode,
+)
 from bot.phone.protocol import (
     Connected,
     Dtmf,
@@ -244,6 +254,13 @@ class _ObservedSTT(STTEngine):
         self._on_error = on_error
 
     def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> STTStream:
+        if self.engine.name == "deepgram" and sample_rate == MULAW_RATE:
+            # Deepgram takes the call's μ-law as is (encoding=mulaw&sample_rate=8000): the PCM the
+            # session hands over re-encodes to the bytes Twilio sent (negative zero becomes positive
+            # zero, the same silence), half the bytes of PCM and no resampling.
+            inner = self.engine.open_stream(speaker=speaker, sample_rate=MULAW_RATE,  # type: ignore[call-arg]
+                                            encoding="mulaw")
+            return _ObservedStream(inner, self._on_error, encode=mulaw_encode)
         return _ObservedStream(self.engine.open_stream(speaker=speaker, sample_rate=sample_rate), self._on_error)
 
     async def check(self) -> str:
@@ -254,14 +271,16 @@ class _ObservedSTT(STTEngine):
 
 
 class _ObservedStream(STTStream):
-    def __init__(self, inner: STTStream, on_error: Callable[[STTError], None]) -> None:
+    def __init__(self, inner: STTStream, on_error: Callable[[STTError], None], *,
+                 encode: Callable[[bytes], bytes] | None = None) -> None:
         self.inner = inner
         self.sample_rate = inner.sample_rate
         self.speaker = inner.speaker
         self._on_error = on_error
+        self._encode = encode
 
     def push(self, pcm: bytes) -> None:
-        self.inner.push(pcm)
+        self.inner.push(self._encode(pcm) if self._encode is not None else pcm)
 
     async def finalize(self) -> None:
         await self.inner.finalize()
