@@ -540,3 +540,27 @@ async def test_elevenlabs_is_asked_for_mulaw_and_its_bytes_reach_the_caller_unch
     heard = call.heard_mulaw()
     assert heard[: len(audio)] == audio and set(heard[len(audio):]) <= {0xFF}  # padded to whole 20 ms frames
     assert eleven.problems == []
+
+
+async def test_a_mark_never_echoed_does_not_stall_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.phone.call
+
+    monkeypatch.setattr(bot.phone.call, "MARK_GRACE", 0.3)
+    agent = FakeAgent(replies=["One.", "Two."])
+    async with rig(scripted(agent, stt=FakeSTTEngine(["first", "second"]))) as r:
+        r.twilio.echo_marks = False
+        call = await r.twilio.call(CALLER)
+        await speak(call)
+        await speak(call, "And again.")
+        bot_call = r.phone.calls[call.call_sid]
+        await asyncio.wait_for(_until_answered(bot_call, 2), TIMEOUT)
+        await call.hang_up()
+        await ended(r, call)
+        said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        assert said == ["One.", "Two."] and call.marks_echoed == []
+
+
+async def _until_answered(bot_call: Any, count: int) -> None:
+    session = bot_call.session
+    async with session.answered:
+        await session.answered.wait_for(lambda: session.turns_done >= count)

@@ -74,6 +74,7 @@ START_TIMEOUT = 10.0  # Twilio sends ``start`` right after connecting; a socket 
 PCM_FRAME = FRAME_BYTES * 2  # 20 ms of 8 kHz s16le: the VAD's frame
 FLOOD_BURST_SECONDS = 2.0  # audio a caller may be ahead of real time (network jitter) before frames are dropped
 MAX_PROTOCOL_ERRORS = 50  # bad messages tolerated in one call before it is closed
+MARK_GRACE = 10.0  # seconds past an utterance's expected end to wait for Twilio's mark echo
 FINISH_GRACE = 10.0  # seconds after the end for the last words to be transcribed and remembered
 MAX_SEND_BYTES = FRAME_BYTES * 5  # 100 ms of μ-law per outbound media message
 GOODBYES = ("goodbye", "good bye", "bye", "bye bye", "hang up", "that's all")
@@ -201,12 +202,19 @@ class TwilioAudioOut:
             self._mark_waiters[name] = heard
             try:
                 await self._send(mark_message(self.stream_sid, name))
-                await asyncio.wait({heard, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                # Twilio echoes the mark when the audio before it has played; should the echo never
+                # come, the utterance counts as heard once it would have finished, plus a grace.
+                playing_for = max(0.0, self._playout_end - self.clock())
+                await asyncio.wait({heard, stopped}, timeout=playing_for + MARK_GRACE,
+                                   return_when=asyncio.FIRST_COMPLETED)
             except ConnectionError:
                 pass
             finally:
                 self._mark_waiters.pop(name, None)
-            if heard.done():
+            if heard.done() or not stopped.done():
+                if not heard.done():
+                    log.warning("no echo of mark %s within %.0f s of its audio's end; counting it as heard",
+                                name, MARK_GRACE)
                 return PlayResult(total, total, False, first_at)
         played = 0.0 if started_at is None else min(total, max(0.0, self.clock() - started_at))
         return PlayResult(played, total, True, first_at)
@@ -216,8 +224,8 @@ class TwilioAudioOut:
         if not self._stopped.done():
             self._stopped.set_result(None)
         self._stopped = asyncio.get_running_loop().create_future()
-        if self._closed or self._playout_end <= self.clock() and not self._mark_waiters:
-            return
+        if self._closed or (self._playout_end <= self.clock() and not self._mark_waiters):
+            return  # nothing is queued at Twilio: no clear needed
         self._playout_end = self.clock()
         self.clears += 1
         task = asyncio.get_running_loop().create_task(self._send_quietly(clear_message(self.stream_sid)),

@@ -226,7 +226,8 @@ class LoopbackCall:
                     self._playout_end = start + len(audio) / MULAW_RATE
                 elif event == "mark":
                     name = str(data["mark"]["name"])
-                    self._pending_marks[name] = loop.call_at(max(now, self._playout_end), self._echo, name)
+                    if self.twilio.echo_marks:
+                        self._pending_marks[name] = loop.call_at(max(now, self._playout_end), self._echo, name)
                 elif event == "clear":
                     self.clears += 1
                     self._cut(now)
@@ -307,6 +308,7 @@ class LoopbackTwilio:
         self.hangups: list[str] = []  # CallSids the bot hung up through REST
         self.problems: list[str] = []  # protocol mistakes the bot made, in Twilio's terms
         self.calls: list[LoopbackCall] = []
+        self.echo_marks = True  # False: a Twilio that never echoes marks (tests)
         self.api_base = ""
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
