@@ -290,8 +290,8 @@ def _simulate_call(args: argparse.Namespace, settings: Settings, out: TextIO) ->
     from bot.phone.simulate import simulate_call
     from bot.simulate import SimulateArgumentError, SimulationError, check_wav
 
-    if args.speak or args.at:
-        sys.stderr.write("voicebot simulate: --call takes the place of --speak and --at (one caller, one WAV)\n")
+    if args.at:
+        sys.stderr.write("voicebot simulate: --at is for --speak; a --call has one caller\n")
         return 2
     wav = Path(args.call).expanduser()
     try:
@@ -327,11 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
     simulate = sub.add_parser(
         "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
-    simulate.add_argument("--speak", action="append", metavar="NAME=FILE.wav",
-                          help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
-    simulate.add_argument("--call", metavar="FILE.wav",
-                          help="instead of a voice channel, phone the bot (Twilio Media Streams on 127.0.0.1) "
-                               "and say this WAV")
+    who = simulate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--speak", action="append", metavar="NAME=FILE.wav",
+                     help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
+    who.add_argument("--call", metavar="FILE.wav",
+                     help="instead of a voice channel, phone the bot (Twilio Media Streams on 127.0.0.1) "
+                          "and say this WAV")
     simulate.add_argument("--at", action="append", metavar="NAME=SECONDS",
                           help="start NAME's speech this many seconds after the others (default: together)")
     simulate.add_argument("--mode", choices=("always", "addressed", "push-to-talk"), default="always",

@@ -66,7 +66,7 @@ def test_simulate_call_text_report(question_wav: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--call", "missing.wav"], "no such file"),
-    (["--call", "GOOD", "--speak", "Alice=GOOD"], "takes the place of --speak"),
+    (["--call", "GOOD", "--at", "Alice=1"], "--at is for --speak"),
 ])
 def test_simulate_call_bad_arguments(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,3 +80,9 @@ def test_simulate_call_bad_arguments(argv: list[str], message: str, tmp_path: Pa
     code, _ = run_cli(argv, tmp_path)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_call_and_speak_together_is_an_argument_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["--call", "a.wav", "--speak", "Alice=a.wav"], tmp_path)
+    assert exc.value.code == 2
