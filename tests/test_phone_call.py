@@ -525,13 +525,14 @@ async def test_deepgram_gets_the_callers_mulaw_as_is() -> None:
     assert received[:4000].translate(same) in (b"\xff" * 8000 + sent + b"\xff" * 8000).translate(same)
 
 
+@needs_whisper
 async def test_elevenlabs_is_asked_for_mulaw_and_its_bytes_reach_the_caller_unchanged() -> None:
     from tests.fakes.elevenlabs_server import FakeElevenLabs
 
     audio = bytes(range(256)) * 8  # 256 ms of μ-law: any byte is valid
     async with FakeElevenLabs(audio_for=lambda text, fmt: audio) as eleven:
         async with rig(real_phone, TTS_ENGINE="elevenlabs", ELEVENLABS_API_KEY="test-key",
-                       ELEVENLABS_BASE_URL=eleven.url, STT_ENGINE="none", PHONE_GREETING="Hello caller.") as r:
+                       ELEVENLABS_BASE_URL=eleven.url, PHONE_GREETING="Hello caller.") as r:
             call = await r.twilio.call(CALLER)
             await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)
             await call.hang_up()
@@ -564,3 +565,9 @@ async def _until_answered(bot_call: Any, count: int) -> None:
     session = bot_call.session
     async with session.answered:
         await session.answered.wait_for(lambda: session.turns_done >= count)
+
+
+async def test_without_a_recognizer_calls_are_turned_away_politely() -> None:
+    async with rig(scripted(FakeAgent(), stt=None)) as r:
+        _, twiml = await r.twilio.ring(CALLER)
+        assert "<Say>" in twiml and "<Hangup />" in twiml and "<Connect>" not in twiml

@@ -45,6 +45,7 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
 MEDIA_PATH = "/twilio/media"
 MAX_FRAME_BYTES = 64 * 1024  # a media message is ~300 bytes and start ~1 kB; anything near this is not Twilio
+NO_EARS_TEXT = "Sorry, I can't take calls right now. Please send a text message instead. Goodbye."
 NOT_ALLOWED_TEXT = "Sorry, this number doesn't take calls from your phone. Goodbye."
 ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
@@ -182,6 +183,11 @@ class PhoneService:
             response.say("Sorry, I'm restarting. Please call again in a minute.")
             response.hangup()
             log.info("call %s from %s turned away: shutting down", call_sid, _mask(caller))
+        elif self.stt is None:
+            response.say(NO_EARS_TEXT)
+            response.hangup()
+            log.warning("call %s from %s turned away: no speech recognizer (STT_ENGINE=none?)", call_sid,
+                        _mask(caller))
         elif self.allowed_callers and caller not in self.allowed_callers:
             response.say(NOT_ALLOWED_TEXT)
             response.hangup()
