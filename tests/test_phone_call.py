@@ -83,6 +83,7 @@ async def rig(make: Make, **extra: str) -> AsyncIterator[Rig]:
         twilio.set_bot_url(server.url)
         try:
             yield Rig(twilio, phone, server, memory)
+            assert phone.calls == {}, "a call's socket is still open"
         finally:
             await server.stop()
             await phone.aclose()
@@ -317,7 +318,7 @@ async def test_tts_failing_mid_call_falls_back_and_the_call_continues() -> None:
         assert said == ["First answer.", "Second answer."]
 
 
-async def test_tts_failing_mid_sentence_keeps_what_was_heard() -> None:
+async def test_tts_failing_mid_sentence_plays_what_came_and_the_call_goes_on() -> None:
     agent = FakeAgent(replies=["This sentence breaks halfway through."])
     async with rig(scripted(agent, stt=FakeSTTEngine(["hi"]), tts=BrokenTTS(after=5))) as r:
         call = await r.twilio.call(CALLER)
