@@ -4,11 +4,13 @@ Each turn is a whole loopback phone call through the real phone path: :class:`Lo
 the bot's web server (signed webhook, TwiML, Media Streams WebSocket), says an espeak-ng phrase as
 μ-law 8 kHz in real-time 20 ms frames followed by silence (a phone line keeps sending audio), and
 the bot's :class:`~bot.phone.call.PhoneCall` decodes it in process, cuts it with the VAD segmenter
-and feeds ``VoiceSession`` → ``DeepgramSTT`` (linear16 8 kHz) → an ``Agent`` with ``OpenAIEngine``
+and feeds ``VoiceSession`` → ``DeepgramSTT`` (the caller's μ-law as is) → an ``Agent`` with ``OpenAIEngine``
 → ``ElevenLabsEngine`` → μ-law → ``media`` frames. The providers are the timed loopback fakes of
 ``bench.providers`` (the same ones and the same timings as ``bench.latency``'s Discord figures).
-Their fake TTS speaks only ``pcm_48000``, so here the 48 kHz PCM is resampled to μ-law in process;
-in production ElevenLabs is asked for ``ulaw_8000`` and that step disappears.
+Their fake TTS speaks only ``pcm_48000``, so here the 48 kHz PCM is resampled to μ-law in process
+(soxr's streaming resampler holds back about 80 ms of input before its first output, which at the
+fake's 4x speed is most of ``first_tts_audio_to_first_frame``); in production ElevenLabs is asked
+for ``ulaw_8000`` and that step disappears.
 
 The end of speech is when the caller sent the last frame of the phrase; the wait ends when the bot
 sent the reply's first ``media`` frame (``wait_ms``) and when the caller's playout would start
@@ -146,7 +148,7 @@ async def measure_call_waits(turns: int = 10, *, warmup: int = 1, timings: Any =
         "stages_ms_p50": {k: _pct(v)["p50"] for k, v in stages.items()},
         "end_silence_ms": end_silence_ms,
         "provider_timings": asdict(timings),
-        "path": "mulaw 8k in -> VAD -> Deepgram linear16 8k -> OpenAI -> ElevenLabs pcm_48000 -> soxr -> mulaw out",
+        "path": "mulaw 8k in -> VAD -> Deepgram mulaw 8k (as received) -> OpenAI -> ElevenLabs pcm_48000 -> soxr -> mulaw out",
         "seconds": round(time.monotonic() - started, 1),
     }
 
