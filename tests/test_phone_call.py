@@ -572,3 +572,24 @@ async def test_without_a_recognizer_calls_are_turned_away_politely() -> None:
     async with rig(scripted(FakeAgent(), stt=None)) as r:
         _, twiml = await r.twilio.ring(CALLER)
         assert "<Say>" in twiml and "<Hangup />" in twiml and "<Connect>" not in twiml
+
+
+async def test_a_passing_recognition_failure_loses_one_turn_and_the_call_goes_on() -> None:
+    stt = FakeSTTEngine(["lost words", "hello again"], fail_after=1,
+                        stream_error=STTError("connection dropped", retryable=True))
+    agent = FakeAgent(replies=["Hi again."])
+    async with rig(scripted(agent, stt=stt)) as r:
+        call = await r.twilio.call(CALLER)
+        await speak(call)
+        bot_call = r.phone.calls[call.call_sid]
+        session = bot_call.session
+        await call.wait_for(lambda: 1 in session.participants and session.participants[1].stream is None
+                            and session.participants[1].speech_ends >= 1, TIMEOUT)
+        stt.fail_after = None  # the provider is back
+        await speak(call, "Hello again.")
+        await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)
+        await call.hang_up()
+        bot = await ended(r, call)
+        assert bot.report.ended_by == "caller"
+        said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        assert said == ["Hi again."]
