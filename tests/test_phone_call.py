@@ -593,3 +593,15 @@ async def test_a_passing_recognition_failure_loses_one_turn_and_the_call_goes_on
         assert bot.report.ended_by == "caller"
         said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
         assert said == ["Hi again."]
+
+
+async def test_a_socket_that_never_starts_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.phone.call
+
+    monkeypatch.setattr(bot.phone.call, "START_TIMEOUT", 0.3)
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine())) as r:
+        call_sid, twiml = await r.twilio.ring(CALLER)
+        call = await r.twilio.open_stream(r.twilio.stream_url(twiml) or "", call_sid, CALLER, send_start=False)
+        bot = await ended(r, call)
+        assert bot.report.ended_by == "refused" and bot.session is None and call.media_received == 0
+        assert await r.healthy()

@@ -459,6 +459,7 @@ class PhoneCall:
                     self.out.on_mark(event.name)
             elif isinstance(event, Dtmf):
                 self.report.dtmf.append(event.digit[:1])
+                del self.report.dtmf[:-32]  # keypresses are logged, not acted on; keep the last few
             elif isinstance(event, Stop):
                 self.report.ended_by = self.report.ended_by or "caller"
                 break
