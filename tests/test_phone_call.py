@@ -605,3 +605,24 @@ async def test_a_socket_that_never_starts_is_closed(monkeypatch: pytest.MonkeyPa
         bot = await ended(r, call)
         assert bot.report.ended_by == "refused" and bot.session is None and call.media_received == 0
         assert await r.healthy()
+
+
+async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
+    from bot.agent.factory import build_agent
+    from bot.sms.store import SmsStore
+
+    db = Database.in_memory()
+    memory = Memory(db)
+    settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db)
+    try:
+        store = SmsStore(db)
+        code = store.create_link_code("discord:100000000000000001", "Alice")
+        assert store.consume_link_code(code.code, CALLER) is not None
+        memory.link_identities("discord:100000000000000001", f"phone:{CALLER}")
+        assert phone._name(CALLER) == "Alice"
+        memory.forget_person("discord:100000000000000001")
+        assert phone._name(CALLER) == "caller ending 4321"
+    finally:
+        await phone.aclose()
+        db.close()
