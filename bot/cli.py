@@ -311,6 +311,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
     from bot.simulate import SimulateArgumentError, SimulationError, build_options, simulate
 
+    if args.call is not None:
+        return _simulate_call(args, settings, out)
     try:
         options = build_options(args.speak or [], args.at or [], args.mode, args.out)
     except SimulateArgumentError as exc:
@@ -318,6 +320,37 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         return 2
     try:
         result = asyncio.run(simulate(options, settings))
+    except SimulationError as exc:
+        sys.stderr.write(f"voicebot simulate: {exc}\n")
+        return 2 if exc.setup else 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        out.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(result.format_text())
+    return 0 if result.completed else 1
+
+
+def _simulate_call(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """``voicebot simulate --call FILE.wav``: a loopback phone call through Twilio Media Streams."""
+    import json
+    from pathlib import Path
+
+    from bot.phone.simulate import simulate_call
+    from bot.simulate import SimulateArgumentError, SimulationError, check_wav
+
+    if args.at:
+        sys.stderr.write("voicebot simulate: --at is for --speak; a --call has one caller\n")
+        return 2
+    wav = Path(args.call).expanduser()
+    try:
+        check_wav(wav)
+    except SimulateArgumentError as exc:
+        sys.stderr.write(f"voicebot simulate: --call {exc}\n")
+        return 2
+    try:
+        result = asyncio.run(simulate_call(wav, settings, out_dir=Path(args.out).expanduser() if args.out else None))
     except SimulationError as exc:
         sys.stderr.write(f"voicebot simulate: {exc}\n")
         return 2 if exc.setup else 1
@@ -344,8 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
     simulate = sub.add_parser(
         "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
-    simulate.add_argument("--speak", action="append", required=True, metavar="NAME=FILE.wav",
-                          help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
+    who = simulate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--speak", action="append", metavar="NAME=FILE.wav",
+                     help="a speaker and the 16-bit WAV they say (repeat for more speakers)")
+    who.add_argument("--call", metavar="FILE.wav",
+                     help="instead of a voice channel, phone the bot (Twilio Media Streams on 127.0.0.1) "
+                          "and say this WAV")
     simulate.add_argument("--at", action="append", metavar="NAME=SECONDS",
                           help="start NAME's speech this many seconds after the others (default: together)")
     simulate.add_argument("--mode", choices=VOICE_MODES, default="always",

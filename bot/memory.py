@@ -1,10 +1,10 @@
 """Conversation memory: turns keyed by room and speaker, shared by voice, text and SMS.
 
 A *room* is where a conversation happens (``discord:{guild}:{channel}``, ``discord:dm:{user}``,
-``sms:{e164}``, ``console``); a *speaker* is a person identity (``discord:{id}``, ``phone:{e164}``,
-``console:{name}``) or the bot itself for assistant turns. Identities can be linked so that the
-same person is the same person whether they speak, type or text; :meth:`Memory.forget_person`
-then erases them under every linked identity in one call.
+``sms:{e164}``, ``phone:{e164}`` for calls, ``console``); a *speaker* is a person identity
+(``discord:{id}``, ``phone:{e164}``, ``console:{name}``) or the bot itself for assistant turns.
+Identities can be linked so that the same person is the same person whether they speak, type, text
+or call; :meth:`Memory.forget_person` then erases them under every linked identity in one call.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Modality(StrEnum):
     TEXT = "text"
     VOICE = "voice"
     SMS = "sms"
+    CALL = "call"  # a phone call (Twilio Media Streams)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def private_rooms(identity: str) -> set[str]:
     if kind == "discord" and rest.isdigit():
         return {f"discord:dm:{rest}"}
     if kind == "phone":
-        return {f"sms:{rest}"}
+        return {f"sms:{rest}", f"phone:{rest}"}  # their texts and their calls
     if kind == "console":
         return {"console"}
     return set()

@@ -154,6 +154,12 @@ class Settings:
     metrics_token: Secret | None = None  # a separate token for /metrics (else CONSOLE_TOKEN)
     console_show_content: bool = False  # show what was said (transcripts, replies) on the console
     metrics_guild_labels: bool = False  # label voice metrics with guild ids
+    # --- Phone calls (Twilio Media Streams; uses the Twilio settings and PUBLIC_URL above)
+    phone_calls: bool = True
+    phone_allowed_callers: frozenset[str] = frozenset()  # empty: anyone may call
+    phone_greeting: str = "Hi, this is {name}."
+    phone_ai_notice: bool = True
+    phone_max_call_seconds: int = 600
     # --- Logging
     log_level: str = "INFO"
 
@@ -164,6 +170,10 @@ class Settings:
     @property
     def sms_enabled(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_phone_number)
+
+    @property
+    def phone_enabled(self) -> bool:
+        return self.sms_enabled and bool(self.public_url) and self.phone_calls
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -317,6 +327,10 @@ def _phrases(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
 
 
+def _phones(raw: str) -> frozenset[str]:
+    return frozenset(_phone(p) for p in raw.split(",") if p.strip())
+
+
 def _text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -387,6 +401,11 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "METRICS_TOKEN": ("metrics_token", _secret),
     "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
     "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
+    "PHONE_CALLS": ("phone_calls", _bool),
+    "PHONE_ALLOWED_CALLERS": ("phone_allowed_callers", _phones),
+    "PHONE_GREETING": ("phone_greeting", _text),
+    "PHONE_AI_NOTICE": ("phone_ai_notice", _bool),
+    "PHONE_MAX_CALL_SECONDS": ("phone_max_call_seconds", _int(30, 14400)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
 }
 

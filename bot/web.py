@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bot.agent import Agent
     from bot.db import Database
     from bot.memory import Memory
+    from bot.phone.service import PhoneService
     from bot.sms.inbound import SmsService, TwilioWebhooks
 
 __all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
@@ -36,6 +37,7 @@ def create_app(
     webhooks: TwilioWebhooks | None = None,
     client_max_size: int = 256 * 1024,
     mounts: Sequence[Callable[[web.Application], None]] = (),
+    phone: PhoneService | None = None,
 ) -> web.Application:
     """The aiohttp application: ``GET /healthz`` plus Twilio's routes when ``webhooks`` is given.
 
@@ -62,6 +64,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     if webhooks is not None:
         webhooks.register(app)
+    if phone is not None:
+        phone.register(app)  # /twilio/voice, /twilio/voice/status, the media WebSocket
     for mount in mounts:  # e.g. the console (bot/console), which adds its routes and lifecycle
         mount(app)
     return app
@@ -168,7 +172,12 @@ async def serve(
         service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
     else:
         log.info("SMS is not configured; serving /healthz only")
-    server = WebServer(create_app(health=health, webhooks=webhooks, mounts=mounts), settings.web_host,
+    phone: PhoneService | None = None
+    if settings.phone_enabled:
+        from bot.phone.service import build_phone
+
+        phone = build_phone(settings, agent=agent, memory=memory, db=db)
+    server = WebServer(create_app(health=health, webhooks=webhooks, phone=phone, mounts=mounts), settings.web_host,
                        settings.web_port)
     stop = stop or asyncio.Event()
     try:
@@ -183,6 +192,8 @@ async def serve(
             # Webhooks answer 503 (Twilio retries) while replies in flight get their grace period;
             # the server stays up meanwhile so Twilio gets that answer rather than a refused connection.
             await service.aclose(settings.sms_shutdown_grace)
+        if phone is not None:
+            await phone.aclose()
         await server.stop()
 
 

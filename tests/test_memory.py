@@ -107,7 +107,7 @@ def test_forget_person_everywhere(memory: Memory) -> None:
 
 def test_private_rooms() -> None:
     assert private_rooms("discord:123") == {"discord:dm:123"}
-    assert private_rooms("phone:+15551234567") == {"sms:+15551234567"}
+    assert private_rooms("phone:+15551234567") == {"sms:+15551234567", "phone:+15551234567"}
     assert private_rooms("console:me") == {"console"}
     assert private_rooms("bot") == set()
     assert private_rooms("discord:notanid") == set()

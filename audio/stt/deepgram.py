@@ -319,13 +319,16 @@ class DeepgramSTT(STTEngine):
     def __repr__(self) -> str:
         return f"DeepgramSTT(model={self.model!r}, ws_url={self.ws_url!r})"
 
-    def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> DeepgramStream:
-        """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``."""
-        return self._track(DeepgramStream(self, speaker=speaker, sample_rate=sample_rate))
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000, encoding: str = "linear16") -> DeepgramStream:
+        """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``.
 
-    def _connect(self, sample_rate: int) -> Any:
+        ``encoding="mulaw"`` takes G.711 μ-law bytes (a phone call's audio, passed through as is).
+        """
+        return self._track(DeepgramStream(self, speaker=speaker, sample_rate=sample_rate, encoding=encoding))
+
+    def _connect(self, sample_rate: int, encoding: str = "linear16") -> Any:
         if self.flux:
-            kwargs: dict[str, Any] = {"model": self.model, "encoding": "linear16", "sample_rate": sample_rate}
+            kwargs: dict[str, Any] = {"model": self.model, "encoding": encoding, "sample_rate": sample_rate}
             if self.eot_threshold is not None:
                 kwargs["eot_threshold"] = self.eot_threshold
             if self.eager_eot_threshold is not None:
@@ -337,7 +340,7 @@ class DeepgramSTT(STTEngine):
             return self._client.listen.v2.connect(**kwargs)
         kwargs = {
             "model": self.model,
-            "encoding": "linear16",
+            "encoding": encoding,
             "sample_rate": sample_rate,
             "channels": 1,
             "interim_results": True,
@@ -396,11 +399,13 @@ class DeepgramStream(STTStream):
     connection the untranscribed tail is sent again on the new socket.
     """
 
-    def __init__(self, engine: DeepgramSTT, *, speaker: str, sample_rate: int) -> None:
+    def __init__(self, engine: DeepgramSTT, *, speaker: str, sample_rate: int, encoding: str = "linear16") -> None:
         self.engine = engine
         self.speaker = speaker
         self.sample_rate = sample_rate
-        self._bps = sample_rate * 2
+        self.encoding = encoding
+        self._silence = b"\xff" if encoding == "mulaw" else b"\x00"  # one byte of a silent sample
+        self._bps = sample_rate * (1 if encoding == "mulaw" else 2)
         self._max_chunk = max(2, (self._bps // 4) & ~1)  # 250 ms: Deepgram's upper chunk size
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque()
         self._ring_bytes = 0
@@ -600,7 +605,7 @@ class DeepgramStream(STTStream):
         self._progress = False
         self.connections += 1
         try:
-            async with engine._connect(self.sample_rate) as conn:
+            async with engine._connect(self.sample_rate, self.encoding) as conn:
                 # The new socket's audio clock starts at the first untranscribed byte: replay.
                 self._conn_start = self._covered
                 self._sent = self._covered
@@ -683,7 +688,7 @@ class DeepgramStream(STTStream):
                     return
                 if flux:
                     # v2 has no KeepAlive message; a little silence keeps the socket busy.
-                    self._append(bytes(self._bps * 80 // 1000 & ~1))
+                    self._append(self._silence * (self._bps * 80 // 1000 & ~1))
                 else:
                     # Deepgram closes a socket after 10 s without audio or a message (NET-0001).
                     await conn.send_keep_alive()

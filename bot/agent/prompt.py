@@ -110,6 +110,8 @@ def _room_kind(room: str) -> str:
         return "a Discord direct message"
     if room.startswith("sms:"):
         return "an SMS conversation"
+    if room.startswith("phone:"):
+        return "a phone call"
     if room.startswith("discord:"):
         return "a Discord server channel"
     return "a chat"
@@ -121,6 +123,12 @@ def situation(incoming: Incoming, *, group: bool = False) -> str:
     if incoming.modality is Modality.VOICE:
         text = (
             f"{who} is speaking to you in a Discord voice channel. Your reply will be spoken aloud: "
+            "keep it short (one to three sentences), use plain spoken words, and no markdown, lists, "
+            "emoji, links or code."
+        )
+    elif incoming.modality is Modality.CALL:
+        text = (
+            f"{who} is talking to you on a phone call. Your reply will be spoken aloud over the phone: "
             "keep it short (one to three sentences), use plain spoken words, and no markdown, lists, "
             "emoji, links or code."
         )

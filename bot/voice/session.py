@@ -166,6 +166,8 @@ class VoiceSession:
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
         max_reply_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        speaker_id: Callable[[int], str] = lambda user_id: f"discord:{user_id}",
+        modality: Modality = Modality.VOICE,
     ) -> None:
         self.room = room
         self.agent = agent
@@ -184,6 +186,9 @@ class VoiceSession:
         self.max_reply_seconds = max_reply_seconds  # VOICE_REPLY_MAX_SECONDS: past it, stop at a sentence
         self._tts_chars_per_second = 14.0  # the main voice's pace, learnt from each whole sentence
         self.clock = clock
+        # Memory identity and modality of the people heard (a phone call: ``phone:+E164``, "call").
+        self.speaker_id = speaker_id
+        self.modality = modality
         self.participants: dict[int, Participant] = {}
         self.timings: list[TurnTiming] = []
         self.last_timing: TurnTiming | None = None
@@ -381,8 +386,8 @@ class VoiceSession:
             return
         self._report("ignored", None)
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
-        self.memory.append(Turn(room=self.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
-                                      role="user", text=turn.text, modality=Modality.VOICE,
+        self.memory.append(Turn(room=self.room, speaker_id=self.speaker_id(turn.user_id), speaker_name=turn.name,
+                                      role="user", text=turn.text, modality=self.modality,
                                       created_at=time.time()))
 
     def _kick(self) -> None:
@@ -413,8 +418,8 @@ class VoiceSession:
         del self.timings[:-100]
         self.last_timing = timing
         self._barge_in.clear()
-        reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
-                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
+        reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
+                                          speaker_name=turn.name, text=turn.text, modality=self.modality))
         splitter = SentenceSplitter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         produce = asyncio.get_running_loop().create_task(
@@ -641,6 +646,9 @@ class _Prefetch:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the sentence's audio ended
         self._format: asyncio.Future[AudioFormat | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tts-prefetch")
+        # Owned by the session too: a cancelled synthesis may still be finishing on a worker thread.
+        session._tasks.add(self._task)  # type: ignore[arg-type]
+        self._task.add_done_callback(session._tasks.discard)  # type: ignore[arg-type]
 
     async def format(self) -> AudioFormat | None:
         return await asyncio.shield(self._format)

@@ -1,0 +1,161 @@
+"""The pure parts of the phone path: μ-law, the Media Streams messages, stream tokens, the notice."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audio.tts.base import AudioFormat
+from bot.phone.audio import MulawEncoder, UnsupportedFormat, mulaw_decode, mulaw_encode
+from bot.phone.protocol import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    ProtocolError,
+    Start,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_message,
+)
+from bot.phone.service import ai_notice, stream_base
+from bot.phone.tokens import StreamTokens
+from bot.settings import load_settings
+
+# ------------------------------------------------------------------------------------ μ-law
+
+
+def test_mulaw_matches_g711_reference_points() -> None:
+    assert mulaw_encode(np.array([0, 32767, -32768, 1000, -1000], dtype="<i2").tobytes()) == b"\xff\x80\x00\xce\x4e"
+    assert np.frombuffer(mulaw_decode(b"\xff\x80\x00\x7f"), dtype="<i2").tolist() == [0, 32124, -32124, 0]
+
+
+def test_every_code_survives_decode_then_encode() -> None:
+    codes = bytes(range(256))
+    again = mulaw_encode(mulaw_decode(codes))
+    assert again == codes.replace(b"\x7f", b"\xff")  # the two zeros are one sample
+
+
+@given(st.lists(st.integers(-32768, 32767), min_size=1, max_size=400))
+def test_encoding_error_is_within_the_segment_step(samples: list[int]) -> None:
+    pcm = np.array(samples, dtype="<i2")
+    back = np.frombuffer(mulaw_decode(mulaw_encode(pcm.tobytes())), dtype="<i2").astype(int)
+    error = np.abs(back - pcm.astype(int))
+    assert (error <= np.maximum(16, np.abs(pcm.astype(int)) // 16 + 8)).all()
+
+
+def test_encoder_resamples_streams_and_keeps_odd_bytes() -> None:
+    enc = MulawEncoder(AudioFormat("s16le", 16000, 1))
+    one_second = (np.sin(np.arange(16000) / 10) * 8000).astype("<i2").tobytes()
+    out = b"".join(enc.feed(one_second[i:i + 1001]) for i in range(0, len(one_second), 1001)) + enc.flush()
+    assert abs(len(out) - 8000) <= 2
+    assert MulawEncoder(AudioFormat("ulaw", 8000, 1)).feed(b"\x01\x02") == b"\x01\x02"
+    stereo = MulawEncoder(AudioFormat("s16le", 8000, 2))
+    assert len(stereo.feed(bytes(8))) == 2 and stereo.flush() == b""
+
+
+@pytest.mark.parametrize("fmt", [AudioFormat("mp3", 44100, 1), AudioFormat("ulaw", 16000, 1)])
+def test_formats_the_phone_cannot_take_are_refused(fmt: AudioFormat) -> None:
+    with pytest.raises(UnsupportedFormat):
+        MulawEncoder(fmt)
+
+
+# ------------------------------------------------------------------------------------ messages
+
+
+START = {"event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+         "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"],
+                   "customParameters": {"who": "me"},
+                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+
+
+def test_twilios_messages_parse() -> None:
+    assert parse_message('{"event":"connected","protocol":"Call","version":"1.0.0"}') == Connected("Call", "1.0.0")
+    start = parse_message(json.dumps(START))
+    assert start == Start("MZ1", "CA1", "AC1", "audio/x-mulaw", 8000, 1, ("inbound",), {"who": "me"})
+    payload = base64.b64encode(b"\xff" * 160).decode()
+    media = parse_message(json.dumps({"event": "media", "streamSid": "MZ1",
+                                      "media": {"track": "inbound", "chunk": "2", "timestamp": "40",
+                                                "payload": payload}}))
+    assert media == Media(b"\xff" * 160, "inbound", 2, 40)
+    assert parse_message('{"event":"mark","mark":{"name":"utt-1"}}') == Mark("utt-1")
+    assert parse_message('{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"7"}}') == Dtmf("7")
+    assert parse_message('{"event":"stop","stop":{"accountSid":"AC1","callSid":"CA1"}}') == Stop("CA1")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("{nope", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    ("[1]", "not a JSON object"),
+    ('{"event": "wobble"}', "unknown event"),
+    ("{}", "without an event"),
+    ('{"event": "media"}', "without a 'media' object"),
+    ('{"event": "media", "media": {"payload": "***"}}', "not base64"),
+    ('{"event": "media", "media": {"payload": 5}}', "payload string"),
+    ('{"event": "start", "start": {"callSid": "CA1"}}', "streamSid"),
+    ('{"event": "start", "streamSid": "MZ", "start": {}}', "callSid"),
+    ('{"event": "mark", "mark": {}}', "name"),
+])
+def test_bad_messages_say_why_in_one_line(raw: str | bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_message(raw)
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+@given(st.text(max_size=200))
+def test_any_text_parses_or_raises_protocol_error(text: str) -> None:
+    try:
+        parse_message(text)
+    except ProtocolError:
+        pass
+
+
+def test_outbound_messages_are_twilios_shapes() -> None:
+    media = json.loads(media_message("MZ1", b"\x00\xff"))
+    assert media == {"event": "media", "streamSid": "MZ1", "media": {"payload": "AP8="}}
+    assert json.loads(mark_message("MZ1", "utt-3")) == {"event": "mark", "streamSid": "MZ1", "mark": {"name": "utt-3"}}
+    assert json.loads(clear_message("MZ1")) == {"event": "clear", "streamSid": "MZ1"}
+
+
+# ------------------------------------------------------------------------------------ tokens, URLs, notice
+
+
+def test_tokens_are_single_use_short_lived_and_revocable() -> None:
+    now = [100.0]
+    tokens = StreamTokens(ttl=30, clock=lambda: now[0])
+    a = tokens.issue("CA1", "+15551", "+15552")
+    assert tokens.redeem(a) is not None and tokens.redeem(a) is None  # used
+    b = tokens.issue("CA2", "+15551", "+15552")
+    now[0] += 31
+    assert tokens.redeem(b) is None  # expired
+    c = tokens.issue("CA3", "+15551", "+15552")
+    tokens.revoke_call("CA3")
+    assert tokens.redeem(c) is None and len(tokens) == 0
+    assert tokens.redeem("") is None
+
+
+def test_pending_tokens_are_bounded() -> None:
+    tokens = StreamTokens(max_pending=3)
+    issued = [tokens.issue(f"CA{i}", "+1", "+2") for i in range(5)]
+    assert len(tokens) == 3 and tokens.redeem(issued[0]) is None and tokens.redeem(issued[-1]) is not None
+
+
+def test_stream_base_follows_the_public_scheme() -> None:
+    assert stream_base("https://bot.example.com/") == "wss://bot.example.com"
+    assert stream_base("http://127.0.0.1:8080/prefix") == "ws://127.0.0.1:8080/prefix"
+
+
+def test_the_ai_notice_names_who_hears_the_call() -> None:
+    local = load_settings({"STT_ENGINE": "local", "TTS_ENGINE": "espeak"}, env_file=None)
+    assert ai_notice(local, "eliza").endswith("Your voice stays on this server.")
+    cloud = load_settings({"DEEPGRAM_API_KEY": "dg-key-123456", "ELEVENLABS_API_KEY": "el-key-123456",
+                           "OPENAI_API_KEY": "sk-test-123456"}, env_file=None)
+    notice = ai_notice(cloud, "openai")
+    assert "AI agent" in notice and "Deepgram" in notice and "OpenAI" in notice and "ElevenLabs" in notice
