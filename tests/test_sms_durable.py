@@ -263,6 +263,9 @@ async def test_drain_answers_503_lets_replies_finish_and_reports_what_is_left(
             await asyncio.sleep(0)
     status, _ = await run.post(form("second", "SM" + "4" * 32, frm="+15550001111"))
     assert status == 503  # Twilio retries it after the restart
+    # A STOP is honoured even during the drain (a reply finishing now must not reach that number).
+    assert (await run.post(form("STOP", "SM" + "8" * 32, frm="+15550002222")))[0] == 200
+    assert run.store.is_opted_out("+15550002222")
     assert run.store.pending("SM" + "4" * 32) is not None  # and its text is already kept
     gate.set()  # the reply in flight finishes within the grace
     await closing
