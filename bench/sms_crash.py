@@ -9,6 +9,7 @@ many numbers were answered before the kill and after the restart, how many never
 twice (the targets: all answered, none twice).
 
     python -m bench.sms_crash --messages 200 --kill-after 1.0
+    python -m bench.sms_crash --messages 200 --kill-when-busy 100
 """
 
 from __future__ import annotations
@@ -227,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--kill-after", type=float, default=1.0, help="seconds after the burst starts")
+    parser.add_argument("--kill-when-busy", type=int, metavar="N",
+                        help="kill instead once N replies reached the model and one was answered (what the test does)")
     args = parser.parse_args(argv)
-    result = asyncio.run(burst(args.messages, kill_after=args.kill_after))
+    if args.kill_when_busy is not None:
+        result = asyncio.run(burst(args.messages, kill_when_busy=args.kill_when_busy))
+    else:
+        result = asyncio.run(burst(args.messages, kill_after=args.kill_after))
     out: dict[str, Any] = asdict(result)
     out["target_met"] = result.never_answered == 0 and result.answered_twice == 0
     print(json.dumps(out, indent=2))
