@@ -264,10 +264,12 @@ def forget_person(db: Database, identity: str) -> ForgetReport:
                              if i.startswith("discord:") and i.partition(":")[2].isdigit())
         rooms = sorted({room for i in ids for room in private_rooms(i)})
         if "turns" in tables:
+            # Only rooms they spoke in are scanned (turns_speaker), each reply's predecessor by turns_room.
             report.add("reply", db.execute(
-                "DELETE FROM turns WHERE role = 'assistant' AND id IN (SELECT a.id FROM turns a WHERE "
-                "a.role = 'assistant' AND (SELECT b.speaker_id FROM turns b WHERE b.room = a.room AND b.id < a.id "
-                f"ORDER BY b.id DESC LIMIT 1) IN ({_marks(ids)}))", ids).rowcount)
+                "DELETE FROM turns WHERE id IN (SELECT a.id FROM turns a WHERE a.role = 'assistant' AND a.room IN "
+                f"(SELECT DISTINCT room FROM turns WHERE speaker_id IN ({_marks(ids)})) AND (SELECT b.speaker_id "
+                "FROM turns b WHERE b.room = a.room AND b.id < a.id ORDER BY b.id DESC LIMIT 1) "
+                f"IN ({_marks(ids)}))", [*ids, *ids]).rowcount)
             report.add("message", db.execute(f"DELETE FROM turns WHERE speaker_id IN ({_marks(ids)})", ids).rowcount)
             if rooms:
                 report.add("reply", db.execute(f"DELETE FROM turns WHERE room IN ({_marks(rooms)})", rooms).rowcount)
