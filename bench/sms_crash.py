@@ -94,6 +94,7 @@ class Bot:
             "OPENAI_MODEL": "gpt-test",
             "LOG_LEVEL": "INFO",
         }
+        self.command = "serve"  # or "run": the whole bot (needs Discord settings in env)
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[Path] = []
 
@@ -102,10 +103,11 @@ class Bot:
         self.logs.append(log_path)
         with log_path.open("wb") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--env-file", str(self.data_dir / "no.env"), "serve",
+                sys.executable, "-m", "bot", "--env-file", str(self.data_dir / "no.env"), self.command,
                 cwd=str(self.data_dir), env=self.env, stdout=log_file, stderr=log_file)
 
     async def wait_ready(self, timeout: float) -> None:
+        """Until /healthz answers 200 (every part up: the web side, SMS, and Discord under ``run``)."""
         url = f"http://127.0.0.1:{self.port}/healthz"
         async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
             while True:

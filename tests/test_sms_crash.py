@@ -106,3 +106,46 @@ async def test_sigterm_with_no_grace_leaves_replies_recorded_and_says_so(tmp_pat
         in log, log
     assert "+15553" not in log.replace("+1******", "")  # numbers stay masked
     assert bot.states() == {"replying": 3}
+
+
+async def test_sigterm_to_the_whole_bot_drains_sms_too(tmp_path: Path) -> None:
+    """``voicebot`` (Discord and the web side in one process, as the Procfile runs it) on SIGTERM."""
+    from bot.loopback.server import LocalDiscord
+
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    key = "sk-run-0123456789abcdef"
+    async with LocalDiscord(token="loopback.voicebot.0123456789abcdef") as discord_, FakeTwilio(ACCOUNT, TOKEN) as twilio, \
+            FakeOpenAI(api_key=key, paced=True) as model:
+        discord_.add_guild()
+        bot = Bot(tmp_path, _free_port(), twilio.base_url, model.base_url)
+        bot.command = "run"
+        bot.env.update({"OPENAI_API_KEY": key, "DISCORD_TOKEN": discord_.token, "DISCORD_API_BASE": discord_.api_base,
+                        "DISCORD_CA_FILE": str(discord_.ca_file), "STT_ENGINE": "none", "TTS_ENGINE": "none"})
+        await bot.start()
+        try:
+            await bot.wait_ready(TIMEOUT)  # Discord connected and the web side up
+            async with aiohttp.ClientSession() as session:
+                webhook = asyncio.create_task(_post(session, bot.port, "SM" + "6" * 32, "+15553001234", "hi"),
+                                              name="webhook-run")
+                async with asyncio.timeout(TIMEOUT):
+                    while not model.completion_requests:
+                        await asyncio.sleep(0.02)  # polling a predicate
+                assert bot.proc is not None
+                bot.proc.terminate()  # SIGTERM: before, this killed the process with the reply in it
+                async with asyncio.timeout(TIMEOUT):
+                    while True:
+                        async with session.get(f"http://127.0.0.1:{bot.port}/healthz") as resp:
+                            if resp.status == 503 and (await resp.json())["parts"].get("sms") is False:
+                                break
+                        await asyncio.sleep(0.02)  # polling a predicate
+                model.allow(100)
+                async with asyncio.timeout(TIMEOUT):
+                    code = await bot.proc.wait()
+                status, xml = await webhook
+        finally:
+            if bot.proc is not None and bot.proc.returncode is None:
+                bot.kill()
+                await bot.proc.wait()
+    assert code == 0, bot.log_text()
+    assert status == 200 and "<Message>" in xml
+    assert bot.states() == {"answered": 1}
