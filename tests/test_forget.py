@@ -236,3 +236,29 @@ def test_every_table_is_classified_for_forget(tmp_path: Path) -> None:
                                    path.read_text(encoding="utf-8")))
     assert declared - known == set(), f"classify these tables in bot/privacy.py: {sorted(declared - known)}"
     db.close()
+
+
+def test_a_damaged_opt_out_key_is_one_clear_error_naming_the_file(tmp_path: Path) -> None:
+    from bot.db import DatabaseError
+
+    path = tmp_path / "voicebot.sqlite3"
+    db = Database(path)
+    (tmp_path / "voicebot.sqlite3.key").write_bytes(b"not a key")
+    with pytest.raises(DatabaseError) as caught:
+        OptOuts(db)
+    message = str(caught.value)
+    assert "voicebot.sqlite3.key" in message and "9 bytes, expected 32" in message and "\n" not in message
+    assert "restore it from a backup" in message
+    db.close()
+
+
+def test_a_lost_key_is_reported_and_a_new_one_made(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "voicebot.sqlite3"
+    db = Database(path)
+    OptOuts(db).add(f"phone:{NUMBER}", "sms", "keyword")
+    db.close()
+    (tmp_path / "voicebot.sqlite3.key").unlink()
+    db = Database(path)
+    assert not OptOuts(db).has(f"phone:{NUMBER}")  # unrecognisable without the key: said, not hidden
+    assert any("opt-out key" in r.getMessage() and "1 opt-outs" in r.getMessage() for r in caplog.records)
+    db.close()
