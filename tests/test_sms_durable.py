@@ -175,8 +175,9 @@ async def test_crash_before_the_send_reached_twilio_sends_once(runs: Runs) -> No
     await wait_state(second.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]  # Twilio had nothing, so it was sent now
     # It asked Twilio first, with the list's real filters.
-    [query] = runs.fake.list_requests
+    query, newest = runs.fake.list_requests
     assert query["To"] == THEM and query["From"] == OURS and "DateSent>" in query
+    assert newest["To"] == THEM and "DateSent>" not in newest  # queued messages have no DateSent yet
     assert assistant_turns(second.memory) == [REPLY]
 
 
@@ -194,7 +195,7 @@ async def test_crash_after_twilio_created_it_but_before_it_was_noted_never_sends
     second.service.resume_unfinished()
     await wait_state(second.store, sid, "answered")
     assert len(runs.fake.sent) == 1  # found in Twilio's list: not sent again
-    assert len(runs.fake.list_requests) == 1
+    assert len(runs.fake.list_requests) == 2
     assert assistant_turns(second.memory) == [REPLY]
 
 
@@ -361,5 +362,8 @@ async def test_the_loopback_messages_list_filters_like_twilio(runs: Runs) -> Non
         every = await client.messages.list_async(to=THEM)  # type: ignore[attr-defined]
         assert len(every) == 9 and every[0].date_created is not None
         assert await sender.find_sent(THEM, ["today 3", "today 3", "not there"], since=now - 60) == [True, False, False]
+        # A message still queued at Twilio (no DateSent yet) counts as created: never sent twice.
+        assert await sender.find_sent(THEM, ["never sent"], since=now - 60) == [True]
+        assert await sender.find_sent(THEM, ["three days ago"], since=now - 60) == [False]  # before the reply
     finally:
         await sender.aclose()
