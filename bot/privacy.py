@@ -161,6 +161,7 @@ class OptOuts:
     def _migrate_raw(self) -> None:
         """Move opt-outs an earlier version stored raw into keyed subjects (once; cheap afterwards)."""
         tables = self._db.tables()
+        moved = 0
         with self._db.transaction():
             if "voice_opt_outs" in tables:
                 rows = self._db.query("SELECT user_id, created_at FROM voice_opt_outs")
@@ -171,6 +172,7 @@ class OptOuts:
                 if rows:
                     self._db.execute("DELETE FROM voice_opt_outs")
                     log.info("Moved %d voice opt-outs to keyed storage", len(rows))
+                    moved += len(rows)
             if "sms_opt_outs" in tables:
                 rows = self._db.query("SELECT number, opted_out_at, source FROM sms_opt_outs")
                 for row in rows:
@@ -180,6 +182,9 @@ class OptOuts:
                 self._db.execute("DROP TABLE sms_opt_outs")
                 if rows:
                     log.info("Moved %d SMS opt-outs to keyed storage", len(rows))
+                    moved += len(rows)
+        if moved:
+            self._db.scrub()  # the raw ids and numbers leave the files too
 
 
 # --- forgetting ---------------------------------------------------------------------------------

@@ -207,6 +207,8 @@ def test_raw_opt_outs_from_an_earlier_version_are_keyed_at_start_and_survive_for
     store = SmsStore(db)
     assert optouts.is_opted_out(USER_ID) and store.is_opted_out(NUMBER)
     assert "sms_opt_outs" not in db.tables() and db.query("SELECT COUNT(*) FROM voice_opt_outs")[0][0] == 0
+    data = path.read_bytes() + (Path(str(path) + "-wal").read_bytes() if Path(str(path) + "-wal").exists() else b"")
+    assert NUMBER.encode() not in data and struct.pack(">q", USER_ID) not in data  # converted, and scrubbed
     Memory(db).forget_person(f"discord:{USER_ID}")
     assert OptOutList(db).is_opted_out(USER_ID)
     assert str(USER_ID).encode() not in path.read_bytes()
