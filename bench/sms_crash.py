@@ -9,6 +9,7 @@ many numbers were answered before the kill and after the restart, how many never
 twice (the targets: all answered, none twice).
 
     python -m bench.sms_crash --messages 200 --kill-after 1.0
+    python -m bench.sms_crash --messages 200 --kill-when-busy 100
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Bot:
             "OPENAI_MODEL": "gpt-test",
             "LOG_LEVEL": "INFO",
         }
+        self.command = "serve"  # or "run": the whole bot (needs Discord settings in env)
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[Path] = []
 
@@ -101,10 +103,11 @@ class Bot:
         self.logs.append(log_path)
         with log_path.open("wb") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--env-file", str(self.data_dir / "no.env"), "serve",
+                sys.executable, "-m", "bot", "--env-file", str(self.data_dir / "no.env"), self.command,
                 cwd=str(self.data_dir), env=self.env, stdout=log_file, stderr=log_file)
 
     async def wait_ready(self, timeout: float) -> None:
+        """Until /healthz answers 200 (every part up: the web side, SMS, and Discord under ``run``)."""
         url = f"http://127.0.0.1:{self.port}/healthz"
         async with asyncio.timeout(timeout), aiohttp.ClientSession() as session:
             while True:
@@ -227,8 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--kill-after", type=float, default=1.0, help="seconds after the burst starts")
+    parser.add_argument("--kill-when-busy", type=int, metavar="N",
+                        help="kill instead once N replies reached the model and one was answered (what the test does)")
     args = parser.parse_args(argv)
-    result = asyncio.run(burst(args.messages, kill_after=args.kill_after))
+    if args.kill_when_busy is not None:
+        result = asyncio.run(burst(args.messages, kill_when_busy=args.kill_when_busy))
+    else:
+        result = asyncio.run(burst(args.messages, kill_after=args.kill_after))
     out: dict[str, Any] = asdict(result)
     out["target_met"] = result.never_answered == 0 and result.answered_twice == 0
     print(json.dumps(out, indent=2))

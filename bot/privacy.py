@@ -162,6 +162,7 @@ class OptOuts:
     def _migrate_raw(self) -> None:
         """Move opt-outs an earlier version stored raw into keyed subjects (once; cheap afterwards)."""
         tables = self._db.tables()
+        moved = 0
         with self._db.transaction():
             if "voice_opt_outs" in tables:
                 rows = self._db.query("SELECT user_id, created_at FROM voice_opt_outs")
@@ -172,6 +173,7 @@ class OptOuts:
                 if rows:
                     self._db.execute("DELETE FROM voice_opt_outs")
                     log.info("Moved %d voice opt-outs to keyed storage", len(rows))
+                    moved += len(rows)
             if "sms_opt_outs" in tables:
                 rows = self._db.query("SELECT number, opted_out_at, source FROM sms_opt_outs")
                 for row in rows:
@@ -181,6 +183,9 @@ class OptOuts:
                 self._db.execute("DROP TABLE sms_opt_outs")
                 if rows:
                     log.info("Moved %d SMS opt-outs to keyed storage", len(rows))
+                    moved += len(rows)
+        if moved:
+            self._db.scrub()  # the raw ids and numbers leave the files too
 
 
 # --- forgetting ---------------------------------------------------------------------------------
@@ -265,10 +270,12 @@ def forget_person(db: Database, identity: str) -> ForgetReport:
                              if i.startswith("discord:") and i.partition(":")[2].isdigit())
         rooms = sorted({room for i in ids for room in private_rooms(i)})
         if "turns" in tables:
+            # Only rooms they spoke in are scanned (turns_speaker), each reply's predecessor by turns_room.
             report.add("reply", db.execute(
-                "DELETE FROM turns WHERE role = 'assistant' AND id IN (SELECT a.id FROM turns a WHERE "
-                "a.role = 'assistant' AND (SELECT b.speaker_id FROM turns b WHERE b.room = a.room AND b.id < a.id "
-                f"ORDER BY b.id DESC LIMIT 1) IN ({_marks(ids)}))", ids).rowcount)
+                "DELETE FROM turns WHERE id IN (SELECT a.id FROM turns a WHERE a.role = 'assistant' AND a.room IN "
+                f"(SELECT DISTINCT room FROM turns WHERE speaker_id IN ({_marks(ids)})) AND (SELECT b.speaker_id "
+                "FROM turns b WHERE b.room = a.room AND b.id < a.id ORDER BY b.id DESC LIMIT 1) "
+                f"IN ({_marks(ids)}))", [*ids, *ids]).rowcount)
             report.add("message", db.execute(f"DELETE FROM turns WHERE speaker_id IN ({_marks(ids)})", ids).rowcount)
             if rooms:
                 report.add("reply", db.execute(f"DELETE FROM turns WHERE room IN ({_marks(rooms)})", rooms).rowcount)

@@ -170,6 +170,8 @@ async def serve(
     webhooks: TwilioWebhooks | None = None
     if settings.sms_enabled:
         service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
+        sms = service
+        health = {**(health or {}), "sms": lambda: not sms.draining}  # a load balancer sees the drain
     else:
         log.info("SMS is not configured; serving /healthz only")
     phone: PhoneService | None = None

@@ -207,6 +207,8 @@ def test_raw_opt_outs_from_an_earlier_version_are_keyed_at_start_and_survive_for
     store = SmsStore(db)
     assert optouts.is_opted_out(USER_ID) and store.is_opted_out(NUMBER)
     assert "sms_opt_outs" not in db.tables() and db.query("SELECT COUNT(*) FROM voice_opt_outs")[0][0] == 0
+    data = path.read_bytes() + (Path(str(path) + "-wal").read_bytes() if Path(str(path) + "-wal").exists() else b"")
+    assert NUMBER.encode() not in data and struct.pack(">q", USER_ID) not in data  # converted, and scrubbed
     Memory(db).forget_person(f"discord:{USER_ID}")
     assert OptOutList(db).is_opted_out(USER_ID)
     assert str(USER_ID).encode() not in path.read_bytes()
@@ -235,4 +237,30 @@ def test_every_table_is_classified_for_forget(tmp_path: Path) -> None:
         declared |= set(re.findall(r"CREATE TABLE(?: IF NOT EXISTS)?\s+([A-Za-z_][A-Za-z0-9_]*)",
                                    path.read_text(encoding="utf-8")))
     assert declared - known == set(), f"classify these tables in bot/privacy.py: {sorted(declared - known)}"
+    db.close()
+
+
+def test_a_damaged_opt_out_key_is_one_clear_error_naming_the_file(tmp_path: Path) -> None:
+    from bot.db import DatabaseError
+
+    path = tmp_path / "voicebot.sqlite3"
+    db = Database(path)
+    (tmp_path / "voicebot.sqlite3.key").write_bytes(b"not a key")
+    with pytest.raises(DatabaseError) as caught:
+        OptOuts(db)
+    message = str(caught.value)
+    assert "voicebot.sqlite3.key" in message and "9 bytes, expected 32" in message and "\n" not in message
+    assert "restore it from a backup" in message
+    db.close()
+
+
+def test_a_lost_key_is_reported_and_a_new_one_made(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "voicebot.sqlite3"
+    db = Database(path)
+    OptOuts(db).add(f"phone:{NUMBER}", "sms", "keyword")
+    db.close()
+    (tmp_path / "voicebot.sqlite3.key").unlink()
+    db = Database(path)
+    assert not OptOuts(db).has(f"phone:{NUMBER}")  # unrecognisable without the key: said, not hidden
+    assert any("opt-out key" in r.getMessage() and "1 opt-outs" in r.getMessage() for r in caplog.records)
     db.close()

@@ -39,8 +39,10 @@ async def _post(session: aiohttp.ClientSession, port: int, sid: str, frm: str, b
         return resp.status, await resp.text()
 
 
-async def _sigterm_run(tmp_path: Path, grace: str) -> tuple[Bot, FakeTwilio, int, list[tuple[int, str]]]:
-    """Three replies in flight, then SIGTERM; one more webhook during the drain; returns the exit code."""
+async def _sigterm_run(tmp_path: Path, grace: str, *, probe: bool = True) -> tuple[Bot, FakeTwilio, int,
+                                                                                    list[tuple[int, str]]]:
+    """Three replies in flight, then SIGTERM; with ``probe``, one more webhook during the drain (which
+    lasts until the model is let go, so it is seen for sure); returns the exit code and statuses."""
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     async with FakeTwilio(ACCOUNT, "x") as twilio, FakeOpenAI(api_key="sk-sigterm-0123456789", paced=True) as model:
         twilio.auth_token = TOKEN
@@ -59,13 +61,16 @@ async def _sigterm_run(tmp_path: Path, grace: str) -> tuple[Bot, FakeTwilio, int
                 assert bot.proc is not None
                 bot.proc.terminate()  # SIGTERM
                 async with asyncio.timeout(TIMEOUT):
-                    while True:  # the drain has begun when a new webhook gets 503
-                        status, _ = await _post(session, bot.port, "SM" + "7" * 32, "+15553009999", "late")
-                        if status == 503:
-                            break
-                        assert status == 200
-                        await asyncio.sleep(0.02)
-                statuses.append((503, ""))
+                    if probe:
+                        while True:  # /healthz says 503 once the drain has begun
+                            async with session.get(f"http://127.0.0.1:{bot.port}/healthz") as resp:
+                                if resp.status == 503:
+                                    assert (await resp.json())["parts"]["sms"] is False
+                                    break
+                            await asyncio.sleep(0.02)  # polling a predicate
+                        statuses.append(await _post(session, bot.port, "SM" + "7" * 32, "+15553009999", "late"))
+                    else:  # no grace: the model never lets them finish before the exit
+                        code = await bot.proc.wait()
                 model.allow(100)  # the three replies in flight can now finish (if there is grace left)
                 async with asyncio.timeout(TIMEOUT):
                     code = await bot.proc.wait()
@@ -91,12 +96,56 @@ async def test_sigterm_drains_replies_in_flight_and_answers_503(tmp_path: Path) 
 
 
 async def test_sigterm_with_no_grace_leaves_replies_recorded_and_says_so(tmp_path: Path) -> None:
-    bot, twilio, code, statuses = await _sigterm_run(tmp_path, "0")
+    # No probe: with no grace the drain is over at once, so a late webhook could find nobody listening.
+    bot, twilio, code, statuses = await _sigterm_run(tmp_path, "0", probe=False)
     assert code == 0, bot.log_text()
-    # The webhooks waiting for those replies answer 503 too, so Twilio retries them after the restart.
-    assert [status for status, _ in statuses] == [503] * 4, statuses
+    # The webhooks waiting for those replies answer 503, so Twilio retries them after the restart.
+    assert [status for status, _ in statuses] == [503] * 3, statuses
     log = bot.log_text()
-    assert "0 of 3 reply(ies) in flight finished within the 0s grace; 4 message(s) not answered" in log, log
+    assert "0 of 3 reply(ies) in flight finished within the 0s grace; 3 message(s) not answered (3 replying)" \
+        in log, log
     assert "+15553" not in log.replace("+1******", "")  # numbers stay masked
-    states = bot.states()
-    assert (states.get("replying"), states.get("received")) == (3, 1), states
+    assert bot.states() == {"replying": 3}
+
+
+async def test_sigterm_to_the_whole_bot_drains_sms_too(tmp_path: Path) -> None:
+    """``voicebot`` (Discord and the web side in one process, as the Procfile runs it) on SIGTERM."""
+    from bot.loopback.server import LocalDiscord
+
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    key = "sk-run-0123456789abcdef"
+    async with LocalDiscord(token="loopback.voicebot.0123456789abcdef") as discord_, FakeTwilio(ACCOUNT, TOKEN) as twilio, \
+            FakeOpenAI(api_key=key, paced=True) as model:
+        discord_.add_guild()
+        bot = Bot(tmp_path, _free_port(), twilio.base_url, model.base_url)
+        bot.command = "run"
+        bot.env.update({"OPENAI_API_KEY": key, "DISCORD_TOKEN": discord_.token, "DISCORD_API_BASE": discord_.api_base,
+                        "DISCORD_CA_FILE": str(discord_.ca_file), "STT_ENGINE": "none", "TTS_ENGINE": "none"})
+        await bot.start()
+        try:
+            await bot.wait_ready(TIMEOUT)  # Discord connected and the web side up
+            async with aiohttp.ClientSession() as session:
+                webhook = asyncio.create_task(_post(session, bot.port, "SM" + "6" * 32, "+15553001234", "hi"),
+                                              name="webhook-run")
+                async with asyncio.timeout(TIMEOUT):
+                    while not model.completion_requests:
+                        await asyncio.sleep(0.02)  # polling a predicate
+                assert bot.proc is not None
+                bot.proc.terminate()  # SIGTERM: before, this killed the process with the reply in it
+                async with asyncio.timeout(TIMEOUT):
+                    while True:
+                        async with session.get(f"http://127.0.0.1:{bot.port}/healthz") as resp:
+                            if resp.status == 503 and (await resp.json())["parts"].get("sms") is False:
+                                break
+                        await asyncio.sleep(0.02)  # polling a predicate
+                model.allow(100)
+                async with asyncio.timeout(TIMEOUT):
+                    code = await bot.proc.wait()
+                status, xml = await webhook
+        finally:
+            if bot.proc is not None and bot.proc.returncode is None:
+                bot.kill()
+                await bot.proc.wait()
+    assert code == 0, bot.log_text()
+    assert status == 200 and "<Message>" in xml
+    assert bot.states() == {"answered": 1}

@@ -175,8 +175,9 @@ async def test_crash_before_the_send_reached_twilio_sends_once(runs: Runs) -> No
     await wait_state(second.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]  # Twilio had nothing, so it was sent now
     # It asked Twilio first, with the list's real filters.
-    [query] = runs.fake.list_requests
+    query, newest = runs.fake.list_requests
     assert query["To"] == THEM and query["From"] == OURS and "DateSent>" in query
+    assert newest["To"] == THEM and "DateSent>" not in newest  # queued messages have no DateSent yet
     assert assistant_turns(second.memory) == [REPLY]
 
 
@@ -194,7 +195,7 @@ async def test_crash_after_twilio_created_it_but_before_it_was_noted_never_sends
     second.service.resume_unfinished()
     await wait_state(second.store, sid, "answered")
     assert len(runs.fake.sent) == 1  # found in Twilio's list: not sent again
-    assert len(runs.fake.list_requests) == 1
+    assert len(runs.fake.list_requests) == 2
     assert assistant_turns(second.memory) == [REPLY]
 
 
@@ -263,6 +264,9 @@ async def test_drain_answers_503_lets_replies_finish_and_reports_what_is_left(
             await asyncio.sleep(0)
     status, _ = await run.post(form("second", "SM" + "4" * 32, frm="+15550001111"))
     assert status == 503  # Twilio retries it after the restart
+    # A STOP is honoured even during the drain (a reply finishing now must not reach that number).
+    assert (await run.post(form("STOP", "SM" + "8" * 32, frm="+15550002222")))[0] == 200
+    assert run.store.is_opted_out("+15550002222")
     assert run.store.pending("SM" + "4" * 32) is not None  # and its text is already kept
     gate.set()  # the reply in flight finishes within the grace
     await closing
@@ -358,5 +362,8 @@ async def test_the_loopback_messages_list_filters_like_twilio(runs: Runs) -> Non
         every = await client.messages.list_async(to=THEM)  # type: ignore[attr-defined]
         assert len(every) == 9 and every[0].date_created is not None
         assert await sender.find_sent(THEM, ["today 3", "today 3", "not there"], since=now - 60) == [True, False, False]
+        # A message still queued at Twilio (no DateSent yet) counts as created: never sent twice.
+        assert await sender.find_sent(THEM, ["never sent"], since=now - 60) == [True]
+        assert await sender.find_sent(THEM, ["three days ago"], since=now - 60) == [False]  # before the reply
     finally:
         await sender.aclose()

@@ -274,6 +274,9 @@ class SmsService:
             log.info("SMS %s from %s is a duplicate (Twilio retry or replay); not answering again", sms.message_sid, who)
             return []
         if self._draining:
+            if claim is Claim.NEW and classify_keyword(sms.body) is Keyword.STOP:
+                # Taken at once: a reply still finishing during the drain must not reach this number.
+                return self._keyword(sms, Keyword.STOP)
             log.info("SMS %s from %s recorded during shutdown; answered 503 (finished at the next start)",
                      sms.message_sid, who)
             raise ShuttingDown()

@@ -192,16 +192,21 @@ class TwilioSender:
         from twilio.base.exceptions import TwilioException
 
         client = self._get_client()
-        # DateSent filters by day (GMT); the day before covers a send just before midnight.
+        # DateSent filters by day (GMT); the day before covers a send just before midnight. A message
+        # still queued at Twilio (a long code sends about one a second, so a burst queues) has no
+        # DateSent yet and only the unfiltered list, newest first, shows it: ask both ways.
         day = time.strftime("%Y-%m-%d", time.gmtime(since - 86400))
         try:
             async with asyncio.timeout(self._attempt_timeout * 2):
-                found = await client.messages.list_async(  # type: ignore[attr-defined]
+                sent = await client.messages.list_async(  # type: ignore[attr-defined]
                     to=to, from_=self.from_number, date_sent_after=day, limit=200)
+                newest = await client.messages.list_async(  # type: ignore[attr-defined]
+                    to=to, from_=self.from_number, limit=50)
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Cannot list Twilio messages to %s (%s); the reply is retried later",
                         mask_number(to), type(exc).__name__)
             return None
+        found = list({str(m.sid): m for m in [*sent, *newest]}.values())
         created: list[str] = []
         for message in found:
             stamp = message.date_created or message.date_sent
