@@ -127,6 +127,7 @@ async def _until_listening(listening: asyncio.Event, web_task: asyncio.Task[None
         await asyncio.wait({waiter, web_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
     if not listening.is_set():
         web_task.result()  # the bind error
         raise RuntimeError("the web server stopped before it listened")

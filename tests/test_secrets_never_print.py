@@ -8,6 +8,11 @@ credentials it received in the body and the headers. Everything each process pri
 stderr, and for `serve` the TwiML an SMS sender receives) is searched for every 8-character window
 of every secret. The 15 processes run at the same time.
 
+Coverage: 7 secret settings x 5 commands x 3 faults = 105 combinations searched; in 28 of them the
+run really sent that secret and had it echoed back (which secrets a run sends depends on what the
+command contacts: `voicebot` logs in to Discord, `chat` and `serve` ask the agent, `check` probes every
+service, `simulate` opens Deepgram). On the code before this test, 8 of the 15 runs printed a secret.
+
 Discord's "500" is 503: discord.py retries a 500 at login five times over 25 s and then raises the
 same DiscordServerError a 503 raises at once (test_startup_errors has a real 500).
 """
