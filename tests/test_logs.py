@@ -54,6 +54,7 @@ def test_settings_list_every_secret_setting_and_url_userinfo() -> None:
     values = set(secret_values(settings))
     assert {TOKEN, KEY, "Hunter2Hunter2", "bob:Hunter2Hunter2", "eliza-key-123456", "dg-key-1234567890",
             "el-key-1234567890", "tw-token-1234567890", "p"} <= values
+    assert "bob" not in values and "u" not in values  # short user names are not secrets
 
 
 def test_a_secret_written_a_few_characters_at_a_time_is_caught() -> None:
@@ -85,6 +86,18 @@ def test_log_records_and_tracebacks_are_redacted_for_every_logger() -> None:
     text = sink.getvalue()
     assert "HTTP Request" in text and "Traceback" in text and "server said" in text
     assert not leaks(text, [KEY]) and "u:pass" not in text
+
+
+def test_request_lines_of_the_openai_sdk_are_quiet_at_info() -> None:
+    sink = io.StringIO()
+    setup_logging("INFO", secrets=[], stream=sink)
+    try:
+        # The OpenAI SDK's HTTP client is httpx2: one INFO line per request, with the URL.
+        logging.getLogger("httpx2").info("HTTP Request: POST http://u:pw@h/v1/chat/completions")
+        logging.getLogger("httpcore2.http11").debug("send_request_headers.started")
+    finally:
+        setup_logging("WARNING", secrets=[])
+    assert sink.getvalue() == ""
 
 
 def test_filter_with_its_own_secrets() -> None:
