@@ -16,9 +16,12 @@ providers echo parts of keys ("sk-proj-abcd...wxyz", the first 16 characters of 
 the ``user:password@`` part of any URL. A secret shorter than 8 characters (a URL password) is
 replaced only where it appears whole.
 
-The matcher runs on every log line, so it is one compiled regular expression shaped as a trie of
-all 8-character windows of every secret: the regex engine rejects a position on its first character
-in C, and a line with no secret costs one ``search``.
+The matcher runs on every log line, so the common case (no secret) stays in C: a regular expression
+finds the runs of 8 or more characters drawn from the secrets' alphabet (words, ids, URLs), and each
+run's 8-character slices are tested against the set of all windows of all secrets with
+``set.isdisjoint`` over ``map`` (no Python-level loop). Only a run that holds a piece is walked
+position by position. ``python -m bench.redaction`` measures it (about 9 us for a 140-character line,
+1.7x faster than a trie-shaped regex of the windows or a Python loop over the slices).
 """
 
 from __future__ import annotations
@@ -56,27 +59,6 @@ _SHORT_MIN = 4  # shorter whole values (a 3-letter password) would redact ordina
 _USERINFO = re.compile(r"://([^\s/?#@\"'<>]+)@")
 
 
-def _trie_pattern(words: Iterable[str]) -> str:
-    """A regex matching exactly ``words``, factored by common prefix so each position fails fast."""
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def emit(node: dict[str, Any]) -> str:
-        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
-        optional = "" in node
-        if not branches:
-            return ""
-        if len(branches) == 1 and not optional:
-            return branches[0]
-        return "(?:" + "|".join(branches) + ")" + ("?" if optional else "")
-
-    return emit(trie)
-
-
 def derived_forms(secret: str) -> set[str]:
     """The forms a secret takes on the wire besides itself: percent-decoded (URL userinfo)."""
     forms = {secret}
@@ -108,7 +90,8 @@ class Redactor:
                 short.add(value)
         self.secrets = frozenset(values)
         self._windows = frozenset(windows)
-        self._pattern = re.compile(_trie_pattern(windows)) if windows else None
+        alphabet = sorted({ch for w in windows for ch in w})
+        self._runs = re.compile("[" + "".join(re.escape(ch) for ch in alphabet) + f"]{{{WINDOW},}}") if windows else None
         # Replace longer values first so one is never left half-replaced by a shorter one inside it.
         self._short = re.compile("|".join(re.escape(s) for s in sorted(short, key=len, reverse=True))) if short else None
         # Every piece (1..7 characters) that could be the start of a window: a stream holds such a
@@ -124,12 +107,15 @@ class Redactor:
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Merged ``[start, end)`` ranges of ``text`` that are pieces of secrets or URL userinfo."""
         found: list[tuple[int, int]] = []
-        pattern = self._pattern
-        if pattern is not None:
-            m = pattern.search(text)
-            while m is not None:
-                found.append((m.start(), m.start() + WINDOW))
-                m = pattern.search(text, m.start() + 1)  # overlapping: a long piece is many windows
+        if self._runs is not None:
+            windows = self._windows
+            for run in self._runs.finditer(text):
+                piece = run.group()
+                count = len(piece) - WINDOW + 1
+                if windows.isdisjoint(map(piece.__getitem__, map(slice, range(count), range(WINDOW, count + WINDOW)))):
+                    continue
+                start = run.start()
+                found.extend((start + i, start + i + WINDOW) for i in range(count) if piece[i:i + WINDOW] in windows)
         if self._short is not None:
             found.extend((m.start(), m.end()) for m in self._short.finditer(text))
         if "://" in text:
