@@ -125,3 +125,16 @@ def test_chat_does_not_import_discord(tmp_path: Path) -> None:
 @pytest.mark.parametrize("piece", [KEY, KEY[:8], KEY[10:26], KEY[-8:]])
 def test_pieces(piece: str) -> None:
     assert piece not in Redactor([KEY])(f"x{piece}y")
+
+
+def test_a_configuration_that_does_not_load_is_reported_without_its_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://bob:Sup3rSecretPassw0rd@[::1")
+    monkeypatch.setenv("OPENAI_API_KEY", f"{KEY} trailing")  # whitespace: a pasting mistake
+    code = main(["--env-file", "/nonexistent/.env", "chat"], stdin=io.StringIO(""), out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err
+    assert not leaks(err, [KEY, "Sup3rSecretPassw0rd"]) and "bob:" not in err

@@ -198,6 +198,8 @@ def test_one_clear_line(finished: dict[tuple[str, str], Finished], case: Case, c
     status, says = _check_expectations(case) if command == "check" else (case.status, case.says)
     output = result.output
     assert "Traceback" not in output, output
+    for secret in (TOKEN, SMS["TWILIO_AUTH_TOKEN"]):  # a traceback of a failed login used to carry the token
+        assert not [secret[i:i + 8] for i in range(len(secret) - 7) if secret[i:i + 8] in output]
     assert result.code == status, output
     lines = [line for line in output.splitlines() if all(s in line for s in says)]
     assert len(lines) == 1, f"expected one line saying {says}:\n{output}"
