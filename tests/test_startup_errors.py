@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,6 @@ class Context:
     busy_port: int
     closed_port: int
     wav: Path
-    keep: list[object] = field(default_factory=list)
 
 
 def _bad_character(home: Path, ctx: Context) -> dict[str, str]:
