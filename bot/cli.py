@@ -379,13 +379,15 @@ def _path_failure(exc: OSError, settings: Settings) -> Failure:
     path = Path(str(exc.filename))
     data_dir = settings.data_dir
     under_data_dir = path == data_dir or data_dir in path.parents or path in data_dir.parents
-    what = f"DATA_DIR {str(data_dir)!r}" if under_data_dir else f"{str(path)!r}"
-    if isinstance(exc, FileExistsError) or isinstance(exc, NotADirectoryError):
+    if not under_data_dir:  # no setting to name: the file, and the system's reason
+        return Failure(f"{str(path)!r}: {exc.strerror or exc}: check that this user can use it", CONFIG)
+    what = f"DATA_DIR {str(data_dir)!r}"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
         return Failure(f"{what}: {str(path)!r} is a file, not a directory: point DATA_DIR at a directory", CONFIG)
     if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return Failure(f"{what}: not writable ({exc.strerror}): make it writable by this user or point "
                        "DATA_DIR at a directory that is", CONFIG)
-    return Failure(f"{what}: {exc.strerror or exc}", CONFIG)
+    return Failure(f"{what}: {exc.strerror or exc}: point DATA_DIR at a usable directory", CONFIG)
 
 
 def _discord_failure(exc: BaseException, settings: Settings) -> Failure | None:
