@@ -138,3 +138,21 @@ def test_a_configuration_that_does_not_load_is_reported_without_its_secrets(
     err = capsys.readouterr().err
     assert code == 2 and "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err
     assert not leaks(err, [KEY, "Sup3rSecretPassw0rd"]) and "bob:" not in err
+
+
+def test_uncaught_exceptions_in_any_thread_are_redacted(tmp_path: Path) -> None:
+    probe = (
+        "import sys, threading\n"
+        "from bot.logs import install_excepthooks, install_redactor\n"
+        f"KEY = {KEY!r}\n"
+        "install_redactor([KEY])\n"
+        "install_excepthooks()\n"
+        "t = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError('thread saw ' + KEY[3:20])))\n"
+        "t.start(); t.join()\n"
+        "raise RuntimeError('main saw ' + KEY)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "thread saw ********" in done.stderr and "main saw ********" in done.stderr
+    assert "Traceback" in done.stderr and not leaks(done.stderr, [KEY])
