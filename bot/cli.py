@@ -467,8 +467,8 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         settings = load_settings(env_file=args.env_file)
     except SettingsError as exc:
         install_redactor(exc.secrets)
-        setup_logging(requested_log_level())
         if requested_log_level() == "DEBUG":
+            setup_logging("DEBUG")
             log.debug("settings did not load", exc_info=exc)
         # One problem is one line; several are listed, one line each.
         text = exc.problems[0] if len(exc.problems) == 1 else str(exc)

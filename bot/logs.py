@@ -302,6 +302,22 @@ def install_excepthooks() -> None:
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "websockets", "hpack")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (the CLI's redacting stream while a command
+    runs), never to a stream that has since been replaced and closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, stream: object = None) -> None:
     """Configure the root logger once: one stream handler, a plain format, secret redaction.
 
@@ -310,7 +326,7 @@ def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, 
     """
     if secrets is not None:
         install_redactor(secrets)
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

@@ -7,6 +7,7 @@ import io
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ from bot.settings import load_settings, secret_values
 KEY = "sk-proj-Zq8xV3mK9pL2wR7tY4uN6bH1cD5eF0gA"
 TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.Qw3rTy7uI9oP1aS5dF8gH2jK4lZ6xC0vB"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """setup_logging configures the process; give the next test the logging it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def windows(secret: str) -> list[str]:
