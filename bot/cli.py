@@ -142,6 +142,7 @@ async def _until_listening(listening: asyncio.Event, web_task: asyncio.Task[None
         await asyncio.wait({waiter, web_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
     if not listening.is_set():
         web_task.result()  # the bind error
         raise RuntimeError("the web server stopped before it listened")
@@ -432,13 +433,15 @@ def _path_failure(exc: OSError, settings: Settings) -> Failure:
     path = Path(str(exc.filename))
     data_dir = settings.data_dir
     under_data_dir = path == data_dir or data_dir in path.parents or path in data_dir.parents
-    what = f"DATA_DIR {str(data_dir)!r}" if under_data_dir else f"{str(path)!r}"
-    if isinstance(exc, FileExistsError) or isinstance(exc, NotADirectoryError):
+    if not under_data_dir:  # no setting to name: the file, and the system's reason
+        return Failure(f"{str(path)!r}: {exc.strerror or exc}: check that this user can use it", CONFIG)
+    what = f"DATA_DIR {str(data_dir)!r}"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
         return Failure(f"{what}: {str(path)!r} is a file, not a directory: point DATA_DIR at a directory", CONFIG)
     if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return Failure(f"{what}: not writable ({exc.strerror}): make it writable by this user or point "
                        "DATA_DIR at a directory that is", CONFIG)
-    return Failure(f"{what}: {exc.strerror or exc}", CONFIG)
+    return Failure(f"{what}: {exc.strerror or exc}: point DATA_DIR at a usable directory", CONFIG)
 
 
 def _discord_failure(exc: BaseException, settings: Settings) -> Failure | None:
@@ -518,8 +521,8 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         settings = load_settings(env_file=args.env_file)
     except SettingsError as exc:
         install_redactor(exc.secrets)
-        setup_logging(requested_log_level())
         if requested_log_level() == "DEBUG":
+            setup_logging("DEBUG")
             log.debug("settings did not load", exc_info=exc)
         # One problem is one line; several are listed, one line each.
         text = exc.problems[0] if len(exc.problems) == 1 else str(exc)

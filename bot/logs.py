@@ -16,14 +16,17 @@ providers echo parts of keys ("sk-proj-abcd...wxyz", the first 16 characters of 
 the ``user:password@`` part of any URL. A secret shorter than 8 characters (a URL password) is
 replaced only where it appears whole.
 
-The matcher runs on every log line, so it is one compiled regular expression shaped as a trie of
-all 8-character windows of every secret: the regex engine rejects a position on its first character
-in C, and a line with no secret costs one ``search``.
+The matcher runs on every log line, so the common case (no secret) stays in C: a regular expression
+finds the runs of 8 or more characters drawn from the secrets' alphabet (words, ids, URLs), and each
+run's 8-character slices are tested against the set of all windows of all secrets with
+``set.isdisjoint`` over ``map`` (no Python-level loop). Only a run that holds a piece is walked
+position by position. ``python -m bench.redaction`` measures it: 9-12 us for a 140-character line on
+a shared 2-core machine, 1.3-1.8x faster than a trie-shaped regex of the windows or a Python loop
+over the slices.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import re
@@ -32,7 +35,7 @@ import threading
 import traceback
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import unquote
 
 __all__ = [
@@ -56,27 +59,6 @@ _SHORT_MIN = 4  # shorter whole values (a 3-letter password) would redact ordina
 _USERINFO = re.compile(r"://([^\s/?#@\"'<>]+)@")
 
 
-def _trie_pattern(words: Iterable[str]) -> str:
-    """A regex matching exactly ``words``, factored by common prefix so each position fails fast."""
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def emit(node: dict[str, Any]) -> str:
-        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
-        optional = "" in node
-        if not branches:
-            return ""
-        if len(branches) == 1 and not optional:
-            return branches[0]
-        return "(?:" + "|".join(branches) + ")" + ("?" if optional else "")
-
-    return emit(trie)
-
-
 def derived_forms(secret: str) -> set[str]:
     """The forms a secret takes on the wire besides itself: percent-decoded (URL userinfo)."""
     forms = {secret}
@@ -84,11 +66,6 @@ def derived_forms(secret: str) -> set[str]:
     if decoded != secret:
         forms.add(decoded)
     return forms
-
-
-def basic_auth_form(user: str, password: str) -> str:
-    """What ``Authorization: Basic`` carries for a user and password (echoed by some servers)."""
-    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class Redactor:
@@ -108,7 +85,8 @@ class Redactor:
                 short.add(value)
         self.secrets = frozenset(values)
         self._windows = frozenset(windows)
-        self._pattern = re.compile(_trie_pattern(windows)) if windows else None
+        alphabet = sorted({ch for w in windows for ch in w})
+        self._runs = re.compile("[" + "".join(re.escape(ch) for ch in alphabet) + f"]{{{WINDOW},}}") if windows else None
         # Replace longer values first so one is never left half-replaced by a shorter one inside it.
         self._short = re.compile("|".join(re.escape(s) for s in sorted(short, key=len, reverse=True))) if short else None
         # Every piece (1..7 characters) that could be the start of a window: a stream holds such a
@@ -124,12 +102,15 @@ class Redactor:
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Merged ``[start, end)`` ranges of ``text`` that are pieces of secrets or URL userinfo."""
         found: list[tuple[int, int]] = []
-        pattern = self._pattern
-        if pattern is not None:
-            m = pattern.search(text)
-            while m is not None:
-                found.append((m.start(), m.start() + WINDOW))
-                m = pattern.search(text, m.start() + 1)  # overlapping: a long piece is many windows
+        if self._runs is not None:
+            windows = self._windows
+            for run in self._runs.finditer(text):
+                piece = run.group()
+                count = len(piece) - WINDOW + 1
+                if windows.isdisjoint(map(piece.__getitem__, map(slice, range(count), range(WINDOW, count + WINDOW)))):
+                    continue
+                start = run.start()
+                found.extend((start + i, start + i + WINDOW) for i in range(count) if piece[i:i + WINDOW] in windows)
         if self._short is not None:
             found.extend((m.start(), m.end()) for m in self._short.finditer(text))
         if "://" in text:
@@ -322,6 +303,22 @@ def install_excepthooks() -> None:
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "websockets", "hpack")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (the CLI's redacting stream while a command
+    runs), never to a stream that has since been replaced and closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, stream: object = None) -> None:
     """Configure the root logger once: one stream handler, a plain format, secret redaction.
 
@@ -330,7 +327,7 @@ def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, 
     """
     if secrets is not None:
         install_redactor(secrets)
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

@@ -465,7 +465,9 @@ def userinfo_values(url: str) -> list[str]:
     found: list[str] = []
     for info in _USERINFO.findall(url):
         user, _, password = info.partition(":")
-        found.extend(v for v in (info, user, password) if v)
+        # A short user name ("api", "user") is no secret and would be redacted wherever the word
+        # appears; a long one may be a token (https://TOKEN@host).
+        found.extend(v for v in (info, password, user if len(user) >= 8 or not password else "") if v)
         found.append(base64.b64encode(info.encode()).decode("ascii"))  # Authorization: Basic ...
     return found
 

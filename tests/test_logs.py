@@ -7,6 +7,7 @@ import io
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ from bot.settings import load_settings, secret_values
 KEY = "sk-proj-Zq8xV3mK9pL2wR7tY4uN6bH1cD5eF0gA"
 TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.Qw3rTy7uI9oP1aS5dF8gH2jK4lZ6xC0vB"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """setup_logging configures the process; give the next test the logging it had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def windows(secret: str) -> list[str]:
@@ -54,6 +65,7 @@ def test_settings_list_every_secret_setting_and_url_userinfo() -> None:
     values = set(secret_values(settings))
     assert {TOKEN, KEY, "Hunter2Hunter2", "bob:Hunter2Hunter2", "eliza-key-123456", "dg-key-1234567890",
             "el-key-1234567890", "tw-token-1234567890", "p"} <= values
+    assert "bob" not in values and "u" not in values  # short user names are not secrets
 
 
 def test_a_secret_written_a_few_characters_at_a_time_is_caught() -> None:
@@ -87,6 +99,18 @@ def test_log_records_and_tracebacks_are_redacted_for_every_logger() -> None:
     assert not leaks(text, [KEY]) and "u:pass" not in text
 
 
+def test_request_lines_of_the_openai_sdk_are_quiet_at_info() -> None:
+    sink = io.StringIO()
+    setup_logging("INFO", secrets=[], stream=sink)
+    try:
+        # The OpenAI SDK's HTTP client is httpx2: one INFO line per request, with the URL.
+        logging.getLogger("httpx2").info("HTTP Request: POST http://u:pw@h/v1/chat/completions")
+        logging.getLogger("httpcore2.http11").debug("send_request_headers.started")
+    finally:
+        setup_logging("WARNING", secrets=[])
+    assert sink.getvalue() == ""
+
+
 def test_filter_with_its_own_secrets() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "k=%s", (KEY,), None)
     assert RedactingFilter([KEY]).filter(record)
@@ -112,3 +136,34 @@ def test_chat_does_not_import_discord(tmp_path: Path) -> None:
 @pytest.mark.parametrize("piece", [KEY, KEY[:8], KEY[10:26], KEY[-8:]])
 def test_pieces(piece: str) -> None:
     assert piece not in Redactor([KEY])(f"x{piece}y")
+
+
+def test_a_configuration_that_does_not_load_is_reported_without_its_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://bob:Sup3rSecretPassw0rd@[::1")
+    monkeypatch.setenv("OPENAI_API_KEY", f"{KEY} trailing")  # whitespace: a pasting mistake
+    code = main(["--env-file", "/nonexistent/.env", "chat"], stdin=io.StringIO(""), out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err
+    assert not leaks(err, [KEY, "Sup3rSecretPassw0rd"]) and "bob:" not in err
+
+
+def test_uncaught_exceptions_in_any_thread_are_redacted(tmp_path: Path) -> None:
+    probe = (
+        "import sys, threading\n"
+        "from bot.logs import install_excepthooks, install_redactor\n"
+        f"KEY = {KEY!r}\n"
+        "install_redactor([KEY])\n"
+        "install_excepthooks()\n"
+        "t = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError('thread saw ' + KEY[3:20])))\n"
+        "t.start(); t.join()\n"
+        "raise RuntimeError('main saw ' + KEY)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "thread saw ********" in done.stderr and "main saw ********" in done.stderr
+    assert "Traceback" in done.stderr and not leaks(done.stderr, [KEY])

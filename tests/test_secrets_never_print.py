@@ -6,7 +6,15 @@ one loopback service (tests/fakes/echo_server.py) standing in for Discord's REST
 server, Deepgram, ElevenLabs and Twilio, which answers each request with 401, 429 or 500 and quotes the
 credentials it received in the body and the headers. Everything each process printed (stdout,
 stderr, and for `serve` the TwiML an SMS sender receives) is searched for every 8-character window
-of every secret. The 15 processes run at the same time.
+of every secret. `voicebot` runs twice per fault: once against the echoing service as Discord's REST
+API (login fails), once logged in to the loopback Discord (bot/loopback) where Alice mentions it and
+its agent fails: what it posts in the channel is searched too. The 18 processes run at the same time.
+
+Coverage: 7 secret settings x 6 runs (5 commands, `voicebot` two ways) x 3 faults = 126 combinations
+searched; in 31 of them the run really sent that secret and had it echoed back (which secrets a run
+sends depends on what it contacts: `voicebot` logs in to Discord or asks the agent, `chat` and `serve`
+ask the agent, `check` probes every service, `simulate` opens Deepgram). On the code before this
+test, 8 of the 15 runs without the loopback Discord printed a secret.
 
 Discord's "500" is 503: discord.py retries a 500 at login five times over 25 s and then raises the
 same DiscordServerError a 503 raises at once (test_startup_errors has a real 500).
@@ -14,8 +22,10 @@ same DiscordServerError a 503 raises at once (test_startup_errors has a real 500
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import signal
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.loopback.server import ChannelHandle, LocalDiscord, MemberHandle
 from tests.cli_runs import CliRun, Finished, free_port
 from tests.fakes.echo_server import EchoServer
 from tests.fakes.twilio_server import sign_webhook
@@ -50,7 +61,9 @@ WIRE_FORMS: dict[str, str] = {
     "OPENAI_BASE_URL (password)": base64.b64encode(f"{LLM_USER}:{LLM_PASSWORD}".encode()).decode(),
     "TWILIO_AUTH_TOKEN": base64.b64encode(f"{ACCOUNT_SID}:{SECRETS['TWILIO_AUTH_TOKEN']}".encode()).decode(),
 }
-COMMANDS = ("run", "chat", "check", "serve", "simulate")
+# "gateway": `voicebot` logged in to the loopback Discord (bot/loopback), someone mentions it and the
+# agent fails against the echoing service: what the bot posts in the channel is searched too.
+COMMANDS = ("run", "gateway", "chat", "check", "serve", "simulate")
 FAULTS = (401, 429, 500)
 
 
@@ -146,6 +159,36 @@ def _text_the_bot(port: int) -> str:
         return f"HTTP {response.status}\n{response.read().decode()}"
 
 
+class LoopThread:
+    """An event loop in a thread of its own, for the loopback Discords the subprocesses talk to."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="loopback-discords", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: object, timeout: float = 120.0) -> object:  # failure guard only
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+
+async def _open_discord() -> tuple[LocalDiscord, ChannelHandle, MemberHandle]:
+    discord_ = LocalDiscord(token=SECRETS["DISCORD_TOKEN"])
+    await discord_.start()
+    guild = discord_.add_guild("Loopback")
+    return discord_, guild.add_text_channel("general"), guild.add_member("Alice")
+
+
+async def _mention_and_wait(discord_: LocalDiscord, channel: ChannelHandle, alice: MemberHandle) -> str:
+    await discord_.wait_until_identified(timeout=120)
+    await alice.send_message(channel, f"<@{discord_.bot_user_id}> hello, are you there?")
+    await discord_.wait_bot_message(channel, timeout=120)
+    return "\n".join(m.content for m in channel.messages)
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, int], Outcome]]:
     echo = EchoServer()
@@ -153,23 +196,33 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
     root = tmp_path_factory.mktemp("secrets")
     wav = _wav(root / "hello.wav")
     runs: dict[tuple[str, int], tuple[CliRun, int]] = {}
+    loops = LoopThread()
+    discords: dict[int, tuple[LocalDiscord, ChannelHandle, MemberHandle]] = {}
     try:
         for fault in FAULTS:
             for command in COMMANDS:
                 name = f"{command}-{fault}"
                 port = free_port()
                 args: tuple[str, ...] = ("--speak", f"Alice={wav}") if command == "simulate" else ()
-                run = CliRun(command, root / name, settings_for(base, command, name, fault, port), args=args,
+                settings = settings_for(base, command, name, fault, port)
+                if command == "gateway":
+                    discords[fault] = loops.run(_open_discord())  # type: ignore[assignment]
+                    settings.update(DISCORD_API_BASE=discords[fault][0].api_base,
+                                    DISCORD_CA_FILE=str(discords[fault][0].ca_file))
+                run = CliRun("run" if command == "gateway" else command, root / name, settings, args=args,
                              stdin="hello, are you there?\n/quit\n")
                 runs[(command, fault)] = (run.start(), port)
         results: dict[tuple[str, int], Outcome] = {}
         for (command, fault), (run, port) in runs.items():
             extra = ""
+            assert run.proc is not None
             if command == "serve":
                 _wait_listening(port, run)
                 extra = _text_the_bot(port)
-                assert run.proc is not None
                 run.proc.send_signal(signal.SIGTERM)
+            elif command == "gateway":
+                extra = str(loops.run(_mention_and_wait(*discords[fault]), timeout=180))
+                run.proc.send_signal(signal.SIGINT)
             finished = run.finish(timeout=180)
             results[(command, fault)] = Outcome(command, fault, f"{command}-{fault}", finished, extra,
                                                 echo.credentials(f"{command}-{fault}"))
@@ -179,6 +232,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
             if run.proc is not None and run.proc.poll() is None:
                 run.proc.kill()
                 run.proc.wait()
+        for discord_, _, _ in discords.values():
+            loops.run(discord_.stop())
+        loops.stop()
         echo.stop()
 
 
@@ -195,6 +251,10 @@ def test_no_piece_of_any_secret_is_printed(outcomes: dict[tuple[str, int], Outco
     if command == "run":
         assert outcome.finished.code in (1, 2) and "voicebot: " in outcome.finished.stderr
         assert "Discord" in outcome.finished.stderr.splitlines()[-1]
+    elif command == "gateway":
+        alice, *answers = outcome.extra.splitlines()  # Alice's mention, then what the bot posted
+        assert alice.startswith("<@") and answers and outcome.finished.code == 0
+        assert any(word in answers[0] for word in ("Sorry", "I can't", "overwhelmed")), answers  # the kind error
     elif command == "chat":
         assert outcome.finished.code == 0 and "Wren> [" in outcome.finished.stdout
     elif command == "check":
@@ -217,4 +277,4 @@ def test_coverage(outcomes: dict[tuple[str, int], Outcome], capsys: pytest.Captu
         print(f"\nredaction coverage: {searched} (secret x command x fault) combinations searched, "
               f"{echoed} of them with the secret sent to and echoed back by the service")
     assert searched == len(SECRETS) * len(COMMANDS) * len(FAULTS)
-    assert echoed >= 28  # measured: 28 (see the module docstring for which secret each run sends)
+    assert echoed >= 31  # measured: 31 (see the module docstring for which secret each run sends)

@@ -14,10 +14,11 @@ the interpreter lives under /root, mode 0700.)
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,6 @@ class Context:
     busy_port: int
     closed_port: int
     wav: Path
-    keep: list[object] = field(default_factory=list)
 
 
 def _bad_character(home: Path, ctx: Context) -> dict[str, str]:
@@ -198,6 +198,8 @@ def test_one_clear_line(finished: dict[tuple[str, str], Finished], case: Case, c
     status, says = _check_expectations(case) if command == "check" else (case.status, case.says)
     output = result.output
     assert "Traceback" not in output, output
+    for secret in (TOKEN, SMS["TWILIO_AUTH_TOKEN"]):  # a traceback of a failed login used to carry the token
+        assert not [secret[i:i + 8] for i in range(len(secret) - 7) if secret[i:i + 8] in output]
     assert result.code == status, output
     lines = [line for line in output.splitlines() if all(s in line for s in says)]
     assert len(lines) == 1, f"expected one line saying {says}:\n{output}"
@@ -212,3 +214,22 @@ def test_the_traceback_is_shown_at_debug(tmp_path: Path) -> None:
     assert result.code == 2
     assert "Traceback" in result.stderr and "CharacterError" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1].startswith("voicebot chat: CHARACTER_FILE ")
+
+
+@pytest.mark.parametrize(("exc", "status", "says"), [
+    (PermissionError(13, "Permission denied", "/srv/voicebot"), 2, ("DATA_DIR '/srv/voicebot/data'", "not writable")),
+    (PermissionError(13, "Permission denied", "/srv/voicebot/data"), 2, ("DATA_DIR", "make it writable")),
+    (OSError(errno.EROFS, "Read-only file system", "/srv/voicebot/data"), 2, ("DATA_DIR", "not writable")),
+    (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), 2, ("WEB_HOST '10.9.9.9'", "not an address")),
+    (PermissionError(errno.EACCES, "Permission denied"), 2, ("WEB_PORT 80", "above 1024")),
+    (PermissionError(13, "Permission denied", "/etc/elsewhere"), 2, ("'/etc/elsewhere'", "this user")),
+    (ZeroDivisionError("division by zero"), 1, ("unexpected ZeroDivisionError", "LOG_LEVEL=DEBUG")),
+])
+def test_other_failures_are_named(exc: BaseException, status: int, says: tuple[str, ...]) -> None:
+    from bot.cli import describe_failure
+    from bot.settings import load_settings
+
+    settings = load_settings({"DATA_DIR": "/srv/voicebot/data", "WEB_HOST": "10.9.9.9", "WEB_PORT": "80"},
+                             env_file=None)
+    failure = describe_failure(exc, settings)
+    assert failure.status == status and all(s in failure.line for s in says), failure.line

@@ -3,7 +3,8 @@
 Every path is ``/{run}/{status}/...``: the request is answered with HTTP ``status`` (401, 429, 500,
 503...) and a JSON body whose every usual error field (OpenAI's ``error.message``, Discord's
 ``message``, ElevenLabs' ``detail.message``, Twilio's ``message``) quotes the credentials it was
-sent: the ``Authorization`` header (and, for Basic, its decoded ``user:password``), ``xi-api-key``,
+sent, whole and masked as OpenAI masks a wrong key (first 16 and last 4 characters): the
+``Authorization`` header (and, for Basic, its decoded ``user:password``), ``xi-api-key``,
 ``Token``/``Bearer`` values, the query string. The same values come back in response headers.
 Retry hints are tiny so clients' retries end at once. Requests are recorded per ``run`` so a test
 knows which credentials each command actually sent (and had echoed back).
@@ -82,7 +83,9 @@ class EchoServer:
         creds = _credentials(request)
         with self._lock:
             self.seen[request.match_info["run"]].extend(creds)
-        echo = " | ".join(creds) or "(none)"
+        # Whole, and masked the way OpenAI quotes a wrong key (its first 16 and last 4 characters).
+        masked = [f"{c[:16]}{'*' * 8}{c[-4:]}" for c in creds if len(c) > 24]
+        echo = " | ".join([*creds, *masked]) or "(none)"
         message = f"Invalid credentials provided: {echo} for {request.path_qs}"
         body: dict[str, Any] = {
             "error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key", "param": None},
