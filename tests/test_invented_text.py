@@ -39,7 +39,11 @@ def test_unsure_single_words_and_non_speech_are_dropped() -> None:
                      confidence=0.22) == "low_confidence"
     assert flt.check("I was thinking about the weather in Lisbon.", confidence=0.8) is None
     assert flt.check(" . ") == "no_words" and flt.check("...!") == "no_words"
-    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2}
+    assert flt.check("and now the one that was left zero and now the one that was left zero and now the one "
+                     "that was left zero", confidence=0.6) == "repetition"
+    assert flt.check("I said no no no no, not that one", confidence=0.8) is None
+    assert flt.check("bye bye", confidence=0.9) is None
+    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2, "repetition": 1}
 
 
 @given(st.text(max_size=200))
