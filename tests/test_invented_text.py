@@ -39,9 +39,33 @@ def test_unsure_single_words_and_non_speech_are_dropped() -> None:
                      confidence=0.22) == "low_confidence"
     assert flt.check("I was thinking about the weather in Lisbon.", confidence=0.8) is None
     assert flt.check(" . ") == "no_words" and flt.check("...!") == "no_words"
-    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2}
+    assert flt.check("and now the one that was left zero and now the one that was left zero and now the one "
+                     "that was left zero", confidence=0.6) == "repetition"
+    assert flt.check("I said no no no no, not that one", confidence=0.8) is None
+    assert flt.check("bye bye", confidence=0.9) is None
+    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2, "repetition": 1}
 
 
 @given(st.text(max_size=200))
 def test_never_raises(text: str) -> None:
     InventedTextFilter().check(text, confidence=0.4, speech_ratio=0.5)
+
+
+async def test_the_session_drops_text_from_audio_marked_non_speech() -> None:
+    from audio.stt.base import Transcript
+    from tests.test_voice_session import FRAME, ScriptedEngine, ScriptedSTT, make_session
+
+    stt = ScriptedSTT({1: []})
+    session, memory, out = make_session(ScriptedEngine(["Hi."]), stt)
+    heard: list = []
+    session.on_turn = heard.append
+    session.on_speech_start(1)
+    session.on_audio(1, FRAME)
+    stream = stt.streams["1"]
+    stream.queue.put_nowait(Transcript(text="So what do you think", is_final=True, end_of_turn=True, start=0.0,
+                                       end=2.0, speech_ratio=0.04))
+    session.on_speech_end(1)  # the scripted recognizer answers the flush with an empty end of turn
+    await session.wait_settled()
+    assert heard == [] and out.played == [] and memory.count() == 0
+    assert session.invented.dropped == {"non_speech": 1}
+    await session.aclose()

@@ -60,6 +60,8 @@ class Transcript:
     confidence: float | None = None
     words: tuple[Word, ...] = ()
     received_at: float = 0.0
+    # Share of the transcribed audio a voice-activity detector marked as speech (None: not measured).
+    speech_ratio: float | None = None
 
 
 class STTError(Exception):

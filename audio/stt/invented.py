@@ -11,7 +11,10 @@ by name so an operator can see what was dropped:
 - ``low_confidence``: a single word below the word threshold (a cough read as "you"), or any
   transcript below the overall threshold (Whisper's fluent inventions over babble or music score
   well under what it gives real speech);
-- ``no_words``: nothing but punctuation (Whisper writes "." over music).
+- ``no_words``: nothing but punctuation (Whisper writes "." over music);
+- ``repetition``: one phrase said three times or more in a row and nothing else ("and now the one
+  that was left zero and now the one that was left zero and now…"): Whisper's decoding loop on
+  noise, which its own reference decoder catches as text that compresses too well.
 
 Synchronous, no I/O: the voice session calls :meth:`InventedTextFilter.check` on every final.
 """
@@ -107,6 +110,17 @@ def _only_phrases(words: list[str]) -> bool:
     return ok[n]
 
 
+def _looped(words: list[str]) -> bool:
+    """Whether ``words`` is one phrase of two or more words repeated at least three times (a partial
+    last repeat allowed). A person saying "no no no" is one word repeated, and is kept."""
+    n = len(words)
+    for size in range(2, n // 3 + 1):
+        unit = words[:size]
+        if all(words[i] == unit[i % size] for i in range(n)):
+            return True
+    return False
+
+
 class InventedTextFilter:
     """Decides whether a final transcript is invented text; counts what it dropped, by rule."""
 
@@ -118,8 +132,8 @@ class InventedTextFilter:
         self.dropped: Counter[str] = Counter()
 
     def check(self, text: str, *, confidence: float | None = None, speech_ratio: float | None = None) -> str | None:
-        """The rule that drops ``text`` (``phrase``, ``non_speech``, ``low_confidence``, ``no_words``),
-        or None to keep it.
+        """The rule that drops ``text`` (``phrase``, ``non_speech``, ``low_confidence``, ``no_words``,
+        ``repetition``), or None to keep it.
 
         ``confidence`` is the recognizer's (0–1) for the transcript, ``speech_ratio`` the share of its
         audio the voice-activity detector marked as speech; either may be unknown.
@@ -138,6 +152,8 @@ class InventedTextFilter:
             return "non_speech"
         if _only_phrases(words):
             return "phrase"
+        if _looped(words):
+            return "repetition"
         if confidence is not None and confidence < self.min_confidence:
             return "low_confidence"
         if folded in _SHORT or len(words) == 1:

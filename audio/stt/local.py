@@ -215,6 +215,7 @@ class _Job:
     end: float
     is_final: bool
     end_of_turn: bool
+    speech_ratio: float | None = None  # voiced share of the audio, by the segmenter's VAD
 
 
 class LocalWhisperSTT(STTEngine):
@@ -448,7 +449,8 @@ class LocalWhisperStream(STTStream):
         else:
             pcm = utt.pcm
         self._turn_open = not utt.end_of_turn
-        self._add_job(_Job(pcm, utt.start, utt.end, True, utt.end_of_turn))
+        frames = max(1, round((utt.end - utt.start) * 1000 / FRAME_MS))
+        self._add_job(_Job(pcm, utt.start, utt.end, True, utt.end_of_turn, min(1.0, utt.voiced_frames / frames)))
 
     def _add_job(self, job: _Job) -> None:
         self._jobs.append(job)
@@ -493,6 +495,7 @@ class LocalWhisperStream(STTStream):
                         end=job.end,
                         confidence=confidence,
                         received_at=time.monotonic(),
+                        speech_ratio=job.speech_ratio,
                     )
                 )
         except STTError as exc:

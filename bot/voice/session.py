@@ -346,7 +346,8 @@ class VoiceSession:
             log.info("dropped the bot's own voice heard back from %s", person.user_id, extra={"room": self.room})
             text = ""
         elif text and transcript.is_final:
-            reason = self.invented.check(text, confidence=transcript.confidence)
+            reason = self.invented.check(text, confidence=transcript.confidence,
+                                         speech_ratio=transcript.speech_ratio)
             if reason is not None:
                 log.info("dropped invented text (%s) from %s", reason, person.user_id, extra={"room": self.room})
                 text = ""
