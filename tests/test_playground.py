@@ -139,6 +139,8 @@ async def test_a_spoken_turn_is_answered_with_audio_and_counted(rig: Rig) -> Non
     assert requests[("fake", "stt")] == 1 and requests[("eliza", "agent")] == 1 and requests[("espeak", "tts")] >= 1
     # The same memory, in room "playground".
     assert [t.text for t in rig.services.memory.recent("playground", 10)][0] == "hello there computer"
+    # The person at the console is a console identity, which /forget and `voicebot chat` know.
+    assert rig.services.memory.recent("playground", 10)[0].speaker_id == "console:playground"
     await ws.close()
 
 

@@ -255,7 +255,8 @@ class Playground:
             tts = _SilentTTS()
         session = VoiceSession(room="playground", agent=agent, memory=services.memory, stt=stt, tts=tts,
                                out=out, policy=policy, fallback_tts=fallback, sample_rate=SAMPLE_RATE,
-                               name_of=lambda _: "you", notify=notify)
+                               name_of=lambda _: "you", notify=notify,
+                               speaker_id=lambda _: "console:playground")
         console.watch(session)
         pending: set[asyncio.Task[None]] = set()
 
