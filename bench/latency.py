@@ -23,10 +23,12 @@ Speech: ``UTTERANCES`` (10), of which 4 have a pause of 400–700 ms in the midd
 during which the speaker sends nothing (as Discord clients do). A pause answered before the person
 finished is a false cut-off. A warm-up utterance runs first in each configuration and is left out.
 
-``breakdown_ms`` splits each turn's wait: ``end_of_turn`` (last voice packet → the bot decided the
-person stopped), ``stt`` (→ final transcript), ``agent`` (→ first sentence of the reply), ``tts``
-(→ first synthesized audio), ``playback`` (→ first frame handed to discord.py's player) and
-``send`` (→ first packet received by the listener: Opus encode, encryption, UDP). ``floor_ms``
+``breakdown_ms`` splits each turn's wait: ``end_of_speech`` (last voice packet → the bot noticed
+the pause), ``stt`` (→ final transcript), ``agent`` (→ first sentence of the reply), ``tts``
+(→ first synthesized audio), ``turn_end`` (last voice packet → the bot knew the turn was over; with
+speculation this overlaps the three before), ``playback`` (the later of first audio and end of turn
+→ first frame handed to discord.py's player) and ``send`` (→ first packet received by the listener:
+Opus encode, encryption, UDP). ``floor_ms``
 (cloud) is the providers' own share of that turn: the final's latency after the end-of-turn
 signal + the LLM's first token + the TTS's first audio.
 
@@ -289,15 +291,21 @@ def _ms(a: float | None, b: float | None) -> float | None:
 
 
 def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, float | None]:
+    """Where one turn's wait went. With speculation the reply is prepared during the silence, so
+    ``turn_end`` (last packet → the bot knew the turn was over) overlaps stt/agent/tts, and
+    ``playback`` counts from whichever came last: the first audio or the end of the turn."""
     if timing is None:
         return {}
-    decided = getattr(timing, "turn_end", None) or timing.speech_end
+    turn_end = getattr(timing, "turn_end", None)
+    audio = timing.first_tts_audio
+    ready = max(audio, turn_end) if audio is not None and turn_end is not None else audio
     return {
-        "end_of_turn": _ms(ended, decided),
-        "stt": _ms(decided, timing.final_transcript),
+        "end_of_speech": _ms(ended, timing.speech_end),
+        "stt": _ms(timing.speech_end, timing.final_transcript),
         "agent": _ms(timing.final_transcript, timing.first_sentence or timing.first_text),
-        "tts": _ms(timing.first_sentence or timing.first_text, timing.first_tts_audio),
-        "playback": _ms(timing.first_tts_audio, timing.first_frame),
+        "tts": _ms(timing.first_sentence or timing.first_text, audio),
+        "turn_end": _ms(ended, turn_end),
+        "playback": _ms(ready, timing.first_frame),
         "send": _ms(timing.first_frame, heard_at),
     }
 

@@ -6,6 +6,13 @@ while the rest is still being generated, and stops talking when someone talks ov
 decided on a non-empty interim transcript, so the bot's own voice leaking through a speaker does not
 cut it off). Memory gets only what was actually played, marked as interrupted when it was.
 
+When a person has finished is decided with :class:`~bot.voice.endpointing.TurnDetection`: a short
+packet gap asks the recognizer for a final at once, and the words decide how long to wait before
+the turn ends (a finished question: hardly at all; "I was thinking about…": long enough to go on).
+With ``speculate``, the reply (agent and the first sentence's speech) starts as soon as that final
+is in, while the turn is not yet over; nothing of it is played or stored until the turn ends, and
+it is thrown away if the person goes on (``speculations_wasted`` counts those).
+
 It knows nothing about Discord: it is the receive pipeline's ``SpeechConsumer``
 (``on_speech_start``/``on_audio``/``on_speech_end`` per user id), resolves names through
 ``name_of``, and plays through an :class:`AudioOut`.
@@ -27,11 +34,15 @@ from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming
 from bot.memory import Memory, Modality, Turn
+from bot.voice.endpointing import TurnDetection
 from bot.voice.turns import PendingTurn, TurnPolicy
 
 __all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession", "Participant"]
 
 log = logging.getLogger(__name__)
+
+FIRST_CLAUSE_CHARS = 12  # a first sentence this long may be cut at its first comma...
+MIN_CLAUSE_CHARS = 4  # ...when the clause is at least this long ("Sure," "Well,")
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class TurnTiming:
     first_sentence: float | None = None
     first_tts_audio: float | None = None
     first_frame: float | None = None
+    turn_end: float | None = None  # the turn was known to be over (answering could be heard from here)
+    speculative: bool = False  # the reply was started before the turn was over
     speaker_name: str = ""
     text: str = ""
     reply: str = ""
@@ -125,6 +138,8 @@ class Participant:
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
+    candidate: PendingTurn | None = None  # words in, waiting to see whether the person goes on
+    confirm: asyncio.TimerHandle | None = None  # ends the candidate turn if they stay quiet
 
     @property
     def awaiting_recognizer(self) -> bool:
@@ -157,8 +172,16 @@ class VoiceSession:
         notify: Callable[[str], Awaitable[None]] | None = None,
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        turn_detection: TurnDetection | None = None,
+        speculate: bool = False,
     ) -> None:
         self.room = room
+        # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
+        self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
+        self.speculate = speculate and self.turn_detection is not None
+        self._speculations: dict[int, _Speculation] = {}
+        self.speculations_started = 0
+        self.speculations_wasted = 0  # speculative replies thrown away (the person went on, or it failed)
         self.agent = agent
         self.memory = memory
         self.stt = stt
@@ -196,7 +219,8 @@ class VoiceSession:
         """Nothing in flight: nobody mid-speech, every end of speech answered by the recognizer,
         no turn waiting or being answered, nothing playing."""
         return (
-            not any(p.speaking or p.awaiting_recognizer for p in self.participants.values())
+            not any(p.speaking or p.awaiting_recognizer or p.candidate is not None
+                    for p in self.participants.values())
             and len(self.policy) == 0
             and (self._responder is None or self._responder.done())
             and not self._speaking
@@ -219,6 +243,10 @@ class VoiceSession:
             return
         person = self._participant(user_id)
         person.speaking = True
+        if person.candidate is not None:
+            # They went on: the pause was not the end of their turn. Their words so far stay and
+            # the turn continues; a reply started on them is thrown away unheard.
+            self._drop_candidate(person)
         self._ensure_stream(person)
         self._touch()
 
@@ -248,6 +276,7 @@ class VoiceSession:
         person = self.participants.pop(user_id, None)
         self.policy.forget(user_id)
         if person is not None:
+            self._drop_candidate(person)
             if person.reader is not None:
                 person.reader.cancel()
             self._spawn(self._close_participant(person), f"stt-close-{user_id}")
@@ -313,11 +342,62 @@ class VoiceSession:
             person.turn_ends += 1
             self._touch()
         if transcript.end_of_turn and person.finals:
-            words = " ".join(person.finals)
-            person.finals.clear()
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
-            self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now))
+            turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now)
+            if self.turn_detection is None:
+                person.finals.clear()
+                self._complete_turn(turn)
+            elif not person.speaking and not person.awaiting_recognizer:
+                self._hold_turn(person, turn)
+            # else: they are talking again, or a later pause's words are still coming (a slow
+            # recognizer): these words stay, and the turn ends on the last pause's final
+
+    # ------------------------------------------------------------------ end of turn
+
+    def _hold_turn(self, person: Participant, turn: PendingTurn) -> None:
+        """The words of a pause are in: end the turn when the rule says, unless the person goes on."""
+        assert self.turn_detection is not None
+        self._drop_candidate(person)
+        person.candidate = turn
+        if self.speculate and self.policy.wants(turn.user_id, turn.text, humans_present=self.humans_present()):
+            self._speculations[person.user_id] = _Speculation(self, turn)
+            self.speculations_started += 1
+        # ended_at is when the gap was noticed, pause_ms after the last packet; the hold counts from that packet.
+        last_voice = turn.ended_at - self.turn_detection.pause_ms / 1000
+        delay = last_voice + self.turn_detection.hold_seconds(turn.text) - self.clock()
+        person.confirm = asyncio.get_running_loop().call_later(max(0.0, delay), self._end_turn, person.user_id)
+        self._touch()
+
+    def _end_turn(self, user_id: int) -> None:
+        person = self.participants.get(user_id)
+        if person is None or person.candidate is None or self._closed:
+            return
+        turn, person.candidate, person.confirm = person.candidate, None, None
+        person.finals.clear()
+        self._complete_turn(turn)
+        self._touch()
+
+    def _drop_candidate(self, person: Participant) -> None:
+        """Forget a turn that has not ended (the person went on, or left) and any reply started on it."""
+        if person.confirm is not None:
+            person.confirm.cancel()
+        person.candidate, person.confirm = None, None
+        self._discard_speculation(person.user_id)
+
+    def _discard_speculation(self, user_id: int) -> None:
+        spec = self._speculations.pop(user_id, None)
+        if spec is not None:
+            self.speculations_wasted += 1
+            log.debug("speculative reply to %s thrown away", user_id, extra={"room": self.room})
+            self._spawn(self._cancel_speculation(spec), f"speculation-cancel-{user_id}")
+
+    async def _cancel_speculation(self, spec: _Speculation) -> None:
+        streaming = not spec.produce.done()
+        await spec.cancel()
+        warm = getattr(self.agent.engine, "warm", None)
+        if streaming and warm is not None:
+            await warm()  # the cancelled stream took its connection with it; the next reply needs one
 
     # ------------------------------------------------------------------ turns
 
@@ -332,6 +412,7 @@ class VoiceSession:
         if self.policy.offer(turn, humans_present=self.humans_present()):
             self._kick()
             return
+        self._discard_speculation(turn.user_id)
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
         self.memory.append(Turn(room=self.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
                                       role="user", text=turn.text, modality=Modality.VOICE,
@@ -359,23 +440,36 @@ class VoiceSession:
             self._touch()
 
     async def _answer(self, turn: PendingTurn) -> None:
-        timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
-                            speaker_name=turn.name, text=turn.text)
+        spec = self._speculations.pop(turn.user_id, None)
+        if spec is not None and spec.turn.text != turn.text:
+            # Merged with earlier words in the queue (or otherwise changed): not this answer.
+            self.speculations_wasted += 1
+            await self._cancel_speculation(spec)
+            spec = None
+        first: tuple[str, _Prefetch] | None = None
+        self._barge_in.clear()
+        if spec is not None:
+            timing, reply, produce = spec.timing, spec.reply, spec.produce
+            timing.turn_end = self.clock()
+            reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
+            first = await spec.first_audio()
+        else:
+            timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
+                                speaker_name=turn.name, text=turn.text, turn_end=self.clock())
+            reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
+                                              speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
+            sentences: asyncio.Queue[str | None] = asyncio.Queue()
+            produce = asyncio.get_running_loop().create_task(
+                self._produce_sentences(reply, _reply_splitter(), sentences, timing), name=f"reply-text-{self.room}"
+            )
         self.timings.append(timing)
         del self.timings[:-100]
         self.last_timing = timing
-        self._barge_in.clear()
-        reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
-                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
-        splitter = SentenceSplitter()
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        produce = asyncio.get_running_loop().create_task(
-            self._produce_sentences(reply, splitter, sentences, timing), name=f"reply-text-{self.room}"
-        )
+        queue = spec.sentences if spec is not None else sentences
         spoken: list[str] = []
         interrupted = False
         try:
-            interrupted = await self._speak_sentences(sentences, timing, spoken)
+            interrupted = await self._speak_sentences(queue, timing, spoken, first)
             if not interrupted:
                 await produce  # re-raises an agent failure
         except AgentError as exc:
@@ -414,10 +508,16 @@ class VoiceSession:
         finally:
             sentences.put_nowait(None)
 
+    async def _first_audio(self, sentences: asyncio.Queue[str | None], timing: TurnTiming, *,
+                           wait: bool) -> tuple[str, _Prefetch] | None:
+        """Start synthesizing the first speakable sentence (waiting for it with ``wait``)."""
+        sentence = await self._take_speakable(sentences, wait=wait)
+        return None if sentence is None else (sentence, _Prefetch(self, sentence, timing))
+
     async def _speak_sentences(self, sentences: asyncio.Queue[str | None], timing: TurnTiming,
-                               spoken: list[str]) -> bool:
-        """Synthesize and play sentences as they come; returns True when interrupted."""
-        next_audio: tuple[str, _Prefetch] | None = None
+                               spoken: list[str], first: tuple[str, _Prefetch] | None = None) -> bool:
+        """Synthesize and play sentences as they come (``first`` already synthesizing); True when interrupted."""
+        next_audio: tuple[str, _Prefetch] | None = first
         try:
             while True:
                 if next_audio is None:
@@ -530,6 +630,13 @@ class VoiceSession:
             return
         self._closed = True
         self.out.stop()
+        for person in self.participants.values():
+            if person.confirm is not None:
+                person.confirm.cancel()
+            person.candidate = person.confirm = None
+        for spec in list(self._speculations.values()):
+            await spec.cancel()
+        self._speculations.clear()
         if self._responder is not None:
             self._responder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -543,6 +650,46 @@ class VoiceSession:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+
+class _Speculation:
+    """A reply started before the turn is known to be over: the agent's text streams into a queue
+    and the first sentence is synthesized into a buffer, but nothing is played, and the person's
+    words are not stored, until :meth:`VoiceSession._answer` adopts it. :meth:`cancel` throws it
+    all away (the agent's request is closed, the synthesis stopped).
+    """
+
+    def __init__(self, session: VoiceSession, turn: PendingTurn) -> None:
+        self.turn = turn
+        self.timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
+                                 speaker_name=turn.name, text=turn.text, speculative=True)
+        self.reply = session.agent.reply(
+            Incoming(room=session.room, speaker_id=f"discord:{turn.user_id}", speaker_name=turn.name,
+                     text=turn.text, modality=Modality.VOICE),
+            remember=False,
+        )
+        self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.produce = loop.create_task(
+            session._produce_sentences(self.reply, _reply_splitter(), self.sentences, self.timing),
+            name=f"speculative-text-{session.room}",
+        )
+        self._first = loop.create_task(session._first_audio(self.sentences, self.timing, wait=True),
+                                       name=f"speculative-audio-{session.room}")
+
+    async def first_audio(self) -> tuple[str, _Prefetch] | None:
+        """The first sentence and its synthesis in progress (None: the reply had nothing to say)."""
+        return await self._first
+
+    async def cancel(self) -> None:
+        for task in (self.produce, self._first):
+            task.cancel()
+        results = await asyncio.gather(self.produce, self._first, return_exceptions=True)
+        first = results[1]
+        if isinstance(first, tuple):
+            first[1].cancel()
+        with contextlib.suppress(Exception):
+            await self.reply.aclose()
 
 
 class _Prefetch:
@@ -608,6 +755,12 @@ class _Prefetch:
     def cancel(self) -> None:
         if not self._task.done():
             self._task.cancel()
+
+
+def _reply_splitter() -> SentenceSplitter:
+    """Sentences for speech; a reply's first clause ("Sure, …") goes to synthesis on its own, so the
+    first sound does not wait for the whole first sentence."""
+    return SentenceSplitter(first_clause_chars=FIRST_CLAUSE_CHARS, min_clause_chars=MIN_CLAUSE_CHARS)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -267,7 +267,8 @@ class _SpeechRecognizer(_Recognizer):
             yield ("speech", None)  # interims come as words are recognised
 
     def before_final(self) -> None:
-        self._add(self.script.complete_part(), self.now)
+        # Inside the audio the final covers (a final takes words that start before its end).
+        self._add(self.script.complete_part(), max(self.segment_start, self.now - FRAME_SECONDS))
 
     def text_of(self, words: Sequence[FakeWord], is_final: bool) -> str:
         return " ".join(w.text for w in words)  # the script's own capitals and punctuation

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx2
 import openai
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletionChunk
 
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, vLLM, LM Studio) ignore the key but the SDK insists on one.
 PLACEHOLDER_KEY = "not-needed"
+KEEPALIVE_SECONDS = 60.0  # idle time an HTTP connection is kept for the next turn
 
 _OWNER_HINT = "Please let whoever runs me know."
 
@@ -141,6 +143,11 @@ class OpenAIEngine(ReplyEngine):
             base_url=self.base_url,
             timeout=timeout,
             max_retries=max_retries,
+            # Keep the connection across voice turns: httpx drops an idle one after 5 s, and a new
+            # TCP+TLS handshake is ~100 ms of every reply's wait. A connection the server closed
+            # meanwhile is noticed when taken from the pool and replaced.
+            http_client=DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS)),
         )
         self._closed = False
 
@@ -214,6 +221,16 @@ class OpenAIEngine(ReplyEngine):
                 f"model {self.model!r} is not offered by {safe_url(self.base_url)} (OPENAI_MODEL); available: {shown}"
             )
         return f"{safe_url(self.base_url)} offers model {self.model}"
+
+    async def warm(self) -> None:
+        """Open a connection now if the pool has none (a voice reply thrown away mid-stream closes
+        its connection): one small request, so the next reply does not pay the handshake. Quiet."""
+        if self._closed:
+            return
+        try:
+            await self._client.models.list()
+        except Exception as exc:  # only an optimisation; the real request reports real problems
+            log.debug("warming the connection failed: %s", type(exc).__name__)
 
     async def aclose(self) -> None:
         if not self._closed:
