@@ -291,23 +291,12 @@ def _ms(a: float | None, b: float | None) -> float | None:
 
 
 def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, float | None]:
-    """Where one turn's wait went. With speculation the reply is prepared during the silence, so
-    ``turn_end`` (last packet → the bot knew the turn was over) overlaps stt/agent/tts, and
-    ``playback`` counts from whichever came last: the first audio or the end of the turn."""
+    """Where one turn's wait went (``TurnTiming.stages_ms``, the figures ``voicebot simulate`` prints)."""
     if timing is None:
         return {}
-    turn_end = getattr(timing, "turn_end", None)
-    audio = timing.first_tts_audio
-    ready = max(audio, turn_end) if audio is not None and turn_end is not None else audio
-    return {
-        "end_of_speech": _ms(ended, timing.speech_end),
-        "stt": _ms(timing.speech_end, timing.final_transcript),
-        "agent": _ms(timing.final_transcript, timing.first_sentence or timing.first_text),
-        "tts": _ms(timing.first_sentence or timing.first_text, audio),
-        "turn_end": _ms(ended, turn_end),
-        "playback": _ms(ready, timing.first_frame),
-        "send": _ms(timing.first_frame, heard_at),
-    }
+    stages = dict(timing.stages_ms(ended, heard_at))
+    stages.pop("wait", None)
+    return stages
 
 
 async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cfg: BenchConfig,

@@ -126,6 +126,32 @@ class TurnTiming:
             "end_of_speech_to_first_frame": ms(self.speech_end, self.first_frame),
         }
 
+    def stages_ms(self, voice_end: float | None, heard_at: float | None) -> dict[str, float | None]:
+        """The wait a person hears, split up: ``voice_end`` (their last packet) → ``heard_at`` (the
+        reply's first packet at a listener), both on this clock.
+
+        ``end_of_speech`` (→ the pause noticed), ``stt`` (→ final transcript), ``agent`` (→ first
+        piece of the reply), ``tts`` (→ first audio), ``playback`` (the later of first audio and end
+        of turn → first frame handed to the player), ``send`` (→ heard). ``turn_end`` (last packet →
+        the turn known to be over) overlaps stt/agent/tts when the reply was started speculatively.
+        """
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        audio = self.first_tts_audio
+        ready = max(audio, self.turn_end) if audio is not None and self.turn_end is not None else audio
+        first_piece = self.first_sentence or self.first_text
+        return {
+            "wait": ms(voice_end, heard_at),
+            "end_of_speech": ms(voice_end, self.speech_end),
+            "stt": ms(self.speech_end, self.final_transcript),
+            "agent": ms(self.final_transcript, first_piece),
+            "tts": ms(first_piece, audio),
+            "turn_end": ms(voice_end, self.turn_end),
+            "playback": ms(ready, self.first_frame),
+            "send": ms(self.first_frame, heard_at),
+        }
+
 
 @dataclass
 class Participant:
