@@ -13,8 +13,8 @@ Two configurations in one run:
 - ``local``: faster-whisper, espeak-ng and the built-in ELIZA agent (no network).
 - ``cloud``: the Deepgram, OpenAI-compatible and ElevenLabs loopback fakes (``tests/fakes``) driven
   by the real SDKs, timed like the services: Deepgram hears speech in the audio it receives and
-  endpoints on silence *in that audio* (``speech_final`` / ``UtteranceEnd`` after its windows),
-  answers ``Finalize`` after 50 ms; the LLM's first token comes 200 ms after the request, then 40
+  endpoints on silence *in that audio* (``speech_final`` / ``UtteranceEnd`` after its windows,
+  plus 50 ms of processing), answers ``Finalize`` after 50 ms; the LLM's first token comes 200 ms after the request, then 40
   tokens/s; ElevenLabs' first audio 150 ms after the request, then 4× real time; every new
   connection to any of them costs 100 ms before the first byte (a TLS handshake), so reusing
   connections counts. The fakes run on their own event loop in a thread, like remote services.
@@ -220,7 +220,8 @@ class Providers:
         from tests.fakes.openai_server import FakeOpenAI
 
         self.script = SpeechScript()
-        self.deepgram = FakeDeepgram(script=self.script, connect_delay=CONNECT_DELAY, finalize_delay=STT_FINALIZE_DELAY)
+        self.deepgram = FakeDeepgram(script=self.script, connect_delay=CONNECT_DELAY, finalize_delay=STT_FINALIZE_DELAY,
+                                     endpoint_delay=STT_FINALIZE_DELAY)
         await self.deepgram.__aenter__()
         self.openai = FakeOpenAI(reply_tokens=list(LLM_REPLY), first_token_delay=LLM_FIRST_TOKEN,
                                  tokens_per_second=LLM_TOKENS_PER_SECOND, connect_delay=CONNECT_DELAY)

@@ -67,6 +67,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             model=settings.deepgram_model,
             language=settings.deepgram_language,
             endpointing_ms=settings.deepgram_endpointing_ms,
+            pause_signal=settings.deepgram_pause_signal,
             keyterms=keyterms,
             base_url=http_url,
             ws_url=ws_url,

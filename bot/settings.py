@@ -130,6 +130,7 @@ class Settings:
     turn_end_ms: int = 250  # silence that ends a finished-looking sentence (smart)
     turn_hold_ms: int = 1200  # silence an unfinished-looking sentence waits for more (smart)
     speculative_reply: bool = True  # start the reply before the turn is over; play it only if it is
+    deepgram_pause_signal: str = "finalize"  # how Deepgram hears a pause: finalize | silence
     # --- SMS (Twilio) and the web server
     twilio_account_sid: str | None = None
     twilio_auth_token: Secret | None = None
@@ -331,6 +332,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TURN_END_MS": ("turn_end_ms", _int(40, 5000)),
     "TURN_HOLD_MS": ("turn_hold_ms", _int(100, 10000)),
     "SPECULATIVE_REPLY": ("speculative_reply", _bool),
+    "DEEPGRAM_PAUSE_SIGNAL": ("deepgram_pause_signal", _choice(("finalize", "silence"))),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),

@@ -277,3 +277,24 @@ async def test_fixed_mode_ends_the_turn_on_the_recognizer_final_as_before() -> N
     assert session.speculations_started == 0  # speculation needs the smart rule
     assert stored(memory)[0] == ("user", "I was thinking about")
     await session.aclose()
+
+
+async def test_deepgram_hears_a_pause_as_silence_audio_when_asked() -> None:
+    """pause_signal="silence": no Finalize; the silence sent makes the fake's endpointing end the
+    segment (speech_final), which ends the turn."""
+    async with FakeDeepgram(vocabulary={1: "good", 2: "morning"}) as fake:
+        stt = DeepgramSTT(fake.api_key, base_url=fake.http_url, pause_signal="silence")
+        session, memory, out, heard = make(EchoEngine(), stt)
+        audio = word_audio([1, 2])
+        session.on_speech_start(5)
+        for i in range(0, len(audio), 640):
+            session.on_audio(5, audio[i:i + 640])
+        session.on_speech_end(5)
+        await wait_turns(session, 1)
+        assert [t.text for t in heard] == ["Good morning."]
+        assert "Finalize" not in fake.connections[0].control_types()
+        assert any(m.get("speech_final") for m in fake.connections[0].sent)
+        await session.aclose()
+        await stt.aclose()
+    with pytest.raises(ValueError):
+        DeepgramSTT("key", pause_signal="shout")

@@ -241,6 +241,10 @@ class DeepgramSTT(STTEngine):
         smart_format: v1 punctuation and formatting.
         keyterms: words to boost, e.g. the bot's name (nova-3 and Flux).
         eot_threshold, eager_eot_threshold, eot_timeout_ms: Flux turn-detection settings.
+        pause_signal: how ``finalize()`` tells Deepgram the speaker paused (Discord sends nothing
+            during silence): ``"finalize"`` sends ``Finalize`` (Flux: ``ForceEndTurn``);
+            ``"silence"`` sends ``endpointing_ms`` + 40 ms of silence at once so Deepgram's own
+            endpointing ends the segment (v1 with endpointing only; otherwise Finalize).
         keepalive_interval: seconds without audio before a KeepAlive (Flux: a burst of silence).
         idle_timeout: seconds without pushed audio before a speaker's socket is closed; the next
             ``push`` reopens it.
@@ -268,6 +272,7 @@ class DeepgramSTT(STTEngine):
         eot_threshold: float | None = None,
         eager_eot_threshold: float | None = None,
         eot_timeout_ms: int | None = None,
+        pause_signal: str = "finalize",
         keepalive_interval: float = 4.0,
         idle_timeout: float = 30.0,
         max_reconnects: int = 5,
@@ -296,6 +301,10 @@ class DeepgramSTT(STTEngine):
         self.eot_threshold = eot_threshold
         self.eager_eot_threshold = eager_eot_threshold
         self.eot_timeout_ms = eot_timeout_ms
+        if pause_signal not in ("finalize", "silence"):
+            raise ValueError(f"pause_signal must be 'finalize' or 'silence', not {pause_signal!r}")
+        # Silence only works where endpointing listens for it (v1 with endpointing on).
+        self.pause_signal = pause_signal if not self.flux and endpointing_ms is not None else "finalize"
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self.max_reconnects = max_reconnects
@@ -445,6 +454,14 @@ class DeepgramStream(STTStream):
         when no audio was sent since the previous finalize.
         """
         if self._ended or self._closing:
+            return
+        if self.engine.pause_signal == "silence":
+            if self._pushed_end > self._finalized_at:
+                # Endpointing runs on the audio clock: give it the pause Discord did not send.
+                assert self.engine.endpointing_ms is not None
+                self._append(bytes(self._bps * (self.engine.endpointing_ms + 40) // 1000 & ~1))
+                self._finalized_at = self._pushed_end
+                self._wake.set()
             return
         self._finalize_requested = True
         self._wake.set()
