@@ -68,6 +68,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             language=settings.deepgram_language,
             endpointing_ms=settings.deepgram_endpointing_ms,
             pause_signal=settings.deepgram_pause_signal,
+            eager_eot_threshold=settings.deepgram_eager_eot_threshold,
             keyterms=keyterms,
             base_url=http_url,
             ws_url=ws_url,

@@ -298,3 +298,45 @@ async def test_deepgram_hears_a_pause_as_silence_audio_when_asked() -> None:
         await stt.aclose()
     with pytest.raises(ValueError):
         DeepgramSTT("key", pause_signal="shout")
+
+
+async def test_flux_eager_end_of_turn_prepares_a_reply_and_turn_resumed_throws_it_away() -> None:
+    from audio.stt.base import Transcript
+
+    engine = EchoEngine()
+    stt = ScriptedSTT({1: ["What is the time?"]})
+    session, memory, out, heard = make(engine, stt)
+    session.on_speech_start(1)
+    session.on_audio(1, FRAME)
+    stream = stt.streams["1"]
+
+    def event(text: str, kind: str) -> None:
+        stream.queue.put_nowait(Transcript(text, is_final=False, end_of_turn=False, start=0.0, end=1.0,
+                                           turn_event=kind))
+
+    event("What is", "eager")
+    await until(lambda: len(engine.conversations) == 1)
+    event("", "resumed")
+    await until(lambda: session.speculations_wasted == 1)
+    event("What is the time", "eager")
+    await until(lambda: len(engine.conversations) == 2)
+    session.on_speech_end(1)  # the end of turn brings the same words: the prepared reply is the answer
+    await wait_turns(session, 1)
+    assert [t.text for t in heard] == ["What is the time?"]
+    assert len(engine.conversations) == 2 and session.speculations_started == 2
+    assert [t for t, _ in out.played][0] == "You said: What is the time."
+    assert [role for role, _ in stored(memory)] == ["user", "assistant"]
+    await session.aclose()
+
+
+def test_flux_turn_events_become_transcript_turn_events() -> None:
+    from types import SimpleNamespace
+
+    from audio.stt.deepgram import turn_info_to_transcript
+
+    eager = turn_info_to_transcript(SimpleNamespace(event="EagerEndOfTurn", transcript="so what", words=[],
+                                                    audio_window_start=0.0, audio_window_end=1.0))
+    resumed = turn_info_to_transcript(SimpleNamespace(event="TurnResumed", transcript="", words=[],
+                                                      audio_window_start=0.0, audio_window_end=1.0))
+    assert eager is not None and eager.turn_event == "eager" and not eager.is_final
+    assert resumed is not None and resumed.turn_event == "resumed"

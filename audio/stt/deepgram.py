@@ -122,7 +122,9 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
 
     Flux transcripts are the whole turn so far. ``EndOfTurn`` is the turn's one final (with
     ``end_of_turn``); ``StartOfTurn`` is an interim even when empty (speech started);
-    ``Update``, ``EagerEndOfTurn`` and ``TurnResumed`` are interims. Unknown events are ignored.
+    ``Update``, ``EagerEndOfTurn`` and ``TurnResumed`` are interims (the last two with
+    ``turn_event`` "eager" / "resumed": a reply may be prepared / must be thrown away). Unknown
+    events are ignored.
     """
     event = getattr(msg, "event", None)
     if event not in ("StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfTurn"):
@@ -131,7 +133,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
     window_end = offset + _num(getattr(msg, "audio_window_end", None), window_start - offset)
     text = (getattr(msg, "transcript", None) or "").strip()
     final = event == "EndOfTurn"
-    if not text and event not in ("StartOfTurn", "EndOfTurn"):
+    if not text and event not in ("StartOfTurn", "EndOfTurn", "TurnResumed"):
         return None
     words: list[Word] = []
     for w in getattr(msg, "words", None) or []:
@@ -156,6 +158,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
         confidence=sum(confs) / len(confs) if confs else None,
         words=tuple(words),
         received_at=received_at,
+        turn_event={"EagerEndOfTurn": "eager", "TurnResumed": "resumed"}.get(str(event), ""),
     )
 
 

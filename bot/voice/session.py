@@ -356,6 +356,8 @@ class VoiceSession:
 
     def _on_transcript(self, person: Participant, transcript: Transcript) -> None:
         text = transcript.text.strip()
+        if transcript.turn_event:
+            self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock())
         if not transcript.is_final:
             if text and self._talking_over(person):
                 self._barge(person)
@@ -381,12 +383,36 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ end of turn
 
+    def _on_turn_event(self, person: Participant, event: str, text: str, now: float) -> None:
+        """Flux's own turn guesses: ``eager`` prepares a reply (played only when the turn ends),
+        ``resumed`` throws it away."""
+        if event == "resumed":
+            if person.candidate is None:
+                self._discard_speculation(person.user_id)
+            return
+        if (event == "eager" and text and self.speculate and person.candidate is None
+                and person.user_id not in self._speculations
+                and self.policy.wants(person.user_id, text, humans_present=self.humans_present())):
+            ended = person.ended_at if person.ended_at is not None else now
+            turn = PendingTurn(person.user_id, person.name, " ".join([*person.finals, text]), ended_at=ended,
+                               final_at=now)
+            self._speculations[person.user_id] = _Speculation(self, turn)
+            self.speculations_started += 1
+
     def _hold_turn(self, person: Participant, turn: PendingTurn) -> None:
         """The words of a pause are in: end the turn when the rule says, unless the person goes on."""
         assert self.turn_detection is not None
+        early = self._speculations.get(person.user_id)
+        if early is not None and _same_words(early.turn.text, turn.text):
+            self._speculations.pop(person.user_id)  # an eager guess with these words: keep its reply
+        else:
+            early = None
         self._drop_candidate(person)
         person.candidate = turn
-        if self.speculate and self.policy.wants(turn.user_id, turn.text, humans_present=self.humans_present()):
+        if early is not None:
+            early.turn = turn
+            self._speculations[person.user_id] = early
+        elif self.speculate and self.policy.wants(turn.user_id, turn.text, humans_present=self.humans_present()):
             self._speculations[person.user_id] = _Speculation(self, turn)
             self.speculations_started += 1
         # ended_at is when the gap was noticed, pause_ms after the last packet; the hold counts from that packet.
@@ -781,6 +807,14 @@ class _Prefetch:
     def cancel(self) -> None:
         if not self._task.done():
             self._task.cancel()
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same words (case and punctuation aside)."""
+    def words(text: str) -> list[str]:
+        return ["".join(ch for ch in w if ch.isalnum()) for w in text.lower().split()]
+
+    return words(a) == words(b)
 
 
 def _reply_splitter() -> SentenceSplitter:
