@@ -32,6 +32,9 @@ Opus encode, encryption, UDP). ``floor_ms``
 (cloud) is the providers' own share of that turn: the final's latency after the end-of-turn
 signal + the LLM's first token + the TTS's first audio.
 
+``local.two_guilds_stt`` times the local recognizer with two guilds' people finishing a sentence at
+the same moment (one whisper worker per process, so the second waits).
+
 ``--compare`` also runs each configuration with the bot's settings from before this work (fixed
 600 ms silence rule, no speculation) where such settings exist, so a note can quote both.
 
@@ -119,6 +122,7 @@ class BenchConfig:
     gap: float = 0.6  # quiet time between one reply and the next utterance
     settle_timeout: float = 60.0  # failure guard per utterance
     overrides: dict[str, Any] = field(default_factory=dict)  # settings for the measured runs
+    two_guilds: bool = True  # local: also time two guilds' finals at the same moment
 
 
 # --------------------------------------------------------------------------------------------- speech
@@ -366,6 +370,58 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
     return samples
 
 
+async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
+    """Local recognizer, two guilds' people ending a sentence at the same moment.
+
+    One process has one ``LocalWhisperSTT`` (one worker thread) for every guild, so this opens two
+    streams on one engine, feeds each a sentence and finalizes both together: ``together_ms`` is each
+    final's latency (the second waits for the first), ``alone_ms`` the same sentence on its own.
+    """
+    import soxr
+
+    from audio.stt.local import LocalWhisperSTT
+
+    def pcm16(spoken: Spoken) -> bytes:
+        from audio.tts.espeak import synthesize_pcm
+
+        pcm, rate = synthesize_pcm(spoken.text)
+        mono = np.frombuffer(_trim(pcm, rate), dtype="<i2").astype(np.float32) / 32768.0
+        return np.clip(soxr.resample(mono, rate, 16000) * 32768.0, -32768, 32767).astype("<i2").tobytes()
+
+    loop = asyncio.get_running_loop()
+    clips = await loop.run_in_executor(None, lambda: [pcm16(s) for s in speech[:2]])
+    engine = LocalWhisperSTT()
+    await engine.check()
+
+    async def finals(n: int) -> list[float]:
+        streams = [engine.open_stream(speaker=f"guild-{i}") for i in range(n)]
+        for stream, clip in zip(streams, clips):
+            for i in range(0, len(clip), 640):
+                stream.push(clip[i:i + 640])
+        started = time.monotonic()
+        for stream in streams:
+            await stream.finalize()
+
+        async def first(stream: Any) -> float:
+            async for t in stream:
+                if t.end_of_turn:
+                    return (time.monotonic() - started) * 1000
+            return float("nan")
+
+        out = await asyncio.gather(*(first(s) for s in streams))
+        for stream in streams:
+            await stream.aclose()
+        return [round(x, 1) for x in out]
+
+    try:
+        alone = (await finals(1))[0]
+        together = await finals(2)
+    finally:
+        await engine.aclose()
+    return {"alone_ms": alone, "together_ms": together,
+            "note": "one whisper worker thread per process: the second guild waits for the first"}
+
+
 # --------------------------------------------------------------------------------------------- figures
 
 
@@ -406,11 +462,13 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
 
 
 def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[TurnSample]], cfg: BenchConfig,
-              wall_seconds: float) -> dict[str, Any]:
+              wall_seconds: float, two_guilds: dict[str, Any] | None = None) -> dict[str, Any]:
     """The benchmark's JSON object. Pure."""
     out: dict[str, Any] = {"bench": "latency"}
     for kind, samples in results.items():
         out[kind] = summarize_config(samples, cloud=kind == "cloud")
+    if two_guilds is not None and "local" in out:
+        out["local"]["two_guilds_stt"] = two_guilds
     everything = [s for samples in results.values() for s in samples]
     out["false_cutoffs"] = {"count": sum(s.cutoff for s in everything), "of": sum(s.paused for s in everything)}
     out["wasted_llm_calls"] = {"count": sum(out[k]["wasted_llm_calls"]["count"] for k in results),
@@ -472,9 +530,10 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 settings = _settings_for(kind, providers, cfg.overrides)
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm)
+        two = await two_at_once(speech) if "local" in cfg.configs and cfg.two_guilds else None
     finally:
         loopback_log.setLevel(level)
-    return summarize(results, baseline, cfg, time.monotonic() - started)
+    return summarize(results, baseline, cfg, time.monotonic() - started, two)
 
 
 def _lines(name: str, r: dict[str, Any]) -> Iterator[str]:
@@ -495,6 +554,8 @@ def describe(result: dict[str, Any]) -> str:
     for kind, r in result.get("baseline", {}).items():
         if kind != "settings":
             lines += _lines(f"baseline {kind}", r)
+    if "two_guilds_stt" in result.get("local", {}):
+        lines.append(f"local STT, two guilds at once: {result['local']['two_guilds_stt']}")
     lines.append(f"machine: {result['machine']}")
     return "\n".join(lines)
 
