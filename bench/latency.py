@@ -418,8 +418,8 @@ async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
         together = await finals(2)
     finally:
         await engine.aclose()
-    return {"alone_ms": alone, "together_ms": together,
-            "note": "one whisper worker thread per process: the second guild waits for the first"}
+    return {"alone_ms": alone, "together_ms": together, "workers": engine.workers,
+            "note": "with one whisper worker per process the second guild waits for the first"}
 
 
 # --------------------------------------------------------------------------------------------- figures

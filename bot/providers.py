@@ -76,7 +76,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
     if settings.stt_engine == "local" or local_stt_available():
         from audio.stt.local import LocalWhisperSTT
 
-        return LocalWhisperSTT(model=settings.local_stt_model)
+        return LocalWhisperSTT(model=settings.local_stt_model, workers=settings.local_stt_workers)
     log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
     return None
 

@@ -131,6 +131,7 @@ class Settings:
     turn_hold_ms: int = 1200  # silence an unfinished-looking sentence waits for more (smart)
     speculative_reply: bool = True  # start the reply before the turn is over; play it only if it is
     deepgram_pause_signal: str = "finalize"  # how Deepgram hears a pause: finalize | silence
+    local_stt_workers: int = 1  # whisper transcriptions at once (per process, all guilds)
     deepgram_eager_eot_threshold: float | None = None  # Flux: EagerEndOfTurn confidence (starts a speculative reply)
     # --- SMS (Twilio) and the web server
     twilio_account_sid: str | None = None
@@ -335,6 +336,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SPECULATIVE_REPLY": ("speculative_reply", _bool),
     "DEEPGRAM_PAUSE_SIGNAL": ("deepgram_pause_signal", _choice(("finalize", "silence"))),
     "DEEPGRAM_EAGER_EOT_THRESHOLD": ("deepgram_eager_eot_threshold", _float(0.3, 0.9)),
+    "LOCAL_STT_WORKERS": ("local_stt_workers", _int(1, 16)),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),
