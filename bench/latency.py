@@ -332,6 +332,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
         for index, spoken in enumerate(todo):
             measured = warm is None or index > 0
             heard_mark, turn_mark, timing_mark = len(host.heard), len(turns), len(session.timings)
+            wasted_mark = int(getattr(session, "speculations_wasted", 0))
             provider_marks = providers.marks() if providers is not None else None
             if providers is not None:
                 providers.say(spoken)
@@ -360,7 +361,8 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
                 heard=" | ".join(t.text for t in new_turns),
             )
-            sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0))
+            sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
+            sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
             if provider_marks is not None and providers is not None:
                 sample.floor_ms, sample.llm_calls = providers.floor(provider_marks)
                 sample.wasted_llm_calls = max(0, sample.llm_calls - len(timings))
@@ -454,7 +456,7 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
                                  for name in ("stt_final", "llm_first_token", "tts_first_audio")}
     out["false_cutoffs"] = {"count": sum(s.cutoff for s in samples), "of": sum(s.paused for s in samples)}
     out["wasted_llm_calls"] = {"count": sum(s.wasted_llm_calls for s in samples),
-                               "of": sum(s.llm_calls for s in samples) if cloud else len(samples)}
+                               "of": sum(s.llm_calls for s in samples)}
     out["waits_ms"] = [s.wait_ms for s in samples]
     out["heard"] = [s.heard for s in samples]  # the turns the bot heard per utterance ("a | b": cut in two)
     out["missed"] = sum(1 for s in samples if s.wait_ms is None)
