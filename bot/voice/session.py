@@ -41,8 +41,8 @@ __all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession",
 
 log = logging.getLogger(__name__)
 
-FIRST_CLAUSE_CHARS = 12  # a first sentence this long may be cut at its first comma...
-MIN_CLAUSE_CHARS = 4  # ...when the clause is at least this long ("Sure," "Well,")
+FIRST_CLAUSE_CHARS = 5  # a reply's first words may go to synthesis at their first comma...
+MIN_CLAUSE_CHARS = 4  # ...when the clause is at least this long ("Sure," "Well," but not "So,")
 
 
 @dataclass(frozen=True)
@@ -820,7 +820,8 @@ def _same_words(a: str, b: str) -> bool:
 def _reply_splitter() -> SentenceSplitter:
     """Sentences for speech; a reply's first clause ("Sure, …") goes to synthesis on its own, so the
     first sound does not wait for the whole first sentence."""
-    return SentenceSplitter(first_clause_chars=FIRST_CLAUSE_CHARS, min_clause_chars=MIN_CLAUSE_CHARS)
+    return SentenceSplitter(first_clause_chars=FIRST_CLAUSE_CHARS, min_clause_chars=MIN_CLAUSE_CHARS,
+                            clause_at_end=True)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
