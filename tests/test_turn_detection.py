@@ -340,3 +340,26 @@ def test_flux_turn_events_become_transcript_turn_events() -> None:
                                                       audio_window_start=0.0, audio_window_end=1.0))
     assert eager is not None and eager.turn_event == "eager" and not eager.is_final
     assert resumed is not None and resumed.turn_event == "resumed"
+
+
+async def test_a_thrown_away_speculation_rewarms_the_llm_connection() -> None:
+    """Cancelling a streaming reply closes its connection; the engine opens a fresh one at once
+    (one small request) so the real answer does not pay the handshake."""
+    from bot.agent.engines.openai_engine import OpenAIEngine
+    from tests.fakes.openai_server import FakeOpenAI
+
+    async with FakeOpenAI(paced=True) as fake:
+        engine = OpenAIEngine(api_key=fake.api_key, base_url=fake.base_url, model="gpt-test")
+        session, memory, out, heard = make(engine, ScriptedSTT({1: ["I was wondering about", "the moon."]}))
+        pause(session, 1)
+        await until(lambda: len(fake.completion_requests) == 1)
+        session.on_speech_start(1)  # they go on: the speculative stream is cancelled mid-reply
+        await until(lambda: any(r.path.endswith("/models") for r in fake.requests))
+        assert session.speculations_wasted == 1 and stored(memory) == []
+        fake.allow(100)
+        session.on_audio(1, FRAME)
+        session.on_speech_end(1)
+        await wait_turns(session, 1)
+        assert [t.text for t in heard] == ["I was wondering about the moon."]
+        await session.aclose()
+        await engine.aclose()

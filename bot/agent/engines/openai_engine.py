@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient
+from openai._constants import DEFAULT_CONNECTION_LIMITS
 from openai.types.chat import ChatCompletionChunk
 
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
@@ -113,6 +113,15 @@ def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: f
     return AgentError(f"LLM request to {where} failed: {type(exc).__name__}")
 
 
+def _keepalive_limits() -> Any:
+    """The SDK's own connection limits with a longer keep-alive. Built from the SDK's limits
+    object because its HTTP library differs between versions (httpx, later httpx2)."""
+    limits = DEFAULT_CONNECTION_LIMITS
+    return type(limits)(max_connections=limits.max_connections,
+                        max_keepalive_connections=limits.max_keepalive_connections,
+                        keepalive_expiry=KEEPALIVE_SECONDS)
+
+
 class OpenAIEngine(ReplyEngine):
     """Streams chat completions from an OpenAI-compatible endpoint."""
 
@@ -146,8 +155,7 @@ class OpenAIEngine(ReplyEngine):
             # Keep the connection across voice turns: httpx drops an idle one after 5 s, and a new
             # TCP+TLS handshake is ~100 ms of every reply's wait. A connection the server closed
             # meanwhile is noticed when taken from the pool and replaced.
-            http_client=DefaultAsyncHttpxClient(limits=httpx2.Limits(
-                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS)),
+            http_client=DefaultAsyncHttpxClient(limits=_keepalive_limits()),
         )
         self._closed = False
 
