@@ -377,6 +377,10 @@ class SpeechSegmenter:
             return self._end()
         return None
 
+    def end(self) -> str:
+        """End speech now (the owner saw the packets stop)."""
+        return self._end()
+
     def _end(self) -> str:
         self.speaking = False
         self._voiced_run = 0
@@ -461,6 +465,7 @@ class ReceivePipeline:
         channels: int = 1,
         vad_factory: Callable[[int], Vad | None] | None = WebRtcVad,
         end_silence_ms: int = 600,
+        end_gap_ms: int | None = None,
         start_frames: int = 2,
         pre_roll_ms: int = 200,
         reorder_depth: int = 3,
@@ -477,6 +482,9 @@ class ReceivePipeline:
         self.channels = channels
         self._vad_factory = vad_factory
         self._end_silence_ms = end_silence_ms
+        # No packets at all for this long also ends speech: Discord clients stop sending when the
+        # person stops, so a short gap is a surer sign than the same length of quiet audio.
+        self._end_gap = (end_silence_ms if end_gap_ms is None else end_gap_ms) / 1000
         self._start_frames = start_frames
         self._pre_roll = pre_roll_ms // 20
         self._reorder_depth = reorder_depth
@@ -551,7 +559,8 @@ class ReceivePipeline:
             if idle >= self._flush_after and sp.decoder.buffered:
                 for pcm in sp.decoder.flush():
                     self._frame(user_id, sp, pcm)
-            if sp.segmenter.tick() == SpeechEvent.END:
+            if sp.segmenter.tick() == SpeechEvent.END or (sp.segmenter.speaking and idle >= self._end_gap
+                                                           and sp.segmenter.end() == SpeechEvent.END):
                 self._consumer.on_speech_end(user_id)
             if idle >= self._idle_drop:
                 self._drop(user_id)

@@ -146,11 +146,16 @@ class SentenceSplitter:
     equals the input up to whitespace.
     """
 
-    def __init__(self, *, first_clause_chars: int = 80, min_clause_chars: int = 20) -> None:
+    def __init__(self, *, first_clause_chars: int = 80, min_clause_chars: int = 20,
+                 clause_at_end: bool = False) -> None:
         self._buf = ""
         self._emitted_any = False
         self._first_clause_chars = first_clause_chars
         self._min_clause_chars = min_clause_chars
+        # A first clause may also end at a comma that ends the text so far ("Sure," before the next
+        # token arrives) when a letter precedes it (so "3," of "3,000" waits). For speech, where
+        # the first sound matters more than where a clause breaks.
+        self._clause_at_end = clause_at_end
 
     def feed(self, delta: str) -> list[str]:
         """Add reply text; return every sentence it completed (stripped, non-empty)."""
@@ -210,6 +215,10 @@ class SentenceSplitter:
         for match in _CLAUSE_BREAK.finditer(buf, start + self._min_clause_chars, window_end):
             if not self._in_url(buf, match.start()):
                 return match.end()
+        end = len(buf)
+        if (self._clause_at_end and limit == end and end - start > self._min_clause_chars
+                and buf[-1] in ",;:" and buf[-2].isalpha() and not self._in_url(buf, end - 1)):
+            return end
         return None
 
     @staticmethod

@@ -13,8 +13,8 @@ Two configurations in one run:
 - ``local``: faster-whisper, espeak-ng and the built-in ELIZA agent (no network).
 - ``cloud``: the Deepgram, OpenAI-compatible and ElevenLabs loopback fakes (``tests/fakes``) driven
   by the real SDKs, timed like the services: Deepgram hears speech in the audio it receives and
-  endpoints on silence *in that audio* (``speech_final`` / ``UtteranceEnd`` after its windows),
-  answers ``Finalize`` after 50 ms; the LLM's first token comes 200 ms after the request, then 40
+  endpoints on silence *in that audio* (``speech_final`` / ``UtteranceEnd`` after its windows,
+  plus 50 ms of processing), answers ``Finalize`` after 50 ms; the LLM's first token comes 200 ms after the request, then 40
   tokens/s; ElevenLabs' first audio 150 ms after the request, then 4× real time; every new
   connection to any of them costs 100 ms before the first byte (a TLS handshake), so reusing
   connections counts. The fakes run on their own event loop in a thread, like remote services.
@@ -23,12 +23,17 @@ Speech: ``UTTERANCES`` (10), of which 4 have a pause of 400–700 ms in the midd
 during which the speaker sends nothing (as Discord clients do). A pause answered before the person
 finished is a false cut-off. A warm-up utterance runs first in each configuration and is left out.
 
-``breakdown_ms`` splits each turn's wait: ``end_of_turn`` (last voice packet → the bot decided the
-person stopped), ``stt`` (→ final transcript), ``agent`` (→ first sentence of the reply), ``tts``
-(→ first synthesized audio), ``playback`` (→ first frame handed to discord.py's player) and
-``send`` (→ first packet received by the listener: Opus encode, encryption, UDP). ``floor_ms``
+``breakdown_ms`` splits each turn's wait: ``end_of_speech`` (last voice packet → the bot noticed
+the pause), ``stt`` (→ final transcript), ``agent`` (→ first sentence of the reply), ``tts``
+(→ first synthesized audio), ``turn_end`` (last voice packet → the bot knew the turn was over; with
+speculation this overlaps the three before), ``playback`` (the later of first audio and end of turn
+→ first frame handed to discord.py's player) and ``send`` (→ first packet received by the listener:
+Opus encode, encryption, UDP). ``floor_ms``
 (cloud) is the providers' own share of that turn: the final's latency after the end-of-turn
 signal + the LLM's first token + the TTS's first audio.
+
+``local.two_guilds_stt`` times the local recognizer with two guilds' people finishing a sentence at
+the same moment (one whisper worker per process, so the second waits).
 
 ``--compare`` also runs each configuration with the bot's settings from before this work (fixed
 600 ms silence rule, no speculation) where such settings exist, so a note can quote both.
@@ -117,6 +122,7 @@ class BenchConfig:
     gap: float = 0.6  # quiet time between one reply and the next utterance
     settle_timeout: float = 60.0  # failure guard per utterance
     overrides: dict[str, Any] = field(default_factory=dict)  # settings for the measured runs
+    two_guilds: bool = True  # local: also time two guilds' finals at the same moment
 
 
 # --------------------------------------------------------------------------------------------- speech
@@ -218,7 +224,8 @@ class Providers:
         from tests.fakes.openai_server import FakeOpenAI
 
         self.script = SpeechScript()
-        self.deepgram = FakeDeepgram(script=self.script, connect_delay=CONNECT_DELAY, finalize_delay=STT_FINALIZE_DELAY)
+        self.deepgram = FakeDeepgram(script=self.script, connect_delay=CONNECT_DELAY, finalize_delay=STT_FINALIZE_DELAY,
+                                     endpoint_delay=STT_FINALIZE_DELAY)
         await self.deepgram.__aenter__()
         self.openai = FakeOpenAI(reply_tokens=list(LLM_REPLY), first_token_delay=LLM_FIRST_TOKEN,
                                  tokens_per_second=LLM_TOKENS_PER_SECOND, connect_delay=CONNECT_DELAY)
@@ -289,17 +296,12 @@ def _ms(a: float | None, b: float | None) -> float | None:
 
 
 def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, float | None]:
+    """Where one turn's wait went (``TurnTiming.stages_ms``, the figures ``voicebot simulate`` prints)."""
     if timing is None:
         return {}
-    decided = getattr(timing, "turn_end", None) or timing.speech_end
-    return {
-        "end_of_turn": _ms(ended, decided),
-        "stt": _ms(decided, timing.final_transcript),
-        "agent": _ms(timing.final_transcript, timing.first_sentence or timing.first_text),
-        "tts": _ms(timing.first_sentence or timing.first_text, timing.first_tts_audio),
-        "playback": _ms(timing.first_tts_audio, timing.first_frame),
-        "send": _ms(timing.first_frame, heard_at),
-    }
+    stages = dict(timing.stages_ms(ended, heard_at))
+    stages.pop("wait", None)
+    return stages
 
 
 async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cfg: BenchConfig,
@@ -330,6 +332,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
         for index, spoken in enumerate(todo):
             measured = warm is None or index > 0
             heard_mark, turn_mark, timing_mark = len(host.heard), len(turns), len(session.timings)
+            wasted_mark = int(getattr(session, "speculations_wasted", 0))
             provider_marks = providers.marks() if providers is not None else None
             if providers is not None:
                 providers.say(spoken)
@@ -358,7 +361,8 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
                 heard=" | ".join(t.text for t in new_turns),
             )
-            sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0))
+            sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
+            sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
             if provider_marks is not None and providers is not None:
                 sample.floor_ms, sample.llm_calls = providers.floor(provider_marks)
                 sample.wasted_llm_calls = max(0, sample.llm_calls - len(timings))
@@ -366,6 +370,58 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             await asyncio.sleep(cfg.gap)  # a natural gap before the next thing said, not synchronisation
         await lb.command(lb.host, "leave")
     return samples
+
+
+async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
+    """Local recognizer, two guilds' people ending a sentence at the same moment.
+
+    One process has one ``LocalWhisperSTT`` (one worker thread) for every guild, so this opens two
+    streams on one engine, feeds each a sentence and finalizes both together: ``together_ms`` is each
+    final's latency (the second waits for the first), ``alone_ms`` the same sentence on its own.
+    """
+    import soxr
+
+    from audio.stt.local import LocalWhisperSTT
+
+    def pcm16(spoken: Spoken) -> bytes:
+        from audio.tts.espeak import synthesize_pcm
+
+        pcm, rate = synthesize_pcm(spoken.text)
+        mono = np.frombuffer(_trim(pcm, rate), dtype="<i2").astype(np.float32) / 32768.0
+        return np.clip(soxr.resample(mono, rate, 16000) * 32768.0, -32768, 32767).astype("<i2").tobytes()
+
+    loop = asyncio.get_running_loop()
+    clips = await loop.run_in_executor(None, lambda: [pcm16(s) for s in speech[:2]])
+    engine = LocalWhisperSTT()
+    await engine.check()
+
+    async def finals(n: int) -> list[float]:
+        streams = [engine.open_stream(speaker=f"guild-{i}") for i in range(n)]
+        for stream, clip in zip(streams, clips):
+            for i in range(0, len(clip), 640):
+                stream.push(clip[i:i + 640])
+        started = time.monotonic()
+        for stream in streams:
+            await stream.finalize()
+
+        async def first(stream: Any) -> float:
+            async for t in stream:
+                if t.end_of_turn:
+                    return (time.monotonic() - started) * 1000
+            return float("nan")
+
+        out = await asyncio.gather(*(first(s) for s in streams))
+        for stream in streams:
+            await stream.aclose()
+        return [round(x, 1) for x in out]
+
+    try:
+        alone = (await finals(1))[0]
+        together = await finals(2)
+    finally:
+        await engine.aclose()
+    return {"alone_ms": alone, "together_ms": together, "workers": engine.workers,
+            "note": "with one whisper worker per process the second guild waits for the first"}
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -400,7 +456,7 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
                                  for name in ("stt_final", "llm_first_token", "tts_first_audio")}
     out["false_cutoffs"] = {"count": sum(s.cutoff for s in samples), "of": sum(s.paused for s in samples)}
     out["wasted_llm_calls"] = {"count": sum(s.wasted_llm_calls for s in samples),
-                               "of": sum(s.llm_calls for s in samples) if cloud else len(samples)}
+                               "of": sum(s.llm_calls for s in samples)}
     out["waits_ms"] = [s.wait_ms for s in samples]
     out["heard"] = [s.heard for s in samples]  # the turns the bot heard per utterance ("a | b": cut in two)
     out["missed"] = sum(1 for s in samples if s.wait_ms is None)
@@ -408,11 +464,13 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
 
 
 def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[TurnSample]], cfg: BenchConfig,
-              wall_seconds: float) -> dict[str, Any]:
+              wall_seconds: float, two_guilds: dict[str, Any] | None = None) -> dict[str, Any]:
     """The benchmark's JSON object. Pure."""
     out: dict[str, Any] = {"bench": "latency"}
     for kind, samples in results.items():
         out[kind] = summarize_config(samples, cloud=kind == "cloud")
+    if two_guilds is not None and "local" in out:
+        out["local"]["two_guilds_stt"] = two_guilds
     everything = [s for samples in results.values() for s in samples]
     out["false_cutoffs"] = {"count": sum(s.cutoff for s in everything), "of": sum(s.paused for s in everything)}
     out["wasted_llm_calls"] = {"count": sum(out[k]["wasted_llm_calls"]["count"] for k in results),
@@ -474,9 +532,10 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 settings = _settings_for(kind, providers, cfg.overrides)
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm)
+        two = await two_at_once(speech) if "local" in cfg.configs and cfg.two_guilds else None
     finally:
         loopback_log.setLevel(level)
-    return summarize(results, baseline, cfg, time.monotonic() - started)
+    return summarize(results, baseline, cfg, time.monotonic() - started, two)
 
 
 def _lines(name: str, r: dict[str, Any]) -> Iterator[str]:
@@ -497,6 +556,8 @@ def describe(result: dict[str, Any]) -> str:
     for kind, r in result.get("baseline", {}).items():
         if kind != "settings":
             lines += _lines(f"baseline {kind}", r)
+    if "two_guilds_stt" in result.get("local", {}):
+        lines.append(f"local STT, two guilds at once: {result['local']['two_guilds_stt']}")
     lines.append(f"machine: {result['machine']}")
     return "\n".join(lines)
 

@@ -67,6 +67,8 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             model=settings.deepgram_model,
             language=settings.deepgram_language,
             endpointing_ms=settings.deepgram_endpointing_ms,
+            pause_signal=settings.deepgram_pause_signal,
+            eager_eot_threshold=settings.deepgram_eager_eot_threshold,
             keyterms=keyterms,
             base_url=http_url,
             ws_url=ws_url,
@@ -74,7 +76,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
     if settings.stt_engine == "local" or local_stt_available():
         from audio.stt.local import LocalWhisperSTT
 
-        return LocalWhisperSTT(model=settings.local_stt_model)
+        return LocalWhisperSTT(model=settings.local_stt_model, workers=settings.local_stt_workers)
     log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
     return None
 

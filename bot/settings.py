@@ -134,6 +134,15 @@ class Settings:
     wake_phrases: tuple[str, ...] = ()
     voice_idle_leave_seconds: int = 300
     record_audio: bool = False
+    # --- Turn detection and speculative replies (issue 12)
+    turn_detection: str = "smart"  # smart: a short gap plus what the words say; fixed: 600 ms of silence
+    turn_pause_ms: int = 100  # packet gap that asks the recognizer for a final (smart)
+    turn_end_ms: int = 250  # silence that ends a finished-looking sentence (smart)
+    turn_hold_ms: int = 1200  # silence an unfinished-looking sentence waits for more (smart)
+    speculative_reply: bool = True  # start the reply before the turn is over; play it only if it is
+    deepgram_pause_signal: str = "finalize"  # how Deepgram hears a pause: finalize | silence
+    local_stt_workers: int = 1  # whisper transcriptions at once (per process, all guilds)
+    deepgram_eager_eot_threshold: float | None = None  # Flux: EagerEndOfTurn confidence (starts a speculative reply)
     # --- SMS (Twilio) and the web server
     twilio_account_sid: str | None = None
     twilio_auth_token: Secret | None = None
@@ -385,6 +394,14 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WAKE_PHRASES": ("wake_phrases", _phrases),
     "VOICE_IDLE_LEAVE_SECONDS": ("voice_idle_leave_seconds", _int(0, 86400)),
     "RECORD_AUDIO": ("record_audio", _bool),
+    "TURN_DETECTION": ("turn_detection", _choice(("smart", "fixed"))),
+    "TURN_PAUSE_MS": ("turn_pause_ms", _int(40, 2000)),
+    "TURN_END_MS": ("turn_end_ms", _int(40, 5000)),
+    "TURN_HOLD_MS": ("turn_hold_ms", _int(100, 10000)),
+    "SPECULATIVE_REPLY": ("speculative_reply", _bool),
+    "DEEPGRAM_PAUSE_SIGNAL": ("deepgram_pause_signal", _choice(("finalize", "silence"))),
+    "DEEPGRAM_EAGER_EOT_THRESHOLD": ("deepgram_eager_eot_threshold", _float(0.3, 0.9)),
+    "LOCAL_STT_WORKERS": ("local_stt_workers", _int(1, 16)),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),

@@ -386,6 +386,7 @@ class TurnReport:
     speaker: str
     first_audio_ms: float | None  # the speaker's end of speech → the reply's first packet received
     breakdown: dict[str, float | None]
+    stages: dict[str, float | None] = field(default_factory=dict)  # TurnTiming.stages_ms: the wait split up
 
 
 @dataclass(frozen=True)
@@ -407,8 +408,8 @@ class SimulationResult:
             "transcripts": [{"speaker": t.speaker, "text": t.text} for t in self.transcripts],
             "replies": [{"text": r.text, "audio_seconds": r.audio_seconds, "interrupted": r.interrupted}
                         for r in self.replies],
-            "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown}
-                      for t in self.turns],
+            "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown,
+                       "wait_ms": t.stages} for t in self.turns],
             "packets": dict(self.packets),
             "dave": self.dave,
             "problems": list(self.problems),
@@ -426,15 +427,12 @@ class SimulationResult:
         if not self.replies:
             lines.append("  (no replies)")
         if self.turns:
-            lines.append("Latency per turn (ms): end of speech → final transcript → first reply text → "
-                         "first TTS audio → first packet sent; heard = end of speech → first packet received")
+            lines.append("Wait per turn (ms), end of voice → first sound of the answer = pause noticed + "
+                         "transcript + reply text + speech + playback + send (turn over: when the bot knew)")
             for t in self.turns:
-                b = t.breakdown
-                steps = " → ".join(_ms(b.get(k)) for k in (
-                    "end_of_speech_to_final_transcript", "final_transcript_to_first_text",
-                    "first_text_to_first_tts_audio", "first_tts_audio_to_first_frame"))
-                lines.append(f"  {t.speaker}: {steps} (total {_ms(b.get('end_of_speech_to_first_frame'))}, "
-                             f"heard {_ms(t.first_audio_ms)})")
+                st = t.stages
+                steps = " + ".join(_ms(st.get(k)) for k in ("end_of_speech", "stt", "agent", "tts", "playback", "send"))
+                lines.append(f"  {t.speaker}: {_ms(t.first_audio_ms)} = {steps} (turn over {_ms(st.get('turn_end'))})")
         p = self.packets
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped_reasons.items()) if v)
         # lost: gaps in the real streams after reordering and FEC; rejected: not audio anyone sent
@@ -666,7 +664,8 @@ async def _replies(timings: list[TurnTiming], heard: list[HeardUtterance], names
         until = spoke_until.get(speaker)
         ended = until if until is not None and until <= timing.speech_end else timing.speech_end
         first_audio_ms = None if first_heard is None else round((first_heard - ended) * 1000, 1)
-        turns.append(TurnReport(speaker, first_audio_ms, timing.breakdown_ms()))
+        turns.append(TurnReport(speaker, first_audio_ms, timing.breakdown_ms(),
+                                stages=timing.stages_ms(ended, first_heard)))
         if timing.reply or utterances:
             pcm = await _joined_pcm(utterances)
             replies.append(SpokenReply(timing.reply, round(sum(u.duration for u in utterances), 2), to=speaker,

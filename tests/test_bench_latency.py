@@ -25,7 +25,7 @@ async def test_cloud_run_reports_every_key() -> None:
     for key in ("wait_ms", "floor_ms"):
         assert set(cloud[key]) == {"p50", "p95"}
         assert all(isinstance(v, float) for v in cloud[key].values())
-    assert {"end_of_turn", "stt", "agent", "tts", "playback", "send"} <= set(cloud["breakdown_ms"])
+    assert {"end_of_speech", "stt", "agent", "tts", "turn_end", "playback", "send"} <= set(cloud["breakdown_ms"])
     assert parsed["false_cutoffs"]["of"] == 1
     assert set(parsed["wasted_llm_calls"]) == {"count", "of"}
     assert parsed["wasted_llm_calls"]["of"] >= 2  # at least one LLM call per answered utterance

@@ -352,7 +352,9 @@ def test_result_as_json_and_text() -> None:
                                            "final_transcript_to_first_text": 2.0,
                                            "first_text_to_first_tts_audio": 30.0,
                                            "first_tts_audio_to_first_frame": None,
-                                           "end_of_speech_to_first_frame": None}),),
+                                           "end_of_speech_to_first_frame": None},
+                          stages={"wait": 812.0, "end_of_speech": 100.0, "stt": 500.0, "agent": 2.0,
+                                  "tts": 30.0, "turn_end": 350.0, "playback": None, "send": 3.0}),),
         packets={"received": 12, "decrypted": 9, "lost": 2, "rejected": 1},
         dave=True, problems=("interaction 1 was not answered within 3 s",),
         dropped_reasons={"dave_decrypt": 1}, dave_version=1,
@@ -361,7 +363,9 @@ def test_result_as_json_and_text() -> None:
     assert data["replies"] == [{"text": "Hi Alice.", "audio_seconds": 1.234, "interrupted": False}]
     assert data["turns"][0]["breakdown"]["first_tts_audio_to_first_frame"] is None
     text = result.format_text()
-    assert "Alice: hello there" in text and "Hi Alice." in text and "500 → 2 → 30 → -" in text
+    assert "Alice: hello there" in text and "Hi Alice." in text
+    assert "Alice: 812 = 100 + 500 + 2 + 30 + - + 3 (turn over 350)" in text
+    assert data["turns"][0]["wait_ms"]["stt"] == 500.0
     assert "dave_decrypt 1" in text and "DAVE: active (protocol v1)" in text and "not answered" in text
     assert "received 12, decrypted 9, lost 2, rejected 1 (drops: dave_decrypt 1)" in text
     assert data["packets"] == {"received": 12, "decrypted": 9, "lost": 2, "rejected": 1}

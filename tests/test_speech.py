@@ -177,3 +177,20 @@ def test_a_bare_phone_number_is_read_as_digits_not_billions() -> None:
     assert "billion" not in spoken and "5,551" not in spoken
     assert spoken.replace(",", "").replace(" ", "").startswith("Call5551234567")
     assert normalize_for_speech("It costs 1234567 dollars.") == "It costs 1,234,567 dollars."
+
+
+def test_a_first_clause_can_end_at_a_comma_that_ends_the_text_so_far() -> None:
+    """For speech (clause_at_end): "Sure," goes to synthesis before the next token; "So," is too
+    short and "3," of "3,000" waits for its digits."""
+    from audio.speech import SentenceSplitter
+
+    def pieces(tokens: list[str]) -> list[tuple[int, list[str]]]:
+        splitter = SentenceSplitter(first_clause_chars=5, min_clause_chars=4, clause_at_end=True)
+        out = [(i, got) for i, t in enumerate(tokens) if (got := splitter.feed(t))]
+        return out + [(-1, splitter.flush())]
+
+    assert pieces(["Sure", ",", " let", " me", " think", "."]) == [(1, ["Sure,"]), (-1, ["let me think."])]
+    assert pieces(["So", ",", " what", "?"]) == [(-1, ["So, what?"])]
+    assert pieces(["It", " is", " 3", ",", "000", "."]) == [(-1, ["It is 3,000."])]
+    plain = SentenceSplitter()
+    assert plain.feed("Sure,") == []  # text chat keeps whole sentences

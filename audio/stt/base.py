@@ -12,6 +12,9 @@ Transcript conventions shared by all engines:
 * ``end_of_turn``: the speaker finished a turn. It rides on a final; a final with empty text and
   ``end_of_turn=True`` closes a turn whose words arrived in earlier finals.
 * An interim with empty text means "speech started" (a barge-in hint) and carries no words.
+* ``turn_event`` on an interim: ``"eager"`` — the engine thinks the turn is probably over (Flux
+  ``EagerEndOfTurn``: a reply may be prepared, not played); ``"resumed"`` — it was not (Flux
+  ``TurnResumed``: throw that reply away).
 * ``start``/``end`` are seconds on the stream's own audio timeline (audio pushed since the stream was
   opened), whatever reconnects happened underneath.
 """
@@ -60,6 +63,7 @@ class Transcript:
     confidence: float | None = None
     words: tuple[Word, ...] = ()
     received_at: float = 0.0
+    turn_event: str = ""  # "eager" | "resumed" | "" (see the module docstring)
     # Share of the transcribed audio a voice-activity detector marked as speech (None: not measured).
     speech_ratio: float | None = None
 

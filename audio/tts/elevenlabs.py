@@ -51,6 +51,7 @@ DEFAULT_MODEL = "eleven_flash_v2_5"
 # "George", one of ElevenLabs' premade voices available to every account.
 DEFAULT_VOICE_ID = "JBFqnCBsd6RMkjVDRZzb"
 DEFAULT_OUTPUT_FORMAT = "pcm_48000"
+KEEPALIVE_SECONDS = 60.0  # idle time an HTTP connection is kept for the next sentence
 # 20 ms of 48 kHz stereo s16le, discord.py's frame; for 48 kHz mono PCM this is 40 ms per chunk.
 CHUNK_SIZE = 3840
 
@@ -247,7 +248,10 @@ class ElevenLabsEngine(TTSEngine):
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._rng = rng or random.Random()
         # Our own httpx client so aclose() releases its connections; timeouts are enforced per chunk below.
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        # Keep the connection across sentences and turns: httpx drops an idle one after 5 s, and a
+        # new TCP+TLS handshake is ~100 ms before the first audio.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None),
+                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS))
         self._client = AsyncElevenLabs(api_key=api_key, base_url=base_url, httpx_client=self._http)
         self._closed = False
 

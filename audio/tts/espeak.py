@@ -4,7 +4,8 @@ The library is one process-global engine with a single synthesis callback, so ev
 through ``_Engine`` under a lock, in a worker thread (synthesis is CPU work). Synchronous mode
 (``AUDIO_OUTPUT_SYNCHRONOUS``) makes ``espeak_Synth`` call our callback with int16 mono samples at
 22.05 kHz and return only when the text is done, which is what lets the callback stream chunks
-out as they are produced.
+out as they are produced. The engine resamples that to 48 kHz in-process (soxr, streaming), so
+playback takes it as it is, without one FFmpeg process per sentence.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator, Callable
 
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec, stream_from_thread
 
-__all__ = ["EspeakEngine", "synthesize_pcm", "list_espeak_voices", "ESPEAK_SAMPLE_RATE"]
+__all__ = ["EspeakEngine", "synthesize_pcm", "list_espeak_voices", "ESPEAK_SAMPLE_RATE", "OUTPUT_SAMPLE_RATE"]
 
 log = logging.getLogger(__name__)
 
 ESPEAK_SAMPLE_RATE = 22050
+OUTPUT_SAMPLE_RATE = 48000  # what EspeakEngine streams: Discord's rate, so playback needs no FFmpeg
 DEFAULT_VOICE = "en-us"
 
 # espeak_AUDIO_OUTPUT: 2 = AUDIO_OUTPUT_SYNCHRONOUS (callback, no sound device, returns when done).
@@ -220,14 +222,15 @@ def list_espeak_voices() -> list[VoiceInfo]:
 
 
 class EspeakEngine(TTSEngine):
-    """espeak-ng as a ``TTSEngine``: s16le mono at 22.05 kHz, streamed as it is synthesised.
+    """espeak-ng as a ``TTSEngine``: s16le mono at 48 kHz (resampled from espeak's 22.05 kHz with
+    soxr as it is synthesised), streamed.
 
     ``VoiceSpec.voice_id`` names an espeak voice (``"en-us"``, ``"en-gb"``, ``"de"``…); other
     VoiceSpec fields are ignored.
     """
 
     name = "espeak"
-    format = AudioFormat("s16le", ESPEAK_SAMPLE_RATE, 1)
+    format = AudioFormat("s16le", OUTPUT_SAMPLE_RATE, 1)
 
     def __init__(self, *, default_voice: str = DEFAULT_VOICE, rate_wpm: int | None = None) -> None:
         self._default_voice = default_voice
@@ -240,7 +243,19 @@ class EspeakEngine(TTSEngine):
         voice_name = (voice.voice_id if voice and voice.voice_id else None) or self._default_voice
 
         def produce(emit: Callable[[bytes], bool]) -> None:
-            _Engine.get().synth(text, voice_name, emit, self._rate_wpm)
+            import numpy as np
+            import soxr
+
+            resampler = soxr.ResampleStream(ESPEAK_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, 1, dtype="int16")
+
+            def resampled(chunk: bytes) -> bool:
+                pcm = resampler.resample_chunk(np.frombuffer(chunk, dtype=np.int16))
+                return emit(pcm.tobytes()) if pcm.size else True
+
+            _Engine.get().synth(text, voice_name, resampled, self._rate_wpm)
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+            if tail.size:
+                emit(tail.tobytes())
 
         async for chunk in stream_from_thread(produce, what="espeak-ng"):
             yield chunk

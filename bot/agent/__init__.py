@@ -71,6 +71,7 @@ class Reply:
         self.done = False
         self.error: AgentError | None = None
         self._finished = False
+        self._incoming_turn: Turn | None = None  # the person's turn, not stored yet (remember=False)
 
     def __repr__(self) -> str:
         return f"<Reply room={self.incoming.room!r} chars={len(self.text)} done={self.done}>"
@@ -134,6 +135,12 @@ class Reply:
         elif self._source is not None and hasattr(self._source, "aclose"):
             await self._source.aclose()  # type: ignore[attr-defined]
 
+    def remember_incoming(self) -> None:
+        """Store the person's turn now (a speculative reply that turned out to be the answer). Idempotent."""
+        turn, self._incoming_turn = self._incoming_turn, None
+        if turn is not None:
+            self._agent.memory.append(turn)
+
     def finish(self, spoken: str | None = None, *, interrupted: bool = False) -> None:
         """Store the agent's turn: ``spoken`` if given (what was actually delivered), else the full text.
 
@@ -188,8 +195,13 @@ class Agent:
     def __repr__(self) -> str:
         return f"<Agent character={self.character.name!r} engine={self.engine_name!r}>"
 
-    def reply(self, incoming: Incoming) -> Reply:
-        """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate."""
+    def reply(self, incoming: Incoming, *, remember: bool = True) -> Reply:
+        """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate.
+
+        ``remember=False`` (a speculative voice reply, started before the person is known to have
+        finished): the person's turn is stored only by :meth:`Reply.remember_incoming`, so a reply
+        that is thrown away leaves nothing in memory.
+        """
         said = incoming.text.strip()
         if not said:
             # An empty mention or a silent voice turn: answer kindly, without the engine, and
@@ -198,17 +210,17 @@ class Agent:
             greeting = f"Did you mean to say something{', ' + name if name else ''}? I'm listening."
             return Reply(self, incoming, None, canned=greeting, store=False)
         history = tuple(self.memory.recent(incoming.room, self.context_turns))
-        self.memory.append(
-            Turn(
-                room=incoming.room,
-                speaker_id=incoming.speaker_id,
-                speaker_name=incoming.speaker_name,
-                role="user",
-                text=incoming.text,
-                modality=incoming.modality,
-                created_at=self.clock(),
-            )
+        turn = Turn(
+            room=incoming.room,
+            speaker_id=incoming.speaker_id,
+            speaker_name=incoming.speaker_name,
+            role="user",
+            text=incoming.text,
+            modality=incoming.modality,
+            created_at=self.clock(),
         )
+        if remember:
+            self.memory.append(turn)
         text = clip(said, self.max_input_chars)
         if text is not said:
             log.info("Shortened a %d-character message to %d for the engine (room=%s)",
@@ -220,7 +232,10 @@ class Agent:
             messages=tuple(build_messages(self.character, history, incoming, text=text)),
             history=history,
         )
-        return Reply(self, incoming, self.engine.stream(conversation))
+        reply = Reply(self, incoming, self.engine.stream(conversation))
+        if not remember:
+            reply._incoming_turn = turn
+        return reply
 
     async def check(self) -> str:
         """Round-trip the engine's service (for ``voicebot check``); raises :class:`AgentError`."""

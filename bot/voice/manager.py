@@ -40,6 +40,7 @@ from bot.voice.consent import (
     providers_from_settings,
 )
 from audio.native import NativeLibraryError, load_libopus
+from bot.voice.endpointing import TurnDetection
 from bot.voice.guilds import ALLOWED, AUTO_JOIN, GuildSettingsStore, GuildVoiceSettings, OptOutList
 from bot.voice.scribe import call_transcript, render_transcript, summarize
 from bot.voice.session import AudioOut, PlayResult, VoiceSession
@@ -273,7 +274,10 @@ class VoiceManager:
         self.tts = tts or local_tts
         self.silent = self.tts is None  # TTS_ENGINE=none: replies go to the voice channel's chat
         self.local_tts = local_tts
-        self._pipeline_factory = pipeline_factory or _default_pipeline
+        self.turn_detection = TurnDetection(
+            mode=settings.turn_detection, pause_ms=settings.turn_pause_ms, finished_ms=settings.turn_end_ms,
+            unfinished_ms=settings.turn_hold_ms)
+        self._pipeline_factory = pipeline_factory or _default_pipeline(self.turn_detection.gap_ms)
         self._out_factory = out_factory or _default_out_factory(settings)
         self._owned = owned  # engines this manager built and must close
         self._connect_timeout = connect_timeout
@@ -525,7 +529,8 @@ class VoiceManager:
     def _start_tasks(self, gv: GuildVoice) -> None:
         loop = asyncio.get_running_loop()
         # Discord sends nothing while someone is quiet: end of speech is found by the pipeline's timer.
-        gv.pump_task = loop.create_task(gv.sink.run(), name=f"voice-pipeline-{gv.guild_id}")
+        # Every 20 ms (one frame): the pause that starts end-of-turn detection is only ~100 ms.
+        gv.pump_task = loop.create_task(gv.sink.run(0.02), name=f"voice-pipeline-{gv.guild_id}")
         gv.watch_task = loop.create_task(self._watch_receive(gv), name=f"voice-watchdog-{gv.guild_id}")
 
     async def _stop_tasks(self, gv: GuildVoice) -> None:
@@ -575,6 +580,8 @@ class VoiceManager:
             notify=notify,
             mirror=mirror,
             max_reply_seconds=self.settings.voice_reply_max_seconds,
+            turn_detection=self.turn_detection,
+            speculate=self.settings.speculative_reply,
         )
 
     async def _watch_receive(self, gv: GuildVoice, interval: float = 1.0) -> None:
@@ -984,8 +991,14 @@ class _SilentTTS(TTSEngine):
         return None
 
 
-def _default_pipeline(feed: SpeechFeed, sample_rate: int) -> PipelineSink:
-    return ReceivePipeline(feed, sample_rate=sample_rate)
+def _default_pipeline(end_gap_ms: int) -> PipelineFactory:
+    """Decode pipelines that report the end of speech after ``end_gap_ms`` without packets (the
+    turn-detection rule's pause; quiet audio still takes the pipeline's default 600 ms)."""
+
+    def make(feed: SpeechFeed, sample_rate: int) -> PipelineSink:
+        return ReceivePipeline(feed, sample_rate=sample_rate, end_gap_ms=end_gap_ms)
+
+    return make
 
 
 def _default_out_factory(settings: Settings) -> OutFactory:

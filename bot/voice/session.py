@@ -6,6 +6,13 @@ while the rest is still being generated, and stops talking when someone talks ov
 decided on a non-empty interim transcript, so the bot's own voice leaking through a speaker does not
 cut it off). Memory gets only what was actually played, marked as interrupted when it was.
 
+When a person has finished is decided with :class:`~bot.voice.endpointing.TurnDetection`: a short
+packet gap asks the recognizer for a final at once, and the words decide how long to wait before
+the turn ends (a finished question: hardly at all; "I was thinking about…": long enough to go on).
+With ``speculate``, the reply (agent and the first sentence's speech) starts as soon as that final
+is in, while the turn is not yet over; nothing of it is played or stored until the turn ends, and
+it is thrown away if the person goes on (``speculations_wasted`` counts those).
+
 It knows nothing about Discord: it is the receive pipeline's ``SpeechConsumer``
 (``on_speech_start``/``on_audio``/``on_speech_end`` per user id), resolves names through
 ``name_of``, and plays through an :class:`AudioOut`.
@@ -29,6 +36,7 @@ from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming, Reply
 from bot.memory import Memory, Modality, Turn
 from bot.voice.echo import EchoGuard
+from bot.voice.endpointing import TurnDetection
 from bot.voice.turns import PendingTurn, TurnPolicy
 
 __all__ = ["AudioOut", "PlayResult", "SpeakerOut", "TurnTiming", "VoiceSession", "Participant"]
@@ -38,6 +46,8 @@ log = logging.getLogger(__name__)
 # Faster than anyone speaks (about 15 characters a second is usual): reply text past
 # VOICE_REPLY_MAX_SECONDS at this pace can never be spoken, so the agent is stopped there.
 _FASTEST_CHARS_PER_SECOND = 50
+FIRST_CLAUSE_CHARS = 5  # a reply's first words may go to synthesis at their first comma...
+MIN_CLAUSE_CHARS = 4  # ...when the clause is at least this long ("Sure," "Well," but not "So,")
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,8 @@ class TurnTiming:
     first_sentence: float | None = None
     first_tts_audio: float | None = None
     first_frame: float | None = None
+    turn_end: float | None = None  # the turn was known to be over (answering could be heard from here)
+    speculative: bool = False  # the reply was started before the turn was over
     speaker_name: str = ""
     text: str = ""
     reply: str = ""
@@ -119,6 +131,32 @@ class TurnTiming:
             "end_of_speech_to_first_frame": ms(self.speech_end, self.first_frame),
         }
 
+    def stages_ms(self, voice_end: float | None, heard_at: float | None) -> dict[str, float | None]:
+        """The wait a person hears, split up: ``voice_end`` (their last packet) → ``heard_at`` (the
+        reply's first packet at a listener), both on this clock.
+
+        ``end_of_speech`` (→ the pause noticed), ``stt`` (→ final transcript), ``agent`` (→ first
+        piece of the reply), ``tts`` (→ first audio), ``playback`` (the later of first audio and end
+        of turn → first frame handed to the player), ``send`` (→ heard). ``turn_end`` (last packet →
+        the turn known to be over) overlaps stt/agent/tts when the reply was started speculatively.
+        """
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        audio = self.first_tts_audio
+        ready = max(audio, self.turn_end) if audio is not None and self.turn_end is not None else audio
+        first_piece = self.first_sentence or self.first_text
+        return {
+            "wait": ms(voice_end, heard_at),
+            "end_of_speech": ms(voice_end, self.speech_end),
+            "stt": ms(self.speech_end, self.final_transcript),
+            "agent": ms(self.final_transcript, first_piece),
+            "tts": ms(first_piece, audio),
+            "turn_end": ms(voice_end, self.turn_end),
+            "playback": ms(ready, self.first_frame),
+            "send": ms(self.first_frame, heard_at),
+        }
+
 
 @dataclass
 class Participant:
@@ -133,6 +171,8 @@ class Participant:
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
+    candidate: PendingTurn | None = None  # words in, waiting to see whether the person goes on
+    confirm: asyncio.TimerHandle | None = None  # ends the candidate turn if they stay quiet
 
     @property
     def awaiting_recognizer(self) -> bool:
@@ -168,8 +208,16 @@ class VoiceSession:
         clock: Callable[[], float] = time.monotonic,
         speaker_id: Callable[[int], str] = lambda user_id: f"discord:{user_id}",
         modality: Modality = Modality.VOICE,
+        turn_detection: TurnDetection | None = None,
+        speculate: bool = False,
     ) -> None:
         self.room = room
+        # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
+        self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
+        self.speculate = speculate and self.turn_detection is not None
+        self._speculations: dict[int, _Speculation] = {}
+        self.speculations_started = 0
+        self.speculations_wasted = 0  # speculative replies thrown away (the person went on, or it failed)
         self.agent = agent
         self.memory = memory
         self.stt = stt
@@ -219,7 +267,8 @@ class VoiceSession:
         """Nothing in flight: nobody mid-speech, every end of speech answered by the recognizer,
         no turn waiting or being answered, nothing playing."""
         return (
-            not any(p.speaking or p.awaiting_recognizer for p in self.participants.values())
+            not any(p.speaking or p.awaiting_recognizer or p.candidate is not None
+                    for p in self.participants.values())
             and len(self.policy) == 0
             and (self._responder is None or self._responder.done())
             and not self._speaking
@@ -245,6 +294,10 @@ class VoiceSession:
         person.started_at = self.clock()
         if person.humans_at_start is None or not person.finals:  # a new turn, not its continuation
             person.humans_at_start = self.humans_present()
+        if person.candidate is not None:
+            # They went on: the pause was not the end of their turn. Their words so far stay and
+            # the turn continues; a reply started on them is thrown away unheard.
+            self._drop_candidate(person)
         self._ensure_stream(person)
         self._touch()
 
@@ -274,6 +327,7 @@ class VoiceSession:
         person = self.participants.pop(user_id, None)
         self.policy.forget(user_id)
         if person is not None:
+            self._drop_candidate(person)
             if person.reader is not None:
                 person.reader.cancel()
             self._spawn(self._close_participant(person), f"stt-close-{user_id}")
@@ -351,6 +405,8 @@ class VoiceSession:
             if reason is not None:
                 log.info("dropped invented text (%s) from %s", reason, person.user_id, extra={"room": self.room})
                 text = ""
+        if transcript.turn_event:
+            self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock())
         if not transcript.is_final:
             if text and self._talking_over(person):
                 self._barge(person)
@@ -363,13 +419,91 @@ class VoiceSession:
             person.turn_ends += 1
             self._touch()
         if transcript.end_of_turn and person.finals:
-            words = " ".join(person.finals)
-            person.finals.clear()
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
-            self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now,
-                                            humans_present=person.humans_at_start))
-            person.humans_at_start = None
+            turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now,
+                               humans_present=person.humans_at_start)
+            if self.turn_detection is None:
+                person.finals.clear()
+                self._complete_turn(turn)
+            elif not person.speaking and not person.awaiting_recognizer:
+                self._hold_turn(person, turn)
+            # else: they are talking again, or a later pause's words are still coming (a slow
+            # recognizer): these words stay, and the turn ends on the last pause's final
+
+    # ------------------------------------------------------------------ end of turn
+
+    def _on_turn_event(self, person: Participant, event: str, text: str, now: float) -> None:
+        """Flux's own turn guesses: ``eager`` prepares a reply (played only when the turn ends),
+        ``resumed`` throws it away."""
+        if event == "resumed":
+            if person.candidate is None:
+                self._discard_speculation(person.user_id)
+            return
+        if (event == "eager" and text and self.speculate and person.candidate is None
+                and person.user_id not in self._speculations
+                and self.policy.wants(person.user_id, text, humans_present=self._room_of(person))):
+            ended = person.ended_at if person.ended_at is not None else now
+            turn = PendingTurn(person.user_id, person.name, " ".join([*person.finals, text]), ended_at=ended,
+                               final_at=now, humans_present=person.humans_at_start)
+            self._speculations[person.user_id] = _Speculation(self, turn)
+            self.speculations_started += 1
+
+    def _room_of(self, person: Participant) -> int:
+        """People present when this person began the turn (``auto`` decides by that room)."""
+        return person.humans_at_start if person.humans_at_start is not None else self.humans_present()
+
+    def _hold_turn(self, person: Participant, turn: PendingTurn) -> None:
+        """The words of a pause are in: end the turn when the rule says, unless the person goes on."""
+        assert self.turn_detection is not None
+        early = self._speculations.get(person.user_id)
+        if early is not None and _same_words(early.turn.text, turn.text):
+            self._speculations.pop(person.user_id)  # an eager guess with these words: keep its reply
+        else:
+            early = None
+        self._drop_candidate(person)
+        person.candidate = turn
+        if early is not None:
+            early.turn = turn
+            self._speculations[person.user_id] = early
+        elif self.speculate and self.policy.wants(turn.user_id, turn.text, humans_present=self._room_of(person)):
+            self._speculations[person.user_id] = _Speculation(self, turn)
+            self.speculations_started += 1
+        # ended_at is when the gap was noticed, pause_ms after the last packet; the hold counts from that packet.
+        last_voice = turn.ended_at - self.turn_detection.pause_ms / 1000
+        delay = last_voice + self.turn_detection.hold_seconds(turn.text) - self.clock()
+        person.confirm = asyncio.get_running_loop().call_later(max(0.0, delay), self._end_turn, person.user_id)
+        self._touch()
+
+    def _end_turn(self, user_id: int) -> None:
+        person = self.participants.get(user_id)
+        if person is None or person.candidate is None or self._closed:
+            return
+        turn, person.candidate, person.confirm = person.candidate, None, None
+        person.finals.clear()
+        self._complete_turn(turn)
+        self._touch()
+
+    def _drop_candidate(self, person: Participant) -> None:
+        """Forget a turn that has not ended (the person went on, or left) and any reply started on it."""
+        if person.confirm is not None:
+            person.confirm.cancel()
+        person.candidate, person.confirm = None, None
+        self._discard_speculation(person.user_id)
+
+    def _discard_speculation(self, user_id: int) -> None:
+        spec = self._speculations.pop(user_id, None)
+        if spec is not None:
+            self.speculations_wasted += 1
+            log.debug("speculative reply to %s thrown away", user_id, extra={"room": self.room})
+            self._spawn(self._cancel_speculation(spec), f"speculation-cancel-{user_id}")
+
+    async def _cancel_speculation(self, spec: _Speculation) -> None:
+        streaming = not spec.produce.done()
+        await spec.cancel()
+        warm = getattr(self.agent.engine, "warm", None)
+        if streaming and warm is not None:
+            await warm()  # the cancelled stream took its connection with it; the next reply needs one
 
     # ------------------------------------------------------------------ turns
 
@@ -386,6 +520,7 @@ class VoiceSession:
             self._kick()
             return
         self._report("ignored", None)
+        self._discard_speculation(turn.user_id)
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
         self.memory.append(Turn(room=self.room, speaker_id=self.speaker_id(turn.user_id), speaker_name=turn.name,
                                       role="user", text=turn.text, modality=self.modality,
@@ -413,23 +548,36 @@ class VoiceSession:
             self._touch()
 
     async def _answer(self, turn: PendingTurn) -> None:
-        timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
-                            speaker_name=turn.name, text=turn.text)
+        spec = self._speculations.pop(turn.user_id, None)
+        if spec is not None and spec.turn.text != turn.text:
+            # Merged with earlier words in the queue (or otherwise changed): not this answer.
+            self.speculations_wasted += 1
+            await self._cancel_speculation(spec)
+            spec = None
+        first: tuple[str, _Prefetch] | None = None
+        self._barge_in.clear()
+        if spec is not None:
+            timing, reply, produce = spec.timing, spec.reply, spec.produce
+            timing.turn_end = self.clock()
+            reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
+            first = await spec.first_audio()
+        else:
+            timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
+                                speaker_name=turn.name, text=turn.text, turn_end=self.clock())
+            reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
+                                              speaker_name=turn.name, text=turn.text, modality=self.modality))
+            sentences: asyncio.Queue[str | None] = asyncio.Queue()
+            produce = asyncio.get_running_loop().create_task(
+                self._produce_sentences(reply, _reply_splitter(), sentences, timing), name=f"reply-text-{self.room}"
+            )
         self.timings.append(timing)
         del self.timings[:-100]
         self.last_timing = timing
-        self._barge_in.clear()
-        reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
-                                          speaker_name=turn.name, text=turn.text, modality=self.modality))
-        splitter = SentenceSplitter()
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        produce = asyncio.get_running_loop().create_task(
-            self._produce_sentences(reply, splitter, sentences, timing), name=f"reply-text-{self.room}"
-        )
+        queue = spec.sentences if spec is not None else sentences
         spoken: list[str] = []
         interrupted = False
         try:
-            interrupted = await self._speak_sentences(sentences, timing, spoken)
+            interrupted = await self._speak_sentences(queue, timing, spoken, first)
             if not interrupted:
                 interrupted = await produce  # re-raises an agent failure; True if it stopped the agent
         except AgentError as exc:
@@ -477,10 +625,17 @@ class VoiceSession:
         finally:
             sentences.put_nowait(None)
 
+    async def _first_audio(self, sentences: asyncio.Queue[str | None], timing: TurnTiming, *,
+                           wait: bool) -> tuple[str, _Prefetch] | None:
+        """Start synthesizing the first speakable sentence (waiting for it with ``wait``)."""
+        sentence = await self._take_speakable(sentences, wait=wait)
+        return None if sentence is None else (sentence, _Prefetch(self, sentence, timing))
+
     async def _speak_sentences(self, sentences: asyncio.Queue[str | None], timing: TurnTiming,
-                               spoken: list[str]) -> bool:
-        """Synthesize and play sentences as they come; returns True when interrupted or shortened."""
-        next_audio: tuple[str, _Prefetch] | None = None
+                               spoken: list[str], first: tuple[str, _Prefetch] | None = None) -> bool:
+        """Synthesize and play sentences as they come (``first`` already synthesizing); True when
+        interrupted or shortened."""
+        next_audio: tuple[str, _Prefetch] | None = first
         played = 0.0
         try:
             while True:
@@ -613,6 +768,13 @@ class VoiceSession:
             return
         self._closed = True
         self.out.stop()
+        for person in self.participants.values():
+            if person.confirm is not None:
+                person.confirm.cancel()
+            person.candidate = person.confirm = None
+        for spec in list(self._speculations.values()):
+            await spec.cancel()
+        self._speculations.clear()
         if self._responder is not None:
             self._responder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -626,6 +788,46 @@ class VoiceSession:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+
+class _Speculation:
+    """A reply started before the turn is known to be over: the agent's text streams into a queue
+    and the first sentence is synthesized into a buffer, but nothing is played, and the person's
+    words are not stored, until :meth:`VoiceSession._answer` adopts it. :meth:`cancel` throws it
+    all away (the agent's request is closed, the synthesis stopped).
+    """
+
+    def __init__(self, session: VoiceSession, turn: PendingTurn) -> None:
+        self.turn = turn
+        self.timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
+                                 speaker_name=turn.name, text=turn.text, speculative=True)
+        self.reply = session.agent.reply(
+            Incoming(room=session.room, speaker_id=session.speaker_id(turn.user_id), speaker_name=turn.name,
+                     text=turn.text, modality=session.modality),
+            remember=False,
+        )
+        self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.produce = loop.create_task(
+            session._produce_sentences(self.reply, _reply_splitter(), self.sentences, self.timing),
+            name=f"speculative-text-{session.room}",
+        )
+        self._first = loop.create_task(session._first_audio(self.sentences, self.timing, wait=True),
+                                       name=f"speculative-audio-{session.room}")
+
+    async def first_audio(self) -> tuple[str, _Prefetch] | None:
+        """The first sentence and its synthesis in progress (None: the reply had nothing to say)."""
+        return await self._first
+
+    async def cancel(self) -> None:
+        for task in (self.produce, self._first):
+            task.cancel()
+        results = await asyncio.gather(self.produce, self._first, return_exceptions=True)
+        first = results[1]
+        if isinstance(first, tuple):
+            first[1].cancel()
+        with contextlib.suppress(Exception):
+            await self.reply.aclose()
 
 
 class _Prefetch:
@@ -711,6 +913,21 @@ class _Prefetch:
     def cancel(self) -> None:
         if not self._task.done():
             self._task.cancel()
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same words (case and punctuation aside)."""
+    def words(text: str) -> list[str]:
+        return ["".join(ch for ch in w if ch.isalnum()) for w in text.lower().split()]
+
+    return words(a) == words(b)
+
+
+def _reply_splitter() -> SentenceSplitter:
+    """Sentences for speech; a reply's first clause ("Sure, …") goes to synthesis on its own, so the
+    first sound does not wait for the whole first sentence."""
+    return SentenceSplitter(first_clause_chars=FIRST_CLAUSE_CHARS, min_clause_chars=MIN_CLAUSE_CHARS,
+                            clause_at_end=True)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -267,7 +267,8 @@ class _SpeechRecognizer(_Recognizer):
             yield ("speech", None)  # interims come as words are recognised
 
     def before_final(self) -> None:
-        self._add(self.script.complete_part(), self.now)
+        # Inside the audio the final covers (a final takes words that start before its end).
+        self._add(self.script.complete_part(), max(self.segment_start, self.now - FRAME_SECONDS))
 
     def text_of(self, words: Sequence[FakeWord], is_final: bool) -> str:
         return " ".join(w.text for w in words)  # the script's own capitals and punctuation
@@ -291,11 +292,13 @@ class FakeDeepgram:
         script: SpeechScript | None = None,
         connect_delay: float = 0.0,
         finalize_delay: float = 0.0,
+        endpoint_delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.script = script
         self.connect_delay = connect_delay
         self.finalize_delay = finalize_delay
+        self.endpoint_delay = endpoint_delay  # processing time before an endpointing final goes out
         # (asked at, sent at, how) per final with end of turn: "finalize" or "endpoint"; monotonic
         self.finals: list[tuple[float, float, str]] = []
         self.vocabulary = dict(vocabulary or {})
@@ -519,6 +522,8 @@ class FakeDeepgram:
                 await self._send(ws, conn, {"type": "SpeechStarted", "channel": [0, 1], "timestamp": detail})
             elif event == "silence":
                 if endpoint_ms is not None and not rec.endpointed and detail >= endpoint_ms:
+                    if self.endpoint_delay > 0:
+                        await asyncio.sleep(self.endpoint_delay)  # the service's processing time
                     await self._v1_final(ws, conn, rec, request_id, speech_final=True, until=rec.now)
                     if isinstance(rec, _SpeechRecognizer):
                         self.finals.append((rec.voiced_at, time.monotonic(), "endpoint"))

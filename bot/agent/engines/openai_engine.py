@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient
+from openai._constants import DEFAULT_CONNECTION_LIMITS
 from openai.types.chat import ChatCompletionChunk
 
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, vLLM, LM Studio) ignore the key but the SDK insists on one.
 PLACEHOLDER_KEY = "not-needed"
+KEEPALIVE_SECONDS = 60.0  # idle time an HTTP connection is kept for the next turn
 
 _OWNER_HINT = "Please let whoever runs me know."
 
@@ -133,6 +135,15 @@ def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: f
     return AgentError(f"LLM request to {where} failed: {type(exc).__name__}")
 
 
+def _keepalive_limits() -> Any:
+    """The SDK's own connection limits with a longer keep-alive. Built from the SDK's limits
+    object because its HTTP library differs between versions (httpx, later httpx2)."""
+    limits = DEFAULT_CONNECTION_LIMITS
+    return type(limits)(max_connections=limits.max_connections,
+                        max_keepalive_connections=limits.max_keepalive_connections,
+                        keepalive_expiry=KEEPALIVE_SECONDS)
+
+
 class OpenAIEngine(ReplyEngine):
     """Streams chat completions from an OpenAI-compatible endpoint."""
 
@@ -163,6 +174,10 @@ class OpenAIEngine(ReplyEngine):
             base_url=self.base_url,
             timeout=timeout,
             max_retries=max_retries,
+            # Keep the connection across voice turns: httpx drops an idle one after 5 s, and a new
+            # TCP+TLS handshake is ~100 ms of every reply's wait. A connection the server closed
+            # meanwhile is noticed when taken from the pool and replaced.
+            http_client=DefaultAsyncHttpxClient(limits=_keepalive_limits()),
         )
         self._closed = False
 
@@ -250,6 +265,16 @@ class OpenAIEngine(ReplyEngine):
                 f"model {self.model!r} is not offered by {safe_url(self.base_url)} (OPENAI_MODEL); available: {shown}"
             )
         return f"{safe_url(self.base_url)} offers model {self.model}"
+
+    async def warm(self) -> None:
+        """Open a connection now if the pool has none (a voice reply thrown away mid-stream closes
+        its connection): one small request, so the next reply does not pay the handshake. Quiet."""
+        if self._closed:
+            return
+        try:
+            await self._client.models.list()
+        except Exception as exc:  # only an optimisation; the real request reports real problems
+            log.debug("warming the connection failed: %s", type(exc).__name__)
 
     async def aclose(self) -> None:
         if not self._closed:
