@@ -60,6 +60,9 @@ class Transcript:
     confidence: float | None = None
     words: tuple[Word, ...] = ()
     received_at: float = 0.0
+    # The language the recognizer heard (ISO 639-1 or BCP-47, e.g. "de"), when it says so
+    # (Deepgram with language=multi); None otherwise.
+    language: str | None = None
 
 
 class STTError(Exception):

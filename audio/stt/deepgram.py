@@ -93,6 +93,9 @@ def results_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float =
             )
         )
     conf = getattr(alt, "confidence", None)
+    # language=multi: the languages heard, most words first (absent on some code-switched audio).
+    languages = getattr(alt, "languages", None) or []
+    heard = languages[0] if languages and isinstance(languages[0], str) and text else None
     return Transcript(
         text=text,
         is_final=is_final,
@@ -102,6 +105,7 @@ def results_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float =
         confidence=float(conf) if isinstance(conf, (int, float)) and text else None,
         words=tuple(words),
         received_at=received_at,
+        language=heard,
     )
 
 
@@ -319,11 +323,16 @@ class DeepgramSTT(STTEngine):
     def __repr__(self) -> str:
         return f"DeepgramSTT(model={self.model!r}, ws_url={self.ws_url!r})"
 
-    def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> DeepgramStream:
-        """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``."""
-        return self._track(DeepgramStream(self, speaker=speaker, sample_rate=sample_rate))
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000, language: str | None = None) -> DeepgramStream:
+        """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``.
 
-    def _connect(self, sample_rate: int) -> Any:
+        ``language`` overrides the engine's for this stream (a guild that chose its own language).
+        """
+        stream = DeepgramStream(self, speaker=speaker, sample_rate=sample_rate)
+        stream.language = language
+        return self._track(stream)
+
+    def _connect(self, sample_rate: int, language: str | None = None) -> Any:
         if self.flux:
             kwargs: dict[str, Any] = {"model": self.model, "encoding": "linear16", "sample_rate": sample_rate}
             if self.eot_threshold is not None:
@@ -347,8 +356,8 @@ class DeepgramSTT(STTEngine):
         }
         if self.utterance_end_ms is not None:
             kwargs["utterance_end_ms"] = self.utterance_end_ms
-        if self.language:
-            kwargs["language"] = self.language
+        if language or self.language:
+            kwargs["language"] = language or self.language
         if self.keyterms:
             kwargs["keyterm"] = list(self.keyterms)
         return self._client.listen.v1.connect(**kwargs)
@@ -400,6 +409,7 @@ class DeepgramStream(STTStream):
         self.engine = engine
         self.speaker = speaker
         self.sample_rate = sample_rate
+        self.language: str | None = None  # None: the engine's
         self._bps = sample_rate * 2
         self._max_chunk = max(2, (self._bps // 4) & ~1)  # 250 ms: Deepgram's upper chunk size
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -600,7 +610,7 @@ class DeepgramStream(STTStream):
         self._progress = False
         self.connections += 1
         try:
-            async with engine._connect(self.sample_rate) as conn:
+            async with engine._connect(self.sample_rate, self.language) as conn:
                 # The new socket's audio clock starts at the first untranscribed byte: replay.
                 self._conn_start = self._covered
                 self._sent = self._covered

@@ -301,7 +301,15 @@ class ElizaEngine(ReplyEngine):
             return "Please, go on."
 
     async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
-        answer = self.respond(conversation.incoming.room, conversation.text)
+        language = conversation.incoming.language
+        if language and language != "en":
+            # The script only knows English: answering German with English reflections would
+            # pretend to have understood. Say so, in the person's language.
+            from bot.i18n import catalog, languages
+
+            answer = catalog.t("language.eliza_english_only", language, language=languages.language_name(language))
+        else:
+            answer = self.respond(conversation.incoming.room, conversation.text)
         # Word by word, so callers see the same incremental shape as from a language model.
         words = answer.split(" ")
         for i, word in enumerate(words):

@@ -1,0 +1,143 @@
+"""A language per place (a guild, a phone number, a console chat), and choosing one per message.
+
+A place's setting is a fixed language or ``auto``. Unset, a guild takes ``LANGUAGE`` when that
+is ``auto``, else the guild's Discord ``preferred_locale`` (when it is a language we know), else
+``LANGUAGE``. In ``auto`` each utterance or message is answered in its own language: the
+recognizer's answer when it has one (Deepgram ``multi``, Whisper), else the text detector's.
+A detection under ``MIN_CONFIDENCE`` keeps the place's fallback language (the last language the
+place was sure of, else its default); a language we do not know gets one clear notice per place
+and the fallback.
+
+Phone numbers are personal data: their rows are keyed by ``bot.privacy`` subjects (HMAC of the
+number), never the number itself, and ``forget`` removes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from bot.db import Database
+from bot.i18n.catalog import t
+from bot.i18n.detect import detect
+from bot.i18n.languages import AUTO, LANGUAGES, language_name, normalize_code
+
+__all__ = ["Choice", "LanguageChooser", "LanguageStore", "default_mode"]
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE language_places (
+        place TEXT PRIMARY KEY,
+        setting TEXT,
+        learned TEXT,
+        updated_at REAL NOT NULL
+    )
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The language to answer one message in, and why."""
+
+    language: str
+    source: str  # "fixed", "recognizer", "detected", "fallback"
+    notice: str | None = None  # say this once first (an unsupported language)
+
+
+def default_mode(setting: str | None, configured: str, preferred_locale: str | None = None) -> str:
+    """The mode of a place: its own setting, else ``auto`` if configured, else its locale, else the setting."""
+    if setting:
+        return setting
+    if configured == AUTO:
+        return AUTO
+    return normalize_code(preferred_locale) or configured
+
+
+def fallback_language(configured: str, preferred_locale: str | None = None, learned: str | None = None) -> str:
+    """The language used when an ``auto`` place cannot tell (and for the bot's own words there)."""
+    return (learned or normalize_code(preferred_locale)
+            or (configured if configured != AUTO else None) or "en")
+
+
+class LanguageStore:
+    """Per-place language settings (``guild:ID``, ``sms:SUBJECT``) in the shared SQLite database."""
+
+    COMPONENT = "languages"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        db.migrate(self.COMPONENT, _MIGRATIONS)
+
+    def get(self, place: str) -> tuple[str | None, str | None]:
+        """(setting, learned): the place's own choice and the last language it was sure of."""
+        rows = self._db.query("SELECT setting, learned FROM language_places WHERE place = ?", (place,))
+        if not rows:
+            return None, None
+        return rows[0]["setting"], rows[0]["learned"]
+
+    def set(self, place: str, setting: str | None) -> None:
+        """Store ``auto``, a language code, or None (back to the default)."""
+        self._db.execute(
+            "INSERT INTO language_places (place, setting, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(place) DO UPDATE SET setting = excluded.setting, updated_at = excluded.updated_at",
+            (place, setting, time.time()),
+        )
+        log.info("language setting changed", extra={"place": place.split(":", 1)[0], "language": setting or "default"})
+
+    def learn(self, place: str, language: str) -> None:
+        """Remember the language a place was last sure of (the fallback for its unclear messages)."""
+        self._db.execute(
+            "INSERT INTO language_places (place, learned, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(place) DO UPDATE SET learned = excluded.learned, updated_at = excluded.updated_at",
+            (place, language, time.time()),
+        )
+
+    def forget(self, place: str) -> None:
+        self._db.execute("DELETE FROM language_places WHERE place = ?", (place,))
+
+
+class LanguageChooser:
+    """Chooses the answer language per message; remembers which notices each place already got."""
+
+    def __init__(self) -> None:
+        self._noticed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def choose(self, *, mode: str, fallback: str, text: str, heard: str | None = None, place: str = "") -> Choice:
+        """The language to answer ``text`` in.
+
+        ``mode``: ``auto`` or a language code; ``fallback``: the place's language when unsure;
+        ``heard``: the recognizer's language for this utterance, if it gave one.
+        """
+        if mode != AUTO:
+            return Choice(mode, "fixed")
+        if heard:
+            code = normalize_code(heard)
+            if code is not None:
+                return Choice(code, "recognizer")
+            return self._unsupported(heard, fallback, place)
+        found = detect(text)
+        if found is None or not found.sure:
+            return Choice(fallback, "fallback")
+        code = normalize_code(found.language)
+        if code is None:
+            return self._unsupported(found.language, fallback, place)
+        return Choice(code, "detected")
+
+    def _unsupported(self, raw: str, fallback: str, place: str) -> Choice:
+        key = (place, raw.lower())
+        with self._lock:
+            first = key not in self._noticed
+            self._noticed.add(key)
+        log.info("unsupported language %s; answering in %s", raw, fallback)
+        notice = t("language.unsupported", fallback, code=raw, language=language_name(fallback)) if first else None
+        return Choice(fallback, "fallback", notice)
+
+
+def supported(code: str) -> bool:
+    return code in LANGUAGES
