@@ -50,6 +50,23 @@ def _local_voice(settings: Settings) -> str:
     return "piper" if settings.tts_engine == "piper" or settings.piper_model is not None else "espeak"
 
 
+def deepgram_language(settings: Settings, place_mode: str | None = None) -> str:
+    """Deepgram's ``language`` for a place in ``place_mode`` (``auto`` or a code; None: LANGUAGE).
+
+    ``auto`` listens with ``multi`` (nova-3 follows people switching languages mid-sentence); a
+    fixed language other than English is asked for by its code; English keeps DEEPGRAM_LANGUAGE
+    (``en-US`` by default, or whatever accent the operator chose).
+    """
+    from audio.languages import AUTO, DEEPGRAM_MULTI
+
+    mode = place_mode or settings.language
+    if mode == AUTO:
+        return DEEPGRAM_MULTI
+    if mode != "en" and not settings.deepgram_language.lower().startswith(mode):
+        return mode
+    return settings.deepgram_language
+
+
 def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngine | None:
     """The configured recognizer; None when listening is off (``STT_ENGINE=none`` or nothing installed)."""
     choice = stt_choice(settings)
@@ -65,7 +82,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
         return DeepgramSTT(
             secret_value(settings.deepgram_api_key) or "",
             model=settings.deepgram_model,
-            language=settings.deepgram_language,
+            language=deepgram_language(settings),
             endpointing_ms=settings.deepgram_endpointing_ms,
             keyterms=keyterms,
             base_url=http_url,

@@ -156,6 +156,8 @@ class Settings:
     metrics_guild_labels: bool = False  # label voice metrics with guild ids
     # --- Logging
     log_level: str = "INFO"
+    # --- Languages (issue 15)
+    language: str = "en"  # a code (en, de, ja…) or "auto": answer each message in its own language
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -317,6 +319,12 @@ def _phrases(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
 
 
+def _language(raw: str) -> str:
+    from audio.languages import parse_setting
+
+    return parse_setting(raw)
+
+
 def _text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -388,6 +396,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
     "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
+    "LANGUAGE": ("language", _language),
 }
 
 

@@ -8,8 +8,8 @@ A detection under ``MIN_CONFIDENCE`` keeps the place's fallback language (the la
 place was sure of, else its default); a language we do not know gets one clear notice per place
 and the fallback.
 
-Phone numbers are personal data: their rows are keyed by ``bot.privacy`` subjects (HMAC of the
-number), never the number itself, and ``forget`` removes them.
+Rows for a person (``phone:+1555…``) are personal data: ``bot.privacy.forget_person`` deletes
+them with the rest of what names that person.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from bot.db import Database
 from bot.i18n.catalog import t
 from bot.i18n.detect import detect
-from bot.i18n.languages import AUTO, LANGUAGES, language_name, normalize_code
+from bot.i18n.languages import AUTO, language_name, normalize_code
 
-__all__ = ["Choice", "LanguageChooser", "LanguageStore", "default_mode"]
+__all__ = ["Choice", "LanguageChooser", "LanguageStore", "PlaceLanguages", "default_mode", "fallback_language"]
 
 log = logging.getLogger(__name__)
 
@@ -139,5 +139,38 @@ class LanguageChooser:
         return Choice(fallback, "fallback", notice)
 
 
-def supported(code: str) -> bool:
-    return code in LANGUAGES
+class PlaceLanguages:
+    """What the bot's surfaces ask: a place's mode and fallback, and each message's language.
+
+    One per process (``Services.languages``); places are ``guild:ID`` and identities
+    (``phone:+1555…``, ``console``).
+    """
+
+    def __init__(self, db: Database, configured: str) -> None:
+        self.store = LanguageStore(db)
+        self.chooser = LanguageChooser()
+        self.configured = configured  # LANGUAGE
+
+    def mode(self, place: str, preferred_locale: str | None = None) -> str:
+        setting, _learned = self.store.get(place)
+        return default_mode(setting, self.configured, preferred_locale)
+
+    def fallback(self, place: str, preferred_locale: str | None = None) -> str:
+        setting, learned = self.store.get(place)
+        if setting and setting != AUTO:
+            return setting
+        return fallback_language(self.configured, preferred_locale, learned)
+
+    def choose(self, place: str, text: str, *, heard: str | None = None, preferred_locale: str | None = None,
+               learn: bool = False) -> Choice:
+        """The language to answer ``text`` in at ``place``; ``learn`` remembers a sure detection."""
+        setting, learned = self.store.get(place)
+        mode = default_mode(setting, self.configured, preferred_locale)
+        fallback = mode if mode != AUTO else fallback_language(self.configured, preferred_locale, learned)
+        choice = self.chooser.choose(mode=mode, fallback=fallback, text=text, heard=heard, place=place)
+        if learn and choice.source in ("detected", "recognizer") and choice.language != learned:
+            self.store.learn(place, choice.language)
+        return choice
+
+    def set(self, place: str, setting: str | None) -> None:
+        self.store.set(place, setting)

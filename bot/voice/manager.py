@@ -31,6 +31,7 @@ from audio.decode import ReceivePipeline
 from audio.receive import ReceiveVoiceClient, VoicePacket
 from audio.watchdog import DeafWatchdog, WatchdogAction
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
+from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
     ConnectionStatus,
@@ -263,12 +264,15 @@ class VoiceManager:
         out_factory: OutFactory | None = None,
         owned: tuple[Any, ...] = (),
         connect_timeout: float = 30.0,
+        languages: PlaceLanguages | None = None,
     ) -> None:
         self.settings = settings
         self.agent = agent
         self.memory = memory
         self.guild_settings = guild_settings
         self.optouts = optouts
+        # The language per guild (bot.i18n); tests that build a manager by hand get one on its database.
+        self.languages = languages or PlaceLanguages(guild_settings._db, settings.language)
         self.stt = stt
         self.tts = tts or local_tts
         self.silent = self.tts is None  # TTS_ENGINE=none: replies go to the voice channel's chat
@@ -305,7 +309,7 @@ class VoiceManager:
         db = services.db
         return cls(settings=settings, agent=services.agent, memory=services.memory,
                    guild_settings=GuildSettingsStore(db, settings), optouts=OptOutList(db),
-                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned))
+                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned), languages=services.languages)
 
     # ------------------------------------------------------------------ queries
 
@@ -575,7 +579,27 @@ class VoiceManager:
             notify=notify,
             mirror=mirror,
             max_reply_seconds=self.settings.voice_reply_max_seconds,
+            choose_language=self._language_chooser(guild),
+            stream_options=self._stream_options(guild),
         )
+
+    def _language_chooser(self, guild: discord.Guild) -> Callable[[str, str | None], Choice]:
+        place, locale = f"guild:{guild.id}", str(guild.preferred_locale) if guild.preferred_locale else None
+
+        def choose(text: str, heard: str | None) -> Choice:
+            return self.languages.choose(place, text, heard=heard, preferred_locale=locale)
+
+        return choose
+
+    def _stream_options(self, guild: discord.Guild) -> dict[str, str]:
+        """Deepgram's language for this guild when it differs from the engine's (a guild's own choice)."""
+        if self.stt is None or self.stt.name != "deepgram":
+            return {}
+        from bot.providers import deepgram_language
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        wanted = deepgram_language(self.settings, self.languages.mode(f"guild:{guild.id}", locale))
+        return {} if wanted == getattr(self.stt, "language", None) else {"language": wanted}
 
     async def _watch_receive(self, gv: GuildVoice, interval: float = 1.0) -> None:
         """Connected but deaf (people talk, nothing decrypts): rejoin once, then say so and stop trying."""

@@ -27,6 +27,8 @@ from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming, Reply
+from bot.i18n.places import Choice
+from bot.i18n.voices import voice_for_language
 from bot.memory import Memory, Modality, Turn
 from bot.voice.echo import EchoGuard
 from bot.voice.turns import PendingTurn, TurnPolicy
@@ -130,6 +132,7 @@ class Participant:
     speaking: bool = False
     started_at: float | None = None  # when the current (or last) stretch of speech began
     humans_at_start: int | None = None  # people in the room when that stretch began
+    language: str | None = None  # the language the recognizer heard in the current turn
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
@@ -166,6 +169,8 @@ class VoiceSession:
         mirror: Callable[[str, str], Awaitable[None]] | None = None,
         max_reply_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        choose_language: Callable[[str, str | None], Choice] | None = None,
+        stream_options: dict[str, str] | None = None,
     ) -> None:
         self.room = room
         self.agent = agent
@@ -182,6 +187,10 @@ class VoiceSession:
         self._notify = notify
         self._mirror = mirror
         self.max_reply_seconds = max_reply_seconds  # VOICE_REPLY_MAX_SECONDS: past it, stop at a sentence
+        # The place's language (bot.i18n): (utterance, language heard) -> the language to answer in.
+        self.choose_language = choose_language
+        self.stream_options = dict(stream_options or {})  # e.g. Deepgram's language for this guild
+        self.reply_language: str | None = None  # the language of the reply being spoken
         self._tts_chars_per_second = 14.0  # the main voice's pace, learnt from each whole sentence
         self.clock = clock
         self.participants: dict[int, Participant] = {}
@@ -310,7 +319,8 @@ class VoiceSession:
         if self.stt is None or self._stt_failed:
             return None
         if person.stream is None:
-            person.stream = self.stt.open_stream(speaker=str(person.user_id), sample_rate=self.sample_rate)
+            person.stream = self.stt.open_stream(speaker=str(person.user_id), sample_rate=self.sample_rate,
+                                                 **self.stream_options)
             person.reader = asyncio.get_running_loop().create_task(
                 self._read_transcripts(person, person.stream), name=f"stt-read-{person.user_id}"
             )
@@ -351,6 +361,7 @@ class VoiceSession:
             return
         if text:
             person.finals.append(text)
+            person.language = transcript.language or person.language
             if self._talking_over(person):
                 self._barge(person)
         if transcript.end_of_turn:
@@ -362,8 +373,9 @@ class VoiceSession:
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
             self._complete_turn(PendingTurn(person.user_id, person.name, words, ended_at=ended, final_at=now,
-                                            humans_present=person.humans_at_start))
+                                            humans_present=person.humans_at_start, language=person.language))
             person.humans_at_start = None
+            person.language = None
 
     # ------------------------------------------------------------------ turns
 
@@ -413,8 +425,16 @@ class VoiceSession:
         del self.timings[:-100]
         self.last_timing = timing
         self._barge_in.clear()
+        language = None
+        if self.choose_language is not None:
+            choice = self.choose_language(turn.text, turn.language)
+            language = choice.language
+            if choice.notice:
+                await self._tell(choice.notice)
+        self.reply_language = language
         reply = self.agent.reply(Incoming(room=self.room, speaker_id=f"discord:{turn.user_id}",
-                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE))
+                                          speaker_name=turn.name, text=turn.text, modality=Modality.VOICE,
+                                          language=language))
         splitter = SentenceSplitter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         produce = asyncio.get_running_loop().create_task(
@@ -526,7 +546,7 @@ class VoiceSession:
             if sentence is None:
                 sentences.put_nowait(None)  # keep the end marker for later reads
                 return None
-            speakable = normalize_for_speech(sentence)
+            speakable = normalize_for_speech(sentence, language=self.reply_language or "en")
             if speakable:
                 return speakable
         return None
@@ -659,6 +679,7 @@ class _Prefetch:
                 started = False
                 produced = 0  # bytes of audio
                 voice = self._session.voice if engine is self._session.tts else None
+                voice = voice_for_language(voice, engine.name, session.reply_language, session.agent.character)
                 try:
                     async with contextlib.aclosing(engine.synthesize(self._text, voice)) as chunks:
                         async for chunk in chunks:
