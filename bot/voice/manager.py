@@ -583,6 +583,13 @@ class VoiceManager:
             stream_options=self._stream_options(guild),
         )
 
+    def guild_language(self, guild: discord.Guild) -> str:
+        """The language of the bot's own words in ``guild`` (its language, or auto's fallback)."""
+        from bot.i18n.catalog import catalog_language
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        return catalog_language(self.languages.fallback(f"guild:{guild.id}", locale))
+
     def _language_chooser(self, guild: discord.Guild) -> Callable[[str, str | None], Choice]:
         place, locale = f"guild:{guild.id}", str(guild.preferred_locale) if guild.preferred_locale else None
 
@@ -696,7 +703,8 @@ class VoiceManager:
         bot_name = self.agent.character.name
         text = consent_notice(bot_name=bot_name, channel_name=channel.name, mode=gs.mode, providers=self.providers,
                               recording=gs.recording_allowed(self.settings),
-                              retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts)
+                              retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts,
+                              language=self.guild_language(channel.guild))
         perms = channel.permissions_for(channel.guild.me)
         if perms.send_messages:
             view = ListenView(self, bot_name) if gs.mode == VoiceMode.PUSH_TO_TALK else None
