@@ -14,6 +14,7 @@ import discord
 from discord.ext import commands
 
 from bot.agent import AgentError, Incoming
+from bot.i18n.places import Choice
 from bot.memory import Modality
 from bot.textchat import RateLimiter, StreamingWriter
 
@@ -126,12 +127,16 @@ class ChatCog(commands.Cog, name="Chat"):
         await self.answer(message, clean_text(message, me))
 
     async def answer(self, message: discord.Message, text: str) -> None:
+        choice = self._language(message, text)
+        if choice is not None and choice.notice:
+            await self._send_safely(message, choice.notice)
         incoming = Incoming(
             room=room_for(message.channel, message.author),
             speaker_id=f"discord:{message.author.id}",
             speaker_name=message.author.display_name,
             text=text,
             modality=Modality.TEXT,
+            language=choice.language if choice is not None else None,
         )
         reply = self.agent.reply(incoming)
 
@@ -174,6 +179,17 @@ class ChatCog(commands.Cog, name="Chat"):
             reply.finish(writer.delivered, interrupted=True)  # remembered as cut short, as shown
             return
         reply.finish()
+
+    def _language(self, message: discord.Message, text: str) -> Choice | None:
+        """The language to answer in: the server's setting (or auto), a DM's by LANGUAGE."""
+        languages = self.bot.services.languages
+        if languages is None:
+            return None
+        guild = message.guild
+        if guild is None:
+            return languages.choose(f"discord:{message.author.id}", text)
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        return languages.choose(f"guild:{guild.id}", text, preferred_locale=locale)
 
     async def _finish_safely(self, writer: StreamingWriter, suffix: str) -> None:
         try:

@@ -36,6 +36,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Aqui eu falo {language} ({source}). Use `/language` com `auto` ou um idioma para mudar.",
         "ja": "ここでは{language}で話しています（{source}）。`/language` で `auto` か言語を指定すると変更できます。",
     },
+    "language.set_sms": {
+        "en": "Okay: from now on I'll text you in {language}. Send LANGUAGE auto to let me follow the language you write in.",
+        "de": "Alles klar: Ab jetzt schreibe ich dir auf {language}. Schick LANGUAGE auto, dann richte ich mich nach deiner Sprache.",
+        "fr": "D'accord : désormais je t'écris en {language}. Envoie LANGUAGE auto pour que je suive la langue dans laquelle tu écris.",
+        "es": "De acuerdo: a partir de ahora te escribo en {language}. Envía LANGUAGE auto para que siga el idioma en que escribes.",
+        "pt": "Certo: a partir de agora eu te escrevo em {language}. Mande LANGUAGE auto para eu acompanhar o idioma em que você escreve.",
+        "ja": "わかりました。これからは{language}でメッセージを送ります。LANGUAGE auto と送ると、あなたが書く言語に合わせます。",
+    },
     "language.source.set": {
         "en": "chosen by an admin", "de": "von einem Admin gewählt", "fr": "choisi par un admin",
         "es": "elegido por un admin", "pt": "escolhido por um admin", "ja": "管理者が設定",

@@ -163,10 +163,16 @@ class PlaceLanguages:
 
     def choose(self, place: str, text: str, *, heard: str | None = None, preferred_locale: str | None = None,
                learn: bool = False) -> Choice:
-        """The language to answer ``text`` in at ``place``; ``learn`` remembers a sure detection."""
+        """The language to answer ``text`` in at ``place``.
+
+        ``learn`` (phone numbers): the place is ``auto`` unless it set a language, and a sure
+        detection is remembered as its language for the messages that say too little to tell.
+        """
         setting, learned = self.store.get(place)
-        mode = default_mode(setting, self.configured, preferred_locale)
+        mode = default_mode(setting, AUTO if learn else self.configured, preferred_locale)
         fallback = mode if mode != AUTO else fallback_language(self.configured, preferred_locale, learned)
+        if fallback == AUTO:
+            fallback = "en"
         choice = self.chooser.choose(mode=mode, fallback=fallback, text=text, heard=heard, place=place)
         if learn and choice.source in ("detected", "recognizer") and choice.language != learned:
             self.store.learn(place, choice.language)
