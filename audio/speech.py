@@ -55,6 +55,9 @@ _EMOJI = re.compile(
 _PHONE = re.compile(r"(?<![\w.])(\+?\(?\d{1,4}\)?(?:[ .-]\(?\d{2,4}\)?){2,4})(?!\w|[.,]\d)")
 _LONG_NUMBER = re.compile(r"(?<![\w.,])(\d{5,})(\.\d+)?(?![\w,])")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
+# Bidirectional controls (LRM, RLM, ALM, embeddings, overrides, isolates) that right-to-left chat
+# text carries: they steer how text is drawn, never how it sounds, and some voices read them out.
+_BIDI_CONTROLS = re.compile("[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 _SPEAKABLE = re.compile(r"[^\W_]")
 
 
@@ -97,7 +100,8 @@ def normalize_for_speech(text: str, names: Mapping[str, str] | None = None, lang
     (``audio.spoken``) and the words used in place of links and unknown mentions.
     """
     names = names or {}
-    out = _FENCED_CODE.sub("\n", text)
+    out = _BIDI_CONTROLS.sub("", text)
+    out = _FENCED_CODE.sub("\n", out)
     out = _CUSTOM_EMOJI.sub("", out)
     out = _TIMESTAMP.sub("", out)
     out = _USER_MENTION.sub(lambda m: names.get(m.group(1), spoken_phrase("someone", language)), out)

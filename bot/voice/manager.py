@@ -31,6 +31,7 @@ from audio.decode import ReceivePipeline
 from audio.receive import ReceiveVoiceClient, VoicePacket
 from audio.watchdog import DeafWatchdog, WatchdogAction
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
+from bot.i18n.bidi import isolate
 from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
@@ -557,7 +558,8 @@ class VoiceManager:
         async def mirror(name: str, text: str) -> None:
             gv = holder.get("gv")
             if gv is not None and self.guild_settings.get(gv.guild_id).mirror_transcripts:
-                await self._post(gv, f"**{discord.utils.escape_markdown(name)}:** {text}")
+                # Right-to-left names and words keep their own direction inside the line (bot.i18n.bidi).
+                await self._post(gv, f"**{isolate(discord.utils.escape_markdown(name))}:** {isolate(text)}")
 
         def humans_present() -> int:
             gv = holder.get("gv")
