@@ -1,8 +1,8 @@
 """A language per place (a guild, a phone number, a console chat), and choosing one per message.
 
 A place's setting is a fixed language or ``auto``. Unset, a guild takes ``LANGUAGE`` when that
-is ``auto``, else the guild's Discord ``preferred_locale`` (when it is a language we know), else
-``LANGUAGE``. In ``auto`` each utterance or message is answered in its own language: the
+is ``auto`` or a language other than English, else the guild's Discord ``preferred_locale`` (when
+it is a language we know), else English. In ``auto`` each utterance or message is answered in its own language: the
 recognizer's answer when it has one (Deepgram ``multi``, Whisper), else the text detector's.
 A detection under ``MIN_CONFIDENCE`` keeps the place's fallback language (the last language the
 place was sure of, else its default); a language we do not know gets one clear notice per place
@@ -50,18 +50,23 @@ class Choice:
 
 
 def default_mode(setting: str | None, configured: str, preferred_locale: str | None = None) -> str:
-    """The mode of a place: its own setting, else ``auto`` if configured, else its locale, else the setting."""
+    """The mode of a place: its own setting; else ``LANGUAGE`` when that is ``auto`` or a language
+    other than English (the operator chose it); else the place's Discord language; else English.
+
+    Discord gives every server a language (``en-US`` unless a Community server chose another), so
+    the default ``LANGUAGE=en`` means "each server's own language".
+    """
     if setting:
         return setting
-    if configured == AUTO:
-        return AUTO
+    if configured != "en":
+        return configured
     return normalize_code(preferred_locale) or configured
 
 
 def fallback_language(configured: str, preferred_locale: str | None = None, learned: str | None = None) -> str:
     """The language used when an ``auto`` place cannot tell (and for the bot's own words there)."""
-    return (learned or normalize_code(preferred_locale)
-            or (configured if configured != AUTO else None) or "en")
+    chosen = configured if configured not in (AUTO, "en") else None
+    return learned or chosen or normalize_code(preferred_locale) or "en"
 
 
 class LanguageStore:
