@@ -138,6 +138,22 @@ def voice_for(settings: Settings, character: Character, override: str | None = N
     return dataclasses.replace(voice, voice_id=override or settings.elevenlabs_voice_id or voice.voice_id)
 
 
+def local_stt_english_only(settings: Settings) -> bool:
+    """Whether the local recognizer hears English only: the packaged model is Whisper tiny.en, and
+    no package ships a multilingual model the same way (nothing may be downloaded at run time)."""
+    model = settings.local_stt_model
+    return model is None or model.rstrip("/").endswith(".en")
+
+
+def stt_language_note(settings: Settings, engine: STTEngine) -> str:
+    """What `voicebot check` adds about languages: Deepgram's language, or local English-only."""
+    if engine.name == "deepgram":
+        return f", language {getattr(engine, 'language', None) or 'en'}"
+    if local_stt_english_only(settings):
+        return "; English only (Whisper tiny.en): other languages need Deepgram"
+    return ""
+
+
 def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
     """`voicebot check` probes for the speech providers (and SMS), each closing what it opened."""
     probes: list[tuple[str, Callable[[], Awaitable[str]]]] = []
@@ -149,9 +165,10 @@ def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]
                            "pip install 'voicebot[local]'", retryable=False,
                            user_message="set DEEPGRAM_API_KEY or install the local engine")
         try:
-            return await engine.check()
+            detail = await engine.check()
         finally:
             await engine.aclose()
+        return detail + stt_language_note(settings, engine)
 
     async def check_tts() -> str:
         engine = build_tts(settings)

@@ -404,7 +404,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         """Show my voice connection, encryption, packet counts, providers and last reply latency."""
         assert interaction.guild_id is not None
         text = status_summary(self.manager.status(interaction.guild_id), self.manager.providers,
-                              bot_name=self.manager.agent.character.name)
+                              bot_name=self.manager.agent.character.name,
+                              language=self.manager.language_summary(interaction.guild))
         await self._answer(interaction, text)
 
     # ------------------------------------------------------------------ events

@@ -194,3 +194,26 @@ def test_right_to_left_text_is_isolated_in_the_bots_lines_and_its_controls_are_n
     assert normalize_for_speech(rtl, language="ar") == "مرحبا كيف حالك؟"
     found = detect(rtl)
     assert found is not None and found.language == "ar"
+
+
+def test_check_and_status_say_local_recognition_is_english_only() -> None:
+    from bot.providers import local_stt_english_only, stt_language_note
+    from bot.settings import load_settings
+    from bot.voice.consent import Providers, status_summary
+
+    settings = load_settings({}, env_file=None)
+    assert local_stt_english_only(settings)
+
+    class Local:
+        name = "local"
+
+    class Deepgram:
+        name = "deepgram"
+        language = "multi"
+
+    assert "English only" in stt_language_note(settings, Local())  # type: ignore[arg-type]
+    assert stt_language_note(settings, Deepgram()) == ", language multi"  # type: ignore[arg-type]
+    assert not local_stt_english_only(load_settings({"LOCAL_STT_MODEL": "/models/whisper-small"}, env_file=None))
+    providers = Providers(stt="a local recognizer on the bot's own server", stt_remote=False, tts=None,
+                          tts_remote=False, llm="x", llm_remote=False)
+    assert "English only" in status_summary(None, providers, bot_name="Nova", language="German")

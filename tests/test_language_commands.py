@@ -32,6 +32,7 @@ async def test_language_set_auto_unknown_and_reset(discord_: LocalDiscord, monke
         assert answer == "Ab jetzt spreche ich auf diesem Server Deutsch."  # said in the new language
         assert h.manager.languages.mode(f"guild:{h.guild.id}") == "de"
         assert "I speak Deutsch here (chosen by an admin)" in await h.command(h.alice, "language")
+        assert "**Language:** German" in await h.command(h.alice, "status")
 
         # The join notice now comes in German, with the same facts.
         await h.alice.join_voice(h.voice)

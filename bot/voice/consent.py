@@ -249,8 +249,9 @@ def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
     return lines
 
 
-def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str) -> str:
-    """The ``/status`` reply."""
+def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str,
+                   language: str | None = None) -> str:
+    """The ``/status`` reply; ``language`` describes the server's language setting."""
     lines: list[str] = []
     if status is None:
         lines.append(f"**Voice:** {bot_name} is not in a voice channel here. Use `/join` to bring it in.")
@@ -306,7 +307,12 @@ def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot
                          "replies go to the text chat.")
         if status.voice:
             lines.append(f"**Speaking voice:** {status.voice}")
-    lines.append(f"**Speech-to-text:** {providers.stt or 'off'}")
+    stt = providers.stt or "off"
+    if providers.stt == _LOCAL_STT:
+        stt += " (English only: other languages need Deepgram)"  # the packaged model is tiny.en
+    lines.append(f"**Speech-to-text:** {stt}")
+    if language:
+        lines.append(f"**Language:** {language}")
     lines.append(f"**Text-to-speech:** {providers.tts or 'off'}")
     lines.append(f"**Replies written by:** {providers.llm}")
     if status is not None and status.breakdown:

@@ -585,6 +585,19 @@ class VoiceManager:
             stream_options=self._stream_options(guild),
         )
 
+    def language_summary(self, guild: discord.Guild | None) -> str | None:
+        """One line for /status: the server's language mode (``/language`` changes it)."""
+        if guild is None:
+            return None
+        from bot.i18n.languages import AUTO, language_name
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        mode = self.languages.mode(f"guild:{guild.id}", locale)
+        if mode == AUTO:
+            fallback = language_name(self.languages.fallback(f"guild:{guild.id}", locale), native=False)
+            return f"auto (each person's language; {fallback} when unsure)"
+        return language_name(mode, native=False)
+
     def guild_language(self, guild: discord.Guild) -> str:
         """The language of the bot's own words in ``guild`` (its language, or auto's fallback)."""
         from bot.i18n.catalog import catalog_language
