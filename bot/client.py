@@ -52,6 +52,11 @@ class VoiceBotTree(app_commands.CommandTree["VoiceBot"]):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use that command here."
+            key = getattr(error, "catalog_key", None)
+            if key:  # our own checks speak the caller's language
+                from bot.i18n.catalog import t
+
+                message = t(key, str(interaction.locale))
         elif isinstance(error, app_commands.CommandOnCooldown):
             message = f"Slow down a little: try again in {error.retry_after:.0f} s."
         else:
@@ -103,6 +108,10 @@ class VoiceBot(commands.Bot):
             # With a custom API base (the loopback Discord) the gateway must come from that API.
             _, url, _ = await self.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        from bot.i18n.commands import CommandTranslator
+
+        # Command names and descriptions in each person's Discord language (sent with the sync).
+        await self.tree.set_translator(CommandTranslator())
         for name in self._extensions:
             try:
                 await self.load_extension(name)

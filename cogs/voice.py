@@ -35,11 +35,15 @@ RESET_VOICE = "default"
 class GuildOnly(app_commands.CheckFailure):
     """Used in a DM (Discord hides guild-only commands there, but an old client or a user app may not)."""
 
+    catalog_key = "command.guild_only"
+
     def __init__(self) -> None:
         super().__init__(DM_MESSAGE)
 
 
 class NeedsManageServer(app_commands.CheckFailure):
+    catalog_key = "command.needs_manage_server"
+
     def __init__(self) -> None:
         super().__init__(ADMIN_MESSAGE)
 

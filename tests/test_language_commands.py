@@ -69,3 +69,20 @@ async def test_the_servers_discord_language_is_the_default(discord_: LocalDiscor
         notice = await discord_.wait_bot_message(h.voice, contains="/optout", timeout=TIMEOUT)
         assert "聞いています" in notice.content
         await h.command(h.alice, "leave")
+
+
+async def test_commands_are_localised_and_checks_answer_in_the_callers_language(
+        discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    discord_.world.users[h.alice.id].locale = "de"
+    async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
+        language = discord_.world.find_command("language", h.guild.id)
+        assert language is not None
+        assert language.raw["name_localizations"]["de"] == "sprache"
+        assert language.raw["name_localizations"]["ja"] == "言語"
+        assert language.raw["description_localizations"]["fr"].startswith("Choisis la langue")
+        assert language.raw["description_localizations"]["pt-BR"].startswith("Escolha o idioma")
+        join = discord_.world.find_command("join", h.guild.id)
+        assert join is not None and join.raw["description_localizations"]["es-ES"].startswith("Tráeme")
+        # A check failing (no Manage Server) answers in the caller's Discord language.
+        assert await h.command(h.alice, "mode", {"mode": "always"}) == "Dafür brauchst du die Berechtigung **Server verwalten**."
