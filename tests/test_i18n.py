@@ -217,3 +217,26 @@ def test_check_and_status_say_local_recognition_is_english_only() -> None:
     providers = Providers(stt="a local recognizer on the bot's own server", stt_remote=False, tts=None,
                           tts_remote=False, llm="x", llm_remote=False)
     assert "English only" in status_summary(None, providers, bot_name="Nova", language="German")
+
+
+def test_deepgram_multi_reports_the_main_language_of_a_mixed_sentence() -> None:
+    from deepgram.core.unchecked_base_model import construct_type
+    from deepgram.listen.v1.socket_client import V1SocketClientResponse
+
+    from audio.stt.deepgram import results_to_transcript
+
+    def frame(languages: list[str] | None, text: str = "quiero un coffee por favor") -> object:
+        alternative: dict[str, object] = {"transcript": text, "confidence": 0.9, "words": []}
+        if languages is not None:
+            alternative["languages"] = languages
+        return construct_type(type_=V1SocketClientResponse, object_={
+            "type": "Results", "channel_index": [0, 1], "start": 0.0, "duration": 1.0, "is_final": True,
+            "speech_final": True, "channel": {"alternatives": [alternative]},
+            "metadata": {"request_id": "r", "model_uuid": "u", "model_info": {"name": "n", "version": "v", "arch": "a"}}})
+
+    mixed = results_to_transcript(frame(["es", "en"]))
+    assert mixed is not None and mixed.language == "es"  # most words first, as Deepgram sorts them
+    # Code-switched audio may come without languages: the text detector decides then.
+    bare = results_to_transcript(frame(None))
+    assert bare is not None and bare.language is None
+    assert results_to_transcript(frame(["de"], text="")) is None or results_to_transcript(frame(["de"], text="")).language is None

@@ -86,3 +86,16 @@ async def test_commands_are_localised_and_checks_answer_in_the_callers_language(
         assert join is not None and join.raw["description_localizations"]["es-ES"].startswith("Tráeme")
         # A check failing (no Manage Server) answers in the caller's Discord language.
         assert await h.command(h.alice, "mode", {"mode": "always"}) == "Dafür brauchst du die Berechtigung **Server verwalten**."
+
+
+async def test_join_and_leave_answer_in_the_callers_language(discord_: LocalDiscord,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    discord_.world.users[h.alice.id].locale = "es-ES"
+    async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
+        assert await h.command(h.alice, "join") == (
+            "No estás en ningún canal de voz. Entra en uno primero o dime cuál: `/join channel:`.")
+        await h.alice.join_voice(h.voice)
+        assert (await h.command(h.alice, "join")).startswith("Estoy en ")
+        assert await h.command(h.alice, "leave") == "He salido del canal de voz. Ya no estoy escuchando."
+        assert await h.command(h.alice, "leave") == "No estoy en ningún canal de voz de este servidor."
