@@ -240,3 +240,38 @@ def test_deepgram_multi_reports_the_main_language_of_a_mixed_sentence() -> None:
     bare = results_to_transcript(frame(None))
     assert bare is not None and bare.language is None
     assert results_to_transcript(frame(["de"], text="")) is None or results_to_transcript(frame(["de"], text="")).language is None
+
+
+async def test_an_english_only_voice_gives_way_to_one_that_speaks_the_reply_language() -> None:
+    from bot.i18n.places import Choice
+    from bot.voice.session import VoiceSession
+    from bot.voice.turns import TurnPolicy, VoiceMode
+    from tests.test_voice_session import RecordingOut, ScriptedEngine, ScriptedSTT, ToneTTS, speak, wait_turns
+
+    class PiperLike(ToneTTS):
+        name = "piper"
+
+    class EspeakLike(ToneTTS):
+        name = "espeak"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.voices: list[VoiceSpec | None] = []
+
+        async def synthesize(self, text, voice=None):  # type: ignore[no-untyped-def, override]
+            self.voices.append(voice)
+            async for chunk in super().synthesize(text, voice):
+                yield chunk
+
+    piper, espeak = PiperLike(), EspeakLike()
+    memory = Memory(Database.in_memory())
+    agent = Agent(default_character(), ScriptedEngine(["Guten Tag! ", "Wie geht's?"]), memory)
+    session = VoiceSession(room="discord:1:2", agent=agent, memory=memory, stt=ScriptedSTT({7: ["hallo zusammen"]}),
+                           tts=piper, fallback_tts=espeak, out=RecordingOut(),
+                           policy=TurnPolicy(bot_names=("Wren",), mode=VoiceMode.ALWAYS),
+                           choose_language=lambda text, heard: Choice("de", "fixed"))
+    speak(session, 7)
+    await wait_turns(session, 1)
+    await session.aclose()
+    assert piper.texts == [] and espeak.texts == ["Guten Tag!", "Wie geht's?"]
+    assert all(v is not None and v.voice_id == "de" and v.language == "de" for v in espeak.voices)

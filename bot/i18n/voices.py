@@ -15,7 +15,7 @@ from audio.languages import LANGUAGES
 from audio.tts.base import VoiceSpec
 from bot.agent.character import Character
 
-__all__ = ["voice_for_language", "MULTILINGUAL_MODEL"]
+__all__ = ["voice_for_language", "speaks", "MULTILINGUAL_MODEL"]
 
 MULTILINGUAL_MODEL = "eleven_flash_v2_5"
 # ElevenLabs models that speak one language only (the rest are multilingual).
@@ -45,3 +45,8 @@ def voice_for_language(base: VoiceSpec | None, engine: str, language: str | None
             model = MULTILINGUAL_MODEL
         return dataclasses.replace(voice, voice_id=voice_id, model=model, language=language)
     return dataclasses.replace(voice, language=language)
+
+
+def speaks(engine: str, language: str | None) -> bool:
+    """Whether ``engine`` can speak ``language``: the shipped Piper voice (joe) is English only."""
+    return engine != "piper" or language in (None, "en")

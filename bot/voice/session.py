@@ -28,7 +28,7 @@ from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming, Reply
 from bot.i18n.places import Choice
-from bot.i18n.voices import voice_for_language
+from bot.i18n.voices import speaks, voice_for_language
 from bot.memory import Memory, Modality, Turn
 from bot.voice.echo import EchoGuard
 from bot.voice.turns import PendingTurn, TurnPolicy
@@ -674,6 +674,8 @@ class _Prefetch:
         engines = [] if self._local_only else [session.tts]
         if session.fallback_tts is not None and session.fallback_tts is not session.tts:
             engines.append(session.fallback_tts)
+        # A voice that cannot speak the reply's language (Piper's English voice) gives way.
+        engines = [e for e in engines if speaks(e.name, session.reply_language)] or engines
         try:
             for i, engine in enumerate(engines):
                 started = False
