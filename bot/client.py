@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -109,6 +110,10 @@ class VoiceBot(commands.Bot):
             _, url, _ = await self.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         from bot.i18n.commands import CommandTranslator
+        from bot.i18n.detect import preload
+
+        # The language detector's model takes about half a second to load: not on a reply's time.
+        await asyncio.to_thread(preload)
 
         # Command names and descriptions in each person's Discord language (sent with the sync).
         await self.tree.set_translator(CommandTranslator())

@@ -157,3 +157,24 @@ async def test_german_and_japanese_are_answered_in_their_language_with_their_esp
             await session.aclose()
             await stt.aclose()
             await agent.aclose()
+
+
+async def test_a_guilds_own_language_reaches_deepgram_per_stream() -> None:
+    from audio.stt.deepgram import DeepgramSTT
+    from tests.fakes.deepgram_server import word_audio
+
+    async with FakeDeepgram(vocabulary={1000: "hallo"}) as dg:
+        stt = DeepgramSTT(dg.api_key, language="en-US", base_url=dg.http_url)
+        try:
+            default = stt.open_stream(speaker="1")
+            german = stt.open_stream(speaker="2", language="de")
+            for stream in (default, german):
+                stream.push(word_audio([1000]))
+            await dg.wait_for(lambda: len(dg.connections) >= 2, timeout=30)
+            assert sorted(c.param("language") or "" for c in dg.connections) == ["de", "en-US"]
+        finally:
+            await stt.aclose()
+    settings = load_settings({"DEEPGRAM_API_KEY": "k" * 20}, env_file=None)
+    assert deepgram_language(settings) == "en-US"  # English keeps DEEPGRAM_LANGUAGE
+    assert deepgram_language(settings, "de") == "de" and deepgram_language(settings, "auto") == "multi"
+    assert deepgram_language(settings.replace(deepgram_language="de-CH"), "de") == "de-CH"  # the operator's accent
