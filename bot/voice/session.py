@@ -413,6 +413,7 @@ class VoiceSession:
                 raise
             except Exception:
                 log.exception("answering a voice turn failed", extra={"room": self.room, "user_id": turn.user_id})
+            self.reply_language = None  # /say between turns speaks in the default voice
             async with self.answered:
                 self.turns_done += 1
                 self.answered.notify_all()
