@@ -372,6 +372,23 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Desculpe, algo deu errado do meu lado. Tente de novo daqui a pouco.",
         "ja": "すみません、こちらで問題が起きました。少ししてからもう一度お試しください。",
     },
+    # -- text chat ---------------------------------------------------------------------------
+    "chat.slow_down": {
+        "en": "You're writing faster than I can think! Give me about {seconds} seconds and try again.",
+        "de": "Du schreibst schneller, als ich denken kann! Gib mir etwa {seconds} Sekunden und versuch es dann noch mal.",
+        "fr": "Tu écris plus vite que je ne réfléchis ! Laisse-moi environ {seconds} secondes et réessaie.",
+        "es": "¡Escribes más rápido de lo que pienso! Dame unos {seconds} segundos y vuelve a intentarlo.",
+        "pt": "Você escreve mais rápido do que eu penso! Me dê uns {seconds} segundos e tente de novo.",
+        "ja": "考えるより速く書き込まれています！{seconds}秒ほど待ってから、もう一度お試しください。",
+    },
+    "chat.lost_for_words": {
+        "en": "I'm lost for words. Could you put that another way?",
+        "de": "Mir fehlen die Worte. Kannst du das anders sagen?",
+        "fr": "Je reste sans voix. Tu peux le dire autrement ?",
+        "es": "Me he quedado sin palabras. ¿Puedes decirlo de otra forma?",
+        "pt": "Fiquei sem palavras. Pode dizer de outro jeito?",
+        "ja": "言葉が見つかりません。別の言い方をしていただけますか？",
+    },
     # -- agent failures said to the person ----------------------------------------------------
     "agent.blank": {
         "en": "Sorry, I drew a blank there. Could you say that again?",
