@@ -67,6 +67,15 @@ def deepgram_language(settings: Settings, place_mode: str | None = None) -> str:
     return settings.deepgram_language
 
 
+def deepgram_model(settings: Settings) -> str:
+    """DEEPGRAM_MODEL, except that English-only Flux becomes Flux Multilingual when the bot speaks
+    other languages (``flux-general-multi``: 10 languages, the language per turn)."""
+    model = settings.deepgram_model
+    if model == "flux-general-en" and settings.language != "en":
+        return "flux-general-multi"
+    return model
+
+
 def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngine | None:
     """The configured recognizer; None when listening is off (``STT_ENGINE=none`` or nothing installed)."""
     choice = stt_choice(settings)
@@ -81,7 +90,7 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             http_url = ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
         return DeepgramSTT(
             secret_value(settings.deepgram_api_key) or "",
-            model=settings.deepgram_model,
+            model=deepgram_model(settings),
             language=deepgram_language(settings),
             endpointing_ms=settings.deepgram_endpointing_ms,
             keyterms=keyterms,

@@ -275,3 +275,23 @@ async def test_an_english_only_voice_gives_way_to_one_that_speaks_the_reply_lang
     await session.aclose()
     assert piper.texts == [] and espeak.texts == ["Guten Tag!", "Wie geht's?"]
     assert all(v is not None and v.voice_id == "de" and v.language == "de" for v in espeak.voices)
+
+
+def test_flux_multilingual_reports_the_turns_language_and_is_chosen_for_other_languages() -> None:
+    from deepgram.core.unchecked_base_model import construct_type
+    from deepgram.listen.v2.socket_client import V2SocketClientResponse
+
+    from audio.stt.deepgram import turn_info_to_transcript
+    from bot.providers import deepgram_model
+    from bot.settings import load_settings
+
+    msg = construct_type(type_=V2SocketClientResponse, object_={
+        "type": "TurnInfo", "request_id": "r", "sequence_id": 1, "event": "EndOfTurn", "turn_index": 0,
+        "audio_window_start": 0.0, "audio_window_end": 1.0, "transcript": "Hola, ¿qué tal?", "words": [],
+        "end_of_turn_confidence": 0.9, "languages": ["es", "en"]})
+    t = turn_info_to_transcript(msg)
+    assert t is not None and t.language == "es"
+    base = {"DEEPGRAM_API_KEY": "k" * 20, "DEEPGRAM_MODEL": "flux-general-en"}
+    assert deepgram_model(load_settings(base, env_file=None)) == "flux-general-en"
+    assert deepgram_model(load_settings({**base, "LANGUAGE": "auto"}, env_file=None)) == "flux-general-multi"
+    assert deepgram_model(load_settings({**base, "DEEPGRAM_MODEL": "nova-3", "LANGUAGE": "auto"}, env_file=None)) == "nova-3"

@@ -151,6 +151,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
             )
         )
     confs = [w.confidence for w in words if w.confidence is not None]
+    languages = getattr(msg, "languages", None) or []  # flux-general-multi: most frequent first
     return Transcript(
         text=text,
         is_final=final,
@@ -160,6 +161,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
         confidence=sum(confs) / len(confs) if confs else None,
         words=tuple(words),
         received_at=received_at,
+        language=languages[0] if languages and isinstance(languages[0], str) and text else None,
     )
 
 
@@ -343,6 +345,9 @@ class DeepgramSTT(STTEngine):
                 kwargs["eot_timeout_ms"] = self.eot_timeout_ms
             if self.keyterms:
                 kwargs["keyterm"] = list(self.keyterms)
+            hint = language or self.language
+            if hint and hint != "multi" and "multi" in self.model:
+                kwargs["language_hint"] = hint  # flux-general-multi: bias toward the place's language
             return self._client.listen.v2.connect(**kwargs)
         kwargs = {
             "model": self.model,
