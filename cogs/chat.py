@@ -180,7 +180,7 @@ class ChatCog(commands.Cog, name="Chat"):
         reply.finish()
 
     def _words_language(self, message: discord.Message) -> str:
-        """The language of the bot's own words in this channel (the server's, or LANGUAGE in DMs)."""
+        """The language of the bot's own words in this channel (the server's, or the person's in a DM)."""
         languages = self.bot.services.languages
         if languages is None:
             return "en"
@@ -190,13 +190,14 @@ class ChatCog(commands.Cog, name="Chat"):
         return languages.fallback(f"guild:{message.guild.id}", locale)
 
     def _language(self, message: discord.Message, text: str) -> Choice | None:
-        """The language to answer in: the server's setting (or auto), a DM's by LANGUAGE."""
+        """The language to answer in: the server's setting (or auto); in a DM, the person's own."""
         languages = self.bot.services.languages
         if languages is None:
             return None
         guild = message.guild
         if guild is None:
-            return languages.choose(f"discord:{message.author.id}", text)
+            # A DM is one person's place, like an SMS thread: their language, remembered.
+            return languages.choose(f"discord:{message.author.id}", text, learn=True)
         locale = str(guild.preferred_locale) if guild.preferred_locale else None
         return languages.choose(f"guild:{guild.id}", text, preferred_locale=locale)
 

@@ -295,3 +295,20 @@ def test_flux_multilingual_reports_the_turns_language_and_is_chosen_for_other_la
     assert deepgram_model(load_settings(base, env_file=None)) == "flux-general-en"
     assert deepgram_model(load_settings({**base, "LANGUAGE": "auto"}, env_file=None)) == "flux-general-multi"
     assert deepgram_model(load_settings({**base, "DEEPGRAM_MODEL": "nova-3", "LANGUAGE": "auto"}, env_file=None)) == "nova-3"
+
+
+async def test_eliza_in_an_english_place_still_owns_up_to_a_clearly_foreign_message() -> None:
+    memory = Memory(Database.in_memory())
+    agent = Agent(default_character(), ElizaEngine("Nova"), memory)
+    text = "".join([d async for d in agent.reply(_incoming("Bonjour, je voudrais te parler de ma journée.", "en"))])
+    assert text.startswith("Je ne suis qu'un petit script intégré")
+    text = "".join([d async for d in agent.reply(_incoming("ok", "en"))])
+    assert "script" not in text
+
+
+def test_everyday_english_is_never_taken_for_another_language() -> None:
+    chooser = LanguageChooser()
+    for line in ["Hello there", "Tell me a joke", "hey nova", "lol thats funny", "I need help", "no problem",
+                 "okay cool thanks", "I am sad about my mother", "sure", "yes"]:
+        choice = chooser.choose(mode="auto", fallback="en", text=line, place="guild:1")
+        assert (choice.language, choice.notice) == ("en", None), (line, choice)

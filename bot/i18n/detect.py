@@ -15,13 +15,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Detection", "detect", "MIN_CONFIDENCE", "preload"]
+__all__ = ["Detection", "detect", "MIN_CONFIDENCE", "UNSUPPORTED_CONFIDENCE", "preload"]
 
 log = logging.getLogger(__name__)
 
 # Under this, a detection is a guess: the place's language wins. Chosen on short chat lines:
-# "Hallo, wie geht es dir?" scores 0.99, "ok" or "hi" under 0.05.
-MIN_CONFIDENCE = 0.3
+# "Hallo, wie geht es dir?" scores 0.99, "Merci beaucoup" 0.48, "ok" or "hi" under 0.05, and no
+# common English line scored over 0.35 for another language.
+MIN_CONFIDENCE = 0.4
+# Saying "I can't speak that language" needs more: "Hello there" scores 0.34 for Sesotho.
+UNSUPPORTED_CONFIDENCE = 0.9
 _MIN_LETTERS = 4  # fewer letters than this say nothing about a language ("ok", "lol", "👍")
 
 _KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")

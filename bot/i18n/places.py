@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from bot.db import Database
 from bot.i18n.catalog import t
-from bot.i18n.detect import detect
+from bot.i18n.detect import UNSUPPORTED_CONFIDENCE, detect
 from bot.i18n.languages import AUTO, language_name, normalize_code
 
 __all__ = ["Choice", "LanguageChooser", "LanguageStore", "PlaceLanguages", "default_mode", "fallback_language"]
@@ -131,6 +131,8 @@ class LanguageChooser:
             return Choice(fallback, "fallback")
         code = normalize_code(found.language)
         if code is None:
+            if found.confidence < UNSUPPORTED_CONFIDENCE:
+                return Choice(fallback, "fallback")  # a short line that merely looks foreign
             return self._unsupported(found.language, fallback, place)
         return Choice(code, "detected")
 
