@@ -143,6 +143,9 @@ def build_sms(
     from bot.i18n.places import PlaceLanguages
 
     service.languages = PlaceLanguages(db, settings.language)  # each number answered in its language
+    from bot.i18n.detect import preload
+
+    preload()  # at start-up (about half a second), so no texter's first reply waits for the model
     return service, TwilioWebhooks(service, auth_token=token, public_url=public)
 
 
