@@ -254,10 +254,10 @@ class VoiceCog(commands.Cog, name="Voice"):
         except GuildSettingsError as exc:
             await self._answer(interaction, str(exc))
             return
-        extra = " Use `/listen` (or the button on my notice after the next `/join`) to talk to me." \
-            if gs.mode == "push-to-talk" else ""
-        await self._answer(interaction, f"Mode set to **{gs.mode}**. "
-                           f"{mode_explanation(gs.mode, self.manager.agent.character.name)}{extra}")
+        language = _caller_language(interaction)
+        extra = " " + t("mode.listen_hint", language) if gs.mode == "push-to-talk" else ""
+        await self._answer(interaction, f"{t('mode.set', language, mode=gs.mode)} "
+                           f"{mode_explanation(gs.mode, self.manager.agent.character.name, language)}{extra}")
 
     @voice.command(name="list")
     @guild_only_check

@@ -99,3 +99,11 @@ async def test_join_and_leave_answer_in_the_callers_language(discord_: LocalDisc
         assert (await h.command(h.alice, "join")).startswith("Estoy en ")
         assert await h.command(h.alice, "leave") == "He salido del canal de voz. Ya no estoy escuchando."
         assert await h.command(h.alice, "leave") == "No estoy en ningún canal de voz de este servidor."
+
+
+async def test_mode_answers_in_the_callers_language(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    discord_.world.users[h.boss.id].locale = "fr"
+    async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
+        answer = await h.command(h.boss, "mode", {"mode": "push-to-talk"})
+        assert answer.startswith("Mode réglé sur **push-to-talk**. ") and "Utilise `/listen`" in answer

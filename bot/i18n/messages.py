@@ -272,6 +272,18 @@ MESSAGES: dict[str, dict[str, str]] = {
         "es": "el agente ElizaOS en {host}", "pt": "o agente ElizaOS em {host}", "ja": "{host} の ElizaOS エージェント",
     },
     # -- when the bot answers (mode) ---------------------------------------------------------
+    "mode.set": {
+        "en": "Mode set to **{mode}**.", "de": "Modus auf **{mode}** gestellt.", "fr": "Mode réglé sur **{mode}**.",
+        "es": "Modo cambiado a **{mode}**.", "pt": "Modo definido como **{mode}**.", "ja": "モードを **{mode}** にしました。",
+    },
+    "mode.listen_hint": {
+        "en": "Use `/listen` (or the button on my notice after the next `/join`) to talk to me.",
+        "de": "Mit `/listen` (oder dem Knopf in meinem Hinweis nach dem nächsten `/join`) sprichst du mit mir.",
+        "fr": "Utilise `/listen` (ou le bouton de mon message après le prochain `/join`) pour me parler.",
+        "es": "Usa `/listen` (o el botón de mi aviso tras el próximo `/join`) para hablar conmigo.",
+        "pt": "Use `/listen` (ou o botão do meu aviso depois do próximo `/join`) para falar comigo.",
+        "ja": "話しかけるには `/listen`（または次の `/join` 後の案内にあるボタン）を使ってください。",
+    },
     "mode.always": {
         "en": "{bot} answers everything said in the channel.",
         "de": "{bot} antwortet auf alles, was im Kanal gesagt wird.",
