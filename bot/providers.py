@@ -100,6 +100,12 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
     if settings.stt_engine == "local" or local_stt_available():
         from audio.stt.local import LocalWhisperSTT
 
+        if local_stt_multilingual(settings):
+            from audio.stt import multilingual
+
+            # LANGUAGE other than English: Whisper base (99 languages) joined from its two packages.
+            path = multilingual.model_dir(settings.data_dir / "models")
+            return LocalWhisperSTT(model=str(path), language=None if settings.language == "auto" else settings.language)
         return LocalWhisperSTT(model=settings.local_stt_model)
     log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
     return None
@@ -147,9 +153,21 @@ def voice_for(settings: Settings, character: Character, override: str | None = N
     return dataclasses.replace(voice, voice_id=override or settings.elevenlabs_voice_id or voice.voice_id)
 
 
+def local_stt_multilingual(settings: Settings) -> bool:
+    """Whether the local recognizer is the optional multilingual Whisper base: installed
+    (``voicebot[multilingual]``), no LOCAL_STT_MODEL of the operator's, and LANGUAGE not English."""
+    if settings.local_stt_model is not None or settings.language == "en":
+        return False
+    from audio.stt import multilingual
+
+    return multilingual.available()
+
+
 def local_stt_english_only(settings: Settings) -> bool:
-    """Whether the local recognizer hears English only: the packaged model is Whisper tiny.en, and
-    no package ships a multilingual model the same way (nothing may be downloaded at run time)."""
+    """Whether the local recognizer hears English only: the packaged model is Whisper tiny.en (the
+    multilingual one is an optional extra, used when LANGUAGE is not English)."""
+    if local_stt_multilingual(settings):
+        return False
     model = settings.local_stt_model
     return model is None or model.rstrip("/").endswith(".en")
 
@@ -158,8 +176,10 @@ def stt_language_note(settings: Settings, engine: STTEngine) -> str:
     """What `voicebot check` adds about languages: Deepgram's language, or local English-only."""
     if engine.name == "deepgram":
         return f", language {getattr(engine, 'language', None) or 'en'}"
+    if local_stt_multilingual(settings):
+        return ", multilingual (Whisper base)"
     if local_stt_english_only(settings):
-        return "; English only (Whisper tiny.en): other languages need Deepgram"
+        return "; English only (Whisper tiny.en): other languages need Deepgram or voicebot[multilingual]"
     return ""
 
 

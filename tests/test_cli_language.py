@@ -62,7 +62,8 @@ def test_simulate_in_german_answers_in_german(tmp_path: Path, monkeypatch: pytes
     assert code == 0, text
     result = json.loads(text)
     replies = result["replies"]
-    # Local recognition is English-only (tiny.en) and heard the English; the place speaks German,
-    # and the built-in script says in German that it only knows English.
+    # The place speaks German (the local recognizer listens for German: the multilingual model when
+    # installed, else tiny.en hears it as English), and the built-in script says in German that it
+    # only knows English.
     assert replies and replies[0]["text"].startswith("Ich bin ein einfaches eingebautes Skript"), replies
     assert replies[0]["audio_seconds"] > 0.3

@@ -10,7 +10,10 @@ the language its system prompt asks for), and the real espeak-ng engine speaks t
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -87,11 +90,18 @@ def speech_16k(text: str, voice: str) -> bytes:
     return np.asarray(out, dtype="<i2").tobytes()
 
 
-def espeak_voice_pcm(text: str, voice: str) -> tuple[bytes, int]:
-    # tests/speech_samples.py speaks English only; these need the language's own voice.
-    from audio.tts.espeak import synthesize_pcm
+_CHILD = ("import sys; from audio.tts.espeak import synthesize_pcm; pcm, rate = synthesize_pcm(sys.argv[1], sys.argv[2]); "
+          "sys.stdout.buffer.write(rate.to_bytes(4, 'little') + pcm)")
 
-    return synthesize_pcm(text, voice)
+
+@functools.lru_cache(maxsize=16)
+def espeak_voice_pcm(text: str, voice: str) -> tuple[bytes, int]:
+    """``text`` in espeak-ng's ``voice``, made in a fresh process as tests/speech_samples.py does
+    (espeak carries state from one synthesis to the next; the first one in a process is stable)."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", _CHILD, text, voice], capture_output=True, check=True, cwd=root,
+                         timeout=60).stdout
+    return out[4:], int.from_bytes(out[:4], "little")
 
 
 def voiced_frames(pcm: bytes) -> int:
@@ -178,3 +188,35 @@ async def test_a_guilds_own_language_reaches_deepgram_per_stream() -> None:
     assert deepgram_language(settings) == "en-US"  # English keeps DEEPGRAM_LANGUAGE
     assert deepgram_language(settings, "de") == "de" and deepgram_language(settings, "auto") == "multi"
     assert deepgram_language(settings.replace(deepgram_language="de-CH"), "de") == "de-CH"  # the operator's accent
+
+
+async def test_the_multilingual_local_model_hears_german_and_says_so(tmp_path: Path) -> None:
+    import pytest
+
+    from audio.stt import multilingual
+    from audio.stt.local import LocalWhisperSTT
+    from bot.providers import local_stt_available, local_stt_english_only, stt_language_note
+
+    if not (local_stt_available() and multilingual.available()):
+        pytest.skip("voicebot[multilingual] is not installed")
+    settings = load_settings({"LANGUAGE": "auto", "STT_ENGINE": "local", "DATA_DIR": str(tmp_path)}, env_file=None)
+    assert not local_stt_english_only(settings)
+    stt = build_stt(settings)
+    assert isinstance(stt, LocalWhisperSTT) and stt.language is None
+    assert stt.model_path == str(tmp_path / "models" / multilingual.MODEL_NAME)
+    assert stt_language_note(settings, stt) == ", multilingual (Whisper base)"
+    try:
+        text, _confidence, heard = await stt.transcribe_heard(speech_16k("Guten Morgen, wie geht es dir heute?", "de"))
+        assert heard == "de", (text, heard)
+        english, _confidence, heard = await stt.transcribe_heard(speech_16k("Good morning, how are you today?", "en-us"))
+        assert heard == "en", (english, heard)
+    finally:
+        await stt.aclose()
+    # A join cut short is redone; a whole one is reused as it is.
+    model = tmp_path / "models" / multilingual.MODEL_NAME / "model.bin"
+    size = model.stat().st_size
+    with model.open("r+b") as f:
+        f.truncate(1000)
+    assert multilingual.model_dir(tmp_path / "models") == model.parent and model.stat().st_size == size
+    # English keeps the small English model.
+    assert build_stt(load_settings({"STT_ENGINE": "local"}, env_file=None)).language == "en"  # type: ignore[union-attr]

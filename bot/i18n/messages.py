@@ -253,6 +253,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "fr": "un moteur de reconnaissance local sur le serveur du bot", "es": "un reconocedor local en el propio servidor del bot",
         "pt": "um reconhecedor local no próprio servidor do bot", "ja": "ボット自身のサーバー上のローカル音声認識",
     },
+    "consent.local_stt_multi": {
+        "en": "a local multilingual recognizer on the bot's own server",
+        "de": "eine lokale mehrsprachige Spracherkennung auf dem Server des Bots",
+        "fr": "un moteur de reconnaissance multilingue local sur le serveur du bot",
+        "es": "un reconocedor multilingüe local en el propio servidor del bot",
+        "pt": "um reconhecedor multilíngue local no próprio servidor do bot",
+        "ja": "ボット自身のサーバー上の多言語ローカル音声認識",
+    },
     "consent.local_tts": {
         "en": "a local voice on the bot's own server", "de": "eine lokale Stimme auf dem Server des Bots",
         "fr": "une voix locale sur le serveur du bot", "es": "una voz local en el propio servidor del bot",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from bot.providers import stt_choice, tts_choice
+from bot.providers import local_stt_english_only, stt_choice, tts_choice
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
 
@@ -66,7 +66,8 @@ def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
         stt_remote = not _is_local_host(host)
         stt = "Deepgram" if host is None else f"Deepgram ({host})"
     else:
-        stt, stt_remote = "a local recognizer on the bot's own server", False
+        stt_remote = False
+        stt = _LOCAL_STT if local_stt_english_only(settings) else _LOCAL_STT_MULTI
     if tts_kind is None:
         tts, tts_remote = None, False
     elif tts_kind == "elevenlabs":
@@ -89,6 +90,7 @@ def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
 
 
 _LOCAL_STT = "a local recognizer on the bot's own server"
+_LOCAL_STT_MULTI = "a local multilingual recognizer on the bot's own server"
 _MODE_KEYS = {VoiceMode.ALWAYS: "mode.always", VoiceMode.PUSH_TO_TALK: "mode.push_to_talk",
               VoiceMode.ADDRESSED: "mode.addressed", VoiceMode.SCRIBE: "mode.scribe"}
 
@@ -97,7 +99,7 @@ def _provider_phrase(text: str, language: str) -> str:
     """A provider description from ``providers_from_settings`` in ``language`` (names stay as they are)."""
     from bot.i18n.catalog import t
 
-    fixed = {"a local recognizer on the bot's own server": "consent.local_stt",
+    fixed = {_LOCAL_STT: "consent.local_stt", _LOCAL_STT_MULTI: "consent.local_stt_multi",
              "a local voice on the bot's own server": "consent.local_tts",
              "a built-in script on the bot's own server": "consent.builtin_llm"}
     if text in fixed:
