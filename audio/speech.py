@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from audio.spoken import speak_in, spoken_phrase
+
 __all__ = ["normalize_for_speech", "SentenceSplitter"]
 
 # -- normalisation -----------------------------------------------------------------------------
@@ -53,6 +55,9 @@ _EMOJI = re.compile(
 _PHONE = re.compile(r"(?<![\w.])(\+?\(?\d{1,4}\)?(?:[ .-]\(?\d{2,4}\)?){2,4})(?!\w|[.,]\d)")
 _LONG_NUMBER = re.compile(r"(?<![\w.,])(\d{5,})(\.\d+)?(?![\w,])")
 _SPACES = re.compile(r"[ \t\r\f\v]+")
+# Bidirectional controls (LRM, RLM, ALM, embeddings, overrides, isolates) that right-to-left chat
+# text carries: they steer how text is drawn, never how it sounds, and some voices read them out.
+_BIDI_CONTROLS = re.compile("[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 _SPEAKABLE = re.compile(r"[^\W_]")
 
 
@@ -62,14 +67,14 @@ def _domain(url: str) -> str:
     return host.rstrip(".,;:!?)").lower()
 
 
-def _url_phrase(match: re.Match[str]) -> str:
+def _url_phrase(match: re.Match[str], language: str = "en") -> str:
     url = match.group(0)
     trailing = ""
     while url and url[-1] in ".,;:!?)":  # sentence punctuation after a URL is not part of it
         trailing = url[-1] + trailing
         url = url[:-1]
     domain = _domain(url)
-    return (f"a link to {domain}" if domain else "a link") + trailing
+    return (spoken_phrase("link_to", language, domain=domain) if domain else spoken_phrase("link", language)) + trailing
 
 
 def _phone_phrase(match: re.Match[str]) -> str:
@@ -87,21 +92,24 @@ def _number_phrase(match: re.Match[str]) -> str:
     return f"{int(digits):,}{fraction}"
 
 
-def normalize_for_speech(text: str, names: Mapping[str, str] | None = None) -> str:
+def normalize_for_speech(text: str, names: Mapping[str, str] | None = None, language: str = "en") -> str:
     """Return what should be said for ``text`` ("" when nothing in it is speakable).
 
-    ``names`` maps Discord user/role/channel ids to display names for mentions.
+    ``names`` maps Discord user/role/channel ids to display names for mentions. ``language`` (a
+    code such as ``"de"``) decides how numbers, dates, units and abbreviations are said
+    (``audio.spoken``) and the words used in place of links and unknown mentions.
     """
     names = names or {}
-    out = _FENCED_CODE.sub("\n", text)
+    out = _BIDI_CONTROLS.sub("", text)
+    out = _FENCED_CODE.sub("\n", out)
     out = _CUSTOM_EMOJI.sub("", out)
     out = _TIMESTAMP.sub("", out)
-    out = _USER_MENTION.sub(lambda m: names.get(m.group(1), "someone"), out)
-    out = _ROLE_MENTION.sub(lambda m: names.get(m.group(1), "a role"), out)
-    out = _CHANNEL_MENTION.sub(lambda m: names.get(m.group(1), "a channel"), out)
+    out = _USER_MENTION.sub(lambda m: names.get(m.group(1), spoken_phrase("someone", language)), out)
+    out = _ROLE_MENTION.sub(lambda m: names.get(m.group(1), spoken_phrase("role", language)), out)
+    out = _CHANNEL_MENTION.sub(lambda m: names.get(m.group(1), spoken_phrase("channel", language)), out)
     out = _IMAGE.sub(lambda m: m.group(1), out)
     out = _LINK.sub(lambda m: m.group(1), out)
-    out = _URL.sub(_url_phrase, out)
+    out = _URL.sub(lambda m: _url_phrase(m, language), out)
     out = _INLINE_CODE.sub(lambda m: m.group(1), out)
     out = _RULE.sub("", out)
     out = _HEADER.sub("", out)
@@ -111,8 +119,13 @@ def normalize_for_speech(text: str, names: Mapping[str, str] | None = None) -> s
         out = pattern.sub(lambda m: m.group(1), out)
     out = _SHORTCODE.sub("", out)
     out = _EMOJI.sub("", out)
+    # Dates, times and units before phone numbers: "2026-12-01" is a date, not digits to spell out.
+    out = speak_in(out, language, numbers=False)
     out = _PHONE.sub(_phone_phrase, out)
-    out = _LONG_NUMBER.sub(_number_phrase, out)
+    if language == "en":
+        out = _LONG_NUMBER.sub(_number_phrase, out)
+    else:
+        out = speak_in(out, language, forms=False)  # every number as words, phone digits one by one
     lines = [_SPACES.sub(" ", line).strip() for line in out.split("\n")]
     lines = [line for line in lines if line]
     # Lines (list items, headers, paragraphs) are separate thoughts: end each with punctuation so
@@ -126,11 +139,24 @@ def normalize_for_speech(text: str, names: Mapping[str, str] | None = None) -> s
 # -- sentence splitting ------------------------------------------------------------------------
 
 # Titles and abbreviations that never end a sentence, and those that end one only before a capital.
-_NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "cf", "approx", "no", "fig", "mt", "ft"}
-_MAYBE_FINAL = {"etc", "u.s", "u.k", "a.m", "p.m", "inc", "ltd", "co", "corp"}
-_TERMINAL = ".!?…"
-_CLOSERS = "\"')]}»”’*_"
-_CLAUSE_BREAK = re.compile(r"[,;:—–](?=\s)")
+# English first, then German, French, Spanish and Portuguese ones that a reply commonly contains.
+_NEVER_FINAL = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "cf", "approx", "fig", "mt", "ft",
+    "z.b", "bzw", "vgl", "nr", "ca", "hr", "fr", "mme", "mlle", "sra", "srta", "dra", "ud", "uds", "pág",
+    "núm", "aprox", "p.ex", "sto", "sta",
+}
+# "No." is a title before a number ("No. 5") and a plain word everywhere else ("Creo que no. Vamos").
+_BEFORE_NUMBER = {"no", "nr", "núm", "nº"}
+_MAYBE_FINAL = {"etc", "u.s", "u.k", "a.m", "p.m", "inc", "ltd", "co", "corp", "usw", "etw", "gmbh", "cie", "ltda"}
+# Full stops and question/exclamation marks of scripts that write no space after them (Chinese,
+# Japanese: 。！？) or whose marks never occur inside a word or number (Devanagari danda, Arabic
+# and Urdu marks, Ethiopic, Armenian, Myanmar): each ends a sentence wherever it stands.
+_SCRIPT_TERMINAL = "。！？｡︒﹒﹖﹗।॥؟۔።፧፨։။"
+_TERMINAL = ".!?…" + _SCRIPT_TERMINAL
+_CLOSERS = "\"')]}»”’*_」』）】》〉〕］｝"
+# Openers that start a sentence the way a capital does (Spanish ¿ ¡, quotes, CJK brackets).
+_OPENERS = "\"'“‘(¿¡「『（【《〈«"
+_CLAUSE_BREAK = re.compile(r"[,;:—–،؛](?=\s)|[，、；：]")
 
 
 class SentenceSplitter:
@@ -251,6 +277,8 @@ class SentenceSplitter:
                     return j, False
                 return None, True
             if not buf[j].isspace():
+                if any(c in _SCRIPT_TERMINAL for c in buf[i:j]):
+                    return j, False  # 你好。今天… : no space follows a CJK full stop
                 i = j  # 3.14, example.com, "wait...what"
                 continue
             k = j
@@ -271,16 +299,21 @@ class SentenceSplitter:
 
     def _is_boundary(self, buf: str, start: int, i: int, j: int, next_char: str) -> bool:
         punct = buf[i:j]
-        if "!" in punct or "?" in punct:
+        if "!" in punct or "?" in punct or any(c in _SCRIPT_TERMINAL for c in punct):
             return True
         word_start = max(buf.rfind(" ", start, i), buf.rfind("\n", start, i), start - 1) + 1
-        word = buf[word_start:i].strip("\"'([{*_").lower()
+        word = buf[word_start:i].strip("\"'([{*_" + _OPENERS).lower()
         ellipsis = punct.startswith("...") or punct.startswith("…")
-        capital_next = bool(next_char) and (next_char.isupper() or next_char in "\"'“‘(")
+        # A letter of a script without case (CJK, Arabic, Devanagari…) can start a sentence too.
+        capital_next = bool(next_char) and (
+            next_char.isupper() or next_char in _OPENERS or (next_char.isalpha() and not next_char.islower())
+        )
         if ellipsis:
             return capital_next or not next_char
         if not word:
             return True
+        if word in _BEFORE_NUMBER:
+            return not next_char.isdigit()
         if word in _NEVER_FINAL:
             return False
         if len(word) == 1 and word.isalpha():

@@ -185,8 +185,12 @@ async def _chat(settings: Settings, stdin: TextIO, out: TextIO, name: str) -> in
             text = line.rstrip("\n")
             if text.strip() in ("/quit", "/exit"):
                 break
+            choice = services.languages.choose("console", text) if services.languages is not None else None
+            if choice is not None and choice.notice:
+                out.write(f"[{choice.notice}]\n")
             reply = agent.reply(Incoming(room="console", speaker_id=f"console:{name}", speaker_name=name,
-                                         text=text, modality=Modality.TEXT))
+                                         text=text, modality=Modality.TEXT,
+                                         language=choice.language if choice is not None else None))
             out.write(f"{agent.character.name}> ")
             try:
                 async for delta in reply:
@@ -372,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the bot (the default)")
-    sub.add_parser("chat", help="talk to the agent in this terminal")
+    chat = sub.add_parser("chat", help="talk to the agent in this terminal")
+    chat.add_argument("--language", metavar="CODE", help="answer in this language (de, ja, …) or auto (each "
+                      "message in its own); default: LANGUAGE")
     sub.add_parser("invite", help="print the URL that adds the bot to a server")
     sub.add_parser("check", help="validate settings and contact each configured service")
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
@@ -389,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--mode", choices=VOICE_MODES, default="always",
                           help="when the bot answers (default: always)")
     simulate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    simulate.add_argument("--language", metavar="CODE", help="the server's language (de, ja, …) or auto; "
+                          "default: LANGUAGE")
     simulate.add_argument("--out", metavar="DIR", help="save what the bot said as WAV files in DIR")
     return parser
 
@@ -530,6 +538,14 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         return CONFIG
     install_redactor(secret_values(settings))
     setup_logging(_log_level(command, settings))
+    if getattr(args, "language", None):
+        from audio.languages import parse_setting
+
+        try:
+            settings = settings.replace(language=parse_setting(args.language))
+        except ValueError as exc:
+            sys.stderr.write(f"{prog}: --language: {exc}\n")
+            return CONFIG
     try:
         if command == "run":
             return cmd_run(settings, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ __all__ = ["EXTENSIONS", "VoiceBot", "make_intents", "discord_connector"]
 log = logging.getLogger(__name__)
 
 # Every feature, loaded in this order in setup_hook. One place to add or remove a feature.
-EXTENSIONS: tuple[str, ...] = ("cogs.chat", "cogs.voice", "cogs.privacy", "cogs.link")
+EXTENSIONS: tuple[str, ...] = ("cogs.chat", "cogs.voice", "cogs.privacy", "cogs.link", "cogs.language")
 
 
 def make_intents() -> discord.Intents:
@@ -52,6 +53,11 @@ class VoiceBotTree(app_commands.CommandTree["VoiceBot"]):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use that command here."
+            key = getattr(error, "catalog_key", None)
+            if key:  # our own checks speak the caller's language
+                from bot.i18n.catalog import t
+
+                message = t(key, str(interaction.locale))
         elif isinstance(error, app_commands.CommandOnCooldown):
             message = f"Slow down a little: try again in {error.retry_after:.0f} s."
         else:
@@ -103,6 +109,14 @@ class VoiceBot(commands.Bot):
             # With a custom API base (the loopback Discord) the gateway must come from that API.
             _, url, _ = await self.http.get_bot_gateway()
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        from bot.i18n.commands import CommandTranslator
+        from bot.i18n.detect import preload
+
+        # The language detector's model takes about half a second to load: not on a reply's time.
+        await asyncio.to_thread(preload)
+
+        # Command names and descriptions in each person's Discord language (sent with the sync).
+        await self.tree.set_translator(CommandTranslator())
         for name in self._extensions:
             try:
                 await self.load_extension(name)

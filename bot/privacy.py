@@ -70,6 +70,7 @@ CLEANED_BY_FORGET: dict[str, str] = {
     "sms_rate_notes": "when a number was last told it is over the rate limit",
     "voice_opt_outs": "legacy raw voice opt-outs (moved to opt_outs as keyed subjects at start)",
     "sms_opt_outs": "legacy raw SMS opt-outs (moved to opt_outs as keyed subjects at start, then dropped)",
+    "language_places": "the language a phone number chose or wrote in (guild rows name no one)",
 }
 NAMES_NO_PERSON: dict[str, str] = {
     "schema_versions": "schema version per component",
@@ -299,6 +300,8 @@ def forget_person(db: Database, identity: str) -> ForgetReport:
         if "sms_link_codes" in tables:
             report.add("link code", db.execute(
                 f"DELETE FROM sms_link_codes WHERE identity IN ({_marks(ids)})", ids).rowcount)
+        if "language_places" in tables:
+            db.execute(f"DELETE FROM language_places WHERE place IN ({_marks(ids)})", ids)
         if discord_ids and "voice_opt_outs" in tables:
             db.execute(f"DELETE FROM voice_opt_outs WHERE user_id IN ({_marks(discord_ids)})", discord_ids)
     report.scrubbed = db.scrub()

@@ -50,6 +50,32 @@ def _local_voice(settings: Settings) -> str:
     return "piper" if settings.tts_engine == "piper" or settings.piper_model is not None else "espeak"
 
 
+def deepgram_language(settings: Settings, place_mode: str | None = None) -> str:
+    """Deepgram's ``language`` for a place in ``place_mode`` (``auto`` or a code; None: LANGUAGE).
+
+    ``auto`` listens with ``multi`` (nova-3 follows people switching languages mid-sentence); a
+    fixed language other than English is asked for by its code; English keeps DEEPGRAM_LANGUAGE
+    (``en-US`` by default, or whatever accent the operator chose).
+    """
+    from audio.languages import AUTO, DEEPGRAM_MULTI
+
+    mode = place_mode or settings.language
+    if mode == AUTO:
+        return DEEPGRAM_MULTI
+    if mode != "en" and not settings.deepgram_language.lower().startswith(mode):
+        return mode
+    return settings.deepgram_language
+
+
+def deepgram_model(settings: Settings) -> str:
+    """DEEPGRAM_MODEL, except that English-only Flux becomes Flux Multilingual when the bot speaks
+    other languages (``flux-general-multi``: 10 languages, the language per turn)."""
+    model = settings.deepgram_model
+    if model == "flux-general-en" and settings.language != "en":
+        return "flux-general-multi"
+    return model
+
+
 def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngine | None:
     """The configured recognizer; None when listening is off (``STT_ENGINE=none`` or nothing installed)."""
     choice = stt_choice(settings)
@@ -64,8 +90,8 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             http_url = ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
         return DeepgramSTT(
             secret_value(settings.deepgram_api_key) or "",
-            model=settings.deepgram_model,
-            language=settings.deepgram_language,
+            model=deepgram_model(settings),
+            language=deepgram_language(settings),
             endpointing_ms=settings.deepgram_endpointing_ms,
             pause_signal=settings.deepgram_pause_signal,
             eager_eot_threshold=settings.deepgram_eager_eot_threshold,
@@ -76,6 +102,13 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
     if settings.stt_engine == "local" or local_stt_available():
         from audio.stt.local import LocalWhisperSTT
 
+        if local_stt_multilingual(settings):
+            from audio.stt import multilingual
+
+            # LANGUAGE other than English: Whisper base (99 languages) joined from its two packages.
+            path = multilingual.model_dir(settings.data_dir / "models")
+            return LocalWhisperSTT(model=str(path), language=None if settings.language == "auto" else settings.language,
+                                   workers=settings.local_stt_workers)
         return LocalWhisperSTT(model=settings.local_stt_model, workers=settings.local_stt_workers)
     log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
     return None
@@ -123,6 +156,36 @@ def voice_for(settings: Settings, character: Character, override: str | None = N
     return dataclasses.replace(voice, voice_id=override or settings.elevenlabs_voice_id or voice.voice_id)
 
 
+def local_stt_multilingual(settings: Settings) -> bool:
+    """Whether the local recognizer is the optional multilingual Whisper base: installed
+    (``voicebot[multilingual]``), no LOCAL_STT_MODEL of the operator's, and LANGUAGE not English."""
+    if settings.local_stt_model is not None or settings.language == "en":
+        return False
+    from audio.stt import multilingual
+
+    return multilingual.available()
+
+
+def local_stt_english_only(settings: Settings) -> bool:
+    """Whether the local recognizer hears English only: the packaged model is Whisper tiny.en (the
+    multilingual one is an optional extra, used when LANGUAGE is not English)."""
+    if local_stt_multilingual(settings):
+        return False
+    model = settings.local_stt_model
+    return model is None or model.rstrip("/").endswith(".en")
+
+
+def stt_language_note(settings: Settings, engine: STTEngine) -> str:
+    """What `voicebot check` adds about languages: Deepgram's language, or local English-only."""
+    if engine.name == "deepgram":
+        return f", language {getattr(engine, 'language', None) or 'en'}"
+    if local_stt_multilingual(settings):
+        return ", multilingual (Whisper base)"
+    if local_stt_english_only(settings):
+        return "; English only (Whisper tiny.en): other languages need Deepgram or voicebot[multilingual]"
+    return ""
+
+
 def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
     """`voicebot check` probes for the speech providers (and SMS), each closing what it opened."""
     probes: list[tuple[str, Callable[[], Awaitable[str]]]] = []
@@ -134,9 +197,10 @@ def checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]
                            "pip install 'voicebot[local]'", retryable=False,
                            user_message="set DEEPGRAM_API_KEY or install the local engine")
         try:
-            return await engine.check()
+            detail = await engine.check()
         finally:
             await engine.aclose()
+        return detail + stt_language_note(settings, engine)
 
     async def check_tts() -> str:
         engine = build_tts(settings)

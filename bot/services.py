@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from bot.agent import Agent
 from bot.agent.factory import build_agent
 from bot.db import Database
+from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
 
@@ -33,6 +34,11 @@ class Services:
     # voice cog builds one from these services and owns it.
     voice: VoiceManager | None = None
     retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
+    languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
+
+    def __post_init__(self) -> None:
+        if self.languages is None:
+            self.languages = PlaceLanguages(self.db, self.settings.language)
 
     async def aclose(self) -> None:
         if self.retention is not None:

@@ -171,6 +171,8 @@ class Settings:
     phone_max_call_seconds: int = 600
     # --- Logging
     log_level: str = "INFO"
+    # --- Languages (issue 15)
+    language: str = "en"  # a code (en, de, ja…) or "auto": answer each message in its own language
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -338,6 +340,10 @@ def _phrases(raw: str) -> tuple[str, ...]:
 
 def _phones(raw: str) -> frozenset[str]:
     return frozenset(_phone(p) for p in raw.split(",") if p.strip())
+def _language(raw: str) -> str:
+    from audio.languages import parse_setting
+
+    return parse_setting(raw)
 
 
 def _text(raw: str) -> str:
@@ -424,6 +430,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PHONE_AI_NOTICE": ("phone_ai_notice", _bool),
     "PHONE_MAX_CALL_SECONDS": ("phone_max_call_seconds", _int(30, 14400)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
+    "LANGUAGE": ("language", _language),
 }
 
 

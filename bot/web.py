@@ -144,6 +144,12 @@ def build_sms(
     service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
                          rate_limit=settings.sms_rate_limit, reply_budget=reply_budget,
                          max_segments=settings.sms_reply_max_segments)
+    from bot.i18n.places import PlaceLanguages
+
+    service.languages = PlaceLanguages(db, settings.language)  # each number answered in its language
+    from bot.i18n.detect import preload
+
+    preload()  # at start-up (about half a second), so no texter's first reply waits for the model
     return service, TwilioWebhooks(service, auth_token=token, public_url=public)
 
 

@@ -14,6 +14,8 @@ import discord
 from discord.ext import commands
 
 from bot.agent import AgentError, Incoming
+from bot.i18n.catalog import t
+from bot.i18n.places import Choice
 from bot.memory import Modality
 from bot.textchat import RateLimiter, StreamingWriter
 
@@ -117,21 +119,23 @@ class ChatCog(commands.Cog, name="Chat"):
         allowed, wait = self.limiter.check(message.author.id)
         if not allowed:
             if self.limiter.should_warn(message.author.id):
-                await self._send_safely(
-                    message,
-                    f"You're writing faster than I can think! Give me about {wait:.0f} seconds and try again.",
-                )
+                await self._send_safely(message, t("chat.slow_down", self._words_language(message),
+                                                   seconds=f"{wait:.0f}"))
             log.info("rate limited a user", extra={"user_id": message.author.id})
             return
         await self.answer(message, clean_text(message, me))
 
     async def answer(self, message: discord.Message, text: str) -> None:
+        choice = self._language(message, text)
+        if choice is not None and choice.notice:
+            await self._send_safely(message, choice.notice)
         incoming = Incoming(
             room=room_for(message.channel, message.author),
             speaker_id=f"discord:{message.author.id}",
             speaker_name=message.author.display_name,
             text=text,
             modality=Modality.TEXT,
+            language=choice.language if choice is not None else None,
         )
         reply = self.agent.reply(incoming)
 
@@ -166,7 +170,7 @@ class ChatCog(commands.Cog, name="Chat"):
             return
         if not writer.text.strip():
             log.warning("the agent produced an empty reply", extra={"room": incoming.room})
-            await self._send_safely(message, "I'm lost for words. Could you put that another way?")
+            await self._send_safely(message, t("chat.lost_for_words", incoming.language))
             return
         if writer.capped:
             log.info("reply shortened to %d message(s), %d characters", len(writer.messages), len(writer.delivered),
@@ -174,6 +178,28 @@ class ChatCog(commands.Cog, name="Chat"):
             reply.finish(writer.delivered, interrupted=True)  # remembered as cut short, as shown
             return
         reply.finish()
+
+    def _words_language(self, message: discord.Message) -> str:
+        """The language of the bot's own words in this channel (the server's, or the person's in a DM)."""
+        languages = self.bot.services.languages
+        if languages is None:
+            return "en"
+        if message.guild is None:
+            return languages.fallback(f"discord:{message.author.id}")
+        locale = str(message.guild.preferred_locale) if message.guild.preferred_locale else None
+        return languages.fallback(f"guild:{message.guild.id}", locale)
+
+    def _language(self, message: discord.Message, text: str) -> Choice | None:
+        """The language to answer in: the server's setting (or auto); in a DM, the person's own."""
+        languages = self.bot.services.languages
+        if languages is None:
+            return None
+        guild = message.guild
+        if guild is None:
+            # A DM is one person's place, like an SMS thread: their language, remembered.
+            return languages.choose(f"discord:{message.author.id}", text, learn=True)
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        return languages.choose(f"guild:{guild.id}", text, preferred_locale=locale)
 
     async def _finish_safely(self, writer: StreamingWriter, suffix: str) -> None:
         try:

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
+from bot.i18n.catalog import catalog_language, t
 from bot.voice.consent import mode_explanation, status_summary
 from bot.voice.guilds import ALLOWED, AUTO_JOIN, MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
 from bot.voice.manager import JoinOutcome, ListenView, VoiceCommandError, VoiceManager
@@ -35,11 +36,15 @@ RESET_VOICE = "default"
 class GuildOnly(app_commands.CheckFailure):
     """Used in a DM (Discord hides guild-only commands there, but an old client or a user app may not)."""
 
+    catalog_key = "command.guild_only"
+
     def __init__(self) -> None:
         super().__init__(DM_MESSAGE)
 
 
 class NeedsManageServer(app_commands.CheckFailure):
+    catalog_key = "command.needs_manage_server"
+
     def __init__(self) -> None:
         super().__init__(ADMIN_MESSAGE)
 
@@ -56,6 +61,11 @@ def _manage_server(interaction: discord.Interaction) -> bool:
     if not interaction.permissions.manage_guild:
         raise NeedsManageServer()
     return True
+
+
+def _caller_language(interaction: discord.Interaction) -> str:
+    """The language of the caller's Discord client, when the bot has its words in it (else English)."""
+    return catalog_language(str(interaction.locale)) if interaction.locale else "en"
 
 
 guild_only_check = app_commands.check(_guild_only)
@@ -125,8 +135,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             member = self._caller(interaction)
             if channel is None:
                 if member.voice is None or member.voice.channel is None:
-                    raise VoiceCommandError("You're not in a voice channel. Join one first, "
-                                            "or tell me which: `/join channel:`.")
+                    raise VoiceCommandError(t("voice.you_are_not_in_voice", _caller_language(interaction)))
                 channel = member.voice.channel  # type: ignore[assignment]
             assert channel is not None
             if self.manager.optouts.is_opted_out(member.id):
@@ -139,12 +148,9 @@ class VoiceCog(commands.Cog, name="Voice"):
         except VoiceCommandError as exc:
             await self._answer(interaction, str(exc))
             return
-        text = {
-            JoinOutcome.JOINED: f"I'm in {channel.mention} and listening. I posted a notice there about what "
-                                f"I hear; `/leave` sends me away.",
-            JoinOutcome.MOVED: f"Moved to {channel.mention}.",
-            JoinOutcome.ALREADY: f"I'm already in {channel.mention}.",
-        }[outcome]
+        key = {JoinOutcome.JOINED: "voice.joined", JoinOutcome.MOVED: "voice.moved",
+               JoinOutcome.ALREADY: "voice.already"}[outcome]
+        text = t(key, _caller_language(interaction), channel=channel.mention)
         await self._answer(interaction, text + note)
 
     @app_commands.command(name="leave")
@@ -153,13 +159,13 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def leave(self, interaction: discord.Interaction) -> None:
         """Send me out of the voice channel; I stop listening at once."""
         assert interaction.guild_id is not None
+        language = _caller_language(interaction)
         if self.manager.connection(interaction.guild_id) is None and not self.manager.busy(interaction.guild_id):
-            await self._answer(interaction, "I'm not in a voice channel in this server.")
+            await self._answer(interaction, t("voice.not_in_channel_here", language))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         left = await self.manager.leave(interaction.guild_id, reason=f"/leave by {interaction.user.id}", notes=True)
-        await self._answer(interaction, "Left the voice channel. I'm no longer listening." if left
-                           else "I'm not in a voice channel in this server.")
+        await self._answer(interaction, t("voice.left" if left else "voice.not_in_channel_here", language))
 
     @app_commands.command(name="transcript")
     @app_commands.guild_only()
@@ -248,10 +254,10 @@ class VoiceCog(commands.Cog, name="Voice"):
         except GuildSettingsError as exc:
             await self._answer(interaction, str(exc))
             return
-        extra = " Use `/listen` (or the button on my notice after the next `/join`) to talk to me." \
-            if gs.mode == "push-to-talk" else ""
-        await self._answer(interaction, f"Mode set to **{gs.mode}**. "
-                           f"{mode_explanation(gs.mode, self.manager.agent.character.name)}{extra}")
+        language = _caller_language(interaction)
+        extra = " " + t("mode.listen_hint", language) if gs.mode == "push-to-talk" else ""
+        await self._answer(interaction, f"{t('mode.set', language, mode=gs.mode)} "
+                           f"{mode_explanation(gs.mode, self.manager.agent.character.name, language)}{extra}")
 
     @voice.command(name="list")
     @guild_only_check
@@ -404,7 +410,8 @@ class VoiceCog(commands.Cog, name="Voice"):
         """Show my voice connection, encryption, packet counts, providers and last reply latency."""
         assert interaction.guild_id is not None
         text = status_summary(self.manager.status(interaction.guild_id), self.manager.providers,
-                              bot_name=self.manager.agent.character.name)
+                              bot_name=self.manager.agent.character.name,
+                              language=self.manager.language_summary(interaction.guild))
         await self._answer(interaction, text)
 
     # ------------------------------------------------------------------ events

@@ -179,7 +179,8 @@ def _seed(discord_: LocalDiscord, *, bot_permissions: int = Permissions.ADMINIST
 
 @contextlib.asynccontextmanager
 async def running_bot(h: Harness, monkeypatch: pytest.MonkeyPatch,
-                      env: dict[str, str] | None = None) -> AsyncIterator[Harness]:
+                      env: dict[str, str] | None = None,
+                      extensions: tuple[str, ...] = ("cogs.voice", "cogs.privacy")) -> AsyncIterator[Harness]:
     from bot.client import VoiceBot
     from bot.services import build_services
     from bot.voice.manager import VoiceManager
@@ -210,7 +211,7 @@ async def running_bot(h: Harness, monkeypatch: pytest.MonkeyPatch,
                            stt=None, tts=FakeTTS(), local_tts=None, pipeline_factory=pipeline_factory,
                            out_factory=out_factory, connect_timeout=TIMEOUT)
     services.voice = manager
-    bot = VoiceBot(services, extensions=("cogs.voice", "cogs.privacy"))
+    bot = VoiceBot(services, extensions=extensions)
     h.bot, h.manager = bot, manager
     runner: asyncio.Task[None] | None = None
     try:

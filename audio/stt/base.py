@@ -66,6 +66,9 @@ class Transcript:
     turn_event: str = ""  # "eager" | "resumed" | "" (see the module docstring)
     # Share of the transcribed audio a voice-activity detector marked as speech (None: not measured).
     speech_ratio: float | None = None
+    # The language the recognizer heard (ISO 639-1 or BCP-47, e.g. "de"), when it says so
+    # (Deepgram with language=multi); None otherwise.
+    language: str | None = None
 
 
 class STTError(Exception):

@@ -93,6 +93,9 @@ def results_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float =
             )
         )
     conf = getattr(alt, "confidence", None)
+    # language=multi: the languages heard, most words first (absent on some code-switched audio).
+    languages = getattr(alt, "languages", None) or []
+    heard = languages[0] if languages and isinstance(languages[0], str) and text else None
     return Transcript(
         text=text,
         is_final=is_final,
@@ -102,6 +105,7 @@ def results_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float =
         confidence=float(conf) if isinstance(conf, (int, float)) and text else None,
         words=tuple(words),
         received_at=received_at,
+        language=heard,
     )
 
 
@@ -149,6 +153,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
             )
         )
     confs = [w.confidence for w in words if w.confidence is not None]
+    languages = getattr(msg, "languages", None) or []  # flux-general-multi: most frequent first
     return Transcript(
         text=text,
         is_final=final,
@@ -159,6 +164,7 @@ def turn_info_to_transcript(msg: Any, *, offset: float = 0.0, received_at: float
         words=tuple(words),
         received_at=received_at,
         turn_event={"EagerEndOfTurn": "eager", "TurnResumed": "resumed"}.get(str(event), ""),
+        language=languages[0] if languages and isinstance(languages[0], str) and text else None,
     )
 
 
@@ -331,14 +337,18 @@ class DeepgramSTT(STTEngine):
     def __repr__(self) -> str:
         return f"DeepgramSTT(model={self.model!r}, ws_url={self.ws_url!r})"
 
-    def open_stream(self, *, speaker: str, sample_rate: int = 16000, encoding: str = "linear16") -> DeepgramStream:
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000, encoding: str = "linear16",
+                    language: str | None = None) -> DeepgramStream:
         """Open a stream for one speaker (call on the event loop); the socket opens on the first ``push``.
 
         ``encoding="mulaw"`` takes G.711 μ-law bytes (a phone call's audio, passed through as is).
+        ``language`` overrides the engine's for this stream (a guild that chose its own language).
         """
-        return self._track(DeepgramStream(self, speaker=speaker, sample_rate=sample_rate, encoding=encoding))
+        stream = DeepgramStream(self, speaker=speaker, sample_rate=sample_rate, encoding=encoding)
+        stream.language = language
+        return self._track(stream)
 
-    def _connect(self, sample_rate: int, encoding: str = "linear16") -> Any:
+    def _connect(self, sample_rate: int, encoding: str = "linear16", language: str | None = None) -> Any:
         if self.flux:
             kwargs: dict[str, Any] = {"model": self.model, "encoding": encoding, "sample_rate": sample_rate}
             if self.eot_threshold is not None:
@@ -349,6 +359,9 @@ class DeepgramSTT(STTEngine):
                 kwargs["eot_timeout_ms"] = self.eot_timeout_ms
             if self.keyterms:
                 kwargs["keyterm"] = list(self.keyterms)
+            hint = language or self.language
+            if hint and hint != "multi" and "multi" in self.model:
+                kwargs["language_hint"] = hint  # flux-general-multi: bias toward the place's language
             return self._client.listen.v2.connect(**kwargs)
         kwargs = {
             "model": self.model,
@@ -362,8 +375,8 @@ class DeepgramSTT(STTEngine):
         }
         if self.utterance_end_ms is not None:
             kwargs["utterance_end_ms"] = self.utterance_end_ms
-        if self.language:
-            kwargs["language"] = self.language
+        if language or self.language:
+            kwargs["language"] = language or self.language
         if self.keyterms:
             kwargs["keyterm"] = list(self.keyterms)
         return self._client.listen.v1.connect(**kwargs)
@@ -416,6 +429,7 @@ class DeepgramStream(STTStream):
         self.speaker = speaker
         self.sample_rate = sample_rate
         self.encoding = encoding
+        self.language: str | None = None  # None: the engine's
         self._silence = b"\xff" if encoding == "mulaw" else b"\x00"  # one byte of a silent sample
         self._bps = sample_rate * (1 if encoding == "mulaw" else 2)
         self._max_chunk = max(2, (self._bps // 4) & ~1)  # 250 ms: Deepgram's upper chunk size
@@ -625,7 +639,7 @@ class DeepgramStream(STTStream):
         self._progress = False
         self.connections += 1
         try:
-            async with engine._connect(self.sample_rate, self.encoding) as conn:
+            async with engine._connect(self.sample_rate, self.encoding, self.language) as conn:
                 # The new socket's audio clock starts at the first untranscribed byte: replay.
                 self._conn_start = self._covered
                 self._sent = self._covered

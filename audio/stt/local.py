@@ -226,7 +226,8 @@ class LocalWhisperSTT(STTEngine):
 
     Args:
         model: a model directory or faster-whisper name; None = the packaged tiny.en model.
-        language: the spoken language (Whisper code, e.g. "en").
+        language: the spoken language (Whisper code, e.g. "en"); None: Whisper detects it per
+            utterance (multilingual models only) and each transcript says which.
         cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU).
         compute_type: CTranslate2 compute type ("int8" is the measured choice).
         beam_size: decoding beam (1 is fastest; 5 gained little on test speech).
@@ -249,7 +250,7 @@ class LocalWhisperSTT(STTEngine):
         self,
         *,
         model: str | None = None,
-        language: str = "en",
+        language: str | None = "en",
         cpu_threads: int = 2,
         compute_type: str = "int8",
         beam_size: int = 1,
@@ -310,8 +311,9 @@ class LocalWhisperSTT(STTEngine):
             ) from exc
         return self._model
 
-    def _transcribe(self, model: Any, pcm: bytes) -> tuple[str, float | None]:
-        """Blocking: run in the executor. Returns the text and a confidence in 0..1.
+    def _transcribe(self, model: Any, pcm: bytes) -> tuple[str, float | None, str | None]:
+        """Blocking: run in the executor. Returns the text, a confidence in 0..1 and the language
+        Whisper detected (None when the language was given).
 
         Whisper's own "no speech" rule drops a segment whose no-speech probability is over 0.6
         while its average log-probability is under -1 (the thresholds Whisper's reference decoder
@@ -323,7 +325,7 @@ class LocalWhisperSTT(STTEngine):
         import numpy as np
 
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        segments, _info = model.transcribe(
+        segments, info = model.transcribe(
             audio,
             language=self.language,
             beam_size=self.beam_size,
@@ -341,7 +343,8 @@ class LocalWhisperSTT(STTEngine):
             weighted += seg.avg_logprob * len(text)
         size = sum(len(t) for t in texts)
         confidence = math.exp(weighted / size) if size else None
-        return " ".join(texts).strip(), confidence
+        heard = getattr(info, "language", None) if self.language is None else None
+        return " ".join(texts).strip(), confidence, heard
 
     async def transcribe(self, pcm: bytes) -> str:
         """Transcribe one utterance (16 kHz s16le mono) off the event loop."""
@@ -349,6 +352,11 @@ class LocalWhisperSTT(STTEngine):
 
     async def transcribe_scored(self, pcm: bytes) -> tuple[str, float | None]:
         """Like :meth:`transcribe`, with the recognizer's confidence (0..1, None without words)."""
+        text, confidence, _heard = await self.transcribe_heard(pcm)
+        return text, confidence
+
+    async def transcribe_heard(self, pcm: bytes) -> tuple[str, float | None, str | None]:
+        """Like :meth:`transcribe_scored`, with the language Whisper detected (``language=None``)."""
         model = await self._get_model()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transcribe, model, pcm)
@@ -484,10 +492,10 @@ class LocalWhisperStream(STTStream):
                     continue
                 job = self._jobs.popleft()
                 self._pending_bytes -= len(job.pcm)
-                text, confidence = "", None
+                text, confidence, heard = "", None, None
                 if job.pcm:
                     try:
-                        text, confidence = await self.engine.transcribe_scored(job.pcm)
+                        text, confidence, heard = await self.engine.transcribe_heard(job.pcm)
                     except STTError:
                         raise
                     except Exception:
@@ -505,6 +513,7 @@ class LocalWhisperStream(STTStream):
                         confidence=confidence,
                         received_at=time.monotonic(),
                         speech_ratio=job.speech_ratio,
+                        language=heard if text else None,
                     )
                 )
         except STTError as exc:

@@ -51,6 +51,9 @@ class VoiceSpec:
     similarity_boost: float | None = None
     style: float | None = None
     use_speaker_boost: bool | None = None
+    # The language of the text (ISO 639-1): ElevenLabs' language_code; espeak-ng picks its voice
+    # for it when voice_id names none.
+    language: str | None = None
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,10 @@ class ElevenLabsEngine(TTSEngine):
             "output_format": self._output_format,
             "request_options": {"chunk_size": CHUNK_SIZE, "max_retries": 0},
         }
+        if voice is not None and voice.language:
+            # Enforces the language on the multilingual models (flash/turbo v2.5) so a short
+            # sentence is not read with the wrong language's pronunciation.
+            kwargs["language_code"] = voice.language
         if voice is not None:
             settings = {
                 "stability": voice.stability,

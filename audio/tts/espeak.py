@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 
+from audio.languages import LANGUAGES
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec, stream_from_thread
 
 __all__ = ["EspeakEngine", "synthesize_pcm", "list_espeak_voices", "ESPEAK_SAMPLE_RATE", "OUTPUT_SAMPLE_RATE"]
@@ -241,6 +242,9 @@ class EspeakEngine(TTSEngine):
         if not text.strip():
             return
         voice_name = (voice.voice_id if voice and voice.voice_id else None) or self._default_voice
+        if voice is not None and voice.language and not voice.voice_id:
+            known = LANGUAGES.get(voice.language)
+            voice_name = known.espeak if known else voice.language  # espeak also resolves plain codes
 
         def produce(emit: Callable[[bytes], bool]) -> None:
             import numpy as np

@@ -27,6 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
 from bot.agent.prompt import build_messages, clip
+from bot.i18n.catalog import t
 from bot.memory import Memory, Turn
 
 __all__ = [
@@ -114,7 +115,7 @@ class Reply:
                 await aclose()
         if not self.text.strip():
             self.error = AgentError(f"{self._agent.engine_name} engine returned an empty reply",
-                                    user_message="Sorry, I drew a blank there. Could you say that again?",
+                                    user_message=t("agent.blank", self.incoming.language),
                                     retryable=True)
             log.debug("Empty reply (engine=%s room=%s)", self._agent.engine_name, self.incoming.room)
             raise self.error

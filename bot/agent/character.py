@@ -3,7 +3,10 @@
 An existing ElizaOS character JSON works unchanged: we read ``name``, ``bio`` (a string or a list),
 ``lore``, ``adjectives``, ``topics``, ``knowledge``, ``style.all``/``style.chat``/``style.post``,
 ``messageExamples``, ``system`` and ``settings.voice.elevenlabs`` and ignore everything else
-(``clients``, ``plugins``, ``modelProvider``, ``postExamples``...). Facts about the format:
+(``clients``, ``plugins``, ``modelProvider``, ``postExamples``...). One optional field is ours:
+``languages``, per language code, ``{"style": [...], "messageExamples": [...], "voice":
+{"elevenlabs": VOICE_ID, "espeak": VOICE}}``: how the character writes and sounds in that
+language (ElizaOS ignores unknown fields, so the file still loads there). Facts about the format:
 
 - ``knowledge`` entries may be strings or, in ElizaOS v1, objects such as ``{"path": ...}`` or
   ``{"directory": ...}`` that the ElizaOS runtime loads from disk; we keep the strings only.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from audio.tts.base import VoiceSpec
 __all__ = [
     "Character",
     "CharacterError",
+    "CharacterLanguage",
     "CharacterVoice",
     "ExampleMessage",
     "default_character",
@@ -68,6 +72,16 @@ class ExampleMessage:
 
 
 @dataclass(frozen=True)
+class CharacterLanguage:
+    """How the character writes and sounds in one language (the optional ``languages`` field)."""
+
+    style: tuple[str, ...] = ()
+    message_examples: tuple[tuple[ExampleMessage, ...], ...] = ()
+    elevenlabs_voice: str | None = None  # an ElevenLabs voice id for this language
+    espeak_voice: str | None = None  # an espeak-ng voice name (e.g. "de", "fr-fr", "en-gb")
+
+
+@dataclass(frozen=True)
 class Character:
     """Who the agent is. Immutable; built by :func:`parse_character`."""
 
@@ -85,6 +99,7 @@ class Character:
     username: str | None = None
     voice: CharacterVoice | None = None
     source: str = "<memory>"
+    languages: Mapping[str, CharacterLanguage] = field(default_factory=dict, hash=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +268,34 @@ def _message_examples(value: Any, source: str) -> tuple[tuple[ExampleMessage, ..
     return tuple(out)
 
 
+def _languages(value: Any, source: str) -> dict[str, CharacterLanguage]:
+    from bot.i18n.languages import normalize_code
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CharacterError(source, "languages", f"expected an object keyed by language code, got {_type_name(value)}")
+    out: dict[str, CharacterLanguage] = {}
+    for key, entry in value.items():
+        where = f"languages.{key}"
+        code = normalize_code(str(key))
+        if code is None:
+            raise CharacterError(source, where, "is not a language code the bot knows (e.g. de, fr, es, pt, ja)")
+        if not isinstance(entry, dict):
+            raise CharacterError(source, where, f"expected an object with style/messageExamples/voice, got {_type_name(entry)}")
+        voice = entry.get("voice") or {}
+        if not isinstance(voice, dict):
+            raise CharacterError(source, f"{where}.voice", f"expected an object, got {_type_name(voice)}")
+        examples = _message_examples(entry.get("messageExamples"), source)
+        out[code] = CharacterLanguage(
+            style=_str_list(entry.get("style"), source, f"{where}.style", allow_string=True),
+            message_examples=examples,
+            elevenlabs_voice=_optional_str(voice, "elevenlabs", source, f"{where}.voice.elevenlabs"),
+            espeak_voice=_optional_str(voice, "espeak", source, f"{where}.voice.espeak"),
+        )
+    return out
+
+
 def parse_character(data: Any, source: str = "<memory>") -> Character:
     """Build a :class:`Character` from decoded ElizaOS character JSON (pure; no I/O)."""
     if not isinstance(data, dict):
@@ -284,6 +327,7 @@ def parse_character(data: Any, source: str = "<memory>") -> Character:
         message_examples=_message_examples(data.get("messageExamples"), source),
         voice=_voice(data.get("settings"), source),
         source=source,
+        languages=_languages(data.get("languages"), source),
     )
 
 

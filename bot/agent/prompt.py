@@ -18,7 +18,7 @@ from bot.agent.character import Character, ExampleMessage
 from bot.agent.engines.base import ChatMessage, Incoming
 from bot.memory import Modality, Turn
 
-__all__ = ["build_messages", "build_system_prompt", "clip", "situation", "speaker_label"]
+__all__ = ["build_messages", "build_system_prompt", "clip", "language_instruction", "situation", "speaker_label"]
 
 MAX_BIO = 8
 MAX_LORE = 4
@@ -168,17 +168,32 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
     if character.knowledge:
         facts = _relevant(character.knowledge, incoming.text, MAX_KNOWLEDGE)
         parts.append("Things you know:\n" + _bullets(facts, character))
-    style = [*character.style_all, *character.style_chat]
+    own = character.languages.get(incoming.language) if incoming.language else None
+    style = [*character.style_all, *character.style_chat, *(own.style if own else ())]
     if style:
         parts.append("How you write:\n" + _bullets(style, character))
-    if character.message_examples:
-        examples = [_format_example(c, character) for c in _sample(character.message_examples, MAX_EXAMPLES, rng)]
+    # Examples written in the answer language, when the character has them, show its tone there.
+    conversations = own.message_examples if own and own.message_examples else character.message_examples
+    if conversations:
+        examples = [_format_example(c, character) for c in _sample(conversations, MAX_EXAMPLES, rng)]
         parts.append(
             f"Examples of how {name} talks (for tone only; these are not part of this conversation):\n\n"
             + "\n\n".join(examples)
         )
     parts.append(situation(incoming, group=group))
+    if incoming.language:
+        parts.append(language_instruction(incoming.language))
     return "\n\n".join(parts)
+
+
+def language_instruction(code: str) -> str:
+    """The line that tells the model which language to answer in."""
+    from bot.i18n.languages import language_name
+
+    english, native = language_name(code, native=False), language_name(code)
+    name = english if english == native else f"{english} ({native})"
+    return (f"Answer in {name}, whatever language the examples above are in. If the person mixes "
+            f"languages, still answer in {english}; keep names, code and quoted words as they are.")
 
 
 def clip(text: str, limit: int) -> str:

@@ -253,10 +253,14 @@ class Playground:
             from bot.voice.manager import _SilentTTS
 
             tts = _SilentTTS()
+        languages = services.languages
         session = VoiceSession(room="playground", agent=agent, memory=services.memory, stt=stt, tts=tts,
                                out=out, policy=policy, fallback_tts=fallback, sample_rate=SAMPLE_RATE,
                                name_of=lambda _: "you", notify=notify,
-                               speaker_id=lambda _: "console:playground")
+                               speaker_id=lambda _: "console:playground",
+                               # LANGUAGE decides here: a code, or auto (each utterance in its own)
+                               choose_language=None if languages is None else
+                               (lambda text, heard: languages.choose("playground", text, heard=heard)))
         console.watch(session)
         pending: set[asyncio.Task[None]] = set()
 

@@ -100,6 +100,7 @@ class User:
     username: str
     bot: bool = False
     global_name: str | None = None
+    locale: str = "en-US"  # the Discord client's language (interaction.locale)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Guild:
     channels: dict[int, Channel] = field(default_factory=dict)
     members: dict[int, Member] = field(default_factory=dict)
     voice_states: dict[int, VoiceState] = field(default_factory=dict)
+    preferred_locale: str = "en-US"  # the server's language (Community settings)
 
     def permissions_of(self, user_id: int) -> int:
         """Base permissions: @everyone (the role sharing the guild id) OR the member's roles."""
@@ -439,7 +441,7 @@ def guild_create_payload(guild: Guild) -> dict[str, Any]:
         "mfa_level": 0,
         "system_channel_id": None,
         "premium_tier": 0,
-        "preferred_locale": "en-US",
+        "preferred_locale": guild.preferred_locale,
         "nsfw_level": 0,
         "unavailable": False,
         "large": False,
@@ -603,7 +605,7 @@ def interaction_payload(
         "channel": {**channel_payload(channel), "permissions": str((1 << 53) - 1)},
         "token": interaction.token,
         "version": 1,
-        "locale": "en-US",
+        "locale": world.users[interaction.user_id].locale if interaction.user_id in world.users else "en-US",
         "entitlements": [],
         "authorizing_integration_owners": {"0": str(guild.id)} if guild else {"1": str(interaction.user_id)},
         "context": 0 if guild else 1,
@@ -612,8 +614,8 @@ def interaction_payload(
     if guild is not None:
         member = guild.members[interaction.user_id]
         payload["guild_id"] = str(guild.id)
-        payload["guild_locale"] = "en-US"
-        payload["guild"] = {"id": str(guild.id), "locale": "en-US", "features": []}
+        payload["guild_locale"] = guild.preferred_locale
+        payload["guild"] = {"id": str(guild.id), "locale": guild.preferred_locale, "features": []}
         payload["member"] = member_payload(member, permissions=guild.permissions_of(member.user.id))
         payload["app_permissions"] = str(guild.permissions_of(world.bot.id))
     else:

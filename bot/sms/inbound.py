@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 
 from bot.agent import AGENT_SPEAKER_ID, AgentError, Incoming, Reply
+from bot.i18n.catalog import t
+from bot.i18n.languages import language_name, parse_setting
 from bot.memory import Modality, Turn
 from bot.sms.outbound import SendOutcome, SendResult
 from bot.sms.store import UNFINISHED, Admission, Claim, PendingSms, SmsStore
@@ -56,14 +59,18 @@ from bot.sms.text import (
     Keyword,
     cap_sms,
     classify_keyword,
+    keyword_language,
     mask_number,
     normalize_for_sms,
     parse_link_code,
     truncate_for_agent,
 )
 
+_LANGUAGE_COMMAND = re.compile(r"^\s*(LANGUAGE|LANG|SPRACHE|LANGUE|IDIOMA|IDIOME|言語)\s*[:=]?\s*(\S{2,20})\s*$", re.IGNORECASE)
+
 if TYPE_CHECKING:
     from bot.agent import Agent
+    from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
 
 __all__ = [
@@ -238,6 +245,8 @@ class SmsService:
         # When Twilio's list cannot say whether a reply left before a crash, ask again after these
         # delays; then leave it for the next start (a late answer rather than a second one).
         self.find_sent_retry_delays: tuple[float, ...] = FIND_SENT_RETRY_DELAYS
+        # The language per number (bot.i18n); None: English throughout.
+        self.languages: PlaceLanguages | None = None
 
     @property
     def busy(self) -> int:
@@ -246,16 +255,37 @@ class SmsService:
 
     # --- messages the person sees -------------------------------------------------------------
 
-    def help_text(self) -> str:
-        name = self.agent.character.name
-        return (f"You're texting {name}, an AI character. Just text to chat. "
-                "To link Discord, run /link phone there and text the code here. "
-                "Reply STOP to opt out, START to opt back in.")
+    def help_text(self, language: str = "en") -> str:
+        return t("sms.help", language, name=self.agent.character.name)
 
-    RATE_NOTE = "You're texting faster than I can keep up. I'll read everything, but I'll answer again in a few minutes."
-    START_TEXT = "Welcome back! You're subscribed again. Text me anytime; reply STOP to opt out."
-    LINK_BAD_TEXT = "That link code didn't work or has expired. Run /link phone in Discord to get a new one."
-    OOPS_TEXT = "Sorry, something went wrong on my side. Please try again in a bit."
+    def _language_command(self, sms: InboundSms) -> list[str] | None:
+        """``LANGUAGE de`` (or SPRACHE/LANGUE/IDIOMA/言語) sets the number's language; None if not one."""
+        match = _LANGUAGE_COMMAND.match(sms.body)
+        if match is None or self.languages is None:
+            return None
+        try:
+            setting = parse_setting(match.group(2))
+        except ValueError:
+            return None  # "language barriers are hard": a sentence for the agent, not a command
+        self.languages.set(f"phone:{sms.from_number}", setting)
+        self.store.set_state(sms.message_sid, "language")
+        log.info("SMS %s: %s set the language to %s", sms.message_sid, mask_number(sms.from_number), setting)
+        shown = self._language(sms.from_number)
+        return [t("language.set_sms", shown, language=language_name(shown))]
+
+    def _language(self, number: str, text: str | None = None) -> str:
+        """The number's language: of ``text`` when given (remembered when sure), else its last or set one."""
+        if self.languages is None:
+            return "en"
+        if text:
+            return self.languages.choose(f"phone:{number}", text, learn=True).language
+        return self.languages.fallback(f"phone:{number}")
+
+    # English texts; each number gets them in its language through the catalog (bot.i18n).
+    RATE_NOTE = t("sms.rate", "en")
+    START_TEXT = t("sms.start", "en")
+    LINK_BAD_TEXT = t("sms.link_bad", "en")
+    OOPS_TEXT = t("sms.oops", "en")
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -308,6 +338,10 @@ class SmsService:
             log.info("SMS %s from %s ignored: the number opted out (it must text START first)", sms.message_sid, who)
             return []
 
+        chosen = self._language_command(sms)
+        if chosen is not None:
+            return chosen
+
         text, cut = self._agent_text(sms.body, sms.num_media)
         if not text:
             self.store.set_state(sms.message_sid, "ignored")
@@ -321,7 +355,7 @@ class SmsService:
             if admission is Admission.NOTE:
                 log.info("SMS %s from %s over the rate limit (%d per 10 min); sent the note", sms.message_sid, who,
                          self.rate_limit)
-                return [self.RATE_NOTE]
+                return [t("sms.rate", self._language(number, text))]
             log.info("SMS %s from %s over the rate limit; remembered, not answered", sms.message_sid, who)
             return []
 
@@ -453,19 +487,23 @@ class SmsService:
         # When Twilio's own opt-out handling matched the keyword it has already replied (and
         # says so with OptOutType); answering too would send the person two messages.
         twilio_replied = sms.opt_out_type is not None
+        # A keyword in another language ("HILFE") is answered in it; Twilio did not see it as one.
+        language = keyword_language(sms.body) or self._language(number)
         if keyword is Keyword.STOP:
             self.store.set_opted_out(number, "keyword")
             log.info("SMS %s: %s opted out (STOP)", sms.message_sid, who)
+            if keyword_language(sms.body) is not None and not twilio_replied:
+                return [t("sms.stopped", language)]  # Twilio did not act on it: the one confirmation is ours
             return []  # Twilio confirms STOP itself and blocks anything more we would send
         if keyword is Keyword.START:
             self.store.clear_opt_out(number)
             log.info("SMS %s: %s opted back in (START)", sms.message_sid, who)
-            return [] if twilio_replied else [self.START_TEXT]
+            return [] if twilio_replied else [t("sms.start", language)]
         if self.store.is_opted_out(number):
             log.info("SMS %s: HELP from opted-out %s; Twilio answers it", sms.message_sid, who)
             return []
         log.info("SMS %s: HELP from %s", sms.message_sid, who)
-        return [] if twilio_replied else [self.help_text()]
+        return [] if twilio_replied else [self.help_text(language)]
 
     def _link(self, sms: InboundSms, code: str | None, explicit: bool) -> list[str] | None:
         """Answer a link attempt; None means "not a link attempt after all" (let the agent answer)."""
@@ -476,7 +514,7 @@ class SmsService:
                 return None  # just six digits that are not a live code: part of the conversation
             self.store.set_state(sms.message_sid, "link-failed")
             log.info("SMS %s: link attempt from %s with an unknown or expired code", sms.message_sid, who)
-            return [self.LINK_BAD_TEXT]
+            return [t("sms.link_bad", self._language(sms.from_number))]
         phone_identity = f"phone:{sms.from_number}"
         self.memory.link_identities(link.identity, phone_identity)
         self.store.set_state(sms.message_sid, "linked")
@@ -574,7 +612,7 @@ class SmsService:
                     log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
                     return
                 incoming = Incoming(room=room, speaker_id=f"phone:{number}", speaker_name=self._speaker_name(number),
-                                    text=text, modality=Modality.SMS)
+                                    text=text, modality=Modality.SMS, language=self._language(number, text))
                 reply = self.agent.reply(incoming)
                 try:
                     stopped = False
@@ -595,10 +633,10 @@ class SmsService:
                 except Exception as exc:  # a bug in an engine must not leave the person without an answer
                     log.exception("SMS %s: the agent raised unexpectedly", sid)
                     failure = f"{type(exc).__name__}"
-                    segments = [self.OOPS_TEXT]
+                    segments = [t("sms.oops", self._language(number))]
                 if not segments:
                     failure = "the agent produced an empty reply"
-                    segments = [self.OOPS_TEXT]
+                    segments = [t("sms.oops", self._language(number))]
                 since = self._clock()
                 # The reply is recorded before it leaves, so a crash from here on never sends it twice.
                 if not self.store.advance(sid, "replying", "sending", reply=segments, failure=failure, sent_segments=0):

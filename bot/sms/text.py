@@ -46,10 +46,32 @@ _KEYWORDS: dict[str, Keyword] = {
 }
 
 
+# The same keywords in the bot's other languages (issue 15). Twilio does not act on these, so the
+# bot confirms them itself; Twilio's own words above stay exactly as Twilio defines them.
+_LOCAL_KEYWORDS: dict[str, tuple[Keyword, str]] = {
+    "STOPP": (Keyword.STOP, "de"), "ABMELDEN": (Keyword.STOP, "de"), "HILFE": (Keyword.HELP, "de"),
+    "ARRET": (Keyword.STOP, "fr"), "ARRÊT": (Keyword.STOP, "fr"), "AIDE": (Keyword.HELP, "fr"),
+    "BAJA": (Keyword.STOP, "es"), "AYUDA": (Keyword.HELP, "es"),
+    "PARAR": (Keyword.STOP, "pt"), "AJUDA": (Keyword.HELP, "pt"),
+    "停止": (Keyword.STOP, "ja"), "ストップ": (Keyword.STOP, "ja"), "ヘルプ": (Keyword.HELP, "ja"),
+}
+
+
+def _keyword_word(body: str) -> str:
+    return body.strip().rstrip(".!。！").strip().upper()
+
+
 def classify_keyword(body: str) -> Keyword | None:
     """The keyword ``body`` is, if the whole message is one (``" Stop. "`` counts; ``"stop it"`` does not)."""
-    word = body.strip().rstrip(".!").strip().upper()
-    return _KEYWORDS.get(word)
+    word = _keyword_word(body)
+    local = _LOCAL_KEYWORDS.get(word)
+    return _KEYWORDS.get(word) or (local[0] if local else None)
+
+
+def keyword_language(body: str) -> str | None:
+    """The language of a keyword in one of the bot's other languages ("HILFE" → "de"); None for Twilio's own."""
+    local = _LOCAL_KEYWORDS.get(_keyword_word(body))
+    return local[1] if local else None
 
 
 _LINK_RE = re.compile(r"^\s*(link\b\s*:?\s*)?(\d{3})[\s-]?(\d{3})\s*[.!]?\s*$", re.IGNORECASE)

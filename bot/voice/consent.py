@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from bot.providers import stt_choice, tts_choice
+from bot.providers import local_stt_english_only, stt_choice, tts_choice
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
 
@@ -66,7 +66,8 @@ def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
         stt_remote = not _is_local_host(host)
         stt = "Deepgram" if host is None else f"Deepgram ({host})"
     else:
-        stt, stt_remote = "a local recognizer on the bot's own server", False
+        stt_remote = False
+        stt = _LOCAL_STT if local_stt_english_only(settings) else _LOCAL_STT_MULTI
     if tts_kind is None:
         tts, tts_remote = None, False
     elif tts_kind == "elevenlabs":
@@ -88,8 +89,33 @@ def providers_from_settings(settings: Settings, engine_name: str) -> Providers:
     return Providers(stt=stt, stt_remote=stt_remote, tts=tts, tts_remote=tts_remote, llm=llm, llm_remote=llm_remote)
 
 
-def mode_explanation(mode: str, bot_name: str) -> str:
+_LOCAL_STT = "a local recognizer on the bot's own server"
+_LOCAL_STT_MULTI = "a local multilingual recognizer on the bot's own server"
+_MODE_KEYS = {VoiceMode.ALWAYS: "mode.always", VoiceMode.PUSH_TO_TALK: "mode.push_to_talk",
+              VoiceMode.ADDRESSED: "mode.addressed", VoiceMode.SCRIBE: "mode.scribe"}
+
+
+def _provider_phrase(text: str, language: str) -> str:
+    """A provider description from ``providers_from_settings`` in ``language`` (names stay as they are)."""
+    from bot.i18n.catalog import t
+
+    fixed = {_LOCAL_STT: "consent.local_stt", _LOCAL_STT_MULTI: "consent.local_stt_multi",
+             "a local voice on the bot's own server": "consent.local_tts",
+             "a built-in script on the bot's own server": "consent.builtin_llm"}
+    if text in fixed:
+        return t(fixed[text], language)
+    for prefix, key in (("the language model at ", "consent.llm_at"), ("the ElizaOS agent at ", "consent.elizaos_at")):
+        if text.startswith(prefix):
+            return t(key, language, host=text[len(prefix):])
+    return text
+
+
+def mode_explanation(mode: str, bot_name: str, language: str = "en") -> str:
     """One sentence on when the bot answers."""
+    if language != "en":
+        from bot.i18n.catalog import t
+
+        return t(_MODE_KEYS.get(mode, "mode.auto"), language, bot=bot_name)
     if mode == VoiceMode.ALWAYS:
         return f"{bot_name} answers everything said in the channel."
     if mode == VoiceMode.PUSH_TO_TALK:
@@ -111,8 +137,12 @@ def consent_notice(
     recording: bool,
     retention_days: int,
     mirror: bool = False,
+    language: str = "en",
 ) -> str:
-    """The message posted in the voice channel's chat when the bot joins."""
+    """The message posted in the voice channel's chat when the bot joins (in ``language``)."""
+    if language != "en":
+        return _consent_notice_in(language, bot_name=bot_name, channel_name=channel_name, mode=mode,
+                                  providers=providers, recording=recording, retention_days=retention_days, mirror=mirror)
     lines = [f"🎙️ **{bot_name} is now in {channel_name} and listening.**"]
     if providers.stt is None:
         lines.append("Speech recognition is switched off: nobody's voice is transcribed.")
@@ -135,6 +165,34 @@ def consent_notice(
         lines.append("A transcript of the conversation is posted in this chat.")
     lines.append("Don't want to be heard? Use `/optout`: your voice is ignored from then on, "
                  "and `/forget` erases what the bot remembers about you. `/optin` undoes the opt-out.")
+    return _clip("\n".join(lines), MESSAGE_LIMIT)
+
+
+def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode: str, providers: Providers,
+                       recording: bool, retention_days: int, mirror: bool) -> str:
+    """The join notice from the message catalog: the same facts, line for line, in ``language``."""
+    from bot.i18n.catalog import t
+
+    lines = [t("consent.title", language, bot=bot_name, channel=channel_name)]
+    llm = _provider_phrase(providers.llm, language)
+    if providers.stt is None:
+        lines.append(t("consent.stt_off", language))
+    else:
+        key = "consent.stt_remote" if providers.stt_remote else "consent.stt_local"
+        lines.append(t(key, language, stt=_provider_phrase(providers.stt, language), llm=llm))
+        if providers.stt == _LOCAL_STT:
+            lines.append(t("language.local_stt_english_only", language))  # tiny.en: say it plainly
+    if providers.tts is not None:
+        lines.append(t("consent.tts", language, tts=_provider_phrase(providers.tts, language)))
+    lines.append(mode_explanation(mode, bot_name, language))
+    lines.append(t("consent.recording_on" if recording else "consent.recording_off", language))
+    if retention_days > 0:
+        lines.append(t("consent.retention_days", language, days=retention_days))
+    else:
+        lines.append(t("consent.retention_forever", language))
+    if mirror:
+        lines.append(t("consent.mirror", language))
+    lines.append(t("consent.optout", language))
     return _clip("\n".join(lines), MESSAGE_LIMIT)
 
 
@@ -193,8 +251,9 @@ def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
     return lines
 
 
-def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str) -> str:
-    """The ``/status`` reply."""
+def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str,
+                   language: str | None = None) -> str:
+    """The ``/status`` reply; ``language`` describes the server's language setting."""
     lines: list[str] = []
     if status is None:
         lines.append(f"**Voice:** {bot_name} is not in a voice channel here. Use `/join` to bring it in.")
@@ -250,7 +309,12 @@ def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot
                          "replies go to the text chat.")
         if status.voice:
             lines.append(f"**Speaking voice:** {status.voice}")
-    lines.append(f"**Speech-to-text:** {providers.stt or 'off'}")
+    stt = providers.stt or "off"
+    if providers.stt == _LOCAL_STT:
+        stt += " (English only: other languages need Deepgram)"  # the packaged model is tiny.en
+    lines.append(f"**Speech-to-text:** {stt}")
+    if language:
+        lines.append(f"**Language:** {language}")
     lines.append(f"**Text-to-speech:** {providers.tts or 'off'}")
     lines.append(f"**Replies written by:** {providers.llm}")
     if status is not None and status.breakdown:

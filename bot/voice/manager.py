@@ -31,6 +31,8 @@ from audio.decode import ReceivePipeline
 from audio.receive import ReceiveVoiceClient, VoicePacket
 from audio.watchdog import DeafWatchdog, WatchdogAction
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
+from bot.i18n.bidi import isolate
+from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
     ConnectionStatus,
@@ -264,12 +266,15 @@ class VoiceManager:
         out_factory: OutFactory | None = None,
         owned: tuple[Any, ...] = (),
         connect_timeout: float = 30.0,
+        languages: PlaceLanguages | None = None,
     ) -> None:
         self.settings = settings
         self.agent = agent
         self.memory = memory
         self.guild_settings = guild_settings
         self.optouts = optouts
+        # The language per guild (bot.i18n); tests that build a manager by hand get one on its database.
+        self.languages = languages or PlaceLanguages(guild_settings._db, settings.language)
         self.stt = stt
         self.tts = tts or local_tts
         self.silent = self.tts is None  # TTS_ENGINE=none: replies go to the voice channel's chat
@@ -309,7 +314,7 @@ class VoiceManager:
         db = services.db
         return cls(settings=settings, agent=services.agent, memory=services.memory,
                    guild_settings=GuildSettingsStore(db, settings), optouts=OptOutList(db),
-                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned))
+                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned), languages=services.languages)
 
     # ------------------------------------------------------------------ queries
 
@@ -558,7 +563,8 @@ class VoiceManager:
         async def mirror(name: str, text: str) -> None:
             gv = holder.get("gv")
             if gv is not None and self.guild_settings.get(gv.guild_id).mirror_transcripts:
-                await self._post(gv, f"**{discord.utils.escape_markdown(name)}:** {text}")
+                # Right-to-left names and words keep their own direction inside the line (bot.i18n.bidi).
+                await self._post(gv, f"**{isolate(discord.utils.escape_markdown(name))}:** {isolate(text)}")
 
         def humans_present() -> int:
             gv = holder.get("gv")
@@ -582,7 +588,47 @@ class VoiceManager:
             max_reply_seconds=self.settings.voice_reply_max_seconds,
             turn_detection=self.turn_detection,
             speculate=self.settings.speculative_reply,
+            choose_language=self._language_chooser(guild),
+            stream_options=self._stream_options(guild),
         )
+
+    def language_summary(self, guild: discord.Guild | None) -> str | None:
+        """One line for /status: the server's language mode (``/language`` changes it)."""
+        if guild is None:
+            return None
+        from bot.i18n.languages import AUTO, language_name
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        mode = self.languages.mode(f"guild:{guild.id}", locale)
+        if mode == AUTO:
+            fallback = language_name(self.languages.fallback(f"guild:{guild.id}", locale), native=False)
+            return f"auto (each person's language; {fallback} when unsure)"
+        return language_name(mode, native=False)
+
+    def guild_language(self, guild: discord.Guild) -> str:
+        """The language of the bot's own words in ``guild`` (its language, or auto's fallback)."""
+        from bot.i18n.catalog import catalog_language
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        return catalog_language(self.languages.fallback(f"guild:{guild.id}", locale))
+
+    def _language_chooser(self, guild: discord.Guild) -> Callable[[str, str | None], Choice]:
+        place, locale = f"guild:{guild.id}", str(guild.preferred_locale) if guild.preferred_locale else None
+
+        def choose(text: str, heard: str | None) -> Choice:
+            return self.languages.choose(place, text, heard=heard, preferred_locale=locale)
+
+        return choose
+
+    def _stream_options(self, guild: discord.Guild) -> dict[str, str]:
+        """Deepgram's language for this guild when it differs from the engine's (a guild's own choice)."""
+        if self.stt is None or self.stt.name != "deepgram":
+            return {}
+        from bot.providers import deepgram_language
+
+        locale = str(guild.preferred_locale) if guild.preferred_locale else None
+        wanted = deepgram_language(self.settings, self.languages.mode(f"guild:{guild.id}", locale))
+        return {} if wanted == getattr(self.stt, "language", None) else {"language": wanted}
 
     async def _watch_receive(self, gv: GuildVoice, interval: float = 1.0) -> None:
         """Connected but deaf (people talk, nothing decrypts): rejoin once, then say so and stop trying."""
@@ -679,7 +725,8 @@ class VoiceManager:
         bot_name = self.agent.character.name
         text = consent_notice(bot_name=bot_name, channel_name=channel.name, mode=gs.mode, providers=self.providers,
                               recording=gs.recording_allowed(self.settings),
-                              retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts)
+                              retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts,
+                              language=self.guild_language(channel.guild))
         perms = channel.permissions_for(channel.guild.me)
         if perms.send_messages:
             view = ListenView(self, bot_name) if gs.mode == VoiceMode.PUSH_TO_TALK else None

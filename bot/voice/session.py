@@ -34,6 +34,8 @@ from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming, Reply
+from bot.i18n.places import Choice
+from bot.i18n.voices import speaks, voice_for_language
 from bot.memory import Memory, Modality, Turn
 from bot.voice.echo import EchoGuard
 from bot.voice.endpointing import TurnDetection
@@ -168,6 +170,7 @@ class Participant:
     speaking: bool = False
     started_at: float | None = None  # when the current (or last) stretch of speech began
     humans_at_start: int | None = None  # people in the room when that stretch began
+    language: str | None = None  # the language the recognizer heard in the current turn
     ended_at: float | None = None
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
@@ -210,6 +213,8 @@ class VoiceSession:
         modality: Modality = Modality.VOICE,
         turn_detection: TurnDetection | None = None,
         speculate: bool = False,
+        choose_language: Callable[[str, str | None], Choice] | None = None,
+        stream_options: dict[str, str] | None = None,
     ) -> None:
         self.room = room
         # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
@@ -232,6 +237,10 @@ class VoiceSession:
         self._notify = notify
         self._mirror = mirror
         self.max_reply_seconds = max_reply_seconds  # VOICE_REPLY_MAX_SECONDS: past it, stop at a sentence
+        # The place's language (bot.i18n): (utterance, language heard) -> the language to answer in.
+        self.choose_language = choose_language
+        self.stream_options = dict(stream_options or {})  # e.g. Deepgram's language for this guild
+        self.reply_language: str | None = None  # the language of the reply being spoken
         self._tts_chars_per_second = 14.0  # the main voice's pace, learnt from each whole sentence
         self.clock = clock
         # Memory identity and modality of the people heard (a phone call: ``phone:+E164``, "call").
@@ -369,7 +378,8 @@ class VoiceSession:
         if self.stt is None or self._stt_failed:
             return None
         if person.stream is None:
-            person.stream = self.stt.open_stream(speaker=str(person.user_id), sample_rate=self.sample_rate)
+            person.stream = self.stt.open_stream(speaker=str(person.user_id), sample_rate=self.sample_rate,
+                                                 **self.stream_options)
             person.reader = asyncio.get_running_loop().create_task(
                 self._read_transcripts(person, person.stream), name=f"stt-read-{person.user_id}"
             )
@@ -413,6 +423,7 @@ class VoiceSession:
             return
         if text:
             person.finals.append(text)
+            person.language = transcript.language or person.language
             if self._talking_over(person):
                 self._barge(person)
         if transcript.end_of_turn:
@@ -422,9 +433,10 @@ class VoiceSession:
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
             turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now,
-                               humans_present=person.humans_at_start)
+                               humans_present=person.humans_at_start, language=person.language)
             if self.turn_detection is None:
                 person.finals.clear()
+                person.language = None
                 self._complete_turn(turn)
             elif not person.speaking and not person.awaiting_recognizer:
                 self._hold_turn(person, turn)
@@ -445,7 +457,7 @@ class VoiceSession:
                 and self.policy.wants(person.user_id, text, humans_present=self._room_of(person))):
             ended = person.ended_at if person.ended_at is not None else now
             turn = PendingTurn(person.user_id, person.name, " ".join([*person.finals, text]), ended_at=ended,
-                               final_at=now, humans_present=person.humans_at_start)
+                               final_at=now, humans_present=person.humans_at_start, language=person.language)
             self._speculations[person.user_id] = _Speculation(self, turn)
             self.speculations_started += 1
 
@@ -481,6 +493,7 @@ class VoiceSession:
             return
         turn, person.candidate, person.confirm = person.candidate, None, None
         person.finals.clear()
+        person.language = None
         self._complete_turn(turn)
         self._touch()
 
@@ -542,10 +555,18 @@ class VoiceSession:
                 raise
             except Exception:
                 log.exception("answering a voice turn failed", extra={"room": self.room, "user_id": turn.user_id})
+            self.reply_language = None  # /say between turns speaks in the default voice
             async with self.answered:
                 self.turns_done += 1
                 self.answered.notify_all()
             self._touch()
+
+    def _choose_language(self, turn: PendingTurn) -> tuple[str | None, str | None]:
+        """The language to answer ``turn`` in (None: the default) and a notice to post first, if any."""
+        if self.choose_language is None:
+            return None, None
+        choice = self.choose_language(turn.text, turn.language)
+        return choice.language, choice.notice or None
 
     async def _answer(self, turn: PendingTurn) -> None:
         spec = self._speculations.pop(turn.user_id, None)
@@ -558,14 +579,23 @@ class VoiceSession:
         self._barge_in.clear()
         if spec is not None:
             timing, reply, produce = spec.timing, spec.reply, spec.produce
+            language, notice = spec.language, spec.notice
+            self.reply_language = language
+            if notice:
+                await self._tell(notice)
             timing.turn_end = self.clock()
             reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
             first = await spec.first_audio()
         else:
             timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
                                 speaker_name=turn.name, text=turn.text, turn_end=self.clock())
+            language, notice = self._choose_language(turn)
+            self.reply_language = language
+            if notice:
+                await self._tell(notice)
             reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
-                                              speaker_name=turn.name, text=turn.text, modality=self.modality))
+                                              speaker_name=turn.name, text=turn.text, modality=self.modality,
+                                              language=language))
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             produce = asyncio.get_running_loop().create_task(
                 self._produce_sentences(reply, _reply_splitter(), sentences, timing), name=f"reply-text-{self.room}"
@@ -626,10 +656,11 @@ class VoiceSession:
             sentences.put_nowait(None)
 
     async def _first_audio(self, sentences: asyncio.Queue[str | None], timing: TurnTiming, *,
-                           wait: bool) -> tuple[str, _Prefetch] | None:
-        """Start synthesizing the first speakable sentence (waiting for it with ``wait``)."""
-        sentence = await self._take_speakable(sentences, wait=wait)
-        return None if sentence is None else (sentence, _Prefetch(self, sentence, timing))
+                           wait: bool, language: str | None = None) -> tuple[str, _Prefetch] | None:
+        """Start synthesizing the first speakable sentence (waiting for it with ``wait``), in
+        ``language`` (a speculative reply's, chosen before it is the reply being spoken)."""
+        sentence = await self._take_speakable(sentences, wait=wait, language=language)
+        return None if sentence is None else (sentence, _Prefetch(self, sentence, timing, language=language))
 
     async def _speak_sentences(self, sentences: asyncio.Queue[str | None], timing: TurnTiming,
                                spoken: list[str], first: tuple[str, _Prefetch] | None = None) -> bool:
@@ -677,7 +708,8 @@ class VoiceSession:
             if next_audio is not None:
                 next_audio[1].cancel()
 
-    async def _take_speakable(self, sentences: asyncio.Queue[str | None], *, wait: bool) -> str | None:
+    async def _take_speakable(self, sentences: asyncio.Queue[str | None], *, wait: bool,
+                              language: str | None = None) -> str | None:
         """The next sentence with something to say, normalised for speech.
 
         None at the end of the reply, or, with ``wait=False``, when no sentence is ready yet.
@@ -687,7 +719,7 @@ class VoiceSession:
             if sentence is None:
                 sentences.put_nowait(None)  # keep the end marker for later reads
                 return None
-            speakable = normalize_for_speech(sentence)
+            speakable = normalize_for_speech(sentence, language=language or self.reply_language or "en")
             if speakable:
                 return speakable
         return None
@@ -801,9 +833,10 @@ class _Speculation:
         self.turn = turn
         self.timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
                                  speaker_name=turn.name, text=turn.text, speculative=True)
+        self.language, self.notice = session._choose_language(turn)
         self.reply = session.agent.reply(
             Incoming(room=session.room, speaker_id=session.speaker_id(turn.user_id), speaker_name=turn.name,
-                     text=turn.text, modality=session.modality),
+                     text=turn.text, modality=session.modality, language=self.language),
             remember=False,
         )
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
@@ -812,7 +845,8 @@ class _Speculation:
             session._produce_sentences(self.reply, _reply_splitter(), self.sentences, self.timing),
             name=f"speculative-text-{session.room}",
         )
-        self._first = loop.create_task(session._first_audio(self.sentences, self.timing, wait=True),
+        self._first = loop.create_task(session._first_audio(self.sentences, self.timing, wait=True,
+                                                            language=self.language),
                                        name=f"speculative-audio-{session.room}")
 
     async def first_audio(self) -> tuple[str, _Prefetch] | None:
@@ -839,8 +873,9 @@ class _Prefetch:
     """
 
     def __init__(self, session: VoiceSession, text: str, timing: TurnTiming | None, *,
-                 local_only: bool = False) -> None:
+                 local_only: bool = False, language: str | None = None) -> None:
         self._session = session
+        self._language = language or session.reply_language  # the reply's, fixed when synthesis starts
         self._text = text
         self._timing = timing
         self._local_only = local_only
@@ -865,11 +900,14 @@ class _Prefetch:
         engines = [] if self._local_only else [session.tts]
         if session.fallback_tts is not None and session.fallback_tts is not session.tts:
             engines.append(session.fallback_tts)
+        # A voice that cannot speak the reply's language (Piper's English voice) gives way.
+        engines = [e for e in engines if speaks(e.name, self._language)] or engines
         try:
             for i, engine in enumerate(engines):
                 started = False
                 produced = 0  # bytes of audio
                 voice = self._session.voice if engine is self._session.tts else None
+                voice = voice_for_language(voice, engine.name, self._language, session.agent.character)
                 try:
                     async with contextlib.aclosing(engine.synthesize(self._text, voice)) as chunks:
                         async for chunk in chunks:

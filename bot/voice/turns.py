@@ -49,6 +49,7 @@ class PendingTurn:
     # People in the room when this person began speaking: whether they were alone with the bot
     # (``auto`` mode) is decided by the room they spoke into, not by who came or went meanwhile.
     humans_present: int | None = None
+    language: str | None = None  # the language the recognizer heard, when it said (Deepgram multi)
 
 
 def _fold(text: str) -> str:

@@ -90,9 +90,15 @@ class SpeechScript:
         self._words: list[tuple[str, int, int, int]] = []  # (word, voiced frames to reveal, part start, part end)
         self._progress = 0
         self._revealed = 0
+        self.language: str | None = None
 
-    def say(self, parts: Sequence[tuple[str, int]]) -> None:
-        """The next utterance (forgets whatever of the previous one was not heard)."""
+    def say(self, parts: Sequence[tuple[str, int]], *, language: str | None = None) -> None:
+        """The next utterance (forgets whatever of the previous one was not heard).
+
+        ``language``: what the real service would detect in ``language=multi`` mode (reported in
+        ``languages`` and on each word, as Deepgram does); ignored for a fixed language.
+        """
+        self.language = language
         words: list[tuple[str, int, int, int]] = []
         base = 0
         for text, frames in parts:
@@ -475,6 +481,20 @@ class FakeDeepgram:
         end = rec.now if until is None else until
         words = [w for w in rec.words if w.start < end]
         text = rec.text_of(words, is_final)
+        alternative: dict[str, Any] = {
+            "transcript": text,
+            "confidence": 0.99 if text else 0.0,
+            "words": [
+                {"word": w.text, "start": w.start, "end": min(w.end, end), "confidence": 0.99, "punctuated_word": w.text}
+                for w in words
+            ],
+        }
+        heard = getattr(getattr(rec, "script", None), "language", None)
+        if conn.param("language") == "multi" and heard and text:
+            # Deepgram's multilingual model: the languages heard (most words first), and each word's.
+            alternative["languages"] = [heard]
+            for word in alternative["words"]:
+                word["language"] = heard
         return {
             "type": "Results",
             "channel_index": [0, 1],
@@ -483,18 +503,7 @@ class FakeDeepgram:
             "is_final": is_final,
             "speech_final": speech_final,
             "from_finalize": from_finalize,
-            "channel": {
-                "alternatives": [
-                    {
-                        "transcript": text,
-                        "confidence": 0.99 if text else 0.0,
-                        "words": [
-                            {"word": w.text, "start": w.start, "end": min(w.end, end), "confidence": 0.99, "punctuated_word": w.text}
-                            for w in words
-                        ],
-                    }
-                ]
-            },
+            "channel": {"alternatives": [alternative]},
             "metadata": {
                 "request_id": request_id,
                 "model_uuid": "00000000-0000-0000-0000-000000000000",

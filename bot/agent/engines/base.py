@@ -29,6 +29,8 @@ class Incoming:
     speaker_name: str
     text: str
     modality: Modality
+    # The language to answer in (ISO 639-1, e.g. "de"); None: whatever the person wrote in.
+    language: str | None = None
 
 
 class AgentError(Exception):

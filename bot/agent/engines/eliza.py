@@ -279,6 +279,24 @@ class Eliza:
         return options[position % len(options)].replace("{name}", self.name)
 
 
+def _not_english(asked: str | None, text: str) -> str | None:
+    """The language to apologise in when the message is not English, else None.
+
+    The answer language decides; when that is English (a place fixed to English), a message
+    clearly in another language still gets the apology, in that language.
+    """
+    if asked and asked != "en":
+        return asked
+    from bot.i18n.detect import detect
+    from bot.i18n.languages import normalize_code
+
+    found = detect(text)
+    if found is None or not found.sure or found.confidence < 0.8:
+        return None  # short or unclear lines stay with the script (it answers "ok", "hmm", names…)
+    code = normalize_code(found.language)
+    return code if code is not None and code != "en" else None
+
+
 class ElizaEngine(ReplyEngine):
     """The classic ELIZA behind the streaming engine interface; one state per room."""
 
@@ -301,7 +319,15 @@ class ElizaEngine(ReplyEngine):
             return "Please, go on."
 
     async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
-        answer = self.respond(conversation.incoming.room, conversation.text)
+        language = _not_english(conversation.incoming.language, conversation.text)
+        if language is not None:
+            # The script only knows English: answering German with English reflections would
+            # pretend to have understood. Say so, in the person's language.
+            from bot.i18n import catalog, languages
+
+            answer = catalog.t("language.eliza_english_only", language, language=languages.language_name(language))
+        else:
+            answer = self.respond(conversation.incoming.room, conversation.text)
         # Word by word, so callers see the same incremental shape as from a language model.
         words = answer.split(" ")
         for i, word in enumerate(words):

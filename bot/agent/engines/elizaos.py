@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
+from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
 from bot.agent.engines.openai_engine import safe_url
 
 __all__ = [
@@ -55,6 +55,16 @@ _POLL_INTERVAL = 0.25
 
 # ---------------------------------------------------------------------------------------------
 # Pure conversions from ElizaOS JSON.
+
+
+def _language_hint(incoming: Incoming) -> str:
+    """ElizaOS has no language field of its own: the model reads the request in the text
+    (v1's metadata.language carries it too, for plugins that look). English needs no hint."""
+    if not incoming.language or incoming.language == "en":
+        return ""
+    from bot.i18n.languages import language_name
+
+    return f"\n\n[Answer in {language_name(incoming.language, native=False)}.]"
 
 
 def _unwrap(payload: Any) -> Any:
@@ -295,7 +305,7 @@ class ElizaOSEngine(ReplyEngine):
         # In a shared channel the agent sees one user per room; the name says who is talking.
         if incoming.room.startswith("discord:") and not incoming.room.startswith("discord:dm:"):
             text = f"{' '.join(incoming.speaker_name.split()) or 'Someone'}: {text}"
-        return text[:MAX_CONTENT_CHARS]
+        return text[:MAX_CONTENT_CHARS] + _language_hint(incoming)
 
     async def _stream_v1(self, conversation: Conversation) -> AsyncIterator[str]:
         room = conversation.incoming.room
@@ -305,6 +315,7 @@ class ElizaOSEngine(ReplyEngine):
                 "speakerName": conversation.incoming.speaker_name,
                 "speakerId": conversation.incoming.speaker_id,
                 "modality": str(conversation.incoming.modality),
+                **({"language": conversation.incoming.language} if conversation.incoming.language else {}),
             },
             # `transport` on current servers, `mode` on the releases before it.
             "transport": "sse",
@@ -394,7 +405,7 @@ class ElizaOSEngine(ReplyEngine):
         incoming = conversation.incoming
         try:
             payload = await self._json("POST", f"/{self.agent_id}/message", body={
-                "text": conversation.text,
+                "text": conversation.text + _language_hint(incoming),
                 "userId": incoming.speaker_id,
                 "userName": incoming.speaker_name,
                 "name": incoming.speaker_name,
