@@ -56,7 +56,7 @@ class RecordingSink:
         fut = asyncio.get_running_loop().create_future()
         self._waiter = (n, fut)
         self._check()
-        await asyncio.wait_for(fut, timeout=5)  # failure guard only
+        await asyncio.wait_for(fut, timeout=30)  # failure guard only (generous: loaded machines)
         return self.packets
 
 
