@@ -229,6 +229,18 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _runqueue_wait_s() -> float | None:
+    """Seconds this process's threads spent runnable but waiting for a CPU (others' load on a shared host)."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
 def _udp_rcvbuf_errors() -> int | None:
     """System-wide UDP RcvbufErrors (datagrams the kernel dropped for a full socket buffer)."""
     try:
@@ -398,6 +410,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             watch.collections = [0, 0, 0]
             before = vc.stats
             rcvbuf_errors = _udp_rcvbuf_errors()
+            waited0 = _runqueue_wait_s()
             cpu0 = time.process_time()
             start_at = time.perf_counter() + 0.1
             for _, parent in procs:
@@ -416,6 +429,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             await _wait_until(settled, timeout=10.0, step=0.25)
             pipeline.tick()
             cpu_s = time.process_time() - cpu0
+            waited1 = _runqueue_wait_s()
             after = vc.stats
             rcvbuf_after = _udp_rcvbuf_errors()
             pstats = pipeline.stats()
@@ -439,6 +453,9 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
                 "gc_collections": watch.collections,
                 "cpu_ms_per_speaker_second": round(cpu_s * 1000 / (speakers * seconds), 3),
                 "core_fraction": round(cpu_s / seconds, 3),
+                # Runnable but not running (the core was someone else's); exited threads not counted.
+                "runqueue_wait_s": (round(waited1 - waited0, 2) if waited0 is not None and waited1 is not None
+                                    else None),
                 "so_rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # effective (Linux: 2x granted)
                 "speech_starts": consumer.starts,
                 "sender_worst_late_ms": max(r["worst_late_ms"] for r in reports),
