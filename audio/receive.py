@@ -15,6 +15,7 @@ nothing blocks: every failure is a counted drop (see :class:`ReceiveStats`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import socket
@@ -464,6 +465,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
         self._max_backlog = max_backlog
         self._backpressure = max(1, backpressure_frames)
         self._batch_s = max(0.0, handoff_batch_s)
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._caught_up = threading.Event()  # cleared while the hand-off queue is at the high-water mark
         self._caught_up.set()
         self._listening = False
@@ -510,6 +512,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
 
     async def disconnect(self, *, force: bool = False) -> None:
         self._unlisten()
+        self._drain()  # what was handed over goes now, not on a batch timer after the disconnect
         await super().disconnect(force=force)
 
     # --- wiring ------------------------------------------------------------------------------------
@@ -617,11 +620,14 @@ class ReceiveVoiceClient(discord.VoiceClient):
     def _drain_later(self) -> None:
         # On the loop: let the batch collect a little longer (one timer, not a wake-up per frame).
         if self._batch_s:
-            self.loop.call_later(self._batch_s, self._drain)
+            self._drain_timer = self.loop.call_later(self._batch_s, self._drain)
         else:
             self._drain()
 
     def _drain(self) -> None:
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None:
+            timer.cancel()  # an early drain (op 13, disconnect) takes the batch the timer was for
         with self._pending_lock:
             batch = self._pending
             self._pending = collections.deque()
