@@ -1,11 +1,12 @@
 """Benchmark: voice receive for N speakers, synthetic (CPU per packet) and in real time (loss).
 
-Synthetic mode: each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real MLS group (built
-with the loopback external sender) and transport-sealed (aead_xchacha20_poly1305_rtpsize). Packets
+Synthetic mode: each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real
+MLS group (built with the loopback external sender) and transport-sealed (aead_xchacha20_poly1305_rtpsize). Packets
 are fed to the receive core's socket callback directly, handed off in 20 ms batches (as the event
 loop drains them) into the ReceivePipeline (reorder, Opus → 16 kHz mono, webrtcvad, segmenter).
 CPU is time.process_time(). The same run also measures bare libopus decoding of the same frames
-into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the ratio.
+into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the
+ratio. Round 0 (every speaker's decoder and VAD being built) is not timed.
 
 Real-time mode (``--realtime``): one fresh process per speaker count, pinned to one core with
 ``taskset`` when there are at least two (else unpinned; the JSON says which). It builds the real
@@ -19,8 +20,9 @@ sealed before the clock starts, since encrypting is the senders' cost, not ours)
 ``ReceivePipeline`` (reorder, decode, webrtcvad, segmentation, its 50 ms tick). Reported per count:
 ``lost`` (sent but never decoded: socket overflow, backlog, late), ``rejected`` (the receiver's
 drops: none of this traffic should be), the largest event-loop stall (a 5 ms ticker's lateness)
-and the longest garbage-collection pause, and CPU ms per speaker-second (process CPU, all threads,
-over the send window plus the drain).
+and the longest garbage-collection pause, CPU ms per speaker-second (process CPU, all threads,
+over the send window plus the drain), and the run-queue wait: time our threads were runnable but
+another process had the core. On a shared host that last figure says how much of a loss was ours.
 
 DAVE memory (``--dave-memory``): RSS growth of a fresh process that builds an MLS group of N members
 plus the bot (every member's davey session lives there, as in the sender process), per session.
@@ -63,8 +65,6 @@ from audio.native import load_libopus
 from audio.receive import VoicePacket, VoiceReceiver
 from audio.rtp import SUPPORTED_MODE, build_packet
 from bot.loopback.mls import ExternalSender, commit_pending_proposals, proposals_op_payload, split_commit_welcome
-
-log = logging.getLogger(__name__)
 
 CHANNEL = 4242
 BOT = 1
