@@ -593,22 +593,26 @@ class ReceiveVoiceClient(discord.VoiceClient):
     def _hand_off(self, packet: VoicePacket) -> None:
         """Socket thread → event loop: append to a bounded batch; wake the loop once per batch."""
         with self._pending_lock:
+            urgent = False
             if len(self._pending) >= self._max_backlog:
                 wake = False
                 overflow = True
             else:
                 self._pending.append(packet)
                 overflow = False
-                if len(self._pending) >= self._backpressure:
+                if len(self._pending) >= self._backpressure and self._caught_up.is_set():
+                    # The reader is about to wait for the loop: drain now, not when the batch timer
+                    # fires (both threads sat idle until it did while the socket buffer overflowed).
                     self._caught_up.clear()
+                    urgent = True
                 wake = not self._drain_scheduled
                 self._drain_scheduled = True
         if overflow:
             self.receiver._drop(BACKLOG)  # lock already held by the receiver on this path
             return
-        if wake:
+        if wake or urgent:
             try:
-                self.loop.call_soon_threadsafe(self._drain_later)
+                self.loop.call_soon_threadsafe(self._drain if urgent else self._drain_later)
             except RuntimeError:  # loop closed during shutdown
                 with self._pending_lock:
                     lost = len(self._pending)
