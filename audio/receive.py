@@ -547,9 +547,11 @@ class ReceiveVoiceClient(discord.VoiceClient):
             return
         if effective != self.receive_buffer_bytes:
             # Linux reports twice what it granted; less than asked means net.core.rmem_max caps it.
-            log.log(logging.INFO if effective < self._receive_buffer else logging.DEBUG,
-                    "voice receive: UDP receive buffer %d bytes (asked for %d; raise net.core.rmem_max for more)",
-                    effective, self._receive_buffer)
+            if effective < self._receive_buffer:
+                log.info("voice receive: UDP receive buffer %d bytes, asked for %d (capped by net.core.rmem_max; "
+                         "raise it for large calls)", effective, self._receive_buffer)
+            else:
+                log.debug("voice receive: UDP receive buffer %d bytes", effective)
         self.receive_buffer_bytes = effective
 
     def _unlisten(self) -> None:
