@@ -15,6 +15,7 @@ nothing blocks: every failure is a counted drop (see :class:`ReceiveStats`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import socket
@@ -80,6 +81,10 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # datagrams meanwhile. 256 frames is about 10 ms of 500 speakers.
 BACKPRESSURE_FRAMES = 256
 BACKPRESSURE_WAIT_S = 0.05
+# How long a batch collects after its first frame before the loop takes it. Waking the loop for
+# every frame cost more CPU than the frame itself (2.6-7.7x at 1-10 speakers, issue 11); 10 ms is
+# half a frame, nothing next to the 600 ms end-of-speech silence, and cuts the wake-ups to 100/s.
+HANDOFF_BATCH_S = 0.01
 
 
 class VoicePacket(NamedTuple):
@@ -515,7 +520,8 @@ class ReceiveVoiceClient(discord.VoiceClient):
     Playback (``play``) and discord.py's DAVE handling are unchanged.
 
     The sink is called on the event loop; frames reach it in batches handed over from the
-    socket thread with ``call_soon_threadsafe`` (one wake-up per batch). With ``backpressure_frames``
+    socket thread with ``call_soon_threadsafe`` (one wake-up per batch, which collects for
+    ``handoff_batch_s`` after its first frame). With ``backpressure_frames``
     waiting, the socket thread pauses (briefly, bounded) until the loop takes them, so the socket's
     enlarged buffer (``receive_buffer``) absorbs a slow loop. If the loop still falls behind by more
     than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``).
@@ -535,6 +541,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
         max_backlog: int = 10_000,
         receive_buffer: int = RECEIVE_BUFFER_BYTES,
         backpressure_frames: int = BACKPRESSURE_FRAMES,
+        handoff_batch_s: float = HANDOFF_BATCH_S,
     ) -> None:
         # The receiver must exist before super().__init__ calls create_connection_state().
         self._receive_buffer = receive_buffer
@@ -545,6 +552,8 @@ class ReceiveVoiceClient(discord.VoiceClient):
         self._drain_scheduled = False
         self._max_backlog = max_backlog
         self._backpressure = max(1, backpressure_frames)
+        self._batch_s = max(0.0, handoff_batch_s)
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._caught_up = threading.Event()  # cleared while the hand-off queue is at the high-water mark
         self._caught_up.set()
         self._listening = False
@@ -604,6 +613,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
 
     async def disconnect(self, *, force: bool = False) -> None:
         self._unlisten()
+        self._drain()  # what was handed over goes now, not on a batch timer after the disconnect
         await super().disconnect(force=force)
 
     # --- wiring ------------------------------------------------------------------------------------
@@ -638,9 +648,11 @@ class ReceiveVoiceClient(discord.VoiceClient):
             return
         if effective != self.receive_buffer_bytes:
             # Linux reports twice what it granted; less than asked means net.core.rmem_max caps it.
-            log.log(logging.INFO if effective < self._receive_buffer else logging.DEBUG,
-                    "voice receive: UDP receive buffer %d bytes (asked for %d; raise net.core.rmem_max for more)",
-                    effective, self._receive_buffer)
+            if effective < self._receive_buffer:
+                log.info("voice receive: UDP receive buffer %d bytes, asked for %d (capped by net.core.rmem_max; "
+                         "raise it for large calls)", effective, self._receive_buffer)
+            else:
+                log.debug("voice receive: UDP receive buffer %d bytes", effective)
         self.receive_buffer_bytes = effective
 
     def _unlisten(self) -> None:
@@ -684,22 +696,26 @@ class ReceiveVoiceClient(discord.VoiceClient):
     def _hand_off(self, packet: VoicePacket) -> None:
         """Socket thread → event loop: append to a bounded batch; wake the loop once per batch."""
         with self._pending_lock:
+            urgent = False
             if len(self._pending) >= self._max_backlog:
                 wake = False
                 overflow = True
             else:
                 self._pending.append(packet)
                 overflow = False
-                if len(self._pending) >= self._backpressure:
+                if len(self._pending) >= self._backpressure and self._caught_up.is_set():
+                    # The reader is about to wait for the loop: drain now, not when the batch timer
+                    # fires (both threads sat idle until it did while the socket buffer overflowed).
                     self._caught_up.clear()
+                    urgent = True
                 wake = not self._drain_scheduled
                 self._drain_scheduled = True
         if overflow:
             self.receiver._drop(BACKLOG)  # lock already held by the receiver on this path
             return
-        if wake:
+        if wake or urgent:
             try:
-                self.loop.call_soon_threadsafe(self._drain)
+                self.loop.call_soon_threadsafe(self._drain if urgent else self._drain_later)
             except RuntimeError:  # loop closed during shutdown
                 with self._pending_lock:
                     lost = len(self._pending)
@@ -708,7 +724,17 @@ class ReceiveVoiceClient(discord.VoiceClient):
                     self._caught_up.set()
                 self.receiver._dropped[LOOP_CLOSED] += lost
 
+    def _drain_later(self) -> None:
+        # On the loop: let the batch collect a little longer (one timer, not a wake-up per frame).
+        if self._batch_s:
+            self._drain_timer = self.loop.call_later(self._batch_s, self._drain)
+        else:
+            self._drain()
+
     def _drain(self) -> None:
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None:
+            timer.cancel()  # an early drain (op 13, disconnect) takes the batch the timer was for
         with self._pending_lock:
             batch = self._pending
             self._pending = collections.deque()

@@ -1,11 +1,12 @@
 """Benchmark: voice receive for N speakers, synthetic (CPU per packet) and in real time (loss).
 
-Synthetic mode: each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real MLS group (built
-with the loopback external sender) and transport-sealed (aead_xchacha20_poly1305_rtpsize). Packets
+Synthetic mode: each speaker sends 50 packets/s, DAVE-encrypted by its own davey session in a real
+MLS group (built with the loopback external sender) and transport-sealed (aead_xchacha20_poly1305_rtpsize). Packets
 are fed to the receive core's socket callback directly, handed off in 20 ms batches (as the event
 loop drains them) into the ReceivePipeline (reorder, Opus → 16 kHz mono, webrtcvad, segmenter).
 CPU is time.process_time(). The same run also measures bare libopus decoding of the same frames
-into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the ratio.
+into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the
+ratio. Round 0 (every speaker's decoder and VAD being built) is not timed.
 
 Real-time mode (``--realtime``): one fresh process per speaker count, pinned to one core with
 ``taskset`` when there are at least two (else unpinned; the JSON says which). It builds the real
@@ -19,8 +20,9 @@ sealed before the clock starts, since encrypting is the senders' cost, not ours)
 ``ReceivePipeline`` (reorder, decode, webrtcvad, segmentation, its 50 ms tick). Reported per count:
 ``lost`` (sent but never decoded: socket overflow, backlog, late), ``rejected`` (the receiver's
 drops: none of this traffic should be), the largest event-loop stall (a 5 ms ticker's lateness)
-and the longest garbage-collection pause, and CPU ms per speaker-second (process CPU, all threads,
-over the send window plus the drain).
+and the longest garbage-collection pause, CPU ms per speaker-second (process CPU, all threads,
+over the send window plus the drain), and the run-queue wait: time our threads were runnable but
+another process had the core. On a shared host that last figure says how much of a loss was ours.
 
 DAVE memory (``--dave-memory``): RSS growth of a fresh process that builds an MLS group of N members
 plus the bot (every member's davey session lives there, as in the sender process), per session.
@@ -63,8 +65,6 @@ from audio.native import load_libopus
 from audio.receive import VoicePacket, VoiceReceiver
 from audio.rtp import SUPPORTED_MODE, build_packet
 from bot.loopback.mls import ExternalSender, commit_pending_proposals, proposals_op_payload, split_commit_welcome
-
-log = logging.getLogger(__name__)
 
 CHANNEL = 4242
 BOT = 1
@@ -227,6 +227,18 @@ STALL_TICK_S = 0.005
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _runqueue_wait_s() -> float | None:
+    """Seconds this process's threads spent runnable but waiting for a CPU (others' load on a shared host)."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
 
 
 def _udp_rcvbuf_errors() -> int | None:
@@ -398,6 +410,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             watch.collections = [0, 0, 0]
             before = vc.stats
             rcvbuf_errors = _udp_rcvbuf_errors()
+            waited0 = _runqueue_wait_s()
             cpu0 = time.process_time()
             start_at = time.perf_counter() + 0.1
             for _, parent in procs:
@@ -416,6 +429,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             await _wait_until(settled, timeout=10.0, step=0.25)
             pipeline.tick()
             cpu_s = time.process_time() - cpu0
+            waited1 = _runqueue_wait_s()
             after = vc.stats
             rcvbuf_after = _udp_rcvbuf_errors()
             pstats = pipeline.stats()
@@ -439,6 +453,9 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
                 "gc_collections": watch.collections,
                 "cpu_ms_per_speaker_second": round(cpu_s * 1000 / (speakers * seconds), 3),
                 "core_fraction": round(cpu_s / seconds, 3),
+                # Runnable but not running (the core was someone else's); exited threads not counted.
+                "runqueue_wait_s": (round(waited1 - waited0, 2) if waited0 is not None and waited1 is not None
+                                    else None),
                 "so_rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # effective (Linux: 2x granted)
                 "speech_starts": consumer.starts,
                 "sender_worst_late_ms": max(r["worst_late_ms"] for r in reports),

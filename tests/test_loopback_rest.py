@@ -52,6 +52,15 @@ async def running_client(
             if runner in done:
                 runner.result()
             raise TimeoutError("client never became ready")
+        # guild_ready_timeout is short to keep logins fast; on a loaded machine a GUILD_CREATE can
+        # arrive after it and so after on_ready. Wait for the guilds themselves, not for the timer.
+        expected = set(discord_.world.guilds)
+        for _ in range(int(TIMEOUT / 0.01)):
+            if expected <= {g.id for g in client.guilds}:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise TimeoutError(f"guilds {expected - {g.id for g in client.guilds}} never arrived")
         yield client
     finally:
         await client.close()

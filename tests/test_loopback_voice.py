@@ -113,10 +113,14 @@ async def test_bot_joins_dave_completes_and_participant_hears_playback(
             assert vc._connection.mode == "aead_xchacha20_poly1305_rtpsize"
             assert vc.voice_privacy_code == participant.dave.voice_privacy_code  # type: ignore[union-attr]
             assert await play(vc, tone(0.6)) is None
-            heard = await participant.wait_heard(timeout=TIMEOUT)
-            pcm = await heard.pcm()
-            assert heard.user_id == discord_.bot_user_id
-            assert 0.5 <= heard.duration <= 0.7
+            await participant.wait_heard(timeout=TIMEOUT)
+            await participant.wait_quiet(timeout=TIMEOUT)
+            # A loaded machine can stall discord.py's player past the participant's 0.3 s utterance
+            # gap and split the tone in two: count every utterance heard, not only the first.
+            heard = participant.heard
+            assert {u.user_id for u in heard} == {discord_.bot_user_id}
+            pcm = b"".join([await u.pcm() for u in heard])
+            assert 0.5 <= sum(u.duration for u in heard) <= 0.7
             samples = np.frombuffer(pcm, dtype="<i2")
             assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 1000  # clearly not silence
             assert participant.decrypt_failures == 0

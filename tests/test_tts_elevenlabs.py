@@ -220,7 +220,9 @@ async def test_death_mid_stream_is_never_retried(fake: FakeElevenLabs) -> None:
 
 
 async def test_stall_before_first_byte_times_out_and_retries(fake: FakeElevenLabs) -> None:
-    engine = make_engine(fake, max_attempts=2, first_byte_timeout=0.2)
+    # The first try's stall is endless, so it always times out; the second try's first byte has to
+    # beat the same timeout, which on a loaded machine 0.2 s did not always give it.
+    engine = make_engine(fake, max_attempts=2, first_byte_timeout=2.0)
     stall = Stall()
     fake.script(stall)
     audio = await collect(engine, "Hello.")  # first try stalls, second succeeds
