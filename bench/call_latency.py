@@ -6,7 +6,8 @@ the bot's web server (signed webhook, TwiML, Media Streams WebSocket), says an e
 the bot's :class:`~bot.phone.call.PhoneCall` decodes it in process, cuts it with the VAD segmenter
 and feeds ``VoiceSession`` → ``DeepgramSTT`` (the caller's μ-law as is) → an ``Agent`` with ``OpenAIEngine``
 → ``ElevenLabsEngine`` → μ-law → ``media`` frames. The providers are the timed loopback fakes of
-``bench.providers`` (the same ones and the same timings as ``bench.latency``'s Discord figures).
+``bench.latency`` (:class:`bench.latency.Providers`: the same ones, with the same timings, as the
+Discord figures; the fake Deepgram decodes the μ-law it is sent, as the service does).
 Their fake TTS speaks only ``pcm_48000``, so here the 48 kHz PCM is resampled to μ-law in process
 (soxr's streaming resampler holds back about 80 ms of input before its first output, which at the
 fake's 4x speed is most of ``first_tts_audio_to_first_frame``); in production ElevenLabs is asked
@@ -32,7 +33,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,6 @@ import soxr
 
 __all__ = ["measure_call_waits", "run", "main"]
 
-KEY = "bench-key"
 ACCOUNT = "AC" + "b" * 32
 AUTH = "bench-auth-token"
 PUBLIC = "https://bench.invalid"
@@ -62,12 +61,20 @@ def _pct(values: Sequence[float]) -> dict[str, float | None]:
             "mean": round(float(arr.mean()), 1), "min": round(float(arr.min()), 1), "max": round(float(arr.max()), 1)}
 
 
-async def measure_call_waits(turns: int = 10, *, warmup: int = 1, timings: Any = None,
+def _voiced_frames(pcm8k: bytes) -> int:
+    """How many 20 ms frames of the phrase the fake Deepgram will count as speech."""
+    from tests.fakes.deepgram_server import is_voiced_frame
+
+    frame = 320  # 20 ms of s16le at 8 kHz
+    return sum(is_voiced_frame(pcm8k[i:i + frame]) for i in range(0, len(pcm8k) - frame + 1, frame))
+
+
+async def measure_call_waits(turns: int = 10, *, warmup: int = 1,
                              end_silence_ms: int = 600, turn_timeout: float = 30.0) -> dict[str, Any]:
     """Run ``warmup + turns`` loopback calls; return the waits (ms) and their breakdown as a dict."""
     from audio.stt.deepgram import DeepgramSTT
     from audio.tts.elevenlabs import ElevenLabsEngine
-    from bench.providers import ProviderThread, Timings
+    from bench import latency
     from bot.agent import Agent
     from bot.agent.character import default_character
     from bot.agent.engines.openai_engine import OpenAIEngine
@@ -78,21 +85,22 @@ async def measure_call_waits(turns: int = 10, *, warmup: int = 1, timings: Any =
     from bot.phone.service import PhoneService, TwilioCalls
     from bot.web import WebServer, create_app
 
-    timings = timings or Timings()
     loop = asyncio.get_running_loop()
     phrase = await loop.run_in_executor(None, _phrase_8k, PHRASE)
+    voiced = _voiced_frames(phrase)
     waits: list[float] = []
     heard: list[float] = []
     vad_end: list[float] = []
     stages: dict[str, list[float]] = {}
     started = time.monotonic()
-    with ProviderThread(timings) as providers:
+    with latency.Providers() as providers:
         db = Database.in_memory()
         memory = Memory(db)
-        engine = OpenAIEngine(api_key=KEY, base_url=f"{providers.http_url}/v1", model="bench-model")
+        llm, dg, el = providers.openai, providers.deepgram, providers.elevenlabs
+        engine = OpenAIEngine(api_key=llm.api_key, base_url=llm.base_url, model=llm.models[0])
         agent = Agent(default_character(), engine, memory)
-        stt = DeepgramSTT(KEY, base_url=providers.http_url, ws_url=providers.deepgram_url)
-        tts = ElevenLabsEngine(api_key=KEY, base_url=providers.http_url)
+        stt = DeepgramSTT(dg.api_key, base_url=dg.http_url, ws_url=dg.ws_url)
+        tts = ElevenLabsEngine(api_key=el.api_key, base_url=el.url)
         async with LoopbackTwilio(bot_url="http://127.0.0.1:1", public_url=PUBLIC, account_sid=ACCOUNT,
                                   auth_token=AUTH) as twilio:
             phone = PhoneService(
@@ -109,6 +117,7 @@ async def measure_call_waits(turns: int = 10, *, warmup: int = 1, timings: Any =
                     await call.wait_for(lambda: call.call_sid in phone.calls, turn_timeout)
                     bot = phone.calls[call.call_sid]
                     await asyncio.wait_for(bot.started.wait(), turn_timeout)
+                    providers.script.say([(PHRASE, voiced)])  # what the fake recognizer will hear
                     await call.speak_pcm(phrase, trailing_silence=0.0)
                     speech_end = call.speech_sent_until
                     # Twilio keeps sending the line's silence until the reply starts.
@@ -147,7 +156,10 @@ async def measure_call_waits(turns: int = 10, *, warmup: int = 1, timings: Any =
         "end_of_speech_detected_ms": _pct(vad_end),
         "stages_ms_p50": {k: _pct(v)["p50"] for k, v in stages.items()},
         "end_silence_ms": end_silence_ms,
-        "provider_timings": asdict(timings),
+        "provider_timings": {"connect_ms": latency.CONNECT_DELAY * 1000, "stt_final_ms": latency.STT_FINALIZE_DELAY * 1000,
+                             "llm_first_token_ms": latency.LLM_FIRST_TOKEN * 1000,
+                             "llm_tokens_per_second": latency.LLM_TOKENS_PER_SECOND,
+                             "tts_first_audio_ms": latency.TTS_FIRST_AUDIO * 1000, "tts_speed": latency.TTS_SPEED},
         "path": "mulaw 8k in -> VAD -> Deepgram mulaw 8k (as received) -> OpenAI -> ElevenLabs pcm_48000 -> soxr -> mulaw out",
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import call_latency
 from bot.settings import Secret, Settings
 
 __all__ = [
@@ -115,7 +116,7 @@ VOICE_RMS = 300.0  # trimming: quieter 20 ms frames at the ends of espeak-ng's o
 class BenchConfig:
     """What one benchmark run does."""
 
-    configs: tuple[str, ...] = ("local", "cloud")
+    configs: tuple[str, ...] = ("local", "cloud", "call")  # call: a phone call on the cloud fakes
     utterances: tuple[tuple[tuple[str, ...], float], ...] = UTTERANCES
     warmup: bool = True
     compare: bool = False  # also run the baseline settings
@@ -123,6 +124,7 @@ class BenchConfig:
     settle_timeout: float = 60.0  # failure guard per utterance
     overrides: dict[str, Any] = field(default_factory=dict)  # settings for the measured runs
     two_guilds: bool = True  # local: also time two guilds' finals at the same moment
+    call_turns: int = 10  # call: loopback phone calls measured (bench.call_latency)
 
 
 # --------------------------------------------------------------------------------------------- speech
@@ -524,7 +526,7 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as stack:
             providers = stack.enter_context(Providers()) if "cloud" in cfg.configs else None
-            for kind in cfg.configs:
+            for kind in (k for k in cfg.configs if k != "call"):
                 if cfg.compare:
                     base = _settings_for(kind, providers, BASELINE_SETTINGS)
                     baseline[kind] = await run_config(kind, base, speech, cfg, providers if kind == "cloud" else None,
@@ -533,9 +535,14 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm)
         two = await two_at_once(speech) if "local" in cfg.configs and cfg.two_guilds else None
+        # Beside the Discord figures: the same wait on a phone call (Twilio Media Streams, μ-law).
+        call = await call_latency.measure_call_waits(cfg.call_turns) if "call" in cfg.configs else None
     finally:
         loopback_log.setLevel(level)
-    return summarize(results, baseline, cfg, time.monotonic() - started, two)
+    summary = summarize(results, baseline, cfg, time.monotonic() - started, two)
+    if call is not None:
+        summary["call"] = call
+    return summary
 
 
 def _lines(name: str, r: dict[str, Any]) -> Iterator[str]:
@@ -558,6 +565,11 @@ def describe(result: dict[str, Any]) -> str:
             lines += _lines(f"baseline {kind}", r)
     if "two_guilds_stt" in result.get("local", {}):
         lines.append(f"local STT, two guilds at once: {result['local']['two_guilds_stt']}")
+    if "call" in result:
+        call = result["call"]
+        lines.append(f"phone call (cloud fakes): wait p50 {call['wait_ms']['p50']} ms, p95 {call['wait_ms']['p95']} ms "
+                     f"over {call['turns']} calls (deciding the caller stopped: p50 "
+                     f"{call['end_of_speech_detected_ms']['p50']} ms)")
     lines.append(f"machine: {result['machine']}")
     return "\n".join(lines)
 
@@ -566,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the benchmark, print the JSON line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="only the JSON line")
-    parser.add_argument("--configs", default="local,cloud", help="comma-separated: local, cloud")
+    parser.add_argument("--configs", default="local,cloud,call", help="comma-separated: local, cloud, call")
     parser.add_argument("--compare", action="store_true", help="also run the settings from before (baseline)")
     parser.add_argument("--utterances", type=int, default=len(UTTERANCES), help="use the first N utterances")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -574,9 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
-    bad = [c for c in configs if c not in ("local", "cloud")]
+    bad = [c for c in configs if c not in ("local", "cloud", "call")]
     if bad or not configs:
-        parser.error(f"--configs: unknown {bad or 'nothing'}; use local and/or cloud")
+        parser.error(f"--configs: unknown {bad or 'nothing'}; use local, cloud and/or call")
     overrides: dict[str, Any] = {}
     for item in args.set:
         name, _, value = item.partition("=")

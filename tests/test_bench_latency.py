@@ -37,3 +37,13 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "--compare" in capsys.readouterr().out
+
+
+async def test_the_call_figure_sits_beside_the_discord_ones() -> None:
+    from bench.latency import run_benchmark
+
+    cfg = BenchConfig(configs=("call",), warmup=False, call_turns=1)
+    result = await run_benchmark(cfg)
+    call = json.loads(json.dumps(result))["call"]
+    assert call["benchmark"] == "call_latency" and call["turns"] == 1
+    assert call["wait_ms"]["p50"] is not None and "phone call" in describe(result)

@@ -169,11 +169,21 @@ class FakeConnection:
 class _Recognizer:
     """Per-connection speech state on the connection's own audio clock."""
 
+    def linear(self, data: bytes) -> bytes:
+        """The received bytes as s16le (μ-law decoded when the connection asked for it)."""
+        if not self.mulaw:
+            return data
+        from bot.phone.audio import mulaw_decode
+
+        return mulaw_decode(data)
+
     def __init__(self, conn: FakeConnection, vocabulary: Mapping[int, str]) -> None:
         self.conn = conn
         self.vocabulary = vocabulary
         rate = int(conn.param("sample_rate") or 16000)
         self.frame_bytes = 2 * int(rate * FRAME_SECONDS)
+        # encoding=mulaw (a phone call's audio): the service decodes G.711; so does the fake.
+        self.mulaw = conn.param("encoding") == "mulaw"
         self.buffer = bytearray()
         self.frames = 0
         self.words: list[FakeWord] = []  # since the last final (v1) / in the current turn (v2)
@@ -526,7 +536,7 @@ class FakeDeepgram:
         endpoint_ms = float(endpointing) if endpointing and endpointing not in ("false", "true") else None
         utterance_end = conn.param("utterance_end_ms")
         utterance_end_ms = float(utterance_end) if utterance_end else None
-        for event, detail in rec.feed(data):
+        for event, detail in rec.feed(rec.linear(data)):
             if event == "speech_started" and conn.param("vad_events") == "true":
                 await self._send(ws, conn, {"type": "SpeechStarted", "channel": [0, 1], "timestamp": detail})
             elif event == "silence":
@@ -580,7 +590,7 @@ class FakeDeepgram:
     async def _flux_audio(self, ws: ServerConnection, conn: FakeConnection, rec: _Recognizer, request_id: str, data: bytes) -> None:
         timeout = conn.param("eot_timeout_ms")
         eot_ms = float(timeout) if timeout else 500.0
-        for event, detail in rec.feed(data):
+        for event, detail in rec.feed(rec.linear(data)):
             if event == "speech_started":
                 msg = self._turn_info(rec, request_id, "StartOfTurn")
                 msg["sequence_id"] = len(conn.sent)
