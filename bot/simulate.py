@@ -589,7 +589,7 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
     replies, turns = await _replies(timings, host.heard, by_id, spoke_until)
     saved: list[Path] = []
     if options.out_dir is not None:
-        saved = await loop.run_in_executor(None, _save, options.out_dir, replies)
+        saved = await loop.run_in_executor(None, save_replies, options.out_dir, replies)
     return SimulationResult(
         transcripts=tuple(Transcribed(t.name, t.text) for t in heard),
         replies=tuple(replies),
@@ -686,17 +686,19 @@ async def _joined_pcm(utterances: list[HeardUtterance]) -> bytes:
     return bytes(out)
 
 
-def _save(directory: Path, replies: list[SpokenReply]) -> list[Path]:
+def save_replies(directory: Path, replies: Sequence[SpokenReply], *, prefix: str = "reply", channels: int = 2,
+          rate: int = 48000) -> list[Path]:
+    """Each reply's PCM (s16le, ``channels`` at ``rate``) as ``{prefix}-NN.wav`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, reply in enumerate(replies, 1):
         if not reply.pcm:
             continue
-        path = directory / f"reply-{i:02d}.wav"
+        path = directory / f"{prefix}-{i:02d}.wav"
         with wave.open(str(path), "wb") as wav:
-            wav.setnchannels(2)
+            wav.setnchannels(channels)
             wav.setsampwidth(2)
-            wav.setframerate(48000)
+            wav.setframerate(rate)
             wav.writeframes(reply.pcm)
         paths.append(path)
     return paths

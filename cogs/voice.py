@@ -114,6 +114,15 @@ class VoiceCog(commands.Cog, name="Voice"):
             member = found
         return member
 
+    def _require_in_call(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel,
+                         refusal: str) -> None:
+        """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError`."""
+        member = self._caller(interaction)
+        in_call = member.voice is not None and member.voice.channel is not None \
+            and member.voice.channel.id == channel.id
+        if not in_call and not interaction.permissions.manage_guild:
+            raise VoiceCommandError(refusal)
+
     @staticmethod
     async def _answer(interaction: discord.Interaction, text: str) -> None:
         """Reply ephemerally, whether or not the interaction was deferred."""
@@ -177,11 +186,8 @@ class VoiceCog(commands.Cog, name="Voice"):
             gv = self.manager.connection(interaction.guild_id)
             if gv is None:
                 raise VoiceCommandError("I'm not in a voice channel in this server, so there is no call to transcribe.")
-            member = self._caller(interaction)
-            in_call = member.voice is not None and member.voice.channel is not None \
-                and member.voice.channel.id == gv.channel.id
-            if not in_call and not interaction.permissions.manage_guild:
-                raise VoiceCommandError(f"The transcript is for the people in {gv.channel.mention}; join it first.")
+            self._require_in_call(interaction, gv.channel,
+                                  f"The transcript is for the people in {gv.channel.mention}; join it first.")
             data, name, cut = self.manager.transcript(interaction.guild_id)
         except VoiceCommandError as exc:
             await self._answer(interaction, str(exc))
@@ -205,11 +211,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             gv = self.manager.connection(interaction.guild_id)
             if gv is None:
                 raise VoiceCommandError("I'm not in a voice channel in this server. Use `/join` first.")
-            member = self._caller(interaction)
-            in_channel = member.voice is not None and member.voice.channel is not None \
-                and member.voice.channel.id == gv.channel.id
-            if not in_channel and not interaction.permissions.manage_guild:
-                raise VoiceCommandError(f"Join {gv.channel.mention} to make me speak there.")
+            self._require_in_call(interaction, gv.channel, f"Join {gv.channel.mention} to make me speak there.")
             if not text.strip():
                 raise VoiceCommandError("There's nothing to say in that.")
             await interaction.response.defer(ephemeral=True, thinking=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.settings import Secret, Settings
-from bot.simulate import SimulationError, SpokenReply, Transcribed, TurnReport, _ms, attribute_heard
+from bot.simulate import SimulationError, SpokenReply, Transcribed, TurnReport, _ms, attribute_heard, save_replies
 
 if TYPE_CHECKING:
     from bot.phone.call import PhoneCall
@@ -231,17 +231,6 @@ async def simulate_call(wav: Path, settings: Settings, *, out_dir: Path | None =
 
 
 def _save(directory: Path, replies: list[SpokenReply]) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, reply in enumerate(replies, 1):
-        if not reply.pcm:
-            continue
-        path = directory / f"call-reply-{i:02d}.wav"
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(8000)
-            out.writeframes(reply.pcm)
-        paths.append(path)
-    return paths
+    """The caller's side of each reply (μ-law decoded: mono 8 kHz) as ``call-reply-NN.wav``."""
+    return save_replies(directory, replies, prefix="call-reply", channels=1, rate=8000)
 
