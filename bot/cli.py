@@ -312,9 +312,7 @@ def cmd_check(settings: Settings, out: TextIO) -> int:
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """``voicebot simulate``: the bot in a loopback voice call with scripted speakers (no Discord needed)."""
-    import json
-
-    from bot.simulate import SimulateArgumentError, SimulationError, build_options, simulate
+    from bot.simulate import SimulateArgumentError, build_options, simulate
 
     if args.call is not None:
         return _simulate_call(args, settings, out)
@@ -323,27 +321,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     except SimulateArgumentError as exc:
         sys.stderr.write(f"voicebot simulate: {exc}\n")
         return 2
-    try:
-        result = asyncio.run(simulate(options, settings))
-    except SimulationError as exc:
-        sys.stderr.write(f"voicebot simulate: {exc}\n")
-        return 2 if exc.setup else 1
-    except KeyboardInterrupt:
-        return 130
-    if args.json:
-        out.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
-    else:
-        out.write(result.format_text())
-    return 0 if result.completed else 1
+    return _report_simulation(simulate(options, settings), args, out)
 
 
 def _simulate_call(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """``voicebot simulate --call FILE.wav``: a loopback phone call through Twilio Media Streams."""
-    import json
     from pathlib import Path
 
     from bot.phone.simulate import simulate_call
-    from bot.simulate import SimulateArgumentError, SimulationError, check_wav
+    from bot.simulate import SimulateArgumentError, check_wav
 
     if args.at:
         sys.stderr.write("voicebot simulate: --at is for --speak; a --call has one caller\n")
@@ -354,8 +340,19 @@ def _simulate_call(args: argparse.Namespace, settings: Settings, out: TextIO) ->
     except SimulateArgumentError as exc:
         sys.stderr.write(f"voicebot simulate: --call {exc}\n")
         return 2
+    return _report_simulation(simulate_call(wav, settings, out_dir=Path(args.out).expanduser() if args.out else None),
+                              args, out)
+
+
+def _report_simulation(run: Any, args: argparse.Namespace, out: TextIO) -> int:
+    """Run a simulation (a voice channel's or a call's) and print its report: 0 when it ran to the
+    end, 1 when it gave up waiting, 2 when it could not start."""
+    import json
+
+    from bot.simulate import SimulationError
+
     try:
-        result = asyncio.run(simulate_call(wav, settings, out_dir=Path(args.out).expanduser() if args.out else None))
+        result = asyncio.run(run)
     except SimulationError as exc:
         sys.stderr.write(f"voicebot simulate: {exc}\n")
         return 2 if exc.setup else 1
