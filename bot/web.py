@@ -179,7 +179,7 @@ async def serve(
         sms = service
         health = {**(health or {}), "sms": lambda: not sms.draining}  # a load balancer sees the drain
     else:
-        log.info("SMS is not configured; serving /healthz only")
+        log.info("SMS is not configured: no Twilio SMS webhooks")
     phone: PhoneService | None = None
     if settings.phone_enabled:
         from bot.phone.service import build_phone
