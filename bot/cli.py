@@ -105,10 +105,15 @@ async def _run_bot(settings: Settings) -> None:
     stop_web = asyncio.Event()
     # SIGTERM (a platform's restart or deploy) closes the bot like Ctrl-C, so the web side drains
     # its SMS replies below instead of the process dying with them.
-    closing: set[asyncio.Task[None]] = set()
+    start: asyncio.Task[None] | None = None
+    stopping = asyncio.Event()
+
+    def on_sigterm() -> None:
+        stopping.set()
+        if start is not None and not start.done():
+            start.cancel()  # login, setup_hook or the gateway: `async with bot` then closes it fully
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGTERM, lambda: closing.add(asyncio.create_task(bot.close(), name="sigterm-close")))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         # The console (always) and SMS (when configured) answer through the same agent and memory;
         # the web server lives beside the gateway.
@@ -125,10 +130,16 @@ async def _run_bot(settings: Settings) -> None:
             await _until_listening(listening, web_task)
         else:
             web_task.add_done_callback(report_web_failure)  # the console alone: logged, the bot goes on
+        if stopping.is_set():
+            return  # SIGTERM while binding the web server: never log in
         async with bot:
-            await bot.start(settings.discord_token.get())
+            start = asyncio.create_task(bot.start(settings.discord_token.get()), name="discord")
+            try:
+                await start
+            except asyncio.CancelledError:
+                if not stopping.is_set() or not start.cancelled():
+                    raise
     finally:
-        await asyncio.gather(*closing, return_exceptions=True)
         if web_task is not None:
             stop_web.set()
             await asyncio.gather(web_task, return_exceptions=True)

@@ -185,6 +185,12 @@ async def serve(
         from bot.phone.service import build_phone
 
         phone = build_phone(settings, agent=agent, memory=memory, db=db)
+    from bot.console.app import is_loopback
+
+    if (service is not None or phone is not None) and is_loopback(settings.web_host):
+        log.warning("Twilio webhooks are configured but WEB_HOST=%s accepts only connections from this machine: "
+                    "set WEB_HOST=0.0.0.0 (and CONSOLE_TOKEN), unless a proxy on this machine forwards them",
+                    settings.web_host)
     server = WebServer(create_app(health=health, webhooks=webhooks, phone=phone, mounts=mounts), settings.web_host,
                        settings.web_port)
     stop = stop or asyncio.Event()
@@ -196,13 +202,18 @@ async def serve(
             ready(server)
         await stop.wait()
     finally:
+        # SMS webhooks answer 503 (Twilio retries) while replies in flight get their grace period, and
+        # the phone turns new calls away and ends the ones in progress at the same time; the server
+        # stays up meanwhile so Twilio gets those answers rather than a refused connection.
+        closers = []
         if service is not None:
-            # Webhooks answer 503 (Twilio retries) while replies in flight get their grace period;
-            # the server stays up meanwhile so Twilio gets that answer rather than a refused connection.
-            await service.aclose(settings.sms_shutdown_grace)
+            closers.append(service.aclose(settings.sms_shutdown_grace))
         if phone is not None:
-            await phone.aclose()
-        await server.stop()
+            closers.append(phone.aclose())
+        try:
+            await asyncio.gather(*closers)
+        finally:
+            await server.stop()
 
 
 def run_web_forever(settings: Settings) -> int:

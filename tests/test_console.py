@@ -395,3 +395,29 @@ async def test_the_session_reports_every_outcome_to_the_metrics() -> None:
                       provider="scripted", kind="stt") >= 3
     finally:
         await services.aclose()
+
+
+async def test_behind_a_proxy_on_this_machine_the_console_needs_its_token() -> None:
+    # nginx's default `proxy_pass http://127.0.0.1:8080;` sends Host: 127.0.0.1:8080; with PUBLIC_URL
+    # set the server is reached from outside, so loopback no longer means "this machine's owner".
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.console import Console, Metrics, mount
+    from bot.db import Database
+    from bot.services import build_services
+    from bot.settings import Settings
+    from bot.web import create_app
+
+    settings = Settings(public_url="https://bot.example.com")  # WEB_HOST 127.0.0.1, no CONSOLE_TOKEN
+    services = await build_services(settings, db=Database.in_memory())
+    console = Console(services, metrics=Metrics())
+    client = TestClient(TestServer(create_app(mounts=[lambda app: mount(app, console)]), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        headers = {"Host": "127.0.0.1:8080", "X-Forwarded-For": "203.0.113.9"}
+        for path in ("/console/state", "/metrics", "/"):
+            response = await client.get(path, headers=headers)
+            assert response.status in (401, 403), (path, response.status)
+    finally:
+        await client.close()
+        await services.aclose()

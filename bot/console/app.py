@@ -67,7 +67,9 @@ class _Access:
     """Who may use which route; every refusal is one log line and a plain-text answer."""
 
     def __init__(self, settings: Settings) -> None:
-        self.open = is_loopback(settings.web_host)
+        # With PUBLIC_URL the server is reached from outside, often through a proxy on this machine
+        # (nginx's default proxy_pass sends Host: 127.0.0.1:PORT): the console then needs its token.
+        self.open = is_loopback(settings.web_host) and not settings.public_url
         self.console_token = settings.console_token.get() if settings.console_token else None
         metrics = settings.metrics_token or settings.console_token
         self.metrics_token = metrics.get() if metrics else None

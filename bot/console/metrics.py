@@ -348,10 +348,11 @@ class _MeteredSTT(STTEngine):
         self.name = inner.name
         self._metrics = metrics
 
-    def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> STTStream:
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000, **options: str) -> STTStream:
+        # ``options``: what an engine takes per stream (Deepgram: a guild's language, a call's encoding).
         self._metrics.request(self.name, "stt")
         try:
-            stream = self.inner.open_stream(speaker=speaker, sample_rate=sample_rate)
+            stream = self.inner.open_stream(speaker=speaker, sample_rate=sample_rate, **options)
         except STTError as exc:
             self._metrics.error(self.name, "stt", str(exc))
             raise
@@ -412,7 +413,7 @@ class _MeteredEngine:
 
         incoming = conversation.incoming
         channel = "sms" if incoming.modality == Modality.SMS else "text"
-        counted = incoming.modality != Modality.VOICE
+        counted = incoming.modality not in (Modality.VOICE, Modality.CALL)  # those count in their sessions
         started = self._clock()
         first: float | None = None
         self._metrics.request(self.name, "agent")

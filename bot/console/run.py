@@ -73,8 +73,4 @@ def run_console(settings: Settings, out: TextIO) -> int:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    except OSError as exc:  # address in use, or not allowed to bind
-        out.write(f"voicebot: cannot start the console on {settings.web_host}:{settings.web_port}: "
-                  f"{exc.strerror or exc}. Set WEB_PORT to a free port.\n")
-        return 1
-    return 0
+    return 0  # a bind or DATA_DIR error goes to run_command's describe_failure (WEB_PORT / WEB_HOST / DATA_DIR)

@@ -261,15 +261,16 @@ class _ObservedSTT(STTEngine):
         self.name = engine.name
         self._on_error = on_error
 
-    def open_stream(self, *, speaker: str, sample_rate: int = 16000) -> STTStream:
+    def open_stream(self, *, speaker: str, sample_rate: int = 16000, **options: str) -> STTStream:
         if self.engine.name == "deepgram" and sample_rate == MULAW_RATE:
             # Deepgram takes the call's μ-law as is (encoding=mulaw&sample_rate=8000): the PCM the
             # session hands over re-encodes to the bytes Twilio sent (negative zero becomes positive
             # zero, the same silence), half the bytes of PCM and no resampling.
             inner = self.engine.open_stream(speaker=speaker, sample_rate=MULAW_RATE,  # type: ignore[call-arg]
-                                            encoding="mulaw")
+                                            encoding="mulaw", **options)
             return _ObservedStream(inner, self._on_error, encode=mulaw_encode)
-        return _ObservedStream(self.engine.open_stream(speaker=speaker, sample_rate=sample_rate), self._on_error)
+        return _ObservedStream(self.engine.open_stream(speaker=speaker, sample_rate=sample_rate, **options),
+                               self._on_error)
 
     async def check(self) -> str:
         return await self.engine.check()

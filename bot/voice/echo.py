@@ -58,21 +58,27 @@ class EchoGuard:
         self.min_match = min_match  # share of the heard words that must be found in the bot's words
         self.clock = clock
         self._said: deque[_Said] = deque()
-        self._playing: _Said | None = None  # the sentence playing now (its end still open)
+        self._playing: list[_Said] = []  # what is playing now (more than one: /say during a reply)
         self.dropped = 0  # transcripts recognised as echo (finals and interims)
 
     # ------------------------------------------------------------------ the bot's side
 
-    def playing(self, text: str) -> None:
-        """The bot started playing ``text``."""
+    def playing(self, text: str) -> _Said:
+        """The bot started playing ``text``; pass the handle to :meth:`said` when it ends."""
         now = self.clock()
-        self._playing = _Said(tuple(words_of(text)), now, now)
+        entry = _Said(tuple(words_of(text)), now, now)
+        self._playing.append(entry)
+        return entry
 
-    def said(self, text: str, *, started: float | None = None, ended: float | None = None) -> None:
+    def said(self, text: str, *, playing: _Said | None = None, started: float | None = None,
+             ended: float | None = None) -> None:
         """The bot finished playing: ``text`` is all of it, or the part heard before it was stopped."""
         now = self.clock()
-        start = started if started is not None else (self._playing.started if self._playing else now)
-        self._playing = None
+        if playing is None and self._playing:
+            playing = self._playing[-1]  # without a handle: the latest that started
+        if playing is not None and playing in self._playing:
+            self._playing.remove(playing)
+        start = started if started is not None else (playing.started if playing is not None else now)
         words = tuple(words_of(text))
         if words:
             self._said.append(_Said(words, start, ended if ended is not None else now))
@@ -91,9 +97,7 @@ class EchoGuard:
             return False
         now = self.clock()
         start = speech_started if speech_started is not None else now
-        spans = list(self._said)
-        if self._playing is not None:
-            spans.append(_Said(self._playing.words, self._playing.started, now))
+        spans = [*self._said, *(_Said(p.words, p.started, now) for p in self._playing)]
         candidates: list[str] = []
         during = False  # the person's speech began while the bot was still talking
         for said in spans:

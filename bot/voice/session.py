@@ -221,6 +221,7 @@ class VoiceSession:
         self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
         self.speculate = speculate and self.turn_detection is not None
         self._speculations: dict[int, _Speculation] = {}
+        self._held_notices: dict[int, str] = {}  # user id -> a notice whose reply was thrown away
         self.speculations_started = 0
         self.speculations_wasted = 0  # speculative replies thrown away (the person went on, or it failed)
         self.agent = agent
@@ -416,7 +417,8 @@ class VoiceSession:
                 log.info("dropped invented text (%s) from %s", reason, person.user_id, extra={"room": self.room})
                 text = ""
         if transcript.turn_event:
-            self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock())
+            self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock(),
+                                transcript.language)
         if not transcript.is_final:
             if text and self._talking_over(person):
                 self._barge(person)
@@ -429,6 +431,8 @@ class VoiceSession:
         if transcript.end_of_turn:
             person.turn_ends += 1
             self._touch()
+        if transcript.end_of_turn and not person.finals and person.candidate is None:
+            self._discard_speculation(person.user_id)  # an eager guess whose words turned out to be nothing
         if transcript.end_of_turn and person.finals:
             now = transcript.received_at or self.clock()
             ended = person.ended_at if person.ended_at is not None else now
@@ -445,7 +449,8 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ end of turn
 
-    def _on_turn_event(self, person: Participant, event: str, text: str, now: float) -> None:
+    def _on_turn_event(self, person: Participant, event: str, text: str, now: float,
+                       heard: str | None = None) -> None:
         """Flux's own turn guesses: ``eager`` prepares a reply (played only when the turn ends),
         ``resumed`` throws it away."""
         if event == "resumed":
@@ -457,7 +462,7 @@ class VoiceSession:
                 and self.policy.wants(person.user_id, text, humans_present=self._room_of(person))):
             ended = person.ended_at if person.ended_at is not None else now
             turn = PendingTurn(person.user_id, person.name, " ".join([*person.finals, text]), ended_at=ended,
-                               final_at=now, humans_present=person.humans_at_start, language=person.language)
+                               final_at=now, humans_present=person.humans_at_start, language=heard or person.language)
             self._speculations[person.user_id] = _Speculation(self, turn)
             self.speculations_started += 1
 
@@ -469,7 +474,7 @@ class VoiceSession:
         """The words of a pause are in: end the turn when the rule says, unless the person goes on."""
         assert self.turn_detection is not None
         early = self._speculations.get(person.user_id)
-        if early is not None and _same_words(early.turn.text, turn.text):
+        if early is not None and _same_words(early.turn.text, turn.text) and early.turn.language == turn.language:
             self._speculations.pop(person.user_id)  # an eager guess with these words: keep its reply
         else:
             early = None
@@ -507,9 +512,16 @@ class VoiceSession:
     def _discard_speculation(self, user_id: int) -> None:
         spec = self._speculations.pop(user_id, None)
         if spec is not None:
+            self._keep_notice(spec)
             self.speculations_wasted += 1
             log.debug("speculative reply to %s thrown away", user_id, extra={"room": self.room})
             self._spawn(self._cancel_speculation(spec), f"speculation-cancel-{user_id}")
+
+    def _keep_notice(self, spec: _Speculation) -> None:
+        """A one-time notice (an unsupported language) chosen for a reply that is thrown away is
+        posted with this person's next answer instead of being lost."""
+        if spec.notice:
+            self._held_notices[spec.turn.user_id] = spec.notice
 
     async def _cancel_speculation(self, spec: _Speculation) -> None:
         streaming = not spec.produce.done()
@@ -529,7 +541,9 @@ class VoiceSession:
         if self._mirror is not None:
             self._spawn(self._mirror(turn.name, turn.text), "mirror-user")
         humans = turn.humans_present if turn.humans_present is not None else self.humans_present()
+        dropped = self.policy.dropped_count
         if self.policy.offer(turn, humans_present=humans):
+            self._forget_dropped(dropped)  # a full queue let an older turn go
             self._kick()
             return
         self._report("ignored", None)
@@ -546,7 +560,9 @@ class VoiceSession:
 
     async def _respond_loop(self) -> None:
         while not self._closed:
+            dropped = self.policy.dropped_count
             turn = self.policy.next_turn()
+            self._forget_dropped(dropped)
             if turn is None:
                 return
             try:
@@ -561,6 +577,16 @@ class VoiceSession:
                 self.answered.notify_all()
             self._touch()
 
+    def _forget_dropped(self, before: int) -> None:
+        """Turns the policy dropped as stale (or for a full queue) since it held ``before``: no
+        reply was started for them after all, and the console counts them as ignored."""
+        new = min(self.policy.dropped_count - before, len(self.policy.dropped))
+        for turn, _reason in self.policy.dropped[len(self.policy.dropped) - new:]:
+            spec = self._speculations.get(turn.user_id)
+            if spec is not None and spec.turn.text == turn.text:  # not a newer turn's
+                self._discard_speculation(turn.user_id)
+            self._report("ignored", None)
+
     def _choose_language(self, turn: PendingTurn) -> tuple[str | None, str | None]:
         """The language to answer ``turn`` in (None: the default) and a notice to post first, if any."""
         if self.choose_language is None:
@@ -573,23 +599,29 @@ class VoiceSession:
         if spec is not None and spec.turn.text != turn.text:
             # Merged with earlier words in the queue (or otherwise changed): not this answer.
             self.speculations_wasted += 1
+            self._keep_notice(spec)
             await self._cancel_speculation(spec)
             spec = None
         first: tuple[str, _Prefetch] | None = None
         self._barge_in.clear()
         if spec is not None:
             timing, reply, produce = spec.timing, spec.reply, spec.produce
-            language, notice = spec.language, spec.notice
+            language, notice = spec.language, spec.notice or self._held_notices.pop(turn.user_id, None)
             self.reply_language = language
-            if notice:
-                await self._tell(notice)
-            timing.turn_end = self.clock()
-            reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
-            first = await spec.first_audio()
+            try:
+                if notice:
+                    await self._tell(notice)
+                timing.turn_end = self.clock()
+                reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
+                first = await spec.first_audio()
+            except BaseException:  # closed meanwhile: the speculative stream must not outlive the session
+                await spec.cancel()
+                raise
         else:
             timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
                                 speaker_name=turn.name, text=turn.text, turn_end=self.clock())
             language, notice = self._choose_language(turn)
+            notice = notice or self._held_notices.pop(turn.user_id, None)
             self.reply_language = language
             if notice:
                 await self._tell(notice)
@@ -730,13 +762,13 @@ class VoiceSession:
             return None
         self._speaking = True
         self._speaking_since = self.clock()
-        self.echo.playing(text)
+        playing = self.echo.playing(text)
         result: PlayResult | None = None
         try:
             result = await self.out.play(text, audio.chunks(), fmt)
         finally:
             self._speaking = False
-            self.echo.said(text if result is None else spoken_prefix(text, result.fraction))
+            self.echo.said(text if result is None else spoken_prefix(text, result.fraction), playing=playing)
             self._touch()
             audio.cancel()
         if timing is not None and timing.first_frame is None and result.first_frame_at is not None:

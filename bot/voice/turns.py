@@ -82,6 +82,7 @@ class TurnPolicy:
     _listening_until: dict[int, float] = field(default_factory=dict)
     _conversing_until: dict[int, float] = field(default_factory=dict)
     dropped: list[tuple[PendingTurn, str]] = field(default_factory=list)  # (turn, reason), bounded
+    dropped_count: int = 0  # every turn ever dropped (``dropped`` keeps only the last 50)
 
     # ------------------------------------------------------------------ decisions
 
@@ -168,3 +169,4 @@ class TurnPolicy:
     def _drop(self, turn: PendingTurn, reason: str) -> None:
         self.dropped.append((turn, reason))
         del self.dropped[:-50]
+        self.dropped_count += 1
