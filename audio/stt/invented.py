@@ -111,13 +111,19 @@ def _only_phrases(words: list[str]) -> bool:
 
 
 def _looped(words: list[str]) -> bool:
-    """Whether ``words`` is one phrase of two or more words repeated at least three times (a partial
-    last repeat allowed). A person saying "no no no" is one word repeated, and is kept."""
-    n = len(words)
+    """Whether ``words`` is mostly one phrase of two or more words said three times or more in a row
+    (Whisper's decoding loop, often after a few words of its own: "The first time I was a dealer,
+    now I'm going to be a dealer, now I'm going to be a dealer, now I'm going to be a dealer").
+    A person saying "no no no" repeats one word and is kept; so is a phrase said twice."""
+    n = min(len(words), 300)
     for size in range(2, n // 3 + 1):
-        unit = words[:size]
-        if all(words[i] == unit[i % size] for i in range(n)):
-            return True
+        for start in range(0, n - 3 * size + 1):
+            unit = words[start:start + size]
+            repeats = 1
+            while words[start + repeats * size:start + (repeats + 1) * size] == unit:
+                repeats += 1
+            if repeats >= 3 and repeats * size * 2 >= n:  # the loop is at least half of what was said
+                return True
     return False
 
 
