@@ -43,13 +43,15 @@ def test_unsure_single_words_and_non_speech_are_dropped() -> None:
                      "that was left zero", confidence=0.6) == "repetition"
     assert flt.check("The first time I was a left-dealer, now I'm going to be a left-dealer, now I'm going to "
                      "be a left-dealer, now I'm going to be a left-dealer.", confidence=0.6) == "repetition"
+    assert flt.check("and they'll be able to play the game last year. They'll be able to play the game last year "
+                     "and they'll be able to play the game last year.", confidence=0.6) == "repetition"
     assert flt.check("I said no no no no, not that one", confidence=0.8) is None
     assert flt.check("I'm not going to be able to do this, but I'm not going to be able to do this.",
                      confidence=0.6) is None  # said twice: people do that
     assert flt.check("Take the red one, the red one, the red one is mine and the blue one is yours and the "
                      "green one is hers, and that is all I will say about it today", confidence=0.8) is None
     assert flt.check("bye bye", confidence=0.9) is None
-    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2, "repetition": 2}
+    assert flt.dropped == {"low_confidence": 3, "non_speech": 1, "no_words": 2, "repetition": 3}
 
 
 @given(st.text(max_size=200))

@@ -111,19 +111,22 @@ def _only_phrases(words: list[str]) -> bool:
 
 
 def _looped(words: list[str]) -> bool:
-    """Whether ``words`` is mostly one phrase of two or more words said three times or more in a row
-    (Whisper's decoding loop, often after a few words of its own: "The first time I was a dealer,
-    now I'm going to be a dealer, now I'm going to be a dealer, now I'm going to be a dealer").
-    A person saying "no no no" repeats one word and is kept; so is a phrase said twice."""
-    n = min(len(words), 300)
-    for size in range(2, n // 3 + 1):
-        for start in range(0, n - 3 * size + 1):
-            unit = words[start:start + size]
-            repeats = 1
-            while words[start + repeats * size:start + (repeats + 1) * size] == unit:
-                repeats += 1
-            if repeats >= 3 and repeats * size * 2 >= n:  # the loop is at least half of what was said
-                return True
+    """Whether ``words`` is mostly one phrase of four or more words said three times or more (Whisper's
+    decoding loop on noise, often with a few words of its own around or between the repeats: "The
+    first time I was a dealer, now I'm going to be a dealer, now I'm going to be a dealer, now…";
+    "and they'll be able to play the game. They'll be able to play the game and they'll be able to
+    play the game"). A person repeating a short phrase ("no no no", "the red one, the red one") or
+    saying a sentence twice is kept."""
+    words = words[:200]
+    n = len(words)
+    for size in range(4, n // 3 + 1):
+        seen: dict[tuple[str, ...], list[int]] = {}
+        for start in range(n - size + 1):
+            positions = seen.setdefault(tuple(words[start:start + size]), [])
+            if not positions or start >= positions[-1] + size:  # non-overlapping occurrences
+                positions.append(start)
+                if len(positions) >= 3 and len(positions) * size * 2 >= n:  # at least half of it
+                    return True
     return False
 
 
