@@ -405,9 +405,7 @@ class SimulationResult:
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object."""
         return {
-            "transcripts": [{"speaker": t.speaker, "text": t.text} for t in self.transcripts],
-            "replies": [{"text": r.text, "audio_seconds": r.audio_seconds, "interrupted": r.interrupted}
-                        for r in self.replies],
+            **heard_and_replied_json(self.transcripts, self.replies),
             "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown,
                        "wait_ms": t.stages} for t in self.turns],
             "packets": dict(self.packets),
@@ -417,15 +415,7 @@ class SimulationResult:
 
     def format_text(self) -> str:
         """Readable lines for a person."""
-        lines = ["Heard:"]
-        lines += [f"  {t.speaker}: {t.text}" for t in self.transcripts] or ["  (nothing was transcribed)"]
-        lines.append("Replied:")
-        for i, r in enumerate(self.replies, 1):
-            cut = ", cut off" if r.interrupted else ""
-            to = f"to {r.to}, " if r.to else ""
-            lines.append(f"  {i}. ({to}{r.audio_seconds:.1f} s heard{cut}) {r.text}")
-        if not self.replies:
-            lines.append("  (no replies)")
+        lines = heard_and_replied_lines(self.transcripts, self.replies)
         if self.turns:
             lines.append("Wait per turn (ms), end of voice → first sound of the answer = pause noticed + "
                          "transcript + reply text + speech + playback + send (turn over: when the bot knew)")
@@ -450,6 +440,31 @@ class SimulationResult:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def heard_and_replied_json(transcripts: Sequence[Transcribed], replies: Sequence[SpokenReply]) -> dict[str, Any]:
+    """The ``transcripts`` and ``replies`` of a simulation's ``--json`` (voice channel or phone call)."""
+    return {
+        "transcripts": [{"speaker": t.speaker, "text": t.text} for t in transcripts],
+        "replies": [{"text": r.text, "audio_seconds": r.audio_seconds, "interrupted": r.interrupted}
+                    for r in replies],
+    }
+
+
+def heard_and_replied_lines(transcripts: Sequence[Transcribed], replies: Sequence[SpokenReply], *,
+                            show_to: bool = True) -> list[str]:
+    """The "Heard:" and "Replied:" lines of a simulation's text report (``show_to``: whom each reply
+    answered; a call has one caller)."""
+    lines = ["Heard:"]
+    lines += [f"  {t.speaker}: {t.text}" for t in transcripts] or ["  (nothing was transcribed)"]
+    lines.append("Replied:")
+    for i, r in enumerate(replies, 1):
+        cut = ", cut off" if r.interrupted else ""
+        to = f"to {r.to}, " if r.to and show_to else ""
+        lines.append(f"  {i}. ({to}{r.audio_seconds:.1f} s heard{cut}) {r.text}")
+    if not replies:
+        lines.append("  (no replies)")
+    return lines
 
 
 def attribute_heard(turn_starts: Sequence[float | None], utterance_starts: Sequence[float],

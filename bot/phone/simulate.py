@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.settings import Secret, Settings
-from bot.simulate import SimulationError, SpokenReply, Transcribed, TurnReport, _ms, attribute_heard, save_replies
+from bot.simulate import (
+    SimulationError,
+    SpokenReply,
+    Transcribed,
+    TurnReport,
+    _ms,
+    attribute_heard,
+    heard_and_replied_json,
+    heard_and_replied_lines,
+    save_replies,
+)
 
 if TYPE_CHECKING:
     from bot.phone.call import PhoneCall
@@ -113,9 +123,7 @@ class CallSimulationResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "transcripts": [{"speaker": t.speaker, "text": t.text} for t in self.transcripts],
-            "replies": [{"text": r.text, "audio_seconds": r.audio_seconds, "interrupted": r.interrupted}
-                        for r in self.replies],
+            **heard_and_replied_json(self.transcripts, self.replies),
             "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown}
                       for t in self.turns],
             "media": dict(self.media),
@@ -124,14 +132,7 @@ class CallSimulationResult:
         }
 
     def format_text(self) -> str:
-        lines = ["Heard:"]
-        lines += [f"  {t.speaker}: {t.text}" for t in self.transcripts] or ["  (nothing was transcribed)"]
-        lines.append("Replied:")
-        for i, r in enumerate(self.replies, 1):
-            cut = ", cut off" if r.interrupted else ""
-            lines.append(f"  {i}. ({r.audio_seconds:.1f} s heard{cut}) {r.text}")
-        if not self.replies:
-            lines.append("  (no replies)")
+        lines = heard_and_replied_lines(self.transcripts, self.replies, show_to=False)
         if self.turns:
             lines.append("Latency per turn (ms): end of speech → final transcript → first reply text → "
                          "first TTS audio → first media sent; heard = end of speech → first audio played")
