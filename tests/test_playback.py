@@ -98,6 +98,7 @@ class RecorderTarget:
         self._gate = threading.Semaphore(0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ended = threading.Event()
         self._cond = threading.Condition()
 
     def allow(self, frames: int) -> None:
@@ -114,11 +115,14 @@ class RecorderTarget:
         if self.is_playing():
             raise discord.ClientException("Already playing audio.")
         self._stop = threading.Event()
+        self._ended = threading.Event()
         self.sources.append(source)
-        self._thread = threading.Thread(target=self._run, args=(source, after, self._stop), name="recorder-player")
+        self._thread = threading.Thread(target=self._run, args=(source, after, self._stop, self._ended),
+                                        name="recorder-player")
         self._thread.start()
 
-    def _run(self, source: discord.AudioSource, after: Callable[[Exception | None], Any] | None, stop: threading.Event) -> None:
+    def _run(self, source: discord.AudioSource, after: Callable[[Exception | None], Any] | None, stop: threading.Event,
+             ended: threading.Event) -> None:
         error: Exception | None = None
         try:
             while not stop.is_set():
@@ -140,6 +144,11 @@ class RecorderTarget:
         except Exception as exc:
             error = exc
         finally:
+            # discord.py's AudioPlayer sets its end flag before it calls ``after`` (and cleans up the
+            # source after that), so ``is_playing()`` is already False when the next utterance may
+            # start. A thread that is merely still alive (killing FFmpeg is slow under load) made
+            # the next play() fail with "Already playing audio" and the utterance come out empty.
+            ended.set()
             if after is not None:
                 try:
                     after(self.after_error or error)
@@ -152,7 +161,7 @@ class RecorderTarget:
         self._gate.release()
 
     def is_playing(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._ended.is_set()
 
     def is_connected(self) -> bool:
         return self.connected
