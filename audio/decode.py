@@ -56,37 +56,58 @@ class OpusPcmDecoder(discord.opus.Decoder):
     discord.py computes SAMPLE_SIZE, SAMPLES_PER_FRAME and FRAME_SIZE once from SAMPLING_RATE and
     CHANNELS (opus.py ``_OpusStruct``), so a subclass must override all of them; use
     :func:`decoder_class`. ``decode`` keeps discord.py's semantics (``None`` = PLC, ``fec=True``
-    rebuilds the *previous* frame from this packet) but skips its per-call ctypes allocation.
+    rebuilds the *previous* frame from this packet) but skips its per-call ctypes allocation, and
+    calls libopus through cffi when it can (the same library discord.py loaded; a cffi call costs
+    about 0.7 µs less per frame than a ctypes one, 4 % of a decode), else through ctypes.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._max_samples = self.SAMPLING_RATE * _MAX_FRAME_MS // 1000
-        self._buf = (ctypes.c_int16 * (self._max_samples * self.CHANNELS))()
-        self._ptr = ctypes.cast(self._buf, discord.opus.c_int16_ptr)
-        self._view = memoryview(self._buf).cast("B")  # tobytes() of a slice: a quarter of string_at's cost
         self._bytes_per_sample = 2 * self.CHANNELS
         self._last_samples = self.SAMPLES_PER_FRAME
-        self._opus_decode = _opus_decode()
+        native = _cffi_decode()
+        if native is not None:
+            ffi, fn = native
+            self._fn = fn
+            self._st = ffi.cast("void *", ctypes.cast(self._state, ctypes.c_void_p).value)
+            self._out = ffi.new("int16_t[]", self._max_samples * self.CHANNELS)
+            # Slicing a cffi buffer returns bytes: one copy out of the reused buffer, nothing else.
+            self._out_bytes: Any = ffi.buffer(self._out)
+            self._null: Any = ffi.NULL
+            self._cffi = True
+        else:
+            buf = (ctypes.c_int16 * (self._max_samples * self.CHANNELS))()
+            self._fn = _opus_decode()
+            self._st = self._state
+            self._out = ctypes.cast(buf, discord.opus.c_int16_ptr)
+            self._out_bytes = memoryview(buf).cast("B")  # tobytes() of a slice: a quarter of string_at's cost
+            self._keep = buf
+            self._null = None
+            self._cffi = False
 
     def decode(self, data: bytes | None, *, fec: bool = False) -> bytes:  # type: ignore[override]
         if data is None:
             if fec:
                 raise TypeError("Invalid arguments: FEC cannot be used with null data")
             # PLC must be asked for exactly the lost duration: assume it matched the last frame.
-            n = self._opus_decode(self._state, None, 0, self._ptr, self._last_samples, 0)
+            n = self._fn(self._st, self._null, 0, self._out, self._last_samples, 0)
         elif fec:
-            n = self._opus_decode(self._state, data, len(data), self._ptr, self._last_samples, 1)
+            n = self._fn(self._st, data, len(data), self._out, self._last_samples, 1)
         else:
-            n = self._opus_decode(self._state, data, len(data), self._ptr, self._max_samples, 0)
+            n = self._fn(self._st, data, len(data), self._out, self._max_samples, 0)
             if n >= 0:
                 self._last_samples = n
         if n < 0:
             raise discord.opus.OpusError(n)
-        return self._view[: n * self._bytes_per_sample].tobytes()
+        if self._cffi:
+            return self._out_bytes[: n * self._bytes_per_sample]  # type: ignore[no-any-return]
+        return self._out_bytes[: n * self._bytes_per_sample].tobytes()  # type: ignore[no-any-return]
 
 
 _decode_fn: Any = None
+_cffi_fn: Any = None
+_cffi_lib: Any = None
 
 
 def _opus_decode() -> Any:
@@ -100,6 +121,30 @@ def _opus_decode() -> Any:
         fn.restype = ctypes.c_int
         _decode_fn = (lib, fn)
     return _decode_fn[1]
+
+
+def _cffi_decode() -> tuple[Any, Any] | None:
+    """``(ffi, opus_decode)`` through cffi (installed with PyNaCl) on the library discord.py loaded,
+    or None when cffi or the library's path is unavailable (the ctypes path is used then)."""
+    global _cffi_fn, _cffi_lib
+    lib = discord.opus._lib
+    if _cffi_fn is not None and _cffi_fn[0] is lib:
+        return _cffi_fn[1]
+    native: tuple[Any, Any] | None = None
+    path = getattr(lib, "_name", None)
+    if isinstance(path, str) and path:
+        try:
+            import cffi
+
+            ffi = cffi.FFI()
+            ffi.cdef("int opus_decode(void *st, const unsigned char *data, int32_t len, int16_t *pcm,"
+                     " int frame_size, int decode_fec);")
+            _cffi_lib = ffi.dlopen(path)  # the library discord.py loaded: dlopen shares it; kept open
+            native = (ffi, _cffi_lib.opus_decode)
+        except Exception as exc:  # ImportError, OSError, cffi's own errors: ctypes works everywhere
+            log.debug("libopus through ctypes (cffi unavailable: %s)", exc)
+    _cffi_fn = (lib, native)
+    return native
 
 
 _classes: dict[tuple[int, int], type[OpusPcmDecoder]] = {}
@@ -187,17 +232,25 @@ class SpeakerDecoder:
         self._buffer: dict[int, bytes] = {}
         self._next: int | None = None
         self._run: list[tuple[int, bytes]] = []  # consecutive packets outside the window, oldest first
-        self._c = collections.Counter[str]()
+        self._c = collections.Counter[str]()  # every counter but ``decoded`` (rare events)
+        self._decoded = 0  # an int, not a Counter entry: it moves on every packet
+        self._decode = self._decoder.decode
         self.accepted = False
 
     @property
     def stats(self) -> DecoderStats:
-        return DecoderStats(**self._c)
+        return DecoderStats(**self.counts())
+
+    def counts(self) -> dict[str, int]:
+        """Every counter of :class:`DecoderStats` by name (no snapshot object)."""
+        out = dict(self._c)
+        out["decoded"] = self._decoded
+        return out
 
     @property
     def decoded(self) -> int:
         """Frames decoded from packets so far (cheap: no snapshot)."""
-        return self._c["decoded"]
+        return self._decoded
 
     @property
     def buffered(self) -> int:
@@ -206,7 +259,23 @@ class SpeakerDecoder:
 
     def push(self, seq: int, opus: bytes) -> list[bytes]:
         """Add one packet; return the PCM frames now ready, in order."""
-        out: list[bytes] = []
+        if seq == self._next and not self._buffer:
+            # The usual case: the very packet expected, nothing waiting. Exactly what the general
+            # path below does for it (buffer it, release it at once), without the buffer.
+            if self._run:
+                self._run.clear()
+            self.accepted = True
+            self._next = (seq + 1) % _SEQ_MOD
+            try:
+                pcm = self._decode(opus)
+            except discord.opus.OpusError:
+                out: list[bytes] = []
+                self._c["corrupt"] += 1
+                self._conceal_into(out, None)
+                return out
+            self._decoded += 1
+            return [pcm]
+        out = []
         nxt = self._next
         if nxt is None:
             self._next = nxt = seq
@@ -299,7 +368,7 @@ class SpeakerDecoder:
             self._c["corrupt"] += 1
             self._conceal_into(out, None)  # keep the speaker's timeline going
             return
-        self._c["decoded"] += 1
+        self._decoded += 1
         out.append(pcm)
 
     def _conceal_into(self, out: list[bytes], following: bytes | None) -> None:
@@ -353,13 +422,16 @@ class SpeechSegmenter:
         self._unvoiced_ms = 0
         self._last_voice_at = 0.0
 
-    def feed(self, pcm: bytes) -> str | None:
-        """Classify one frame; return ``SpeechEvent.START``/``END`` when the state changes."""
+    def feed(self, pcm: bytes, now: float | None = None) -> str | None:
+        """Classify one frame; return ``SpeechEvent.START``/``END`` when the state changes.
+
+        ``now`` is the clock's reading for this frame when the caller already has one.
+        """
         voiced = True if self._vad is None else self._vad.is_speech(pcm)
         if voiced:
             self._voiced_run += 1
             self._unvoiced_ms = 0
-            self._last_voice_at = self._clock()
+            self._last_voice_at = self._clock() if now is None else now
             if not self.speaking and self._voiced_run >= self._start_frames:
                 self.speaking = True
                 return SpeechEvent.START
@@ -509,9 +581,7 @@ class ReceivePipeline:
     def stats(self) -> PipelineStats:
         total = collections.Counter(self._retired)
         for sp in self._speakers.values():
-            c = sp.decoder._c
-            for name in _DECODER_COUNTERS:
-                total[name] += c[name]
+            total.update(sp.decoder.counts())
         return PipelineStats(speakers=self._seen, packets=self._packets, frames_out=self._frames_out,
                              ssrc_changes=self._ssrc_changes,
                              **{name: total[name] for name in _DECODER_COUNTERS})
@@ -532,18 +602,22 @@ class ReceivePipeline:
 
     def on_packet(self, packet: VoicePacket) -> None:
         self._packets += 1
-        user_id = packet.user_id
+        user_id, ssrc, sequence, _, opus = packet
         sp = self._speakers.get(user_id)
         if sp is None:
-            sp = self._speakers[user_id] = self._new_speaker(packet.ssrc, self._clock())
-        elif sp.ssrc != packet.ssrc:
-            self._new_stream(user_id, sp, packet.ssrc)
+            sp = self._speakers[user_id] = self._new_speaker(ssrc, self._clock())
+        elif sp.ssrc != ssrc:
+            self._new_stream(user_id, sp, ssrc)
         decoder = sp.decoder
-        frames = decoder.push(packet.sequence, packet.opus)
+        frames = decoder.push(sequence, opus)
         if decoder.accepted:
-            sp.last_packet_at = self._clock()
+            # One clock reading per packet serves the idle timer and the segmenter's voice clock.
+            now: float | None = self._clock()
+            sp.last_packet_at = now  # type: ignore[assignment]
+        else:
+            now = None
         for pcm in frames:
-            self._frame(user_id, sp, pcm)
+            self._frame(user_id, sp, pcm, now)
 
     def on_speaker_left(self, user_id: int) -> None:
         self._drop(user_id)
@@ -606,13 +680,16 @@ class ReceivePipeline:
         self._ssrc_changes += 1
 
     def _retire(self, decoder: SpeakerDecoder) -> None:
-        c = decoder._c
-        for name in _DECODER_COUNTERS:
-            self._retired[name] += c[name]
+        self._retired.update(decoder.counts())
 
-    def _frame(self, user_id: int, sp: _Speaker, pcm: bytes) -> None:
-        event = sp.segmenter.feed(pcm)
+    def _frame(self, user_id: int, sp: _Speaker, pcm: bytes, now: float | None = None) -> None:
+        segmenter = sp.segmenter
+        event = segmenter.feed(pcm, now)
         consumer = self._consumer
+        if event is None and segmenter.speaking:  # most frames of someone talking
+            consumer.on_audio(user_id, pcm)
+            self._frames_out += 1
+            return
         if event == SpeechEvent.START:
             consumer.on_speech_start(user_id)
             for earlier in sp.pre_roll:

@@ -29,7 +29,7 @@ import davey
 import discord
 from discord.voice_state import VoiceConnectionState
 
-from audio.rtp import OPUS_SILENCE, SUPPORTED_MODE, Drop, TransportCipher, parse_header
+from audio.rtp import OPUS_SILENCE, SUPPORTED_MODE, Drop, TransportCipher, parse_fields
 
 if TYPE_CHECKING:
     from discord.gateway import DiscordVoiceWebSocket
@@ -85,6 +85,16 @@ BACKPRESSURE_WAIT_S = 0.05
 # every frame cost more CPU than the frame itself (2.6-7.7x at 1-10 speakers, issue 11); 10 ms is
 # half a frame, nothing next to the 600 ms end-of-speech silence, and cuts the wake-ups to 100/s.
 HANDOFF_BATCH_S = 0.01
+# Reading the socket in bursts. discord.py's reader thread runs select() and then one recv() per
+# datagram and calls its listeners with it: at 500 speakers that is 25,000 select() calls, GIL
+# hand-overs and lock round trips a second. When ours is the only listener, our callback reads what
+# the socket already holds itself (non-blocking recv() until it would block, at most READ_BURST
+# datagrams) and handles the burst under one lock with one hand-off. This reads discord.py's private
+# SocketReader._callbacks (to know nobody else listens) and relies on its socket being
+# non-blocking, so it is enabled only on the discord.py versions it was verified against; on any
+# other, or with a second listener, each callback handles its one datagram as before.
+READ_BURST = 64
+BURST_VERIFIED_DISCORD = ("2.7.1",)
 
 
 class VoicePacket(NamedTuple):
@@ -98,6 +108,10 @@ class VoicePacket(NamedTuple):
     sequence: int  # RTP sequence number, wraps at 65536
     timestamp: int  # RTP timestamp, 48 kHz units
     opus: bytes
+
+
+_new_tuple = tuple.__new__
+_RECV_SIZE = 2048  # what discord.py's SocketReader reads per datagram
 
 
 class ReceiveSink(Protocol):
@@ -163,22 +177,25 @@ IGNORED_REASONS = frozenset(
 class _SeqWindow:
     """The last ``size`` sequence numbers seen on one SSRC (a bounded replay window)."""
 
-    __slots__ = ("_seen", "_order", "packets")
+    __slots__ = ("_seen", "_order", "_size", "packets")
 
     def __init__(self, size: int) -> None:
         self._seen: set[int] = set()
-        self._order: collections.deque[int] = collections.deque(maxlen=size)
+        self._order: collections.deque[int] = collections.deque()
+        self._size = max(1, size)
         self.packets = 0  # authenticated packets on this SSRC (the watchdog's "someone is talking")
 
     def __contains__(self, seq: int) -> bool:
         return seq in self._seen
 
     def add(self, seq: int) -> None:
+        """Remember ``seq`` (authenticated) and count the packet."""
         order = self._order
-        if len(order) == order.maxlen:
-            self._seen.discard(order[0])
+        if len(order) >= self._size:
+            self._seen.discard(order.popleft())
         order.append(seq)
         self._seen.add(seq)
+        self.packets += 1
 
 
 class VoiceReceiver:
@@ -339,25 +356,50 @@ class VoiceReceiver:
                 self._handle(data)
         except Exception:  # a bug here must not kill discord.py's reader loop or flood its log
             with self._lock:
-                self._dropped[INTERNAL_ERROR] += 1
-                first = self._dropped[INTERNAL_ERROR] == 1
-            if first:
-                log.exception("voice receive: unexpected error handling a datagram (counted as dropped)")
+                self._internal_error()
 
-    def _drop(self, reason: str) -> None:
-        self._dropped[reason] += 1
+    def on_datagrams(self, datagrams: list[bytes], deliver: Callable[[list[VoicePacket]], None]) -> None:
+        """:meth:`on_datagram` for a burst read off the socket at once: one lock for all of them, and
+        the frames they yield go to ``deliver`` as one list (instead of one by one to the receiver's
+        ``deliver``). Frames other paths release meanwhile (op 5 replaying held ones) are unaffected:
+        they take the lock, which the burst holds throughout."""
+        batch: list[VoicePacket] = []
+        with self._lock:
+            own = self._deliver
+            self._deliver = batch.append  # only ever called with the lock held
+            try:
+                for data in datagrams:
+                    self._datagrams += 1
+                    try:
+                        self._handle(data)
+                    except Exception:  # as in on_datagram: counted, logged once, the burst goes on
+                        self._internal_error()
+            finally:
+                self._deliver = own
+        if batch:
+            deliver(batch)
+
+    def _internal_error(self) -> None:
+        """Count an unexpected error on the socket path and log the first one (lock held)."""
+        self._dropped[INTERNAL_ERROR] += 1
+        if self._dropped[INTERNAL_ERROR] == 1:
+            log.exception("voice receive: unexpected error handling a datagram (counted as dropped)")
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        """Count a drop (lock held)."""
+        self._dropped[reason] += n
 
     def _handle(self, data: bytes) -> None:
         conn = self._conn
         own_ssrc = conn.ssrc
-        header = parse_header(data, own_ssrc if isinstance(own_ssrc, int) else None)
-        if type(header) is Drop:
-            self._dropped[header.value] += 1
+        fields = parse_fields(data, own_ssrc if isinstance(own_ssrc, int) else None)
+        if type(fields) is Drop:
+            self._dropped[fields.value] += 1  # type: ignore[union-attr]
             return
+        seq, ts, ssrc, hlen, ext_words, padding = fields  # type: ignore[misc]
         self._audio += 1
-        ssrc, seq = header.ssrc, header.sequence
         window = self._windows.get(ssrc)
-        if window is not None and seq in window:
+        if window is not None and seq in window._seen:
             self._dropped[DUPLICATE] += 1
             return
         if conn.mode != SUPPORTED_MODE:
@@ -374,9 +416,9 @@ class VoiceReceiver:
         if cipher is None:
             self._dropped[Drop.NO_KEY.value] += 1
             return
-        frame = cipher.open(data, header)
+        frame = cipher.open_parts(data, hlen, ext_words, padding)
         if type(frame) is Drop:
-            self._dropped[frame.value] += 1
+            self._dropped[frame.value] += 1  # type: ignore[union-attr]
             return
         # Authenticated: only now may the sequence number count as seen (forged copies cannot mark it).
         if window is None:
@@ -384,12 +426,11 @@ class VoiceReceiver:
             if len(self._windows) > self._max_ssrcs:
                 self._windows.popitem(last=False)
         window.add(seq)
-        window.packets += 1
         user_id = self._ssrc_to_user.get(ssrc)
         if user_id is None:
-            self._unknown_ssrc(ssrc, seq, header.timestamp, frame)
+            self._unknown_ssrc(ssrc, seq, ts, frame)  # type: ignore[arg-type]
             return
-        self._finish(ssrc, user_id, seq, header.timestamp, frame)
+        self._finish(ssrc, user_id, seq, ts, frame)  # type: ignore[arg-type]
 
     def _attribute(self, ssrc: int, user_id: int) -> None:
         """Map ``ssrc`` to ``user_id``, retire the user's previous SSRC, replay held frames (lock held)."""
@@ -427,8 +468,10 @@ class VoiceReceiver:
             if session is None or not session.ready:
                 self._dropped[DAVE_NOT_READY] += 1
                 return
-            opus = self._dave_decrypt(session, user_id, frame)
-            if opus is None:
+            try:
+                opus = session.decrypt(user_id, _AUDIO, frame)
+            except ValueError as exc:
+                self._dave_failed(exc)
                 return
             self._dave_decrypted += 1
         elif session is not None and session.ready and frame.endswith(_DAVE_MARKER) and frame != OPUS_SILENCE:
@@ -445,21 +488,18 @@ class VoiceReceiver:
             self._dropped[Drop.EMPTY.value] += 1
             return
         self._delivered += 1
-        self._deliver(VoicePacket(user_id, ssrc, seq, ts, opus))
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python function around it.
+        self._deliver(_new_tuple(VoicePacket, (user_id, ssrc, seq, ts, opus)))
 
-    def _dave_decrypt(self, session: Any, user_id: int, frame: bytes) -> bytes | None:
-        try:
-            return session.decrypt(user_id, _AUDIO, frame)
-        except ValueError as exc:
-            # davey 0.1.7 raises ValueError("Failed to decrypt: <reason>") for every failure
-            msg = str(exc)
-            if "NoDecryptorForUser" in msg:
-                self._dropped[DAVE_NO_DECRYPTOR] += 1
-            elif "UnencryptedWhenPassthroughDisabled" in msg:
-                self._dropped[DAVE_UNENCRYPTED] += 1
-            else:
-                self._dropped[DAVE_DECRYPT] += 1
-            return None
+    def _dave_failed(self, exc: ValueError) -> None:
+        # davey 0.1.7 raises ValueError("Failed to decrypt: <reason>") for every failure
+        msg = str(exc)
+        if "NoDecryptorForUser" in msg:
+            self._dropped[DAVE_NO_DECRYPTOR] += 1
+        elif "UnencryptedWhenPassthroughDisabled" in msg:
+            self._dropped[DAVE_UNENCRYPTED] += 1
+        else:
+            self._dropped[DAVE_DECRYPT] += 1
 
     def _unknown_ssrc(self, ssrc: int, seq: int, ts: int, frame: bytes) -> None:
         """No op 5 yet: attribute by trial DAVE decryption, else hold the frame (lock held)."""
@@ -557,6 +597,9 @@ class ReceiveVoiceClient(discord.VoiceClient):
         self._caught_up = threading.Event()  # cleared while the hand-off queue is at the high-water mark
         self._caught_up.set()
         self._listening = False
+        self._burst_enabled = discord.__version__ in BURST_VERIFIED_DISCORD
+        self._burst_checked: object = None
+        self._burst_sock: socket.socket | None = None
         self._receiver_opts = {"accept_user": accept_user, "hold_frames": hold_frames, "max_held_ssrcs": max_held_ssrcs}
         super().__init__(client, channel)
 
@@ -688,22 +731,57 @@ class ReceiveVoiceClient(discord.VoiceClient):
             log.exception("voice receive: could not handle voice op %s", msg.get("op"))
 
     def _on_datagram(self, data: bytes) -> None:
-        """discord.py's reader thread: receive, then let the event loop catch up if it is behind."""
-        self.receiver.on_datagram(data)
+        """discord.py's reader thread: receive (with what else is queued), then let the loop catch up."""
+        datagrams = [data]
+        sock = self._burst_socket()
+        if sock is not None:
+            recv = sock.recv
+            try:
+                while len(datagrams) < READ_BURST:
+                    datagrams.append(recv(_RECV_SIZE))
+            except OSError:  # BlockingIOError: nothing more queued; anything else: discord.py sees it next
+                pass
+        self.receiver.on_datagrams(datagrams, self._hand_off_batch)
         if not self._caught_up.is_set():
             self._caught_up.wait(BACKPRESSURE_WAIT_S)  # bounded: a stopped loop cannot hold the reader
 
+    def _burst_socket(self) -> socket.socket | None:
+        """The voice socket when this callback may read queued datagrams itself, else None."""
+        if not self._burst_enabled:
+            return None
+        conn = self._connection
+        callbacks = getattr(getattr(conn, "_socket_reader", None), "_callbacks", None)
+        if type(callbacks) is not list or len(callbacks) != 1:
+            return None  # another listener must see every datagram too: leave reading to discord.py
+        sock = conn.socket
+        if sock is not self._burst_checked:
+            # A recv() on a blocking socket would hang the reader thread: check each new socket once.
+            self._burst_checked = sock
+            self._burst_sock = sock if isinstance(sock, socket.socket) and sock.gettimeout() == 0.0 else None
+        return self._burst_sock
+
     def _hand_off(self, packet: VoicePacket) -> None:
-        """Socket thread → event loop: append to a bounded batch; wake the loop once per batch."""
+        """The receiver's ``deliver``: one frame, always with the receiver's lock held (a lone
+        datagram, or held frames replayed at op 5 on the loop)."""
+        self._hand_off_batch([packet], locked=True)
+
+    def _hand_off_batch(self, packets: list[VoicePacket], *, locked: bool = False) -> None:
+        """Socket thread → event loop: append to a bounded batch; wake the loop once per batch.
+
+        ``locked``: the caller holds the receiver's lock (its counters are then updated directly).
+        """
         with self._pending_lock:
-            urgent = False
-            if len(self._pending) >= self._max_backlog:
-                wake = False
-                overflow = True
+            pending = self._pending
+            room = self._max_backlog - len(pending)
+            overflow = len(packets) - room if len(packets) > room else 0
+            if overflow:
+                packets = packets[: max(0, room)]
+            if not packets:
+                wake = urgent = False
             else:
-                self._pending.append(packet)
-                overflow = False
-                if len(self._pending) >= self._backpressure and self._caught_up.is_set():
+                pending.extend(packets)
+                urgent = False
+                if len(pending) >= self._backpressure and self._caught_up.is_set():
                     # The reader is about to wait for the loop: drain now, not when the batch timer
                     # fires (both threads sat idle until it did while the socket buffer overflowed).
                     self._caught_up.clear()
@@ -711,8 +789,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
                 wake = not self._drain_scheduled
                 self._drain_scheduled = True
         if overflow:
-            self.receiver._drop(BACKLOG)  # lock already held by the receiver on this path
-            return
+            self._count(BACKLOG, overflow, locked)
         if wake or urgent:
             try:
                 self.loop.call_soon_threadsafe(self._drain if urgent else self._drain_later)
@@ -722,7 +799,13 @@ class ReceiveVoiceClient(discord.VoiceClient):
                     self._pending.clear()
                     self._drain_scheduled = False
                     self._caught_up.set()
-                self.receiver._dropped[LOOP_CLOSED] += lost
+                self._count(LOOP_CLOSED, lost, locked)
+
+    def _count(self, reason: str, n: int, locked: bool) -> None:
+        if locked:
+            self.receiver._drop(reason, n)
+        else:
+            self.receiver.count(reason, n)
 
     def _drain_later(self) -> None:
         # On the loop: let the batch collect a little longer (one timer, not a wake-up per frame).

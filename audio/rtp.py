@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
 from nacl.exceptions import CryptoError
@@ -33,6 +33,7 @@ __all__ = [
     "OPUS_PAYLOAD_TYPE",
     "OPUS_SILENCE",
     "parse_header",
+    "parse_fields",
     "open_transport",
     "build_packet",
 ]
@@ -48,7 +49,7 @@ NONCE_TAIL = 4  # rtpsize modes send only a 4-byte big-endian counter; the rest 
 KEY_SIZE = 32
 _NONCE_PAD = bytes(20)
 _RTCP_TYPES = range(200, 205)  # SR, RR, SDES, BYE, APP share the socket (RFC 5761 demultiplexing)
-_SEQ_TS_SSRC = struct.Struct(">HII")
+_FIXED = struct.Struct(">BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 
 
 class Drop(enum.Enum):
@@ -92,31 +93,36 @@ def parse_header(packet: bytes, own_ssrc: int | None = None) -> RtpHeader | Drop
     ``own_ssrc`` is the connection's SSRC; Discord does not echo it, but a stray copy must never be
     attributed to a speaker.
     """
+    fields = parse_fields(packet, own_ssrc)
+    if type(fields) is Drop:
+        return fields
+    seq, ts, ssrc, hlen, ext_words, padding = fields  # type: ignore[misc]
+    b0, b1 = packet[0], packet[1]
+    return RtpHeader(padding, bool(b0 & 0x10), b0 & 0x0F, bool(b1 & 0x80), b1 & 0x7F, seq, ts, ssrc, hlen, ext_words)
+
+
+def parse_fields(packet: bytes, own_ssrc: int | None = None) -> tuple[int, int, int, int, int, bool] | Drop:
+    """:func:`parse_header` for the socket thread: ``(sequence, timestamp, ssrc, header_length,
+    extension_words, padding)`` as a plain tuple (an RtpHeader per datagram costs more than the parse)."""
     n = len(packet)
     if n < FIXED_HEADER:
         return Drop.TOO_SHORT
-    b0 = packet[0]
+    b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
     if b0 >> 6 != 2:
         return Drop.NOT_RTP  # includes the 74-byte IP discovery replies (version bits 0)
-    b1 = packet[1]
     if b1 in _RTCP_TYPES:
         return Drop.RTCP
-    pt = b1 & 0x7F
-    if pt != OPUS_PAYLOAD_TYPE:
+    if b1 & 0x7F != OPUS_PAYLOAD_TYPE:
         return Drop.PAYLOAD_TYPE
-    cc = b0 & 0x0F
-    has_ext = bool(b0 & 0x10)
-    hlen = FIXED_HEADER + 4 * cc + (4 if has_ext else 0)
+    has_ext = b0 & 0x10
+    hlen = FIXED_HEADER + 4 * (b0 & 0x0F) + (4 if has_ext else 0)
     if n < hlen + TAG_SIZE + NONCE_TAIL:
         return Drop.TOO_SHORT
-    seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
     if own_ssrc is not None and ssrc == own_ssrc:
         return Drop.OWN_SSRC
-    ext_words = 0
-    if has_ext:
-        # RFC 8285 one-byte-header preamble 0xBEDE | u16 length in words; only the body is encrypted
-        ext_words = (packet[hlen - 2] << 8) | packet[hlen - 1]
-    return RtpHeader(bool(b0 & 0x20), has_ext, cc, bool(b1 & 0x80), pt, seq, ts, ssrc, hlen, ext_words)
+    # RFC 8285 one-byte-header preamble 0xBEDE | u16 length in words; only the body is encrypted
+    ext_words = ((packet[hlen - 2] << 8) | packet[hlen - 1]) if has_ext else 0
+    return seq, ts, ssrc, hlen, ext_words, b0 & 0x20 != 0
 
 
 _MAX_DATAGRAM = 2048  # discord.py's SocketReader reads at most this much per datagram
@@ -130,7 +136,7 @@ class TransportCipher:
     one instance per receiver, used under the receiver's lock.
     """
 
-    __slots__ = ("_key", "_out", "_outlen")
+    __slots__ = ("_key", "_out", "_outlen", "_out_bytes")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
@@ -139,53 +145,57 @@ class TransportCipher:
         if _ffi is not None:
             self._out = _ffi.new("unsigned char[]", _MAX_DATAGRAM)
             self._outlen = _ffi.new("unsigned long long *")
+            self._out_bytes = _ffi.buffer(self._out)  # slicing it copies out just the frame, as bytes
         else:  # pragma: no cover
-            self._out = self._outlen = None
-
-    def _decrypt(self, ct: bytes, aad: bytes, nonce: bytes) -> bytes | None:
-        out = self._out
-        if out is not None and len(ct) <= _MAX_DATAGRAM:
-            res = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                out, self._outlen, _ffi.NULL, ct, len(ct), aad, len(aad), nonce, self._key
-            )
-            if res != 0:
-                return None
-            return _ffi.buffer(out, self._outlen[0])[:]
-        try:
-            return crypto_aead_xchacha20poly1305_ietf_decrypt(ct, aad, nonce, self._key)
-        except (CryptoError, ValueError, TypeError):
-            return None
+            self._out = self._outlen = self._out_bytes = None
 
     def __repr__(self) -> str:
         return "TransportCipher(<key hidden>)"
 
     def open(self, packet: bytes, header: RtpHeader) -> bytes | Drop:
         """Decrypt the payload and return the bare codec frame (extension body and padding removed)."""
-        hlen = header.header_length
+        return self.open_parts(packet, header.header_length, header.extension_words, header.padding)
+
+    def open_parts(self, packet: bytes, hlen: int, extension_words: int, padding: bool) -> bytes | Drop:
+        """:meth:`open` from the fields :func:`parse_fields` returns."""
         # AAD is the whole unencrypted header (fixed part, CSRCs, extension preamble); the nonce is
         # the trailing 4-byte counter followed by 20 zero bytes.
         ct = packet[hlen:-NONCE_TAIL]
-        if len(ct) < TAG_SIZE:
+        clen = len(ct)
+        if clen < TAG_SIZE:
             return Drop.TOO_SHORT
-        body = self._decrypt(ct, packet[:hlen], packet[-NONCE_TAIL:] + _NONCE_PAD)
-        if body is None:
-            return Drop.TRANSPORT_DECRYPT
-        if header.extension_words:
-            skip = 4 * header.extension_words
-            if skip > len(body):
-                return Drop.BAD_EXTENSION
-            body = body[skip:]
-        if header.padding:
+        nonce = packet[-NONCE_TAIL:] + _NONCE_PAD
+        out = self._out
+        if out is not None and clen <= _MAX_DATAGRAM:
+            if _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                out, self._outlen, _ffi.NULL, ct, clen, packet[:hlen], hlen, nonce, self._key
+            ):
+                return Drop.TRANSPORT_DECRYPT
+            plain: Any = self._out_bytes
+            last: Any = out  # indexing the cdata array gives an int (the buffer gives bytes)
+            end = self._outlen[0]
+        else:
+            try:
+                plain = crypto_aead_xchacha20poly1305_ietf_decrypt(ct, packet[:hlen], nonce, self._key)
+            except (CryptoError, ValueError, TypeError):
+                return Drop.TRANSPORT_DECRYPT
+            end = len(plain)
+            last = plain
+        # The body is plain[start:end]: slice once, at the end (each slice of bytes is a copy).
+        start = 4 * extension_words
+        if start > end:
+            return Drop.BAD_EXTENSION
+        if padding:
             # The padding count is the last byte and counts itself; it sits inside the encryption.
-            if not body:
+            if end == start:
                 return Drop.BAD_PADDING
-            count = body[-1]
-            if count == 0 or count > len(body):
+            count = last[end - 1]
+            if count == 0 or count > end - start:
                 return Drop.BAD_PADDING
-            body = body[:-count]
-        if not body:
+            end -= count
+        if end == start:
             return Drop.EMPTY
-        return body
+        return plain[start:end]  # type: ignore[no-any-return]
 
 
 def open_transport(packet: bytes, key: bytes, own_ssrc: int | None = None) -> tuple[RtpHeader, bytes] | Drop:

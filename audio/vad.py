@@ -43,21 +43,21 @@ class WebRtcVad:
         # webrtcvad.Vad.is_speech only re-checks the length (done here) around its C function; call
         # that directly on the receive hot path (a quarter of the VAD's cost per frame).
         self._process: Any = getattr(sys.modules.get("_webrtcvad"), "process", None)
-        self._handle: Any = getattr(self._vad, "_vad", None)
+        self._handle: Any = getattr(self._vad, "_vad", None) if self._process is not None else None
 
     def is_speech(self, pcm: bytes) -> bool:
         n = len(pcm)
         if n not in self._frame_bytes:
             return False  # a truncated/odd frame (e.g. a short concealment): not evidence of speech
-        if self._process is not None and self._handle is not None:
-            return bool(self._process(self._handle, self.sample_rate, pcm, n // 2))
+        if self._handle is not None:
+            return bool(self._process(self._handle, self.sample_rate, pcm, n >> 1))
         return bool(self._vad.is_speech(pcm, self.sample_rate))
 
     def reset(self) -> None:
         import webrtcvad
 
         self._vad = webrtcvad.Vad(self._aggressiveness)
-        self._handle = getattr(self._vad, "_vad", None)
+        self._handle = getattr(self._vad, "_vad", None) if self._process is not None else None
 
 
 class SileroVad:

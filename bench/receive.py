@@ -50,6 +50,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Sequence
@@ -241,6 +242,40 @@ def _runqueue_wait_s() -> float | None:
     return total / 1e9
 
 
+def _thread_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) per native thread id of this process, from /proc."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def _cpu_split(before: dict[int, float], after: dict[int, float], times0: os.times_result,
+               times1: os.times_result) -> dict[str, float]:
+    """Where the process's CPU went: the event loop's thread, discord.py's socket reader, the rest;
+    user vs kernel time."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    split = {"loop_s": 0.0, "socket_reader_s": 0.0, "other_threads_s": 0.0}
+    main = threading.main_thread().native_id
+    for tid, cpu in after.items():
+        used = cpu - before.get(tid, 0.0)
+        name = names.get(tid, "")
+        key = "loop_s" if tid == main else "socket_reader_s" if name.startswith("voice-socket-reader") else "other_threads_s"
+        split[key] += used
+    split = {k: round(v, 2) for k, v in split.items()}
+    split["user_s"] = round(times1.user - times0.user, 2)
+    split["system_s"] = round(times1.system - times0.system, 2)
+    return split
+
+
 def _udp_rcvbuf_errors() -> int | None:
     """System-wide UDP RcvbufErrors (datagrams the kernel dropped for a full socket buffer)."""
     try:
@@ -411,6 +446,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             before = vc.stats
             rcvbuf_errors = _udp_rcvbuf_errors()
             waited0 = _runqueue_wait_s()
+            threads0, times0 = _thread_cpu_s(), os.times()
             cpu0 = time.process_time()
             start_at = time.perf_counter() + 0.1
             for _, parent in procs:
@@ -429,6 +465,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             await _wait_until(settled, timeout=10.0, step=0.25)
             pipeline.tick()
             cpu_s = time.process_time() - cpu0
+            threads1, times1 = _thread_cpu_s(), os.times()
             waited1 = _runqueue_wait_s()
             after = vc.stats
             rcvbuf_after = _udp_rcvbuf_errors()
@@ -452,7 +489,9 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
                 "longest_gc_pause_ms": round(watch.worst_gc * 1000, 1),
                 "gc_collections": watch.collections,
                 "cpu_ms_per_speaker_second": round(cpu_s * 1000 / (speakers * seconds), 3),
+                "cpu_us_per_decoded_packet": round(cpu_s * 1e6 / max(1, pstats.decoded), 1),
                 "core_fraction": round(cpu_s / seconds, 3),
+                "cpu_split": _cpu_split(threads0, threads1, times0, times1),
                 # Runnable but not running (the core was someone else's); exited threads not counted.
                 "runqueue_wait_s": (round(waited1 - waited0, 2) if waited0 is not None and waited1 is not None
                                     else None),
@@ -497,15 +536,32 @@ def _cores() -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
-def _child(args: list[str], cpu: int | None) -> dict[str, Any]:
-    """Run ``python -m bench.receive ARGS`` in a fresh process (pinned with taskset) and parse its line."""
+def _child(args: list[str], cpu: int | None, tree: str | None = None) -> dict[str, Any]:
+    """Run ``python -m bench.receive ARGS`` in a fresh process (pinned with taskset) and parse its line.
+
+    ``tree``: a checkout of other code (``--baseline``) to run instead of this one.
+    """
     cmd = [sys.executable, "-m", "bench.receive", *args]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = None
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if tree is not None:
+        env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tree or repo, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1], "args": args}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _checkout(ref: str, into: str) -> str:
+    """Extract commit ``ref`` of this repository into ``into``; return the commit's hash."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", ref + "^{commit}"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", repo, "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return commit
 
 
 def _loadavg() -> list[float] | None:
@@ -513,6 +569,73 @@ def _loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def _synthetic_child(args: argparse.Namespace, tree: str | None) -> dict[str, Any]:
+    return _child(["--speakers", args.speakers, "--seconds", str(args.seconds), "--realtime", "", "--dave-memory", ""],
+                  None, tree)
+
+
+def _measure(args: argparse.Namespace, line: dict[str, Any], trees: list[tuple[str, str | None]]) -> None:
+    """The synthetic sweep and the real-time runs; with a baseline, each run alternates between the
+    current code and the baseline's, back to back, so both see the same machine."""
+    ab = len(trees) > 1
+    if args.speakers:
+        if not ab:
+            load_libopus()
+            frames = _speech_like_frames(100)
+            results = [run(int(n), args.seconds, frames) for n in args.speakers.split(",")]
+        else:
+            pairs: list[dict[str, Any]] = []
+            for _ in range(max(1, args.repeat)):
+                for name, tree in trees:
+                    child = _synthetic_child(args, tree)
+                    keep = ("speakers", "ratio", "cpu_ms_per_speaker_second", "bare_decode_ms_per_speaker_second",
+                            "loadavg_before", "error")
+                    pairs.append({"code": name, **{k: child[k] for k in keep if k in child}})
+            line["synthetic_ab"] = pairs
+            current = [p for p in pairs if p["code"] == "current" and "ratio" in p]
+            results = [{"speakers": int(args.speakers.split(",")[-1]), "cpu_ms_per_speaker_second": min(
+                p["cpu_ms_per_speaker_second"] for p in current), "bare_decode_ms_per_speaker_second": min(
+                p["bare_decode_ms_per_speaker_second"] for p in current), "ratio": min(p["ratio"] for p in current),
+                "packets_lost": 0}] if current else [{"speakers": 0, "cpu_ms_per_speaker_second": 0,
+                                                      "bare_decode_ms_per_speaker_second": 0, "ratio": float("inf"),
+                                                      "packets_lost": -1}]
+        top = results[-1]
+        line.update({
+            "speakers": top["speakers"],
+            "cpu_ms_per_speaker_second": top["cpu_ms_per_speaker_second"],
+            "bare_decode_ms_per_speaker_second": top["bare_decode_ms_per_speaker_second"],
+            "ratio": top["ratio"],
+            "packets_lost": top["packets_lost"],
+            "synthetic_target_met": top["ratio"] <= 1.3 and top["packets_lost"] == 0,
+        })
+        if not ab:
+            line["sweep"] = results
+    if args.realtime:
+        core, sender_core = _cores()
+        line["pinned"] = {"process_under_test": core, "senders": sender_core, "tool": "taskset" if core is not None else None}
+        runs = []
+        for n in (int(x) for x in args.realtime.split(",")):
+            for _ in range(max(1, args.repeat)):
+                for name, tree in trees:
+                    child = ["--child-realtime", str(n), "--realtime-seconds", str(args.realtime_seconds),
+                             "--sender-processes", str(args.sender_processes)]
+                    if args.receive_buffer is not None:
+                        child += ["--receive-buffer", str(args.receive_buffer)]
+                    if sender_core is not None:
+                        child += ["--child-sender-cpu", str(sender_core)]
+                    result = _child(child, core, tree)
+                    if ab:
+                        result = {"code": name, **result}
+                    result["loadavg"] = _loadavg()
+                    runs.append(result)
+        line["realtime"] = runs
+        mine = [r for r in runs if r.get("code", "current") == "current"]
+        biggest = max((r for r in mine if "error" not in r), key=lambda r: r["speakers"], default=None)
+        line["realtime_target_met"] = bool(
+            biggest is not None and biggest["speakers"] >= 500
+            and all(r.get("lost") == 0 for r in mine if r.get("speakers") == biggest["speakers"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -526,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dave-memory", default="100,200", help="group sizes to measure ('' to skip)")
     parser.add_argument("--sender-processes", type=int, default=0, help="0: one per 150 speakers, at most 4")
     parser.add_argument("--receive-buffer", type=int, help="SO_RCVBUF to ask for (0: the OS default)")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also measure this commit's code (git archive), alternating run by run with the "
+                             "current code; the synthetic mode then runs --repeat times per side in fresh processes")
     parser.add_argument("--child-realtime", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-sender-cpu", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--child-dave-memory", type=int, help=argparse.SUPPRESS)
@@ -543,40 +669,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     line: dict[str, Any] = {"bench": "receive", "cpus": os.cpu_count(), "loadavg_before": _loadavg()}
-    if args.speakers:
-        load_libopus()
-        frames = _speech_like_frames(100)
-        results = [run(int(n), args.seconds, frames) for n in args.speakers.split(",")]
-        top = results[-1]
-        line.update({
-            "speakers": top["speakers"],
-            "cpu_ms_per_speaker_second": top["cpu_ms_per_speaker_second"],
-            "bare_decode_ms_per_speaker_second": top["bare_decode_ms_per_speaker_second"],
-            "ratio": top["ratio"],
-            "packets_lost": top["packets_lost"],
-            "synthetic_target_met": top["ratio"] <= 1.3 and top["packets_lost"] == 0,
-            "sweep": results,
-        })
-    if args.realtime:
-        core, sender_core = _cores()
-        line["pinned"] = {"process_under_test": core, "senders": sender_core, "tool": "taskset" if core is not None else None}
-        runs = []
-        for n in (int(x) for x in args.realtime.split(",")):
-            for _ in range(max(1, args.repeat)):
-                child = ["--child-realtime", str(n), "--realtime-seconds", str(args.realtime_seconds),
-                         "--sender-processes", str(args.sender_processes)]
-                if args.receive_buffer is not None:
-                    child += ["--receive-buffer", str(args.receive_buffer)]
-                if sender_core is not None:
-                    child += ["--child-sender-cpu", str(sender_core)]
-                result = _child(child, core)
-                result["loadavg"] = _loadavg()
-                runs.append(result)
-        line["realtime"] = runs
-        biggest = max((r for r in runs if "error" not in r), key=lambda r: r["speakers"], default=None)
-        line["realtime_target_met"] = bool(
-            biggest is not None and biggest["speakers"] >= 500
-            and all(r.get("lost") == 0 for r in runs if r.get("speakers") == biggest["speakers"]))
+    with tempfile.TemporaryDirectory(prefix="bench-receive-baseline-") as scratch:
+        trees: list[tuple[str, str | None]] = [("current", None)]
+        if args.baseline:
+            line["baseline"] = {"ref": args.baseline, "commit": _checkout(args.baseline, scratch)}
+            trees.append(("baseline", scratch))
+        _measure(args, line, trees)
     if args.dave_memory:
         line["dave_memory"] = [_child(["--child-dave-memory", n], None) for n in args.dave_memory.split(",")]
     line["loadavg_after"] = _loadavg()
