@@ -269,13 +269,17 @@ class SpeakerDecoder:
             try:
                 pcm = self._decode(opus)
             except discord.opus.OpusError:
-                out: list[bytes] = []
+                lost: list[bytes] = []
                 self._c["corrupt"] += 1
-                self._conceal_into(out, None)
-                return out
+                self._conceal_into(lost, None)  # as _decode_into does: keep the speaker's timeline going
+                return lost
             self._decoded += 1
             return [pcm]
-        out = []
+        return self._push(seq, opus)
+
+    def _push(self, seq: int, opus: bytes) -> list[bytes]:
+        """:meth:`push` for every case: the reorder window, late packets, strays and runs."""
+        out: list[bytes] = []
         nxt = self._next
         if nxt is None:
             self._next = nxt = seq

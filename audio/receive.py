@@ -597,7 +597,8 @@ class ReceiveVoiceClient(discord.VoiceClient):
         self._caught_up = threading.Event()  # cleared while the hand-off queue is at the high-water mark
         self._caught_up.set()
         self._listening = False
-        self._burst_enabled = discord.__version__ in BURST_VERIFIED_DISCORD
+        self._burst_enabled = False  # decided when listening starts (op 4)
+        self.burst_datagrams = 0  # datagrams our callback read off the socket itself (after discord.py's one)
         self._burst_checked: object = None
         self._burst_sock: socket.socket | None = None
         self._receiver_opts = {"accept_user": accept_user, "hold_frames": hold_frames, "max_held_ssrcs": max_held_ssrcs}
@@ -669,6 +670,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
         conn.remove_socket_listener(self._on_datagram)
         conn.add_socket_listener(self._on_datagram)
         self._listening = True
+        self._burst_enabled = discord.__version__ in BURST_VERIFIED_DISCORD
 
     def _grow_receive_buffer(self, sock: socket.socket | Any) -> None:
         # discord.py makes a new UDP socket on every (re)connect and move; op 4 follows each one, so
@@ -741,6 +743,7 @@ class ReceiveVoiceClient(discord.VoiceClient):
                     datagrams.append(recv(_RECV_SIZE))
             except OSError:  # BlockingIOError: nothing more queued; anything else: discord.py sees it next
                 pass
+            self.burst_datagrams += len(datagrams) - 1
         self.receiver.on_datagrams(datagrams, self._hand_off_batch)
         if not self._caught_up.is_set():
             self._caught_up.wait(BACKPRESSURE_WAIT_S)  # bounded: a stopped loop cannot hold the reader

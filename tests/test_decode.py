@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 
+import discord.opus
 import pytest
 from discord.opus import Decoder
 
@@ -378,3 +379,136 @@ def test_ten_minute_talker_has_bounded_state(frames: list[bytes]) -> None:
             assert sp.decoder.buffered <= 3 and len(sp.pre_roll) <= 10
     stats = pipe.stats()
     assert stats.decoded == n and stats.late == 0 and stats.frames_out == n
+
+
+# --- the fast paths hear exactly what the general ones do (issue 11, item 3) -----------------------
+
+
+class _GeneralPathDecoder(SpeakerDecoder):
+    """The decoder without its in-order fast path: every packet through the reorder buffer."""
+
+    def push(self, seq: int, opus: bytes) -> list[bytes]:
+        return self._push(seq, opus)
+
+
+def _hostile_sequence(frames: list[bytes], seed: int) -> list[tuple[int, bytes] | None]:
+    """A stream with every case at once: in order, reordered, lost, duplicated, late, corrupt,
+    runs far ahead and behind (resyncs), single strays, and the wrap at 65536; None = flush."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[tuple[int, bytes] | None] = []
+    seq = 65500
+    n = 0
+    while len(out) < 600:
+        n += 1
+        frame = frames[n % len(frames)]
+        roll = rng.random()
+        if roll < 0.05:
+            seq = (seq + 1) % 65536  # lost
+            continue
+        if roll < 0.10 and out and out[-1] is not None:
+            out.append(out[-1])  # duplicate of a released packet (late by then)
+        elif roll < 0.12:
+            early = ((seq + 1) % 65536, frame)
+            out += [early, early, (seq, frames[(n + 1) % len(frames)])]  # a duplicate still buffered
+            seq = (seq + 2) % 65536
+            continue
+        elif roll < 0.15:
+            out.append(((seq + 1) % 65536, frame))  # reordered pair
+            out.append((seq, frames[(n + 1) % len(frames)]))
+            seq = (seq + 2) % 65536
+            continue
+        elif roll < 0.17:
+            out.append(((seq - 4) % 65536, frame))  # late
+        elif roll < 0.19:
+            out.append(((seq + 20000) % 65536, frame))  # a single stray far ahead
+        elif roll < 0.21:
+            jump = rng.choice([3000, -700])  # the encoder restarted elsewhere: a run of three
+            seq = (seq + jump) % 65536
+            for k in range(3):
+                out.append(((seq + k) % 65536, frames[(n + k) % len(frames)]))
+            seq = (seq + 3) % 65536
+            continue
+        elif roll < 0.22:
+            out.append((seq, b"\xff\xff\xff\xff"))  # corrupt Opus
+            seq = (seq + 1) % 65536
+            continue
+        elif roll < 0.23:
+            out.append(None)  # the speaker paused: the pipeline flushes
+            continue
+        out.append((seq, frame))
+        seq = (seq + 1) % 65536
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_in_order_fast_path_releases_exactly_what_the_reorder_buffer_does(frames: list[bytes], seed: int) -> None:
+    fast, general = SpeakerDecoder(), _GeneralPathDecoder()
+    fast_out: list[bytes] = []
+    general_out: list[bytes] = []
+    for item in _hostile_sequence(frames, seed):
+        if item is None:
+            fast_out += fast.flush()
+            general_out += general.flush()
+            continue
+        fast_out += fast.push(*item)
+        general_out += general.push(*item)
+        assert fast.accepted == general.accepted
+    fast_out += fast.flush()
+    general_out += general.flush()
+    assert fast_out == general_out  # the same PCM, byte for byte (FEC and PLC included)
+    assert fast.stats == general.stats
+    stats = fast.stats
+    # The sequence really exercised every path the fast one must not change.
+    assert stats.fec_recovered and stats.concealed and stats.duplicates and stats.late
+    assert stats.resyncs and stats.strays and stats.corrupt and stats.decoded > 400
+
+
+def test_pipeline_hears_the_same_with_and_without_the_fast_path(frames: list[bytes]) -> None:
+    class GeneralPipeline(ReceivePipeline):
+        def _new_decoder(self) -> SpeakerDecoder:
+            return _GeneralPathDecoder(sample_rate=self.sample_rate, channels=self.channels)
+
+    class PcmRecorder(Recorder):
+        def on_audio(self, user_id: int, pcm: bytes) -> None:
+            self.events.append(("audio", user_id, hash(pcm)))
+
+    heard = []
+    for cls in (ReceivePipeline, GeneralPipeline):
+        clock = FakeClock()
+        rec = PcmRecorder()
+        pipe = cls(rec, clock=clock)
+        for item in _hostile_sequence(frames, 7):
+            clock.now += 0.02
+            if item is None:
+                clock.now += 0.2  # a pause: the tick flushes and may end speech
+                pipe.tick()
+                continue
+            pipe.on_packet(VoicePacket(1, 10, item[0], 0, item[1]))
+        pipe.tick()
+        heard.append((rec.events, pipe.stats()))
+    assert heard[0] == heard[1]
+    assert any(kind == "start" for kind, _, _ in heard[0][0])
+
+
+@pytest.mark.parametrize("native", ["cffi", "ctypes"])
+def test_decoder_bindings_decode_plc_and_fec_identically(frames: list[bytes], native: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import audio.decode
+
+    reference = audio.decode.decoder_class(16000, 1)()
+    if native == "ctypes":
+        monkeypatch.setattr(audio.decode, "_cffi_decode", lambda: None)
+    dec = audio.decode.decoder_class(16000, 1)()
+    assert dec._cffi == (native == "cffi")
+    for i, frame in enumerate(frames[:20]):
+        if i % 7 == 3:
+            assert dec.decode(None) == reference.decode(None)  # PLC
+        elif i % 7 == 5:
+            assert dec.decode(frame, fec=True) == reference.decode(frame, fec=True)
+        assert dec.decode(frame) == reference.decode(frame)
+    with pytest.raises(discord.opus.OpusError):
+        dec.decode(b"\xff\xff\xff\xff")
+    with pytest.raises(TypeError):
+        dec.decode(None, fec=True)

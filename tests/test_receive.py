@@ -435,3 +435,91 @@ async def test_other_bots_are_dropped_before_decryption(rig: Rig) -> None:
     rig.vc.ignore_users = frozenset()
     rig.send(BOB, 31, 2)  # Bob's stream is on SSRC 31 now (the trial retired BOB_SSRC)
     assert (await rig.sink.wait_for(2))[-1].user_id == BOB
+
+
+# --- reading queued datagrams in bursts (the reader thread's fast path) -----------------------------
+
+
+async def _park_reader(rig: Rig) -> Any:
+    """Pause discord.py's reader thread at a known point: after it handled one sentinel datagram it
+    waits for resume() instead of select(), so what is sent next queues on the socket."""
+    reader = rig.vc._connection._socket_reader
+    reader.pause()
+    seen = rig.stats.datagrams
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"\x00", rig.sock.getsockname())  # too short: counted, never delivered
+    finally:
+        sender.close()
+    for _ in range(3000):  # failure guard only: the reader takes it within milliseconds
+        if rig.stats.datagrams > seen:
+            break
+        await asyncio.sleep(0.01)
+    assert rig.stats.datagrams == seen + 1
+    return reader
+
+
+def _queue(rig: Rig, user: int, ssrc: int, seqs: range) -> None:
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for seq in seqs:
+            rig.counter += 1
+            packet = seal(rig.gw.encrypt(user, OPUS), seq=seq, ts=seq * 960, ssrc=ssrc, counter=rig.counter)
+            sender.sendto(packet, rig.sock.getsockname())  # loopback UDP: queued before sendto returns
+    finally:
+        sender.close()
+
+
+async def test_queued_datagrams_are_read_in_one_burst_and_all_delivered_in_order(rig: Rig) -> None:
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    reader = await _park_reader(rig)
+    _queue(rig, ALICE, ALICE_SSRC, range(1, 41))
+    reader.resume()
+    packets = await rig.sink.wait_for(40)
+    assert [p.sequence for p in packets] == list(range(1, 41))
+    # discord.py's select()/recv() took the first; our callback read the other 39 at once.
+    assert rig.vc.burst_datagrams == 39
+    assert rig.stats.delivered == 40 and rig.stats.rejected == 1  # the sentinel
+
+
+async def test_bursts_longer_than_the_limit_are_split_and_nothing_is_lost(rig: Rig) -> None:
+    from audio.receive import READ_BURST
+
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    reader = await _park_reader(rig)
+    count = 2 * READ_BURST + 5
+    _queue(rig, ALICE, ALICE_SSRC, range(1, count + 1))
+    reader.resume()
+    packets = await rig.sink.wait_for(count)
+    assert [p.sequence for p in packets] == list(range(1, count + 1))
+    assert rig.vc.burst_datagrams == count - 3  # three callbacks: 64 + 64 + 5, each after discord.py's recv
+
+
+async def test_another_socket_listener_still_sees_every_datagram(rig: Rig) -> None:
+    # Reading ahead would steal datagrams from a second listener: with one, discord.py reads them all.
+    await _dave_rig(rig)
+    await rig.speaking(ALICE, ALICE_SSRC)
+    seen: list[bytes] = []
+    rig.vc._connection.add_socket_listener(seen.append)
+    reader = await _park_reader(rig)
+    _queue(rig, ALICE, ALICE_SSRC, range(1, 21))
+    reader.resume()
+    packets = await rig.sink.wait_for(20)
+    assert [p.sequence for p in packets] == list(range(1, 21))
+    assert len(seen) == 21 and rig.vc.burst_datagrams == 0
+
+
+async def test_unverified_discord_versions_read_one_datagram_per_callback(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import audio.receive
+
+    monkeypatch.setattr(audio.receive, "BURST_VERIFIED_DISCORD", ())
+    await _dave_rig(rig)  # op 4: listening starts, bursts decided here
+    await rig.speaking(ALICE, ALICE_SSRC)
+    reader = await _park_reader(rig)
+    _queue(rig, ALICE, ALICE_SSRC, range(1, 21))
+    reader.resume()
+    packets = await rig.sink.wait_for(20)
+    assert [p.sequence for p in packets] == list(range(1, 21))
+    assert rig.vc.burst_datagrams == 0
