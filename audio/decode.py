@@ -447,9 +447,14 @@ class SpeechSegmenter:
                 return self._end()
         return None
 
-    def tick(self) -> str | None:
-        """Timer check: end speech if no voiced frame arrived for ``end_silence_ms``."""
-        if self.speaking and (self._clock() - self._last_voice_at) * 1000 >= self._end_silence_ms:
+    def tick(self, now: float | None = None) -> str | None:
+        """Timer check: end speech if no voiced frame arrived for ``end_silence_ms``.
+
+        ``now`` is the clock's reading when the caller already has one.
+        """
+        if not self.speaking:
+            return None
+        if ((self._clock() if now is None else now) - self._last_voice_at) * 1000 >= self._end_silence_ms:
             return self._end()
         return None
 
@@ -632,13 +637,19 @@ class ReceivePipeline:
     def tick(self) -> None:
         """Release quiet speakers' buffers, end speech on packet gaps, drop long-idle speakers."""
         now = self._clock()
+        # Runs 20 times a second over every speaker (500 in a large call): a speaker who is neither
+        # speaking nor quiet long enough for a flush or a drop has nothing to do here.
+        nothing_before = min(self._flush_after, self._idle_drop)
         for user_id, sp in list(self._speakers.items()):
             idle = now - sp.last_packet_at
-            if idle >= self._flush_after and sp.decoder.buffered:
+            segmenter = sp.segmenter
+            if idle < nothing_before and not segmenter.speaking:
+                continue
+            if idle >= self._flush_after and sp.decoder._buffer:
                 for pcm in sp.decoder.flush():
                     self._frame(user_id, sp, pcm)
-            if sp.segmenter.tick() == SpeechEvent.END or (sp.segmenter.speaking and idle >= self._end_gap
-                                                           and sp.segmenter.end() == SpeechEvent.END):
+            if segmenter.tick(now) == SpeechEvent.END or (segmenter.speaking and idle >= self._end_gap
+                                                          and segmenter.end() == SpeechEvent.END):
                 self._consumer.on_speech_end(user_id)
             if idle >= self._idle_drop:
                 self._drop(user_id)

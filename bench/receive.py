@@ -268,7 +268,8 @@ def _cpu_split(before: dict[int, float], after: dict[int, float], times0: os.tim
     for tid, cpu in after.items():
         used = cpu - before.get(tid, 0.0)
         name = names.get(tid, "")
-        key = "loop_s" if tid == main else "socket_reader_s" if name.startswith("voice-socket-reader") else "other_threads_s"
+        reader = name.startswith("voice-socket-reader")
+        key = "loop_s" if tid == main else "socket_reader_s" if reader else "other_threads_s"
         split[key] += used
     split = {k: round(v, 2) for k, v in split.items()}
     split["user_s"] = round(times1.user - times0.user, 2)

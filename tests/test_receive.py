@@ -511,7 +511,8 @@ async def test_another_socket_listener_still_sees_every_datagram(rig: Rig) -> No
     assert len(seen) == 21 and rig.vc.burst_datagrams == 0
 
 
-async def test_unverified_discord_versions_read_one_datagram_per_callback(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unverified_discord_versions_read_one_datagram_per_callback(rig: Rig,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import audio.receive
 
     monkeypatch.setattr(audio.receive, "BURST_VERIFIED_DISCORD", ())
