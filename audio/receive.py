@@ -564,7 +564,9 @@ class ReceiveVoiceClient(discord.VoiceClient):
     ``handoff_batch_s`` after its first frame). With ``backpressure_frames``
     waiting, the socket thread pauses (briefly, bounded) until the loop takes them, so the socket's
     enlarged buffer (``receive_buffer``) absorbs a slow loop. If the loop still falls behind by more
-    than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``).
+    than ``max_backlog`` frames, new frames are dropped (counted as ``backlog``). When datagrams
+    queue up faster than discord.py's reader hands them over one by one, our callback reads the
+    queued ones itself (see ``READ_BURST``; ``burst_datagrams`` counts them).
     """
 
     receiver: VoiceReceiver

@@ -24,11 +24,17 @@ and the longest garbage-collection pause, CPU ms per speaker-second (process CPU
 over the send window plus the drain), and the run-queue wait: time our threads were runnable but
 another process had the core. On a shared host that last figure says how much of a loss was ours.
 
+Before/after (``--baseline GIT_REF``): the same runs for another commit's code (extracted with
+``git archive``), alternating run by run with the current code so both see the same load; every run
+is labelled ``code: current|baseline``. Real-time runs also report CPU µs per decoded packet and
+where the CPU went (``cpu_split``: the event loop's thread, discord.py's socket reader, user/kernel).
+
 DAVE memory (``--dave-memory``): RSS growth of a fresh process that builds an MLS group of N members
 plus the bot (every member's davey session lives there, as in the sender process), per session.
 
 Usage: python -m bench.receive [--json] [--speakers 1,10,100] [--seconds 4]
            [--realtime 100,300,500] [--realtime-seconds 10] [--repeat 1] [--dave-memory 100,200]
+           [--baseline GIT_REF]
 Prints one JSON line (``--json`` is accepted for symmetry with bench.latency; output is always JSON).
 """
 
