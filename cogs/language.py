@@ -15,6 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n.bidi import isolate
 from bot.i18n.catalog import catalog_language, t
 from bot.i18n.languages import AUTO, LANGUAGES, language_name, parse_setting
 from bot.i18n.places import PlaceLanguages
@@ -64,7 +65,7 @@ class LanguageCog(commands.Cog, name="Language"):
                 setting = parse_setting(language)
             except ValueError:
                 await self._answer(interaction, t("language.unknown", answer_language(interaction, self.languages),
-                                                  value=discord.utils.escape_markdown(language[:32])))
+                                                  value=isolate(discord.utils.escape_markdown(language[:32]))))
                 return
             self.languages.set(place, setting)
             log.info("/language %s", setting, extra={"guild_id": interaction.guild_id})

@@ -261,8 +261,8 @@ class VoiceCog(commands.Cog, name="Voice"):
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @manage_server_check
-    @app_commands.describe(mode="auto: anyone when alone, else when named; always; addressed: when named; "
-                                "push-to-talk: when asked; scribe: notes only")
+    @app_commands.describe(mode="auto: anyone when alone, else when named; always; addressed; "
+                                "push-to-talk: when asked; scribe: notes")
     async def mode(self, interaction: discord.Interaction,
                    mode: Literal["auto", "always", "addressed", "push-to-talk", "scribe"]) -> None:
         """Choose when I answer in voice in this server (needs Manage Server)."""
@@ -324,7 +324,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                 next((v for v in voices if v.name.lower() == wanted.lower()), None)
             if voices and match is None:
                 await self._answer(interaction, t("voice.unknown_voice", language,
-                                                  name=discord.utils.escape_markdown(wanted)))
+                                                  name=isolate(discord.utils.escape_markdown(wanted))))
                 return
             chosen, label = (match.id, match.name) if match else (wanted, wanted)
         try:

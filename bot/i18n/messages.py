@@ -844,7 +844,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     # -- /status ---------------------------------------------------------------------------------
     "status.not_in_voice": {
         "en": "**Voice:** {bot} is not in a voice channel here. Use `/join` to bring it in.",
-        "de": "**Sprache:** {bot} ist hier in keinem Sprachkanal. Mit `/join` holst du ihn dazu.",
+        "de": "**Sprachkanal:** {bot} ist hier in keinem Sprachkanal. Mit `/join` holst du ihn dazu.",
         "fr": "**Vocal :** {bot} n'est dans aucun salon vocal ici. Utilise `/join` pour le faire venir.",
         "es": "**Voz:** {bot} no está en ningún canal de voz aquí. Usa `/join` para traerlo.",
         "pt": "**Voz:** {bot} não está em nenhum canal de voz aqui. Use `/join` para chamá-lo.",
