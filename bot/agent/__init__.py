@@ -100,6 +100,7 @@ class Reply:
         except asyncio.CancelledError:
             raise
         except AgentError as exc:
+            exc.in_language(self.incoming.language)  # a catalog message, said in the reply's language
             self.error = exc
             # The caller (chat cog, voice session, SMS, CLI) writes the one warning line for this
             # failure, with the person and channel it knows about; here it is detail only.
