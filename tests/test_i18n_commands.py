@@ -267,3 +267,33 @@ def test_dm_answers_follow_the_persons_language() -> None:
     assert person_words_language(languages, 7, "pt-BR") == "fr"
     assert person_words_language(PlaceLanguages(Database.in_memory(), "es"), 8, None) == "es"
     assert person_words_language(None, 9, "klingon") == "en"
+
+
+# -- the speech engines' failure texts -----------------------------------------------------------
+
+
+def test_every_engine_text_in_the_catalog_is_still_what_an_engine_writes() -> None:
+    from bot.i18n.engine_texts import ENGINE_PREFIX
+
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "audio").rglob("*.py"))
+    stale = []
+    for key, entry in MESSAGES.items():
+        if key.startswith(ENGINE_PREFIX):
+            english = re.sub(r"\{\w+\}", "{", entry["en"]).split("{")[0]  # up to a placeholder
+            if english not in sources:
+                stale.append(key)
+    assert stale == []
+
+
+def test_engine_texts_are_said_in_the_places_language_and_anything_else_passes() -> None:
+    from bot.i18n.engine_texts import translate_engine_text
+
+    assert translate_engine_text("I can't reach Deepgram right now.", "de") == "Ich erreiche Deepgram gerade nicht."
+    assert translate_engine_text("Deepgram refused the connection (HTTP 503).", "fr") == \
+        "Deepgram a refusé la connexion (HTTP 503)."
+    # A synthesis failure names its sentence: the sentence stays as it was said.
+    assert translate_engine_text("The local voice is not working. (Guten Tag)", "ja") == \
+        "ローカル音声が動作していません。 (Guten Tag)"
+    assert translate_engine_text("I can't reach Deepgram right now.", "en") == "I can't reach Deepgram right now."
+    assert translate_engine_text("Ich erreiche Deepgram gerade nicht.", "fr") == "Ich erreiche Deepgram gerade nicht."
+    assert translate_engine_text("Something else entirely.", "de") == "Something else entirely."

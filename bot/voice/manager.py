@@ -33,6 +33,7 @@ from audio.watchdog import DeafWatchdog, WatchdogAction
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
 from bot.i18n.bidi import isolate
 from bot.i18n.catalog import MESSAGES, t
+from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
@@ -583,7 +584,8 @@ class VoiceManager:
         async def notify(text: str) -> None:
             gv = holder.get("gv")
             if gv is not None:
-                await self._post(gv, text)
+                # A speech engine's failure is English at its source: said in the server's language.
+                await self._post(gv, translate_engine_text(text, self.guild_language(guild)))
 
         async def mirror(name: str, text: str) -> None:
             gv = holder.get("gv")
