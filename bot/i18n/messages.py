@@ -1204,6 +1204,20 @@ MESSAGES: dict[str, dict[str, str]] = {
               "{minutes}分間有効です）。その後あなたが送るメッセージはあなたのものとして記憶され、/forget は両方に"
               "適用されます。取り消すには /unlink を使ってください。",
     },
+    "link.sms_linked": {
+        "en": "Linked! This number is now connected to {person} on Discord, so {name} knows it's you in both places. "
+              "Use /unlink in Discord to undo.",
+        "de": "Verknüpft! Diese Nummer gehört jetzt zu {person} auf Discord, also weiß {name} an beiden Orten, dass du "
+              "es bist. Mit /unlink in Discord machst du es rückgängig.",
+        "fr": "C'est lié ! Ce numéro est maintenant rattaché à {person} sur Discord, donc {name} sait que c'est toi aux "
+              "deux endroits. Utilise /unlink dans Discord pour annuler.",
+        "es": "¡Vinculado! Este número ahora está conectado a {person} en Discord, así que {name} sabe que eres tú en "
+              "ambos sitios. Usa /unlink en Discord para deshacerlo.",
+        "pt": "Vinculado! Este número agora está ligado a {person} no Discord, então {name} sabe que é você nos dois "
+              "lugares. Use /unlink no Discord para desfazer.",
+        "ja": "連携しました！この番号は Discord の {person} とつながったので、{name} はどちらでもあなただとわかります。"
+              "取り消すには Discord で /unlink を使ってください。",
+    },
     "link.unlink_none": {
         "en": "No phone number is linked to your account.",
         "de": "Mit deinem Konto ist keine Telefonnummer verknüpft.",
