@@ -227,6 +227,7 @@ async def test_right_to_left_values_keep_their_direction_and_unknown_languages_f
         discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
     h = _seed(discord_)
     h.guild.guild.preferred_locale = "ko"  # a language the bot's words are not in
+    rtl = h.guild.add_voice_channel("טרקלין")
     discord_.world.users[h.boss.id].locale = "fr"
     async with running_bot(h, monkeypatch, extensions=EVERY_COG):
         # Korean server, French client: the catalog has no Korean, so the caller's French.
@@ -240,6 +241,12 @@ async def test_right_to_left_values_keep_their_direction_and_unknown_languages_f
         # A server set to a language without a catalog (Arabic): the caller's language again.
         await h.command(h.boss, "language", {"language": "ar"})
         assert "n'est dans aucun salon vocal ici" in await h.command(h.boss, "status")
+        # A Hebrew channel name inside the (English) join notice keeps its direction.
+        await h.alice.join_voice(rtl)
+        await h.command(h.alice, "join")
+        notice = await discord_.wait_bot_message(rtl, contains="/optout", timeout=TIMEOUT)
+        assert "in \u2068טרקלין\u2069 and listening" in notice.content
+        await h.command(h.alice, "leave")
 
 
 async def test_auto_servers_answer_each_caller_in_their_language(discord_: LocalDiscord,

@@ -326,11 +326,11 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "mode.push_to_talk": {
         "en": "{bot} answers only people who press **Talk to {bot}** (or use `/listen`) first.",
-        "de": "{bot} antwortet nur, wenn man vorher **Talk to {bot}** drückt (oder `/listen` nutzt).",
-        "fr": "{bot} ne répond qu'aux personnes qui appuient d'abord sur **Talk to {bot}** (ou utilisent `/listen`).",
-        "es": "{bot} solo responde a quien pulse antes **Talk to {bot}** (o use `/listen`).",
-        "pt": "{bot} só responde a quem apertar **Talk to {bot}** antes (ou usar `/listen`).",
-        "ja": "{bot} は先に **Talk to {bot}** を押した人（または `/listen` を使った人）にだけ返事をします。",
+        "de": "{bot} antwortet nur, wenn man vorher **Mit {bot} reden** drückt (oder `/listen` nutzt).",
+        "fr": "{bot} ne répond qu'aux personnes qui appuient d'abord sur **Parler à {bot}** (ou utilisent `/listen`).",
+        "es": "{bot} solo responde a quien pulse antes **Hablar con {bot}** (o use `/listen`).",
+        "pt": "{bot} só responde a quem apertar **Falar com {bot}** antes (ou usar `/listen`).",
+        "ja": "{bot} は先に **{bot}に話しかける** を押した人（または `/listen` を使った人）にだけ返事をします。",
     },
     "mode.addressed": {
         "en": "{bot} answers when someone says its name.",

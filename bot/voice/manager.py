@@ -756,7 +756,9 @@ class VoiceManager:
         gs = self.guild_settings.get(gv.guild_id)
         bot_name = self.agent.character.name
         language = self.guild_language(channel.guild)
-        text = consent_notice(bot_name=bot_name, channel_name=channel.name, mode=gs.mode, providers=self.providers,
+        # A right-to-left channel name keeps its own direction inside the notice's line (bot.i18n.bidi).
+        text = consent_notice(bot_name=bot_name, channel_name=isolate(channel.name), mode=gs.mode,
+                              providers=self.providers,
                               recording=gs.recording_allowed(self.settings),
                               retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts,
                               language=language)
