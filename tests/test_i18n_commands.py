@@ -304,3 +304,15 @@ def test_engine_texts_are_said_in_the_places_language_and_anything_else_passes()
     assert translate_engine_text("I can't reach Deepgram right now.", "en") == "I can't reach Deepgram right now."
     assert translate_engine_text("Ich erreiche Deepgram gerade nicht.", "fr") == "Ich erreiche Deepgram gerade nicht."
     assert translate_engine_text("Something else entirely.", "de") == "Something else entirely."
+
+
+async def test_a_shortened_text_reply_says_so_in_the_readers_language() -> None:
+    from bot.textchat import StreamingWriter
+    from tests.test_textchat import Recorder, _endless
+
+    channel = Recorder()
+    note = t("chat.shortened", "de")
+    writer = StreamingWriter(channel.send, channel.edit, max_messages=2, shortened_note=note)
+    await writer.stream(_endless("Das ist noch ein Satz einer endlosen Antwort. ", [0]))
+    assert writer.capped and channel.messages[-1].endswith("Antwort. *…(Antwort gekürzt)*")
+    assert all(len(m) <= 2000 for m in channel.messages)

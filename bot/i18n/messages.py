@@ -1620,6 +1620,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Você escreve mais rápido do que eu penso! Me dê uns {seconds} segundos e tente de novo.",
         "ja": "考えるより速く書き込まれています！{seconds}秒ほど待ってから、もう一度お試しください。",
     },
+    "chat.shortened": {
+        "en": "*…(reply shortened)*", "de": "*…(Antwort gekürzt)*", "fr": "*…(réponse raccourcie)*",
+        "es": "*…(respuesta acortada)*", "pt": "*…(resposta encurtada)*", "ja": "*…（返事を短くしました）*",
+    },
     "chat.lost_for_words": {
         "en": "I'm lost for words. Could you put that another way?",
         "de": "Mir fehlen die Worte. Kannst du das anders sagen?",
