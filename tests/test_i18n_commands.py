@@ -55,7 +55,7 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert "kenne ich nicht" in await h.command(h.boss, "voice set", {"voice": "Nobody"})
         assert "Hier spreche ich ab jetzt mit **Rachel**" in await h.command(h.boss, "voice set", {"voice": "rachel"})
         allow = await h.command(h.boss, "voice allow", {"channel": h.voice.id, "on": True})
-        assert allow.startswith("Man darf mich holen in: ")
+        assert allow.startswith("Man darf mich in diese Kanäle holen: ")
 
         await h.alice.join_voice(h.voice)
         assert (await h.command(h.alice, "join")).startswith("Ich bin in ")

@@ -533,7 +533,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "transcript.here": {
         "en": "Here's the transcript of this call so far.",
         "de": "Hier ist die bisherige Mitschrift dieses Gesprächs.",
-        "fr": "Voici la transcription de cet appel jusqu'ici.",
+        "fr": "Voici la transcription de cet appel jusqu'à présent.",
         "es": "Aquí tienes la transcripción de esta llamada hasta ahora.",
         "pt": "Aqui está a transcrição desta chamada até agora.",
         "ja": "この通話のここまでの文字起こしです。",
@@ -729,7 +729,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "ja": "誰かが来たら自動で参加するチャンネル：{channels}。",
     },
     "voice.allow_list": {
-        "en": "I may be brought into: {channels}.", "de": "Man darf mich holen in: {channels}.",
+        "en": "I may be brought into: {channels}.", "de": "Man darf mich in diese Kanäle holen: {channels}.",
         "fr": "On peut me faire venir dans : {channels}.", "es": "Pueden traerme a: {channels}.",
         "pt": "Podem me chamar para: {channels}.", "ja": "呼び出せるチャンネル：{channels}。",
     },
@@ -936,7 +936,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "fr": "**Autres bots :** {count} dans le salon, non entendus (`/voice settings bots:True` les inclut)",
         "es": "**Otros bots:** {count} en el canal, sin oír (`/voice settings bots:True` los incluye)",
         "pt": "**Outros bots:** {count} no canal, não ouvidos (`/voice settings bots:True` os inclui)",
-        "ja": "**ほかのボット：** チャンネルに{count}、聞いていません（`/voice settings bots:True` で含めます）",
+        "ja": "**ほかのボット：** チャンネル内に{count}体、聞いていません（`/voice settings bots:True` で含めます）",
     },
     "status.mode": {
         "en": "**Mode:** {mode}. {explanation}", "de": "**Modus:** {mode}. {explanation}",
@@ -987,7 +987,7 @@ MESSAGES: dict[str, dict[str, str]] = {
                             "fr": "ma propre voix revenue en écho", "es": "mi propia voz de vuelta",
                             "pt": "minha própria voz de volta", "ja": "自分の声の反響"},
     "status.ignored.phrase": {"en": "invented phrases", "de": "erfundene Sätze", "fr": "phrases inventées",
-                              "es": "frases inventadas", "pt": "frases inventadas", "ja": "でっち上げの文"},
+                              "es": "frases inventadas", "pt": "frases inventadas", "ja": "誤って作られた文"},
     "status.ignored.non_speech": {"en": "noise read as words", "de": "Geräusche als Wörter gelesen",
                                   "fr": "bruit lu comme des mots", "es": "ruido leído como palabras",
                                   "pt": "ruído lido como palavras", "ja": "言葉と誤認した雑音"},
@@ -1113,7 +1113,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "privacy.forget_nothing": {
         "en": "I had nothing stored about you. Anything you were saying just now was dropped too.",
-        "de": "Ich hatte nichts über dich gespeichert. Was du gerade gesagt hast, ist ebenfalls verworfen.",
+        "de": "Ich hatte nichts über dich gespeichert. Was du gerade gesagt hast, habe ich ebenfalls verworfen.",
         "fr": "Je n'avais rien enregistré sur toi. Ce que tu étais en train de dire a aussi été jeté.",
         "es": "No tenía nada guardado sobre ti. Lo que estabas diciendo justo ahora también se descartó.",
         "pt": "Eu não tinha nada guardado sobre você. O que você estava dizendo agora também foi descartado.",
@@ -1130,7 +1130,7 @@ MESSAGES: dict[str, dict[str, str]] = {
               "Si te diste de baja, eso se mantiene: solo guardo una marca cifrada de ello.",
         "pt": "Esquecido: apaguei {what} (inclusive SMS de um telefone vinculado) e tudo o que eu ainda estava "
               "processando. Se você optou por sair, isso continua: guardo só uma marca embaralhada disso.",
-        "ja": "消去しました：{what}（連携した電話からのメッセージを含む）と、処理中だったものをすべて消しました。"
+        "ja": "{what}（連携した電話からのメッセージを含む）と、処理中だったものをすべて消去しました。"
               "オプトアウトしている場合はそのままです。その記録は判読できない形でのみ残ります。",
     },
     "forget.and": {"en": ", ", "de": ", ", "fr": ", ", "es": ", ", "pt": ", ", "ja": "、"},
@@ -1189,8 +1189,8 @@ MESSAGES: dict[str, dict[str, str]] = {
               "{minutes} minutes). After that, whatever you text me is remembered as you, and /forget covers both. "
               "Use /unlink to undo.",
         "de": "Schick **LINK {code}** per SMS an **{number}**, und zwar von dem Telefon, das du verknüpfen willst "
-              "(der Code gilt einmal, {minutes} Minuten lang). Danach merke ich mir alles, was du mir schreibst, als "
-              "von dir, und /forget gilt für beides. Mit /unlink machst du es rückgängig.",
+              "(der Code gilt einmal, {minutes} Minuten lang). Danach weiß ich bei allem, was du mir schreibst, dass "
+              "es von dir kommt, und /forget gilt für beides. Mit /unlink machst du es rückgängig.",
         "fr": "Envoie **LINK {code}** par SMS au **{number}** depuis le téléphone à lier (le code marche une fois, "
               "pendant {minutes} minutes). Ensuite, tout ce que tu m'écris est retenu comme venant de toi, et /forget "
               "couvre les deux. Utilise /unlink pour annuler.",
