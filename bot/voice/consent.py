@@ -112,21 +112,10 @@ def _provider_phrase(text: str, language: str) -> str:
 
 
 def mode_explanation(mode: str, bot_name: str, language: str = "en") -> str:
-    """One sentence on when the bot answers."""
-    if language != "en":
-        from bot.i18n.catalog import t
+    """One sentence on when the bot answers (in ``language``, from the catalog)."""
+    from bot.i18n.catalog import t
 
-        return t(_MODE_KEYS.get(mode, "mode.auto"), language, bot=bot_name)
-    if mode == VoiceMode.ALWAYS:
-        return f"{bot_name} answers everything said in the channel."
-    if mode == VoiceMode.PUSH_TO_TALK:
-        return f"{bot_name} answers only people who press **Talk to {bot_name}** (or use `/listen`) first."
-    if mode == VoiceMode.ADDRESSED:
-        return f"{bot_name} answers when someone says its name."
-    if mode == VoiceMode.SCRIBE:
-        return (f"{bot_name} is only taking notes: it answers nobody, keeps a transcript of who said what "
-                f"(`/transcript`), and posts a summary when it leaves.")
-    return f"{bot_name} answers when someone says its name, or anything you say when you're alone with it."
+    return t(_MODE_KEYS.get(mode, "mode.auto"), language, bot=bot_name)
 
 
 def consent_notice(
@@ -140,38 +129,8 @@ def consent_notice(
     mirror: bool = False,
     language: str = "en",
 ) -> str:
-    """The message posted in the voice channel's chat when the bot joins (in ``language``)."""
-    if language != "en":
-        return _consent_notice_in(language, bot_name=bot_name, channel_name=channel_name, mode=mode,
-                                  providers=providers, recording=recording, retention_days=retention_days, mirror=mirror)
-    lines = [f"🎙️ **{bot_name} is now in {channel_name} and listening.**"]
-    if providers.stt is None:
-        lines.append("Speech recognition is switched off: nobody's voice is transcribed.")
-    else:
-        where = "sent to" if providers.stt_remote else "handled by"
-        lines.append(f"What you say here is {where} {providers.stt} to be written down as text, "
-                     f"and that text goes to {providers.llm} to write a reply.")
-    if providers.tts is not None:
-        lines.append(f"Replies are spoken by {providers.tts}.")
-    lines.append(mode_explanation(mode, bot_name))
-    if recording:
-        lines.append("⚠️ An admin enabled audio recording: voices in this channel are saved to disk.")
-    else:
-        lines.append("Audio is never saved.")
-    if retention_days > 0:
-        lines.append(f"Transcripts are kept for {retention_days} day{'s' if retention_days != 1 else ''}.")
-    else:
-        lines.append("Transcripts are kept until someone asks to be forgotten.")
-    if mirror:
-        lines.append("A transcript of the conversation is posted in this chat.")
-    lines.append("Don't want to be heard? Use `/optout`: your voice is ignored from then on, "
-                 "and `/forget` erases what the bot remembers about you. `/optin` undoes the opt-out.")
-    return _clip("\n".join(lines), MESSAGE_LIMIT)
-
-
-def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode: str, providers: Providers,
-                       recording: bool, retention_days: int, mirror: bool) -> str:
-    """The join notice from the message catalog: the same facts, line for line, in ``language``."""
+    """The message posted in the voice channel's chat when the bot joins: the same facts, line for
+    line, in every language (the message catalog, ``bot.i18n``)."""
     from bot.i18n.catalog import t
 
     lines = [t("consent.title", language, bot=bot_name, channel=channel_name)]
@@ -181,13 +140,15 @@ def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode:
     else:
         key = "consent.stt_remote" if providers.stt_remote else "consent.stt_local"
         lines.append(t(key, language, stt=_provider_phrase(providers.stt, language), llm=llm))
-        if providers.stt == _LOCAL_STT:
+        if providers.stt == _LOCAL_STT and language != "en":
             lines.append(t("language.local_stt_english_only", language))  # tiny.en: say it plainly
     if providers.tts is not None:
         lines.append(t("consent.tts", language, tts=_provider_phrase(providers.tts, language)))
     lines.append(mode_explanation(mode, bot_name, language))
     lines.append(t("consent.recording_on" if recording else "consent.recording_off", language))
-    if retention_days > 0:
+    if retention_days == 1:
+        lines.append(t("consent.retention_one_day", language))
+    elif retention_days > 0:
         lines.append(t("consent.retention_days", language, days=retention_days))
     else:
         lines.append(t("consent.retention_forever", language))
