@@ -51,20 +51,24 @@ class VoiceBotTree(app_commands.CommandTree["VoiceBot"]):
     """One tree-level handler: people see a friendly ephemeral note, the log gets the traceback."""
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        if isinstance(error, app_commands.CheckFailure):
-            message = str(error) or "You can't use that command here."
-            key = getattr(error, "catalog_key", None)
-            if key:  # our own checks speak the caller's language
-                from bot.i18n.catalog import t
+        from bot.i18n.catalog import t
+        from bot.i18n.words import interaction_language
 
-                message = t(key, str(interaction.locale))
+        try:
+            language = interaction_language(interaction, getattr(self.client.services, "languages", None))
+        except Exception:  # the error path must answer even when the language store fails
+            log.warning("could not choose the answer's language", exc_info=True)
+            language = "en"
+        if isinstance(error, app_commands.CheckFailure):
+            key = getattr(error, "catalog_key", None)  # our own checks; discord.py's own say little more
+            message = t(key or "command.not_here", language)
         elif isinstance(error, app_commands.CommandOnCooldown):
-            message = f"Slow down a little: try again in {error.retry_after:.0f} s."
+            message = t("command.cooldown", language, seconds=f"{error.retry_after:.0f}")
         else:
             command = interaction.command.qualified_name if interaction.command else "?"
             log.error("command /%s failed", command, exc_info=error,
                       extra={"guild_id": interaction.guild_id, "user_id": interaction.user.id})
-            message = "Something went wrong on my side; it has been logged."
+            message = t("command.failed", language)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(message, ephemeral=True)

@@ -534,7 +534,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
     try:
         step.now = f"/mode {options.mode}"
         answer = await lb.command(lb.host, "mode", {"mode": options.mode})
-        if "Mode set" not in answer:
+        # The answer is in the server's language (--language): the stored mode says whether it took.
+        if lb.manager.guild_settings.get(lb.guild.id).mode != options.mode:
             raise SimulationError(f"/mode {options.mode} failed: {answer}")
         step.now = "joining the voice channel"
         host = await lb.host.join_voice(lb.voice)
@@ -595,7 +596,7 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
     timings = list(session.timings)
     try:
         answer = await lb.command(lb.host, "leave")
-        if "Left" not in answer:
+        if lb.manager.connection(lb.guild.id) is not None:  # the answer is in the server's language
             problems.append(f"simulate: /leave answered {answer!r}")
     except asyncio.TimeoutError:
         problems.append("simulate: /leave was not answered")
@@ -639,8 +640,11 @@ async def _speak(lb: LoopbackBot, speech: Speech, participant: Participant, fram
     if speech.at > 0:
         await asyncio.sleep(speech.at)  # the requested offset, not synchronisation
     if mode == "push-to-talk":
-        answer = await lb.command(lb.members[speech.name], "listen")
-        if "listening" not in answer:
+        member = lb.members[speech.name]
+        answer = await lb.command(member, "listen")
+        session = lb.manager.session(lb.guild.id)
+        # The answer is in the server's language: whether the window opened is the policy's to say.
+        if session is None or not session.policy.wants(member.id, "anything", humans_present=2):
             log.warning("/listen for %s answered %r", speech.name, answer)
     return await participant.speak_opus(frames)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 __all__ = ["DISCORD_LIMIT", "SHORTENED_NOTE", "split_message", "RateLimiter", "StreamingWriter", "cut_at_sentence"]
 
 DISCORD_LIMIT = 2000  # characters per message (Discord rejects longer content with 50035)
-SHORTENED_NOTE = "*…(reply shortened)*"
+SHORTENED_NOTE = "*…(reply shortened)*"  # the catalog's chat.shortened in English
 
 _FENCE = re.compile(r"^\s*```(\S*)\s*$")
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s")
@@ -191,8 +191,10 @@ class StreamingWriter:
         edit_interval: float = 1.0,
         max_messages: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        shortened_note: str = SHORTENED_NOTE,
     ) -> None:
         self._send, self._edit = send, edit
+        self._note = shortened_note  # in the reader's language (the chat cog passes the catalog's)
         self._limit, self._interval, self._clock = limit, edit_interval, clock
         self._frozen_chars = 0  # characters of the text already in frozen messages
         self._open_lang: str | None = None  # code block open at the frozen boundary
@@ -270,11 +272,11 @@ class StreamingWriter:
         last = pieces[-1]
         # Room for the note and for closing/reopening a code block around it.
         reopen = len(f"```{last.lang_before}\n") if last.lang_before is not None else 0
-        budget = self._limit - len(SHORTENED_NOTE) - 2 - reopen - 4  # 4: a closing "\n```"
+        budget = self._limit - len(self._note) - 2 - reopen - 4  # 4: a closing "\n```"
         raw = cut_at_sentence(last.raw, budget, complete=False)  # more text followed it
         shown = _Piece(raw, last.lang_before, _fence_state(raw, last.lang_before)).render()
         self._delivered = (self.text[: self._frozen_chars] + raw).strip()
-        await self._show(f"{shown}\n{SHORTENED_NOTE}" if shown.endswith("```") else f"{shown} {SHORTENED_NOTE}".strip())
+        await self._show(f"{shown}\n{self._note}" if shown.endswith("```") else f"{shown} {self._note}".strip())
 
     async def _show(self, text: str) -> None:
         if not text:

@@ -150,7 +150,8 @@ class ChatCog(commands.Cog, name="Chat"):
             assert isinstance(handle, discord.Message)
             await self._in_turn(channel_id, lambda: handle.edit(content=chunk))
 
-        writer = StreamingWriter(send, edit, max_messages=self.bot.settings.discord_reply_max_messages)
+        writer = StreamingWriter(send, edit, max_messages=self.bot.settings.discord_reply_max_messages,
+                                 shortened_note=t("chat.shortened", incoming.language))
         try:
             async with self._typing(message.channel, channel_id):
                 await writer.stream(reply)

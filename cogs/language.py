@@ -3,7 +3,7 @@
 ``/language`` alone says what applies and why; ``/language language:de`` fixes it, ``auto``
 answers every message and utterance in its own language, ``default`` goes back to the server's
 Discord language (or ``LANGUAGE``). Answers are in the caller's Discord language when the bot has
-its words in it, else the server's.
+its words in it, else the server's (``bot.i18n.words`` has the whole rule).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n.bidi import isolate
 from bot.i18n.catalog import catalog_language, t
-from bot.i18n.languages import AUTO, CATALOG_LANGUAGES, LANGUAGES, language_name, normalize_code, parse_setting
+from bot.i18n.languages import AUTO, LANGUAGES, language_name, parse_setting
 from bot.i18n.places import PlaceLanguages
+from bot.i18n.words import interaction_language
 from cogs.voice import guild_only_check
 
 if TYPE_CHECKING:
@@ -29,12 +31,8 @@ RESET = "default"
 
 
 def answer_language(interaction: discord.Interaction, languages: PlaceLanguages) -> str:
-    """The language to answer an interaction in: the caller's Discord language, else the server's."""
-    personal = normalize_code(str(interaction.locale)) if interaction.locale else None
-    if personal in CATALOG_LANGUAGES:
-        return personal
-    guild_locale = str(interaction.guild_locale) if interaction.guild_locale else None
-    return catalog_language(languages.fallback(f"guild:{interaction.guild_id}", guild_locale))
+    """The language to answer an interaction in (the rule is in ``bot.i18n.words``)."""
+    return interaction_language(interaction, languages)
 
 
 class LanguageCog(commands.Cog, name="Language"):
@@ -67,7 +65,7 @@ class LanguageCog(commands.Cog, name="Language"):
                 setting = parse_setting(language)
             except ValueError:
                 await self._answer(interaction, t("language.unknown", answer_language(interaction, self.languages),
-                                                  value=discord.utils.escape_markdown(language[:32])))
+                                                  value=isolate(discord.utils.escape_markdown(language[:32]))))
                 return
             self.languages.set(place, setting)
             log.info("/language %s", setting, extra={"guild_id": interaction.guild_id})

@@ -14,7 +14,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.sms.store import LINK_CODE_TTL, PhoneLinker, SmsStore
-from bot.sms.text import link_instructions, mask_number
+from bot.i18n.catalog import t
+from bot.i18n.places import PlaceLanguages
+from bot.i18n.words import interaction_language
+from bot.sms.text import mask_number
 
 if TYPE_CHECKING:
     from bot.client import VoiceBot
@@ -23,24 +26,25 @@ __all__ = ["LinkCog", "link_phone_message", "unlink_message"]
 
 log = logging.getLogger(__name__)
 
-NO_SMS = "Texting isn't set up on this bot, so there is no phone to link."
+NO_SMS = t("link.no_sms", "en")
 
 
-def link_phone_message(linker: PhoneLinker, bot_number: str | None, user_id: int, display_name: str) -> str:
+def link_phone_message(linker: PhoneLinker, bot_number: str | None, user_id: int, display_name: str,
+                       language: str = "en") -> str:
     """Issue a code for a Discord user and say how to use it (what ``/link phone`` replies)."""
     if bot_number is None:
-        return NO_SMS
+        return t("link.no_sms", language)
     code = linker.start(f"discord:{user_id}", display_name)
-    return link_instructions(code.code, bot_number, int(LINK_CODE_TTL // 60))
+    return t("link.instructions", language, code=code.code, number=bot_number, minutes=int(LINK_CODE_TTL // 60))
 
 
-def unlink_message(linker: PhoneLinker, user_id: int) -> str:
+def unlink_message(linker: PhoneLinker, user_id: int, language: str = "en") -> str:
     """Remove a Discord user's phone links (what ``/unlink`` replies)."""
     numbers = linker.unlink(f"discord:{user_id}")
     if not numbers:
-        return "No phone number is linked to your account."
+        return t("link.unlink_none", language)
     shown = ", ".join(mask_number(n) for n in numbers)
-    return f"Unlinked {shown}. Texts from there are no longer treated as you."
+    return t("link.unlinked", language, numbers=shown)
 
 
 class LinkCog(commands.Cog, name="Link"):
@@ -48,24 +52,29 @@ class LinkCog(commands.Cog, name="Link"):
 
     link = app_commands.Group(name="link", description="Link another way of talking to me to your Discord account")
 
-    def __init__(self, linker: PhoneLinker, bot_number: str | None) -> None:
+    def __init__(self, linker: PhoneLinker, bot_number: str | None, languages: PlaceLanguages | None = None) -> None:
         self.linker = linker
         self.bot_number = bot_number
+        self.languages = languages
 
     @link.command(name="phone")
     async def link_phone(self, interaction: discord.Interaction) -> None:
         """Get a one-time code to text from your phone, linking it to your account."""
-        text = link_phone_message(self.linker, self.bot_number, interaction.user.id, interaction.user.display_name)
+        text = link_phone_message(self.linker, self.bot_number, interaction.user.id, interaction.user.display_name,
+                                  interaction_language(interaction, self.languages))
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="unlink")
     async def unlink(self, interaction: discord.Interaction) -> None:
         """Unlink any phone number linked to your account."""
-        await interaction.response.send_message(unlink_message(self.linker, interaction.user.id), ephemeral=True)
+        language = interaction_language(interaction, self.languages)
+        await interaction.response.send_message(unlink_message(self.linker, interaction.user.id, language),
+                                                ephemeral=True)
 
 
 async def setup(bot: VoiceBot) -> None:
     services = bot.services
     settings = services.settings
     linker = PhoneLinker(SmsStore(services.db), services.memory)
-    await bot.add_cog(LinkCog(linker, settings.twilio_phone_number if settings.sms_enabled else None))
+    await bot.add_cog(LinkCog(linker, settings.twilio_phone_number if settings.sms_enabled else None,
+                              services.languages))

@@ -15,6 +15,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n.catalog import MESSAGES, t
+from bot.i18n.words import interaction_language
 from bot.memory import Memory
 from bot.privacy import ForgetReport
 from bot.voice.guilds import OptOutList
@@ -24,29 +26,37 @@ if TYPE_CHECKING:
     from bot.client import VoiceBot
     from bot.voice.manager import VoiceManager
 
-__all__ = ["PrivacyCog", "optout_message", "optin_message", "forget_message"]
+__all__ = ["PrivacyCog", "optout_message", "optin_message", "forget_message", "forgotten_items"]
 
 log = logging.getLogger(__name__)
 
 
-def optout_message(changed: bool) -> str:
-    if not changed:
-        return "You had already opted out: I don't listen to you in any voice channel."
-    return ("Done: from now on I ignore your voice in every server; it is not transcribed, stored or sent anywhere. "
-            "`/forget` also erases what I remember about you, and `/optin` undoes this.")
+def optout_message(changed: bool, language: str = "en") -> str:
+    return t("privacy.optout_done" if changed else "privacy.optout_already", language)
 
 
-def optin_message(changed: bool) -> str:
-    if not changed:
-        return "You hadn't opted out, so nothing changed: I can hear you in voice channels I'm in."
-    return "Welcome back: I'll hear you again in voice channels I'm in. `/optout` stops it any time."
+def optin_message(changed: bool, language: str = "en") -> str:
+    return t("privacy.optin_done" if changed else "privacy.optin_unchanged", language)
 
 
-def forget_message(report: ForgetReport) -> str:
+def forgotten_items(report: ForgetReport, language: str = "en") -> str:
+    """What a forget removed, in ``language``: ``"3 messages, 1 linked phone"``."""
+    order = ("message", "reply", "linked phone", "linked account", "sms record", "link code", "bookkeeping")
+    kinds = [k for k in order if k in report.counts] + [k for k in report.counts if k not in order]
+    parts = []
+    for kind in kinds:
+        n = report.counts[kind]
+        if n <= 0:
+            continue
+        key = f"forget.kind.{kind.replace(' ', '_')}.{'one' if n == 1 else 'many'}"
+        parts.append(t(key, language, count=n) if key in MESSAGES else f"{n} {kind}")
+    return t("forget.and", language).join(parts)
+
+
+def forget_message(report: ForgetReport, language: str = "en") -> str:
     if report.empty:
-        return "I had nothing stored about you. Anything you were saying just now was dropped too."
-    return (f"Forgotten: I erased {report.describe()} (including texts from any phone you linked) and anything "
-            "I was still processing. If you opted out, that stays: I keep only a scrambled mark of it.")
+        return t("privacy.forget_nothing", language)
+    return t("privacy.forget_done", language, what=forgotten_items(report, language))
 
 
 class PrivacyCog(commands.Cog, name="Privacy"):
@@ -62,6 +72,10 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         cog = self.bot.get_cog("Voice")
         return getattr(cog, "manager", None)
 
+    def _lang(self, interaction: discord.Interaction) -> str:
+        """The language of this answer (the rule is in ``bot.i18n.words``)."""
+        return interaction_language(interaction, getattr(self.bot.services, "languages", None))
+
     @app_commands.command(name="optout")
     @app_commands.guild_only()
     @guild_only_check
@@ -74,7 +88,7 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         else:
             changed = self._fallback_optouts.opt_out(user_id)
         log.info("voice opt-out", extra={"user_id": user_id, "changed": changed})
-        await interaction.response.send_message(optout_message(changed), ephemeral=True)
+        await interaction.response.send_message(optout_message(changed, self._lang(interaction)), ephemeral=True)
 
     @app_commands.command(name="optin")
     @app_commands.guild_only()
@@ -85,7 +99,7 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         user_id = interaction.user.id
         changed = manager.opt_in(user_id) if manager is not None else self._fallback_optouts.opt_in(user_id)
         log.info("voice opt-in", extra={"user_id": user_id, "changed": changed})
-        await interaction.response.send_message(optin_message(changed), ephemeral=True)
+        await interaction.response.send_message(optin_message(changed, self._lang(interaction)), ephemeral=True)
 
     @app_commands.command(name="forget")
     @app_commands.guild_only()
@@ -93,12 +107,13 @@ class PrivacyCog(commands.Cog, name="Privacy"):
     async def forget(self, interaction: discord.Interaction) -> None:
         """Erase everything I remember about you (voice, text, and any linked phone)."""
         user_id = interaction.user.id
+        language = self._lang(interaction)  # before forgetting: a DM's learned language goes too
         manager = self._manager()
         if manager is not None:
             manager.drop_live_state(user_id)
         removed = self.memory.forget_person(f"discord:{user_id}")
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
-        await interaction.response.send_message(forget_message(removed), ephemeral=True)
+        await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
 
 
 async def setup(bot: VoiceBot) -> None:

@@ -15,7 +15,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
-from bot.i18n.catalog import catalog_language, t
+from bot.i18n.catalog import t
+from bot.i18n.words import interaction_language
+from bot.i18n.bidi import isolate
 from bot.voice.consent import mode_explanation, status_summary
 from bot.voice.guilds import ALLOWED, AUTO_JOIN, MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
 from bot.voice.manager import JoinOutcome, ListenView, VoiceCommandError, VoiceManager
@@ -28,8 +30,8 @@ __all__ = ["VoiceCog", "GuildOnly", "NeedsManageServer", "guild_only_check", "ma
 
 log = logging.getLogger(__name__)
 
-DM_MESSAGE = "Voice commands work only in a server, not in direct messages."
-ADMIN_MESSAGE = "You need the **Manage Server** permission to change that."
+DM_MESSAGE = t("command.guild_only", "en")  # str(exc) for logs; people get the catalog key's text
+ADMIN_MESSAGE = t("command.needs_manage_server", "en")
 RESET_VOICE = "default"
 
 
@@ -63,21 +65,17 @@ def _manage_server(interaction: discord.Interaction) -> bool:
     return True
 
 
-def _caller_language(interaction: discord.Interaction) -> str:
-    """The language of the caller's Discord client, when the bot has its words in it (else English)."""
-    return catalog_language(str(interaction.locale)) if interaction.locale else "en"
-
-
 guild_only_check = app_commands.check(_guild_only)
 manage_server_check = app_commands.check(_manage_server)
 
 
-def voice_choices(voices: list[VoiceInfo], current: str, *, limit: int = 25) -> list[app_commands.Choice[str]]:
+def voice_choices(voices: list[VoiceInfo], current: str, *, limit: int = 25,
+                  language: str = "en") -> list[app_commands.Choice[str]]:
     """Autocomplete choices matching what has been typed (by name or id), at most Discord's 25."""
     needle = current.strip().lower()
     out: list[app_commands.Choice[str]] = []
     if not needle or needle in RESET_VOICE:
-        out.append(app_commands.Choice(name="default (the character's own voice)", value=RESET_VOICE))
+        out.append(app_commands.Choice(name=t("voice.default_choice", language), value=RESET_VOICE))
     for voice in voices:
         if needle and needle not in voice.name.lower() and needle not in voice.id.lower():
             continue
@@ -86,6 +84,15 @@ def voice_choices(voices: list[VoiceInfo], current: str, *, limit: int = 25) -> 
         if len(out) >= limit:
             break
     return out
+
+
+def _settings_error(exc: GuildSettingsError, language: str) -> str:
+    """A refused setting in ``language``: its own catalog text when it has one, else the reason as written."""
+    key = getattr(exc, "key", None)
+    if key:
+        return t(key, language, **getattr(exc, "values", {}))
+    # Discord validates every option's type and range first, so these are a bug's or an old client's.
+    return t("voice.setting_refused", language, detail=str(exc))
 
 
 class VoiceCog(commands.Cog, name="Voice"):
@@ -104,24 +111,29 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     # ------------------------------------------------------------------ helpers
 
+    def _lang(self, interaction: discord.Interaction) -> str:
+        """The language of this answer (the rule is in ``bot.i18n.words``)."""
+        return interaction_language(interaction, self.manager.languages)
+
     def _caller(self, interaction: discord.Interaction) -> discord.Member:
         member = interaction.user
         if not isinstance(member, discord.Member):
             guild = interaction.guild
             found = guild.get_member(member.id) if guild is not None else None
             if found is None:
-                raise VoiceCommandError("I can't see you in this server's member list yet; try again in a moment.")
+                raise VoiceCommandError("voice.not_in_member_list")
             member = found
         return member
 
     def _require_in_call(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel,
                          refusal: str) -> None:
+        """``refusal``: the catalog key of the answer (given ``channel``'s mention) when not."""
         """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError`."""
         member = self._caller(interaction)
         in_call = member.voice is not None and member.voice.channel is not None \
             and member.voice.channel.id == channel.id
         if not in_call and not interaction.permissions.manage_guild:
-            raise VoiceCommandError(refusal)
+            raise VoiceCommandError(refusal, channel=channel.mention)
 
     @staticmethod
     async def _answer(interaction: discord.Interaction, text: str) -> None:
@@ -140,26 +152,27 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def join(self, interaction: discord.Interaction,
                    channel: discord.VoiceChannel | discord.StageChannel | None = None) -> None:
         """Bring me into your voice channel (or the one you name) to listen and talk."""
+        language = self._lang(interaction)
         try:
             member = self._caller(interaction)
             if channel is None:
                 if member.voice is None or member.voice.channel is None:
-                    raise VoiceCommandError(t("voice.you_are_not_in_voice", _caller_language(interaction)))
+                    raise VoiceCommandError("voice.you_are_not_in_voice")
                 channel = member.voice.channel  # type: ignore[assignment]
             assert channel is not None
             if self.manager.optouts.is_opted_out(member.id):
-                note = "\n(You opted out, so I won't hear you; `/optin` if you change your mind.)"
+                note = "\n" + t("voice.optout_note", language)
             else:
                 note = ""
             # Connecting takes a voice handshake (and DAVE): well past Discord's 3-second window.
             await interaction.response.defer(ephemeral=True, thinking=True)
             outcome = await self.manager.join(channel)
         except VoiceCommandError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, exc.in_language(language))
             return
         key = {JoinOutcome.JOINED: "voice.joined", JoinOutcome.MOVED: "voice.moved",
                JoinOutcome.ALREADY: "voice.already"}[outcome]
-        text = t(key, _caller_language(interaction), channel=channel.mention)
+        text = t(key, language, channel=channel.mention)
         await self._answer(interaction, text + note)
 
     @app_commands.command(name="leave")
@@ -168,7 +181,7 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def leave(self, interaction: discord.Interaction) -> None:
         """Send me out of the voice channel; I stop listening at once."""
         assert interaction.guild_id is not None
-        language = _caller_language(interaction)
+        language = self._lang(interaction)
         if self.manager.connection(interaction.guild_id) is None and not self.manager.busy(interaction.guild_id):
             await self._answer(interaction, t("voice.not_in_channel_here", language))
             return
@@ -182,19 +195,19 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def transcript(self, interaction: discord.Interaction) -> None:
         """Get the transcript of the current voice call as a file (for people in the call)."""
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         try:
             gv = self.manager.connection(interaction.guild_id)
             if gv is None:
-                raise VoiceCommandError("I'm not in a voice channel in this server, so there is no call to transcribe.")
-            self._require_in_call(interaction, gv.channel,
-                                  f"The transcript is for the people in {gv.channel.mention}; join it first.")
-            data, name, cut = self.manager.transcript(interaction.guild_id)
+                raise VoiceCommandError("transcript.no_call")
+            self._require_in_call(interaction, gv.channel, "transcript.join_first")
+            data, name, cut = self.manager.transcript(interaction.guild_id, language=language)
         except VoiceCommandError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, exc.in_language(language))
             return
-        note = "Here's the transcript of this call so far."
+        note = t("transcript.here", language)
         if cut:
-            note += " Its first part is left out: the whole would be larger than Discord accepts."
+            note += " " + t("transcript.cut", language)
         await interaction.response.send_message(note, file=discord.File(io.BytesIO(data), filename=name),
                                                 ephemeral=True)
 
@@ -207,36 +220,39 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def say(self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 1000]) -> None:
         """Have me say something out loud in the voice channel I'm in."""
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         try:
             gv = self.manager.connection(interaction.guild_id)
             if gv is None:
-                raise VoiceCommandError("I'm not in a voice channel in this server. Use `/join` first.")
-            self._require_in_call(interaction, gv.channel, f"Join {gv.channel.mention} to make me speak there.")
+                raise VoiceCommandError("voice.not_in_channel_use_join")
+            self._require_in_call(interaction, gv.channel, "say.join_first")
             if not text.strip():
-                raise VoiceCommandError("There's nothing to say in that.")
+                raise VoiceCommandError("say.empty")
             await interaction.response.defer(ephemeral=True, thinking=True)
             result = await self.manager.say(interaction.guild_id, text)
         except VoiceCommandError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, exc.in_language(language))
             return
         if result is None:
-            await self._answer(interaction, "There was nothing I could pronounce in that.")
+            key = "say.unpronounceable"
         elif result.interrupted:
-            await self._answer(interaction, "Said part of it; someone spoke over me.")
+            key = "say.interrupted"
         elif result.first_frame_at is None and result.total_seconds == 0:
-            await self._answer(interaction, "I can't talk in that channel right now, so I posted it in its chat.")
+            key = "say.posted"
         else:
-            await self._answer(interaction, "Said it.")
+            key = "say.done"
+        await self._answer(interaction, t(key, language))
 
     @app_commands.command(name="listen")
     @app_commands.guild_only()
     @guild_only_check
     async def listen(self, interaction: discord.Interaction) -> None:
         """Push-to-talk: I answer what you say in the next 30 seconds."""
+        language = self._lang(interaction)
         try:
-            text = self.manager.listen(interaction.guild, interaction.user)
+            text = self.manager.listen(interaction.guild, interaction.user, language=language)
         except VoiceCommandError as exc:
-            text = str(exc)
+            text = exc.in_language(language)
         await self._answer(interaction, text)
 
     # ------------------------------------------------------------------ settings
@@ -245,18 +261,18 @@ class VoiceCog(commands.Cog, name="Voice"):
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @manage_server_check
-    @app_commands.describe(mode="auto: anyone when alone, else when named; always; addressed: when named; "
-                                "push-to-talk: when asked; scribe: notes only")
+    @app_commands.describe(mode="auto: anyone when alone, else when named; always; addressed; "
+                                "push-to-talk: when asked; scribe: notes")
     async def mode(self, interaction: discord.Interaction,
                    mode: Literal["auto", "always", "addressed", "push-to-talk", "scribe"]) -> None:
         """Choose when I answer in voice in this server (needs Manage Server)."""
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         try:
             gs = self.manager.set_mode(interaction.guild_id, mode)
         except GuildSettingsError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, _settings_error(exc, language))
             return
-        language = _caller_language(interaction)
         extra = " " + t("mode.listen_hint", language) if gs.mode == "push-to-talk" else ""
         await self._answer(interaction, f"{t('mode.set', language, mode=gs.mode)} "
                            f"{mode_explanation(gs.mode, self.manager.agent.character.name, language)}{extra}")
@@ -266,22 +282,23 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def voice_list(self, interaction: discord.Interaction) -> None:
         """List the voices I can speak with."""
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             voices = await self.manager.list_voices()
         except TTSError as exc:
-            await self._answer(interaction, exc.user_message)
+            log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
+            await self._answer(interaction, t("voice.engine_failed", language))
             return
         current = self.manager.guild_settings.get(interaction.guild_id).voice_id
         if not voices:
-            await self._answer(interaction, "This voice engine has no voices to choose from.")
+            await self._answer(interaction, t("voice.none_available", language))
             return
         lines = [f"{'▶ ' if v.id == current else '• '}**{discord.utils.escape_markdown(v.name)}** `{v.id}`"
                  + (f" — {v.description}" if v.description else "") for v in voices[:40]]
         if len(voices) > 40:
-            lines.append(f"…and {len(voices) - 40} more (type in `/voice set` to search).")
-        header = "Voices (pick one with `/voice set`):" if current else \
-            "Voices (using the default; pick one with `/voice set`):"
+            lines.append(t("voice.list_more", language, count=len(voices) - 40))
+        header = t("voice.list_header" if current else "voice.list_header_default", language)
         await self._answer(interaction, (header + "\n" + "\n".join(lines))[:2000])
 
     @voice.command(name="set")
@@ -290,30 +307,32 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def voice_set(self, interaction: discord.Interaction, voice: app_commands.Range[str, 1, 128]) -> None:
         """Choose the voice I speak with in this server (needs Manage Server)."""
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         wanted = voice.strip()
         chosen: str | None
         if wanted.lower() == RESET_VOICE:
-            chosen, label = None, "the default voice"
+            chosen, label = None, t("voice.default_label", language)
         else:
             try:
                 voices = await self.manager.list_voices()
             except TTSError as exc:
-                await self._answer(interaction, exc.user_message)
+                log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
+                await self._answer(interaction, t("voice.engine_failed", language))
                 return
             match = next((v for v in voices if v.id == wanted), None) or \
                 next((v for v in voices if v.name.lower() == wanted.lower()), None)
             if voices and match is None:
-                await self._answer(interaction, f"I don't know a voice called {wanted!r}. "
-                                   "See `/voice list`, or let autocomplete suggest one.")
+                await self._answer(interaction, t("voice.unknown_voice", language,
+                                                  name=isolate(discord.utils.escape_markdown(wanted))))
                 return
             chosen, label = (match.id, match.name) if match else (wanted, wanted)
         try:
             self.manager.set_voice(interaction.guild_id, chosen)
         except GuildSettingsError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, _settings_error(exc, language))
             return
-        await self._answer(interaction, f"I'll speak with **{discord.utils.escape_markdown(label)}** here.")
+        await self._answer(interaction, t("voice.set", language, name=isolate(discord.utils.escape_markdown(label))))
 
     @voice_set.autocomplete("voice")
     async def _voice_autocomplete(self, interaction: discord.Interaction,
@@ -322,7 +341,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             voices = await self.manager.list_voices()
         except TTSError:
             voices = []
-        return voice_choices(voices, current)
+        return voice_choices(voices, current, language=self._lang(interaction))
 
     @voice.command(name="autojoin")
     @manage_server_check
@@ -345,16 +364,17 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def _channel_list(self, interaction: discord.Interaction, kind: str,
                             channel: discord.VoiceChannel | discord.StageChannel, on: bool) -> None:
         assert interaction.guild_id is not None
+        language = self._lang(interaction)
         try:
             listed = self.manager.guild_settings.set_channel(interaction.guild_id, kind, channel.id, on)
         except GuildSettingsError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, _settings_error(exc, language))
             return
-        names = ", ".join(f"<#{cid}>" for cid in sorted(listed)) or "none"
+        names = ", ".join(f"<#{cid}>" for cid in sorted(listed)) or t("voice.list_none", language)
         if kind == AUTO_JOIN:
-            text = f"I join these by myself when someone arrives: {names}."
+            text = t("voice.autojoin_list", language, channels=names)
         else:
-            text = f"I may be brought into: {names}." if listed else "I may be brought into any voice channel."
+            text = t("voice.allow_list", language, channels=names) if listed else t("voice.allow_any", language)
         await self._answer(interaction, text)
 
     @voice.command(name="settings")
@@ -379,25 +399,35 @@ class VoiceCog(commands.Cog, name="Voice"):
             changes["record_audio"] = record_audio
         if bots is not None:
             changes["include_bots"] = bots
+        language = self._lang(interaction)
         try:
             gs = await self.manager.update_settings(interaction.guild_id, **changes)
         except GuildSettingsError as exc:
-            await self._answer(interaction, str(exc))
+            await self._answer(interaction, _settings_error(exc, language))
             return
         settings = self.manager.settings
-        recording = "allowed" if gs.record_audio else "off"
-        if gs.record_audio and not settings.record_audio:
-            recording += " here, but switched off for the whole bot (RECORD_AUDIO), so nothing is saved"
-        idle = "never" if gs.idle_leave_seconds == 0 else f"after {gs.idle_leave_seconds} s alone"
-        lines = ["Saved." if changes else "Current voice settings:",
-                 f"• mode: **{gs.mode}**", f"• voice: **{gs.voice_id or 'default'}**",
-                 f"• transcript in chat: **{'on' if gs.mirror_transcripts else 'off'}**",
-                 f"• leave: **{idle}**", f"• audio recording: **{recording}**",
-                 f"• joins by itself: **{self._listed(interaction.guild_id, AUTO_JOIN) or 'nowhere'}**",
-                 f"• may be brought into: **{self._listed(interaction.guild_id, ALLOWED) or 'any channel'}**",
-                 f"• other bots: **{'heard' if gs.include_bots else 'ignored'}**",
-                 f"• transcripts kept: **{settings.transcript_retention_days or 'forever'}"
-                 f"{' days' if settings.transcript_retention_days else ''}**"]
+
+        def say(key: str, **values: object) -> str:
+            return t(key, language, **values)
+
+        if gs.record_audio:
+            recording = say("settings.recording_allowed" if settings.record_audio else "settings.recording_blocked")
+        else:
+            recording = say("settings.recording_off")
+        idle = say("settings.leave_never") if gs.idle_leave_seconds == 0 else \
+            say("settings.leave_after", seconds=gs.idle_leave_seconds)
+        days = settings.transcript_retention_days
+        lines = [say("settings.saved" if changes else "settings.current"),
+                 say("settings.mode", mode=gs.mode),
+                 say("settings.voice", voice=isolate(gs.voice_id) if gs.voice_id else "default"),
+                 say("settings.transcript", state=say("settings.on" if gs.mirror_transcripts else "settings.off")),
+                 say("settings.leave", when=idle), say("settings.recording", state=recording),
+                 say("settings.autojoin",
+                     channels=self._listed(interaction.guild_id, AUTO_JOIN) or say("settings.nowhere")),
+                 say("settings.allowed",
+                     channels=self._listed(interaction.guild_id, ALLOWED) or say("settings.any_channel")),
+                 say("settings.bots", state=say("settings.bots_heard" if gs.include_bots else "settings.bots_ignored")),
+                 say("settings.kept_days", days=days) if days else say("settings.kept_forever")]
         await self._answer(interaction, "\n".join(lines))
 
     def _listed(self, guild_id: int, kind: str) -> str:
@@ -411,9 +441,10 @@ class VoiceCog(commands.Cog, name="Voice"):
     async def status(self, interaction: discord.Interaction) -> None:
         """Show my voice connection, encryption, packet counts, providers and last reply latency."""
         assert interaction.guild_id is not None
+        words = self._lang(interaction)
         text = status_summary(self.manager.status(interaction.guild_id), self.manager.providers,
                               bot_name=self.manager.agent.character.name,
-                              language=self.manager.language_summary(interaction.guild))
+                              language=self.manager.language_summary(interaction.guild, words=words), words=words)
         await self._answer(interaction, text)
 
     # ------------------------------------------------------------------ events

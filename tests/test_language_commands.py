@@ -31,8 +31,9 @@ async def test_language_set_auto_unknown_and_reset(discord_: LocalDiscord, monke
         answer = await h.command(h.boss, "language", {"language": "de"})
         assert answer == "Ab jetzt spreche ich auf diesem Server Deutsch."  # said in the new language
         assert h.manager.languages.mode(f"guild:{h.guild.id}") == "de"
-        assert "I speak Deutsch here (chosen by an admin)" in await h.command(h.alice, "language")
-        assert "**Language:** German" in await h.command(h.alice, "status")
+        # The server has a language of its own now: answers come in it, whatever Alice's client says.
+        assert "Hier spreche ich Deutsch (von einem Admin gewählt)" in await h.command(h.alice, "language")
+        assert "**Sprache:** Deutsch" in await h.command(h.alice, "status")
 
         # The join notice now comes in German, with the same facts.
         await h.alice.join_voice(h.voice)
@@ -62,8 +63,8 @@ async def test_the_servers_discord_language_is_the_default(discord_: LocalDiscor
     async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
         assert await h.command(h.boss, "language") == (
             "ここでは日本語で話しています（サーバーの言語）。`/language` で `auto` か言語を指定すると変更できます。")
-        # Alice's Discord is in English: her answer is in English, about the same setting.
-        assert "I speak 日本語 here (the server's language)" in await h.command(h.alice, "language")
+        # Alice's Discord is in English, but the server chose Japanese: the server's language wins.
+        assert "ここでは日本語で話しています（サーバーの言語）" in await h.command(h.alice, "language")
         await h.alice.join_voice(h.voice)
         await h.command(h.alice, "join")
         notice = await discord_.wait_bot_message(h.voice, contains="/optout", timeout=TIMEOUT)

@@ -99,6 +99,26 @@ async def test_code_works_once_and_bad_codes_are_explained(harness: Harness) -> 
     assert h.agent.calls[-1].text == other
 
 
+async def test_the_link_confirmation_is_in_the_numbers_language() -> None:
+    from bot.i18n.places import PlaceLanguages
+
+    db = Database.in_memory()
+    memory = Memory(db)
+    store = SmsStore(db)
+    agent = FakeAgent(memory, replies=lambda incoming: "Hallo!")
+    service = SmsService(agent=agent, memory=memory, store=store, sender=None, rate_limit=10)  # type: ignore[arg-type]
+    service.languages = PlaceLanguages(db, "en")
+    app = create_app(webhooks=TwilioWebhooks(service, auth_token=TOKEN, public_url=PUBLIC))
+    async with TestClient(TestServer(app)) as client:
+        h = Harness(client, memory, store, agent)
+        await h.text("LANGUAGE de")
+        code = h.linker.start(f"discord:{USER_ID}", "Ada").code
+        [confirmation] = await h.text(f"LINK {code}")
+        assert confirmation.startswith("Verknüpft! Diese Nummer gehört jetzt zu Ada auf Discord")
+        await service.aclose()
+    db.close()
+
+
 async def test_another_phone_cannot_reuse_a_code(harness: Harness) -> None:
     h = harness
     code = h.linker.start(f"discord:{USER_ID}", "Ada").code

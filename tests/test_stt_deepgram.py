@@ -453,6 +453,22 @@ async def test_flux_turns() -> None:
         await engine.aclose()
 
 
+async def test_english_flux_hears_a_place_with_another_language_through_the_multilingual_model() -> None:
+    # LANGUAGE=en keeps flux-general-en for the process; a German server's streams ask for German.
+    async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB) as dg:
+        engine = engine_for(dg, model="flux-general-en", language="en-US")
+        for language in ("de", "multi", None):
+            stream = engine.open_stream(speaker="s", language=language)
+            stream.push(word_audio([1000]) + silence(30))
+            await collect(stream, eot)
+            await stream.aclose()
+        german, auto, english = dg.connections
+        assert german.param("model") == "flux-general-multi" and german.param("language_hint") == "de"
+        assert auto.param("model") == "flux-general-multi" and auto.param("language_hint") is None
+        assert english.param("model") == "flux-general-en" and english.param("language_hint") is None
+        await engine.aclose()
+
+
 async def test_flux_idle_sends_silence_not_keepalive() -> None:
     async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB) as dg:
         engine = engine_for(dg, model="flux-general-en", keepalive_interval=0.01)

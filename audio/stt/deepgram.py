@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+FLUX_ENGLISH = "flux-general-en"
+FLUX_MULTI = "flux-general-multi"  # 10 languages, the language per turn
+
 DEFAULT_MODEL = "nova-3"
 _PRODUCTION = DeepgramClientEnvironment.PRODUCTION
 
@@ -350,7 +353,13 @@ class DeepgramSTT(STTEngine):
 
     def _connect(self, sample_rate: int, encoding: str = "linear16", language: str | None = None) -> Any:
         if self.flux:
-            kwargs: dict[str, Any] = {"model": self.model, "encoding": encoding, "sample_rate": sample_rate}
+            hint = language or self.language
+            model = self.model
+            if model == FLUX_ENGLISH and hint and not hint.lower().startswith("en"):
+                # A place speaking another language (a German server while LANGUAGE=en): English
+                # Flux would write German as English words; the multilingual model hears it.
+                model = FLUX_MULTI
+            kwargs: dict[str, Any] = {"model": model, "encoding": encoding, "sample_rate": sample_rate}
             if self.eot_threshold is not None:
                 kwargs["eot_threshold"] = self.eot_threshold
             if self.eager_eot_threshold is not None:
@@ -359,8 +368,7 @@ class DeepgramSTT(STTEngine):
                 kwargs["eot_timeout_ms"] = self.eot_timeout_ms
             if self.keyterms:
                 kwargs["keyterm"] = list(self.keyterms)
-            hint = language or self.language
-            if hint and hint != "multi" and "multi" in self.model:
+            if hint and hint != "multi" and "multi" in model:
                 kwargs["language_hint"] = hint  # flux-general-multi: bias toward the place's language
             return self._client.listen.v2.connect(**kwargs)
         kwargs = {

@@ -100,13 +100,15 @@ class Reply:
         except asyncio.CancelledError:
             raise
         except AgentError as exc:
+            exc.in_language(self.incoming.language)  # a catalog message, said in the reply's language
             self.error = exc
             # The caller (chat cog, voice session, SMS, CLI) writes the one warning line for this
             # failure, with the person and channel it knows about; here it is detail only.
             log.debug("Reply failed (engine=%s room=%s): %s", self._agent.engine_name, self.incoming.room, exc)
             raise
         except Exception as exc:  # a bug in an engine: log it fully, show the person something kind
-            self.error = AgentError(f"{self._agent.engine_name} engine crashed: {type(exc).__name__}: {exc}")
+            self.error = AgentError(f"{self._agent.engine_name} engine crashed: {type(exc).__name__}: {exc}",
+                                    user_message=t("agent.failed", self.incoming.language))
             log.exception("Reply engine %s crashed (room=%s)", self._agent.engine_name, self.incoming.room)
             raise self.error from exc
         finally:

@@ -4,11 +4,13 @@ Wire protocol on the WebSocket ``/playground/ws`` (the page's ``console.js`` spe
 
 - browser → server, text frames (JSON, at most :data:`MAX_TEXT_FRAME` bytes):
   ``{"type": "start"}`` (the talk button is down), ``{"type": "end"}`` (released),
-  ``{"type": "text", "text": "..."}`` (the text box), ``{"type": "ping"}``;
+  ``{"type": "text", "text": "..."}`` (the text box), ``{"type": "ping"}``,
+  ``{"type": "language", "language": "de"}`` (the language selector: a code, ``auto`` or ``default``);
 - browser → server, binary frames: microphone audio between ``start`` and ``end``, raw PCM
   (s16le, mono, 16 kHz), at most :data:`MAX_AUDIO_FRAME` bytes each and no faster than real time
   (a two-second burst allowance); anything else is refused with one ``error`` message;
-- server → browser, text frames: ``hello`` (engines), ``transcript``, ``reply_start``
+- server → browser, text frames: ``hello`` (engines, the languages to choose from and the one in
+  use), ``language`` (the one now in use), ``transcript``, ``reply_start``
   (``sample_rate`` of the audio that follows), ``reply_end``, ``stop`` (barge-in: drop what is
   queued), ``released`` (the talk button was held too long: the server ended the turn), ``turn`` (outcome, wait by stage, what was said), ``note`` and ``error``;
 - server → browser, binary frames: reply audio, raw PCM s16le mono at ``reply_start``'s rate.
@@ -31,6 +33,8 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from audio.tts.base import AudioFormat
+from bot.i18n.languages import AUTO, LANGUAGES, language_name, parse_setting
+from bot.i18n.voices import voice_for_language
 from bot.voice.session import PlayResult, TurnTiming, VoiceSession
 from bot.voice.turns import PendingTurn, TurnPolicy, VoiceMode
 
@@ -55,6 +59,8 @@ TEXT_RATE = 0.5  # typed messages per second, sustained (one every two seconds)
 TEXT_BURST = 3.0
 MAX_STRIKES = 50  # refused messages before the connection is closed
 PLAYGROUND_USER = 1  # the one speaker's id inside the playground's session
+PLACE = "playground"  # the playground's language setting (bot.i18n.places), kept like a server's
+RESET_LANGUAGE = "default"
 SEND_TIMEOUT = 10.0  # a tab that stops reading is dropped rather than blocking the reply
 # Magic numbers of containers people might send instead of raw PCM.
 _CONTAINERS = {b"RIFF": "a WAV file", b"OggS": "Ogg", b"\x1aE\xdf\xa3": "WebM", b"ID3": "MP3", b"fLaC": "FLAC"}
@@ -260,7 +266,8 @@ class Playground:
                                speaker_id=lambda _: "console:playground",
                                # LANGUAGE decides here: a code, or auto (each utterance in its own)
                                choose_language=None if languages is None else
-                               (lambda text, heard: languages.choose("playground", text, heard=heard)))
+                               (lambda text, heard: languages.choose(PLACE, text, heard=heard)))
+        self._apply_language(session)
         console.watch(session)
         pending: set[asyncio.Task[None]] = set()
 
@@ -281,6 +288,10 @@ class Playground:
             record.update(type="turn", outcome=outcome)
             if timing is not None:
                 record.update(text=timing.text, reply=timing.reply)
+            # What the reply was said in, and the voice that language gets (the selector's effect).
+            language = session.reply_language
+            voice = voice_for_language(session.voice, session.tts.name, language, agent.character)
+            record.update(language=language, voice=voice.voice_id if voice is not None else None)
             later(send_json(record), "playground-turn")
 
         session.on_turn = on_turn
@@ -290,7 +301,9 @@ class Playground:
         try:
             await send_json({"type": "hello", "bot": agent.character.name, "sample_rate": SAMPLE_RATE,
                              "stt": stt.name if stt is not None else None, "tts": tts.name,
-                             "max_frame": MAX_AUDIO_FRAME})
+                             "max_frame": MAX_AUDIO_FRAME, "language": self._language_state(),
+                             "languages": [{"code": code, "name": f"{lang.native} ({code})"}
+                                           for code, lang in LANGUAGES.items()]})
             if stt is None:
                 await send_json({"type": "note", "message": "No speech recognizer is installed: type below, or "
                                  "pip install 'voicebot[local]' (or set DEEPGRAM_API_KEY) to talk."})
@@ -306,6 +319,52 @@ class Playground:
             self._closers.add(closer)
             closer.add_done_callback(self._closers.discard)
             await asyncio.shield(closer)
+
+    def _language_state(self) -> dict[str, Any]:
+        """The playground's language: its own setting (None: ``LANGUAGE`` decides) and what applies."""
+        languages = self.console.services.languages
+        if languages is None:
+            return {"setting": None, "mode": "en", "name": language_name("en")}
+        setting, _ = languages.store.get(PLACE)
+        mode = languages.mode(PLACE)
+        name = "auto" if mode == AUTO else language_name(mode)
+        return {"setting": setting, "mode": mode, "name": name}
+
+    def _apply_language(self, session: VoiceSession) -> None:
+        """Point the recognizer at the playground's language (Deepgram takes it per stream)."""
+        services = self.console.services
+        stt = session.stt
+        if services.languages is None or stt is None or stt.name != "deepgram":
+            return
+        from bot.providers import deepgram_language
+
+        wanted = deepgram_language(services.settings, services.languages.mode(PLACE))
+        if wanted == getattr(stt, "language", None):
+            session.stream_options.pop("language", None)
+        else:
+            session.stream_options["language"] = wanted
+
+    async def _set_language(self, session: VoiceSession, value: object,
+                            send_json: Callable[[dict[str, Any]], Any]) -> str | None:
+        """The language selector: store the choice, answer with what applies; or a reason to refuse."""
+        languages = self.console.services.languages
+        if languages is None:
+            return "Languages are not available in this process."
+        if not isinstance(value, str) or not value.strip() or len(value) > 32:
+            return "Choose a language code (de, fr...), auto or default."
+        if value.strip().lower() == RESET_LANGUAGE:
+            setting = None
+        else:
+            try:
+                setting = parse_setting(value)
+            except ValueError:
+                return f"Unknown language {value.strip()[:32]!r}; choose a code such as de or ja, auto or default."
+        languages.set(PLACE, setting)
+        self._apply_language(session)
+        state = self._language_state()
+        log.info("playground language: %s", state["mode"])
+        await send_json({"type": "language", **state})
+        return None
 
     async def _close(self, ws: web.WebSocketResponse, session: VoiceSession, pending: set[asyncio.Task[None]]) -> None:
         try:
@@ -402,6 +461,10 @@ class Playground:
                     session.hear_text(PLAYGROUND_USER, text.strip()[:MAX_TEXT_CHARS])
                 elif kind == "ping":
                     await send_json({"type": "pong"})
+                elif kind == "language":
+                    refusal = await self._set_language(session, message.get("language"), send_json)
+                    if refusal is not None:
+                        await send_json({"type": "error", "message": refusal})
                 elif await refuse("unknown", "Unknown message; see bot/console/playground.py for the protocol."):
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused messages")
                     return

@@ -29,6 +29,20 @@ NAMES: dict[str, dict[str, str]] = {
     "transcript": {"de": "mitschrift", "fr": "transcription", "es": "transcripción", "pt": "transcrição",
                    "ja": "文字起こし"},
     "forget": {"de": "vergessen", "fr": "oublier", "es": "olvidar", "pt": "esquecer", "ja": "忘れる"},
+    # -- every other command, group and subcommand (names are lower case, no spaces, unique per level) --
+    "listen": {"de": "zuhören", "fr": "écouter", "es": "escuchar", "pt": "ouvir", "ja": "聞いて"},
+    "mode": {"de": "modus", "fr": "mode", "es": "modo", "pt": "modo", "ja": "モード"},
+    "voice": {"de": "stimme", "fr": "voix", "es": "voz", "pt": "voz", "ja": "声"},
+    "list": {"de": "liste", "fr": "liste", "es": "lista", "pt": "lista", "ja": "一覧"},
+    "set": {"de": "wählen", "fr": "choisir", "es": "elegir", "pt": "escolher", "ja": "選択"},
+    "autojoin": {"de": "autobeitritt", "fr": "auto-rejoindre", "es": "autounirse", "pt": "autoentrar", "ja": "自動参加"},
+    "allow": {"de": "erlauben", "fr": "autoriser", "es": "permitir", "pt": "permitir", "ja": "許可"},
+    "settings": {"de": "einstellungen", "fr": "réglages", "es": "ajustes", "pt": "configurações", "ja": "設定"},
+    "optout": {"de": "abmelden", "fr": "refuser", "es": "excluirme", "pt": "recusar", "ja": "オプトアウト"},
+    "optin": {"de": "anmelden", "fr": "accepter", "es": "incluirme", "pt": "aceitar", "ja": "オプトイン"},
+    "link": {"de": "verknüpfen", "fr": "lier", "es": "vincular", "pt": "vincular", "ja": "連携"},
+    "phone": {"de": "telefon", "fr": "téléphone", "es": "teléfono", "pt": "telefone", "ja": "電話"},
+    "unlink": {"de": "trennen", "fr": "délier", "es": "desvincular", "pt": "desvincular", "ja": "連携解除"},
 }
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -87,7 +101,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "Show my voice connection, encryption, packet counts, providers and last reply latency.": {
         "de": "Zeigt Sprachverbindung, Verschlüsselung, Paketzahlen, Dienste und die letzte Antwortzeit.",
-        "fr": "Affiche la connexion vocale, le chiffrement, les paquets, les services et le dernier délai de réponse.",
+        "fr": "Affiche la connexion vocale, le chiffrement, les paquets, les services et le dernier délai.",
         "es": "Muestra la conexión de voz, el cifrado, los paquetes, los servicios y la última latencia.",
         "pt": "Mostra a conexão de voz, a criptografia, os pacotes, os serviços e a última latência.",
         "ja": "音声接続、暗号化、パケット数、使用サービス、直近の応答時間を表示します。",
@@ -145,6 +159,98 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "es": "Obtén un código de un solo uso para enviarlo por SMS y vincular tu teléfono.",
         "pt": "Receba um código de uso único para mandar por SMS e vincular seu telefone.",
         "ja": "電話から送るワンタイムコードを取得し、アカウントと連携します。",
+    },
+    # -- /voice and its subcommands -------------------------------------------------------------
+    "The voice the bot speaks with": {
+        "de": "Die Stimme, mit der der Bot spricht", "fr": "La voix avec laquelle le bot parle",
+        "es": "La voz con la que habla el bot", "pt": "A voz com que o bot fala", "ja": "ボットが話すときの声",
+    },
+    "A voice name or id, or 'default' for the character's own voice": {
+        "de": "Name oder ID einer Stimme, oder 'default' für die eigene Stimme der Figur",
+        "fr": "Nom ou identifiant d'une voix, ou 'default' pour la voix du personnage",
+        "es": "Nombre o id de una voz, o 'default' para la voz propia del personaje",
+        "pt": "Nome ou id de uma voz, ou 'default' para a voz do próprio personagem",
+        "ja": "声の名前または ID。キャラクター本来の声なら 'default'",
+    },
+    "Choose voice channels I join by myself when the first person arrives (needs Manage Server).": {
+        "de": "Sprachkanäle, denen ich von selbst beitrete, sobald jemand kommt (braucht Server verwalten).",
+        "fr": "Choisis les salons vocaux que je rejoins seul quand quelqu'un arrive (Gérer le serveur).",
+        "es": "Elige canales de voz a los que entro solo cuando llega alguien (requiere Gestionar servidor).",
+        "pt": "Escolha canais de voz em que entro sozinho quando alguém chega (requer Gerenciar servidor).",
+        "ja": "最初の人が来たときに自動で参加するボイスチャンネルを選びます（サーバー管理が必要）。",
+    },
+    "A voice channel": {
+        "de": "Ein Sprachkanal", "fr": "Un salon vocal", "es": "Un canal de voz", "pt": "Um canal de voz",
+        "ja": "ボイスチャンネル",
+    },
+    "Join it by myself when someone arrives (true) or not (false)": {
+        "de": "Von selbst beitreten, wenn jemand kommt (true), oder nicht (false)",
+        "fr": "Le rejoindre seul quand quelqu'un arrive (true) ou non (false)",
+        "es": "Entrar solo cuando llegue alguien (true) o no (false)",
+        "pt": "Entrar sozinho quando alguém chegar (true) ou não (false)",
+        "ja": "誰かが来たら自動で参加する（true）かしない（false）か",
+    },
+    "Limit which voice channels I may be brought into; none listed means any (needs Manage Server).": {
+        "de": "Begrenzt, in welche Sprachkanäle man mich holen darf; keine Liste = alle (Server verwalten).",
+        "fr": "Limite les salons vocaux où l'on peut me faire venir ; aucun = tous (Gérer le serveur).",
+        "es": "Limita a qué canales de voz me pueden traer; sin lista, a todos (requiere Gestionar servidor).",
+        "pt": "Limita para quais canais de voz podem me chamar; sem lista, todos (requer Gerenciar servidor).",
+        "ja": "呼び出せるボイスチャンネルを制限します。未指定ならすべて（サーバー管理が必要）。",
+    },
+    "Allow bringing me there (true) or not (false)": {
+        "de": "Dorthin holen erlauben (true) oder nicht (false)", "fr": "M'y faire venir : autorisé (true) ou non (false)",
+        "es": "Permitir traerme ahí (true) o no (false)", "pt": "Permitir me chamar para lá (true) ou não (false)",
+        "ja": "そこへの呼び出しを許可する（true）かしない（false）か",
+    },
+    "Show or change this server's voice settings (needs Manage Server).": {
+        "de": "Zeigt oder ändert die Spracheinstellungen dieses Servers (braucht Server verwalten).",
+        "fr": "Affiche ou modifie les réglages vocaux de ce serveur (nécessite Gérer le serveur).",
+        "es": "Muestra o cambia los ajustes de voz de este servidor (requiere Gestionar servidor).",
+        "pt": "Mostra ou muda as configurações de voz deste servidor (requer Gerenciar servidor).",
+        "ja": "このサーバーの音声設定を表示・変更します（サーバー管理が必要）。",
+    },
+    "Post who said what (and my replies) in the voice channel's chat": {
+        "de": "Im Chat des Sprachkanals posten, wer was gesagt hat (und meine Antworten)",
+        "fr": "Publier qui a dit quoi (et mes réponses) dans le chat du salon vocal",
+        "es": "Publicar quién dijo qué (y mis respuestas) en el chat del canal de voz",
+        "pt": "Publicar quem disse o quê (e minhas respostas) no chat do canal de voz",
+        "ja": "誰が何を話したか（と私の返事）をボイスチャンネルのチャットに投稿する",
+    },
+    "Leave after this many seconds alone (0 = stay; at most 86400)": {
+        "de": "Nach so vielen Sekunden allein gehen (0 = bleiben; höchstens 86400)",
+        "fr": "Partir après ce nombre de secondes seul (0 = rester ; 86400 au plus)",
+        "es": "Salir tras estos segundos a solas (0 = quedarse; como máximo 86400)",
+        "pt": "Sair depois de tantos segundos sozinho (0 = ficar; no máximo 86400)",
+        "ja": "一人になってから退出するまでの秒数（0 = 残る、最大 86400）",
+    },
+    "Allow saving voice audio to disk (also needs RECORD_AUDIO=true on the bot)": {
+        "de": "Speichern von Sprachaudio erlauben (braucht auch RECORD_AUDIO=true beim Bot)",
+        "fr": "Autoriser l'enregistrement audio sur disque (demande aussi RECORD_AUDIO=true)",
+        "es": "Permitir guardar el audio de voz en disco (también requiere RECORD_AUDIO=true)",
+        "pt": "Permitir salvar o áudio de voz em disco (também requer RECORD_AUDIO=true)",
+        "ja": "音声をディスクに保存することを許可する（ボット側の RECORD_AUDIO=true も必要）",
+    },
+    "Hear other bots in the voice channel (music bots...); off: their audio is ignored unheard": {
+        "de": "Andere Bots im Sprachkanal hören (Musikbots...); aus: ihr Audio wird ungehört ignoriert",
+        "fr": "Entendre les autres bots du salon (bots de musique...) ; non : leur audio est ignoré",
+        "es": "Oír a otros bots del canal (bots de música...); no: su audio se ignora sin oírlo",
+        "pt": "Ouvir outros bots no canal (bots de música...); não: o áudio deles é ignorado",
+        "ja": "ボイスチャンネルのほかのボット（音楽ボットなど）を聞く。オフなら無視します",
+    },
+    "auto: anyone when alone, else when named; always; addressed; push-to-talk: when asked; scribe: notes": {
+        "de": "auto: allein jeder, sonst beim Namen; always; addressed; push-to-talk: auf Anfrage; scribe: Notizen",
+        "fr": "auto : tous si seul, sinon si nommé ; always ; addressed ; push-to-talk : sur demande ; scribe",
+        "es": "auto: todos si a solas, si no al nombrarme; always; addressed; push-to-talk: al pedirlo; scribe",
+        "pt": "auto: todos se sozinho, senão ao ser chamado; always; addressed; push-to-talk: a pedido; scribe",
+        "ja": "auto：一人なら誰にでも、それ以外は名前で。always、addressed、push-to-talk：頼まれたら、scribe：記録",
+    },
+    # -- /link -------------------------------------------------------------------------------------
+    "Link another way of talking to me to your Discord account": {
+        "de": "Verknüpfe einen anderen Weg, mit mir zu reden, mit deinem Discord-Konto",
+        "fr": "Lie une autre façon de me parler à ton compte Discord",
+        "es": "Vincula otra forma de hablar conmigo a tu cuenta de Discord",
+        "pt": "Vincule outra forma de falar comigo à sua conta do Discord",
+        "ja": "私と話す別の方法を Discord アカウントに連携します",
     },
     "Unlink any phone number linked to your account.": {
         "de": "Hebt die Verknüpfung deiner Telefonnummer auf.", "fr": "Supprime le lien avec ton numéro de téléphone.",

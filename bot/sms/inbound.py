@@ -520,8 +520,7 @@ class SmsService:
         self.store.set_state(sms.message_sid, "linked")
         log.info("SMS %s: linked %s to %s", sms.message_sid, who, link.identity)
         name = self.agent.character.name
-        return [f"Linked! This number is now connected to {link.display_name} on Discord, "
-                f"so {name} knows it's you in both places. Use /unlink in Discord to undo."]
+        return [t("link.sms_linked", self._language(sms.from_number), person=link.display_name, name=name)]
 
     def _speaker_name(self, number: str) -> str:
         link = self.store.link_for_number(number)

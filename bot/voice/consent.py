@@ -28,6 +28,7 @@ __all__ = [
     "status_summary",
     "ConnectionStatus",
     "format_breakdown",
+    "rule_in",
 ]
 
 CHANNEL_STATUS_LIMIT = 500  # Discord's maximum voice channel status length
@@ -111,21 +112,10 @@ def _provider_phrase(text: str, language: str) -> str:
 
 
 def mode_explanation(mode: str, bot_name: str, language: str = "en") -> str:
-    """One sentence on when the bot answers."""
-    if language != "en":
-        from bot.i18n.catalog import t
+    """One sentence on when the bot answers (in ``language``, from the catalog)."""
+    from bot.i18n.catalog import t
 
-        return t(_MODE_KEYS.get(mode, "mode.auto"), language, bot=bot_name)
-    if mode == VoiceMode.ALWAYS:
-        return f"{bot_name} answers everything said in the channel."
-    if mode == VoiceMode.PUSH_TO_TALK:
-        return f"{bot_name} answers only people who press **Talk to {bot_name}** (or use `/listen`) first."
-    if mode == VoiceMode.ADDRESSED:
-        return f"{bot_name} answers when someone says its name."
-    if mode == VoiceMode.SCRIBE:
-        return (f"{bot_name} is only taking notes: it answers nobody, keeps a transcript of who said what "
-                f"(`/transcript`), and posts a summary when it leaves.")
-    return f"{bot_name} answers when someone says its name, or anything you say when you're alone with it."
+    return t(_MODE_KEYS.get(mode, "mode.auto"), language, bot=bot_name)
 
 
 def consent_notice(
@@ -139,38 +129,8 @@ def consent_notice(
     mirror: bool = False,
     language: str = "en",
 ) -> str:
-    """The message posted in the voice channel's chat when the bot joins (in ``language``)."""
-    if language != "en":
-        return _consent_notice_in(language, bot_name=bot_name, channel_name=channel_name, mode=mode,
-                                  providers=providers, recording=recording, retention_days=retention_days, mirror=mirror)
-    lines = [f"🎙️ **{bot_name} is now in {channel_name} and listening.**"]
-    if providers.stt is None:
-        lines.append("Speech recognition is switched off: nobody's voice is transcribed.")
-    else:
-        where = "sent to" if providers.stt_remote else "handled by"
-        lines.append(f"What you say here is {where} {providers.stt} to be written down as text, "
-                     f"and that text goes to {providers.llm} to write a reply.")
-    if providers.tts is not None:
-        lines.append(f"Replies are spoken by {providers.tts}.")
-    lines.append(mode_explanation(mode, bot_name))
-    if recording:
-        lines.append("⚠️ An admin enabled audio recording: voices in this channel are saved to disk.")
-    else:
-        lines.append("Audio is never saved.")
-    if retention_days > 0:
-        lines.append(f"Transcripts are kept for {retention_days} day{'s' if retention_days != 1 else ''}.")
-    else:
-        lines.append("Transcripts are kept until someone asks to be forgotten.")
-    if mirror:
-        lines.append("A transcript of the conversation is posted in this chat.")
-    lines.append("Don't want to be heard? Use `/optout`: your voice is ignored from then on, "
-                 "and `/forget` erases what the bot remembers about you. `/optin` undoes the opt-out.")
-    return _clip("\n".join(lines), MESSAGE_LIMIT)
-
-
-def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode: str, providers: Providers,
-                       recording: bool, retention_days: int, mirror: bool) -> str:
-    """The join notice from the message catalog: the same facts, line for line, in ``language``."""
+    """The message posted in the voice channel's chat when the bot joins: the same facts, line for
+    line, in every language (the message catalog, ``bot.i18n``)."""
     from bot.i18n.catalog import t
 
     lines = [t("consent.title", language, bot=bot_name, channel=channel_name)]
@@ -180,13 +140,15 @@ def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode:
     else:
         key = "consent.stt_remote" if providers.stt_remote else "consent.stt_local"
         lines.append(t(key, language, stt=_provider_phrase(providers.stt, language), llm=llm))
-        if providers.stt == _LOCAL_STT:
+        if providers.stt == _LOCAL_STT and language != "en":
             lines.append(t("language.local_stt_english_only", language))  # tiny.en: say it plainly
     if providers.tts is not None:
         lines.append(t("consent.tts", language, tts=_provider_phrase(providers.tts, language)))
     lines.append(mode_explanation(mode, bot_name, language))
     lines.append(t("consent.recording_on" if recording else "consent.recording_off", language))
-    if retention_days > 0:
+    if retention_days == 1:
+        lines.append(t("consent.retention_one_day", language))
+    elif retention_days > 0:
         lines.append(t("consent.retention_days", language, days=retention_days))
     else:
         lines.append(t("consent.retention_forever", language))
@@ -196,15 +158,17 @@ def _consent_notice_in(language: str, *, bot_name: str, channel_name: str, mode:
     return _clip("\n".join(lines), MESSAGE_LIMIT)
 
 
-def channel_status(bot_name: str, *, mode: str) -> str:
+def channel_status(bot_name: str, *, mode: str, language: str = "en") -> str:
     """The short voice channel status shown under the channel name (Discord allows 500 characters)."""
+    from bot.i18n.catalog import t
+
     if mode == VoiceMode.PUSH_TO_TALK:
-        text = f"🎙️ {bot_name} listens when asked (push-to-talk) · /optout to opt out"
+        key = "channel.status_push_to_talk"
     elif mode == VoiceMode.SCRIBE:
-        text = f"📝 {bot_name} is taking notes · /optout to opt out"
+        key = "channel.status_scribe"
     else:
-        text = f"🎙️ {bot_name} is listening · /optout to opt out"
-    return _clip(text, CHANNEL_STATUS_LIMIT)
+        key = "channel.status_listening"
+    return _clip(t(key, language, bot=bot_name), CHANNEL_STATUS_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -235,93 +199,121 @@ class ConnectionStatus:
     bots_ignored: int = 0  # other bots in the channel whose audio is not heard
 
 
-def format_breakdown(breakdown: Mapping[str, float | None]) -> list[str]:
+_STEPS = {
+    "end_of_speech_to_final_transcript": "status.step.eos_final",
+    "final_transcript_to_first_text": "status.step.final_text",
+    "first_text_to_first_tts_audio": "status.step.text_audio",
+    "first_tts_audio_to_first_frame": "status.step.audio_frame",
+    "end_of_speech_to_first_frame": "status.step.eos_frame",
+}
+_IGNORED = {"echo": "status.ignored.echo", "phrase": "status.ignored.phrase",
+            "non_speech": "status.ignored.non_speech", "low_confidence": "status.ignored.low_confidence"}
+_RULES = {VoiceMode.ALWAYS: "rule.always", VoiceMode.ADDRESSED: "rule.addressed",
+          VoiceMode.PUSH_TO_TALK: "rule.push_to_talk", VoiceMode.SCRIBE: "rule.scribe"}
+
+
+def format_breakdown(breakdown: Mapping[str, float | None], language: str = "en") -> list[str]:
     """One line per latency step; missing steps are shown as '—'."""
-    labels = {
-        "end_of_speech_to_final_transcript": "end of speech → final transcript",
-        "final_transcript_to_first_text": "final transcript → first reply text",
-        "first_text_to_first_tts_audio": "first reply text → first synthesized audio",
-        "first_tts_audio_to_first_frame": "first synthesized audio → first packet",
-        "end_of_speech_to_first_frame": "**end of speech → first packet**",
-    }
+    from bot.i18n.catalog import t
+
     lines = []
-    for key, label in labels.items():
+    for key, label in _STEPS.items():
         value = breakdown.get(key)
-        lines.append(f"• {label}: {'—' if value is None else f'{value:.0f} ms'}")
+        lines.append(f"• {t(label, language)}: {'—' if value is None else f'{value:.0f} ms'}")
     return lines
 
 
+def rule_in(mode: str, humans_present: int, language: str) -> str:
+    """``TurnPolicy.rule_now`` in ``language``: which answering rule applies with this many people here."""
+    from bot.i18n.catalog import t
+
+    if mode == VoiceMode.AUTO:
+        return t("rule.auto_alone", language) if humans_present <= 1 else \
+            t("rule.auto_many", language, count=humans_present)
+    key = _RULES.get(mode)
+    return t(key, language) if key else mode
+
+
 def status_summary(status: ConnectionStatus | None, providers: Providers, *, bot_name: str,
-                   language: str | None = None) -> str:
-    """The ``/status`` reply; ``language`` describes the server's language setting."""
+                   language: str | None = None, words: str = "en") -> str:
+    """The ``/status`` reply in ``words``; ``language`` describes the server's language setting."""
+    from bot.i18n.catalog import t
+
+    def say(key: str, **values: object) -> str:
+        return t(key, words, **values)
+
     lines: list[str] = []
     if status is None:
-        lines.append(f"**Voice:** {bot_name} is not in a voice channel here. Use `/join` to bring it in.")
+        lines.append(say("status.not_in_voice", bot=bot_name))
     else:
         if status.reconnecting:
-            state = "reconnecting…"
+            state = say("status.reconnecting")
         elif status.connected:
-            state = "connected" + (f" ({status.latency_ms:.0f} ms)" if status.latency_ms is not None else "")
+            state = say("status.connected_ms", ms=f"{status.latency_ms:.0f}") if status.latency_ms is not None \
+                else say("status.connected")
         else:
-            state = "not connected"
-        lines.append(f"**Voice:** {status.channel_name or '?'}, {state}")
+            state = say("status.not_connected")
+        lines.append(say("status.voice", channel=status.channel_name or "?", state=state))
         if status.dave_version is None:
-            dave = "unknown"
+            dave = say("status.dave_unknown")
         elif status.dave_version == 0:
-            dave = "off (transport encryption only)"
+            dave = say("status.dave_off")
         else:
-            dave = f"protocol v{status.dave_version}, " + ("ready" if status.dave_ready else "setting up")
-        lines.append(f"**End-to-end encryption (DAVE):** {dave}")
+            dave = say("status.dave_ready" if status.dave_ready else "status.dave_setting_up",
+                       version=status.dave_version)
+        lines.append(say("status.dave", state=dave))
         if status.received is not None:
+            # drop reasons are the receive stage's own names (what the log and /metrics say)
             detail = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()) if v)
             if status.lost is None or status.rejected is None:
-                counts = f"{sum(status.dropped.values())} dropped"
+                counts = say("status.dropped", count=sum(status.dropped.values()))
             else:  # lost: gaps in real streams; rejected: not audio anyone in the call sent
-                counts = f"{status.lost} lost, {status.rejected} rejected"
-            lines.append(f"**Packets:** {status.received} received, {status.decrypted} decrypted, {counts}"
-                         + (f" (drops: {detail})" if detail else ""))
+                counts = say("status.lost_rejected", lost=status.lost, rejected=status.rejected)
+            lines.append(say("status.packets", received=status.received, decrypted=status.decrypted, counts=counts)
+                         + (say("status.drops", detail=detail) if detail else ""))
         if status.hearing is not None:
             h = status.hearing
-            text = (f"{h.speaking} {'person' if h.speaking == 1 else 'people'} speaking lately, {h.heard} heard")
+            text = say("status.speaking_one" if h.speaking == 1 else "status.speaking_many",
+                       count=h.speaking, heard=h.heard)
             if h.unheard:
-                text += f"; {len(h.unheard)} not heard for {max(h.unheard.values()):.0f} s"
+                text += say("status.unheard", count=len(h.unheard), seconds=f"{max(h.unheard.values()):.0f}")
             if h.given_up:
-                text += "; deaf watchdog gave up after rejoining"
+                text += say("status.watchdog_gave_up")
             elif h.rejoins:
-                text += f"; deaf watchdog rejoined {h.rejoins}×"
-            lines.append(f"**Hearing:** {text}")
+                text += say("status.watchdog_rejoined", count=h.rejoins)
+            lines.append(say("status.hearing", text=text))
         if status.bots_ignored:
-            lines.append(f"**Other bots:** {status.bots_ignored} in the channel, not heard "
-                         "(`/voice settings bots:True` includes them)")
-        lines.append(f"**Mode:** {status.mode}. {mode_explanation(status.mode, bot_name)}")
+            lines.append(say("status.other_bots", count=status.bots_ignored))
+        lines.append(say("status.mode", mode=status.mode, explanation=mode_explanation(status.mode, bot_name, words)))
         if status.rule:
-            lines.append(f"**Right now:** {status.rule}")
+            # the rule comes from TurnPolicy in English; other languages say the same from mode and people
+            rule = status.rule if words == "en" else rule_in(status.mode, status.listeners, words)
+            lines.append(say("status.right_now", rule=rule))
         if status.ignored and any(status.ignored.values()):
-            labels = {"echo": "my own voice heard back", "phrase": "invented phrases",
-                      "non_speech": "noise read as words", "low_confidence": "unsure single words"}
-            lines.append("**Ignored:** " + ", ".join(f"{n} × {labels.get(k, k)}"
-                                                     for k, n in sorted(status.ignored.items()) if n))
-        lines.append(f"**Listening to:** {status.listeners} "
-                     f"{'person' if status.listeners == 1 else 'people'}"
-                     + (f" ({status.opted_out_present} opted out, not heard)" if status.opted_out_present else ""))
+            items = ", ".join(f"{n} × {say(_IGNORED[k]) if k in _IGNORED else k}"
+                              for k, n in sorted(status.ignored.items()) if n)
+            lines.append(say("status.ignored", items=items))
+        lines.append(say("status.listening_one" if status.listeners == 1 else "status.listening_many",
+                         count=status.listeners)
+                     + (say("status.opted_out_present", count=status.opted_out_present)
+                        if status.opted_out_present else ""))
         if status.server_muted or not status.can_speak:
-            lines.append("**Speaking:** not allowed here right now (muted, or not a stage speaker); "
-                         "replies go to the text chat.")
+            lines.append(say("status.cant_speak"))
         if status.voice:
-            lines.append(f"**Speaking voice:** {status.voice}")
-    stt = providers.stt or "off"
+            lines.append(say("status.speaking_voice", voice=status.voice))
+    stt = _provider_phrase(providers.stt, words) if providers.stt else say("status.off")
     if providers.stt == _LOCAL_STT:
-        stt += " (English only: other languages need Deepgram)"  # the packaged model is tiny.en
-    lines.append(f"**Speech-to-text:** {stt}")
+        stt += say("status.english_only")  # the packaged model is tiny.en
+    lines.append(say("status.stt", stt=stt))
     if language:
-        lines.append(f"**Language:** {language}")
-    lines.append(f"**Text-to-speech:** {providers.tts or 'off'}")
-    lines.append(f"**Replies written by:** {providers.llm}")
+        lines.append(say("status.language", language=language))
+    lines.append(say("status.tts", tts=_provider_phrase(providers.tts, words) if providers.tts else say("status.off")))
+    lines.append(say("status.llm", llm=_provider_phrase(providers.llm, words)))
     if status is not None and status.breakdown:
-        lines.append("**Last turn:**")
-        lines.extend(format_breakdown(status.breakdown))
+        lines.append(say("status.last_turn"))
+        lines.extend(format_breakdown(status.breakdown, words))
     elif status is not None:
-        lines.append("**Last turn:** none yet")
+        lines.append(say("status.last_turn_none"))
     return _clip("\n".join(lines), MESSAGE_LIMIT)
 
 

@@ -32,6 +32,8 @@ from audio.receive import ReceiveVoiceClient, VoicePacket
 from audio.watchdog import DeafWatchdog, WatchdogAction
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
 from bot.i18n.bidi import isolate
+from bot.i18n.catalog import MESSAGES, t
+from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
@@ -73,7 +75,19 @@ LISTEN_WINDOW_SECONDS = 30.0
 
 
 class VoiceCommandError(Exception):
-    """A voice request that cannot be done; ``str(exc)`` is a friendly message for the person asking."""
+    """A voice request that cannot be done, as a catalog key and its values (``bot.i18n``).
+
+    ``in_language(code)`` is the friendly message for the person asking; ``str(exc)`` is the English
+    one, for logs. A text that is not a catalog key is kept as it is (already in someone's language).
+    """
+
+    def __init__(self, key: str, /, **values: object) -> None:
+        self.key = key
+        self.values = values
+        super().__init__(t(key, "en", **values) if key in MESSAGES else key)
+
+    def in_language(self, language: str) -> str:
+        return t(self.key, language, **self.values) if self.key in MESSAGES else str(self)
 
 
 class JoinOutcome(enum.StrEnum):
@@ -93,21 +107,26 @@ def humans_in(channel: discord.abc.GuildChannel | None) -> list[discord.Member]:
     return [m for m in getattr(channel, "members", ()) if not m.bot]
 
 
-def join_problem(channel: discord.VoiceChannel | discord.StageChannel, me: discord.Member) -> str | None:
-    """Why the bot cannot join ``channel`` (a message for the person asking), or None."""
+def join_refusal(channel: discord.VoiceChannel | discord.StageChannel, me: discord.Member) -> VoiceCommandError | None:
+    """Why the bot cannot join ``channel`` (an error to raise or show), or None."""
     perms = channel.permissions_for(me)
     if not perms.view_channel or not perms.connect:
-        return (f"I don't have permission to connect to {channel.mention}. "
-                "Ask a server admin to give me the **Connect** permission there.")
+        return VoiceCommandError("voice.no_connect_permission", channel=channel.mention)
     if isinstance(channel, discord.VoiceChannel) and not perms.speak:
-        return (f"I can connect to {channel.mention} but I'm not allowed to talk there. "
-                "Ask a server admin to give me the **Speak** permission.")
+        return VoiceCommandError("voice.no_speak_permission", channel=channel.mention)
     already_there = me.voice is not None and me.voice.channel is not None and me.voice.channel.id == channel.id
     limit = channel.user_limit
     # Move Members lets a member (or bot) join a full channel, as in the Discord client.
     if limit and not already_there and len(channel.members) >= limit and not perms.move_members:
-        return f"{channel.mention} is full ({limit} people). Make room, or raise its user limit."
+        return VoiceCommandError("voice.channel_full", channel=channel.mention, limit=limit)
     return None
+
+
+def join_problem(channel: discord.VoiceChannel | discord.StageChannel, me: discord.Member,
+                 language: str = "en") -> str | None:
+    """Why the bot cannot join ``channel`` (a message for the person asking, in ``language``), or None."""
+    refusal = join_refusal(channel, me)
+    return refusal.in_language(language) if refusal is not None else None
 
 
 def can_speak_in(channel: discord.abc.GuildChannel | None, me: discord.Member) -> bool:
@@ -231,20 +250,25 @@ class GuildVoice:
 class ListenView(discord.ui.View):
     """The push-to-talk button on the consent notice: opens a listening window for whoever presses it."""
 
-    def __init__(self, manager: VoiceManager, bot_name: str) -> None:
+    def __init__(self, manager: VoiceManager, bot_name: str, language: str = "en") -> None:
         super().__init__(timeout=None)
         self.manager = manager
+        # The label is in the server's language when posted; the custom_id (what Discord sends back) never changes.
         button: discord.ui.Button[ListenView] = discord.ui.Button(
-            label=f"Talk to {bot_name}", emoji="🎙️", style=discord.ButtonStyle.primary, custom_id=LISTEN_BUTTON_ID
+            label=t("listen.button", language, bot=bot_name)[:80], emoji="🎙️", style=discord.ButtonStyle.primary,
+            custom_id=LISTEN_BUTTON_ID,
         )
         button.callback = self._pressed  # type: ignore[method-assign]
         self.add_item(button)
 
     async def _pressed(self, interaction: discord.Interaction) -> None:
+        from bot.i18n.words import interaction_language
+
+        language = interaction_language(interaction, self.manager.languages)
         try:
-            text = self.manager.listen(interaction.guild, interaction.user)
+            text = self.manager.listen(interaction.guild, interaction.user, language=language)
         except VoiceCommandError as exc:
-            text = str(exc)
+            text = exc.in_language(language)
         await interaction.response.send_message(text, ephemeral=True)
 
 
@@ -391,17 +415,16 @@ class VoiceManager:
         Raises :class:`VoiceCommandError` with a friendly reason when it cannot.
         """
         if self._closed:
-            raise VoiceCommandError("I'm shutting down; try again in a minute.")
+            raise VoiceCommandError("voice.shutting_down")
         guild = channel.guild
         async with self._lock(guild.id):
             if not self.guild_settings.may_join(guild.id, channel.id):
                 allowed = self.guild_settings.channels(guild.id, ALLOWED) | self.guild_settings.channels(guild.id, AUTO_JOIN)
                 names = ", ".join(f"<#{cid}>" for cid in sorted(allowed))
-                raise VoiceCommandError(f"This server's admins chose where I may join: {names}. "
-                                        f"(`/voice allow` changes the list.)")
-            problem = join_problem(channel, guild.me)
-            if problem is not None:
-                raise VoiceCommandError(problem)
+                raise VoiceCommandError("voice.join_restricted", channels=names)
+            refusal = join_refusal(channel, guild.me)
+            if refusal is not None:
+                raise refusal
             gv = self._guilds.get(guild.id)
             if gv is not None and gv.channel.id == channel.id:
                 return JoinOutcome.ALREADY
@@ -426,33 +449,35 @@ class VoiceManager:
 
     # ------------------------------------------------------------------ notes (scribe)
 
-    def transcript(self, guild_id: int) -> tuple[bytes, str, bool]:
+    def transcript(self, guild_id: int, *, language: str = "en") -> tuple[bytes, str, bool]:
         """The current call's transcript as a file: (bytes, file name, whether its start was cut)."""
         gv = self._guilds.get(guild_id)
         if gv is None:
-            raise VoiceCommandError("I'm not in a voice channel in this server, so there is no call to transcribe.")
-        return self._transcript_of(gv)
+            raise VoiceCommandError("transcript.no_call")
+        return self._transcript_of(gv, language)
 
-    def _transcript_of(self, gv: GuildVoice) -> tuple[bytes, str, bool]:
+    def _transcript_of(self, gv: GuildVoice, language: str) -> tuple[bytes, str, bool]:
         turns = call_transcript(self.memory, gv.room, gv.joined_wall)
         started = datetime.fromtimestamp(gv.joined_wall, tz=timezone.utc)
-        title = f"Transcript of {gv.channel.name}, from {started:%Y-%m-%d %H:%M} UTC"
-        data, cut = render_transcript(turns, title=title, limit_bytes=gv.channel.guild.filesize_limit)
+        title = t("transcript.title", language, channel=gv.channel.name, start=f"{started:%Y-%m-%d %H:%M}")
+        data, cut = render_transcript(turns, title=title, limit_bytes=gv.channel.guild.filesize_limit,
+                                      language=language)
         return data, f"transcript-{started:%Y%m%d-%H%M}.txt", cut
 
     async def _post_notes(self, gv: GuildVoice) -> None:
         """After a note-taking call: the transcript as a file and, from a language model, a summary."""
         turns = call_transcript(self.memory, gv.room, gv.joined_wall)
+        language = self.guild_language(gv.channel.guild)
         if not turns:
-            await self._post(gv, "Nothing was said while I was taking notes.")
+            await self._post(gv, t("notes.nothing_said", language))
             return
-        data, name, cut = self._transcript_of(gv)
+        data, name, cut = self._transcript_of(gv, language)
         summary = await summarize(self.agent, gv.room, turns)
-        text = f"📝 **Notes from {discord.utils.escape_markdown(gv.channel.name)}**"
+        text = t("notes.title", language, channel=isolate(discord.utils.escape_markdown(gv.channel.name)))
         if summary:
             text += "\n" + summary
         if cut:
-            text += "\n(The transcript's first part was left out: the whole would be larger than Discord accepts.)"
+            text += "\n" + t("notes.cut", language)
         try:
             await gv.channel.send(text[:2000], file=discord.File(io.BytesIO(data), filename=name),
                                   allowed_mentions=discord.AllowedMentions.none())
@@ -477,14 +502,15 @@ class VoiceManager:
             load_libopus(self.settings.opus_library)  # bundled with PyAV; nothing else loads it
         except NativeLibraryError as exc:
             log.error("cannot join voice: %s", exc)
-            raise VoiceCommandError("My audio codec (libopus) is missing; the bot's log says how to fix it.") from None
+            raise VoiceCommandError("voice.no_codec") from None
         try:
             vc = await channel.connect(cls=ReceiveVoiceClient, self_deaf=False, timeout=self._connect_timeout,
                                        reconnect=True)
         except asyncio.TimeoutError:
-            raise VoiceCommandError(f"I couldn't connect to {channel.mention} in time. Try again in a moment.") from None
+            raise VoiceCommandError("voice.connect_timeout", channel=channel.mention) from None
         except discord.ClientException as exc:
-            raise VoiceCommandError(f"I couldn't join {channel.mention}: {exc}") from None
+            log.warning("could not join voice: %s", exc, extra={"guild_id": guild.id, "channel_id": channel.id})
+            raise VoiceCommandError("voice.connect_failed", channel=channel.mention) from None
         except Exception:
             if guild.voice_client is not None:
                 with contextlib.suppress(Exception):
@@ -558,7 +584,8 @@ class VoiceManager:
         async def notify(text: str) -> None:
             gv = holder.get("gv")
             if gv is not None:
-                await self._post(gv, text)
+                # A speech engine's failure is English at its source: said in the server's language.
+                await self._post(gv, translate_engine_text(text, self.guild_language(guild)))
 
         async def mirror(name: str, text: str) -> None:
             gv = holder.get("gv")
@@ -592,25 +619,29 @@ class VoiceManager:
             stream_options=self._stream_options(guild),
         )
 
-    def language_summary(self, guild: discord.Guild | None) -> str | None:
-        """One line for /status: the server's language mode (``/language`` changes it)."""
+    def language_summary(self, guild: discord.Guild | None, *, words: str = "en") -> str | None:
+        """One line for /status: the server's language mode (``/language`` changes it), said in ``words``.
+
+        Language names are English in English and each language's own name otherwise ("Deutsch").
+        """
         if guild is None:
             return None
         from bot.i18n.languages import AUTO, language_name
 
+        native = words != "en"
         locale = str(guild.preferred_locale) if guild.preferred_locale else None
         mode = self.languages.mode(f"guild:{guild.id}", locale)
         if mode == AUTO:
-            fallback = language_name(self.languages.fallback(f"guild:{guild.id}", locale), native=False)
-            return f"auto (each person's language; {fallback} when unsure)"
-        return language_name(mode, native=False)
+            fallback = language_name(self.languages.fallback(f"guild:{guild.id}", locale), native=native)
+            return t("status.language_auto", words, language=fallback)
+        return language_name(mode, native=native)
 
     def guild_language(self, guild: discord.Guild) -> str:
-        """The language of the bot's own words in ``guild`` (its language, or auto's fallback)."""
-        from bot.i18n.catalog import catalog_language
+        """The language of the bot's posts in ``guild``'s channels (the rule is in ``bot.i18n.words``)."""
+        from bot.i18n.words import guild_words_language
 
         locale = str(guild.preferred_locale) if guild.preferred_locale else None
-        return catalog_language(self.languages.fallback(f"guild:{guild.id}", locale))
+        return guild_words_language(self.languages, guild.id, locale)
 
     def _language_chooser(self, guild: discord.Guild) -> Callable[[str, str | None], Choice]:
         place, locale = f"guild:{guild.id}", str(guild.preferred_locale) if guild.preferred_locale else None
@@ -641,7 +672,8 @@ class VoiceManager:
             if verdict is None:
                 continue
             log.warning(verdict.log_message, extra={"guild_id": gv.guild_id})
-            await self._post(gv, verdict.channel_message)
+            key = "voice.deaf_rejoin" if verdict.action is WatchdogAction.REJOIN else "voice.deaf_give_up"
+            await self._post(gv, t(key, self.guild_language(gv.channel.guild)))
             if verdict.action is WatchdogAction.REJOIN:
                 self._spawn(self._rejoin(gv), f"voice-rejoin-{gv.guild_id}")
                 return
@@ -723,13 +755,16 @@ class VoiceManager:
         channel = gv.channel
         gs = self.guild_settings.get(gv.guild_id)
         bot_name = self.agent.character.name
-        text = consent_notice(bot_name=bot_name, channel_name=channel.name, mode=gs.mode, providers=self.providers,
+        language = self.guild_language(channel.guild)
+        # A right-to-left channel name keeps its own direction inside the notice's line (bot.i18n.bidi).
+        text = consent_notice(bot_name=bot_name, channel_name=isolate(channel.name), mode=gs.mode,
+                              providers=self.providers,
                               recording=gs.recording_allowed(self.settings),
                               retention_days=self.settings.transcript_retention_days, mirror=gs.mirror_transcripts,
-                              language=self.guild_language(channel.guild))
+                              language=language)
         perms = channel.permissions_for(channel.guild.me)
         if perms.send_messages:
-            view = ListenView(self, bot_name) if gs.mode == VoiceMode.PUSH_TO_TALK else None
+            view = ListenView(self, bot_name, language) if gs.mode == VoiceMode.PUSH_TO_TALK else None
             try:
                 gv.notice = await channel.send(text, view=view or discord.utils.MISSING,
                                                allowed_mentions=discord.AllowedMentions.none())
@@ -739,7 +774,7 @@ class VoiceManager:
             log.info("no permission to post the consent notice", extra={"guild_id": gv.guild_id})
         if isinstance(channel, discord.VoiceChannel) and (perms.set_voice_channel_status or perms.manage_channels):
             try:
-                await channel.edit(status=channel_status(bot_name, mode=gs.mode))
+                await channel.edit(status=channel_status(bot_name, mode=gs.mode, language=language))
                 gv.status_set = True
             except discord.HTTPException as exc:
                 log.info("could not set the voice channel status: %s", exc.status, extra={"guild_id": gv.guild_id})
@@ -798,9 +833,9 @@ class VoiceManager:
     def _require(self, guild_id: int) -> GuildVoice:
         gv = self._guilds.get(guild_id)
         if gv is None:
-            raise VoiceCommandError("I'm not in a voice channel in this server. Use `/join` first.")
+            raise VoiceCommandError("voice.not_in_channel_use_join")
         if not gv.vc.is_connected():
-            raise VoiceCommandError("My voice connection dropped and I'm reconnecting. Try again in a moment.")
+            raise VoiceCommandError("voice.reconnecting")
         return gv
 
     async def say(self, guild_id: int, text: str) -> PlayResult | None:
@@ -808,21 +843,21 @@ class VoiceManager:
         gv = self._require(guild_id)
         return await gv.session.say(text)
 
-    def listen(self, guild: discord.Guild | None, user: discord.abc.User) -> str:
-        """Push-to-talk: open a listening window for ``user``; returns what to tell them."""
+    def listen(self, guild: discord.Guild | None, user: discord.abc.User, *, language: str = "en") -> str:
+        """Push-to-talk: open a listening window for ``user``; returns what to tell them (in ``language``)."""
         if guild is None:
-            raise VoiceCommandError("This only works in a server.")
+            raise VoiceCommandError("command.guild_only")
         gv = self._require(guild.id)
         member = guild.get_member(user.id)
         if member is None or member.voice is None or member.voice.channel is None \
                 or member.voice.channel.id != gv.channel.id:
-            raise VoiceCommandError(f"Join {gv.channel.mention} first, then I'll listen to you.")
+            raise VoiceCommandError("listen.join_first", channel=gv.channel.mention)
         if self.optouts.is_opted_out(user.id):
-            raise VoiceCommandError("You opted out of being heard. Use `/optin` first if you want to talk to me.")
+            raise VoiceCommandError("listen.opted_out")
         gv.session.policy.open_listening_window(user.id, LISTEN_WINDOW_SECONDS)
         if gv.session.policy.mode != VoiceMode.PUSH_TO_TALK:
-            return "I'm listening (in this mode I don't need to be asked first, but go ahead)."
-        return f"I'm listening to you for the next {LISTEN_WINDOW_SECONDS:.0f} seconds. Go ahead!"
+            return t("listen.not_needed", language)
+        return t("listen.window", language, seconds=f"{LISTEN_WINDOW_SECONDS:.0f}")
 
     def set_mode(self, guild_id: int, mode: str) -> GuildVoiceSettings:
         gs = self.guild_settings.update(guild_id, mode=mode)
@@ -979,7 +1014,7 @@ class VoiceManager:
         async with self._lock(gv.guild_id):
             if self._guilds.get(gv.guild_id) is not gv or humans_in(gv.channel):
                 return
-            await self._post(gv, f"Nobody's here, so I left {gv.channel.mention}. `/join` brings me back.")
+            await self._post(gv, t("voice.idle_left", self.guild_language(gv.channel.guild), channel=gv.channel.mention))
             await self._leave_locked(gv.guild_id, reason=f"alone for {seconds:.0f} s")
         if gv.session.policy.mode == VoiceMode.SCRIBE:
             await self._post_notes(gv)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from bot.agent import Agent, AgentError, Incoming
 from bot.agent.engines.base import Conversation
+from bot.i18n.catalog import t
 from bot.memory import Memory, Modality, Turn
 
 __all__ = ["MAX_TRANSCRIPT_TURNS", "render_transcript", "call_transcript", "summarize"]
@@ -27,29 +28,33 @@ log = logging.getLogger(__name__)
 MAX_TRANSCRIPT_TURNS = 20_000  # far beyond a long call (a turn every two seconds for eleven hours)
 SUMMARY_INPUT_CHARS = 24_000  # the newest part of a long transcript, well inside a small model's context
 SUMMARY_TIMEOUT = 90.0
-OMITTED = "[… earlier lines left out: the whole transcript would be larger than Discord accepts …]\n"
+OMITTED = t("transcript.omitted", "en") + "\n"  # English; render_transcript writes the file's language
 
 
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S")
 
 
-def render_transcript(turns: Sequence[Turn], *, title: str, limit_bytes: int) -> tuple[bytes, bool]:
+def render_transcript(turns: Sequence[Turn], *, title: str, limit_bytes: int,
+                      language: str = "en") -> tuple[bytes, bool]:
     """A UTF-8 text file of ``turns`` ("[HH:MM:SS] Name: words", times in UTC) of at most
-    ``limit_bytes``; returns the bytes and whether earlier lines had to be left out."""
-    header = f"{title}\nTimes are UTC.\n\n".encode()
-    lines = [f"[{_clock(t.created_at)}] {' '.join(t.speaker_name.split()) or 'someone'}: "
-             f"{' '.join(t.text.split())}{' …' if t.interrupted else ''}\n".encode() for t in turns]
+    ``limit_bytes``; returns the bytes and whether earlier lines had to be left out. The file's
+    own words (the note on UTC, "someone", the cut) are in ``language``."""
+    header = f"{title}\n{t('transcript.times_utc', language)}\n\n".encode()
+    someone = t("transcript.someone", language)
+    omitted = (t("transcript.omitted", language) + "\n").encode()
+    lines = [f"[{_clock(turn.created_at)}] {' '.join(turn.speaker_name.split()) or someone}: "
+             f"{' '.join(turn.text.split())}{' …' if turn.interrupted else ''}\n".encode() for turn in turns]
     budget = limit_bytes - len(header)
     kept: list[bytes] = []
     size = 0
     for line in reversed(lines):
-        if size + len(line) > budget - len(OMITTED.encode()):
+        if size + len(line) > budget - len(omitted):
             break
         kept.append(line)
         size += len(line)
     truncated = len(kept) < len(lines)
-    body = (OMITTED.encode() if truncated else b"") + b"".join(reversed(kept))
+    body = (omitted if truncated else b"") + b"".join(reversed(kept))
     return header + body, truncated
 
 
@@ -67,7 +72,7 @@ async def summarize(agent: Agent, room: str, turns: Sequence[Turn]) -> str | Non
     """
     if not turns or agent.engine_name == "eliza":
         return None
-    text = "".join(f"{t.speaker_name}: {t.text}\n" for t in turns)
+    text = "".join(f"{turn.speaker_name}: {turn.text}\n" for turn in turns)
     if len(text) > SUMMARY_INPUT_CHARS:
         text = "…\n" + text[-SUMMARY_INPUT_CHARS:]
     instruction = (

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.agent.character import Character
+from bot.i18n.catalog import t
 from bot.logs import redact
 from bot.memory import Modality, Turn
 
@@ -40,13 +41,21 @@ class AgentError(Exception):
     names what went wrong (never a secret). ``retryable`` says whether trying again later may help.
     """
 
-    def __init__(self, message: str, *, user_message: str | None = None, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, user_message: str | None = None, retryable: bool = False,
+                 key: str | None = None) -> None:
         # Both texts reach people (terminal, Discord, SMS) and logs: the process's redactor takes out
         # any piece of a secret a provider's error text carried in.
         super().__init__(redact(message))
-        self.user_message = redact(
-            user_message or "Sorry, I couldn't come up with a reply just now. Please try again in a moment.")
+        # ``key``: the catalog message (bot.i18n) for user_message; the reply says it in the person's
+        # language (``in_language``), English until then.
+        self.key = key if key is not None or user_message is not None else "agent.failed"
+        self.user_message = redact(user_message or t(self.key or "agent.failed", "en"))
         self.retryable = retryable
+
+    def in_language(self, language: str | None) -> None:
+        """Say ``user_message`` in ``language`` when it comes from the catalog (an engine's own text stays)."""
+        if self.key and language:
+            self.user_message = redact(t(self.key, language))
 
 
 @dataclass(frozen=True)

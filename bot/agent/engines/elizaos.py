@@ -226,17 +226,17 @@ class ElizaOSEngine(ReplyEngine):
         if status == 401 or status == 403:
             return AgentError(
                 f"ElizaOS at {self.where} rejected the API key ({status}) for {what}: check ELIZAOS_API_KEY",
-                user_message="I can't reach my agent brain: it refused my credentials. Please let whoever runs me know.",
+                key="agent.brain_credentials",
             )
         if status == 404:
             return AgentError(
                 f"ElizaOS at {self.where} answered 404 for {what}: is ELIZAOS_AGENT_ID {self.agent_id!r} right?",
-                user_message="I can't reach my agent brain right now. Please let whoever runs me know.",
+                key="agent.brain_missing",
             )
         retryable = status >= 500 or status in (408, 429)
         return AgentError(
             f"ElizaOS at {self.where} answered HTTP {status} for {what}",
-            user_message="Sorry, my agent brain is having trouble. Try again in a moment?",
+            key="agent.brain_trouble",
             retryable=retryable,
         )
 
@@ -244,13 +244,13 @@ class ElizaOSEngine(ReplyEngine):
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return AgentError(
                 f"ElizaOS at {self.where} timed out (no data for {self.timeout:g}s)",
-                user_message="Sorry, my thoughts are taking too long. Try again in a moment?",
+                key="agent.slow",
                 retryable=True,
             )
         if isinstance(exc, aiohttp.ClientConnectionError):
             return AgentError(
                 f"cannot connect to ElizaOS at {self.where}: is it running and is ELIZAOS_URL right?",
-                user_message="Sorry, I can't reach my agent brain right now. Try again in a moment?",
+                key="agent.brain_unreachable",
                 retryable=True,
             )
         return AgentError(f"ElizaOS request to {self.where} failed: {type(exc).__name__}",
@@ -375,7 +375,7 @@ class ElizaOSEngine(ReplyEngine):
             elif event.event == "error":
                 problem = data.get("error") if isinstance(data, dict) else None
                 raise AgentError(f"ElizaOS agent failed mid-reply: {' '.join(str(problem).split())[:200]}",
-                                 user_message="Sorry, I lost my train of thought. Could you say that again?",
+                                 key="agent.lost_thread",
                                  retryable=True)
         if not streamed:
             raise AgentError(f"ElizaOS at {self.where} closed the stream without a reply", retryable=True)
@@ -395,7 +395,7 @@ class ElizaOSEngine(ReplyEngine):
                 return
             if loop.time() >= deadline:
                 raise AgentError(f"ElizaOS at {self.where} did not answer within {self.timeout:g}s",
-                                 user_message="Sorry, my thoughts are taking too long. Try again in a moment?",
+                                 key="agent.slow",
                                  retryable=True)
             await asyncio.sleep(_POLL_INTERVAL)  # the reply arrives over WebSocket; we poll instead
 

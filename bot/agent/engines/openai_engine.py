@@ -23,6 +23,7 @@ from openai._constants import DEFAULT_CONNECTION_LIMITS
 from openai.types.chat import ChatCompletionChunk
 
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
+from bot.i18n.catalog import t
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIEngine", "safe_url", "translate_error"]
 
@@ -32,8 +33,6 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, vLLM, LM Studio) ignore the key but the SDK insists on one.
 PLACEHOLDER_KEY = "not-needed"
 KEEPALIVE_SECONDS = 60.0  # idle time an HTTP connection is kept for the next turn
-
-_OWNER_HINT = "Please let whoever runs me know."
 
 
 def safe_url(url: str) -> str:
@@ -57,43 +56,46 @@ def _server_message(exc: openai.APIStatusError, limit: int = 200) -> str:
     return text[:limit]
 
 
-def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: float) -> AgentError:
+def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: float,
+                    language: str | None = None) -> AgentError:
     """Map an ``openai`` SDK exception to an :class:`AgentError` (pure; never includes secrets).
 
-    Server messages are left out for 401/403 because OpenAI echoes part of the key in them.
+    Server messages are left out for 401/403 because OpenAI echoes part of the key in them. The
+    ``user_message`` is in ``language`` (the reply's, from the catalog); the log message stays English.
     """
     where = safe_url(base_url)
+    lang = language or "en"
     if isinstance(exc, openai.AuthenticationError):
         return AgentError(
             f"LLM endpoint {where} rejected the API key (401): check OPENAI_API_KEY",
-            user_message=f"I can't think right now: my language model refused my credentials. {_OWNER_HINT}",
+            user_message=t("agent.credentials", lang),
         )
     if isinstance(exc, openai.PermissionDeniedError):
         return AgentError(
             f"LLM endpoint {where} denied access (403) for model {model!r}: check the key's permissions",
-            user_message=f"I can't think right now: my language model denied access. {_OWNER_HINT}",
+            user_message=t("agent.denied", lang),
         )
     if isinstance(exc, openai.NotFoundError):
         return AgentError(
             f"LLM endpoint {where} has no model {model!r} (404): check OPENAI_MODEL (and OPENAI_BASE_URL)",
-            user_message=f"I can't think right now: my language model isn't available. {_OWNER_HINT}",
+            user_message=t("agent.model_missing", lang),
         )
     if isinstance(exc, openai.RateLimitError):
         return AgentError(
             f"LLM endpoint {where} is rate limiting or out of quota (429): {_server_message(exc)}",
-            user_message="I'm a bit overwhelmed right now. Try me again in a minute?",
+            user_message=t("agent.overloaded", lang),
             retryable=True,
         )
     if isinstance(exc, openai.APITimeoutError):
         return AgentError(
             f"LLM endpoint {where} timed out (no data for {timeout:g}s)",
-            user_message="Sorry, my thoughts are taking too long. Try again in a moment?",
+            user_message=t("agent.slow", lang),
             retryable=True,
         )
     if isinstance(exc, openai.APIConnectionError):
         return AgentError(
             f"cannot connect to the LLM endpoint {where}: is it running and is OPENAI_BASE_URL right?",
-            user_message="Sorry, I can't reach my language model right now. Try again in a moment?",
+            user_message=t("agent.unreachable", lang),
             retryable=True,
         )
     if isinstance(exc, openai.APIStatusError):
@@ -101,38 +103,37 @@ def translate_error(exc: BaseException, *, model: str, base_url: str, timeout: f
         retryable = status >= 500 or status in (408, 409)
         return AgentError(
             f"LLM endpoint {where} answered HTTP {status} for model {model!r}: {_server_message(exc)}",
-            user_message=("Sorry, my language model is having trouble. Try again in a moment?" if retryable
-                          else "Sorry, my language model couldn't handle that message."),
+            user_message=t("agent.trouble" if retryable else "agent.rejected", lang),
             retryable=retryable,
         )
     if isinstance(exc, openai.APIError):  # an error event inside the stream
         return AgentError(
             f"LLM endpoint {where} reported an error mid-reply: {' '.join(str(exc.message).split())[:200]}",
-            user_message="Sorry, I lost my train of thought. Could you say that again?",
+            user_message=t("agent.lost_thread", lang),
             retryable=True,
         )
     if isinstance(exc, (httpx2.RequestError, OSError)):  # the connection broke while the reply streamed
         return AgentError(
             f"LLM endpoint {where} broke off the reply ({type(exc).__name__}): is the server or a proxy "
             "cutting long responses?",
-            user_message="Sorry, I lost my train of thought. Could you say that again?",
+            user_message=t("agent.lost_thread", lang),
             retryable=True,
         )
     if isinstance(exc, ValueError):  # JSONDecodeError / UnicodeDecodeError: an event that is not JSON
         return AgentError(
             f"LLM endpoint {where} sent a malformed server-sent event ({type(exc).__name__}: {exc}): "
             f"is OPENAI_BASE_URL an OpenAI-compatible server?",
-            user_message="Sorry, my language model sent something I couldn't read. Try again in a moment?",
+            user_message=t("agent.unreadable", lang),
             retryable=True,
         )
     if isinstance(exc, (TypeError, AttributeError, KeyError, IndexError)):
         return AgentError(
             f"LLM endpoint {where} sent an event that is not a chat.completion.chunk ({type(exc).__name__}): "
             "is OPENAI_BASE_URL an OpenAI-compatible server?",
-            user_message="Sorry, my language model sent something I couldn't read. Try again in a moment?",
+            user_message=t("agent.unreadable", lang),
             retryable=True,
         )
-    return AgentError(f"LLM request to {where} failed: {type(exc).__name__}")
+    return AgentError(f"LLM request to {where} failed: {type(exc).__name__}", user_message=t("agent.failed", lang))
 
 
 def _keepalive_limits() -> Any:
@@ -194,10 +195,11 @@ class OpenAIEngine(ReplyEngine):
         key = "max_completion_tokens" if self._is_openai else "max_tokens"
         return {key: self.max_tokens}
 
-    def _error(self, exc: BaseException) -> AgentError:
-        return translate_error(exc, model=self.model, base_url=self.base_url, timeout=self.timeout)
+    def _error(self, exc: BaseException, language: str | None = None) -> AgentError:
+        return translate_error(exc, model=self.model, base_url=self.base_url, timeout=self.timeout, language=language)
 
     async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
+        language = conversation.incoming.language  # what the person is answered in, failures included
         body = {
             "model": self.model,
             "messages": [dict(m) for m in conversation.messages],
@@ -219,7 +221,7 @@ class OpenAIEngine(ReplyEngine):
                 stream_cls=AsyncStream[ChatCompletionChunk],
             )
         except openai.OpenAIError as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, language) from None
         try:
             async with stream:
                 async for chunk in stream:
@@ -230,18 +232,18 @@ class OpenAIEngine(ReplyEngine):
                                 raise TypeError(f"delta.content is {type(content).__name__}, not text")
                             yield content
         except openai.APITimeoutError as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, language) from None
         except openai.APIConnectionError as exc:
             # The server was reached and answered 200; its body broke off (not "cannot connect").
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else ConnectionResetError()
-            raise self._error(cause) from None
+            raise self._error(cause, language) from None
         except openai.OpenAIError as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, language) from None
         except Exception as exc:
             # Nothing of ours runs in this loop but reading fields: any other error is the server's
             # stream (an event that is not JSON, a chunk of the wrong shape, a connection cut
             # mid-body), a provider error like the others, not a crash of the engine.
-            raise self._error(exc) from None
+            raise self._error(exc, language) from None
 
     async def check(self) -> str:
         """List the server's models and confirm the configured one is there."""

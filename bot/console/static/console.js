@@ -18,6 +18,7 @@ const voicebot = window.voicebot = {
   updates: 0,
   playground: {
     connected: false, transcripts: [], replies: [], turns: [], replyAudioSeconds: 0, sentSeconds: 0, errors: [],
+    language: null,
   },
 };
 
@@ -210,7 +211,7 @@ function log(kind, message) {
 function setConnected(on) {
   voicebot.playground.connected = on;
   $("pg-connect").textContent = on ? "Disconnect" : "Connect";
-  for (const id of ["pg-talk", "pg-text", "pg-send"]) $(id).disabled = !on;
+  for (const id of ["pg-talk", "pg-text", "pg-send", "pg-language"]) $(id).disabled = !on;
   text("pg-status", on ? "connected" : "not connected");
 }
 
@@ -236,6 +237,11 @@ async function connectPlayground() {
     switch (msg.type) {
       case "hello":
         log("note", `Connected to ${msg.bot} (speech-to-text: ${msg.stt || "none"}, voice: ${msg.tts}).`);
+        fillLanguages(msg.languages || [], msg.language);
+        break;
+      case "language":
+        showLanguage(msg);
+        log("note", `Language: ${msg.name}${msg.setting ? "" : " (LANGUAGE)"}.`);
         break;
       case "transcript":
         voicebot.playground.transcripts.push(msg.text);
@@ -264,6 +270,24 @@ async function connectPlayground() {
       default: break;
     }
   };
+}
+
+function fillLanguages(languages, current) {
+  const select = $("pg-language");
+  // Keep the two fixed choices (default, auto); add each language once.
+  while (select.options.length > 2) select.remove(2);
+  for (const lang of languages) {
+    const option = document.createElement("option");
+    option.value = lang.code;
+    option.textContent = lang.name;
+    select.appendChild(option);
+  }
+  if (current) showLanguage(current);
+}
+
+function showLanguage(state) {
+  voicebot.playground.language = state;
+  $("pg-language").value = state.setting || "default";
 }
 
 function playPcm(buffer) {
@@ -329,6 +353,11 @@ function stopTalking(send = true) {
 function setupPlayground() {
   $("pg-connect").addEventListener("click", () => { connectPlayground(); });
   $("pg-talk").addEventListener("click", () => { if (pg.talking) stopTalking(); else startTalking(); });
+  $("pg-language").addEventListener("change", (ev) => {
+    if (pg.ws && pg.ws.readyState === WebSocket.OPEN) {
+      pg.ws.send(JSON.stringify({ type: "language", language: ev.target.value }));
+    }
+  });
   $("pg-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const input = $("pg-text");
