@@ -360,12 +360,14 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ speaking on request
 
-    async def say(self, text: str) -> PlayResult | None:
-        """Speak ``text`` now (``/say``), queued behind anything already being said."""
-        spoken = normalize_for_speech(text)
+    async def say(self, text: str, *, language: str | None = None) -> PlayResult | None:
+        """Speak ``text`` now (``/say``), queued behind anything already being said; with
+        ``language``, normalised for and spoken in that language's voice (a phone call's own words
+        in the caller's language), else in the default voice."""
+        spoken = normalize_for_speech(text) if language is None else normalize_for_speech(text, language=language)
         if not spoken:
             return None
-        return await self._speak_sentence(spoken, None)
+        return await self._play(spoken, _Prefetch(self, spoken, None, language=language), None)
 
     # ------------------------------------------------------------------ STT
 
