@@ -37,6 +37,8 @@ import asyncio
 import contextlib
 import logging
 import time
+
+import numpy as np
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +49,7 @@ from aiohttp import WSMsgType, web
 from audio.decode import SpeechEvent, SpeechSegmenter
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, VoiceSpec
-from audio.vad import WebRtcVad
+from audio.vad import Vad, WebRtcVad
 from bot.i18n.catalog import catalog_language, t
 from bot.i18n.places import Choice
 from bot.memory import Modality
@@ -96,6 +98,10 @@ MARK_GRACE = 10.0  # seconds past an utterance's expected end to wait for Twilio
 FINISH_GRACE = 10.0  # seconds after the end for the last words to be transcribed and remembered
 MAX_SEND_BYTES = FRAME_BYTES * 5  # 100 ms of μ-law per outbound media message
 # A caller saying one of these (as whole words) ends the call once the bot has answered it.
+# Under this RMS (about -52 dBFS) a frame is the line's silence, whatever the VAD says: webrtcvad
+# keeps calling 60-120 ms of silence after a voice "speech" (its hangover, measured on espeak-ng
+# speech at 8 kHz), and with the short pause of smart turn detection that would nearly double it.
+LINE_SILENCE_RMS = 80.0
 GOODBYES = ("goodbye", "good bye", "bye", "bye bye", "hang up", "that's all",
             "tschüss", "auf wiederhören", "auf wiedersehen", "au revoir", "adiós", "hasta luego", "tchau",
             "adeus", "さようなら", "失礼します")
@@ -155,6 +161,25 @@ class CallReport:
     dtmf: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     speech_ends: list[float] = field(default_factory=list)  # clock times the caller's speech ended
+
+
+class _LineVad:
+    """The VAD, except that a frame under the line's noise floor is silence at once (see
+    ``LINE_SILENCE_RMS``). Every frame still goes through the VAD, so its state follows the line."""
+
+    def __init__(self, inner: Vad) -> None:
+        self._inner = inner
+        self.sample_rate = inner.sample_rate
+
+    def is_speech(self, pcm: bytes) -> bool:
+        voiced = self._inner.is_speech(pcm)
+        if not voiced:
+            return False
+        samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
+        return bool(samples.size) and float(np.sqrt(np.mean(samples * samples))) >= LINE_SILENCE_RMS
+
+    def reset(self) -> None:
+        self._inner.reset()
 
 
 class TwilioAudioOut:
@@ -403,7 +428,10 @@ class PhoneCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ending = False
         self._goodbye = False
-        self._segmenter = SpeechSegmenter(WebRtcVad(MULAW_RATE), end_silence_ms=options.vad_end_ms, clock=clock)
+        vad: Vad = WebRtcVad(MULAW_RATE)
+        if options.smart:
+            vad = _LineVad(vad)  # the short pause is meant from the end of the voice, not of the VAD's hangover
+        self._segmenter = SpeechSegmenter(vad, end_silence_ms=options.vad_end_ms, clock=clock)
         self._pre_roll: list[bytes] = []
         self._pcm = bytearray()
         self._audio_started_at: float | None = None
@@ -609,6 +637,8 @@ class PhoneCall:
             return
         language = catalog_language(self.language)
         words = text(language)
+        if language != "en" and words == text("en"):
+            language = "en"  # the catalog had no entry in this language (logged once): English, in an English voice
         if words:
             await self.session.say(words, language=language)
 

@@ -437,7 +437,10 @@ class VoiceSession:
             self._discard_speculation(person.user_id)  # an eager guess whose words turned out to be nothing
         if transcript.end_of_turn and person.finals:
             now = transcript.received_at or self.clock()
-            ended = person.ended_at if person.ended_at is not None else now
+            # A recognizer that endpoints on silence the VAD still counts as speech (a phone line's
+            # silence, the fixed 600 ms rule) ends the turn before on_speech_end: it ended now, not
+            # at the previous pause (which would make the turn look stale and get it dropped).
+            ended = person.ended_at if person.ended_at is not None and not person.speaking else now
             turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now,
                                humans_present=person.humans_at_start, language=person.language)
             if self.turn_detection is None:
