@@ -13,6 +13,19 @@ followed by a ``mark``; ``play`` returns when Twilio echoes the mark, i.e. when 
 all of it. On barge-in ``stop`` sends ``clear`` and ``play`` returns at once with the part the caller
 heard, estimated from when Twilio began playing it; that is what memory keeps, marked interrupted.
 
+When the caller has finished is decided as in a voice channel (:mod:`bot.voice.endpointing`):
+with ``turn_detection`` smart, a short stretch of VAD silence (``TURN_PAUSE_MS``; a phone line sends
+its silence, so the pause is seen in the audio, not as a packet gap) asks the recognizer for the
+words at once (Deepgram ``Finalize``), and the words decide how long to wait; with ``speculate`` the
+reply starts on those words and is played only once the turn is over. Without it (``fixed``) the
+old rule holds: ``end_silence_ms`` of VAD silence, and the recognizer's final ends the turn.
+
+Language: each number has one (``bot.i18n.places``, the store SMS uses, place ``phone:+E164``):
+set by SMS ``LANGUAGE xx``, else ``auto``, learnt from what the number texted or said. The call's
+own words (greeting, notice, time limit, "I can't hear you") are said in it, from the message
+catalog; each reply is in the language of what the caller said (the recognizer's language, else
+the text detector's), spoken with that language's voice, and remembered for the number.
+
 The call ends on ``stop`` (the caller hung up), after the bot has answered a goodbye, at the maximum
 length, when recognition fails for good, or when the socket breaks; the bot hangs up through the
 REST API when it is the one ending. Every task is owned here and awaited in :meth:`PhoneCall.run`.
@@ -24,8 +37,11 @@ import asyncio
 import contextlib
 import logging
 import time
+
+import numpy as np
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -33,7 +49,9 @@ from aiohttp import WSMsgType, web
 from audio.decode import SpeechEvent, SpeechSegmenter
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import AudioFormat, TTSEngine, VoiceSpec
-from audio.vad import WebRtcVad
+from audio.vad import Vad, WebRtcVad
+from bot.i18n.catalog import catalog_language, t
+from bot.i18n.places import Choice
 from bot.memory import Modality
 from bot.phone.audio import (
     FRAME_BYTES,
@@ -57,15 +75,17 @@ from bot.phone.protocol import (
     media_message,
     parse_message,
 )
+from bot.voice.endpointing import TurnDetection
 from bot.voice.session import PlayResult, VoiceSession
 from bot.voice.turns import PendingTurn, TurnPolicy, VoiceMode, mentions_any
 
 if TYPE_CHECKING:
     from bot.agent import Agent
+    from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.phone.tokens import CallGrant
 
-__all__ = ["CallOptions", "CallReport", "PhoneCall", "TwilioAudioOut", "CALLER_ID"]
+__all__ = ["CallOptions", "CallReport", "CallText", "PhoneCall", "TwilioAudioOut", "CALLER_ID", "catalog_text"]
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +97,53 @@ MAX_PROTOCOL_ERRORS = 50  # bad messages tolerated in one call before it is clos
 MARK_GRACE = 10.0  # seconds past an utterance's expected end to wait for Twilio's mark echo
 FINISH_GRACE = 10.0  # seconds after the end for the last words to be transcribed and remembered
 MAX_SEND_BYTES = FRAME_BYTES * 5  # 100 ms of μ-law per outbound media message
-GOODBYES = ("goodbye", "good bye", "bye", "bye bye", "hang up", "that's all")
+# A caller saying one of these (as whole words) ends the call once the bot has answered it.
+# Under this RMS (about -52 dBFS) a frame is the line's silence, whatever the VAD says: webrtcvad
+# keeps calling 60-120 ms of silence after a voice "speech" (its hangover, measured on espeak-ng
+# speech at 8 kHz), and with the short pause of smart turn detection that would nearly double it.
+LINE_SILENCE_RMS = 80.0
+GOODBYES = ("goodbye", "good bye", "bye", "bye bye", "hang up", "that's all",
+            "tschüss", "auf wiederhören", "auf wiedersehen", "au revoir", "adiós", "hasta luego", "tchau",
+            "adeus", "さようなら", "失礼します")
+
+# What the call says in its own words: a string is said as it is (an operator's PHONE_GREETING, a
+# test's text); a function of the language makes it in the caller's language (the message catalog).
+CallText = str | Callable[[str], str]
+
+
+def catalog_text(key: str, **values: object) -> Callable[[str], str]:
+    """``key`` of the message catalog, in whatever language the call is in when it is said."""
+    return partial(_catalog_text, key, values)
+
+
+def _catalog_text(key: str, values: dict[str, object], language: str) -> str:
+    return t(key, language, **values)
 
 
 @dataclass(frozen=True)
 class CallOptions:
     """Per-call behaviour from settings."""
 
-    greeting: str = ""
-    notice: str = ""  # spoken after the greeting: the call is an AI and who hears the audio
+    greeting: CallText = ""
+    notice: CallText = ""  # spoken after the greeting: the call is an AI and who hears the audio
     max_seconds: float = 600.0
+    # The old end-of-turn rule (no turn_detection, or fixed): this much VAD silence ends the turn.
     end_silence_ms: int = 600
-    time_limit_text: str = "We've reached the time limit for this call. Thanks for calling, goodbye!"
-    hearing_failed_text: str = "Sorry, I can't hear you right now. Please call again later. Goodbye."
+    # The voice channels' rule (TURN_DETECTION, bot.voice.endpointing); None: the old rule above.
+    turn_detection: TurnDetection | None = None
+    speculate: bool = False  # SPECULATIVE_REPLY: start the reply on a pause's words (smart only)
+    max_reply_seconds: float = 60.0  # VOICE_REPLY_MAX_SECONDS: a reply stops at the sentence past it
+    time_limit_text: CallText = catalog_text("phone.time_limit")
+    hearing_failed_text: CallText = catalog_text("phone.hearing_failed")
+
+    @property
+    def smart(self) -> bool:
+        return self.turn_detection is not None and self.turn_detection.smart
+
+    @property
+    def vad_end_ms(self) -> int:
+        """VAD silence after which the caller's speech has paused (and the recognizer is asked)."""
+        return self.turn_detection.gap_ms if self.turn_detection is not None else self.end_silence_ms
 
 
 @dataclass
@@ -107,6 +161,25 @@ class CallReport:
     dtmf: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     speech_ends: list[float] = field(default_factory=list)  # clock times the caller's speech ended
+
+
+class _LineVad:
+    """The VAD, except that a frame under the line's noise floor is silence at once (see
+    ``LINE_SILENCE_RMS``). Every frame still goes through the VAD, so its state follows the line."""
+
+    def __init__(self, inner: Vad) -> None:
+        self._inner = inner
+        self.sample_rate = inner.sample_rate
+
+    def is_speech(self, pcm: bytes) -> bool:
+        voiced = self._inner.is_speech(pcm)
+        if not voiced:
+            return False
+        samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
+        return bool(samples.size) and float(np.sqrt(np.mean(samples * samples))) >= LINE_SILENCE_RMS
+
+    def reset(self) -> None:
+        self._inner.reset()
 
 
 class TwilioAudioOut:
@@ -323,6 +396,9 @@ class PhoneCall:
         caller_name: str,
         hangup: Callable[[str], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        languages: PlaceLanguages | None = None,
+        stream_options: dict[str, str] | None = None,
+        on_session: Callable[[VoiceSession], None] | None = None,
     ) -> None:
         self.grant = grant
         self.agent = agent
@@ -337,6 +413,12 @@ class PhoneCall:
         self.clock = clock
         self.report = CallReport(grant.call_sid, grant.caller)
         self.room = f"phone:{grant.caller}"
+        # The number's language (None: English only, as before #15); each reply's is chosen per turn.
+        self.languages = languages
+        self.stream_options = dict(stream_options or {})  # e.g. Deepgram ``language=multi`` for auto
+        self.language = languages.fallback(self.room) if languages is not None else "en"
+        self._notices: dict[str, str] = {}  # a one-time language notice -> the language it is in
+        self._on_session = on_session  # the console's metrics hook
         self.session: VoiceSession | None = None
         self.out: TwilioAudioOut | None = None
         self.heard: list[PendingTurn] = []
@@ -346,7 +428,10 @@ class PhoneCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ending = False
         self._goodbye = False
-        self._segmenter = SpeechSegmenter(WebRtcVad(MULAW_RATE), end_silence_ms=options.end_silence_ms, clock=clock)
+        vad: Vad = WebRtcVad(MULAW_RATE)
+        if options.smart:
+            vad = _LineVad(vad)  # the short pause is meant from the end of the voice, not of the VAD's hangover
+        self._segmenter = SpeechSegmenter(vad, end_silence_ms=options.vad_end_ms, clock=clock)
         self._pre_roll: list[bytes] = []
         self._pcm = bytearray()
         self._audio_started_at: float | None = None
@@ -428,8 +513,18 @@ class PhoneCall:
             clock=self.clock,
             speaker_id=lambda _uid: f"phone:{self.grant.caller}",
             modality=Modality.CALL,
+            max_reply_seconds=self.options.max_reply_seconds,
+            turn_detection=self.options.turn_detection,
+            speculate=self.options.speculate,
+            choose_language=self._choose_language if self.languages is not None else None,
+            stream_options=self.stream_options,
         )
         self.session.on_turn = self._on_turn
+        if self._on_session is not None:
+            try:
+                self._on_session(self.session)
+            except Exception:
+                log.exception("call %s: the session hook failed", self.grant.call_sid)
         self._audio_started_at = self.clock()
         self._spawn(self._open(), "phone-greeting")
         if self.options.max_seconds > 0:
@@ -528,10 +623,34 @@ class PhoneCall:
     # ------------------------------------------------------------------ the conversation
 
     async def _open(self) -> None:
-        assert self.session is not None
         for text in (self.options.greeting, self.options.notice):
-            if text and not self._ending:
+            if not self._ending:
+                await self.say(text)
+
+    async def say(self, text: CallText) -> None:
+        """Say one of the call's own texts: a catalog text in the caller's language and its voice,
+        an operator's own words as written (in the default voice)."""
+        assert self.session is not None
+        if isinstance(text, str):
+            if text:
                 await self.session.say(text)
+            return
+        language = catalog_language(self.language)
+        words = text(language)
+        if language != "en" and words == text("en"):
+            language = "en"  # the catalog had no entry in this language (logged once): English, in an English voice
+        if words:
+            await self.session.say(words, language=language)
+
+    def _choose_language(self, text: str, heard: str | None) -> Choice:
+        """The session's chooser: the number's place, ``auto`` unless it set a language, a sure
+        detection remembered for the number (its SMS replies follow too)."""
+        assert self.languages is not None
+        choice = self.languages.choose(self.room, text, heard=heard, learn=True)
+        self.language = choice.language
+        if choice.notice:
+            self._notices[choice.notice] = choice.language
+        return choice
 
     def _on_turn(self, turn: PendingTurn) -> None:
         self.heard.append(turn)
@@ -550,7 +669,7 @@ class PhoneCall:
         log.info("call %s reached its %.0f s limit", self.grant.call_sid, self.options.max_seconds)
         if self.out is not None:
             self.out.stop()  # cut the reply in progress: the limit is said now
-        await self.session.say(self.options.time_limit_text)
+        await self.say(self.options.time_limit_text)
         await self.end("max-length")
 
     def _on_stt_error(self, exc: STTError) -> None:
@@ -563,12 +682,18 @@ class PhoneCall:
             return
         assert self.session is not None
         self.report.problems.append("speech recognition failed for good")
-        await self.session.say(self.options.hearing_failed_text)
+        await self.say(self.options.hearing_failed_text)
         await self.end("stt-failed")
 
     async def _notify(self, text: str) -> None:
         # The session's notes for a text channel; a caller cannot read them (failures are spoken
-        # where it helps, by the handlers above), so they go to the log.
+        # where it helps, by the handlers above), so they go to the log. The one exception is the
+        # notice that the caller's language is not one the bot speaks: the caller must hear that.
+        language = self._notices.pop(text, None)
+        if language is not None and self.session is not None and not self._ending:
+            log.info("call %s: saying the language notice (%s)", self.grant.call_sid, language)
+            await self.session.say(text, language=language)
+            return
         log.info("call %s: %s", self.grant.call_sid, text)
 
     async def end(self, reason: str) -> None:

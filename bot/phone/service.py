@@ -9,6 +9,10 @@ lives 30 seconds and belongs to that CallSid (see :mod:`bot.phone.tokens`). A nu
 the signed call status callbacks. ``GET /twilio/media/{token}`` is the WebSocket; without a live token
 it answers 403 before any upgrade.
 
+Language: the TwiML ``<Say>`` texts and everything the call says in its own words are in the
+number's language (``bot.i18n.places``, the per-number store SMS uses); with Deepgram a number in
+``auto`` is heard with ``language=multi`` and a number that set a language with that language.
+
 Opt-outs: a number that texted STOP is never texted — and the bot places no calls at all, so it never
 calls one back; calls *from* such a number are answered, since the person chose to call.
 """
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -27,14 +32,18 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from audio.stt.base import STTEngine
 from audio.tts.base import TTSEngine, VoiceSpec
-from bot.phone.call import CallOptions, PhoneCall
+from bot.i18n.catalog import catalog_language, t
+from bot.i18n.languages import AUTO
+from bot.phone.call import CallOptions, CallText, PhoneCall, catalog_text
 from bot.phone.tokens import StreamTokens
 
 if TYPE_CHECKING:
     from bot.agent import Agent
     from bot.db import Database
+    from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.settings import Settings
+    from bot.voice.session import VoiceSession
 
 __all__ = ["MEDIA_PATH", "PhoneService", "STATUS_PATH", "TwilioCalls", "VOICE_PATH", "build_phone", "ai_notice",
            "stream_base"]
@@ -45,8 +54,11 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
 MEDIA_PATH = "/twilio/media"
 MAX_FRAME_BYTES = 64 * 1024  # a media message is ~300 bytes and start ~1 kB; anything near this is not Twilio
+# The English of the catalog's phone.no_ears / phone.not_allowed (TwiML <Say>, in the number's language).
 NO_EARS_TEXT = "Sorry, I can't take calls right now. Please send a text message instead. Goodbye."
 NOT_ALLOWED_TEXT = "Sorry, this number doesn't take calls from your phone. Goodbye."
+# <Say language=…> for the catalog's languages (Twilio wants a locale; English keeps its default).
+SAY_LOCALES = {"de": "de-DE", "fr": "fr-FR", "es": "es-ES", "pt": "pt-BR", "ja": "ja-JP"}
 ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 
@@ -121,6 +133,8 @@ class PhoneService:
         caller_name: Callable[[str], str] | None = None,
         token_ttl: float = 30.0,
         owned: Iterable[object] = (),
+        languages: PlaceLanguages | None = None,
+        recognizer_language: Callable[[str], str] | None = None,
     ) -> None:
         self.agent = agent
         self.memory = memory
@@ -140,6 +154,10 @@ class PhoneService:
         self.finished: list[PhoneCall] = []  # the last few ended calls (simulate, tests)
         self._handlers: set[asyncio.Task[object]] = set()
         self._owned = tuple(owned)
+        # The language per number (None: English only); ``recognizer_language`` maps a number's
+        # mode (``auto`` or a code) to Deepgram's ``language`` for its stream.
+        self.languages = languages
+        self._recognizer_language = recognizer_language
         self._closing = False
         self.changed = asyncio.Condition()  # notified when a call starts or ends (tests, simulate)
 
@@ -180,16 +198,16 @@ class PhoneService:
             return web.Response(status=400, text=f"missing field(s): {', '.join(missing)}")
         response = VoiceResponse()
         if self._closing:
-            response.say("Sorry, I'm restarting. Please call again in a minute.")
+            self._say(response, "phone.restarting", caller)
             response.hangup()
             log.info("call %s from %s turned away: shutting down", call_sid, _mask(caller))
         elif self.stt is None:
-            response.say(NO_EARS_TEXT)
+            self._say(response, "phone.no_ears", caller)
             response.hangup()
             log.warning("call %s from %s turned away: no speech recognizer (STT_ENGINE=none?)", call_sid,
                         _mask(caller))
         elif self.allowed_callers and caller not in self.allowed_callers:
-            response.say(NOT_ALLOWED_TEXT)
+            self._say(response, "phone.not_allowed", caller)
             response.hangup()
             log.info("call %s from %s refused: not in PHONE_ALLOWED_CALLERS", call_sid, _mask(caller))
         else:
@@ -200,6 +218,33 @@ class PhoneService:
             response.append(connect)
             log.info("call %s from %s: connecting its media stream", call_sid, _mask(caller))
         return web.Response(text=str(response), content_type="application/xml")
+
+    def language_of(self, number: str) -> str:
+        """The language the bot's own words to ``number`` are in (its set or last sure language)."""
+        if self.languages is None:
+            return "en"
+        try:
+            return catalog_language(self.languages.fallback(f"phone:{number}"))
+        except Exception:  # the database is not this webhook's to fail on: English it is
+            log.exception("looking up the language of %s failed", _mask(number))
+            return "en"
+
+    def _say(self, response: VoiceResponse, key: str, number: str) -> None:
+        language = self.language_of(number)
+        locale = SAY_LOCALES.get(language)
+        if locale is None:
+            response.say(t(key, "en"))
+        else:
+            response.say(t(key, language), language=locale)
+
+    def stream_options(self, number: str) -> dict[str, str]:
+        """Recognizer options for a call from ``number``: Deepgram's language for the number's mode
+        when it differs from the engine's (``multi`` for ``auto``), else none."""
+        if self.languages is None or self._recognizer_language is None or self.stt is None:
+            return {}
+        setting, _learned = self.languages.store.get(f"phone:{number}")
+        wanted = self._recognizer_language(setting or AUTO)
+        return {} if wanted == getattr(self.stt, "language", None) else {"language": wanted}
 
     async def status_webhook(self, request: web.Request) -> web.Response:
         form = await self._signed_form(request)
@@ -233,6 +278,8 @@ class PhoneService:
             fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,
             caller_name=self._name(grant.caller),
             hangup=self.twilio_calls.hangup if self.twilio_calls is not None else None,
+            languages=self.languages, stream_options=self.stream_options(grant.caller),
+            on_session=self._console_hook(request),
         )
         task = asyncio.current_task()
         if task is not None:
@@ -249,6 +296,18 @@ class PhoneService:
                 self._handlers.discard(task)
             await self._notify()
         return ws
+
+    def _console_hook(self, request: web.Request) -> Callable[[VoiceSession], None] | None:
+        """The console's metrics for the call's session, when the console is on this server: the
+        same turn outcomes and waits as a voice channel's, labelled ``call``."""
+        from bot.console.app import CONSOLE_KEY
+
+        console = request.app.get(CONSOLE_KEY)
+        if console is None:
+            return None
+        # The session's clock starts when the VAD noticed the pause; the console adds that back.
+        end_of_turn = self.options.vad_end_ms / 1000
+        return lambda session: console.watch(session, end_of_turn=end_of_turn)
 
     def _name(self, number: str) -> str:
         if self._caller_name is not None:
@@ -294,23 +353,21 @@ class PhoneService:
                 await engine.aclose()  # type: ignore[attr-defined]
 
 
-def ai_notice(settings: Settings, engine_name: str) -> str:
-    """The spoken notice: an AI answers, and which outside services hear or read the call."""
+def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str:
+    """The spoken notice in ``language``: an AI answers, and which outside services hear or read the call."""
     from bot.providers import stt_choice, tts_choice
 
-    parts = []
+    keys = []
     if stt_choice(settings) == "deepgram":
-        parts.append("Deepgram transcribes what you say")
+        keys.append("phone.notice.deepgram")
     if engine_name == "openai":
-        parts.append("OpenAI writes the replies" if not settings.openai_base_url
-                     else "a language model service writes the replies")
+        keys.append("phone.notice.openai" if not settings.openai_base_url else "phone.notice.llm")
     elif engine_name == "elizaos":
-        parts.append("an ElizaOS agent writes the replies")
+        keys.append("phone.notice.elizaos")
     if tts_choice(settings) == "elevenlabs":
-        parts.append("ElevenLabs speaks them")
-    heard = (", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] + ".") if parts else \
-        "Your voice stays on this server."
-    return f"Just so you know, this call is answered by an AI agent. {heard[0].upper()}{heard[1:]}"
+        keys.append("phone.notice.elevenlabs")
+    sentences = [t(key, language) for key in ["phone.notice.ai", *(keys or ["phone.notice.local"])]]
+    return ("" if catalog_language(language) == "ja" else " ").join(sentences)
 
 
 def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None) -> PhoneService:
@@ -342,12 +399,36 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
         tts = build_local_tts(settings)  # a silent phone makes no sense: TTS_ENGINE=none still speaks here
         owned.append(tts)
     voice = voice_for(settings, character, engine=tts.name) if tts.name == "elevenlabs" else None
-    notice = ai_notice(settings, agent.engine_name) if settings.phone_ai_notice else ""
-    options = CallOptions(greeting=settings.phone_greeting.replace("{name}", character.name), notice=notice,
-                          max_seconds=float(settings.phone_max_call_seconds))
+    from bot.settings import Settings as _Settings
+    from bot.voice.endpointing import TurnDetection
+
+    greeting: CallText
+    if settings.phone_greeting == _Settings().phone_greeting:
+        greeting = catalog_text("phone.greeting", name=character.name)  # the default: in the caller's language
+    else:
+        greeting = settings.phone_greeting.replace("{name}", character.name)  # the operator's own words
+    notice: CallText = partial(ai_notice, settings, agent.engine_name) if settings.phone_ai_notice else ""
+    options = CallOptions(
+        greeting=greeting, notice=notice, max_seconds=float(settings.phone_max_call_seconds),
+        # The same end-of-turn rule and speculation as the voice channels (bot.voice.endpointing).
+        turn_detection=TurnDetection(mode=settings.turn_detection, pause_ms=settings.turn_pause_ms,
+                                     finished_ms=settings.turn_end_ms, unfinished_ms=settings.turn_hold_ms),
+        speculate=settings.speculative_reply, max_reply_seconds=settings.voice_reply_max_seconds,
+    )
     caller_name = None
+    languages = None
+    recognizer_language = None
     if db is not None:
+        from bot.i18n.detect import preload
+        from bot.i18n.places import PlaceLanguages
         from bot.sms.store import SmsStore
+
+        languages = PlaceLanguages(db, settings.language)  # the same per-number rows SMS reads and writes
+        preload()  # the text detector's model, now rather than during a caller's first turn
+        if stt is not None and stt.name == "deepgram":
+            from bot.providers import deepgram_language
+
+            recognizer_language = partial(deepgram_language, settings)
 
         store = SmsStore(db)
 
@@ -364,5 +445,5 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
         allowed_callers=settings.phone_allowed_callers,
         calls=TwilioCalls(settings.twilio_account_sid, settings.twilio_auth_token.get(),
                           api_base=settings.twilio_api_base),
-        caller_name=caller_name, owned=owned,
+        caller_name=caller_name, owned=owned, languages=languages, recognizer_language=recognizer_language,
     )

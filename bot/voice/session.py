@@ -360,12 +360,14 @@ class VoiceSession:
 
     # ------------------------------------------------------------------ speaking on request
 
-    async def say(self, text: str) -> PlayResult | None:
-        """Speak ``text`` now (``/say``), queued behind anything already being said."""
-        spoken = normalize_for_speech(text)
+    async def say(self, text: str, *, language: str | None = None) -> PlayResult | None:
+        """Speak ``text`` now (``/say``), queued behind anything already being said; with
+        ``language``, normalised for and spoken in that language's voice (a phone call's own words
+        in the caller's language), else in the default voice."""
+        spoken = normalize_for_speech(text) if language is None else normalize_for_speech(text, language=language)
         if not spoken:
             return None
-        return await self._speak_sentence(spoken, None)
+        return await self._play(spoken, _Prefetch(self, spoken, None, language=language), None)
 
     # ------------------------------------------------------------------ STT
 
@@ -435,7 +437,10 @@ class VoiceSession:
             self._discard_speculation(person.user_id)  # an eager guess whose words turned out to be nothing
         if transcript.end_of_turn and person.finals:
             now = transcript.received_at or self.clock()
-            ended = person.ended_at if person.ended_at is not None else now
+            # A recognizer that endpoints on silence the VAD still counts as speech (a phone line's
+            # silence, the fixed 600 ms rule) ends the turn before on_speech_end: it ended now, not
+            # at the previous pause (which would make the turn look stale and get it dropped).
+            ended = person.ended_at if person.ended_at is not None and not person.speaking else now
             turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now,
                                humans_present=person.humans_at_start, language=person.language)
             if self.turn_detection is None:

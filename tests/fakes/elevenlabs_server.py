@@ -161,6 +161,10 @@ class FakeElevenLabs:
 
     @staticmethod
     def _default_audio(text: str, output_format: str) -> bytes:
+        if output_format == "ulaw_8000":  # what a phone call asks for: G.711 μ-law, one byte a sample
+            from bot.phone.audio import mulaw_encode
+
+            return mulaw_encode(tone_pcm(0.05 * len(text), 8000))
         rate = int(output_format.split("_")[1]) if output_format.startswith("pcm_") else 48000
         return tone_pcm(0.05 * len(text), rate)
 
@@ -256,10 +260,11 @@ class FakeElevenLabs:
         timing: list[float | None] = [requested_at, None]
         self.streams.append(timing)
         rate = int(output_format.split("_")[1]) if output_format.startswith("pcm_") else 48000
+        bytes_per_second = 8000 if output_format == "ulaw_8000" else 2 * rate
         for offset in range(0, len(audio), self.chunk_bytes):
             if isinstance(behaviour, Paced) and not behaviour._unlimited:
                 await behaviour.credits.acquire()
-            await self._pace(requested_at, offset / (2 * rate))
+            await self._pace(requested_at, offset / bytes_per_second)
             try:
                 await response.write(audio[offset : offset + self.chunk_bytes])
             except (ConnectionResetError, ConnectionError):

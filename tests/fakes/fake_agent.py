@@ -29,6 +29,7 @@ __all__ = ["FakeAgent", "FakeCharacter", "FakeReply"]
 class FakeCharacter:
     name: str = "Testy"
     voice: object | None = None
+    languages: dict[str, object] = field(default_factory=dict)  # as Character: per-language voices (none)
 
 
 @dataclass
