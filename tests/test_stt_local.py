@@ -242,13 +242,54 @@ async def test_aclose_flushes_then_ends(engine: LocalWhisperSTT, speech: dict[st
     stream.push(speech[MORNING])  # ignored after close
 
 
-async def test_silence_gives_nothing(engine: LocalWhisperSTT) -> None:
+async def test_silence_is_answered_with_an_empty_end_of_turn(engine: LocalWhisperSTT) -> None:
+    # The receive path asks for a final after every packet gap; when the VAD heard no speech the
+    # answer is an empty end of turn (words: none), so the session knows the recognizer is done.
     stream = engine.open_stream(speaker="s")
     for chunk in frames(quiet(100)):
         stream.push(chunk)
     await stream.finalize()
     await stream.aclose()
-    assert await collect(stream) == []
+    got = await collect(stream)
+    assert [(t.text, t.is_final, t.end_of_turn) for t in got] == [("", True, True)]
+
+
+async def test_every_finalize_is_answered_once(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(min_speech_ms=200)
+    stream = engine.open_stream(speaker="s")
+    # A blip too short to transcribe, then a pause: an empty end of turn.
+    for chunk in frames(quiet(10) + tone(6)):
+        stream.push(chunk)
+    await stream.finalize()
+    # Speech whose turn the VAD ends on its own silence: the later finalize adds nothing.
+    for chunk in frames(speech[MORNING] + quiet(40)):
+        stream.push(chunk)
+    await stream.finalize()
+    # Nothing at all since: an empty end of turn again.
+    await stream.finalize()
+    await stream.aclose()
+    got = await collect(stream)
+    await engine.aclose()
+    assert [t.end_of_turn for t in got] == [True, True, True]
+    assert got[0].text == "" and got[2].text == ""
+    assert heard(got[1].text, {"good", "morning", "hear"})
+
+
+async def test_a_failed_transcription_still_ends_the_turn(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT()
+
+    def broken(model: object, pcm: bytes) -> tuple[str, float | None, str | None]:
+        raise RuntimeError("decoder fault")
+
+    engine._transcribe = broken  # type: ignore[method-assign]
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await stream.aclose()
+    await engine.aclose()
+    assert [(t.text, t.end_of_turn) for t in got] == [("", True)]
 
 
 async def test_push_never_waits_for_the_model(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
