@@ -23,7 +23,9 @@ from audio.stt.local import (
     LocalWhisperStream,
     UtteranceSegmenter,
     _load_model,
+    _window,
     resolve_model,
+    window_frames,
 )
 from tests.speech_samples import espeak_pcm
 
@@ -320,3 +322,44 @@ async def test_broken_model_dir_fails_the_stream(tmp_path: Path, speech: dict[st
     with pytest.raises(STTError):
         await collect(stream)
     await engine.aclose()
+
+
+# ---------------------------------------------------------------- the speech-length encoder window
+
+
+def test_window_covers_the_speech_and_a_margin() -> None:
+    second = 16000
+    frames = window_frames(2 * second)
+    assert frames is not None and frames % 2 == 0 and 200 + 50 <= frames < 3000
+    assert window_frames(10) == 100  # at least a second
+    assert window_frames(30 * second) is None  # a whole window: nothing to skip
+    assert window_frames(int(29.8 * second)) is None  # the margin would not fit
+
+
+def test_the_decoder_still_sees_the_whole_window(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    # The encoder runs on the speech only, the rest is silence's encoding: the decoder gets the
+    # 1500 positions it was trained on (without them tiny.en repeats itself).
+    model = _load_model(resolve_model(None), "int8", 2)
+    audio = np.frombuffer(speech[MORNING], dtype=np.int16).astype(np.float32) / 32768.0
+    features = np.zeros((80, 3000), dtype=np.float32)
+    spoken = model.feature_extractor(audio)[:, :-1]
+    features[:, : spoken.shape[1]] = spoken
+    _window.frames = window_frames(len(audio))
+    try:
+        short = model.encode(features)
+    finally:
+        _window.frames = None
+    full = model.encode(features)
+    assert short.shape == full.shape == [1, 1500, 384]
+
+
+@pytest.mark.parametrize("short_window", [True, False])
+async def test_both_windows_hear_the_test_speech(whisper_loaded: None, speech: dict[str, bytes],
+                                                 short_window: bool) -> None:
+    engine = LocalWhisperSTT(short_window=short_window)
+    try:
+        assert heard(await engine.transcribe(speech[JOKE]), {"please", "tell", "joke", "weather"}, 3)
+        assert heard(await engine.transcribe(speech[MORNING]), {"good", "morning", "hear"})
+        assert ("speech-length window" in await engine.check()) is short_window
+    finally:
+        await engine.aclose()
