@@ -36,7 +36,10 @@ signal + the LLM's first token + the TTS's first audio.
 the same moment (one whisper worker per process, so the second waits).
 
 ``--compare`` also runs each configuration with the bot's settings from before this work (fixed
-600 ms silence rule, no speculation) where such settings exist, so a note can quote both.
+600 ms silence rule, no speculation, Whisper's full 30 s window) where such settings exist, so a
+note can quote both. ``word_error_rate`` compares the turns the bot heard with the text spoken, so
+a faster recognizer that hears worse shows. The JSON's ``measures`` says what each figure includes
+and leaves out.
 
 Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare]
 Prints one JSON line on stdout (without ``--json`` a readable summary also goes to stderr).
@@ -71,6 +74,8 @@ __all__ = [
     "BenchConfig",
     "Providers",
     "TurnSample",
+    "MEASURES",
+    "word_errors",
     "prepare_speech",
     "run_config",
     "summarize",
@@ -108,7 +113,37 @@ LLM_REPLY = ["Sure", ",", " let", " me", " think", "."] + [
 ] + [" Would", " you", " like", " to", " hear", " more", " about", " it", "?"]
 
 # What "before this work" means in settings, applied by --compare where the field exists.
-BASELINE_SETTINGS: dict[str, Any] = {"turn_detection": "fixed", "speculative_reply": False}
+BASELINE_SETTINGS: dict[str, Any] = {"turn_detection": "fixed", "speculative_reply": False,
+                                     "local_stt_short_window": False}
+
+# What each figure includes and leaves out, printed with the figures (a number without its
+# boundaries gets compared with the wrong thing).
+MEASURES: dict[str, str] = {
+    "wait_ms": ("the speaker's last voice packet leaving the loopback member → the first reply packet the "
+                "listener received. Includes: the loopback UDP hops, transport and DAVE decryption, Opus decode, "
+                "the end-of-speech gap, end of turn, STT, agent, TTS, playback, Opus encode, encryption, send. "
+                "Leaves out: the internet between people and Discord and between Discord and the bot, Discord's "
+                "own servers, the speaker's client encoding, model loading (done before the first turn) and the "
+                "warm-up utterance"),
+    "breakdown_ms": ("per stage, p50/p95 over turns: end_of_speech = last packet → the bot noticed the pause "
+                     "(TURN_PAUSE_MS or the fixed 600 ms gap); stt = → final transcript; agent = → first sentence "
+                     "of the reply; tts = → its first audio; turn_end = last packet → the turn known to be over "
+                     "(overlaps stt/agent/tts when the reply started speculatively); playback = the later of "
+                     "first audio and turn end → first frame to the player; send = → first packet at the listener"),
+    "stt_ms": "each turn's stt stage in the order spoken (a drift over the run shows here)",
+    "floor_ms": "cloud only: the fakes' own delays in that turn (STT final after the end-of-turn signal + LLM "
+                "first token + TTS first audio); the part no bot change can remove",
+    "false_cutoffs": "paused utterances answered (or split into two turns) before the person had finished",
+    "wasted_llm_calls": "speculative replies thrown away because the person went on (ELIZA locally: no network)",
+    "word_error_rate": ("word errors (substitutions, insertions, deletions) of all the turns heard for an utterance "
+                        "against its text, lower-case words, punctuation ignored, summed over the run; includes "
+                        "cut-off utterances (both halves)"),
+    "two_guilds_stt": ("the local engine alone (no Discord): two streams finalized at the same moment → each "
+                       "end-of-turn final; alone_ms = the first sentence on its own"),
+    "machine": "os.cpu_count() and the 1/5/15-minute load average at the end of the run (other processes "
+               "share the CPU)",
+}
+
 VOICE_RMS = 300.0  # trimming: quieter 20 ms frames at the ends of espeak-ng's output are silence
 
 
@@ -291,6 +326,25 @@ class TurnSample:
     wasted_llm_calls: int = 0
     floor_ms: dict[str, float | None] | None = None
     heard: str = ""
+    said: str = ""  # the text spoken
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9']+", text.lower().replace("-", " "))
+
+
+def word_errors(reference: str, heard: str) -> tuple[int, int]:
+    """(edit distance in words, words in ``reference``): substitutions + insertions + deletions. Pure."""
+    ref, hyp = _words(reference), _words(heard)
+    row = list(range(len(hyp) + 1))
+    for i in range(1, len(ref) + 1):
+        diagonal, row[0] = row[0], i
+        for j in range(1, len(hyp) + 1):
+            cost = min(row[j] + 1, row[j - 1] + 1, diagonal + (ref[i - 1] != hyp[j - 1]))
+            diagonal, row[j] = row[j], cost
+    return row[len(hyp)], len(ref)
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
@@ -361,7 +415,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             sample = TurnSample(
                 utterance=index - (1 if warm is not None else 0), paused=spoken.paused,
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
-                heard=" | ".join(t.text for t in new_turns),
+                heard=" | ".join(t.text for t in new_turns), said=spoken.text,
             )
             sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
             sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
@@ -374,7 +428,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
     return samples
 
 
-async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
+async def two_at_once(speech: Sequence[Spoken], *, short_window: bool = True) -> dict[str, Any]:
     """Local recognizer, two guilds' people ending a sentence at the same moment.
 
     One process has one ``LocalWhisperSTT`` (one worker thread) for every guild, so this opens two
@@ -394,7 +448,7 @@ async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
 
     loop = asyncio.get_running_loop()
     clips = await loop.run_in_executor(None, lambda: [pcm16(s) for s in speech[:2]])
-    engine = LocalWhisperSTT()
+    engine = LocalWhisperSTT(short_window=short_window)
     await engine.check()
 
     async def finals(n: int) -> list[float]:
@@ -422,7 +476,7 @@ async def two_at_once(speech: Sequence[Spoken]) -> dict[str, Any]:
         together = await finals(2)
     finally:
         await engine.aclose()
-    return {"alone_ms": alone, "together_ms": together, "workers": engine.workers,
+    return {"alone_ms": alone, "together_ms": together, "workers": engine.workers, "short_window": short_window,
             "note": "with one whisper worker per process the second guild waits for the first"}
 
 
@@ -460,13 +514,19 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
     out["wasted_llm_calls"] = {"count": sum(s.wasted_llm_calls for s in samples),
                                "of": sum(s.llm_calls for s in samples)}
     out["waits_ms"] = [s.wait_ms for s in samples]
+    out["stt_ms"] = [s.breakdown_ms.get("stt") for s in samples]
+    errors = [word_errors(s.said, s.heard.replace(" | ", " ")) for s in samples if s.said]
+    words = sum(n for _, n in errors)
+    out["word_error_rate"] = {"rate": round(sum(e for e, _ in errors) / words, 4) if words else None,
+                              "errors": sum(e for e, _ in errors), "words": words}
     out["heard"] = [s.heard for s in samples]  # the turns the bot heard per utterance ("a | b": cut in two)
     out["missed"] = sum(1 for s in samples if s.wait_ms is None)
     return out
 
 
 def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[TurnSample]], cfg: BenchConfig,
-              wall_seconds: float, two_guilds: dict[str, Any] | None = None) -> dict[str, Any]:
+              wall_seconds: float, two_guilds: dict[str, Any] | None = None,
+              two_guilds_baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """The benchmark's JSON object. Pure."""
     out: dict[str, Any] = {"bench": "latency"}
     for kind, samples in results.items():
@@ -480,6 +540,8 @@ def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[Tur
     if baseline:
         out["baseline"] = {kind: summarize_config(samples, cloud=kind == "cloud") for kind, samples in baseline.items()}
         out["baseline"]["settings"] = {k: v for k, v in BASELINE_SETTINGS.items() if k in _settings_fields()}
+        if two_guilds_baseline is not None and "local" in out["baseline"]:
+            out["baseline"]["local"]["two_guilds_stt"] = two_guilds_baseline
     out["config"] = {
         "utterances": len(cfg.utterances),
         "paused": sum(1 for parts, _ in cfg.utterances if len(parts) > 1),
@@ -491,6 +553,7 @@ def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[Tur
     }
     out["machine"] = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
     out["wall_seconds"] = round(wall_seconds, 1)
+    out["measures"] = dict(MEASURES)
     return out
 
 
@@ -534,12 +597,16 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 settings = _settings_for(kind, providers, cfg.overrides)
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm)
-        two = await two_at_once(speech) if "local" in cfg.configs and cfg.two_guilds else None
+        two = two_base = None
+        if "local" in cfg.configs and cfg.two_guilds:
+            two = await two_at_once(speech)
+            if cfg.compare:
+                two_base = await two_at_once(speech, short_window=bool(BASELINE_SETTINGS["local_stt_short_window"]))
         # Beside the Discord figures: the same wait on a phone call (Twilio Media Streams, μ-law).
         call = await call_latency.measure_call_waits(cfg.call_turns) if "call" in cfg.configs else None
     finally:
         loopback_log.setLevel(level)
-    summary = summarize(results, baseline, cfg, time.monotonic() - started, two)
+    summary = summarize(results, baseline, cfg, time.monotonic() - started, two, two_base)
     if call is not None:
         summary["call"] = call
     return summary
@@ -547,9 +614,10 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
 
 def _lines(name: str, r: dict[str, Any]) -> Iterator[str]:
     floor = f", floor {r['floor_ms']['p50']}/{r['floor_ms']['p95']}" if "floor_ms" in r else ""
+    wer = r.get("word_error_rate", {}).get("rate")
     yield (f"{name}: wait p50/p95 {r['wait_ms']['p50']}/{r['wait_ms']['p95']} ms{floor}; "
            f"false cut-offs {r['false_cutoffs']['count']}/{r['false_cutoffs']['of']}, "
-           f"wasted LLM calls {r['wasted_llm_calls']['count']}/{r['wasted_llm_calls']['of']}")
+           f"wasted LLM calls {r['wasted_llm_calls']['count']}/{r['wasted_llm_calls']['of']}, WER {wer}")
     for stage, pct in r["breakdown_ms"].items():
         yield f"    {stage:12s} {pct['p50']!s:>8} {pct['p95']!s:>8}"
 

@@ -143,6 +143,8 @@ class Settings:
     deepgram_pause_signal: str = "finalize"  # how Deepgram hears a pause: finalize | silence
     local_stt_workers: int = 1  # whisper transcriptions at once (per process, all guilds)
     deepgram_eager_eot_threshold: float | None = None  # Flux: EagerEndOfTurn confidence (starts a speculative reply)
+    # --- Local Whisper speed (issue 12, local target)
+    local_stt_short_window: bool = True  # encode the speech, not Whisper's whole 30 s window
     # --- SMS (Twilio) and the web server
     twilio_account_sid: str | None = None
     twilio_auth_token: Secret | None = None
@@ -408,6 +410,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DEEPGRAM_PAUSE_SIGNAL": ("deepgram_pause_signal", _choice(("finalize", "silence"))),
     "DEEPGRAM_EAGER_EOT_THRESHOLD": ("deepgram_eager_eot_threshold", _float(0.3, 0.9)),
     "LOCAL_STT_WORKERS": ("local_stt_workers", _int(1, 16)),
+    "LOCAL_STT_SHORT_WINDOW": ("local_stt_short_window", _bool),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bench.latency import UTTERANCES, BenchConfig, describe, main, run_benchmark
+from bench.latency import MEASURES, UTTERANCES, BenchConfig, describe, main, run_benchmark, word_errors
 
 
 async def test_cloud_run_reports_every_key() -> None:
@@ -30,6 +30,19 @@ async def test_cloud_run_reports_every_key() -> None:
     assert set(parsed["wasted_llm_calls"]) == {"count", "of"}
     assert parsed["wasted_llm_calls"]["of"] >= 2  # at least one LLM call per answered utterance
     assert "cloud: wait p50/p95" in describe(parsed)
+    # What the bot heard is scored against what was said, and the JSON says what each figure covers.
+    wer = cloud["word_error_rate"]
+    assert wer["words"] == sum(len(" ".join(parts).split()) for parts, _ in UTTERANCES[:2])
+    assert 0 <= wer["errors"] and (wer["rate"] is None or 0 <= wer["rate"])
+    assert len(cloud["stt_ms"]) == 2
+    assert set(MEASURES) <= set(parsed["measures"]) and "Leaves out" in parsed["measures"]["wait_ms"]
+
+
+def test_word_errors_count_substitutions_insertions_and_deletions() -> None:
+    assert word_errors("What is the weather like?", "what is the weather like") == (0, 5)
+    assert word_errors("call my mother and buy bread", "call my mother in | by bread") == (2, 6)
+    assert word_errors("the history of Rome", "history of Rome today") == (2, 4)
+    assert word_errors("", "") == (0, 0)
 
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,9 @@ from audio.stt.local import (
     LocalWhisperStream,
     UtteranceSegmenter,
     _load_model,
+    _window,
     resolve_model,
+    window_frames,
 )
 from tests.speech_samples import espeak_pcm
 
@@ -242,13 +244,54 @@ async def test_aclose_flushes_then_ends(engine: LocalWhisperSTT, speech: dict[st
     stream.push(speech[MORNING])  # ignored after close
 
 
-async def test_silence_gives_nothing(engine: LocalWhisperSTT) -> None:
+async def test_silence_is_answered_with_an_empty_end_of_turn(engine: LocalWhisperSTT) -> None:
+    # The receive path asks for a final after every packet gap; when the VAD heard no speech the
+    # answer is an empty end of turn (words: none), so the session knows the recognizer is done.
     stream = engine.open_stream(speaker="s")
     for chunk in frames(quiet(100)):
         stream.push(chunk)
     await stream.finalize()
     await stream.aclose()
-    assert await collect(stream) == []
+    got = await collect(stream)
+    assert [(t.text, t.is_final, t.end_of_turn) for t in got] == [("", True, True)]
+
+
+async def test_every_finalize_is_answered_once(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(min_speech_ms=200)
+    stream = engine.open_stream(speaker="s")
+    # A blip too short to transcribe, then a pause: an empty end of turn.
+    for chunk in frames(quiet(10) + tone(6)):
+        stream.push(chunk)
+    await stream.finalize()
+    # Speech whose turn the VAD ends on its own silence: the later finalize adds nothing.
+    for chunk in frames(speech[MORNING] + quiet(40)):
+        stream.push(chunk)
+    await stream.finalize()
+    # Nothing at all since: an empty end of turn again.
+    await stream.finalize()
+    await stream.aclose()
+    got = await collect(stream)
+    await engine.aclose()
+    assert [t.end_of_turn for t in got] == [True, True, True]
+    assert got[0].text == "" and got[2].text == ""
+    assert heard(got[1].text, {"good", "morning", "hear"})
+
+
+async def test_a_failed_transcription_still_ends_the_turn(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT()
+
+    def broken(model: object, pcm: bytes) -> tuple[str, float | None, str | None]:
+        raise RuntimeError("decoder fault")
+
+    engine._transcribe = broken  # type: ignore[method-assign]
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await stream.aclose()
+    await engine.aclose()
+    assert [(t.text, t.end_of_turn) for t in got] == [("", True)]
 
 
 async def test_push_never_waits_for_the_model(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
@@ -279,3 +322,44 @@ async def test_broken_model_dir_fails_the_stream(tmp_path: Path, speech: dict[st
     with pytest.raises(STTError):
         await collect(stream)
     await engine.aclose()
+
+
+# ---------------------------------------------------------------- the speech-length encoder window
+
+
+def test_window_covers_the_speech_and_a_margin() -> None:
+    second = 16000
+    frames = window_frames(2 * second)
+    assert frames is not None and frames % 2 == 0 and 200 + 50 <= frames < 3000
+    assert window_frames(10) == 100  # at least a second
+    assert window_frames(30 * second) is None  # a whole window: nothing to skip
+    assert window_frames(int(29.8 * second)) is None  # the margin would not fit
+
+
+def test_the_decoder_still_sees_the_whole_window(whisper_loaded: None, speech: dict[str, bytes]) -> None:
+    # The encoder runs on the speech only, the rest is silence's encoding: the decoder gets the
+    # 1500 positions it was trained on (without them tiny.en repeats itself).
+    model = _load_model(resolve_model(None), "int8", 2)
+    audio = np.frombuffer(speech[MORNING], dtype=np.int16).astype(np.float32) / 32768.0
+    features = np.zeros((80, 3000), dtype=np.float32)
+    spoken = model.feature_extractor(audio)[:, :-1]
+    features[:, : spoken.shape[1]] = spoken
+    _window.frames = window_frames(len(audio))
+    try:
+        short = model.encode(features)
+    finally:
+        _window.frames = None
+    full = model.encode(features)
+    assert short.shape == full.shape == [1, 1500, 384]
+
+
+@pytest.mark.parametrize("short_window", [True, False])
+async def test_both_windows_hear_the_test_speech(whisper_loaded: None, speech: dict[str, bytes],
+                                                 short_window: bool) -> None:
+    engine = LocalWhisperSTT(short_window=short_window)
+    try:
+        assert heard(await engine.transcribe(speech[JOKE]), {"please", "tell", "joke", "weather"}, 3)
+        assert heard(await engine.transcribe(speech[MORNING]), {"good", "morning", "hear"})
+        assert ("speech-length window" in await engine.check()) is short_window
+    finally:
+        await engine.aclose()

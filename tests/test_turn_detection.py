@@ -363,3 +363,24 @@ async def test_a_thrown_away_speculation_rewarms_the_llm_connection() -> None:
         assert [t.text for t in heard] == ["I was wondering about the moon."]
         await session.aclose()
         await engine.aclose()
+
+
+async def test_a_pause_with_no_speech_in_it_leaves_the_local_session_settled() -> None:
+    """A packet burst the local recognizer's VAD finds no speech in (a click, breath, background
+    hum) still gets an answer to its end of speech, so nothing looks in flight afterwards."""
+    from bot.providers import local_stt_available
+
+    if not local_stt_available():
+        pytest.skip("faster-whisper is not installed")
+    from audio.stt.local import LocalWhisperSTT
+
+    stt = LocalWhisperSTT()
+    session, memory, out, heard = make(EchoEngine(), stt)
+    pause(session, 1, frames=10)  # 200 ms of near-silence: no speech for webrtcvad
+    await until(lambda: session.settled, timeout=60.0)
+    assert heard == [] and out.played == [] and session.speculations_started == 0
+    pause(session, 1, frames=3)  # and again: each end of speech is answered once
+    await until(lambda: session.settled, timeout=60.0)
+    assert heard == [] and session.participants[1].turn_ends == session.participants[1].speech_ends == 2
+    await session.aclose()
+    await stt.aclose()

@@ -11,6 +11,16 @@ The model is loaded lazily, once per process for a given path and settings, in a
 every transcription runs in the engine's worker threads (``workers``, default one: then speakers
 finishing at the same moment, in any guild, queue behind each other), never on the event loop.
 (tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores; research/offline-engines.md.)
+
+Whisper's encoder is made for a fixed 30 s window: faster-whisper pads every utterance to it, and
+on tiny.en that encoder pass is ~270 ms or more of the ~350 ms a 2 s utterance takes. With
+``short_window`` (the default) only the speech and ``SHORT_WINDOW_MARGIN_S`` after it are encoded
+(CTranslate2 accepts the shorter input: its cost falls with the length), and the rest of the window
+is the encoder's output for silence, computed once per model. The decoder then sees the full 1500
+positions it was trained on; without that tail it loops ("the history of Rome, the history of
+Rome, …"). On 53 espeak-ng sentences the word error rate stayed the same (11.9 % vs 11.7 %, 402
+words) while a transcription took ~90-150 ms instead of ~400 ms; the words can differ from the full
+window's in a few sentences either way (bench/stt_window.py measures it).
 """
 
 from __future__ import annotations
@@ -84,6 +94,70 @@ def resolve_model(model: str | None, *, find_spec: Callable[[str], Any] = import
 _models: dict[tuple[str, str, int, int], Any] = {}
 _models_lock = threading.Lock()
 
+SHORT_WINDOW_MARGIN_S = 0.5  # encoded after the speech (0.25-1 s measured alike; see the module docstring)
+WINDOW_FRAMES = 3000  # Whisper's 30 s window in 10 ms feature frames
+# The frames of the window the transcription running on this thread encodes (None: all of them).
+_window = threading.local()
+_short_class: type | None = None
+
+
+def _short_window_class() -> type:
+    """faster-whisper's ``WhisperModel`` whose encoder skips the silent end of the 30 s window."""
+    global _short_class
+    if _short_class is not None:
+        return _short_class
+    import ctranslate2
+    import numpy as np
+    from faster_whisper import WhisperModel
+
+    class ShortWindowWhisper(WhisperModel):  # type: ignore[misc]
+        """Encodes ``_window.frames`` of each padded window and appends the encoding of silence.
+
+        faster-whisper calls ``encode`` with the window padded to 3000 frames (its
+        ``generate_segments`` and ``detect_language``); everything else is unchanged.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._silence: dict[tuple[int, int], Any] = {}
+            self._silence_lock = threading.Lock()
+
+        def _silent_tail(self, mels: int, frames: int) -> Any:
+            """The encoder's output for a window of silence (padding), computed once."""
+            key = (mels, frames)
+            with self._silence_lock:
+                tail = self._silence.get(key)
+                if tail is None:
+                    tail = np.asarray(super().encode(np.zeros((1, mels, frames), dtype=np.float32)))
+                    self._silence[key] = tail
+                return tail
+
+        def encode(self, features: Any) -> Any:
+            frames = getattr(_window, "frames", None)
+            if frames is None or features.shape[-1] <= frames:
+                return super().encode(features)
+            if features.ndim == 2:
+                features = np.expand_dims(features, 0)
+            head = np.asarray(super().encode(features[..., :frames]))
+            tail = self._silent_tail(features.shape[-2], features.shape[-1])[:, head.shape[1]:]
+            if tail.shape[0] != head.shape[0]:
+                tail = np.repeat(tail, head.shape[0], axis=0)
+            joined = np.ascontiguousarray(np.concatenate([head, tail.astype(head.dtype)], axis=1))
+            return ctranslate2.StorageView.from_array(joined)
+
+    _short_class = ShortWindowWhisper
+    return _short_class
+
+
+def window_frames(samples: int, margin_s: float = SHORT_WINDOW_MARGIN_S) -> int | None:
+    """Feature frames to encode for ``samples`` of 16 kHz audio; None when that is the whole window.
+
+    Even (the encoder halves the frames) and at least one second.
+    """
+    frames = -(-samples // 160) + round(margin_s * 100)
+    frames = max(100, frames + frames % 2)
+    return None if frames >= WINDOW_FRAMES else frames
+
 
 def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1) -> Any:
     """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread."""
@@ -91,11 +165,10 @@ def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1
     with _models_lock:
         model = _models.get(key)
         if model is None:
-            from faster_whisper import WhisperModel
-
+            # Behaves as faster-whisper's WhisperModel unless a transcription sets _window.frames.
             # num_workers: that many transcriptions may run at once (one per calling thread).
-            model = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads,
-                                 num_workers=workers)
+            model = _short_window_class()(path, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads,
+                                          num_workers=workers)
             _models[key] = model
         return model
 
@@ -240,6 +313,8 @@ class LocalWhisperSTT(STTEngine):
         workers: transcriptions that may run at once (one per speaker finishing at the same moment,
             whatever their guild); with 1, everyone waits in one queue. Each uses ``cpu_threads``.
         executor: where transcription runs; by default ``workers`` threads owned by the engine.
+        short_window: encode only the speech, not Whisper's whole 30 s window (see the module
+            docstring). Used when ``language`` is given: language detection was not measured with it.
 
     Raises ``STTError`` at construction when faster-whisper or the model is missing.
     """
@@ -262,8 +337,10 @@ class LocalWhisperSTT(STTEngine):
         max_pending_s: float = 60.0,
         workers: int = 1,
         executor: concurrent.futures.Executor | None = None,
+        short_window: bool = True,
     ) -> None:
         super().__init__()
+        self.short_window = short_window
         self.model_path = resolve_model(model)
         self.language = language
         self.cpu_threads = cpu_threads
@@ -325,22 +402,27 @@ class LocalWhisperSTT(STTEngine):
         import numpy as np
 
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        segments, info = model.transcribe(
-            audio,
-            language=self.language,
-            beam_size=self.beam_size,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-        )
-        # The segments generator runs the model as it is iterated.
+        short = self.short_window and self.language is not None
+        _window.frames = window_frames(len(audio)) if short else None
         texts: list[str] = []
         weighted = 0.0
-        for seg in segments:
-            text = seg.text.strip()
-            if not text or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0):
-                continue
-            texts.append(text)
-            weighted += seg.avg_logprob * len(text)
+        try:
+            segments, info = model.transcribe(
+                audio,
+                language=self.language,
+                beam_size=self.beam_size,
+                condition_on_previous_text=False,
+                without_timestamps=True,
+            )
+            # The segments generator runs the model as it is iterated (on this thread: _window holds).
+            for seg in segments:
+                text = seg.text.strip()
+                if not text or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0):
+                    continue
+                texts.append(text)
+                weighted += seg.avg_logprob * len(text)
+        finally:
+            _window.frames = None
         size = sum(len(t) for t in texts)
         confidence = math.exp(weighted / size) if size else None
         heard = getattr(info, "language", None) if self.language is None else None
@@ -364,7 +446,8 @@ class LocalWhisperSTT(STTEngine):
     async def check(self) -> str:
         """Load the model (once) and report what is in use."""
         await self._get_model()
-        return f"faster-whisper {self.model_path} ({self.compute_type}, {self.cpu_threads} threads)"
+        window = ", speech-length window" if self.short_window and self.language is not None else ""
+        return f"faster-whisper {self.model_path} ({self.compute_type}, {self.cpu_threads} threads{window})"
 
     async def aclose(self) -> None:
         """Close every stream (each transcribes what it has buffered), then stop the worker."""
@@ -399,6 +482,7 @@ class LocalWhisperStream(STTStream):
         self._closing = False
         self._closed = False
         self._turn_open = False  # a piece was transcribed but the turn has not ended
+        self._answered = False  # an end of turn was queued since the last finalize()
         self._next_interim = engine.interim_every_s
         self._out = TranscriptQueue()
         self._task = asyncio.get_running_loop().create_task(self._work(), name=f"stt-local:{speaker}")
@@ -425,10 +509,19 @@ class LocalWhisperStream(STTStream):
                 self._add_job(_Job(seg.snapshot(), end - seg.speech_seconds, end, False, False))
 
     async def finalize(self) -> None:
-        """Transcribe what the speaker said since the last utterance as a final end of turn."""
+        """Transcribe what the speaker said since the last utterance as a final end of turn.
+
+        Every call is answered by one end-of-turn final, empty when the VAD found no speech (or
+        too little) since the last one, unless the VAD already ended the turn on its own silence:
+        the caller counts ends of speech against ends of turn to know the recognizer is done.
+        """
         if self._closing:
             return
         self._flush()
+        if not self._answered:
+            end = self._segmenter.frame_count * FRAME_MS / 1000
+            self._add_job(_Job(b"", end, end, True, True))
+        self._answered = False
 
     async def aclose(self) -> None:
         """Transcribe buffered speech, wait for pending transcriptions, end iteration."""
@@ -470,6 +563,7 @@ class LocalWhisperStream(STTStream):
         self._add_job(_Job(pcm, utt.start, utt.end, True, utt.end_of_turn, min(1.0, utt.voiced_frames / frames)))
 
     def _add_job(self, job: _Job) -> None:
+        self._answered = self._answered or job.end_of_turn
         self._jobs.append(job)
         self._pending_bytes += len(job.pcm)
         limit = int(self.engine.max_pending_s * WHISPER_RATE * 2)
@@ -499,8 +593,9 @@ class LocalWhisperStream(STTStream):
                     except STTError:
                         raise
                     except Exception:
+                        # The words are lost, but an end of turn still ends the turn (empty).
                         log.exception("STT %s: transcription failed; utterance skipped", self.speaker)
-                        continue
+                        text, confidence, heard = "", None, None
                 if not text and not job.end_of_turn:
                     continue
                 self._out.put(
