@@ -54,9 +54,6 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
 MEDIA_PATH = "/twilio/media"
 MAX_FRAME_BYTES = 64 * 1024  # a media message is ~300 bytes and start ~1 kB; anything near this is not Twilio
-# The English of the catalog's phone.no_ears / phone.not_allowed (TwiML <Say>, in the number's language).
-NO_EARS_TEXT = "Sorry, I can't take calls right now. Please send a text message instead. Goodbye."
-NOT_ALLOWED_TEXT = "Sorry, this number doesn't take calls from your phone. Goodbye."
 # <Say language=…> for the catalog's languages (Twilio wants a locale; English keeps its default).
 SAY_LOCALES = {"de": "de-DE", "fr": "fr-FR", "es": "es-ES", "pt": "pt-BR", "ja": "ja-JP"}
 ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
