@@ -416,7 +416,12 @@ class PhoneCall:
         # The number's language (None: English only, as before #15); each reply's is chosen per turn.
         self.languages = languages
         self.stream_options = dict(stream_options or {})  # e.g. Deepgram ``language=multi`` for auto
-        self.language = languages.fallback(self.room) if languages is not None else "en"
+        self.language = "en"
+        if languages is not None:
+            try:
+                self.language = languages.fallback(self.room)
+            except Exception:  # the number's row is unreadable: the call goes on in English
+                log.exception("call %s: reading the number's language failed", grant.call_sid)
         self._notices: dict[str, str] = {}  # a one-time language notice -> the language it is in
         self._on_session = on_session  # the console's metrics hook
         self.session: VoiceSession | None = None
@@ -646,7 +651,11 @@ class PhoneCall:
         """The session's chooser: the number's place, ``auto`` unless it set a language, a sure
         detection remembered for the number (its SMS replies follow too)."""
         assert self.languages is not None
-        choice = self.languages.choose(self.room, text, heard=heard, learn=True)
+        try:
+            choice = self.languages.choose(self.room, text, heard=heard, learn=True)
+        except Exception:  # a database error must not cost the caller the answer
+            log.exception("call %s: choosing the reply's language failed", self.grant.call_sid)
+            return Choice(self.language, "fallback")
         self.language = choice.language
         if choice.notice:
             self._notices[choice.notice] = choice.language

@@ -54,11 +54,13 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
 MEDIA_PATH = "/twilio/media"
 MAX_FRAME_BYTES = 64 * 1024  # a media message is ~300 bytes and start ~1 kB; anything near this is not Twilio
-# The English of the catalog's phone.no_ears / phone.not_allowed (TwiML <Say>, in the number's language).
-NO_EARS_TEXT = "Sorry, I can't take calls right now. Please send a text message instead. Goodbye."
-NOT_ALLOWED_TEXT = "Sorry, this number doesn't take calls from your phone. Goodbye."
-# <Say language=…> for the catalog's languages (Twilio wants a locale; English keeps its default).
-SAY_LOCALES = {"de": "de-DE", "fr": "fr-FR", "es": "es-ES", "pt": "pt-BR", "ja": "ja-JP"}
+# <Say language=… voice=…> for the catalog's languages: Twilio wants a locale, and its default voice
+# ("man") has no Japanese or Brazilian Portuguese, so those name an Amazon Polly voice Twilio offers.
+# English keeps Twilio's defaults.
+SAY_VOICES: dict[str, tuple[str, str | None]] = {
+    "de": ("de-DE", None), "fr": ("fr-FR", None), "es": ("es-ES", None),
+    "pt": ("pt-BR", "Polly.Camila"), "ja": ("ja-JP", "Polly.Mizuki"),
+}
 ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 
@@ -231,11 +233,14 @@ class PhoneService:
 
     def _say(self, response: VoiceResponse, key: str, number: str) -> None:
         language = self.language_of(number)
-        locale = SAY_LOCALES.get(language)
-        if locale is None:
+        if language not in SAY_VOICES:
             response.say(t(key, "en"))
-        else:
+            return
+        locale, voice = SAY_VOICES[language]
+        if voice is None:
             response.say(t(key, language), language=locale)
+        else:
+            response.say(t(key, language), voice=voice, language=locale)
 
     def stream_options(self, number: str) -> dict[str, str]:
         """Recognizer options for a call from ``number``: Deepgram's language for the number's mode
