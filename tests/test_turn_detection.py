@@ -110,6 +110,24 @@ def stored(memory: Memory) -> list[tuple[str, str]]:
     ("Well, the", False),
     ("so", False),
     ("", False),
+    # The other languages the bot speaks: their own full stops and question marks, their own words
+    # that need more, and the sentences ending on words that only look like those.
+    ("明日の天気はどうですか？", True),
+    ("東京に行きました。", True),
+    ("駅の近くで、", False),
+    ("क्या आप मेरी मदद करेंगे।", True),
+    ("هل يمكنك مساعدتي؟", True),
+    ("Ich habe über das Wetter und.", False),
+    ("Ich wollte dir etwas über", False),
+    ("Das Licht ist aus.", True),
+    ("Ich mag das.", True),
+    ("Je pensais à la météo et", False),
+    ("Je voudrais parler de la météo pour.", False),
+    ("Fais-le.", True),
+    ("Quería preguntarte sobre el tiempo y.", False),
+    ("¿Qué tiempo hace en Lisboa?", True),
+    ("Eu queria saber sobre o tempo com.", False),
+    ("Über Nacht bleiben wir dort.", True),
 ])
 def test_what_the_words_say(text: str, finished: bool) -> None:
     assert looks_finished(text) is finished

@@ -35,10 +35,22 @@ inside into near of onto since through to toward towards under until upon with w
 is are was were be been being am do does did have has had will would shall should can could may
 might must my your his her its our their this these those some any every each no not very
 i you he she we they it's i'm i've i'd i'll you're we're they're there's let's um uh er erm
+""".split()) | frozenset("""
+und oder aber weil dass eine einen einem einer von zum zur über für ohne bei
+et ou mais parce un une des du avec pour sans sur chez
+y pero porque el los las una del con para sin sobre
+e ou mas os um uma dos com sem
 """.split())
+# The other languages' conjunctions, articles and prepositions (bot/i18n's six): only words that do
+# not also end a finished sentence: "das" ("Ich mag das."), separable particles ("Ich komme mit.",
+# "Das Licht ist aus."), "le" ("Fais-le."), "da" ("Er ist da.") are left out.
 
-_TRAILING = re.compile(r"[\s\"')\]]+$")
-_WORD = re.compile(r"[A-Za-z']+")
+_TRAILING = re.compile(r"[\s\"')\]」』）»”’]+$")
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+# Full stops, question and exclamation marks of the scripts the splitter knows (audio/speech.py):
+# CJK full-width, Devanagari danda, Arabic question mark.
+_QUESTION = frozenset("?!？！؟")
+_STOP = frozenset(".。．।")
 
 
 def looks_finished(text: str) -> bool:
@@ -46,11 +58,11 @@ def looks_finished(text: str) -> bool:
     t = _TRAILING.sub("", text.strip())
     if not t:
         return False
-    if t.endswith(("...", "…", ",", ";", ":", "-", "—")):
+    if t.endswith(("...", "…", ",", ";", ":", "-", "—", "、", "，", "،", "‥")):
         return False
-    if t[-1] in "?!":
+    if t[-1] in _QUESTION:
         return True  # a finished question or exclamation
-    if t[-1] != ".":
+    if t[-1] not in _STOP:
         return False
     words = _WORD.findall(t.lower())
     return bool(words) and words[-1] not in CONTINUATION_WORDS
