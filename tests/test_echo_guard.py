@@ -79,3 +79,19 @@ def test_one_word_is_echo_only_while_the_bot_talks() -> None:
     guard.said("Please try again later.")
     assert guard.is_echo("again", speech_started=1001.5)  # the first interim of an echo
     assert not guard.is_echo("again", speech_started=1002.5)  # a person asking right after
+
+
+def test_an_answer_that_reuses_the_bots_question_is_not_echo() -> None:
+    # Seen on a call: the caller's "I would like to know more about" began just after the bot asked
+    # "Would you like to hear more about it?" and shares five of its seven words, in order.
+    clock = Clock()
+    guard = EchoGuard(clock=clock)
+    guard.playing("Rome was founded long ago. Would you like to hear more about it?")
+    clock.now += 3.0
+    guard.said("Rome was founded long ago. Would you like to hear more about it?")
+    clock.now += 0.6
+    assert not guard.is_echo("I would like to know more about", speech_started=clock.now - 0.3)
+    # The echo path's delay after the bot stopped only carries its last words back.
+    assert guard.is_echo("hear more about it", speech_started=clock.now - 0.4)
+    assert guard.is_echo("hear more abut it", speech_started=clock.now - 0.4)  # misheard
+    assert guard.dropped == 2

@@ -27,6 +27,8 @@ from difflib import SequenceMatcher
 
 __all__ = ["EchoGuard", "words_of"]
 
+_TAIL_SHARE = 0.85  # of the heard words found among the bot's last ones, for speech begun after it stopped
+
 
 def words_of(text: str) -> list[str]:
     """Lower-case words without accents or punctuation (digits kept), for comparing transcripts."""
@@ -99,29 +101,49 @@ class EchoGuard:
         start = speech_started if speech_started is not None else now
         spans = [*self._said, *(_Said(p.words, p.started, now) for p in self._playing)]
         candidates: list[str] = []
-        during = False  # the person's speech began while the bot was still talking
+        after: list[tuple[str, ...]] = []  # what the bot had finished saying when this speech began
         for said in spans:
-            if said.started - 0.5 <= start <= said.ended + self.max_delay:
+            if said.started - 0.5 <= start <= said.ended:
                 candidates.extend(said.words)
-                during = during or start <= said.ended
-        if not candidates or not self._matches(heard, candidates, during=during):
+            elif said.ended < start <= said.ended + self.max_delay:
+                after.append(said.words)
+        if candidates:
+            echo = self._matches(heard, candidates)
+        else:
+            # Speech that began after the bot stopped can only be the echo path's delay, i.e. the
+            # last words the bot said: a person answering "Would you like to hear more about it?"
+            # with "I would like to know more about Rome" shares most of its words, not its end.
+            echo = any(self._tail_matches(heard, list(words)) for words in after)
+        if not echo:
             return False
         self.dropped += 1
         return True
 
-    def _matches(self, heard: list[str], said: list[str], *, during: bool) -> bool:
-        matcher = SequenceMatcher(None, said, heard, autojunk=False)
-        found = sum(block.size for block in matcher.get_matching_blocks())
+    def _tail_matches(self, heard: list[str], said: list[str]) -> bool:
+        """``heard`` is (nearly) all found, in order, among the last words of ``said``."""
+        if len(heard) == 1:
+            return False  # one word after the bot stopped: a person's "again?" as much as an echo
+        return _share_found(heard, said[-(len(heard) + 2):]) >= _TAIL_SHARE
+
+    def _matches(self, heard: list[str], said: list[str]) -> bool:
+        """``heard``, which began while the bot was saying ``said``, is mostly ``said``'s words."""
         if len(heard) == 1:
             # One word is weak evidence (a recognizer's first interim of an echo, or a person's
             # "again?" right after the bot): echo only when it began while the bot was talking.
-            return during and found == 1
-        # Near-misses of single words ("Lisbon" heard as "Lisbin") still count for most of a match.
-        fuzzy = 0
-        said_set = set(said)
-        for word in heard:
-            if word not in said_set and any(
-                SequenceMatcher(None, word, other).ratio() >= 0.75 for other in said_set
-            ):
-                fuzzy += 1
-        return (found + 0.8 * fuzzy) / len(heard) >= self.min_match
+            return heard[0] in said
+        return _share_found(heard, said) >= self.min_match
+
+
+def _share_found(heard: list[str], said: list[str]) -> float:
+    """The share of ``heard`` found in order in ``said``; near-misses of single words ("Lisbon"
+    heard as "Lisbin") count for most of a word."""
+    matcher = SequenceMatcher(None, said, heard, autojunk=False)
+    found = sum(block.size for block in matcher.get_matching_blocks())
+    fuzzy = 0
+    said_set = set(said)
+    for word in heard:
+        if word not in said_set and any(
+            SequenceMatcher(None, word, other).ratio() >= 0.75 for other in said_set
+        ):
+            fuzzy += 1
+    return (found + 0.8 * fuzzy) / len(heard)
