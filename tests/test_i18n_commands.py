@@ -316,3 +316,37 @@ async def test_a_shortened_text_reply_says_so_in_the_readers_language() -> None:
     await writer.stream(_endless("Das ist noch ein Satz einer endlosen Antwort. ", [0]))
     assert writer.capped and channel.messages[-1].endswith("Antwort. *…(Antwort gekürzt)*")
     assert all(len(m) <= 2000 for m in channel.messages)
+
+
+async def test_notes_of_a_call_name_the_servers_language_and_the_file_speaks_it() -> None:
+    import time as _time
+
+    from bot.agent import Agent
+    from bot.agent.character import parse_character
+    from bot.agent.engines.openai_engine import OpenAIEngine
+    from bot.db import Database
+    from bot.memory import Memory, Modality, Turn
+    from bot.voice.scribe import call_transcript, render_transcript, summarize
+    from tests.fakes.openai_server import FakeOpenAI
+
+    memory = Memory(Database.in_memory())
+    room = "discord:1:2"
+    memory.append(Turn(room=room, speaker_id="discord:7", speaker_name="", role="user", text="Wir verschieben den Start.",
+                       modality=Modality.VOICE, created_at=_time.time()))
+    turns = call_transcript(memory, room, since=0)
+    async with FakeOpenAI(reply_tokens=["- Start verschoben."]) as fake:
+        engine = OpenAIEngine(api_key=fake.api_key, base_url=fake.base_url, model="gpt-test", max_tokens=50,
+                              temperature=0.3, timeout=10, max_retries=0)
+        try:
+            assert await summarize(Agent(parse_character({"name": "Wren"}), engine, memory), room, turns, "de") == \
+                "- Start verschoben."
+        finally:
+            await engine.aclose()
+        [request] = fake.completion_requests
+    assert "If they spoke several languages, write it in German." in request.body["messages"][-1]["content"]
+    data, cut = render_transcript(turns, title="Mitschrift von Lounge", limit_bytes=200, language="de")
+    text = data.decode()
+    assert text.startswith("Mitschrift von Lounge\nZeiten in UTC.\n") and "] jemand: Wir verschieben" in text
+    assert not cut
+    data, cut = render_transcript(turns * 20, title="x", limit_bytes=300, language="ja")
+    assert cut and "以前の行は省略" in data.decode()
