@@ -56,6 +56,11 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert "Hier spreche ich ab jetzt mit **Rachel**" in await h.command(h.boss, "voice set", {"voice": "rachel"})
         allow = await h.command(h.boss, "voice allow", {"channel": h.voice.id, "on": True})
         assert allow.startswith("Man darf mich in diese Kanäle holen: ")
+        from bot.voice.guilds import AUTO_JOIN, MAX_LISTED_CHANNELS
+        for fake_id in range(1, MAX_LISTED_CHANNELS + 1):
+            h.manager.guild_settings.set_channel(h.guild.id, AUTO_JOIN, fake_id, True)
+        full = await h.command(h.boss, "voice autojoin", {"channel": h.other_voice.id, "on": True})
+        assert full == f"Die Liste ist voll ({MAX_LISTED_CHANNELS} Kanäle); entferne zuerst einen."
 
         await h.alice.join_voice(h.voice)
         assert (await h.command(h.alice, "join")).startswith("Ich bin in ")
@@ -136,9 +141,17 @@ def test_every_command_name_and_description_has_every_translation() -> None:
                 if text and not DESCRIPTIONS.get(text, {}).get(code):
                     missing.append((text, code))
 
-    for command in _app_commands():
+    commands_ = list(_app_commands())
+    for command in commands_:
         visit(command)
     assert missing == []
+    # Discord refuses a sync where two commands of one level share a name in some locale.
+    levels = [[c.name for c in commands_]] + [[s.name for s in c.commands] for c in commands_
+                                               if isinstance(c, app_commands.Group)]
+    for level in levels:
+        for code in LOCALISED:
+            shown = [NAMES[name][code] for name in level]
+            assert len(shown) == len(set(shown)), (code, shown)
     # Discord refuses the whole sync when one localisation is longer than 100 characters.
     too_long = [(k, code) for k, entry in DESCRIPTIONS.items() for code, text in entry.items() if len(text) > 100]
     assert too_long == []
