@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
 from bot.i18n.catalog import t
+from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.words import interaction_language
 from bot.i18n.bidi import isolate
 from bot.voice.consent import mode_explanation, status_summary
@@ -93,6 +94,14 @@ def _settings_error(exc: GuildSettingsError, language: str) -> str:
         return t(key, language, **getattr(exc, "values", {}))
     # Discord validates every option's type and range first, so these are a bug's or an old client's.
     return t("voice.setting_refused", language, detail=str(exc))
+
+
+def _engine_failure(exc: TTSError, language: str) -> str:
+    """The voice engine's own reason in ``language`` when the catalog knows it, else a general one."""
+    said = translate_engine_text(exc.user_message, language)
+    if language == "en" or said != exc.user_message:
+        return said
+    return t("voice.engine_failed", language)
 
 
 class VoiceCog(commands.Cog, name="Voice"):
@@ -288,7 +297,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             voices = await self.manager.list_voices()
         except TTSError as exc:
             log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
-            await self._answer(interaction, t("voice.engine_failed", language))
+            await self._answer(interaction, _engine_failure(exc, language))
             return
         current = self.manager.guild_settings.get(interaction.guild_id).voice_id
         if not voices:
@@ -318,7 +327,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                 voices = await self.manager.list_voices()
             except TTSError as exc:
                 log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
-                await self._answer(interaction, t("voice.engine_failed", language))
+                await self._answer(interaction, _engine_failure(exc, language))
                 return
             match = next((v for v in voices if v.id == wanted), None) or \
                 next((v for v in voices if v.name.lower() == wanted.lower()), None)

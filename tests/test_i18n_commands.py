@@ -47,6 +47,21 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert "es gibt also kein Gespräch" in await h.command(h.alice, "transcript")
         assert "Nutze zuerst `/join`" in await h.command(h.alice, "say", {"text": "Hallo"})
 
+        # A voice engine's own reason, in German (and a reason the catalog does not know: a general one).
+        from audio.tts.base import TTSError
+
+        real = h.manager.tts.list_voices
+        reasons = iter(["My voice service rejected its API key, so I can't speak right now.", "Out of cheese."])
+
+        async def refused() -> list[object]:
+            raise TTSError("ElevenLabs answered 401", user_message=next(reasons))
+
+        h.manager.tts.list_voices = refused
+        assert await h.command(h.alice, "voice list") == \
+            "Mein Sprachdienst hat seinen API-Schlüssel abgelehnt, deshalb kann ich gerade nicht sprechen."
+        assert (await h.command(h.alice, "voice list")).startswith("Ich konnte die Stimmen gerade nicht")
+        h.manager.tts.list_voices = real
+
         settings = await h.command(h.boss, "voice settings")
         assert settings.startswith("Aktuelle Spracheinstellungen:") and "• Modus: **auto**" in settings
         assert "• tritt von selbst bei: **nirgends**" in settings
