@@ -15,10 +15,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
+from bot.i18n.bidi import isolate
 from bot.i18n.catalog import t
 from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.words import interaction_language
-from bot.i18n.bidi import isolate
 from bot.voice.consent import mode_explanation, status_summary
 from bot.voice.guilds import ALLOWED, AUTO_JOIN, MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
 from bot.voice.manager import JoinOutcome, ListenView, VoiceCommandError, VoiceManager
@@ -88,10 +88,9 @@ def voice_choices(voices: list[VoiceInfo], current: str, *, limit: int = 25,
 
 
 def _settings_error(exc: GuildSettingsError, language: str) -> str:
-    """A refused setting in ``language``: its own catalog text when it has one, else the reason as written."""
-    key = getattr(exc, "key", None)
-    if key:
-        return t(key, language, **getattr(exc, "values", {}))
+    """A refused setting in ``language``: its own catalog text when it has one, else a general line."""
+    if exc.key:
+        return t(exc.key, language, **exc.values)
     # Discord validates every option's type and range first, so these are a bug's or an old client's.
     return t("voice.setting_refused", language, detail=str(exc))
 
@@ -136,8 +135,8 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     def _require_in_call(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel,
                          refusal: str) -> None:
-        """``refusal``: the catalog key of the answer (given ``channel``'s mention) when not."""
-        """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError`."""
+        """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError` with the
+        catalog key ``refusal`` (given the channel's mention)."""
         member = self._caller(interaction)
         in_call = member.voice is not None and member.voice.channel is not None \
             and member.voice.channel.id == channel.id
