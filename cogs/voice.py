@@ -15,9 +15,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from audio.tts.base import TTSError, VoiceInfo
-from bot.i18n.catalog import t
-from bot.i18n.words import interaction_language
 from bot.i18n.bidi import isolate
+from bot.i18n.catalog import t
+from bot.i18n.engine_texts import translate_engine_text
+from bot.i18n.words import interaction_language
 from bot.voice.consent import mode_explanation, status_summary
 from bot.voice.guilds import ALLOWED, AUTO_JOIN, MAX_IDLE_LEAVE_SECONDS, GuildSettingsError
 from bot.voice.manager import JoinOutcome, ListenView, VoiceCommandError, VoiceManager
@@ -87,12 +88,19 @@ def voice_choices(voices: list[VoiceInfo], current: str, *, limit: int = 25,
 
 
 def _settings_error(exc: GuildSettingsError, language: str) -> str:
-    """A refused setting in ``language``: its own catalog text when it has one, else the reason as written."""
-    key = getattr(exc, "key", None)
-    if key:
-        return t(key, language, **getattr(exc, "values", {}))
+    """A refused setting in ``language``: its own catalog text when it has one, else a general line."""
+    if exc.key:
+        return t(exc.key, language, **exc.values)
     # Discord validates every option's type and range first, so these are a bug's or an old client's.
     return t("voice.setting_refused", language, detail=str(exc))
+
+
+def _engine_failure(exc: TTSError, language: str) -> str:
+    """The voice engine's own reason in ``language`` when the catalog knows it, else a general one."""
+    said = translate_engine_text(exc.user_message, language)
+    if language == "en" or said != exc.user_message:
+        return said
+    return t("voice.engine_failed", language)
 
 
 class VoiceCog(commands.Cog, name="Voice"):
@@ -127,8 +135,8 @@ class VoiceCog(commands.Cog, name="Voice"):
 
     def _require_in_call(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel,
                          refusal: str) -> None:
-        """``refusal``: the catalog key of the answer (given ``channel``'s mention) when not."""
-        """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError`."""
+        """The caller is in ``channel`` (or has Manage Server); else :class:`VoiceCommandError` with the
+        catalog key ``refusal`` (given the channel's mention)."""
         member = self._caller(interaction)
         in_call = member.voice is not None and member.voice.channel is not None \
             and member.voice.channel.id == channel.id
@@ -288,7 +296,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             voices = await self.manager.list_voices()
         except TTSError as exc:
             log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
-            await self._answer(interaction, t("voice.engine_failed", language))
+            await self._answer(interaction, _engine_failure(exc, language))
             return
         current = self.manager.guild_settings.get(interaction.guild_id).voice_id
         if not voices:
@@ -318,7 +326,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                 voices = await self.manager.list_voices()
             except TTSError as exc:
                 log.warning("could not list voices: %s", exc, extra={"guild_id": interaction.guild_id})
-                await self._answer(interaction, t("voice.engine_failed", language))
+                await self._answer(interaction, _engine_failure(exc, language))
                 return
             match = next((v for v in voices if v.id == wanted), None) or \
                 next((v for v in voices if v.name.lower() == wanted.lower()), None)

@@ -47,6 +47,21 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert "es gibt also kein Gespräch" in await h.command(h.alice, "transcript")
         assert "Nutze zuerst `/join`" in await h.command(h.alice, "say", {"text": "Hallo"})
 
+        # A voice engine's own reason, in German (and a reason the catalog does not know: a general one).
+        from audio.tts.base import TTSError
+
+        real = h.manager.tts.list_voices
+        reasons = iter(["My voice service rejected its API key, so I can't speak right now.", "Out of cheese."])
+
+        async def refused() -> list[object]:
+            raise TTSError("ElevenLabs answered 401", user_message=next(reasons))
+
+        h.manager.tts.list_voices = refused
+        assert await h.command(h.alice, "voice list") == \
+            "Mein Sprachdienst hat seinen API-Schlüssel abgelehnt, deshalb kann ich gerade nicht sprechen."
+        assert (await h.command(h.alice, "voice list")).startswith("Ich konnte die Stimmen gerade nicht")
+        h.manager.tts.list_voices = real
+
         settings = await h.command(h.boss, "voice settings")
         assert settings.startswith("Aktuelle Spracheinstellungen:") and "• Modus: **auto**" in settings
         assert "• tritt von selbst bei: **nirgends**" in settings
@@ -56,6 +71,11 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert "Hier spreche ich ab jetzt mit **Rachel**" in await h.command(h.boss, "voice set", {"voice": "rachel"})
         allow = await h.command(h.boss, "voice allow", {"channel": h.voice.id, "on": True})
         assert allow.startswith("Man darf mich in diese Kanäle holen: ")
+        from bot.voice.guilds import AUTO_JOIN, MAX_LISTED_CHANNELS
+        for fake_id in range(1, MAX_LISTED_CHANNELS + 1):
+            h.manager.guild_settings.set_channel(h.guild.id, AUTO_JOIN, fake_id, True)
+        full = await h.command(h.boss, "voice autojoin", {"channel": h.other_voice.id, "on": True})
+        assert full == f"Die Liste ist voll ({MAX_LISTED_CHANNELS} Kanäle); entferne zuerst einen."
 
         await h.alice.join_voice(h.voice)
         assert (await h.command(h.alice, "join")).startswith("Ich bin in ")
@@ -136,9 +156,17 @@ def test_every_command_name_and_description_has_every_translation() -> None:
                 if text and not DESCRIPTIONS.get(text, {}).get(code):
                     missing.append((text, code))
 
-    for command in _app_commands():
+    commands_ = list(_app_commands())
+    for command in commands_:
         visit(command)
     assert missing == []
+    # Discord refuses a sync where two commands of one level share a name in some locale.
+    levels = [[c.name for c in commands_]] + [[s.name for s in c.commands] for c in commands_
+                                               if isinstance(c, app_commands.Group)]
+    for level in levels:
+        for code in LOCALISED:
+            shown = [NAMES[name][code] for name in level]
+            assert len(shown) == len(set(shown)), (code, shown)
     # Discord refuses the whole sync when one localisation is longer than 100 characters.
     too_long = [(k, code) for k, entry in DESCRIPTIONS.items() for code, text in entry.items() if len(text) > 100]
     assert too_long == []
@@ -316,3 +344,37 @@ async def test_a_shortened_text_reply_says_so_in_the_readers_language() -> None:
     await writer.stream(_endless("Das ist noch ein Satz einer endlosen Antwort. ", [0]))
     assert writer.capped and channel.messages[-1].endswith("Antwort. *…(Antwort gekürzt)*")
     assert all(len(m) <= 2000 for m in channel.messages)
+
+
+async def test_notes_of_a_call_name_the_servers_language_and_the_file_speaks_it() -> None:
+    import time as _time
+
+    from bot.agent import Agent
+    from bot.agent.character import parse_character
+    from bot.agent.engines.openai_engine import OpenAIEngine
+    from bot.db import Database
+    from bot.memory import Memory, Modality, Turn
+    from bot.voice.scribe import call_transcript, render_transcript, summarize
+    from tests.fakes.openai_server import FakeOpenAI
+
+    memory = Memory(Database.in_memory())
+    room = "discord:1:2"
+    memory.append(Turn(room=room, speaker_id="discord:7", speaker_name="", role="user", text="Wir verschieben den Start.",
+                       modality=Modality.VOICE, created_at=_time.time()))
+    turns = call_transcript(memory, room, since=0)
+    async with FakeOpenAI(reply_tokens=["- Start verschoben."]) as fake:
+        engine = OpenAIEngine(api_key=fake.api_key, base_url=fake.base_url, model="gpt-test", max_tokens=50,
+                              temperature=0.3, timeout=10, max_retries=0)
+        try:
+            assert await summarize(Agent(parse_character({"name": "Wren"}), engine, memory), room, turns, "de") == \
+                "- Start verschoben."
+        finally:
+            await engine.aclose()
+        [request] = fake.completion_requests
+    assert "If they spoke several languages, write it in German." in request.body["messages"][-1]["content"]
+    data, cut = render_transcript(turns, title="Mitschrift von Lounge", limit_bytes=200, language="de")
+    text = data.decode()
+    assert text.startswith("Mitschrift von Lounge\nZeiten in UTC.\n") and "] jemand: Wir verschieben" in text
+    assert not cut
+    data, cut = render_transcript(turns * 20, title="x", limit_bytes=300, language="ja")
+    assert cut and "以前の行は省略" in data.decode()

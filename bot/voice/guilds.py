@@ -66,7 +66,15 @@ MAX_LISTED_CHANNELS = 25
 
 
 class GuildSettingsError(ValueError):
-    """A setting value that cannot be stored; the message is safe to show to an admin."""
+    """A setting value that cannot be stored; the message is safe to show to an admin.
+
+    ``key``/``values``: the catalog message (bot.i18n) to show instead, in the admin's language.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, **values: object) -> None:
+        super().__init__(message)
+        self.key = key
+        self.values = values
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,8 @@ class GuildSettingsStore:
         if on:
             if channel_id not in self.channels(guild_id, kind) and \
                     len(self.channels(guild_id, kind)) >= MAX_LISTED_CHANNELS:
-                raise GuildSettingsError(f"That list is full ({MAX_LISTED_CHANNELS} channels); remove one first.")
+                raise GuildSettingsError(f"That list is full ({MAX_LISTED_CHANNELS} channels); remove one first.",
+                                         key="voice.list_full", limit=MAX_LISTED_CHANNELS)
             self._db.execute("INSERT OR IGNORE INTO voice_guild_channels (guild_id, channel_id, kind) VALUES (?, ?, ?)",
                              (guild_id, channel_id, kind))
         else:

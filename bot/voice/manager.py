@@ -472,7 +472,7 @@ class VoiceManager:
             await self._post(gv, t("notes.nothing_said", language))
             return
         data, name, cut = self._transcript_of(gv, language)
-        summary = await summarize(self.agent, gv.room, turns)
+        summary = await summarize(self.agent, gv.room, turns, language)
         text = t("notes.title", language, channel=isolate(discord.utils.escape_markdown(gv.channel.name)))
         if summary:
             text += "\n" + summary

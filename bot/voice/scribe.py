@@ -63,7 +63,7 @@ def call_transcript(memory: Memory, room: str, since: float) -> list[Turn]:
     return memory.since(room, since, MAX_TRANSCRIPT_TURNS)
 
 
-async def summarize(agent: Agent, room: str, turns: Sequence[Turn]) -> str | None:
+async def summarize(agent: Agent, room: str, turns: Sequence[Turn], language: str | None = None) -> str | None:
     """A few lines on what a call was about, written by the agent's language model.
 
     None when there is nothing to summarise, when the engine is the built-in ELIZA (a script, not a
@@ -81,8 +81,13 @@ async def summarize(agent: Agent, room: str, turns: Sequence[Turn]) -> str | Non
         "and who will do what. Write it in the language the people spoke. Do not add anything that was "
         "not said."
     )
+    if language:
+        # The server's language: for a call in several languages, or too short to tell.
+        from bot.i18n.languages import language_name
+
+        instruction += f" If they spoke several languages, write it in {language_name(language, native=False)}."
     incoming = Incoming(room=f"{room}:summary", speaker_id="scribe", speaker_name="transcript",
-                        text=f"{instruction}\n\n{text}", modality=Modality.TEXT)
+                        text=f"{instruction}\n\n{text}", modality=Modality.TEXT, language=language)
     conversation = Conversation(
         character=agent.character,
         incoming=incoming,
