@@ -649,6 +649,11 @@ class ReceiveVoiceClient(discord.VoiceClient):
         """Attach (or detach, with None) the consumer of frames and leave events."""
         self._sink = sink
 
+    def deliver_pending(self) -> None:
+        """Hand frames waiting for the next batch to the sink now (on the event loop), e.g. to know
+        that everything received so far has been heard."""
+        self._drain()
+
     def user_for_ssrc(self, ssrc: int) -> int | None:
         """The user an SSRC is mapped to, if known."""
         return self.receiver.ssrc_to_user.get(ssrc)
