@@ -283,6 +283,24 @@ def _cpu_split(before: dict[int, float], after: dict[int, float], times0: os.tim
     return split
 
 
+def _core_busy_s() -> float | None:
+    """Seconds the one core this process is pinned to has been busy (anyone's work), from /proc/stat."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if len(cpus) != 1:
+        return None
+    name = f"cpu{next(iter(cpus))}"
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                fields = line.split()
+                if fields[0] == name:
+                    ticks = [int(x) for x in fields[1:8]]  # user nice system idle iowait irq softirq
+                    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _udp_rcvbuf_errors() -> int | None:
     """System-wide UDP RcvbufErrors (datagrams the kernel dropped for a full socket buffer)."""
     try:
@@ -454,6 +472,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             rcvbuf_errors = _udp_rcvbuf_errors()
             waited0 = _runqueue_wait_s()
             threads0, times0 = _thread_cpu_s(), os.times()
+            busy0 = _core_busy_s()
             cpu0 = time.process_time()
             start_at = time.perf_counter() + 0.1
             for _, parent in procs:
@@ -473,6 +492,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             pipeline.tick()
             cpu_s = time.process_time() - cpu0
             threads1, times1 = _thread_cpu_s(), os.times()
+            busy1 = _core_busy_s()
             waited1 = _runqueue_wait_s()
             after = vc.stats
             rcvbuf_after = _udp_rcvbuf_errors()
@@ -499,9 +519,14 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
                 "cpu_us_per_decoded_packet": round(cpu_s * 1e6 / max(1, pstats.decoded), 1),
                 "core_fraction": round(cpu_s / seconds, 3),
                 "cpu_split": _cpu_split(threads0, threads1, times0, times1),
-                # Runnable but not running (the core was someone else's); exited threads not counted.
+                # Runnable but not running, summed over our threads (the core was someone else's, or
+                # our other thread's: the reader and the loop share it); exited threads not counted.
                 "runqueue_wait_s": (round(waited1 - waited0, 2) if waited0 is not None and waited1 is not None
                                     else None),
+                # The pinned core's time spent on other processes over the window: what was stolen.
+                "core_used_by_others_s": (round(busy1 - busy0 - cpu_s, 2) if busy0 is not None and busy1 is not None
+                                          else None),
+                "window_s": round(time.perf_counter() - start_at, 2),
                 "so_rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # effective (Linux: 2x granted)
                 "speech_starts": consumer.starts,
                 "sender_worst_late_ms": max(r["worst_late_ms"] for r in reports),

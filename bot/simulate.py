@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -567,6 +567,7 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
     except (OSError, ValueError, EOFError) as exc:
         raise SimulationError(f"cannot read a WAV file: {exc}") from None
     step.now = "speaking"
+    received_before = gv.vc.stats.audio_packets
     longest = max(s.at + len(f) * 0.02 for s, f in zip(options.speeches, frames))
     tasks = [loop.create_task(_speak(lb, s, speakers[s.name], f, options.mode), name=f"simulate-speak-{s.name}")
              for s, f in zip(options.speeches, frames)]
@@ -578,6 +579,17 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         await asyncio.gather(*tasks, return_exceptions=True)
     spoke_until = {s.name: r.ended_at for s, r in zip(options.speeches, results)}
 
+    # Sent is not heard: on a loaded machine the bot's socket reader and loop can lag the speakers,
+    # and a call the bot has not heard yet looks settled. Wait until it has read every packet sent,
+    # then hand what is waiting for the next batch to the pipeline at once.
+    sent = sum(r.sent for r in results)
+    step.now = "the bot receiving what was said"
+    try:
+        await _until(lambda: gv.vc.stats.audio_packets - received_before >= sent, STEP_TIMEOUT)
+    except asyncio.TimeoutError:
+        got = gv.vc.stats.audio_packets - received_before
+        problems.append(f"simulate: the bot received {got} of the {sent} packets sent")
+    gv.vc.deliver_pending()
     completed = True
     try:
         await asyncio.wait_for(session.wait_settled(), options.settle_timeout)
@@ -619,6 +631,15 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         saved=tuple(saved),
         completed=completed,
     )
+
+
+async def _until(predicate: Callable[[], bool], timeout: float) -> None:
+    """Poll a state predicate every 20 ms; asyncio.TimeoutError after ``timeout`` (a failure guard)."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 async def _warm_up(manager: VoiceManager) -> None:

@@ -6,8 +6,14 @@ benchmark's job): a few speakers for a second, through the real socket, reader t
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
+import pytest
+
 from audio.native import load_libopus
-from bench.receive import _realtime, _speech_like_frames, run
+from bench.receive import _realtime, _speech_like_frames, main, run
 
 
 def test_synthetic_mode_decodes_everything_and_reports_the_ratio() -> None:
@@ -26,3 +32,15 @@ async def test_realtime_mode_carries_every_packet_through_the_reader_thread() ->
     assert result["so_rcvbuf"] > 0
     for key in ("largest_loop_stall_ms", "longest_gc_pause_ms", "cpu_ms_per_speaker_second", "core_fraction"):
         assert isinstance(result[key], float)
+
+
+def test_baseline_runs_alternate_with_the_current_code(capsys: pytest.CaptureFixture[str]) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --baseline extracts a commit with git archive")
+    assert main(["--speakers", "2", "--seconds", "0.2", "--realtime", "", "--dave-memory", "",
+                 "--baseline", "HEAD", "--repeat", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["baseline"]["ref"] == "HEAD" and len(line["baseline"]["commit"]) == 40
+    assert [run["code"] for run in line["synthetic_ab"]] == ["current", "baseline"]
+    assert all(run["ratio"] > 0 for run in line["synthetic_ab"])

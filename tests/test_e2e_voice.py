@@ -258,6 +258,26 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
         assert wav.getnframes() >= 48000 * (last["audio_seconds"] - 0.01)  # gaps kept; seconds rounded
 
 
+@needs_whisper
+def test_simulate_hears_what_was_sent_even_when_the_bot_lags(wavs: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a loaded machine the bot's loop can take its frames after the speaker has finished; the
+    # call then looked settled before the bot heard anything ("nothing was transcribed", Deepgram
+    # never opened: seen in test_secrets_never_print). Here the hand-off batch waits a minute.
+    from audio.receive import ReceiveVoiceClient
+
+    def starved(self: ReceiveVoiceClient) -> None:
+        self._drain_timer = self.loop.call_later(60.0, self._drain)
+
+    monkeypatch.setattr(ReceiveVoiceClient, "_drain_later", starved)
+    code, text = run_cli(["--speak", f"Alice={wavs['morning']}", "--json"], tmp_path)
+    assert code == 0, text
+    result = json.loads(text)
+    said = {t["speaker"]: t["text"] for t in result["transcripts"]}
+    assert set(said) == {"Alice"} and mostly(said["Alice"], MORNING), result
+    assert result["problems"] == []
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

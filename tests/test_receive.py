@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -440,22 +441,41 @@ async def test_other_bots_are_dropped_before_decryption(rig: Rig) -> None:
 # --- reading queued datagrams in bursts (the reader thread's fast path) -----------------------------
 
 
-async def _park_reader(rig: Rig) -> Any:
-    """Pause discord.py's reader thread at a known point: after it handled one sentinel datagram it
-    waits for resume() instead of select(), so what is sent next queues on the socket."""
-    reader = rig.vc._connection._socket_reader
-    reader.pause()
-    seen = rig.stats.datagrams
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sender.sendto(b"\x00", rig.sock.getsockname())  # too short: counted, never delivered
-    finally:
-        sender.close()
-    for _ in range(3000):  # failure guard only: the reader takes it within milliseconds
-        if rig.stats.datagrams > seen:
-            break
-        await asyncio.sleep(0.01)
-    assert rig.stats.datagrams == seen + 1
+class _HeldReader:
+    """Holds discord.py's reader thread inside our callback (on a sentinel datagram) until
+    :meth:`resume`, so what is sent meanwhile queues on the socket: the next select() finds it all.
+    (Pausing the reader itself is racy: it parks before or after its next select().)"""
+
+    def __init__(self, rig: Rig) -> None:
+        self.entered = threading.Event()
+        self._release = threading.Event()
+        receiver = rig.vc.receiver
+        original = receiver.on_datagrams
+
+        def held(datagrams: list[bytes], deliver: Any) -> None:
+            if not self.entered.is_set():
+                self.entered.set()
+                self._release.wait(60)  # failure guard only: the test releases it
+            original(datagrams, deliver)
+
+        receiver.on_datagrams = held  # type: ignore[method-assign]
+        self._rig = rig
+
+    async def hold(self) -> None:
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sender.sendto(b"\x00", self._rig.sock.getsockname())  # too short: counted, never delivered
+        finally:
+            sender.close()
+        assert await asyncio.to_thread(self.entered.wait, 60)  # failure guard only
+
+    def resume(self) -> None:
+        self._release.set()
+
+
+async def _park_reader(rig: Rig) -> _HeldReader:
+    reader = _HeldReader(rig)
+    await reader.hold()
     return reader
 
 

@@ -245,7 +245,7 @@ def test_no_piece_of_any_secret_is_printed(outcomes: dict[tuple[str, int], Outco
     outcome = outcomes[(command, fault)]
     text = outcome.finished.output + outcome.extra
     assert not leaked(text), f"{command} with {fault}: {leaked(text)[:5]}\n{text[-3000:]}"
-    assert outcome.echoed, f"{command} with {fault} never reached the echoing service"
+    assert outcome.echoed, f"{command} with {fault} never reached the echoing service\n{text[-3000:]}"
     # Each run did what it exists for and ended on its own terms, not on a traceback.
     assert "Traceback" not in outcome.finished.stdout
     if command == "run":
