@@ -131,6 +131,7 @@ MEASURES: dict[str, str] = {
                      "(overlaps stt/agent/tts when the reply started speculatively); playback = the later of "
                      "first audio and turn end → first frame to the player; send = → first packet at the listener"),
     "stt_ms": "each turn's stt stage in the order spoken (a drift over the run shows here)",
+    "loadavg_1m": "the machine's 1-minute load average at each turn (the CPU is shared: stt_ms follows it)",
     "floor_ms": "cloud only: the fakes' own delays in that turn (STT final after the end-of-turn signal + LLM "
                 "first token + TTS first audio); the part no bot change can remove",
     "false_cutoffs": "paused utterances answered (or split into two turns) before the person had finished",
@@ -140,6 +141,8 @@ MEASURES: dict[str, str] = {
                         "cut-off utterances (both halves)"),
     "two_guilds_stt": ("the local engine alone (no Discord): two streams finalized at the same moment → each "
                        "end-of-turn final; alone_ms = the first sentence on its own"),
+    "early_guesses": ("LOCAL_STT_EARLY_MS on: transcriptions started on a short packet gap, used as the final, "
+                      "thrown away because the person went on (each thrown away cost one Whisper run of CPU)"),
     "machine": "os.cpu_count() and the 1/5/15-minute load average at the end of the run (other processes "
                "share the CPU)",
 }
@@ -327,6 +330,7 @@ class TurnSample:
     floor_ms: dict[str, float | None] | None = None
     heard: str = ""
     said: str = ""  # the text spoken
+    load: float | None = None  # the 1-minute load average when the turn was over
 
 
 def _words(text: str) -> list[str]:
@@ -361,8 +365,12 @@ def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, f
 
 
 async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cfg: BenchConfig,
-                     providers: Providers | None = None, *, warm: Spoken | None = None) -> list[TurnSample]:
-    """Run every utterance through the real bot on the loopback Discord; one sample per utterance."""
+                     providers: Providers | None = None, *, warm: Spoken | None = None,
+                     extras: dict[str, Any] | None = None) -> list[TurnSample]:
+    """Run every utterance through the real bot on the loopback Discord; one sample per utterance.
+
+    ``extras`` receives the local recognizer's early-guess counts (what transcribing during the gap cost).
+    """
     from bot.simulate import running_bot
 
     samples: list[TurnSample] = []
@@ -415,7 +423,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             sample = TurnSample(
                 utterance=index - (1 if warm is not None else 0), paused=spoken.paused,
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
-                heard=" | ".join(t.text for t in new_turns), said=spoken.text,
+                heard=" | ".join(t.text for t in new_turns), said=spoken.text, load=round(os.getloadavg()[0], 2),
             )
             sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
             sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
@@ -425,6 +433,9 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             samples.append(sample)
             await asyncio.sleep(cfg.gap)  # a natural gap before the next thing said, not synchronisation
         await lb.command(lb.host, "leave")
+        if extras is not None and stt is not None and getattr(stt, "early_ms", None):
+            extras["early_guesses"] = {"early_ms": stt.early_ms, "started": stt.guesses, "used": stt.guesses_used,
+                                       "wasted": stt.guesses_wasted}
     return samples
 
 
@@ -515,6 +526,7 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
                                "of": sum(s.llm_calls for s in samples)}
     out["waits_ms"] = [s.wait_ms for s in samples]
     out["stt_ms"] = [s.breakdown_ms.get("stt") for s in samples]
+    out["loadavg_1m"] = [s.load for s in samples]
     errors = [word_errors(s.said, s.heard.replace(" | ", " ")) for s in samples if s.said]
     words = sum(n for _, n in errors)
     out["word_error_rate"] = {"rate": round(sum(e for e, _ in errors) / words, 4) if words else None,
@@ -583,6 +595,7 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     warm = (await loop.run_in_executor(None, prepare_speech, [WARMUP]))[0] if cfg.warmup else None
     results: dict[str, list[TurnSample]] = {}
     baseline: dict[str, list[TurnSample]] = {}
+    extras: dict[str, dict[str, Any]] = {}
     loopback_log = logging.getLogger("bot.loopback")
     level = loopback_log.level
     loopback_log.setLevel(logging.ERROR)  # Discord-side complaints are not this benchmark's subject
@@ -595,8 +608,9 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                     baseline[kind] = await run_config(kind, base, speech, cfg, providers if kind == "cloud" else None,
                                                       warm=warm)
                 settings = _settings_for(kind, providers, cfg.overrides)
+                extras[kind] = {}
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
-                                                 warm=warm)
+                                                 warm=warm, extras=extras[kind])
         two = two_base = None
         if "local" in cfg.configs and cfg.two_guilds:
             two = await two_at_once(speech)
@@ -607,6 +621,8 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     finally:
         loopback_log.setLevel(level)
     summary = summarize(results, baseline, cfg, time.monotonic() - started, two, two_base)
+    for kind, extra in extras.items():
+        summary[kind].update(extra)
     if call is not None:
         summary["call"] = call
     return summary

@@ -20,7 +20,14 @@ is the encoder's output for silence, computed once per model. The decoder then s
 positions it was trained on; without that tail it loops ("the history of Rome, the history of
 Rome, …"). On 53 espeak-ng sentences the word error rate stayed the same (11.9 % vs 11.7 %, 402
 words) while a transcription took ~90-150 ms instead of ~400 ms; the words can differ from the full
-window's in a few sentences either way (bench/stt_window.py measures it).
+window's in a few sentences either way (bench/latency.py reports the WER of every run).
+
+With ``early_ms`` a stream starts transcribing the speech so far as soon as its packets stop for
+that long (an *early guess*), before the caller's ``finalize()`` (which comes after the longer
+turn-pause gap). If ``finalize()`` then ends the utterance with exactly that audio, the guess is the
+final (the same audio through the same call: the same words as transcribing at ``finalize()``);
+if more audio came, the guess is thrown away and counted (``guesses_wasted``): it cost a worker
+slot and CPU, nothing else. At most one guess per stream is in flight.
 """
 
 from __future__ import annotations
@@ -285,6 +292,21 @@ class UtteranceSegmenter:
 
 
 @dataclass(frozen=True)
+class _Guess:
+    """An early transcription of the speech so far (``frames``: the stream's frame count then)."""
+
+    pcm: bytes
+    frames: int
+    task: asyncio.Task[tuple[str, float | None, str | None]]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A thrown-away guess's failure is nobody's: read it so asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True)
 class _Job:
     pcm: bytes
     start: float
@@ -315,6 +337,8 @@ class LocalWhisperSTT(STTEngine):
         executor: where transcription runs; by default ``workers`` threads owned by the engine.
         short_window: encode only the speech, not Whisper's whole 30 s window (see the module
             docstring). Used when ``language`` is given: language detection was not measured with it.
+        early_ms: a gap in pushed audio after which the speech so far is transcribed as an early
+            guess (None: off); see the module docstring.
 
     Raises ``STTError`` at construction when faster-whisper or the model is missing.
     """
@@ -338,9 +362,14 @@ class LocalWhisperSTT(STTEngine):
         workers: int = 1,
         executor: concurrent.futures.Executor | None = None,
         short_window: bool = True,
+        early_ms: int | None = None,
     ) -> None:
         super().__init__()
         self.short_window = short_window
+        self.early_ms = early_ms if early_ms else None
+        self.guesses = 0  # early guesses started, used as the final, thrown away (all streams)
+        self.guesses_used = 0
+        self.guesses_wasted = 0
         self.model_path = resolve_model(model)
         self.language = language
         self.cpu_threads = cpu_threads
@@ -485,7 +514,11 @@ class LocalWhisperStream(STTStream):
         self._answered = False  # an end of turn was queued since the last finalize()
         self._next_interim = engine.interim_every_s
         self._out = TranscriptQueue()
-        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"stt-local:{speaker}")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._early_timer: asyncio.TimerHandle | None = None
+        self._guess: _Guess | None = None  # the early guess for the speech so far, if any
+        self._task = loop.create_task(self._work(), name=f"stt-local:{speaker}")
 
     def __repr__(self) -> str:
         return f"LocalWhisperStream(speaker={self.speaker!r})"
@@ -501,6 +534,12 @@ class LocalWhisperStream(STTStream):
         seg = self._segmenter
         for utt in seg.feed(pcm):
             self._queue_utterance(utt)
+        if self._guess is not None and self._guess.frames != seg.frame_count:
+            self._drop_guess()  # the person went on: that guess is not the end of their speech
+        if self.engine.early_ms is not None:
+            if self._early_timer is not None:
+                self._early_timer.cancel()
+            self._early_timer = self._loop.call_later(self.engine.early_ms / 1000, self._start_guess)
         every = self.engine.interim_every_s
         if every and seg.in_speech and self._next_interim is not None and seg.speech_seconds >= self._next_interim:
             self._next_interim += every
@@ -530,14 +569,49 @@ class LocalWhisperStream(STTStream):
             return
         self._flush()
         self._closing = True
+        if self._early_timer is not None:
+            self._early_timer.cancel()
         self._wake.set()
         try:
             await self._task
         finally:
+            self._drop_guess()
             self.engine._forget(self)
 
     def __aiter__(self) -> AsyncIterator[Transcript]:
         return self._out.__aiter__()
+
+    def _start_guess(self) -> None:
+        """No audio for ``early_ms``: transcribe the speech so far now, in case it is the end."""
+        self._early_timer = None
+        seg = self._segmenter
+        if self._closing or not seg.in_speech or self._guess is not None or self._jobs:
+            return  # nothing to guess, one already in flight, or the worker is behind: no extra load
+        if seg.speech_seconds * 1000 < self.engine.min_speech_ms:
+            return
+        pcm = seg.snapshot()
+        self.engine.guesses += 1
+        task = self._loop.create_task(self.engine.transcribe_heard(pcm), name=f"stt-guess:{self.speaker}")
+        task.add_done_callback(_retrieve)
+        self._guess = _Guess(pcm, seg.frame_count, task)
+
+    def _drop_guess(self) -> None:
+        guess, self._guess = self._guess, None
+        if guess is not None:
+            self.engine.guesses_wasted += 1
+            guess.task.cancel()  # only stops it if the worker has not started it
+
+    def _take_guess(self, pcm: bytes) -> asyncio.Task[tuple[str, float | None, str | None]] | None:
+        """The early guess's transcription if it was of exactly ``pcm``, else None (dropped)."""
+        guess = self._guess
+        if guess is None:
+            return None
+        if guess.pcm != pcm or guess.task.cancelled():
+            self._drop_guess()
+            return None
+        self._guess = None
+        self.engine.guesses_used += 1
+        return guess.task
 
     def _flush(self) -> None:
         utt = self._segmenter.flush()
@@ -588,8 +662,12 @@ class LocalWhisperStream(STTStream):
                 self._pending_bytes -= len(job.pcm)
                 text, confidence, heard = "", None, None
                 if job.pcm:
+                    guess = self._take_guess(job.pcm) if job.is_final else None
                     try:
-                        text, confidence, heard = await self.engine.transcribe_heard(job.pcm)
+                        if guess is not None:
+                            text, confidence, heard = await guess
+                        else:
+                            text, confidence, heard = await self.engine.transcribe_heard(job.pcm)
                     except STTError:
                         raise
                     except Exception:
