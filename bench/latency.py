@@ -33,7 +33,9 @@ Opus encode, encryption, UDP). ``floor_ms``
 signal + the LLM's first token + the TTS's first audio.
 
 ``local.two_guilds_stt`` times the local recognizer with two guilds' people finishing a sentence at
-the same moment (one whisper worker per process, so the second waits).
+the same moment (one whisper worker per process, so the second waits); with ``--compare`` the
+baseline's is the same with Whisper's full window. ``stt_ms`` and ``loadavg_1m`` list each turn's
+transcription time and the machine's load then: on a shared machine the first follows the second.
 
 ``--compare`` also runs each configuration with the bot's settings from before this work (fixed
 600 ms silence rule, no speculation, Whisper's full 30 s window) where such settings exist, so a

@@ -10,7 +10,8 @@ pieces). Each utterance becomes one final ``Transcript``; optionally an interim 
 The model is loaded lazily, once per process for a given path and settings, in a worker thread;
 every transcription runs in the engine's worker threads (``workers``, default one: then speakers
 finishing at the same moment, in any guild, queue behind each other), never on the event loop.
-(tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores; research/offline-engines.md.)
+(tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores with Whisper's full window,
+research/offline-engines.md; about 0.1 s with the speech-length window below.)
 
 Whisper's encoder is made for a fixed 30 s window: faster-whisper pads every utterance to it, and
 on tiny.en that encoder pass is ~270 ms or more of the ~350 ms a 2 s utterance takes. With
