@@ -76,6 +76,7 @@ __all__ = [
     "BenchConfig",
     "Providers",
     "TurnSample",
+    "CpuMark",
     "MEASURES",
     "word_errors",
     "prepare_speech",
@@ -134,6 +135,10 @@ MEASURES: dict[str, str] = {
                      "first audio and turn end → first frame to the player; send = → first packet at the listener"),
     "stt_ms": "each turn's stt stage in the order spoken (a drift over the run shows here)",
     "loadavg_1m": "the machine's 1-minute load average at each turn (the CPU is shared: stt_ms follows it)",
+    "runq_wait_ms": ("per turn (first packet sent → settled): time this process's threads were ready to run but "
+                     "waited for a CPU (/proc/self/task/*/schedstat): other processes taking the cores"),
+    "cpu_ms": "per turn: CPU time this process used (all threads: bot, loopback Discord, Whisper)",
+    "cpu_pressure": "per turn: share of the time some task on the machine waited for a CPU (/proc/pressure/cpu)",
     "floor_ms": "cloud only: the fakes' own delays in that turn (STT final after the end-of-turn signal + LLM "
                 "first token + TTS first audio); the part no bot change can remove",
     "false_cutoffs": "paused utterances answered (or split into two turns) before the person had finished",
@@ -333,6 +338,7 @@ class TurnSample:
     heard: str = ""
     said: str = ""  # the text spoken
     load: float | None = None  # the 1-minute load average when the turn was over
+    cpu: dict[str, float] = field(default_factory=dict)  # CpuMark.since over the turn
 
 
 def _words(text: str) -> list[str]:
@@ -351,6 +357,43 @@ def word_errors(reference: str, heard: str) -> tuple[int, int]:
             cost = min(row[j] + 1, row[j - 1] + 1, diagonal + (ref[i - 1] != hyp[j - 1]))
             diagonal, row[j] = row[j], cost
     return row[len(hyp)], len(ref)
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """Where the CPU went, read before and after a turn (Linux /proc; zeros elsewhere).
+
+    ``wait``: time this process's threads were ready to run but waited for a CPU (schedstat), the
+    direct measure of other processes taking the cores; ``pressure``: the kernel's count of time
+    any task on the machine waited for a CPU (PSI "some")."""
+
+    at: float
+    cpu: float
+    wait: float
+    pressure: float
+
+    @staticmethod
+    def now() -> CpuMark:
+        times = os.times()
+        wait = 0.0
+        try:
+            for task in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/self/task/{task}/schedstat") as f:
+                        wait += int(f.read().split()[1]) / 1e9
+        except OSError:
+            pass
+        pressure = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/pressure/cpu") as f:
+                pressure = int(f.readline().rsplit("total=", 1)[1]) / 1e6
+        return CpuMark(time.monotonic(), times.user + times.system, wait, pressure)
+
+    def since(self, before: CpuMark) -> dict[str, float]:
+        wall = max(1e-9, self.at - before.at)
+        return {"cpu_ms": round((self.cpu - before.cpu) * 1000, 1),
+                "runq_wait_ms": round(max(0.0, self.wait - before.wait) * 1000, 1),
+                "cpu_pressure": round(min(1.0, max(0.0, (self.pressure - before.pressure) / wall)), 2)}
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
@@ -402,6 +445,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             provider_marks = providers.marks() if providers is not None else None
             if providers is not None:
                 providers.say(spoken)
+            cpu_before = CpuMark.now()
             result = None
             for k, part in enumerate(spoken.parts):
                 result = await alice.speak_opus(list(part.frames))
@@ -411,6 +455,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             ended = result.ended_at
             await asyncio.wait_for(session.wait_settled(), cfg.settle_timeout)
             await host.wait_quiet(cfg.settle_timeout)
+            cpu_used = CpuMark.now().since(cpu_before)
             if not measured:
                 await asyncio.sleep(cfg.gap)
                 continue
@@ -426,6 +471,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
                 utterance=index - (1 if warm is not None else 0), paused=spoken.paused,
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
                 heard=" | ".join(t.text for t in new_turns), said=spoken.text, load=round(os.getloadavg()[0], 2),
+                cpu=cpu_used,
             )
             sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
             sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
@@ -485,11 +531,14 @@ async def two_at_once(speech: Sequence[Spoken], *, short_window: bool = True) ->
         return [round(x, 1) for x in out]
 
     try:
+        before = CpuMark.now()
         alone = (await finals(1))[0]
         together = await finals(2)
+        cpu = CpuMark.now().since(before)
     finally:
         await engine.aclose()
     return {"alone_ms": alone, "together_ms": together, "workers": engine.workers, "short_window": short_window,
+            "cpu": cpu,
             "note": "with one whisper worker per process the second guild waits for the first"}
 
 
@@ -529,6 +578,8 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
     out["waits_ms"] = [s.wait_ms for s in samples]
     out["stt_ms"] = [s.breakdown_ms.get("stt") for s in samples]
     out["loadavg_1m"] = [s.load for s in samples]
+    for key in ("runq_wait_ms", "cpu_ms", "cpu_pressure"):
+        out[key] = [s.cpu.get(key) for s in samples]
     errors = [word_errors(s.said, s.heard.replace(" | ", " ")) for s in samples if s.said]
     words = sum(n for _, n in errors)
     out["word_error_rate"] = {"rate": round(sum(e for e, _ in errors) / words, 4) if words else None,
