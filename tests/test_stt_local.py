@@ -26,6 +26,7 @@ from audio.stt.local import (
     UtteranceSegmenter,
     _load_model,
     _window,
+    max_tokens,
     resolve_model,
     window_frames,
 )
@@ -454,3 +455,11 @@ async def test_closing_with_a_guess_in_flight_leaves_nothing_running(whisper_loa
     await engine.aclose()
     assert len(got) == 1 and heard(got[0].text, {"good", "morning", "hear"}) and engine.guesses_used == 1
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stt-") and not t.done()]
+
+
+def test_a_decode_is_bounded_by_the_length_of_the_speech() -> None:
+    # A second of speech never needs 20 tokens; a looping decode is cut there, not at 448.
+    assert max_tokens(16000) == 20
+    assert max_tokens(0) == 12
+    assert max_tokens(16000 * 30) == 252
+    assert max_tokens(16000 * 120) == 440  # within Whisper's 448 with the prompt

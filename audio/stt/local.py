@@ -157,6 +157,24 @@ def _short_window_class() -> type:
     return _short_class
 
 
+# Speech is at most ~5 words (~7 tokens) a second. A decode that runs past this is a loop ("the
+# history of Rome, the history of Rome, …" up to Whisper's 448 tokens, ~3 s of CPU per try, and
+# Whisper's temperature fallback may try six times): cut here, what is left is judged as before by
+# Whisper's own checks and the invented-text filter, at a bounded cost.
+TOKENS_PER_SECOND = 8
+MIN_TOKENS = 12
+
+
+def max_tokens(samples: int) -> int:
+    """The most tokens a transcription of ``samples`` (16 kHz) may produce."""
+    return min(440, MIN_TOKENS + round(TOKENS_PER_SECOND * samples / WHISPER_RATE))
+
+
+def _window_label(samples: int, short: bool) -> str:
+    frames = window_frames(samples) if short else None
+    return "30 s" if frames is None else f"{frames / 100:.1f} s"
+
+
 def window_frames(samples: int, margin_s: float = SHORT_WINDOW_MARGIN_S) -> int | None:
     """Feature frames to encode for ``samples`` of 16 kHz audio; None when that is the whole window.
 
@@ -436,6 +454,9 @@ class LocalWhisperSTT(STTEngine):
         _window.frames = window_frames(len(audio)) if short else None
         texts: list[str] = []
         weighted = 0.0
+        started = time.monotonic()
+        temperatures: list[float] = []
+        tokens = 0
         try:
             segments, info = model.transcribe(
                 audio,
@@ -443,9 +464,12 @@ class LocalWhisperSTT(STTEngine):
                 beam_size=self.beam_size,
                 condition_on_previous_text=False,
                 without_timestamps=True,
+                max_new_tokens=max_tokens(len(audio)),
             )
             # The segments generator runs the model as it is iterated (on this thread: _window holds).
             for seg in segments:
+                temperatures.append(seg.temperature)
+                tokens += len(seg.tokens)
                 text = seg.text.strip()
                 if not text or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0):
                     continue
@@ -453,6 +477,9 @@ class LocalWhisperSTT(STTEngine):
                 weighted += seg.avg_logprob * len(text)
         finally:
             _window.frames = None
+        # A temperature above 0 means Whisper decoded again (its fallback for a loop or a low score).
+        log.debug("transcribed %.2f s in %.0f ms: window %s, %d tokens, temperatures %s", len(audio) / WHISPER_RATE,
+                  (time.monotonic() - started) * 1000, _window_label(len(audio), short), tokens, temperatures)
         size = sum(len(t) for t in texts)
         confidence = math.exp(weighted / size) if size else None
         heard = getattr(info, "language", None) if self.language is None else None
