@@ -141,9 +141,12 @@ def _short_window_class() -> type:
                 return tail
 
         def encode(self, features: Any) -> Any:
+            started = time.monotonic()
             frames = getattr(_window, "frames", None)
             if frames is None or features.shape[-1] <= frames:
-                return super().encode(features)
+                out = super().encode(features)
+                log.debug("encoded %d frames in %.0f ms", features.shape[-1], (time.monotonic() - started) * 1000)
+                return out
             if features.ndim == 2:
                 features = np.expand_dims(features, 0)
             head = np.asarray(super().encode(features[..., :frames]))
@@ -151,7 +154,11 @@ def _short_window_class() -> type:
             if tail.shape[0] != head.shape[0]:
                 tail = np.repeat(tail, head.shape[0], axis=0)
             joined = np.ascontiguousarray(np.concatenate([head, tail.astype(head.dtype)], axis=1))
-            return ctranslate2.StorageView.from_array(joined)
+            log.debug("encoded %d frames in %.0f ms", frames, (time.monotonic() - started) * 1000)
+            # A copy CTranslate2 owns: a view of the numpy array keeps a Python object, and the decoder
+            # then needs the GIL at every step (measured: a 9-token decode took 4 s while the bot's
+            # event loop was busy on a loaded machine, instead of ~60 ms).
+            return ctranslate2.StorageView.from_array(joined).to_device(ctranslate2.Device.cpu)
 
     _short_class = ShortWindowWhisper
     return _short_class
