@@ -19,9 +19,9 @@ on tiny.en that encoder pass is ~270 ms or more of the ~350 ms a 2 s utterance t
 (CTranslate2 accepts the shorter input: its cost falls with the length), and the rest of the window
 is the encoder's output for silence, computed once per model. The decoder then sees the full 1500
 positions it was trained on; without that tail it loops ("the history of Rome, the history of
-Rome, …"). On 53 espeak-ng sentences the word error rate stayed the same (11.9 % vs 11.7 %, 402
-words) while a transcription took ~90-150 ms instead of ~400 ms; the words can differ from the full
-window's in a few sentences either way (bench/latency.py reports the WER of every run).
+Rome, …"). On 53 espeak-ng sentences (bench/stt_window.py) the word error rate stayed the same
+(12.2 % for both, 402 words) while a transcription took ~120 ms instead of ~420 ms; the words
+differ from the full window's in 22 sentences, either way (bench/latency.py scores every run too).
 
 With ``early_ms`` a stream starts transcribing the speech so far as soon as its packets stop for
 that long (an *early guess*), before the caller's ``finalize()`` (which comes after the longer
