@@ -33,7 +33,9 @@ Opus encode, encryption, UDP). ``floor_ms``
 signal + the LLM's first token + the TTS's first audio.
 
 ``local.two_guilds_stt`` times the local recognizer with two guilds' people finishing a sentence at
-the same moment (one whisper worker per process, so the second waits).
+the same moment (one whisper worker per process, so the second waits); with ``--compare`` the
+baseline's is the same with Whisper's full window. ``stt_ms`` and ``loadavg_1m`` list each turn's
+transcription time and the machine's load then: on a shared machine the first follows the second.
 
 ``--compare`` also runs each configuration with the bot's settings from before this work (fixed
 600 ms silence rule, no speculation, Whisper's full 30 s window) where such settings exist, so a
@@ -74,6 +76,7 @@ __all__ = [
     "BenchConfig",
     "Providers",
     "TurnSample",
+    "CpuMark",
     "MEASURES",
     "word_errors",
     "prepare_speech",
@@ -131,6 +134,11 @@ MEASURES: dict[str, str] = {
                      "(overlaps stt/agent/tts when the reply started speculatively); playback = the later of "
                      "first audio and turn end → first frame to the player; send = → first packet at the listener"),
     "stt_ms": "each turn's stt stage in the order spoken (a drift over the run shows here)",
+    "loadavg_1m": "the machine's 1-minute load average at each turn (the CPU is shared: stt_ms follows it)",
+    "runq_wait_ms": ("per turn (first packet sent → settled): time this process's threads were ready to run but "
+                     "waited for a CPU (/proc/self/task/*/schedstat): other processes taking the cores"),
+    "cpu_ms": "per turn: CPU time this process used (all threads: bot, loopback Discord, Whisper)",
+    "cpu_pressure": "per turn: share of the time some task on the machine waited for a CPU (/proc/pressure/cpu)",
     "floor_ms": "cloud only: the fakes' own delays in that turn (STT final after the end-of-turn signal + LLM "
                 "first token + TTS first audio); the part no bot change can remove",
     "false_cutoffs": "paused utterances answered (or split into two turns) before the person had finished",
@@ -140,6 +148,8 @@ MEASURES: dict[str, str] = {
                         "cut-off utterances (both halves)"),
     "two_guilds_stt": ("the local engine alone (no Discord): two streams finalized at the same moment → each "
                        "end-of-turn final; alone_ms = the first sentence on its own"),
+    "early_guesses": ("LOCAL_STT_EARLY_MS on: transcriptions started on a short packet gap, used as the final, "
+                      "thrown away because the person went on (each thrown away cost one Whisper run of CPU)"),
     "machine": "os.cpu_count() and the 1/5/15-minute load average at the end of the run (other processes "
                "share the CPU)",
 }
@@ -327,6 +337,8 @@ class TurnSample:
     floor_ms: dict[str, float | None] | None = None
     heard: str = ""
     said: str = ""  # the text spoken
+    load: float | None = None  # the 1-minute load average when the turn was over
+    cpu: dict[str, float] = field(default_factory=dict)  # CpuMark.since over the turn
 
 
 def _words(text: str) -> list[str]:
@@ -347,6 +359,43 @@ def word_errors(reference: str, heard: str) -> tuple[int, int]:
     return row[len(hyp)], len(ref)
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """Where the CPU went, read before and after a turn (Linux /proc; zeros elsewhere).
+
+    ``wait``: time this process's threads were ready to run but waited for a CPU (schedstat), the
+    direct measure of other processes taking the cores; ``pressure``: the kernel's count of time
+    any task on the machine waited for a CPU (PSI "some")."""
+
+    at: float
+    cpu: float
+    wait: float
+    pressure: float
+
+    @staticmethod
+    def now() -> CpuMark:
+        times = os.times()
+        wait = 0.0
+        try:
+            for task in os.listdir("/proc/self/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/self/task/{task}/schedstat") as f:
+                        wait += int(f.read().split()[1]) / 1e9
+        except OSError:
+            pass
+        pressure = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/pressure/cpu") as f:
+                pressure = int(f.readline().rsplit("total=", 1)[1]) / 1e6
+        return CpuMark(time.monotonic(), times.user + times.system, wait, pressure)
+
+    def since(self, before: CpuMark) -> dict[str, float]:
+        wall = max(1e-9, self.at - before.at)
+        return {"cpu_ms": round((self.cpu - before.cpu) * 1000, 1),
+                "runq_wait_ms": round(max(0.0, self.wait - before.wait) * 1000, 1),
+                "cpu_pressure": round(min(1.0, max(0.0, (self.pressure - before.pressure) / wall)), 2)}
+
+
 def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000, 1)
 
@@ -361,8 +410,12 @@ def _breakdown(timing: Any, ended: float, heard_at: float | None) -> dict[str, f
 
 
 async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cfg: BenchConfig,
-                     providers: Providers | None = None, *, warm: Spoken | None = None) -> list[TurnSample]:
-    """Run every utterance through the real bot on the loopback Discord; one sample per utterance."""
+                     providers: Providers | None = None, *, warm: Spoken | None = None,
+                     extras: dict[str, Any] | None = None) -> list[TurnSample]:
+    """Run every utterance through the real bot on the loopback Discord; one sample per utterance.
+
+    ``extras`` receives the local recognizer's early-guess counts (what transcribing during the gap cost).
+    """
     from bot.simulate import running_bot
 
     samples: list[TurnSample] = []
@@ -392,6 +445,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             provider_marks = providers.marks() if providers is not None else None
             if providers is not None:
                 providers.say(spoken)
+            cpu_before = CpuMark.now()
             result = None
             for k, part in enumerate(spoken.parts):
                 result = await alice.speak_opus(list(part.frames))
@@ -401,6 +455,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             ended = result.ended_at
             await asyncio.wait_for(session.wait_settled(), cfg.settle_timeout)
             await host.wait_quiet(cfg.settle_timeout)
+            cpu_used = CpuMark.now().since(cpu_before)
             if not measured:
                 await asyncio.sleep(cfg.gap)
                 continue
@@ -415,7 +470,8 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             sample = TurnSample(
                 utterance=index - (1 if warm is not None else 0), paused=spoken.paused,
                 wait_ms=_ms(ended, heard_at), breakdown_ms=_breakdown(timing, ended, heard_at), cutoff=cutoff,
-                heard=" | ".join(t.text for t in new_turns), said=spoken.text,
+                heard=" | ".join(t.text for t in new_turns), said=spoken.text, load=round(os.getloadavg()[0], 2),
+                cpu=cpu_used,
             )
             sample.wasted_llm_calls = int(getattr(session, "speculations_wasted", 0)) - wasted_mark
             sample.llm_calls = len(timings) + sample.wasted_llm_calls  # the agent's calls (ELIZA locally)
@@ -425,6 +481,9 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             samples.append(sample)
             await asyncio.sleep(cfg.gap)  # a natural gap before the next thing said, not synchronisation
         await lb.command(lb.host, "leave")
+        if extras is not None and stt is not None and getattr(stt, "early_ms", None):
+            extras["early_guesses"] = {"early_ms": stt.early_ms, "started": stt.guesses, "used": stt.guesses_used,
+                                       "wasted": stt.guesses_wasted}
     return samples
 
 
@@ -472,11 +531,14 @@ async def two_at_once(speech: Sequence[Spoken], *, short_window: bool = True) ->
         return [round(x, 1) for x in out]
 
     try:
+        before = CpuMark.now()
         alone = (await finals(1))[0]
         together = await finals(2)
+        cpu = CpuMark.now().since(before)
     finally:
         await engine.aclose()
     return {"alone_ms": alone, "together_ms": together, "workers": engine.workers, "short_window": short_window,
+            "cpu": cpu,
             "note": "with one whisper worker per process the second guild waits for the first"}
 
 
@@ -515,6 +577,9 @@ def summarize_config(samples: Sequence[TurnSample], *, cloud: bool) -> dict[str,
                                "of": sum(s.llm_calls for s in samples)}
     out["waits_ms"] = [s.wait_ms for s in samples]
     out["stt_ms"] = [s.breakdown_ms.get("stt") for s in samples]
+    out["loadavg_1m"] = [s.load for s in samples]
+    for key in ("runq_wait_ms", "cpu_ms", "cpu_pressure"):
+        out[key] = [s.cpu.get(key) for s in samples]
     errors = [word_errors(s.said, s.heard.replace(" | ", " ")) for s in samples if s.said]
     words = sum(n for _, n in errors)
     out["word_error_rate"] = {"rate": round(sum(e for e, _ in errors) / words, 4) if words else None,
@@ -583,6 +648,7 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     warm = (await loop.run_in_executor(None, prepare_speech, [WARMUP]))[0] if cfg.warmup else None
     results: dict[str, list[TurnSample]] = {}
     baseline: dict[str, list[TurnSample]] = {}
+    extras: dict[str, dict[str, Any]] = {}
     loopback_log = logging.getLogger("bot.loopback")
     level = loopback_log.level
     loopback_log.setLevel(logging.ERROR)  # Discord-side complaints are not this benchmark's subject
@@ -595,8 +661,9 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                     baseline[kind] = await run_config(kind, base, speech, cfg, providers if kind == "cloud" else None,
                                                       warm=warm)
                 settings = _settings_for(kind, providers, cfg.overrides)
+                extras[kind] = {}
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
-                                                 warm=warm)
+                                                 warm=warm, extras=extras[kind])
         two = two_base = None
         if "local" in cfg.configs and cfg.two_guilds:
             two = await two_at_once(speech)
@@ -607,6 +674,8 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     finally:
         loopback_log.setLevel(level)
     summary = summarize(results, baseline, cfg, time.monotonic() - started, two, two_base)
+    for kind, extra in extras.items():
+        summary[kind].update(extra)
     if call is not None:
         summary["call"] = call
     return summary

@@ -108,9 +108,10 @@ def build_stt(settings: Settings, *, keyterms: tuple[str, ...] = ()) -> STTEngin
             # LANGUAGE other than English: Whisper base (99 languages) joined from its two packages.
             path = multilingual.model_dir(settings.data_dir / "models")
             return LocalWhisperSTT(model=str(path), language=None if settings.language == "auto" else settings.language,
-                                   workers=settings.local_stt_workers, short_window=settings.local_stt_short_window)
+                                   workers=settings.local_stt_workers, short_window=settings.local_stt_short_window,
+                                   early_ms=settings.local_stt_early_ms or None)
         return LocalWhisperSTT(model=settings.local_stt_model, workers=settings.local_stt_workers,
-                               short_window=settings.local_stt_short_window)
+                               short_window=settings.local_stt_short_window, early_ms=settings.local_stt_early_ms or None)
     log.warning("no speech recognizer: set DEEPGRAM_API_KEY or `pip install 'voicebot[local]'`")
     return None
 

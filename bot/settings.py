@@ -145,6 +145,7 @@ class Settings:
     deepgram_eager_eot_threshold: float | None = None  # Flux: EagerEndOfTurn confidence (starts a speculative reply)
     # --- Local Whisper speed (issue 12, local target)
     local_stt_short_window: bool = True  # encode the speech, not Whisper's whole 30 s window
+    local_stt_early_ms: int = 0  # packet gap after which Whisper starts on the speech so far (0: off)
     # --- SMS (Twilio) and the web server
     twilio_account_sid: str | None = None
     twilio_auth_token: Secret | None = None
@@ -411,6 +412,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DEEPGRAM_EAGER_EOT_THRESHOLD": ("deepgram_eager_eot_threshold", _float(0.3, 0.9)),
     "LOCAL_STT_WORKERS": ("local_stt_workers", _int(1, 16)),
     "LOCAL_STT_SHORT_WINDOW": ("local_stt_short_window", _bool),
+    "LOCAL_STT_EARLY_MS": ("local_stt_early_ms", _int(0, 2000)),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _account_sid),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_PHONE_NUMBER": ("twilio_phone_number", _phone),

@@ -35,6 +35,9 @@ async def test_cloud_run_reports_every_key() -> None:
     assert wer["words"] == sum(len(" ".join(parts).split()) for parts, _ in UTTERANCES[:2])
     assert 0 <= wer["errors"] and (wer["rate"] is None or 0 <= wer["rate"])
     assert len(cloud["stt_ms"]) == 2
+    # Per turn: what the CPU did (other processes' share shows as run-queue wait).
+    assert len(cloud["runq_wait_ms"]) == len(cloud["cpu_ms"]) == len(cloud["cpu_pressure"]) == 2
+    assert all(v is not None and v >= 0 for v in cloud["runq_wait_ms"] + cloud["cpu_ms"])
     assert set(MEASURES) <= set(parsed["measures"]) and "Leaves out" in parsed["measures"]["wait_ms"]
 
 

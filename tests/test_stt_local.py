@@ -7,7 +7,9 @@ so only the first test that needs it pays the load.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from audio.stt.local import (
     UtteranceSegmenter,
     _load_model,
     _window,
+    max_tokens,
     resolve_model,
     window_frames,
 )
@@ -65,7 +68,7 @@ def speech() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def whisper_loaded() -> None:
-    _load_model(resolve_model(None), "int8", 2)
+    _load_model(resolve_model(None), "int8", 1, 1, True)  # what LocalWhisperSTT() uses
 
 
 @pytest.fixture
@@ -363,3 +366,100 @@ async def test_both_windows_hear_the_test_speech(whisper_loaded: None, speech: d
         assert ("speech-length window" in await engine.check()) is short_window
     finally:
         await engine.aclose()
+
+
+# ---------------------------------------------------------------- early guesses (transcribing during the gap)
+
+
+async def until(predicate: object, timeout: float = 60.0) -> None:
+    """Poll a state predicate (the timeout only guards against a hang)."""
+    async def loop() -> None:
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def one_shot(pushes: list[bytes]) -> str:
+    """The final a stream without early guesses gives for the same pushes and finalize."""
+    engine = LocalWhisperSTT()
+    stream = engine.open_stream(speaker="one-shot")
+    for pcm in pushes:
+        for chunk in frames(pcm):
+            stream.push(chunk)
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await stream.aclose()
+    await engine.aclose()
+    return got[-1].text
+
+
+async def test_an_early_guess_is_the_final_when_the_person_stopped(whisper_loaded: None,
+                                                                    speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(early_ms=20)
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[JOKE]):
+        stream.push(chunk)
+    await until(lambda: engine.guesses == 1)  # the packets stopped: it started on the speech so far
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await stream.aclose()
+    await engine.aclose()
+    assert engine.guesses_used == 1 and engine.guesses_wasted == 0
+    assert [t.end_of_turn for t in got] == [True]
+    assert got[0].text == await one_shot([speech[JOKE]])  # the same words as transcribing at finalize
+    assert heard(got[0].text, {"please", "tell", "joke", "weather"}, 3)
+
+
+async def test_a_guess_in_flight_when_the_person_goes_on_is_thrown_away(whisper_loaded: None,
+                                                                        speech: dict[str, bytes]) -> None:
+    # The worker is held busy, so the guess is certainly still in flight when the person goes on.
+    gate = threading.Event()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-whisper")
+    worker.submit(gate.wait, 60)
+    engine = LocalWhisperSTT(early_ms=20, executor=worker)
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await until(lambda: engine.guesses == 1)
+    guess = stream._guess
+    assert guess is not None and not guess.task.done()
+    for chunk in frames(speech[JOKE]):  # they go on, in the same breath
+        stream.push(chunk)
+    assert stream._guess is not guess and engine.guesses_wasted == 1
+    gate.set()
+    await until(lambda: stream._guess is not None)  # a new guess once the packets stop again
+    await stream.finalize()
+    got = await collect(stream, until=object)
+    await stream.aclose()
+    await engine.aclose()
+    worker.shutdown(wait=True)
+    assert guess.task.cancelled()
+    assert engine.guesses_used == 1 and engine.guesses_wasted == 1
+    # One final for everything said, as if nothing had been guessed.
+    assert [t.end_of_turn for t in got] == [True]
+    assert got[0].text == await one_shot([speech[MORNING], speech[JOKE]])
+    assert heard(got[0].text, {"good", "morning", "joke", "weather"}, 3)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stt-guess") and not t.done()]
+
+
+async def test_closing_with_a_guess_in_flight_leaves_nothing_running(whisper_loaded: None,
+                                                                     speech: dict[str, bytes]) -> None:
+    engine = LocalWhisperSTT(early_ms=20)
+    stream = engine.open_stream(speaker="s")
+    for chunk in frames(speech[MORNING]):
+        stream.push(chunk)
+    await until(lambda: engine.guesses == 1)
+    await stream.aclose()  # flushes: the guess is that utterance's final
+    got = await collect(stream)
+    await engine.aclose()
+    assert len(got) == 1 and heard(got[0].text, {"good", "morning", "hear"}) and engine.guesses_used == 1
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stt-") and not t.done()]
+
+
+def test_a_decode_is_bounded_by_the_length_of_the_speech() -> None:
+    # A second of speech never needs 20 tokens; a looping decode is cut there, not at 448.
+    assert max_tokens(16000) == 20
+    assert max_tokens(0) == 12
+    assert max_tokens(16000 * 30) == 252
+    assert max_tokens(16000 * 120) == 440  # within Whisper's 448 with the prompt

