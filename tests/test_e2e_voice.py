@@ -246,7 +246,7 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
     assert all(r["audio_seconds"] > 0.3 for r in replies if not r["interrupted"]), replies
     assert {t["speaker"] for t in result["turns"]} <= {"Alice", "Bob"} and result["turns"]
     final = result["turns"][-1]
-    assert final["first_audio_ms"] > 0 and final["breakdown"]["end_of_speech_to_first_frame"] > 0
+    assert final["first_audio_ms"] > 0 and final["breakdown"]["end_of_speech_to_first_frame"] > 0, result["turns"]
     assert set(result["packets"]) == {"received", "decrypted", "lost", "rejected"}
     assert result["packets"]["decrypted"] > 0 and result["packets"]["rejected"] == 0
     assert result["dave"] is True and result["problems"] == []
