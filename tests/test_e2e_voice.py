@@ -246,7 +246,13 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
     assert all(r["audio_seconds"] > 0.3 for r in replies if not r["interrupted"]), replies
     assert {t["speaker"] for t in result["turns"]} <= {"Alice", "Bob"} and result["turns"]
     final = result["turns"][-1]
-    assert final["first_audio_ms"] > 0 and final["breakdown"]["end_of_speech_to_first_frame"] > 0, result["turns"]
+    # The bot's own span (its end of speech → its first reply frame) is always positive. The wait
+    # from the speaker's last packet *sent* is not: on a loaded machine the simulated speaker's
+    # pacing can stall for longer than a pause (TURN_PAUSE_MS) just before its last frame or two,
+    # the bot rightly takes the stall for the end of a finished question and has begun its answer
+    # before those frames go out (seen: -5 to -11 ms). Only that it was measured is checked.
+    assert final["first_audio_ms"] is not None and final["breakdown"]["end_of_speech_to_first_frame"] > 0, \
+        result["turns"]
     assert set(result["packets"]) == {"received", "decrypted", "lost", "rejected"}
     assert result["packets"]["decrypted"] > 0 and result["packets"]["rejected"] == 0
     assert result["dave"] is True and result["problems"] == []

@@ -22,6 +22,7 @@ import pytest
 import soxr
 
 from audio.stt.base import STTError
+from audio.stt.local import LocalWhisperSTT
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec
 from bot.db import Database
 from bot.memory import Memory, Modality
@@ -168,7 +169,11 @@ async def test_a_call_is_heard_answered_and_the_reply_recognised_from_mulaw() ->
         reply_mulaw = b"".join(seg.mulaw for group in utterances[1:] for seg in group)
         from bot.phone.audio import mulaw_decode
 
-        recognised = await r.phone.stt.transcribe(to_whisper(mulaw_decode(reply_mulaw)))  # type: ignore[union-attr]
+        # An independent listener: Whisper with its full window. The bot's own recognizer encodes
+        # only the speech (LOCAL_STT_SHORT_WINDOW), which on this short reply cut from a phone line
+        # heard "Please, go on." as "Clean, gone." under load (the clip's start varies by a frame).
+        listener = LocalWhisperSTT(language="en", short_window=False)
+        recognised = await listener.transcribe(to_whisper(mulaw_decode(reply_mulaw)))
         expected = {w for w in words(reply) if len(w) > 3}
         assert len(expected & words(recognised)) >= max(1, len(expected) // 2), (recognised, reply)
         await call.hang_up()
