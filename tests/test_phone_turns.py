@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soxr
@@ -146,20 +147,26 @@ async def test_a_caller_who_pauses_mid_sentence_and_goes_on_is_one_turn_and_the_
         assert "Lisbon" in turns[1][1] and "You said: I was thinking about." not in turns[1][1]
 
 
+async def answered_on_a_silent_line(r: DeepgramRig, call: Any, bot: PhoneCall) -> None:
+    """Keep the caller's line silent (as a phone line is) until the bot has answered, then hang up."""
+    assert bot.session is not None
+    silence = asyncio.get_running_loop().create_task(call.silence(TIMEOUT), name="caller-line-silence")
+    try:
+        await call.wait_for(lambda: call.media_received > 0, TIMEOUT)
+        await asyncio.wait_for(bot.session.wait_settled(), TIMEOUT)
+    finally:
+        silence.cancel()
+        await asyncio.gather(silence, return_exceptions=True)
+    await call.hang_up()
+    await r.phone.wait_ended(1, TIMEOUT)
+    await call.close()
+
+
 async def test_a_finished_sentence_ends_the_turn_on_the_short_pause_with_the_speculative_reply() -> None:
     async with deepgram_rig(CallOptions(max_seconds=0, turn_detection=RULE, speculate=True)) as r:
         call, bot, speech_end = await say_parts(r, ["Why do cats sleep so much?"], pause=0.0)
         assert bot.session is not None
-        silence = asyncio.get_running_loop().create_task(call.silence(TIMEOUT), name="caller-line-silence")
-        try:
-            await call.wait_for(lambda: call.media_received > 0, TIMEOUT)
-            await asyncio.wait_for(bot.session.wait_settled(), TIMEOUT)
-        finally:
-            silence.cancel()
-            await asyncio.gather(silence, return_exceptions=True)
-        await call.hang_up()
-        await r.phone.wait_ended(1, TIMEOUT)
-        await call.close()
+        await answered_on_a_silent_line(r, call, bot)
         timing = bot.session.last_timing
         assert timing is not None and timing.speculative  # the reply started on the pause's words was the answer
         assert len(r.engine.conversations) == 1 and bot.session.speculations_wasted == 0
@@ -175,16 +182,7 @@ async def test_the_old_rule_still_ends_a_turn_on_the_recognizers_final_without_s
         call, bot, _ = await say_parts(r, ["Why do cats sleep so much?"], pause=0.0)
         assert bot.session is not None
         assert bot.session.turn_detection is None and bot.options.vad_end_ms == 600
-        silence = asyncio.get_running_loop().create_task(call.silence(TIMEOUT), name="caller-line-silence")
-        try:
-            await call.wait_for(lambda: call.media_received > 0, TIMEOUT)
-            await asyncio.wait_for(bot.session.wait_settled(), TIMEOUT)
-        finally:
-            silence.cancel()
-            await asyncio.gather(silence, return_exceptions=True)
-        await call.hang_up()
-        await r.phone.wait_ended(1, TIMEOUT)
-        await call.close()
+        await answered_on_a_silent_line(r, call, bot)
         assert bot.session.speculations_started == 0
         assert [t.text for t in bot.heard] == ["Why do cats sleep so much?"]
 
