@@ -106,11 +106,10 @@ SHORT_WINDOW_MARGIN_S = 0.5  # encoded after the speech (0.25-1 s measured alike
 WINDOW_FRAMES = 3000  # Whisper's 30 s window in 10 ms feature frames
 # Short replies need more than their own length: with a 1 s minimum, tiny.en heard espeak's
 # "Please, go on." through a phone line as "Clean, gone." and "I see." / "Go on." as nothing; from
-# 3 s all three came out right (encoding 300 frames instead of 150 costs a few ms).
+# 3 s all three came out right (encoding 300 frames instead of 150 costs a few ms). Silence put
+# before the speech was tried too and left out: it cost sentence ends their full stop ("the weather
+# in Lisbon"), and a sentence without one waits TURN_HOLD_MS.
 SHORT_WINDOW_MIN_FRAMES = 300
-# Silence put before the speech in the short window. Audio that starts on its first consonant (a
-# reply recorded from a phone line) came out as "Clean, gone." for "Please, go on." without it.
-SHORT_WINDOW_LEAD_S = 0.2  # bench.stt_window: WER 10.9 % with it, 10.4 % without, 12.9 % full window
 # The frames of the window the transcription running on this thread encodes (None: all of them).
 _window = threading.local()
 _short_class: type | None = None
@@ -471,8 +470,6 @@ class LocalWhisperSTT(STTEngine):
 
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         short = self.short_window and self.language is not None
-        if short and SHORT_WINDOW_LEAD_S:
-            audio = np.concatenate([np.zeros(round(SHORT_WINDOW_LEAD_S * WHISPER_RATE), dtype=np.float32), audio])
         _window.frames = window_frames(len(audio)) if short else None
         texts: list[str] = []
         weighted = 0.0
