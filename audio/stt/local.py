@@ -183,8 +183,7 @@ def max_tokens(samples: int) -> int:
     return min(440, MIN_TOKENS + round(TOKENS_PER_SECOND * samples / WHISPER_RATE))
 
 
-def _window_label(samples: int, short: bool) -> str:
-    frames = window_frames(samples) if short else None
+def _window_label(frames: int | None) -> str:
     return "30 s" if frames is None else f"{frames / 100:.1f} s"
 
 
@@ -470,7 +469,8 @@ class LocalWhisperSTT(STTEngine):
 
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         short = self.short_window and self.language is not None
-        _window.frames = window_frames(len(audio)) if short else None
+        frames = window_frames(len(audio)) if short else None
+        _window.frames = frames
         texts: list[str] = []
         weighted = 0.0
         started = time.monotonic()
@@ -498,7 +498,7 @@ class LocalWhisperSTT(STTEngine):
             _window.frames = None
         # A temperature above 0 means Whisper decoded again (its fallback for a loop or a low score).
         log.debug("transcribed %.2f s in %.0f ms: window %s, %d tokens, temperatures %s", len(audio) / WHISPER_RATE,
-                  (time.monotonic() - started) * 1000, _window_label(len(audio), short), tokens, temperatures)
+                  (time.monotonic() - started) * 1000, _window_label(frames), tokens, temperatures)
         size = sum(len(t) for t in texts)
         confidence = math.exp(weighted / size) if size else None
         heard = getattr(info, "language", None) if self.language is None else None
