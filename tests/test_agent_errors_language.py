@@ -18,6 +18,7 @@ from bot.db import Database
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality
 from tests.fakes.openai_server import FakeOpenAI
+from tests.test_openai_engine import server  # noqa: F401  (the fixture)
 
 GUARD = 30.0
 
@@ -27,14 +28,6 @@ def conversation(language: str | None) -> Conversation:
                         modality=Modality.TEXT, language=language)
     return Conversation(character=parse_character({"name": "Wren"}), incoming=incoming, text="hallo",
                         messages=({"role": "user", "content": "Alice: hallo"},))
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.mark.parametrize(("status", "key", "language"), [(429, "agent.overloaded", "ja"), (401, "agent.credentials", "de"),

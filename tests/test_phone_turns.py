@@ -126,17 +126,7 @@ async def test_a_caller_who_pauses_mid_sentence_and_goes_on_is_one_turn_and_the_
         # started on them; the caller went on, so it was thrown away.
         assert bot.session.speculations_wasted >= 1
         assert not any(t < speech_end for t in bot.out.first_media_at), "a reply played before the caller finished"
-        silence = asyncio.get_running_loop().create_task(call.silence(TIMEOUT), name="caller-line-silence")
-        try:
-            await call.wait_for(lambda: call.media_received > 0, TIMEOUT)
-            await asyncio.wait_for(bot.session.wait_settled(), TIMEOUT)
-        finally:
-            silence.cancel()
-            await asyncio.gather(silence, return_exceptions=True)
-        await call.wait_quiet(TIMEOUT)
-        await call.hang_up()
-        await r.phone.wait_ended(1, TIMEOUT)
-        await call.close()
+        await answered_on_a_silent_line(r, call, bot, until_quiet=True)
         assert [t.text for t in bot.heard] == ["I was thinking about the weather in Lisbon."]
         control = [c.control_types() for c in r.dg.connections]
         assert any("Finalize" in types for types in control)
@@ -147,8 +137,9 @@ async def test_a_caller_who_pauses_mid_sentence_and_goes_on_is_one_turn_and_the_
         assert "Lisbon" in turns[1][1] and "You said: I was thinking about." not in turns[1][1]
 
 
-async def answered_on_a_silent_line(r: DeepgramRig, call: Any, bot: PhoneCall) -> None:
-    """Keep the caller's line silent (as a phone line is) until the bot has answered, then hang up."""
+async def answered_on_a_silent_line(r: DeepgramRig, call: Any, bot: PhoneCall, *, until_quiet: bool = False) -> None:
+    """Keep the caller's line silent (as a phone line is) until the bot has answered, then hang up
+    (``until_quiet``: once the caller has also stopped receiving the reply's audio)."""
     assert bot.session is not None
     silence = asyncio.get_running_loop().create_task(call.silence(TIMEOUT), name="caller-line-silence")
     try:
@@ -157,6 +148,8 @@ async def answered_on_a_silent_line(r: DeepgramRig, call: Any, bot: PhoneCall) -
     finally:
         silence.cancel()
         await asyncio.gather(silence, return_exceptions=True)
+    if until_quiet:
+        await call.wait_quiet(TIMEOUT)
     await call.hang_up()
     await r.phone.wait_ended(1, TIMEOUT)
     await call.close()

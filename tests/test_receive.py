@@ -490,14 +490,20 @@ def _queue(rig: Rig, user: int, ssrc: int, seqs: range) -> None:
         sender.close()
 
 
+async def _queued_then_released(rig: Rig, count: int) -> None:
+    """Queue Alice's packets 1..``count`` on the socket while discord.py's reader is parked, let it go,
+    and check that every one reached the sink in order."""
+    reader = await _park_reader(rig)
+    _queue(rig, ALICE, ALICE_SSRC, range(1, count + 1))
+    reader.resume()
+    packets = await rig.sink.wait_for(count)
+    assert [p.sequence for p in packets] == list(range(1, count + 1))
+
+
 async def test_queued_datagrams_are_read_in_one_burst_and_all_delivered_in_order(rig: Rig) -> None:
     await _dave_rig(rig)
     await rig.speaking(ALICE, ALICE_SSRC)
-    reader = await _park_reader(rig)
-    _queue(rig, ALICE, ALICE_SSRC, range(1, 41))
-    reader.resume()
-    packets = await rig.sink.wait_for(40)
-    assert [p.sequence for p in packets] == list(range(1, 41))
+    await _queued_then_released(rig, 40)
     # discord.py's select()/recv() took the first; our callback read the other 39 at once.
     assert rig.vc.burst_datagrams == 39
     assert rig.stats.delivered == 40 and rig.stats.rejected == 1  # the sentinel
@@ -508,12 +514,8 @@ async def test_bursts_longer_than_the_limit_are_split_and_nothing_is_lost(rig: R
 
     await _dave_rig(rig)
     await rig.speaking(ALICE, ALICE_SSRC)
-    reader = await _park_reader(rig)
     count = 2 * READ_BURST + 5
-    _queue(rig, ALICE, ALICE_SSRC, range(1, count + 1))
-    reader.resume()
-    packets = await rig.sink.wait_for(count)
-    assert [p.sequence for p in packets] == list(range(1, count + 1))
+    await _queued_then_released(rig, count)
     assert rig.vc.burst_datagrams == count - 3  # three callbacks: 64 + 64 + 5, each after discord.py's recv
 
 
@@ -523,11 +525,7 @@ async def test_another_socket_listener_still_sees_every_datagram(rig: Rig) -> No
     await rig.speaking(ALICE, ALICE_SSRC)
     seen: list[bytes] = []
     rig.vc._connection.add_socket_listener(seen.append)
-    reader = await _park_reader(rig)
-    _queue(rig, ALICE, ALICE_SSRC, range(1, 21))
-    reader.resume()
-    packets = await rig.sink.wait_for(20)
-    assert [p.sequence for p in packets] == list(range(1, 21))
+    await _queued_then_released(rig, 20)
     assert len(seen) == 21 and rig.vc.burst_datagrams == 0
 
 
@@ -538,9 +536,5 @@ async def test_unverified_discord_versions_read_one_datagram_per_callback(rig: R
     monkeypatch.setattr(audio.receive, "BURST_VERIFIED_DISCORD", ())
     await _dave_rig(rig)  # op 4: listening starts, bursts decided here
     await rig.speaking(ALICE, ALICE_SSRC)
-    reader = await _park_reader(rig)
-    _queue(rig, ALICE, ALICE_SSRC, range(1, 21))
-    reader.resume()
-    packets = await rig.sink.wait_for(20)
-    assert [p.sequence for p in packets] == list(range(1, 21))
+    await _queued_then_released(rig, 20)
     assert rig.vc.burst_datagrams == 0
