@@ -37,13 +37,12 @@ import asyncio
 import contextlib
 import logging
 import time
-
-import numpy as np
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
 from audio.decode import SpeechEvent, SpeechSegmenter
@@ -97,11 +96,11 @@ MAX_PROTOCOL_ERRORS = 50  # bad messages tolerated in one call before it is clos
 MARK_GRACE = 10.0  # seconds past an utterance's expected end to wait for Twilio's mark echo
 FINISH_GRACE = 10.0  # seconds after the end for the last words to be transcribed and remembered
 MAX_SEND_BYTES = FRAME_BYTES * 5  # 100 ms of μ-law per outbound media message
-# A caller saying one of these (as whole words) ends the call once the bot has answered it.
 # Under this RMS (about -52 dBFS) a frame is the line's silence, whatever the VAD says: webrtcvad
 # keeps calling 60-120 ms of silence after a voice "speech" (its hangover, measured on espeak-ng
 # speech at 8 kHz), and with the short pause of smart turn detection that would nearly double it.
 LINE_SILENCE_RMS = 80.0
+# A caller saying one of these (as whole words) ends the call once the bot has answered it.
 GOODBYES = ("goodbye", "good bye", "bye", "bye bye", "hang up", "that's all",
             "tschüss", "auf wiederhören", "auf wiedersehen", "au revoir", "adiós", "hasta luego", "tchau",
             "adeus", "さようなら", "失礼します")
