@@ -5,8 +5,12 @@ MLS group (built with the loopback external sender) and transport-sealed (aead_x
 are fed to the receive core's socket callback directly, handed off in 20 ms batches (as the event
 loop drains them) into the ReceivePipeline (reorder, Opus → 16 kHz mono, webrtcvad, segmenter).
 CPU is time.process_time(). The same run also measures bare libopus decoding of the same frames
-into a reused buffer (the floor), interleaved round by round with the pipeline, and reports the
-ratio. Round 0 (every speaker's decoder and VAD being built) is not timed.
+into a reused buffer through discord.py's binding, interleaved round by round with the pipeline,
+and reports the ratio. Round 0 (every speaker's decoder and VAD being built) is not timed. Two more
+passes, each raced against the bare decode the same way, say how low the ratio can go in Python
+on this machine: ``minimal_path_ratio``, a path cut down to parse + transport decryption + DAVE +
+decode + VAD inlined in one function (no reorder, replay window, segmentation, counters or
+hand-off: a lower bound, not a receive path), and ``native_floor_ratio``, those native calls alone.
 
 Real-time mode (``--realtime``): one fresh process per speaker count, pinned to one core with
 ``taskset`` when there are at least two (else unpinned; the JSON says which). It builds the real
@@ -59,7 +63,7 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -71,6 +75,7 @@ from audio.decode import ReceivePipeline, decoder_class
 from audio.native import load_libopus
 from audio.receive import VoicePacket, VoiceReceiver
 from audio.rtp import SUPPORTED_MODE, build_packet
+from audio.vad import WebRtcVad
 from bot.loopback.mls import ExternalSender, commit_pending_proposals, proposals_op_payload, split_commit_welcome
 
 CHANNEL = 4242
@@ -152,10 +157,153 @@ class _BareDecode:
             decode(dec._state, frame, n, ptr, 1920, 0)
 
 
-def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, float | int]:
+class _NativeFloor:
+    """The other native calls every packet needs, each alone in a tight loop: transport decryption
+    (libsodium), DAVE decryption (davey) and the VAD (webrtcvad) on what libopus decoded. With the
+    bare decode they are what a receive path would cost with no Python at all around the calls
+    (each still pays one loop iteration and its call overhead, so the floor is slightly high).
+
+    The packets are a second copy of the pipeline's, encrypted right after them (fresh nonces), so
+    the bot's DAVE session accepts both: a DAVE frame cannot be decrypted twice.
+    """
+
+    def __init__(self, bot: davey.DaveSession, members: list[davey.DaveSession]) -> None:
+        from audio.rtp import _ffi, _sodium
+
+        if _ffi is None or _sodium is None:
+            raise RuntimeError("PyNaCl's libsodium bindings are unavailable")
+        self._ffi, self._sodium = _ffi, _sodium
+        self._bot = bot
+        self._users = [m.user_id for m in members]
+        self._out = _ffi.new("unsigned char[]", 2048)
+        self._outlen = _ffi.new("unsigned long long *")
+        cls = decoder_class(16000, 1)
+        self._decoders = [cls() for _ in members]  # decoding as the pipeline does (cffi when it can)
+        import _webrtcvad  # webrtcvad's C module: WebRtcVad calls the same function
+
+        self._process = _webrtcvad.process
+        self._vads = [WebRtcVad(16000) for _ in members]
+        self.sealed: list[list[tuple[bytes, int, bytes, bytes]]] = []  # per round: (ct, clen, aad, nonce)
+        self.dave: list[list[bytes]] = []  # per round: each member's DAVE frame
+        self.cpu = {"transport_decrypt": 0.0, "dave_decrypt": 0.0, "decode": 0.0, "vad": 0.0}
+
+    def seal(self, member: davey.DaveSession, frame: bytes, r: int, i: int, counter: int) -> None:
+        """Encrypt member ``i``'s round-``r`` copy (call right after the pipeline's copy)."""
+        if len(self.dave) <= r:
+            self.dave.append([])
+            self.sealed.append([])
+        dave = member.encrypt_opus(frame)
+        packet = build_packet(dave, KEY, sequence=(60000 + r) & 0xFFFF, timestamp=r * 960, ssrc=10 + i,
+                              counter=counter, extension_body=b"\x10\xaa\x00\x00", padding=0)
+        hlen = 16  # fixed header + extension preamble; the extension body is encrypted
+        self.dave[r].append(dave)
+        self.sealed[r].append((packet[hlen:-4], len(packet) - hlen - 4, packet[:hlen], packet[-4:] + bytes(20)))
+
+    def round(self, r: int, frame: bytes, timed: bool) -> None:
+        clock = time.process_time
+        t0 = clock()
+        open_ = self._sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+        out, outlen, null = self._out, self._outlen, self._ffi.NULL
+        for ct, clen, aad, nonce in self.sealed[r]:
+            if open_(out, outlen, null, ct, clen, aad, 16, nonce, KEY):
+                raise RuntimeError("floor: transport decryption failed")
+        t1 = clock()
+        decrypt, audio = self._bot.decrypt, davey.MediaType.audio
+        for uid, dave in zip(self._users, self.dave[r]):
+            decrypt(uid, audio, dave)
+        t2 = clock()
+        n = len(frame)
+        for dec in self._decoders:
+            dec._fn(dec._st, frame, n, dec._out, 1920, 0)
+        t3 = clock()
+        process = self._process
+        for vad, dec in zip(self._vads, self._decoders):
+            process(vad._handle, 16000, dec._out_bytes, 320)  # the 20 ms just decoded into the buffer
+        t4 = clock()
+        if timed:
+            cpu = self.cpu
+            cpu["transport_decrypt"] += t1 - t0
+            cpu["dave_decrypt"] += t2 - t1
+            cpu["decode"] += t3 - t2
+            cpu["vad"] += t4 - t3
+
+
+class _MinimalPath:
+    """A receive path cut down to the calls every packet needs, inlined in one function: RTP parse,
+    transport decryption, DAVE decryption, decode, VAD. No reorder buffer, replay window, speech
+    segmentation, counters, lock or thread hand-off, so it is *not* a receive path; it is the lower
+    bound any complete one written in Python pays on this machine. Its own copy of the packets,
+    like :class:`_NativeFloor`'s.
+    """
+
+    def __init__(self, bot: davey.DaveSession, members: list[davey.DaveSession]) -> None:
+        from audio.rtp import _ffi, _sodium
+
+        if _ffi is None or _sodium is None:
+            raise RuntimeError("PyNaCl's libsodium bindings are unavailable")
+        import _webrtcvad
+
+        self.packets: list[bytes] = []
+        self.voiced: list[bytes] = []
+        self.unvoiced: list[bytes] = []
+        self._keep = [(decoder_class(16000, 1)(), WebRtcVad(16000)) for _ in members]
+        streams = {10 + i: (m.user_id, dec, vad._handle) for i, (m, (dec, vad)) in enumerate(zip(members, self._keep))}
+        out = _ffi.new("unsigned char[]", 2048)
+        outlen = _ffi.new("unsigned long long *")
+        plain = _ffi.buffer(out)
+        unpack = struct.Struct(">BBHII").unpack_from
+        open_, null = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt, _ffi.NULL
+        decrypt, audio, process, pad = bot.decrypt, davey.MediaType.audio, _webrtcvad.process, bytes(20)
+
+        def handle(data: bytes, voiced: Any = self.voiced.append, unvoiced: Any = self.unvoiced.append) -> None:
+            b0, b1, _seq, _ts, ssrc = unpack(data)
+            if b0 >> 6 != 2 or b1 & 0x7F != 120:
+                return
+            hlen = 12 + 4 * (b0 & 15) + (4 if b0 & 0x10 else 0)
+            ct = data[hlen:-4]
+            if open_(out, outlen, null, ct, len(ct), data[:hlen], hlen, data[-4:] + pad, KEY):
+                return
+            uid, dec, vad = streams[ssrc]
+            opus = decrypt(uid, audio, plain[4:outlen[0]])  # the 4-byte extension body skipped
+            n = dec._fn(dec._st, opus, len(opus), dec._out, 1920, 0)
+            pcm = dec._out_bytes[: 2 * n]
+            (voiced if process(vad, 16000, pcm, n) else unvoiced)(pcm)
+
+        self.handle = handle
+
+    def seal(self, member: davey.DaveSession, frame: bytes, r: int, i: int, counter: int) -> None:
+        self.packets.append(build_packet(member.encrypt_opus(frame), KEY, sequence=(60000 + r) & 0xFFFF,
+                                         timestamp=r * 960, ssrc=10 + i, counter=counter,
+                                         extension_body=b"\x10\xaa\x00\x00", padding=0))
+
+
+def _race(rounds: int, frames: Sequence[bytes], bare: _BareDecode, step: Callable[[int], None]) -> tuple[float, float]:
+    """``step(r)`` for every round, each followed by the bare decode of the round's frame, so both see
+    the same machine (other people's load on a shared host moves either one by 10-20 % from run to
+    run). Returns the CPU seconds of both, round 0 left out (every speaker's decoder and VAD being
+    built: once per speaker, not per packet)."""
+    clock = time.process_time
+    cpu = bare_cpu = 0.0
+    for r in range(rounds):
+        start = clock()
+        step(r)
+        middle = clock()
+        bare.round(frames[r % len(frames)])
+        if r:
+            cpu += middle - start
+            bare_cpu += clock() - middle
+    return cpu, bare_cpu
+
+
+def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, Any]:
+    """The pipeline against bare decoding; then, each in its own pass against bare decoding too, the
+    stripped-down path (:class:`_MinimalPath`) and the native calls alone (:class:`_NativeFloor`).
+    The passes run one after another (not round by round together: each one's caches would be the
+    previous one's leftovers), and the headline ``ratio`` is the pipeline's, measured as before."""
     bot, members = _group(speakers)
     rounds = int(seconds / FRAME_S)
-    # Prepare every datagram up front: the senders' cost is not ours.
+    # Prepare every datagram up front: the senders' cost is not ours. Each pass has its own copy,
+    # encrypted in the order the passes decrypt them (DAVE rejects a frame it has seen, and old ones).
     packets: list[bytes] = []
     counter = 0
     for r in range(rounds):
@@ -165,6 +313,13 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
             packets.append(build_packet(member.encrypt_opus(frame), KEY, sequence=(60000 + r) & 0xFFFF,
                                         timestamp=r * 960, ssrc=10 + i, counter=counter,
                                         extension_body=b"\x10\xaa\x00\x00", padding=0))
+    minimal = _MinimalPath(bot, members)
+    floor = _NativeFloor(bot, members)
+    for copy in (minimal, floor):
+        for r in range(rounds):
+            for i, member in enumerate(members):
+                counter += 1
+                copy.seal(member, frames[r % len(frames)], r, i, counter)
     # The receive core reads these five attributes of discord.py's VoiceConnectionState per packet.
     conn = types.SimpleNamespace(secret_key=list(KEY), mode=SUPPORTED_MODE, ssrc=9,
                                  dave_session=bot, dave_protocol_version=1)
@@ -177,39 +332,35 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
     pipeline = ReceivePipeline(consumer, clock=lambda: now[0])
     on_datagram = receiver.on_datagram
     on_packet = pipeline.on_packet
+    next_tick = [TICK_S]
 
-    # The floor is measured interleaved with the pipeline, round by round, so both see the same
-    # machine (other people's load on a shared host moves either one by 10-20 % from run to run).
-    bare = _BareDecode(speakers)
-    clock = time.process_time
-    cpu = bare_cpu = 0.0
-    idx = 0
-    next_tick = TICK_S
-    for r in range(rounds):
-        start = clock()
-        for _ in range(speakers):
-            on_datagram(packets[idx])
-            idx += 1
+    def pipeline_round(r: int) -> None:
+        for data in packets[r * speakers:(r + 1) * speakers]:
+            on_datagram(data)
         while pending:  # the event loop draining one batch
             on_packet(pending.popleft())
         now[0] += FRAME_S
-        if now[0] >= next_tick:  # ReceivePipeline.run()'s default interval
+        if now[0] >= next_tick[0]:  # ReceivePipeline.run()'s default interval
             pipeline.tick()
-            next_tick += TICK_S
-        middle = clock()
-        bare.round(frames[r % len(frames)])
-        if r:  # round 0 builds every speaker's decoder and VAD: once per speaker, not per packet
-            cpu += middle - start
-            bare_cpu += clock() - middle
-    cpu_ms = cpu * 1000
-    bare_ms = bare_cpu * 1000
+            next_tick[0] += TICK_S
+
+    def minimal_round(r: int) -> None:
+        for data in minimal.packets[r * speakers:(r + 1) * speakers]:
+            minimal.handle(data)
+
+    bare = _BareDecode(speakers)
+    cpu, bare_cpu = _race(rounds, frames, bare, pipeline_round)
+    minimal_cpu, minimal_bare_cpu = _race(rounds, frames, bare, minimal_round)
+    _, floor_bare_cpu = _race(rounds, frames, bare, lambda r: floor.round(r, frames[r % len(frames)], timed=r > 0))
 
     rstats = receiver.stats()
     pstats = pipeline.stats()
     sent = len(packets)
-    speaker_seconds = speakers * (rounds - 1) * FRAME_S
-    per = cpu_ms / speaker_seconds
-    bare_per = bare_ms / speaker_seconds
+    timed = speakers * (rounds - 1)  # packets in the timed rounds
+    per = cpu * 1000 / (timed * FRAME_S)  # ms per speaker-second
+    bare_per = bare_cpu * 1000 / (timed * FRAME_S)
+    floor_us = {name: round(t * 1e6 / timed, 2) for name, t in floor.cpu.items()}
+    floor_total = sum(floor.cpu.values())
     return {
         "speakers": speakers,
         "seconds": rounds * FRAME_S,
@@ -220,7 +371,14 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, flo
         "packets_lost": sent - pstats.decoded,
         "receive_lost": rstats.lost,
         "frames_to_consumer": consumer.frames,
-        "core_fraction_at_real_time": round(cpu_ms / 1000 / ((rounds - 1) * FRAME_S), 4),
+        "core_fraction_at_real_time": round(cpu / ((rounds - 1) * FRAME_S), 4),
+        # What a ratio can come down to in Python here: the stripped-down path (no reorder, replay
+        # window, segmentation, counters, lock or hand-off) and the native calls with no Python
+        # around them, each against the bare decode of its own pass.
+        "minimal_path_ratio": round(minimal_cpu / minimal_bare_cpu, 3) if minimal_bare_cpu else None,
+        "minimal_path_frames": len(minimal.voiced) + len(minimal.unvoiced),
+        "native_floor_us_per_packet": floor_us,
+        "native_floor_ratio": round(floor_total / floor_bare_cpu, 3) if floor_bare_cpu else None,
     }
 
 

@@ -21,6 +21,10 @@ def test_synthetic_mode_decodes_everything_and_reports_the_ratio() -> None:
     result = run(2, 0.2, _speech_like_frames(10))
     assert result["packets"] == 20 and result["packets_lost"] == 0 and result["receive_lost"] == 0
     assert result["ratio"] > 0 and result["bare_decode_ms_per_speaker_second"] > 0
+    # The stripped-down path decoded and classified every packet of its own copy (DAVE accepted it).
+    assert result["minimal_path_ratio"] > 0 and result["minimal_path_frames"] == 20
+    assert result["native_floor_ratio"] > 0
+    assert set(result["native_floor_us_per_packet"]) == {"transport_decrypt", "dave_decrypt", "decode", "vad"}
 
 
 async def test_realtime_mode_carries_every_packet_through_the_reader_thread() -> None:
