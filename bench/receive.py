@@ -28,6 +28,10 @@ and the longest garbage-collection pause, CPU ms per speaker-second (process CPU
 over the send window plus the drain), and the run-queue wait: time our threads were runnable but
 another process had the core. On a shared host that last figure says how much of a loss was ours.
 
+Beside each real-time count, ``realtime_minimal``: the stripped-down path in real time (one thread
+reading the socket itself in bursts, the same pinning, a forked sender): what any receive path in
+Python costs here at the least, with nothing but the necessary calls on each datagram.
+
 Before/after (``--baseline GIT_REF``): the same runs for another commit's code (extracted with
 ``git archive``), alternating run by run with the current code so both see the same load; every run
 is labelled ``code: current|baseline``. Real-time runs also report CPU µs per decoded packet and
@@ -74,7 +78,7 @@ import discord.opus
 from audio.decode import ReceivePipeline, decoder_class
 from audio.native import load_libopus
 from audio.receive import VoicePacket, VoiceReceiver
-from audio.rtp import SUPPORTED_MODE, build_packet
+from audio.rtp import _MAX_DATAGRAM, SUPPORTED_MODE, build_packet
 from audio.vad import WebRtcVad
 from bot.loopback.mls import ExternalSender, commit_pending_proposals, proposals_op_payload, split_commit_welcome
 
@@ -163,8 +167,8 @@ class _NativeFloor:
     bare decode they are what a receive path would cost with no Python at all around the calls
     (each still pays one loop iteration and its call overhead, so the floor is slightly high).
 
-    The packets are a second copy of the pipeline's, encrypted right after them (fresh nonces), so
-    the bot's DAVE session accepts both: a DAVE frame cannot be decrypted twice.
+    Its packets are its own copy of the pipeline's (fresh nonces): a DAVE frame cannot be decrypted
+    twice.
     """
 
     def __init__(self, bot: davey.DaveSession, members: list[davey.DaveSession]) -> None:
@@ -188,7 +192,7 @@ class _NativeFloor:
         self.cpu = {"transport_decrypt": 0.0, "dave_decrypt": 0.0, "decode": 0.0, "vad": 0.0}
 
     def seal(self, member: davey.DaveSession, frame: bytes, r: int, i: int, counter: int) -> None:
-        """Encrypt member ``i``'s round-``r`` copy (call right after the pipeline's copy)."""
+        """Encrypt member ``i``'s round-``r`` copy (rounds in order, members in order within each)."""
         if len(self.dave) <= r:
             self.dave.append([])
             self.sealed.append([])
@@ -406,6 +410,20 @@ def _runqueue_wait_s() -> float | None:
     return total / 1e9
 
 
+def _context_switches() -> int | None:
+    """Context switches (voluntary + involuntary) summed over this process's threads, from /proc."""
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 def _thread_cpu_s() -> dict[int, float]:
     """CPU seconds (user + system) per native thread id of this process, from /proc."""
     out: dict[int, float] = {}
@@ -485,23 +503,30 @@ def _sender_main(conn: Connection, user_ids: list[int], ssrcs: list[int], phases
     for member in sessions:
         member.process_welcome(welcome)
     frames = _speech_like_frames(100)
-    rounds = int(seconds / FRAME_S)
-    order = sorted(range(len(user_ids)), key=lambda i: phases[i])
     packets: list[bytes] = []
     schedule: list[float] = []
-    counter = 0
-    for r in range(rounds):
-        for i in order:
-            counter += 1
-            opus = sessions[i].encrypt_opus(frames[(r + i) % len(frames)])
-            packets.append(build_packet(opus, key, sequence=(1000 + r) & 0xFFFF, timestamp=r * 960, ssrc=ssrcs[i],
-                                        counter=counter, extension_body=b"\x10\xaa\x00\x00"))
-            schedule.append(r * FRAME_S + phases[i])
+    for counter, (r, i, at) in enumerate(_send_order(phases, seconds), 1):
+        opus = sessions[i].encrypt_opus(frames[(r + i) % len(frames)])
+        packets.append(build_packet(opus, key, sequence=(1000 + r) & 0xFFFF, timestamp=r * 960, ssrc=ssrcs[i],
+                                    counter=counter, extension_body=b"\x10\xaa\x00\x00"))
+        schedule.append(at)
     conn.send("ready")
     command, addr, start_at = conn.recv()
     assert command == "go"
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
+    conn.send(_paced_send(packets, schedule, addr, start_at))
+
+
+def _send_order(phases: list[float], seconds: float) -> list[tuple[int, int, float]]:
+    """``(round, speaker index, send time)`` in sending order: every speaker once per 20 ms round at
+    its own phase, as independent clients would send."""
+    order = sorted(range(len(phases)), key=phases.__getitem__)
+    return [(r, i, r * FRAME_S + phases[i]) for r in range(int(seconds / FRAME_S)) for i in order]
+
+
+def _paced_send(packets: list[bytes], schedule: list[float], addr: Any, start_at: float) -> dict[str, Any]:
+    """Send each datagram at its ``schedule`` time (seconds after ``start_at``, perf_counter) to ``addr``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     cpu0 = time.process_time()
@@ -524,9 +549,64 @@ def _sender_main(conn: Connection, user_ids: list[int], ssrcs: list[int], phases
             except OSError:
                 errors += 1
             sent += 1
-    conn.send({"sent": sent, "send_errors": errors, "worst_late_ms": round(worst_late * 1000, 2),
-               "cpu_s": round(time.process_time() - cpu0, 3)})
     sock.close()
+    return {"sent": sent, "send_errors": errors, "worst_late_ms": round(worst_late * 1000, 2),
+            "cpu_s": round(time.process_time() - cpu0, 3)}
+
+
+def _realtime_minimal(speakers: int, seconds: float, sender_cpu: int | None) -> dict[str, Any]:
+    """The stripped-down path (:class:`_MinimalPath`) in real time: one thread reads the UDP socket
+    itself (bursts until it is empty, then the product's ``COALESCE_S`` pause) and handles each
+    datagram; one forked process on the other core sends N paced speakers. No discord.py, event
+    loop, reorder, replay window or segmentation: what the real-time path costs at the least here."""
+    from audio.receive import COALESCE_S
+
+    bot, members = _group(speakers)
+    minimal = _MinimalPath(bot, members)
+    frames = _speech_like_frames(100)
+    rng = random.Random(speakers)
+    phases = [rng.random() * FRAME_S for _ in members]
+    schedule: list[float] = []
+    for counter, (r, i, at) in enumerate(_send_order(phases, seconds), 1):
+        minimal.seal(members[i], frames[(r + i) % len(frames)], r, i, counter)
+        schedule.append(at)
+    packets, minimal.packets = minimal.packets, []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    start_at = time.perf_counter() + 0.3
+    pid = os.fork()
+    if pid == 0:  # the sender: nothing but pre-built datagrams on its own core
+        try:
+            if sender_cpu is not None:
+                os.sched_setaffinity(0, {sender_cpu})
+            _paced_send(packets, schedule, sock.getsockname(), start_at)
+        finally:
+            os._exit(0)
+    recv, handle = sock.recv, minimal.handle
+    received = 0
+    gc.collect()
+    cpu0 = time.process_time()
+    last = time.perf_counter()
+    while True:
+        try:
+            data = recv(_MAX_DATAGRAM)
+        except BlockingIOError:
+            if received >= len(packets) or time.perf_counter() - last > 1.0:
+                break  # everything arrived, or a second of nothing after the senders stopped
+            time.sleep(COALESCE_S)
+            continue
+        last = time.perf_counter()
+        handle(data)
+        received += 1
+    cpu_s = time.process_time() - cpu0
+    os.waitpid(pid, 0)
+    sock.close()
+    frames_out = len(minimal.voiced) + len(minimal.unvoiced)
+    return {"speakers": speakers, "seconds": seconds, "sent": len(packets), "lost": len(packets) - frames_out,
+            "cpu_us_per_decoded_packet": round(cpu_s * 1e6 / max(1, frames_out), 1),
+            "core_fraction": round(cpu_s / seconds, 3)}
 
 
 class _LoopWatch:
@@ -629,6 +709,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             before = vc.stats
             rcvbuf_errors = _udp_rcvbuf_errors()
             waited0 = _runqueue_wait_s()
+            switches0 = _context_switches()
             threads0, times0 = _thread_cpu_s(), os.times()
             busy0 = _core_busy_s()
             cpu0 = time.process_time()
@@ -652,6 +733,7 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
             threads1, times1 = _thread_cpu_s(), os.times()
             busy1 = _core_busy_s()
             waited1 = _runqueue_wait_s()
+            switches1 = _context_switches()
             after = vc.stats
             rcvbuf_after = _udp_rcvbuf_errors()
             pstats = pipeline.stats()
@@ -679,6 +761,8 @@ async def _realtime(speakers: int, seconds: float, sender_cpu: int | None, sende
                 "cpu_split": _cpu_split(threads0, threads1, times0, times1),
                 # Runnable but not running, summed over our threads (the core was someone else's, or
                 # our other thread's: the reader and the loop share it); exited threads not counted.
+                "context_switches": (switches1 - switches0 if switches0 is not None and switches1 is not None
+                                     else None),
                 "runqueue_wait_s": (round(waited1 - waited0, 2) if waited0 is not None and waited1 is not None
                                     else None),
                 # The pinned core's time spent on other processes over the window: what was stolen.
@@ -821,6 +905,11 @@ def _measure(args: argparse.Namespace, line: dict[str, Any], trees: list[tuple[s
                     result["loadavg"] = _loadavg()
                     runs.append(result)
         line["realtime"] = runs
+        # The lower bound beside them: the stripped-down path in real time, the same counts and cores.
+        line["realtime_minimal"] = [
+            _child(["--child-realtime-minimal", n, "--realtime-seconds", str(args.realtime_seconds)]
+                   + (["--child-sender-cpu", str(sender_core)] if sender_core is not None else []), core)
+            for n in args.realtime.split(",")]
         mine = [r for r in runs if r.get("code", "current") == "current"]
         biggest = max((r for r in mine if "error" not in r), key=lambda r: r["speakers"], default=None)
         line["realtime_target_met"] = bool(
@@ -845,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child-realtime", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-sender-cpu", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("--child-dave-memory", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-realtime-minimal", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -852,6 +942,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu = args.child_sender_cpu if args.child_sender_cpu >= 0 else None
         procs = args.sender_processes or min(4, 1 + args.child_realtime // 150)
         result = asyncio.run(_realtime(args.child_realtime, args.realtime_seconds, cpu, procs, args.receive_buffer))
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    if args.child_realtime_minimal is not None:
+        cpu = args.child_sender_cpu if args.child_sender_cpu >= 0 else None
+        load_libopus()
+        result = _realtime_minimal(args.child_realtime_minimal, args.realtime_seconds, cpu)
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
     if args.child_dave_memory is not None:

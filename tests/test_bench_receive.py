@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from audio.native import load_libopus
-from bench.receive import _realtime, _speech_like_frames, main, run
+from bench.receive import _realtime, _realtime_minimal, _speech_like_frames, main, run
 
 
 def test_synthetic_mode_decodes_everything_and_reports_the_ratio() -> None:
@@ -36,6 +36,13 @@ async def test_realtime_mode_carries_every_packet_through_the_reader_thread() ->
     assert result["so_rcvbuf"] > 0
     for key in ("largest_loop_stall_ms", "longest_gc_pause_ms", "cpu_ms_per_speaker_second", "core_fraction"):
         assert isinstance(result[key], float)
+
+
+def test_realtime_stripped_down_path_reads_its_own_socket() -> None:
+    load_libopus()
+    result = _realtime_minimal(3, 1.0, None)
+    assert result["sent"] == 3 * 50
+    assert 0 <= result["lost"] <= result["sent"] and result["core_fraction"] > 0
 
 
 def test_baseline_runs_alternate_with_the_current_code(capsys: pytest.CaptureFixture[str]) -> None:
