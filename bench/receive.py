@@ -144,6 +144,25 @@ def _group(speakers: int) -> tuple[davey.DaveSession, list[davey.DaveSession]]:
     return bot, members
 
 
+_EXTENSION = b"\x10\xaa\x00\x00"  # a one-word header extension body, as Discord clients send
+_HEADER = 16  # the synthetic datagrams' clear header: fixed part + extension preamble
+
+
+def _synthetic_packet(dave: bytes, r: int, i: int, counter: int) -> bytes:
+    """Speaker ``i``'s round-``r`` datagram in synthetic mode: SSRC 10 + i, transport-sealed."""
+    return build_packet(dave, KEY, sequence=(60000 + r) & 0xFFFF, timestamp=r * 960, ssrc=10 + i,
+                        counter=counter, extension_body=_EXTENSION, padding=0)
+
+
+def _sodium_bindings() -> tuple[Any, Any]:
+    """PyNaCl's cffi ``(ffi, lib)``, as the receive path's transport cipher uses them."""
+    from audio.rtp import _ffi, _sodium
+
+    if _ffi is None or _sodium is None:
+        raise RuntimeError("PyNaCl's libsodium bindings are unavailable")
+    return _ffi, _sodium
+
+
 class _BareDecode:
     """libopus alone on the same frames (one decoder per speaker, reused buffer): the floor."""
 
@@ -172,10 +191,7 @@ class _NativeFloor:
     """
 
     def __init__(self, bot: davey.DaveSession, members: list[davey.DaveSession]) -> None:
-        from audio.rtp import _ffi, _sodium
-
-        if _ffi is None or _sodium is None:
-            raise RuntimeError("PyNaCl's libsodium bindings are unavailable")
+        _ffi, _sodium = _sodium_bindings()
         self._ffi, self._sodium = _ffi, _sodium
         self._bot = bot
         self._users = [m.user_id for m in members]
@@ -197,9 +213,8 @@ class _NativeFloor:
             self.dave.append([])
             self.sealed.append([])
         dave = member.encrypt_opus(frame)
-        packet = build_packet(dave, KEY, sequence=(60000 + r) & 0xFFFF, timestamp=r * 960, ssrc=10 + i,
-                              counter=counter, extension_body=b"\x10\xaa\x00\x00", padding=0)
-        hlen = 16  # fixed header + extension preamble; the extension body is encrypted
+        packet = _synthetic_packet(dave, r, i, counter)
+        hlen = _HEADER  # the extension body is encrypted
         self.dave[r].append(dave)
         self.sealed[r].append((packet[hlen:-4], len(packet) - hlen - 4, packet[:hlen], packet[-4:] + bytes(20)))
 
@@ -209,7 +224,7 @@ class _NativeFloor:
         open_ = self._sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
         out, outlen, null = self._out, self._outlen, self._ffi.NULL
         for ct, clen, aad, nonce in self.sealed[r]:
-            if open_(out, outlen, null, ct, clen, aad, 16, nonce, KEY):
+            if open_(out, outlen, null, ct, clen, aad, _HEADER, nonce, KEY):
                 raise RuntimeError("floor: transport decryption failed")
         t1 = clock()
         decrypt, audio = self._bot.decrypt, davey.MediaType.audio
@@ -241,10 +256,7 @@ class _MinimalPath:
     """
 
     def __init__(self, bot: davey.DaveSession, members: list[davey.DaveSession]) -> None:
-        from audio.rtp import _ffi, _sodium
-
-        if _ffi is None or _sodium is None:
-            raise RuntimeError("PyNaCl's libsodium bindings are unavailable")
+        _ffi, _sodium = _sodium_bindings()
         import _webrtcvad
 
         self.packets: list[bytes] = []
@@ -276,9 +288,7 @@ class _MinimalPath:
         self.handle = handle
 
     def seal(self, member: davey.DaveSession, frame: bytes, r: int, i: int, counter: int) -> None:
-        self.packets.append(build_packet(member.encrypt_opus(frame), KEY, sequence=(60000 + r) & 0xFFFF,
-                                         timestamp=r * 960, ssrc=10 + i, counter=counter,
-                                         extension_body=b"\x10\xaa\x00\x00", padding=0))
+        self.packets.append(_synthetic_packet(member.encrypt_opus(frame), r, i, counter))
 
 
 def _race(rounds: int, frames: Sequence[bytes], bare: _BareDecode, step: Callable[[int], None]) -> tuple[float, float]:
@@ -314,9 +324,7 @@ def run(speakers: int, seconds: float, frames: Sequence[bytes]) -> dict[str, Any
         frame = frames[r % len(frames)]
         for i, member in enumerate(members):
             counter += 1
-            packets.append(build_packet(member.encrypt_opus(frame), KEY, sequence=(60000 + r) & 0xFFFF,
-                                        timestamp=r * 960, ssrc=10 + i, counter=counter,
-                                        extension_body=b"\x10\xaa\x00\x00", padding=0))
+            packets.append(_synthetic_packet(member.encrypt_opus(frame), r, i, counter))
     minimal = _MinimalPath(bot, members)
     floor = _NativeFloor(bot, members)
     for copy in (minimal, floor):
@@ -508,7 +516,7 @@ def _sender_main(conn: Connection, user_ids: list[int], ssrcs: list[int], phases
     for counter, (r, i, at) in enumerate(_send_order(phases, seconds), 1):
         opus = sessions[i].encrypt_opus(frames[(r + i) % len(frames)])
         packets.append(build_packet(opus, key, sequence=(1000 + r) & 0xFFFF, timestamp=r * 960, ssrc=ssrcs[i],
-                                    counter=counter, extension_body=b"\x10\xaa\x00\x00"))
+                                    counter=counter, extension_body=_EXTENSION))
         schedule.append(at)
     conn.send("ready")
     command, addr, start_at = conn.recv()
