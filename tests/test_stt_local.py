@@ -52,6 +52,12 @@ def frames(pcm: bytes, size: int = FRAME) -> Iterator[bytes]:
         yield pcm[i : i + size]
 
 
+def push_frames(stream: LocalWhisperStream, pcm: bytes, size: int = FRAME) -> None:
+    """Push ``pcm`` into a recognizer stream 20 ms (``size`` bytes) at a time, as the receive path does."""
+    for chunk in frames(pcm, size):
+        stream.push(chunk)
+
+
 def to_rate(pcm: bytes, src: int, dst: int) -> bytes:
     return soxr.resample(np.frombuffer(pcm, dtype=np.int16), src, dst).astype(np.int16).tobytes()
 
@@ -191,8 +197,7 @@ def test_segmenter_with_webrtcvad_on_speech(speech: dict[str, bytes]) -> None:
 
 async def test_finalize_transcribes_espeak_speech(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
     stream = engine.open_stream(speaker="discord:1")
-    for chunk in frames(speech[JOKE]):
-        stream.push(chunk)
+    push_frames(stream, speech[JOKE])
     await stream.finalize()
     got = await collect(stream, until=object)
     final = got[-1]
@@ -204,8 +209,7 @@ async def test_finalize_transcribes_espeak_speech(engine: LocalWhisperSTT, speec
 
 async def test_vad_silence_ends_the_turn(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING] + quiet(40)):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING] + quiet(40))
     got = await collect(stream, until=object)  # no finalize: 600 ms of silence is enough
     assert got[-1].end_of_turn and heard(got[-1].text, {"good", "morning", "hear"})
     await stream.aclose()
@@ -213,8 +217,7 @@ async def test_vad_silence_ends_the_turn(engine: LocalWhisperSTT, speech: dict[s
 
 async def test_48k_input_is_resampled(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
     stream = engine.open_stream(speaker="s", sample_rate=48000)
-    for chunk in frames(to_rate(speech[MORNING], 16000, 48000), 1920):
-        stream.push(chunk)
+    push_frames(stream, to_rate(speech[MORNING], 16000, 48000), 1920)
     await stream.finalize()
     got = await collect(stream, until=object)
     assert heard(got[-1].text, {"good", "morning", "hear"})
@@ -224,8 +227,7 @@ async def test_48k_input_is_resampled(engine: LocalWhisperSTT, speech: dict[str,
 async def test_long_speech_in_pieces_with_interims(whisper_loaded: None, speech: dict[str, bytes]) -> None:
     engine = LocalWhisperSTT(max_utterance_s=1.5, interim_every_s=1.0)
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[JOKE]):
-        stream.push(chunk)
+    push_frames(stream, speech[JOKE])
     await stream.finalize()
     got = await collect(stream, until=object)
     await engine.aclose()
@@ -238,8 +240,7 @@ async def test_long_speech_in_pieces_with_interims(whisper_loaded: None, speech:
 
 async def test_aclose_flushes_then_ends(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await stream.aclose()
     got = await collect(stream)
     assert len(got) == 1 and heard(got[0].text, {"good", "morning", "hear"})
@@ -251,8 +252,7 @@ async def test_silence_is_answered_with_an_empty_end_of_turn(engine: LocalWhispe
     # The receive path asks for a final after every packet gap; when the VAD heard no speech the
     # answer is an empty end of turn (words: none), so the session knows the recognizer is done.
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(quiet(100)):
-        stream.push(chunk)
+    push_frames(stream, quiet(100))
     await stream.finalize()
     await stream.aclose()
     got = await collect(stream)
@@ -263,12 +263,10 @@ async def test_every_finalize_is_answered_once(whisper_loaded: None, speech: dic
     engine = LocalWhisperSTT(min_speech_ms=200)
     stream = engine.open_stream(speaker="s")
     # A blip too short to transcribe, then a pause: an empty end of turn.
-    for chunk in frames(quiet(10) + tone(6)):
-        stream.push(chunk)
+    push_frames(stream, quiet(10) + tone(6))
     await stream.finalize()
     # Speech whose turn the VAD ends on its own silence: the later finalize adds nothing.
-    for chunk in frames(speech[MORNING] + quiet(40)):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING] + quiet(40))
     await stream.finalize()
     # Nothing at all since: an empty end of turn again.
     await stream.finalize()
@@ -288,8 +286,7 @@ async def test_a_failed_transcription_still_ends_the_turn(whisper_loaded: None, 
 
     engine._transcribe = broken  # type: ignore[method-assign]
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await stream.finalize()
     got = await collect(stream, until=object)
     await stream.aclose()
@@ -299,8 +296,7 @@ async def test_a_failed_transcription_still_ends_the_turn(whisper_loaded: None, 
 
 async def test_push_never_waits_for_the_model(engine: LocalWhisperSTT, speech: dict[str, bytes]) -> None:
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await stream.finalize()
     # The transcription runs in the worker thread: nothing is ready when finalize returns.
     assert not stream._out._items
@@ -319,8 +315,7 @@ async def test_broken_model_dir_fails_the_stream(tmp_path: Path, speech: dict[st
         await engine.check()
     assert not info.value.retryable
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await stream.finalize()
     with pytest.raises(STTError):
         await collect(stream)
@@ -385,8 +380,7 @@ async def one_shot(pushes: list[bytes]) -> str:
     engine = LocalWhisperSTT()
     stream = engine.open_stream(speaker="one-shot")
     for pcm in pushes:
-        for chunk in frames(pcm):
-            stream.push(chunk)
+        push_frames(stream, pcm)
     await stream.finalize()
     got = await collect(stream, until=object)
     await stream.aclose()
@@ -398,8 +392,7 @@ async def test_an_early_guess_is_the_final_when_the_person_stopped(whisper_loade
                                                                     speech: dict[str, bytes]) -> None:
     engine = LocalWhisperSTT(early_ms=20)
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[JOKE]):
-        stream.push(chunk)
+    push_frames(stream, speech[JOKE])
     await until(lambda: engine.guesses == 1)  # the packets stopped: it started on the speech so far
     await stream.finalize()
     got = await collect(stream, until=object)
@@ -419,13 +412,11 @@ async def test_a_guess_in_flight_when_the_person_goes_on_is_thrown_away(whisper_
     worker.submit(gate.wait, 60)
     engine = LocalWhisperSTT(early_ms=20, executor=worker)
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await until(lambda: engine.guesses == 1)
     guess = stream._guess
     assert guess is not None and not guess.task.done()
-    for chunk in frames(speech[JOKE]):  # they go on, in the same breath
-        stream.push(chunk)
+    push_frames(stream, speech[JOKE])  # they go on, in the same breath
     assert stream._guess is not guess and engine.guesses_wasted == 1
     gate.set()
     await until(lambda: stream._guess is not None)  # a new guess once the packets stop again
@@ -447,8 +438,7 @@ async def test_closing_with_a_guess_in_flight_leaves_nothing_running(whisper_loa
                                                                      speech: dict[str, bytes]) -> None:
     engine = LocalWhisperSTT(early_ms=20)
     stream = engine.open_stream(speaker="s")
-    for chunk in frames(speech[MORNING]):
-        stream.push(chunk)
+    push_frames(stream, speech[MORNING])
     await until(lambda: engine.guesses == 1)
     await stream.aclose()  # flushes: the guess is that utterance's final
     got = await collect(stream)
