@@ -11,6 +11,13 @@ class Clock:
         return self.now
 
 
+def bot_says(guard: EchoGuard, clock: Clock, text: str, seconds: float) -> None:
+    """The bot plays ``text`` for ``seconds``, then it is said (the clock moves on)."""
+    guard.playing(text)
+    clock.now += seconds
+    guard.said(text)
+
+
 def test_words_fold_case_accents_and_punctuation() -> None:
     assert words_of("Café, au LAIT!") == ["cafe", "au", "lait"]
 
@@ -18,9 +25,7 @@ def test_words_fold_case_accents_and_punctuation() -> None:
 def test_the_bots_sentence_heard_back_late_and_misrecognised_is_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing("The weather in Lisbon is sunny and warm today.")
-    clock.now += 2.5
-    guard.said("The weather in Lisbon is sunny and warm today.")
+    bot_says(guard, clock, "The weather in Lisbon is sunny and warm today.", 2.5)
     # Echo: the listener's microphone began hearing it 400 ms after the bot began.
     assert guard.is_echo("the weather in lisbin is sunny and warm", speech_started=1000.4)
     assert guard.is_echo("sunny and warm today", speech_started=1002.0)
@@ -30,9 +35,7 @@ def test_the_bots_sentence_heard_back_late_and_misrecognised_is_echo() -> None:
 def test_something_else_said_over_the_bot_is_not_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing("I think you should try the park by the river.")
-    clock.now += 2.0
-    guard.said("I think you should try the park by the river.")
+    bot_says(guard, clock, "I think you should try the park by the river.", 2.0)
     assert not guard.is_echo("no I think you are wrong about that", speech_started=1000.5)
     assert not guard.is_echo("stop", speech_started=1000.5)
     assert guard.dropped == 0
@@ -41,9 +44,7 @@ def test_something_else_said_over_the_bot_is_not_echo() -> None:
 def test_repeating_the_bot_on_purpose_later_is_not_echo() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing("The meeting is at nine tomorrow.")
-    clock.now += 2.0
-    guard.said("The meeting is at nine tomorrow.")
+    bot_says(guard, clock, "The meeting is at nine tomorrow.", 2.0)
     clock.now += 6.0
     assert not guard.is_echo("the meeting is at nine tomorrow", speech_started=clock.now - 1.5)
 
@@ -51,9 +52,7 @@ def test_repeating_the_bot_on_purpose_later_is_not_echo() -> None:
 def test_echo_of_a_sentence_still_playing_is_caught() -> None:
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing("First sentence about the harbour.")
-    clock.now += 1.0
-    guard.said("First sentence about the harbour.")
+    bot_says(guard, clock, "First sentence about the harbour.", 1.0)
     guard.playing("And a second one about the boats.")
     assert guard.is_echo("first sentence about the harbour", speech_started=clock.now + 0.2)
     clock.now += 0.5
@@ -86,9 +85,7 @@ def test_an_answer_that_reuses_the_bots_question_is_not_echo() -> None:
     # "Would you like to hear more about it?" and shares five of its seven words, in order.
     clock = Clock()
     guard = EchoGuard(clock=clock)
-    guard.playing("Rome was founded long ago. Would you like to hear more about it?")
-    clock.now += 3.0
-    guard.said("Rome was founded long ago. Would you like to hear more about it?")
+    bot_says(guard, clock, "Rome was founded long ago. Would you like to hear more about it?", 3.0)
     clock.now += 0.6
     assert not guard.is_echo("I would like to know more about", speech_started=clock.now - 0.3)
     # The echo path's delay after the bot stopped only carries its last words back.
