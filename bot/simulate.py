@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import wave
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -269,6 +269,17 @@ class LoopbackBot:
         """Use ``/name`` as ``member`` in the text channel; return the bot's (last) visible answer."""
         handle = await member.invoke_command(name, options, channel=self.text)
         return await handle.wait_text(timeout=timeout)
+
+    async def speak(self, *speaking: Awaitable[SpeakResult], timeout: float = STEP_TIMEOUT) -> list[SpeakResult]:
+        """Await the participants' ``speak_*`` calls, then until the bot has read every packet they
+        sent (:func:`receive_all`): only then does a settled session mean it heard them."""
+        gv = self.manager.connection(self.guild.id)
+        if gv is None:
+            raise SimulationError("speak: the bot is not in a voice channel")
+        before = gv.vc.stats.audio_packets
+        results = list(await asyncio.gather(*speaking))
+        await receive_all(gv.vc, before, sum(r.sent for r in results), timeout)
+        return results
 
     def add_member(self, name: str) -> MemberHandle:
         """A new member of the guild (announced to the bot with GUILD_MEMBER_ADD)."""
@@ -579,17 +590,11 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         await asyncio.gather(*tasks, return_exceptions=True)
     spoke_until = {s.name: r.ended_at for s, r in zip(options.speeches, results)}
 
-    # Sent is not heard: on a loaded machine the bot's socket reader and loop can lag the speakers,
-    # and a call the bot has not heard yet looks settled. Wait until it has read every packet sent,
-    # then hand what is waiting for the next batch to the pipeline at once.
     sent = sum(r.sent for r in results)
     step.now = "the bot receiving what was said"
-    try:
-        await _until(lambda: gv.vc.stats.audio_packets - received_before >= sent, STEP_TIMEOUT)
-    except asyncio.TimeoutError:
-        got = gv.vc.stats.audio_packets - received_before
+    got = await receive_all(gv.vc, received_before, sent, STEP_TIMEOUT)
+    if got < sent:
         problems.append(f"simulate: the bot received {got} of the {sent} packets sent")
-    gv.vc.deliver_pending()
     completed = True
     try:
         await asyncio.wait_for(session.wait_settled(), options.settle_timeout)
@@ -631,6 +636,20 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         saved=tuple(saved),
         completed=completed,
     )
+
+
+async def receive_all(vc: Any, received_before: int, sent: int, timeout: float) -> int:
+    """Wait until the bot's voice client has read ``sent`` audio packets since its count was
+    ``received_before``, then hand what waits for the next batch to the pipeline; return how many it
+    read (fewer when ``timeout``, a failure guard, ran out).
+
+    Sent is not heard: on a loaded machine the bot's socket reader and loop can lag the speakers,
+    and a call the bot has not heard yet looks settled.
+    """
+    with contextlib.suppress(asyncio.TimeoutError):
+        await _until(lambda: vc.stats.audio_packets - received_before >= sent, timeout)
+    vc.deliver_pending()
+    return int(vc.stats.audio_packets - received_before)
 
 
 async def _until(predicate: Callable[[], bool], timeout: float) -> None:

@@ -122,7 +122,7 @@ async def test_join_speak_hear_the_reply_and_leave(settings: Settings, wavs: dic
         turns: list = []
         session.on_turn = turns.append
 
-        await participant.speak_wav(wavs["joke"])
+        await lb.speak(participant.speak_wav(wavs["joke"]))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         await participant.wait_quiet(TIMEOUT)
 
@@ -175,7 +175,7 @@ async def test_two_people_speaking_at_once_are_both_transcribed(settings: Settin
         session = lb.manager.session(lb.guild.id)
         turns: list = []
         session.on_turn = turns.append
-        await asyncio.gather(pa.speak_wav(wavs["joke"]), pb.speak_wav(wavs["morning"]))
+        await lb.speak(pa.speak_wav(wavs["joke"]), pb.speak_wav(wavs["morning"]))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         said = {t.name: t.text for t in turns}
         assert set(said) == {"Alice", "Bob"}, turns
@@ -205,7 +205,7 @@ async def test_someone_joining_mid_call_is_heard(settings: Settings, wavs: dict[
         assert gv.vc._connection.dave_session.epoch > epoch  # the bot moved to the new epoch
         turns: list = []
         gv.session.on_turn = turns.append
-        await pc.speak_wav(wavs["morning"])
+        await lb.speak(pc.speak_wav(wavs["morning"]))
         await asyncio.wait_for(gv.session.wait_settled(), SETTLE)
         assert [t.name for t in turns] == ["Carol"] and mostly(turns[0].text, MORNING), turns
         await lb.command(alice, "leave")
