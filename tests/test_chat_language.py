@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bot.loopback.server import LocalDiscord
 from tests.test_chat_bounds import TOKEN, _wait_for, running_bot
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import LocalDiscord  # noqa: E402
 
 
 async def test_each_message_is_answered_in_its_language_and_rtl_text_is_handled(
