@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import json
 import re
 import wave
@@ -218,7 +219,7 @@ async def test_someone_joining_mid_call_is_heard(settings: Settings, wavs: dict[
 
 def run_cli(argv: list[str], tmp_path: Path) -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--env-file", str(tmp_path / "absent.env"), "simulate", *argv], out=out)
+    code = main(["--env-file", os.devnull, "simulate", *argv], out=out)
     return code, out.getvalue()
 
 
