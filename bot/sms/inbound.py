@@ -3,8 +3,9 @@
 Flow for ``POST /twilio/sms``:
 
 1. Decode the form and check ``X-Twilio-Signature`` against the *public* URL (settings'
-   ``public_url`` + the request's path and query). Behind a proxy the Host header is the proxy's
-   idea of the host, so it is never used. Unsigned or forged: 403.
+   ``public_url`` + the request's path and query; :mod:`bot.twilio_signature`, shared with the
+   phone routes). Behind a proxy the Host header is the proxy's idea of the host, so it is never
+   used. Unsigned or forged: 403; a body that is not a form (multipart): 415.
 2. Parse the fields into :class:`InboundSms` (missing fields: 400).
 3. Record the message (``MessageSid``, sender, text) in SQLite before anything else, so it is
    durable before the webhook answers. A SID already finished (a retry or a replay) gets an empty
@@ -45,7 +46,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 
 from bot.agent import AGENT_SPEAKER_ID, AgentError, Incoming, Reply
@@ -65,6 +65,7 @@ from bot.sms.text import (
     parse_link_code,
     truncate_for_agent,
 )
+from bot.twilio_signature import TwilioSignature
 
 _LANGUAGE_COMMAND = re.compile(r"^\s*(LANGUAGE|LANG|SPRACHE|LANGUE|IDIOMA|IDIOME|言語)\s*[:=]?\s*(\S{2,20})\s*$", re.IGNORECASE)
 
@@ -777,36 +778,17 @@ class TwilioWebhooks:
 
     def __init__(self, service: SmsService, *, auth_token: str, public_url: str) -> None:
         self.service = service
-        self._validator = RequestValidator(auth_token)
-        self._public_url = public_url.rstrip("/")
+        self._signature = TwilioSignature(auth_token, public_url)
 
     def __repr__(self) -> str:
-        return f"TwilioWebhooks(public_url={self._public_url!r})"
+        return f"TwilioWebhooks(public_url={self._signature.public_url!r})"
 
     def register(self, app: web.Application) -> None:
         app.router.add_post(SMS_PATH, self.sms)
         app.router.add_post(STATUS_PATH, self.status)
 
-    async def _signed_form(self, request: web.Request) -> Mapping[str, str] | web.Response:
-        """The request's form if Twilio signed it, else the error response to send (already logged)."""
-        try:
-            form = await request.post()
-        except UnicodeDecodeError:
-            log.warning("Twilio webhook %s rejected with 400: body is not UTF-8", request.path)
-            return web.Response(status=400, text="body is not UTF-8")
-        signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature:
-            log.warning("Twilio webhook %s rejected with 403: no X-Twilio-Signature", request.path)
-            return web.Response(status=403, text="missing signature")
-        url = self._public_url + request.raw_path
-        algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
-        if not self._validator.validate(url, form, signature, algorithm):
-            log.warning("Twilio webhook %s rejected with 403: signature does not match %s", request.path, url)
-            return web.Response(status=403, text="invalid signature")
-        return form  # type: ignore[return-value]
-
     async def sms(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         try:
@@ -831,7 +813,7 @@ class TwilioWebhooks:
         return response
 
     async def status(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         try:
