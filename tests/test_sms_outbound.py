@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.sms.outbound import SendOutcome, TwilioSender, backoff_delay, classify_send_error
+from bot.sms.outbound import (
+    SendOutcome,
+    TwilioSender,
+    backoff_delay,
+    classify_send_error,
+    comparable_body,
+    maybe_created,
+)
 from tests.fakes.twilio_server import FakeTwilio
 
 SID = "AC" + "0" * 32
@@ -140,3 +147,166 @@ async def test_check_fetches_the_account_and_names_bad_credentials(fake: FakeTwi
     with pytest.raises(RuntimeError, match="rejected") as info:
         await check_twilio(load_settings({**base, "TWILIO_AUTH_TOKEN": "wrong-token-456"}, env_file=None))
     assert "wrong-token-456" not in str(info.value)
+
+
+# --- a send that may have been created: ask Twilio's list before sending it again ----------------
+
+
+@pytest.mark.parametrize("failure", ["503 after creating", "html 502 after creating", "dropped after creating"])
+async def test_a_message_twilio_created_then_failed_to_confirm_is_not_sent_twice(
+        fake: FakeTwilio, failure: str, caplog: pytest.LogCaptureFixture) -> None:
+    if failure.startswith("503"):
+        fake.fail_next(503, None, "Service Unavailable", created=True)
+    elif failure.startswith("html"):
+        fake.fail_next(502, raw="<html>bad gateway</html>", created=True)
+    else:
+        fake.drop_next(created=True)
+    sleeps = Sleeps()
+    sender = make_sender(fake, sleeps)
+    with caplog.at_level(logging.INFO, logger="bot.sms.outbound"):
+        try:
+            result = await sender.send(TO, "hello there")
+        finally:
+            await sender.aclose()
+    [created] = fake.sent
+    assert len(fake.messages) == 1 and fake.attempts == 1  # one text, one create
+    assert result.ok and result.sid == created.sid and result.attempts == 1 and sleeps.delays == []
+    assert [q["To"] for q in fake.list_requests] == [TO, TO]  # it asked the list, as recovery does
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.sms.outbound"]
+    assert "had created the message" in line and TO not in line
+
+
+@pytest.mark.parametrize("failure", ["503", "dropped"])
+async def test_a_send_twilio_did_not_create_is_retried_once_the_list_says_so(fake: FakeTwilio, failure: str) -> None:
+    if failure == "503":
+        fake.fail_next(503)
+    else:
+        fake.drop_next(created=False)
+    sleeps = Sleeps()
+    sender = make_sender(fake, sleeps)
+    try:
+        result = await sender.send(TO, "hello there")
+    finally:
+        await sender.aclose()
+    assert result.ok and result.attempts == 2 and len(fake.sent) == 1 and fake.attempts == 2
+    assert len(fake.list_requests) == 2 and sleeps.delays == [0.25]
+
+
+async def test_when_the_list_cannot_say_nothing_is_sent_again_and_the_outcome_is_uncertain(
+        fake: FakeTwilio, caplog: pytest.LogCaptureFixture) -> None:
+    fake.fail_next(503, created=True)
+    fake.list_failures = 100
+    sleeps = Sleeps()
+    sender = make_sender(fake, sleeps, max_attempts=3)
+    with caplog.at_level(logging.INFO, logger="bot.sms.outbound"):
+        try:
+            result = await sender.send(TO, "hello there")
+        finally:
+            await sender.aclose()
+    assert result.outcome is SendOutcome.UNCERTAIN and not result.ok and result.status == 503
+    assert len(fake.sent) == 1 and fake.attempts == 1  # never a second text
+    assert len(fake.list_requests) == 3 and len(sleeps.delays) == 2  # asked three times, backing off
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.sms.outbound"]
+    assert "cannot say whether" in line and TO not in line
+
+
+async def test_a_list_that_fails_once_then_answers_still_prevents_the_second_text(fake: FakeTwilio) -> None:
+    fake.fail_next(503, created=True)
+    fake.list_failures = 1
+    sender = make_sender(fake, Sleeps())
+    try:
+        result = await sender.send(TO, "hello there")
+    finally:
+        await sender.aclose()
+    assert result.ok and len(fake.sent) == 1
+
+
+async def test_an_earlier_identical_text_is_not_taken_for_this_one(fake: FakeTwilio) -> None:
+    """"OK." sent a minute ago is its own message: a later "OK." that failed before Twilio created
+    it is sent, and one that Twilio did create is found as itself, not as the earlier one."""
+    sender = make_sender(fake, Sleeps())
+    try:
+        first = await sender.send(TO, "OK.")
+        fake.fail_next(503)  # not created
+        second = await sender.send(TO, "OK.")
+        fake.fail_next(503, created=True)
+        third = await sender.send(TO, "OK.")
+    finally:
+        await sender.aclose()
+    assert [m.body for m in fake.sent] == ["OK.", "OK.", "OK."]
+    assert len({first.sid, second.sid, third.sid}) == 3 and third.sid == fake.sent[2].sid
+
+
+async def test_refusals_and_rate_limits_do_not_ask_the_list(fake: FakeTwilio) -> None:
+    sender = make_sender(fake, Sleeps())
+    try:
+        fake.fail_next(429, 20429)
+        assert (await sender.send(TO, "hi")).ok  # refused, retried, sent
+        fake.fail_next(400, 21211)
+        assert (await sender.send(TO, "hi")).outcome is SendOutcome.INVALID_NUMBER
+    finally:
+        await sender.aclose()
+    assert fake.list_requests == []
+
+
+def test_maybe_created_is_no_answer_a_timeout_or_a_server_error() -> None:
+    assert [maybe_created(s) for s in (None, 408, 500, 502, 503)] == [True] * 5
+    assert [maybe_created(s) for s in (400, 401, 404, 429)] == [False] * 4
+
+
+# --- bodies as Twilio may have rewritten them --------------------------------------------------
+
+# Twilio's Smart Encoding for the characters these tests use, and a trial account's prefix.
+SMART = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-",
+                       "\u2026": "...", "\u00a0": " "})
+TRIAL = "Sent from your Twilio trial account - "
+
+
+@pytest.mark.parametrize(("ours", "listed"), [
+    ("Hello there.", TRIAL + "Hello there."),
+    ("It\u2019s \u201cfine\u201d \u2013 really\u2026", "It's \"fine\" - really..."),
+    ("9\u20135 \u2014 every day", "9-5 - every day"),
+    ("Fine, thanks.  ", "Fine, thanks."),
+    ("Fine,\u00a0thanks.", "Fine, thanks."),
+    ("Line one\nline two", "Line one\r\nline two"),
+    ("\uff2f\uff2b\uff01", "OK!"),
+    ("It\u2019s late\u2026 ", TRIAL + "It's late..."),
+])
+def test_bodies_twilio_rewrote_are_the_same_message(ours: str, listed: str) -> None:
+    assert comparable_body(ours) == comparable_body(listed)
+
+
+@pytest.mark.parametrize(("ours", "listed"), [
+    ("It's fine.", "Its fine."),
+    ("Hello there.", "Hello there!"),
+    ("Hello", "Hello there"),
+    ("9-5", "95"),
+    ("Sure - see you at 5.", "Sure - see you at 6."),
+    ("Hi x", "Hi " + TRIAL + "x"),  # the prefix only counts in front
+    ("Hello there.", TRIAL.strip()),
+])
+def test_a_different_message_is_not_the_same(ours: str, listed: str) -> None:
+    assert comparable_body(ours) != comparable_body(listed)
+
+
+async def test_find_sent_and_the_retry_check_see_through_twilios_rewriting(fake: FakeTwilio) -> None:
+    import time
+
+    fake.rewrite = lambda body: TRIAL + body.translate(SMART)
+    reply = ["It\u2019s raining \u2013 take a coat\u2026", "See you \u201csoon\u201d."]
+    since = time.time() - 1
+    sender = make_sender(fake, Sleeps())
+    try:
+        fake.fail_next(503, created=True)
+        assert (await sender.send(TO, reply[0])).ok  # created, answered 503, found despite the rewrite
+        assert [m.body for m in fake.sent] == [TRIAL + "It's raining - take a coat..."]
+        # Recovery after a crash asks about the whole reply: the first is there, the second is not,
+        # and a different text with the same start is not taken for it.
+        fresh = make_sender(fake, Sleeps())
+        try:
+            assert await fresh.find_sent(TO, [*reply, "It\u2019s raining \u2013 take a hat\u2026"], since) == \
+                [True, False, False]
+        finally:
+            await fresh.aclose()
+    finally:
+        await sender.aclose()

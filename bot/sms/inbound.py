@@ -95,6 +95,7 @@ MAX_INBOUND_CHARS = 2000  # what the agent sees of one text; Twilio concatenates
 RECOVERY_MAX_AGE = 86400.0  # an unfinished message older than a day is closed, not answered late
 TWIML_WRITE_TIMEOUT = 30.0  # the webhook writes its answer right after handle() returns
 FIND_SENT_RETRY_DELAYS = (5.0, 30.0, 120.0)
+UNCERTAIN_ROUNDS = 3  # sends that Twilio could not confirm either way, per reply, before it waits for the next start
 RECOVERY_CONCURRENCY = 8  # replies finished after a restart at once (a burst must not flood the engine)
 
 
@@ -664,7 +665,9 @@ class SmsService:
                 else:
                     # The webhook died before its answer went out; Twilio may or may not have it.
                     recovering = True
-            if sent < len(segments):
+            for _round in range(UNCERTAIN_ROUNDS):
+                if sent >= len(segments):
+                    break
                 if recovering:
                     found = await self._already_sent(number, segments[sent:], since)
                     for delay in self.find_sent_retry_delays:
@@ -680,6 +683,16 @@ class SmsService:
                     if found:
                         self.store.segment_sent(sid, sent)
                 results = await self._send_all(number, segments[sent:], sid=sid, first=sent)
+                if not results or results[-1].outcome is not SendOutcome.UNCERTAIN:
+                    break
+                # Twilio may hold the last segment and could not say: ask its list again (patiently)
+                # before anything more is sent, as after a crash.
+                sent += len(results) - 1
+                recovering = True
+            else:
+                log.warning("SMS %s from %s: Twilio kept failing to say whether the reply was sent; left for the "
+                            "next start", sid, who)
+                return
             delivered = all(r.ok for r in results)
             suppressed = any(r.outcome is SendOutcome.OPTED_OUT for r in results)
             final = "suppressed" if suppressed else "answered" if failure is None and delivered else "failed"
