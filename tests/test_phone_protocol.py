@@ -127,6 +127,12 @@ def test_outbound_messages_are_twilios_shapes() -> None:
 # ------------------------------------------------------------------------------------ tokens, URLs, notice
 
 
+@pytest.mark.parametrize("text", ["[" * 4000, '{"event": "media", "media": ' + '{"a": ' * 5000, "[" * 100_000])
+def test_json_nested_thousands_deep_is_a_protocol_error(text: str) -> None:
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_message(text)
+
+
 def test_tokens_are_single_use_short_lived_and_revocable() -> None:
     now = [100.0]
     tokens = StreamTokens(ttl=30, clock=lambda: now[0])

@@ -9,6 +9,7 @@ import pytest
 
 from bot.sms.outbound import (
     SendOutcome,
+    SendResult,
     TwilioSender,
     backoff_delay,
     classify_send_error,
@@ -42,12 +43,17 @@ def make_sender(fake: FakeTwilio, sleeps: Sleeps, *, token: str = TOKEN, **kw: o
                         sleep=sleeps, rand=lambda: 0.5, **kw)  # type: ignore[arg-type]
 
 
-async def test_send_reaches_fake_with_real_wire_format(fake: FakeTwilio) -> None:
-    sender = make_sender(fake, Sleeps())
+async def send_once(sender: TwilioSender, body: str = "hi") -> SendResult:
+    """One send to TO, then the sender closed."""
     try:
-        result = await sender.send(TO, "hello there")
+        return await sender.send(TO, body)
     finally:
         await sender.aclose()
+
+
+async def test_send_reaches_fake_with_real_wire_format(fake: FakeTwilio) -> None:
+    sender = make_sender(fake, Sleeps())
+    result = await send_once(sender, "hello there")
     assert result.ok and result.sid and result.sid.startswith("SM") and result.attempts == 1
     [sent] = fake.sent
     assert (sent.to, sent.from_, sent.body) == (TO, FROM, "hello there")
@@ -68,20 +74,14 @@ async def test_final_errors_are_not_retried(fake: FakeTwilio, status: int, code:
     sleeps = Sleeps()
     fake.fail_next(status, code)
     sender = make_sender(fake, sleeps)
-    try:
-        result = await sender.send(TO, "hi")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender)
     assert (result.outcome, result.code, result.status, result.attempts) == (outcome, code, status, 1)
     assert fake.attempts == 1 and sleeps.delays == [] and fake.sent == []
 
 
 async def test_wrong_credentials_are_auth_failed_and_secret_free(fake: FakeTwilio) -> None:
     sender = make_sender(fake, Sleeps(), token="wrong-token-456")
-    try:
-        result = await sender.send(TO, "hi")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender)
     assert result.outcome is SendOutcome.AUTH_FAILED and result.attempts == 1
     assert fake.unauthorized == 1
     assert "wrong-token-456" not in repr(result) and "wrong-token-456" not in repr(sender)
@@ -92,10 +92,7 @@ async def test_retryable_errors_back_off_then_succeed(fake: FakeTwilio, status: 
     sleeps = Sleeps()
     fake.fail_next(status, code, times=2)
     sender = make_sender(fake, sleeps)
-    try:
-        result = await sender.send(TO, "hi")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender)
     assert result.ok and result.attempts == 3
     assert sleeps.delays == [0.25, 0.5]  # rand=0.5 of 0.5 s, 1 s
     assert len(fake.sent) == 1
@@ -106,10 +103,7 @@ async def test_retries_are_bounded(fake: FakeTwilio, caplog: pytest.LogCaptureFi
     fake.fail_next(502, raw="<html>bad gateway</html>", times=10)
     sender = make_sender(fake, sleeps, max_attempts=3)
     with caplog.at_level(logging.INFO, logger="bot.sms.outbound"):
-        try:
-            result = await sender.send(TO, "hi")
-        finally:
-            await sender.aclose()
+        result = await send_once(sender)
     assert result.outcome is SendOutcome.UNAVAILABLE and result.attempts == 3 and result.status == 502
     assert fake.attempts == 3 and len(sleeps.delays) == 2
     assert len([r for r in caplog.records if r.name == "bot.sms.outbound"]) == 2  # one line per retry
@@ -120,10 +114,7 @@ async def test_connection_refused_is_unavailable() -> None:
     async with FakeTwilio(SID, TOKEN) as server:
         base = server.base_url
     sender = TwilioSender(SID, TOKEN, FROM, api_base=base, sleep=sleeps, rand=lambda: 0.0, max_attempts=2)
-    try:
-        result = await sender.send(TO, "hi")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender)
     assert result.outcome is SendOutcome.UNAVAILABLE and result.status is None and result.attempts == 2
 
 
@@ -164,10 +155,7 @@ async def test_a_message_twilio_created_then_failed_to_confirm_is_not_sent_twice
     sleeps = Sleeps()
     sender = make_sender(fake, sleeps)
     with caplog.at_level(logging.INFO, logger="bot.sms.outbound"):
-        try:
-            result = await sender.send(TO, "hello there")
-        finally:
-            await sender.aclose()
+        result = await send_once(sender, "hello there")
     [created] = fake.sent
     assert len(fake.messages) == 1 and fake.attempts == 1  # one text, one create
     assert result.ok and result.sid == created.sid and result.attempts == 1 and sleeps.delays == []
@@ -184,10 +172,7 @@ async def test_a_send_twilio_did_not_create_is_retried_once_the_list_says_so(fak
         fake.drop_next(created=False)
     sleeps = Sleeps()
     sender = make_sender(fake, sleeps)
-    try:
-        result = await sender.send(TO, "hello there")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender, "hello there")
     assert result.ok and result.attempts == 2 and len(fake.sent) == 1 and fake.attempts == 2
     assert len(fake.list_requests) == 2 and sleeps.delays == [0.25]
 
@@ -199,10 +184,7 @@ async def test_when_the_list_cannot_say_nothing_is_sent_again_and_the_outcome_is
     sleeps = Sleeps()
     sender = make_sender(fake, sleeps, max_attempts=3)
     with caplog.at_level(logging.INFO, logger="bot.sms.outbound"):
-        try:
-            result = await sender.send(TO, "hello there")
-        finally:
-            await sender.aclose()
+        result = await send_once(sender, "hello there")
     assert result.outcome is SendOutcome.UNCERTAIN and not result.ok and result.status == 503
     assert len(fake.sent) == 1 and fake.attempts == 1  # never a second text
     assert len(fake.list_requests) == 3 and len(sleeps.delays) == 2  # asked three times, backing off
@@ -214,10 +196,7 @@ async def test_a_list_that_fails_once_then_answers_still_prevents_the_second_tex
     fake.fail_next(503, created=True)
     fake.list_failures = 1
     sender = make_sender(fake, Sleeps())
-    try:
-        result = await sender.send(TO, "hello there")
-    finally:
-        await sender.aclose()
+    result = await send_once(sender, "hello there")
     assert result.ok and len(fake.sent) == 1
 
 

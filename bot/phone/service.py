@@ -160,6 +160,7 @@ class PhoneService:
         self._stream_base = stream_base(self._public_url)
         self.tokens: CallTokens = tokens if tokens is not None else StreamTokens(token_ttl)
         self.max_calls = max_calls  # PHONE_MAX_CALLS: connected calls plus those connecting
+        self._upgrading = 0  # media sockets past their token, not yet in self.calls
         self.calls: dict[str, PhoneCall] = {}  # by CallSid, while the socket is open
         self.finished: list[PhoneCall] = []  # the last few ended calls (simulate, tests)
         self._handlers: set[asyncio.Task[object]] = set()
@@ -226,7 +227,7 @@ class PhoneService:
 
     def active_calls(self) -> int:
         """Calls connected here plus calls whose stream is about to connect."""
-        return len(self.calls) + self.tokens.pending()
+        return len(self.calls) + self._upgrading + self.tokens.pending()
 
     def busy(self) -> bool:
         return self.active_calls() >= self.max_calls
@@ -285,12 +286,21 @@ class PhoneService:
         if grant is None or self._closing:
             # Refused before the upgrade: no socket, no audio. (No token detail in the log.)
             log.warning("media stream refused: %s", "shutting down" if grant else "unknown, used or expired token")
+            if grant is not None:
+                self.tokens.end_call(grant.call_sid)
             return web.Response(status=403, text="stream not allowed")
         if grant.call_sid in self.calls:
             log.warning("call %s already has a media stream; refused a second", grant.call_sid)
             return web.Response(status=409, text="call already connected")
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, autoping=True)
-        await ws.prepare(request)
+        self._upgrading += 1  # between its token and self.calls, still one of the calls in progress
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self.tokens.end_call(grant.call_sid)
+            raise
+        finally:
+            self._upgrading -= 1
         call = PhoneCall(
             grant=grant, agent=self.agent, memory=self.memory, stt=self.stt, tts=self.tts,
             fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,

@@ -21,6 +21,8 @@ Each step is a state transition in :mod:`bot.sms.store` (one transaction each). 
 stored (state ``sending``) before it leaves and each segment Twilio confirms is noted, so after a
 crash :meth:`SmsService.resume_unfinished` regenerates what was not written and, for what may have
 left, asks Twilio's Messages list before sending the rest: a late answer rather than a second one.
+A send that Twilio may have created without saying so and whose list could not be read either
+(``uncertain``, :mod:`bot.sms.outbound`) is handled the same way, in the same run.
 Recovery assumes one process owns the database (the Procfile's single worker); two processes
 sharing one file would each finish the other's unfinished messages at start-up.
 
