@@ -172,6 +172,7 @@ class Settings:
     phone_greeting: str = "Hi, this is {name}."
     phone_ai_notice: bool = True
     phone_max_call_seconds: int = 600
+    phone_max_calls: int = 10  # calls at once; more callers hear "busy" before any recognition starts
     # --- Logging
     log_level: str = "INFO"
     # --- Languages (issue 15)
@@ -434,6 +435,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PHONE_GREETING": ("phone_greeting", _text),
     "PHONE_AI_NOTICE": ("phone_ai_notice", _bool),
     "PHONE_MAX_CALL_SECONDS": ("phone_max_call_seconds", _int(30, 14400)),
+    "PHONE_MAX_CALLS": ("phone_max_calls", _int(1, 1000)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
     "LANGUAGE": ("language", _language),
 }
