@@ -276,3 +276,35 @@ async def test_voice_goes_through_the_shard_that_owns_the_guild(monkeypatch: pyt
         assert discord_.problems == []
         assert shard_of(guild.id, 2) == 1
 
+
+
+async def test_too_few_shards_end_start_up_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Discord closes 4011 when a shard would hold too many guilds; discord.py gives up, and the
+    command's failure line says what to change."""
+    from bot.cli import describe_failure
+    from bot.client import VoiceBot
+    from bot.services import build_services
+
+    async with LocalDiscord(token=TOKEN, sharding=Sharding(max_guilds_per_shard=1, recommended_shards=2)) as discord_:
+        guilds_on_shards(discord_, 2)
+        monkeypatch.setattr(discord.http.Route, "BASE", discord_.api_base)
+        settings = load_settings({
+            "DISCORD_TOKEN": TOKEN, "DISCORD_API_BASE": discord_.api_base, "DISCORD_CA_FILE": str(discord_.ca_file),
+            "STT_ENGINE": "none", "TTS_ENGINE": "none", "AGENT_ENGINE": "eliza", "SHARD_COUNT": "1",
+        }, env_file=None)
+        services = await build_services(settings, db=Database.in_memory())
+        bot = VoiceBot(services, extensions=())
+        try:
+            with pytest.raises(discord.ConnectionClosed) as info:
+                await bot.login(TOKEN)
+                await asyncio.wait_for(bot.connect(reconnect=True), TIMEOUT)
+        finally:
+            await bot.close()
+            await services.aclose()
+        assert "SHARD_COUNT 1 is below the 2 shards Discord recommends" in caplog.text
+        failure = describe_failure(info.value, settings)
+        assert failure.status == 2
+        assert failure.line == ("Discord's gateway closed with 4011: sharding required: a shard would hold too many "
+                                "guilds; raise SHARD_COUNT, or leave it empty for Discord's recommended count")
+        assert any("sharding required" in p for p in discord_.problems)
