@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -91,12 +92,13 @@ class VoiceBot(commands.AutoShardedBot):
     """Owns start-up, extension loading, command sync and shutdown.
 
     The services it is given belong to whoever built them (the composition root closes them after
-    the bot and the web server have stopped, since both use them). ``identify_gate`` paces this
-    process's logins; without one, :class:`~bot.shards.BucketGate` does from Discord's limits.
+    the bot and the web server have stopped, since both use them). ``identify_gate`` builds what
+    paces this process's logins from Discord's session start limit (once ``GET /gateway/bot`` has
+    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process.
     """
 
     def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS,
-                 identify_gate: IdentifyGate | None = None) -> None:
+                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate) -> None:
         settings = services.settings
         apply_api_base(settings)
         kwargs: dict[str, object] = {}
@@ -119,7 +121,8 @@ class VoiceBot(commands.AutoShardedBot):
         self.settings = settings
         self._extensions = extensions
         self.failed_extensions: dict[str, str] = {}
-        self.identify_gate = identify_gate
+        self._make_identify_gate = identify_gate
+        self.identify_gate: IdentifyGate | None = None
         self.session_start_limit: SessionStartLimit | None = None
 
     @property
@@ -156,8 +159,7 @@ class VoiceBot(commands.AutoShardedBot):
         elif self.shard_count < recommended:
             log.warning("SHARD_COUNT %d is below the %d shards Discord recommends for this bot: a shard "
                         "holding too many guilds is refused (close 4011)", self.shard_count, recommended)
-        if self.identify_gate is None:
-            self.identify_gate = BucketGate(self.session_start_limit)
+        self.identify_gate = self._make_identify_gate(self.session_start_limit)
         log.info("Discord shards %s of %d in this process (logins: %d at a time, %d of %d left today)",
                  describe_shards(self.owned_shards), self.shard_count, self.session_start_limit.max_concurrency,
                  self.session_start_limit.remaining, self.session_start_limit.total)
@@ -165,9 +167,7 @@ class VoiceBot(commands.AutoShardedBot):
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         # Replaces discord.py's "sleep 5 s unless first": Discord's rule is per bucket, and across
         # processes only a shared gate can keep it.
-        if self.identify_gate is None:  # connect() without setup_hook (never in this project)
-            await super().before_identify_hook(shard_id, initial=initial)
-            return
+        assert self.identify_gate is not None, "setup_hook (run by login) sets the gate before any IDENTIFY"
         await self.identify_gate.wait(shard_id or 0)
 
     async def setup_hook(self) -> None:

@@ -24,7 +24,7 @@ from bot.client import make_intents
 from bot.loopback.gateway import Sharding, guild_shard
 from bot.loopback.server import GuildHandle, LocalDiscord
 from tests.test_loopback_gateway import RawGateway, close_raw, open_raw
-from tests.test_loopback_rest import TIMEOUT
+from tests.test_loopback_rest import TIMEOUT, connected
 
 GUILDS = 1
 GUILD_MESSAGES = 1 << 9
@@ -246,6 +246,23 @@ async def test_a_clean_close_ends_the_session_and_a_drop_keeps_it_resumable() ->
         assert discord_.gateway.sessions == {}
 
 
+async def test_a_disconnected_session_times_out() -> None:
+    async with LocalDiscord(sharding=Sharding(session_timeout=0.05)) as discord_:
+        raw = await identify(discord_, [0, 1])
+        ready = (await dispatches(raw, "READY"))[-1]
+        await raw.ws.close(code=4000)
+        await raw.session.close()
+        ended = await discord_.events.wait_for("session_end", timeout=TIMEOUT)
+        assert ended.data["reason"] == "timed out" and discord_.gateway.sessions == {}
+        raw = await open_raw(discord_)
+        try:
+            await raw.recv()
+            await raw.send(6, {"token": discord_.token, "session_id": ready["d"]["session_id"], "seq": ready["s"]})
+            assert (await raw.recv())["op"] == 9
+        finally:
+            await close_raw(raw)
+
+
 async def test_the_identify_past_the_session_start_limit_ends_every_session_and_resets_the_token() -> None:
     async with LocalDiscord(sharding=Sharding(max_concurrency=3, session_start_total=2)) as discord_:
         old_token = discord_.token
@@ -262,7 +279,7 @@ async def test_the_identify_past_the_session_start_limit_ends_every_session_and_
         finally:
             for raw in (*live, third):
                 await close_raw(raw)
-        assert discord_.world.token != old_token and discord_.gateway.sessions == {}
+        assert discord_.token != old_token and discord_.gateway.sessions == {}
         assert any("session start limit used up" in p for p in discord_.problems)
 
 
@@ -295,24 +312,8 @@ async def sharded_client(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch
     async def on_message(message: discord.Message) -> None:
         await received.put(message)
 
-    runner: asyncio.Task[None] | None = None
-    try:
-        await client.login(discord_.token)
-        runner = asyncio.create_task(client.connect(reconnect=True), name="test-sharded-client")
-        waiter = asyncio.create_task(client.wait_until_ready(), name="test-sharded-ready")
-        done, _ = await asyncio.wait({waiter, runner}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if runner in done:
-                runner.result()
-            raise TimeoutError("the sharded client never became ready")
+    async with connected(client, discord_.token):
         yield client, received
-    finally:
-        await client.close()
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
 
 
 async def wait_guilds(client: discord.Client, wanted: set[int]) -> None:

@@ -17,9 +17,11 @@ import yarl
 from bot.cli import _with_shard_flags, build_parser, main
 from bot.db import Database
 from bot.loopback.gateway import Sharding
-from bot.loopback.server import ChannelHandle, GuildHandle, LocalDiscord
+from bot.loopback.server import ChannelHandle, LocalDiscord
 from bot.settings import SettingsError, load_settings
 from bot.shards import BucketGate, SessionStartLimit, describe_shards, parse_shard_ids, shard_of
+from tests.test_loopback_rest import connected
+from tests.test_loopback_shards import guilds_on_shards
 from tests.test_voice_commands import MANAGE_GUILD, Harness, running_bot as running_voice_bot
 
 TIMEOUT = 30.0
@@ -153,17 +155,9 @@ async def test_the_gate_waits_for_the_session_start_limit_to_reset() -> None:
 # --- the real bot on the loopback Discord -------------------------------------------------------------
 
 
-def guilds_on_shards(discord_: LocalDiscord, count: int) -> list[tuple[GuildHandle, ChannelHandle]]:
-    out = []
-    for shard_id in range(count):
-        guild = discord_.add_guild(f"G{shard_id}", shard=(shard_id, count))
-        out.append((guild, guild.add_text_channel("general")))
-    return out
-
-
 @contextlib.asynccontextmanager
 async def chat_bot(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch,
-                   env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+                   env: dict[str, str] | None = None, **options: Any) -> AsyncIterator[Any]:
     """The real VoiceBot with the chat cog and the built-in ELIZA, logged in to ``discord_``."""
     from bot.client import VoiceBot
     from bot.services import build_services
@@ -176,25 +170,11 @@ async def chat_bot(discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch,
         "AGENT_ENGINE": "eliza", **(env or {}),
     }, env_file=None)
     services = await build_services(settings, db=Database.in_memory())
-    bot = VoiceBot(services, extensions=("cogs.chat",))
-    runner: asyncio.Task[None] | None = None
     try:
-        await bot.login(discord_.token)
-        runner = asyncio.get_running_loop().create_task(bot.connect(reconnect=True), name="test-shard-bot")
-        waiter = asyncio.get_running_loop().create_task(bot.wait_until_ready(), name="test-shard-bot-ready")
-        done, _ = await asyncio.wait({waiter, runner}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if runner in done:
-                runner.result()
-            raise TimeoutError("the bot never became ready")
-        yield bot
+        bot = VoiceBot(services, extensions=("cogs.chat",), **options)
+        async with connected(bot, discord_.token, timeout=TIMEOUT):
+            yield bot
     finally:
-        await bot.close()
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
         await services.aclose()
 
 
@@ -207,7 +187,8 @@ async def test_each_process_answers_its_own_guilds_and_only_shard_zero_answers_d
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with LocalDiscord(token=TOKEN, sharding=Sharding(max_concurrency=2)) as discord_:
-        (g0, text0), (g1, text1) = guilds_on_shards(discord_, 2)
+        g0, g1 = guilds_on_shards(discord_, 2)
+        text0, text1 = g0.channel("general"), g1.channel("general")
         alice, bob = g0.add_member("Alice"), g1.add_member("Bob")
         async with chat_bot(discord_, monkeypatch, {"SHARD_COUNT": "2", "SHARD_IDS": "1"}) as one, \
                 chat_bot(discord_, monkeypatch, {"SHARD_COUNT": "2", "SHARD_IDS": "0"}) as zero:
@@ -235,13 +216,28 @@ async def test_each_process_answers_its_own_guilds_and_only_shard_zero_answers_d
 
 async def test_without_settings_one_process_runs_every_recommended_shard(monkeypatch: pytest.MonkeyPatch) -> None:
     async with LocalDiscord(token=TOKEN, sharding=Sharding(max_concurrency=3, recommended_shards=3)) as discord_:
-        channels = guilds_on_shards(discord_, 3)
-        alice = channels[2][0].add_member("Alice")
-        async with chat_bot(discord_, monkeypatch) as bot:
+        guilds = guilds_on_shards(discord_, 3)
+        last = guilds[2].channel("general")
+        alice = guilds[2].add_member("Alice")
+        limits: list[SessionStartLimit] = []
+        waited: list[int] = []
+
+        class RecordingGate(BucketGate):  # where a gate shared by processes plugs in
+            def __init__(self, limit: SessionStartLimit) -> None:
+                limits.append(limit)
+                super().__init__(limit)
+
+            async def wait(self, shard_id: int) -> None:
+                waited.append(shard_id)
+                await super().wait(shard_id)
+
+        async with chat_bot(discord_, monkeypatch, identify_gate=RecordingGate) as bot:
+            assert limits == [SessionStartLimit(total=1000, remaining=1000, reset_after=86_400.0, max_concurrency=3)]
+            assert waited == [0, 1, 2]
             assert bot.shard_count == 3 and bot.owned_shards == (0, 1, 2)
-            assert {g.id for g in bot.guilds} == {g.id for g, _ in channels}
-            await alice.send_message(channels[2][1], f"<@{discord_.bot_user_id}> hello on the last shard")
-            await wait_answers(discord_, [channels[2][1]])
+            assert {g.id for g in bot.guilds} == {g.id for g in guilds}
+            await alice.send_message(last, f"<@{discord_.bot_user_id}> hello on the last shard")
+            await wait_answers(discord_, [last])
             assert sorted(s.guilds for s in bot.shard_status()) == [1, 1, 1]
         assert sorted(e.data["shard"] for e in discord_.events.of("identify")) == [[0, 3], [1, 3], [2, 3]]
         assert discord_.problems == []

@@ -281,8 +281,7 @@ class LocalDiscord:
         rate_limits: RateLimiter | None = None,
         sharding: Sharding | None = None,
     ) -> None:
-        self.token = token or f"loopback.{secrets.token_urlsafe(24)}"
-        self.world = World(token=self.token, bot_name=bot_name)
+        self.world = World(token=token or f"loopback.{secrets.token_urlsafe(24)}", bot_name=bot_name)
         self._directory = directory
         self._own_directory: Path | None = None
         self.tls: TLSMaterial | None = None
@@ -341,6 +340,11 @@ class LocalDiscord:
         await self.stop()
 
     # --- what the bot needs -----------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The bot token (a new one after an IDENTIFY past the session start limit, as Discord resets it)."""
+        return self.world.token
 
     @property
     def api_base(self) -> str:
