@@ -19,7 +19,8 @@ TOKEN = "loopback.shardprocs.0123456789abcdef"
 DEADLINE = 90.0  # two interpreters starting at once on a busy two-core machine
 
 
-async def healthy(port: int) -> None:
+async def healthy(port: int, runs: list[CliRun]) -> None:
+    """Wait until the process on ``port`` answers /healthz with 200 (its shards are ready)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DEADLINE
     async with aiohttp.ClientSession() as session:
@@ -28,6 +29,8 @@ async def healthy(port: int) -> None:
                 async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
                     if response.status == 200:
                         return
+            for run in runs:
+                assert run.proc is not None and run.proc.poll() is None, f"a worker exited: {run.finish().output}"
             assert loop.time() < deadline, f"the process on port {port} never became healthy"
             await asyncio.sleep(0.1)
 
@@ -45,9 +48,9 @@ async def test_two_processes_each_answer_their_own_shard_and_dms_only_on_shard_z
                        args=("--shard-ids", str(shard_id), "--shard-count", "2")).start() for shard_id in range(2)]
         finished: list[Finished] = []
         try:
-            await discord_.wait_until_identified(DEADLINE, shards=[0, 1])
             for port in ports:  # each process's health check turns 200 once its shards are ready
-                await healthy(port)
+                await healthy(port, runs)
+            assert discord_.gateway.live_shards() == {0, 1}
             mention = f"<@{discord_.bot_user_id}>"
             for _, text, member in channels:
                 await member.send_message(text, f"{mention} I feel fine today")

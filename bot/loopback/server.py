@@ -34,7 +34,6 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,18 +515,8 @@ class LocalDiscord:
 
     # --- the bot's side, for tests ----------------------------------------------------------------
 
-    async def wait_until_identified(self, timeout: float = 15.0, *, shards: Iterable[int] | None = None) -> None:
-        """Wait for the bot's first session, or (``shards``) for a live session on each of those shards."""
-        if shards is None:
-            await asyncio.wait_for(self.gateway.identified.wait(), timeout)
-            return
-        wanted = set(shards)
-
-        async def covered() -> None:
-            while not wanted <= self.gateway.live_shards():
-                await self.events.wait_for(("identify", "resume"), timeout=timeout, past=False)
-
-        await asyncio.wait_for(covered(), timeout)
+    async def wait_until_identified(self, timeout: float = 15.0) -> None:
+        await asyncio.wait_for(self.gateway.identified.wait(), timeout)
 
     def shard_of(self, guild: GuildHandle, shard_count: int) -> int:
         """The shard that receives ``guild``'s events when the bot runs ``shard_count`` shards."""
