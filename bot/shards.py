@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 IDENTIFY_INTERVAL = 5.0  # seconds between two IDENTIFYs of one bucket (Discord's rule)
 # Discord measures the gap between IDENTIFYs as they arrive, the gate between the moments it lets
 # them go: a later one overtaking an earlier one on the way must not land inside the 5 s.
-IDENTIFY_MARGIN = 0.5
+IDENTIFY_MARGIN = 1.0
 MAX_SHARD_COUNT = 100_000  # far beyond any bot (Discord's largest run tens of thousands)
 
 
