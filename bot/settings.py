@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from bot.shards import MAX_SHARD_COUNT, parse_shard_ids, shard_problems
+
 __all__ = ["Secret", "Settings", "SettingsError", "load_settings", "requested_log_level", "secret_values", "ENV_VARS"]
 
 T = TypeVar("T")
@@ -91,8 +93,8 @@ class Settings:
     discord_chat_channels: frozenset[int] = frozenset()
     discord_api_base: str | None = None  # e.g. https://127.0.0.1:PORT/api/v10 for the loopback Discord
     discord_ca_file: Path | None = None  # extra CA certificate to trust (loopback Discord's TLS)
-    discord_shard_id: int | None = None
-    discord_shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None  # this process's shards; None: all of shard_count
+    shard_count: int | None = None  # shards across all processes; None: Discord's recommendation
     chat_rate_limit: int = 6  # messages per user per minute
     # --- Agent
     character_file: Path | None = None  # None: the shipped default character
@@ -366,8 +368,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_CHAT_CHANNELS": ("discord_chat_channels", _snowflakes),
     "DISCORD_API_BASE": ("discord_api_base", _url("http", "https")),
     "DISCORD_CA_FILE": ("discord_ca_file", _ca_file),
-    "DISCORD_SHARD_ID": ("discord_shard_id", _int(0)),
-    "DISCORD_SHARD_COUNT": ("discord_shard_count", _int(1)),
+    "SHARD_IDS": ("shard_ids", parse_shard_ids),
+    "SHARD_COUNT": ("shard_count", _int(1, MAX_SHARD_COUNT)),
     "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
     "CHARACTER_FILE": ("character_file", _existing_file),
     "AGENT_ENGINE": ("agent_engine", _choice(AGENT_ENGINES)),
@@ -462,11 +464,7 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append(f"SMS needs all of TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER; missing {', '.join(missing)}")
     if len(twilio) == 3 and not values.get("public_url"):
         problems.append("SMS is configured but PUBLIC_URL is not: Twilio signatures are checked against the public URL")
-    shard_id, shard_count = values.get("discord_shard_id"), values.get("discord_shard_count")
-    if (shard_id is None) != (shard_count is None):
-        problems.append("DISCORD_SHARD_ID and DISCORD_SHARD_COUNT go together")
-    elif shard_id is not None and shard_count is not None and shard_id >= shard_count:
-        problems.append(f"DISCORD_SHARD_ID must be below DISCORD_SHARD_COUNT ({shard_id} >= {shard_count})")
+    problems.extend(shard_problems(values.get("shard_ids"), values.get("shard_count")))
     return problems
 
 
