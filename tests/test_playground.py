@@ -367,3 +367,19 @@ async def test_a_held_talk_button_waits_from_the_last_word_not_from_the_recogniz
     assert turn["wait_ms"] >= 500 + turn["stages_ms"]["first_packet"]
     assert turn["wait_ms"] == pytest.approx(sum(turn["stages_ms"].values()), abs=1.0)
     await ws.close()
+
+
+async def test_deeply_nested_json_is_refused_and_the_tab_keeps_working(rig: Rig,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21 item 12: "[" * 4000 fits the text-frame limit and makes the JSON parser recurse 4000 deep."""
+    caplog.set_level(logging.INFO)
+    ws = await rig.connect()
+    await receive_until(ws, "hello")
+    await ws.send_str("[" * 4000)
+    assert "nested too deeply" in (await receive_until(ws, "error"))["message"]
+    await ws.send_str(json.dumps({"type": "ping"}))
+    await receive_until(ws, "pong")
+    await ws.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.console.playground" and "refused" in
+            r.getMessage()] == ["playground refused a message: nested"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []

@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
+import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -189,19 +191,25 @@ asyncio.run(main())
 """
 
 
-def slow_clients(port: int, n: int, source: str) -> list[socket.socket]:
-    """``n`` connections from ``source`` that each send one header line and never the rest."""
+def slow_clients(port: int, n: int, source: str, settle: float = 10.0) -> list[socket.socket]:
+    """``n`` connections from ``source`` that each send one header line and never the rest. Returns
+    once each is connected (or refused), or after ``settle`` seconds: a server that stopped
+    accepting leaves the rest waiting in the kernel's backlog, which is the point."""
     socks = []
-    for _ in range(n):
-        sock = socket.socket()
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        socks.append(sock)
-    _, writable, _ = select.select([], socks, [], 30)
-    for sock in writable:
-        with contextlib.suppress(OSError):
-            sock.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n")
+    with selectors.DefaultSelector() as waiting:  # epoll: the descriptors may be numbered past 1024
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            socks.append(sock)
+            waiting.register(sock, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + settle
+        while waiting.get_map() and time.monotonic() < deadline:
+            for key, _ in waiting.select(deadline - time.monotonic()):
+                with contextlib.suppress(OSError):
+                    key.fileobj.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n")  # type: ignore[union-attr]
+                waiting.unregister(key.fileobj)
     return socks
 
 
@@ -217,40 +225,53 @@ def healthz_answers(port: int, within: float) -> bool:
     return False
 
 
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[str]  # its stderr, read as it comes (a log storm must not fill the pipe and stall it)
+    reader: threading.Thread
+
+    def stop(self) -> str:
+        """Close the server's stdin (it stops and logs what it still holds back); all it logged."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(60)
+        self.reader.join(60)
+        return "".join(self.log)
+
+
 @contextlib.contextmanager
-def server_process(nofile: int, guard: str | None = None) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def server_process(nofile: int, guard: str | None = None) -> Iterator[ServerProcess]:
     args = [sys.executable, "-c", SERVER, str(nofile), *([guard] if guard else [])]
     proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)})
+    log: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=lambda: log.extend(proc.stderr), name="server-stderr", daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
-        assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.strip().isdigit(), proc.communicate(timeout=30)
-        yield proc, int(line)
+        assert line.strip().isdigit(), "".join(log)
+        yield ServerProcess(proc, int(line), log, reader)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """Close the server's stdin (it stops and logs what it still holds back); its stderr."""
-    _, err = proc.communicate(input="", timeout=60)
-    return err
-
-
 def test_one_address_holding_connections_open_cannot_take_the_server() -> None:
     """A 400-descriptor server and 500 connections from one address that never finish a request:
     the address gets its 64, the rest are closed at once, /healthz answers everyone else, and the
     refusals are one line, then one summary line."""
-    with server_process(400) as (proc, port):
-        attackers = slow_clients(port, 500, "127.0.0.2")
+    with server_process(400) as server:
+        attackers = slow_clients(server.port, 500, "127.0.0.2")
         try:
-            assert healthz_answers(port, 30), "the server stopped answering"
+            assert healthz_answers(server.port, 30), "the server stopped answering"
         finally:
             for sock in attackers:
                 sock.close()
-        log = stop(proc)
+        log = server.stop()
     lines = [line for line in log.splitlines() if "web server:" in line]
     assert 1 <= len(lines) <= 2, log[-3000:]
     assert "refusing connections (127.0.0.2 has 64 open" in lines[0]
@@ -262,14 +283,14 @@ def test_a_process_out_of_descriptors_logs_one_line_and_recovers_when_slow_clien
     accept() failures (up to 128 a second, each with a traceback) become one line and a count, and
     the slow clients are cut after the header timeout, so /healthz is answered again."""
     caps = "dict(header_timeout=1.0, max_per_address=100000, max_connections=100000, log_interval=3600.0)"
-    with server_process(100, caps) as (proc, port):
-        attackers = slow_clients(port, 150, "127.0.0.2")
+    with server_process(100, caps) as server:
+        attackers = slow_clients(server.port, 150, "127.0.0.2")
         try:
-            assert healthz_answers(port, 60), "the server never recovered"
+            assert healthz_answers(server.port, 60), "the server never recovered"
         finally:
             for sock in attackers:
                 sock.close()
-        log = stop(proc)
+        log = server.stop()
     accept = [line for line in log.splitlines() if "accept()" in line]
     assert len(accept) == 2, log[-3000:]  # when it began, and the count when the server stopped
     assert int(accept[1].split("web server: ")[1].split()[0]) >= 10  # many more failures than lines
