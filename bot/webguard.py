@@ -9,9 +9,10 @@ sees it (a protocol wrapped around aiohttp's ``RequestHandler``):
 
 - a connection must deliver its first request's head within ``header_timeout`` of opening, or it
   is closed (aiohttp's keep-alive timeout then covers the heads of later requests on it);
-- at most ``max_per_address`` connections from one client address, and ``max_connections`` in
-  all (a share of the process's descriptor limit, so accepting never runs the process out): over
-  either, the connection is closed as soon as it is accepted;
+- at most ``max_per_address`` connections from one client address (and never more than half of
+  ``max_connections``), and ``max_connections`` in all (a share of the process's descriptor limit,
+  so accepting never runs the process out): over either, the connection is closed as soon as it is
+  accepted;
 - refusals, and asyncio's ``accept()`` failures should the process run out of descriptors anyway,
   are logged as one line when they start and one line per ``log_interval`` after that.
 """
@@ -30,7 +31,9 @@ __all__ = ["ConnectionGuard", "HEADER_TIMEOUT", "MAX_PER_ADDRESS", "default_max_
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT = 15.0  # a request head is a few hundred bytes: a client this slow is not a browser or Twilio
-MAX_PER_ADDRESS = 64  # a proxy on this machine or a NAT carries several clients on one address
+# A proxy on this machine (all of Twilio's webhooks from 127.0.0.1) or a NAT carries many clients on
+# one address: room for a burst of a few hundred webhooks, still a fraction of the descriptors.
+MAX_PER_ADDRESS = 256
 LOG_INTERVAL = 60.0
 _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message (selector_events)
 # An empty line ends a request's head; a line end is CRLF or, leniently, LF.

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import selectors
 import socket
 import subprocess
@@ -262,8 +263,8 @@ def server_process(nofile: int, guard: str | None = None) -> Iterator[ServerProc
 
 def test_one_address_holding_connections_open_cannot_take_the_server() -> None:
     """A 400-descriptor server and 500 connections from one address that never finish a request:
-    the address gets its 64, the rest are closed at once, /healthz answers everyone else, and the
-    refusals are one line, then one summary line."""
+    the address gets its share (half of what the server holds), the rest are closed at once,
+    /healthz answers everyone else, and the refusals are one line, then one summary line."""
     with server_process(400) as server:
         attackers = slow_clients(server.port, 500, "127.0.0.2")
         try:
@@ -274,7 +275,7 @@ def test_one_address_holding_connections_open_cannot_take_the_server() -> None:
         log = server.stop()
     lines = [line for line in log.splitlines() if "web server:" in line]
     assert 1 <= len(lines) <= 2, log[-3000:]
-    assert "refusing connections (127.0.0.2 has 64 open" in lines[0]
+    assert re.search(r"refusing connections \(127\.0\.0\.2 has \d+ open, the most one address may", lines[0])
     assert "accept() failed" not in log and "Traceback" not in log
 
 
