@@ -56,7 +56,10 @@ async def services() -> AsyncIterator[Services]:
 async def client_for(services: Services, console: Console | None = None, **options: float) -> TestClient:
     console = console or Console(services, metrics=Metrics())
     app = create_app(mounts=[lambda app: mount(app, console, **options)])
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    server = TestServer(app, host="127.0.0.1")
+    # No access log, as WebServer runs it (aiohttp's would write /?token=... when INFO is on).
+    await server.start_server(access_log=None)
+    client = TestClient(server)
     await client.start_server()
     return client
 
