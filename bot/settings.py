@@ -293,6 +293,19 @@ def _secret(raw: str) -> Secret:
     return Secret(value)
 
 
+WEB_TOKEN_MIN_CHARS = 20  # about 120 bits as secrets.token_urlsafe writes them: past any guessing
+
+
+def _web_token(raw: str) -> Secret:
+    """CONSOLE_TOKEN / METRICS_TOKEN: anyone who guesses one sees the console (or the metrics)."""
+    secret = _secret(raw)
+    if len(secret.get()) < WEB_TOKEN_MIN_CHARS:
+        raise ValueError(f"is too short to be safe ({len(secret.get())} of at least {WEB_TOKEN_MIN_CHARS} characters); "
+                         "use one nobody can guess, e.g. the output of: "
+                         "python3 -c \"import secrets; print(secrets.token_urlsafe(24))\"")
+    return secret
+
+
 def _discord_token(raw: str) -> Secret:
     value = raw.strip()
     if value.lower().startswith("bot "):
@@ -428,8 +441,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
     "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
     "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),
-    "CONSOLE_TOKEN": ("console_token", _secret),
-    "METRICS_TOKEN": ("metrics_token", _secret),
+    "CONSOLE_TOKEN": ("console_token", _web_token),
+    "METRICS_TOKEN": ("metrics_token", _web_token),
     "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
     "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
     "PHONE_CALLS": ("phone_calls", _bool),

@@ -334,9 +334,7 @@ class PhoneService:
         console = request.app.get(CONSOLE_KEY)
         if console is None:
             return None
-        # The session's clock starts when the VAD noticed the pause; the console adds that back.
-        end_of_turn = self.options.vad_end_ms / 1000
-        return lambda session: console.watch(session, end_of_turn=end_of_turn)
+        return console.watch  # the session knows its pause window (TurnDetection) and when each turn ended
 
     def _name(self, number: str) -> str:
         if self._caller_name is not None:

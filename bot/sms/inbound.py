@@ -340,6 +340,7 @@ class SmsService:
         if self.store.is_opted_out(number):
             self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: the number opted out (it must text START first)", sms.message_sid, who)
+            self.agent.turn_ignored(Modality.SMS)
             return []
 
         chosen = self._language_command(sms)
@@ -350,12 +351,14 @@ class SmsService:
         if not text:
             self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: empty body", sms.message_sid, who)
+            self.agent.turn_ignored(Modality.SMS)
             return []
 
         admission = self.store.admit(sms.message_sid, number, self.rate_limit)
         if admission is not Admission.ACCEPT:
             # Over the limit: the message is remembered (nothing is lost), not answered.
             self.memory.append(self._user_turn(sms, text))
+            self.agent.turn_ignored(Modality.SMS)
             if admission is Admission.NOTE:
                 log.info("SMS %s from %s over the rate limit (%d per 10 min); sent the note", sms.message_sid, who,
                          self.rate_limit)
@@ -607,6 +610,7 @@ class SmsService:
                 if self.store.is_opted_out(number):
                     self.store.advance(sid, ("accepted", "replying"), "suppressed")
                     log.info("SMS %s from %s not answered: the number opted out meanwhile", sid, who)
+                    self.agent.turn_ignored(Modality.SMS)
                     return
                 if state == "replying":
                     # The earlier run stored the person's turn when its reply began; it is stored again below.
