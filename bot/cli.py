@@ -387,12 +387,46 @@ def _report_simulation(run: Any, args: argparse.Namespace, out: TextIO) -> int:
 # -------------------------------------------------------------------------------------------- main
 
 
+def _shard_flags(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `voicebot --shard-ids 1` and `voicebot run --shard-ids 1` both work, neither
+    # parser's default overwriting the other's value.
+    parser.add_argument("--shard-ids", metavar="IDS", default=argparse.SUPPRESS,
+                        help="run only these Discord shards: 0-3, 0,2,5 or both (overrides SHARD_IDS)")
+    parser.add_argument("--shard-count", metavar="N", default=argparse.SUPPRESS,
+                        help="shards across all processes (overrides SHARD_COUNT)")
+
+
+def _with_shard_flags(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with ``--shard-ids``/``--shard-count`` applied; ValueError names the bad flag."""
+    from bot.shards import MAX_SHARD_COUNT, parse_shard_ids, shard_problems
+
+    ids, count = settings.shard_ids, settings.shard_count
+    if getattr(args, "shard_count", None) is not None:
+        try:
+            count = int(args.shard_count)
+        except ValueError:
+            raise ValueError(f"--shard-count: expected a whole number, got {args.shard_count!r}") from None
+        if not 1 <= count <= MAX_SHARD_COUNT:
+            raise ValueError(f"--shard-count: must be from 1 to {MAX_SHARD_COUNT}, got {count}")
+    if getattr(args, "shard_ids", None) is not None:
+        try:
+            ids = parse_shard_ids(args.shard_ids)
+        except ValueError as exc:
+            raise ValueError(f"--shard-ids: {exc}") from None
+    problems = shard_problems(ids, count, ids_name="--shard-ids" if getattr(args, "shard_ids", None) else "SHARD_IDS",
+                              count_name="--shard-count" if getattr(args, "shard_count", None) else "SHARD_COUNT")
+    if problems:
+        raise ValueError(problems[0])
+    return settings.replace(shard_ids=ids, shard_count=count)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="A Discord voice agent.")
     parser.add_argument("--env-file", help="settings file to read; it must exist (default: .env in the current "
                         "directory, when there is one)")
+    _shard_flags(parser)
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the bot (the default)")
+    _shard_flags(sub.add_parser("run", help="run the bot (the default)"))
     chat = sub.add_parser("chat", help="talk to the agent in this terminal")
     chat.add_argument("--language", metavar="CODE", help="answer in this language (de, ja, …) or auto (each "
                       "message in its own); default: LANGUAGE")
@@ -469,6 +503,17 @@ def _path_failure(exc: OSError, settings: Settings) -> Failure:
     return Failure(f"{what}: {exc.strerror or exc}: point DATA_DIR at a usable directory", CONFIG)
 
 
+# Gateway close codes that end a login for good (discord.py does not reconnect after them).
+_GATEWAY_REFUSALS = {
+    4004: "DISCORD_TOKEN is no longer valid (reset, e.g. after the day's session starts ran out): put the "
+          "new token from the Bot page in .env",
+    4010: "invalid shard: every SHARD_IDS entry must be below SHARD_COUNT, and SHARD_COUNT must be what "
+          "Discord allows this bot",
+    4011: "sharding required: a shard would hold too many guilds; raise SHARD_COUNT, or leave it empty for "
+          "Discord's recommended count",
+}
+
+
 def _discord_failure(exc: BaseException, settings: Settings) -> Failure | None:
     """Discord's answer at login, when discord.py is loaded (``voicebot`` only)."""
     discord = sys.modules.get("discord")
@@ -482,6 +527,8 @@ def _discord_failure(exc: BaseException, settings: Settings) -> Failure | None:
     if isinstance(exc, discord.LoginFailure):
         return Failure("DISCORD_TOKEN was rejected by Discord (401): reset the token on the Bot page "
                        "and update .env", CONFIG)
+    if isinstance(exc, discord.ConnectionClosed) and exc.code in _GATEWAY_REFUSALS:
+        return Failure(f"Discord's gateway closed with {exc.code}: {_GATEWAY_REFUSALS[exc.code]}", CONFIG)
     if isinstance(exc, discord.DiscordServerError):
         return Failure(f"Discord ({where}) answered HTTP {exc.status} at login: Discord is having trouble; "
                        "try again in a few minutes", RUNTIME)
@@ -580,6 +627,12 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
             settings = settings.replace(language=parse_setting(args.language))
         except ValueError as exc:
             sys.stderr.write(f"{prog}: --language: {exc}\n")
+            return CONFIG
+    if command == "run":
+        try:
+            settings = _with_shard_flags(args, settings)
+        except ValueError as exc:
+            sys.stderr.write(f"{prog}: {exc}\n")
             return CONFIG
     sys.stderr.write(f"{prog}: {where_line(command, env_file, settings)}\n")
     try:

@@ -1,10 +1,18 @@
-"""The bot class: lifecycle and global policy only. Features live in cogs."""
+"""The bot class: lifecycle and global policy only. Features live in cogs.
+
+The bot is discord.py's ``AutoShardedBot``: one process runs every shard (the count Discord
+recommends) or, with ``SHARD_IDS``/``SHARD_COUNT``, only its share of them, and handles the guilds
+those shards own (``bot/shards.py`` says how Discord divides them). Every IDENTIFY waits on an
+:class:`~bot.shards.IdentifyGate` first.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -13,6 +21,8 @@ import discord.gateway
 import yarl
 from discord import app_commands
 from discord.ext import commands
+
+from bot.shards import BucketGate, IdentifyGate, SessionStartLimit, ShardStatus, describe_shards
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -78,19 +88,24 @@ class VoiceBotTree(app_commands.CommandTree["VoiceBot"]):
             log.warning("could not tell the user about a failed command", exc_info=True)
 
 
-class VoiceBot(commands.Bot):
+class VoiceBot(commands.AutoShardedBot):
     """Owns start-up, extension loading, command sync and shutdown.
 
     The services it is given belong to whoever built them (the composition root closes them after
-    the bot and the web server have stopped, since both use them).
+    the bot and the web server have stopped, since both use them). ``identify_gate`` builds what
+    paces this process's logins from Discord's session start limit (once ``GET /gateway/bot`` has
+    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process.
     """
 
-    def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS) -> None:
+    def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS,
+                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate) -> None:
         settings = services.settings
         apply_api_base(settings)
         kwargs: dict[str, object] = {}
-        if settings.discord_shard_count is not None:
-            kwargs.update(shard_id=settings.discord_shard_id, shard_count=settings.discord_shard_count)
+        if settings.shard_count is not None:
+            kwargs["shard_count"] = settings.shard_count
+            if settings.shard_ids is not None:
+                kwargs["shard_ids"] = list(settings.shard_ids)
         connector = discord_connector(settings)
         if connector is not None:
             kwargs["connector"] = connector
@@ -106,13 +121,57 @@ class VoiceBot(commands.Bot):
         self.settings = settings
         self._extensions = extensions
         self.failed_extensions: dict[str, str] = {}
+        self._make_identify_gate = identify_gate
+        self.identify_gate: IdentifyGate | None = None
+        self.session_start_limit: SessionStartLimit | None = None
+
+    @property
+    def owned_shards(self) -> tuple[int, ...]:
+        """The shards this process runs (empty until the count is known, in ``setup_hook``)."""
+        if self.shard_ids is not None:
+            return tuple(self.shard_ids)
+        return tuple(range(self.shard_count)) if self.shard_count is not None else ()
+
+    def shard_status(self) -> list[ShardStatus]:
+        """Each of this process's shards: connected or not, its guilds, its heartbeat latency."""
+        count = self.shard_count or 0
+        guilds: dict[int, int] = {}
+        for guild in self.guilds:
+            guilds[guild.shard_id] = guilds.get(guild.shard_id, 0) + 1
+        statuses: list[ShardStatus] = []
+        for shard_id in self.owned_shards:
+            info = self.get_shard(shard_id)
+            connected = info is not None and not info.is_closed()
+            latency_ms = info.latency * 1000 if info is not None and math.isfinite(info.latency) else None
+            statuses.append(ShardStatus(shard_id, count, connected, guilds.get(shard_id, 0), latency_ms))
+        return statuses
+
+    async def _learn_gateway(self) -> None:
+        """One ``GET /gateway/bot``: the URL to dial, the shard count when none is set, and the
+        session start limit every IDENTIFY must respect."""
+        recommended, url, limits = await self.http.get_bot_gateway()
+        # discord.py dials DEFAULT_GATEWAY when the shard count is known; Discord asks bots to use
+        # the URL it hands out (and the loopback Discord is only reachable that way).
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        self.session_start_limit = SessionStartLimit.from_payload(limits)
+        if self.shard_count is None:
+            self.shard_count = recommended
+        elif self.shard_count < recommended:
+            log.warning("SHARD_COUNT %d is below the %d shards Discord recommends for this bot: a shard "
+                        "holding too many guilds is refused (close 4011)", self.shard_count, recommended)
+        self.identify_gate = self._make_identify_gate(self.session_start_limit)
+        log.info("Discord shards %s of %d in this process (logins: %d at a time, %d of %d left today)",
+                 describe_shards(self.owned_shards), self.shard_count, self.session_start_limit.max_concurrency,
+                 self.session_start_limit.remaining, self.session_start_limit.total)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Replaces discord.py's "sleep 5 s unless first": Discord's rule is per bucket, and across
+        # processes only a shared gate can keep it.
+        assert self.identify_gate is not None, "setup_hook (run by login) sets the gate before any IDENTIFY"
+        await self.identify_gate.wait(shard_id or 0)
 
     async def setup_hook(self) -> None:
-        if self.settings.discord_api_base:
-            # An unsharded client never asks /gateway/bot; it dials discord.py's default gateway.
-            # With a custom API base (the loopback Discord) the gateway must come from that API.
-            _, url, _ = await self.http.get_bot_gateway()
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        await self._learn_gateway()
         from bot.i18n.commands import CommandTranslator
         from bot.i18n.detect import preload
 
@@ -147,5 +206,6 @@ class VoiceBot(commands.Bot):
 
     async def on_ready(self) -> None:
         assert self.user is not None
-        log.info("logged in as %s (%s) in %d guild(s)", self.user, self.user.id, len(self.guilds))
+        log.info("logged in as %s (%s) in %d guild(s) on shards %s of %s", self.user, self.user.id,
+                 len(self.guilds), describe_shards(self.owned_shards), self.shard_count)
 

@@ -11,6 +11,14 @@ error body or a traceback lets through. Everything people see passes it:
 - uncaught exceptions' tracebacks (``sys.excepthook``, ``threading.excepthook``);
 - error text shown to people on Discord and SMS (``AgentError`` redacts through :func:`redact`).
 
+Log records, and error texts the console shows (:func:`scrub`), also lose the people in them: a phone
+number keeps its first digit and last four (``+1******4567``, as ``mask_number`` writes it), and so
+does a Discord id (a 17-20 digit snowflake: ``**************5678``), at every level. Rooms named
+in DEBUG lines (``sms:+1…``, a DM's ``discord:dm:<id>``), Twilio's request URLs (at INFO) and the
+error bodies services send back would otherwise keep in the log the very numbers and ids that
+``/forget`` removed from the database. Command output is not masked: it is the operator's own (an
+invite link carries the application's id).
+
 It replaces every 8-character (or longer) piece of a secret, not only whole values, because
 providers echo parts of keys ("sk-proj-abcd...wxyz", the first 16 characters of a masked key), and
 the ``user:password@`` part of any URL. A secret shorter than 8 characters (a URL password) is
@@ -47,6 +55,8 @@ __all__ = [
     "install_redactor",
     "redact",
     "redactor",
+    "mask_identifiers",
+    "scrub",
     "setup_logging",
 ]
 
@@ -162,6 +172,24 @@ class Redactor:
         return self._apply(text[:cut], [s for s in spans if s[1] <= cut]), text[cut:]
 
 
+# An E.164 number (+ and 8-15 digits), also percent-encoded as in a query string ("To=%2B1555..."),
+# and a Discord snowflake. Not inside a longer run of letters or digits (a Twilio SID's hex).
+_PHONE = re.compile(r"(?<![\w%])(\+|%2[Bb])(\d)(\d{3,10})(\d{4})(?!\d)")
+_SNOWFLAKE = re.compile(r"(?<![\w.])(\d{13,16})(\d{4})(?![\w])")
+
+
+def mask_identifiers(text: str) -> str:
+    """``text`` with phone numbers and Discord ids masked to their last four digits."""
+    if "+" in text or "%2" in text:
+        text = _PHONE.sub(lambda m: m.group(1) + m.group(2) + "*" * len(m.group(3)) + m.group(4), text)
+    return _SNOWFLAKE.sub(lambda m: "*" * len(m.group(1)) + m.group(2), text)
+
+
+def scrub(text: str) -> str:
+    """``text`` fit for a log line or the console: secrets redacted, people's numbers and ids masked."""
+    return mask_identifiers(redact(text))
+
+
 # The one redactor of this process; setup_logging (through the CLI) installs the real one.
 _current = Redactor()
 _current_lock = threading.Lock()
@@ -185,7 +213,8 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """On a handler: redacts a record's final message, exception text and stack info in place.
+    """On a handler: redacts a record's final message, exception text and stack info in place, and
+    masks the phone numbers and Discord ids in them.
 
     Attached to handlers rather than loggers because a logger's filters do not see records that
     propagate up from its children (``httpx2``, ``openai._base_client``...).
@@ -201,7 +230,11 @@ class RedactingFilter(logging.Filter):
         return self._own if self._own is not None else _current
 
     def filter(self, record: logging.LogRecord) -> bool:
-        scrub = self.redactor
+        redactor = self.redactor
+
+        def scrub(text: str) -> str:
+            return mask_identifiers(redactor(text))
+
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: let the handler report it, as logging would

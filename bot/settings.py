@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from bot.shards import MAX_SHARD_COUNT, parse_shard_ids, shard_problems
+
 __all__ = ["Secret", "Settings", "SettingsError", "env_file_in_use", "load_settings", "requested_log_level",
            "secret_values", "ENV_VARS"]
 
@@ -93,8 +95,8 @@ class Settings:
     discord_chat_channels: frozenset[int] = frozenset()
     discord_api_base: str | None = None  # e.g. https://127.0.0.1:PORT/api/v10 for the loopback Discord
     discord_ca_file: Path | None = None  # extra CA certificate to trust (loopback Discord's TLS)
-    discord_shard_id: int | None = None
-    discord_shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None  # this process's shards; None: all of shard_count
+    shard_count: int | None = None  # shards across all processes; None: Discord's recommendation
     chat_rate_limit: int = 6  # messages per user per minute
     # --- Agent
     character_file: Path | None = None  # None: the shipped default character
@@ -174,6 +176,7 @@ class Settings:
     phone_greeting: str = "Hi, this is {name}."
     phone_ai_notice: bool = True
     phone_max_call_seconds: int = 600
+    phone_max_calls: int = 10  # calls at once; more callers hear "busy" before any recognition starts
     # --- Logging
     log_level: str = "INFO"
     # --- Languages (issue 15)
@@ -296,6 +299,19 @@ def _secret(raw: str) -> Secret:
     return Secret(value)
 
 
+WEB_TOKEN_MIN_CHARS = 20  # about 120 bits as secrets.token_urlsafe writes them: past any guessing
+
+
+def _web_token(raw: str) -> Secret:
+    """CONSOLE_TOKEN / METRICS_TOKEN: anyone who guesses one sees the console (or the metrics)."""
+    secret = _secret(raw)
+    if len(secret.get()) < WEB_TOKEN_MIN_CHARS:
+        raise ValueError(f"is too short to be safe ({len(secret.get())} of at least {WEB_TOKEN_MIN_CHARS} characters); "
+                         "use one nobody can guess, e.g. the output of: "
+                         "python3 -c \"import secrets; print(secrets.token_urlsafe(24))\"")
+    return secret
+
+
 def _discord_token(raw: str) -> Secret:
     value = raw.strip()
     if value.lower().startswith("bot "):
@@ -371,8 +387,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_CHAT_CHANNELS": ("discord_chat_channels", _snowflakes),
     "DISCORD_API_BASE": ("discord_api_base", _url("http", "https")),
     "DISCORD_CA_FILE": ("discord_ca_file", _ca_file),
-    "DISCORD_SHARD_ID": ("discord_shard_id", _int(0)),
-    "DISCORD_SHARD_COUNT": ("discord_shard_count", _int(1)),
+    "SHARD_IDS": ("shard_ids", parse_shard_ids),
+    "SHARD_COUNT": ("shard_count", _int(1, MAX_SHARD_COUNT)),
     "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
     "CHARACTER_FILE": ("character_file", _existing_file),
     "AGENT_ENGINE": ("agent_engine", _choice(AGENT_ENGINES)),
@@ -431,8 +447,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
     "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
     "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),
-    "CONSOLE_TOKEN": ("console_token", _secret),
-    "METRICS_TOKEN": ("metrics_token", _secret),
+    "CONSOLE_TOKEN": ("console_token", _web_token),
+    "METRICS_TOKEN": ("metrics_token", _web_token),
     "CONSOLE_SHOW_CONTENT": ("console_show_content", _bool),
     "METRICS_GUILD_LABELS": ("metrics_guild_labels", _bool),
     "PHONE_CALLS": ("phone_calls", _bool),
@@ -440,6 +456,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PHONE_GREETING": ("phone_greeting", _text),
     "PHONE_AI_NOTICE": ("phone_ai_notice", _bool),
     "PHONE_MAX_CALL_SECONDS": ("phone_max_call_seconds", _int(30, 14400)),
+    "PHONE_MAX_CALLS": ("phone_max_calls", _int(1, 1000)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
     "LANGUAGE": ("language", _language),
 }
@@ -466,11 +483,7 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append(f"SMS needs all of TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_PHONE_NUMBER; missing {', '.join(missing)}")
     if len(twilio) == 3 and not values.get("public_url"):
         problems.append("SMS is configured but PUBLIC_URL is not: Twilio signatures are checked against the public URL")
-    shard_id, shard_count = values.get("discord_shard_id"), values.get("discord_shard_count")
-    if (shard_id is None) != (shard_count is None):
-        problems.append("DISCORD_SHARD_ID and DISCORD_SHARD_COUNT go together")
-    elif shard_id is not None and shard_count is not None and shard_id >= shard_count:
-        problems.append(f"DISCORD_SHARD_ID must be below DISCORD_SHARD_COUNT ({shard_id} >= {shard_count})")
+    problems.extend(shard_problems(values.get("shard_ids"), values.get("shard_count")))
     return problems
 
 

@@ -242,8 +242,8 @@ def simulation_settings(settings: Settings, discord_: LocalDiscord, guild_id: in
         discord_chat_channels=frozenset(),
         discord_api_base=discord_.api_base,
         discord_ca_file=discord_.ca_file,
-        discord_shard_id=None,
-        discord_shard_count=None,
+        shard_ids=None,
+        shard_count=None,
     )
 
 

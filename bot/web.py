@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.settings import Settings
+from bot.webguard import ConnectionGuard
 
 if TYPE_CHECKING:
     from bot.agent import Agent
@@ -29,6 +30,8 @@ __all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
+BACKLOG = 128  # aiohttp's default listen backlog
+KEEPALIVE_TIMEOUT = 75.0  # idle between requests on one connection (nginx's default for clients)
 
 
 def create_app(
@@ -72,13 +75,16 @@ def create_app(
 
 
 class WebServer:
-    """Owns an :class:`aiohttp.web.AppRunner` bound to ``host:port`` (port 0: any free port)."""
+    """Owns an :class:`aiohttp.web.AppRunner` bound to ``host:port`` (port 0: any free port), its
+    listening sockets behind a :class:`~bot.webguard.ConnectionGuard` (``guard``: its rules)."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *, guard: ConnectionGuard | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.guard = guard or ConnectionGuard()
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     def __repr__(self) -> str:
         return f"WebServer(host={self.host!r}, port={self.port!r}, running={self._runner is not None})"
@@ -92,23 +98,34 @@ class WebServer:
         """Bind and start serving; ``port`` becomes the bound port."""
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, access_log=None)  # one line per request is ours to write
+        # One line per request is ours to write; an idle keep-alive connection (or one that sends
+        # the head of its next request too slowly) is closed after KEEPALIVE_TIMEOUT.
+        runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
         await runner.setup()
+        assert runner.server is not None
+        loop = asyncio.get_running_loop()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            # Our own listening socket rather than a TCPSite: the guard stands between the socket
+            # and aiohttp's protocol, which a site would connect directly.
+            self._server = await loop.create_server(self.guard.wrap(runner.server), self.host, self.port,
+                                                    backlog=BACKLOG)
         except BaseException:
             await runner.cleanup()
             raise
+        self.guard.install(loop)
         self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("Web server listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests (aiohttp's shutdown grace), release the port."""
         runner, self._runner = self._runner, None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         if runner is not None:
             await runner.cleanup()
+            self.guard.close()
             log.info("Web server stopped")
 
 

@@ -122,6 +122,7 @@ class ChatCog(commands.Cog, name="Chat"):
                 await self._send_safely(message, t("chat.slow_down", self._words_language(message),
                                                    seconds=f"{wait:.0f}"))
             log.info("rate limited a user", extra={"user_id": message.author.id})
+            self.agent.turn_ignored(Modality.TEXT)
             return
         await self.answer(message, clean_text(message, me))
 

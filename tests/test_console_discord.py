@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from audio.native import load_libopus
 from bot.console import Console, Metrics, mount
+from bot.console.metrics import stage_seconds
 from bot.providers import local_stt_available
 from bot.settings import load_settings
 from bot.simulate import running_bot
@@ -69,8 +70,17 @@ async def test_a_voice_channel_turn_is_counted_and_shown(tmp_path: Path) -> None
                 text = await (await http.get(f"{base}/metrics")).text()
                 turns = values(text, "voicebot_turns", "voicebot_turns_total")
                 assert turns[(("channel", "voice"), ("outcome", "answered"))] == 1
+                # The wait runs from Alice's last packet (the end of speech less the 100 ms gap of the
+                # default smart rule) to the reply's first packet, and the stages split exactly that:
+                # the end of turn is the one that happened, not a fixed 0.6 s window.
+                timing = session.last_timing
+                assert timing is not None and timing.first_frame is not None and timing.voice_end is not None
+                assert timing.voice_end == pytest.approx(timing.speech_end - 0.1)
+                wait = values(text, "voicebot_wait_seconds", "voicebot_wait_seconds_sum")[(("channel", "voice"),)]
+                assert wait == pytest.approx(timing.first_frame - timing.voice_end)
                 stages = values(text, "voicebot_stage_seconds", "voicebot_stage_seconds_sum")
-                assert stages[(("stage", "end_of_turn"),)] == pytest.approx(0.6)
+                assert {k[0][1]: v for k, v in stages.items()} == pytest.approx(stage_seconds(timing))
+                assert sum(stages.values()) == pytest.approx(wait)
                 assert stages[(("stage", "first_packet"),)] >= 0
                 packets = values(text, "voicebot_receive_packets", "voicebot_receive_packets_total")
                 delivered = packets[(("result", "delivered"),)]

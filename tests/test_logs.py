@@ -168,3 +168,32 @@ def test_uncaught_exceptions_in_any_thread_are_redacted(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "thread saw ********" in done.stderr and "main saw ********" in done.stderr
     assert "Traceback" in done.stderr and not leaks(done.stderr, [KEY])
+
+
+def test_peoples_numbers_and_discord_ids_are_masked_in_every_log_record() -> None:
+    """Issue 21 item 15: the agent's DEBUG line names the room (a DM's is the person's Discord id, an
+    SMS thread's their number) and Twilio's client logs its request URLs at INFO."""
+    import asyncio
+
+    from bot.agent import Agent, Incoming
+    from bot.agent.character import default_character
+    from bot.agent.engines.eliza import ElizaEngine
+    from bot.db import Database
+    from bot.memory import Memory, Modality
+
+    out = io.StringIO()
+    setup_logging("DEBUG", stream=out)
+    memory = Memory(Database.in_memory())
+    agent = Agent(default_character(), ElizaEngine(), memory)
+    for room, speaker, modality in (("discord:dm:123456789012345678", "discord:123456789012345678", Modality.TEXT),
+                                    ("sms:+15557654321", "phone:+15557654321", Modality.SMS)):
+        reply = agent.reply(Incoming(room=room, speaker_id=speaker, speaker_name="Ann", text="hello",
+                                     modality=modality))
+        asyncio.run(reply.collect())
+    logging.getLogger("twilio.http_client").info(
+        "GET Request: https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json?To=%2B15557654321&PageSize=20")
+    logging.getLogger("bot.voice.session").warning("barge-in by %s", 123456789012345678)
+    text = out.getvalue()
+    assert "room=discord:dm:" in text and "room=sms:" in text and "Messages.json" in text  # the lines were logged
+    assert "123456789012345678" not in text and "15557654321" not in text
+    assert "**************5678" in text and "+1******4321" in text and "%2B1******4321" in text

@@ -27,6 +27,29 @@ def make_intents() -> discord.Intents:
 
 
 @contextlib.asynccontextmanager
+async def connected(client: discord.Client, token: str, *, timeout: float = TIMEOUT) -> AsyncIterator[discord.Client]:
+    """``client`` logged in and connected until the block ends, then closed; yields once it is ready."""
+    runner: asyncio.Task[None] | None = None
+    try:
+        await client.login(token)
+        runner = asyncio.create_task(client.connect(reconnect=True), name="test-discord-client")
+        waiter = asyncio.create_task(client.wait_until_ready(), name="test-wait-ready")
+        done, _ = await asyncio.wait({waiter, runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            if runner in done:
+                runner.result()
+            raise TimeoutError("the client never became ready")
+        yield client
+    finally:
+        await client.close()
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+
+@contextlib.asynccontextmanager
 async def running_client(
     discord_: LocalDiscord,
     monkeypatch: pytest.MonkeyPatch,
@@ -41,17 +64,7 @@ async def running_client(
     client = client_cls(intents=make_intents(), connector=discord_.connector(), guild_ready_timeout=0.05)
     if setup is not None:
         setup(client)
-    runner: asyncio.Task[None] | None = None
-    try:
-        await client.login(token or discord_.token)
-        runner = asyncio.create_task(client.connect(reconnect=True), name="test-discord-client")
-        waiter = asyncio.create_task(client.wait_until_ready(), name="test-wait-ready")
-        done, _ = await asyncio.wait({waiter, runner}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if runner in done:
-                runner.result()
-            raise TimeoutError("client never became ready")
+    async with connected(client, token or discord_.token):
         # guild_ready_timeout is short to keep logins fast; on a loaded machine a GUILD_CREATE can
         # arrive after it and so after on_ready. Wait for the guilds themselves, not for the timer.
         expected = set(discord_.world.guilds)
@@ -62,12 +75,6 @@ async def running_client(
         else:
             raise TimeoutError(f"guilds {expected - {g.id for g in client.guilds}} never arrived")
         yield client
-    finally:
-        await client.close()
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -95,8 +96,10 @@ async def rig(make: Make, **extra: str) -> AsyncIterator[Rig]:
 
 
 def scripted(agent: Any, *, stt: Any = None, tts: TTSEngine | None = None, fallback: TTSEngine | None = None,
-             options: CallOptions | None = None, allowed: tuple[str, ...] = ()) -> Make:
-    """A phone service with test engines (the local espeak voice unless ``tts`` is given)."""
+             options: CallOptions | None = None, allowed: tuple[str, ...] = (), max_calls: int = 10,
+             language: str | None = None) -> Make:
+    """A phone service with test engines (the local espeak voice unless ``tts`` is given); with
+    ``language``, the caller's number has that language set (the per-number rows SMS uses)."""
 
     async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
         from audio.tts.espeak import EspeakEngine
@@ -104,10 +107,17 @@ def scripted(agent: Any, *, stt: Any = None, tts: TTSEngine | None = None, fallb
         if hasattr(agent, "memory"):
             agent.memory = memory
         assert settings.twilio_api_base
+        languages = None
+        if language is not None:
+            from bot.i18n.places import PlaceLanguages
+
+            languages = PlaceLanguages(db, "auto")
+            languages.set(f"phone:{CALLER}", language)
         return PhoneService(
             agent=agent, memory=memory, stt=stt, tts=tts or EspeakEngine(), fallback_tts=fallback, voice=None,
             auth_token=AUTH, public_url=PUBLIC, options=options or CallOptions(max_seconds=0),
             allowed_callers=allowed, calls=TwilioCalls(ACCOUNT, AUTH, api_base=settings.twilio_api_base),
+            max_calls=max_calls, languages=languages,
         )
 
     return make
@@ -218,23 +228,109 @@ async def test_barge_in_sends_clear_and_memory_marks_the_reply_interrupted() -> 
         assert call.utterances(), "the caller heard nothing"
 
 
+class ToneTTS(TTSEngine):
+    """μ-law 8 kHz, 20 ms (160 bytes) of a tone per character of the text: audio lengths a test can count."""
+
+    name = "tone"
+    format = AudioFormat("ulaw", MULAW_RATE, 1)
+    BYTES_PER_CHAR = 160
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def synthesize(self, text: str, voice: VoiceSpec | None = None) -> AsyncIterator[bytes]:
+        from bot.phone.audio import mulaw_encode
+
+        self.texts.append(text)
+        samples = np.sin(np.arange(self.BYTES_PER_CHAR * len(text)) * 2 * np.pi * 440 / MULAW_RATE) * 8000
+        tone = mulaw_encode(samples.astype("<i2").tobytes())
+        for i in range(0, len(tone), 800):  # 100 ms chunks, as a streaming voice sends them
+            yield tone[i:i + 800]
+
+    async def list_voices(self) -> list[VoiceInfo]:
+        return []
+
+    async def check(self) -> str:
+        return "tone"
+
+
+def words_within(texts: list[str], audio_bytes: int) -> str:
+    """The words of the sentences ``texts``, spoken one after the other by :class:`ToneTTS`, that lie
+    within their first ``audio_bytes`` of μ-law (whole words, as memory keeps them)."""
+    from audio.playback import spoken_prefix
+
+    said: list[str] = []
+    for text in texts:
+        size = ToneTTS.BYTES_PER_CHAR * len(text)
+        if audio_bytes >= size:
+            said.append(text)
+            audio_bytes -= size
+            continue
+        said.append(spoken_prefix(text, audio_bytes / size))
+        break
+    return " ".join(part for part in said if part)
+
+
 async def test_caller_hanging_up_mid_reply_leaves_only_what_was_heard() -> None:
     agent = FakeAgent(replies=[LONG_REPLY])
-    async with rig(scripted(agent, stt=FakeSTTEngine(["tell me about the weather"]))) as r:
+    tts = ToneTTS()
+    async with rig(scripted(agent, stt=FakeSTTEngine(["tell me about the weather"]), tts=tts)) as r:
         call = await r.twilio.call(CALLER)
         await speak(call)
-        loop = asyncio.get_running_loop()
-        # Hang up once about a second of the reply has been heard.
-        await call.wait_for(lambda: bool(call.segments) and loop.time() - call.segments[0].start > 1.0, TIMEOUT)
+        # Hang up a quarter of a second past a progress mark inside the second sentence: the caller has
+        # heard more than that mark proves, and less than the sentence.
+        await call.wait_for(lambda: any(name.startswith("utt-2.") for name, _ in call.echoes), TIMEOUT)
+        mark = next(position for name, position in call.echoes if name.startswith("utt-2."))
+        await call.wait_for(lambda: call.played() >= mark + MULAW_RATE // 4, TIMEOUT)
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.ended_by == "caller"
         [said] = [t for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
-        assert said.interrupted and 0 < len(said.text) < len(LONG_REPLY), said.text
-        # Memory's share of the reply is about the share of its audio the caller heard.
-        heard_seconds = len(call.heard_mulaw()) / MULAW_RATE
-        assert heard_seconds > 1.0
+        # What the caller heard (μ-law bytes played before the hang-up, from the reply's start: there
+        # is no greeting) and what the marks they echoed prove of it.
+        heard = len(call.heard_mulaw())
+        proven = max(position for _name, position in call.echoes)
+        assert mark <= proven < heard
+        # Memory holds exactly the words the echoed marks prove were played: every one of them, and
+        # nothing of what was sent to Twilio but never proven played.
+        assert said.interrupted and said.text == words_within(tts.texts, proven)
+        assert tts.texts[0] in said.text and 0 < len(said.text) < len(LONG_REPLY)
+        assert said.text != words_within(tts.texts, sum(ToneTTS.BYTES_PER_CHAR * len(t) for t in tts.texts))
         assert await r.healthy()
+
+
+async def test_a_socket_gone_before_the_last_mark_keeps_only_what_the_echoes_prove() -> None:
+    """The caller hangs up right after the last audio of a sentence went out: the final mark cannot
+    be sent, and the sentence is not counted as heard (only the progress Twilio echoed is)."""
+    import json
+
+    from bot.phone.call import PROGRESS_MARK_SECONDS, TwilioAudioOut
+
+    out: TwilioAudioOut | None = None
+    marks: list[str] = []
+
+    async def send(message: str) -> None:
+        data = json.loads(message)
+        if data["event"] != "mark":
+            return
+        name = data["mark"]["name"]
+        if "." not in name:
+            raise ConnectionResetError("the call's socket is closed")
+        marks.append(name)
+        if len(marks) == 1:
+            assert out is not None
+            out.on_mark(name)  # Twilio echoed the first progress mark: half a second played for sure
+
+    out = TwilioAudioOut(send, "MZ" + "0" * 32)
+
+    async def two_seconds() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"\x55" * 800
+
+    result = await out.play("A sentence of two seconds.", two_seconds(), AudioFormat("ulaw", MULAW_RATE, 1))
+    assert marks == ["utt-1.1", "utt-1.2", "utt-1.3"]  # one each half second of audio
+    assert result.interrupted and result.total_seconds == 2.0
+    assert result.played_seconds == PROGRESS_MARK_SECONDS
 
 
 async def test_goodbye_is_answered_then_the_bot_hangs_up_through_rest() -> None:
@@ -628,6 +724,162 @@ async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
         assert phone._name(CALLER) == "Alice"
         memory.forget_person("discord:100000000000000001")
         assert phone._name(CALLER) == "caller ending 4321"
+    finally:
+        await phone.aclose()
+        db.close()
+
+
+# ------------------------------------------------------------------------------------ one call, one token; strangers
+
+
+async def test_a_replayed_voice_webhook_gets_the_same_token_or_none_and_no_token_outlives_its_call() -> None:
+    options = CallOptions(greeting="Hello.", max_seconds=0)
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine(), options=options)) as r:
+        call_sid, twiml = await r.twilio.ring(CALLER)
+        form = r.twilio.call_form(call_sid, CALLER)
+        # Before the stream connects the same signed webhook (Twilio retrying) gets the same answer.
+        assert await r.twilio.post_webhook("/twilio/voice", form) == (200, twiml)
+        url = r.twilio.stream_url(twiml) or ""
+        call = await r.twilio.open_stream(url, call_sid, CALLER)
+        await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)  # the greeting was heard
+        # Replayed while the call is connected, or after it ended: no token, no stream, no greeting.
+        assert (await r.twilio.post_webhook("/twilio/voice", form))[0] == 409
+        await call.hang_up()
+        await ended(r, call)
+        status, body = await r.twilio.post_webhook("/twilio/voice", form)
+        assert status == 409 and "<Stream" not in body
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await r.twilio.open_stream(url, call_sid, CALLER)
+        assert info.value.status == 403
+        # A call that ended (status callback) before its stream connected: its token dies with it.
+        other_sid, other = await r.twilio.ring(CALLER)
+        assert await r.twilio.status_callback(other_sid, "completed", duration=0) == 204
+        assert (await r.twilio.post_webhook("/twilio/voice", r.twilio.call_form(other_sid, CALLER)))[0] == 409
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await r.twilio.open_stream(r.twilio.stream_url(other) or "", other_sid, CALLER)
+        assert len(r.phone.finished) == 1 and r.phone.tokens.pending() == 0
+        assert await r.healthy()
+
+
+async def test_the_media_socket_needs_twilios_signature_of_the_upgrade(caplog: pytest.LogCaptureFixture) -> None:
+    from twilio.request_validator import RequestValidator
+
+    caplog.set_level(logging.INFO)
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine())) as r:
+        call_sid, twiml = await r.twilio.ring(CALLER)
+        url = r.twilio.stream_url(twiml) or ""
+        public = r.twilio.public_stream_url(url)
+        assert public.startswith("wss://bot.example.test/twilio/media/")
+        forged = [
+            "", "forged",
+            r.twilio.sign(url, {}),  # signed for the bot's own address, not the URL Twilio was given
+            r.twilio.sign(public, {"CallSid": call_sid}),  # with parameters: Twilio signs an upgrade without
+            RequestValidator("another-auth-token").compute_signature(public, {}),  # another account's
+        ]
+        for signature in forged:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await r.twilio.open_stream(url, call_sid, CALLER, signature=signature)
+            assert info.value.status == 403
+        assert r.phone.tokens.pending() == 1  # refused before the token was looked at: Twilio's is still good
+        call = await r.twilio.open_stream(url, call_sid, CALLER)  # signed the way Twilio signs it
+        await call.hang_up()
+        await ended(r, call)
+        refusals = [rec.getMessage() for rec in caplog.records if "media stream refused" in rec.getMessage()]
+        assert len(refusals) == len(forged)
+        assert not any("/twilio/media/" in line for line in refusals)  # the token stays out of the log
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["live", "before-start"])
+async def test_binary_frames_count_toward_closing_the_call(started: bool) -> None:
+    from bot.phone.call import MAX_PROTOCOL_ERRORS
+
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine())) as r:
+        call_sid, twiml = await r.twilio.ring(CALLER)
+        call = await r.twilio.open_stream(r.twilio.stream_url(twiml) or "", call_sid, CALLER, send_start=started)
+        for _ in range(MAX_PROTOCOL_ERRORS):
+            await call.send_raw(b"\x00\x01binary")
+        bot = await ended(r, call)
+        assert call.closed_code == 1008 and bot.report.ended_by == "socket"
+        assert bot.report.protocol_errors == MAX_PROTOCOL_ERRORS
+        assert await r.healthy()
+
+
+async def test_deeply_nested_json_is_one_bad_message_and_the_call_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    agent = FakeAgent(replies=["Still here."])
+    async with rig(scripted(agent, stt=FakeSTTEngine(["hello"]))) as r:
+        call_sid, twiml = await r.twilio.ring(CALLER)
+        call = await r.twilio.open_stream(r.twilio.stream_url(twiml) or "", call_sid, CALLER, send_start=False)
+        await call.send_raw("[" * 4000)  # before start
+        await call._send({"event": "start", "streamSid": call.stream_sid,
+                          "start": {"accountSid": ACCOUNT, "streamSid": call.stream_sid, "callSid": call_sid,
+                                    "tracks": ["inbound"], "customParameters": {},
+                                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+        await call.send_raw('{"event": "media", "media": ' + '{"a": ' * 5000)  # during the call
+        await speak(call)
+        await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)
+        await call.hang_up()
+        bot = await ended(r, call)
+        assert bot.report.protocol_errors == 2 and bot.report.ended_by == "caller"
+        assert [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"] == ["Still here."]
+        nested = [rec for rec in caplog.records if "nested too deeply" in rec.getMessage()]
+        assert len(nested) == 2 and not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+async def test_a_multipart_body_on_the_call_webhooks_is_415_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine())) as r:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/twilio/voice", "/twilio/voice/status"):
+                data = aiohttp.FormData()
+                data.add_field("CallSid", "CA" + "4" * 32)
+                data.add_field("Recording", b"\x00" * 64, filename="call.wav", content_type="audio/wav")
+                async with http.post(r.server.url + path, data=data, headers={"X-Twilio-Signature": "x"}) as resp:
+                    assert resp.status == 415
+        lines = [rec for rec in caplog.records if rec.name == "bot.twilio_signature"]
+        assert len(lines) == 2 and all("415" in rec.getMessage() for rec in lines)
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert await r.healthy()
+
+
+async def test_callers_beyond_phone_max_calls_hear_busy_in_their_language_and_no_stream() -> None:
+    import html
+
+    from bot.i18n.catalog import t
+
+    other = "+15550002222"
+    async with rig(scripted(FakeAgent(), stt=FakeSTTEngine(), max_calls=1, language="de")) as r:
+        first_sid, first_twiml = await r.twilio.ring(other)  # connecting: it holds the one line
+        _, busy = await r.twilio.ring(CALLER)
+        assert "<Connect>" not in busy and "<Hangup />" in busy
+        assert t("phone.busy", "de") in html.unescape(busy) and 'language="de-DE"' in busy
+        # Twilio retrying the first call's webhook is that call, not a new one.
+        assert await r.twilio.post_webhook("/twilio/voice", r.twilio.call_form(first_sid, other)) == (200, first_twiml)
+        first = await r.twilio.open_stream(r.twilio.stream_url(first_twiml) or "", first_sid, other)
+        await asyncio.wait_for(_until(lambda: first_sid in r.phone.calls, r), TIMEOUT)
+        _, busy = await r.twilio.ring(CALLER)  # connected now: still busy
+        assert "<Connect>" not in busy
+        await first.hang_up()
+        await ended(r, first)
+        call = await r.twilio.call(CALLER)  # the line is free again
+        await call.hang_up()
+        await ended(r, call, 2)
+
+
+def test_phone_max_calls_is_a_setting() -> None:
+    assert phone_settings("http://127.0.0.1:9").phone_max_calls == 10
+    assert phone_settings("http://127.0.0.1:9", PHONE_MAX_CALLS="3").phone_max_calls == 3
+    with pytest.raises(Exception, match="PHONE_MAX_CALLS"):
+        phone_settings("http://127.0.0.1:9", PHONE_MAX_CALLS="0")
+
+
+async def test_build_phone_takes_phone_max_calls() -> None:
+    from bot.agent.factory import build_agent
+
+    db = Database.in_memory()
+    memory = Memory(db)
+    settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none", PHONE_MAX_CALLS="2")
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db)
+    try:
+        assert phone.max_calls == 2
     finally:
         await phone.aclose()
         db.close()

@@ -127,24 +127,56 @@ def test_outbound_messages_are_twilios_shapes() -> None:
 # ------------------------------------------------------------------------------------ tokens, URLs, notice
 
 
+@pytest.mark.parametrize("text", ["[" * 4000, '{"event": "media", "media": ' + '{"a": ' * 5000, "[" * 100_000])
+def test_json_nested_thousands_deep_is_a_protocol_error(text: str) -> None:
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_message(text)
+
+
 def test_tokens_are_single_use_short_lived_and_revocable() -> None:
     now = [100.0]
     tokens = StreamTokens(ttl=30, clock=lambda: now[0])
     a = tokens.issue("CA1", "+15551", "+15552")
-    assert tokens.redeem(a) is not None and tokens.redeem(a) is None  # used
+    assert a is not None and tokens.redeem(a) is not None and tokens.redeem(a) is None  # used
     b = tokens.issue("CA2", "+15551", "+15552")
+    assert b is not None
     now[0] += 31
     assert tokens.redeem(b) is None  # expired
     c = tokens.issue("CA3", "+15551", "+15552")
-    tokens.revoke_call("CA3")
+    assert c is not None
+    tokens.end_call("CA3")
     assert tokens.redeem(c) is None and len(tokens) == 0
     assert tokens.redeem("") is None
 
 
-def test_pending_tokens_are_bounded() -> None:
-    tokens = StreamTokens(max_pending=3)
+def test_one_call_gets_one_token_and_none_after_it_was_used_expired_or_ended() -> None:
+    now = [100.0]
+    tokens = StreamTokens(ttl=30, clock=lambda: now[0])
+    first = tokens.issue("CA1", "+15551", "+15552")
+    assert first is not None and tokens.issue("CA1", "+15551", "+15552") == first  # a retry: the same answer
+    assert tokens.pending() == 1 and tokens.seen("CA1") and not tokens.seen("CA2")
+    grant = tokens.redeem(first)
+    assert grant is not None and grant.call_sid == "CA1"
+    assert tokens.issue("CA1", "+15551", "+15552") is None  # replayed while connected
+    tokens.end_call("CA1")
+    assert tokens.issue("CA1", "+15551", "+15552") is None  # replayed after the call
+    expired = tokens.issue("CA2", "+15551", "+15552")
+    now[0] += 31
+    assert tokens.issue("CA2", "+15551", "+15552") is None and expired is not None and tokens.redeem(expired) is None
+    ended = tokens.issue("CA3", "+15551", "+15552")
+    tokens.end_call("CA3")  # the call ended (status callback) before its stream connected
+    assert ended is not None and tokens.redeem(ended) is None and tokens.issue("CA3", "+1", "+2") is None
+    assert tokens.pending() == 0
+
+
+def test_remembered_calls_are_bounded_in_number_and_time() -> None:
+    now = [0.0]
+    tokens = StreamTokens(clock=lambda: now[0], retention=3600, max_calls=3)
     issued = [tokens.issue(f"CA{i}", "+1", "+2") for i in range(5)]
-    assert len(tokens) == 3 and tokens.redeem(issued[0]) is None and tokens.redeem(issued[-1]) is not None
+    assert [tokens.seen(f"CA{i}") for i in range(5)] == [False, False, True, True, True]
+    assert tokens.redeem(issued[0] or "") is None and tokens.redeem(issued[-1] or "") is not None
+    now[0] += 3601
+    assert not any(tokens.seen(f"CA{i}") for i in range(5)) and tokens.pending() == 0
 
 
 def test_stream_base_follows_the_public_scheme() -> None:

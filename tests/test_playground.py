@@ -299,3 +299,87 @@ async def test_garbage_and_floods_of_control_messages_are_bounded(rig: Rig) -> N
             break
     assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
     await wait_for(lambda: rig.console.playground.count() == 0)  # type: ignore[union-attr]
+
+
+def speech_16k(text: str) -> bytes:
+    """``text`` spoken by espeak-ng, as the page sends audio: s16le mono at 16 kHz."""
+    import numpy as np
+    import soxr
+
+    from tests.speech_samples import espeak_pcm
+
+    pcm, rate = espeak_pcm(text)
+    samples = soxr.resample(np.frombuffer(pcm, dtype="<i2"), rate, 16000)
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+def families_of(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def values(families: dict[str, Any], family: str, sample: str, label: str) -> dict[str, float]:
+    return {s.labels[label]: s.value for s in families[family].samples if s.name == sample}
+
+
+async def test_a_typed_message_is_a_text_turn_not_a_voice_turn(rig: Rig) -> None:
+    """Issue 21 item 5: the text box's turns count on the text channel, with no speech stages."""
+    ws = await rig.connect()
+    await receive_until(ws, "hello")
+    await ws.send_str(json.dumps({"type": "text", "text": "what is your name"}))
+    turn = await receive_until(ws, "turn")
+    assert turn["channel"] == "text" and turn["outcome"] == "answered" and turn["stages_ms"] == {}
+    await ws.close()
+    families = families_of(await (await rig.client.get("/metrics")).text())
+    turns = {(s.labels["channel"], s.labels["outcome"]): s.value for s in families["voicebot_turns"].samples
+             if s.name == "voicebot_turns_total"}
+    assert turns[("text", "answered")] == 1 and turns[("playground", "answered")] == 0
+    waits = values(families, "voicebot_wait_seconds", "voicebot_wait_seconds_count", "channel")
+    assert waits == {"text": 1}
+    assert set(values(families, "voicebot_stage_seconds", "voicebot_stage_seconds_count", "stage").values()) == {0}
+
+
+async def test_a_held_talk_button_waits_from_the_last_word_not_from_the_recognizers_decision(rig: Rig) -> None:
+    """Issue 21 item 5: the person stops talking but keeps the button down; the recognizer ends the
+    turn on its own pause. The wait runs from their last voiced frame, through that pause."""
+    import time
+
+    speech = speech_16k("hello there computer")
+    speech += bytes(-len(speech) % 3200)  # whole messages of whole 20 ms frames: no voice spills into the pause
+    ws = await rig.connect()
+    await receive_until(ws, "hello")
+    await ws.send_str(json.dumps({"type": "start"}))
+    for i in range(0, len(speech), 3200):
+        await ws.send_bytes(speech[i:i + 3200])
+    await wait_for(lambda: rig.stt.streams and rig.stt.streams[0].seconds >= len(speech) / BYTES_PER_SECOND)
+    spoke_until = time.monotonic()  # every voiced frame has reached the session by now
+    # Half a second of silence with the button held, paced as a microphone sends it: the person's
+    # pause is what is measured here, so it is made of real time (the asserts below are lower bounds).
+    silence = bytes(3200)
+    for _ in range(5):
+        await ws.send_bytes(silence)
+        await asyncio.sleep(0.1)
+    await wait_for(lambda: rig.stt.streams[0].seconds >= len(speech) / BYTES_PER_SECOND + 0.5)
+    assert time.monotonic() - spoke_until >= 0.5
+    rig.stt.streams[0].say("hello there computer")  # the recognizer's own end of turn, button still down
+    turn = await receive_until(ws, "turn")
+    assert turn["outcome"] == "answered"
+    assert turn["stages_ms"]["end_of_turn"] >= 500  # the silence the person waited through
+    assert turn["wait_ms"] >= 500 + turn["stages_ms"]["first_packet"]
+    assert turn["wait_ms"] == pytest.approx(sum(turn["stages_ms"].values()), abs=1.0)
+    await ws.close()
+
+
+async def test_deeply_nested_json_is_refused_and_the_tab_keeps_working(rig: Rig,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21 item 12: "[" * 4000 fits the text-frame limit and makes the JSON parser recurse 4000 deep."""
+    caplog.set_level(logging.INFO)
+    ws = await rig.connect()
+    await receive_until(ws, "hello")
+    await ws.send_str("[" * 4000)
+    assert "nested too deeply" in (await receive_until(ws, "error"))["message"]
+    await ws.send_str(json.dumps({"type": "ping"}))
+    await receive_until(ws, "pong")
+    await ws.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.console.playground" and "refused" in
+            r.getMessage()] == ["playground refused a message: nested"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []

@@ -132,6 +132,7 @@ class Outcome:
     finished: Finished
     extra: str  # what people got besides the process's output (the SMS TwiML for serve)
     echoed: list[str]  # credentials the echo service received in this run
+    people: tuple[str, ...] = ()  # the texter's number (serve): never whole in the output
 
 
 def _wait_listening(port: int, run: CliRun, guard: float = 90.0) -> None:
@@ -148,9 +149,12 @@ def _wait_listening(port: int, run: CliRun, guard: float = 90.0) -> None:
     raise AssertionError("serve did not listen")
 
 
+TEXTER = "+15557654321"
+
+
 def _text_the_bot(port: int) -> str:
     form = {"MessageSid": "SM" + "7" * 32, "SmsSid": "SM" + "7" * 32, "AccountSid": ACCOUNT_SID,
-            "From": "+15557654321", "To": "+15550001111", "Body": "hello, are you there?", "NumMedia": "0"}
+            "From": TEXTER, "To": "+15550001111", "Body": "hello, are you there?", "NumMedia": "0"}
     body = urllib.parse.urlencode(form).encode()
     signature = sign_webhook(SECRETS["TWILIO_AUTH_TOKEN"], PUBLIC_URL + "/twilio/sms", form)
     request = urllib.request.Request(f"http://127.0.0.1:{port}/twilio/sms", data=body, method="POST", headers={
@@ -215,17 +219,19 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
         results: dict[tuple[str, int], Outcome] = {}
         for (command, fault), (run, port) in runs.items():
             extra = ""
+            people: tuple[str, ...] = ()
             assert run.proc is not None
             if command == "serve":
                 _wait_listening(port, run)
                 extra = _text_the_bot(port)
+                people = (TEXTER, TEXTER[1:])
                 run.proc.send_signal(signal.SIGTERM)
             elif command == "gateway":
                 extra = str(loops.run(_mention_and_wait(*discords[fault]), timeout=180))
                 run.proc.send_signal(signal.SIGINT)
             finished = run.finish(timeout=180)
             results[(command, fault)] = Outcome(command, fault, f"{command}-{fault}", finished, extra,
-                                                echo.credentials(f"{command}-{fault}"))
+                                                echo.credentials(f"{command}-{fault}"), people)
         yield results
     finally:
         for run, _ in runs.values():
@@ -261,6 +267,16 @@ def test_no_piece_of_any_secret_is_printed(outcomes: dict[tuple[str, int], Outco
         assert outcome.finished.code == 1 and outcome.finished.stdout.count("FAIL") == 5
     elif command == "serve":
         assert outcome.extra.startswith("HTTP 200") and outcome.finished.code == 0
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_no_texters_number_is_logged_even_at_debug(outcomes: dict[tuple[str, int], Outcome], fault: int) -> None:
+    """Issue 21 item 15: at LOG_LEVEL=DEBUG the reply's room (``sms:+1…``) and the agent service's
+    error (which quotes the speaker) are logged; the texter's number appears masked, never whole."""
+    outcome = outcomes[("serve", fault)]
+    for whole in outcome.people:
+        assert whole not in outcome.finished.output, f"serve with {fault} logged {whole}"
+    assert "+1******4321" in outcome.finished.output  # it was logged, masked
 
 
 def test_coverage(outcomes: dict[tuple[str, int], Outcome], capsys: pytest.CaptureFixture[str]) -> None:

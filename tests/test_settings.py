@@ -88,10 +88,10 @@ def test_parsed_types() -> None:
 
 def test_cross_checks() -> None:
     with pytest.raises(SettingsError) as info:
-        load_settings({"AGENT_ENGINE": "elizaos", "STT_ENGINE": "deepgram", "DISCORD_SHARD_ID": "2",
-                       "DISCORD_SHARD_COUNT": "2"}, env_file=None)
+        load_settings({"AGENT_ENGINE": "elizaos", "STT_ENGINE": "deepgram", "SHARD_IDS": "2",
+                       "SHARD_COUNT": "2"}, env_file=None)
     text = str(info.value)
-    assert "ELIZAOS_URL" in text and "DEEPGRAM_API_KEY" in text and "DISCORD_SHARD_ID must be below" in text
+    assert "ELIZAOS_URL" in text and "DEEPGRAM_API_KEY" in text and "SHARD_IDS lists shard 2" in text
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

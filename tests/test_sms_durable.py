@@ -78,12 +78,12 @@ class Runs:
         self.fake = fake
         self.runs: list[Run] = []
 
-    async def start(self, *, gate: asyncio.Event | None = None, budget: float = 10.0) -> Run:
+    async def start(self, *, gate: asyncio.Event | None = None, budget: float = 10.0, max_attempts: int = 1) -> Run:
         db = Database(self.path)
         memory = Memory(db)
         store = SmsStore(db)
         sender = TwilioSender(SID, TOKEN, OURS, api_base=self.fake.base_url, sleep=instant, rand=lambda: 0.0,
-                              max_attempts=1)
+                              max_attempts=max_attempts)
         agent = FakeAgent(memory, replies=[REPLY], gate=gate)
         service = SmsService(agent=agent, memory=memory, store=store, sender=sender, rate_limit=50,  # type: ignore[arg-type]
                              reply_budget=budget)
@@ -331,6 +331,57 @@ async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: 
     third.service.resume_unfinished()
     await wait_state(third.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]
+
+
+# --- a send Twilio created but did not confirm -------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["503", "dropped"])
+async def test_a_reply_twilio_created_then_failed_to_confirm_goes_out_once(runs: Runs, failure: str) -> None:
+    run = await runs.start(budget=0.0, max_attempts=4)  # the reply goes by REST, with retries
+    if failure == "503":
+        runs.fake.fail_next(503, None, "Service Unavailable", created=True)
+    else:
+        runs.fake.drop_next(created=True)
+    sid = "SM" + "a1" * 16
+    await run.post(form("hello", sid))
+    await wait_state(run.store, sid, "answered")
+    assert [m.body for m in runs.fake.sent] == [REPLY] and runs.fake.attempts == 1  # one text
+    assert assistant_turns(run.memory) == [REPLY]
+
+
+async def test_when_twilio_cannot_confirm_a_send_the_reply_waits_rather_than_goes_twice(
+        runs: Runs, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    first = await runs.start(budget=0.0)
+    first.service.find_sent_retry_delays = (0.0,)
+    runs.fake.fail_next(503, created=True)
+    runs.fake.list_failures = 100  # Twilio's list is down: nobody can say whether it went out
+    sid = "SM" + "b2" * 16
+    await first.post(form("hello", sid))
+    await first.service.wait_idle()
+    assert len(runs.fake.sent) == 1 and first.store.state_of(sid) == "sending"  # left for later, not resent
+    assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
+    await first.service.aclose()
+    await first.client.close()
+    first.db.close()
+
+    runs.fake.list_failures = 0
+    second = await runs.start()
+    assert second.service.resume_unfinished() == 1
+    await wait_state(second.store, sid, "answered")
+    assert len(runs.fake.sent) == 1 and assistant_turns(second.memory) == [REPLY]
+
+
+async def test_an_unconfirmed_send_is_checked_again_by_the_service_then_finished(runs: Runs) -> None:
+    run = await runs.start(budget=0.0)  # one attempt, one list check: the check fails, the send is uncertain
+    run.service.find_sent_retry_delays = (0.0,)
+    runs.fake.fail_next(503, created=True)
+    runs.fake.list_failures = 1  # ... and the service's own question a moment later is answered
+    sid = "SM" + "c3" * 16
+    await run.post(form("hello", sid))
+    await wait_state(run.store, sid, "answered")
+    assert len(runs.fake.sent) == 1 and len(runs.fake.list_requests) == 3  # failed, then both list calls
 
 
 async def test_the_loopback_messages_list_filters_like_twilio(runs: Runs) -> None:

@@ -98,7 +98,7 @@ async def env() -> AsyncIterator[Env]:
 
 
 def sms_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith(("bot.sms", "bot.web"))]
+    return [r for r in caplog.records if r.name.startswith(("bot.sms", "bot.web", "bot.twilio_signature"))]
 
 
 # --- the happy paths ---------------------------------------------------------------------------
@@ -148,6 +148,23 @@ async def test_unsigned_request_is_403(env: Env, caplog: pytest.LogCaptureFixtur
     status, _ = await env.post(sms_form("hi"), signature="")
     assert status == 403 and env.agent.calls == []
     assert len(sms_logs(caplog)) == 1 and "no X-Twilio-Signature" in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/twilio/sms", "/twilio/status"])
+async def test_a_multipart_body_is_415_with_one_line_not_a_traceback(env: Env, caplog: pytest.LogCaptureFixture,
+                                                                    path: str) -> None:
+    import aiohttp
+
+    caplog.set_level(logging.INFO)
+    form = aiohttp.FormData()
+    for name, value in sms_form("hi").items():
+        form.add_field(name, value)
+    form.add_field("MediaUrl0", b"\x89PNG" + b"\x00" * 64, filename="cat.png", content_type="image/png")
+    resp = await env.client.post(path, data=form, headers={"X-Twilio-Signature": "anything"})
+    assert resp.status == 415 and env.agent.calls == [] and env.store.state_of(sms_form("hi")["MessageSid"]) is None
+    [line] = sms_logs(caplog)
+    assert line.levelno == logging.WARNING and "415" in line.getMessage() and "multipart/form-data" in line.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("how", ["wrong token", "tampered body", "host url", "forwarded host"])

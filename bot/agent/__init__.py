@@ -20,6 +20,7 @@ the agent's turn only when the caller says what was actually delivered, via :met
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -28,7 +29,7 @@ from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
 from bot.agent.prompt import build_messages, clip
 from bot.i18n.catalog import t
-from bot.memory import Memory, Turn
+from bot.memory import Memory, Modality, Turn
 
 __all__ = [
     "Agent",
@@ -73,6 +74,7 @@ class Reply:
         self.error: AgentError | None = None
         self._finished = False
         self._incoming_turn: Turn | None = None  # the person's turn, not stored yet (remember=False)
+        self._started = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<Reply room={self.incoming.room!r} chars={len(self.text)} done={self.done}>"
@@ -84,6 +86,30 @@ class Reply:
         return self._gen
 
     async def _run(self) -> AsyncGenerator[str, None]:
+        """The reply's text, telling the agent's turn listeners how the turn ended."""
+        first: float | None = None
+        outcome: str | None = None
+        try:
+            async with contextlib.aclosing(self._produce()) as deltas:
+                async for delta in deltas:
+                    if first is None and delta.strip():
+                        first = time.monotonic() - self._started
+                    yield delta
+            outcome = "answered"
+        except GeneratorExit:
+            # Closed by the caller part-way (a capped message, a barge-in): what came was the answer.
+            outcome = "answered" if first is not None else None
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            if outcome is not None:
+                self._agent._turn_ended(self.incoming.modality, outcome, first)
+
+    async def _produce(self) -> AsyncGenerator[str, None]:
         if self._canned is not None:
             self.text = self._canned
             self.done = True
@@ -190,6 +216,10 @@ class Agent:
         self.context_turns = context_turns
         self.max_input_chars = max_input_chars
         self.clock = clock
+        # Told how each person's turn to the agent ended: (modality, "answered" / "failed" /
+        # "ignored", seconds from the message to the reply's first text). The console counts the
+        # text and SMS ones; voice sessions report their own, with what was heard and played.
+        self.turn_listeners: list[Callable[[Modality, str, float | None], None]] = []
 
     @property
     def engine_name(self) -> str:
@@ -197,6 +227,18 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<Agent character={self.character.name!r} engine={self.engine_name!r}>"
+
+    def turn_ignored(self, modality: Modality) -> None:
+        """A person's message that its channel chose not to answer (over a rate limit, from a number
+        that opted out, empty): counted as such by the turn listeners."""
+        self._turn_ended(modality, "ignored", None)
+
+    def _turn_ended(self, modality: Modality, outcome: str, wait: float | None) -> None:
+        for listener in list(self.turn_listeners):
+            try:
+                listener(modality, outcome, wait)
+            except Exception:
+                log.exception("turn listener failed")
 
     def reply(self, incoming: Incoming, *, remember: bool = True) -> Reply:
         """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate.

@@ -1,20 +1,28 @@
 """The console's routes on the bot's aiohttp server: ``/``, ``/console/*``, ``/metrics``.
 
 Access: bound to a loopback address (the default ``WEB_HOST=127.0.0.1``) nothing is asked of a
-visitor beyond a loopback ``Host`` header (so a web page elsewhere cannot reach the console through a
-DNS name that resolves to 127.0.0.1). Bound anywhere else, every console route needs
-``CONSOLE_TOKEN`` (``Authorization: Bearer …``, or ``/?token=…`` once, which sets a cookie) and
-``/metrics`` needs ``METRICS_TOKEN`` (or ``CONSOLE_TOKEN``); without a token configured those routes
-answer 403 and say what to set. The playground's WebSocket also checks ``Origin``. The Twilio
-routes and ``/healthz`` are not touched.
+visitor beyond a ``Host`` header that names this machine literally (127.0.0.1, [::1] or localhost,
+with the bound port), so a web page elsewhere cannot reach the console through a DNS name of its
+own that resolves to 127.0.0.1 (DNS rebinding). Bound anywhere else, or with ``PUBLIC_URL`` set,
+every console route needs ``CONSOLE_TOKEN`` (``Authorization: Bearer …``, or ``/?token=…`` once,
+which sets a signed session cookie) and ``/metrics`` needs ``METRICS_TOKEN`` (or ``CONSOLE_TOKEN``);
+without a token configured those routes answer 403 and say what to set. With ``PUBLIC_URL`` the
+``Host`` must also be its host or this machine's. A wrong token is answered late, later for each
+wrong one in a row from the same address. The playground's WebSocket also checks ``Origin``. The
+Twilio routes and ``/healthz`` are not touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -35,19 +43,58 @@ log = logging.getLogger(__name__)
 
 CONSOLE_KEY: web.AppKey[Console] = web.AppKey("console")
 COOKIE = "voicebot_console"
+COOKIE_SECONDS = 12 * 3600  # a working day: the browser asks for the token again after that
 MAX_EVENT_STREAMS = 8  # open console tabs at once; each costs one snapshot a second
+# A tab that does not read its event stream is dropped: a snapshot write may wait this long for
+# room, and no more than STALLED_BYTES may queue up unsent (the socket's own buffer is kept small).
+EVENT_SEND_TIMEOUT = 10.0
+STALLED_BYTES = 64 * 1024
+EVENT_SOCKET_BUFFER = 32 * 1024
+WRONG_TOKEN_DELAY = 1.0  # the first wrong token from an address waits this long, each next one twice as long
+WRONG_TOKEN_MAX_DELAY = 30.0
+WRONG_TOKEN_MEMORY = 4096  # addresses whose wrong tokens are remembered (the oldest are forgotten)
+WRONG_TOKEN_FORGET = 600.0  # an address quiet this long since its last wrong token starts afresh
 STATIC_FILES = {
     "console.js": "text/javascript",
     "console.css": "text/css",
     "pcm-worklet.js": "text/javascript",
 }
-_LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", "[::1]"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def is_loopback(host: str) -> bool:
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+    """Whether ``host`` (an address to bind or a name in a ``Host`` header) is this machine, said
+    literally: a loopback IP address or ``localhost``. A DNS name that merely starts with "127."
+    is anyone's."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header as (name, port or None); None when it is not a host name with a port."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[:end + 1], value[end + 1:]
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if not name:
+        return None
+    if not rest:
+        return name.lower(), None
+    if rest[0] != ":" or not rest[1:].isdigit() or len(rest) > 6:
+        return None
+    return name.lower(), int(rest[1:])
 
 
 def console_url(settings: Settings, port: int) -> str:
@@ -63,44 +110,123 @@ def _static(name: str) -> bytes:
     return resources.files("bot.console").joinpath("static", name).read_bytes()
 
 
+def _unauthorized() -> web.Response:
+    return web.Response(status=401, text="A valid token is required (Authorization: Bearer …).\n",
+                        headers={"WWW-Authenticate": 'Bearer realm="voicebot"'})
+
+
+def _raw(text: str) -> bytes:
+    """Header text back as the bytes that came (aiohttp keeps bytes that are not UTF-8 as surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def session_cookie(token: str, expires: int) -> str:
+    """The console's cookie: an expiry and a signature by the token (never the token itself, so a
+    copied cookie is worth one session and says nothing of the token)."""
+    mac = hmac.new(token.encode(), f"voicebot-console-session {expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+class _WrongTokens:
+    """Wrong tokens in a row per client address, for answering each one later than the one before."""
+
+    def __init__(self, delay: float, most: float, clock: Callable[[], float]) -> None:
+        self.delay, self.most, self.clock = delay, most, clock
+        self._count: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+
+    def failed(self, address: str) -> float:
+        """Count a wrong token from ``address``; the seconds to wait before answering it."""
+        now = self.clock()
+        n, last = self._count.pop(address, (0, now))
+        n = 1 if now - last > WRONG_TOKEN_FORGET else n + 1
+        self._count[address] = (n, now)
+        while len(self._count) > WRONG_TOKEN_MEMORY:
+            self._count.popitem(last=False)
+        return min(self.most, self.delay * 2 ** min(n - 1, 16))
+
+    def succeeded(self, address: str) -> None:
+        self._count.pop(address, None)
+
+
 class _Access:
     """Who may use which route; every refusal is one log line and a plain-text answer."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wrong_token_delay: float = WRONG_TOKEN_DELAY,
+                 clock: Callable[[], float] = time.time) -> None:
         # With PUBLIC_URL the server is reached from outside, often through a proxy on this machine
         # (nginx's default proxy_pass sends Host: 127.0.0.1:PORT): the console then needs its token.
         self.open = is_loopback(settings.web_host) and not settings.public_url
         self.console_token = settings.console_token.get() if settings.console_token else None
         metrics = settings.metrics_token or settings.console_token
         self.metrics_token = metrics.get() if metrics else None
+        self.public: tuple[str, int] | None = None
+        if settings.public_url:
+            parts = urlsplit(settings.public_url)
+            self.public = ((parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80))
+        self.secure_cookie = settings.public_url.startswith("https://") if settings.public_url else False
+        self.clock = clock
+        self.wrong = _WrongTokens(wrong_token_delay, WRONG_TOKEN_MAX_DELAY, time.monotonic)
 
-    @staticmethod
-    def _presented(request: web.Request) -> str | None:
+    def host_allowed(self, request: web.Request) -> bool:
+        """Loopback mode and behind PUBLIC_URL: the ``Host`` names this machine literally, with the
+        port the request came in on, or PUBLIC_URL's host. Bound publicly without PUBLIC_URL any
+        name is fine: the token guards, and a page elsewhere has none."""
+        if not self.open and self.public is None:
+            return True
+        parsed = split_host(request.headers.get("Host", ""))
+        if parsed is None:
+            return False
+        name, port = parsed
+        if self.public is not None and name == self.public[0] and (port or self.public[1]) == self.public[1]:
+            return True
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        bound = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+        return is_loopback(name) and (port or 80) == bound
+
+    def token_valid(self, request: web.Request, token: str) -> bool | None:
+        """Whether the request carries ``token`` (a bearer header, or the session cookie it signed);
+        None when it carries nothing."""
         auth = request.headers.get("Authorization", "")
         if auth[:7].lower() == "bearer ":
-            return auth[7:].strip()
-        return request.cookies.get(COOKIE)
+            return hmac.compare_digest(_raw(auth[7:].strip()), _raw(token))
+        cookie = request.cookies.get(COOKIE)
+        if cookie is None:
+            return None
+        expires, _, _mac = cookie.partition(".")
+        if not expires.isdigit():
+            return False
+        if int(expires) < self.clock():
+            return None  # a session that ended: not a guess at the token
+        return hmac.compare_digest(_raw(cookie), _raw(session_cookie(token, int(expires))))
 
-    def check(self, request: web.Request, *, metrics: bool = False) -> web.Response | None:
+    async def refuse_wrong(self, request: web.Request, what: str) -> web.Response:
+        """A wrong token: answered after a delay that doubles with each one in a row from there."""
+        delay = self.wrong.failed(request.remote or "")
+        log.info("console refused a request to %s: wrong %s (answered after %.0f s)", request.path, what, delay)
+        await asyncio.sleep(delay)
+        return _unauthorized()
+
+    async def check(self, request: web.Request, *, metrics: bool = False) -> web.Response | None:
         """None when allowed, else the refusal to send."""
+        if not self.host_allowed(request):
+            host = request.headers.get("Host", "")
+            log.info("console refused a request for host %r (not this machine's name)", host[:100])
+            return web.Response(status=403, text="This console answers only at http://127.0.0.1:PORT/ or "
+                                                 "http://localhost:PORT/ (or at PUBLIC_URL).\n")
         if self.open:
-            host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith("[") \
-                else (request.host or "").split("]")[0] + "]"
-            if is_loopback(host):
-                return None
-            log.info("console refused a request for host %r (not a loopback name)", host[:100])
-            return web.Response(status=403, text="This console answers only on 127.0.0.1 / localhost.\n")
+            return None
         token = self.metrics_token if metrics else self.console_token
         if token is None:
             var = "METRICS_TOKEN or CONSOLE_TOKEN" if metrics else "CONSOLE_TOKEN"
-            return web.Response(status=403, text=f"The web server is bound to a public address: set {var} "
+            return web.Response(status=403, text=f"The web server is reachable from outside: set {var} "
                                                  "to use this page.\n")
-        presented = self._presented(request)
-        if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
-            log.info("console refused a request to %s: %s token", request.path,
-                     "missing" if presented is None else "wrong")
-            return web.Response(status=401, text="A valid token is required (Authorization: Bearer …).\n",
-                                headers={"WWW-Authenticate": 'Bearer realm="voicebot"'})
+        valid = self.token_valid(request, token)
+        if valid is None:
+            log.info("console refused a request to %s: no token", request.path)
+            return _unauthorized()
+        if not valid:
+            return await self.refuse_wrong(request, "token")
+        self.wrong.succeeded(request.remote or "")
         return None
 
 
@@ -113,10 +239,11 @@ def _same_origin(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
-def mount(app: web.Application, console: Console) -> None:
+def mount(app: web.Application, console: Console, *, wrong_token_delay: float = WRONG_TOKEN_DELAY,
+          event_send_timeout: float = EVENT_SEND_TIMEOUT) -> None:
     """Add the console's routes to ``app`` and tie the console's life to the app's."""
     settings = console.settings
-    access = _Access(settings)
+    access = _Access(settings, wrong_token_delay=wrong_token_delay)
     playground = console.playground = Playground(console)
     app[CONSOLE_KEY] = console
     streams: set[asyncio.Task[object]] = set()
@@ -124,7 +251,7 @@ def mount(app: web.Application, console: Console) -> None:
 
     def guarded(handler: Handler, *, metrics: bool = False) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            refusal = access.check(request, metrics=metrics)
+            refusal = await access.check(request, metrics=metrics)
             if refusal is not None:
                 return refusal
             return await handler(request)
@@ -133,13 +260,18 @@ def mount(app: web.Application, console: Console) -> None:
 
     async def index(request: web.Request) -> web.StreamResponse:
         token = request.query.get("token")
-        if token is not None and not access.open:
-            # The token came in the URL (printed for the operator): keep it in a cookie, drop it from the URL.
-            if access.console_token and hmac.compare_digest(token.encode(), access.console_token.encode()):
-                resp = web.HTTPFound("/")
-                resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", max_age=30 * 86400)
-                raise resp
-        refusal = access.check(request)
+        if token is not None and not access.open and access.console_token and access.host_allowed(request):
+            # The token came in the URL (printed for the operator): a session cookie signed by it
+            # instead, and the token leaves the address bar.
+            if not hmac.compare_digest(_raw(token), _raw(access.console_token)):
+                return await access.refuse_wrong(request, "token in the address")
+            access.wrong.succeeded(request.remote or "")
+            expires = int(access.clock()) + COOKIE_SECONDS
+            resp = web.HTTPFound("/")
+            resp.set_cookie(COOKIE, session_cookie(access.console_token, expires), httponly=True,
+                            samesite="Strict", max_age=COOKIE_SECONDS, secure=access.secure_cookie, path="/")
+            raise resp
+        refusal = await access.check(request)
         if refusal is not None:
             return refusal
         return web.Response(body=_static("index.html"), content_type="text/html",
@@ -156,14 +288,24 @@ def mount(app: web.Application, console: Console) -> None:
         return web.json_response(console.snapshot())
 
     async def events(request: web.Request) -> web.StreamResponse:
-        """Server-sent events: the snapshot now and after every change (at most once a second, plus turns)."""
+        """Server-sent events: the snapshot now and after every change (at most once a second, plus turns).
+
+        A client that stops reading loses its slot: its socket buffers are kept small, and once a
+        snapshot cannot be written within ``event_send_timeout`` (or too much waits unsent) the
+        stream is cut. A browser's EventSource reconnects by itself.
+        """
         if len(streams) >= MAX_EVENT_STREAMS:
             return web.Response(status=429, text="Too many console tabs are open.\n")
+        transport = request.transport
+        if transport is None:
+            return web.Response(status=400)
         task = asyncio.current_task()
         assert task is not None
         streams.add(task)
+        _small_buffers(transport)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
+        stalled = False
         try:
             await resp.prepare(request)
             seen = -1
@@ -171,13 +313,23 @@ def mount(app: web.Application, console: Console) -> None:
                 if console.version != seen:
                     seen = console.version
                     data = json.dumps(console.snapshot(), separators=(",", ":"))
-                    await resp.write(f"event: state\ndata: {data}\n\n".encode())
+                    try:
+                        await asyncio.wait_for(resp.write(f"event: state\ndata: {data}\n\n".encode()),
+                                               event_send_timeout)
+                    except asyncio.TimeoutError:
+                        stalled = True
+                    stalled = stalled or transport.get_write_buffer_size() > STALLED_BYTES
+                    if stalled:
+                        break
                 async with console.changed:
                     await console.changed.wait()
         except ConnectionResetError:
             pass  # the tab went away
         finally:
             streams.discard(task)
+        if stalled:
+            log.info("console event stream cut: the client at %s stopped reading", request.remote)
+            transport.abort()  # what is queued for it goes nowhere; the slot is free now
         return resp
 
     async def metrics(request: web.Request) -> web.StreamResponse:
@@ -215,6 +367,19 @@ def mount(app: web.Application, console: Console) -> None:
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
+
+
+def _small_buffers(transport: asyncio.BaseTransport) -> None:
+    """An event stream's socket buffers only a few snapshots, so a client that stops reading shows
+    up as a blocked write within seconds, not after megabytes of kernel buffer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EVENT_SOCKET_BUFFER)
+        except OSError:
+            pass  # not a TCP socket (a test transport): the write timeout still applies
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=EVENT_SOCKET_BUFFER)
 
 
 # Everything the page uses comes from here: no inline script, nothing fetched elsewhere.

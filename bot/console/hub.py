@@ -28,6 +28,7 @@ from bot.console.metrics import (
     meter_tts,
     sms_states_from,
 )
+from bot.memory import Modality
 
 if TYPE_CHECKING:
     from audio.stt.base import STTEngine
@@ -43,9 +44,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_TURNS = 50
 HISTORY_SAMPLES = 120  # two minutes of receive counters at one sample a second
-# Discord's decode pipeline declares the end of speech after this much silence (audio.decode's
-# default window); the session's clock starts at that decision, so the console adds it back.
-DISCORD_END_OF_TURN = 0.6
+# The rooms whose turns the agent reports (the others' sessions report theirs, with timing).
+TEXT_CHANNELS = {Modality.TEXT: "text", Modality.SMS: "sms"}
 
 
 @dataclass
@@ -107,9 +107,11 @@ class Console(LiveSource):
         self._engines_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
-        # The agent's reply engine counts requests, errors and text/SMS turns from now on.
+        # The agent's reply engine counts requests and errors from now on, its turn listeners the
+        # text and SMS turns (voice-like rooms count in their sessions, see watch).
         agent = services.agent
         agent.engine = meter_engine(agent.engine, self.metrics)  # type: ignore[assignment]
+        agent.turn_listeners.append(self._on_agent_turn)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,6 +121,8 @@ class Console(LiveSource):
 
     async def aclose(self) -> None:
         self._closed = True
+        with contextlib.suppress(ValueError):
+            self.services.agent.turn_listeners.remove(self._on_agent_turn)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,8 +157,9 @@ class Console(LiveSource):
 
     # ------------------------------------------------------------------ sessions
 
-    def watch(self, session: VoiceSession, *, end_of_turn: float = 0.0) -> None:
-        """Hook a voice session's turn outcomes and meter its engines (idempotent)."""
+    def watch(self, session: VoiceSession) -> None:
+        """Hook a voice session's turn outcomes and meter its engines (idempotent). Each turn's
+        timing says when the person last spoke and when the turn was declared over."""
         if id(session) in self._watched:
             return
         self._watched.add(id(session))
@@ -167,7 +172,7 @@ class Console(LiveSource):
         session.fallback_tts = session.tts if same else meter_tts(session.fallback_tts, self.metrics)
 
         def on_outcome(outcome: str, timing: TurnTiming | None) -> None:
-            self.metrics.turn(channel, outcome, timing, end_of_turn=end_of_turn)
+            self.metrics.turn(channel, outcome, timing)
 
         session.on_outcome = on_outcome
 
@@ -178,18 +183,21 @@ class Console(LiveSource):
         live: set[int] = set()
         for gv in manager.connections():
             live.add(id(gv.session))
-            self.watch(gv.session, end_of_turn=DISCORD_END_OF_TURN)
+            self.watch(gv.session)
         if self.playground is not None:
             live |= {id(s) for s in self.playground.sessions()}
         self._watched &= live  # forget closed sessions (ids may be reused)
 
+    def _on_agent_turn(self, modality: Modality, outcome: str, wait: float | None) -> None:
+        channel = TEXT_CHANNELS.get(modality)
+        if channel is not None:
+            self.metrics.turn(channel, outcome, wait=wait)
+
     def _on_metric_turn(self, channel: str, outcome: str, timing: TurnTiming | None,
-                        stages: dict[str, float]) -> None:
-        wait = None
-        if timing is not None and timing.first_frame is not None:
-            wait = round((timing.first_frame - timing.speech_end + stages.get("end_of_turn", 0.0)) * 1000, 1)
+                        stages: dict[str, float], wait: float | None) -> None:
         record = TurnRecord(at=self.clock(), channel=channel, outcome=outcome,
-                            stages_ms={k: round(v * 1000, 1) for k, v in stages.items()}, wait_ms=wait,
+                            stages_ms={k: round(v * 1000, 1) for k, v in stages.items()},
+                            wait_ms=None if wait is None else round(wait * 1000, 1),
                             text=timing.text if timing is not None else "",
                             reply=timing.reply if timing is not None else "")
         self.turns.append(record)

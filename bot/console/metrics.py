@@ -3,9 +3,10 @@
 Two kinds of source:
 
 - events, counted when they happen: a voice turn's outcome and its wait by stage (from the
-  :class:`VoiceSession`'s ``on_outcome`` hook and its :class:`TurnTiming`), a text or SMS reply
-  (the agent's reply engine, wrapped), provider requests and errors (the speech and reply engines,
-  wrapped by :func:`meter_stt`, :func:`meter_tts`, :func:`meter_engine`);
+  :class:`VoiceSession`'s ``on_outcome`` hook and its :class:`TurnTiming`), a text or SMS turn
+  (the agent's turn listeners: answered, failed, or ignored by its channel), provider requests and
+  errors (the speech and reply engines, wrapped by :func:`meter_stt`, :func:`meter_tts`,
+  :func:`meter_engine`);
 - state read at scrape time by :class:`LiveCollector`: voice connections, people speaking, the
   receive counters each connection already keeps, and SMS messages by state from the database.
 
@@ -29,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.tts.base import TTSEngine, TTSError, VoiceInfo, VoiceSpec
+from bot.logs import scrub
 
 if TYPE_CHECKING:
     from bot.agent.engines.base import Conversation, ReplyEngine
@@ -72,25 +74,36 @@ def channel_of(room: str) -> str:
     return "call"
 
 
-def stage_seconds(timing: TurnTiming, end_of_turn: float = 0.0) -> dict[str, float]:
-    """A turn's wait split by stage (only the stages that happened).
+def wait_start(timing: TurnTiming) -> float:
+    """The person's last speech, which their wait runs from."""
+    return timing.speech_end if timing.voice_end is None else timing.voice_end
 
-    ``end_of_turn`` is how long the transport takes to notice the voice stopped (Discord's decode
-    declares the end after its silence window; a press-to-talk release is the end itself): the
-    session's clock starts at that decision, so the transport says what came before it.
+
+def stage_seconds(timing: TurnTiming) -> dict[str, float]:
+    """A spoken turn's wait split by stage (only the stages that happened), adding up to the wait.
+
+    The wait, from the person's last speech to the reply's first audio, is walked in the order things
+    happen, and each stage gets the time it held the person up: ``end_of_turn`` is the pause being
+    noticed plus any wait after the final transcript until the turn was declared over (the smart
+    rule's hold, 100-250 ms by default; the fixed rule's 600 ms gap); work done before the turn was
+    over (a speculative reply) holds nobody up and counts zero.
     """
-
-    def span(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else max(0.0, b - a)
-
-    spans = {
-        "end_of_turn": end_of_turn,
-        "stt_final": span(timing.speech_end, timing.final_transcript),
-        "agent_first_text": span(timing.final_transcript, timing.first_text),
-        "tts_first_audio": span(timing.first_text, timing.first_tts_audio),
-        "first_packet": span(timing.first_tts_audio, timing.first_frame),
-    }
-    return {k: v for k, v in spans.items() if v is not None}
+    order = (
+        ("end_of_turn", timing.speech_end),
+        ("stt_final", timing.final_transcript),
+        ("end_of_turn", timing.turn_end),
+        ("agent_first_text", timing.first_text),
+        ("tts_first_audio", timing.first_tts_audio),
+        ("first_packet", timing.first_frame),
+    )
+    spans: dict[str, float] = {}
+    reached = wait_start(timing)
+    for stage, at in order:
+        if at is None:
+            continue
+        spans[stage] = spans.get(stage, 0.0) + max(0.0, at - reached)
+        reached = max(reached, at)
+    return spans
 
 
 @dataclass(frozen=True)
@@ -271,7 +284,8 @@ class Metrics:
             ProcessCollector(registry=r)
         self.live: LiveCollector | None = None
         self.last_errors: dict[str, tuple[float, str]] = {}  # "kind/provider" -> (unix time, message)
-        self.listeners: list[Callable[[str, str, TurnTiming | None, dict[str, float]], None]] = []
+        # Told of every turn counted: (channel, outcome, timing, wait by stage, wait in seconds).
+        self.listeners: list[Callable[[str, str, TurnTiming | None, dict[str, float], float | None], None]] = []
 
     def attach_live(self, source: LiveSource, *, guild_labels: bool = False) -> LiveCollector:
         self.live = LiveCollector(source, guild_labels=guild_labels)
@@ -283,22 +297,29 @@ class Metrics:
 
     # ------------------------------------------------------------------ events
 
-    def turn(self, channel: str, outcome: str, timing: TurnTiming | None = None, *,
-             end_of_turn: float = 0.0, wait: float | None = None) -> None:
-        """One turn ended. Voice turns pass their timing (stages); text turns pass ``wait``."""
-        self.turns.labels(channel, outcome).inc()
+    def turn(self, channel: str, outcome: str, timing: TurnTiming | None = None, *, wait: float | None = None) -> None:
+        """One turn ended. Voice turns pass their timing (stages); text turns pass ``wait``.
+
+        A turn typed into a voice session (the playground's text box) is a text turn: its wait is
+        the message's arrival to the reply's first text, and it has no stages.
+        """
         stages: dict[str, float] = {}
-        if timing is not None and outcome in ("answered", "interrupted"):
-            stages = stage_seconds(timing, end_of_turn)
+        if timing is not None and timing.typed:
+            channel = "text"
+            if outcome in ("answered", "interrupted") and timing.first_text is not None:
+                wait = max(0.0, timing.first_text - timing.speech_end)
+        elif timing is not None and outcome in ("answered", "interrupted"):
             if timing.first_frame is not None:
-                self.wait.labels(channel).observe(max(0.0, timing.first_frame - timing.speech_end) + end_of_turn)
+                stages = stage_seconds(timing)
+                wait = max(0.0, timing.first_frame - wait_start(timing))
                 for stage, seconds in stages.items():
                     self.stage.labels(stage).observe(seconds)
-        elif wait is not None:
+        self.turns.labels(channel, outcome).inc()
+        if wait is not None:
             self.wait.labels(channel).observe(wait)
         for listener in list(self.listeners):
             try:
-                listener(channel, outcome, timing, stages)
+                listener(channel, outcome, timing, stages, wait)
             except Exception:
                 log.exception("turn listener failed")
 
@@ -307,8 +328,9 @@ class Metrics:
 
     def error(self, provider: str, kind: str, message: str) -> None:
         self.errors.labels(provider, kind).inc()
-        # The message is an engine's log-safe error text (no secrets by the engines' contract).
-        self.last_errors[f"{kind}/{provider}"] = (time.time(), message[:300])
+        # The console shows it: through the redactor, as a log line would be (an engine's error
+        # text may quote a provider's answer, key pieces and all), and without people's numbers.
+        self.last_errors[f"{kind}/{provider}"] = (time.time(), scrub(message)[:300])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,48 +414,31 @@ class _MeteredTTS(TTSEngine):
 
 
 class _MeteredEngine:
-    """A reply engine that counts requests and errors, and turns of the text channels.
+    """A reply engine that counts requests and errors (every request: people's turns and the
+    agent's own work, such as a call's summary). Turns are counted where they are decided: the
+    agent's turn listeners (text, SMS) and the voice sessions (voice, call, playground)."""
 
-    Voice-like rooms (voice, call, playground) count their turns in the voice session, which
-    knows the outcome (interrupted) and the wait to the first audio; here only text and SMS.
-    """
-
-    def __init__(self, inner: ReplyEngine, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, inner: ReplyEngine, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
         self._metrics = metrics
-        self._clock = clock
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
 
     async def stream(self, conversation: Conversation) -> AsyncIterator[str]:
         from bot.agent.engines.base import AgentError
-        from bot.memory import Modality
 
-        incoming = conversation.incoming
-        channel = "sms" if incoming.modality == Modality.SMS else "text"
-        counted = incoming.modality not in (Modality.VOICE, Modality.CALL)  # those count in their sessions
-        started = self._clock()
-        first: float | None = None
         self._metrics.request(self.name, "agent")
         try:
             async for delta in self.inner.stream(conversation):
-                if first is None and delta.strip():
-                    first = self._clock() - started
                 yield delta
         except AgentError as exc:
             self._metrics.error(self.name, "agent", str(exc))
-            if counted:
-                self._metrics.turn(channel, "failed")
             raise
         except Exception as exc:  # a crashing engine is an error of this provider too
             self._metrics.error(self.name, "agent", type(exc).__name__)
-            if counted:
-                self._metrics.turn(channel, "failed")
             raise
-        if counted:
-            self._metrics.turn(channel, "answered" if first is not None else "failed", wait=first)
 
     async def check(self) -> str:
         return await self.inner.check()

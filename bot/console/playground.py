@@ -33,6 +33,7 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from audio.tts.base import AudioFormat
+from audio.vad import WebRtcVad
 from bot.i18n.languages import AUTO, LANGUAGES, language_name, parse_setting
 from bot.i18n.voices import voice_for_language
 from bot.voice.session import PlayResult, TurnTiming, VoiceSession
@@ -62,6 +63,10 @@ PLAYGROUND_USER = 1  # the one speaker's id inside the playground's session
 PLACE = "playground"  # the playground's language setting (bot.i18n.places), kept like a server's
 RESET_LANGUAGE = "default"
 SEND_TIMEOUT = 10.0  # a tab that stops reading is dropped rather than blocking the reply
+VAD_FRAME = SAMPLE_RATE * 20 // 1000 * 2  # bytes of one 20 ms frame, what the voice detector judges
+# A frame quieter than this (RMS of s16 samples, about -50 dBFS) is silence whatever the detector
+# says: webrtcvad keeps saying "speech" for a while after the voice stops (its hangover).
+VOICE_RMS = 100.0
 # Magic numbers of containers people might send instead of raw PCM.
 _CONTAINERS = {b"RIFF": "a WAV file", b"OggS": "Ogg", b"\x1aE\xdf\xa3": "WebM", b"ID3": "MP3", b"fLaC": "FLAC"}
 
@@ -262,7 +267,7 @@ class Playground:
         languages = services.languages
         session = VoiceSession(room="playground", agent=agent, memory=services.memory, stt=stt, tts=tts,
                                out=out, policy=policy, fallback_tts=fallback, sample_rate=SAMPLE_RATE,
-                               name_of=lambda _: "you", notify=notify,
+                               name_of=lambda _: "you", notify=notify, clock=self.clock,
                                speaker_id=lambda _: "console:playground",
                                # LANGUAGE decides here: a code, or auto (each utterance in its own)
                                choose_language=None if languages is None else
@@ -366,6 +371,23 @@ class Playground:
         await send_json({"type": "language", **state})
         return None
 
+    def _mark_voice(self, session: VoiceSession, vad: WebRtcVad, pending: bytearray, now: float,
+                    since: float) -> None:
+        """Judge the whole 20 ms frames in ``pending`` (arrived ``now``); the last voiced one is
+        marked when it was said: before ``now`` by the audio after it, paced as a microphone records,
+        but not before ``since`` (a burst of messages, sent late, says nothing of when it was said)."""
+        whole = len(pending) - len(pending) % VAD_FRAME
+        last_voiced = None
+        for start in range(0, whole, VAD_FRAME):
+            frame = bytes(pending[start:start + VAD_FRAME])
+            if vad.is_speech(frame):  # every frame goes through the detector, so its state follows the audio
+                samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
+                if float(np.sqrt(np.mean(samples * samples))) >= VOICE_RMS:
+                    last_voiced = start + VAD_FRAME
+        if last_voiced is not None:
+            session.mark_voice(PLAYGROUND_USER, at=max(since, now - (len(pending) - last_voiced) / BYTES_PER_SECOND))
+        del pending[:whole]
+
     async def _close(self, ws: web.WebSocketResponse, session: VoiceSession, pending: set[asyncio.Task[None]]) -> None:
         try:
             await session.aclose()
@@ -387,6 +409,11 @@ class Playground:
         received = 0.0  # seconds of audio received in this talk
         strikes = 0
         warned: set[str] = set()
+        # The talk button says when the person may be talking, not when they stop: the wait of a
+        # turn the recognizer ends while the button is still down runs from their last voiced frame.
+        vad = WebRtcVad(SAMPLE_RATE)
+        pending_vad = bytearray()
+        arrived = 0.0  # when the previous audio message came: what a message holds was said after it
 
         async def refuse(kind: str, message: str) -> bool:
             """Tell the page once per kind; returns True when the connection should close."""
@@ -426,6 +453,10 @@ class Playground:
                     else:
                         received += seconds
                         session.on_audio(PLAYGROUND_USER, data)
+                        pending_vad += data
+                        now = clock()
+                        self._mark_voice(session, vad, pending_vad, now, max(arrived, talking_since))
+                        arrived = now
                         if elapsed > MAX_TALK_SECONDS:
                             end_talk()
                             await send_json({"type": "released", "message": "That was a minute; I'm answering now."})
@@ -443,9 +474,15 @@ class Playground:
                     kind = message.get("type") if isinstance(message, dict) else None
                 except ValueError:
                     kind = None
+                except RecursionError:  # "[[[[…": the parser recurses once per level
+                    if await refuse("nested", "That message is nested too deeply; send flat JSON."):
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused messages")
+                        return
+                    continue
                 if kind == "start":
                     if talking_since is None:
                         talking_since, received = clock(), 0.0
+                        pending_vad.clear()
                         session.on_speech_start(PLAYGROUND_USER)
                 elif kind == "end":
                     end_talk()

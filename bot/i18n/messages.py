@@ -1786,4 +1786,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Desculpe, este número não aceita ligações do seu telefone. Até logo.",
         "ja": "申し訳ありません。この番号ではお客様の電話番号からのお電話をお受けしておりません。失礼いたします。",
     },
+    "phone.busy": {
+        "en": "Sorry, all my lines are busy right now. Please call again in a few minutes. Goodbye.",
+        "de": "Entschuldigung, gerade sind alle meine Leitungen belegt. Bitte rufen Sie in ein paar Minuten noch einmal an. Auf Wiederhören.",
+        "fr": "Désolé, toutes mes lignes sont occupées pour le moment. Merci de rappeler dans quelques minutes. Au revoir.",
+        "es": "Lo siento, ahora mismo todas mis líneas están ocupadas. Por favor, vuelva a llamar en unos minutos. Adiós.",
+        "pt": "Desculpe, todas as minhas linhas estão ocupadas agora. Por favor, ligue de novo daqui a alguns minutos. Até logo.",
+        "ja": "申し訳ありません。ただいま回線が大変混み合っております。数分後におかけ直しください。失礼いたします。",
+    },
 }

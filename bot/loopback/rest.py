@@ -119,10 +119,14 @@ class RestAPI:
         *,
         gateway_url: Callable[[], str],
         dispatch: Callable[[str, dict[str, Any]], None],
+        recommended_shards: Callable[[], int],
+        session_start_limit: Callable[[], dict[str, int]],
         interaction_deadline: float = 3.0,
         rate_limits: RateLimiter | None = None,
     ) -> None:
         self.world = world
+        self._recommended_shards = recommended_shards
+        self._session_start_limit = session_start_limit
         self.rate_limits = rate_limits if rate_limits is not None else RateLimiter()
         self._gateway_url = gateway_url
         self._dispatch = dispatch
@@ -264,8 +268,8 @@ class RestAPI:
     async def get_gateway_bot(self, call: Call) -> web.Response:
         return self._json(call, {
             "url": self._gateway_url(),
-            "shards": 1,
-            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1},
+            "shards": self._recommended_shards(),
+            "session_start_limit": self._session_start_limit(),
         })
 
     async def get_me(self, call: Call) -> web.Response:
@@ -284,12 +288,7 @@ class RestAPI:
         user = self.world.users.get(recipient_id)
         if user is None:
             raise _form_error("recipient_id", "USER_NOT_FOUND", "Unknown user")
-        for channel in self.world.channels.values():
-            if channel.type == ChannelType.DM and channel.parent_id == recipient_id:
-                break
-        else:
-            channel = Channel(self.world.snowflakes.next(), None, ChannelType.DM, "", parent_id=recipient_id)
-            self.world.channels[channel.id] = channel
+        channel = self.world.dm_channel(recipient_id)
         payload = {"id": str(channel.id), "type": ChannelType.DM, "last_message_id": None,
                    "recipients": [user_payload(user)], "flags": 0}
         return self._json(call, payload)

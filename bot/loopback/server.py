@@ -41,11 +41,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.loopback.gateway import GatewaySession, MainGateway
+from bot.loopback.gateway import GatewaySession, MainGateway, Sharding, guild_shard
 from bot.loopback.participant import Participant, ParticipantOptions
-from bot.loopback.rest import ATTACHMENT_LIMIT, RestAPI, new_interaction_token
 from bot.loopback.ratelimit import RateLimiter
-from bot.loopback.rest import RestAPI, new_interaction_token
+from bot.loopback.rest import ATTACHMENT_LIMIT, RestAPI, new_interaction_token
 from bot.loopback.state import (
     Channel,
     ChannelType,
@@ -188,6 +187,14 @@ class MemberHandle:
         """Post a message as this member (MESSAGE_CREATE to the bot); ``<@id>`` mentions resolve."""
         return self.discord.post_message(self, channel, content, reply_to=reply_to)
 
+    async def send_dm(self, content: str) -> Message:
+        """Write to the bot in a direct message (MESSAGE_CREATE without a guild: shard 0 only)."""
+        return self.discord.post_dm(self, content)
+
+    def dm_channel(self) -> ChannelHandle:
+        """This member's DM channel with the bot."""
+        return ChannelHandle(self.discord, self.discord.world.dm_channel(self.id))
+
     async def invoke_command(self, name: str, options: dict[str, Any] | None = None, *,
                              channel: ChannelHandle | None = None) -> InteractionHandle:
         """Use a slash command the bot registered, as this member (INTERACTION_CREATE)."""
@@ -271,18 +278,21 @@ class LocalDiscord:
         dave: bool = True,
         directory: Path | None = None,
         rate_limits: RateLimiter | None = None,
+        sharding: Sharding | None = None,
     ) -> None:
-        self.token = token or f"loopback.{secrets.token_urlsafe(24)}"
-        self.world = World(token=self.token, bot_name=bot_name)
+        self.world = World(token=token or f"loopback.{secrets.token_urlsafe(24)}", bot_name=bot_name)
         self._directory = directory
         self._own_directory: Path | None = None
         self.tls: TLSMaterial | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.gateway = MainGateway(self.world, resume_url=lambda: self.gateway_url,
-                                   on_voice_state=self._on_voice_state)
+                                   on_voice_state=self._on_voice_state, sharding=sharding)
+        self.sharding = self.gateway.sharding  # settable while running (recommended shards, limits)
         self.rest = RestAPI(self.world, gateway_url=lambda: self.gateway_url, dispatch=self.gateway.dispatch,
-                            interaction_deadline=interaction_deadline, rate_limits=rate_limits)
+                            interaction_deadline=interaction_deadline, rate_limits=rate_limits,
+                            recommended_shards=self.gateway.recommended_shards,
+                            session_start_limit=self.gateway.session_start_limit)
         self.voice = VoiceService(self.world, endpoint_host=lambda: f"127.0.0.1:{self.port}",
                                   dispatch_later=self.gateway.dispatch_later, event_delay=voice_event_delay,
                                   dave_version=1 if dave else 0)
@@ -329,6 +339,11 @@ class LocalDiscord:
         await self.stop()
 
     # --- what the bot needs -----------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The bot token (a new one after an IDENTIFY past the session start limit, as Discord resets it)."""
+        return self.world.token
 
     @property
     def api_base(self) -> str:
@@ -386,10 +401,17 @@ class LocalDiscord:
 
     # --- seeding ----------------------------------------------------------------------------------
 
-    def add_guild(self, name: str = "Loopback", *, bot_permissions: int = Permissions.ADMINISTRATOR) -> GuildHandle:
-        """A guild the bot is in, with @everyone and a role for the bot carrying ``bot_permissions``."""
+    def add_guild(self, name: str = "Loopback", *, bot_permissions: int = Permissions.ADMINISTRATOR,
+                  shard: tuple[int, int] | None = None) -> GuildHandle:
+        """A guild the bot is in, with @everyone and a role for the bot carrying ``bot_permissions``.
+
+        ``shard=(shard_id, shard_count)`` picks an id that shard owns.
+        """
         world = self.world
-        guild = Guild(world.snowflakes.next(), name, owner_id=world.owner.id)
+        guild_id = world.snowflakes.next()
+        if shard is not None:
+            guild_id = world.snowflakes.on_shard(guild_id, *shard)
+        guild = Guild(guild_id, name, owner_id=world.owner.id)
         guild.roles[guild.id] = Role(guild.id, "@everyone", Permissions.DEFAULT_EVERYONE)
         bot_role = Role(world.snowflakes.next(), world.bot.username, bot_permissions, position=1)
         guild.roles[bot_role.id] = bot_role
@@ -402,9 +424,9 @@ class LocalDiscord:
         return handle
 
     def _announce(self, event: str, data: dict[str, Any]) -> None:
-        # Seeding before the bot identified is part of READY/GUILD_CREATE; afterwards it is an event.
-        if self.gateway.current is not None:
-            self.gateway.dispatch(event, data)
+        # Seeding before a shard identified is part of its READY/GUILD_CREATE; afterwards an event
+        # (dispatch drops what no session's shard owns).
+        self.gateway.dispatch(event, data)
 
     # --- people doing things ----------------------------------------------------------------------
 
@@ -415,6 +437,15 @@ class LocalDiscord:
         message = Message(world.snowflakes.next(), channel.id, channel.channel.guild_id, author.member.user,
                           content, time.time(), mentions=mentions,
                           reference_id=reply_to.id if reply_to is not None else None)
+        world.messages[message.id] = message
+        world.events.append("member_message", channel_id=channel.id, message_id=message.id, author_id=author.id)
+        self.gateway.dispatch("MESSAGE_CREATE", message_payload(message, world))
+        return message
+
+    def post_dm(self, author: MemberHandle, content: str) -> Message:
+        world = self.world
+        channel = world.dm_channel(author.id)
+        message = Message(world.snowflakes.next(), channel.id, None, author.member.user, content, time.time())
         world.messages[message.id] = message
         world.events.append("member_message", channel_id=channel.id, message_id=message.id, author_id=author.id)
         self.gateway.dispatch("MESSAGE_CREATE", message_payload(message, world))
@@ -487,6 +518,10 @@ class LocalDiscord:
     async def wait_until_identified(self, timeout: float = 15.0) -> None:
         await asyncio.wait_for(self.gateway.identified.wait(), timeout)
 
+    def shard_of(self, guild: GuildHandle, shard_count: int) -> int:
+        """The shard that receives ``guild``'s events when the bot runs ``shard_count`` shards."""
+        return guild_shard(guild.id, shard_count)
+
     def bot_voice_connection(self, guild: GuildHandle) -> VoiceConnection | None:
         grant = self.voice.bot_voice.get(guild.id)
         return grant.connection if grant is not None else None
@@ -542,9 +577,10 @@ class LocalDiscord:
         """Send the bot a VOICE_SERVER_UPDATE with a new endpoint and token (a voice server change)."""
         return await self.voice.change_server(guild.id)
 
-    async def drop_gateway(self, code: int = 4000) -> None:
-        """Close the bot's main gateway socket; a resumable code makes discord.py RESUME."""
-        await self.gateway.close_socket(code)
+    async def drop_gateway(self, code: int = 4000, *, shard_id: int | None = None) -> None:
+        """Close the bot's main gateway sockets (one shard's, when given); a resumable code makes
+        discord.py RESUME."""
+        await self.gateway.close_socket(code, shard_id=shard_id)
 
     async def _on_voice_state(self, session: GatewaySession, d: dict[str, Any]) -> None:
         await self.voice.on_gateway_voice_state(session.session_id, d)

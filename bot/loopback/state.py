@@ -87,6 +87,14 @@ class Snowflakes:
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
         return (ms << 22) | (next(self._counter) & 0x3FFFFF)
 
+    @staticmethod
+    def on_shard(snowflake: int, shard_id: int, shard_count: int) -> int:
+        """``snowflake`` moved up to ``shard_count - 1`` ms later, so ``(id >> 22) % shard_count`` is
+        ``shard_id``; the low 22 bits (which keep ids unique) stay."""
+        ms = snowflake >> 22
+        ms += (shard_id - ms) % shard_count
+        return (ms << 22) | (snowflake & 0x3FFFFF)
+
 
 def iso_timestamp(at: float | None = None) -> str:
     """An ISO-8601 UTC timestamp as Discord formats them."""
@@ -320,6 +328,16 @@ class World:
         log.warning("loopback Discord: %s", text)
         self.problems.append(text)
         self.events.append("problem", text=text, **data)
+
+    def dm_channel(self, user_id: int) -> Channel:
+        """The DM channel between the bot and ``user_id`` (made on first use; the recipient is kept
+        in ``parent_id``)."""
+        for channel in self.channels.values():
+            if channel.type == ChannelType.DM and channel.parent_id == user_id:
+                return channel
+        channel = Channel(self.snowflakes.next(), None, ChannelType.DM, "", parent_id=user_id)
+        self.channels[channel.id] = channel
+        return channel
 
     def channel_messages(self, channel_id: int) -> list[Message]:
         return [m for m in self.messages.values() if m.channel_id == channel_id and not m.deleted]

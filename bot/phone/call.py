@@ -12,6 +12,9 @@ converted to μ-law 8 kHz (:class:`~bot.phone.audio.MulawEncoder`), sent as ``me
 followed by a ``mark``; ``play`` returns when Twilio echoes the mark, i.e. when the caller has heard
 all of it. On barge-in ``stop`` sends ``clear`` and ``play`` returns at once with the part the caller
 heard, estimated from when Twilio began playing it; that is what memory keeps, marked interrupted.
+When the socket is gone (the caller hung up) nothing is estimated: Twilio echoes a mark only once
+the audio before it has played, so a progress mark every ``PROGRESS_MARK_SECONDS`` within an
+utterance lets memory keep exactly what the echoed marks prove the caller heard.
 
 When the caller has finished is decided as in a voice channel (:mod:`bot.voice.endpointing`):
 with ``turn_detection`` smart, a short stretch of VAD silence (``TURN_PAUSE_MS``; a phone line sends
@@ -92,10 +95,13 @@ CALLER_ID = 1  # the session's user id for the one person on the line
 START_TIMEOUT = 10.0  # Twilio sends ``start`` right after connecting; a socket that never does is closed
 PCM_FRAME = FRAME_BYTES * 2  # 20 ms of 8 kHz s16le: the VAD's frame
 FLOOD_BURST_SECONDS = 2.0  # audio a caller may be ahead of real time (network jitter) before frames are dropped
-MAX_PROTOCOL_ERRORS = 50  # bad messages tolerated in one call before it is closed
+MAX_PROTOCOL_ERRORS = 50  # bad messages (binary frames included) tolerated in one call before it is closed
 MARK_GRACE = 10.0  # seconds past an utterance's expected end to wait for Twilio's mark echo
 FINISH_GRACE = 10.0  # seconds after the end for the last words to be transcribed and remembered
 MAX_SEND_BYTES = FRAME_BYTES * 5  # 100 ms of μ-law per outbound media message
+# A mark within an utterance this often: after a hang-up, what the caller heard of a sentence is
+# known to within this much (the echoes prove it), at the cost of two small messages a second.
+PROGRESS_MARK_SECONDS = 0.5
 # Under this RMS (about -52 dBFS) a frame is the line's silence, whatever the VAD says: webrtcvad
 # keeps calling 60-120 ms of silence after a voice "speech" (its hangover, measured on espeak-ng
 # speech at 8 kHz), and with the short pause of smart turn detection that would nearly double it.
@@ -181,6 +187,17 @@ class _LineVad:
         self._inner.reset()
 
 
+@dataclass
+class _Playing:
+    """The utterance being played: its progress marks and what their echoes prove."""
+
+    name: str  # its final mark; progress marks are ``{name}.{k}``
+    marks: dict[str, int] = field(default_factory=dict)  # progress mark -> μ-law bytes sent before it
+    proven: int = 0  # μ-law bytes the caller has heard for sure (the furthest echoed progress mark)
+    marked: int = 0  # μ-law bytes sent before the latest progress mark
+    cleared: bool = False  # a clear was sent: Twilio echoes the marks it dropped at once, proving nothing
+
+
 class TwilioAudioOut:
     """:class:`~bot.voice.session.AudioOut` over a Media Streams socket (see the module docstring)."""
 
@@ -191,6 +208,7 @@ class TwilioAudioOut:
         self.clock = clock
         self._marks = 0
         self._mark_waiters: dict[str, asyncio.Future[None]] = {}
+        self._playing_now: _Playing | None = None
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._playout_end = 0.0  # estimated clock time Twilio finishes playing what it was sent
         self._closed = False
@@ -215,11 +233,22 @@ class TwilioAudioOut:
         except UnsupportedFormat as exc:
             log.error("cannot play on the phone: %s", exc)
             return PlayResult(0.0, 0.0, False, None)
+        self._marks += 1
+        playing = self._playing_now = _Playing(f"utt-{self._marks}")
+        try:
+            return await self._stream(encoder, aiter(chunks), stopped, playing)
+        finally:
+            self._playing_now = None
+
+    async def _stream(self, encoder: MulawEncoder, iterator: AsyncIterator[bytes], stopped: asyncio.Future[None],
+                      playing: _Playing) -> PlayResult:
         pending = bytearray()
         sent = 0  # μ-law bytes
         first_at: float | None = None
         started_at: float | None = None  # estimated clock time the caller began hearing this utterance
         interrupted = False
+        lost = False  # the socket went away under us: the caller hung up
+        progress_bytes = int(PROGRESS_MARK_SECONDS * MULAW_RATE)
 
         async def send(final: bool) -> None:
             nonlocal sent, first_at, started_at
@@ -229,6 +258,10 @@ class TwilioAudioOut:
                 del pending[:size]
                 if len(block) % FRAME_BYTES:
                     block += bytes([MULAW_SILENCE]) * (FRAME_BYTES - len(block) % FRAME_BYTES)
+                if sent - playing.marked >= progress_bytes:
+                    mark = f"{playing.name}.{len(playing.marks) + 1}"
+                    playing.marks[mark], playing.marked = sent, sent
+                    await self._send(mark_message(self.stream_sid, mark))
                 now = self.clock()
                 begins = max(now, self._playout_end)
                 self._playout_end = begins + len(block) / MULAW_RATE
@@ -239,7 +272,6 @@ class TwilioAudioOut:
                 self.media_sent += 1
                 sent += len(block)
 
-        iterator = aiter(chunks)
         try:
             while True:
                 step = asyncio.ensure_future(anext(iterator))
@@ -263,31 +295,34 @@ class TwilioAudioOut:
                 pending += encoder.flush()
                 await send(final=True)
         except ConnectionError:
-            interrupted = True  # the socket went away under us: the caller hung up
+            lost = True
         total = sent / MULAW_RATE
         if sent == 0:
-            return PlayResult(0.0, 0.0, interrupted, None)
-        if not interrupted:
-            self._marks += 1
-            name = f"utt-{self._marks}"
+            return PlayResult(0.0, 0.0, interrupted or lost, None)
+        if not interrupted and not lost:
             heard = asyncio.get_running_loop().create_future()
-            self._mark_waiters[name] = heard
+            self._mark_waiters[playing.name] = heard
             try:
-                await self._send(mark_message(self.stream_sid, name))
+                await self._send(mark_message(self.stream_sid, playing.name))
                 # Twilio echoes the mark when the audio before it has played; should the echo never
                 # come, the utterance counts as heard once it would have finished, plus a grace.
                 playing_for = max(0.0, self._playout_end - self.clock())
                 await asyncio.wait({heard, stopped}, timeout=playing_for + MARK_GRACE,
                                    return_when=asyncio.FIRST_COMPLETED)
             except ConnectionError:
-                pass
+                lost = True
             finally:
-                self._mark_waiters.pop(name, None)
-            if heard.done() or not stopped.done():
-                if not heard.done():
-                    log.warning("no echo of mark %s within %.0f s of its audio's end; counting it as heard",
-                                name, MARK_GRACE)
+                self._mark_waiters.pop(playing.name, None)
+            if heard.done():
                 return PlayResult(total, total, False, first_at)
+            if not stopped.done() and not lost:
+                log.warning("no echo of mark %s within %.0f s of its audio's end; counting it as heard",
+                            playing.name, MARK_GRACE)
+                return PlayResult(total, total, False, first_at)
+        if lost or self._closed:
+            # The caller is gone: what Twilio had buffered may never have played, so only what the
+            # echoed marks prove was heard counts (not the time since the audio was sent).
+            return PlayResult(min(total, playing.proven / MULAW_RATE), total, True, first_at)
         played = 0.0 if started_at is None else min(total, max(0.0, self.clock() - started_at))
         return PlayResult(played, total, True, first_at)
 
@@ -299,6 +334,8 @@ class TwilioAudioOut:
         if self._closed or (self._playout_end <= self.clock() and not self._mark_waiters):
             return  # nothing is queued at Twilio: no clear needed
         self._playout_end = self.clock()
+        if self._playing_now is not None:
+            self._playing_now.cleared = True
         self.clears += 1
         task = asyncio.get_running_loop().create_task(self._send_quietly(clear_message(self.stream_sid)),
                                                       name="phone-clear")
@@ -310,6 +347,9 @@ class TwilioAudioOut:
         waiter = self._mark_waiters.get(name)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        playing = self._playing_now
+        if playing is not None and name in playing.marks and not playing.cleared:
+            playing.proven = max(playing.proven, playing.marks[name])
 
     async def _send_quietly(self, message: str) -> None:
         with contextlib.suppress(ConnectionError):
@@ -468,23 +508,25 @@ class PhoneCall:
     async def _await_start(self, ws: web.WebSocketResponse) -> Start | None:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
-                self._bad(f"{msg.type.name.lower()} frame before start")
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    self._bad(f"{msg.type.name.lower()} frame before start")
+                    break
+                if await self._too_many_bad(f"{msg.type.name.lower()} frame before start"):
                     break
                 continue
             try:
                 event = parse_message(msg.data)
             except ProtocolError as exc:
-                self._bad(str(exc))
+                if await self._too_many_bad(str(exc)):
+                    break
                 continue
             if isinstance(event, Start):
                 return event
             if isinstance(event, Stop):
                 self.report.ended_by = "caller"
                 return None
-            if not isinstance(event, Connected):
-                self._bad(f"{type(event).__name__.lower()} before start (ignored)")
-            if self.report.protocol_errors >= MAX_PROTOCOL_ERRORS:
+            if not isinstance(event, Connected) and await self._too_many_bad(
+                    f"{type(event).__name__.lower()} before start (ignored)"):
                 break
         self.report.ended_by = self.report.ended_by or "socket"
         return None
@@ -542,14 +584,13 @@ class PhoneCall:
                 if msg.type == WSMsgType.ERROR:
                     self._note(f"socket error: {ws.exception()}", "socket")
                     break
-                self._bad(f"{msg.type.name.lower()} frame (Media Streams sends text)")
+                if await self._too_many_bad(f"{msg.type.name.lower()} frame (Media Streams sends text)"):
+                    break
                 continue
             try:
                 event = parse_message(msg.data)
             except ProtocolError as exc:
-                self._bad(str(exc))
-                if self.report.protocol_errors >= MAX_PROTOCOL_ERRORS:
-                    self._note("too many bad messages; closing", "socket")
+                if await self._too_many_bad(str(exc)):
                     break
                 continue
             if isinstance(event, Media):
@@ -563,9 +604,9 @@ class PhoneCall:
             elif isinstance(event, Stop):
                 self.report.ended_by = self.report.ended_by or "caller"
                 break
-            elif isinstance(event, Start):
-                self._bad("a second start (ignored)")
-        if ws.close_code is not None and ws.close_code >= 1002 and ws.close_code != 4000:
+            elif isinstance(event, Start) and await self._too_many_bad("a second start (ignored)"):
+                break
+        if ws.close_code is not None and ws.close_code >= 1002 and ws.close_code != 4000 and not self.report.ended_by:
             self._note(f"socket closed with code {ws.close_code}", "socket")
         self.report.ended_by = self.report.ended_by or "socket"
 
@@ -733,6 +774,15 @@ class PhoneCall:
         if self.report.protocol_errors <= 3:
             log.warning("call %s: bad Media Streams message: %s", self.grant.call_sid, reason)
             self.report.problems.append(f"bad message: {reason}")
+
+    async def _too_many_bad(self, reason: str) -> bool:
+        """Count a bad message; at :data:`MAX_PROTOCOL_ERRORS` close the socket (1008) and say True."""
+        self._bad(reason)
+        if self.report.protocol_errors < MAX_PROTOCOL_ERRORS:
+            return False
+        self._note(f"{self.report.protocol_errors} bad messages; closing", "socket")
+        await self._close(1008, "too many bad messages")
+        return True
 
     def _note(self, problem: str, ended_by: str) -> None:
         log.warning("call %s: %s", self.grant.call_sid, problem)

@@ -3,7 +3,8 @@
 For tests, benchmarks and ``voicebot simulate --call``. It does what Twilio does, on the real wire
 protocols: posts the signed incoming-call webhook (``X-Twilio-Signature`` over ``PUBLIC_URL``), reads
 the TwiML, opens the ``<Stream url>`` (rewritten from the public host to the bot's real address, as a
-proxy in front would), sends ``connected`` and ``start``, streams audio as base64 μ-law in 20 ms
+proxy in front would; the upgrade signed, like Twilio's, over the ``wss://`` URL of the TwiML with no
+parameters), sends ``connected`` and ``start``, streams audio as base64 μ-law in 20 ms
 ``media`` frames paced in real time, and plays what the bot sends back on a virtual playout clock:
 ``media`` queues audio, a ``mark`` is echoed when the audio sent before it would have finished
 playing, and ``clear`` drops what is still queued and echoes the pending marks at once (Twilio's
@@ -90,7 +91,11 @@ class LoopbackCall:
     twiml: str
     ws: aiohttp.ClientWebSocketResponse | None = None
     segments: list[HeardSegment] = field(default_factory=list)
+    # The bot's marks echoed back: ``marks_echoed`` the one ending each utterance (``utt-N``),
+    # ``echoes`` every mark (progress marks ``utt-N.K`` too) with the μ-law bytes received before it.
     marks_echoed: list[str] = field(default_factory=list)
+    echoes: list[tuple[str, int]] = field(default_factory=list)
+    bytes_received: int = 0
     clears: int = 0
     media_received: int = 0
     sent_frames: int = 0
@@ -98,7 +103,7 @@ class LoopbackCall:
     closed_code: int | None = None
     hung_up_by: str = ""  # "caller" or "bot"
     _playout_end: float = 0.0
-    _pending_marks: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _pending_marks: dict[str, tuple[asyncio.TimerHandle, int]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _reader: asyncio.Task[None] | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -108,6 +113,11 @@ class LoopbackCall:
 
     def heard_mulaw(self) -> bytes:
         return b"".join(s.mulaw for s in self.segments)
+
+    def played(self) -> int:
+        """μ-law bytes played so far on the playout clock (what was received is queued ahead of it)."""
+        now = asyncio.get_running_loop().time()
+        return sum(min(len(s.mulaw), max(0, int((now - s.start) * MULAW_RATE))) for s in self.segments)
 
     def heard_pcm(self) -> bytes:
         """Everything heard, decoded to 8 kHz s16le (gaps not kept)."""
@@ -196,7 +206,7 @@ class LoopbackCall:
             await self.ws.close()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
-        for handle in self._pending_marks.values():
+        for handle, _ in self._pending_marks.values():
             handle.cancel()
         self._pending_marks.clear()
         if self._tasks:
@@ -221,19 +231,22 @@ class LoopbackCall:
                 if event == "media":
                     self.media_received += 1
                     audio = base64.b64decode(data["media"]["payload"])
+                    self.bytes_received += len(audio)
                     start = max(now, self._playout_end)
                     self.segments.append(HeardSegment(start, audio))
                     self._playout_end = start + len(audio) / MULAW_RATE
                 elif event == "mark":
                     name = str(data["mark"]["name"])
                     if self.twilio.echo_marks:
-                        self._pending_marks[name] = loop.call_at(max(now, self._playout_end), self._echo, name)
+                        handle = loop.call_at(max(now, self._playout_end), self._echo, name)
+                        self._pending_marks[name] = (handle, self.bytes_received)
                 elif event == "clear":
                     self.clears += 1
                     self._cut(now)
                     for name in list(self._pending_marks):
-                        self._pending_marks.pop(name).cancel()
-                        self._echo(name, pending=False)
+                        handle, _ = self._pending_marks[name]
+                        handle.cancel()
+                        self._echo(name)
                 else:
                     self.twilio.problems.append(f"bot sent an unknown event {event!r} (Twilio error 31951)")
                 async with self._changed:
@@ -257,10 +270,11 @@ class LoopbackCall:
         self.segments = kept
         self._playout_end = min(self._playout_end, at)
 
-    def _echo(self, name: str, pending: bool = True) -> None:
-        if pending:
-            self._pending_marks.pop(name, None)
-        self.marks_echoed.append(name)
+    def _echo(self, name: str) -> None:
+        _, position = self._pending_marks.pop(name)
+        self.echoes.append((name, position))
+        if "." not in name:
+            self.marks_echoed.append(name)
         task = asyncio.get_running_loop().create_task(self._send_mark(name), name=f"caller-mark-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -379,11 +393,19 @@ class LoopbackTwilio:
         public, real = stream_base(self.public_url), stream_base(self.bot_url)
         return real + url[len(public):] if url.startswith(public) else url
 
+    def public_stream_url(self, url: str) -> str:
+        """``url`` (at the bot's real address) as the TwiML named it: what Twilio signs."""
+        public, real = stream_base(self.public_url), stream_base(self.bot_url)
+        return public + url[len(real):] if url.startswith(real) else url
+
     async def open_stream(self, url: str, call_sid: str, caller: str, *, start_call_sid: str | None = None,
-                          send_start: bool = True) -> LoopbackCall:
-        """Open the media socket and send ``connected`` and ``start`` (``start_call_sid`` lies about the call)."""
+                          send_start: bool = True, signature: str | None = None) -> LoopbackCall:
+        """Open the media socket and send ``connected`` and ``start`` (``start_call_sid`` lies about
+        the call; ``signature`` replaces Twilio's signature of the upgrade)."""
         assert self._http is not None
-        ws = await self._http.ws_connect(url, headers={"X-Twilio-Signature": self.sign(url, {})},
+        if signature is None:
+            signature = self.sign(self.public_stream_url(url), {})
+        ws = await self._http.ws_connect(url, headers={"X-Twilio-Signature": signature},
                                          max_msg_size=4 * 1024 * 1024)
         call = LoopbackCall(self, call_sid, caller, "MZ" + secrets.token_hex(16), "", ws)
         self.calls.append(call)

@@ -121,6 +121,10 @@ def parse_message(text: str | bytes) -> Event:
         msg = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON ({type(exc).__name__})") from None
+    except RecursionError:
+        # json's decoder recurses per nesting level: "[" * 4000 fits in a frame and exhausts the
+        # stack. Twilio's messages nest three levels deep.
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError("not a JSON object")
     event = msg.get("event")

@@ -4,10 +4,14 @@ Media Streams WebSocket each call connects to.
 ``POST /twilio/voice`` (signed like the SMS webhook, checked against ``PUBLIC_URL``; forged: 403)
 answers TwiML ``<Response><Connect><Stream url="wss://…/twilio/media/TOKEN"/></Connect></Response>``:
 the stream URL is ``PUBLIC_URL`` with ``https``→``wss`` (``http``→``ws``), and the token is single-use,
-lives 30 seconds and belongs to that CallSid (see :mod:`bot.phone.tokens`). A number outside
-``PHONE_ALLOWED_CALLERS`` hears a short ``<Say>`` and ``<Hangup/>``. ``POST /twilio/voice/status`` takes
-the signed call status callbacks. ``GET /twilio/media/{token}`` is the WebSocket; without a live token
-it answers 403 before any upgrade.
+lives 30 seconds and is the only one its CallSid ever gets (see :mod:`bot.phone.tokens`): the same
+webhook replayed gets the same TwiML while the token is unused, and 409 once it was used or the call
+ended. A number outside ``PHONE_ALLOWED_CALLERS`` hears a short ``<Say>`` and ``<Hangup/>``, and so does
+a caller while ``PHONE_MAX_CALLS`` calls are connected or connecting (before any recognition starts).
+``POST /twilio/voice/status`` takes the signed call status callbacks; an ended call's token dies.
+``GET /twilio/media/{token}`` is the WebSocket: Twilio signs the upgrade (``X-Twilio-Signature`` over
+the ``wss://`` URL, no parameters), and without that signature and a live token it answers 403 before
+any upgrade. Every signature check is :mod:`bot.twilio_signature`, the one the SMS webhooks use.
 
 Language: the TwiML ``<Say>`` texts and everything the call says in its own words are in the
 number's language (``bot.i18n.places``, the per-number store SMS uses); with Deepgram a number in
@@ -22,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from audio.stt.base import STTEngine
@@ -35,7 +38,8 @@ from audio.tts.base import TTSEngine, VoiceSpec
 from bot.i18n.catalog import catalog_language, t
 from bot.i18n.languages import AUTO
 from bot.phone.call import CallOptions, CallText, PhoneCall, catalog_text
-from bot.phone.tokens import StreamTokens
+from bot.phone.tokens import CallTokens, StreamTokens
+from bot.twilio_signature import TwilioSignature
 
 if TYPE_CHECKING:
     from bot.agent import Agent
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
 MEDIA_PATH = "/twilio/media"
+DEFAULT_MAX_CALLS = 10  # PHONE_MAX_CALLS' default
 MAX_FRAME_BYTES = 64 * 1024  # a media message is ~300 bytes and start ~1 kB; anything near this is not Twilio
 # <Say language=… voice=…> for the catalog's languages: Twilio wants a locale, and its default voice
 # ("man") has no Japanese or Brazilian Portuguese, so those name an Amazon Polly voice Twilio offers.
@@ -134,6 +139,8 @@ class PhoneService:
         calls: TwilioCalls | None = None,
         caller_name: Callable[[str], str] | None = None,
         token_ttl: float = 30.0,
+        tokens: CallTokens | None = None,
+        max_calls: int = DEFAULT_MAX_CALLS,
         owned: Iterable[object] = (),
         languages: PlaceLanguages | None = None,
         recognizer_language: Callable[[str], str] | None = None,
@@ -148,10 +155,12 @@ class PhoneService:
         self.allowed_callers = frozenset(allowed_callers)
         self.twilio_calls = calls
         self._caller_name = caller_name
-        self._validator = RequestValidator(auth_token)
-        self._public_url = public_url.rstrip("/")
+        self._signature = TwilioSignature(auth_token, public_url)
+        self._public_url = self._signature.public_url
         self._stream_base = stream_base(self._public_url)
-        self.tokens = StreamTokens(token_ttl)
+        self.tokens: CallTokens = tokens if tokens is not None else StreamTokens(token_ttl)
+        self.max_calls = max_calls  # PHONE_MAX_CALLS: connected calls plus those connecting
+        self._upgrading = 0  # media sockets past their token, not yet in self.calls
         self.calls: dict[str, PhoneCall] = {}  # by CallSid, while the socket is open
         self.finished: list[PhoneCall] = []  # the last few ended calls (simulate, tests)
         self._handlers: set[asyncio.Task[object]] = set()
@@ -174,23 +183,8 @@ class PhoneService:
 
     # ------------------------------------------------------------------ webhooks
 
-    async def _signed_form(self, request: web.Request) -> Mapping[str, str] | web.Response:
-        try:
-            form = await request.post()
-        except UnicodeDecodeError:
-            log.warning("Twilio webhook %s rejected with 400: body is not UTF-8", request.path)
-            return web.Response(status=400, text="body is not UTF-8")
-        signature = request.headers.get("X-Twilio-Signature", "")
-        url = self._public_url + request.raw_path
-        algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
-        if not signature or not self._validator.validate(url, form, signature, algorithm):
-            log.warning("Twilio webhook %s rejected with 403: %s", request.path,
-                        "no X-Twilio-Signature" if not signature else f"signature does not match {url}")
-            return web.Response(status=403, text="invalid signature")
-        return form  # type: ignore[return-value]
-
     async def voice_webhook(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         call_sid, caller, called = (str(form.get(k, "")).strip() for k in ("CallSid", "From", "To"))
@@ -212,14 +206,31 @@ class PhoneService:
             self._say(response, "phone.not_allowed", caller)
             response.hangup()
             log.info("call %s from %s refused: not in PHONE_ALLOWED_CALLERS", call_sid, _mask(caller))
+        elif not self.tokens.seen(call_sid) and self.busy():
+            self._say(response, "phone.busy", caller)
+            response.hangup()
+            log.warning("call %s from %s turned away: %d calls connected or connecting (PHONE_MAX_CALLS=%d)",
+                        call_sid, _mask(caller), self.active_calls(), self.max_calls)
         else:
             token = self.tokens.issue(call_sid, caller, called)
+            if token is None:
+                # A replay (Twilio's signature holds no time): this call's one token is used or dead.
+                log.warning("call %s: voice webhook again after its stream connected or the call ended; "
+                            "refused with 409", call_sid)
+                return web.Response(status=409, text="call already answered")
             connect = Connect()
             # The token rides in the path: Twilio does not pass a stream URL's query string on.
             connect.stream(url=f"{self._stream_base}{MEDIA_PATH}/{token}")
             response.append(connect)
             log.info("call %s from %s: connecting its media stream", call_sid, _mask(caller))
         return web.Response(text=str(response), content_type="application/xml")
+
+    def active_calls(self) -> int:
+        """Calls connected here plus calls whose stream is about to connect."""
+        return len(self.calls) + self._upgrading + self.tokens.pending()
+
+    def busy(self) -> bool:
+        return self.active_calls() >= self.max_calls
 
     def language_of(self, number: str) -> str:
         """The language the bot's own words to ``number`` are in (its set or last sure language)."""
@@ -252,7 +263,7 @@ class PhoneService:
         return {} if wanted == getattr(self.stt, "language", None) else {"language": wanted}
 
     async def status_webhook(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         call_sid, status = str(form.get("CallSid", "")).strip(), str(form.get("CallStatus", "")).strip().lower()
@@ -260,7 +271,7 @@ class PhoneService:
             log.warning("Twilio call status callback rejected with 400: missing CallSid or CallStatus")
             return web.Response(status=400, text="missing CallSid or CallStatus")
         if status in ENDED_STATUSES:
-            self.tokens.revoke_call(call_sid)
+            self.tokens.end_call(call_sid)
         log.info("call %s %s%s", call_sid, status,
                  f" after {form['CallDuration']} s" if str(form.get("CallDuration", "")).isdigit() else "")
         return web.Response(status=204)
@@ -268,16 +279,28 @@ class PhoneService:
     # ------------------------------------------------------------------ the media socket
 
     async def media(self, request: web.Request) -> web.StreamResponse:
+        refused = self._signature.check_upgrade(request, self._stream_base)
+        if refused is not None:
+            return refused  # before the token: a stranger cannot spend a real call's token
         grant = self.tokens.redeem(request.match_info["token"])
         if grant is None or self._closing:
             # Refused before the upgrade: no socket, no audio. (No token detail in the log.)
             log.warning("media stream refused: %s", "shutting down" if grant else "unknown, used or expired token")
+            if grant is not None:
+                self.tokens.end_call(grant.call_sid)
             return web.Response(status=403, text="stream not allowed")
         if grant.call_sid in self.calls:
             log.warning("call %s already has a media stream; refused a second", grant.call_sid)
             return web.Response(status=409, text="call already connected")
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, autoping=True)
-        await ws.prepare(request)
+        self._upgrading += 1  # between its token and self.calls, still one of the calls in progress
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self.tokens.end_call(grant.call_sid)
+            raise
+        finally:
+            self._upgrading -= 1
         call = PhoneCall(
             grant=grant, agent=self.agent, memory=self.memory, stt=self.stt, tts=self.tts,
             fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,
@@ -295,6 +318,7 @@ class PhoneService:
             await call.run(ws)
         finally:
             self.calls.pop(grant.call_sid, None)
+            self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
             self.finished.append(call)
             del self.finished[:-20]
             if task is not None:
@@ -310,9 +334,7 @@ class PhoneService:
         console = request.app.get(CONSOLE_KEY)
         if console is None:
             return None
-        # The session's clock starts when the VAD noticed the pause; the console adds that back.
-        end_of_turn = self.options.vad_end_ms / 1000
-        return lambda session: console.watch(session, end_of_turn=end_of_turn)
+        return console.watch  # the session knows its pause window (TurnDetection) and when each turn ended
 
     def _name(self, number: str) -> str:
         if self._caller_name is not None:
@@ -451,4 +473,5 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
         calls=TwilioCalls(settings.twilio_account_sid, settings.twilio_auth_token.get(),
                           api_base=settings.twilio_api_base),
         caller_name=caller_name, owned=owned, languages=languages, recognizer_language=recognizer_language,
+        max_calls=settings.phone_max_calls,
     )

@@ -3,8 +3,9 @@
 Flow for ``POST /twilio/sms``:
 
 1. Decode the form and check ``X-Twilio-Signature`` against the *public* URL (settings'
-   ``public_url`` + the request's path and query). Behind a proxy the Host header is the proxy's
-   idea of the host, so it is never used. Unsigned or forged: 403.
+   ``public_url`` + the request's path and query; :mod:`bot.twilio_signature`, shared with the
+   phone routes). Behind a proxy the Host header is the proxy's idea of the host, so it is never
+   used. Unsigned or forged: 403; a body that is not a form (multipart): 415.
 2. Parse the fields into :class:`InboundSms` (missing fields: 400).
 3. Record the message (``MessageSid``, sender, text) in SQLite before anything else, so it is
    durable before the webhook answers. A SID already finished (a retry or a replay) gets an empty
@@ -20,6 +21,8 @@ Each step is a state transition in :mod:`bot.sms.store` (one transaction each). 
 stored (state ``sending``) before it leaves and each segment Twilio confirms is noted, so after a
 crash :meth:`SmsService.resume_unfinished` regenerates what was not written and, for what may have
 left, asks Twilio's Messages list before sending the rest: a late answer rather than a second one.
+A send that Twilio may have created without saying so and whose list could not be read either
+(``uncertain``, :mod:`bot.sms.outbound`) is handled the same way, in the same run.
 Recovery assumes one process owns the database (the Procfile's single worker); two processes
 sharing one file would each finish the other's unfinished messages at start-up.
 
@@ -45,7 +48,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 
 from bot.agent import AGENT_SPEAKER_ID, AgentError, Incoming, Reply
@@ -65,6 +67,7 @@ from bot.sms.text import (
     parse_link_code,
     truncate_for_agent,
 )
+from bot.twilio_signature import TwilioSignature
 
 _LANGUAGE_COMMAND = re.compile(r"^\s*(LANGUAGE|LANG|SPRACHE|LANGUE|IDIOMA|IDIOME|言語)\s*[:=]?\s*(\S{2,20})\s*$", re.IGNORECASE)
 
@@ -94,6 +97,7 @@ MAX_INBOUND_CHARS = 2000  # what the agent sees of one text; Twilio concatenates
 RECOVERY_MAX_AGE = 86400.0  # an unfinished message older than a day is closed, not answered late
 TWIML_WRITE_TIMEOUT = 30.0  # the webhook writes its answer right after handle() returns
 FIND_SENT_RETRY_DELAYS = (5.0, 30.0, 120.0)
+UNCERTAIN_ROUNDS = 3  # sends that Twilio could not confirm either way, per reply, before it waits for the next start
 RECOVERY_CONCURRENCY = 8  # replies finished after a restart at once (a burst must not flood the engine)
 
 
@@ -336,6 +340,7 @@ class SmsService:
         if self.store.is_opted_out(number):
             self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: the number opted out (it must text START first)", sms.message_sid, who)
+            self.agent.turn_ignored(Modality.SMS)
             return []
 
         chosen = self._language_command(sms)
@@ -346,12 +351,14 @@ class SmsService:
         if not text:
             self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: empty body", sms.message_sid, who)
+            self.agent.turn_ignored(Modality.SMS)
             return []
 
         admission = self.store.admit(sms.message_sid, number, self.rate_limit)
         if admission is not Admission.ACCEPT:
             # Over the limit: the message is remembered (nothing is lost), not answered.
             self.memory.append(self._user_turn(sms, text))
+            self.agent.turn_ignored(Modality.SMS)
             if admission is Admission.NOTE:
                 log.info("SMS %s from %s over the rate limit (%d per 10 min); sent the note", sms.message_sid, who,
                          self.rate_limit)
@@ -603,6 +610,7 @@ class SmsService:
                 if self.store.is_opted_out(number):
                     self.store.advance(sid, ("accepted", "replying"), "suppressed")
                     log.info("SMS %s from %s not answered: the number opted out meanwhile", sid, who)
+                    self.agent.turn_ignored(Modality.SMS)
                     return
                 if state == "replying":
                     # The earlier run stored the person's turn when its reply began; it is stored again below.
@@ -663,7 +671,9 @@ class SmsService:
                 else:
                     # The webhook died before its answer went out; Twilio may or may not have it.
                     recovering = True
-            if sent < len(segments):
+            for _round in range(UNCERTAIN_ROUNDS):
+                if sent >= len(segments):
+                    break
                 if recovering:
                     found = await self._already_sent(number, segments[sent:], since)
                     for delay in self.find_sent_retry_delays:
@@ -679,6 +689,16 @@ class SmsService:
                     if found:
                         self.store.segment_sent(sid, sent)
                 results = await self._send_all(number, segments[sent:], sid=sid, first=sent)
+                if not results or results[-1].outcome is not SendOutcome.UNCERTAIN:
+                    break
+                # Twilio may hold the last segment and could not say: ask its list again (patiently)
+                # before anything more is sent, as after a crash.
+                sent += len(results) - 1
+                recovering = True
+            else:
+                log.warning("SMS %s from %s: Twilio kept failing to say whether the reply was sent; left for the "
+                            "next start", sid, who)
+                return
             delivered = all(r.ok for r in results)
             suppressed = any(r.outcome is SendOutcome.OPTED_OUT for r in results)
             final = "suppressed" if suppressed else "answered" if failure is None and delivered else "failed"
@@ -777,36 +797,17 @@ class TwilioWebhooks:
 
     def __init__(self, service: SmsService, *, auth_token: str, public_url: str) -> None:
         self.service = service
-        self._validator = RequestValidator(auth_token)
-        self._public_url = public_url.rstrip("/")
+        self._signature = TwilioSignature(auth_token, public_url)
 
     def __repr__(self) -> str:
-        return f"TwilioWebhooks(public_url={self._public_url!r})"
+        return f"TwilioWebhooks(public_url={self._signature.public_url!r})"
 
     def register(self, app: web.Application) -> None:
         app.router.add_post(SMS_PATH, self.sms)
         app.router.add_post(STATUS_PATH, self.status)
 
-    async def _signed_form(self, request: web.Request) -> Mapping[str, str] | web.Response:
-        """The request's form if Twilio signed it, else the error response to send (already logged)."""
-        try:
-            form = await request.post()
-        except UnicodeDecodeError:
-            log.warning("Twilio webhook %s rejected with 400: body is not UTF-8", request.path)
-            return web.Response(status=400, text="body is not UTF-8")
-        signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature:
-            log.warning("Twilio webhook %s rejected with 403: no X-Twilio-Signature", request.path)
-            return web.Response(status=403, text="missing signature")
-        url = self._public_url + request.raw_path
-        algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
-        if not self._validator.validate(url, form, signature, algorithm):
-            log.warning("Twilio webhook %s rejected with 403: signature does not match %s", request.path, url)
-            return web.Response(status=403, text="invalid signature")
-        return form  # type: ignore[return-value]
-
     async def sms(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         try:
@@ -831,7 +832,7 @@ class TwilioWebhooks:
         return response
 
     async def status(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
+        form = await self._signature.signed_form(request)
         if isinstance(form, web.Response):
             return form
         try:

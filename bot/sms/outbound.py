@@ -4,6 +4,12 @@ The twilio SDK types stay in this module: callers get a :class:`SendResult`. Ret
 only here: bounded, exponential with full jitter, and only for 408/429/5xx, Twilio's 20429 and
 transport failures. Everything else (an opted-out recipient, a bad number, bad credentials) is
 final at once.
+
+A send that got no answer (a timeout, a dropped connection) or a 408/5xx may still have created the
+message: Twilio can create it and then fail to say so. Before sending it again, Twilio's Messages
+list is asked (as recovery after a crash does, :meth:`TwilioSender.find_sent`); a message found
+there is the send, and when the list cannot be read the outcome is ``uncertain``, never a second
+text. Bodies are compared as Twilio may have rewritten them (:func:`comparable_body`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,7 +27,8 @@ import aiohttp
 
 from bot.sms.text import mask_number
 
-__all__ = ["SendOutcome", "SendResult", "TwilioSender", "classify_send_error", "backoff_delay"]
+__all__ = ["SendOutcome", "SendResult", "TwilioSender", "backoff_delay", "classify_send_error", "comparable_body",
+           "maybe_created"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ class SendOutcome(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429 / 20429 still refused after every retry
     UNAVAILABLE = "unavailable"  # 5xx, timeouts or connection failures after every retry
     REJECTED = "rejected"  # any other 4xx: Twilio refused this message; retrying would not help
+    UNCERTAIN = "uncertain"  # Twilio may have created it and its Messages list could not say: not resent
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,41 @@ def classify_send_error(status: int | None, code: int | None) -> tuple[SendOutco
     return SendOutcome.REJECTED, False
 
 
+def maybe_created(status: int | None) -> bool:
+    """Whether a failed create may have created the message all the same: no answer at all, a
+    request timeout or a server error (Twilio, or a proxy in front of it, failed after the request
+    arrived). A 4xx other than 408, a 429 included, means it was refused."""
+    return status is None or status == 408 or status >= 500
+
+
+# What Twilio's Smart Encoding (Messaging Services) writes for punctuation outside GSM-7, by class:
+# every double quotation mark becomes '"', every single one and apostrophe-like mark "'", every
+# dash and hyphen "-", the ellipsis "...", and full-width ASCII forms their ASCII letter. Spaces of
+# any width are whitespace to str.split(). Applied to both sides of a comparison, so mapping a few
+# more look-alikes than Twilio does only makes the comparison blind to how a quote was drawn.
+_DOUBLE_QUOTES = "\u00ab\u00bb\u201c\u201d\u201e\u201f\u02ba\u02ee\u2033\u275d\u275e\u301d\u301e\u301f"
+_SINGLE_QUOTES = ("\u2018\u2019\u201b\u2032\u2035\u02b9\u02bb\u02bc\u02bd\u02c8\u02ca\u02cb\u0060\u00b4"
+                  "\u275b\u275c")
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63"
+_SMART = str.maketrans({
+    **{c: '"' for c in _DOUBLE_QUOTES}, **{c: "'" for c in _SINGLE_QUOTES}, **{c: "-" for c in _DASHES},
+    "\u2026": "...", **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)},
+})
+# A trial account's messages reach the phone (and the Messages list) with this in front.
+TRIAL_PREFIX = "Sent from your Twilio trial account - "
+
+
+def comparable_body(body: str) -> str:
+    """``body`` with what Twilio may rewrite taken out: the trial prefix, Smart Encoding's
+    substitutions, and runs of whitespace (trailing spaces dropped). Two bodies are the same message
+    when these are equal. Pure."""
+    text = " ".join(body.translate(_SMART).split())
+    prefix = TRIAL_PREFIX.strip()
+    if text.startswith(prefix + " ") or text == prefix:
+        text = text[len(prefix):].lstrip()
+    return text
+
+
 def backoff_delay(attempt: int, rand: float, *, base: float = 0.5, cap: float = 8.0) -> float:
     """Full-jitter exponential backoff before retry number ``attempt`` (1-based); ``rand`` in [0, 1)."""
     return rand * min(cap, base * (2 ** (attempt - 1)))
@@ -127,6 +171,9 @@ class TwilioSender:
         self._sleep = sleep
         self._rand = rand
         self._client: object | None = None  # twilio.rest.Client; typed loosely so it never leaks
+        # SIDs of messages this sender knows are accounted for (sent, or found for a reply): a list
+        # entry with one of them never proves another send, however alike the bodies.
+        self._accounted: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TwilioSender(account_sid={self._account_sid!r}, from={mask_number(self.from_number)!r})"
@@ -149,11 +196,13 @@ class TwilioSender:
         from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
         client = self._get_client()
+        started = time.time()
         attempt = 0
         while True:
             attempt += 1
             status: int | None
             code: int | None
+            reached = True  # the request may have reached Twilio
             try:
                 # The async client passes timeout=None to aiohttp, which means no timeout at all,
                 # so every attempt gets our own.
@@ -167,9 +216,24 @@ class TwilioSender:
                 status, code, detail = exc.status, _int_or_none(exc.code), str(exc.title)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status, code, detail = None, None, f"{type(exc).__name__}: {exc}"
+                # No connection (refused, DNS, TLS handshake): nothing was sent, nothing created.
+                reached = not isinstance(exc, aiohttp.ClientConnectorError)
             else:
+                self._account([str(message.sid)])
                 return SendResult(SendOutcome.SENT, to, sid=str(message.sid), status=201, attempts=attempt)
             outcome, retryable = classify_send_error(status, code)
+            if reached and maybe_created(status):
+                created = await self._created_since(to, body, started)
+                if created is None:
+                    log.warning("Twilio send to %s failed (%s, HTTP %s) and its Messages list cannot say whether "
+                                "the message was created; not sending it again", mask_number(to), outcome, status)
+                    return SendResult(SendOutcome.UNCERTAIN, to, status=status, code=code, attempts=attempt,
+                                      detail=f"{detail}; Twilio's list unreadable")
+                if created:
+                    log.info("Twilio send to %s answered HTTP %s but had created the message; not sending it again",
+                             mask_number(to), status)
+                    return SendResult(SendOutcome.SENT, to, sid=created, status=status, code=code, attempts=attempt,
+                                      detail=f"created despite: {detail}")
             if not retryable or attempt >= self._max_attempts:
                 return SendResult(outcome, to, status=status, code=code, attempts=attempt, detail=detail)
             delay = backoff_delay(attempt, self._rand())
@@ -178,6 +242,22 @@ class TwilioSender:
                 mask_number(to), outcome, status, code, attempt, self._max_attempts - 1, delay,
             )
             await self._sleep(delay)
+
+    async def _created_since(self, to: str, body: str, since: float) -> str | None:
+        """The SID of a message with ``body`` to ``to`` that Twilio created since ``since`` and that no
+        other send accounts for; ``""`` when there is none; None when the list could not be read
+        (asked up to ``max_attempts`` times, with the same backoff as sends)."""
+        for check in range(1, self._max_attempts + 1):
+            listed = await self._listed(to, since)
+            if listed is not None:
+                wanted = comparable_body(body)
+                sid = next((sid for sid, listed_body in listed if comparable_body(listed_body) == wanted), "")
+                if sid:
+                    self._account([sid])
+                return sid
+            if check < self._max_attempts:
+                await self._sleep(backoff_delay(check, self._rand()))
+        return None
 
     async def find_sent(self, to: str, bodies: list[str], since: float) -> list[bool] | None:
         """Which of ``bodies`` Twilio already holds as messages from us to ``to`` created since ``since``.
@@ -188,6 +268,24 @@ class TwilioSender:
         the caller then must not send (a second text is worse than a late one) and tries later.
         ``since`` is Unix seconds; a 2-minute margin absorbs clock differences with Twilio.
         """
+        listed = await self._listed(to, since)
+        if listed is None:
+            log.warning("Cannot list Twilio messages to %s; the reply is retried later", mask_number(to))
+            return None
+        out: list[bool] = []
+        for body in bodies:
+            wanted = comparable_body(body)
+            # One Twilio message proves one segment, not two identical ones.
+            hit = next((i for i, (_sid, listed_body) in enumerate(listed) if comparable_body(listed_body) == wanted),
+                       None)
+            if hit is not None:
+                self._account([listed.pop(hit)[0]])
+            out.append(hit is not None)
+        return out
+
+    async def _listed(self, to: str, since: float) -> list[tuple[str, str]] | None:
+        """(SID, body) of the messages from us to ``to`` that Twilio created since ``since`` (less a
+        2-minute margin) and no send of ours accounts for, oldest first; None if the list failed."""
         # A failed list page raises the SDK's base TwilioException (not TwilioRestException).
         from twilio.base.exceptions import TwilioException
 
@@ -203,22 +301,22 @@ class TwilioSender:
                 newest = await client.messages.list_async(  # type: ignore[attr-defined]
                     to=to, from_=self.from_number, limit=50)
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("Cannot list Twilio messages to %s (%s); the reply is retried later",
-                        mask_number(to), type(exc).__name__)
+            log.debug("listing Twilio messages to %s failed: %s", mask_number(to), type(exc).__name__)
             return None
-        found = list({str(m.sid): m for m in [*sent, *newest]}.values())
-        created: list[str] = []
-        for message in found:
+        found = {str(m.sid): m for m in [*sent, *newest] if str(m.sid) not in self._accounted}
+        created: list[tuple[float, str, str]] = []
+        for sid, message in found.items():
             stamp = message.date_created or message.date_sent
             if stamp is not None and stamp.timestamp() >= since - 120:
-                created.append(str(message.body or ""))
-        out: list[bool] = []
-        for body in bodies:
-            hit = body in created
-            if hit:
-                created.remove(body)  # one Twilio message proves one segment, not two identical ones
-            out.append(hit)
-        return out
+                created.append((stamp.timestamp(), sid, str(message.body or "")))
+        return [(sid, body) for _stamp, sid, body in sorted(created)]
+
+    def _account(self, sids: Iterable[str]) -> None:
+        for sid in sids:
+            self._accounted[sid] = None
+            self._accounted.move_to_end(sid)
+        while len(self._accounted) > 1000:
+            self._accounted.popitem(last=False)
 
     async def check(self) -> str:
         """Fetch the account (for ``voicebot check``): a short detail, or RuntimeError saying what is wrong."""

@@ -108,7 +108,7 @@ class TurnTiming:
     with what was asked and what was actually said back (``reply``: only the played part)."""
 
     user_id: int
-    speech_end: float
+    speech_end: float  # the session noticed the end of speech (a packet gap, the talk button released)
     final_transcript: float | None = None
     first_text: float | None = None
     first_sentence: float | None = None
@@ -120,6 +120,10 @@ class TurnTiming:
     text: str = ""
     reply: str = ""
     interrupted: bool = False
+    # The person's last speech, as the transport measured it (None: taken as ``speech_end``): the
+    # wait a person hears runs from here. ``typed``: the turn came from a text box, not a voice.
+    voice_end: float | None = None
+    typed: bool = False
 
     def breakdown_ms(self) -> dict[str, float | None]:
         def ms(a: float | None, b: float | None) -> float | None:
@@ -172,6 +176,7 @@ class Participant:
     humans_at_start: int | None = None  # people in the room when that stretch began
     language: str | None = None  # the language the recognizer heard in the current turn
     ended_at: float | None = None
+    voice_at: float | None = None  # the transport's voice activity detector last heard them (see mark_voice)
     speech_ends: int = 0  # ends of speech handed to the recognizer (finalize requested)
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
     candidate: PendingTurn | None = None  # words in, waiting to see whether the person goes on
@@ -220,6 +225,9 @@ class VoiceSession:
         # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
         self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
         self.speculate = speculate and self.turn_detection is not None
+        # How long after the person's last sound the receive path reports the end of speech (the
+        # packet gap of either mode); a transport that hears the voice itself calls mark_voice.
+        self.end_gap = turn_detection.gap_ms / 1000 if turn_detection is not None else 0.0
         self._speculations: dict[int, _Speculation] = {}
         self._held_notices: dict[int, str] = {}  # user id -> a notice whose reply was thrown away
         self.speculations_started = 0
@@ -320,6 +328,15 @@ class VoiceSession:
         if stream is not None:
             stream.push(pcm)
 
+    def mark_voice(self, user_id: int, at: float | None = None) -> None:
+        """The transport's voice activity detector heard this person (now, or at clock time ``at``;
+        the playground, whose talk button may stay down through silence): their turn's wait runs
+        from the last mark."""
+        person = self.participants.get(user_id)
+        if person is not None and not self._closed:
+            at = self.clock() if at is None else at
+            person.voice_at = at if person.voice_at is None else max(person.voice_at, at)
+
     def on_speech_end(self, user_id: int) -> None:
         """The person stopped (packet gap + VAD): flush their recognizer now."""
         person = self.participants.get(user_id)
@@ -349,7 +366,7 @@ class VoiceSession:
             return
         now = self.clock()
         self._complete_turn(PendingTurn(user_id, self._participant(user_id).name, text.strip(),
-                                        ended_at=now, final_at=now))
+                                        ended_at=now, final_at=now, typed=True))
 
     def _report(self, outcome: str, timing: TurnTiming | None) -> None:
         if self.on_outcome is not None:
@@ -440,9 +457,11 @@ class VoiceSession:
             # A recognizer that endpoints on silence the VAD still counts as speech (a phone line's
             # silence, the fixed 600 ms rule) ends the turn before on_speech_end: it ended now, not
             # at the previous pause (which would make the turn look stale and get it dropped).
-            ended = person.ended_at if person.ended_at is not None and not person.speaking else now
+            noticed = person.ended_at is not None and not person.speaking
+            ended = person.ended_at if noticed and person.ended_at is not None else now
             turn = PendingTurn(person.user_id, person.name, " ".join(person.finals), ended_at=ended, final_at=now,
-                               humans_present=person.humans_at_start, language=person.language)
+                               humans_present=person.humans_at_start, language=person.language,
+                               voice_end=self._voice_end(person, ended, noticed=noticed))
             if self.turn_detection is None:
                 person.finals.clear()
                 person.language = None
@@ -467,9 +486,19 @@ class VoiceSession:
                 and self.policy.wants(person.user_id, text, humans_present=self._room_of(person))):
             ended = person.ended_at if person.ended_at is not None else now
             turn = PendingTurn(person.user_id, person.name, " ".join([*person.finals, text]), ended_at=ended,
-                               final_at=now, humans_present=person.humans_at_start, language=heard or person.language)
+                               final_at=now, humans_present=person.humans_at_start, language=heard or person.language,
+                               voice_end=self._voice_end(person, ended, noticed=person.ended_at is not None))
             self._speculations[person.user_id] = _Speculation(self, turn)
             self.speculations_started += 1
+
+    def _voice_end(self, person: Participant, ended: float, *, noticed: bool) -> float:
+        """When the person last made a sound, for a turn whose speech ended at ``ended``: the
+        transport's voice mark when it made one in this stretch of speech; else, when the receive
+        path ``noticed`` the end, that moment less its packet gap; else (the recognizer ended the
+        turn on its own pause, mid-speech) ``ended`` is all that is known."""
+        if person.voice_at is not None and person.started_at is not None and person.voice_at >= person.started_at:
+            return min(person.voice_at, ended)
+        return ended - self.end_gap if noticed else ended
 
     def _room_of(self, person: Participant) -> int:
         """People present when this person began the turn (``auto`` decides by that room)."""
@@ -617,6 +646,7 @@ class VoiceSession:
                 if notice:
                     await self._tell(notice)
                 timing.turn_end = self.clock()
+                timing.voice_end = turn.voice_end  # the turn answered may have grown since the guess
                 reply.remember_incoming()  # the turn is over: what they said is now part of the conversation
                 first = await spec.first_audio()
             except BaseException:  # closed meanwhile: the speculative stream must not outlive the session
@@ -624,7 +654,8 @@ class VoiceSession:
                 raise
         else:
             timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
-                                speaker_name=turn.name, text=turn.text, turn_end=self.clock())
+                                speaker_name=turn.name, text=turn.text, turn_end=self.clock(),
+                                voice_end=turn.voice_end, typed=turn.typed)
             language, notice = self._choose_language(turn)
             notice = notice or self._held_notices.pop(turn.user_id, None)
             self.reply_language = language
@@ -869,7 +900,7 @@ class _Speculation:
     def __init__(self, session: VoiceSession, turn: PendingTurn) -> None:
         self.turn = turn
         self.timing = TurnTiming(turn.user_id, speech_end=turn.ended_at, final_transcript=turn.final_at,
-                                 speaker_name=turn.name, text=turn.text, speculative=True)
+                                 speaker_name=turn.name, text=turn.text, speculative=True, voice_end=turn.voice_end)
         self.language, self.notice = session._choose_language(turn)
         self.reply = session.agent.reply(
             Incoming(room=session.room, speaker_id=session.speaker_id(turn.user_id), speaker_name=turn.name,

@@ -50,6 +50,9 @@ class PendingTurn:
     # (``auto`` mode) is decided by the room they spoke into, not by who came or went meanwhile.
     humans_present: int | None = None
     language: str | None = None  # the language the recognizer heard, when it said (Deepgram multi)
+    # The person's last speech (clock time), which a wait is measured from; None: not known.
+    voice_end: float | None = None
+    typed: bool = False  # typed in (the playground's text box), not spoken
 
 
 def _fold(text: str) -> str:

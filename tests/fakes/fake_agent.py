@@ -94,6 +94,7 @@ class FakeAgent:
         self.started = asyncio.Event()
         self.calls: list[Incoming] = []
         self.replies_made: list[FakeReply] = []
+        self.ignored: list[Modality] = []  # turns its channel chose not to answer (Agent.turn_ignored)
         self.closed = False
 
     def reply(self, incoming: Incoming) -> FakeReply:
@@ -110,6 +111,9 @@ class FakeAgent:
         made = FakeReply(self, incoming, script)
         self.replies_made.append(made)
         return made
+
+    def turn_ignored(self, modality: Modality) -> None:
+        self.ignored.append(modality)
 
     async def aclose(self) -> None:
         self.closed = True

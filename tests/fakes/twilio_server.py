@@ -5,9 +5,13 @@ with HTTP Basic auth (Account SID : Auth Token) and a form-encoded body (``To``,
 ``StatusCallback``...); answers 201 with a message resource shaped like Twilio's, or an error in
 Twilio's legacy error shape ``{"code", "message", "more_info", "status"}``.
 
-Errors are scripted: :meth:`FakeTwilio.fail_next` queues responses consumed one per request;
+Errors are scripted: :meth:`FakeTwilio.fail_next` queues responses consumed one per request, each
+either instead of creating the message or, like the real service at times, after creating it (an
+error answer, or the connection dropped with no answer at all: :meth:`FakeTwilio.drop_next`);
 :meth:`FakeTwilio.hold_next` holds the next create request open (before or after the message is
-created), which is how a test stands for a process dying in the middle of a send.
+created), which is how a test stands for a process dying in the middle of a send. A body may be
+rewritten on the way in, as a trial account's prefix or Smart Encoding rewrites it
+(:attr:`FakeTwilio.rewrite`): the list then shows the rewritten body.
 
 ``GET /2010-04-01/Accounts/{sid}/Messages.json`` is Twilio's Messages list with its filters as the
 SDK sends them: ``To``, ``From``, ``DateSent`` / ``DateSent<`` / ``DateSent>`` (a ``YYYY-MM-DD`` day
@@ -30,6 +34,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,6 +82,8 @@ class _Scripted:
     code: int | None
     message: str
     raw: str | None = None  # a non-JSON body (e.g. an HTML 503 from a proxy)
+    created: bool = False  # the message is created first, then the error is answered
+    drop: bool = False  # no answer at all: the connection is closed
 
 
 class FakeTwilio:
@@ -91,6 +98,7 @@ class FakeTwilio:
         self.messages: list[ListedMessage] = []  # everything the list endpoint can return
         self.list_requests: list[dict[str, str]] = []  # the query of each list call, as received
         self.list_failures = 0  # the next this-many list calls answer 500
+        self.rewrite: Callable[[str], str] = lambda body: body  # what Twilio makes of a body it accepts
         self._script: deque[_Scripted] = deque()
         self._holds: deque[tuple[str, asyncio.Event]] = deque()
         self.held = asyncio.Event()  # set when a create request is being held (see hold_next)
@@ -99,10 +107,18 @@ class FakeTwilio:
         self.base_url = ""
 
     def fail_next(self, status: int, code: int | None = None, message: str = "scripted failure", *, raw: str | None = None,
-                  times: int = 1) -> None:
-        """Answer the next ``times`` requests with this error instead of creating a message."""
+                  times: int = 1, created: bool = False) -> None:
+        """Answer the next ``times`` create requests with this error: instead of creating the
+        message, or (``created``) after creating it, as Twilio's edge can answer 5xx for a message
+        the API has already queued."""
         for _ in range(times):
-            self._script.append(_Scripted(status, code, message, raw))
+            self._script.append(_Scripted(status, code, message, raw, created=created))
+
+    def drop_next(self, *, created: bool, times: int = 1) -> None:
+        """Close the connection of the next ``times`` create requests without answering, before
+        or (``created``) after creating the message: the sender never hears which."""
+        for _ in range(times):
+            self._script.append(_Scripted(0, None, "dropped", created=created, drop=True))
 
     def hold_next(self, when: str) -> asyncio.Event:
         """Hold the next create request open, ``"before"`` or ``"after"`` creating the message.
@@ -203,11 +219,9 @@ class FakeTwilio:
                 await self._notify()
                 await hold[1].wait()
                 return self._error(503, None, "held, then released")
-            if self._script:
-                scripted = self._script.popleft()
-                if scripted.raw is not None:
-                    return web.Response(status=scripted.status, text=scripted.raw, content_type="text/html")
-                return self._error(scripted.status, scripted.code, scripted.message)
+            scripted = self._script.popleft() if self._script else None
+            if scripted is not None and not scripted.created:
+                return self._scripted(request, scripted)
             missing = [f for f in ("To", "From", "Body") if not form.get(f)]
             if missing:
                 return self._error(400, 21604 if "To" in missing else 21602, f"Missing {', '.join(missing)}")
@@ -215,6 +229,7 @@ class FakeTwilio:
             if len(body) > 1600:
                 return self._error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
             sid = "SM" + secrets.token_hex(16)
+            body = self.rewrite(body)
             sent = SentMessage(sid, str(form["To"]), str(form["From"]), body,
                                str(form["StatusCallback"]) if "StatusCallback" in form else None,
                                request.headers.get("User-Agent", ""))
@@ -222,6 +237,8 @@ class FakeTwilio:
             created = time.time()
             # The fake "sends" at once, so the message has a date_sent and DateSent filters match it.
             self.messages.append(ListedMessage(sid, sent.to, sent.from_, body, "outbound-api", created, created))
+            if scripted is not None:
+                return self._scripted(request, scripted)
             if hold is not None:  # "after": created at Twilio, but the sender never hears back
                 self.held.set()
                 await self._notify()
@@ -255,6 +272,15 @@ class FakeTwilio:
             )
         finally:
             await self._notify()
+
+    def _scripted(self, request: web.Request, scripted: _Scripted) -> web.Response:
+        if scripted.drop:
+            assert request.transport is not None
+            request.transport.close()  # the client sees the connection end with no response
+            return web.Response(status=503)  # never reaches the client
+        if scripted.raw is not None:
+            return web.Response(status=scripted.status, text=scripted.raw, content_type="text/html")
+        return self._error(scripted.status, scripted.code, scripted.message)
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
