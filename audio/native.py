@@ -89,6 +89,6 @@ def find_ffmpeg(override: str | None = None) -> str:
     if system:
         return system
     raise NativeLibraryError(
-        "FFmpeg not found: install the 'imageio-ffmpeg' package (it bundles a static ffmpeg) "
-        "or the system package ffmpeg, or set FFMPEG_PATH"
+        "FFmpeg not found (Piper's voice needs it): pip install 'voicebot[ffmpeg]' (a bundled static ffmpeg), "
+        "or install the system package ffmpeg, or set FFMPEG_PATH"
     )

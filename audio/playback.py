@@ -701,13 +701,17 @@ class Speaker:
         if isinstance(first, BaseException):
             self._report(handle, first)
             return
-        source = make_source(
-            handle.utterance.format,
-            executable=self._ffmpeg,
-            always_ffmpeg=self._always_ffmpeg,
-            on_first_frame=self._first_frame_callback(handle),
-            **self._source_options,
-        )
+        try:
+            source = make_source(
+                handle.utterance.format,
+                executable=self._ffmpeg,
+                always_ffmpeg=self._always_ffmpeg,
+                on_first_frame=self._first_frame_callback(handle),
+                **self._source_options,
+            )
+        except Exception as exc:  # no FFmpeg for this format: this utterance fails, the queue goes on
+            self._report(handle, exc)
+            return
         handle.source = source
         source.feed(first)
         finished: asyncio.Future[Exception | None] = self._loop.create_future()

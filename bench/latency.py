@@ -416,7 +416,7 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
 
     ``extras`` receives the local recognizer's early-guess counts (what transcribing during the gap cost).
     """
-    from bot.simulate import running_bot
+    from bot.simulate import receive_all, running_bot
 
     samples: list[TurnSample] = []
     async with running_bot(settings, ["Alice"]) as lb:
@@ -447,12 +447,16 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
                 providers.say(spoken)
             cpu_before = CpuMark.now()
             result = None
+            received_before, sent = gv.vc.stats.audio_packets, 0
             for k, part in enumerate(spoken.parts):
                 result = await alice.speak_opus(list(part.frames))
+                sent += result.sent
                 if k + 1 < len(spoken.parts):
                     await asyncio.sleep(spoken.pause)  # the person's pause (nothing is sent), not synchronisation
             assert result is not None
             ended = result.ended_at
+            # The end of the speaker's sending is not the bot's: settled is only meaningful once it read it all.
+            await receive_all(gv.vc, received_before, sent, cfg.settle_timeout)
             await asyncio.wait_for(session.wait_settled(), cfg.settle_timeout)
             await host.wait_quiet(cfg.settle_timeout)
             cpu_used = CpuMark.now().since(cpu_before)

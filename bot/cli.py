@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bot.logs import RedactingStream, install_excepthooks, install_redactor, setup_logging
-from bot.settings import VOICE_MODES, Settings, SettingsError, load_settings, requested_log_level, secret_values
+from bot.settings import (
+    VOICE_MODES,
+    Settings,
+    SettingsError,
+    env_file_in_use,
+    load_settings,
+    requested_log_level,
+    secret_values,
+)
 
 if TYPE_CHECKING:
     import discord
@@ -60,7 +68,7 @@ To run it on Discord:
   1. Open https://discord.com/developers/applications, create an application, open its "Bot" page
      and press "Reset Token"; copy the token.
   2. On the same page enable "Message Content Intent" (the bot reads messages that mention it).
-  3. Put the token in a file named .env next to where you run voicebot:
+  3. Put the token in {env_file} (or name another file with --env-file):
          DISCORD_TOKEN=your-token-here
      (see .env.example for every other setting), then run `voicebot invite` for the invite link.
 
@@ -159,9 +167,9 @@ async def _until_listening(listening: asyncio.Event, web_task: asyncio.Task[None
         raise RuntimeError("the web server stopped before it listened")
 
 
-def cmd_run(settings: Settings, out: TextIO) -> int:
+def cmd_run(settings: Settings, out: TextIO, env_file: Path) -> int:
     if settings.discord_token is None:
-        out.write(NO_TOKEN_HELP)
+        out.write(NO_TOKEN_HELP.format(env_file=env_file))
         from bot.console.run import run_console
 
         return run_console(settings, out)  # the console and its voice playground, until Ctrl-C
@@ -414,7 +422,8 @@ def _with_shard_flags(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="A Discord voice agent.")
-    parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument("--env-file", help="settings file to read; it must exist (default: .env in the current "
+                        "directory, when there is one)")
     _shard_flags(parser)
     sub = parser.add_subparsers(dest="command")
     _shard_flags(sub.add_parser("run", help="run the bot (the default)"))
@@ -577,11 +586,29 @@ def _log_level(command: str, settings: Settings) -> str:
     return settings.log_level
 
 
+def where_line(command: str, env_file: Path, settings: Settings) -> str:
+    """Which settings file and data folder this command uses: both depend on the current directory."""
+    found = env_file_in_use(env_file)
+    source = f"settings from {found} and the environment" if found else \
+        f"settings from the environment only (no {env_file})"
+    if command == "invite":
+        return source
+    if command == "simulate":
+        return f"{source}; nothing is kept (the simulation's database is in memory)"
+    return f"{source}; data in {settings.data_dir.absolute()}"
+
+
 def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     """Load settings, set up logging and run ``command``; every failure becomes one line and a status."""
     prog = "voicebot" if command == "run" else f"voicebot {command}"
+    env_file = Path(args.env_file or ".env").absolute()
+    if args.env_file is not None and not env_file.exists():
+        # Named on purpose, so not optional like the default .env: running without it would be a surprise.
+        sys.stderr.write(f"{prog}: --env-file {args.env_file!r}: no such file ({env_file}): check the name, "
+                         "or leave --env-file out to read .env in the current directory\n")
+        return CONFIG
     try:
-        settings = load_settings(env_file=args.env_file)
+        settings = load_settings(env_file=env_file)
     except SettingsError as exc:
         install_redactor(exc.secrets)
         if requested_log_level() == "DEBUG":
@@ -607,9 +634,10 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         except ValueError as exc:
             sys.stderr.write(f"{prog}: {exc}\n")
             return CONFIG
+    sys.stderr.write(f"{prog}: {where_line(command, env_file, settings)}\n")
     try:
         if command == "run":
-            return cmd_run(settings, out)
+            return cmd_run(settings, out, env_file)
         if command == "chat":
             return cmd_chat(settings, stdin, out)
         if command == "invite":

@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from bot.shards import MAX_SHARD_COUNT, parse_shard_ids, shard_problems
 
-__all__ = ["Secret", "Settings", "SettingsError", "load_settings", "requested_log_level", "secret_values", "ENV_VARS"]
+__all__ = ["Secret", "Settings", "SettingsError", "env_file_in_use", "load_settings", "requested_log_level",
+           "secret_values", "ENV_VARS"]
 
 T = TypeVar("T")
 
@@ -273,6 +275,10 @@ def _url(*schemes: str) -> Callable[[str], str]:
         expected = " or ".join(s + "://" for s in schemes)
         if not sep or scheme.lower() not in schemes or not rest:
             raise ValueError(f"expected a URL starting with {expected}; got {_shown_url(raw)!r}")
+        if any(c.isspace() or not c.isprintable() for c in value):
+            # urlsplit takes "http://exa mple.com" as a host name; the HTTP client fails on it at the first request.
+            raise ValueError(f"contains a space or another invisible character: {_shown_url(raw)!r}; "
+                             "write the URL without it (a space in a path is %20)")
         try:  # what the HTTP clients will do with it later, where the error would name no setting
             parts = urlsplit(value)
             host, _port = parts.hostname, parts.port
@@ -481,10 +487,27 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _env_line_problem(line: str) -> str:
+    """What is wrong with one line python-dotenv could not parse, naming at most the variable (never
+    the value: it may be a secret)."""
+    name, equals, value = (line.splitlines() or [""])[0].partition("=")
+    name = name.strip().removeprefix("export ").strip()
+    if not equals or not name:
+        return "expected NAME=value"
+    value = value.strip()
+    quote = value[:1]
+    if quote in ("'", '"') and quote not in value[1:].replace("\\" + quote, ""):
+        return f"{name}: its {quote} quote is never closed; close it on the same line or remove the quotes"
+    return f"{name}: not a value dotenv can read (text after a closing quote?); write NAME=value, a comment after #"
+
+
 def _read_env_file(env_file: str | os.PathLike[str]) -> dict[str, str]:
     """The values in ``env_file`` (empty when there is none); SettingsError for an unusable file."""
     path = Path(env_file)
-    if not path.is_file():
+    if path.is_dir():
+        raise SettingsError([f"{path}: is a directory, not a settings file: remove or rename it, or name the "
+                             "settings file with --env-file"])
+    if not path.exists():
         return {}
     try:
         raw = path.read_bytes()
@@ -495,7 +518,21 @@ def _read_env_file(env_file: str | os.PathLike[str]) -> dict[str, str]:
     except UnicodeDecodeError as exc:
         raise SettingsError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
                              "(for example: iconv -f latin1 -t utf-8)"]) from None
+    # python-dotenv skips a line it cannot parse with a warning that names no file, and the settings
+    # after it then look unset ("DISCORD_TOKEN is not set"): name the file and the line instead.
+    unreadable = [f"{path}: line {b.original.line}: {_env_line_problem(b.original.string)}"
+                  for b in parse_stream(io.StringIO(text)) if b.error]
+    if unreadable:
+        raise SettingsError(unreadable)
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def env_file_in_use(env_file: str | os.PathLike[str] | None) -> Path | None:
+    """The settings file ``load_settings(env_file=...)`` read, as an absolute path; None when none was."""
+    if env_file is None:
+        return None
+    path = Path(env_file).absolute()
+    return path if path.exists() and not path.is_dir() else None
 
 
 def _secret_vars() -> frozenset[str]:

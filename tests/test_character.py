@@ -162,6 +162,12 @@ def test_character_is_immutable() -> None:
          "settings.voice.elevenlabs.useSpeakerBoost", "expected true or false"),
         ({"name": "N", "settings": {"voice": {"elevenlabs": {"voiceId": 12}}}},
          "settings.voice.elevenlabs.voiceId", "expected a string"),
+        # Accepted before, and failing later (a NUL ends C strings; PostgreSQL and TwiML refuse it).
+        ({"name": "Wr\x00en"}, "name", "control character U+0000"),
+        ({"name": "Wren\nBot"}, "name", "control character U+000A"),
+        ({"name": "N", "bio": ["kind", "calm\x00"]}, "bio[1]", "NUL character"),
+        ({"name": "N", "messageExamples": [[{"user": "u", "content": {"text": "hi\x00"}}]]},
+         "messageExamples[0][0].content.text", "NUL character"),
     ],
 )
 def test_broken_fields_name_file_and_field(tmp_path: Path, data: Any, field: str, problem: str) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bot.loopback.server import LocalDiscord
 from tests.test_chat_bounds import TOKEN, _wait_for, running_bot
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import LocalDiscord  # noqa: E402
 
 
 async def test_each_message_is_answered_in_its_language_and_rtl_text_is_handled(
@@ -31,6 +29,11 @@ async def test_each_message_is_answered_in_its_language_and_rtl_text_is_handled(
             await alice.send_message(bot.text, f"{mention} I feel tired today and I miss my mother")
             await _wait_for(lambda: len(bot.text.bot_messages) >= 3, "the English answer")
             assert "script" not in bot.text.bot_messages[-1].content
+            # A bare mention says nothing to detect: it is answered in the server's language.
+            bot.services.languages.set(f"guild:{bot.guild.id}", "de")
+            await alice.send_message(bot.text, mention)
+            await _wait_for(lambda: len(bot.text.bot_messages) >= 4, "the answer to a bare mention")
+            assert bot.text.bot_messages[-1].content == "Wolltest du etwas sagen, Alice? Ich höre zu."
             stored = bot.services.memory.recent(bot.room, 10)
             assert any(t.text.endswith(arabic.strip("\u200f") + "\u200f") or "مرحبا" in t.text for t in stored)
         assert d.problems == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -20,12 +21,11 @@ def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run(argv: list[str], stdin: str = "") -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--env-file", "/nonexistent/.env", *argv], stdin=io.StringIO(stdin), out=out)
+    code = main(["--env-file", os.devnull, *argv], stdin=io.StringIO(stdin), out=out)
     return code, out.getvalue()
 
 
 def test_without_a_token_it_says_what_to_set_and_serves_the_console(tmp_path: Path) -> None:
-    import os
     import signal
     import subprocess
     import sys
@@ -35,7 +35,7 @@ def test_without_a_token_it_says_what_to_set_and_serves_the_console(tmp_path: Pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "WEB_PORT": str(port), "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "bot", "--env-file", "/nonexistent/.env"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "--env-file", os.devnull], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stdout is not None
@@ -142,3 +142,20 @@ def test_check_names_each_misconfigured_service(monkeypatch: pytest.MonkeyPatch)
     assert lines["agent"].startswith("FAIL")
     assert lines["text-to-speech"].startswith("ok")
     assert TOKEN not in text
+
+
+def test_each_run_says_which_settings_file_and_data_folder_it_uses(tmp_path: Path) -> None:
+    """Both depend on the current directory: one line on stderr says which were used."""
+    from tests.cli_runs import CliRun
+
+    with_env = tmp_path / "with"
+    with_env.mkdir()
+    (with_env / ".env").write_text("OPENAI_MODEL=gpt-4o-mini\n")
+    done = CliRun("chat", with_env, {}, stdin="/quit\n").start().finish()
+    assert done.code == 0, done.output
+    assert done.stderr.splitlines()[0] == (f"voicebot chat: settings from {with_env / '.env'} and the environment; "
+                                           f"data in {with_env / 'data'}")
+    without = CliRun("invite", tmp_path / "without", {"DISCORD_TOKEN": TOKEN}).start().finish()
+    assert without.code == 0 and without.stdout.startswith("https://discord.com/")
+    assert without.stderr.splitlines() == [f"voicebot invite: settings from the environment only "
+                                           f"(no {tmp_path / 'without' / '.env'})"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run(argv: list[str], stdin: str = "") -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--env-file", "/nonexistent/.env", *argv], stdin=io.StringIO(stdin), out=out)
+    code = main(["--env-file", os.devnull, *argv], stdin=io.StringIO(stdin), out=out)
     return code, out.getvalue()
 
 

@@ -82,7 +82,7 @@ async def test_a_listener_on_speakers_never_makes_the_bot_answer_itself(
         turns: list = []
         session.on_turn = turns.append
 
-        await pa.speak_wav(morning_wav)
+        await lb.speak(pa.speak_wav(morning_wav))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
 
         assert [t.name for t in turns] == ["Alice"], turns  # the echo never became a turn
@@ -121,9 +121,9 @@ async def _scribe_call(settings: Settings, morning_wav: Path, summary: str) -> N
         await lb.wait_dave_group([alice, bob])
         session = lb.manager.session(lb.guild.id)
         assert session is not None
-        await pa.speak_wav(morning_wav)
+        await lb.speak(pa.speak_wav(morning_wav))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
-        await pb.speak_wav(morning_wav)
+        await lb.speak(pb.speak_wav(morning_wav))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         assert session.timings == []  # nobody was answered
         assert not [u for u in pa.heard + pb.heard if u.user_id == lb.discord.bot_user_id]
@@ -156,7 +156,7 @@ async def test_auto_answers_a_lone_person_unnamed_and_in_company_only_who_addres
         await lb.wait_dave_group([alice])
         session = lb.manager.session(lb.guild.id)
         assert session is not None and session.policy.mode == VoiceMode.AUTO
-        await pa.speak_wav(joke_wav)  # alone, and not naming the bot
+        await lb.speak(pa.speak_wav(joke_wav))  # alone, and not naming the bot
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         assert [t.user_id for t in session.timings] == [pa.user_id]
         assert "one person here" in await lb.command(alice, "status")
@@ -164,10 +164,10 @@ async def test_auto_answers_a_lone_person_unnamed_and_in_company_only_who_addres
         pb = await bob.join_voice(lb.voice)
         await lb.wait_dave_group([alice, bob])
         assert "2 people here" in await lb.command(alice, "status")
-        await pb.speak_wav(joke_wav)  # in company, not addressed: heard, not answered
+        await lb.speak(pb.speak_wav(joke_wav))  # in company, not addressed: heard, not answered
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         assert [t.user_id for t in session.timings] == [pa.user_id]
-        await pb.speak_wav(morning_wav)  # "good morning" is a wake phrase here
+        await lb.speak(pb.speak_wav(morning_wav))  # "good morning" is a wake phrase here
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         assert [t.user_id for t in session.timings] == [pa.user_id, pb.user_id]
         await lb.command(alice, "leave")

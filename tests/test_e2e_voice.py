@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import json
 import re
 import wave
@@ -122,7 +123,7 @@ async def test_join_speak_hear_the_reply_and_leave(settings: Settings, wavs: dic
         turns: list = []
         session.on_turn = turns.append
 
-        await participant.speak_wav(wavs["joke"])
+        await lb.speak(participant.speak_wav(wavs["joke"]))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         await participant.wait_quiet(TIMEOUT)
 
@@ -175,7 +176,7 @@ async def test_two_people_speaking_at_once_are_both_transcribed(settings: Settin
         session = lb.manager.session(lb.guild.id)
         turns: list = []
         session.on_turn = turns.append
-        await asyncio.gather(pa.speak_wav(wavs["joke"]), pb.speak_wav(wavs["morning"]))
+        await lb.speak(pa.speak_wav(wavs["joke"]), pb.speak_wav(wavs["morning"]))
         await asyncio.wait_for(session.wait_settled(), SETTLE)
         said = {t.name: t.text for t in turns}
         assert set(said) == {"Alice", "Bob"}, turns
@@ -205,7 +206,7 @@ async def test_someone_joining_mid_call_is_heard(settings: Settings, wavs: dict[
         assert gv.vc._connection.dave_session.epoch > epoch  # the bot moved to the new epoch
         turns: list = []
         gv.session.on_turn = turns.append
-        await pc.speak_wav(wavs["morning"])
+        await lb.speak(pc.speak_wav(wavs["morning"]))
         await asyncio.wait_for(gv.session.wait_settled(), SETTLE)
         assert [t.name for t in turns] == ["Carol"] and mostly(turns[0].text, MORNING), turns
         await lb.command(alice, "leave")
@@ -218,7 +219,7 @@ async def test_someone_joining_mid_call_is_heard(settings: Settings, wavs: dict[
 
 def run_cli(argv: list[str], tmp_path: Path) -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--env-file", str(tmp_path / "absent.env"), "simulate", *argv], out=out)
+    code = main(["--env-file", os.devnull, "simulate", *argv], out=out)
     return code, out.getvalue()
 
 
@@ -233,7 +234,8 @@ def test_simulate_json_two_speakers(wavs: dict[str, Path], tmp_path: Path, monke
                           "--json", "--out", str(out_dir)], tmp_path)
     assert code == 0, text
     result = json.loads(text)
-    assert set(result) == {"transcripts", "replies", "turns", "packets", "dave", "problems"}
+    assert set(result) == {"room", "transcripts", "replies", "turns", "packets", "dave", "problems"}
+    assert result["room"] == ["Alice", "Bob"]
     said = {t["speaker"]: t["text"] for t in result["transcripts"]}
     assert set(said) == {"Alice", "Bob"} and mostly(said["Alice"], JOKE) and mostly(said["Bob"], MORNING), said
     replies = result["replies"]
@@ -282,6 +284,46 @@ def test_simulate_hears_what_was_sent_even_when_the_bot_lags(wavs: dict[str, Pat
     said = {t["speaker"]: t["text"] for t in result["transcripts"]}
     assert set(said) == {"Alice"} and mostly(said["Alice"], MORNING), result
     assert result["problems"] == []
+
+
+@needs_whisper
+def test_simulate_auto_answers_a_speaker_alone_and_says_who_was_there(wavs: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    # The host who runs /join used to sit in the call: a second person, so `auto` never answered a
+    # lone speaker who does not name the bot.
+    code, text = run_cli(["--speak", f"Maya={wavs['joke']}", "--mode", "auto"], tmp_path)
+    assert code == 0, text
+    assert text.splitlines()[0] == "In the voice channel: Maya and the bot"
+    assert "(to Maya," in text and "(no replies)" not in text, text
+    assert "Problems: none" in text
+
+
+@needs_whisper
+def test_simulate_says_why_nothing_was_heard(tmp_path: Path, good_wav: Path) -> None:
+    code, text = run_cli(["--speak", f"Alice={good_wav}", "--json"], tmp_path)  # a tone: no words in it
+    assert code == 0, text
+    result = json.loads(text)
+    assert result["transcripts"] == [] and result["room"] == ["Alice"]
+    assert [p for p in result["problems"] if p.startswith("nothing was heard: ")] == [
+        "nothing was heard: the recognizer found no words in the speech (is the WAV silent, very quiet, or "
+        "not speech?)"], result["problems"]
+
+
+@needs_whisper
+def test_simulate_in_another_language_with_the_english_only_recognizer_says_so(tmp_path: Path) -> None:
+    from audio.stt import multilingual
+    from audio.tts.espeak import synthesize_pcm
+
+    if multilingual.available():
+        pytest.skip("voicebot[multilingual] is installed: the local recognizer hears German")
+    pcm, rate = synthesize_pcm("Guten Morgen, wie geht es dir heute? Erzähl mir bitte einen Witz.", "de")
+    wav = write_wav(tmp_path / "guten-morgen.wav", pcm, rate)
+    code, text = run_cli(["--speak", f"Lena={wav}", "--language", "de", "--json"], tmp_path)
+    assert code == 0, text
+    problems = json.loads(text)["problems"]
+    # Whatever tiny.en made of German (usually nothing), the report says why.
+    assert [p for p in problems if "the local recognizer (Whisper tiny.en) hears English only and the server's "
+            "language is German (de)" in p and "DEEPGRAM_API_KEY" in p], problems
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -183,6 +183,66 @@ async def test_eliza_says_in_the_persons_language_that_it_knows_only_english() -
     assert "Skript" not in "".join([d async for d in reply])
 
 
+async def test_an_empty_mention_is_answered_in_the_places_language() -> None:
+    agent = Agent(default_character(), ElizaEngine("Nova"), Memory(Database.in_memory()))
+    said = {code: "".join([d async for d in agent.reply(_incoming("  ", code))]) for code in CATALOG_LANGUAGES}
+    assert said["de"] == "Wolltest du etwas sagen, Ana? Ich höre zu."
+    assert said["en"] == "Did you mean to say something, Ana? I'm listening."
+    assert len(set(said.values())) == len(CATALOG_LANGUAGES) and all("Ana" in text for text in said.values())
+    nameless = Incoming(room="console", speaker_id="console:x", speaker_name=" ", text="", modality=Modality.TEXT,
+                        language="ja")
+    assert "".join([d async for d in agent.reply(nameless)]) == "何か言おうとしましたか？聞いていますよ。"
+
+
+def test_a_shortened_sms_says_so_in_the_replys_language() -> None:
+    from bot.sms.text import SHORTENED_SMS_NOTE, cap_sms
+
+    long = " ".join(f"Satz Nummer {i} einer langen Antwort." for i in range(400))
+    notes = {code: cap_sms(long, 1, language=code)[0][-1] for code in CATALOG_LANGUAGES}
+    assert notes["de"].endswith(" …(Antwort gekürzt)") and notes["en"].endswith(" " + SHORTENED_SMS_NOTE)
+    assert all(text.endswith(t("sms.shortened", code)) and len(text) <= 1600 for code, text in notes.items())
+    assert len({t("sms.shortened", code) for code in CATALOG_LANGUAGES}) == len(CATALOG_LANGUAGES)
+
+
+async def test_an_sms_reply_cut_short_says_so_in_the_senders_language() -> None:
+    """Through the SMS service: the webhook, the real agent (OpenAI engine on the loopback server)."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.services import build_services
+    from bot.settings import load_settings
+    from bot.sms.inbound import SmsService, TwilioWebhooks
+    from bot.sms.store import SmsStore
+    from bot.web import create_app
+    from tests.fakes.openai_server import FakeOpenAI
+    from tests.fakes.twilio_server import sign_webhook
+
+    account, token, public = "AC" + "5" * 32, "i18n-sms-token", "https://bot.example.com"
+    endless = [f"Das ist Satz Nummer {i:04d} einer Antwort, die nicht aufhört. " for i in range(400)]
+    async with FakeOpenAI(reply_tokens=endless) as fake:
+        settings = load_settings({"AGENT_ENGINE": "openai", "OPENAI_BASE_URL": fake.base_url,
+                                  "OPENAI_API_KEY": fake.api_key, "OPENAI_MODEL": "gpt-test",
+                                  "SMS_REPLY_MAX_SEGMENTS": "1"}, env_file=None)
+        services = await build_services(settings, db=Database.in_memory())
+        service = SmsService(agent=services.agent, memory=services.memory, store=SmsStore(services.db), sender=None,
+                             rate_limit=10, max_segments=settings.sms_reply_max_segments)
+        service.languages = services.languages
+        app = create_app(webhooks=TwilioWebhooks(service, auth_token=token, public_url=public))
+        form = {"MessageSid": "SM" + "e" * 32, "AccountSid": account, "From": "+15557654321", "To": "+15550009999",
+                "Body": "Erzähl mir bitte alles über die Geschichte von Rom, ganz ausführlich und genau.",
+                "NumMedia": "0"}
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/twilio/sms", data=form, headers={
+                "X-Twilio-Signature": sign_webhook(token, public + "/twilio/sms", form)})
+            assert resp.status == 200
+            [message] = re.findall(r"<Message>(.*?)</Message>", await resp.text(), re.DOTALL)
+            await service.wait_idle()
+        await service.aclose()
+        await services.aclose()
+    assert message.startswith("Das ist Satz Nummer 0000") and message.endswith(". …(Antwort gekürzt)")
+
+
 # -- right-to-left text -----------------------------------------------------------------------
 
 

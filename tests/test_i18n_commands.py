@@ -16,10 +16,8 @@ from discord.ext import commands
 from bot.i18n import catalog
 from bot.i18n.catalog import MESSAGES, t
 from bot.i18n.commands import DESCRIPTIONS, NAMES
+from bot.loopback.server import LocalDiscord
 from tests.test_voice_commands import TIMEOUT, _seed, running_bot
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import LocalDiscord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCALISED = ("de", "fr", "es", "pt", "ja")

@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.loopback.server import LocalDiscord
 from tests.test_voice_commands import TIMEOUT, _seed, running_bot
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import LocalDiscord  # noqa: E402
 
 EXTENSIONS = ("cogs.voice", "cogs.language")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,10 +120,10 @@ def test_filter_with_its_own_secrets() -> None:
 
 def test_chat_does_not_import_discord(tmp_path: Path) -> None:
     probe = (
-        "import io, sys\n"
+        "import io, os, sys\n"
         "from bot.cli import main\n"
         "out = io.StringIO()\n"
-        "code = main(['--env-file', '/nonexistent/.env', 'chat'], stdin=io.StringIO('hello\\n'), out=out)\n"
+        "code = main(['--env-file', os.devnull, 'chat'], stdin=io.StringIO('hello\\n'), out=out)\n"
         "assert code == 0 and 'Wren> ' in out.getvalue(), out.getvalue()\n"
         "print('discord' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] == 'discord')[:3])\n"
     )
@@ -145,7 +146,7 @@ def test_a_configuration_that_does_not_load_is_reported_without_its_secrets(
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("OPENAI_BASE_URL", "http://bob:Sup3rSecretPassw0rd@[::1")
     monkeypatch.setenv("OPENAI_API_KEY", f"{KEY} trailing")  # whitespace: a pasting mistake
-    code = main(["--env-file", "/nonexistent/.env", "chat"], stdin=io.StringIO(""), out=io.StringIO())
+    code = main(["--env-file", os.devnull, "chat"], stdin=io.StringIO(""), out=io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err
     assert not leaks(err, [KEY, "Sup3rSecretPassw0rd"]) and "bob:" not in err

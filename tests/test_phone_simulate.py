@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import re
 import wave
@@ -19,7 +20,7 @@ QUESTION = "Please tell me a joke about the weather."
 
 def run_cli(argv: list[str], tmp_path: Path) -> tuple[int, str]:
     out = io.StringIO()
-    code = main(["--env-file", str(tmp_path / "absent.env"), "simulate", *argv], out=out)
+    code = main(["--env-file", os.devnull, "simulate", *argv], out=out)
     return code, out.getvalue()
 
 

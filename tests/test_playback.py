@@ -328,6 +328,19 @@ async def test_utterances_play_in_order(always_ffmpeg: bool) -> None:
     assert all(pid_gone(s.pid) for s in target.sources if isinstance(s, StreamingFFmpegSource))
 
 
+async def test_a_format_without_ffmpeg_fails_alone_and_the_queue_goes_on() -> None:
+    """FFmpeg is an optional extra: a sentence that needs it and finds none fails, the next plays.
+    (Before, the error left the speaker's loop and everything queued after it waited for ever.)"""
+    target = RecorderTarget()
+    speaker = Speaker(target, ffmpeg="/nonexistent/ffmpeg", underrun_wait=None)
+    piper_like = speaker.enqueue(Utterance("Needs decoding.", stream_of(tone(0.2, 22050), 2000), ESPEAK))
+    pcm = speaker.enqueue(Utterance("Plays in process.", stream_of(tone(0.2)), PCM48))
+    one, two = await asyncio.wait_for(asyncio.gather(piper_like.done, pcm.done), timeout=20)  # failure guard
+    assert isinstance(one.error, FileNotFoundError) and one.played_seconds == 0
+    assert two.error is None and two.played_seconds == pytest.approx(0.2, abs=0.021)
+    await speaker.aclose()
+
+
 async def test_playback_starts_on_the_first_chunk(always_ffmpeg: bool) -> None:
     target = RecorderTarget()
     speaker = Speaker(target, always_ffmpeg=always_ffmpeg, underrun_wait=None)

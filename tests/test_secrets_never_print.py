@@ -280,17 +280,17 @@ def test_no_texters_number_is_logged_even_at_debug(outcomes: dict[tuple[str, int
 
 
 def test_coverage(outcomes: dict[tuple[str, int], Outcome], capsys: pytest.CaptureFixture[str]) -> None:
-    """Counts (secret x command x fault): all searched, and those the service really echoed back."""
-    searched = echoed = 0
+    """Which (secret x command x fault) combinations really had the secret sent to and echoed back
+    by the service: every secret in at least one run (a secret never echoed would be searched for
+    only in output that could not hold it), and at least the 31 measured."""
+    echoed = {name: 0 for name in SECRETS}
     for outcome in outcomes.values():
         received = " ".join(outcome.echoed)
         for name, value in SECRETS.items():
-            searched += 1
-            wire = WIRE_FORMS.get(name, value)
-            if value in received or wire in received:
-                echoed += 1
+            if value in received or WIRE_FORMS.get(name, value) in received:
+                echoed[name] += 1
     with capsys.disabled():
-        print(f"\nredaction coverage: {searched} (secret x command x fault) combinations searched, "
-              f"{echoed} of them with the secret sent to and echoed back by the service")
-    assert searched == len(SECRETS) * len(COMMANDS) * len(FAULTS)
-    assert echoed >= 31  # measured: 31 (see the module docstring for which secret each run sends)
+        print(f"\nredaction coverage: {len(SECRETS) * len(outcomes)} (secret x command x fault) combinations "
+              f"searched, {sum(echoed.values())} of them with the secret sent to and echoed back by the service")
+    assert [name for name, runs in echoed.items() if not runs] == []
+    assert sum(echoed.values()) >= 31  # measured: 31 (see the module docstring for which secret each run sends)

@@ -112,3 +112,34 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     # The example itself is a valid configuration.
     example = {k: v for k, v in (line.split("=", 1) for line in lines if line and not line.startswith("#"))}
     load_settings(example, env_file=None)
+
+
+def test_a_settings_file_python_dotenv_cannot_read_is_named_with_its_line(tmp_path: Path) -> None:
+    # python-dotenv skipped such a line with a warning naming no file: the token looked unset.
+    env_file = tmp_path / ".env"
+    env_file.write_text(f'OPENAI_MODEL=gpt\nDISCORD_TOKEN="{TOKEN}\nLOG_LEVEL=INFO\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings({}, env_file=env_file)
+    assert info.value.problems == [f"{env_file}: line 2: DISCORD_TOKEN: its \" quote is never closed; "
+                                   "close it on the same line or remove the quotes"]
+    env_file.write_text('OPENAI_MODEL=gpt\nVOICE_MODE="always" loud\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings({}, env_file=env_file)
+    assert info.value.problems == [f"{env_file}: line 2: VOICE_MODE: not a value dotenv can read (text after a "
+                                   "closing quote?); write NAME=value, a comment after #"]
+
+
+def test_a_settings_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".env").mkdir()
+    with pytest.raises(SettingsError, match="is a directory, not a settings file"):
+        load_settings({}, env_file=tmp_path / ".env")
+    assert load_settings({}, env_file=tmp_path / "absent.env") == Settings()  # the default .env is optional
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com", "http://example.com/v 1", "http://exam\tple.com",
+                                 "https://user:pass@exa mple.com"])
+def test_a_url_with_a_blank_is_refused_at_start(url: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"OPENAI_BASE_URL": url}, env_file=None)
+    assert "OPENAI_BASE_URL: contains a space" in info.value.problems[0]
+    assert "pass" not in str(info.value)

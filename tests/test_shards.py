@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -103,7 +104,7 @@ def test_bad_flags_end_start_up_with_one_line(argv: list[str], line: str, capsys
                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     monkeypatch.setenv("DISCORD_TOKEN", "MTAwMDAwMDAwMDAwMDAwMDAx.GaBcDe.abcdefghijklmnopqrstuvwxyz0123456789AB")
-    assert main(["--env-file", "/nonexistent/.env", *argv]) == 2
+    assert main(["--env-file", os.devnull, *argv]) == 2
     assert capsys.readouterr().err == line
 
 

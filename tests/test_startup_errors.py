@@ -41,6 +41,7 @@ class Case:
     says: tuple[str, ...]  # in the problem line: the setting or file, what is wrong, what to do
     prepare: Callable[[Path, Context], dict[str, str]]  # writes files, returns settings
     read_only: bool = False  # the command must meet file modes (see the module docstring)
+    options: tuple[str, ...] = ()  # voicebot's own, before the command
 
 
 @dataclass
@@ -93,6 +94,30 @@ def _latin1_env(home: Path, ctx: Context) -> dict[str, str]:
     return {}
 
 
+def _env_is_a_directory(home: Path, ctx: Context) -> dict[str, str]:
+    (home / ".env").mkdir()
+    return {}
+
+
+def _env_unclosed_quote(home: Path, ctx: Context) -> dict[str, str]:
+    # python-dotenv skipped this line with a warning naming no file; the token after it looked unset.
+    (home / ".env").write_text(f'OPENAI_MODEL=gpt-4o-mini\nDISCORD_TOKEN="{TOKEN}\nLOG_LEVEL=INFO\n')
+    return {}
+
+
+def _no_env_file_at_all(home: Path, ctx: Context) -> dict[str, str]:
+    return {}
+
+
+def _character_name_with_nul(home: Path, ctx: Context) -> dict[str, str]:
+    (home / "nul.json").write_text('{"name": "Wr\\u0000en", "bio": "kind"}')
+    return {"CHARACTER_FILE": str(home / "nul.json")}
+
+
+def _openai_url_with_a_space(home: Path, ctx: Context) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": "http://exa mple.com/v1"}
+
+
 def _ca_not_pem(home: Path, ctx: Context) -> dict[str, str]:
     (home / "ca.pem").write_text("this is not a certificate\n")
     return {"DISCORD_CA_FILE": str(home / "ca.pem")}
@@ -135,13 +160,22 @@ CASES = [
          _bad_openai_url),
     Case("discord-unreachable", ("run",), 1, ("cannot reach Discord", f"127.0.0.1", "check the network"),
          _discord_unreachable),
+    Case("dotenv-is-a-directory", ALL, 2, (".env", "is a directory", "remove or rename it"), _env_is_a_directory),
+    Case("dotenv-unclosed-quote", ALL, 2, (".env", "line 2", "DISCORD_TOKEN", "never closed", "close it"),
+         _env_unclosed_quote),
+    Case("env-file-missing", ALL, 2, ("--env-file", "missing.env", "no such file", "check the name"),
+         _no_env_file_at_all, options=("--env-file", "missing.env")),
+    Case("character-name-with-nul", ("run", "chat", "serve", "simulate", "check"), 2,
+         ("CHARACTER_FILE", "nul.json", "name", "U+0000", "fix the file"), _character_name_with_nul),
+    Case("openai-base-url-with-a-space", ALL, 2, ("OPENAI_BASE_URL", "exa mple.com", "contains a space",
+                                                  "write the URL without it"), _openai_url_with_a_space),
 ]
 MATRIX = [(case, command) for case in CASES for command in case.commands]
 
 
 def _check_expectations(case: Case) -> tuple[int, tuple[str, ...]]:
     # `voicebot check` lists every service; a broken character is its agent line (exit 1: a check failed).
-    if case.name in ("malformed-character", "character-nested-100000-deep"):
+    if case.name in ("malformed-character", "character-nested-100000-deep", "character-name-with-nul"):
         return 1, case.says[1:3]
     return case.status, case.says
 
@@ -170,7 +204,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
                 settings["STT_ENGINE"] = "deepgram"
                 settings.update(DEEPGRAM_API_KEY="dg0123456789abcdef", DEEPGRAM_URL=f"ws://127.0.0.1:{ctx.closed_port}")
             args = ("--speak", f"Alice={wav}") if command == "simulate" else ()
-            runs[(case.name, command)] = CliRun(command, home, settings, args=args, stdin="hello\n",
+            runs[(case.name, command)] = CliRun(command, home, settings, args=args, stdin="hello\n", options=case.options,
                                                 no_file_override=case.read_only and os.geteuid() == 0).start()
         yield {key: run.finish(timeout=180) for key, run in runs.items()}
     finally:

@@ -277,6 +277,32 @@ async def test_finalize_gives_end_of_turn() -> None:
         await engine.aclose()
 
 
+async def test_every_finalize_is_answered_by_an_end_of_turn() -> None:
+    """The voice session counts its finalize calls against the ends of turn it gets back (the local
+    engine's contract): a breath the recognizer hears nothing in, and two ends of speech that leave
+    in one Finalize (a sender that ran late), are each answered, or the session waits for ever."""
+    async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB) as dg:
+        engine = engine_for(dg)
+        stream = engine.open_stream(speaker="s")
+        stream.push(word_audio([1000]))
+        await stream.finalize()
+        assert [t.text for t in await collect(stream, eot) if t.end_of_turn] == ["Alpha."]
+        stream.push(silence(5))  # sound to the receive path's VAD, no words to the recognizer
+        await stream.finalize()
+        breath = await collect(stream, eot)
+        assert breath[-1].end_of_turn and breath[-1].text == ""
+        # Both ends of speech are asked for before the sender runs: one Finalize goes out for both.
+        stream.push(word_audio([2000]))
+        await stream.finalize()
+        stream.push(word_audio([3000]))
+        await stream.finalize()
+        first = await collect(stream, eot)
+        second = await collect(stream, eot)
+        assert (first[-1].text, second[-1].text) == ("Bravo charlie.", "")
+        assert dg.connections[0].control_types() == ["Finalize"] * 3
+        await engine.aclose()
+
+
 async def test_end_of_turn_reported_once() -> None:
     async with FakeDeepgram(api_key=KEY, vocabulary=VOCAB) as dg:
         engine = engine_for(dg)

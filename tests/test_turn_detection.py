@@ -20,7 +20,7 @@ from bot.memory import Memory
 from bot.voice.endpointing import TurnDetection, looks_finished
 from bot.voice.session import VoiceSession
 from bot.voice.turns import PendingTurn, TurnPolicy, VoiceMode
-from tests.fakes.deepgram_server import FakeDeepgram, word_audio
+from tests.fakes.deepgram_server import FakeDeepgram, silence, word_audio
 from tests.test_voice_session import FRAME, ROOM, RecordingOut, ScriptedSTT, ToneTTS, wait_turns
 
 # Finished-looking words end the turn at once; unfinished-looking ones would wait a minute.
@@ -275,6 +275,36 @@ async def test_an_stt_stream_that_drops_during_the_pause() -> None:
         assert [t.text for t in heard] == ["Hello there friend."]
         assert stored(memory)[0] == ("user", "Hello there friend.")
         assert [t for t, _ in out.played][0] == "You said: Hello there friend."
+        await session.aclose()
+        await stt.aclose()
+
+
+def say(session: VoiceSession, user: int, audio: bytes) -> None:
+    """One stretch of speech as the receive path hands it over: start, 20 ms frames, end."""
+    session.on_speech_start(user)
+    for i in range(0, len(audio), 640):
+        session.on_audio(user, audio[i:i + 640])
+    session.on_speech_end(user)
+
+
+async def test_a_breath_or_a_sentence_tail_the_recognizer_hears_nothing_in_leaves_the_bot_listening() -> None:
+    """Under load a packet gap cuts a sentence's last syllable off as a stretch of its own, and a
+    breath is speech to the VAD: Deepgram (the real SDK against the loopback fake) finds no words
+    in either. The turn still ends, the session settles, and the next sentence is answered (before,
+    the swallowed answer left the session waiting for the recognizer for ever: deaf to that person)."""
+    async with FakeDeepgram(vocabulary={1: "hello", 2: "there", 3: "friend"}) as fake:
+        stt = DeepgramSTT(fake.api_key, base_url=fake.http_url)
+        session, memory, out, heard = make(EchoEngine(), stt)
+        say(session, 5, word_audio([1, 2]))
+        say(session, 5, silence(5))  # the tail, ended before the recognizer answered the first pause
+        await wait_turns(session, 1)
+        await asyncio.wait_for(session.wait_settled(), 10)  # failure guard only
+        say(session, 5, silence(5))  # a breath after the answer
+        await asyncio.wait_for(session.wait_settled(), 10)
+        say(session, 5, word_audio([3, 2, 1]))
+        await wait_turns(session, 2)
+        assert [t.text for t in heard] == ["Hello there.", "Friend there hello."]
+        assert [t for t, _ in out.played][-2:] == ["You said: Friend there hello.", "Anything else?"]
         await session.aclose()
         await stt.aclose()
 

@@ -28,14 +28,12 @@ from audio.decode import ReceivePipeline
 from audio.receive import OPTED_OUT, VoicePacket
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
 from bot.db import Database
+from bot.loopback.server import ChannelHandle, GuildHandle, InteractionHandle, LocalDiscord, MemberHandle
+from bot.loopback.state import Channel, ChannelType, Interaction, Permissions, interaction_payload, option_payloads
 from bot.memory import Modality, Turn
 from bot.settings import load_settings
 from bot.voice.guilds import GuildSettingsStore, OptOutList
 from bot.voice.session import PlayResult
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import ChannelHandle, GuildHandle, InteractionHandle, LocalDiscord, MemberHandle  # noqa: E402
-from bot.loopback.state import Channel, ChannelType, Interaction, Permissions, interaction_payload, option_payloads  # noqa: E402
 
 TIMEOUT = 20.0
 EPHEMERAL = 1 << 6

@@ -16,10 +16,8 @@ import pytest
 
 from audio.receive import BOT, VoicePacket
 from audio.watchdog import DeafWatchdog
-
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from bot.loopback.server import LocalDiscord  # noqa: E402
-from tests.test_voice_commands import (  # noqa: E402,F401
+from bot.loopback.server import LocalDiscord
+from tests.test_voice_commands import (  # noqa: F401
     TIMEOUT,
     RecordingPipeline,
     _seed,

@@ -17,6 +17,7 @@ from bot.voice.guilds import OptOutList
 from bot.voice.manager import GuardedOut, SpeechFeed, can_speak_in, humans_in, join_problem
 from bot.voice.session import PlayResult
 from tests.discord_objects import ALICE_ID, BOT_ID, GUILD_ID, make_state, user_payload
+from tests.test_voice_commands import TIMEOUT, _seed, discord_, running_bot  # noqa: F401
 
 VOICE_ID = 300000000000000010
 STAGE_ID = 300000000000000011
@@ -172,8 +173,6 @@ def test_speech_feed_drops_opted_out_people() -> None:
 
 # ------------------------------------------------------------------ on the loopback Discord
 
-loopback = pytest.importorskip("bot.loopback.server", reason="the loopback Discord (bot/loopback) is not available")
-from tests.test_voice_commands import TIMEOUT, _seed, discord_, running_bot  # noqa: E402,F401
 
 
 async def test_server_mute_sends_words_to_the_chat(discord_, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import dataclasses
 import itertools
 import logging
 import random
@@ -454,6 +455,12 @@ class DeepgramStream(STTStream):
         self._finalized_at = 0
         self._awaiting_finalize = False
         self._turn_has_speech = False
+        # The voice session counts its finalize() calls against the ends of turn it is given (the
+        # local engine promises one answer per call), so none may go unanswered: a Finalize that
+        # finds no words, or one sent for several calls, still owes each call its end of turn.
+        self._requests = 0  # finalize() calls that ask Deepgram (v1 Finalize)
+        self._answers = 0  # ends of turn put out
+        self._finalizes: collections.deque[int] = collections.deque()  # per Finalize in flight: _requests then
         self._progress = False
         self._closing = False
         self._ended = False
@@ -493,6 +500,8 @@ class DeepgramStream(STTStream):
                 self._finalized_at = self._pushed_end
                 self._wake.set()
             return
+        if not self.engine.flux:
+            self._requests += 1
         self._finalize_requested = True
         self._wake.set()
 
@@ -652,6 +661,7 @@ class DeepgramStream(STTStream):
                 self._conn_start = self._covered
                 self._sent = self._covered
                 self._finalized_at = self._covered
+                self._finalizes.clear()  # the old socket's answers will not come: the re-sent Finalize answers all
                 self._connected = True
                 if self._awaiting_finalize:
                     self._finalize_requested = True
@@ -709,8 +719,11 @@ class DeepgramStream(STTStream):
                         await conn.send_force_end_turn()
                     else:
                         await conn.send_finalize()
+                        self._finalizes.append(self._requests)
                     self._awaiting_finalize = True
                     self._finalized_at = self._sent
+                elif self._finalizes:
+                    self._finalizes[-1] = self._requests  # no new audio: the Finalize in flight answers it too
                 continue
             if self._closing:
                 if flux and self._turn_has_speech:
@@ -751,9 +764,11 @@ class DeepgramStream(STTStream):
             self._cover(self._conn_start + int(round(covered * self._bps)))
         if kind == "Results":
             self._progress = True
+            answers: int | None = None
             if getattr(msg, "from_finalize", False):
                 self._awaiting_finalize = False
-            self._emit(results_to_transcript(msg, offset=offset, received_at=now))
+                answers = self._finalizes.popleft() if self._finalizes else None
+            self._emit(results_to_transcript(msg, offset=offset, received_at=now), answers=answers)
         elif kind == "TurnInfo":
             self._progress = True
             self._emit(turn_info_to_transcript(msg, offset=offset, received_at=now))
@@ -773,17 +788,26 @@ class DeepgramStream(STTStream):
         else:
             log.debug("STT %s: %s message", self.speaker, kind)
 
-    def _emit(self, transcript: Transcript | None) -> None:
+    def _emit(self, transcript: Transcript | None, *, answers: int | None = None) -> None:
+        """Put out ``transcript``; ``answers``: it answers a Finalize sent after that many finalize() calls."""
         if transcript is None:
             return
         if transcript.text:
             self._turn_has_speech = True
         if transcript.end_of_turn:
-            # speech_final, UtteranceEnd and a Finalize answer can all end the same turn: report it once.
-            if not transcript.text and not self._turn_has_speech:
+            owed = answers is not None and self._answers < answers
+            # speech_final, UtteranceEnd and a Finalize answer can all end the same turn: report it
+            # once, unless a finalize() call has had no end of turn yet.
+            if not transcript.text and not self._turn_has_speech and not owed:
                 return
             self._turn_has_speech = False
             self._awaiting_finalize = False
+            self._answers += 1
+            self._out.put(transcript)
+            while answers is not None and self._answers < answers:  # one Finalize sent for several calls
+                self._answers += 1
+                self._out.put(dataclasses.replace(transcript, text="", words=(), confidence=None, language=None))
+            return
         self._out.put(transcript)
 
 

@@ -252,7 +252,8 @@ class Agent:
             # An empty mention or a silent voice turn: answer kindly, without the engine, and
             # remember nothing (nothing was said).
             name = " ".join(incoming.speaker_name.split())
-            greeting = f"Did you mean to say something{', ' + name if name else ''}? I'm listening."
+            greeting = (t("agent.empty_named", incoming.language, name=name) if name
+                        else t("agent.empty", incoming.language))
             return Reply(self, incoming, None, canned=greeting, store=False)
         history = tuple(self.memory.recent(incoming.room, self.context_turns))
         turn = Turn(

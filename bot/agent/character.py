@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -296,6 +297,22 @@ def _languages(value: Any, source: str) -> dict[str, CharacterLanguage]:
     return out
 
 
+def _first_nul(value: Any, where: str) -> str | None:
+    """The field path of the first string (or key) holding a NUL, if any."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        shown = key if isinstance(key, int) else key.replace("\x00", "\\u0000")
+        path = f"{where}[{shown}]" if isinstance(key, int) else f"{where}.{shown}" if where else shown
+        if isinstance(key, str) and "\x00" in key:
+            return path
+        found = _first_nul(item, path)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_character(data: Any, source: str = "<memory>") -> Character:
     """Build a :class:`Character` from decoded ElizaOS character JSON (pure; no I/O)."""
     if not isinstance(data, dict):
@@ -307,6 +324,15 @@ def parse_character(data: Any, source: str = "<memory>") -> Character:
         raise CharacterError(source, "name", f"expected a string, got {_type_name(name)}")
     if not name.strip():
         raise CharacterError(source, "name", "must not be empty")
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        # A name is said, shown and stored everywhere: a NUL cuts it short in C strings and is refused by
+        # PostgreSQL and XML (TwiML), a newline splits log lines and the prompt's "Name:" turns.
+        raise CharacterError(source, "name", f"contains the control character U+{ord(control):04X}: "
+                                             "write the name as plain text")
+    nul = _first_nul(data, "")
+    if nul is not None:
+        raise CharacterError(source, nul, "contains a NUL character (U+0000), which no text here may hold")
     style = data.get("style")
     if style is None:
         style = {}

@@ -1619,6 +1619,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Desculpe, algo deu errado do meu lado. Tente de novo daqui a pouco.",
         "ja": "すみません、こちらで問題が起きました。少ししてからもう一度お試しください。",
     },
+    # The note ending an SMS reply cut at SMS_REPLY_MAX_SEGMENTS (plain text: SMS has no markdown).
+    "sms.shortened": {
+        "en": "…(reply shortened)", "de": "…(Antwort gekürzt)", "fr": "…(réponse raccourcie)",
+        "es": "…(respuesta acortada)", "pt": "…(resposta encurtada)", "ja": "…（返事を短くしました）",
+    },
     # -- text chat ---------------------------------------------------------------------------
     "chat.slow_down": {
         "en": "You're writing faster than I can think! Give me about {seconds} seconds and try again.",
@@ -1639,6 +1644,23 @@ MESSAGES: dict[str, dict[str, str]] = {
         "es": "Me he quedado sin palabras. ¿Puedes decirlo de otra forma?",
         "pt": "Fiquei sem palavras. Pode dizer de outro jeito?",
         "ja": "言葉が見つかりません。別の言い方をしていただけますか？",
+    },
+    # -- an empty mention or a silent voice turn: answered without the engine --------------------
+    "agent.empty": {
+        "en": "Did you mean to say something? I'm listening.",
+        "de": "Wolltest du etwas sagen? Ich höre zu.",
+        "fr": "Tu voulais dire quelque chose ? Je t'écoute.",
+        "es": "¿Querías decir algo? Te escucho.",
+        "pt": "Você queria dizer alguma coisa? Estou ouvindo.",
+        "ja": "何か言おうとしましたか？聞いていますよ。",
+    },
+    "agent.empty_named": {
+        "en": "Did you mean to say something, {name}? I'm listening.",
+        "de": "Wolltest du etwas sagen, {name}? Ich höre zu.",
+        "fr": "Tu voulais dire quelque chose, {name} ? Je t'écoute.",
+        "es": "¿Querías decir algo, {name}? Te escucho.",
+        "pt": "Você queria dizer alguma coisa, {name}? Estou ouvindo.",
+        "ja": "{name}さん、何か言おうとしましたか？聞いていますよ。",
     },
     # -- agent failures said to the person ----------------------------------------------------
     "agent.blank": {

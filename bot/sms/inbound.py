@@ -630,7 +630,7 @@ class SmsService:
                     if stopped:
                         await reply.aclose()
                     segments, sent_text, shortened = cap_sms(normalize_for_sms(reply.text), self.max_segments,
-                                                             incomplete=stopped)
+                                                             incomplete=stopped, language=incoming.language)
                     said = sent_text if shortened else None
                 except AgentError as exc:
                     failure = str(exc)

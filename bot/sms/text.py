@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from bot.i18n.catalog import t
 from bot.textchat import cut_at_sentence
 
 __all__ = [
@@ -197,17 +198,19 @@ def split_sms(text: str, limit: int = SMS_SEGMENT_LIMIT) -> list[str]:
     return segments
 
 
-SHORTENED_SMS_NOTE = "…(reply shortened)"
+SHORTENED_SMS_NOTE = t("sms.shortened", "en")
 
 
 def cap_sms(text: str, max_segments: int, *, incomplete: bool = False,
-            limit: int = SMS_SEGMENT_LIMIT) -> tuple[list[str], str, bool]:
+            limit: int = SMS_SEGMENT_LIMIT, language: str | None = None) -> tuple[list[str], str, bool]:
     """At most ``max_segments`` segments of ``text``; returns ``(segments, delivered, shortened)``.
 
     A longer text (or one known to be ``incomplete``: the agent was stopped mid-reply) is cut at
-    the last sentence end that fits, and its last segment ends with :data:`SHORTENED_SMS_NOTE`.
-    ``delivered`` is what the person receives, without the note: the turn to remember.
+    the last sentence end that fits, and its last segment ends with the catalog's ``sms.shortened``
+    note in ``language`` (the reply's). ``delivered`` is what the person receives, without the note:
+    the turn to remember.
     """
+    note = t("sms.shortened", language)
     # Only the start can be sent; splitting a megabyte to throw most of it away would cost time.
     segments = split_sms(text[: (max_segments + 1) * limit + 1], limit)
     if len(segments) <= max_segments and not incomplete:
@@ -216,9 +219,9 @@ def cap_sms(text: str, max_segments: int, *, incomplete: bool = False,
     if not kept:
         return [], "", incomplete
     # The last kept segment is incomplete when more followed it, or when the reply itself was.
-    last = cut_at_sentence(kept[-1], limit - len(SHORTENED_SMS_NOTE) - 1, complete=False)
+    last = cut_at_sentence(kept[-1], limit - len(note) - 1, complete=False)
     delivered = "\n".join([*kept[:-1], last]).strip()
-    kept[-1] = f"{last} {SHORTENED_SMS_NOTE}".strip()
+    kept[-1] = f"{last} {note}".strip()
     return kept, delivered, True
 
 

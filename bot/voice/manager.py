@@ -1089,8 +1089,14 @@ def _default_out_factory(settings: Settings) -> OutFactory:
     def make(vc: discord.VoiceClient) -> ClosableAudioOut:
         from audio.native import find_ffmpeg
         from audio.playback import Speaker
+        from bot.providers import tts_choice
         from bot.voice.session import SpeakerOut
 
-        return SpeakerOut(Speaker(vc, ffmpeg=find_ffmpeg(settings.ffmpeg_path), name=f"speaker-{vc.channel.id}"))
+        # Only Piper's voice needs FFmpeg (espeak-ng and ElevenLabs are 48 kHz PCM, played in process),
+        # and FFmpeg is the optional voicebot[ffmpeg]: looked for when it will be used, so that its
+        # absence is one clear error at /join rather than a failed sentence.
+        piper = tts_choice(settings) == "piper" or settings.piper_model is not None
+        ffmpeg = find_ffmpeg(settings.ffmpeg_path) if settings.ffmpeg_path or piper else None
+        return SpeakerOut(Speaker(vc, ffmpeg=ffmpeg, name=f"speaker-{vc.channel.id}"))
 
     return make
