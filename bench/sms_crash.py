@@ -101,9 +101,11 @@ class Bot:
     async def start(self) -> None:
         log_path = self.data_dir / f"bot-{len(self.logs)}.log"
         self.logs.append(log_path)
+        env_file = self.data_dir / "empty.env"  # the bot reads only what the bench sets (a named file must exist)
+        env_file.touch()
         with log_path.open("wb") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--env-file", str(self.data_dir / "no.env"), self.command,
+                sys.executable, "-m", "bot", "--env-file", str(env_file), self.command,
                 cwd=str(self.data_dir), env=self.env, stdout=log_file, stderr=log_file)
 
     async def wait_ready(self, timeout: float) -> None:
