@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.settings import ENV_VARS
+from tests.pg import pg_url  # noqa: F401  (a fresh PostgreSQL database per test)
 
 
 @pytest.fixture(autouse=True)
