@@ -15,6 +15,8 @@ from bot.db import Database
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
+from bot.store import Database as Store
+from bot.store import SqliteDatabase
 
 if TYPE_CHECKING:
     from bot.voice.manager import VoiceManager
@@ -35,15 +37,21 @@ class Services:
     voice: VoiceManager | None = None
     retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
     languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
+    # The async store (bot/store) on the same database; stores move onto it from `db` one by one.
+    store: Store | None = None
 
     def __post_init__(self) -> None:
         if self.languages is None:
             self.languages = PlaceLanguages(self.db, self.settings.language)
+        if self.store is None:
+            self.store = SqliteDatabase(self.db.path or ":memory:")
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
         await self.agent.aclose()
+        if self.store is not None:
+            await self.store.close()
         self.db.close()
 
 
