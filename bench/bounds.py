@@ -34,7 +34,7 @@ import discord.http
 import yarl
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.loopback.server import LocalDiscord
 from bot.services import Services, build_services
 from bot.settings import load_settings
@@ -51,10 +51,15 @@ MEGABYTE = [f"Sentence number {i:05d} of a reply that goes on and on. " for i in
 DEADLINE = 120.0
 
 
-async def _until(predicate: Callable[[], bool], what: str) -> None:
+async def _until(predicate: Callable[[], Any], what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DEADLINE
-    while not predicate():
+    while True:
+        found = predicate()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            break
         if loop.time() > deadline:
             raise TimeoutError(what)
         await asyncio.sleep(0.05)
@@ -135,7 +140,7 @@ async def sms_megabyte() -> dict[str, Any]:
         seconds = time.monotonic() - started
         await service.aclose()
         segments = re.findall(r"<Message>(.*?)</Message>", xml, re.DOTALL)
-        stored = services.memory.recent(f"sms:{number}", 5)[-1]
+        stored = (await services.memory.recent(f"sms:{number}", 5))[-1]
         await services.agent.aclose()
         return {"segments": len(segments), "longest_segment": max(len(s) for s in segments),
                 "stored_chars": len(stored.text), "stored_interrupted": stored.interrupted,
@@ -154,7 +159,10 @@ async def flood(people: int, mentions: int) -> dict[str, Any]:
                 for member in members:
                     await member.send_message(text, f"<@{d.bot_user_id}> hello {round_}")
             answers = people * min(mentions, 2)
-            await _until(lambda: sum(t.role == "assistant" for t in services.memory.recent(room, 500)) == answers,
+            async def answered() -> bool:
+                return sum(t.role == "assistant" for t in await services.memory.recent(room, 500)) == answers
+
+            await _until(answered,
                          "every answer")
             await _until(lambda: len(text.bot_messages) >= answers + people * (mentions > 2), "the notes")
             seconds = time.monotonic() - started

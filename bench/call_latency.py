@@ -137,16 +137,16 @@ async def _conversation(providers: Any, options: Any, speech: Sequence[_Utteranc
     from bot.agent import Agent
     from bot.agent.character import default_character
     from bot.agent.engines.openai_engine import OpenAIEngine
-    from bot.db import Database
     from bot.memory import Memory
+    from bot.store import SqliteDatabase
     from bot.phone.caller import LoopbackTwilio
     from bot.phone.service import PhoneService, TwilioCalls
     from bot.web import WebServer, create_app
 
     loop = asyncio.get_running_loop()
     samples: list[CallSample] = []
-    db = Database.in_memory()
-    memory = Memory(db)
+    db = SqliteDatabase.in_memory()
+    memory = await Memory.open(db)
     llm, dg, el = providers.openai, providers.deepgram, providers.elevenlabs
     engine = OpenAIEngine(api_key=llm.api_key, base_url=llm.base_url, model=llm.models[0])
     agent = Agent(default_character(), engine, memory)
@@ -243,7 +243,8 @@ async def _conversation(providers: Any, options: Any, speech: Sequence[_Utteranc
         await stt.aclose()
         await tts.aclose()
         await engine.aclose()
-        db.close()
+        await memory.aclose()
+        await db.close()
     return samples
 
 

@@ -128,7 +128,8 @@ async def _run_bot(settings: Settings) -> None:
         _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
         listening = asyncio.Event()
         web_task = asyncio.create_task(
-            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+            serve(settings, agent=services.agent, memory=services.memory, db=services.db,
+                  languages=services.languages, stop=stop_web,
                   health={"discord": bot.is_ready}, mounts=[console], ready=lambda _server: listening.set()),
             name="web-server",
         )
@@ -204,7 +205,7 @@ async def _chat(settings: Settings, stdin: TextIO, out: TextIO, name: str) -> in
             text = line.rstrip("\n")
             if text.strip() in ("/quit", "/exit"):
                 break
-            choice = services.languages.choose("console", text) if services.languages is not None else None
+            choice = services.languages.choose("console", text)
             if choice is not None and choice.notice:
                 out.write(f"[{choice.notice}]\n")
             reply = agent.reply(Incoming(room="console", speaker_id=f"console:{name}", speaker_name=name,
@@ -293,15 +294,15 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     """Contact each configured service once; one result per service."""
     from bot import providers
     from bot.agent.factory import build_agent
-    from bot.db import Database
     from bot.memory import Memory
+    from bot.store import SqliteDatabase
 
     results: list[CheckResult] = []
     if settings.discord_token is not None:
         results.append(await _timed("discord", lambda: _check_discord(settings)))
     else:
         results.append(("discord", False, "DISCORD_TOKEN is not set", 0.0))
-    db = Database.in_memory()
+    db = SqliteDatabase.in_memory()
     try:
         agent = await build_agent(settings, Memory(db))
         try:
@@ -311,7 +312,7 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     except Exception as exc:
         results.append(("agent", False, str(exc), 0.0))
     finally:
-        db.close()
+        await db.close()
     for name, probe in providers.checks(settings):  # speech engines and SMS, as configured
         results.append(await _timed(name, probe))
     return results
@@ -472,6 +473,8 @@ class Failure:
 
 
 def _database_failure(exc: BaseException, settings: Settings) -> Failure:
+    if settings.database_url:  # the message names the server without the password (bot.store.redact_url)
+        return Failure(f"DATABASE_URL: {' '.join(str(exc).split())}", CONFIG)
     cause = exc if isinstance(exc, sqlite3.Error) else exc.__context__
     name = getattr(cause, "sqlite_errorname", "")
     where = f"DATA_DIR {str(settings.data_dir)!r}"
@@ -548,12 +551,13 @@ def describe_failure(exc: BaseException, settings: Settings) -> Failure:
     """The one line (and exit status) for an exception that ended a command (pure)."""
     from bot.agent import AgentError
     from bot.agent.character import CharacterError
-    from bot.db import DatabaseError
+    from bot.db import DatabaseError as LegacyDatabaseError
+    from bot.store import DatabaseError
 
     if isinstance(exc, CharacterError):
         setting = "CHARACTER_FILE " if settings.character_file is not None else ""
         return Failure(f"{setting}{exc}: fix the file, or unset CHARACTER_FILE to use the shipped character", CONFIG)
-    if isinstance(exc, (DatabaseError, sqlite3.Error)):
+    if isinstance(exc, (DatabaseError, LegacyDatabaseError, sqlite3.Error)):
         return _database_failure(exc, settings)
     discord_failure = _discord_failure(exc, settings)
     if discord_failure is not None:
@@ -595,6 +599,10 @@ def where_line(command: str, env_file: Path, settings: Settings) -> str:
         return source
     if command == "simulate":
         return f"{source}; nothing is kept (the simulation's database is in memory)"
+    if settings.database_url:
+        from bot.store import redact_url
+
+        return f"{source}; data in PostgreSQL at {redact_url(settings.database_url)}"
     return f"{source}; data in {settings.data_dir.absolute()}"
 
 

@@ -5,307 +5,416 @@ A *room* is where a conversation happens (``discord:{guild}:{channel}``, ``disco
 (``discord:{id}``, ``phone:{e164}``, ``console:{name}``) or the bot itself for assistant turns.
 Identities can be linked so that the same person is the same person whether they speak, type, text
 or call; :meth:`Memory.forget_person` then erases them under every linked identity in one call.
+
+The voice path never waits on the database (issue 22):
+
+- :meth:`Memory.append` puts the turn on a bounded write-behind queue and returns at once; one
+  writer task stores queued turns in batches, and while the database is away it retries with
+  backoff. What exceeds the bound (``MEMORY_QUEUE_MAX``) is dropped, counted, logged once per
+  interval and shown on the console (:meth:`Memory.queue_state`); nothing below it is lost while the
+  process lives, and :meth:`aclose` writes what is queued before the bot stops.
+- :meth:`Memory.recent` serves a room's context from an in-memory cache of its latest turns, filled
+  from the database at first use (:meth:`warm` starts that early). A fill that takes longer than
+  ``read_budget`` answers with what this process holds in memory and finishes in the background.
+
+Durable writes that must be on disk before the caller goes on (an SMS already acknowledged to
+Twilio) use :meth:`append_now`. Several processes may append to one room (SMS webhooks landing on
+any process); a room's cache then holds this process's own turns on top of what it read at fill.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Any
 
-from bot.db import Database
-
-if TYPE_CHECKING:
-    from bot.privacy import ForgetReport
+from bot.store import Database
+from bot.store.erase import RETENTION_INTERVAL, ForgetReport, Retention
+from bot.store.turns import Modality, Turn, TurnStore, private_rooms
 
 __all__ = ["Memory", "Modality", "RetentionSchedule", "Turn", "private_rooms", "RETENTION_INTERVAL"]
 
 log = logging.getLogger(__name__)
 
-RETENTION_INTERVAL = 3600.0  # a running bot prunes old transcripts hourly, not only at start
-
-_MIGRATIONS: list[str] = [
-    # 1: turns, people and the identities that belong to them
-    """
-    CREATE TABLE turns (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        room TEXT NOT NULL,
-        speaker_id TEXT NOT NULL,
-        speaker_name TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-        text TEXT NOT NULL,
-        modality TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        interrupted INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX turns_room ON turns (room, id);
-    CREATE INDEX turns_speaker ON turns (speaker_id);
-    CREATE INDEX turns_created ON turns (created_at);
-    CREATE TABLE people (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE identities (
-        identity TEXT PRIMARY KEY,
-        person_id INTEGER NOT NULL REFERENCES people (id) ON DELETE CASCADE
-    );
-    CREATE INDEX identities_person ON identities (person_id);
-    """,
-]
+QUEUE_MAX = 10_000  # turns held in memory while the database is away (about 2 MB of text)
+BATCH = 200  # turns per write
+ROOM_TURNS = 64  # turns cached per room (the context is 20 by default)
+ROOMS = 4096  # rooms cached (least recently used leave first)
+READ_BUDGET = 0.25  # seconds a cold room's first read may wait for the database
+REPORT_INTERVAL = 60.0  # seconds between log lines about a database that is away / dropped turns
 
 
-class Modality(StrEnum):
-    """How a turn reached us (or left us)."""
+@dataclass(eq=False)
+class _Rec:
+    """A turn this process appended; ``id`` is set once it is stored."""
 
-    TEXT = "text"
-    VOICE = "voice"
-    SMS = "sms"
-    CALL = "call"  # a phone call (Twilio Media Streams)
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One thing said in a room, by a person (``role="user"``) or the agent (``"assistant"``)."""
-
-    room: str
-    speaker_id: str
-    speaker_name: str
-    role: str
-    text: str
-    modality: Modality
-    created_at: float
-    interrupted: bool = False
+    turn: Turn
+    id: int | None = None
 
 
-def private_rooms(identity: str) -> set[str]:
-    """The rooms that belong to one identity alone: its Discord DM, SMS thread or the console."""
-    kind, _, rest = identity.partition(":")
-    if not rest:
-        return set()
-    if kind == "discord" and rest.isdigit():
-        return {f"discord:dm:{rest}"}
-    if kind == "phone":
-        return {f"sms:{rest}", f"phone:{rest}"}  # their texts and their calls
-    if kind == "console":
-        return {"console"}
-    return set()
-
-
-def _row_to_turn(row: sqlite3.Row) -> Turn:
-    return Turn(
-        room=row["room"],
-        speaker_id=row["speaker_id"],
-        speaker_name=row["speaker_name"],
-        role=row["role"],
-        text=row["text"],
-        modality=Modality(row["modality"]),
-        created_at=float(row["created_at"]),
-        interrupted=bool(row["interrupted"]),
-    )
+class _Room:
+    def __init__(self) -> None:
+        self.recs: collections.deque[_Rec] = collections.deque(maxlen=ROOM_TURNS)
+        self.loading: asyncio.Task[None] | None = None
+        self.loaded = False
 
 
 class Memory:
-    """Turns and identity links, stored in the shared :class:`Database`."""
+    """Turns and identity links on the shared :class:`~bot.store.Database`. Open with :meth:`open`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, queue_max: int = QUEUE_MAX, read_budget: float = READ_BUDGET,
+                 retry_max: float = 5.0) -> None:
         self.db = db
-        db.migrate("memory", _MIGRATIONS)
+        self.turns = TurnStore(db)
+        self.queue_max = queue_max
+        self.read_budget = read_budget
+        self.retry_max = retry_max
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0  # failed write attempts
+        self.last_error: str | None = None
+        self.away_since: float | None = None  # monotonic time the database stopped taking writes
+        self._pending: collections.deque[_Rec] = collections.deque()
+        self._rooms: collections.OrderedDict[str, _Room] = collections.OrderedDict()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._write_lock = asyncio.Lock()
+        self._writer: asyncio.Task[None] | None = None
+        self._dropped_reported = 0
+        self._last_report = 0.0
 
-    def append(self, turn: Turn) -> int:
-        """Store one turn; returns its row id."""
+    @classmethod
+    async def open(cls, db: Database, **options: Any) -> Memory:
+        memory = cls(db, **options)
+        await memory.turns.migrate()
+        memory.start()
+        return memory
+
+    def start(self) -> None:
+        """Start the writer (inside the running loop; RuntimeError outside one)."""
+        if self._writer is None:
+            loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write_loop(), name="memory-writer")
+
+    # --- appending ------------------------------------------------------------------------
+
+    def append(self, turn: Turn) -> None:
+        """Queue one turn to be stored (never waits). Over the bound it is dropped and counted."""
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"role must be 'user' or 'assistant', got {turn.role!r}")
-        cur = self.db.execute(
-            "INSERT INTO turns (room, speaker_id, speaker_name, role, text, modality, created_at, interrupted)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                turn.room,
-                turn.speaker_id,
-                turn.speaker_name,
-                turn.role,
-                turn.text,
-                Modality(turn.modality).value,
-                turn.created_at,
-                int(turn.interrupted),
-            ),
-        )
-        return int(cur.lastrowid or 0)
+        rec = _Rec(turn)
+        self._cache_add(rec)
+        if len(self._pending) >= self.queue_max:
+            self.dropped += 1
+            self._report()
+            return
+        self._pending.append(rec)
+        self._idle.clear()
+        self._wake.set()
+        if self._writer is None:
+            try:
+                self.start()
+            except RuntimeError:  # no running loop: stored at the next flush from a loop
+                pass
 
-    def recent(self, room: str, limit: int) -> list[Turn]:
-        """The last ``limit`` turns in ``room``, oldest first."""
+    async def append_now(self, turn: Turn) -> int:
+        """Store one turn before returning (durable); returns its id."""
+        rec = _Rec(turn)
+        rec.id = await self.turns.insert(turn)
+        self._cache_add(rec)
+        return rec.id
+
+    def _cache_add(self, rec: _Rec) -> None:
+        room = self._rooms.get(rec.turn.room)
+        if room is not None:
+            room.recs.append(rec)
+            self._rooms.move_to_end(rec.turn.room)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued turn is stored; False when ``timeout`` passed first."""
+        self.start()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def queue_state(self) -> dict[str, Any]:
+        """For the console and the log: queued, written, dropped, and whether the database is away."""
+        return {
+            "pending": len(self._pending),
+            "bound": self.queue_max,
+            "written": self.written,
+            "dropped": self.dropped,
+            "failures": self.failures,
+            "database_away_seconds": (None if self.away_since is None
+                                      else round(time.monotonic() - self.away_since, 1)),
+            "last_error": self.last_error,
+        }
+
+    async def _write_loop(self) -> None:
+        delay = 0.1
+        while True:
+            if not self._pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            async with self._write_lock:
+                batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+                try:
+                    ids = await self.turns.insert_many([r.turn for r in batch])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # unreachable, restarting, full: keep the turns and retry
+                    self.failures += 1
+                    self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    if self.away_since is None:
+                        self.away_since = time.monotonic()
+                        log.warning("Storing turns failed (%s); %d queued in memory, retrying", self.last_error,
+                                    len(self._pending))
+                    self._report()
+                    failed = True
+                else:
+                    for rec, new_id in zip(batch, ids):
+                        rec.id = new_id
+                    for _ in batch:
+                        self._pending.popleft()
+                    self.written += len(batch)
+                    failed = False
+                    if self.away_since is not None:
+                        log.warning("The database takes turns again after %.1f s; %d still queued, %d dropped",
+                                    time.monotonic() - self.away_since, len(self._pending), self.dropped)
+                        self.away_since = None
+                        self.last_error = None
+                    delay = 0.1
+            if failed:
+                await asyncio.sleep(delay)  # backoff while the database is away, not synchronisation
+                delay = min(delay * 2, self.retry_max)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_report < REPORT_INTERVAL:
+            return
+        self._last_report = now
+        if self.dropped > self._dropped_reported:
+            log.warning("Memory's write queue is full (%d turns): %d turns dropped so far, not stored",
+                        self.queue_max, self.dropped)
+            self._dropped_reported = self.dropped
+        elif self.away_since is not None:
+            log.warning("The database is still away (%s): %d turns queued in memory", self.last_error,
+                        len(self._pending))
+
+    # --- reading --------------------------------------------------------------------------
+
+    def warm(self, room: str) -> None:
+        """Start filling ``room``'s cache now (a voice session starting), without waiting."""
+        self._room_loading(room)
+
+    def _room_loading(self, room: str) -> _Room:
+        entry = self._rooms.get(room)
+        if entry is None:
+            entry = self._rooms[room] = _Room()
+            while len(self._rooms) > ROOMS:
+                self._rooms.popitem(last=False)
+        self._rooms.move_to_end(room)
+        if not entry.loaded and entry.loading is None:
+            entry.loading = asyncio.create_task(self._fill(room, entry), name=f"memory-fill:{room}")
+        return entry
+
+    async def _fill(self, room: str, entry: _Room) -> None:
+        before = [r for r in self._pending if r.turn.room == room]
+        try:
+            rows = await self.turns.recent_rows(room, ROOM_TURNS)
+        except BaseException:
+            entry.loading = None
+            if self._rooms.get(room) is entry:
+                del self._rooms[room]  # the next read tries again
+            raise
+        stored = {row_id for row_id, _ in rows}
+        fresh = [r for r in [*before, *entry.recs] if r.id is None or r.id not in stored]
+        seen: set[int] = set()
+        merged = [_Rec(turn, row_id) for row_id, turn in rows]
+        for rec in fresh:
+            if id(rec) not in seen:
+                seen.add(id(rec))
+                merged.append(rec)
+        entry.recs = collections.deque(merged[-ROOM_TURNS:], maxlen=ROOM_TURNS)
+        entry.loaded = True
+        entry.loading = None
+
+    async def recent(self, room: str, limit: int) -> list[Turn]:
+        """The last ``limit`` turns in ``room``, oldest first (from the cache once filled)."""
         if limit <= 0:
             return []
-        rows = self.db.query(
-            "SELECT * FROM turns WHERE room = ? ORDER BY id DESC LIMIT ?",
-            (room, limit),
-        )
-        return [_row_to_turn(r) for r in reversed(rows)]
+        if limit > ROOM_TURNS:
+            return await self._recent_uncached(room, limit)
+        entry = self._room_loading(room)
+        task = entry.loading
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=self.read_budget)
+            if task in done and task.exception() is not None:
+                log.warning("Reading %s's recent turns failed (%s); answering from memory",
+                            room.split(":", 1)[0], task.exception())
+            elif task not in done:
+                log.info("Reading recent turns took over %.0f ms; answering from memory",
+                         self.read_budget * 1000)
+            if not entry.loaded:
+                return self._in_memory(room, entry)[-limit:]
+        return [r.turn for r in list(entry.recs)[-limit:]]
 
-    def since(self, room: str, created_after: float, limit: int) -> list[Turn]:
+    def held(self, room: str) -> list[Turn]:
+        """The turns of ``room`` this process holds in memory (its cache, and what is queued), oldest
+        first; never touches the database. For state that must not wait (the console, tests)."""
+        entry = self._rooms.get(room)
+        if entry is not None and entry.loaded:
+            return [r.turn for r in entry.recs]
+        return self._in_memory(room, entry or _Room())
+
+    def _in_memory(self, room: str, entry: _Room) -> list[Turn]:
+        recs = [r for r in self._pending if r.turn.room == room]
+        known = {id(r) for r in recs}
+        recs += [r for r in entry.recs if id(r) not in known]
+        recs.sort(key=lambda r: r.turn.created_at)
+        return [r.turn for r in recs]
+
+    async def _recent_uncached(self, room: str, limit: int) -> list[Turn]:
+        before = [r for r in self._pending if r.turn.room == room]
+        rows = await self.turns.recent_rows(room, limit)
+        stored = {row_id for row_id, _ in rows}
+        turns = [t for _, t in rows] + [r.turn for r in before if r.id is None or r.id not in stored]
+        return turns[-limit:]
+
+    async def since(self, room: str, created_after: float, limit: int) -> list[Turn]:
         """Up to the last ``limit`` turns in ``room`` stored after ``created_after`` (epoch seconds), oldest first."""
-        rows = self.db.query(
-            "SELECT * FROM turns WHERE room = ? AND created_at >= ? ORDER BY id DESC LIMIT ?",
-            (room, created_after, limit),
-        )
-        return [_row_to_turn(r) for r in reversed(rows)]
+        before = [r for r in self._pending if r.turn.room == room and r.turn.created_at >= created_after]
+        rows = await self.turns.since(room, created_after, limit)
+        queued = [r.turn for r in before if r.id is None]
+        return (rows + [t for t in queued if t not in rows])[-limit:]
 
-    def count(self, room: str | None = None) -> int:
-        """How many turns are stored (in ``room``, or everywhere)."""
-        if room is None:
-            rows = self.db.query("SELECT COUNT(*) AS n FROM turns")
-        else:
-            rows = self.db.query("SELECT COUNT(*) AS n FROM turns WHERE room = ?", (room,))
-        return int(rows[0]["n"])
+    async def count(self, room: str | None = None) -> int:
+        """How many turns are stored or queued (in ``room``, or everywhere)."""
+        await self.flush(timeout=self.read_budget)
+        queued = sum(1 for r in self._pending if r.id is None and (room is None or r.turn.room == room))
+        return await self.turns.count(room) + queued
 
-    # ----------------------------------------------------------------------------- identities
+    # --- identities -------------------------------------------------------------------------
 
-    def link_identities(self, a: str, b: str) -> None:
+    async def link_identities(self, a: str, b: str) -> None:
         """Record that ``a`` and ``b`` are the same person (e.g. ``discord:1`` and ``phone:+1555…``).
 
         Linking is transitive: linking two identities that already belong to different people
         merges those people.
         """
-        if a == b:
-            return
-        with self.db.transaction() as db:
-            pa = self._person_of(a)
-            pb = self._person_of(b)
-            if pa is None and pb is None:
-                cur = db.execute("INSERT INTO people (created_at) VALUES (?)", (time.time(),))
-                person = int(cur.lastrowid or 0)
-                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?), (?, ?)", (a, person, b, person))
-            elif pa is None:
-                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?)", (a, pb))
-            elif pb is None:
-                db.execute("INSERT INTO identities (identity, person_id) VALUES (?, ?)", (b, pa))
-            elif pa != pb:
-                db.execute("UPDATE identities SET person_id = ? WHERE person_id = ?", (pa, pb))
-                db.execute("DELETE FROM people WHERE id = ?", (pb,))
+        await self.turns.link(a, b)
 
-    def unlink_identity(self, identity: str) -> bool:
-        """Detach ``identity`` from the person it was linked to; returns whether it was linked.
+    async def unlink_identity(self, identity: str) -> bool:
+        """Detach ``identity`` from the person it was linked to; returns whether it was linked."""
+        return await self.turns.unlink(identity)
 
-        A person left with a single identity needs no link any more, so that row goes too.
-        """
-        with self.db.transaction() as db:
-            person = self._person_of(identity)
-            if person is None:
-                return False
-            db.execute("DELETE FROM identities WHERE identity = ?", (identity,))
-            left = db.query("SELECT identity FROM identities WHERE person_id = ?", (person,))
-            if len(left) <= 1:
-                db.execute("DELETE FROM identities WHERE person_id = ?", (person,))
-                db.execute("DELETE FROM people WHERE id = ?", (person,))
-            return True
-
-    def identities_of(self, identity: str) -> set[str]:
+    async def identities_of(self, identity: str) -> set[str]:
         """``identity`` itself plus every identity linked to it."""
-        return self._linked(identity)[1]
-
-    def _linked(self, identity: str) -> tuple[int | None, set[str]]:
-        """The person ``identity`` belongs to (None if unlinked) and all of its identities, in one query."""
-        rows = self.db.query(
-            "SELECT identity, person_id FROM identities WHERE person_id ="
-            " (SELECT person_id FROM identities WHERE identity = ?)",
-            (identity,),
-        )
-        person = int(rows[0]["person_id"]) if rows else None
-        return person, {identity} | {r["identity"] for r in rows}
-
-    def _person_of(self, identity: str) -> int | None:
-        rows = self.db.query("SELECT person_id FROM identities WHERE identity = ?", (identity,))
-        return int(rows[0]["person_id"]) if rows else None
+        return (await self.turns.linked(identity))[1]
 
     # ---------------------------------------------------------------------------- forgetting
 
-    def forget_person(self, identity: str) -> ForgetReport:
+    async def forget_person(self, identity: str) -> ForgetReport:
         """Erase a person everywhere in the database; returns what was removed, by kind.
 
-        Deletes every turn they spoke under any linked identity, the agent's reply right after
-        each of them in shared rooms, every turn in their private rooms (their Discord DM, SMS
-        thread, the console), the identity links, and their rows in the SMS store; then scrubs
-        the WAL so none of it stays on disk. See :func:`bot.privacy.forget_person`.
+        Queued turns are stored first (the writer waits meanwhile), so nothing of theirs is written
+        after the erase; every room's cache is emptied and filled again from what is left.
         """
         from bot.privacy import forget_person
 
-        return forget_person(self.db, identity)
+        async with self._write_lock:
+            await self._drain()
+            report = await forget_person(self.db, identity)
+            self._rooms.clear()
+        return report
 
-    def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:
+    async def _drain(self) -> None:
+        """Store every queued turn now (the caller holds the write lock)."""
+        while self._pending:
+            batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+            ids = await self.turns.insert_many([r.turn for r in batch])
+            for rec, new_id in zip(batch, ids):
+                rec.id = new_id
+            for _ in batch:
+                self._pending.popleft()
+            self.written += len(batch)
+        self._idle.set()
+
+    async def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:
         """Delete the latest user turn matching exactly (a reply being redone after a crash stores it again)."""
-        cur = self.db.execute(
-            "DELETE FROM turns WHERE id = (SELECT id FROM turns WHERE room = ? AND speaker_id = ? AND role = 'user' "
-            "AND text = ? AND created_at >= ? ORDER BY id DESC LIMIT 1)",
-            (room, speaker_id, text, since),
-        )
-        return cur.rowcount > 0
+        async with self._write_lock:
+            await self._drain()
+            removed = await self.turns.delete_latest_user_turn(room, speaker_id, text, since)
+            self._rooms.pop(room, None)
+        return removed
 
-    def forget_room(self, room: str) -> int:
+    async def forget_room(self, room: str) -> int:
         """Delete every turn in ``room``; returns the number deleted."""
-        return self.db.execute("DELETE FROM turns WHERE room = ?", (room,)).rowcount
+        async with self._write_lock:
+            await self._drain()
+            removed = await self.turns.delete_room(room)
+            self._rooms.pop(room, None)
+        return removed
 
-    def prune(self, older_than_days: int) -> int:
+    async def prune(self, older_than_days: int) -> int:
         """Delete turns older than ``older_than_days`` days (0 or less keeps everything)."""
         if older_than_days <= 0:
             return 0
-        cutoff = time.time() - older_than_days * 86400.0
-        deleted = self.db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
+        async with self.db.transaction() as tx:
+            deleted = await self.turns.prune(tx, time.time(), older_than_days)
         if deleted:
             log.info("Pruned %d turns older than %d days", deleted, older_than_days)
+            self._drop_older(time.time() - older_than_days * 86400.0)
         return deleted
 
+    def _drop_older(self, cutoff: float) -> None:
+        for entry in self._rooms.values():
+            entry.recs = collections.deque((r for r in entry.recs if r.turn.created_at >= cutoff), maxlen=ROOM_TURNS)
 
-class RetentionSchedule:
-    """Deletes transcripts older than ``days`` now and every ``interval`` seconds while the bot runs.
+    def invalidate(self, rooms: Iterable[str] | None = None) -> None:
+        """Forget cached turns (of ``rooms``, or all): the next read fills from the database."""
+        if rooms is None:
+            self._rooms.clear()
+        else:
+            for room in rooms:
+                self._rooms.pop(room, None)
 
-    Also drops SMS bookkeeping past its use (it holds phone numbers) when the SMS tables exist, and
-    scrubs the WAL after a prune that deleted something, so expired words leave the disk too.
-    Owns one named task; :meth:`aclose` cancels it.
-    """
-
-    def __init__(self, memory: Memory, days: int, *, interval: float = RETENTION_INTERVAL) -> None:
-        self.memory = memory
-        self.days = days
-        self.interval = interval
-        self.runs = 0  # completed prunes (tests wait on it)
-        self._task: asyncio.Task[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"RetentionSchedule(days={self.days}, interval={self.interval}, running={self._task is not None})"
-
-    def prune_now(self) -> int:
-        """One prune; returns the transcript turns deleted."""
-        removed = self.memory.prune(self.days)
-        bookkeeping = 0
-        if "sms_messages" in self.memory.db.tables():
-            from bot.sms.store import SmsStore
-
-            bookkeeping = SmsStore(self.memory.db).prune()
-        if removed or bookkeeping:
-            self.memory.db.scrub()
-        self.runs += 1
-        return removed
-
-    def start(self) -> None:
-        """Prune now, then on schedule (call inside the running loop; ``days`` 0 keeps everything)."""
-        if self.days <= 0 or self._task is not None:
-            return
-        self.prune_now()
-        self._task = asyncio.create_task(self._run(), name="transcript-retention")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)  # the schedule itself, not synchronisation
-            try:
-                self.prune_now()
-            except Exception:  # a locked or damaged database must not end the schedule
-                log.exception("Pruning old transcripts failed; retrying in %.0f s", self.interval)
-
-    async def aclose(self) -> None:
-        task, self._task = self._task, None
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Store what is queued (up to ``timeout`` seconds), then stop the writer."""
+        if self._writer is not None and self._pending:
+            if not await self.flush(timeout):
+                log.warning("Stopping with %d turns not stored (the database is away)", len(self._pending))
+        task, self._writer = self._writer, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        for entry in self._rooms.values():
+            if entry.loading is not None:
+                entry.loading.cancel()
+
+
+class RetentionSchedule(Retention):
+    """Retention over memory's database (prunes transcripts older than ``days`` and SMS bookkeeping)."""
+
+    def __init__(self, memory: Memory, days: int, *, interval: float = RETENTION_INTERVAL) -> None:
+        super().__init__(memory.db, days, interval=interval)
+        self.memory = memory
+
+    async def prune_now(self) -> int:
+        removed = await super().prune_now()
+        if removed:
+            self.memory._drop_older(time.time() - self.days * 86400.0 if self.days > 0 else 0.0)
+        return removed

@@ -20,6 +20,7 @@ or number when it shows up again — and no more:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -27,69 +28,47 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.db import Database, DatabaseError
+from bot.db import Database as LegacyDatabase
+from bot.store import Database, DatabaseError
+from bot.store.erase import ForgetReport, classified
+from bot.store.erase import forget_person as _forget_person
+from bot.store.optouts import MIGRATIONS as _OPT_OUT_MIGRATIONS
+from bot.store.optouts import OptOuts as KeyedOptOuts
 
 __all__ = [
     "CLEANED_BY_FORGET",
     "NAMES_NO_PERSON",
     "ForgetReport",
+    "KeyedOptOuts",
     "OptOuts",
     "forget_person",
     "key_path",
+    "open_opt_outs",
 ]
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE opt_outs (
-        subject TEXT PRIMARY KEY,
-        channel TEXT NOT NULL,
-        source TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX opt_outs_by_channel ON opt_outs (channel);
-    """,
-]
+# Every table, classified by the stores that own them (bot/store/*: each declares what it cleans on
+# a forget and what names no one). A test fails when a table of the database is in neither.
+CLEANED_BY_FORGET, NAMES_NO_PERSON = classified()
 
-# Every table, classified. A table that holds anything about a person (an id, a number, a name,
-# their words) is cleaned by forget_person(); the others say why they name no one.
-CLEANED_BY_FORGET: dict[str, str] = {
-    "turns": "what people said and the agent's replies (speaker id, name, text)",
-    "people": "one row per linked person (deleted with their identities)",
-    "identities": "the person's Discord id, phone number, console name",
-    "sms_messages": "SMS bookkeeping: the sender's number, the text while it is being answered",
-    "sms_links": "a phone number linked to a Discord id and display name",
-    "sms_link_codes": "a pending /link code with the Discord id and display name",
-    "sms_rate_notes": "when a number was last told it is over the rate limit",
-    "voice_opt_outs": "legacy raw voice opt-outs (moved to opt_outs as keyed subjects at start)",
-    "sms_opt_outs": "legacy raw SMS opt-outs (moved to opt_outs as keyed subjects at start, then dropped)",
-    "language_places": "the language a phone number chose or wrote in (guild rows name no one)",
-}
-NAMES_NO_PERSON: dict[str, str] = {
-    "schema_versions": "schema version per component",
-    "sqlite_sequence": "SQLite's AUTOINCREMENT counters",
-    "voice_guild_settings": "per-server choices keyed by guild id",
-    "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",
-    "opt_outs": "opt-outs as HMAC subjects; the key is outside the database (kept on purpose)",
-}
-
-# The key is per database file, loaded once and shared by every store on that database.
-_keys: weakref.WeakKeyDictionary[Database, bytes] = weakref.WeakKeyDictionary()
+# The key is per database, loaded once and shared by every store on that database.
+_keys: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
+_stores: weakref.WeakKeyDictionary[Database, KeyedOptOuts] = weakref.WeakKeyDictionary()
+_opening: weakref.WeakKeyDictionary[Database, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def key_path(db: Database) -> Path | None:
+def key_path(db: Database | LegacyDatabase) -> Path | None:
     """Where ``db``'s opt-out key lives (None for an in-memory database)."""
-    return None if db.path is None else db.path.with_name(db.path.name + ".key")
+    path = getattr(db, "path", None)
+    return None if path is None else path.with_name(path.name + ".key")
 
 
-def _load_key(db: Database) -> tuple[bytes, bool]:
+def _load_key(db: Database | LegacyDatabase) -> tuple[bytes, bool]:
     """``db``'s key and whether it was created just now."""
     path = key_path(db)
     if path is None:
@@ -118,13 +97,14 @@ def _load_key(db: Database) -> tuple[bytes, bool]:
 
 
 class OptOuts:
-    """Opt-outs by keyed subject; identities are ``discord:{id}`` or ``phone:{e164}``."""
+    """Opt-outs by keyed subject on the synchronous SQLite ``bot.db`` (legacy: what ``bot/sms`` uses until it
+    moves onto the async store; everything else uses :func:`open_opt_outs`). Same table, same key."""
 
     COMPONENT = "privacy"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LegacyDatabase) -> None:
         self._db = db
-        db.migrate(self.COMPONENT, _MIGRATIONS)
+        db.migrate(self.COMPONENT, [step["sqlite"] for step in _OPT_OUT_MIGRATIONS])
         key = _keys.get(db)
         if key is None:
             key, created = _load_key(db)
@@ -169,8 +149,8 @@ class OptOuts:
                 rows = self._db.query("SELECT user_id, created_at FROM voice_opt_outs")
                 for row in rows:
                     self._db.execute(
-                        "INSERT OR IGNORE INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'voice', "
-                        "'optout', ?)", (self.subject(f"discord:{int(row[0])}"), float(row[1])))
+                        "INSERT INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'voice', "
+                        "'optout', ?) ON CONFLICT (subject) DO NOTHING", (self.subject(f"discord:{int(row[0])}"), float(row[1])))
                 if rows:
                     self._db.execute("DELETE FROM voice_opt_outs")
                     log.info("Moved %d voice opt-outs to keyed storage", len(rows))
@@ -179,7 +159,8 @@ class OptOuts:
                 rows = self._db.query("SELECT number, opted_out_at, source FROM sms_opt_outs")
                 for row in rows:
                     self._db.execute(
-                        "INSERT OR IGNORE INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'sms', ?, ?)",
+                        "INSERT INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'sms', ?, ?) "
+                        "ON CONFLICT (subject) DO NOTHING",
                         (self.subject(f"phone:{row[0]}"), str(row[2]), float(row[1])))
                 self._db.execute("DROP TABLE sms_opt_outs")
                 if rows:
@@ -189,121 +170,34 @@ class OptOuts:
             self._db.scrub()  # the raw ids and numbers leave the files too
 
 
-# --- forgetting ---------------------------------------------------------------------------------
 
-# How each kind is named to the person, singular and plural.
-_LABELS: dict[str, tuple[str, str]] = {
-    "message": ("message", "messages"),
-    "reply": ("reply to you", "replies to you"),
-    "linked phone": ("linked phone", "linked phones"),
-    "linked account": ("linked account", "linked accounts"),
-    "sms record": ("SMS record", "SMS records"),
-    "link code": ("pending link code", "pending link codes"),
-    "bookkeeping": ("bookkeeping record", "bookkeeping records"),
-}
-
-
-@dataclass
-class ForgetReport:
-    """What a forget removed, by kind (never one summed number: a link is not a message)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    scrubbed: bool = True  # the WAL was checkpointed and truncated
-
-    def add(self, kind: str, n: int) -> None:
-        if n > 0:
-            self.counts[kind] = self.counts.get(kind, 0) + n
-
-    def __getitem__(self, kind: str) -> int:
-        return self.counts.get(kind, 0)
-
-    @property
-    def empty(self) -> bool:
-        return not self.counts
-
-    def describe(self) -> str:
-        """``"3 messages, 1 linked phone"`` (``"nothing"`` when empty)."""
-        parts = []
-        for kind, (one, many) in _LABELS.items():
-            n = self.counts.get(kind, 0)
-            if n:
-                parts.append(f"{n} {one if n == 1 else many}")
-        return ", ".join(parts) or "nothing"
+async def open_opt_outs(db: Database) -> KeyedOptOuts:
+    """The opt-out store of ``db`` with its key (one per database; migrates and moves legacy rows once)."""
+    found = _stores.get(db)
+    if found is not None:
+        return found
+    lock = _opening.setdefault(db, asyncio.Lock())
+    async with lock:
+        found = _stores.get(db)
+        if found is not None:
+            return found
+        key = _keys.get(db)
+        created = False
+        if key is None:
+            key, created = _load_key(db)
+            _keys[db] = key
+        store = await KeyedOptOuts.open(db, key)
+        if created and await db.query_one("SELECT 1 FROM opt_outs"):
+            log.warning("The opt-out key %s was missing and a new one was made: the %d opt-outs recorded "
+                        "with the old key can no longer be recognised", key_path(db), await store.count())
+        _stores[db] = store
+        return store
 
 
-def _marks(values: Iterable[object]) -> str:
-    return ",".join("?" * len(list(values)))
+async def forget_person(db: Database, identity: str) -> ForgetReport:
+    """Delete every row naming the person ``identity`` belongs to, in every store on ``db``, then scrub.
 
-
-def forget_person(db: Database, identity: str) -> ForgetReport:
-    """Delete every row naming the person ``identity`` belongs to (all linked identities), then scrub.
-
-    Turns: everything they said; the agent's reply right after each of their turns in a shared
-    room (it answers them, often by name or quoting them); everything in their private rooms (DM,
-    SMS thread, console). SMS: their numbers' bookkeeping, links and codes. Opt-outs stay (keyed).
+    See :func:`bot.store.erase.forget_person`. Opt-outs stay (keyed subjects).
     """
-    from bot.memory import private_rooms  # memory imports this module for forget_person
-
-    report = ForgetReport()
-    tables = db.tables()
-    if "voice_opt_outs" in tables or "sms_opt_outs" in tables:
-        # Raw legacy opt-outs become keyed subjects first, so the forget below keeps the opt-out.
-        OptOuts(db)
-        tables = db.tables()
-    with db.transaction():
-        identities: set[str] = {identity}
-        linked: set[str] = set()
-        person: int | None = None
-        if "identities" in tables:
-            rows = db.query("SELECT identity, person_id FROM identities WHERE person_id ="
-                            " (SELECT person_id FROM identities WHERE identity = ?)", (identity,))
-            if rows:
-                person = int(rows[0]["person_id"])
-                linked = {str(r["identity"]) for r in rows} - {identity}
-                identities |= linked
-        if "sms_links" in tables:
-            # A phone linked in the SMS store whose memory link is already gone still names them.
-            identities |= {f"phone:{r[0]}" for r in db.query(
-                f"SELECT number FROM sms_links WHERE identity IN ({_marks(identities)})", sorted(identities))}
-        ids = sorted(identities)
-        numbers = sorted(i.partition(":")[2] for i in ids if i.startswith("phone:"))
-        discord_ids = sorted(int(i.partition(":")[2]) for i in ids
-                             if i.startswith("discord:") and i.partition(":")[2].isdigit())
-        rooms = sorted({room for i in ids for room in private_rooms(i)})
-        if "turns" in tables:
-            # Only rooms they spoke in are scanned (turns_speaker), each reply's predecessor by turns_room.
-            report.add("reply", db.execute(
-                "DELETE FROM turns WHERE id IN (SELECT a.id FROM turns a WHERE a.role = 'assistant' AND a.room IN "
-                f"(SELECT DISTINCT room FROM turns WHERE speaker_id IN ({_marks(ids)})) AND (SELECT b.speaker_id "
-                "FROM turns b WHERE b.room = a.room AND b.id < a.id ORDER BY b.id DESC LIMIT 1) "
-                f"IN ({_marks(ids)}))", [*ids, *ids]).rowcount)
-            report.add("message", db.execute(f"DELETE FROM turns WHERE speaker_id IN ({_marks(ids)})", ids).rowcount)
-            if rooms:
-                report.add("reply", db.execute(f"DELETE FROM turns WHERE room IN ({_marks(rooms)})", rooms).rowcount)
-        if person is not None:
-            for other in linked:
-                report.add("linked phone" if other.startswith("phone:") else "linked account", 1)
-            db.execute("DELETE FROM identities WHERE person_id = ?", (person,))
-            db.execute("DELETE FROM people WHERE id = ?", (person,))
-        if numbers:
-            if "sms_messages" in tables:
-                report.add("sms record", db.execute(
-                    f"DELETE FROM sms_messages WHERE from_number IN ({_marks(numbers)})", numbers).rowcount)
-            if "sms_rate_notes" in tables:
-                report.add("bookkeeping", db.execute(
-                    f"DELETE FROM sms_rate_notes WHERE number IN ({_marks(numbers)})", numbers).rowcount)
-        if "sms_links" in tables:
-            removed = db.execute(f"DELETE FROM sms_links WHERE identity IN ({_marks(ids)}) OR "
-                                 f"number IN ({_marks(numbers)})", [*ids, *numbers]).rowcount
-            if removed and not (report["linked phone"] or report["linked account"]):
-                report.add("linked phone", removed)
-        if "sms_link_codes" in tables:
-            report.add("link code", db.execute(
-                f"DELETE FROM sms_link_codes WHERE identity IN ({_marks(ids)})", ids).rowcount)
-        if "language_places" in tables:
-            db.execute(f"DELETE FROM language_places WHERE place IN ({_marks(ids)})", ids)
-        if discord_ids and "voice_opt_outs" in tables:
-            db.execute(f"DELETE FROM voice_opt_outs WHERE user_id IN ({_marks(discord_ids)})", discord_ids)
-    report.scrubbed = db.scrub()
-    log.info("Forgot a person: %d identities; removed %s", len(ids), report.describe())
-    return report
+    await open_opt_outs(db)  # legacy raw opt-outs become keyed first, so the forget keeps them
+    return await _forget_person(db, identity)

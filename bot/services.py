@@ -1,6 +1,6 @@
 """The composition root's product: every long-lived service, built once and closed once.
 
-Cogs receive what they need from here through the bot; none of them constructs a client.
+Cogs receive what they need from here through the bot; none of them constructs a client or a store.
 """
 
 from __future__ import annotations
@@ -11,62 +11,80 @@ from typing import TYPE_CHECKING
 
 from bot.agent import Agent
 from bot.agent.factory import build_agent
-from bot.db import Database
+from bot.db import Database as LegacyDatabase
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
-from bot.store import Database as Store
-from bot.store import SqliteDatabase
+from bot.store import Database, PostgresDatabase, SqliteDatabase
+from bot.voice.guilds import GuildSettingsStore, OptOutList
 
 if TYPE_CHECKING:
     from bot.voice.manager import VoiceManager
 
-__all__ = ["Services", "build_services"]
+__all__ = ["Services", "build_services", "open_store"]
 
 log = logging.getLogger(__name__)
+
+SQLITE_NAME = "voicebot.sqlite3"
 
 
 @dataclass
 class Services:
     settings: Settings
-    db: Database
+    store: Database  # the one database every store uses (SQLite file or PostgreSQL)
     memory: Memory
     agent: Agent
+    languages: PlaceLanguages
+    guilds: GuildSettingsStore
+    optouts: OptOutList
     # A voice manager built by the caller (simulate, tests), which also closes it; when None the
     # voice cog builds one from these services and owns it.
     voice: VoiceManager | None = None
     retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
-    languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
-    # The async store (bot/store) on the same database; stores move onto it from `db` one by one.
-    store: Store | None = None
-
-    def __post_init__(self) -> None:
-        if self.languages is None:
-            self.languages = PlaceLanguages(self.db, self.settings.language)
-        if self.store is None:
-            self.store = SqliteDatabase(self.db.path or ":memory:")
+    # The synchronous SQLite connection bot/sms still uses until it moves onto ``store``: the same file
+    # when ``store`` is the SQLite file; a private in-memory database otherwise (PostgreSQL, tests).
+    db: LegacyDatabase | None = None
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
         await self.agent.aclose()
-        if self.store is not None:
-            await self.store.close()
-        self.db.close()
+        await self.memory.aclose()  # writes what is queued
+        await self.languages.aclose()
+        await self.store.close()
+        if self.db is not None:
+            self.db.close()
+
+
+async def open_store(settings: Settings) -> Database:
+    """The database DATABASE_URL names, else the SQLite file in DATA_DIR (raises DatabaseError, one line)."""
+    if settings.database_url:
+        return await PostgresDatabase.connect(settings.database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteDatabase(settings.data_dir / SQLITE_NAME)
 
 
 async def build_services(settings: Settings, *, db: Database | None = None) -> Services:
-    """Open the database and build the agent. ``db`` lets tests pass an in-memory database."""
-    if db is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.data_dir / "voicebot.sqlite3")
-    memory = Memory(db)
-    retention = RetentionSchedule(memory, settings.transcript_retention_days)
+    """Open the database and every store on it, and build the agent. ``db``: a database to use instead."""
+    store = db if db is not None else await open_store(settings)
+    memory: Memory | None = None
+    retention: RetentionSchedule | None = None
     try:
-        retention.start()  # prunes now, then hourly (TRANSCRIPT_RETENTION_DAYS=0 keeps everything)
+        memory = await Memory.open(store, queue_max=settings.memory_queue_max)
+        languages = await PlaceLanguages.open(store, settings.language)
+        guilds = await GuildSettingsStore.open(store, settings)
+        optouts = await OptOutList.open(store)
+        retention = RetentionSchedule(memory, settings.transcript_retention_days)
+        await retention.start()  # prunes now, then hourly (TRANSCRIPT_RETENTION_DAYS=0 keeps transcripts)
         agent = await build_agent(settings, memory)
     except BaseException:
-        await retention.aclose()
-        db.close()
+        if retention is not None:
+            await retention.aclose()
+        if memory is not None:
+            await memory.aclose()
+        await store.close()
         raise
-    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
+    path = getattr(store, "path", None)
+    legacy = LegacyDatabase(path) if path is not None else LegacyDatabase.in_memory()
+    return Services(settings=settings, store=store, memory=memory, agent=agent, languages=languages,
+                    guilds=guilds, optouts=optouts, retention=retention, db=legacy)

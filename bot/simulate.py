@@ -311,7 +311,7 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
 
     from bot.agent.factory import load_configured_character
     from bot.client import VoiceBot
-    from bot.db import Database
+    from bot.store import SqliteDatabase
     from bot.loopback.server import LocalDiscord
     from bot.loopback.state import Permissions
     from bot.services import build_services
@@ -333,7 +333,7 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
         host = guild.add_member(host_name, roles=[guild.add_role("hosts", Permissions.MANAGE_GUILD)])
         members = {name: guild.add_member(name) for name in names}
         sim_settings = simulation_settings(settings, server, guild.id)
-        services = await build_services(sim_settings, db=Database.in_memory())
+        services = await build_services(sim_settings, db=SqliteDatabase.in_memory())
         manager: VoiceManager | None = None
         bot: VoiceBot | None = None
         runner: asyncio.Task[None] | None = None

@@ -21,6 +21,7 @@ from bot.webguard import ConnectionGuard
 if TYPE_CHECKING:
     from bot.agent import Agent
     from bot.db import Database
+    from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.phone.service import PhoneService
     from bot.sms.inbound import SmsService, TwilioWebhooks
@@ -135,6 +136,7 @@ def build_sms(
     agent: Agent,
     memory: Memory,
     db: Database,
+    languages: PlaceLanguages | None = None,
     reply_budget: float = 10.0,
 ) -> tuple[SmsService, TwilioWebhooks]:
     """Build the SMS pipeline from settings (call inside the running loop; needs ``sms_enabled``)."""
@@ -161,9 +163,7 @@ def build_sms(
     service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
                          rate_limit=settings.sms_rate_limit, reply_budget=reply_budget,
                          max_segments=settings.sms_reply_max_segments)
-    from bot.i18n.places import PlaceLanguages
-
-    service.languages = PlaceLanguages(db, settings.language)  # each number answered in its language
+    service.languages = languages  # each number answered in its language
     from bot.i18n.detect import preload
 
     preload()  # at start-up (about half a second), so no texter's first reply waits for the model
@@ -176,6 +176,7 @@ async def serve(
     agent: Agent,
     memory: Memory,
     db: Database,
+    languages: PlaceLanguages | None = None,
     stop: asyncio.Event | None = None,
     ready: Callable[[WebServer], None] | None = None,
     health: Mapping[str, HealthCheck] | None = None,
@@ -192,7 +193,8 @@ async def serve(
     service: SmsService | None = None
     webhooks: TwilioWebhooks | None = None
     if settings.sms_enabled:
-        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=reply_budget)
+        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, languages=languages,
+                                      reply_budget=reply_budget)
         sms = service
         health = {**(health or {}), "sms": lambda: not sms.draining}  # a load balancer sees the drain
     else:
@@ -201,7 +203,7 @@ async def serve(
     if settings.phone_enabled:
         from bot.phone.service import build_phone
 
-        phone = build_phone(settings, agent=agent, memory=memory, db=db)
+        phone = build_phone(settings, agent=agent, memory=memory, db=db, languages=languages)
     from bot.console.app import is_loopback
 
     if (service is not None or phone is not None) and is_loopback(settings.web_host):
@@ -248,7 +250,8 @@ def run_web_forever(settings: Settings) -> int:
             except (NotImplementedError, RuntimeError):  # e.g. Windows: KeyboardInterrupt still works
                 pass
         try:
-            await serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop)
+            await serve(settings, agent=services.agent, memory=services.memory, db=services.db,
+                        languages=services.languages, stop=stop)
         finally:
             await services.aclose()
 

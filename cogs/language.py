@@ -56,7 +56,7 @@ class LanguageCog(commands.Cog, name="Language"):
                 await self._answer(interaction, t("command.needs_manage_server", answer_language(interaction, self.languages)))
                 return
             if language.strip().lower() == RESET:
-                self.languages.set(place, None)
+                await self.languages.set(place, None)
                 fallback = self.languages.fallback(place, locale)
                 await self._answer(interaction, t("language.reset", catalog_language(fallback),
                                                   language=language_name(fallback)))
@@ -67,7 +67,7 @@ class LanguageCog(commands.Cog, name="Language"):
                 await self._answer(interaction, t("language.unknown", answer_language(interaction, self.languages),
                                                   value=isolate(discord.utils.escape_markdown(language[:32]))))
                 return
-            self.languages.set(place, setting)
+            await self.languages.set(place, setting)
             log.info("/language %s", setting, extra={"guild_id": interaction.guild_id})
             if setting == AUTO:
                 fallback = self.languages.fallback(place, locale)

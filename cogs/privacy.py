@@ -84,9 +84,9 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         manager = self._manager()
         user_id = interaction.user.id
         if manager is not None:
-            changed = manager.opt_out(user_id)
+            changed = await manager.opt_out(user_id)
         else:
-            changed = self._fallback_optouts.opt_out(user_id)
+            changed = await self._fallback_optouts.opt_out(user_id)
         log.info("voice opt-out", extra={"user_id": user_id, "changed": changed})
         await interaction.response.send_message(optout_message(changed, self._lang(interaction)), ephemeral=True)
 
@@ -97,7 +97,7 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         """Let me hear you again in voice channels after an /optout."""
         manager = self._manager()
         user_id = interaction.user.id
-        changed = manager.opt_in(user_id) if manager is not None else self._fallback_optouts.opt_in(user_id)
+        changed = await (manager.opt_in(user_id) if manager is not None else self._fallback_optouts.opt_in(user_id))
         log.info("voice opt-in", extra={"user_id": user_id, "changed": changed})
         await interaction.response.send_message(optin_message(changed, self._lang(interaction)), ephemeral=True)
 
@@ -111,11 +111,11 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         manager = self._manager()
         if manager is not None:
             manager.drop_live_state(user_id)
-        removed = self.memory.forget_person(f"discord:{user_id}")
+        removed = await self.memory.forget_person(f"discord:{user_id}")
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
         await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
 
 
 async def setup(bot: VoiceBot) -> None:
     services = bot.services
-    await bot.add_cog(PrivacyCog(bot, services.memory, OptOutList(services.db)))
+    await bot.add_cog(PrivacyCog(bot, services.memory, services.optouts))

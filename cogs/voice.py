@@ -209,7 +209,7 @@ class VoiceCog(commands.Cog, name="Voice"):
             if gv is None:
                 raise VoiceCommandError("transcript.no_call")
             self._require_in_call(interaction, gv.channel, "transcript.join_first")
-            data, name, cut = self.manager.transcript(interaction.guild_id, language=language)
+            data, name, cut = await self.manager.transcript(interaction.guild_id, language=language)
         except VoiceCommandError as exc:
             await self._answer(interaction, exc.in_language(language))
             return
@@ -277,7 +277,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         assert interaction.guild_id is not None
         language = self._lang(interaction)
         try:
-            gs = self.manager.set_mode(interaction.guild_id, mode)
+            gs = await self.manager.set_mode(interaction.guild_id, mode)
         except GuildSettingsError as exc:
             await self._answer(interaction, _settings_error(exc, language))
             return
@@ -336,7 +336,7 @@ class VoiceCog(commands.Cog, name="Voice"):
                 return
             chosen, label = (match.id, match.name) if match else (wanted, wanted)
         try:
-            self.manager.set_voice(interaction.guild_id, chosen)
+            await self.manager.set_voice(interaction.guild_id, chosen)
         except GuildSettingsError as exc:
             await self._answer(interaction, _settings_error(exc, language))
             return
@@ -374,7 +374,7 @@ class VoiceCog(commands.Cog, name="Voice"):
         assert interaction.guild_id is not None
         language = self._lang(interaction)
         try:
-            listed = self.manager.guild_settings.set_channel(interaction.guild_id, kind, channel.id, on)
+            listed = await self.manager.guild_settings.set_channel(interaction.guild_id, kind, channel.id, on)
         except GuildSettingsError as exc:
             await self._answer(interaction, _settings_error(exc, language))
             return

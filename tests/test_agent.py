@@ -17,7 +17,7 @@ from bot.agent.engines.base import Conversation, ReplyEngine
 from bot.agent.engines.eliza import ElizaEngine
 from bot.agent.engines.openai_engine import OpenAIEngine
 from bot.agent.factory import build_agent, choose_engine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory, Modality
 from bot.settings import Secret, Settings, load_settings
 from tests.fakes.openai_server import FakeOpenAI
@@ -27,10 +27,12 @@ ROOM = "discord:100000000000000001:200000000000000002"
 
 
 @pytest.fixture
-def memory() -> Iterator[Memory]:
+async def memory() -> AsyncIterator[Memory]:
     db = Database.in_memory()
-    yield Memory(db)
-    db.close()
+    memory = await Memory.open(db)
+    yield memory
+    await memory.aclose()
+    await db.close()
 
 
 @pytest.fixture
@@ -68,13 +70,13 @@ class CrashingEngine(ReplyEngine):
 async def test_turns_are_stored_when_reply_starts_and_finishes(memory: Memory) -> None:
     agent = Agent(default_character(), ElizaEngine("Wren"), memory)
     reply = agent.reply(said("I feel a bit odd", modality=Modality.VOICE))
-    [user_turn] = memory.recent(ROOM, 10)  # stored as soon as the reply starts
+    [user_turn] = (await memory.recent(ROOM, 10))  # stored as soon as the reply starts
     assert user_turn.role == "user" and user_turn.text == "I feel a bit odd" and user_turn.modality is Modality.VOICE
     deltas = [d async for d in reply]
     assert "".join(deltas) == reply.text and reply.done and len(deltas) > 1
     reply.finish()
     reply.finish()  # idempotent
-    turns = memory.recent(ROOM, 10)
+    turns = (await memory.recent(ROOM, 10))
     assert [t.role for t in turns] == ["user", "assistant"]
     assert turns[1].text == reply.text and turns[1].speaker_name == "Wren" and turns[1].modality is Modality.VOICE
     assert agent.engine_name == "eliza" and agent.character.name == "Wren"
@@ -87,7 +89,7 @@ async def test_barge_in_stores_only_what_was_spoken(memory: Memory) -> None:
     reply = agent.reply(said("I want a holiday"))
     await reply.collect()
     reply.finish("What would it mean", interrupted=True)
-    last = memory.recent(ROOM, 1)[0]
+    last = (await memory.recent(ROOM, 1))[0]
     assert last.text == "What would it mean" and last.interrupted
 
 
@@ -108,7 +110,7 @@ async def test_llm_reply_streams_token_by_token_through_the_agent(llm: FakeOpenA
         await agent.aclose()
     assert reply.text == "Hello there, friend." and llm.finished
     reply.finish()
-    assert [t.text for t in memory.recent(ROOM, 5)] == ["hello", "Hello there, friend."]
+    assert [t.text for t in (await memory.recent(ROOM, 5))] == ["hello", "Hello there, friend."]
 
 
 async def test_prompt_uses_bounded_memory_window_with_names(llm: FakeOpenAI, memory: Memory) -> None:
@@ -143,7 +145,7 @@ async def test_401_llm_fails_cleanly_and_nothing_is_stored_as_said(
     assert "401" in str(info.value) and "TOPSECRET" not in caplog.text
     assert "credentials" in info.value.user_message
     reply.finish()  # a caller that finishes anyway stores nothing
-    assert [t.role for t in memory.recent(ROOM, 10)] == ["user"]
+    assert [t.role for t in (await memory.recent(ROOM, 10))] == ["user"]
     # The agent itself adds no warning: the caller logs the single line, and the error's text
     # carries the context (endpoint, status, which setting to check).
     assert not [r for r in caplog.records if r.name.startswith("bot.agent") and r.levelno >= logging.WARNING]
@@ -165,7 +167,7 @@ async def test_unreachable_llm(memory: Memory) -> None:
         await agent.aclose()
     assert info.value.retryable and "reach" in info.value.user_message
     reply.finish()
-    assert len(memory.recent(ROOM, 10)) == 1
+    assert len((await memory.recent(ROOM, 10))) == 1
 
 
 async def test_ten_thousand_characters_are_stored_whole_and_sent_shortened(llm: FakeOpenAI, memory: Memory) -> None:
@@ -177,7 +179,7 @@ async def test_ten_thousand_characters_are_stored_whole_and_sent_shortened(llm: 
         assert await reply.collect() == "Hello there, friend."
     finally:
         await agent.aclose()
-    assert memory.recent(ROOM, 1)[0].text == essay
+    assert (await memory.recent(ROOM, 1))[0].text == essay
     body = llm.completion_requests[-1].body
     assert body is not None
     sent = body["messages"][-1]["content"]
@@ -195,7 +197,7 @@ async def test_empty_message_gets_a_gentle_reply_without_the_engine(llm: FakeOpe
     finally:
         await agent.aclose()
     assert llm.requests == []
-    assert memory.recent(ROOM, 10) == []
+    assert (await memory.recent(ROOM, 10)) == []
 
 
 async def test_engine_crash_becomes_agent_error(memory: Memory, caplog: pytest.LogCaptureFixture) -> None:
@@ -205,7 +207,7 @@ async def test_engine_crash_becomes_agent_error(memory: Memory, caplog: pytest.L
         await reply.collect()
     assert "crashing engine crashed" in str(info.value) and info.value.user_message
     reply.finish()
-    assert [t.role for t in memory.recent(ROOM, 10)] == ["user"]
+    assert [t.role for t in (await memory.recent(ROOM, 10))] == ["user"]
 
 
 async def test_reply_iterates_once(memory: Memory) -> None:

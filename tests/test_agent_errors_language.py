@@ -14,7 +14,7 @@ from bot.agent.character import parse_character
 from bot.agent.engines.base import Conversation, ReplyEngine
 from bot.agent.engines.elizaos import ElizaOSEngine
 from bot.agent.engines.openai_engine import OpenAIEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality
 from tests.fakes.openai_server import FakeOpenAI
@@ -51,7 +51,7 @@ async def test_elizaos_failures_carry_a_catalog_key_and_the_reply_says_them_in_i
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     engine = ElizaOSEngine(url=f"http://127.0.0.1:{port}", agent_id=str(uuid.uuid4()), timeout=GUARD)
-    agent = Agent(parse_character({"name": "Ember"}), engine, Memory(Database.in_memory()))
+    agent = Agent(parse_character({"name": "Ember"}), engine, (await Memory.open(Database.in_memory())))
     incoming = Incoming(room="discord:dm:7", speaker_id="discord:7", speaker_name="Alice", text="olá",
                         modality=Modality.TEXT, language="pt")
     try:
@@ -75,7 +75,7 @@ class _Crashing(ReplyEngine):
 
 
 async def test_an_engine_crash_is_apologised_for_in_the_persons_language() -> None:
-    agent = Agent(parse_character({"name": "Wren"}), _Crashing(), Memory(Database.in_memory()))
+    agent = Agent(parse_character({"name": "Wren"}), _Crashing(), (await Memory.open(Database.in_memory())))
     incoming = Incoming(room="discord:dm:7", speaker_id="discord:7", speaker_name="Alice", text="hola",
                         modality=Modality.TEXT, language="es")
     with pytest.raises(AgentError) as info:

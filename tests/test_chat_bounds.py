@@ -16,7 +16,7 @@ import discord.http
 import pytest
 import yarl
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.loopback.server import ChannelHandle, GuildHandle, LocalDiscord
 from bot.loopback.state import Message
 from bot.settings import load_settings
@@ -87,7 +87,12 @@ async def _wait_for(predicate: Any, what: str, timeout: float = TIMEOUT) -> None
     """Poll a predicate on world state (the loopback logs every message) with a generous deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        found = predicate()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            return
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
@@ -103,10 +108,13 @@ async def test_a_megabyte_reply_is_capped_and_memory_holds_what_was_shown(monkey
             alice = bot.guild.add_member("Alice")
             await alice.send_message(bot.text, f"<@{d.bot_user_id}> tell me everything")
             await _wait_for(lambda: _shortened(bot.text.bot_messages), "the shortened reply")
-            await _wait_for(lambda: len(bot.services.memory.recent(bot.room, 10)) == 2, "the stored turn")
+            async def stored() -> bool:
+                return len(await bot.services.memory.recent(bot.room, 10)) == 2
+
+            await _wait_for(stored, "the stored turn")
             shown = bot.text.bot_messages
             assert len(shown) == 4 and all(len(m.content) <= 2000 for m in shown)
-            turn = bot.services.memory.recent(bot.room, 10)[-1]
+            turn = (await bot.services.memory.recent(bot.room, 10))[-1]
             assert turn.role == "assistant" and turn.interrupted
             delivered = " ".join(m.content for m in shown).replace(SHORTENED_NOTE, "")
             assert turn.text.split() == delivered.split()
@@ -123,8 +131,11 @@ async def test_the_agent_stream_is_closed_at_the_cap(monkeypatch: pytest.MonkeyP
             alice = bot.guild.add_member("Alice")
             await alice.send_message(bot.text, f"<@{d.bot_user_id}> go on")
             await _wait_for(lambda: _shortened(bot.text.bot_messages), "the shortened reply")
-            await _wait_for(lambda: len(bot.services.memory.recent(bot.room, 10)) == 2, "the stored turn")
-            assert bot.services.memory.recent(bot.room, 10)[-1].interrupted
+            async def stored() -> bool:
+                return len(await bot.services.memory.recent(bot.room, 10)) == 2
+
+            await _wait_for(stored, "the stored turn")
+            assert (await bot.services.memory.recent(bot.room, 10))[-1].interrupted
         assert d.problems == []
 
 
@@ -141,7 +152,7 @@ async def test_a_flood_of_mentions_stays_inside_discords_rate_limits(
             # Each person: two answers, then one "slow down" note, then silence.
             await _wait_for(lambda: len(bot.text.bot_messages) >= 9, "nine bot messages")
             # Every answer finished (its last edit done, its turn stored) before the bot is closed.
-            await _wait_for(lambda: sum(t.role == "assistant" for t in bot.services.memory.recent(bot.room, 50)) == 6,
+            await _wait_for(lambda: sum(t.role == "assistant" for t in bot.services.memory.held(bot.room)[-50:]) == 6,
                             "six stored answers")
             replies = bot.text.bot_messages
             assert len(replies) == 9

@@ -30,10 +30,10 @@ async def test_each_message_is_answered_in_its_language_and_rtl_text_is_handled(
             await _wait_for(lambda: len(bot.text.bot_messages) >= 3, "the English answer")
             assert "script" not in bot.text.bot_messages[-1].content
             # A bare mention says nothing to detect: it is answered in the server's language.
-            bot.services.languages.set(f"guild:{bot.guild.id}", "de")
+            (await bot.services.languages.set(f"guild:{bot.guild.id}", "de"))
             await alice.send_message(bot.text, mention)
             await _wait_for(lambda: len(bot.text.bot_messages) >= 4, "the answer to a bare mention")
             assert bot.text.bot_messages[-1].content == "Wolltest du etwas sagen, Alice? Ich höre zu."
-            stored = bot.services.memory.recent(bot.room, 10)
+            stored = (await bot.services.memory.recent(bot.room, 10))
             assert any(t.text.endswith(arabic.strip("\u200f") + "\u200f") or "مرحبا" in t.text for t in stored)
         assert d.problems == []

@@ -17,12 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.agent import Incoming
 from bot.console import Console, Metrics, mount
 from bot.console.metrics import LiveSource, ReceiveSample
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Modality
 from bot.services import Services, build_services
 from bot.settings import Secret, Settings
 from bot.voice.session import TurnTiming
 from bot.web import create_app
+from tests.backends import needs_async_sms
 
 CONSOLE_TOKEN = "console-secret-token-1"
 METRICS_TOKEN = "metrics-secret-token-2"
@@ -183,6 +184,7 @@ async def test_guild_ids_appear_only_when_opted_in() -> None:
     assert sample(parse(text), "voicebot_receive_packets", "voicebot_receive_packets_total", result="delivered") == 5
 
 
+@needs_async_sms
 async def test_sms_states_are_read_from_the_store(services: Services) -> None:
     from bot.sms.store import SmsStore
 
@@ -416,7 +418,7 @@ async def test_behind_a_proxy_on_this_machine_the_console_needs_its_token() -> N
     from aiohttp.test_utils import TestClient, TestServer
 
     from bot.console import Console, Metrics, mount
-    from bot.db import Database
+    from bot.store import SqliteDatabase as Database
     from bot.services import build_services
     from bot.settings import Settings
     from bot.web import create_app
@@ -470,7 +472,7 @@ async def test_a_voice_turns_wait_runs_from_the_last_sound_to_the_first_packet()
 
     services = await make_services()
     console = Console(services, metrics=Metrics(process=False))
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     character = default_character()
     session = VoiceSession(
         room="discord:1:2", agent=Agent(character, ScriptedEngine(["It is noon."]), memory), memory=memory,
@@ -563,6 +565,7 @@ async def test_text_messages_over_the_rate_limit_are_counted_as_ignored(monkeypa
         assert d.problems == []
 
 
+@needs_async_sms
 async def test_sms_messages_not_answered_are_counted_as_ignored() -> None:
     """Item 6: real signed webhooks into the SMS service with the real agent: an opted-out number,
     an empty text and one over the rate limit are turns, ignored; STOP and START are commands."""

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.console import Console, Metrics, mount
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.services import Services, build_services
 from bot.settings import load_settings
 from bot.web import create_app

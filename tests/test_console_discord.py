@@ -146,7 +146,7 @@ async def test_a_taken_port_is_one_clear_line_and_the_bot_goes_on(tmp_path: Path
     import socket
 
     from bot.console.run import report_web_failure
-    from bot.db import Database
+    from bot.store import SqliteDatabase as Database
     from bot.services import build_services
     from bot.web import serve
 

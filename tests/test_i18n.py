@@ -13,7 +13,7 @@ from bot.agent import Agent, Incoming
 from bot.agent.character import default_character, parse_character
 from bot.agent.engines.eliza import ElizaEngine
 from bot.agent.prompt import build_system_prompt
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.i18n import catalog
 from bot.i18n.bidi import isolate
 from bot.i18n.catalog import MESSAGES, t
@@ -22,6 +22,7 @@ from bot.i18n.places import LanguageChooser, PlaceLanguages
 from bot.i18n.voices import voice_for_language
 from bot.memory import Memory, Modality
 from audio.tts.base import VoiceSpec
+from tests.backends import needs_async_sms
 
 
 def _fields(text: str) -> set[str]:
@@ -122,18 +123,18 @@ def test_a_mixed_language_sentence_is_answered_in_one_of_its_languages() -> None
     assert choice.language in ("de", "en") and choice.notice is None
 
 
-def test_places_default_to_the_servers_locale_then_learn_for_phones() -> None:
+async def test_places_default_to_the_servers_locale_then_learn_for_phones() -> None:
     db = Database.in_memory()
-    places = PlaceLanguages(db, "en")
+    places = (await PlaceLanguages.open(db, "en"))
     assert places.mode("guild:1", "es-ES") == "es" and places.mode("guild:1", None) == "en"
-    places.set("guild:1", "auto")
+    await places.set("guild:1", "auto")
     assert places.mode("guild:1", "es-ES") == "auto" and places.fallback("guild:1", "es-ES") == "es"
     assert places.choose("guild:1", "ok", preferred_locale="es-ES").language == "es"
     # A phone number is auto by default and remembers what it was sure of.
     assert places.choose("phone:+15550001111", "Bonjour, comment ça va aujourd'hui ?", learn=True).language == "fr"
     assert places.choose("phone:+15550001111", "ok", learn=True).language == "fr"
-    assert PlaceLanguages(db, "auto").mode("guild:9", "de") == "auto"
-    db.close()
+    assert (await PlaceLanguages.open(db, "auto")).mode("guild:9", "de") == "auto"
+    await db.close()
 
 
 # -- answering ---------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_a_character_with_a_bad_languages_field_is_named() -> None:
 
 async def test_eliza_says_in_the_persons_language_that_it_knows_only_english() -> None:
     engine = ElizaEngine("Nova")
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     agent = Agent(default_character(), engine, memory)
     reply = agent.reply(_incoming("Wie spät ist es?", "de"))
     text = "".join([d async for d in reply])
@@ -184,7 +185,7 @@ async def test_eliza_says_in_the_persons_language_that_it_knows_only_english() -
 
 
 async def test_an_empty_mention_is_answered_in_the_places_language() -> None:
-    agent = Agent(default_character(), ElizaEngine("Nova"), Memory(Database.in_memory()))
+    agent = Agent(default_character(), ElizaEngine("Nova"), (await Memory.open(Database.in_memory())))
     said = {code: "".join([d async for d in agent.reply(_incoming("  ", code))]) for code in CATALOG_LANGUAGES}
     assert said["de"] == "Wolltest du etwas sagen, Ana? Ich höre zu."
     assert said["en"] == "Did you mean to say something, Ana? I'm listening."
@@ -204,6 +205,7 @@ def test_a_shortened_sms_says_so_in_the_replys_language() -> None:
     assert len({t("sms.shortened", code) for code in CATALOG_LANGUAGES}) == len(CATALOG_LANGUAGES)
 
 
+@needs_async_sms
 async def test_an_sms_reply_cut_short_says_so_in_the_senders_language() -> None:
     """Through the SMS service: the webhook, the real agent (OpenAI engine on the loopback server)."""
     import re
@@ -324,7 +326,7 @@ async def test_an_english_only_voice_gives_way_to_one_that_speaks_the_reply_lang
                 yield chunk
 
     piper, espeak = PiperLike(), EspeakLike()
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     agent = Agent(default_character(), ScriptedEngine(["Guten Tag! ", "Wie geht's?"]), memory)
     session = VoiceSession(room="discord:1:2", agent=agent, memory=memory, stt=ScriptedSTT({7: ["hallo zusammen"]}),
                            tts=piper, fallback_tts=espeak, out=RecordingOut(),
@@ -358,7 +360,7 @@ def test_flux_multilingual_reports_the_turns_language_and_is_chosen_for_other_la
 
 
 async def test_eliza_in_an_english_place_still_owns_up_to_a_clearly_foreign_message() -> None:
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     agent = Agent(default_character(), ElizaEngine("Nova"), memory)
     text = "".join([d async for d in agent.reply(_incoming("Bonjour, je voudrais te parler de ma journée.", "en"))])
     assert text.startswith("Je ne suis qu'un petit script intégré")

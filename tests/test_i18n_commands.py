@@ -71,7 +71,7 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert allow.startswith("Man darf mich in diese Kanäle holen: ")
         from bot.voice.guilds import AUTO_JOIN, MAX_LISTED_CHANNELS
         for fake_id in range(1, MAX_LISTED_CHANNELS + 1):
-            h.manager.guild_settings.set_channel(h.guild.id, AUTO_JOIN, fake_id, True)
+            (await h.manager.guild_settings.set_channel(h.guild.id, AUTO_JOIN, fake_id, True))
         full = await h.command(h.boss, "voice autojoin", {"channel": h.other_voice.id, "on": True})
         assert full == f"Die Liste ist voll ({MAX_LISTED_CHANNELS} Kanäle); entferne zuerst einen."
 
@@ -288,17 +288,17 @@ async def test_auto_servers_answer_each_caller_in_their_language(discord_: Local
         assert "is not in a voice channel here" in await h.command(h.boss, "status")  # Boss's client: en-US
 
 
-def test_dm_answers_follow_the_persons_language() -> None:
-    from bot.db import Database
+async def test_dm_answers_follow_the_persons_language() -> None:
+    from bot.store import SqliteDatabase as Database
     from bot.i18n.places import PlaceLanguages
     from bot.i18n.words import person_words_language
 
-    languages = PlaceLanguages(Database.in_memory(), "en")
+    languages = (await PlaceLanguages.open(Database.in_memory(), "en"))
     assert person_words_language(languages, 7, "pt-BR") == "pt"
     assert person_words_language(languages, 7, "ko") == "en"  # no catalog: English
     languages.store.learn("discord:7", "fr")  # what the DMs showed
     assert person_words_language(languages, 7, "pt-BR") == "fr"
-    assert person_words_language(PlaceLanguages(Database.in_memory(), "es"), 8, None) == "es"
+    assert person_words_language((await PlaceLanguages.open(Database.in_memory(), "es")), 8, None) == "es"
     assert person_words_language(None, 9, "klingon") == "en"
 
 
@@ -350,16 +350,16 @@ async def test_notes_of_a_call_name_the_servers_language_and_the_file_speaks_it(
     from bot.agent import Agent
     from bot.agent.character import parse_character
     from bot.agent.engines.openai_engine import OpenAIEngine
-    from bot.db import Database
+    from bot.store import SqliteDatabase as Database
     from bot.memory import Memory, Modality, Turn
     from bot.voice.scribe import call_transcript, render_transcript, summarize
     from tests.fakes.openai_server import FakeOpenAI
 
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     room = "discord:1:2"
     memory.append(Turn(room=room, speaker_id="discord:7", speaker_name="", role="user", text="Wir verschieben den Start.",
                        modality=Modality.VOICE, created_at=_time.time()))
-    turns = call_transcript(memory, room, since=0)
+    turns = await call_transcript(memory, room, since=0)
     async with FakeOpenAI(reply_tokens=["- Start verschoben."]) as fake:
         engine = OpenAIEngine(api_key=fake.api_key, base_url=fake.base_url, model="gpt-test", max_tokens=50,
                               temperature=0.3, timeout=10, max_retries=0)

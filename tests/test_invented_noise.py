@@ -19,7 +19,7 @@ from audio.vad import WebRtcVad
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.eliza import ElizaEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.providers import local_stt_available
 from bot.voice.session import VoiceSession
@@ -70,7 +70,7 @@ async def test_a_minute_of_noise_makes_no_turn(caplog: pytest.LogCaptureFixture)
     # One CTranslate2 thread: greedy decoding on two threads is not bit-for-bit repeatable under load,
     # and what Whisper invents over babble then varies from run to run.
     stt = LocalWhisperSTT(cpu_threads=1)
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     character = default_character()
     session = VoiceSession(room="discord:1:2", agent=Agent(character, ElizaEngine(character.name), memory),
                            memory=memory, stt=stt, tts=ToneTTS(), out=RecordingOut(),
@@ -97,7 +97,7 @@ async def test_a_minute_of_noise_makes_no_turn(caplog: pytest.LogCaptureFixture)
                 session.on_speech_end(7)
             await asyncio.wait_for(session.wait_settled(), SETTLE)
         assert turns == [], [t.text for t in turns]
-        assert memory.count() == 0
+        assert (await memory.count()) == 0
         print(f"\ninvented text dropped over a minute of noise: {dict(session.invented.dropped)}")
     finally:
         await session.aclose()

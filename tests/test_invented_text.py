@@ -74,6 +74,6 @@ async def test_the_session_drops_text_from_audio_marked_non_speech() -> None:
                                        end=2.0, speech_ratio=0.04))
     session.on_speech_end(1)  # the scripted recognizer answers the flush with an empty end of turn
     await session.wait_settled()
-    assert heard == [] and out.played == [] and memory.count() == 0
+    assert heard == [] and out.played == [] and (await memory.count()) == 0
     assert session.invented.dropped == {"non_speech": 1}
     await session.aclose()

@@ -24,7 +24,7 @@ from aiohttp import web
 from audio.tts.base import AudioFormat, VoiceSpec
 from audio.tts.espeak import EspeakEngine
 from bot.agent.factory import build_agent
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory
 from bot.providers import build_stt, deepgram_language
@@ -120,9 +120,9 @@ async def test_german_and_japanese_are_answered_in_their_language_with_their_esp
         stt = build_stt(settings)
         assert stt is not None and stt.name == "deepgram"
         db = Database.in_memory()
-        memory = Memory(db)
+        memory = (await Memory.open(db))
         agent = await build_agent(settings, memory)
-        languages = PlaceLanguages(db, settings.language)
+        languages = (await PlaceLanguages.open(db, settings.language))
         tts = RecordingEspeak()
         out = CountingOut()
         session = VoiceSession(

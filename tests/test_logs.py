@@ -178,7 +178,7 @@ def test_peoples_numbers_and_discord_ids_are_masked_in_every_log_record() -> Non
     from bot.agent import Agent, Incoming
     from bot.agent.character import default_character
     from bot.agent.engines.eliza import ElizaEngine
-    from bot.db import Database
+    from bot.store import SqliteDatabase as Database
     from bot.memory import Memory, Modality
 
     out = io.StringIO()

@@ -36,7 +36,7 @@ async def test_auto_decides_by_the_room_a_person_spoke_into() -> None:
     session.on_speech_end(1)
     await wait_turns(session, 2)
     assert len(out.played) == 2
-    assert [t.text for t in memory.recent("discord:1:2", 10) if t.role == "user"] == [
+    assert [t.text for t in (await memory.recent("discord:1:2", 10)) if t.role == "user"] == [
         "what's the time", "nice hat", "and the date"]
     await session.aclose()
 
@@ -51,7 +51,7 @@ async def test_two_people_naming_the_bot_at_once_are_both_answered_in_turn() -> 
     session.on_speech_end(2)
     await wait_turns(session, 2)
     assert out.stops == 0  # neither answer was cut off by the other person's finished words
-    assistant = [t for t in memory.recent("discord:1:2", 10) if t.role == "assistant"]
+    assistant = [t for t in (await memory.recent("discord:1:2", 10)) if t.role == "assistant"]
     assert [t.interrupted for t in assistant] == [False, False]
-    assert [t.speaker_name for t in memory.recent("discord:1:2", 10) if t.role == "user"] == ["user1", "user2"]
+    assert [t.speaker_name for t in (await memory.recent("discord:1:2", 10)) if t.role == "user"] == ["user1", "user2"]
     await session.aclose()

@@ -12,7 +12,7 @@ from bot.agent import Agent, AgentError
 from bot.agent.character import parse_character
 from bot.agent.engines.base import Incoming
 from bot.agent.engines.openai_engine import OpenAIEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory, Modality
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -39,7 +39,7 @@ async def test_broken_stream_is_a_provider_error(server: FakeOpenAI, broken: str
     engine = OpenAIEngine(api_key=server.api_key, base_url=server.base_url, model="gpt-test",
                           timeout=GUARD, max_retries=0)
     db = Database.in_memory()
-    agent = Agent(parse_character({"name": "Wren"}), engine, Memory(db))
+    agent = Agent(parse_character({"name": "Wren"}), engine, (await Memory.open(db)))
     caplog.set_level(logging.DEBUG)
     try:
         reply = agent.reply(Incoming(room="console", speaker_id="console:al", speaker_name="Al", text="hi",
@@ -48,7 +48,7 @@ async def test_broken_stream_is_a_provider_error(server: FakeOpenAI, broken: str
             await reply.collect()
     finally:
         await agent.aclose()
-        db.close()
+        await db.close()
     error = info.value
     assert detail in str(error)
     assert error.retryable

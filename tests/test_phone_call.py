@@ -25,7 +25,9 @@ import soxr
 from audio.stt.base import STTError
 from audio.stt.local import LocalWhisperSTT
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec
-from bot.db import Database
+from bot.db import Database as LegacyDatabase
+from bot.i18n.places import PlaceLanguages
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory, Modality
 from bot.phone.audio import MULAW_RATE
 from bot.phone.call import CallOptions
@@ -78,7 +80,7 @@ async def rig(make: Make, **extra: str) -> AsyncIterator[Rig]:
                               auth_token=AUTH) as twilio:
         settings = phone_settings(twilio.api_base, **extra)
         db = Database.in_memory()
-        memory = Memory(db)
+        memory = (await Memory.open(db))
         phone = await make(settings, memory, db)
         server = WebServer(create_app(phone=phone), "127.0.0.1", 0)
         await server.start()
@@ -89,7 +91,7 @@ async def rig(make: Make, **extra: str) -> AsyncIterator[Rig]:
         finally:
             await server.stop()
             await phone.aclose()
-            db.close()
+            await db.close()
     leftovers = [t.get_name() for t in asyncio.all_tasks() if not t.done()
                  and t.get_name().startswith(("phone-", "caller-", "stt-", "respond-", "reply-", "tts-"))]
     assert leftovers == [], f"tasks left behind: {leftovers}"
@@ -111,8 +113,8 @@ def scripted(agent: Any, *, stt: Any = None, tts: TTSEngine | None = None, fallb
         if language is not None:
             from bot.i18n.places import PlaceLanguages
 
-            languages = PlaceLanguages(db, "auto")
-            languages.set(f"phone:{CALLER}", language)
+            languages = (await PlaceLanguages.open(db, "auto"))
+            (await languages.set(f"phone:{CALLER}", language))
         return PhoneService(
             agent=agent, memory=memory, stt=stt, tts=tts or EspeakEngine(), fallback_tts=fallback, voice=None,
             auth_token=AUTH, public_url=PUBLIC, options=options or CallOptions(max_seconds=0),
@@ -127,7 +129,8 @@ async def real_phone(settings: Settings, memory: Memory, db: Database) -> PhoneS
     from bot.agent.factory import build_agent
 
     agent = await build_agent(settings, memory)
-    phone = build_phone(settings, agent=agent, memory=memory, db=db)
+    phone = build_phone(settings, agent=agent, memory=memory, db=LegacyDatabase.in_memory(),
+                        languages=await PlaceLanguages.open(db, settings.language))
     if phone.stt is not None:
         await phone.stt.check()  # load the model now, not during the first turn
     return phone
@@ -189,7 +192,7 @@ async def test_a_call_is_heard_answered_and_the_reply_recognised_from_mulaw() ->
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.ended_by == "caller"
-        turns = r.memory.recent(f"phone:{CALLER}", 10)
+        turns = (await r.memory.recent(f"phone:{CALLER}", 10))
         assert [t.role for t in turns] == ["user", "assistant"]
         assert turns[0].speaker_id == f"phone:{CALLER}" and turns[0].modality is Modality.CALL
         assert turns[1].text == reply and not turns[1].interrupted
@@ -220,7 +223,7 @@ async def test_barge_in_sends_clear_and_memory_marks_the_reply_interrupted() -> 
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.clears >= 1
-        said = [t for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        said = [t for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said[0].interrupted and said[0].text and LONG_REPLY.startswith(said[0].text.rstrip(" …"))
         assert len(said[0].text) < len(LONG_REPLY)
         assert said[1].text == "Sure, go ahead." and not said[1].interrupted
@@ -285,7 +288,7 @@ async def test_caller_hanging_up_mid_reply_leaves_only_what_was_heard() -> None:
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.ended_by == "caller"
-        [said] = [t for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        [said] = [t for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         # What the caller heard (μ-law bytes played before the hang-up, from the reply's start: there
         # is no greeting) and what the marks they echoed prove of it.
         heard = len(call.heard_mulaw())
@@ -342,7 +345,7 @@ async def test_goodbye_is_answered_then_the_bot_hangs_up_through_rest() -> None:
         assert bot.report.ended_by == "goodbye"
         assert r.twilio.hangups == [call.call_sid]
         assert call.marks_echoed  # the goodbye was heard before hanging up
-        [said] = [t for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        [said] = [t for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said.text == "Goodbye, talk soon." and not said.interrupted
 
 
@@ -415,7 +418,7 @@ async def test_tts_failing_mid_call_falls_back_and_the_call_continues() -> None:
         await call.wait_for(lambda: len(call.marks_echoed) >= 2, TIMEOUT)
         await call.hang_up()
         await ended(r, call)
-        said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        said = [t.text for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said == ["First answer.", "Second answer."]
 
 
@@ -458,10 +461,10 @@ async def test_callers_outside_the_allow_list_hear_a_goodbye() -> None:
 
 @needs_whisper
 async def test_a_number_that_texted_stop_can_still_call() -> None:
-    from bot.sms.store import SmsStore
+    from bot.privacy import open_opt_outs
 
     async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
-        SmsStore(db).set_opted_out(CALLER, "keyword")
+        await (await open_opt_outs(db)).add(f"phone:{CALLER}", "sms", "keyword")  # what an SMS STOP records
         return await real_phone(settings, memory, db)
 
     async with rig(make) as r:
@@ -539,7 +542,7 @@ async def test_malformed_unknown_and_early_messages_are_skipped_and_the_call_goe
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.protocol_errors == 7 and bot.report.dtmf == ["5"]
-        [said] = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        [said] = [t.text for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said == "Still here."
 
 
@@ -578,9 +581,9 @@ async def test_forgetting_the_caller_erases_their_calls() -> None:
         await call.wait_for(lambda: len(call.marks_echoed) >= 1, TIMEOUT)
         await call.hang_up()
         await ended(r, call)
-        assert r.memory.count(f"phone:{CALLER}") == 2
-        r.memory.forget_person(f"phone:{CALLER}")
-        assert r.memory.count(f"phone:{CALLER}") == 0
+        assert (await r.memory.count(f"phone:{CALLER}")) == 2
+        (await r.memory.forget_person(f"phone:{CALLER}"))
+        assert (await r.memory.count(f"phone:{CALLER}")) == 0
 
 
 async def test_shutdown_ends_calls_in_progress() -> None:
@@ -659,7 +662,7 @@ async def test_a_mark_never_echoed_does_not_stall_the_call(monkeypatch: pytest.M
         await asyncio.wait_for(_until_answered(bot_call, 2), TIMEOUT)
         await call.hang_up()
         await ended(r, call)
-        said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        said = [t.text for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said == ["One.", "Two."] and call.marks_echoed == []
 
 
@@ -692,7 +695,7 @@ async def test_a_passing_recognition_failure_loses_one_turn_and_the_call_goes_on
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.ended_by == "caller"
-        said = [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        said = [t.text for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said == ["Hi again."]
 
 
@@ -713,20 +716,22 @@ async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
     from bot.sms.store import SmsStore
 
     db = Database.in_memory()
-    memory = Memory(db)
+    legacy = LegacyDatabase.in_memory()
+    memory = (await Memory.open(db))
     settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
-    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db)
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=legacy,
+                        languages=await PlaceLanguages.open(db, settings.language))
     try:
-        store = SmsStore(db)
+        store = SmsStore(legacy)
         code = store.create_link_code("discord:100000000000000001", "Alice")
         assert store.consume_link_code(code.code, CALLER) is not None
-        memory.link_identities("discord:100000000000000001", f"phone:{CALLER}")
-        assert phone._name(CALLER) == "Alice"
-        memory.forget_person("discord:100000000000000001")
-        assert phone._name(CALLER) == "caller ending 4321"
+        (await memory.link_identities("discord:100000000000000001", f"phone:{CALLER}"))
+        assert await phone._name(CALLER) == "Alice"
+        (await memory.forget_person("discord:100000000000000001"))
+        assert await phone._name(CALLER) == "caller ending 4321"
     finally:
         await phone.aclose()
-        db.close()
+        await db.close()
 
 
 # ------------------------------------------------------------------------------------ one call, one token; strangers
@@ -820,7 +825,7 @@ async def test_deeply_nested_json_is_one_bad_message_and_the_call_goes_on(caplog
         await call.hang_up()
         bot = await ended(r, call)
         assert bot.report.protocol_errors == 2 and bot.report.ended_by == "caller"
-        assert [t.text for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"] == ["Still here."]
+        assert [t.text for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"] == ["Still here."]
         nested = [rec for rec in caplog.records if "nested too deeply" in rec.getMessage()]
         assert len(nested) == 2 and not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
@@ -875,11 +880,13 @@ async def test_build_phone_takes_phone_max_calls() -> None:
     from bot.agent.factory import build_agent
 
     db = Database.in_memory()
-    memory = Memory(db)
+    legacy = LegacyDatabase.in_memory()
+    memory = (await Memory.open(db))
     settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none", PHONE_MAX_CALLS="2")
-    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db)
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=legacy,
+                        languages=await PlaceLanguages.open(db, settings.language))
     try:
         assert phone.max_calls == 2
     finally:
         await phone.aclose()
-        db.close()
+        await db.close()

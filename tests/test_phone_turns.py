@@ -26,7 +26,9 @@ from audio.tts.espeak import EspeakEngine
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.base import Conversation, ReplyEngine
-from bot.db import Database
+from bot.db import Database as LegacyDatabase
+from bot.i18n.places import PlaceLanguages
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.phone.audio import MULAW_RATE, mulaw_decode, mulaw_encode
 from bot.phone.call import CallOptions, PhoneCall
@@ -76,7 +78,7 @@ async def deepgram_rig(options: CallOptions) -> AsyncIterator[DeepgramRig]:
     script = SpeechScript()
     engine = EchoEngine()
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     async with FakeDeepgram(script=script) as dg, LoopbackTwilio(
             bot_url="http://127.0.0.1:1", public_url=PUBLIC, account_sid=ACCOUNT, auth_token=AUTH) as twilio:
         stt = DeepgramSTT(dg.api_key, base_url=dg.http_url, ws_url=dg.ws_url)
@@ -95,7 +97,7 @@ async def deepgram_rig(options: CallOptions) -> AsyncIterator[DeepgramRig]:
             await server.stop()
             await phone.aclose()
             await stt.aclose()
-            db.close()
+            await db.close()
     leftovers = [t.get_name() for t in asyncio.all_tasks() if not t.done()
                  and t.get_name().startswith(("phone-", "caller-", "stt-", "respond-", "reply-", "tts-", "speculat"))]
     assert leftovers == [], f"tasks left behind: {leftovers}"
@@ -131,7 +133,7 @@ async def test_a_caller_who_pauses_mid_sentence_and_goes_on_is_one_turn_and_the_
         control = [c.control_types() for c in r.dg.connections]
         assert any("Finalize" in types for types in control)
         # Memory has the whole turn once and only the reply that was played (none for the half).
-        turns = [(t.role, t.text) for t in r.memory.recent(f"phone:{CALLER}", 10)]
+        turns = [(t.role, t.text) for t in (await r.memory.recent(f"phone:{CALLER}", 10))]
         assert turns[0] == ("user", "I was thinking about the weather in Lisbon.")
         assert [role for role, _ in turns] == ["user", "assistant"]
         assert "Lisbon" in turns[1][1] and "You said: I was thinking about." not in turns[1][1]
@@ -220,7 +222,7 @@ async def test_voice_reply_max_seconds_shortens_a_reply_on_a_call() -> None:
         await call.hang_up()
         await r.phone.wait_ended(1, TIMEOUT)
         await call.close()
-        said = [t for t in r.memory.recent(f"phone:{CALLER}", 10) if t.role == "assistant"]
+        said = [t for t in (await r.memory.recent(f"phone:{CALLER}", 10)) if t.role == "assistant"]
         assert said and said[0].text.startswith("The first thing")
         assert "fourth" not in said[0].text  # stopped at a sentence past the limit, not read to the end
         assert bot.session.max_reply_seconds == 1.0
@@ -231,15 +233,16 @@ def test_build_phone_takes_turn_detection_speculation_and_the_reply_limit_from_s
         from bot.agent.factory import build_agent
 
         db = Database.in_memory()
-        memory = Memory(db)
+        memory = (await Memory.open(db))
         settings = phone_settings("http://127.0.0.1:1", **extra)
         agent = await build_agent(settings, memory)
-        phone = build_phone(settings, agent=agent, memory=memory, db=db)
+        phone = build_phone(settings, agent=agent, memory=memory, db=LegacyDatabase.in_memory(),
+                        languages=await PlaceLanguages.open(db, settings.language))
         try:
             return phone.options
         finally:
             await phone.aclose()
-            db.close()
+            await db.close()
 
     smart = asyncio.run(build(TURN_PAUSE_MS="120", TURN_END_MS="300", TURN_HOLD_MS="1500",
                               VOICE_REPLY_MAX_SECONDS="20"))
@@ -260,7 +263,7 @@ async def test_a_final_that_comes_while_the_vad_still_hears_speech_is_dated_now_
     from tests.test_voice_session import FRAME, RecordingOut
 
     stt = FakeSTTEngine()
-    memory = Memory(Database.in_memory())
+    memory = (await Memory.open(Database.in_memory()))
     session = VoiceSession(room="phone:+15550001234", agent=FakeAgent(memory), memory=memory, stt=stt,
                            tts=EspeakEngine(), out=RecordingOut(),
                            policy=TurnPolicy(bot_names=("Testy",), mode=VoiceMode.ALWAYS))

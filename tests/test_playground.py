@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audio.tts.espeak import EspeakEngine
 from bot.console import Console, Metrics, mount
 from bot.console.playground import BYTES_PER_SECOND
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.services import Services, build_services
 from bot.settings import Settings
 from bot.web import create_app
@@ -141,9 +141,9 @@ async def test_a_spoken_turn_is_answered_with_audio_and_counted(rig: Rig) -> Non
                 if s.name == "voicebot_provider_requests_total"}
     assert requests[("fake", "stt")] == 1 and requests[("eliza", "agent")] == 1 and requests[("espeak", "tts")] >= 1
     # The same memory, in room "playground".
-    assert [t.text for t in rig.services.memory.recent("playground", 10)][0] == "hello there computer"
+    assert [t.text for t in (await rig.services.memory.recent("playground", 10))][0] == "hello there computer"
     # The person at the console is a console identity, which /forget and `voicebot chat` know.
-    assert rig.services.memory.recent("playground", 10)[0].speaker_id == "console:playground"
+    assert (await rig.services.memory.recent("playground", 10))[0].speaker_id == "console:playground"
     await ws.close()
 
 
@@ -160,7 +160,7 @@ async def test_the_text_box_is_a_turn_too_and_typing_is_rate_limited(rig: Rig) -
     await ws.send_str(json.dumps({"type": "ping"}))
     await receive_until(ws, "pong")
     await ws.close()
-    said = " ".join(t.text for t in rig.services.memory.recent("playground", 50) if t.role == "user")
+    said = " ".join(t.text for t in (await rig.services.memory.recent("playground", 50)) if t.role == "user")
     assert "message number 0" in said and "message number 3" not in said  # the burst allowance, no more
 
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bot.console import Console, Metrics, mount
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.services import Services, build_services
 from bot.settings import load_settings
 from bot.web import create_app

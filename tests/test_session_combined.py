@@ -8,7 +8,7 @@ import asyncio
 from audio.stt.base import Transcript
 from bot.agent import Agent
 from bot.agent.character import default_character
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.i18n.places import Choice
 from bot.memory import Memory
 from bot.voice.session import VoiceSession

@@ -16,7 +16,7 @@ import pytest
 import yarl
 
 from bot.cli import _with_shard_flags, build_parser, main
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.loopback.gateway import Sharding
 from bot.loopback.server import ChannelHandle, LocalDiscord
 from bot.settings import SettingsError, load_settings
@@ -213,10 +213,10 @@ async def test_each_process_answers_its_own_guilds_and_only_shard_zero_answers_d
             # Each answered by the process that owns it: its memory holds the exchange (stored once
             # the reply is out, so a moment after the message appears).
             room0, room1, dm_room = f"discord:{g0.id}:{text0.id}", f"discord:{g1.id}:{text1.id}", f"discord:dm:{alice.id}"
-            await until(lambda: all(len(bot.services.memory.recent(room, 5)) == 2
+            await until(lambda: all(len(bot.services.memory.held(room)[-5:]) == 2
                                     for bot, room in ((zero, room0), (zero, dm_room), (one, room1))))
-            assert [len(one.services.memory.recent(r, 5)) for r in (room0, dm_room)] == [0, 0]
-            assert len(zero.services.memory.recent(room1, 5)) == 0
+            assert [len((await one.services.memory.recent(r, 5))) for r in (room0, dm_room)] == [0, 0]
+            assert len((await zero.services.memory.recent(room1, 5))) == 0
             statuses = zero.shard_status() + one.shard_status()
             assert [(s.shard_id, s.shard_count, s.connected, s.guilds) for s in statuses] == [(0, 2, True, 1),
                                                                                                (1, 2, True, 1)]

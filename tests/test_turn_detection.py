@@ -15,7 +15,7 @@ from audio.stt.deepgram import DeepgramSTT
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.voice.endpointing import TurnDetection, looks_finished
 from bot.voice.session import VoiceSession
@@ -93,7 +93,7 @@ def pause(session: VoiceSession, user: int, frames: int = 5) -> None:
 
 
 def stored(memory: Memory) -> list[tuple[str, str]]:
-    return [(t.role, t.text) for t in memory.recent(ROOM, 20)]
+    return [(t.role, t.text) for t in memory.held(ROOM)[-20:]]
 
 
 # ---------------------------------------------------------------------------------------------- the rule
@@ -227,7 +227,7 @@ async def test_talking_over_a_speculative_reply() -> None:
     stt.streams["1"].emit("wait, stop")
     await wait_turns(session, 1)
     assert [t.text for t in heard] == ["Tell me about your day."]
-    assistant = [t for t in memory.recent(ROOM, 10) if t.role == "assistant"]
+    assistant = [t for t in (await memory.recent(ROOM, 10)) if t.role == "assistant"]
     assert len(assistant) == 1 and assistant[0].interrupted
     assert "Anything else" not in assistant[0].text
     await session.aclose()

@@ -57,7 +57,7 @@ async def test_a_long_reply_stops_at_the_cap_on_a_sentence_and_memory_keeps_what
     assert sum(seconds) >= 3.0 and sum(seconds[:-1]) < 3.0
     # The model was stopped once its text outgrew what could be said in the time (150 characters).
     assert engine.closed and engine.yielded <= 7
-    turn = memory.recent(ROOM, 10)[-1]
+    turn = (await memory.recent(ROOM, 10))[-1]
     assert turn.role == "assistant" and turn.interrupted
     assert turn.text == " ".join(text for text, _ in out.played)
     await session.aclose()
@@ -93,7 +93,7 @@ async def test_the_voice_dying_mid_sentence_is_finished_by_the_local_voice() -> 
     assert local.texts == [rest, third]
     assert [t for t, _ in out.played][2:] == [rest, third]
     # What memory holds: every word was heard once, so the whole reply, not marked interrupted.
-    turn = memory.recent(ROOM, 10)[-1]
+    turn = (await memory.recent(ROOM, 10))[-1]
     assert turn.role == "assistant" and not turn.interrupted
     assert turn.text == f"{first} {second} {third}"
 
@@ -113,7 +113,7 @@ async def test_the_voice_dying_mid_sentence_with_no_local_voice_stores_only_what
         await tts.aclose()
     assert [t for t, _ in out.played] == [first, second]
     heard_bytes = out.played[1][1]
-    turn = memory.recent(ROOM, 10)[-1]
+    turn = (await memory.recent(ROOM, 10))[-1]
     assert turn.role == "assistant" and turn.interrupted
     assert turn.text.startswith(first + " One two three")
     heard = turn.text[len(first) + 1:]

@@ -27,12 +27,11 @@ import yarl
 from audio.decode import ReceivePipeline
 from audio.receive import OPTED_OUT, VoicePacket
 from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.loopback.server import ChannelHandle, GuildHandle, InteractionHandle, LocalDiscord, MemberHandle
 from bot.loopback.state import Channel, ChannelType, Interaction, Permissions, interaction_payload, option_payloads
 from bot.memory import Modality, Turn
 from bot.settings import load_settings
-from bot.voice.guilds import GuildSettingsStore, OptOutList
 from bot.voice.session import PlayResult
 
 TIMEOUT = 20.0
@@ -205,7 +204,7 @@ async def running_bot(h: Harness, monkeypatch: pytest.MonkeyPatch,
         return pipeline
 
     manager = VoiceManager(settings=settings, agent=services.agent, memory=services.memory,
-                           guild_settings=GuildSettingsStore(db, settings), optouts=OptOutList(db),
+                           guild_settings=services.guilds, optouts=services.optouts, languages=services.languages,
                            stt=None, tts=FakeTTS(), local_tts=None, pipeline_factory=pipeline_factory,
                            out_factory=out_factory, connect_timeout=TIMEOUT)
     services.voice = manager
@@ -427,7 +426,7 @@ async def test_optout_drops_speech_at_receive(discord_: LocalDiscord, monkeypatc
         assert "nothing stored" in await h.command(h.alice, "forget")
         # Forgetting does not undo the opt-out (kept as a keyed subject, not the raw id).
         assert "already" in await h.command(h.alice, "optout")
-        assert str(h.alice.id) not in " ".join(str(v) for r in h.manager.memory.db.query(
+        assert str(h.alice.id) not in " ".join(str(v) for r in await h.manager.memory.db.query(
             "SELECT * FROM opt_outs") for v in tuple(r))
         assert "Welcome back" in await h.command(h.alice, "optin")
         await h.command(h.alice, "leave")

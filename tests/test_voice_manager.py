@@ -12,7 +12,7 @@ import discord
 import pytest
 
 from audio.tts.base import AudioFormat
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.voice.guilds import OptOutList
 from bot.voice.manager import GuardedOut, SpeechFeed, can_speak_in, humans_in, join_problem
 from bot.voice.session import PlayResult
@@ -158,13 +158,13 @@ class _Session:
         self.calls.append(("end", user_id))
 
 
-def test_speech_feed_drops_opted_out_people() -> None:
-    optouts = OptOutList(Database.in_memory())
+async def test_speech_feed_drops_opted_out_people() -> None:
+    optouts = (await OptOutList.open(Database.in_memory()))
     session = _Session()
     feed = SpeechFeed(session, optouts)  # type: ignore[arg-type]
     feed.on_speech_start(1)
     feed.on_audio(1, b"x")
-    optouts.opt_out(1)
+    (await optouts.opt_out(1))
     feed.on_audio(1, b"x")
     feed.on_speech_end(1)
     feed.on_speech_start(2)

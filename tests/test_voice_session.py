@@ -12,7 +12,7 @@ from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpe
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.voice.session import PlayResult, VoiceSession
 from bot.voice.turns import TurnPolicy, VoiceMode
@@ -187,7 +187,7 @@ async def test_a_full_turn_streams_sentences_to_speech_and_memory() -> None:
     await wait_turns(session, 1)
     assert [t for t, _ in out.played] == ["Hello there.", "How can I help today?"]
     assert stt.streams["7"].pushed == 10 * len(FRAME)
-    turns = memory.recent(ROOM, 10)
+    turns = (await memory.recent(ROOM, 10))
     assert [(t.role, t.text) for t in turns] == [("user", "what can you do"),
                                                 ("assistant", "Hello there. How can I help today?")]
     timing = session.last_timing
@@ -209,7 +209,7 @@ async def test_barge_in_on_interim_text_stops_and_stores_only_what_was_played() 
     stt.streams["2"].emit("wait")
     await wait_turns(session, 1)
     assert out.stops == 1
-    assistant = [t for t in memory.recent(ROOM, 10) if t.role == "assistant"]
+    assistant = [t for t in (await memory.recent(ROOM, 10)) if t.role == "assistant"]
     assert len(assistant) == 1 and assistant[0].interrupted
     assert assistant[0].text == "One two three four"
     await session.aclose()
@@ -243,7 +243,7 @@ async def test_addressed_mode_answers_only_when_named_but_remembers_everything()
     await wait_turns(session, 1)
     assert [t for t, _ in out.played] == ["Yes?"]
     assert len(engine.conversations) == 1
-    assert [t.text for t in memory.recent(ROOM, 10)] == ["nice weather today", "hey wren are you there", "Yes?"]
+    assert [t.text for t in (await memory.recent(ROOM, 10))] == ["nice weather today", "hey wren are you there", "Yes?"]
     await session.aclose()
 
 
@@ -277,7 +277,7 @@ async def test_agent_failure_is_spoken_and_nothing_is_stored_as_said() -> None:
     speak(session, 1)
     await wait_turns(session, 1)
     assert [t for t, _ in out.played] == ["My thoughts got tangled."]
-    assert [t.role for t in memory.recent(ROOM, 10)] == ["user"]
+    assert [t.role for t in (await memory.recent(ROOM, 10))] == ["user"]
     await session.aclose()
 
 

@@ -23,12 +23,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.settings import Secret, Settings
 from bot.web import WebServer, create_app, serve
 from tests.fakes.fake_agent import FakeAgent
 from tests.fakes.twilio_server import FakeTwilio, sign_webhook
+from tests.backends import needs_async_sms
 
 SID = "AC" + "3" * 32
 TOKEN = "web-test-token"
@@ -83,11 +84,12 @@ async def fake_twilio() -> AsyncIterator[FakeTwilio]:
         yield fake
 
 
+@needs_async_sms
 async def test_serve_full_path_slow_reply_goes_out_by_rest(fake_twilio: FakeTwilio,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     agent = FakeAgent(memory, replies=["# Story\nOnce upon a **time**, the end."], gate=asyncio.Event())
     stop = asyncio.Event()
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
@@ -122,15 +124,15 @@ async def test_serve_full_path_slow_reply_goes_out_by_rest(fake_twilio: FakeTwil
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    turns = memory.recent(f"sms:{THEM}", 10)
+    turns = (await memory.recent(f"sms:{THEM}", 10))
     assert [t.role for t in turns] == ["user", "assistant"]
     assert any("delivered" in r.getMessage() for r in caplog.records if r.name == "bot.sms.inbound")
-    db.close()
+    await db.close()
 
 
 async def test_serve_without_sms_serves_health_only() -> None:
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     stop = asyncio.Event()
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
     settings = Settings(web_host="127.0.0.1", web_port=0)
@@ -146,12 +148,13 @@ async def test_serve_without_sms_serves_health_only() -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    db.close()
+    await db.close()
 
 
+@needs_async_sms
 async def test_serve_stops_when_cancelled(fake_twilio: FakeTwilio) -> None:
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(sms_settings(fake_twilio.base_url), agent=FakeAgent(memory), memory=memory,  # type: ignore[arg-type]
                                      db=db, ready=started.set_result), name="test-serve-cancel")
@@ -163,7 +166,7 @@ async def test_serve_stops_when_cancelled(fake_twilio: FakeTwilio) -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(server.url + "/healthz"):
                 pass
-    db.close()
+    await db.close()
 
 
 # --- issue 21 item 10: connections that never finish a request --------------------------------------

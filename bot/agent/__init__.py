@@ -12,7 +12,9 @@ Usage::
     else:
         reply.finish()                  # stores the assistant turn
 
-The person's turn is stored when the reply starts (so it is remembered even if the reply fails);
+The person's turn is queued for storing when the reply starts (so it is remembered even if the reply
+fails); the room's recent turns are read when the reply is first iterated (from memory's cache, so the
+voice path never waits on the database);
 the agent's turn only when the caller says what was actually delivered, via :meth:`Reply.finish`
 (for voice: the part that was spoken before a barge-in).
 """
@@ -23,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
@@ -62,10 +64,12 @@ class Reply:
         *,
         canned: str | None = None,
         store: bool = True,
+        prepare: Callable[[], Awaitable[AsyncIterator[str]]] | None = None,
     ) -> None:
         self._agent = agent
         self.incoming = incoming
         self._source = source
+        self._prepare = prepare  # opens the engine's stream once the history is read
         self._canned = canned
         self._store = store
         self._gen: AsyncGenerator[str, None] | None = None
@@ -115,9 +119,11 @@ class Reply:
             self.done = True
             yield self._canned
             return
-        assert self._source is not None
         started = time.monotonic()
         try:
+            if self._source is None:
+                assert self._prepare is not None
+                self._source = await self._prepare()
             async for delta in self._source:
                 if not delta:
                     continue
@@ -255,7 +261,6 @@ class Agent:
             greeting = (t("agent.empty_named", incoming.language, name=name) if name
                         else t("agent.empty", incoming.language))
             return Reply(self, incoming, None, canned=greeting, store=False)
-        history = tuple(self.memory.recent(incoming.room, self.context_turns))
         turn = Turn(
             room=incoming.room,
             speaker_id=incoming.speaker_id,
@@ -265,20 +270,29 @@ class Agent:
             modality=incoming.modality,
             created_at=self.clock(),
         )
-        if remember:
-            self.memory.append(turn)
+        # The history is what was said before this turn: read it now if the room is cached (the usual
+        # case: nothing to wait for), else when the reply is first iterated, leaving this turn out.
+        memory = self.memory
         text = clip(said, self.max_input_chars)
         if text is not said:
             log.info("Shortened a %d-character message to %d for the engine (room=%s)",
                      len(said), len(text), incoming.room)
-        conversation = Conversation(
-            character=self.character,
-            incoming=incoming,
-            text=text,
-            messages=tuple(build_messages(self.character, history, incoming, text=text)),
-            history=history,
-        )
-        reply = Reply(self, incoming, self.engine.stream(conversation))
+
+        async def prepare() -> AsyncIterator[str]:
+            history = tuple(t for t in await memory.recent(incoming.room, self.context_turns + 1)
+                            if t != turn)[-self.context_turns:] if self.context_turns > 0 else ()
+            conversation = Conversation(
+                character=self.character,
+                incoming=incoming,
+                text=text,
+                messages=tuple(build_messages(self.character, history, incoming, text=text)),
+                history=history,
+            )
+            return self.engine.stream(conversation)
+
+        if remember:
+            self.memory.append(turn)
+        reply = Reply(self, incoming, None, prepare=prepare)
         if not remember:
             reply._incoming_turn = turn
         return reply

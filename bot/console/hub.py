@@ -107,6 +107,7 @@ class Console(LiveSource):
         self._engines_lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
+        self._sms_states: dict[str, int] = {}
         # The agent's reply engine counts requests and errors from now on, its turn listeners the
         # text and SMS turns (voice-like rooms count in their sessions, see watch).
         agent = services.agent
@@ -147,6 +148,7 @@ class Console(LiveSource):
                 self._sample_receive()
             except Exception:
                 log.exception("console tick failed")
+            await self.refresh_sms_states()
             await self._bump()
             await asyncio.sleep(self.tick)
 
@@ -261,7 +263,14 @@ class Console(LiveSource):
         return out
 
     def sms_states(self) -> dict[str, int]:
-        return sms_states_from(self.services.db)
+        """SMS messages by state as last read (the tick reads them: a metrics scrape never waits on the database)."""
+        return self._sms_states
+
+    async def refresh_sms_states(self) -> None:
+        try:
+            self._sms_states = await asyncio.wait_for(sms_states_from(self.services.store), self.tick)
+        except Exception as exc:  # the database is away: the last counts stay, the storage state says why
+            log.debug("reading SMS states failed: %s", exc)
 
     def _sample_receive(self) -> None:
         live = self.metrics.live
@@ -316,6 +325,8 @@ class Console(LiveSource):
             "sms": {"waiting": sms.get("received", 0) + sms.get("accepted", 0), "failed": sms.get("failed", 0),
                     "states": sms},
             "playground": self.playground.count() if self.playground is not None else 0,
+            # Turns waiting for the database, dropped over the bound, and how long it has been away.
+            "storage": self.services.memory.queue_state(),
             "turns": [t.to_json(self.show_content) for t in self.turns],
             "receive": list(self.receive_history),
             "show_content": self.show_content,

@@ -18,7 +18,6 @@ no secrets and no conversation content; guild ids only with ``METRICS_GUILD_LABE
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -244,12 +243,11 @@ def _receive_counts(s: ReceiveSample) -> Iterator[tuple[str, int]]:
         yield f"reason:{reason}", n
 
 
-def sms_states_from(db: Any) -> dict[str, int]:
+async def sms_states_from(db: Any) -> dict[str, int]:
     """SMS messages by state, read from the store's table (empty when SMS never ran)."""
-    try:
-        rows = db.query("SELECT state, COUNT(*) AS n FROM sms_messages GROUP BY state")
-    except sqlite3.OperationalError:  # no such table: the SMS store never migrated this database
+    if "sms_messages" not in await db.tables():  # the SMS store never migrated this database
         return {}
+    rows = await db.query("SELECT state, COUNT(*) AS n FROM sms_messages GROUP BY state")
     out: dict[str, int] = {}
     for row in rows:
         # "keyword:STOP" -> "keyword": the label set stays small and says nothing of the message.

@@ -364,7 +364,7 @@ class Playground:
                 setting = parse_setting(value)
             except ValueError:
                 return f"Unknown language {value.strip()[:32]!r}; choose a code such as de or ja, auto or default."
-        languages.set(PLACE, setting)
+        await languages.set(PLACE, setting)
         self._apply_language(session)
         state = self._language_state()
         log.info("playground language: %s", state["mode"])

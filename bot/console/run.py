@@ -37,8 +37,8 @@ async def _serve_console(settings: Settings, out: TextIO, stop: asyncio.Event) -
         out.flush()
 
     try:
-        await serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop,
-                    ready=ready, mounts=[mount])
+        await serve(settings, agent=services.agent, memory=services.memory, db=services.db,
+                    languages=services.languages, stop=stop, ready=ready, mounts=[mount])
     finally:
         await services.aclose()
 

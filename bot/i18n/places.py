@@ -10,16 +10,22 @@ and the fallback.
 
 Rows for a person (``phone:+1555…``) are personal data: ``bot.privacy.forget_person`` deletes
 them with the rest of what names that person.
+
+Every place's row is held in memory (loaded when the store opens: a row is a few dozen bytes), so
+choosing a language never waits on the database; writes go to the database (bot/store/languages.py)
+and, on PostgreSQL, NOTIFY the other processes, whose caches reload that place within a second.
 """
 
 from __future__ import annotations
 
 import logging
+import asyncio
 import threading
-import time
 from dataclasses import dataclass
 
-from bot.db import Database
+from bot.store import Database
+from bot.store.languages import CHANNEL, LanguageRows
+from bot.store.notify import listener, notify
 from bot.i18n.catalog import t
 from bot.i18n.detect import UNSUPPORTED_CONFIDENCE, detect
 from bot.i18n.languages import AUTO, language_name, normalize_code
@@ -27,18 +33,6 @@ from bot.i18n.languages import AUTO, language_name, normalize_code
 __all__ = ["Choice", "LanguageChooser", "LanguageStore", "PlaceLanguages", "default_mode", "fallback_language"]
 
 log = logging.getLogger(__name__)
-
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE language_places (
-        place TEXT PRIMARY KEY,
-        setting TEXT,
-        learned TEXT,
-        updated_at REAL NOT NULL
-    )
-    """,
-]
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -70,40 +64,76 @@ def fallback_language(configured: str, preferred_locale: str | None = None, lear
 
 
 class LanguageStore:
-    """Per-place language settings (``guild:ID``, ``sms:SUBJECT``) in the shared SQLite database."""
+    """Per-place language settings (``guild:ID``, ``phone:+1555…``): read from memory, written through.
+
+    Open with :meth:`open`. :meth:`get` never touches the database.
+    """
 
     COMPONENT = "languages"
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        db.migrate(self.COMPONENT, _MIGRATIONS)
+        self._rows = LanguageRows(db)
+        self._cache: dict[str, tuple[str | None, str | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, db: Database) -> LanguageStore:
+        store = cls(db)
+        await store._rows.migrate()
+        store._rows.forgotten_places = store._forgotten
+        await store.reload()
+        await listener(db).listen(CHANNEL, store.reload_place, store.reload)
+        return store
+
+    async def reload(self) -> None:
+        self._cache = await self._rows.all()
+
+    async def reload_place(self, place: str) -> None:
+        found = await self._rows.get(place)
+        if found is None:
+            self._cache.pop(place, None)
+        else:
+            self._cache[place] = found
+
+    async def _forgotten(self, places: set[str]) -> None:
+        for place in places:
+            self._cache.pop(place, None)
+            await notify(self._db, CHANNEL, place)
 
     def get(self, place: str) -> tuple[str | None, str | None]:
         """(setting, learned): the place's own choice and the last language it was sure of."""
-        rows = self._db.query("SELECT setting, learned FROM language_places WHERE place = ?", (place,))
-        if not rows:
-            return None, None
-        return rows[0]["setting"], rows[0]["learned"]
+        return self._cache.get(place, (None, None))
 
-    def set(self, place: str, setting: str | None) -> None:
+    async def set(self, place: str, setting: str | None) -> None:
         """Store ``auto``, a language code, or None (back to the default)."""
-        self._db.execute(
-            "INSERT INTO language_places (place, setting, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(place) DO UPDATE SET setting = excluded.setting, updated_at = excluded.updated_at",
-            (place, setting, time.time()),
-        )
+        await self._rows.set(place, setting)
+        self._cache[place] = (setting, self.get(place)[1])
+        await notify(self._db, CHANNEL, place)
         log.info("language setting changed", extra={"place": place.split(":", 1)[0], "language": setting or "default"})
 
     def learn(self, place: str, language: str) -> None:
-        """Remember the language a place was last sure of (the fallback for its unclear messages)."""
-        self._db.execute(
-            "INSERT INTO language_places (place, learned, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(place) DO UPDATE SET learned = excluded.learned, updated_at = excluded.updated_at",
-            (place, language, time.time()),
-        )
+        """Remember the language a place was last sure of (stored in the background: never waits)."""
+        self._cache[place] = (self.get(place)[0], language)
+        task = asyncio.create_task(self._store_learned(place, language), name="language-learn")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def forget(self, place: str) -> None:
-        self._db.execute("DELETE FROM language_places WHERE place = ?", (place,))
+    async def _store_learned(self, place: str, language: str) -> None:
+        try:
+            await self._rows.learn(place, language)
+            await notify(self._db, CHANNEL, place)
+        except Exception as exc:  # a hint, not a promise: the next sure message learns it again
+            log.warning("Could not store a place's language (%s)", exc)
+
+    async def forget(self, place: str) -> None:
+        await self._rows.delete(place)
+        self._cache.pop(place, None)
+        await notify(self._db, CHANNEL, place)
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 class LanguageChooser:
@@ -153,10 +183,17 @@ class PlaceLanguages:
     (``phone:+1555…``, ``console``).
     """
 
-    def __init__(self, db: Database, configured: str) -> None:
-        self.store = LanguageStore(db)
+    def __init__(self, store: LanguageStore, configured: str) -> None:
+        self.store = store
         self.chooser = LanguageChooser()
         self.configured = configured  # LANGUAGE
+
+    @classmethod
+    async def open(cls, db: Database, configured: str) -> PlaceLanguages:
+        return cls(await LanguageStore.open(db), configured)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
 
     def mode(self, place: str, preferred_locale: str | None = None) -> str:
         setting, _learned = self.store.get(place)
@@ -185,5 +222,5 @@ class PlaceLanguages:
             self.store.learn(place, choice.language)
         return choice
 
-    def set(self, place: str, setting: str | None) -> None:
-        self.store.set(place, setting)
+    async def set(self, place: str, setting: str | None) -> None:
+        await self.store.set(place, setting)

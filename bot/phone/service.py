@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,7 @@ __all__ = ["MEDIA_PATH", "PhoneService", "STATUS_PATH", "TwilioCalls", "VOICE_PA
            "stream_base"]
 
 log = logging.getLogger(__name__)
+NAME_BUDGET = 0.5  # seconds a call's start may wait for the caller's linked name
 
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/voice/status"
@@ -137,7 +138,7 @@ class PhoneService:
         options: CallOptions,
         allowed_callers: Iterable[str] = (),
         calls: TwilioCalls | None = None,
-        caller_name: Callable[[str], str] | None = None,
+        caller_name: Callable[[str], Awaitable[str]] | None = None,
         token_ttl: float = 30.0,
         tokens: CallTokens | None = None,
         max_calls: int = DEFAULT_MAX_CALLS,
@@ -304,7 +305,7 @@ class PhoneService:
         call = PhoneCall(
             grant=grant, agent=self.agent, memory=self.memory, stt=self.stt, tts=self.tts,
             fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,
-            caller_name=self._name(grant.caller),
+            caller_name=await self._name(grant.caller),
             hangup=self.twilio_calls.hangup if self.twilio_calls is not None else None,
             languages=self.languages, stream_options=self.stream_options(grant.caller),
             on_session=self._console_hook(request),
@@ -336,10 +337,13 @@ class PhoneService:
             return None
         return console.watch  # the session knows its pause window (TurnDetection) and when each turn ended
 
-    def _name(self, number: str) -> str:
+    async def _name(self, number: str) -> str:
         if self._caller_name is not None:
             try:
-                return self._caller_name(number)
+                # A database that is slow or away costs the caller a greeting by number, never a wait.
+                return await asyncio.wait_for(self._caller_name(number), NAME_BUDGET)
+            except asyncio.TimeoutError:
+                log.info("looking up the caller's name took over %.1f s; greeting by number", NAME_BUDGET)
             except Exception:
                 log.exception("looking up the caller's name failed")
         return f"caller ending {number[-4:]}"
@@ -397,7 +401,8 @@ def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str
     return ("" if catalog_language(language) == "ja" else " ").join(sentences)
 
 
-def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None) -> PhoneService:
+def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None,
+                languages: PlaceLanguages | None = None) -> PhoneService:
     """The phone service from settings (call inside the running loop; needs ``phone_enabled``)."""
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
@@ -443,26 +448,24 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
         speculate=settings.speculative_reply, max_reply_seconds=settings.voice_reply_max_seconds,
     )
     caller_name = None
-    languages = None
     recognizer_language = None
-    if db is not None:
+    if languages is not None:
         from bot.i18n.detect import preload
-        from bot.i18n.places import PlaceLanguages
-        from bot.sms.store import SmsStore
 
-        languages = PlaceLanguages(db, settings.language)  # the same per-number rows SMS reads and writes
         preload()  # the text detector's model, now rather than during a caller's first turn
         if stt is not None and stt.name == "deepgram":
             from bot.providers import deepgram_language
 
             recognizer_language = partial(deepgram_language, settings)
+    if db is not None:  # the SMS store's phone links (bot/sms, on its own connection until it moves)
+        from bot.sms.store import SmsStore
 
         store = SmsStore(db)
 
-        def caller_name(number: str) -> str:
+        async def caller_name(number: str) -> str:
             link = store.link_for_number(number)
             # The memory link is the source of truth: /forget removes it, and then so does the name.
-            if link is not None and link.identity in memory.identities_of(f"phone:{number}"):
+            if link is not None and link.identity in await memory.identities_of(f"phone:{number}"):
                 return link.display_name
             return f"caller ending {number[-4:]}"
 

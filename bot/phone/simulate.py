@@ -79,10 +79,10 @@ class CallRig:
 @contextlib.asynccontextmanager
 async def call_rig(settings: Settings) -> AsyncIterator[CallRig]:
     """Start the bot's web side (phone calls on, made-up Twilio credentials) and a loopback Twilio."""
-    from bot.db import Database
     from bot.phone.caller import LoopbackTwilio
     from bot.phone.service import build_phone
     from bot.services import build_services
+    from bot.store import SqliteDatabase
     from bot.web import WebServer, create_app
 
     account, token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
@@ -91,11 +91,12 @@ async def call_rig(settings: Settings) -> AsyncIterator[CallRig]:
         sim = settings.replace(twilio_account_sid=account, twilio_auth_token=Secret(token),
                                twilio_phone_number=twilio.number, twilio_api_base=twilio.api_base,
                                public_url=SIM_PUBLIC_URL, phone_calls=True, phone_allowed_callers=frozenset())
-        services = await build_services(sim, db=Database.in_memory())
+        services = await build_services(sim, db=SqliteDatabase.in_memory())
         phone: PhoneService | None = None
         server: WebServer | None = None
         try:
-            phone = build_phone(sim, agent=services.agent, memory=services.memory, db=services.db)
+            phone = build_phone(sim, agent=services.agent, memory=services.memory, db=services.db,
+                                languages=services.languages)
             if phone.stt is not None and phone.stt.name == "local":
                 await phone.stt.check()  # load the model now, not during the first turn
             server = WebServer(create_app(phone=phone), "127.0.0.1", 0)

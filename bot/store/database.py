@@ -236,6 +236,7 @@ class SqliteDatabase(Database):
         self._closed = False
         self._thread_lock = threading.Lock()  # guards the connection against close() racing a call
         self._loop_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._migrating: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
         self._pool = _OneThread(f"sqlite:{self.path.name if self.path else 'memory'}")
         try:
             self._conn = self._pool.call(self._open)
@@ -331,7 +332,14 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def _migration_lock(self, component: str) -> AsyncIterator[None]:
-        yield  # one connection per file per process; BEGIN IMMEDIATE orders processes
+        # BEGIN IMMEDIATE orders processes; within this one, two tasks migrating the same component
+        # at once (stores opened side by side) take turns, so the second finds every step applied.
+        key = (asyncio.get_running_loop(), component)
+        lock = self._migrating.get(key)
+        if lock is None:
+            lock = self._migrating[key] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def tables(self) -> set[str]:
         rows = await self.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -675,6 +683,9 @@ class PostgresDatabase(Database):
         return int(await self.scalar("SELECT pg_database_size(current_database())") or 0)
 
     async def close(self) -> None:
+        from bot.store.notify import close_listener
+
+        await close_listener(self)
         await self._pool.close()
 
 

@@ -1,4 +1,4 @@
-"""Per-guild voice settings and the voice opt-out list, persisted in the shared SQLite database.
+"""Per-guild voice settings and the voice opt-out list, kept in the store (bot/store/guilds.py) and cached here.
 
 Guild settings hold only what an admin changed; anything unset falls back to the bot's settings
 (``VOICE_MODE``, ``VOICE_IDLE_LEAVE_SECONDS``...), so changing a default in ``.env`` reaches every
@@ -8,19 +8,27 @@ Opt-outs are per person and global across guilds: someone who said no in one ser
 the bot, not to a server. The set is read on discord.py's socket thread for every voice packet (the
 receive filter), so it is kept in memory as an immutable snapshot replaced on every change; reading
 it takes no lock and touches no database.
+
+Reads never touch the database either: every guild's rows are loaded when the store opens (a bot
+has tens to thousands of guilds, a few hundred bytes each) and kept current by writes here and, on
+PostgreSQL, by LISTEN/NOTIFY from the other processes (bot/store/notify.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.db import Database
+from bot.store import Database
+from bot.store.guilds import CHANNEL, GuildRows
+from bot.store.notify import listener, notify
 from bot.settings import Settings
 from bot.voice.turns import VoiceMode
+
+if TYPE_CHECKING:
+    from bot.store.optouts import OptOuts
 
 __all__ = ["GuildVoiceSettings", "GuildSettingsStore", "OptOutList", "GuildSettingsError", "MAX_IDLE_LEAVE_SECONDS",
            "AUTO_JOIN", "ALLOWED"]
@@ -29,36 +37,6 @@ log = logging.getLogger(__name__)
 
 MAX_IDLE_LEAVE_SECONDS = 86_400
 MAX_VOICE_ID_LENGTH = 128
-
-_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE voice_guild_settings (
-        guild_id INTEGER PRIMARY KEY,
-        mode TEXT,
-        voice_id TEXT,
-        mirror_transcripts INTEGER NOT NULL DEFAULT 0,
-        idle_leave_seconds INTEGER,
-        record_audio INTEGER NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE voice_opt_outs (
-        user_id INTEGER PRIMARY KEY,
-        created_at REAL NOT NULL
-    )
-    """,
-    # Other bots' audio (music bots...) is ignored unless the guild chooses to include it.
-    "ALTER TABLE voice_guild_settings ADD COLUMN include_bots INTEGER NOT NULL DEFAULT 0",
-    # Joining policy: voice channels the bot joins by itself when someone arrives (auto_join), and
-    # the only ones it may be brought into (allowed; none listed means any).
-    """
-    CREATE TABLE voice_guild_channels (
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('auto_join', 'allowed')),
-        PRIMARY KEY (guild_id, channel_id, kind)
-    )
-    """,
-]
 
 AUTO_JOIN = "auto_join"
 ALLOWED = "allowed"
@@ -116,23 +94,65 @@ def _validate(field: str, value: Any) -> Any:
 
 
 class GuildSettingsStore:
-    """Reads and writes per-guild voice settings; defaults come from the bot's :class:`Settings`."""
+    """Reads (from memory) and writes per-guild voice settings; defaults come from the bot's :class:`Settings`.
+
+    Open with :meth:`open`. ``get``/``channels``/``may_join`` are synchronous and never wait on the database.
+    """
 
     COMPONENT = "guilds"
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
+        self._rows = GuildRows(db)
         self._settings = settings
-        db.migrate(self.COMPONENT, _MIGRATIONS)
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._channels: dict[tuple[int, str], frozenset[int]] = {}
+
+    @classmethod
+    async def open(cls, db: Database, settings: Settings) -> GuildSettingsStore:
+        store = cls(db, settings)
+        await store._rows.migrate()
+        await store.reload()
+        await listener(db).listen(CHANNEL, store._changed, store.reload)
+        return store
+
+    async def reload(self, guild_id: int | None = None) -> None:
+        """Read the rows again (every guild, or one) into the cache."""
+        rows = await self._rows.settings(guild_id)
+        channels = await self._rows.channels(guild_id)
+        fresh_channels: dict[tuple[int, str], set[int]] = {}
+        for gid, cid, kind in channels:
+            fresh_channels.setdefault((gid, kind), set()).add(cid)
+        if guild_id is None:
+            self._cache = {int(r["guild_id"]): dict(r) for r in rows}
+            self._channels = {k: frozenset(v) for k, v in fresh_channels.items()}
+            return
+        if rows:
+            self._cache[guild_id] = dict(rows[0])
+        else:
+            self._cache.pop(guild_id, None)
+        for kind in (AUTO_JOIN, ALLOWED):
+            found = fresh_channels.get((guild_id, kind))
+            if found:
+                self._channels[(guild_id, kind)] = frozenset(found)
+            else:
+                self._channels.pop((guild_id, kind), None)
+
+    async def _changed(self, payload: str) -> None:
+        if payload.isdigit():
+            await self.reload(int(payload))
+
+    async def _written(self, guild_id: int) -> None:
+        await self.reload(guild_id)
+        await notify(self._db, CHANNEL, str(guild_id))
 
     def get(self, guild_id: int) -> GuildVoiceSettings:
         """The guild's effective settings (defaults for anything it never set)."""
-        rows = self._db.query("SELECT * FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
+        row = self._cache.get(guild_id)
         s = self._settings
-        if not rows:
+        if row is None:
             return GuildVoiceSettings(guild_id, mode=s.voice_mode, voice_id=None, mirror_transcripts=False,
                                       idle_leave_seconds=s.voice_idle_leave_seconds, record_audio=False)
-        row = rows[0]
         mode = row["mode"] if row["mode"] in VoiceMode.ALL else s.voice_mode
         idle = row["idle_leave_seconds"]
         return GuildVoiceSettings(
@@ -145,7 +165,7 @@ class GuildSettingsStore:
             include_bots=bool(row["include_bots"]),
         )
 
-    def update(self, guild_id: int, /, **changes: Any) -> GuildVoiceSettings:
+    async def update(self, guild_id: int, /, **changes: Any) -> GuildVoiceSettings:
         """Store some settings for a guild and return the effective result.
 
         ``mode``, ``voice_id`` and ``idle_leave_seconds`` accept None to go back to the default.
@@ -159,42 +179,25 @@ class GuildSettingsStore:
             clean[name] = _validate(name, value)
         if not clean:
             return self.get(guild_id)
-        with self._db.transaction():
-            self._db.execute(
-                "INSERT INTO voice_guild_settings (guild_id, updated_at) VALUES (?, ?) "
-                "ON CONFLICT(guild_id) DO NOTHING",
-                (guild_id, time.time()),
-            )
-            # Column names come from the dataclass's field names checked above, never from input.
-            assignments = ", ".join(f"{name} = ?" for name in clean)
-            values = [int(v) if isinstance(v, bool) else v for v in clean.values()]
-            self._db.execute(
-                f"UPDATE voice_guild_settings SET {assignments}, updated_at = ? WHERE guild_id = ?",
-                (*values, time.time(), guild_id),
-            )
+        await self._rows.update(guild_id, clean)
+        await self._written(guild_id)
         log.info("voice settings changed", extra={"guild_id": guild_id, "changed": sorted(clean)})
         return self.get(guild_id)
 
     def channels(self, guild_id: int, kind: str) -> frozenset[int]:
         """The guild's voice channels of ``kind`` (:data:`AUTO_JOIN` or :data:`ALLOWED`)."""
-        rows = self._db.query("SELECT channel_id FROM voice_guild_channels WHERE guild_id = ? AND kind = ?",
-                              (guild_id, kind))
-        return frozenset(int(r["channel_id"]) for r in rows)
+        return self._channels.get((guild_id, kind), frozenset())
 
-    def set_channel(self, guild_id: int, kind: str, channel_id: int, on: bool) -> frozenset[int]:
+    async def set_channel(self, guild_id: int, kind: str, channel_id: int, on: bool) -> frozenset[int]:
         """Add or remove a channel from a list; returns the list. At most :data:`MAX_LISTED_CHANNELS`."""
         if kind not in (AUTO_JOIN, ALLOWED):
             raise GuildSettingsError(f"Unknown channel list {kind!r}.")
-        if on:
-            if channel_id not in self.channels(guild_id, kind) and \
-                    len(self.channels(guild_id, kind)) >= MAX_LISTED_CHANNELS:
-                raise GuildSettingsError(f"That list is full ({MAX_LISTED_CHANNELS} channels); remove one first.",
-                                         key="voice.list_full", limit=MAX_LISTED_CHANNELS)
-            self._db.execute("INSERT OR IGNORE INTO voice_guild_channels (guild_id, channel_id, kind) VALUES (?, ?, ?)",
-                             (guild_id, channel_id, kind))
-        else:
-            self._db.execute("DELETE FROM voice_guild_channels WHERE guild_id = ? AND channel_id = ? AND kind = ?",
-                             (guild_id, channel_id, kind))
+        if on and channel_id not in self.channels(guild_id, kind) and \
+                len(self.channels(guild_id, kind)) >= MAX_LISTED_CHANNELS:
+            raise GuildSettingsError(f"That list is full ({MAX_LISTED_CHANNELS} channels); remove one first.",
+                                     key="voice.list_full", limit=MAX_LISTED_CHANNELS)
+        await self._rows.set_channel(guild_id, kind, channel_id, on)
+        await self._written(guild_id)
         log.info("voice channel list changed", extra={"guild_id": guild_id, "list": kind})
         return self.channels(guild_id, kind)
 
@@ -203,11 +206,10 @@ class GuildSettingsStore:
         allowed = self.channels(guild_id, ALLOWED)
         return not allowed or channel_id in allowed or channel_id in self.channels(guild_id, AUTO_JOIN)
 
-    def reset(self, guild_id: int) -> None:
+    async def reset(self, guild_id: int) -> None:
         """Forget everything a guild chose (e.g. when the bot is removed from it)."""
-        with self._db.transaction():
-            self._db.execute("DELETE FROM voice_guild_settings WHERE guild_id = ?", (guild_id,))
-            self._db.execute("DELETE FROM voice_guild_channels WHERE guild_id = ?", (guild_id,))
+        await self._rows.reset(guild_id)
+        await self._written(guild_id)
 
 
 class OptOutList:
@@ -215,17 +217,21 @@ class OptOutList:
 
     Stored as keyed subjects (see :mod:`bot.privacy`), never raw ids, so an opt-out outlives
     ``/forget``. :meth:`is_opted_out` is safe to call from any thread and costs one dict lookup
-    once a person's subject is known.
+    once a person's subject is known. Open with :meth:`open`.
     """
 
-    def __init__(self, db: Database) -> None:
-        from bot.privacy import OptOuts
-
-        self._db = db
-        db.migrate(GuildSettingsStore.COMPONENT, _MIGRATIONS)
-        self._store = OptOuts(db)  # also moves raw rows an earlier version wrote into keyed subjects
-        self._snapshot: frozenset[str] = self._store.subjects("voice")
+    def __init__(self, store: OptOuts, snapshot: frozenset[str]) -> None:
+        self._store = store
+        self._snapshot = snapshot
         self._subjects: dict[int, str] = {}  # id -> subject, in memory only (the HMAC is per packet otherwise)
+
+    @classmethod
+    async def open(cls, db: Database) -> OptOutList:
+        from bot.privacy import open_opt_outs
+
+        await GuildRows(db).migrate()  # the legacy voice_opt_outs table
+        store = await open_opt_outs(db)  # also moves raw rows an earlier version wrote into keyed subjects
+        return cls(store, await store.subjects("voice"))
 
     def _subject(self, user_id: int) -> str:
         subject = self._subjects.get(user_id)
@@ -245,15 +251,18 @@ class OptOutList:
         """The receive filter: True when this person's audio may be processed."""
         return self._subject(user_id) not in self._snapshot
 
-    def opt_out(self, user_id: int) -> bool:
-        """Record the opt-out; returns False if the person had already opted out."""
-        changed = self._store.add(f"discord:{user_id}", "voice", "optout")
+    def block(self, user_id: int) -> None:
+        """Drop this person's audio from now on in this process (before the opt-out is stored)."""
         # Replacing the reference is atomic under the GIL: the socket thread sees old or new, never half.
         self._snapshot = self._snapshot | {self._subject(user_id)}
-        return changed
 
-    def opt_in(self, user_id: int) -> bool:
+    async def opt_out(self, user_id: int) -> bool:
+        """Record the opt-out; returns False if the person had already opted out."""
+        self.block(user_id)  # first: from this moment their audio is dropped, whatever the database does
+        return await self._store.add(f"discord:{user_id}", "voice", "optout")
+
+    async def opt_in(self, user_id: int) -> bool:
         """Remove the opt-out; returns False if the person had not opted out."""
-        changed = self._store.remove(f"discord:{user_id}")
+        changed = await self._store.remove(f"discord:{user_id}")
         self._snapshot = self._snapshot - {self._subject(user_id)}
         return changed

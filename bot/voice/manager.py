@@ -34,7 +34,7 @@ from audio.tts.base import AudioFormat, TTSEngine, VoiceInfo, VoiceSpec
 from bot.i18n.bidi import isolate
 from bot.i18n.catalog import MESSAGES, t
 from bot.i18n.engine_texts import translate_engine_text
-from bot.i18n.places import Choice, PlaceLanguages
+from bot.i18n.places import Choice, LanguageStore, PlaceLanguages
 from bot.providers import voice_for
 from bot.voice.consent import (
     ConnectionStatus,
@@ -298,7 +298,7 @@ class VoiceManager:
         self.guild_settings = guild_settings
         self.optouts = optouts
         # The language per guild (bot.i18n); tests that build a manager by hand get one on its database.
-        self.languages = languages or PlaceLanguages(guild_settings._db, settings.language)
+        self.languages = languages or PlaceLanguages(LanguageStore(guild_settings._db), settings.language)
         self.stt = stt
         self.tts = tts or local_tts
         self.silent = self.tts is None  # TTS_ENGINE=none: replies go to the voice channel's chat
@@ -335,9 +335,8 @@ class VoiceManager:
             else:
                 local = build_local_tts(settings)
                 owned.append(local)
-        db = services.db
         return cls(settings=settings, agent=services.agent, memory=services.memory,
-                   guild_settings=GuildSettingsStore(db, settings), optouts=OptOutList(db),
+                   guild_settings=services.guilds, optouts=services.optouts,
                    stt=stt, tts=tts, local_tts=local, owned=tuple(owned), languages=services.languages)
 
     # ------------------------------------------------------------------ queries
@@ -449,15 +448,15 @@ class VoiceManager:
 
     # ------------------------------------------------------------------ notes (scribe)
 
-    def transcript(self, guild_id: int, *, language: str = "en") -> tuple[bytes, str, bool]:
+    async def transcript(self, guild_id: int, *, language: str = "en") -> tuple[bytes, str, bool]:
         """The current call's transcript as a file: (bytes, file name, whether its start was cut)."""
         gv = self._guilds.get(guild_id)
         if gv is None:
             raise VoiceCommandError("transcript.no_call")
-        return self._transcript_of(gv, language)
+        return await self._transcript_of(gv, language)
 
-    def _transcript_of(self, gv: GuildVoice, language: str) -> tuple[bytes, str, bool]:
-        turns = call_transcript(self.memory, gv.room, gv.joined_wall)
+    async def _transcript_of(self, gv: GuildVoice, language: str) -> tuple[bytes, str, bool]:
+        turns = await call_transcript(self.memory, gv.room, gv.joined_wall)
         started = datetime.fromtimestamp(gv.joined_wall, tz=timezone.utc)
         title = t("transcript.title", language, channel=gv.channel.name, start=f"{started:%Y-%m-%d %H:%M}")
         data, cut = render_transcript(turns, title=title, limit_bytes=gv.channel.guild.filesize_limit,
@@ -466,12 +465,12 @@ class VoiceManager:
 
     async def _post_notes(self, gv: GuildVoice) -> None:
         """After a note-taking call: the transcript as a file and, from a language model, a summary."""
-        turns = call_transcript(self.memory, gv.room, gv.joined_wall)
+        turns = await call_transcript(self.memory, gv.room, gv.joined_wall)
         language = self.guild_language(gv.channel.guild)
         if not turns:
             await self._post(gv, t("notes.nothing_said", language))
             return
-        data, name, cut = self._transcript_of(gv, language)
+        data, name, cut = await self._transcript_of(gv, language)
         summary = await summarize(self.agent, gv.room, turns, language)
         text = t("notes.title", language, channel=isolate(discord.utils.escape_markdown(gv.channel.name)))
         if summary:
@@ -859,15 +858,15 @@ class VoiceManager:
             return t("listen.not_needed", language)
         return t("listen.window", language, seconds=f"{LISTEN_WINDOW_SECONDS:.0f}")
 
-    def set_mode(self, guild_id: int, mode: str) -> GuildVoiceSettings:
-        gs = self.guild_settings.update(guild_id, mode=mode)
+    async def set_mode(self, guild_id: int, mode: str) -> GuildVoiceSettings:
+        gs = await self.guild_settings.update(guild_id, mode=mode)
         session = self.session(guild_id)
         if session is not None:
             session.policy.mode = gs.mode
         return gs
 
-    def set_voice(self, guild_id: int, voice_id: str | None) -> GuildVoiceSettings:
-        gs = self.guild_settings.update(guild_id, voice_id=voice_id)
+    async def set_voice(self, guild_id: int, voice_id: str | None) -> GuildVoiceSettings:
+        gs = await self.guild_settings.update(guild_id, voice_id=voice_id)
         session = self.session(guild_id)
         if session is not None:
             session.voice = self._voice(gs.voice_id)
@@ -878,7 +877,7 @@ class VoiceManager:
         return voice_for(self.settings, self.agent.character, override, engine=engine)
 
     async def update_settings(self, guild_id: int, **changes: Any) -> GuildVoiceSettings:
-        gs = self.guild_settings.update(guild_id, **changes)
+        gs = await self.guild_settings.update(guild_id, **changes)
         gv = self._guilds.get(guild_id)
         if gv is not None and "idle_leave_seconds" in changes:
             self._watch_company(gv, restart=True)
@@ -913,14 +912,14 @@ class VoiceManager:
 
     # ------------------------------------------------------------------ privacy
 
-    def opt_out(self, user_id: int) -> bool:
-        """Stop hearing this person everywhere, at once."""
-        changed = self.optouts.opt_out(user_id)
+    async def opt_out(self, user_id: int) -> bool:
+        """Stop hearing this person everywhere, at once (before the opt-out is stored)."""
+        self.optouts.block(user_id)
         self.drop_live_state(user_id)
-        return changed
+        return await self.optouts.opt_out(user_id)
 
-    def opt_in(self, user_id: int) -> bool:
-        return self.optouts.opt_in(user_id)
+    async def opt_in(self, user_id: int) -> bool:
+        return await self.optouts.opt_in(user_id)
 
     def drop_live_state(self, user_id: int) -> None:
         """Close the person's STT streams, waiting turns and decoder state in every guild."""

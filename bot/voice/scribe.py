@@ -58,9 +58,9 @@ def render_transcript(turns: Sequence[Turn], *, title: str, limit_bytes: int,
     return header + body, truncated
 
 
-def call_transcript(memory: Memory, room: str, since: float) -> list[Turn]:
+async def call_transcript(memory: Memory, room: str, since: float) -> list[Turn]:
     """What was said in ``room`` since ``since`` (epoch seconds), from memory."""
-    return memory.since(room, since, MAX_TRANSCRIPT_TURNS)
+    return await memory.since(room, since, MAX_TRANSCRIPT_TURNS)
 
 
 async def summarize(agent: Agent, room: str, turns: Sequence[Turn], language: str | None = None) -> str | None:

@@ -234,6 +234,12 @@ class VoiceSession:
         self.speculations_wasted = 0  # speculative replies thrown away (the person went on, or it failed)
         self.agent = agent
         self.memory = memory
+        warm = getattr(memory, "warm", None)
+        if warm is not None:
+            try:
+                warm(room)  # the room's recent turns, read before the first reply needs them
+            except RuntimeError:  # built outside a running loop: the first reply reads them
+                pass
         self.stt = stt
         self.tts = tts
         self.fallback_tts = fallback_tts
