@@ -472,9 +472,23 @@ class Failure:
     status: int
 
 
+def _pg_where(url: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL: what a line may say of it (the redactor masks user names)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+    except ValueError:
+        return "the configured server"
+
+
 def _database_failure(exc: BaseException, settings: Settings) -> Failure:
-    if settings.database_url:  # the message names the server without the password (bot.store.redact_url)
-        return Failure(f"DATABASE_URL: {' '.join(str(exc).split())}", CONFIG)
+    if settings.database_url:  # the server by host and database only: no user, no password
+        from bot.store import redact_url
+
+        text = " ".join(str(exc).split()).replace(redact_url(settings.database_url), _pg_where(settings.database_url))
+        return Failure(f"DATABASE_URL: {text}: check the URL, the password and that the server runs", CONFIG)
     cause = exc if isinstance(exc, sqlite3.Error) else exc.__context__
     name = getattr(cause, "sqlite_errorname", "")
     where = f"DATA_DIR {str(settings.data_dir)!r}"
@@ -600,9 +614,7 @@ def where_line(command: str, env_file: Path, settings: Settings) -> str:
     if command == "simulate":
         return f"{source}; nothing is kept (the simulation's database is in memory)"
     if settings.database_url:
-        from bot.store import redact_url
-
-        return f"{source}; data in PostgreSQL at {redact_url(settings.database_url)}"
+        return f"{source}; data in PostgreSQL at {_pg_where(settings.database_url)}"
     return f"{source}; data in {settings.data_dir.absolute()}"
 
 
