@@ -261,8 +261,8 @@ class Memory:
 class RetentionSchedule:
     """Deletes transcripts older than ``days`` now and every ``interval`` seconds while the bot runs.
 
-    Also drops SMS bookkeeping past its use (it holds phone numbers) when the SMS tables exist, and
-    scrubs the WAL after a prune that deleted something, so expired words leave the disk too.
+    Scrubs the WAL after a prune that deleted something, so expired words leave the disk too. (SMS
+    bookkeeping is pruned by the SMS service itself, at start and hourly.)
     Owns one named task; :meth:`aclose` cancels it.
     """
 
@@ -279,12 +279,7 @@ class RetentionSchedule:
     def prune_now(self) -> int:
         """One prune; returns the transcript turns deleted."""
         removed = self.memory.prune(self.days)
-        bookkeeping = 0
-        if "sms_messages" in self.memory.db.tables():
-            from bot.sms.store import SmsStore
-
-            bookkeeping = SmsStore(self.memory.db).prune()
-        if removed or bookkeeping:
+        if removed:
             self.memory.db.scrub()
         self.runs += 1
         return removed

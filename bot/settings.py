@@ -161,6 +161,7 @@ class Settings:
     sms_rate_limit: int = 10  # messages per number per 10 minutes
     # --- SMS durability
     sms_shutdown_grace: float = 20.0  # seconds replies in flight get to finish on SIGTERM
+    sms_lease_seconds: float = 30.0  # a dead process's unfinished SMS are taken over by another after this
     # --- Reply caps: the most one reply may take in each channel (longer ones are shortened)
     discord_reply_max_messages: int = 4  # Discord messages (2,000 characters each)
     sms_reply_max_segments: int = 4  # SMS messages (1,600 characters each)
@@ -444,6 +445,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
     "SMS_SHUTDOWN_GRACE": ("sms_shutdown_grace", _float(0.0, 600.0)),
+    "SMS_LEASE_SECONDS": ("sms_lease_seconds", _float(1.0, 3600.0)),
     "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
     "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
     "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),

@@ -30,6 +30,7 @@ from bot.web import create_app
 from cogs.privacy import forget_message
 from tests.fakes.fake_agent import FakeAgent
 from tests.fakes.twilio_server import sign_webhook
+from tests.sms_helpers import sms_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "AC" + "3" * 32
@@ -71,7 +72,7 @@ PUBLIC_SMS = "https://bot.example.com/twilio/sms"
 async def bot(tmp_path: Path) -> AsyncIterator[Bot]:
     db = Database(tmp_path / "voicebot.sqlite3")
     memory = Memory(db)
-    store = SmsStore(db)
+    store = await sms_store(db)  # the same file, through the async store
     GuildSettingsStore(db, load_settings({}, env_file=None))
     optouts = OptOutList(db)
     agent = FakeAgent(memory, replies=lambda incoming: f"Nice to hear from you, {incoming.speaker_name}.")
@@ -83,6 +84,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[Bot]:
         if agent.gate is not None:
             agent.gate.set()
         await service.aclose(grace=30.0)
+    await store.db.close()
     db.close()
 
 
@@ -122,7 +124,7 @@ async def test_forget_removes_every_row_and_every_byte_but_keeps_opt_outs(bot: B
     bot.memory.append(turn(f"discord:dm:{USER_ID}", me, NAME, "a private word"))
     bot.memory.append(turn(f"discord:dm:{USER_ID}", "agent", "Wren", f"Of course, {NAME}.", role="assistant"))
 
-    code = bot.linker.start(me, NAME).code
+    code = (await bot.linker.start(me, NAME)).code
     [linked] = await bot.text(f"LINK {code}")
     assert "Linked" in linked
     bot.service.reply_budget = 30.0
@@ -134,7 +136,7 @@ async def test_forget_removes_every_row_and_every_byte_but_keeps_opt_outs(bot: B
     await bot.agent.started.wait()
     assert bot.optouts.opt_out(USER_ID)
     await bot.text("STOP", frm="+15550001234")  # someone else's opt-out, which must stay too
-    bot.store.set_opted_out(NUMBER, "keyword")  # this person's STOP (answered by Twilio itself)
+    await bot.store.set_opted_out(NUMBER, "keyword")  # this person's STOP (answered by Twilio itself)
     assert raw_hits(bot.db)  # the test can see the bytes it looks for
 
     report = bot.memory.forget_person(me)
@@ -160,13 +162,13 @@ async def test_forget_removes_every_row_and_every_byte_but_keeps_opt_outs(bot: B
 
     # The opt-outs hold after the forget, also for a fresh process reading the same files.
     assert bot.optouts.is_opted_out(USER_ID)
-    assert bot.store.is_opted_out(NUMBER)
+    assert await bot.store.is_opted_out(NUMBER)
     assert await bot.text("hello again?") == []
     assert OptOutList(bot.db).is_opted_out(USER_ID)
     again = Database(bot.db.path)  # type: ignore[arg-type]
     try:
-        assert OptOutList(again).is_opted_out(USER_ID) and SmsStore(again).is_opted_out(NUMBER)
-        assert SmsStore(again).is_opted_out("+15550001234")
+        assert OptOutList(again).is_opted_out(USER_ID) and OptOuts(again).has(f"phone:{NUMBER}")
+        assert OptOuts(again).has("phone:+15550001234")
     finally:
         again.close()
     # The key that makes those subjects is not in the database.
@@ -174,13 +176,14 @@ async def test_forget_removes_every_row_and_every_byte_but_keeps_opt_outs(bot: B
     assert key is not None and key.read_bytes() not in bot.db.path.read_bytes()  # type: ignore[union-attr]
 
 
-def test_forget_reports_kinds_not_a_sum(tmp_path: Path) -> None:
+async def test_forget_reports_kinds_not_a_sum(tmp_path: Path) -> None:
     db = Database(tmp_path / "db.sqlite3")
     memory = Memory(db)
-    store = SmsStore(db)
+    store = await sms_store(db)
     memory.append(turn("discord:dm:5", "discord:5", "Ann", "one message"))
-    code = store.create_link_code("discord:5", "Ann")
-    assert store.consume_link_code(code.code, "+15550102030") is not None
+    code = await store.create_link_code("discord:5", "Ann")
+    assert await store.consume_link_code(code.code, "+15550102030") is not None
+    await store.db.close()
     memory.link_identities("discord:5", "phone:+15550102030")
     report = memory.forget_person("discord:5")
     assert report.describe() == "1 message, 1 linked phone"
@@ -197,15 +200,15 @@ def test_raw_opt_outs_from_an_earlier_version_are_keyed_at_start_and_survive_for
                           "INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL); CREATE TABLE voice_opt_outs "
                           "(user_id INTEGER PRIMARY KEY, created_at REAL NOT NULL)"])
     db.execute("INSERT INTO voice_opt_outs VALUES (?, ?)", (USER_ID, time.time()))
-    from bot.sms import store as sms_store
-    db.migrate("sms", sms_store._MIGRATIONS[:1])
+    from bot.store.sms import MIGRATIONS
+    db.migrate("sms", [MIGRATIONS[0]["sqlite"] + "CREATE TABLE sms_opt_outs (number TEXT PRIMARY KEY, "
+                                                 "opted_out_at REAL NOT NULL, source TEXT NOT NULL);"])
     db.execute("INSERT INTO sms_opt_outs VALUES (?, ?, 'keyword')", (NUMBER, time.time()))
     db.close()
 
     db = Database(path)
     optouts = OptOutList(db)
-    store = SmsStore(db)
-    assert optouts.is_opted_out(USER_ID) and store.is_opted_out(NUMBER)
+    assert optouts.is_opted_out(USER_ID) and OptOuts(db).has(f"phone:{NUMBER}")
     assert "sms_opt_outs" not in db.tables() and db.query("SELECT COUNT(*) FROM voice_opt_outs")[0][0] == 0
     data = path.read_bytes() + (Path(str(path) + "-wal").read_bytes() if Path(str(path) + "-wal").exists() else b"")
     assert NUMBER.encode() not in data and struct.pack(">q", USER_ID) not in data  # converted, and scrubbed
@@ -221,7 +224,8 @@ def test_every_table_is_classified_for_forget(tmp_path: Path) -> None:
     """A new table must say whether forget cleans it or why it names no person."""
     db = Database(tmp_path / "db.sqlite3")
     Memory(db)
-    SmsStore(db)
+    from bot.store.sms import MIGRATIONS
+    db.migrate("sms", [m["sqlite"] for m in MIGRATIONS])
     GuildSettingsStore(db, load_settings({}, env_file=None))
     OptOutList(db)
     OptOuts(db)

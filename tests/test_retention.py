@@ -10,7 +10,6 @@ from bot.db import Database
 from bot.memory import RETENTION_INTERVAL, Memory, Modality, RetentionSchedule, Turn
 from bot.services import build_services
 from bot.settings import load_settings
-from bot.sms.store import SmsStore
 
 TIMEOUT = 30.0
 
@@ -23,7 +22,6 @@ def old_turn(text: str, days_ago: float) -> Turn:
 async def test_a_running_bot_prunes_on_schedule_and_the_task_is_cancelled(tmp_path: Path) -> None:
     db = Database(tmp_path / "db.sqlite3")
     memory = Memory(db)
-    SmsStore(db)
     schedule = RetentionSchedule(memory, 30, interval=0.01)
     schedule.start()
     assert schedule.runs == 1

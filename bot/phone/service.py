@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.settings import Settings
+    from bot.store import Database as Store
     from bot.voice.session import VoiceSession
 
 __all__ = ["MEDIA_PATH", "PhoneService", "STATUS_PATH", "TwilioCalls", "VOICE_PATH", "build_phone", "ai_notice",
@@ -137,7 +138,7 @@ class PhoneService:
         options: CallOptions,
         allowed_callers: Iterable[str] = (),
         calls: TwilioCalls | None = None,
-        caller_name: Callable[[str], str] | None = None,
+        caller_name: Callable[[str], Awaitable[str]] | None = None,
         token_ttl: float = 30.0,
         tokens: CallTokens | None = None,
         max_calls: int = DEFAULT_MAX_CALLS,
@@ -304,7 +305,7 @@ class PhoneService:
         call = PhoneCall(
             grant=grant, agent=self.agent, memory=self.memory, stt=self.stt, tts=self.tts,
             fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,
-            caller_name=self._name(grant.caller),
+            caller_name=await self._name(grant.caller),
             hangup=self.twilio_calls.hangup if self.twilio_calls is not None else None,
             languages=self.languages, stream_options=self.stream_options(grant.caller),
             on_session=self._console_hook(request),
@@ -336,10 +337,10 @@ class PhoneService:
             return None
         return console.watch  # the session knows its pause window (TurnDetection) and when each turn ended
 
-    def _name(self, number: str) -> str:
+    async def _name(self, number: str) -> str:
         if self._caller_name is not None:
             try:
-                return self._caller_name(number)
+                return await self._caller_name(number)
             except Exception:
                 log.exception("looking up the caller's name failed")
         return f"caller ending {number[-4:]}"
@@ -397,8 +398,11 @@ def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str
     return ("" if catalog_language(language) == "ja" else " ").join(sentences)
 
 
-def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None) -> PhoneService:
-    """The phone service from settings (call inside the running loop; needs ``phone_enabled``)."""
+def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None,
+                store: Store | None = None) -> PhoneService:
+    """The phone service from settings (call inside the running loop; needs ``phone_enabled``).
+
+    ``store`` (bot/store, where the SMS links live) lets a linked caller be greeted by name."""
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
     if not settings.phone_enabled or not settings.public_url:
@@ -448,7 +452,6 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
     if db is not None:
         from bot.i18n.detect import preload
         from bot.i18n.places import PlaceLanguages
-        from bot.sms.store import SmsStore
 
         languages = PlaceLanguages(db, settings.language)  # the same per-number rows SMS reads and writes
         preload()  # the text detector's model, now rather than during a caller's first turn
@@ -457,10 +460,16 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
 
             recognizer_language = partial(deepgram_language, settings)
 
-        store = SmsStore(db)
+    if store is not None:
+        from bot.sms.store import SmsStore, open_sms_store
 
-        def caller_name(number: str) -> str:
-            link = store.link_for_number(number)
+        sms_store: SmsStore | None = None
+
+        async def caller_name(number: str) -> str:
+            nonlocal sms_store
+            if sms_store is None:
+                sms_store = await open_sms_store(store)
+            link = await sms_store.link_for_number(number)
             # The memory link is the source of truth: /forget removes it, and then so does the name.
             if link is not None and link.identity in memory.identities_of(f"phone:{number}"):
                 return link.display_name
