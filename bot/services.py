@@ -16,7 +16,7 @@ from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
 from bot.store import Database as Store
-from bot.store import SqliteDatabase
+from bot.store import PostgresDatabase, SqliteDatabase
 
 if TYPE_CHECKING:
     from bot.voice.manager import VoiceManager
@@ -60,6 +60,8 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
     if db is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.data_dir / "voicebot.sqlite3")
+    # DATABASE_URL puts the stores that moved onto bot/store (SMS so far) on PostgreSQL.
+    store = await PostgresDatabase.connect(settings.database_url) if settings.database_url else None
     memory = Memory(db)
     retention = RetentionSchedule(memory, settings.transcript_retention_days)
     try:
@@ -67,6 +69,8 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
         agent = await build_agent(settings, memory)
     except BaseException:
         await retention.aclose()
+        if store is not None:
+            await store.close()
         db.close()
         raise
-    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
+    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention, store=store)

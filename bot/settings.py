@@ -112,6 +112,7 @@ class Settings:
     elizaos_api: str = "auto"
     memory_context_turns: int = 20
     data_dir: Path = Path("data")
+    database_url: str | None = None  # postgresql://…; unset: the SQLite file in DATA_DIR
     transcript_retention_days: int = 30  # 0 keeps transcripts forever
     # --- Speech-to-text
     stt_engine: str = "auto"
@@ -322,6 +323,24 @@ def _discord_token(raw: str) -> Secret:
     return Secret(value)
 
 
+def _database_url(raw: str) -> str:
+    """DATABASE_URL: a PostgreSQL URL (the message never repeats the value: it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    value = raw.strip()
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a PostgreSQL URL, postgresql://user:password@host:5432/database "
+                         "(leave it unset to keep the SQLite file in DATA_DIR)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError("is not a readable URL (a password with @, / or : must be percent-encoded)") from None
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ValueError("needs a host and a database name: postgresql://user:password@host:5432/database")
+    return value
+
+
 def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser()
 
@@ -404,6 +423,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ELIZAOS_API": ("elizaos_api", _choice(ELIZAOS_APIS)),
     "MEMORY_CONTEXT_TURNS": ("memory_context_turns", _int(0, 500)),
     "DATA_DIR": ("data_dir", _path),
+    "DATABASE_URL": ("database_url", _database_url),
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _int(0, 36500)),
     "STT_ENGINE": ("stt_engine", _choice(STT_ENGINES)),
     "DEEPGRAM_API_KEY": ("deepgram_api_key", _secret),

@@ -257,6 +257,7 @@ class SmsService:
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._handling: set[str] = set()  # MessageSids whose webhook is being decided right now
         self._keeper: asyncio.Task[None] | None = None  # renews our leases, takes over the dead's work
+        self.sweeps = 0  # rounds of renewing and sweeping done (tests and the bench wait on it)
         self._draining = False
         # When Twilio's list cannot say whether a reply left before a crash, ask again after these
         # delays; then leave it for the next start (a late answer rather than a second one).
@@ -472,6 +473,7 @@ class SmsService:
                 await self.store.renew()
                 if not self._draining:
                     await self.resume_unfinished(at_start=False)
+                self.sweeps += 1
                 if time.monotonic() - pruned_at >= PRUNE_INTERVAL:
                     pruned_at = time.monotonic()
                     removed = await self.store.prune()

@@ -236,6 +236,7 @@ class SqliteDatabase(Database):
         self._closed = False
         self._thread_lock = threading.Lock()  # guards the connection against close() racing a call
         self._loop_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._migrating: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
         self._pool = _OneThread(f"sqlite:{self.path.name if self.path else 'memory'}")
         try:
             self._conn = self._pool.call(self._open)
@@ -331,7 +332,14 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def _migration_lock(self, component: str) -> AsyncIterator[None]:
-        yield  # one connection per file per process; BEGIN IMMEDIATE orders processes
+        # BEGIN IMMEDIATE orders processes; within this one, two tasks migrating the same component
+        # at once (stores opened side by side) take turns, so the second finds every step applied.
+        key = (asyncio.get_running_loop(), component)
+        lock = self._migrating.get(key)
+        if lock is None:
+            lock = self._migrating[key] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def tables(self) -> set[str]:
         rows = await self.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -601,7 +609,11 @@ class PostgresDatabase(Database):
             raise DatabaseError(f"cannot open PostgreSQL at {where}: {exc}") from None
         db = cls(url, pool)
         try:
-            await db.execute(_SCHEMA_TABLE)
+            # CREATE TABLE IF NOT EXISTS is not safe against itself: two processes starting at once
+            # could both try to create the table (a duplicate pg_type row). One at a time, then.
+            async with db.transaction() as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(b"voicebot-schema-versions"),))
+                await tx.execute(_SCHEMA_TABLE)
         except BaseException:
             await pool.close()
             raise
