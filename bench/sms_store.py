@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -35,7 +36,8 @@ __all__ = ["measure", "main"]
 def _ms(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {"p50_ms": round(statistics.median(ordered) * 1000, 3),
-            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 3), "n": len(ordered)}
+            "p95_ms": round(ordered[math.ceil(0.95 * len(ordered)) - 1] * 1000, 3),  # nearest rank
+            "n": len(ordered)}
 
 
 async def _timed(bucket: list[float], call: Callable[[], Awaitable[Any]]) -> Any:

@@ -550,9 +550,14 @@ class SmsService:
         if keeper is not None:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        left = await self.store.held()
-        # Free at once: another process behind the same load balancer (or the next start) finishes them.
-        await self.store.release()
+        left: list[PendingSms] = []
+        try:
+            left = await self.store.held()
+            # Free at once: another process behind the same load balancer (or the next start) finishes them.
+            await self.store.release()
+        except Exception as exc:  # the database is away: the leases expire instead
+            log.warning("SMS shutdown: could not release this process's leases (%s: %s); other processes take "
+                        "its unfinished texts when they expire", type(exc).__name__, exc)
         self.store.owner.retire()
         finished = f"{len(tasks) - cancelled} of {len(tasks)} reply(ies) in flight finished within the {grace:.0f}s grace"
         if left:
