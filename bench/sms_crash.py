@@ -65,6 +65,8 @@ class BurstResult:
     messages: int
     processes: int = 1
     backend: str = "sqlite"
+    separate_hosts: bool = False  # each process as on a machine of its own: the dead one's leases must expire
+    lease_seconds: float | None = None  # SMS_LEASE_SECONDS given to the bots (None: the bot's default, 30)
     answered_once: int = 0
     answered_before_kill: int = 0
     answered_after_restart: int = 0
@@ -117,6 +119,9 @@ class Bot:
         if database_url:
             self.env["DATABASE_URL"] = database_url
         self.command = "serve"  # or "run": the whole bot (needs Discord settings in env)
+        # A host name of its own (a UTS namespace, as on another machine): nobody can judge it dead
+        # from its pid, so its texts wait for their leases to expire.
+        self.host: str | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[Path] = []
 
@@ -126,8 +131,9 @@ class Bot:
         env_file = self.data_dir / "empty.env"  # the bot reads only what the bench sets (a named file must exist)
         env_file.touch()
         with log_path.open("wb") as log_file:
+            prefix = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.host] if self.host else []
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--env-file", str(env_file), self.command,
+                *prefix, sys.executable, "-m", "bot", "--env-file", str(env_file), self.command,
                 cwd=str(self.data_dir), env=self.env, stdout=log_file, stderr=log_file)
 
     async def wait_ready(self, timeout: float) -> None:
@@ -209,17 +215,20 @@ class _Balancer(TwilioRetrier):
 
 async def burst(messages: int = 200, *, kill_after: float | None = None, kill_when_busy: int | None = None,
                 data_dir: Path | None = None, timeout: float = 240.0, processes: int = 1,
-                database_url: str | None = None, lease: float | None = None) -> BurstResult:
+                database_url: str | None = None, lease: float | None = None,
+                separate_hosts: bool = False) -> BurstResult:
     """Run the burst. Kill after ``kill_after`` seconds (a benchmark) or, for tests, once at least
     ``kill_when_busy`` replies have reached the model (state, not time).
 
     One process: killed, then started again. Two (``database_url`` a PostgreSQL database they
-    share): the first is killed and stays dead; the second finishes everything."""
+    share): the first is killed and stays dead; the second finishes everything. ``separate_hosts``:
+    each runs under a host name of its own (``unshare --uts``), as on two machines."""
     if processes not in (1, 2):
         raise ValueError("processes must be 1 or 2")
     if processes > 1 and not database_url:
         raise ValueError("several processes share one PostgreSQL database: pass database_url")
-    result = BurstResult(messages, processes=processes, backend="postgresql" if database_url else "sqlite")
+    result = BurstResult(messages, processes=processes, backend="postgresql" if database_url else "sqlite",
+                         separate_hosts=separate_hosts, lease_seconds=lease)
     # The dead process's half-read model streams make the loopback model log every broken write.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     with contextlib.ExitStack() as stack:
@@ -228,9 +237,11 @@ async def burst(messages: int = 200, *, kill_after: float | None = None, kill_wh
         async with _fakes() as (twilio, openai):
             bots = [Bot(data_dir if processes == 1 else data_dir / f"p{k}", _free_port(), twilio.base_url,
                         openai.base_url, database_url) for k in range(processes)]
-            if lease is not None:
-                for bot in bots:
+            for k, bot in enumerate(bots):
+                if lease is not None:
                     bot.env["SMS_LEASE_SECONDS"] = str(lease)
+                if separate_hosts:
+                    bot.host = f"sms-crash-machine-{k}"
             victim = bots[0]
             try:
                 await asyncio.gather(*(b.start() for b in bots))
@@ -326,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, choices=(1, 2))
     parser.add_argument("--database", metavar="URL", help="a PostgreSQL database the bots share (DATABASE_URL)")
     parser.add_argument("--lease", type=float, help="SMS_LEASE_SECONDS for the bots (default: the bot's)")
+    parser.add_argument("--separate-hosts", action="store_true",
+                        help="run each bot under a host name of its own (unshare --uts; needs root), as on two "
+                             "machines: the dead one's texts wait for their leases")
     parser.add_argument("--compare", action="store_true",
                         help="one process on SQLite, then two on a fresh PostgreSQL database beside --database")
     args = parser.parse_args(argv)
@@ -338,12 +352,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out["postgresql_2_processes"] = asdict(asyncio.run(burst(args.messages, processes=2, database_url=url,
                                                                      lease=args.lease, **kill)))
+            if args.separate_hosts:
+                asyncio.run(_drop_database(args.database, url))
+                url = asyncio.run(_fresh_database(args.database))
+                out["postgresql_2_processes_2_hosts"] = asdict(asyncio.run(burst(
+                    args.messages, processes=2, database_url=url, lease=args.lease, separate_hosts=True, **kill)))
         finally:
             asyncio.run(_drop_database(args.database, url))
         results = list(out.values())
     else:
         one = asdict(asyncio.run(burst(args.messages, processes=args.processes, database_url=args.database,
-                                       lease=args.lease, **kill)))
+                                       lease=args.lease, separate_hosts=args.separate_hosts, **kill)))
         out = one
         results = [one]
     out["target_met"] = all(r["never_answered"] == 0 and r["answered_twice"] == 0 for r in results)
