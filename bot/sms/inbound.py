@@ -506,13 +506,13 @@ class SmsService:
         except asyncio.CancelledError:
             raise
         except Exception:
-            await self._let_go(sms.message_sid)
+            await self._let_go(sms.message_sid, later=self.store.lease)
             raise
 
-    async def _let_go(self, message_sid: str) -> None:
-        """A message we stopped working on without finishing it: nobody takes it for a while."""
+    async def _let_go(self, message_sid: str, *, later: float = RETRY_LATER) -> None:
+        """A message we stopped working on without finishing it: nobody takes it for ``later`` seconds."""
         try:
-            await self.store.release(message_sid, not_before=RETRY_LATER)
+            await self.store.release(message_sid, not_before=later)
         except Exception as exc:  # the lease then simply expires
             log.debug("SMS %s: could not release its lease: %s", message_sid, exc)
 
@@ -674,7 +674,7 @@ class SmsService:
                 handoff.set_exception(ShuttingDown())
             raise
         except Exception:
-            await self._let_go(sid)
+            await self._let_go(sid, later=self.store.lease)  # a fault (the database?): try again soon
             raise
         # Finished, or left unfinished on purpose (Twilio could not say whether it was sent).
         await self._let_go(sid)

@@ -198,25 +198,26 @@ class SmsRecords:
     async def claim(self, message_sid: str, number: str, body: str = "", num_media: int = 0) -> Claim:
         """Record a message (text and sender, durably) with its lease ours, unless its SID is known;
         for a known unfinished SID, take its lease if nobody live holds it. Say what was found."""
+        # Single statements, each atomic, no transaction around them: the compare-and-set makes the
+        # sequence safe, and no write lock is held while the caller's event loop does other work.
         now = self._clock()
-        async with self.db.transaction() as tx:
-            added = await tx.execute(
-                "INSERT INTO sms_messages (message_sid, from_number, received_at, state, body, num_media, updated_at, "
-                "lease_owner, lease_until) VALUES (?, ?, ?, 'received', ?, ?, ?, ?, ?) "
-                "ON CONFLICT (message_sid) DO NOTHING",
-                (message_sid, number, now, body, int(num_media), now, self._me, now + self.lease),
-            )
-            if added == 1:
-                return Claim.NEW
-            row = await tx.query_one("SELECT state, lease_owner, lease_until FROM sms_messages WHERE message_sid = ?",
-                                     (message_sid,))
-            if row is None or row["state"] not in UNFINISHED:
-                return Claim.DONE
-            if row["lease_owner"] == self._me:
-                return Claim.UNFINISHED
-            if not self._takeable(row["lease_owner"], row["lease_until"], now):
-                return Claim.ELSEWHERE
-            took = await self._take(tx, message_sid, row["lease_owner"], row["lease_until"], now)
+        added = await self.db.execute(
+            "INSERT INTO sms_messages (message_sid, from_number, received_at, state, body, num_media, updated_at, "
+            "lease_owner, lease_until) VALUES (?, ?, ?, 'received', ?, ?, ?, ?, ?) "
+            "ON CONFLICT (message_sid) DO NOTHING",
+            (message_sid, number, now, body, int(num_media), now, self._me, now + self.lease),
+        )
+        if added == 1:
+            return Claim.NEW
+        row = await self.db.query_one("SELECT state, lease_owner, lease_until FROM sms_messages WHERE message_sid = ?",
+                                      (message_sid,))
+        if row is None or row["state"] not in UNFINISHED:
+            return Claim.DONE
+        if row["lease_owner"] == self._me:
+            return Claim.UNFINISHED
+        if not self._takeable(row["lease_owner"], row["lease_until"], now):
+            return Claim.ELSEWHERE
+        took = await self._take(self.db, message_sid, row["lease_owner"], row["lease_until"], now)
         return Claim.UNFINISHED if took else Claim.ELSEWHERE
 
     def _takeable(self, owner: str | None, until: float | None, now: float) -> bool:
@@ -252,17 +253,13 @@ class SmsRecords:
             where += f" OR lease_owner IN ({_marks(dead)})"
             params += dead
         where += ")"
-        # PostgreSQL: rows another sweeper is taking right now are skipped, not waited for.
+        # One statement (atomic on both; no write lock held across awaits). PostgreSQL: rows another
+        # sweeper is taking right now are skipped, not waited for; the outer WHERE re-checks each row.
         lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
-        async with self.db.transaction() as tx:
-            rows = await tx.query(f"SELECT message_sid FROM sms_messages WHERE {where} "
-                                  f"ORDER BY received_at, message_sid LIMIT ?{lock}", (*params, int(limit)))
-            sids = [str(r[0]) for r in rows]
-            if not sids:
-                return []
-            taken = await tx.query(
-                f"UPDATE sms_messages SET lease_owner = ?, lease_until = ? WHERE message_sid IN ({_marks(sids)}) "
-                f"AND {where} RETURNING *", (self._me, now + self.lease, *sids, *params))
+        taken = await self.db.query(
+            f"UPDATE sms_messages SET lease_owner = ?, lease_until = ? WHERE message_sid IN "
+            f"(SELECT message_sid FROM sms_messages WHERE {where} ORDER BY received_at, message_sid LIMIT ?{lock}) "
+            f"AND {where} RETURNING *", (self._me, now + self.lease, *params, int(limit), *params))
         return sorted((_pending(r) for r in taken), key=lambda p: (p.received_at, p.message_sid))
 
     async def renew(self) -> int:
@@ -356,25 +353,28 @@ class SmsRecords:
         transaction-scoped advisory lock on the number), so the limit holds across processes.
         """
         now = self._clock()
-        async with self.db.transaction() as tx:
-            if tx.dialect == "postgresql":
+        # The decision and the state move are one UPDATE (the count is its subquery); the note is one
+        # upsert that only the first over-limit message of a window wins.
+        decide = (f"UPDATE sms_messages SET state = CASE WHEN (SELECT COUNT(*) FROM sms_messages WHERE "
+                  f"from_number = ? AND state IN ({_marks(_ANSWERING)}) AND received_at > ? AND message_sid != ?) "
+                  "< ? THEN 'accepted' ELSE 'limited' END, updated_at = ? "
+                  "WHERE message_sid = ? AND state = 'received' AND lease_owner = ? RETURNING state")
+        params = (number, *_ANSWERING, now - window, message_sid, int(limit), now, message_sid, self._me)
+        note = ("INSERT INTO sms_rate_notes (number, noted_at) VALUES (?, ?) ON CONFLICT (number) DO UPDATE SET "
+                "noted_at = excluded.noted_at WHERE sms_rate_notes.noted_at <= ? RETURNING number")
+        if self.db.dialect == "postgresql":
+            # Under READ COMMITTED two UPDATEs for one number could both count below the limit: they
+            # take turns on a transaction-scoped advisory lock on the number.
+            async with self.db.transaction() as tx:
                 await tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(f"voicebot-sms-rate:{number}".encode()),))
-            count = int(await tx.scalar(
-                f"SELECT COUNT(*) FROM sms_messages WHERE from_number = ? AND state IN ({_marks(_ANSWERING)}) "
-                "AND received_at > ? AND message_sid != ?", (number, *_ANSWERING, now - window, message_sid)))
-            if count < limit:
-                decision, state = Admission.ACCEPT, "accepted"
-            else:
-                noted = await tx.query_one("SELECT noted_at FROM sms_rate_notes WHERE number = ? AND noted_at > ?",
-                                           (number, now - window))
-                decision = Admission.SILENT if noted else Admission.NOTE
-                state = "limited"
-                if decision is Admission.NOTE:
-                    await tx.execute(
-                        "INSERT INTO sms_rate_notes (number, noted_at) VALUES (?, ?) "
-                        "ON CONFLICT (number) DO UPDATE SET noted_at = excluded.noted_at", (number, now))
-            await self.advance(message_sid, "received", state)
-        return decision
+                state = await tx.scalar(decide, params)
+                noted = await tx.query_one(note, (number, now, now - window)) if state == "limited" else None
+        else:  # SQLite: each statement holds the one write lock; no transaction left open across awaits
+            state = await self.db.scalar(decide, params)
+            noted = await self.db.query_one(note, (number, now, now - window)) if state == "limited" else None
+        if state != "limited":
+            return Admission.ACCEPT  # accepted (or not ours any more: the caller's next move fails)
+        return Admission.NOTE if noted is not None else Admission.SILENT
 
     # --- retention and forget -----------------------------------------------------------------
 
