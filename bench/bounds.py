@@ -39,7 +39,8 @@ from bot.loopback.server import LocalDiscord
 from bot.services import Services, build_services
 from bot.settings import load_settings
 from bot.sms.inbound import SmsService, TwilioWebhooks
-from bot.sms.store import SmsStore
+from bot.privacy import OptOuts
+from bot.sms.store import open_sms_store
 from bot.web import create_app
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.twilio_server import sign_webhook
@@ -127,7 +128,9 @@ async def sms_megabyte() -> dict[str, Any]:
     async with FakeOpenAI(reply_tokens=MEGABYTE) as fake:
         settings = load_settings(_openai_env(fake), env_file=None)
         services = await build_services(settings, db=Database.in_memory())
-        service = SmsService(agent=services.agent, memory=services.memory, store=SmsStore(services.db), sender=None,
+        assert services.store is not None
+        store = await open_sms_store(services.store, opt_outs=OptOuts(services.db))
+        service = SmsService(agent=services.agent, memory=services.memory, store=store, sender=None,
                              rate_limit=10, max_segments=settings.sms_reply_max_segments)
         app = create_app(webhooks=TwilioWebhooks(service, auth_token=auth, public_url=public))
         form = {"MessageSid": "SM" + "e" * 32, "AccountSid": "AC" + "7" * 32, "From": number, "To": "+15550009999",

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from bot.agent import Agent
 from bot.agent.factory import build_agent
-from bot.db import Database as LegacyDatabase
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.settings import Settings
@@ -41,9 +40,6 @@ class Services:
     # voice cog builds one from these services and owns it.
     voice: VoiceManager | None = None
     retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
-    # The synchronous SQLite connection bot/sms still uses until it moves onto ``store``: the same file
-    # when ``store`` is the SQLite file; a private in-memory database otherwise (PostgreSQL, tests).
-    db: LegacyDatabase | None = None
 
     async def aclose(self) -> None:
         if self.retention is not None:
@@ -52,8 +48,6 @@ class Services:
         await self.memory.aclose()  # writes what is queued
         await self.languages.aclose()
         await self.store.close()
-        if self.db is not None:
-            self.db.close()
 
 
 async def open_store(settings: Settings) -> Database:
@@ -84,7 +78,5 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
             await memory.aclose()
         await store.close()
         raise
-    path = getattr(store, "path", None)
-    legacy = LegacyDatabase(path) if path is not None else LegacyDatabase.in_memory()
     return Services(settings=settings, store=store, memory=memory, agent=agent, languages=languages,
-                    guilds=guilds, optouts=optouts, retention=retention, db=legacy)
+                    guilds=guilds, optouts=optouts, retention=retention)

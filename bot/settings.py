@@ -163,6 +163,7 @@ class Settings:
     sms_rate_limit: int = 10  # messages per number per 10 minutes
     # --- SMS durability
     sms_shutdown_grace: float = 20.0  # seconds replies in flight get to finish on SIGTERM
+    sms_lease_seconds: float = 30.0  # a dead process's unfinished SMS are taken over by another after this
     # --- Reply caps: the most one reply may take in each channel (longer ones are shortened)
     discord_reply_max_messages: int = 4  # Discord messages (2,000 characters each)
     sms_reply_max_segments: int = 4  # SMS messages (1,600 characters each)
@@ -323,6 +324,24 @@ def _discord_token(raw: str) -> Secret:
     return Secret(value)
 
 
+def _database_url(raw: str) -> str:
+    """DATABASE_URL: a PostgreSQL URL (the message never repeats the value: it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    value = raw.strip()
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a PostgreSQL URL, postgresql://user:password@host:5432/database "
+                         "(leave it unset to keep the SQLite file in DATA_DIR)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError("is not a readable URL (a password with @, / or : must be percent-encoded)") from None
+    if not parts.hostname or not parts.path.strip("/"):
+        raise ValueError("needs a host and a database name: postgresql://user:password@host:5432/database")
+    return value
+
+
 def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser()
 
@@ -466,6 +485,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WEB_PORT": ("web_port", _int(1, 65535)),
     "SMS_RATE_LIMIT": ("sms_rate_limit", _int(1, 1000)),
     "SMS_SHUTDOWN_GRACE": ("sms_shutdown_grace", _float(0.0, 600.0)),
+    "SMS_LEASE_SECONDS": ("sms_lease_seconds", _float(1.0, 3600.0)),
     "DISCORD_REPLY_MAX_MESSAGES": ("discord_reply_max_messages", _int(1, 50)),
     "SMS_REPLY_MAX_SEGMENTS": ("sms_reply_max_segments", _int(1, 10)),
     "VOICE_REPLY_MAX_SECONDS": ("voice_reply_max_seconds", _float(5.0, 3600.0)),

@@ -20,11 +20,11 @@ from bot.webguard import ConnectionGuard
 
 if TYPE_CHECKING:
     from bot.agent import Agent
-    from bot.db import Database
     from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.phone.service import PhoneService
     from bot.sms.inbound import SmsService, TwilioWebhooks
+    from bot.store import Database as Store
 
 __all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
 
@@ -130,26 +130,30 @@ class WebServer:
             log.info("Web server stopped")
 
 
-def build_sms(
+async def build_sms(
     settings: Settings,
     *,
     agent: Agent,
     memory: Memory,
-    db: Database,
+    store: Store,
     languages: PlaceLanguages | None = None,
     reply_budget: float = 10.0,
 ) -> tuple[SmsService, TwilioWebhooks]:
-    """Build the SMS pipeline from settings (call inside the running loop; needs ``sms_enabled``)."""
+    """Build the SMS pipeline from settings (call inside the running loop; needs ``sms_enabled``).
+
+    The SMS records and the opt-outs live on ``store`` (bot/store: the SQLite file or PostgreSQL).
+    """
+    from bot.privacy import open_opt_outs
     from bot.sms.inbound import STATUS_PATH, SmsService, TwilioWebhooks
     from bot.sms.outbound import TwilioSender
-    from bot.sms.store import SmsStore
+    from bot.sms.store import open_sms_store
 
     if not settings.sms_enabled or not settings.public_url:
         raise ValueError("SMS needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_PHONE_NUMBER and PUBLIC_URL")
     assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_phone_number
     token = settings.twilio_auth_token.get()
-    store = SmsStore(db)
-    pruned = store.prune()
+    sms_store = await open_sms_store(store, opt_outs=await open_opt_outs(store), lease=settings.sms_lease_seconds)
+    pruned = await sms_store.prune()
     if pruned:
         log.info("Pruned %d old SMS bookkeeping rows", pruned)
     public = settings.public_url.rstrip("/")
@@ -160,7 +164,7 @@ def build_sms(
         api_base=settings.twilio_api_base,
         status_callback=public + STATUS_PATH,
     )
-    service = SmsService(agent=agent, memory=memory, store=store, sender=sender,
+    service = SmsService(agent=agent, memory=memory, store=sms_store, sender=sender,
                          rate_limit=settings.sms_rate_limit, reply_budget=reply_budget,
                          max_segments=settings.sms_reply_max_segments)
     service.languages = languages  # each number answered in its language
@@ -175,7 +179,7 @@ async def serve(
     *,
     agent: Agent,
     memory: Memory,
-    db: Database,
+    store: Store,
     languages: PlaceLanguages | None = None,
     stop: asyncio.Event | None = None,
     ready: Callable[[WebServer], None] | None = None,
@@ -189,12 +193,14 @@ async def serve(
     ``reply_budget``: seconds a webhook waits for the agent before answering empty and sending
     the reply through the REST API later (Twilio abandons a webhook after 15 s).
     The SMS pipeline is closed (replies in flight get a grace period) before this returns.
+    ``store``: the database the SMS records and call tokens live on (``Services.store``);
+    ``languages``: each number's language (``Services.languages``).
     """
     service: SmsService | None = None
     webhooks: TwilioWebhooks | None = None
     if settings.sms_enabled:
-        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, languages=languages,
-                                      reply_budget=reply_budget)
+        service, webhooks = await build_sms(settings, agent=agent, memory=memory, store=store,
+                                            languages=languages, reply_budget=reply_budget)
         sms = service
         health = {**(health or {}), "sms": lambda: not sms.draining}  # a load balancer sees the drain
     else:
@@ -203,7 +209,7 @@ async def serve(
     if settings.phone_enabled:
         from bot.phone.service import build_phone
 
-        phone = build_phone(settings, agent=agent, memory=memory, db=db, languages=languages)
+        phone = build_phone(settings, agent=agent, memory=memory, store=store, languages=languages)
     from bot.console.app import is_loopback
 
     if (service is not None or phone is not None) and is_loopback(settings.web_host):
@@ -215,7 +221,7 @@ async def serve(
     stop = stop or asyncio.Event()
     try:
         if service is not None:
-            service.resume_unfinished()  # before serving, so Twilio's retries find them in progress
+            await service.start()  # before serving, so Twilio's retries find resumed messages in progress
         await server.start()
         if ready is not None:
             ready(server)
@@ -250,7 +256,7 @@ def run_web_forever(settings: Settings) -> int:
             except (NotImplementedError, RuntimeError):  # e.g. Windows: KeyboardInterrupt still works
                 pass
         try:
-            await serve(settings, agent=services.agent, memory=services.memory, db=services.db,
+            await serve(settings, agent=services.agent, memory=services.memory, store=services.store,
                         languages=services.languages, stop=stop)
         finally:
             await services.aclose()

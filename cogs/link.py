@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.sms.store import LINK_CODE_TTL, PhoneLinker, SmsStore
+from bot.sms.store import LINK_CODE_TTL, PhoneLinker, open_sms_store
 from bot.i18n.catalog import t
 from bot.i18n.places import PlaceLanguages
 from bot.i18n.words import interaction_language
@@ -29,18 +29,18 @@ log = logging.getLogger(__name__)
 NO_SMS = t("link.no_sms", "en")
 
 
-def link_phone_message(linker: PhoneLinker, bot_number: str | None, user_id: int, display_name: str,
+async def link_phone_message(linker: PhoneLinker, bot_number: str | None, user_id: int, display_name: str,
                        language: str = "en") -> str:
     """Issue a code for a Discord user and say how to use it (what ``/link phone`` replies)."""
     if bot_number is None:
         return t("link.no_sms", language)
-    code = linker.start(f"discord:{user_id}", display_name)
+    code = await linker.start(f"discord:{user_id}", display_name)
     return t("link.instructions", language, code=code.code, number=bot_number, minutes=int(LINK_CODE_TTL // 60))
 
 
-def unlink_message(linker: PhoneLinker, user_id: int, language: str = "en") -> str:
+async def unlink_message(linker: PhoneLinker, user_id: int, language: str = "en") -> str:
     """Remove a Discord user's phone links (what ``/unlink`` replies)."""
-    numbers = linker.unlink(f"discord:{user_id}")
+    numbers = await linker.unlink(f"discord:{user_id}")
     if not numbers:
         return t("link.unlink_none", language)
     shown = ", ".join(mask_number(n) for n in numbers)
@@ -60,7 +60,7 @@ class LinkCog(commands.Cog, name="Link"):
     @link.command(name="phone")
     async def link_phone(self, interaction: discord.Interaction) -> None:
         """Get a one-time code to text from your phone, linking it to your account."""
-        text = link_phone_message(self.linker, self.bot_number, interaction.user.id, interaction.user.display_name,
+        text = await link_phone_message(self.linker, self.bot_number, interaction.user.id, interaction.user.display_name,
                                   interaction_language(interaction, self.languages))
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -68,13 +68,14 @@ class LinkCog(commands.Cog, name="Link"):
     async def unlink(self, interaction: discord.Interaction) -> None:
         """Unlink any phone number linked to your account."""
         language = interaction_language(interaction, self.languages)
-        await interaction.response.send_message(unlink_message(self.linker, interaction.user.id, language),
+        await interaction.response.send_message(await unlink_message(self.linker, interaction.user.id, language),
                                                 ephemeral=True)
 
 
 async def setup(bot: VoiceBot) -> None:
     services = bot.services
     settings = services.settings
-    linker = PhoneLinker(SmsStore(services.db), services.memory)
+    assert services.store is not None
+    linker = PhoneLinker(await open_sms_store(services.store), services.memory)
     await bot.add_cog(LinkCog(linker, settings.twilio_phone_number if settings.sms_enabled else None,
                               services.languages))

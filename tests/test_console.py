@@ -184,22 +184,31 @@ async def test_guild_ids_appear_only_when_opted_in() -> None:
     assert sample(parse(text), "voicebot_receive_packets", "voicebot_receive_packets_total", result="delivered") == 5
 
 
+<<<<<<< HEAD
 @needs_async_sms
 async def test_sms_states_are_read_from_the_store(services: Services) -> None:
     from bot.sms.store import SmsStore
+=======
+async def test_sms_states_are_read_from_the_store(tmp_path: Path) -> None:
+    from bot.sms.store import open_sms_store
+>>>>>>> s5-sms
 
+    # One file, as the bot runs: the SMS records (async store) and the console's reader share it.
+    services = await build_services(Settings(), db=Database(tmp_path / "voicebot.sqlite3"))
     metrics = Metrics(process=False)
     Console(services, metrics=metrics)
-    store = SmsStore(services.db)
-    assert store.claim("SM1", "+15551112222") and store.claim("SM2", "+15551112222")
-    store.set_state("SM2", "failed")
-    store.claim("SM3", "+15551112223")
-    store.set_state("SM3", "keyword:STOP")
+    assert services.store is not None
+    store = await open_sms_store(services.store)
+    assert await store.claim("SM1", "+15551112222") and await store.claim("SM2", "+15551112222")
+    await store.set_state("SM2", "failed")
+    await store.claim("SM3", "+15551112223")
+    await store.set_state("SM3", "keyword:STOP")
     f = parse(metrics.render().decode())
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="received") == 1
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="failed") == 1
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="keyword") == 1
     assert "+1555" not in metrics.render().decode()
+    await services.aclose()
 
 
 async def test_metrics_scraped_during_a_burst_parse_and_count_exactly(services: Services) -> None:
@@ -571,13 +580,15 @@ async def test_sms_messages_not_answered_are_counted_as_ignored() -> None:
     an empty text and one over the rate limit are turns, ignored; STOP and START are commands."""
     from bot.sms.inbound import SmsService, TwilioWebhooks
     from bot.sms.outbound import TwilioSender
-    from bot.sms.store import SmsStore
+    from bot.privacy import OptOuts
+    from bot.sms.store import open_sms_store
     from tests.fakes.twilio_server import FakeTwilio
     from tests.test_sms_webhook import OURS, PUBLIC, SID, TOKEN, Env, instant, sms_form
 
     services = await make_services()
     console = Console(services, metrics=Metrics(process=False))
-    store = SmsStore(services.db)
+    assert services.store is not None
+    store = await open_sms_store(services.store, opt_outs=OptOuts(services.db))
     try:
         async with FakeTwilio(SID, TOKEN) as fake:
             sender = TwilioSender(SID, TOKEN, OURS, api_base=fake.base_url, status_callback=PUBLIC + "/twilio/status",

@@ -461,10 +461,19 @@ async def test_callers_outside_the_allow_list_hear_a_goodbye() -> None:
 
 @needs_whisper
 async def test_a_number_that_texted_stop_can_still_call() -> None:
+<<<<<<< HEAD
     from bot.privacy import open_opt_outs
 
     async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
         await (await open_opt_outs(db)).add(f"phone:{CALLER}", "sms", "keyword")  # what an SMS STOP records
+=======
+    from tests.sms_helpers import sms_store
+
+    async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
+        store = await sms_store(db)
+        await store.set_opted_out(CALLER, "keyword")  # opt-outs live on db, where the phone would look
+        await store.db.close()
+>>>>>>> s5-sms
         return await real_phone(settings, memory, db)
 
     async with rig(make) as r:
@@ -713,9 +722,11 @@ async def test_a_socket_that_never_starts_is_closed(monkeypatch: pytest.MonkeyPa
 
 async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
     from bot.agent.factory import build_agent
-    from bot.sms.store import SmsStore
+    from bot.sms.store import open_sms_store
+    from bot.store import SqliteDatabase
 
     db = Database.in_memory()
+<<<<<<< HEAD
     legacy = LegacyDatabase.in_memory()
     memory = (await Memory.open(db))
     settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
@@ -732,6 +743,24 @@ async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
     finally:
         await phone.aclose()
         await db.close()
+=======
+    memory = Memory(db)
+    store = SqliteDatabase.in_memory()  # where the SMS links live (bot/store)
+    settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db, store=store)
+    try:
+        sms = await open_sms_store(store)
+        code = await sms.create_link_code("discord:100000000000000001", "Alice")
+        assert await sms.consume_link_code(code.code, CALLER) is not None
+        memory.link_identities("discord:100000000000000001", f"phone:{CALLER}")
+        assert await phone._name(CALLER) == "Alice"
+        memory.forget_person("discord:100000000000000001")
+        assert await phone._name(CALLER) == "caller ending 4321"
+    finally:
+        await phone.aclose()
+        await store.close()
+        db.close()
+>>>>>>> s5-sms
 
 
 # ------------------------------------------------------------------------------------ one call, one token; strangers

@@ -46,7 +46,7 @@ from bot.phone.service import PhoneService, TwilioCalls
 from bot.providers import deepgram_language
 from bot.settings import load_settings
 from bot.sms.inbound import SmsService, TwilioWebhooks
-from bot.sms.store import SmsStore
+from tests.sms_helpers import sms_store
 from bot.web import WebServer, create_app
 from tests.fakes.deepgram_server import FakeDeepgram, SpeechScript, is_voiced_frame
 from tests.fakes.fake_stt import FakeSTTEngine
@@ -131,9 +131,13 @@ async def lang_rig(*, stt: STTEngine, engine: ReplyEngine | None = None, options
             languages=languages, recognizer_language=recognizer_language,  # type: ignore[arg-type]
             allowed_callers=(GERMAN, JAPANESE, OTHER),
         )
+<<<<<<< HEAD
         # The SMS store on its own (legacy, synchronous) connection until bot/sms moves onto the async store.
         sms = SmsService(agent=agent, memory=memory, store=SmsStore(LegacyDatabase.in_memory()), sender=None,
                          rate_limit=50)
+=======
+        sms = SmsService(agent=agent, memory=memory, store=await sms_store(db), sender=None, rate_limit=50)
+>>>>>>> s5-sms
         sms.languages = languages  # the same rows: a number's language is one, whether it texts or calls
         app = create_app(webhooks=TwilioWebhooks(sms, auth_token=AUTH, public_url=PUBLIC), phone=phone)
         if on_app is not None:
@@ -148,6 +152,7 @@ async def lang_rig(*, stt: STTEngine, engine: ReplyEngine | None = None, options
             await server.stop()
             await phone.aclose()
             await sms.aclose()
+            await sms.store.db.close()
             await agent.aclose()
             await db.close()
 

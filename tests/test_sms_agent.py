@@ -17,7 +17,7 @@ from bot.agent.engines.eliza import ElizaEngine
 from bot.db import Database
 from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
-from bot.sms.store import SmsStore
+from tests.sms_helpers import sms_store
 from bot.web import create_app
 from tests.fakes.twilio_server import sign_webhook
 
@@ -43,7 +43,8 @@ class HalfwayEngine(ReplyEngine):
 
 
 async def run_one(agent: Agent, memory: Memory, db: Database, body: str) -> list[str]:
-    service = SmsService(agent=agent, memory=memory, store=SmsStore(db), sender=None, rate_limit=10)
+    store = await sms_store(db)
+    service = SmsService(agent=agent, memory=memory, store=store, sender=None, rate_limit=10)
     app = create_app(webhooks=TwilioWebhooks(service, auth_token=TOKEN, public_url=PUBLIC))
     form = {"MessageSid": "SM" + "c" * 32, "AccountSid": SID, "From": THEM, "To": OURS, "Body": body, "NumMedia": "0"}
     async with TestClient(TestServer(app)) as client:
@@ -51,7 +52,9 @@ async def run_one(agent: Agent, memory: Memory, db: Database, body: str) -> list
             "X-Twilio-Signature": sign_webhook(TOKEN, PUBLIC + "/twilio/sms", form)})
         assert resp.status == 200
         xml = await resp.text()
+    await service.wait_idle()  # the reply is noted as said once its TwiML has left
     await service.aclose()
+    await store.db.close()
     return re.findall(r"<Message>(.*?)</Message>", xml, re.DOTALL)
 
 

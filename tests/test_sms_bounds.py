@@ -14,7 +14,8 @@ from bot.services import build_services
 from bot.settings import load_settings
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
-from bot.sms.store import SmsStore
+from bot.privacy import OptOuts
+from bot.sms.store import open_sms_store
 from bot.sms.text import SHORTENED_SMS_NOTE, cap_sms
 from bot.web import create_app
 from tests.fakes.openai_server import FakeOpenAI
@@ -57,7 +58,7 @@ def _assert_stored_as_sent(services: object, sent: list[str]) -> None:
 async def test_a_megabyte_reply_is_four_messages_in_twiml() -> None:
     async with FakeOpenAI(reply_tokens=MEGABYTE_REPLY) as fake:
         settings, services = await _services(fake)
-        service = SmsService(agent=services.agent, memory=services.memory, store=SmsStore(services.db), sender=None,
+        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=OptOuts(services.db)), sender=None,
                              rate_limit=10, max_segments=settings.sms_reply_max_segments)
         segments = await _text_once(service, "tell me everything")
         assert len(segments) == 4 and all(len(s) <= 1600 for s in segments)
@@ -70,7 +71,7 @@ async def test_a_megabyte_reply_sent_by_rest_is_capped_too() -> None:
     async with FakeOpenAI(reply_tokens=MEGABYTE_REPLY) as fake, FakeTwilio(SID, TOKEN) as twilio:
         settings, services = await _services(fake, SMS_REPLY_MAX_SEGMENTS="2")
         sender = TwilioSender(SID, TOKEN, OURS, api_base=twilio.base_url, status_callback=PUBLIC + "/twilio/status")
-        service = SmsService(agent=services.agent, memory=services.memory, store=SmsStore(services.db),
+        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=OptOuts(services.db)),
                              sender=sender, rate_limit=10, reply_budget=0.0,
                              max_segments=settings.sms_reply_max_segments)
         assert await _text_once(service, "tell me everything") == []  # answered later, by REST

@@ -1,4 +1,5 @@
-"""The real process: ``python -m bot serve`` killed with SIGKILL in a burst, then stopped with SIGTERM.
+"""The real process: ``python -m bot serve`` killed with SIGKILL in a burst, then stopped with SIGTERM;
+and two of them on one PostgreSQL, one killed mid-burst, the other finishing its texts.
 
 Every texter of a 200-message burst is answered exactly once after a kill -9 and a restart, with a
 Twilio-like driver re-posting the signed webhooks; SIGTERM drains (503 to new webhooks, replies in
@@ -13,6 +14,7 @@ import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bench.sms_crash import ACCOUNT, OURS, PUBLIC, TOKEN, Bot, _free_port, burst
 from tests.fakes.openai_server import FakeOpenAI
@@ -29,6 +31,42 @@ async def test_burst_with_kill_9_every_message_answered_once_after_restart(tmp_p
     assert sum(result.unfinished_at_kill.values()) >= 100, result
     assert result.answered_after_restart == 200 - result.answered_before_kill
     assert result.resumed_at_start >= 1
+
+
+async def test_two_processes_on_one_postgresql_one_killed_mid_burst_every_text_answered_once(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two real ``python -m bot serve`` on one PostgreSQL behind a round-robin balancer; one is
+    SIGKILLed mid-burst and stays dead: the other finishes its texts (Twilio's retries land on it,
+    its sweep takes the rest), each exactly once."""
+    result = await burst(200, kill_when_busy=100, data_dir=tmp_path, timeout=TIMEOUT, processes=2,
+                         database_url=pg_url)
+    assert (result.answered_once, result.answered_twice, result.never_answered) == (200, 0, 0), result
+    assert sum(result.unfinished_at_kill.values()) >= 1, result  # the kill left work behind
+    assert result.taken_over_by_survivor >= 1, result  # and the survivor took it over
+    assert result.answered_after_restart == 200 - result.answered_before_kill
+
+
+def _can_unshare() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+async def test_two_processes_as_on_two_machines_the_dead_ones_texts_wait_for_their_leases(
+        tmp_path: Path, pg_url: str) -> None:
+    """Each process under a host name of its own: the survivor cannot tell the dead one is dead, so
+    its texts (and Twilio's retries of them) wait until their 3-second leases expire; each once."""
+    if not _can_unshare():
+        pytest.skip("PostgreSQL two-host case not run: `unshare --uts` is not allowed here (needs root)")
+    result = await burst(120, kill_when_busy=60, data_dir=tmp_path, timeout=TIMEOUT, processes=2,
+                         database_url=pg_url, lease=3.0, separate_hosts=True)
+    assert (result.answered_once, result.answered_twice, result.never_answered) == (120, 0, 0), result
+    assert result.taken_over_by_survivor >= 1, result
+    # Nothing of the dead one's was taken before its lease ran out (renewed every second: 2 s at least).
+    assert result.recovery_seconds >= 2.0
 
 
 async def _post(session: aiohttp.ClientSession, port: int, sid: str, frm: str, body: str) -> tuple[int, str]:

@@ -2,7 +2,8 @@
 run or by Twilio's retry, never sent twice, never after STOP or /forget.
 
 A "crash" here is a run whose tasks are cancelled mid-way and whose objects are dropped; the next
-"run" opens the same SQLite file afresh. The loopback Twilio holds a create request open before or
+"run" opens the same SQLite file afresh. A crashed run's lease holder is retired, as a dead process's
+would be judged dead, so the next run takes its messages at once. The loopback Twilio holds a create request open before or
 after creating the message, which is exactly where a process can die during a send. (The real
 kill -9 of a real process is tests/test_sms_crash.py.)
 """
@@ -23,6 +24,7 @@ from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
 from bot.sms.store import SmsStore
+from tests.sms_helpers import sms_store
 from bot.web import create_app
 from tests.fakes.fake_agent import FakeAgent
 from tests.fakes.twilio_server import FakeTwilio, sign_webhook
@@ -69,6 +71,8 @@ class Run:
         assert self.service.sender is not None
         await self.service.sender.aclose()
         await self.client.close()
+        self.store.owner.retire()
+        await self.store.db.close()
         self.db.close()
 
 
@@ -81,7 +85,7 @@ class Runs:
     async def start(self, *, gate: asyncio.Event | None = None, budget: float = 10.0, max_attempts: int = 1) -> Run:
         db = Database(self.path)
         memory = Memory(db)
-        store = SmsStore(db)
+        store = await sms_store(db)
         sender = TwilioSender(SID, TOKEN, OURS, api_base=self.fake.base_url, sleep=instant, rand=lambda: 0.0,
                               max_attempts=max_attempts)
         agent = FakeAgent(memory, replies=[REPLY], gate=gate)
@@ -99,6 +103,7 @@ class Runs:
             if not run.db._closed:
                 await run.service.aclose(grace=TIMEOUT)
                 await run.client.close()
+                await run.store.db.close()
                 run.db.close()
 
 
@@ -112,7 +117,7 @@ async def runs(tmp_path: Path) -> AsyncIterator[Runs]:
 
 async def wait_state(store: SmsStore, sid: str, state: str) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while store.state_of(sid) != state:
+        while await store.state_of(sid) != state:
             await asyncio.sleep(0.01)  # polling a predicate; the timeout only guards a failure
 
 
@@ -132,7 +137,7 @@ async def test_the_text_is_stored_before_the_webhook_answers(runs: Runs) -> None
     run = await runs.start(gate=gate, budget=0.01)  # the gate keeps the agent busy past the budget
     status, _ = await run.post(form("please remember this", "SM" + "a" * 32))
     assert status == 200
-    [pending] = run.store.unfinished()
+    [pending] = await run.store.unfinished()
     assert (pending.body, pending.from_number, pending.state) == ("please remember this", THEM, "replying")
     gate.set()
     await wait_state(run.store, "SM" + "a" * 32, "answered")
@@ -151,7 +156,7 @@ async def test_crash_while_replying_is_answered_at_the_next_start(runs: Runs) ->
     await first.crash()
 
     second = await runs.start()
-    assert second.service.resume_unfinished() == 1
+    assert await second.service.resume_unfinished() == 1
     await wait_state(second.store, sid, "answered")
     [sent] = runs.fake.sent
     assert (sent.to, sent.body) == (THEM, REPLY)
@@ -166,12 +171,12 @@ async def test_crash_before_the_send_reached_twilio_sends_once(runs: Runs) -> No
     sid = "SM" + "c" * 32
     await first.post(form("hello", sid))
     await asyncio.wait_for(runs.fake.held.wait(), TIMEOUT)
-    assert first.store.state_of(sid) == "sending"
+    assert await first.store.state_of(sid) == "sending"
     await first.crash()
     released.set()
 
     second = await runs.start()
-    second.service.resume_unfinished()
+    await second.service.resume_unfinished()
     await wait_state(second.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]  # Twilio had nothing, so it was sent now
     # It asked Twilio first, with the list's real filters.
@@ -187,12 +192,12 @@ async def test_crash_after_twilio_created_it_but_before_it_was_noted_never_sends
     sid = "SM" + "d" * 32
     await first.post(form("hello", sid))
     await asyncio.wait_for(runs.fake.held.wait(), TIMEOUT)
-    assert len(runs.fake.sent) == 1 and first.store.state_of(sid) == "sending"
+    assert len(runs.fake.sent) == 1 and await first.store.state_of(sid) == "sending"
     await first.crash()
     released.set()
 
     second = await runs.start()
-    second.service.resume_unfinished()
+    await second.service.resume_unfinished()
     await wait_state(second.store, sid, "answered")
     assert len(runs.fake.sent) == 1  # found in Twilio's list: not sent again
     assert len(runs.fake.list_requests) == 2
@@ -227,7 +232,7 @@ async def test_no_answer_after_a_stop_sent_meanwhile(runs: Runs) -> None:
 
     second = await runs.start()
     await second.post(form("STOP", "SM" + "1" * 32))
-    second.service.resume_unfinished()
+    await second.service.resume_unfinished()
     await wait_state(second.store, sid, "suppressed")
     await second.service.wait_idle()
     assert runs.fake.sent == [] and runs.fake.list_requests == []
@@ -242,8 +247,8 @@ async def test_no_answer_to_a_number_forgotten_meanwhile(runs: Runs) -> None:
 
     second = await runs.start()
     second.memory.forget_person(f"phone:{THEM}")
-    assert second.service.resume_unfinished() == 0
-    assert second.store.state_of(sid) is None
+    assert await second.service.resume_unfinished() == 0
+    assert await second.store.state_of(sid) is None
     await second.service.wait_idle()
     assert runs.fake.sent == []
 
@@ -266,19 +271,20 @@ async def test_drain_answers_503_lets_replies_finish_and_reports_what_is_left(
     assert status == 503  # Twilio retries it after the restart
     # A STOP is honoured even during the drain (a reply finishing now must not reach that number).
     assert (await run.post(form("STOP", "SM" + "8" * 32, frm="+15550002222")))[0] == 200
-    assert run.store.is_opted_out("+15550002222")
-    assert run.store.pending("SM" + "4" * 32) is not None  # and its text is already kept
+    assert await run.store.is_opted_out("+15550002222")
+    assert await run.store.pending("SM" + "4" * 32) is not None  # and its text is already kept
     gate.set()  # the reply in flight finishes within the grace
     await closing
-    assert run.store.state_of("SM" + "3" * 32) == "answered"
+    assert await run.store.state_of("SM" + "3" * 32) == "answered"
     assert [m.body for m in runs.fake.sent] == [REPLY]
     [left] = [r.getMessage() for r in caplog.records if "SMS shutdown" in r.getMessage()]
     assert "1 message(s) not answered" in left and "1 received" in left
     await run.client.close()
+    await run.store.db.close()
     run.db.close()
 
     nxt = await runs.start()
-    assert nxt.service.resume_unfinished() == 1
+    assert await nxt.service.resume_unfinished() == 1
     await wait_state(nxt.store, "SM" + "4" * 32, "answered")
     assert sorted(m.to for m in runs.fake.sent) == sorted([THEM, "+15550001111"])
 
@@ -290,14 +296,15 @@ async def test_drain_grace_expires_leaves_the_reply_recorded(runs: Runs, caplog:
     await run.post(form("slow one", sid))
     await run.agent.started.wait()
     await run.service.aclose(grace=0.0)
-    assert run.store.state_of(sid) == "replying"
+    assert await run.store.state_of(sid) == "replying"
     [left] = [r.getMessage() for r in caplog.records if "SMS shutdown" in r.getMessage()]
     assert "0 of 1 reply(ies) in flight finished" in left and "1 replying" in left and THEM not in left
     await run.client.close()
+    await run.store.db.close()
     run.db.close()
 
     nxt = await runs.start()
-    nxt.service.resume_unfinished()
+    await nxt.service.resume_unfinished()
     await wait_state(nxt.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]
     assert user_turns(nxt.memory) == ["slow one"]
@@ -317,9 +324,9 @@ async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: 
     runs.fake.list_failures = 3  # Twilio's list answers 500 (the SDK's client does not retry it)
     second = await runs.start()
     second.service.find_sent_retry_delays = (0.0, 0.0)  # asked three times in all, failing each time
-    second.service.resume_unfinished()
+    await second.service.resume_unfinished()
     await second.service.wait_idle()
-    assert runs.fake.sent == [] and second.store.state_of(sid) == "sending"  # late rather than twice
+    assert runs.fake.sent == [] and await second.store.state_of(sid) == "sending"  # late rather than twice
     assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
     await second.crash()
 
@@ -328,7 +335,7 @@ async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: 
     runs.fake.list_failures = 1  # next time it fails once, then answers: the same run carries on
     third = await runs.start()
     third.service.find_sent_retry_delays = (0.0,)
-    third.service.resume_unfinished()
+    await third.service.resume_unfinished()
     await wait_state(third.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]
 
@@ -360,15 +367,16 @@ async def test_when_twilio_cannot_confirm_a_send_the_reply_waits_rather_than_goe
     sid = "SM" + "b2" * 16
     await first.post(form("hello", sid))
     await first.service.wait_idle()
-    assert len(runs.fake.sent) == 1 and first.store.state_of(sid) == "sending"  # left for later, not resent
+    assert len(runs.fake.sent) == 1 and await first.store.state_of(sid) == "sending"  # left for later, not resent
     assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
     await first.service.aclose()
     await first.client.close()
+    await first.store.db.close()
     first.db.close()
 
     runs.fake.list_failures = 0
     second = await runs.start()
-    assert second.service.resume_unfinished() == 1
+    assert await second.service.resume_unfinished() == 1
     await wait_state(second.store, sid, "answered")
     assert len(runs.fake.sent) == 1 and assistant_turns(second.memory) == [REPLY]
 

@@ -19,6 +19,7 @@ from bot.sms.store import SmsStore
 from bot.sms.text import Keyword, classify_keyword, keyword_language
 from bot.web import create_app
 from tests.fakes.twilio_server import sign_webhook
+from tests.sms_helpers import sms_store
 
 SID = "AC" + "5" * 32
 TOKEN = "language-test-token"
@@ -34,12 +35,20 @@ class Phone:
         self.memory = Memory(self.db)
         character = default_character()
         self.agent = Agent(character, ElizaEngine(character.name), self.memory)
-        self.store = SmsStore(self.db)
-        self.service = SmsService(agent=self.agent, memory=self.memory, store=self.store, sender=None, rate_limit=50)
-        self.service.languages = PlaceLanguages(self.db, configured)
+        self.configured = configured
+        self.store: SmsStore | None = None
+        self.service: SmsService | None = None
+
+    async def _service(self) -> SmsService:
+        if self.service is None:
+            self.store = await sms_store(self.db)
+            self.service = SmsService(agent=self.agent, memory=self.memory, store=self.store, sender=None,
+                                      rate_limit=50)
+            self.service.languages = PlaceLanguages(self.db, self.configured)
+        return self.service
 
     async def text(self, body: str, *, opt_out_type: str | None = None) -> list[str]:
-        app = create_app(webhooks=TwilioWebhooks(self.service, auth_token=TOKEN, public_url=PUBLIC))
+        app = create_app(webhooks=TwilioWebhooks(await self._service(), auth_token=TOKEN, public_url=PUBLIC))
         form = {"MessageSid": f"SM{next(_sids):032x}", "AccountSid": SID, "From": THEM, "To": OURS, "Body": body,
                 "NumMedia": "0"}
         if opt_out_type:
@@ -52,7 +61,9 @@ class Phone:
         return re.findall(r"<Message>(.*?)</Message>", xml, re.DOTALL)
 
     async def close(self) -> None:
-        await self.service.aclose()
+        if self.service is not None and self.store is not None:
+            await self.service.aclose()
+            await self.store.db.close()
         self.db.close()
 
 
@@ -91,11 +102,11 @@ async def test_stop_and_help_in_the_bots_other_languages() -> None:
         [help_ja] = await phone.text("ヘルプ")
         assert "停止" in help_ja
         [stopped] = await phone.text("Stopp")  # Twilio did not act on it, so the bot confirms
-        assert stopped.startswith("Du bist abgemeldet") and phone.store.is_opted_out(THEM)
+        assert stopped.startswith("Du bist abgemeldet") and await phone.store.is_opted_out(THEM)  # type: ignore[union-attr]
         assert await phone.text("Hallo?") == []  # opted out: nothing more is sent
         # Twilio's own keyword: Twilio answers it, the bot only records it.
         assert await phone.text("START", opt_out_type="START") == []
-        assert not phone.store.is_opted_out(THEM)
+        assert not await phone.store.is_opted_out(THEM)  # type: ignore[union-attr]
     finally:
         await phone.close()
 

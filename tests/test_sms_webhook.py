@@ -18,6 +18,7 @@ from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
 from bot.sms.store import SmsStore
+from tests.sms_helpers import sms_store
 from bot.web import create_app
 from tests.fakes.fake_agent import FakeAgent
 from tests.fakes.twilio_server import FakeTwilio, sign_webhook
@@ -84,7 +85,7 @@ def messages(xml: str) -> list[str]:
 async def env() -> AsyncIterator[Env]:
     db = Database.in_memory()
     memory = Memory(db)
-    store = SmsStore(db)
+    store = await sms_store(db)
     async with FakeTwilio(SID, TOKEN) as fake:
         sender = TwilioSender(SID, TOKEN, OURS, api_base=fake.base_url, status_callback=PUBLIC + "/twilio/status",
                               sleep=instant, rand=lambda: 0.0)
@@ -94,6 +95,7 @@ async def env() -> AsyncIterator[Env]:
         async with TestClient(TestServer(app)) as client:
             yield Env(client, fake, memory, store, agent, service)
             await service.aclose()
+    await store.db.close()
     db.close()
 
 
@@ -109,6 +111,7 @@ async def test_quick_reply_comes_back_as_twiml(env: Env, caplog: pytest.LogCaptu
     status, xml = await env.post(sms_form("hi there"))
     assert status == 200
     assert messages(xml) == ["Hello there, friend."]
+    await env.service.wait_idle()  # the reply is noted as said once its TwiML has left
     assert env.fake.sent == []
     [incoming] = env.agent.calls
     assert (incoming.room, incoming.speaker_id, incoming.modality) == (f"sms:{THEM}", f"phone:{THEM}", "sms")
@@ -161,7 +164,7 @@ async def test_a_multipart_body_is_415_with_one_line_not_a_traceback(env: Env, c
         form.add_field(name, value)
     form.add_field("MediaUrl0", b"\x89PNG" + b"\x00" * 64, filename="cat.png", content_type="image/png")
     resp = await env.client.post(path, data=form, headers={"X-Twilio-Signature": "anything"})
-    assert resp.status == 415 and env.agent.calls == [] and env.store.state_of(sms_form("hi")["MessageSid"]) is None
+    assert resp.status == 415 and env.agent.calls == [] and await env.store.state_of(sms_form("hi")["MessageSid"]) is None
     [line] = sms_logs(caplog)
     assert line.levelno == logging.WARNING and "415" in line.getMessage() and "multipart/form-data" in line.getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -209,6 +212,7 @@ async def test_ten_thousand_character_body_is_truncated_for_the_agent(env: Env, 
     body = ("word " * 2000)[:10_000]
     status, xml = await env.post(sms_form(body))
     assert status == 200 and messages(xml) == ["Hello there, friend."]
+    await env.service.wait_idle()  # its log line is written once the TwiML has left
     [incoming] = env.agent.calls
     assert len(incoming.text) <= env.service.max_inbound_chars + 2 and incoming.text.endswith("…")
     assert len(sms_logs(caplog)) == 1 and "truncated" in caplog.text
@@ -286,6 +290,7 @@ async def test_agent_failing_mid_reply(env: Env, caplog: pytest.LogCaptureFixtur
     status, xml = await env.post(sms_form("hi"))
     assert status == 200
     assert messages(xml) == ["Sorry, something went wrong on my side. Please try again in a bit."]
+    await env.service.wait_idle()
     turns = env.memory.recent(f"sms:{THEM}", 10)
     assert [t.role for t in turns] == ["user"]  # nothing stored as said
     records = sms_logs(caplog)
@@ -310,11 +315,11 @@ async def test_agent_failing_after_the_budget_apologises_by_rest(env: Env) -> No
 
 async def test_stop_start_help(env: Env) -> None:
     status, xml = await env.post(sms_form("STOP"))
-    assert status == 200 and messages(xml) == [] and env.store.is_opted_out(THEM)
+    assert status == 200 and messages(xml) == [] and await env.store.is_opted_out(THEM)
     status, xml = await env.post(sms_form("hello?"))
     assert status == 200 and messages(xml) == [] and env.agent.calls == []
     status, xml = await env.post(sms_form("Start"))
-    assert messages(xml) == [SmsService.START_TEXT] and not env.store.is_opted_out(THEM)
+    assert messages(xml) == [SmsService.START_TEXT] and not await env.store.is_opted_out(THEM)
     status, xml = await env.post(sms_form("help"))
     assert "Testy" in messages(xml)[0] and "STOP" in messages(xml)[0]
     status, xml = await env.post(sms_form("hello again"))
@@ -346,7 +351,7 @@ async def test_twilio_21610_on_send_is_remembered(env: Env) -> None:
     await env.post(sms_form("hi"))
     env.agent.gate.set()
     await env.service.wait_idle()
-    assert env.fake.attempts == 1 and env.store.is_opted_out(THEM)
+    assert env.fake.attempts == 1 and await env.store.is_opted_out(THEM)
     _, xml = await env.post(sms_form("hi again"))
     assert messages(xml) == [] and len(env.agent.calls) == 1
 
@@ -362,7 +367,7 @@ async def test_status_callback(env: Env, caplog: pytest.LogCaptureFixture) -> No
     caplog.clear()
     failed = {**form, "MessageStatus": "undelivered", "ErrorCode": "21610"}
     status, _ = await env.post(failed, path="/twilio/status")
-    assert status == 204 and env.store.is_opted_out(THEM)
+    assert status == 204 and await env.store.is_opted_out(THEM)
     assert [r.levelno for r in sms_logs(caplog)] == [logging.WARNING]
 
 

@@ -37,7 +37,7 @@ async def _serve_console(settings: Settings, out: TextIO, stop: asyncio.Event) -
         out.flush()
 
     try:
-        await serve(settings, agent=services.agent, memory=services.memory, db=services.db,
+        await serve(settings, agent=services.agent, memory=services.memory, store=services.store,
                     languages=services.languages, stop=stop, ready=ready, mounts=[mount])
     finally:
         await services.aclose()

@@ -43,10 +43,10 @@ from bot.twilio_signature import TwilioSignature
 
 if TYPE_CHECKING:
     from bot.agent import Agent
-    from bot.db import Database
     from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.settings import Settings
+    from bot.store import Database as Store
     from bot.voice.session import VoiceSession
 
 __all__ = ["MEDIA_PATH", "PhoneService", "STATUS_PATH", "TwilioCalls", "VOICE_PATH", "build_phone", "ai_notice",
@@ -401,9 +401,11 @@ def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str
     return ("" if catalog_language(language) == "ja" else " ").join(sentences)
 
 
-def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None,
+def build_phone(settings: Settings, *, agent: Agent, memory: Memory, store: Store | None = None,
                 languages: PlaceLanguages | None = None) -> PhoneService:
-    """The phone service from settings (call inside the running loop; needs ``phone_enabled``)."""
+    """The phone service from settings (call inside the running loop; needs ``phone_enabled``).
+
+    ``store`` (bot/store, where the SMS links live) lets a linked caller be greeted by name."""
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
     if not settings.phone_enabled or not settings.public_url:
@@ -457,13 +459,16 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
             from bot.providers import deepgram_language
 
             recognizer_language = partial(deepgram_language, settings)
-    if db is not None:  # the SMS store's phone links (bot/sms, on its own connection until it moves)
-        from bot.sms.store import SmsStore
+    if store is not None:
+        from bot.sms.store import SmsStore, open_sms_store
 
-        store = SmsStore(db)
+        sms_store: SmsStore | None = None
 
         async def caller_name(number: str) -> str:
-            link = store.link_for_number(number)
+            nonlocal sms_store
+            if sms_store is None:
+                sms_store = await open_sms_store(store)
+            link = await sms_store.link_for_number(number)
             # The memory link is the source of truth: /forget removes it, and then so does the name.
             if link is not None and link.identity in await memory.identities_of(f"phone:{number}"):
                 return link.display_name

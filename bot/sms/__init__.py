@@ -1,7 +1,8 @@
 """SMS through Twilio: the same agent, character and memory as on Discord.
 
 - :mod:`bot.sms.text` — pure helpers: SMS normalisation, 1,600-character segments, keywords, link codes.
-- :mod:`bot.sms.store` — SQLite bookkeeping: MessageSid dedupe, rate limit, opt-outs, link codes.
+- :mod:`bot.sms.store` — the SMS records (:mod:`bot.store.sms`: MessageSid dedupe, state machine, leases,
+  rate limit, link codes, on SQLite or PostgreSQL) joined with opt-outs.
 - :mod:`bot.sms.outbound` — REST sends (twilio async client) with Twilio errors mapped to outcomes.
 - :mod:`bot.sms.inbound` — the signed webhooks and the pipeline that answers through TwiML or REST.
 """

@@ -7,24 +7,32 @@ Flow for ``POST /twilio/sms``:
    phone routes). Behind a proxy the Host header is the proxy's idea of the host, so it is never
    used. Unsigned or forged: 403; a body that is not a form (multipart): 415.
 2. Parse the fields into :class:`InboundSms` (missing fields: 400).
-3. Record the message (``MessageSid``, sender, text) in SQLite before anything else, so it is
-   durable before the webhook answers. A SID already finished (a retry or a replay) gets an empty
-   ``<Response/>``; a SID being answered right now too; a SID an earlier run left unfinished (a
-   crash) is finished now. While draining for shutdown the answer is 503, so Twilio retries.
+3. Record the message (``MessageSid``, sender, text) in the database before anything else, with
+   its lease ours, so it is durable before the webhook answers. A SID already finished (a retry or
+   a replay) gets an empty ``<Response/>``; a SID being answered right now, here or by another
+   live process, too; a SID a dead process left unfinished (a crash) is finished now. While
+   draining for shutdown the answer is 503, so Twilio retries (on this process after a restart,
+   or on another behind the same load balancer).
 4. Compliance keywords (STOP/START/HELP), opt-outs, the per-number rate limit and link codes are
    handled before the agent sees anything.
 5. The agent's reply is awaited for up to ``reply_budget`` seconds (Twilio gives a webhook 15 s).
    If it is ready, it goes back as TwiML; otherwise the webhook answers an empty ``<Response/>``
    and the reply is sent through the REST API when it is done.
 
-Each step is a state transition in :mod:`bot.sms.store` (one transaction each). The reply is
-stored (state ``sending``) before it leaves and each segment Twilio confirms is noted, so after a
-crash :meth:`SmsService.resume_unfinished` regenerates what was not written and, for what may have
-left, asks Twilio's Messages list before sending the rest: a late answer rather than a second one.
-A send that Twilio may have created without saying so and whose list could not be read either
-(``uncertain``, :mod:`bot.sms.outbound`) is handled the same way, in the same run.
-Recovery assumes one process owns the database (the Procfile's single worker); two processes
-sharing one file would each finish the other's unfinished messages at start-up.
+Each step is a state transition in :mod:`bot.store.sms` (a compare-and-set each, by the holder of
+the message's lease only). The reply is stored (state ``sending``) before it leaves and each
+segment Twilio confirms is noted, so after a crash whoever finishes the message regenerates what
+was not written and, for what may have left, asks Twilio's Messages list before sending the rest:
+a late answer rather than a second one. A send that Twilio may have created without saying so and
+whose list could not be read either (``uncertain``, :mod:`bot.sms.outbound`) is handled the same
+way, in the same run.
+
+Many processes may share one database (PostgreSQL, or one SQLite file on one machine) and
+Twilio's webhooks and retries may land on any of them. Each :class:`SmsService` holds leases on
+the messages it works on and renews them while it lives (:meth:`SmsService.start`); its sweep
+takes over messages whose holder died (lease expired, or the process provably gone on this
+machine) — the recovery at start is the first sweep. So one message is answered by one process,
+and a dead process's messages are finished by another within a lease.
 
 Why we remember opt-outs although Twilio enforces STOP on long codes itself: replies that go out
 through the REST API after the webhook has returned would be refused by Twilio with 21610, and
@@ -99,6 +107,8 @@ TWIML_WRITE_TIMEOUT = 30.0  # the webhook writes its answer right after handle()
 FIND_SENT_RETRY_DELAYS = (5.0, 30.0, 120.0)
 UNCERTAIN_ROUNDS = 3  # sends that Twilio could not confirm either way, per reply, before it waits for the next start
 RECOVERY_CONCURRENCY = 8  # replies finished after a restart at once (a burst must not flood the engine)
+PRUNE_INTERVAL = 3600.0  # old SIDs, notes and codes are dropped hourly while running (and at start)
+RETRY_LATER = 600.0  # a message left unfinished on purpose (Twilio could not say) is taken again after this
 
 
 class ShuttingDown(Exception):
@@ -245,6 +255,9 @@ class SmsService:
         self._twiml_waiters: dict[str, asyncio.Future[bool]] = {}
         self._rooms: dict[str, _RoomLock] = {}
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+        self._handling: set[str] = set()  # MessageSids whose webhook is being decided right now
+        self._keeper: asyncio.Task[None] | None = None  # renews our leases, takes over the dead's work
+        self.sweeps = 0  # rounds of renewing and sweeping done (tests and the bench wait on it)
         self._draining = False
         # When Twilio's list cannot say whether a reply left before a crash, ask again after these
         # delays; then leave it for the next start (a late answer rather than a second one).
@@ -262,7 +275,7 @@ class SmsService:
     def help_text(self, language: str = "en") -> str:
         return t("sms.help", language, name=self.agent.character.name)
 
-    def _language_command(self, sms: InboundSms) -> list[str] | None:
+    async def _language_command(self, sms: InboundSms) -> list[str] | None:
         """``LANGUAGE de`` (or SPRACHE/LANGUE/IDIOMA/言語) sets the number's language; None if not one."""
         match = _LANGUAGE_COMMAND.match(sms.body)
         if match is None or self.languages is None:
@@ -272,7 +285,7 @@ class SmsService:
         except ValueError:
             return None  # "language barriers are hard": a sentence for the agent, not a command
         self.languages.set(f"phone:{sms.from_number}", setting)
-        self.store.set_state(sms.message_sid, "language")
+        await self.store.set_state(sms.message_sid, "language")
         log.info("SMS %s: %s set the language to %s", sms.message_sid, mask_number(sms.from_number), setting)
         shown = self._language(sms.from_number)
         return [t("language.set_sms", shown, language=language_name(shown))]
@@ -303,23 +316,33 @@ class SmsService:
         Logs exactly one line per message (plus one if a later REST send fails).
         """
         number, who = sms.from_number, mask_number(sms.from_number)
-        claim = self.store.claim(sms.message_sid, number, sms.body, sms.num_media)
+        if sms.message_sid in self._handling or sms.message_sid in self._inflight:
+            log.info("SMS %s from %s is a duplicate of a message being answered; not answering twice",
+                     sms.message_sid, who)
+            return []
+        self._handling.add(sms.message_sid)
+        try:
+            return await self._handle(sms, number, who)
+        finally:
+            self._handling.discard(sms.message_sid)
+
+    async def _handle(self, sms: InboundSms, number: str, who: str) -> list[str]:
+        claim = await self.store.claim(sms.message_sid, number, sms.body, sms.num_media)
         if claim is Claim.DONE:
             log.info("SMS %s from %s is a duplicate (Twilio retry or replay); not answering again", sms.message_sid, who)
+            return []
+        if claim is Claim.ELSEWHERE:
+            log.info("SMS %s from %s is being answered by another process; not answering twice", sms.message_sid, who)
             return []
         if self._draining:
             if claim is Claim.NEW and classify_keyword(sms.body) is Keyword.STOP:
                 # Taken at once: a reply still finishing during the drain must not reach this number.
-                return self._keyword(sms, Keyword.STOP)
+                return await self._keyword(sms, Keyword.STOP)
             log.info("SMS %s from %s recorded during shutdown; answered 503 (finished at the next start)",
                      sms.message_sid, who)
             raise ShuttingDown()
         if claim is Claim.UNFINISHED:
-            if sms.message_sid in self._inflight:
-                log.info("SMS %s from %s is a duplicate of a message being answered; not answering twice",
-                         sms.message_sid, who)
-                return []
-            pending = self.store.pending(sms.message_sid)
+            pending = await self.store.pending(sms.message_sid)
             if pending is None:
                 return []
             if pending.state != "received":
@@ -335,29 +358,29 @@ class SmsService:
         number, who = sms.from_number, mask_number(sms.from_number)
         keyword = classify_keyword(sms.body)
         if keyword is not None:
-            return self._keyword(sms, keyword)
+            return await self._keyword(sms, keyword)
 
-        if self.store.is_opted_out(number):
-            self.store.set_state(sms.message_sid, "ignored")
+        if await self.store.is_opted_out(number):
+            await self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: the number opted out (it must text START first)", sms.message_sid, who)
             self.agent.turn_ignored(Modality.SMS)
             return []
 
-        chosen = self._language_command(sms)
+        chosen = await self._language_command(sms)
         if chosen is not None:
             return chosen
 
         text, cut = self._agent_text(sms.body, sms.num_media)
         if not text:
-            self.store.set_state(sms.message_sid, "ignored")
+            await self.store.set_state(sms.message_sid, "ignored")
             log.info("SMS %s from %s ignored: empty body", sms.message_sid, who)
             self.agent.turn_ignored(Modality.SMS)
             return []
 
-        admission = self.store.admit(sms.message_sid, number, self.rate_limit)
+        admission = await self.store.admit(sms.message_sid, number, self.rate_limit)
         if admission is not Admission.ACCEPT:
             # Over the limit: the message is remembered (nothing is lost), not answered.
-            self.memory.append(self._user_turn(sms, text))
+            self.memory.append(await self._user_turn(sms, text))
             self.agent.turn_ignored(Modality.SMS)
             if admission is Admission.NOTE:
                 log.info("SMS %s from %s over the rate limit (%d per 10 min); sent the note", sms.message_sid, who,
@@ -369,7 +392,7 @@ class SmsService:
         link = parse_link_code(text)
         if link is not None:
             code, explicit = link
-            answered = self._link(sms, code, explicit)
+            answered = await self._link(sms, code, explicit)
             if answered is not None:
                 return answered
 
@@ -387,11 +410,11 @@ class SmsService:
             return "", False
         return truncate_for_agent(text, self.max_inbound_chars)
 
-    def on_status(self, update: StatusUpdate) -> None:
+    async def on_status(self, update: StatusUpdate) -> None:
         """Log a delivery status callback (one line); a 21610 there also records the opt-out."""
         who = mask_number(update.to) if update.to else "?"
         if update.error_code == 21610 and update.to:
-            self.store.set_opted_out(update.to, "twilio:21610")
+            await self.store.set_opted_out(update.to, "twilio:21610")
         if update.status in ("failed", "undelivered"):
             log.warning("SMS %s to %s %s (error %s)", update.message_sid, who, update.status, update.error_code)
         else:
@@ -399,30 +422,68 @@ class SmsService:
 
     # --- recovery and shutdown ----------------------------------------------------------------
 
-    def resume_unfinished(self) -> int:
-        """Start finishing every message an earlier run left unfinished; returns how many.
+    async def start(self) -> int:
+        """Finish what dead processes left (:meth:`resume_unfinished`), then keep our leases alive and
+        sweep for more in the background until :meth:`aclose`. Returns how many were resumed now.
 
-        Call once at start-up, before webhooks are served, so a Twilio retry of one of them finds
-        it in progress here. Messages older than :data:`RECOVERY_MAX_AGE` are closed as failed:
-        an answer a day late would make no sense to the person.
+        Call before webhooks are served, so a Twilio retry of a resumed message finds it in progress.
         """
-        pending = self.store.unfinished()
+        resumed = await self.resume_unfinished()
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_leases(), name="sms-leases")
+        return resumed
+
+    async def resume_unfinished(self, *, at_start: bool = True) -> int:
+        """Take and start finishing every unfinished message no live process holds; returns how many.
+
+        At start-up these are what the last run (or any dead process) left, including messages
+        left to rest because Twilio could not say whether their reply went out (``at_start``; a
+        sweep while running leaves those for :data:`RETRY_LATER`). Messages older than
+        :data:`RECOVERY_MAX_AGE` are closed as failed: an answer a day late would make no sense to
+        the person.
+        """
         now = self._clock()
         resumed = 0
         stale = 0
-        for message in pending:
-            if message.message_sid in self._inflight:
-                continue
-            if now - message.received_at > RECOVERY_MAX_AGE or message.body is None:
-                self.store.advance(message.message_sid, UNFINISHED, "failed")
-                stale += 1
-                continue
-            self._resume(message)
-            resumed += 1
+        while True:
+            taken = await self.store.take_unfinished(resting=at_start)
+            for message in taken:
+                if message.message_sid in self._inflight or message.message_sid in self._handling:
+                    continue
+                if now - message.received_at > RECOVERY_MAX_AGE or message.body is None:
+                    await self.store.advance(message.message_sid, UNFINISHED, "failed")
+                    stale += 1
+                    continue
+                self._resume(message)
+                resumed += 1
+            if len(taken) < 100:
+                break
         if resumed or stale:
             log.info("Finishing %d SMS left unfinished by the last run (%d too old or without text, closed)",
                      resumed, stale)
         return resumed
+
+    async def _keep_leases(self) -> None:
+        """Every third of a lease: renew ours, and take over what a dead process left; hourly, prune."""
+        period = max(0.05, self.store.lease / 3)
+        pruned_at = time.monotonic()  # build_sms pruned at start
+        while True:
+            await asyncio.sleep(period)  # a schedule, not synchronisation
+            try:
+                await self.store.renew()
+                if not self._draining:
+                    await self.resume_unfinished(at_start=False)
+                self.sweeps += 1
+                if time.monotonic() - pruned_at >= PRUNE_INTERVAL:
+                    pruned_at = time.monotonic()
+                    removed = await self.store.prune()
+                    if removed:
+                        log.info("Pruned %d old SMS bookkeeping rows", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away for a moment: the next round tries again
+                log.warning("SMS: could not renew leases or sweep (%s: %s); trying again in %.0fs",
+                            type(exc).__name__, exc, period)
 
     def _resume(self, message: PendingSms) -> None:
         if message.state == "received":
@@ -437,10 +498,23 @@ class SmsService:
 
     async def _recover_received(self, sms: InboundSms) -> None:
         """A message recorded but never decided on: decide now; canned answers go by REST."""
-        async with self._recovery_slots:
-            segments = await self._process(sms, webhook=False)
-            if segments and self.sender is not None and not self.store.is_opted_out(sms.from_number):
-                await self._send_all(sms.from_number, segments)
+        try:
+            async with self._recovery_slots:
+                segments = await self._process(sms, webhook=False)
+                if segments and self.sender is not None and not await self.store.is_opted_out(sms.from_number):
+                    await self._send_all(sms.from_number, segments)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await self._let_go(sms.message_sid, later=self.store.lease)
+            raise
+
+    async def _let_go(self, message_sid: str, *, later: float = RETRY_LATER) -> None:
+        """A message we stopped working on without finishing it: nobody takes it for ``later`` seconds."""
+        try:
+            await self.store.release(message_sid, not_before=later)
+        except Exception as exc:  # the lease then simply expires
+            log.debug("SMS %s: could not release its lease: %s", message_sid, exc)
 
     def begin_drain(self) -> None:
         """Stop taking new work: webhooks answer 503 from now on (Twilio retries them later)."""
@@ -464,6 +538,7 @@ class SmsService:
         start finishes it; one log line says what was left.
         """
         self.begin_drain()
+        keeper, self._keeper = self._keeper, None
         tasks = set(self._tasks)
         cancelled = 0
         if tasks:
@@ -472,7 +547,18 @@ class SmsService:
                 task.cancel()
             cancelled = len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
-        left = self.store.unfinished()
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        left: list[PendingSms] = []
+        try:
+            left = await self.store.held()
+            # Free at once: another process behind the same load balancer (or the next start) finishes them.
+            await self.store.release()
+        except Exception as exc:  # the database is away: the leases expire instead
+            log.warning("SMS shutdown: could not release this process's leases (%s: %s); other processes take "
+                        "its unfinished texts when they expire", type(exc).__name__, exc)
+        self.store.owner.retire()
         finished = f"{len(tasks) - cancelled} of {len(tasks)} reply(ies) in flight finished within the {grace:.0f}s grace"
         if left:
             by_state: dict[str, int] = {}
@@ -480,7 +566,7 @@ class SmsService:
                 by_state[message.state] = by_state.get(message.state, 0) + 1
             detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
             log.warning("SMS shutdown: %s; %d message(s) not answered (%s) are recorded and will be finished at "
-                        "the next start", finished, len(left), detail)
+                        "the next start (or by another process)", finished, len(left), detail)
         elif tasks:
             log.info("SMS shutdown: %s", finished)
         if self.sender is not None:
@@ -488,57 +574,57 @@ class SmsService:
 
     # --- branches -----------------------------------------------------------------------------
 
-    def _keyword(self, sms: InboundSms, keyword: Keyword) -> list[str]:
+    async def _keyword(self, sms: InboundSms, keyword: Keyword) -> list[str]:
         number, who = sms.from_number, mask_number(sms.from_number)
-        self.store.set_state(sms.message_sid, f"keyword:{keyword}")
+        await self.store.set_state(sms.message_sid, f"keyword:{keyword}")
         # When Twilio's own opt-out handling matched the keyword it has already replied (and
         # says so with OptOutType); answering too would send the person two messages.
         twilio_replied = sms.opt_out_type is not None
         # A keyword in another language ("HILFE") is answered in it; Twilio did not see it as one.
         language = keyword_language(sms.body) or self._language(number)
         if keyword is Keyword.STOP:
-            self.store.set_opted_out(number, "keyword")
+            await self.store.set_opted_out(number, "keyword")
             log.info("SMS %s: %s opted out (STOP)", sms.message_sid, who)
             if keyword_language(sms.body) is not None and not twilio_replied:
                 return [t("sms.stopped", language)]  # Twilio did not act on it: the one confirmation is ours
             return []  # Twilio confirms STOP itself and blocks anything more we would send
         if keyword is Keyword.START:
-            self.store.clear_opt_out(number)
+            await self.store.clear_opt_out(number)
             log.info("SMS %s: %s opted back in (START)", sms.message_sid, who)
             return [] if twilio_replied else [t("sms.start", language)]
-        if self.store.is_opted_out(number):
+        if await self.store.is_opted_out(number):
             log.info("SMS %s: HELP from opted-out %s; Twilio answers it", sms.message_sid, who)
             return []
         log.info("SMS %s: HELP from %s", sms.message_sid, who)
         return [] if twilio_replied else [self.help_text(language)]
 
-    def _link(self, sms: InboundSms, code: str | None, explicit: bool) -> list[str] | None:
+    async def _link(self, sms: InboundSms, code: str | None, explicit: bool) -> list[str] | None:
         """Answer a link attempt; None means "not a link attempt after all" (let the agent answer)."""
         who = mask_number(sms.from_number)
-        link = self.store.consume_link_code(code, sms.from_number) if code else None
+        link = await self.store.consume_link_code(code, sms.from_number) if code else None
         if link is None:
             if not explicit:
                 return None  # just six digits that are not a live code: part of the conversation
-            self.store.set_state(sms.message_sid, "link-failed")
+            await self.store.set_state(sms.message_sid, "link-failed")
             log.info("SMS %s: link attempt from %s with an unknown or expired code", sms.message_sid, who)
             return [t("sms.link_bad", self._language(sms.from_number))]
         phone_identity = f"phone:{sms.from_number}"
         self.memory.link_identities(link.identity, phone_identity)
-        self.store.set_state(sms.message_sid, "linked")
+        await self.store.set_state(sms.message_sid, "linked")
         log.info("SMS %s: linked %s to %s", sms.message_sid, who, link.identity)
         name = self.agent.character.name
         return [t("link.sms_linked", self._language(sms.from_number), person=link.display_name, name=name)]
 
-    def _speaker_name(self, number: str) -> str:
-        link = self.store.link_for_number(number)
+    async def _speaker_name(self, number: str) -> str:
+        link = await self.store.link_for_number(number)
         # The memory link is the source of truth: /forget removes it, and then so does the name.
         if link is not None and link.identity in self.memory.identities_of(f"phone:{number}"):
             return link.display_name
         return f"texter ending {number[-4:]}"
 
-    def _user_turn(self, sms: InboundSms, text: str) -> Turn:
+    async def _user_turn(self, sms: InboundSms, text: str) -> Turn:
         return Turn(room=f"sms:{sms.from_number}", speaker_id=f"phone:{sms.from_number}",
-                    speaker_name=self._speaker_name(sms.from_number), role="user", text=text,
+                    speaker_name=await self._speaker_name(sms.from_number), role="user", text=text,
                     modality=Modality.SMS, created_at=self._clock())
 
     async def _answer_with_agent(self, sms: InboundSms, text: str, *, truncated: bool) -> list[str]:
@@ -583,10 +669,15 @@ class SmsService:
                                     handoff=handoff, pending=pending)
         except asyncio.CancelledError:
             # Stopped by a shutdown: a webhook still waiting answers 503 (Twilio retries); the row
-            # keeps its state for the next start.
+            # keeps its state for the next start (or another process: aclose frees our leases).
             if handoff is not None and not handoff.done():
                 handoff.set_exception(ShuttingDown())
             raise
+        except Exception:
+            await self._let_go(sid, later=self.store.lease)  # a fault (the database?): try again soon
+            raise
+        # Finished, or left unfinished on purpose (Twilio could not say whether it was sent).
+        await self._let_go(sid)
 
     async def _reply_steps(self, sid: str, number: str, text: str, truncated: bool, state: str, *,
                            sms_received_at: float, handoff: asyncio.Future[list[str]] | None,
@@ -607,18 +698,18 @@ class SmsService:
                 sent = pending.sent_segments
                 since = pending.updated_at
             else:
-                if self.store.is_opted_out(number):
-                    self.store.advance(sid, ("accepted", "replying"), "suppressed")
+                if await self.store.is_opted_out(number):
+                    await self.store.advance(sid, ("accepted", "replying"), "suppressed")
                     log.info("SMS %s from %s not answered: the number opted out meanwhile", sid, who)
                     self.agent.turn_ignored(Modality.SMS)
                     return
                 if state == "replying":
                     # The earlier run stored the person's turn when its reply began; it is stored again below.
                     self.memory.forget_turn(room, f"phone:{number}", text, sms_received_at)
-                if not self.store.advance(sid, ("accepted", "replying"), "replying"):
+                if not await self.store.advance(sid, ("accepted", "replying"), "replying"):
                     log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
                     return
-                incoming = Incoming(room=room, speaker_id=f"phone:{number}", speaker_name=self._speaker_name(number),
+                incoming = Incoming(room=room, speaker_id=f"phone:{number}", speaker_name=await self._speaker_name(number),
                                     text=text, modality=Modality.SMS, language=self._language(number, text))
                 reply = self.agent.reply(incoming)
                 try:
@@ -646,7 +737,8 @@ class SmsService:
                     segments = [t("sms.oops", self._language(number))]
                 since = self._clock()
                 # The reply is recorded before it leaves, so a crash from here on never sends it twice.
-                if not self.store.advance(sid, "replying", "sending", reply=segments, failure=failure, sent_segments=0):
+                if not await self.store.advance(sid, "replying", "sending", reply=segments, failure=failure,
+                                                sent_segments=0):
                     log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
                     return
                 sent = 0
@@ -687,7 +779,7 @@ class SmsService:
                         return
                     sent += found
                     if found:
-                        self.store.segment_sent(sid, sent)
+                        await self.store.segment_sent(sid, sent)
                 results = await self._send_all(number, segments[sent:], sid=sid, first=sent)
                 if not results or results[-1].outcome is not SendOutcome.UNCERTAIN:
                     break
@@ -702,7 +794,7 @@ class SmsService:
             delivered = all(r.ok for r in results)
             suppressed = any(r.outcome is SendOutcome.OPTED_OUT for r in results)
             final = "suppressed" if suppressed else "answered" if failure is None and delivered else "failed"
-            if not self.store.advance(sid, "sending", final):
+            if not await self.store.advance(sid, "sending", final):
                 log.info("SMS %s from %s: record gone before the reply was noted (forgotten)", sid, who)
                 return
             if failure is None and delivered:
@@ -754,20 +846,21 @@ class SmsService:
             results.append(SendResult(SendOutcome.UNAVAILABLE, number, attempts=0, detail="no sender"))
             return results
         for i, segment in enumerate(segments):
-            if self.store.is_opted_out(number):
+            if await self.store.is_opted_out(number):
                 results.append(SendResult(SendOutcome.OPTED_OUT, number, attempts=0, detail="opted out (remembered)"))
                 break
-            if sid is not None and self.store.pending(sid) is None:
-                results.append(SendResult(SendOutcome.REJECTED, number, attempts=0, detail="forgotten"))
+            if sid is not None and not await self.store.holds(sid):
+                # Forgotten meanwhile, or another process took it over (we were paused past our lease).
+                results.append(SendResult(SendOutcome.REJECTED, number, attempts=0, detail="forgotten or taken over"))
                 break
             result = await self.sender.send(number, segment)
             results.append(result)
             if result.outcome is SendOutcome.OPTED_OUT:
-                self.store.set_opted_out(number, "twilio:21610")
+                await self.store.set_opted_out(number, "twilio:21610")
             if not result.ok:
                 break
             if sid is not None:
-                self.store.segment_sent(sid, first + i + 1)
+                await self.store.segment_sent(sid, first + i + 1)
         return results
 
     @contextlib.asynccontextmanager
@@ -840,5 +933,5 @@ class TwilioWebhooks:
         except InboundFormError as exc:
             log.warning("Twilio status callback rejected with 400: %s", exc)
             return web.Response(status=400, text=str(exc))
-        self.service.on_status(update)
+        await self.service.on_status(update)
         return web.Response(status=204)

@@ -609,7 +609,11 @@ class PostgresDatabase(Database):
             raise DatabaseError(f"cannot open PostgreSQL at {where}: {exc}") from None
         db = cls(url, pool)
         try:
-            await db.execute(_SCHEMA_TABLE)
+            # Creating the table "if not exists" is not safe against itself: two processes starting at once
+            # could both try to create the table (a duplicate pg_type row). One at a time, then.
+            async with db.transaction() as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(b"voicebot-schema-versions"),))
+                await tx.execute(_SCHEMA_TABLE)
         except BaseException:
             await pool.close()
             raise
