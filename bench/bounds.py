@@ -39,7 +39,7 @@ from bot.loopback.server import LocalDiscord
 from bot.services import Services, build_services
 from bot.settings import load_settings
 from bot.sms.inbound import SmsService, TwilioWebhooks
-from bot.privacy import OptOuts
+from bot.privacy import open_opt_outs
 from bot.sms.store import open_sms_store
 from bot.web import create_app
 from tests.fakes.openai_server import FakeOpenAI
@@ -129,7 +129,7 @@ async def sms_megabyte() -> dict[str, Any]:
         settings = load_settings(_openai_env(fake), env_file=None)
         services = await build_services(settings, db=Database.in_memory())
         assert services.store is not None
-        store = await open_sms_store(services.store, opt_outs=OptOuts(services.db))
+        store = await open_sms_store(services.store, opt_outs=await open_opt_outs(services.store))
         service = SmsService(agent=services.agent, memory=services.memory, store=store, sender=None,
                              rate_limit=10, max_segments=settings.sms_reply_max_segments)
         app = create_app(webhooks=TwilioWebhooks(service, auth_token=auth, public_url=public))

@@ -565,13 +565,12 @@ def describe_failure(exc: BaseException, settings: Settings) -> Failure:
     """The one line (and exit status) for an exception that ended a command (pure)."""
     from bot.agent import AgentError
     from bot.agent.character import CharacterError
-    from bot.db import DatabaseError as LegacyDatabaseError
     from bot.store import DatabaseError
 
     if isinstance(exc, CharacterError):
         setting = "CHARACTER_FILE " if settings.character_file is not None else ""
         return Failure(f"{setting}{exc}: fix the file, or unset CHARACTER_FILE to use the shipped character", CONFIG)
-    if isinstance(exc, (DatabaseError, LegacyDatabaseError, sqlite3.Error)):
+    if isinstance(exc, (DatabaseError, sqlite3.Error)):
         return _database_failure(exc, settings)
     discord_failure = _discord_failure(exc, settings)
     if discord_failure is not None:

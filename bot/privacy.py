@@ -30,7 +30,6 @@ import time
 import weakref
 from pathlib import Path
 
-from bot.db import Database as LegacyDatabase
 from bot.store import Database, DatabaseError
 from bot.store.erase import ForgetReport, classified
 from bot.store.erase import forget_person as _forget_person
@@ -42,7 +41,6 @@ __all__ = [
     "NAMES_NO_PERSON",
     "ForgetReport",
     "KeyedOptOuts",
-    "OptOuts",
     "forget_person",
     "key_path",
     "open_opt_outs",
@@ -62,13 +60,13 @@ _stores: weakref.WeakKeyDictionary[Database, KeyedOptOuts] = weakref.WeakKeyDict
 _opening: weakref.WeakKeyDictionary[Database, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def key_path(db: Database | LegacyDatabase) -> Path | None:
+def key_path(db: Database) -> Path | None:
     """Where ``db``'s opt-out key lives (None for an in-memory database)."""
     path = getattr(db, "path", None)
     return None if path is None else path.with_name(path.name + ".key")
 
 
-def _load_key(db: Database | LegacyDatabase) -> tuple[bytes, bool]:
+def _load_key(db: Database) -> tuple[bytes, bool]:
     """``db``'s key and whether it was created just now."""
     path = key_path(db)
     if path is None:
@@ -94,81 +92,6 @@ def _load_key(db: Database | LegacyDatabase) -> tuple[bytes, bool]:
         f.flush()
         os.fsync(f.fileno())
     return key, True
-
-
-class OptOuts:
-    """Opt-outs by keyed subject on the synchronous SQLite ``bot.db`` (legacy: what ``bot/sms`` uses until it
-    moves onto the async store; everything else uses :func:`open_opt_outs`). Same table, same key."""
-
-    COMPONENT = "privacy"
-
-    def __init__(self, db: LegacyDatabase) -> None:
-        self._db = db
-        db.migrate(self.COMPONENT, [step["sqlite"] for step in _OPT_OUT_MIGRATIONS])
-        key = _keys.get(db)
-        if key is None:
-            key, created = _load_key(db)
-            _keys[db] = key
-            if created and db.query("SELECT 1 FROM opt_outs LIMIT 1"):
-                log.warning("The opt-out key %s was missing and a new one was made: the %d opt-outs recorded "
-                            "with the old key can no longer be recognised", key_path(db),
-                            db.query("SELECT COUNT(*) FROM opt_outs")[0][0])
-        self._key = key
-        self._migrate_raw()
-
-    def subject(self, identity: str) -> str:
-        return hmac.new(self._key, identity.encode(), hashlib.sha256).hexdigest()
-
-    def remove(self, identity: str) -> bool:
-        return self._db.execute("DELETE FROM opt_outs WHERE subject = ?", (self.subject(identity),)).rowcount > 0
-
-    def has(self, identity: str) -> bool:
-        return bool(self._db.query("SELECT 1 FROM opt_outs WHERE subject = ?", (self.subject(identity),)))
-
-    def subjects(self, channel: str) -> frozenset[str]:
-        return frozenset(str(r[0]) for r in self._db.query("SELECT subject FROM opt_outs WHERE channel = ?",
-                                                            (channel,)))
-
-    def add(self, identity: str, channel: str, source: str) -> bool:
-        """Record an opt-out; True if it is new (the person had not opted out before)."""
-        with self._db.transaction():
-            existed = self.has(identity)
-            self._db.execute(
-                "INSERT INTO opt_outs (subject, channel, source, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(subject) DO UPDATE SET source = excluded.source",
-                (self.subject(identity), channel, source, time.time()),
-            )
-        return not existed
-
-    def _migrate_raw(self) -> None:
-        """Move opt-outs an earlier version stored raw into keyed subjects (once; cheap afterwards)."""
-        tables = self._db.tables()
-        moved = 0
-        with self._db.transaction():
-            if "voice_opt_outs" in tables:
-                rows = self._db.query("SELECT user_id, created_at FROM voice_opt_outs")
-                for row in rows:
-                    self._db.execute(
-                        "INSERT INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'voice', "
-                        "'optout', ?) ON CONFLICT (subject) DO NOTHING", (self.subject(f"discord:{int(row[0])}"), float(row[1])))
-                if rows:
-                    self._db.execute("DELETE FROM voice_opt_outs")
-                    log.info("Moved %d voice opt-outs to keyed storage", len(rows))
-                    moved += len(rows)
-            if "sms_opt_outs" in tables:
-                rows = self._db.query("SELECT number, opted_out_at, source FROM sms_opt_outs")
-                for row in rows:
-                    self._db.execute(
-                        "INSERT INTO opt_outs (subject, channel, source, created_at) VALUES (?, 'sms', ?, ?) "
-                        "ON CONFLICT (subject) DO NOTHING",
-                        (self.subject(f"phone:{row[0]}"), str(row[2]), float(row[1])))
-                self._db.execute("DROP TABLE sms_opt_outs")
-                if rows:
-                    log.info("Moved %d SMS opt-outs to keyed storage", len(rows))
-                    moved += len(rows)
-        if moved:
-            self._db.scrub()  # the raw ids and numbers leave the files too
-
 
 
 async def open_opt_outs(db: Database) -> KeyedOptOuts:

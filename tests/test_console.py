@@ -580,7 +580,7 @@ async def test_sms_messages_not_answered_are_counted_as_ignored() -> None:
     an empty text and one over the rate limit are turns, ignored; STOP and START are commands."""
     from bot.sms.inbound import SmsService, TwilioWebhooks
     from bot.sms.outbound import TwilioSender
-    from bot.privacy import OptOuts
+    from bot.privacy import open_opt_outs
     from bot.sms.store import open_sms_store
     from tests.fakes.twilio_server import FakeTwilio
     from tests.test_sms_webhook import OURS, PUBLIC, SID, TOKEN, Env, instant, sms_form
@@ -588,7 +588,7 @@ async def test_sms_messages_not_answered_are_counted_as_ignored() -> None:
     services = await make_services()
     console = Console(services, metrics=Metrics(process=False))
     assert services.store is not None
-    store = await open_sms_store(services.store, opt_outs=OptOuts(services.db))
+    store = await open_sms_store(services.store, opt_outs=await open_opt_outs(services.store))
     try:
         async with FakeTwilio(SID, TOKEN) as fake:
             sender = TwilioSender(SID, TOKEN, OURS, api_base=fake.base_url, status_callback=PUBLIC + "/twilio/status",

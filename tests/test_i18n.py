@@ -215,7 +215,7 @@ async def test_an_sms_reply_cut_short_says_so_in_the_senders_language() -> None:
     from bot.services import build_services
     from bot.settings import load_settings
     from bot.sms.inbound import SmsService, TwilioWebhooks
-    from bot.privacy import OptOuts
+    from bot.privacy import open_opt_outs
     from bot.sms.store import open_sms_store
     from bot.web import create_app
     from tests.fakes.openai_server import FakeOpenAI
@@ -228,7 +228,7 @@ async def test_an_sms_reply_cut_short_says_so_in_the_senders_language() -> None:
                                   "OPENAI_API_KEY": fake.api_key, "OPENAI_MODEL": "gpt-test",
                                   "SMS_REPLY_MAX_SEGMENTS": "1"}, env_file=None)
         services = await build_services(settings, db=Database.in_memory())
-        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=OptOuts(services.db)),  # type: ignore[arg-type]
+        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=await open_opt_outs(services.store)),  # type: ignore[arg-type]
                              sender=None,
                              rate_limit=10, max_segments=settings.sms_reply_max_segments)
         service.languages = services.languages

@@ -26,7 +26,7 @@ from audio.tts.espeak import EspeakEngine
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.base import Conversation, ReplyEngine
-from bot.db import Database as LegacyDatabase
+from bot.store import SqliteDatabase as LegacyDatabase
 from bot.i18n.places import PlaceLanguages
 from bot.store import SqliteDatabase as Database
 from bot.memory import Memory

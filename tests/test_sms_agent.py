@@ -14,7 +14,7 @@ from bot.agent import Agent, AgentError
 from bot.agent.character import default_character
 from bot.agent.engines.base import Conversation, ReplyEngine
 from bot.agent.engines.eliza import ElizaEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from tests.sms_helpers import sms_store
@@ -54,30 +54,29 @@ async def run_one(agent: Agent, memory: Memory, db: Database, body: str) -> list
         xml = await resp.text()
     await service.wait_idle()  # the reply is noted as said once its TwiML has left
     await service.aclose()
-    await store.db.close()
     return re.findall(r"<Message>(.*?)</Message>", xml, re.DOTALL)
 
 
 async def test_eliza_answers_a_text_and_memory_keeps_both_turns() -> None:
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     character = default_character()
     agent = Agent(character, ElizaEngine(character.name), memory)
     [answer] = await run_one(agent, memory, db, "I feel tired today")
     assert answer.strip()
-    turns = memory.recent(f"sms:{THEM}", 10)
+    turns = (await memory.recent(f"sms:{THEM}", 10))
     assert [(t.role, t.speaker_id, t.modality) for t in turns] == [
         ("user", f"phone:{THEM}", "sms"), ("assistant", "agent", "sms")]
-    db.close()
+    await db.close()
 
 
 async def test_real_agent_failing_mid_reply_stores_nothing_as_said(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     agent = Agent(default_character(), HalfwayEngine(), memory)
     assert await run_one(agent, memory, db, "what were you saying?") == [
         "Sorry, I lost my train of thought. Could you say that again?"]
-    assert [t.role for t in memory.recent(f"sms:{THEM}", 10)] == ["user"]
+    assert [t.role for t in (await memory.recent(f"sms:{THEM}", 10))] == ["user"]
     assert len([r for r in caplog.records if r.name.startswith("bot.sms")]) == 1
-    db.close()
+    await db.close()

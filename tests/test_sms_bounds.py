@@ -9,12 +9,12 @@ import re
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.services import build_services
 from bot.settings import load_settings
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
-from bot.privacy import OptOuts
+from bot.privacy import open_opt_outs
 from bot.sms.store import open_sms_store
 from bot.sms.text import SHORTENED_SMS_NOTE, cap_sms
 from bot.web import create_app
@@ -48,8 +48,8 @@ async def _services(fake: FakeOpenAI, **env: str):  # noqa: ANN202 - Services
     return settings, await build_services(settings, db=Database.in_memory())
 
 
-def _assert_stored_as_sent(services: object, sent: list[str]) -> None:
-    turn = services.memory.recent(f"sms:{THEM}", 10)[-1]  # type: ignore[attr-defined]
+async def _assert_stored_as_sent(services: object, sent: list[str]) -> None:
+    turn = (await services.memory.recent(f"sms:{THEM}", 10))[-1]  # type: ignore[attr-defined]
     assert turn.role == "assistant" and turn.interrupted
     assert turn.text.split() == " ".join(sent).replace(SHORTENED_SMS_NOTE, "").split()
     assert turn.text.endswith("on and on.")
@@ -58,12 +58,12 @@ def _assert_stored_as_sent(services: object, sent: list[str]) -> None:
 async def test_a_megabyte_reply_is_four_messages_in_twiml() -> None:
     async with FakeOpenAI(reply_tokens=MEGABYTE_REPLY) as fake:
         settings, services = await _services(fake)
-        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=OptOuts(services.db)), sender=None,
+        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=await open_opt_outs(services.store)), sender=None,
                              rate_limit=10, max_segments=settings.sms_reply_max_segments)
         segments = await _text_once(service, "tell me everything")
         assert len(segments) == 4 and all(len(s) <= 1600 for s in segments)
         assert segments[-1].endswith("on and on. " + SHORTENED_SMS_NOTE) and "**" not in "".join(segments)
-        _assert_stored_as_sent(services, segments)
+        await _assert_stored_as_sent(services, segments)
         await services.agent.aclose()
 
 
@@ -71,13 +71,13 @@ async def test_a_megabyte_reply_sent_by_rest_is_capped_too() -> None:
     async with FakeOpenAI(reply_tokens=MEGABYTE_REPLY) as fake, FakeTwilio(SID, TOKEN) as twilio:
         settings, services = await _services(fake, SMS_REPLY_MAX_SEGMENTS="2")
         sender = TwilioSender(SID, TOKEN, OURS, api_base=twilio.base_url, status_callback=PUBLIC + "/twilio/status")
-        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=OptOuts(services.db)),
+        service = SmsService(agent=services.agent, memory=services.memory, store=await open_sms_store(services.store, opt_outs=await open_opt_outs(services.store)),
                              sender=sender, rate_limit=10, reply_budget=0.0,
                              max_segments=settings.sms_reply_max_segments)
         assert await _text_once(service, "tell me everything") == []  # answered later, by REST
         bodies = [m.body for m in twilio.sent]
         assert len(bodies) == 2 and bodies[-1].endswith(SHORTENED_SMS_NOTE)
-        _assert_stored_as_sent(services, bodies)
+        await _assert_stored_as_sent(services, bodies)
         await services.agent.aclose()
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database as SyncDatabase
+from bot.store import SqliteDatabase as SyncDatabase
 from bot.memory import Memory
 from bot.privacy import OptOuts
 from bot.sms.inbound import SmsService, TwilioWebhooks
@@ -87,7 +87,7 @@ class Cluster:
                    elsewhere: bool = True) -> Node:
         db = await PostgresDatabase.connect(self.url)
         sync = SyncDatabase.in_memory()  # this node's own memory and opt-outs (they move to the store elsewhere)
-        memory = Memory(sync)
+        memory = (await Memory.open(sync))
         owner = LeaseOwner(f"machine-{name}/boot/1/1/{name}") if elsewhere else LeaseOwner()
         store = await open_sms_store(db, opt_outs=OptOuts(sync), owner=owner, lease=lease)
         sender = TwilioSender(SID, TOKEN, OURS, api_base=self.fake.base_url, sleep=instant, rand=lambda: 0.0)

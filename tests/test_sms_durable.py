@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
@@ -72,8 +72,7 @@ class Run:
         await self.service.sender.aclose()
         await self.client.close()
         self.store.owner.retire()
-        await self.store.db.close()
-        self.db.close()
+        await self.db.close()
 
 
 class Runs:
@@ -84,7 +83,7 @@ class Runs:
 
     async def start(self, *, gate: asyncio.Event | None = None, budget: float = 10.0, max_attempts: int = 1) -> Run:
         db = Database(self.path)
-        memory = Memory(db)
+        memory = (await Memory.open(db))
         store = await sms_store(db)
         sender = TwilioSender(SID, TOKEN, OURS, api_base=self.fake.base_url, sleep=instant, rand=lambda: 0.0,
                               max_attempts=max_attempts)
@@ -103,8 +102,7 @@ class Runs:
             if not run.db._closed:
                 await run.service.aclose(grace=TIMEOUT)
                 await run.client.close()
-                await run.store.db.close()
-                run.db.close()
+                await run.db.close()
 
 
 @pytest.fixture
@@ -121,12 +119,12 @@ async def wait_state(store: SmsStore, sid: str, state: str) -> None:
             await asyncio.sleep(0.01)  # polling a predicate; the timeout only guards a failure
 
 
-def assistant_turns(memory: Memory) -> list[str]:
-    return [t.text for t in memory.recent(f"sms:{THEM}", 50) if t.role == "assistant"]
+async def assistant_turns(memory: Memory) -> list[str]:
+    return [t.text for t in (await memory.recent(f"sms:{THEM}", 50)) if t.role == "assistant"]
 
 
-def user_turns(memory: Memory) -> list[str]:
-    return [t.text for t in memory.recent(f"sms:{THEM}", 50) if t.role == "user"]
+async def user_turns(memory: Memory) -> list[str]:
+    return [t.text for t in (await memory.recent(f"sms:{THEM}", 50)) if t.role == "user"]
 
 
 # --- durable before 200 ------------------------------------------------------------------------
@@ -161,8 +159,8 @@ async def test_crash_while_replying_is_answered_at_the_next_start(runs: Runs) ->
     [sent] = runs.fake.sent
     assert (sent.to, sent.body) == (THEM, REPLY)
     # The person's words are remembered once, and the reply as said.
-    assert user_turns(second.memory) == ["are you there?"]
-    assert assistant_turns(second.memory) == [REPLY]
+    assert await user_turns(second.memory) == ["are you there?"]
+    assert await assistant_turns(second.memory) == [REPLY]
 
 
 async def test_crash_before_the_send_reached_twilio_sends_once(runs: Runs) -> None:
@@ -183,7 +181,7 @@ async def test_crash_before_the_send_reached_twilio_sends_once(runs: Runs) -> No
     query, newest = runs.fake.list_requests
     assert query["To"] == THEM and query["From"] == OURS and "DateSent>" in query
     assert newest["To"] == THEM and "DateSent>" not in newest  # queued messages have no DateSent yet
-    assert assistant_turns(second.memory) == [REPLY]
+    assert await assistant_turns(second.memory) == [REPLY]
 
 
 async def test_crash_after_twilio_created_it_but_before_it_was_noted_never_sends_twice(runs: Runs) -> None:
@@ -201,7 +199,7 @@ async def test_crash_after_twilio_created_it_but_before_it_was_noted_never_sends
     await wait_state(second.store, sid, "answered")
     assert len(runs.fake.sent) == 1  # found in Twilio's list: not sent again
     assert len(runs.fake.list_requests) == 2
-    assert assistant_turns(second.memory) == [REPLY]
+    assert await assistant_turns(second.memory) == [REPLY]
 
 
 async def test_a_twilio_retry_of_an_unfinished_sid_is_answered_not_dismissed(runs: Runs) -> None:
@@ -246,7 +244,7 @@ async def test_no_answer_to_a_number_forgotten_meanwhile(runs: Runs) -> None:
     await first.crash()
 
     second = await runs.start()
-    second.memory.forget_person(f"phone:{THEM}")
+    (await second.memory.forget_person(f"phone:{THEM}"))
     assert await second.service.resume_unfinished() == 0
     assert await second.store.state_of(sid) is None
     await second.service.wait_idle()
@@ -280,8 +278,7 @@ async def test_drain_answers_503_lets_replies_finish_and_reports_what_is_left(
     [left] = [r.getMessage() for r in caplog.records if "SMS shutdown" in r.getMessage()]
     assert "1 message(s) not answered" in left and "1 received" in left
     await run.client.close()
-    await run.store.db.close()
-    run.db.close()
+    await run.db.close()
 
     nxt = await runs.start()
     assert await nxt.service.resume_unfinished() == 1
@@ -300,14 +297,13 @@ async def test_drain_grace_expires_leaves_the_reply_recorded(runs: Runs, caplog:
     [left] = [r.getMessage() for r in caplog.records if "SMS shutdown" in r.getMessage()]
     assert "0 of 1 reply(ies) in flight finished" in left and "1 replying" in left and THEM not in left
     await run.client.close()
-    await run.store.db.close()
-    run.db.close()
+    await run.db.close()
 
     nxt = await runs.start()
     await nxt.service.resume_unfinished()
     await wait_state(nxt.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY]
-    assert user_turns(nxt.memory) == ["slow one"]
+    assert await user_turns(nxt.memory) == ["slow one"]
 
 
 async def test_when_twilio_cannot_say_whether_it_was_sent_nothing_is_sent(runs: Runs,
@@ -354,7 +350,7 @@ async def test_a_reply_twilio_created_then_failed_to_confirm_goes_out_once(runs:
     await run.post(form("hello", sid))
     await wait_state(run.store, sid, "answered")
     assert [m.body for m in runs.fake.sent] == [REPLY] and runs.fake.attempts == 1  # one text
-    assert assistant_turns(run.memory) == [REPLY]
+    assert await assistant_turns(run.memory) == [REPLY]
 
 
 async def test_when_twilio_cannot_confirm_a_send_the_reply_waits_rather_than_goes_twice(
@@ -371,14 +367,13 @@ async def test_when_twilio_cannot_confirm_a_send_the_reply_waits_rather_than_goe
     assert any("cannot tell whether the reply was sent" in r.getMessage() for r in caplog.records)
     await first.service.aclose()
     await first.client.close()
-    await first.store.db.close()
-    first.db.close()
+    await first.db.close()
 
     runs.fake.list_failures = 0
     second = await runs.start()
     assert await second.service.resume_unfinished() == 1
     await wait_state(second.store, sid, "answered")
-    assert len(runs.fake.sent) == 1 and assistant_turns(second.memory) == [REPLY]
+    assert len(runs.fake.sent) == 1 and await assistant_turns(second.memory) == [REPLY]
 
 
 async def test_an_unconfirmed_send_is_checked_again_by_the_service_then_finished(runs: Runs) -> None:

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.eliza import ElizaEngine
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
@@ -32,19 +32,19 @@ _sids = itertools.count(1)
 class Phone:
     def __init__(self, configured: str = "en") -> None:
         self.db = Database.in_memory()
-        self.memory = Memory(self.db)
-        character = default_character()
-        self.agent = Agent(character, ElizaEngine(character.name), self.memory)
         self.configured = configured
         self.store: SmsStore | None = None
         self.service: SmsService | None = None
 
     async def _service(self) -> SmsService:
         if self.service is None:
+            self.memory = await Memory.open(self.db)
+            character = default_character()
+            self.agent = Agent(character, ElizaEngine(character.name), self.memory)
             self.store = await sms_store(self.db)
             self.service = SmsService(agent=self.agent, memory=self.memory, store=self.store, sender=None,
                                       rate_limit=50)
-            self.service.languages = PlaceLanguages(self.db, self.configured)
+            self.service.languages = await PlaceLanguages.open(self.db, self.configured)
         return self.service
 
     async def text(self, body: str, *, opt_out_type: str | None = None) -> list[str]:
@@ -63,8 +63,8 @@ class Phone:
     async def close(self) -> None:
         if self.service is not None and self.store is not None:
             await self.service.aclose()
-            await self.store.db.close()
-        self.db.close()
+            await self.memory.aclose()
+        await self.db.close()
 
 
 def test_keywords_in_other_languages() -> None:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from discord.ext import commands
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory, Modality, Turn
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.store import PhoneLinker, SmsStore
@@ -54,7 +54,7 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     db = Database(tmp_path / "voicebot.sqlite3")
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     store = await sms_store(db)
     agent = FakeAgent(memory, replies=lambda incoming: f"Hi {incoming.speaker_name}!")
     service = SmsService(agent=agent, memory=memory, store=store, sender=None, rate_limit=10)  # type: ignore[arg-type]
@@ -62,8 +62,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     async with TestClient(TestServer(app)) as client:
         yield Harness(client, memory, store, agent)
         await service.aclose()
-    await store.db.close()
-    db.close()
+    await db.close()
 
 
 async def test_link_then_forget_covers_both(harness: Harness) -> None:
@@ -78,14 +77,14 @@ async def test_link_then_forget_covers_both(harness: Harness) -> None:
 
     [confirmation] = await h.text(f"link {code}")
     assert confirmation.startswith("Linked!") and "Ada" in confirmation
-    assert h.memory.identities_of(f"discord:{USER_ID}") == {f"discord:{USER_ID}", f"phone:{THEM}"}
+    assert (await h.memory.identities_of(f"discord:{USER_ID}")) == {f"discord:{USER_ID}", f"phone:{THEM}"}
     assert await h.text("it's me") == ["Hi Ada!"]  # the agent now knows who is texting
     assert await h.linker.linked_numbers(f"discord:{USER_ID}") == [THEM]
 
-    removed = h.memory.forget_person(f"discord:{USER_ID}")
+    removed = (await h.memory.forget_person(f"discord:{USER_ID}"))
     assert removed["message"] == 3 and removed["linked phone"] == 1  # hello, hi on discord, it's me
-    assert h.memory.recent(f"sms:{THEM}", 50) == []
-    assert h.memory.recent(f"discord:dm:{USER_ID}", 50) == []
+    assert (await h.memory.recent(f"sms:{THEM}", 50)) == []
+    assert (await h.memory.recent(f"discord:dm:{USER_ID}", 50)) == []
     # Memory no longer links them, so the SMS side stops using the Discord name too.
     assert await h.text("still there?") == ["Hi texter ending 4321!"]
     assert await h.linker.linked_numbers(f"discord:{USER_ID}") == []
@@ -107,11 +106,11 @@ async def test_the_link_confirmation_is_in_the_numbers_language() -> None:
     from bot.i18n.places import PlaceLanguages
 
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     store = await sms_store(db)
     agent = FakeAgent(memory, replies=lambda incoming: "Hallo!")
     service = SmsService(agent=agent, memory=memory, store=store, sender=None, rate_limit=10)  # type: ignore[arg-type]
-    service.languages = PlaceLanguages(db, "en")
+    service.languages = await PlaceLanguages.open(db, "en")
     app = create_app(webhooks=TwilioWebhooks(service, auth_token=TOKEN, public_url=PUBLIC))
     async with TestClient(TestServer(app)) as client:
         h = Harness(client, memory, store, agent)
@@ -120,8 +119,7 @@ async def test_the_link_confirmation_is_in_the_numbers_language() -> None:
         [confirmation] = await h.text(f"LINK {code}")
         assert confirmation.startswith("Verknüpft! Diese Nummer gehört jetzt zu Ada auf Discord")
         await service.aclose()
-    await store.db.close()
-    db.close()
+    await db.close()
 
 
 async def test_another_phone_cannot_reuse_a_code(harness: Harness) -> None:
@@ -129,7 +127,7 @@ async def test_another_phone_cannot_reuse_a_code(harness: Harness) -> None:
     code = (await h.linker.start(f"discord:{USER_ID}", "Ada")).code
     assert (await h.text(f"LINK {code}", frm="+15550000001"))[0].startswith("Linked!")
     assert await h.text(f"LINK {code}") == [SmsService.LINK_BAD_TEXT]
-    assert f"phone:{THEM}" not in h.memory.identities_of(f"discord:{USER_ID}")
+    assert f"phone:{THEM}" not in (await h.memory.identities_of(f"discord:{USER_ID}"))
 
 
 async def test_unlink(harness: Harness) -> None:
@@ -145,20 +143,18 @@ async def test_unlink(harness: Harness) -> None:
 async def test_link_without_sms_configured() -> None:
     db = Database.in_memory()
     store = await sms_store(db)
-    linker = PhoneLinker(store, Memory(db))
+    linker = PhoneLinker(store, (await Memory.open(db)))
     assert await link_phone_message(linker, None, USER_ID, "Ada") == NO_SMS
-    await store.db.close()
 
 
 async def test_cog_registers_its_commands() -> None:
     db = Database.in_memory()
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.default())
     store = await sms_store(db)
-    await bot.add_cog(LinkCog(PhoneLinker(store, Memory(db)), OURS))
+    await bot.add_cog(LinkCog(PhoneLinker(store, (await Memory.open(db))), OURS))
     group = bot.tree.get_command("link")
     assert isinstance(group, discord.app_commands.Group)
     assert [c.name for c in group.commands] == ["phone"]
     assert bot.tree.get_command("unlink") is not None
     assert group.get_command("phone").description.startswith("Get a one-time code")  # type: ignore[union-attr]
     await bot.close()
-    await store.db.close()

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import Database as SyncDatabase
-from bot.privacy import OptOuts
+from bot.privacy import open_opt_outs
 from bot.sms.store import LINK_CODE_TTL, RATE_WINDOW, Admission, Claim, SmsStore, open_sms_store
 from bot.store import Database, SqliteDatabase, open_database
 from bot.store.leases import LeaseOwner, owner_alive, process_prefix
@@ -51,7 +50,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> object:
 
 async def store_on(db: Database, clock: Clock | None = None, owner: LeaseOwner | None = None,
                    lease: float = 30.0) -> SmsStore:
-    return await open_sms_store(db, opt_outs=OptOuts(SyncDatabase.in_memory()), clock=clock or Clock(),
+    return await open_sms_store(db, opt_outs=await open_opt_outs(db), clock=clock or Clock(),
                                 owner=owner or elsewhere("a"), lease=lease)
 
 
@@ -297,17 +296,18 @@ async def test_prune_drops_old_finished_rows_and_keeps_unfinished(db: Database) 
 async def test_an_existing_sqlite_file_opens_with_its_rows_and_versions(tmp_path: Path) -> None:
     """A file written by the last release (sms at version 2, raw opt-outs converted) keeps its rows."""
     path = tmp_path / "voicebot.sqlite3"
-    old = SyncDatabase(path)
-    old.migrate("sms", [MIGRATIONS[0]["sqlite"] + "CREATE TABLE sms_opt_outs (number TEXT PRIMARY KEY, "
-                                                  "opted_out_at REAL NOT NULL, source TEXT NOT NULL);",
-                        MIGRATIONS[1]["sqlite"]])
-    old.execute("INSERT INTO sms_messages (message_sid, from_number, received_at, state, body, updated_at) "
-                "VALUES ('SMold', ?, 1.0, 'replying', 'left by the old release', 1.0)", (NUMBER,))
-    old.execute("INSERT INTO sms_opt_outs VALUES ('+15550002222', 1.0, 'keyword')")
-    optouts = OptOuts(old)  # what the composition root builds: converts the raw opt-outs
+    old = SqliteDatabase(path)
+    await old.migrate("sms", [MIGRATIONS[0]["sqlite"] + "CREATE TABLE sms_opt_outs (number TEXT PRIMARY KEY, "
+                                                        "opted_out_at REAL NOT NULL, source TEXT NOT NULL);",
+                              MIGRATIONS[1]["sqlite"]])
+    await old.execute("INSERT INTO sms_messages (message_sid, from_number, received_at, state, body, updated_at) "
+                      "VALUES ('SMold', ?, 1.0, 'replying', 'left by the old release', 1.0)", (NUMBER,))
+    await old.execute("INSERT INTO sms_opt_outs VALUES ('+15550002222', 1.0, 'keyword')")
+    await old.close()
     db = SqliteDatabase(path)
     try:
-        store = await open_sms_store(db, opt_outs=optouts, owner=LeaseOwner())
+        # what the composition root builds: the opt-outs (converting the raw ones), then the SMS store
+        store = await open_sms_store(db, opt_outs=await open_opt_outs(db), owner=LeaseOwner())
         assert await db.schema_version("sms") == len(MIGRATIONS)
         [left] = await store.take_unfinished()  # no lease at all: free
         assert (left.message_sid, left.state, left.body) == ("SMold", "replying", "left by the old release")
@@ -315,7 +315,6 @@ async def test_an_existing_sqlite_file_opens_with_its_rows_and_versions(tmp_path
         assert "sms_opt_outs" not in await db.tables()
     finally:
         await db.close()
-        old.close()
     # And the file is still a plain SQLite file the sqlite3 module reads.
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT state FROM sms_messages").fetchall() == [("replying",)]

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.db import Database
+from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
@@ -84,7 +84,7 @@ def messages(xml: str) -> list[str]:
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
     db = Database.in_memory()
-    memory = Memory(db)
+    memory = (await Memory.open(db))
     store = await sms_store(db)
     async with FakeTwilio(SID, TOKEN) as fake:
         sender = TwilioSender(SID, TOKEN, OURS, api_base=fake.base_url, status_callback=PUBLIC + "/twilio/status",
@@ -95,8 +95,7 @@ async def env() -> AsyncIterator[Env]:
         async with TestClient(TestServer(app)) as client:
             yield Env(client, fake, memory, store, agent, service)
             await service.aclose()
-    await store.db.close()
-    db.close()
+    await db.close()
 
 
 def sms_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -115,7 +114,7 @@ async def test_quick_reply_comes_back_as_twiml(env: Env, caplog: pytest.LogCaptu
     assert env.fake.sent == []
     [incoming] = env.agent.calls
     assert (incoming.room, incoming.speaker_id, incoming.modality) == (f"sms:{THEM}", f"phone:{THEM}", "sms")
-    turns = env.memory.recent(f"sms:{THEM}", 10)
+    turns = (await env.memory.recent(f"sms:{THEM}", 10))
     assert [(t.role, t.text) for t in turns] == [("user", "hi there"), ("assistant", "Hello there, friend.")]
     assert len(sms_logs(caplog)) == 1 and THEM not in caplog.text  # numbers are masked in logs
 
@@ -125,13 +124,13 @@ async def test_slow_reply_answers_empty_then_sends_through_rest(env: Env) -> Non
     env.service.reply_budget = 0.01  # the gate guarantees the budget runs out
     status, xml = await env.post(sms_form("tell me a long story"))
     assert status == 200 and messages(xml) == [] and "<Response" in xml
-    assert env.memory.recent(f"sms:{THEM}", 10)[-1].role == "user"  # not said yet
+    assert (await env.memory.recent(f"sms:{THEM}", 10))[-1].role == "user"  # not said yet
     env.agent.gate.set()
     [sent] = await env.fake.wait_for_sent(1)
     assert (sent.to, sent.from_, sent.body) == (THEM, OURS, "Hello there, friend.")
     assert sent.status_callback == PUBLIC + "/twilio/status"
     await env.service.wait_idle()
-    assert env.memory.recent(f"sms:{THEM}", 10)[-1].text == "Hello there, friend."
+    assert (await env.memory.recent(f"sms:{THEM}", 10))[-1].text == "Hello there, friend."
 
 
 async def test_long_markdown_reply_is_normalised_and_segmented(env: Env) -> None:
@@ -274,14 +273,14 @@ async def test_burst_of_100_from_one_number(env: Env) -> None:
     notes = [m for m in answered if m == SmsService.RATE_NOTE]
     assert len(notes) == 1
     assert len(answered) == 11 and len(env.agent.calls) == 10
-    turns = env.memory.recent(f"sms:{THEM}", 500)
+    turns = (await env.memory.recent(f"sms:{THEM}", 500))
     assert sorted(t.text for t in turns if t.role == "user") == sorted(f"message {i}" for i in range(100))
     assert len([t for t in turns if t.role == "assistant"]) == 10
     # Twilio retrying every one of them changes nothing.
     again = await asyncio.gather(*(env.post(f) for f in forms))
     assert all(status == 200 and messages(xml) == [] for status, xml in again)
     await env.service.wait_idle()
-    assert len(env.agent.calls) == 10 and len(env.memory.recent(f"sms:{THEM}", 500)) == 110
+    assert len(env.agent.calls) == 10 and len((await env.memory.recent(f"sms:{THEM}", 500))) == 110
 
 
 async def test_agent_failing_mid_reply(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -291,7 +290,7 @@ async def test_agent_failing_mid_reply(env: Env, caplog: pytest.LogCaptureFixtur
     assert status == 200
     assert messages(xml) == ["Sorry, something went wrong on my side. Please try again in a bit."]
     await env.service.wait_idle()
-    turns = env.memory.recent(f"sms:{THEM}", 10)
+    turns = (await env.memory.recent(f"sms:{THEM}", 10))
     assert [t.role for t in turns] == ["user"]  # nothing stored as said
     records = sms_logs(caplog)
     assert len(records) == 1 and records[0].levelno == logging.WARNING
@@ -307,7 +306,7 @@ async def test_agent_failing_after_the_budget_apologises_by_rest(env: Env) -> No
     [sent] = await env.fake.wait_for_sent(1)
     assert sent.body.startswith("Sorry")
     await env.service.wait_idle()
-    assert [t.role for t in env.memory.recent(f"sms:{THEM}", 10)] == ["user"]
+    assert [t.role for t in (await env.memory.recent(f"sms:{THEM}", 10))] == ["user"]
 
 
 # --- keywords and opt-outs ---------------------------------------------------------------------
@@ -341,7 +340,7 @@ async def test_stop_during_a_slow_reply_prevents_the_rest_send(env: Env) -> None
     env.agent.gate.set()
     await env.service.wait_idle()
     assert env.fake.attempts == 0 and env.fake.sent == []
-    assert [t.role for t in env.memory.recent(f"sms:{THEM}", 10)] == ["user"]
+    assert [t.role for t in (await env.memory.recent(f"sms:{THEM}", 10))] == ["user"]
 
 
 async def test_twilio_21610_on_send_is_remembered(env: Env) -> None:

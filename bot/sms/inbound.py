@@ -284,7 +284,7 @@ class SmsService:
             setting = parse_setting(match.group(2))
         except ValueError:
             return None  # "language barriers are hard": a sentence for the agent, not a command
-        self.languages.set(f"phone:{sms.from_number}", setting)
+        await self.languages.set(f"phone:{sms.from_number}", setting)
         await self.store.set_state(sms.message_sid, "language")
         log.info("SMS %s: %s set the language to %s", sms.message_sid, mask_number(sms.from_number), setting)
         shown = self._language(sms.from_number)
@@ -609,7 +609,7 @@ class SmsService:
             log.info("SMS %s: link attempt from %s with an unknown or expired code", sms.message_sid, who)
             return [t("sms.link_bad", self._language(sms.from_number))]
         phone_identity = f"phone:{sms.from_number}"
-        self.memory.link_identities(link.identity, phone_identity)
+        await self.memory.link_identities(link.identity, phone_identity)
         await self.store.set_state(sms.message_sid, "linked")
         log.info("SMS %s: linked %s to %s", sms.message_sid, who, link.identity)
         name = self.agent.character.name
@@ -618,7 +618,7 @@ class SmsService:
     async def _speaker_name(self, number: str) -> str:
         link = await self.store.link_for_number(number)
         # The memory link is the source of truth: /forget removes it, and then so does the name.
-        if link is not None and link.identity in self.memory.identities_of(f"phone:{number}"):
+        if link is not None and link.identity in await self.memory.identities_of(f"phone:{number}"):
             return link.display_name
         return f"texter ending {number[-4:]}"
 
@@ -705,7 +705,7 @@ class SmsService:
                     return
                 if state == "replying":
                     # The earlier run stored the person's turn when its reply began; it is stored again below.
-                    self.memory.forget_turn(room, f"phone:{number}", text, sms_received_at)
+                    await self.memory.forget_turn(room, f"phone:{number}", text, sms_received_at)
                 if not await self.store.advance(sid, ("accepted", "replying"), "replying"):
                     log.info("SMS %s from %s not answered: its record is gone (forgotten)", sid, who)
                     return

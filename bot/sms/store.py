@@ -106,7 +106,7 @@ class PhoneLinker:
 
     async def linked_numbers(self, identity: str) -> list[str]:
         """Phone numbers linked to ``identity`` that memory still links (``/forget`` removes them)."""
-        known = self.memory.identities_of(identity)
+        known = await self.memory.identities_of(identity)
         return [link.number for link in await self.store.links_for_identity(identity)
                 if f"phone:{link.number}" in known]
 
@@ -114,6 +114,6 @@ class PhoneLinker:
         """Remove every phone linked to ``identity``; returns the numbers unlinked."""
         removed = await self.store.remove_links(identity)
         for link in removed:
-            self.memory.unlink_identity(f"phone:{link.number}")
+            await self.memory.unlink_identity(f"phone:{link.number}")
         log.info("Unlinked %d phone(s) from %s", len(removed), identity)
         return [link.number for link in removed]
