@@ -25,7 +25,6 @@ import soxr
 from audio.stt.base import STTError
 from audio.stt.local import LocalWhisperSTT
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceInfo, VoiceSpec
-from bot.db import Database as LegacyDatabase
 from bot.i18n.places import PlaceLanguages
 from bot.store import SqliteDatabase as Database
 from bot.memory import Memory, Modality
@@ -129,7 +128,7 @@ async def real_phone(settings: Settings, memory: Memory, db: Database) -> PhoneS
     from bot.agent.factory import build_agent
 
     agent = await build_agent(settings, memory)
-    phone = build_phone(settings, agent=agent, memory=memory, db=LegacyDatabase.in_memory(),
+    phone = build_phone(settings, agent=agent, memory=memory, store=db,
                         languages=await PlaceLanguages.open(db, settings.language))
     if phone.stt is not None:
         await phone.stt.check()  # load the model now, not during the first turn
@@ -461,19 +460,10 @@ async def test_callers_outside_the_allow_list_hear_a_goodbye() -> None:
 
 @needs_whisper
 async def test_a_number_that_texted_stop_can_still_call() -> None:
-<<<<<<< HEAD
     from bot.privacy import open_opt_outs
 
     async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
         await (await open_opt_outs(db)).add(f"phone:{CALLER}", "sms", "keyword")  # what an SMS STOP records
-=======
-    from tests.sms_helpers import sms_store
-
-    async def make(settings: Settings, memory: Memory, db: Database) -> PhoneService:
-        store = await sms_store(db)
-        await store.set_opted_out(CALLER, "keyword")  # opt-outs live on db, where the phone would look
-        await store.db.close()
->>>>>>> s5-sms
         return await real_phone(settings, memory, db)
 
     async with rig(make) as r:
@@ -723,44 +713,23 @@ async def test_a_socket_that_never_starts_is_closed(monkeypatch: pytest.MonkeyPa
 async def test_a_linked_caller_is_their_discord_self_until_forgotten() -> None:
     from bot.agent.factory import build_agent
     from bot.sms.store import open_sms_store
-    from bot.store import SqliteDatabase
 
     db = Database.in_memory()
-<<<<<<< HEAD
-    legacy = LegacyDatabase.in_memory()
     memory = (await Memory.open(db))
     settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
-    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=legacy,
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, store=db,
                         languages=await PlaceLanguages.open(db, settings.language))
     try:
-        store = SmsStore(legacy)
-        code = store.create_link_code("discord:100000000000000001", "Alice")
-        assert store.consume_link_code(code.code, CALLER) is not None
-        (await memory.link_identities("discord:100000000000000001", f"phone:{CALLER}"))
+        sms = await open_sms_store(db)
+        code = await sms.create_link_code("discord:100000000000000001", "Alice")
+        assert await sms.consume_link_code(code.code, CALLER) is not None
+        await memory.link_identities("discord:100000000000000001", f"phone:{CALLER}")
         assert await phone._name(CALLER) == "Alice"
-        (await memory.forget_person("discord:100000000000000001"))
+        await memory.forget_person("discord:100000000000000001")
         assert await phone._name(CALLER) == "caller ending 4321"
     finally:
         await phone.aclose()
         await db.close()
-=======
-    memory = Memory(db)
-    store = SqliteDatabase.in_memory()  # where the SMS links live (bot/store)
-    settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none")
-    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=db, store=store)
-    try:
-        sms = await open_sms_store(store)
-        code = await sms.create_link_code("discord:100000000000000001", "Alice")
-        assert await sms.consume_link_code(code.code, CALLER) is not None
-        memory.link_identities("discord:100000000000000001", f"phone:{CALLER}")
-        assert await phone._name(CALLER) == "Alice"
-        memory.forget_person("discord:100000000000000001")
-        assert await phone._name(CALLER) == "caller ending 4321"
-    finally:
-        await phone.aclose()
-        await store.close()
-        db.close()
->>>>>>> s5-sms
 
 
 # ------------------------------------------------------------------------------------ one call, one token; strangers
@@ -909,10 +878,9 @@ async def test_build_phone_takes_phone_max_calls() -> None:
     from bot.agent.factory import build_agent
 
     db = Database.in_memory()
-    legacy = LegacyDatabase.in_memory()
     memory = (await Memory.open(db))
     settings = phone_settings("http://127.0.0.1:9", STT_ENGINE="none", PHONE_MAX_CALLS="2")
-    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, db=legacy,
+    phone = build_phone(settings, agent=await build_agent(settings, memory), memory=memory, store=db,
                         languages=await PlaceLanguages.open(db, settings.language))
     try:
         assert phone.max_calls == 2

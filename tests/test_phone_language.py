@@ -31,7 +31,6 @@ from bot.agent.character import default_character
 from bot.agent.engines.base import Conversation, ReplyEngine
 from bot.agent.engines.eliza import ElizaEngine
 from bot.agent.engines.openai_engine import OpenAIEngine
-from bot.db import Database as LegacyDatabase
 from bot.store import SqliteDatabase as Database
 from bot.i18n import messages
 from bot.i18n.catalog import t
@@ -131,13 +130,7 @@ async def lang_rig(*, stt: STTEngine, engine: ReplyEngine | None = None, options
             languages=languages, recognizer_language=recognizer_language,  # type: ignore[arg-type]
             allowed_callers=(GERMAN, JAPANESE, OTHER),
         )
-<<<<<<< HEAD
-        # The SMS store on its own (legacy, synchronous) connection until bot/sms moves onto the async store.
-        sms = SmsService(agent=agent, memory=memory, store=SmsStore(LegacyDatabase.in_memory()), sender=None,
-                         rate_limit=50)
-=======
         sms = SmsService(agent=agent, memory=memory, store=await sms_store(db), sender=None, rate_limit=50)
->>>>>>> s5-sms
         sms.languages = languages  # the same rows: a number's language is one, whether it texts or calls
         app = create_app(webhooks=TwilioWebhooks(sms, auth_token=AUTH, public_url=PUBLIC), phone=phone)
         if on_app is not None:
@@ -152,7 +145,6 @@ async def lang_rig(*, stt: STTEngine, engine: ReplyEngine | None = None, options
             await server.stop()
             await phone.aclose()
             await sms.aclose()
-            await sms.store.db.close()
             await agent.aclose()
             await db.close()
 

@@ -26,7 +26,6 @@ from audio.tts.espeak import EspeakEngine
 from bot.agent import Agent
 from bot.agent.character import default_character
 from bot.agent.engines.base import Conversation, ReplyEngine
-from bot.store import SqliteDatabase as LegacyDatabase
 from bot.i18n.places import PlaceLanguages
 from bot.store import SqliteDatabase as Database
 from bot.memory import Memory
@@ -236,7 +235,7 @@ def test_build_phone_takes_turn_detection_speculation_and_the_reply_limit_from_s
         memory = (await Memory.open(db))
         settings = phone_settings("http://127.0.0.1:1", **extra)
         agent = await build_agent(settings, memory)
-        phone = build_phone(settings, agent=agent, memory=memory, db=LegacyDatabase.in_memory(),
+        phone = build_phone(settings, agent=agent, memory=memory, store=db,
                         languages=await PlaceLanguages.open(db, settings.language))
         try:
             return phone.options

@@ -10,13 +10,10 @@ from pathlib import Path
 from bot.memory import RETENTION_INTERVAL, Memory, Modality, RetentionSchedule, Turn
 from bot.services import build_services
 from bot.settings import load_settings
-<<<<<<< HEAD
-from bot.sms import store as sms_store
+from bot.store.sms import MIGRATIONS as SMS_MIGRATIONS
 from bot.store import Database, PostgresDatabase, SqliteDatabase
 from bot.store.erase import Retention
 from tests.backends import store_db  # noqa: F401  (both backends)
-=======
->>>>>>> s5-sms
 
 TIMEOUT = 30.0
 
@@ -26,17 +23,11 @@ def old_turn(text: str, days_ago: float) -> Turn:
                 modality=Modality.TEXT, created_at=time.time() - days_ago * 86400)
 
 
-<<<<<<< HEAD
 async def test_a_running_bot_prunes_on_schedule_and_the_task_is_cancelled(store_db: Database) -> None:  # noqa: F811
     memory = await Memory.open(store_db)
-    await store_db.migrate("sms", sms_store._MIGRATIONS)
+    await store_db.migrate("sms", SMS_MIGRATIONS)
     now = time.time()
     await store_db.execute("INSERT INTO sms_rate_notes (number, noted_at) VALUES (?, ?)", ("+15550000001", now - 9999))
-=======
-async def test_a_running_bot_prunes_on_schedule_and_the_task_is_cancelled(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite3")
-    memory = Memory(db)
->>>>>>> s5-sms
     schedule = RetentionSchedule(memory, 30, interval=0.01)
     await schedule.start()
     assert schedule.runs == 1
