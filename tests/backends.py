@@ -21,16 +21,3 @@ async def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         yield db
     finally:
         await db.close()
-
-
-def _sms_is_async() -> bool:
-    import inspect
-
-    from bot.sms.store import SmsStore
-
-    return inspect.iscoroutinefunction(SmsStore.claim)
-
-
-# Tests that drive the SMS pipeline wait for the SMS store's move onto the async database (its own
-# branch); they run again by themselves once SmsStore is async. Never a silent pass: pytest lists them.
-needs_async_sms = pytest.mark.skipif(not _sms_is_async(), reason="the SMS store is not on the async database yet")

@@ -23,7 +23,6 @@ from bot.services import Services, build_services
 from bot.settings import Secret, Settings
 from bot.voice.session import TurnTiming
 from bot.web import create_app
-from tests.backends import needs_async_sms
 
 CONSOLE_TOKEN = "console-secret-token-1"
 METRICS_TOKEN = "metrics-secret-token-2"
@@ -184,31 +183,22 @@ async def test_guild_ids_appear_only_when_opted_in() -> None:
     assert sample(parse(text), "voicebot_receive_packets", "voicebot_receive_packets_total", result="delivered") == 5
 
 
-<<<<<<< HEAD
-@needs_async_sms
 async def test_sms_states_are_read_from_the_store(services: Services) -> None:
-    from bot.sms.store import SmsStore
-=======
-async def test_sms_states_are_read_from_the_store(tmp_path: Path) -> None:
     from bot.sms.store import open_sms_store
->>>>>>> s5-sms
 
-    # One file, as the bot runs: the SMS records (async store) and the console's reader share it.
-    services = await build_services(Settings(), db=Database(tmp_path / "voicebot.sqlite3"))
     metrics = Metrics(process=False)
-    Console(services, metrics=metrics)
-    assert services.store is not None
+    console = Console(services, metrics=metrics)
     store = await open_sms_store(services.store)
     assert await store.claim("SM1", "+15551112222") and await store.claim("SM2", "+15551112222")
     await store.set_state("SM2", "failed")
     await store.claim("SM3", "+15551112223")
     await store.set_state("SM3", "keyword:STOP")
+    await console.refresh_sms_states()  # what the console's tick does (a scrape never waits on the database)
     f = parse(metrics.render().decode())
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="received") == 1
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="failed") == 1
     assert sample(f, "voicebot_sms_messages_total", "voicebot_sms_messages_total", state="keyword") == 1
     assert "+1555" not in metrics.render().decode()
-    await services.aclose()
 
 
 async def test_metrics_scraped_during_a_burst_parse_and_count_exactly(services: Services) -> None:
@@ -574,7 +564,6 @@ async def test_text_messages_over_the_rate_limit_are_counted_as_ignored(monkeypa
         assert d.problems == []
 
 
-@needs_async_sms
 async def test_sms_messages_not_answered_are_counted_as_ignored() -> None:
     """Item 6: real signed webhooks into the SMS service with the real agent: an opted-out number,
     an empty text and one over the rate limit are turns, ignored; STOP and START are commands."""

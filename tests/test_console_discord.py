@@ -157,7 +157,7 @@ async def test_a_taken_port_is_one_clear_line_and_the_bot_goes_on(tmp_path: Path
         services = await build_services(settings, db=Database.in_memory())
         try:
             task = asyncio.create_task(serve(settings, agent=services.agent, memory=services.memory,
-                                             db=services.db), name="web-server")
+                                             store=services.store), name="web-server")
             task.add_done_callback(report_web_failure)  # runs before gather's own callback
             await asyncio.gather(task, return_exceptions=True)
         finally:

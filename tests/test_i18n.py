@@ -22,7 +22,6 @@ from bot.i18n.places import LanguageChooser, PlaceLanguages
 from bot.i18n.voices import voice_for_language
 from bot.memory import Memory, Modality
 from audio.tts.base import VoiceSpec
-from tests.backends import needs_async_sms
 
 
 def _fields(text: str) -> set[str]:
@@ -205,7 +204,6 @@ def test_a_shortened_sms_says_so_in_the_replys_language() -> None:
     assert len({t("sms.shortened", code) for code in CATALOG_LANGUAGES}) == len(CATALOG_LANGUAGES)
 
 
-@needs_async_sms
 async def test_an_sms_reply_cut_short_says_so_in_the_senders_language() -> None:
     """Through the SMS service: the webhook, the real agent (OpenAI engine on the loopback server)."""
     import re

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.store import SqliteDatabase as SyncDatabase
 from bot.memory import Memory
-from bot.privacy import OptOuts
+from bot.privacy import open_opt_outs
 from bot.sms.inbound import SmsService, TwilioWebhooks
 from bot.sms.outbound import TwilioSender
 from bot.sms.store import open_sms_store
@@ -86,10 +85,9 @@ class Cluster:
     async def node(self, name: str, *, lease: float = 30.0, budget: float = 10.0, gate: asyncio.Event | None = None,
                    elsewhere: bool = True) -> Node:
         db = await PostgresDatabase.connect(self.url)
-        sync = SyncDatabase.in_memory()  # this node's own memory and opt-outs (they move to the store elsewhere)
-        memory = (await Memory.open(sync))
+        memory = await Memory.open(db)  # each node's memory and opt-outs on the shared database, as the bot runs
         owner = LeaseOwner(f"machine-{name}/boot/1/1/{name}") if elsewhere else LeaseOwner()
-        store = await open_sms_store(db, opt_outs=OptOuts(sync), owner=owner, lease=lease)
+        store = await open_sms_store(db, opt_outs=await open_opt_outs(db), owner=owner, lease=lease)
         sender = TwilioSender(SID, TOKEN, OURS, api_base=self.fake.base_url, sleep=instant, rand=lambda: 0.0)
         agent = FakeAgent(memory, replies=[REPLY], gate=gate)
         service = SmsService(agent=agent, memory=memory, store=store, sender=sender, rate_limit=100,  # type: ignore[arg-type]
@@ -113,6 +111,7 @@ class Cluster:
                 if node.agent.gate is not None:
                     node.agent.gate.set()
                 await node.service.aclose(grace=TIMEOUT)
+                await node.memory.aclose()
                 await node.client.close()
                 await node.db.close()
 

@@ -29,7 +29,6 @@ from bot.settings import Secret, Settings
 from bot.web import WebServer, create_app, serve
 from tests.fakes.fake_agent import FakeAgent
 from tests.fakes.twilio_server import FakeTwilio, sign_webhook
-from tests.backends import needs_async_sms
 
 SID = "AC" + "3" * 32
 TOKEN = "web-test-token"
@@ -84,7 +83,6 @@ async def fake_twilio() -> AsyncIterator[FakeTwilio]:
         yield fake
 
 
-@needs_async_sms
 async def test_serve_full_path_slow_reply_goes_out_by_rest(fake_twilio: FakeTwilio,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -94,7 +92,7 @@ async def test_serve_full_path_slow_reply_goes_out_by_rest(fake_twilio: FakeTwil
     stop = asyncio.Event()
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        serve(sms_settings(fake_twilio.base_url), agent=agent, memory=memory, db=db, stop=stop,  # type: ignore[arg-type]
+        serve(sms_settings(fake_twilio.base_url), agent=agent, memory=memory, store=db, stop=stop,  # type: ignore[arg-type]
               ready=started.set_result, reply_budget=0.01),
         name="test-serve",
     )
@@ -136,7 +134,7 @@ async def test_serve_without_sms_serves_health_only() -> None:
     stop = asyncio.Event()
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
     settings = Settings(web_host="127.0.0.1", web_port=0)
-    task = asyncio.create_task(serve(settings, agent=FakeAgent(memory), memory=memory, db=db, stop=stop,  # type: ignore[arg-type]
+    task = asyncio.create_task(serve(settings, agent=FakeAgent(memory), memory=memory, store=db, stop=stop,  # type: ignore[arg-type]
                                      ready=started.set_result), name="test-serve-health")
     try:
         server = await asyncio.wait_for(started, 10)
@@ -151,13 +149,12 @@ async def test_serve_without_sms_serves_health_only() -> None:
     await db.close()
 
 
-@needs_async_sms
 async def test_serve_stops_when_cancelled(fake_twilio: FakeTwilio) -> None:
     db = Database.in_memory()
     memory = (await Memory.open(db))
     started: asyncio.Future[WebServer] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(sms_settings(fake_twilio.base_url), agent=FakeAgent(memory), memory=memory,  # type: ignore[arg-type]
-                                     db=db, ready=started.set_result), name="test-serve-cancel")
+                                     store=db, ready=started.set_result), name="test-serve-cancel")
     server = await asyncio.wait_for(started, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
