@@ -43,7 +43,7 @@ note can quote both. ``word_error_rate`` compares the turns the bot heard with t
 a faster recognizer that hears worse shows. The JSON's ``measures`` says what each figure includes
 and leaves out.
 
-Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare]
+Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare] [--database-url postgresql://…]
 Prints one JSON line on stdout (without ``--json`` a readable summary also goes to stderr).
 """
 
@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from bench import call_latency
+from bot.store import redact_url
 from bot.settings import Secret, Settings
 
 __all__ = [
@@ -618,7 +619,7 @@ def summarize(results: dict[str, list[TurnSample]], baseline: dict[str, list[Tur
         "cloud_timing_s": {"connect": CONNECT_DELAY, "stt_finalize": STT_FINALIZE_DELAY,
                            "llm_first_token": LLM_FIRST_TOKEN, "llm_tokens_per_second": LLM_TOKENS_PER_SECOND,
                            "tts_first_audio": TTS_FIRST_AUDIO, "tts_speed": TTS_SPEED},
-        "overrides": {k: v for k, v in cfg.overrides.items()},
+        "overrides": {k: (redact_url(v) if k == "database_url" else v) for k, v in cfg.overrides.items()},
     }
     out["machine"] = {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
     out["wall_seconds"] = round(wall_seconds, 1)
@@ -722,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--configs", default="local,cloud,call", help="comma-separated: local, cloud, call")
     parser.add_argument("--compare", action="store_true", help="also run the settings from before (baseline)")
     parser.add_argument("--utterances", type=int, default=len(UTTERANCES), help="use the first N utterances")
+    parser.add_argument("--database-url", default=None, metavar="URL",
+                        help="keep the bot's store in this PostgreSQL database (default: SQLite in memory)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a bot setting for the measured runs (e.g. turn_detection=fixed)")
     args = parser.parse_args(argv)
@@ -734,6 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name.strip()] = _parse_value(value.strip())
+    if args.database_url:
+        overrides["database_url"] = args.database_url
     cfg = BenchConfig(configs=configs, utterances=UTTERANCES[: max(1, args.utterances)], compare=args.compare,
                       overrides=overrides)
     result = asyncio.run(run_benchmark(cfg))

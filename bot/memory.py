@@ -87,6 +87,7 @@ class Memory:
         self._writer: asyncio.Task[None] | None = None
         self._dropped_reported = 0
         self._last_report = 0.0
+        self._failures_checked = 0  # failures whose possibly-committed batch was checked
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> Memory:
@@ -172,7 +173,7 @@ class Memory:
             async with self._write_lock:
                 batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
                 try:
-                    ids = await self.turns.insert_many([r.turn for r in batch])
+                    ids = await self._store(batch)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # unreachable, restarting, full: keep the turns and retry
@@ -200,6 +201,19 @@ class Memory:
             if failed:
                 await asyncio.sleep(delay)  # backoff while the database is away, not synchronisation
                 delay = min(delay * 2, self.retry_max)
+
+    async def _store(self, batch: list[_Rec]) -> list[int]:
+        """Insert ``batch`` in one transaction. After a failed attempt the batch may have been committed
+        with only the answer lost, so what is already there is found first and not stored twice."""
+        if self.away_since is None and self.failures == self._failures_checked:
+            return await self.turns.insert_many([r.turn for r in batch])
+        there = await self.turns.written([r.turn for r in batch])
+        self._failures_checked = self.failures
+        rest = [i for i in range(len(batch)) if i not in there]
+        new_ids = await self.turns.insert_many([batch[i].turn for i in rest])
+        ids = dict(there)
+        ids.update(zip(rest, new_ids))
+        return [ids[i] for i in range(len(batch))]
 
     def _report(self) -> None:
         now = time.monotonic()
@@ -345,7 +359,7 @@ class Memory:
         """Store every queued turn now (the caller holds the write lock)."""
         while self._pending:
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
-            ids = await self.turns.insert_many([r.turn for r in batch])
+            ids = await self._store(batch)
             for rec, new_id in zip(batch, ids):
                 rec.id = new_id
             for _ in batch:

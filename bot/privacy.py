@@ -62,6 +62,9 @@ _opening: weakref.WeakKeyDictionary[Database, asyncio.Lock] = weakref.WeakKeyDic
 
 def key_path(db: Database) -> Path | None:
     """Where ``db``'s opt-out key lives (None for an in-memory database)."""
+    explicit = getattr(db, "key_file", None)  # PostgreSQL: set by the composition root (a file in DATA_DIR)
+    if explicit is not None:
+        return Path(explicit)
     path = getattr(db, "path", None)
     return None if path is None else path.with_name(path.name + ".key")
 

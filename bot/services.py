@@ -53,7 +53,12 @@ class Services:
 async def open_store(settings: Settings) -> Database:
     """The database DATABASE_URL names, else the SQLite file in DATA_DIR (raises DatabaseError, one line)."""
     if settings.database_url:
-        return await PostgresDatabase.connect(settings.database_url)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = await PostgresDatabase.connect(settings.database_url)
+        # The opt-out key stays out of the database: a file in DATA_DIR, which every process sharing
+        # this database must have the same copy of.
+        db.key_file = settings.data_dir / "voicebot.postgresql.key"  # type: ignore[attr-defined]
+        return db
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteDatabase(settings.data_dir / SQLITE_NAME)
 

@@ -333,7 +333,8 @@ async def running_bot(settings: Settings, names: Sequence[str], *, host_name: st
         host = guild.add_member(host_name, roles=[guild.add_role("hosts", Permissions.MANAGE_GUILD)])
         members = {name: guild.add_member(name) for name in names}
         sim_settings = simulation_settings(settings, server, guild.id)
-        services = await build_services(sim_settings, db=SqliteDatabase.in_memory())
+        # In memory unless a DATABASE_URL is set (bench.latency measures the bot on PostgreSQL that way).
+        services = await build_services(sim_settings, db=None if sim_settings.database_url else SqliteDatabase.in_memory())
         manager: VoiceManager | None = None
         bot: VoiceBot | None = None
         runner: asyncio.Task[None] | None = None

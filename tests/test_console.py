@@ -18,7 +18,7 @@ from bot.agent import Incoming
 from bot.console import Console, Metrics, mount
 from bot.console.metrics import LiveSource, ReceiveSample
 from bot.store import SqliteDatabase as Database
-from bot.memory import Modality
+from bot.memory import Modality, Turn
 from bot.services import Services, build_services
 from bot.settings import Secret, Settings
 from bot.voice.session import TurnTiming
@@ -802,3 +802,21 @@ async def test_provider_errors_on_the_console_go_through_the_redactor(services: 
     finally:
         install_redactor(before.secrets)
         await client.close()
+
+
+async def test_the_state_shows_memorys_write_queue(services: Services) -> None:
+    """Issue 22: turns waiting for the database, dropped past the bound, and how long it has been away."""
+    from bot.console.hub import Console
+    from bot.console.metrics import Metrics
+
+    console = Console(services, metrics=Metrics(process=False))
+    try:
+        storage = console.snapshot()["storage"]
+        assert storage["bound"] == services.memory.queue_max and storage["dropped"] == 0
+        assert storage["database_away_seconds"] is None
+        services.memory.queue_max = 0  # a full queue: the next turn is dropped and counted
+        services.memory.append(Turn(room="console", speaker_id="console:me", speaker_name="me", role="user",
+                                    text="hello", modality=Modality.TEXT, created_at=0.0))
+        assert console.snapshot()["storage"]["dropped"] == 1
+    finally:
+        await console.aclose()

@@ -178,6 +178,25 @@ class TurnStore(Erasure):
                 ids.append(int(await tx.scalar(_INSERT + " RETURNING id", turn_params(turn))))
         return ids
 
+    async def written(self, turns: Sequence[Turn]) -> dict[int, int]:
+        """Which of ``turns`` are already stored (index in ``turns`` → id): after a write whose answer was
+        lost (the connection cut after COMMIT), so a retry does not store them twice."""
+        await self.ready()
+        if not turns:
+            return {}
+        low, high = min(t.created_at for t in turns), max(t.created_at for t in turns)
+        rooms = sorted({t.room for t in turns})
+        rows = await self.db.query(
+            "SELECT id, room, speaker_id, role, text, created_at FROM turns WHERE created_at >= ? AND created_at <= ? "
+            f"AND room IN ({marks(rooms)})", (float(low), float(high), *rooms))
+        found = {(r["room"], r["speaker_id"], r["role"], r["text"], float(r["created_at"])): int(r["id"]) for r in rows}
+        out: dict[int, int] = {}
+        for index, t in enumerate(turns):
+            key = (t.room, t.speaker_id, t.role, t.text, float(t.created_at))
+            if key in found:
+                out[index] = found.pop(key)
+        return out
+
     async def recent_rows(self, room: str, limit: int) -> list[tuple[int, Turn]]:
         """The last ``limit`` turns in ``room`` with their ids, oldest first."""
         await self.ready()
