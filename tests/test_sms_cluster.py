@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -83,7 +84,7 @@ class Cluster:
         self.nodes: list[Node] = []
 
     async def node(self, name: str, *, lease: float = 30.0, budget: float = 10.0, gate: asyncio.Event | None = None,
-                   elsewhere: bool = True) -> Node:
+                   elsewhere: bool = True, start: bool = True) -> Node:
         db = await PostgresDatabase.connect(self.url)
         memory = await Memory.open(db)  # each node's memory and opt-outs on the shared database, as the bot runs
         owner = LeaseOwner(f"machine-{name}/boot/1/1/{name}") if elsewhere else LeaseOwner()
@@ -96,7 +97,8 @@ class Cluster:
         client = TestClient(TestServer(create_app(webhooks=TwilioWebhooks(service, auth_token=TOKEN,
                                                                           public_url=PUBLIC))))
         await client.start_server()
-        await service.start()
+        if start:
+            await service.start()
         node = Node(name, db, memory, agent, service, client)
         self.nodes.append(node)
         return node
@@ -218,4 +220,34 @@ async def test_a_process_that_died_on_this_machine_is_taken_over_without_waiting
     status, twiml = await b.post(form("hello", sid))  # Twilio's retry, an hour before the lease would end
     assert (status, twiml) == (200, [])  # taken and answered by REST (a recovery never answers in TwiML)
     await b.service.wait_idle()
+    assert cluster.answers() == [REPLY]
+
+
+async def test_a_text_taken_while_its_retry_was_being_decided_is_not_kept_alive_by_nobody(cluster: Cluster) -> None:
+    """The sweep can take a dead holder's text while a Twilio retry of it is being decided here (and
+    is answered "elsewhere"): nothing works on it then, so its lease is not renewed, and a later sweep
+    takes it again and answers it."""
+    a = await cluster.node("a", lease=1.0, gate=asyncio.Event(), budget=0.01)
+    b = await cluster.node("b", lease=1.0, start=False)  # its sweeps are staged by hand first
+    sid = "SM" + "5" * 32
+    await a.post(form("hello", sid))
+    await a.agent.started.wait()
+    await a.die()
+    store = b.service.store
+
+    async def expired() -> bool:
+        return bool(await b.db.scalar("SELECT 1 FROM sms_messages WHERE message_sid = ? AND lease_until < ?",
+                                      (sid, time.time())))
+
+    await wait_for(expired, "a's lease to run out")
+    b.service._handling.add(sid)  # the retry's webhook is being decided at this moment
+    await b.service.resume_unfinished(at_start=False)  # the sweep takes it, and leaves it to the webhook
+    b.service._handling.discard(sid)  # which answered "elsewhere" (it read the row before the take)
+    assert await store.holds(sid) and b.agent.calls == []
+    await b.service.start()  # from now on b renews what it works on and sweeps
+
+    async def answered() -> bool:
+        return await store.state_of(sid) == "answered"
+
+    await wait_for(answered, "the text answered")
     assert cluster.answers() == [REPLY]

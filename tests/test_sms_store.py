@@ -90,7 +90,8 @@ async def test_a_retry_of_a_message_a_live_process_answers_is_not_taken(db: Data
     assert await second.take_unfinished() == []  # the sweep leaves it too
     assert not await second.advance("SM1", "received", "accepted")  # and cannot move it
     clock.now += 20
-    assert await first.renew() == 1  # a live holder keeps it...
+    assert await first.renew(["SM1"]) == 1  # a live holder keeps what it works on...
+    assert await first.renew(["SMother"]) == 0 and await first.renew() == 1
     clock.now += 20
     assert await second.claim("SM1", NUMBER, "hi") is Claim.ELSEWHERE
     assert await first.advance("SM1", "received", "accepted")

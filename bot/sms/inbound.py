@@ -470,7 +470,9 @@ class SmsService:
         while True:
             await asyncio.sleep(period)  # a schedule, not synchronisation
             try:
-                await self.store.renew()
+                # Only what a task here works on: a message taken while its webhook was being decided
+                # (and then dropped) must expire and be taken again, not be kept alive by nobody.
+                await self.store.renew({*self._inflight, *self._handling})
                 if not self._draining:
                     await self.resume_unfinished(at_start=False)
                 self.sweeps += 1

@@ -262,11 +262,19 @@ class SmsRecords:
             f"AND {where} RETURNING *", (self._me, now + self.lease, *params, int(limit), *params))
         return sorted((_pending(r) for r in taken), key=lambda p: (p.received_at, p.message_sid))
 
-    async def renew(self) -> int:
-        """Extend every lease this holder has on an unfinished message; returns how many."""
-        return await self.db.execute(
-            f"UPDATE sms_messages SET lease_until = ? WHERE lease_owner = ? AND state IN ({_UNF})",
-            (self._clock() + self.lease, self._me, *UNFINISHED))
+    async def renew(self, message_sids: Iterable[str] | None = None) -> int:
+        """Extend this holder's leases on unfinished messages (only ``message_sids``, when given: the
+        ones it is working on, so one it took but dropped expires and is taken again); returns how many."""
+        sql = f"UPDATE sms_messages SET lease_until = ? WHERE lease_owner = ? AND state IN ({_UNF})"
+        if message_sids is None:
+            return await self.db.execute(sql, (self._clock() + self.lease, self._me, *UNFINISHED))
+        sids = sorted(set(message_sids))
+        renewed = 0
+        for start in range(0, len(sids), 500):
+            chunk = sids[start:start + 500]
+            renewed += await self.db.execute(f"{sql} AND message_sid IN ({_marks(chunk)})",
+                                             (self._clock() + self.lease, self._me, *UNFINISHED, *chunk))
+        return renewed
 
     async def release(self, message_sid: str | None = None, *, not_before: float = 0.0) -> int:
         """Give up this holder's lease on one message (or all): free at once, or after ``not_before`` seconds."""
@@ -380,12 +388,11 @@ class SmsRecords:
 
     async def prune(self, retention: float = DEDUPE_RETENTION) -> int:
         """Drop SIDs, notes and codes too old to matter; returns rows removed."""
-        now = self._clock()
-        async with self.db.transaction() as tx:
-            removed = await tx.execute(f"DELETE FROM sms_messages WHERE received_at < ? AND state NOT IN ({_UNF})",
-                                       (now - retention, *UNFINISHED))
-            removed += await tx.execute("DELETE FROM sms_rate_notes WHERE noted_at < ?", (now - RATE_WINDOW,))
-            removed += await tx.execute("DELETE FROM sms_link_codes WHERE expires_at < ?", (now,))
+        now = self._clock()  # three independent deletes, each atomic (no lock held across awaits)
+        removed = await self.db.execute(f"DELETE FROM sms_messages WHERE received_at < ? AND state NOT IN ({_UNF})",
+                                        (now - retention, *UNFINISHED))
+        removed += await self.db.execute("DELETE FROM sms_rate_notes WHERE noted_at < ?", (now - RATE_WINDOW,))
+        removed += await self.db.execute("DELETE FROM sms_link_codes WHERE expires_at < ?", (now,))
         return removed
 
     async def numbers_linked_to(self, identities: Iterable[str]) -> set[str]:
