@@ -141,3 +141,18 @@ def test_placeholders_are_numbered_outside_quotes_and_comments() -> None:
     assert _numbered(sql) == "SELECT '?', \"a?\" FROM t -- why?\nWHERE a = $1 AND b = '' || $2"
     assert redact_url("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
     assert isinstance(SqliteDatabase.in_memory(), SqliteDatabase) and PostgresDatabase.dialect == "postgresql"
+
+
+async def test_the_sqlite_file_makes_its_folder_runs_in_wal_and_says_which_file_it_cannot_open(tmp_path) -> None:
+    path = tmp_path / "nested" / "dir" / "bot.sqlite3"
+    db = SqliteDatabase(path)
+    assert path.parent.is_dir() and await db.scalar("PRAGMA journal_mode") == "wal"
+    with pytest.raises(ValueError, match="invalid component"):
+        await db.migrate("no spaces; please", STEPS)
+    await db.close()
+    await db.close()  # idempotent
+    with pytest.raises(DatabaseError, match="closed"):
+        await db.query("SELECT 1")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DatabaseError, match=r"cannot open the database at .*taken"):
+        SqliteDatabase(tmp_path / "taken")
