@@ -57,6 +57,9 @@ class Services:
 
 async def build_services(settings: Settings, *, db: Database | None = None) -> Services:
     """Open the database and build the agent. ``db`` lets tests pass an in-memory database."""
+    from bot.privacy import KeySource, use_key_source
+
+    use_key_source(KeySource.from_settings(settings))  # PRIVACY_KEY / PRIVACY_KEY_FILE, else beside the file
     if db is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.data_dir / "voicebot.sqlite3")
