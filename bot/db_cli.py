@@ -142,8 +142,6 @@ def _key_note(settings: Settings, source_where: str, target_where: str) -> list[
                 f"contents in hex (xxd -p -c 64 {key})"]
     target = Path(target_where)
     beside = target.with_name(target.name + ".key")
-    if configured is not None:
-        return [f"the opt-out key stays in PRIVACY_KEY_FILE={key}: keep that setting for the bot that uses the target"]
     if beside.exists():
         if beside.read_bytes() == key.read_bytes():
             return [f"the opt-out key is already beside the target ({beside})"]
@@ -153,7 +151,10 @@ def _key_note(settings: Settings, source_where: str, target_where: str) -> list[
     with os.fdopen(fd, "wb") as f:
         f.write(key.read_bytes())
     shutil.copystat(key, beside)
-    return [f"copied the opt-out key to {beside} (it travels beside the file, never inside it)"]
+    note = f"copied the opt-out key to {beside} (it travels beside the file, never inside it)"
+    if configured is not None:
+        note += f"; a bot that keeps PRIVACY_KEY_FILE={key} reads the same key"
+    return [note]
 
 
 async def _copy(settings: Settings, source_where: str, target_where: str, force: bool, out: TextIO,
