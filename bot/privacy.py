@@ -81,6 +81,7 @@ NAMES_NO_PERSON: dict[str, str] = {
     "voice_guild_settings": "per-server choices keyed by guild id",
     "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",
     "opt_outs": "opt-outs as HMAC subjects; the key is outside the database (kept on purpose)",
+    "voicebot_copy_incomplete": "marks the target of an unfinished db copy: the source's name (no password), a time",
 }
 
 # The key is per database file, loaded once and shared by every store on that database.

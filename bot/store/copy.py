@@ -503,8 +503,8 @@ async def copy_database(source: Database, target: Database, *, force: bool = Fal
                             "add --force to replace what it holds, or name an empty target")
 
     # Mark first: from here on an interruption leaves a target the next copy refuses.
-    await target.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (source TEXT NOT NULL, "
-                         "started_at DOUBLE PRECISION NOT NULL)")
+    await target.execute("CREATE TABLE IF NOT EXISTS voicebot_copy_incomplete (source TEXT NOT NULL, "
+                         "started_at DOUBLE PRECISION NOT NULL)")  # MARKER_TABLE
     await target.execute(f"DELETE FROM {MARKER_TABLE}")
     await target.execute(f"INSERT INTO {MARKER_TABLE} (source, started_at) VALUES (?, ?)",
                          (source_name or source.describe(), time.time()))
