@@ -159,10 +159,11 @@ def _key_note(settings: Settings, source_where: str, target_where: str) -> list[
 
 async def _copy(settings: Settings, source_where: str, target_where: str, force: bool, out: TextIO,
                 err: TextIO) -> int:
-    from bot.store.copy import CopyError, copy_database, describe_location, open_source, open_target
+    from bot.store.copy import CopyError, check_source, copy_database, describe_location, open_source, open_target
 
     source = await open_source(source_where)
     try:
+        await check_source(source)  # before the target is touched (a new SQLite file is not even made)
         target = await open_target(target_where)
         try:
             bar = ProgressBar(err)
@@ -188,6 +189,29 @@ async def _copy(settings: Settings, source_where: str, target_where: str, force:
     return 0
 
 
+def _still_marked(target: str) -> bool | None:
+    """Whether an interrupted copy left ``target`` marked incomplete (None: cannot tell)."""
+    from bot.store.copy import incomplete_copy
+    from bot.store.database import is_postgres_url
+
+    if not is_postgres_url(target) and not Path(target).expanduser().is_file():
+        return False
+
+    async def look() -> bool:
+        from bot.store.copy import open_target
+
+        db = await asyncio.wait_for(open_target(target), 10)
+        try:
+            return await incomplete_copy(db) is not None
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(look())
+    except (Exception, KeyboardInterrupt):
+        return None
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings, out: TextIO, prog: str) -> int:
     """Run ``voicebot db status|copy``; every refusal is one line on stderr and exit status 2."""
     from bot.store.copy import CopyError, describe_location
@@ -201,8 +225,13 @@ def cmd_db(args: argparse.Namespace, settings: Settings, out: TextIO, prog: str)
         try:
             return asyncio.run(_copy(settings, source, target, args.force, out, sys.stderr))
         except KeyboardInterrupt:
-            sys.stderr.write(f"\n{prog}: interrupted: {describe_location(target)} is incomplete and marked so; "
-                             "run the copy again with --force to start it over\n")
+            where = describe_location(target)
+            marked = _still_marked(target)
+            if marked is False:
+                sys.stderr.write(f"\n{prog}: interrupted before anything was written to {where}\n")
+            else:
+                sys.stderr.write(f"\n{prog}: interrupted: {where} is incomplete and marked so; run the copy "
+                                 "again with --force to start it over\n")
             return CONFIG
     except (CopyError, DatabaseError) as exc:
         sys.stderr.write(f"{prog}: {exc}\n")

@@ -249,7 +249,7 @@ def test_source_at_a_newer_schema_or_unknown_component_is_refused(home: Path, tm
     assert newer.returncode == 2
     line = _one_line(newer, "voicebot db copy")
     assert "copytest schema is at version 3" in line and "only knows 2" in line and "newer release" in line
-    assert not (home / "out.sqlite3").exists() or not run(_checksums(home / "out.sqlite3"))
+    assert not (home / "out.sqlite3").exists()  # refused before the target was made
 
     run(bump("UPDATE schema_versions SET version = 2 WHERE component = ?", ("copytest",)))
     run(bump("INSERT INTO schema_versions (component, version, updated_at) VALUES (?, 1, 0)", ("from_the_future",)))

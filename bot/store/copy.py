@@ -41,6 +41,7 @@ __all__ = [
     "CopyReport",
     "MARKER_TABLE",
     "TableCheck",
+    "check_source",
     "copy_database",
     "describe_location",
     "incomplete_copy",
@@ -361,6 +362,11 @@ class CopyReport:
     @property
     def rows(self) -> int:
         return sum(c.rows for c in self.tables.values())
+
+
+async def check_source(source: Database) -> dict[str, int]:
+    """The source's schema versions (component → version); CopyError when this bot cannot copy it."""
+    return await _source_schema(source, all_components())
 
 
 async def _source_schema(source: Database, components: dict[str, Component]) -> dict[str, int]:
