@@ -21,6 +21,7 @@ next time unless ``--force`` starts it over.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -410,35 +411,54 @@ async def _clear_target(target: Database, tables: set[str], components: Sequence
         await target.execute(f"DELETE FROM schema_versions WHERE component IN ({marks})", tuple(components))
 
 
+_PASS = frozenset({int, str, bytes, float, type(None)})
+
+
 def _coerce(types: Sequence[str], dialect: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """Values as the target's driver takes them for its column types (asyncpg is strict: bool, int, float)."""
+    """Values as the target's driver takes them for its column types.
+
+    sqlite3 takes what either backend returns but Decimal and dates; asyncpg takes an int for a
+    double and an integral float for a bigint, but wants a bool for a boolean, str for text and
+    bytes for bytea, so only those columns are converted (a row at a time costs microseconds).
+    """
     if dialect == "sqlite":
         def to_sqlite(v: Any) -> Any:
+            if type(v) in _PASS:
+                return v
+            if isinstance(v, bool):
+                return int(v)
             if isinstance(v, Decimal):
                 return int(v) if v == v.to_integral_value() else float(v)
             if isinstance(v, (datetime, date)):
                 return v.isoformat()
+            if isinstance(v, (bytearray, memoryview)):
+                return bytes(v)
             return v
-        return lambda row: tuple(to_sqlite(v) for v in row)
-    converters: list[Callable[[Any], Any] | None] = []
-    for t in types:
+        return lambda row: row if _PASS.issuperset(map(type, row)) else tuple(to_sqlite(v) for v in row)
+    converters: dict[int, Callable[[Any], Any]] = {}
+    for i, t in enumerate(types):
         if t == "boolean":
-            converters.append(lambda v: v if v is None or isinstance(v, bool) else bool(int(v)))
-        elif t in ("bigint", "integer", "smallint"):
-            converters.append(lambda v: v if v is None or isinstance(v, int) else int(v))
-        elif t in ("double precision", "real", "numeric"):
-            converters.append(lambda v: v if v is None or isinstance(v, float) else float(v))
+            converters[i] = lambda v: v if v is None or isinstance(v, bool) else bool(int(v))
         elif t in ("text", "character varying", "character"):
-            converters.append(lambda v: v if v is None or isinstance(v, str) else
-                              (bytes(v).decode("utf-8") if isinstance(v, (bytes, memoryview)) else str(v)))
+            converters[i] = lambda v: v if v is None or isinstance(v, str) else \
+                (bytes(v).decode("utf-8") if isinstance(v, (bytes, bytearray, memoryview)) else str(v))
         elif t == "bytea":
-            converters.append(lambda v: v if v is None or isinstance(v, bytes) else
-                              (v.encode() if isinstance(v, str) else bytes(v)))
-        else:
-            converters.append(None)
-    if all(c is None for c in converters):
+            converters[i] = lambda v: v if v is None or isinstance(v, bytes) else \
+                (v.encode() if isinstance(v, str) else bytes(v))
+        elif t in ("bigint", "integer", "smallint"):
+            converters[i] = lambda v: v if v is None or type(v) is int else int(v)
+    text_like = {i for i, t in enumerate(types) if t in ("text", "character varying", "character")}
+    # Text columns hold str from either backend: only the others need a look at each value.
+    checked = {i: c for i, c in converters.items() if i not in text_like}
+    if not checked:
         return lambda row: row
-    return lambda row: tuple(v if c is None else c(v) for c, v in zip(converters, row))
+
+    def convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = list(row)
+        for i, c in checked.items():
+            out[i] = c(out[i])
+        return tuple(out)
+    return convert
 
 
 async def _high_water(db: Database, table: Table, column: str) -> int:
@@ -550,12 +570,24 @@ async def copy_database(source: Database, target: Database, *, force: bool = Fal
         coerce = _coerce([dst.types[c] for c in columns], target.dialect)
         if progress is not None:
             progress(name, 0, totals[name], done, all_rows)
-        async for rows in _batches(source, src, columns, batch):
-            await target.executemany(insert, [coerce(r) for r in rows])
-            check.add(rows)
-            done += len(rows)
-            if progress is not None:
-                progress(name, check.rows, totals[name], done, all_rows)
+        # The target writes one batch while the next is read and the last one hashed.
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for rows in _batches(source, src, columns, batch):
+                payload = [coerce(r) for r in rows]
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(target.executemany(insert, payload), name=f"copy-{name}")
+                check.add(rows)
+                done += len(rows)
+                if progress is not None:
+                    progress(name, check.rows, totals[name], done, all_rows)
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
         await _reset_numbering(source, target, src, dst)
 
     problems = []
