@@ -298,3 +298,33 @@ def test_postgres_to_postgres(home: Path, pg_url: str) -> None:
         assert run(_checksums(second)) == run(_checksums(source))
     finally:
         drop_database(second)
+
+
+def test_progress_bar_on_a_terminal(home: Path, tmp_path: Path) -> None:
+    import pty
+
+    run(_make_sqlite(home / "data" / "voicebot.sqlite3", 50))
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", ENTRY, "db", "copy", "--to", str(home / "t.sqlite3")], cwd=home,
+                                env=_env(home, None), stdout=subprocess.PIPE, stderr=follower, text=True)
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:  # read the terminal until the process closes it
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=120)
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert proc.returncode == 0, seen
+    text = seen.decode()
+    assert "\r[" in text and "100%" in text and "rows/s" in text
+    assert "copying ct_turns" not in text  # the line-per-tenth form is for pipes and files
