@@ -263,6 +263,7 @@ def test_bad_targets_are_one_line_and_exit_2(home: Path, pg_url: str) -> None:
     run(_make_sqlite(source, 10))
     cases = {
         "unreachable": (["--to", "postgresql://postgres:pw-never-shown@127.0.0.1:1/nowhere"], "cannot reach"),
+        "no such database": (["--to", pg_url.rsplit("/", 1)[0] + "/vb_no_such_database"], "database does not exist"),
         "no folder": (["--to", str(home / "missing" / "x.sqlite3")], "does not exist"),
         "a folder": (["--to", str(home)], "is a folder"),
         "itself": (["--to", str(source)], "same database"),

@@ -50,3 +50,26 @@ def test_migrate_all_brings_an_empty_database_to_the_full_schema(tmp_path: Path,
                 await db.close()
 
     asyncio.run(both())
+
+
+def test_every_store_that_migrates_a_component_registers_it_where_tools_find_it() -> None:
+    """A store that runs ``db.migrate(COMPONENT, STEPS)`` must also ``register(COMPONENT, STEPS)`` at
+    import, in a module ``all_components()`` imports: otherwise ``voicebot db copy`` would leave its
+    tables behind without a word."""
+    import re
+    import sys
+
+    from tests.cli_runs import ROOT
+
+    all_components()
+    for path in sorted(ROOT.glob("bot/**/*.py")):
+        if path.name == "registry.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if not re.search(r"await\s+[\w.]+\.migrate\(\s*[\w.\"']+\s*,", text):
+            continue
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        assert re.search(r"\bregister\(", text), f"{module} migrates a component but never registers it: add " \
+            "`register(COMPONENT, MIGRATIONS)` (from bot.store.registry) after its MIGRATIONS"
+        assert module in sys.modules, f"{module} registers a component but all_components() does not import " \
+            "it: move it into bot/store or name it in bot.store.registry.STORE_MODULES"
