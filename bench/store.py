@@ -95,8 +95,9 @@ def _schema() -> str:
         register("sms", [{"sqlite": s, "postgresql": s.replace("REAL", "DOUBLE PRECISION")} for s in _SMS_SQLITE])
     if not missing:
         return "the registered stores (bot/store)"
-    return (f"today's tables for {', '.join(missing)} (bot/memory.py, bot/sms/store.py) with PostgreSQL types written "
-            "by the bench: those stores were not on bot/store yet")
+    files = {"memory": "bot/memory.py", "sms": "bot/sms/store.py"}
+    return (f"today's tables for {', '.join(f'{n} ({files[n]})' for n in missing)} with PostgreSQL types written "
+            "by the bench: not registered on bot/store yet")
 
 
 def _pct(values: list[float], p: float) -> float:
