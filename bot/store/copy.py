@@ -120,15 +120,13 @@ async def _same_database(a: Database, b: Database) -> bool:
         except OSError:
             return False
     if isinstance(a, PostgresDatabase) and isinstance(b, PostgresDatabase):
-        # Same server: a transaction-level advisory lock taken through ``a`` cannot be taken through ``b``.
+        # Advisory locks are per database: one held through ``a`` cannot be taken through ``b`` exactly
+        # when both reach the same database (whatever host name, port spelling or user each URL has).
         key = random.getrandbits(62)
         async with a.transaction() as tx:
             await tx.scalar("SELECT pg_advisory_xact_lock(?)", (key,))
             async with b.transaction() as other:
-                same_server = not await other.scalar("SELECT pg_try_advisory_xact_lock(?)", (key,))
-            if not same_server:
-                return False
-            return bool(await tx.scalar("SELECT current_database()") == await b.scalar("SELECT current_database()"))
+                return not await other.scalar("SELECT pg_try_advisory_xact_lock(?)", (key,))
     return False
 
 
@@ -392,7 +390,7 @@ async def _target_holds_data(target: Database, tables: set[str]) -> str | None:
 
 
 async def _clear_target(target: Database, tables: set[str], components: Sequence[str]) -> None:
-    """Drop the bot's tables from ``target`` (children first) and its schema versions."""
+    """Drop the bot's tables from ``target`` (foreign keys off on SQLite, CASCADE on PostgreSQL) and their versions."""
     present = sorted(tables & await target.tables())
     if target.dialect == "sqlite":
         await target.execute("PRAGMA foreign_keys=OFF")
