@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("invite", help="print the URL that adds the bot to a server")
     sub.add_parser("check", help="validate settings and contact each configured service")
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
+    from bot.db_cli import add_db_parser
+
+    add_db_parser(sub)
     simulate = sub.add_parser(
         "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
     who = simulate.add_mutually_exclusive_group(required=True)
@@ -598,7 +601,7 @@ def describe_failure(exc: BaseException, settings: Settings) -> Failure:
 
 def _log_level(command: str, settings: Settings) -> str:
     # Terminal commands print their own results; logs would clutter them, unless asked for DEBUG.
-    if command in ("chat", "invite", "check", "simulate") and settings.log_level != "DEBUG":
+    if command in ("chat", "invite", "check", "simulate", "db") and settings.log_level != "DEBUG":
         return "ERROR" if settings.log_level == "ERROR" else "WARNING"
     return settings.log_level
 
@@ -612,6 +615,11 @@ def where_line(command: str, env_file: Path, settings: Settings) -> str:
         return source
     if command == "simulate":
         return f"{source}; nothing is kept (the simulation's database is in memory)"
+    if command == "db":
+        from bot.db_cli import configured_location
+        from bot.store.copy import describe_location
+
+        return f"{source}; the bot's database: {describe_location(configured_location(settings))}"
     if settings.database_url:
         return f"{source}; data in PostgreSQL at {_pg_where(settings.database_url)}"
     return f"{source}; data in {settings.data_dir.absolute()}"
@@ -620,6 +628,8 @@ def where_line(command: str, env_file: Path, settings: Settings) -> str:
 def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     """Load settings, set up logging and run ``command``; every failure becomes one line and a status."""
     prog = "voicebot" if command == "run" else f"voicebot {command}"
+    if command == "db":
+        prog = f"voicebot db {args.db_command}"
     env_file = Path(args.env_file or ".env").absolute()
     if args.env_file is not None and not env_file.exists():
         # Named on purpose, so not optional like the default .env: running without it would be a surprise.
@@ -669,6 +679,10 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
             return run_web_forever(settings)
         if command == "simulate":
             return cmd_simulate(args, settings, out)
+        if command == "db":
+            from bot.db_cli import cmd_db
+
+            return cmd_db(args, settings, out, prog)
         raise AssertionError(command)
     except Exception as exc:
         failure = describe_failure(exc, settings)

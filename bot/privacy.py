@@ -28,8 +28,10 @@ import os
 import secrets
 import time
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.settings import Settings, decode_privacy_key
 from bot.store import Database, DatabaseError
 from bot.store.erase import ForgetReport, classified
 from bot.store.erase import forget_person as _forget_person
@@ -41,9 +43,11 @@ __all__ = [
     "NAMES_NO_PERSON",
     "ForgetReport",
     "KeyedOptOuts",
+    "KeySource",
     "forget_person",
     "key_path",
     "open_opt_outs",
+    "use_key_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,20 +64,65 @@ _stores: weakref.WeakKeyDictionary[Database, KeyedOptOuts] = weakref.WeakKeyDict
 _opening: weakref.WeakKeyDictionary[Database, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def key_path(db: Database) -> Path | None:
-    """Where ``db``'s opt-out key lives (None for an in-memory database)."""
-    explicit = getattr(db, "key_file", None)  # PostgreSQL: set by the composition root (a file in DATA_DIR)
-    if explicit is not None:
-        return Path(explicit)
+@dataclass(frozen=True)
+class KeySource:
+    """Where the opt-out key comes from: PRIVACY_KEY (the key), PRIVACY_KEY_FILE, or beside the SQLite file."""
+
+    file: Path | None = None
+    key: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeySource:
+        key = settings.privacy_key
+        return cls(file=settings.privacy_key_file, key=decode_privacy_key(key.get()) if key is not None else None)
+
+
+# Set once by the composition root (use_key_source); stores that build OptOuts read it from here.
+_key_source = KeySource()
+
+
+def use_key_source(source: KeySource) -> None:
+    """Where every OptOuts built after this call takes its key from (the composition root calls it)."""
+    global _key_source
+    _key_source = source
+
+
+def key_path(db: Database, source: KeySource | None = None) -> Path | None:
+    """The file ``db``'s opt-out key lives in: PRIVACY_KEY_FILE, else beside the SQLite file.
+
+    None when there is no file: PRIVACY_KEY gives the key itself, or the database is in memory or
+    on PostgreSQL (no file to sit beside).
+    """
+    source = _key_source if source is None else source
+    if source.key is not None:
+        return None
+    if source.file is not None:
+        return source.file
     path = getattr(db, "path", None)
     return None if path is None else path.with_name(path.name + ".key")
 
 
-def _load_key(db: Database) -> tuple[bytes, bool]:
-    """``db``'s key and whether it was created just now."""
-    path = key_path(db)
+PG_NEEDS_KEY = ("the opt-out key cannot sit beside a PostgreSQL database: set PRIVACY_KEY_FILE to a key file every "
+                "process reads (e.g. the old data/voicebot.sqlite3.key) or PRIVACY_KEY to the key itself")
+
+
+def _load_key(db: Database, source: KeySource | None = None) -> tuple[bytes, bool]:
+    """``db``'s key and whether it was created just now.
+
+    PRIVACY_KEY wins; else the file (PRIVACY_KEY_FILE, or beside the SQLite file) is read, or made
+    when missing. On PostgreSQL with neither set there is nothing safe to do: a key made here would
+    not be the key another machine's process makes, and opt-outs recorded by one would be unreadable
+    by the other, so the bot refuses.
+    """
+    source = _key_source if source is None else source
+    if source.key is not None:
+        return source.key, False
+    path = key_path(db, source)
     if path is None:
+        if getattr(db, "dialect", "sqlite") == "postgresql":
+            raise DatabaseError(PG_NEEDS_KEY)
         return secrets.token_bytes(KEY_BYTES), True
+    named = f"PRIVACY_KEY_FILE {str(path)!r}" if source.file is not None else str(path)
     try:
         # O_EXCL: two processes starting at once cannot each write a different key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -81,14 +130,14 @@ def _load_key(db: Database) -> tuple[bytes, bool]:
         try:
             key = path.read_bytes()
         except OSError as exc:
-            raise DatabaseError(f"cannot read the opt-out key {path}: {exc.strerror}") from None
+            raise DatabaseError(f"cannot read the opt-out key {named}: {exc.strerror}") from None
         if len(key) != KEY_BYTES:
-            raise DatabaseError(f"{path} is not a voicebot opt-out key ({len(key)} bytes, expected {KEY_BYTES}); "
+            raise DatabaseError(f"{named} is not a voicebot opt-out key ({len(key)} bytes, expected {KEY_BYTES}); "
                                 "restore it from a backup, or delete it to start a new one (recorded opt-outs "
                                 "are then lost)")
         return key, False
     except OSError as exc:
-        raise DatabaseError(f"cannot create the opt-out key {path}: {exc.strerror}") from None
+        raise DatabaseError(f"cannot create the opt-out key {named}: {exc.strerror}") from None
     key = secrets.token_bytes(KEY_BYTES)
     with os.fdopen(fd, "wb") as f:
         f.write(key)

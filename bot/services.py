@@ -53,18 +53,17 @@ class Services:
 async def open_store(settings: Settings) -> Database:
     """The database DATABASE_URL names, else the SQLite file in DATA_DIR (raises DatabaseError, one line)."""
     if settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = await PostgresDatabase.connect(settings.database_url)
-        # The opt-out key stays out of the database: a file in DATA_DIR, which every process sharing
-        # this database must have the same copy of.
-        db.key_file = settings.data_dir / "voicebot.postgresql.key"  # type: ignore[attr-defined]
-        return db
+        # The opt-out key stays out of the database: PRIVACY_KEY_FILE or PRIVACY_KEY (settings insist).
+        return await PostgresDatabase.connect(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteDatabase(settings.data_dir / SQLITE_NAME)
 
 
 async def build_services(settings: Settings, *, db: Database | None = None) -> Services:
     """Open the database and every store on it, and build the agent. ``db``: a database to use instead."""
+    from bot.privacy import KeySource, use_key_source
+
+    use_key_source(KeySource.from_settings(settings))  # PRIVACY_KEY / PRIVACY_KEY_FILE, else beside the file
     store = db if db is not None else await open_store(settings)
     memory: Memory | None = None
     retention: RetentionSchedule | None = None

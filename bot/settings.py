@@ -97,6 +97,7 @@ class Settings:
     discord_ca_file: Path | None = None  # extra CA certificate to trust (loopback Discord's TLS)
     shard_ids: tuple[int, ...] | None = None  # this process's shards; None: all of shard_count
     shard_count: int | None = None  # shards across all processes; None: Discord's recommendation
+    database_url: str | None = None  # postgresql://...: the database the processes share; None: the SQLite file
     chat_rate_limit: int = 6  # messages per user per minute
     # --- Agent
     character_file: Path | None = None  # None: the shipped default character
@@ -115,6 +116,8 @@ class Settings:
     database_url: str | None = None  # postgresql://…; unset: the SQLite file in DATA_DIR
     memory_queue_max: int = 10_000  # turns held in memory while the database is away
     transcript_retention_days: int = 30  # 0 keeps transcripts forever
+    privacy_key_file: Path | None = None  # the opt-out key's file; None: beside the SQLite file
+    privacy_key: Secret | None = None  # the opt-out key itself (64 hex digits), instead of a file
     # --- Speech-to-text
     stt_engine: str = "auto"
     deepgram_api_key: Secret | None = None
@@ -404,6 +407,32 @@ def _phrases(raw: str) -> tuple[str, ...]:
 
 def _phones(raw: str) -> frozenset[str]:
     return frozenset(_phone(p) for p in raw.split(",") if p.strip())
+PRIVACY_KEY_BYTES = 32
+
+
+def decode_privacy_key(text: str) -> bytes:
+    """PRIVACY_KEY as bytes: 64 hex digits (or the same 32 bytes in base64); ValueError otherwise."""
+    value = text.strip()
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        try:
+            key = base64.b64decode(value, validate=True)
+        except ValueError:
+            key = b""
+    if len(key) != PRIVACY_KEY_BYTES:
+        raise ValueError(f"expected {PRIVACY_KEY_BYTES} bytes as {2 * PRIVACY_KEY_BYTES} hex digits (make one with: "
+                         "python3 -c \"import secrets; print(secrets.token_hex(32))\", or take an existing key "
+                         "file's: xxd -p -c 64 data/voicebot.sqlite3.key)")
+    return key
+
+
+def _privacy_key(raw: str) -> Secret:
+    secret = _secret(raw)
+    decode_privacy_key(secret.get())
+    return secret
+
+
 def _language(raw: str) -> str:
     from audio.languages import parse_setting
 
@@ -428,6 +457,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISCORD_CA_FILE": ("discord_ca_file", _ca_file),
     "SHARD_IDS": ("shard_ids", parse_shard_ids),
     "SHARD_COUNT": ("shard_count", _int(1, MAX_SHARD_COUNT)),
+    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
     "CHARACTER_FILE": ("character_file", _existing_file),
     "AGENT_ENGINE": ("agent_engine", _choice(AGENT_ENGINES)),
@@ -445,6 +475,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _database_url),
     "MEMORY_QUEUE_MAX": ("memory_queue_max", _int(10, 10_000_000)),
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _int(0, 36500)),
+    "PRIVACY_KEY_FILE": ("privacy_key_file", _path),
+    "PRIVACY_KEY": ("privacy_key", _privacy_key),
     "STT_ENGINE": ("stt_engine", _choice(STT_ENGINES)),
     "DEEPGRAM_API_KEY": ("deepgram_api_key", _secret),
     "DEEPGRAM_MODEL": ("deepgram_model", _text),
@@ -526,6 +558,13 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
     if len(twilio) == 3 and not values.get("public_url"):
         problems.append("SMS is configured but PUBLIC_URL is not: Twilio signatures are checked against the public URL")
     problems.extend(shard_problems(values.get("shard_ids"), values.get("shard_count")))
+    if values.get("privacy_key_file") and values.get("privacy_key"):
+        problems.append("PRIVACY_KEY_FILE and PRIVACY_KEY are both set: keep one (the key file, or the key itself)")
+    elif values.get("database_url") and not (values.get("privacy_key_file") or values.get("privacy_key")):
+        problems.append("DATABASE_URL is set but neither PRIVACY_KEY_FILE nor PRIVACY_KEY: with PostgreSQL the "
+                        "opt-out key cannot sit beside a database file, and a key made on one machine would leave "
+                        "opt-outs unreadable on another; set PRIVACY_KEY_FILE to the key file every process reads "
+                        "(e.g. the old data/voicebot.sqlite3.key) or PRIVACY_KEY to the key itself")
     return problems
 
 
@@ -578,7 +617,7 @@ def env_file_in_use(env_file: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _secret_vars() -> frozenset[str]:
-    return frozenset(var for var, (_, parse) in ENV_VARS.items() if parse in (_secret, _discord_token))
+    return frozenset(var for var, (_, parse) in ENV_VARS.items() if parse in (_secret, _discord_token, _privacy_key))
 
 
 def userinfo_values(url: str) -> list[str]:

@@ -54,6 +54,16 @@ def drop_database(url: str) -> None:
 
 @pytest.fixture
 def pg_url() -> object:
+    """A fresh database. Its opt-out key (bot.privacy) is a test key unless the test sets its own: the bot
+    refuses PostgreSQL without PRIVACY_KEY/PRIVACY_KEY_FILE, and stores opened directly read the key from there."""
+    import bot.privacy as privacy
+
+    saved = privacy._key_source
+    if saved.key is None and saved.file is None:
+        privacy.use_key_source(privacy.KeySource(key=bytes(range(32))))
     url = create_database()
-    yield url
-    drop_database(url)
+    try:
+        yield url
+    finally:
+        privacy.use_key_source(saved)
+        drop_database(url)

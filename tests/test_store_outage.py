@@ -33,7 +33,7 @@ async def test_the_bot_keeps_answering_while_postgresql_is_away_and_writes_the_t
         url = parts._replace(netloc=f"{parts.username or 'postgres'}@{proxy.host_port}").geturl()
         (tmp_path / "empty.env").write_text("")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
-               "DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": url, "AGENT_ENGINE": "eliza",
+               "DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": url, "PRIVACY_KEY": "ab" * 32, "AGENT_ENGINE": "eliza",
                "STT_ENGINE": "none", "TTS_ENGINE": "none", "LOG_LEVEL": "WARNING"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "--env-file", str(tmp_path / "empty.env"), "chat",

@@ -16,7 +16,7 @@ PASSWORD = "pw-hunter2-sekrit-77"
 def _serve(home: Path, url: str) -> CliRun:
     (home / "empty.env").parent.mkdir(parents=True, exist_ok=True)
     (home / "empty.env").write_text("")
-    return CliRun("serve", home, {"DATABASE_URL": url, "WEB_PORT": str(free_port())},
+    return CliRun("serve", home, {"DATABASE_URL": url, "PRIVACY_KEY": "ab" * 32, "WEB_PORT": str(free_port())},
                   options=("--env-file", str(home / "empty.env"))).start()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bot.store.database import Database
 
-__all__ = ["Erasure", "ForgetReport", "Retention", "Who", "classified", "erasures", "forget_person", "marks",
+__all__ = ["Erasure", "ForgetReport", "Retention", "Who", "classified", "declare_tables", "erasures", "forget_person", "marks",
            "prune", "register", "RETENTION_INTERVAL"]
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,17 @@ RETENTION_INTERVAL = 3600.0  # a running bot prunes old transcripts hourly, not 
 
 _ALWAYS_KEPT = {
     "schema_versions": "schema version per component",
+    "voicebot_copy_incomplete": "marks the target of an unfinished db copy: the source's name (no password), a time",
 }
+# Tables that stores outside bot/store declare (their own forget runs through their own code).
+_DECLARED_CLEANS: dict[str, str] = {}
+_DECLARED_KEEPS: dict[str, str] = {}
+
+
+def declare_tables(*, cleans: dict[str, str] | None = None, keeps: dict[str, str] | None = None) -> None:
+    """Classify a component's tables: those forget cleans (and how), those that name no one (and why)."""
+    _DECLARED_CLEANS.update(cleans or {})
+    _DECLARED_KEEPS.update(keeps or {})
 
 # How each kind is named to the person, singular and plural.
 _LABELS: dict[str, tuple[str, str]] = {
@@ -154,8 +164,8 @@ def classified() -> tuple[dict[str, str], dict[str, str]]:
     """Every table any known store declares: (cleaned by forget, names no one)."""
     from bot.store import guilds, languages, optouts, turns  # noqa: F401  (each declares its tables)
 
-    cleans: dict[str, str] = {}
-    keeps: dict[str, str] = dict(_ALWAYS_KEPT)
+    cleans: dict[str, str] = dict(_DECLARED_CLEANS)
+    keeps: dict[str, str] = {**_ALWAYS_KEPT, **_DECLARED_KEEPS}
     for kind in [*Erasure.__subclasses__(), *(type(e) for e in _builtin)]:
         cleans.update(kind.cleans)
         keeps.update(kind.keeps)

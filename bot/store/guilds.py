@@ -124,3 +124,8 @@ class GuildRows(Erasure):
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM voice_guild_settings WHERE guild_id = ?", (int(guild_id),))
             await tx.execute("DELETE FROM voice_guild_channels WHERE guild_id = ?", (int(guild_id),))
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register(COMPONENT, MIGRATIONS)

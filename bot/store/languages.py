@@ -81,3 +81,8 @@ class LanguageRows(Erasure):
 
 
 register_builtin(LanguageRows(None))
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register(COMPONENT, MIGRATIONS)

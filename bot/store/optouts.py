@@ -129,3 +129,8 @@ class OptOuts(Erasure):
         if ids and "voice_opt_outs" in await tx.tables():
             await tx.execute(f"DELETE FROM voice_opt_outs WHERE user_id IN ({marks(ids)})", ids)
             report.touched.add("voice_opt_outs")
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register(COMPONENT, MIGRATIONS)

@@ -493,3 +493,8 @@ def _pending(row: Row) -> PendingSms:
 
 def _link(row: Row) -> PhoneLink:
     return PhoneLink(str(row["number"]), str(row["identity"]), str(row["display_name"]), float(row["linked_at"]))
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register(COMPONENT, MIGRATIONS)

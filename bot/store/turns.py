@@ -316,3 +316,8 @@ class TurnStore(Erasure):
 
 
 register_builtin(TurnStore(None))  # forget and prune reach turns on a database where memory never opened
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register(COMPONENT, MIGRATIONS)
