@@ -19,6 +19,7 @@ from bot.store import Database as Store
 from bot.store import SqliteDatabase
 
 if TYPE_CHECKING:
+    from bot.facts import FactsService
     from bot.voice.manager import VoiceManager
 
 __all__ = ["Services", "build_services"]
@@ -39,6 +40,8 @@ class Services:
     languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
     # The async store (bot/store) on the same database; stores move onto it from `db` one by one.
     store: Store | None = None
+    # Facts and voice-session summaries learnt in the background (None: the engine is not an LLM).
+    facts: FactsService | None = None
 
     def __post_init__(self) -> None:
         if self.languages is None:
@@ -49,6 +52,8 @@ class Services:
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
+        if self.facts is not None:
+            await self.facts.aclose()
         await self.agent.aclose()
         if self.store is not None:
             await self.store.close()
@@ -69,4 +74,13 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
         await retention.aclose()
         db.close()
         raise
-    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
+    services = Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
+    try:
+        from bot.facts import build_facts
+
+        assert services.store is not None
+        services.facts = await build_facts(settings, agent, services.store)
+    except BaseException:
+        await services.aclose()
+        raise
+    return services

@@ -111,6 +111,13 @@ class Settings:
     elizaos_api_key: Secret | None = None
     elizaos_api: str = "auto"
     memory_context_turns: int = 20
+    # Background learning with an LLM engine: facts about people and voice-session summaries.
+    memory_facts: bool = True
+    facts_model: str | None = None  # None: OPENAI_MODEL
+    facts_debounce_seconds: float = 30.0
+    facts_per_person: int = 50
+    facts_tokens_per_hour: int = 20_000
+    knowledge_dir: Path | None = None  # None: the "knowledge" folder beside CHARACTER_FILE
     data_dir: Path = Path("data")
     transcript_retention_days: int = 30  # 0 keeps transcripts forever
     # --- Speech-to-text
@@ -402,6 +409,12 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ELIZAOS_API_KEY": ("elizaos_api_key", _secret),
     "ELIZAOS_API": ("elizaos_api", _choice(ELIZAOS_APIS)),
     "MEMORY_CONTEXT_TURNS": ("memory_context_turns", _int(0, 500)),
+    "MEMORY_FACTS": ("memory_facts", _bool),
+    "FACTS_MODEL": ("facts_model", _text),
+    "FACTS_DEBOUNCE_SECONDS": ("facts_debounce_seconds", _float(0.0, 3600.0)),
+    "FACTS_PER_PERSON": ("facts_per_person", _int(1, 1000)),
+    "FACTS_TOKENS_PER_HOUR": ("facts_tokens_per_hour", _int(0, 100_000_000)),
+    "KNOWLEDGE_DIR": ("knowledge_dir", _path),
     "DATA_DIR": ("data_dir", _path),
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _int(0, 36500)),
     "STT_ENGINE": ("stt_engine", _choice(STT_ENGINES)),

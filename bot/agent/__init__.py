@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
@@ -195,6 +196,7 @@ class Reply:
                 interrupted=interrupted,
             )
         )
+        self._agent._reply_stored(self.incoming)
 
 
 class Agent:
@@ -209,6 +211,7 @@ class Agent:
         context_turns: int = 20,
         max_input_chars: int = MAX_INPUT_CHARS,
         clock: Callable[[], float] = time.time,
+        context_budget: float = 0.05,
     ) -> None:
         self.character = character
         self.engine = engine
@@ -220,6 +223,15 @@ class Agent:
         # "ignored", seconds from the message to the reply's first text). The console counts the
         # text and SMS ones; voice sessions report their own, with what was heard and played.
         self.turn_listeners: list[Callable[[Modality, str, float | None], None]] = []
+        # Told when the agent's reply to a person was stored (background learning starts from here;
+        # a listener must only note it, never do the work on the caller's path).
+        self.reply_listeners: list[Callable[[Incoming], None]] = []
+        # Paragraphs for the system prompt drawn from long-term memory (what a person told the agent
+        # before, the character's knowledge recalled for this message). They run together before the
+        # engine is asked, under ``context_budget`` seconds; past it the reply goes on without them.
+        self.context_providers: list[Callable[[Incoming], Awaitable[str | None]]] = []
+        self.context_budget = context_budget
+        self.context_late = 0  # replies that went on without their memories (over the budget)
 
     @property
     def engine_name(self) -> str:
@@ -239,6 +251,49 @@ class Agent:
                 listener(modality, outcome, wait)
             except Exception:
                 log.exception("turn listener failed")
+
+    def _reply_stored(self, incoming: Incoming) -> None:
+        for listener in list(self.reply_listeners):
+            try:
+                listener(incoming)
+            except Exception:
+                log.exception("reply listener failed")
+
+    async def _context(self, incoming: Incoming) -> list[str]:
+        """The providers' paragraphs, in provider order; none of them past the budget."""
+        tasks = [asyncio.ensure_future(provider(incoming)) for provider in self.context_providers]
+        done, late = await asyncio.wait(tasks, timeout=self.context_budget)
+        for task in late:
+            task.cancel()
+        if late:
+            self.context_late += 1
+            log.info("memories for a reply took over %.0f ms; answering without %d of them",
+                     self.context_budget * 1000, len(late), extra={"room": incoming.room})
+        notes: list[str] = []
+        for task in tasks:
+            if task not in done:
+                continue
+            if task.exception() is not None:
+                log.warning("a memory for the prompt failed: %s", task.exception(), extra={"room": incoming.room})
+                continue
+            note = task.result()
+            if note:
+                notes.append(note)
+        return notes
+
+    async def _stream_with_context(self, conversation: Conversation) -> AsyncGenerator[str, None]:
+        notes = await self._context(conversation.incoming)
+        if notes:
+            conversation = replace(conversation, messages=tuple(build_messages(
+                self.character, conversation.history, conversation.incoming, text=conversation.text, notes=notes)))
+        stream = self.engine.stream(conversation)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def reply(self, incoming: Incoming, *, remember: bool = True) -> Reply:
         """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate.
@@ -278,7 +333,8 @@ class Agent:
             messages=tuple(build_messages(self.character, history, incoming, text=text)),
             history=history,
         )
-        reply = Reply(self, incoming, self.engine.stream(conversation))
+        source = self._stream_with_context(conversation) if self.context_providers else self.engine.stream(conversation)
+        reply = Reply(self, incoming, source)
         if not remember:
             reply._incoming_turn = turn
         return reply

@@ -68,4 +68,13 @@ async def build_agent(settings: Settings, memory: Memory) -> Agent:
     character = load_configured_character(settings)
     engine = build_engine(settings, character)
     log.info("Agent %s answers with the %s engine (character from %s)", character.name, engine.name, character.source)
-    return Agent(character, engine, memory, context_turns=settings.memory_context_turns)
+    agent = Agent(character, engine, memory, context_turns=settings.memory_context_turns)
+    if engine.name == "openai" and (character.knowledge or character.knowledge_sources):
+        # Only an LLM engine reads the prompt: the knowledge recalled for each message goes there.
+        import asyncio
+
+        from bot.facts.knowledge import KnowledgeIndex, load_knowledge
+
+        chunks = await asyncio.to_thread(load_knowledge, character, settings.knowledge_dir)
+        agent.context_providers.append(KnowledgeIndex(chunks).prompt_note)
+    return agent
