@@ -71,6 +71,11 @@ CLEANED_BY_FORGET: dict[str, str] = {
     "voice_opt_outs": "legacy raw voice opt-outs (moved to opt_outs as keyed subjects at start)",
     "sms_opt_outs": "legacy raw SMS opt-outs (moved to opt_outs as keyed subjects at start, then dropped)",
     "language_places": "the language a phone number chose or wrote in (guild rows name no one)",
+    "facts": "facts learnt about a person (their identity, name and what they said) - bot.facts",
+    "fact_sources": "the turn ids a fact was drawn from (deleted with the fact)",
+    "summaries": "voice-session summaries naming the people in them (dropped when one of them forgets)",
+    "summary_people": "who spoke in a summarised session (deleted with the summary)",
+    "facts_rooms": "how far fact extraction read each room (a DM's room names the person)",
 }
 NAMES_NO_PERSON: dict[str, str] = {
     "schema_versions": "schema version per component",
@@ -78,6 +83,7 @@ NAMES_NO_PERSON: dict[str, str] = {
     "voice_guild_settings": "per-server choices keyed by guild id",
     "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",
     "opt_outs": "opt-outs as HMAC subjects; the key is outside the database (kept on purpose)",
+    "facts_spend": "tokens spent on background learning per clock hour",
 }
 
 # The key is per database file, loaded once and shared by every store on that database.

@@ -1,0 +1,116 @@
+"""``/memory show``, ``/memory forget`` and ``/forget`` on the loopback Discord, with the real bot, the real
+OpenAI client on the loopback server, and facts learnt in the background by the scripted model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.agent import Incoming
+from bot.loopback.server import LocalDiscord
+from bot.memory import Modality
+from tests.fakes.fact_model import FactRule, ScriptedFactModel
+from tests.fakes.openai_server import FakeOpenAI
+from tests.test_voice_commands import Harness, _seed, running_bot
+
+EXTENSIONS = ("cogs.voice", "cogs.privacy", "cogs.memory")
+RULES = [FactRule(r"my sister is getting married in (\w+) in (\w+)", "{name}'s sister is getting married in {1} in {2}",
+                  "sister's wedding"),
+         FactRule(r"I like (\w+)", "{name} likes {1}")]
+
+
+@pytest.fixture
+async def discord_() -> AsyncIterator[LocalDiscord]:
+    async with LocalDiscord(token="loopback.voicebot.0123456789abcdef") as server:
+        yield server
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(responder=ScriptedFactModel(RULES)) as fake:
+        yield fake
+
+
+def env(fake: FakeOpenAI) -> dict[str, str]:
+    return {"AGENT_ENGINE": "openai", "OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_MODEL": "gpt-test", "FACTS_DEBOUNCE_SECONDS": "0"}
+
+
+async def tell(h: Harness, room: str, text: str, who: str = "alice") -> None:
+    member = getattr(h, who)
+    services = h.bot.services
+    reply = services.agent.reply(Incoming(room, f"discord:{member.id}", member.name, text, Modality.TEXT))
+    await reply.collect()
+    reply.finish()
+    await services.facts.wait_idle()
+
+
+async def test_memory_show_lists_facts_places_and_summaries_privately(
+        discord_: LocalDiscord, llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        channel_room = f"discord:{h.guild.id}:{h.text.id}"
+        await tell(h, channel_room, "I like chess")
+        await tell(h, f"discord:dm:{h.alice.id}", "my sister is getting married in Lisbon in June")
+        await tell(h, channel_room, "I like trains", who="boss")
+        facts = h.bot.services.facts
+        await facts.summarize_session(channel_room, 0.0, 4_000_000_000.0)
+
+        shown = await h.command(h.alice, "memory show")
+        assert shown.startswith("**What I keep about you** (only you see this)")
+        assert "Facts I learnt from what you said (2):" in shown
+        assert "Alice likes chess (#general in Loopback" in shown
+        assert "Alice's sister is getting married in Lisbon in June (our direct messages" in shown
+        assert "#general in Loopback: 1" in shown and "our direct messages: 1" in shown
+        assert "Summaries of voice sessions you were in (1):" in shown
+        assert "Boss likes" not in shown
+        interaction = discord_.world.interactions[max(discord_.world.interactions)]
+        assert interaction.response_data is not None and interaction.response_data["flags"] & 64  # ephemeral
+
+        kept, _ = await facts.about(f"discord:{h.alice.id}")
+        chess = next(f for f in kept if "chess" in f.text)
+        boss_fact = (await facts.about(f"discord:{h.boss.id}"))[0][0]
+        assert "no fact" in await h.command(h.alice, "memory forget", {"item": str(boss_fact.id)})
+        assert await h.command(h.alice, "memory forget", {"item": str(chess.id)}) == "Removed: Alice likes chess"
+        assert "no fact `nonsense`" in await h.command(h.alice, "memory forget", {"item": "nonsense"})
+        assert [f.text for f in (await facts.about(f"discord:{h.alice.id}"))[0]] == [
+            "Alice's sister is getting married in Lisbon in June"]
+
+        everything = await h.command(h.alice, "memory forget", {"item": "all"})
+        assert everything.startswith("Removed everything I learnt about you: 1 fact about you, 1 session summary.")
+        assert await facts.about(f"discord:{h.alice.id}") == ([], [])
+        assert await facts.about(f"discord:{h.boss.id}") != ([], [])  # Boss's fact stays
+        assert h.bot.services.memory.count(channel_room) == 4  # the messages stay (2 of each)
+        assert "There was nothing learnt" in await h.command(h.alice, "memory forget", {"item": "all"})
+        assert "No facts" in await h.command(h.alice, "memory show")
+
+
+async def test_forget_also_removes_facts_and_summaries(discord_: LocalDiscord, llm: FakeOpenAI,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        channel_room = f"discord:{h.guild.id}:{h.text.id}"
+        await tell(h, channel_room, "I like chess")
+        await tell(h, channel_room, "I like trains", who="boss")
+        facts = h.bot.services.facts
+        await facts.summarize_session(channel_room, 0.0, 4_000_000_000.0)
+        answer = await h.command(h.alice, "forget")
+        assert "1 fact about you" in answer and "1 session summary" in answer
+        assert await facts.about(f"discord:{h.alice.id}") == ([], [])
+        assert (await facts.about(f"discord:{h.boss.id}"))[1] == []  # the summary named Alice
+        assert [f.text for f in (await facts.about(f"discord:{h.boss.id}"))[0]] == ["Boss likes trains"]
+
+
+async def test_with_the_eliza_engine_memory_lists_messages_only(discord_: LocalDiscord,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
+        assert h.bot.services.facts is None
+        reply = h.bot.services.agent.reply(Incoming(f"discord:{h.guild.id}:{h.text.id}", f"discord:{h.alice.id}",
+                                                    "Alice", "I like chess", Modality.TEXT))
+        await reply.collect()
+        reply.finish()
+        shown = await h.command(h.alice, "memory show")
+        assert "I don't learn facts" in shown and "#general in Loopback: 1" in shown
+        assert "I don't learn facts" in await h.command(h.alice, "memory forget", {"item": "all"})
