@@ -14,6 +14,7 @@ from bot.agent.factory import build_agent
 from bot.db import Database
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
+from bot.recall import Recall, RecallConfig
 from bot.settings import Settings
 from bot.store import Database as Store
 from bot.store import SqliteDatabase
@@ -39,17 +40,31 @@ class Services:
     languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
     # The async store (bot/store) on the same database; stores move onto it from `db` one by one.
     store: Store | None = None
+    # Long-term recall over every stored turn (bot/recall), on the store; None when MEMORY_RECALL=off.
+    recall: Recall | None = None
 
     def __post_init__(self) -> None:
         if self.languages is None:
             self.languages = PlaceLanguages(self.db, self.settings.language)
         if self.store is None:
             self.store = SqliteDatabase(self.db.path or ":memory:")
+        if self.recall is None and self.settings.memory_recall:
+            s = self.settings
+            self.recall = Recall(self.store, RecallConfig(
+                budget_ms=s.recall_budget_ms, count=s.memory_recall_count, prompt_tokens=s.memory_prompt_tokens,
+                embeddings=s.memory_embeddings, retention_days=s.transcript_retention_days,
+            ), linked=self.memory.identities_of)
+        if self.recall is not None:
+            if self.recall.on_stored not in self.memory.on_stored:
+                self.memory.on_stored.append(self.recall.on_stored)
+            self.agent.recall = self.recall
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
         await self.agent.aclose()
+        if self.recall is not None:
+            await self.recall.aclose()
         if self.store is not None:
             await self.store.close()
         self.db.close()

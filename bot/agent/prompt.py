@@ -150,7 +150,8 @@ def situation(incoming: Incoming, *, group: bool = False) -> str:
     return text
 
 
-def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False) -> str:
+def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False,
+                        memories: bool = False) -> str:
     """The system message: identity, personality, knowledge, style, examples and the situation."""
     rng = _rng(incoming.room, incoming.text)
     name = character.name
@@ -181,6 +182,10 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
             + "\n\n".join(examples)
         )
     parts.append(situation(incoming, group=group))
+    if memories:
+        from bot.recall.prompt import MEMORY_INSTRUCTIONS
+
+        parts.append(MEMORY_INSTRUCTIONS)
     if incoming.language:
         parts.append(language_instruction(incoming.language))
     return "\n\n".join(parts)
@@ -223,8 +228,12 @@ def build_messages(
     incoming: Incoming,
     *,
     text: str | None = None,
+    memories: str | None = None,
 ) -> list[ChatMessage]:
     """Chat messages for an OpenAI-style model.
+
+    ``memories`` (bot.recall.prompt.format_memories) goes under the recent turns, just before the
+    new message, and the system prompt says how to use it.
 
     ``history`` is the recent memory window of the room, oldest first, *not* including the new
     message; ``text`` overrides the incoming text (e.g. a shortened version of a very long one).
@@ -234,8 +243,11 @@ def build_messages(
     speakers = {t.speaker_id for t in history if t.role == "user"} | {incoming.speaker_id}
     group = len(speakers) > 1
     messages: list[ChatMessage] = [
-        {"role": "system", "content": build_system_prompt(character, incoming, group=group)}
+        {"role": "system", "content": build_system_prompt(character, incoming, group=group,
+                                                          memories=memories is not None)}
     ]
     messages.extend(_turn_message(t) for t in history if t.text.strip())
+    if memories is not None:
+        messages.append({"role": "system", "content": memories})
     messages.append({"role": "user", "content": f"{speaker_label(incoming.speaker_name)}: {said}"})
     return messages
