@@ -17,12 +17,13 @@ from bot.agent import AgentError, Incoming
 from bot.i18n.catalog import t
 from bot.i18n.places import Choice
 from bot.memory import Modality
+from bot.recall.discord_rooms import visible_rooms
 from bot.textchat import RateLimiter, StreamingWriter
 
 if TYPE_CHECKING:
     from bot.client import VoiceBot
 
-__all__ = ["ChatCog", "room_for", "should_answer", "clean_text", "visible_rooms"]
+__all__ = ["ChatCog", "room_for", "should_answer", "clean_text"]
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +35,6 @@ def room_for(channel: discord.abc.Messageable, author: discord.abc.User) -> str:
     if isinstance(channel, discord.DMChannel) or getattr(channel, "guild", None) is None:
         return f"discord:dm:{author.id}"
     return f"discord:{channel.guild.id}:{channel.id}"  # type: ignore[union-attr]
-
-
-def visible_rooms(guild: discord.Guild | None, member: object) -> frozenset[str] | None:
-    """The rooms of ``guild`` (channels and threads) ``member`` can see, by discord.py's own permission
-    resolution (roles, overwrites, owner, administrator): what recall may search for them there.
-    None outside a guild or for a user who is not a cached member (recall then reads this room only)."""
-    if guild is None or not isinstance(member, discord.Member):
-        return None
-    rooms: set[str] = set()
-    for channel in [*guild.channels, *guild.threads]:
-        if isinstance(channel, discord.CategoryChannel):
-            continue
-        if channel.permissions_for(member).view_channel:
-            rooms.add(f"discord:{guild.id}:{channel.id}")
-    return frozenset(rooms)
 
 
 def should_answer(message: discord.Message, me: discord.abc.User, enabled_channels: frozenset[int]) -> bool:
