@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -114,6 +115,8 @@ class Memory:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.migrate("memory", _MIGRATIONS)
+        # Told of every stored turn with its row id: bot.recall indexes it (Recall.on_stored).
+        self.on_stored: list[Callable[[Turn, int], object]] = []
 
     def append(self, turn: Turn) -> int:
         """Store one turn; returns its row id."""
@@ -133,7 +136,10 @@ class Memory:
                 int(turn.interrupted),
             ),
         )
-        return int(cur.lastrowid or 0)
+        row_id = int(cur.lastrowid or 0)
+        for listener in self.on_stored:
+            listener(turn, row_id)
+        return row_id
 
     def recent(self, room: str, limit: int) -> list[Turn]:
         """The last ``limit`` turns in ``room``, oldest first."""

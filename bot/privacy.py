@@ -76,6 +76,12 @@ CLEANED_BY_FORGET: dict[str, str] = {
     "summaries": "voice-session summaries naming the people in them (dropped when one of them forgets)",
     "summary_people": "who spoke in a summarised session (deleted with the summary)",
     "facts_rooms": "how far fact extraction read each room (a DM's room names the person)",
+    "recall_docs": "the recall index (bot/recall): copies of turns, facts and summaries with speaker and room",
+    "recall_fts": "the recall index's FTS5 table (its content is recall_docs)",
+    "recall_fts_data": "FTS5 shadow table: the recall index's terms (rewritten by 'optimize' after a forget)",
+    "recall_fts_idx": "FTS5 shadow table: the recall index's segment directory",
+    "recall_fts_docsize": "FTS5 shadow table: token counts per recall document",
+    "recall_fts_config": "FTS5 shadow table: the recall index's settings",
 }
 NAMES_NO_PERSON: dict[str, str] = {
     "schema_versions": "schema version per component",
@@ -286,6 +292,16 @@ def forget_person(db: Database, identity: str) -> ForgetReport:
             report.add("message", db.execute(f"DELETE FROM turns WHERE speaker_id IN ({_marks(ids)})", ids).rowcount)
             if rooms:
                 report.add("reply", db.execute(f"DELETE FROM turns WHERE room IN ({_marks(rooms)})", rooms).rowcount)
+        if "recall_docs" in tables:
+            # The recall index on this file (bot/recall): what they said, their private rooms, and
+            # copies of turns deleted above (the agent's replies to them); its triggers clear the FTS rows.
+            db.execute(f"DELETE FROM recall_docs WHERE speaker_id IN ({_marks(ids)})", ids)
+            if rooms:
+                db.execute(f"DELETE FROM recall_docs WHERE room IN ({_marks(rooms)})", rooms)
+            if "turns" in tables:
+                db.execute("DELETE FROM recall_docs WHERE kind = 'turn' AND turn_id IS NOT NULL AND "
+                           "NOT EXISTS (SELECT 1 FROM turns WHERE turns.id = recall_docs.turn_id)")
+            db.execute("INSERT INTO recall_fts (recall_fts) VALUES ('optimize')")
         if person is not None:
             for other in linked:
                 report.add("linked phone" if other.startswith("phone:") else "linked account", 1)

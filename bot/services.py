@@ -5,6 +5,7 @@ Cogs receive what they need from here through the bot; none of them constructs a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from bot.agent.factory import build_agent
 from bot.db import Database
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
+from bot.recall import Recall, RecallConfig
 from bot.settings import Settings
 from bot.store import Database as Store
 from bot.store import SqliteDatabase
@@ -42,19 +44,37 @@ class Services:
     store: Store | None = None
     # Facts and voice-session summaries learnt in the background (None: the engine is not an LLM).
     facts: FactsService | None = None
+    # Long-term recall over every stored turn (bot/recall), on the store; None when MEMORY_RECALL=off.
+    recall: Recall | None = None
+    knowledge_task: asyncio.Task[None] | None = None  # the character's knowledge going into recall
 
     def __post_init__(self) -> None:
         if self.languages is None:
             self.languages = PlaceLanguages(self.db, self.settings.language)
         if self.store is None:
             self.store = SqliteDatabase(self.db.path or ":memory:")
+        if self.recall is None and self.settings.memory_recall:
+            s = self.settings
+            self.recall = Recall(self.store, RecallConfig(
+                budget_ms=s.recall_budget_ms, count=s.memory_recall_count, prompt_tokens=s.memory_prompt_tokens,
+                embeddings=s.memory_embeddings, retention_days=s.transcript_retention_days,
+            ), linked=self.memory.identities_of)
+        if self.recall is not None:
+            if self.recall.on_stored not in self.memory.on_stored:
+                self.memory.on_stored.append(self.recall.on_stored)
+            self.agent.recall = self.recall
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
+        if self.knowledge_task is not None:
+            self.knowledge_task.cancel()
+            await asyncio.gather(self.knowledge_task, return_exceptions=True)
         if self.facts is not None:
             await self.facts.aclose()
         await self.agent.aclose()
+        if self.recall is not None:
+            await self.recall.aclose()
         if self.store is not None:
             await self.store.close()
         self.db.close()
@@ -76,10 +96,16 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
         raise
     services = Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
     try:
-        from bot.facts import build_facts
+        from bot.facts import RecallDocuments, build_facts, index_knowledge
 
         assert services.store is not None
-        services.facts = await build_facts(settings, agent, services.store)
+        documents = RecallDocuments(services.recall) if services.recall is not None else None
+        services.facts = await build_facts(settings, agent, services.store, documents=documents)
+        if agent.knowledge is not None and services.recall is not None:
+            # The chunks go into the recall index once per version of the knowledge; until they are
+            # there, the knowledge index ranks them itself.
+            services.knowledge_task = asyncio.create_task(
+                index_knowledge(agent.knowledge, services.recall, services.store), name="knowledge-index")
     except BaseException:
         await services.aclose()
         raise

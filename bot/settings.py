@@ -118,6 +118,11 @@ class Settings:
     facts_per_person: int = 50
     facts_tokens_per_hour: int = 20_000
     knowledge_dir: Path | None = None  # None: the "knowledge" folder beside CHARACTER_FILE
+    memory_recall: bool = True  # long-term recall (bot/recall) adds remembered turns to the prompt
+    recall_budget_ms: int = 50  # a reply waits at most this long for memories, then goes on without
+    memory_recall_count: int = 5  # memories in a prompt at most
+    memory_prompt_tokens: int = 400  # ...and at most about this many tokens of them
+    memory_embeddings: str = "off"  # only "off" is built: lexical recall with context, speakers and dates
     data_dir: Path = Path("data")
     transcript_retention_days: int = 30  # 0 keeps transcripts forever
     # --- Speech-to-text
@@ -415,6 +420,11 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FACTS_PER_PERSON": ("facts_per_person", _int(1, 1000)),
     "FACTS_TOKENS_PER_HOUR": ("facts_tokens_per_hour", _int(0, 100_000_000)),
     "KNOWLEDGE_DIR": ("knowledge_dir", _path),
+    "MEMORY_RECALL": ("memory_recall", _bool),
+    "RECALL_BUDGET_MS": ("recall_budget_ms", _int(1, 5000)),
+    "MEMORY_RECALL_COUNT": ("memory_recall_count", _int(0, 20)),
+    "MEMORY_PROMPT_TOKENS": ("memory_prompt_tokens", _int(50, 8000)),
+    "MEMORY_EMBEDDINGS": ("memory_embeddings", _choice(("off",))),
     "DATA_DIR": ("data_dir", _path),
     "TRANSCRIPT_RETENTION_DAYS": ("transcript_retention_days", _int(0, 36500)),
     "STT_ENGINE": ("stt_engine", _choice(STT_ENGINES)),

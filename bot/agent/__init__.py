@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
 from bot.agent.prompt import build_messages, clip
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality, Turn
+from bot.recall.prompt import format_memories
+
+if TYPE_CHECKING:
+    from bot.recall import Recall
 
 __all__ = [
     "Agent",
@@ -50,6 +55,13 @@ log = logging.getLogger(__name__)
 # characters, and a wall of pasted text is better summarised by its start than rejected.
 MAX_INPUT_CHARS = 4000
 AGENT_SPEAKER_ID = "agent"
+# What recall brings into the prompt as memories: things said, facts and summaries. The character's
+# knowledge is recalled by the same index into its own section (bot.facts.knowledge).
+MEMORY_KINDS = ("turn", "fact", "summary")
+
+
+async def _no_notes() -> list[str]:
+    return []
 
 
 class Reply:
@@ -232,6 +244,12 @@ class Agent:
         self.context_providers: list[Callable[[Incoming], Awaitable[str | None]]] = []
         self.context_budget = context_budget
         self.context_late = 0  # replies that went on without their memories (over the budget)
+        self.speaker_facts = False  # a context provider puts the speaker's facts in the prompt (bot.facts)
+        self.knowledge: Any = None  # the character's knowledge, chunked (bot.facts.knowledge.KnowledgeIndex)
+        # Long-term recall (bot.recall.Recall): memories for the prompt, searched when the reply
+        # starts (a speculative voice reply: on the pause's words) under its budget.
+        self.recall: Recall | None = None
+        self._recalls: set[asyncio.Task[Any]] = set()  # searches past their budget, left to finish
 
     @property
     def engine_name(self) -> str:
@@ -281,20 +299,6 @@ class Agent:
                 notes.append(note)
         return notes
 
-    async def _stream_with_context(self, conversation: Conversation) -> AsyncGenerator[str, None]:
-        notes = await self._context(conversation.incoming)
-        if notes:
-            conversation = replace(conversation, messages=tuple(build_messages(
-                self.character, conversation.history, conversation.incoming, text=conversation.text, notes=notes)))
-        stream = self.engine.stream(conversation)
-        try:
-            async for delta in stream:
-                yield delta
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
     def reply(self, incoming: Incoming, *, remember: bool = True) -> Reply:
         """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate.
 
@@ -333,16 +337,85 @@ class Agent:
             messages=tuple(build_messages(self.character, history, incoming, text=text)),
             history=history,
         )
-        source = self._stream_with_context(conversation) if self.context_providers else self.engine.stream(conversation)
+        recall = self.recall
+        if (recall is not None and recall.config.enabled and recall.config.count > 0) or self.context_providers:
+            source = self._with_memories(conversation, turn.created_at)
+        else:
+            source = self.engine.stream(conversation)
         reply = Reply(self, incoming, source)
         if not remember:
             reply._incoming_turn = turn
         return reply
+
+    async def _with_memories(self, conversation: Conversation, said_at: float) -> AsyncGenerator[str, None]:
+        """The engine's stream for ``conversation`` with recalled memories in its prompt (when any
+        come within the budget)."""
+        # Recall and the context providers (facts about the speaker, recalled knowledge) run together,
+        # each under its own budget.
+        memories, notes = await asyncio.gather(
+            self.memories_for(conversation.incoming, conversation.history, said_at=said_at),
+            self._context(conversation.incoming) if self.context_providers else _no_notes())
+        block = None
+        if memories:
+            block = format_memories(memories, place=conversation.incoming.room, now=self.clock(),
+                                    max_tokens=self.recall.config.prompt_tokens if self.recall else 0)
+        if block is not None or notes:
+            conversation = dataclasses.replace(
+                conversation, memories=tuple(memories) if block is not None else (),
+                messages=tuple(build_messages(self.character, conversation.history, conversation.incoming,
+                                              text=conversation.text, memories=block, notes=notes)))
+        async with contextlib.aclosing(self.engine.stream(conversation)) as deltas:  # type: ignore[type-var]
+            async for delta in deltas:
+                yield delta
+
+    async def memories_for(self, incoming: Incoming, history: Sequence[Turn], *, said_at: float) -> list[Any]:
+        """The best memories for ``incoming`` that are not already in ``history``, or [] when recall
+        is off, finds nothing, fails, or takes longer than its budget (then the reply goes on without)."""
+        recall = self.recall
+        if recall is None:
+            return []
+        config = recall.config
+        started = time.monotonic()
+        task = asyncio.ensure_future(recall.search(
+            incoming.text[:2000], asker=incoming.speaker_id, place=incoming.room, visible=incoming.visible,
+            limit=config.count * 2 + 4, kinds=MEMORY_KINDS))
+        done, _ = await asyncio.wait({task}, timeout=config.budget_ms / 1000)
+        elapsed = time.monotonic() - started
+        if not done:
+            # Not awaited: a statement already sent finishes on its own; the reply does not wait for it.
+            task.cancel()
+            self._recalls.add(task)
+            task.add_done_callback(self._recall_done)
+            recall.report("over_budget", elapsed)
+            log.debug("Recall took over its %d ms budget; replying without memories (room=%s)",
+                      config.budget_ms, incoming.room)
+            return []
+        try:
+            hits = task.result()
+        except Exception:
+            recall.report("failed", elapsed)
+            log.exception("Recall failed; replying without memories (room=%s)", incoming.room)
+            return []
+        # What the recent turns already show (this room since the oldest of them, or this very turn).
+        since = min((t.created_at for t in history), default=said_at)
+        fresh = [h for h in hits if not (h.kind == "turn" and h.place == incoming.room and h.created_at >= since)]
+        if self.speaker_facts:
+            # The speaker's own facts are in the prompt already (bot.facts' context provider).
+            fresh = [h for h in fresh if not (h.kind == "fact" and h.speaker_id == incoming.speaker_id)]
+        recall.report("found" if fresh else "none", elapsed)
+        return fresh[:config.count]
+
+    def _recall_done(self, task: asyncio.Task[Any]) -> None:
+        self._recalls.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("A recall past its budget failed: %s", task.exception())
 
     async def check(self) -> str:
         """Round-trip the engine's service (for ``voicebot check``); raises :class:`AgentError`."""
         return await self.engine.check()
 
     async def aclose(self) -> None:
-        """Close the engine."""
+        """Close the engine (after any recall still finishing past its budget)."""
+        if self._recalls:
+            await asyncio.gather(*self._recalls, return_exceptions=True)
         await self.engine.aclose()

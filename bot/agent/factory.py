@@ -76,5 +76,6 @@ async def build_agent(settings: Settings, memory: Memory) -> Agent:
         from bot.facts.knowledge import KnowledgeIndex, load_knowledge
 
         chunks = await asyncio.to_thread(load_knowledge, character, settings.knowledge_dir)
-        agent.context_providers.append(KnowledgeIndex(chunks).prompt_note)
+        agent.knowledge = KnowledgeIndex(chunks)
+        agent.context_providers.append(agent.knowledge.prompt_note)
     return agent

@@ -132,7 +132,7 @@ def situation(incoming: Incoming, *, group: bool = False) -> str:
 
 
 def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False,
-                        notes: Sequence[str] = ()) -> str:
+                        notes: Sequence[str] = (), memories: bool = False) -> str:
     """The system message: identity, personality, style, examples, ``notes`` and the situation.
 
     ``notes`` are paragraphs recalled for this message (the character's knowledge chosen by the recall
@@ -165,6 +165,10 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
         )
     parts.extend(notes)
     parts.append(situation(incoming, group=group))
+    if memories:
+        from bot.recall.prompt import MEMORY_INSTRUCTIONS
+
+        parts.append(MEMORY_INSTRUCTIONS)
     if incoming.language:
         parts.append(language_instruction(incoming.language))
     return "\n\n".join(parts)
@@ -208,8 +212,12 @@ def build_messages(
     *,
     text: str | None = None,
     notes: Sequence[str] = (),
+    memories: str | None = None,
 ) -> list[ChatMessage]:
     """Chat messages for an OpenAI-style model.
+
+    ``memories`` (bot.recall.prompt.format_memories) goes under the recent turns, just before the
+    new message, and the system prompt says how to use it.
 
     ``history`` is the recent memory window of the room, oldest first, *not* including the new
     message; ``text`` overrides the incoming text (e.g. a shortened version of a very long one).
@@ -219,8 +227,11 @@ def build_messages(
     speakers = {t.speaker_id for t in history if t.role == "user"} | {incoming.speaker_id}
     group = len(speakers) > 1
     messages: list[ChatMessage] = [
-        {"role": "system", "content": build_system_prompt(character, incoming, group=group, notes=notes)}
+        {"role": "system", "content": build_system_prompt(character, incoming, group=group, notes=notes,
+                                                          memories=memories is not None)}
     ]
     messages.extend(_turn_message(t) for t in history if t.text.strip())
+    if memories is not None:
+        messages.append({"role": "system", "content": memories})
     messages.append({"role": "user", "content": f"{speaker_label(incoming.speaker_name)}: {said}"})
     return messages

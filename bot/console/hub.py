@@ -112,6 +112,9 @@ class Console(LiveSource):
         agent = services.agent
         agent.engine = meter_engine(agent.engine, self.metrics)  # type: ignore[assignment]
         agent.turn_listeners.append(self._on_agent_turn)
+        recall = getattr(services, "recall", None)
+        if recall is not None:
+            recall.listeners.append(self.metrics.recall_outcome)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,6 +126,10 @@ class Console(LiveSource):
         self._closed = True
         with contextlib.suppress(ValueError):
             self.services.agent.turn_listeners.remove(self._on_agent_turn)
+        recall = getattr(self.services, "recall", None)
+        if recall is not None:
+            with contextlib.suppress(ValueError):
+                recall.listeners.remove(self.metrics.recall_outcome)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,9 +20,40 @@ if TYPE_CHECKING:
     from bot.settings import Settings
     from bot.store import Database
 
-__all__ = ["Fact", "FactStore", "FactsConfig", "FactsService", "MemoryTurns", "Summary", "build_facts", "readable"]
+__all__ = ["Fact", "FactStore", "FactsConfig", "FactsService", "MemoryTurns", "RecallDocuments", "Summary",
+           "build_facts", "index_knowledge", "readable"]
 
 log = logging.getLogger(__name__)
+
+
+class RecallDocuments:
+    """Facts and summaries as documents of the recall index (bot.recall), with their room as audience."""
+
+    def __init__(self, recall: Any) -> None:
+        self.recall = recall
+
+    async def add(self, kind: str, ref: str, text: str, *, room: str, speaker_id: str, speaker_name: str,
+                  created_at: float, sources: Any) -> None:
+        from bot.recall import Audience
+
+        await self.recall.add_document(kind, text, audience=Audience.of_room(room), speaker_id=speaker_id,
+                                       speaker_name=speaker_name, created_at=created_at, sources=tuple(sources),
+                                       ref=ref)
+
+    async def remove(self, kind: str, refs: Any) -> None:
+        for ref in refs:
+            await self.recall.remove(kind=kind, ref=ref)
+
+
+async def index_knowledge(index: Any, recall: Any, store: Database) -> None:
+    """Put the character's knowledge chunks into the recall index (a background task at start)."""
+    marks = FactStore(store)
+    try:
+        await marks.migrate()
+        await index.index_into_recall(recall, marks)
+    except Exception:
+        index.recall = None  # the knowledge index keeps ranking the chunks itself
+        log.exception("knowledge: could not index the character's knowledge for recall; ranking it locally")
 
 
 def facts_config(settings: Settings) -> FactsConfig:
@@ -50,6 +81,7 @@ async def build_facts(settings: Settings, agent: Agent, store: Database, *, docu
         raise
     agent.reply_listeners.append(lambda incoming: service.reply_sent(incoming.room))
     agent.context_providers.append(service.prompt_note)
+    agent.speaker_facts = True
     log.info("Memory: learning facts in the background (at most %d per person, %d tokens an hour)",
              settings.facts_per_person, settings.facts_tokens_per_hour)
     return service

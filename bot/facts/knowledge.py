@@ -22,6 +22,7 @@ ranks them. :meth:`KnowledgeIndex.prompt_note` is an agent context provider.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -238,15 +239,35 @@ class KnowledgeIndex:
     def __len__(self) -> int:
         return len(self.chunks)
 
-    async def index_into_recall(self) -> int:
-        """Put the chunks into the recall index (replacing what an earlier start put there)."""
-        if self.recall is None:
-            return 0
+    @property
+    def version(self) -> str:
+        """A name for exactly these chunks: the recall documents' ``ref``, so a changed knowledge base
+        replaces the old one and an unchanged one is not indexed again."""
+        digest = hashlib.sha256()
+        for chunk in self.chunks:
+            digest.update(f"{chunk.source}\x1f{chunk.index}\x1f{chunk.text}\x1e".encode("utf-8", "surrogatepass"))
+        return f"knowledge:{digest.hexdigest()[:24]}"
+
+    async def index_into_recall(self, recall: Any, marks: Any) -> int:
+        """Put the chunks into ``recall`` as documents for everyone (kind ``knowledge``), replacing what
+        an earlier start indexed under another version; ``marks`` (a FactStore) remembers which version
+        the index holds. Returns the chunks added (0: already there)."""
         from bot.recall import Audience
 
-        await self.recall.remove(kind="knowledge")
+        version = self.version
+        held = await marks.marks("knowledge-index:")
+        if f"knowledge-index:{version}" in held:
+            self.recall = recall
+            return 0
+        for old in held:
+            await recall.remove(kind="knowledge", ref=old.removeprefix("knowledge-index:"))
+            await marks.unmark(old)
         for chunk in self.chunks:
-            await self.recall.add_document("knowledge", chunk.text, audience=Audience.everyone(), ref=chunk.ref)
+            await recall.add_document("knowledge", chunk.text, audience=Audience.everyone(), ref=version,
+                                      speaker_name="knowledge", role="knowledge")
+        await marks.mark(f"knowledge-index:{version}")
+        self.recall = recall  # from now on the recall index ranks them
+        log.info("knowledge: %d chunks indexed for recall", len(self.chunks))
         return len(self.chunks)
 
     def search(self, query: str, limit: int = MAX_PROMPT_CHUNKS) -> list[Chunk]:
@@ -267,16 +288,19 @@ class KnowledgeIndex:
         return [self.chunks[i] for i in sorted(best)]
 
     async def recalled(self, query: str, limit: int = MAX_PROMPT_CHUNKS) -> list[str]:
+        """The chunks for ``query`` by this module's BM25 (all of them when there are few)."""
         if len(self.chunks) <= limit:
             return [c.text for c in self.chunks]
-        if self.recall is not None:
-            hits = await self.recall.search(query, asker="", place="", limit=limit, kinds=("knowledge",))
-            return [h.text for h in hits]
         return [c.text for c in self.search(query, limit)]
 
     async def prompt_note(self, incoming: Any) -> str | None:
         """The system prompt's "Things you know" for this message (an agent context provider)."""
-        texts = await self.recalled(incoming.text)
+        if self.recall is not None and len(self.chunks) > MAX_PROMPT_CHUNKS:
+            hits = await self.recall.search(incoming.text[:2000], asker=incoming.speaker_id, place=incoming.room,
+                                            limit=MAX_PROMPT_CHUNKS, kinds=("knowledge",))
+            texts = [h.text for h in hits]
+        else:
+            texts = await self.recalled(incoming.text)
         lines: list[str] = []
         size = 0
         for text in texts:

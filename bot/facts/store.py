@@ -362,6 +362,18 @@ class FactStore:
             "ON CONFLICT (room) DO UPDATE SET last_turn_id = excluded.last_turn_id, updated_at = excluded.updated_at",
             (room, int(turn_id), float(now)))
 
+    async def marks(self, prefix: str) -> list[str]:
+        """Names recorded with :meth:`mark` that start with ``prefix`` (kept in the cursor table)."""
+        rows = await self.db.query("SELECT room FROM facts_rooms WHERE room LIKE ? ORDER BY room",
+                                   (prefix.replace("%", "").replace("_", "") + "%",))
+        return [str(r[0]) for r in rows if str(r[0]).startswith(prefix)]
+
+    async def mark(self, name: str) -> None:
+        await self.set_cursor(name, 0, time.time())
+
+    async def unmark(self, name: str) -> None:
+        await self.db.execute("DELETE FROM facts_rooms WHERE room = ?", (name,))
+
     async def reserve(self, hour: int, tokens: int, budget: int) -> bool:
         """Add ``tokens`` to ``hour``'s spend if that keeps it within ``budget``; atomic across processes."""
         row = await self.db.query_one(

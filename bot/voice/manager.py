@@ -36,6 +36,7 @@ from bot.i18n.catalog import MESSAGES, t
 from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.places import Choice, PlaceLanguages
 from bot.providers import voice_for
+from bot.recall.discord_rooms import visible_rooms
 from bot.voice.consent import (
     ConnectionStatus,
     Providers,
@@ -616,8 +617,12 @@ class VoiceManager:
             gv = holder.get("gv")
             return len(humans_in(gv.channel)) if gv is not None else 0
 
+        def visible(user_id: int) -> frozenset[str] | None:
+            return visible_rooms(guild, guild.get_member(user_id))
+
         return VoiceSession(
             room=f"discord:{guild.id}:{channel.id}",
+            visible=visible,
             agent=self.agent,
             memory=self.memory,
             stt=self.stt,

@@ -220,8 +220,12 @@ class VoiceSession:
         speculate: bool = False,
         choose_language: Callable[[str, str | None], Choice] | None = None,
         stream_options: dict[str, str] | None = None,
+        visible: Callable[[int], frozenset[str] | None] | None = None,
     ) -> None:
         self.room = room
+        # The transport's answer to "which rooms of this guild can this person see" (recall searches
+        # those besides this room); None: this room only.
+        self.visible = visible
         # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
         self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
         self.speculate = speculate and self.turn_detection is not None
@@ -621,6 +625,15 @@ class VoiceSession:
                 self._discard_speculation(turn.user_id)
             self._report("ignored", None)
 
+    def _visible(self, user_id: int) -> frozenset[str] | None:
+        if self.visible is None:
+            return None
+        try:
+            return self.visible(user_id)
+        except Exception:  # a member gone from the cache: recall reads this room only
+            log.debug("visible rooms of %s unknown", user_id, extra={"room": self.room})
+            return None
+
     def _choose_language(self, turn: PendingTurn) -> tuple[str | None, str | None]:
         """The language to answer ``turn`` in (None: the default) and a notice to post first, if any."""
         if self.choose_language is None:
@@ -663,7 +676,7 @@ class VoiceSession:
                 await self._tell(notice)
             reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
                                               speaker_name=turn.name, text=turn.text, modality=self.modality,
-                                              language=language))
+                                              language=language, visible=self._visible(turn.user_id)))
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             produce = asyncio.get_running_loop().create_task(
                 self._produce_sentences(reply, _reply_splitter(), sentences, timing), name=f"reply-text-{self.room}"
@@ -904,7 +917,8 @@ class _Speculation:
         self.language, self.notice = session._choose_language(turn)
         self.reply = session.agent.reply(
             Incoming(room=session.room, speaker_id=session.speaker_id(turn.user_id), speaker_name=turn.name,
-                     text=turn.text, modality=session.modality, language=self.language),
+                     text=turn.text, modality=session.modality, language=self.language,
+                     visible=session._visible(turn.user_id)),
             remember=False,
         )
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
