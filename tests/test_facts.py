@@ -311,3 +311,54 @@ async def test_the_eliza_engine_has_no_facts(tmp_path: Path) -> None:
         reply.finish()
     finally:
         await services.aclose()
+
+
+async def test_facts_are_recalled_for_others_only_within_their_audience_and_survive_a_restart(
+        tmp_path: Path) -> None:
+    """With the whole bot's services: facts go into the recall index with their room's audience, a new
+    process finds them, and forgetting removes them from the index too."""
+    from bot.services import build_services
+    from cogs.privacy import forget_everything
+
+    model = ScriptedFactModel(RULES)
+    async with FakeOpenAI(responder=model) as fake:
+        env = {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url, "OPENAI_MODEL": "gpt-test",
+               "FACTS_DEBOUNCE_SECONDS": "0", "DATA_DIR": str(tmp_path / "data"), "RECALL_BUDGET_MS": "2000"}
+        settings = load_settings(env, env_file=None)
+
+        async def say(services: object, room: str, who: str, name: str, text: str) -> str:
+            agent = services.agent  # type: ignore[attr-defined]
+            agent.context_budget = 5.0
+            reply = agent.reply(Incoming(room, who, name, text, Modality.TEXT))
+            await reply.collect()
+            reply.finish()
+            await services.facts.wait_idle()  # type: ignore[attr-defined]
+            body = [r.body for r in fake.completion_requests if r.body and r.body.get("stream")][-1]
+            return "\n".join(m["content"] for m in body["messages"])
+
+        services = await build_services(settings)
+        try:
+            await say(services, GUILD, MAYA, "Maya", "my sister is getting married in Lisbon in June")
+            await say(services, MAYA_DM, MAYA, "Maya", "I like chess")
+            assert await services.recall.count() >= 6  # type: ignore[union-attr]
+        finally:
+            await services.aclose()
+
+        services = await build_services(settings)  # a new process, later
+        try:
+            for _ in range(8):  # enough other talk that the wedding is no longer among the recent turns
+                await say(services, GUILD, BOB, "Bob", "nice weather")
+            prompt = await say(services, GUILD, BOB, "Bob", "where is Maya's sister's wedding?")
+            assert "Maya's sister is getting married in Lisbon in June" in prompt  # recalled: said in this channel
+            asked = await say(services, GUILD, BOB, "Bob", "does Maya like chess?")
+            assert "Maya likes chess" not in asked and "I like chess" not in asked  # said in her DM: never here
+            own = await say(services, MAYA_DM, MAYA, "Maya", "what do you remember about me?")
+            assert "Maya likes chess" in own and "Lisbon" not in own.split("What Maya told you")[1].split("\n\n")[0]
+
+            report = await forget_everything(services.memory, services.facts, MAYA)
+            assert report["fact"] == 2
+            assert "Lisbon" not in await say(services, GUILD, BOB, "Bob", "where is Maya's sister's wedding?")
+            leftovers = await services.store.query("SELECT text FROM recall_docs WHERE kind = 'fact'")
+            assert [r[0] for r in leftovers] == []
+        finally:
+            await services.aclose()
