@@ -114,3 +114,39 @@ async def test_with_the_eliza_engine_memory_lists_messages_only(discord_: LocalD
         shown = await h.command(h.alice, "memory show")
         assert "I don't learn facts" in shown and "#general in Loopback: 1" in shown
         assert "I don't learn facts" in await h.command(h.alice, "memory forget", {"item": "all"})
+
+
+async def test_a_voice_session_and_a_scribes_notes_each_leave_a_dated_summary(
+        discord_: LocalDiscord, llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from bot.memory import Turn
+
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        facts = h.bot.services.facts
+        memory = h.bot.services.memory
+        room = f"discord:{h.guild.id}:{h.voice.id}"
+        await h.alice.join_voice(h.voice)
+        assert (await h.command(h.alice, "join")).startswith("I'm in")
+        memory.append(Turn(room, f"discord:{h.alice.id}", "Alice", "user", "let's plan the picnic for Saturday",
+                           Modality.VOICE, time.time()))
+        memory.append(Turn(room, "agent", "Wren", "assistant", "Saturday it is.", Modality.VOICE, time.time()))
+        await h.command(h.alice, "leave")
+        await facts.wait_idle()
+        [summary] = await facts.store.summaries_in(room)
+        assert summary.kind == "voice" and summary.text.startswith("Voice session of 20")
+        assert "Alice" in summary.text and summary.people == (f"discord:{h.alice.id}",)
+
+        # A scribe's call: the notes it posts are the session's summary (no second request).
+        assert "only taking notes" in await h.command(h.boss, "mode", {"mode": "scribe"})
+        assert (await h.command(h.alice, "join")).startswith("I'm in")
+        memory.append(Turn(room, f"discord:{h.alice.id}", "Alice", "user", "we agreed on the lake",
+                           Modality.VOICE, time.time()))
+        requests = len(llm.completion_requests)
+        await h.command(h.alice, "leave")
+        await facts.wait_idle()
+        notes = [s for s in await facts.store.summaries_in(room) if s.kind == "notes"]
+        assert len(notes) == 1 and notes[0].text.startswith("Notes of the call of 20")
+        assert "Hello there, friend." in notes[0].text  # what the scribe posted, from the engine
+        assert len(llm.completion_requests) == requests + 1  # the notes' own request only
