@@ -362,3 +362,22 @@ async def test_facts_are_recalled_for_others_only_within_their_audience_and_surv
             assert [r[0] for r in leftovers] == []
         finally:
             await services.aclose()
+
+
+async def test_retention_removes_old_facts_and_summaries(tmp_path: Path, backend: Store) -> None:
+    rig, db = await make_rig(tmp_path, backend, TRANSCRIPT_RETENTION_DAYS="30")
+    try:
+        await rig.say(GUILD, MAYA, "Maya", "I like tea")
+        await rig.facts.summarize_session(GUILD, rig.clock.now - 60, rig.clock.now + 1)
+        rig.clock.now += 20 * 86400
+        await rig.say(GUILD, MAYA, "Maya", "I like chess")
+        assert await rig.facts.prune() == 0
+        rig.clock.now += 15 * 86400  # tea and the summary are 35 days old, chess 15
+        assert await rig.facts.prune() == 2
+        assert await rig.facts_of(MAYA) == ["Maya likes chess"]
+        assert (await rig.facts.about(MAYA))[1] == []
+    finally:
+        await rig.facts.aclose()
+        await rig.agent.aclose()
+        await rig.fake.close()
+        db.close()

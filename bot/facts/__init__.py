@@ -58,7 +58,8 @@ async def index_knowledge(index: Any, recall: Any, store: Database) -> None:
 
 def facts_config(settings: Settings) -> FactsConfig:
     return FactsConfig(debounce=settings.facts_debounce_seconds, per_person=settings.facts_per_person,
-                       tokens_per_hour=settings.facts_tokens_per_hour)
+                       tokens_per_hour=settings.facts_tokens_per_hour,
+                       retention_days=settings.transcript_retention_days)
 
 
 async def build_facts(settings: Settings, agent: Agent, store: Database, *, documents: Any = None) -> FactsService | None:

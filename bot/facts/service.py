@@ -47,6 +47,7 @@ AGENT_SPEAKER_ID = "agent"
 BACKLOG_BATCHES = 4
 MAX_PROMPT_FACTS = 12
 SUMMARY_MAX_TOKENS = 300
+RETENTION_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class FactsConfig:
     tokens_per_hour: int = 20_000
     max_tokens: int = 400  # the longest extraction answer
     summaries: bool = True
+    retention_days: int = 0  # TRANSCRIPT_RETENTION_DAYS: facts and summaries older than this go (0 keeps them)
 
 
 class FactsLLM(Protocol):
@@ -168,6 +170,7 @@ class FactsService:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._one = asyncio.Semaphore(1)  # one request at a time in the whole process
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._forever: list[asyncio.Task[Any]] = []
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -178,6 +181,34 @@ class FactsService:
 
     async def start(self) -> None:
         await self.store.migrate()
+        if self.config.retention_days > 0:
+            await self.prune()
+            self._spawn_forever(self._retention(), "facts-retention")
+
+    def _spawn_forever(self, coro: Awaitable[Any], name: str) -> None:
+        """A task that lives as long as the service (not counted by :meth:`wait_idle`)."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._forever.append(task)
+
+    async def _retention(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)  # the schedule itself, not synchronisation
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("facts: pruning old facts failed; retrying in an hour")
+
+    async def prune(self) -> int:
+        """Retention: what was learnt longer ago than ``retention_days`` (facts not said again since)."""
+        if self.config.retention_days <= 0:
+            return 0
+        facts, summaries = await self.store.prune(self.clock() - self.config.retention_days * 86400.0)
+        await self._documents_removed("fact", facts)
+        await self._documents_removed("summary", summaries)
+        if facts or summaries:
+            log.info("facts: retention removed %d facts and %d summaries", len(facts), len(summaries))
+        return len(facts) + len(summaries)
 
     # ------------------------------------------------------------------------------ scheduling
 
@@ -237,7 +268,7 @@ class FactsService:
 
     async def aclose(self) -> None:
         self._closed = True
-        tasks = list(self._tasks)
+        tasks = list(self._tasks) + self._forever
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

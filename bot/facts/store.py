@@ -394,9 +394,12 @@ class FactStore:
         row = await self.db.query_one("SELECT tokens, calls FROM facts_spend WHERE hour = ?", (int(hour),))
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
-    async def prune(self, before: float) -> int:
-        """Retention: facts not confirmed since ``before`` and summaries of sessions that ended before it."""
-        n = await self.db.execute("DELETE FROM facts WHERE updated_at < ?", (float(before),))
-        n += await self.db.execute("DELETE FROM summaries WHERE ended_at < ?", (float(before),))
+    async def prune(self, before: float) -> tuple[list[int], list[int]]:
+        """Retention: facts not confirmed since ``before`` and summaries of sessions that ended before it;
+        returns the ids removed (facts, summaries)."""
+        facts = [int(r[0]) for r in await self.db.query(
+            "DELETE FROM facts WHERE updated_at < ? RETURNING id", (float(before),))]
+        summaries = [int(r[0]) for r in await self.db.query(
+            "DELETE FROM summaries WHERE ended_at < ? RETURNING id", (float(before),))]
         await self.db.execute("DELETE FROM facts_spend WHERE hour < ?", (int(time.time() // 3600) - 48,))
-        return n
+        return facts, summaries
