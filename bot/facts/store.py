@@ -25,7 +25,7 @@ from typing import Any
 
 from bot.store.database import Database, Row
 
-__all__ = ["COMPONENT", "Fact", "FactStore", "Summary", "normalise", "readable", "is_private_room", "guild_of"]
+__all__ = ["COMPONENT", "Fact", "FactStore", "Summary", "normalise", "readable"]
 
 COMPONENT = "facts"
 
@@ -85,53 +85,13 @@ def _schema(dialect: str) -> str:
 
 MIGRATIONS = [{"sqlite": _schema("sqlite"), "postgresql": _schema("postgresql")}]
 
-_PRIVATE_PREFIXES = ("discord:dm:", "sms:", "phone:")
-_OPERATOR_ROOMS = ("console", "playground")
-
-
-def is_private_room(room: str) -> bool:
-    """A room one person alone hears (their DM, SMS thread, phone call, the console)."""
-    return room.startswith(_PRIVATE_PREFIXES) or room in _OPERATOR_ROOMS or guild_of(room) is None
-
-
-def guild_of(room: str) -> str | None:
-    """The guild id of ``discord:{guild}:{channel}``, else None."""
-    if not room.startswith("discord:") or room.startswith("discord:dm:"):
-        return None
-    parts = room.split(":")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        return None
-    return parts[1]
-
-
-def _own_private_rooms(identities: Iterable[str]) -> set[str]:
-    rooms: set[str] = set()
-    for identity in identities:
-        kind, _, rest = identity.partition(":")
-        if kind == "discord" and rest.isdigit():
-            rooms.add(f"discord:dm:{rest}")
-        elif kind == "phone" and rest:
-            rooms.update((f"sms:{rest}", f"phone:{rest}"))
-        elif kind == "console" and rest:
-            rooms.update(_OPERATOR_ROOMS)
-    return rooms
-
-
 def readable(room: str, identities: Iterable[str], place: str, visible: Iterable[str] | None = None) -> bool:
-    """Whether something said in ``room`` may be brought up at ``place`` to the person ``identities``.
+    """Whether something said in ``room`` may be brought up at ``place`` to the person ``identities``:
+    the recall index's audience rule (:func:`bot.recall.audience.scope_for`), so a fact obeys exactly
+    what its source turns obey."""
+    from bot.recall.audience import scope_for
 
-    A guild channel's words: in the same guild, at ``place`` itself or a channel in ``visible`` (the
-    channels the asker can see; None reads ``place`` alone). A private room's words: only in one of
-    the asker's own private rooms, and only if ``room`` is theirs too. The same rule as the recall index
-    (:mod:`bot.recall.audience`), so facts obey what their source turns obey.
-    """
-    guild = guild_of(place)
-    if guild is not None:
-        return room == place or (guild_of(room) == guild and room in set(visible or ()))
-    own = _own_private_rooms(identities)
-    if place in own:
-        return room in own
-    return room == place and is_private_room(place)
+    return room in scope_for(identities, place, visible).rooms
 
 
 _WORDS = re.compile(r"[^\w]+", re.UNICODE)
