@@ -48,6 +48,8 @@ BACKLOG_BATCHES = 4
 MAX_PROMPT_FACTS = 12
 SUMMARY_MAX_TOKENS = 300
 RETENTION_INTERVAL = 3600.0
+CACHE_SECONDS = 60.0
+CACHE_PEOPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,9 @@ class FactsService:
         self._one = asyncio.Semaphore(1)  # one request at a time in the whole process
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forever: list[asyncio.Task[Any]] = []
+        # identity -> (when read, their linked identities, their facts): the prompt's reads, see facts_for
+        self._cache: dict[str, tuple[float, frozenset[str], list[Fact]]] = {}
+        self._generation = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -204,6 +209,9 @@ class FactsService:
         if self.config.retention_days <= 0:
             return 0
         facts, summaries = await self.store.prune(self.clock() - self.config.retention_days * 86400.0)
+        if facts:
+            self._changed(())
+            self._cache.clear()
         await self._documents_removed("fact", facts)
         await self._documents_removed("summary", summaries)
         if facts or summaries:
@@ -364,6 +372,7 @@ class FactsService:
                 topic=candidate.topic, room=room, sources=candidate.turns, now=self.clock(),
                 replaces=candidate.replaces, per_person=self.config.per_person)
             learnt += 1
+            self._changed([candidate.person])
             if new:
                 self.stats.facts_added += 1
             else:
@@ -440,10 +449,32 @@ class FactsService:
         return facts, summaries
 
     async def facts_for(self, identity: str, place: str, visible: Iterable[str] | None = None) -> list[Fact]:
-        """The facts about ``identity`` that may be brought up at ``place`` (their audience allows it)."""
-        people = await self.turns.identities_of(identity)
-        facts = await self.store.facts_of(people, limit=self.config.per_person * max(1, len(people)))
+        """The facts about ``identity`` that may be brought up at ``place`` (their audience allows it).
+
+        On a reply's path: what was read for a person is kept for ``CACHE_SECONDS`` (another process
+        may learn about them meanwhile) and dropped at once when this process changes their facts.
+        """
+        now = time.monotonic()
+        cached = self._cache.get(identity)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            people, facts = cached[1], cached[2]
+        else:
+            generation = self._generation
+            people = await self.turns.identities_of(identity)
+            facts = await self.store.facts_of(people, limit=self.config.per_person * max(1, len(people)))
+            if generation == self._generation:  # nothing changed while this was read
+                if len(self._cache) >= CACHE_PEOPLE:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[identity] = (now, frozenset(people), facts)
         return [f for f in facts if readable(f.room, people, place, visible)][:MAX_PROMPT_FACTS]
+
+    def _changed(self, people: Iterable[str]) -> None:
+        """Drop what is cached for anyone among ``people`` (their facts changed here)."""
+        changed = set(people)
+        self._generation += 1
+        for key, (_, cached_people, _) in list(self._cache.items()):
+            if key in changed or cached_people & changed:
+                self._cache.pop(key, None)
 
     async def prompt_note(self, incoming: Any) -> str | None:
         """The prompt's paragraph of what is remembered about the speaker, for this place (or None)."""
@@ -465,6 +496,7 @@ class FactsService:
     async def remove_fact(self, identity: str, fact_id: int) -> bool:
         people = await self.turns.identities_of(identity)
         removed = await self.store.remove_fact(people, fact_id)
+        self._changed(people)
         if removed:
             await self._documents_removed("fact", [fact_id])
         return removed
@@ -482,6 +514,7 @@ class FactsService:
         before_facts = [f.id for f in await self.store.facts_of(people, limit=1_000_000)]
         before_summaries = [s.id for s in await self.store.summaries_with(people, limit=1_000_000)]
         counts = await self.store.forget(people, rooms)
+        self._changed(people)
         await self._documents_removed("fact", before_facts)
         await self._documents_removed("summary", before_summaries)
         return counts
