@@ -13,10 +13,11 @@ the first) would fire, by calling the same ``extract_room`` the scheduler calls.
 with neither (the baseline: the same talk, budget 10^9, no bound).
 
 ``voice``: bench.latency's ``cloud`` configuration (the whole bot on the loopback Discord, Deepgram,
-OpenAI-compatible and ElevenLabs fakes timed like the services) with facts off, then with facts on and the
-worst case for the wait: no quiet period (an extraction request is sent right after every reply, while
-the person speaks the next utterance) and the speaker's facts read into every prompt. Reported: each
-run's wait p50/p95 and the difference of the p50s.
+OpenAI-compatible and ElevenLabs fakes timed like the services) with facts off (the baseline), with facts
+on as configured by default (30 s quiet period: during talk only the speaker's facts are read into each
+prompt), and the worst case for the wait: no quiet period, so an extraction request is sent right after
+every reply while the person speaks the next utterance. Each variant runs twice, interleaved. Reported:
+each variant's wait p50/p95, the providers' floor, the stages' p50s and the difference of the p50s.
 
 What it leaves out: the cost of a real model's answers (the scripted model writes one short fact per
 line; a real one writes fewer and longer), the tokenizer (usage is counted at four characters a token by
@@ -155,26 +156,39 @@ async def measure_voice(utterances: int) -> dict[str, Any]:
     from tests.fakes.fact_model import FactRule, ScriptedFactModel
 
     cfg = latency.BenchConfig(configs=("cloud",), utterances=latency.UTTERANCES[:utterances], overrides={})
-    speech = await asyncio.get_running_loop().run_in_executor(None, latency.prepare_speech, cfg.utterances)
-    warm = (await asyncio.get_running_loop().run_in_executor(None, latency.prepare_speech, [latency.WARMUP]))[0]
+    loop = asyncio.get_running_loop()
+    speech = await loop.run_in_executor(None, latency.prepare_speech, cfg.utterances)
+    warm = (await loop.run_in_executor(None, latency.prepare_speech, [latency.WARMUP]))[0]
     model = ScriptedFactModel([FactRule(r"^(.{8,100}?)[.?!]?$", "{name} said: {1}")])
-    runs: dict[str, list[Any]] = {"off": [], "on": []}
+    variants = {
+        "facts_off": {"memory_facts": False},
+        # The defaults: learning waits for 30 s of quiet, so during talk only the prompt's read of facts runs.
+        "facts_on": {"memory_facts": True},
+        # The worst case: an extraction request right after every reply, while the next utterance is spoken.
+        "facts_on_no_quiet_period": {"memory_facts": True, "facts_debounce_seconds": 0.0},
+    }
+    runs: dict[str, list[Any]] = {name: [] for name in variants}
+    requests: dict[str, int] = {name: 0 for name in variants}
     logging.getLogger("bot.loopback").setLevel(logging.ERROR)
     with latency.Providers() as providers:
-        # Off and on twice each, interleaved, so a change in the shared machine's load hits both.
-        for kind in ("off", "on", "off", "on"):
-            facts = kind == "on"
-            providers.openai.responder = model if facts else None
-            settings = latency._settings_for("cloud", providers, {
-                "memory_facts": facts, "facts_debounce_seconds": 0.0})
-            runs[kind] += await latency.run_config("cloud", settings, speech, cfg, providers, warm=warm)
-        extraction = len(model.extraction_requests)
-    off = latency.summarize_config(runs["off"], cloud=True)
-    on = latency.summarize_config(runs["on"], cloud=True)
-    p50_off, p50_on = off["wait_ms"]["p50"], on["wait_ms"]["p50"]
-    return {"turns_each": len(runs["on"]), "facts_off": {"wait_ms": off["wait_ms"], "floor_ms": off["floor_ms"]},
-            "facts_on": {"wait_ms": on["wait_ms"], "floor_ms": on["floor_ms"], "extraction_requests": extraction},
-            "p50_difference_ms": None if p50_off is None or p50_on is None else round(p50_on - p50_off, 1)}
+        providers.openai.responder = model
+        # Each variant twice, interleaved, so a change in the shared machine's load hits all of them.
+        for name in [*variants, *variants]:
+            before = len(model.extraction_requests)
+            settings = latency._settings_for("cloud", providers, variants[name])
+            runs[name] += await latency.run_config("cloud", settings, speech, cfg, providers, warm=warm)
+            requests[name] += len(model.extraction_requests) - before
+    out: dict[str, Any] = {"turns_each": len(runs["facts_off"])}
+    for name, samples in runs.items():
+        summary = latency.summarize_config(samples, cloud=True)
+        out[name] = {"wait_ms": summary["wait_ms"], "floor_ms": summary["floor_ms"],
+                     "breakdown_p50_ms": {k: v["p50"] for k, v in summary["breakdown_ms"].items()},
+                     "extraction_requests": requests[name]}
+    base = out["facts_off"]["wait_ms"]["p50"]
+    for name in ("facts_on", "facts_on_no_quiet_period"):
+        p50 = out[name]["wait_ms"]["p50"]
+        out[name]["p50_minus_facts_off_ms"] = None if base is None or p50 is None else round(p50 - base, 1)
+    return out
 
 
 async def run(parts: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:

@@ -11,10 +11,9 @@ with an engine that learns nothing (the ELIZA engine): then only the messages ar
 
 from __future__ import annotations
 
-import inspect
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -35,10 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_CHARS = 1900  # Discord's 2,000-character message, with room for the "and N more" line
 MAX_SUMMARY_CHARS = 160
-
-
-async def _maybe(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def place_name(bot: discord.Client, room: str, language: str) -> str:
@@ -116,12 +111,9 @@ class MemoryCog(commands.Cog, name="Memory"):
         return interaction_language(interaction, getattr(self.bot.services, "languages", None))
 
     async def _turn_counts(self, people: set[str]) -> list[tuple[str, int]]:
-        ids = sorted(people)
-        marks = ",".join("?" * len(ids))
-        rows = await _maybe(self.bot.services.memory.db.query(
-            f"SELECT room, COUNT(*) AS n FROM turns WHERE speaker_id IN ({marks}) GROUP BY room ORDER BY n DESC",
-            ids))
-        return [(str(r["room"]), int(r["n"])) for r in rows]
+        from bot.facts import MemoryTurns
+
+        return await MemoryTurns(self.bot.services.memory).counts_by_room(people)
 
     @memory.command(name="show")
     async def show(self, interaction: discord.Interaction) -> None:
@@ -129,7 +121,9 @@ class MemoryCog(commands.Cog, name="Memory"):
         language = self._lang(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         identity = f"discord:{interaction.user.id}"
-        people = set(await _maybe(self.bot.services.memory.identities_of(identity)))
+        from bot.facts import MemoryTurns
+
+        people = await MemoryTurns(self.bot.services.memory).identities_of(identity)
         sections: list[list[str]] = []
         facts = self.facts
         if facts is None:

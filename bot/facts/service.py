@@ -131,6 +131,16 @@ class MemoryTurns:
     async def identities_of(self, identity: str) -> set[str]:
         return set(await _maybe(self.memory.identities_of(identity)))
 
+    async def counts_by_room(self, people: Iterable[str]) -> list[tuple[str, int]]:
+        """How many turns ``people`` said in each room, most first (``/memory show``)."""
+        ids = sorted(set(people))
+        if not ids:
+            return []
+        rows = await self._query(
+            f"SELECT room, COUNT(*) AS n FROM turns WHERE speaker_id IN ({','.join('?' * len(ids))}) "
+            "GROUP BY room ORDER BY n DESC, room", ids)
+        return [(str(r["room"]), int(r["n"])) for r in rows]
+
 
 @dataclass
 class _Pending:
