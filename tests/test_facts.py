@@ -236,16 +236,25 @@ async def test_forget_removes_facts_and_the_summaries_that_name_them(rig: Rig) -
     assert summary.people == tuple(sorted((MAYA, BOB))) and "Voice session of" in summary.text
     assert "Maya" in summary.text
 
-    people = rig.memory.identities_of(MAYA)
-    rig.memory.forget_person(MAYA)
-    counts = await rig.facts.forget(people, {r for p in people for r in private_rooms(p)})
-    assert counts == {"fact": 1, "summary": 1}
+    from cogs.privacy import forget_everything
+
+    def on_disk() -> bytes:
+        path = rig.memory.db.path
+        assert path is not None
+        return b"".join(Path(str(path) + s).read_bytes() for s in ("", "-wal") if Path(str(path) + s).exists())
+
+    if rig.store.dialect == "sqlite":
+        assert b"Lisbon" in on_disk()  # the check below can see what it looks for
+    report = await forget_everything(rig.memory, rig.facts, MAYA)
+    assert report["fact"] == 1 and report["summary"] == 1 and report["message"] == 1
     assert await rig.facts.about(MAYA) == ([], [])
     assert await rig.facts_of(BOB) == ["Bob likes trains"]
     assert (await rig.facts.about(BOB))[1] == []  # the summary named Maya: dropped
     for table in ("facts", "fact_sources", "summaries", "summary_people"):
         for row in await rig.store.query(f"SELECT * FROM {table}"):
             assert "Maya" not in " ".join(str(v) for v in tuple(row)) and MAYA not in str(tuple(row))
+    if rig.store.dialect == "sqlite":  # and no byte of it in the database's files
+        assert b"Lisbon" not in on_disk() and b"Maya" not in on_disk()
 
 
 async def test_memory_forget_one_fact_or_everything_learnt(rig: Rig) -> None:
