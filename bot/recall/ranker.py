@@ -31,10 +31,10 @@ DAY = 86400.0
 
 WEIGHTS = {
     "lex": 1.0,  # the candidate's own lexical score, 0..1
-    "name": 0.35,  # said by a person the question names
+    "name": 0.5,  # said by a person the question names
     "self": 0.15,  # said by the asker, when they ask about themselves ("my", "I")
     "date": 1.0,  # said in the period the question names
-    "context": 0.3,  # the best lexical score of a turn around it
+    "context": 0.45,  # the best lexical score of a turn around it
     "recency": 0.05,  # decays over RECENCY_DAYS
     "agent": -0.05,  # the bot's own words count a little less than people's
 }
