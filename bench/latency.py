@@ -726,16 +726,16 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 extras[kind] = {}
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm, extras=extras[kind])
-        two = two_base = None
-        if "local" in cfg.configs and cfg.two_guilds:
-            two = await two_at_once(speech)
-            if cfg.compare:
-                two_base = await two_at_once(speech, short_window=bool(BASELINE_SETTINGS["local_stt_short_window"]))
             memory = None
             if cfg.memory_compare:
                 if providers is None:
                     providers = stack.enter_context(Providers())
                 memory = await memory_compare(cfg, speech, warm, providers)
+        two = two_base = None
+        if "local" in cfg.configs and cfg.two_guilds:
+            two = await two_at_once(speech)
+            if cfg.compare:
+                two_base = await two_at_once(speech, short_window=bool(BASELINE_SETTINGS["local_stt_short_window"]))
         # Beside the Discord figures: the same wait on a phone call (Twilio Media Streams, μ-law).
         call = await call_latency.measure_call_waits(cfg.call_turns) if "call" in cfg.configs else None
     finally:
