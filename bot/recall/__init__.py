@@ -15,7 +15,10 @@ The interface other rooms use (s5-facts builds facts, summaries and character kn
                                        audience=Audience.of_room("discord:1:2"),
                                        speaker_id="discord:42", speaker_name="Maya",
                                        created_at=when, sources=(turn_id, ...), ref="fact:17")
-    await recall.remove_document(doc_id)       # or remove(kind=..., ref=...), forget_identities(...)
+    await recall.add_documents([{"kind": "knowledge", "text": chunk, "audience": Audience.everyone(),
+                                 "ref": "knowledge:file.md#3"}, ...])   # many at once, one transaction
+    await recall.remove_document(doc_id)       # or remove(kind=..., ref=...), remove_turns(ids),
+                                               # forget_identities(ids), prune(older_than), scrub()
 
     hits = await recall.search("where is my sister's wedding?",
                                asker="discord:42",            # who asks (linked identities count)
@@ -24,6 +27,9 @@ The interface other rooms use (s5-facts builds facts, summaries and character kn
                                limit=5, kinds=("turn", "fact"))
     for hit in hits:
         hit.text, hit.speaker_name, hit.place, hit.created_at, hit.score, hit.kind, hit.sources
+
+    # The prompt side (bot/agent calls these): Agent.memories_for(incoming, history, said_at=...) searches
+    # under RECALL_BUDGET_MS; bot.recall.prompt.format_memories(hits, place=, now=, max_tokens=) renders them.
 
 Audience rules (enforced in the SQL of every search, never after it):
 

@@ -37,6 +37,7 @@ MAX_DOC_CHARS = 4000  # a 100,000-character paste is indexed by its start; the t
 CANDIDATES = 40  # lexical candidates per index query before re-ranking
 NEIGHBOUR_SECONDS = 180.0  # turns this close to a hit, in its room, are "around" it
 NEIGHBOURS_OF = 8  # the best hits whose surroundings are fetched
+NEIGHBOURS_EACH_SIDE = 2
 
 _SQLITE_STEPS: list[Any] = [
     """
@@ -290,6 +291,25 @@ class Recall:
         )
         return int(doc_id)
 
+    async def add_documents(self, docs: Sequence[dict[str, Any]]) -> None:
+        """Store many documents in one transaction (knowledge files, imports): each dict holds
+        :meth:`add_document`'s arguments (``kind``, ``text``, ``audience`` required)."""
+        await self.start()
+        rows = []
+        for d in docs:
+            audience: Audience = d["audience"]
+            room = audience.room if audience.scope != "everyone" else ""
+            text = str(d["text"])[:MAX_DOC_CHARS]
+            when = float(self.clock() if d.get("created_at") is None else d["created_at"])
+            turn_id = d.get("turn_id")
+            rows.append((str(d["kind"]), d.get("ref"), None if turn_id is None else int(turn_id), room, audience.scope,
+                         str(d.get("speaker_id", "")), str(d.get("speaker_name", "")), str(d.get("role", "user")),
+                         str(d.get("modality", "")), text, f"{room_token(room)} {kind_token(str(d['kind']))}",
+                         _sources_text(d.get("sources", ())), when))
+        await self.db.executemany(
+            "INSERT INTO recall_docs (kind, ref, turn_id, room, scope, speaker_id, speaker_name, role, modality, "
+            "text, tags, sources, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
     async def remove_document(self, doc_id: int) -> bool:
         return await self.db.execute("DELETE FROM recall_docs WHERE id = ?", (int(doc_id),)) > 0
 
@@ -437,21 +457,26 @@ class Recall:
         return [_hit(r, 0.0) for r in await self.db.query(sql, params)]
 
     async def _neighbours(self, hits: Iterable[Hit], rooms: Sequence[str]) -> list[Hit]:
-        """Turns said around the best hits, in the same room (one query)."""
-        best = sorted((h for h in hits if h.kind == "turn" and h.place), key=lambda h: -h.score)[:NEIGHBOURS_OF]
+        """The two turns before and after each of the best hits, in the same room (one statement of
+        small index range scans on (room, created_at))."""
+        allowed = set(rooms)
+        best = sorted((h for h in hits if h.kind == "turn" and h.place in allowed), key=lambda h: -h.score)
+        best = best[:NEIGHBOURS_OF]
         if not best:
             return []
-        allowed = set(rooms)
-        clauses, params = [], []
-        for h in best:
-            if h.place not in allowed:
-                continue
-            clauses.append("(room = ? AND created_at >= ? AND created_at <= ?)")
-            params += [h.place, h.created_at - NEIGHBOUR_SECONDS, h.created_at + NEIGHBOUR_SECONDS]
-        if not clauses:
-            return []
-        sql = f"SELECT {_COLUMNS} FROM recall_docs WHERE kind = 'turn' AND ({' OR '.join(clauses)}) LIMIT 400"
-        return [_hit(r, 0.0) for r in await self.db.query(sql, params)]
+        parts, params = [], []
+        cols = _COLUMNS
+        for i, h in enumerate(best):
+            parts.append(f"SELECT * FROM (SELECT {cols} FROM recall_docs WHERE room = ? AND kind = 'turn' "
+                         f"AND created_at <= ? AND created_at >= ? AND id <> ? ORDER BY created_at DESC, id DESC "
+                         f"LIMIT {NEIGHBOURS_EACH_SIDE}) AS b{i}")
+            parts.append(f"SELECT * FROM (SELECT {cols} FROM recall_docs WHERE room = ? AND kind = 'turn' "
+                         f"AND created_at >= ? AND created_at <= ? AND id <> ? ORDER BY created_at, id "
+                         f"LIMIT {NEIGHBOURS_EACH_SIDE}) AS a{i}")
+            params += [h.place, h.created_at, h.created_at - NEIGHBOUR_SECONDS, h.id,
+                       h.place, h.created_at, h.created_at + NEIGHBOUR_SECONDS, h.id]
+        rows = await self.db.query(" UNION ALL ".join(parts), params)
+        return [_hit(r, 0.0) for r in rows]
 
 
 def _hit(row: Any, lex: float) -> Hit:

@@ -31,14 +31,15 @@ DAY = 86400.0
 
 WEIGHTS = {
     "lex": 1.0,  # the candidate's own lexical score, 0..1
-    "name": 0.35,  # said by a person the question names
+    "name": 0.5,  # said by a person the question names
     "self": 0.15,  # said by the asker, when they ask about themselves ("my", "I")
     "date": 1.0,  # said in the period the question names
-    "context": 0.3,  # the best lexical score of a turn around it
+    "context": 0.45,  # the best lexical score of a turn around it
     "recency": 0.05,  # decays over RECENCY_DAYS
     "agent": -0.05,  # the bot's own words count a little less than people's
 }
 RECENCY_DAYS = 30.0
+NEIGHBOUR_SECONDS = 180.0  # turns further apart than this are not "around" each other
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 _STOPWORDS = frozenset("""
@@ -208,10 +209,11 @@ def rank(p: Plan, candidates: Sequence[Hit], neighbours: Iterable[Hit], *, ident
     for turns in by_room.values():
         turns.sort(key=lambda h: (h.created_at, h.id))
         for i, h in enumerate(turns):
-            around = [turns[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < len(turns)
-                      and abs(turns[j].created_at - h.created_at) <= 180.0]
-            context[h.id] = max((lex[a.id] * (1.0 if abs(turns.index(a) - i) == 1 else 0.5) for a in around),
-                                default=0.0)
+            best_around = 0.0
+            for j, weight in ((i - 1, 1.0), (i + 1, 1.0), (i - 2, 0.5), (i + 2, 0.5)):
+                if 0 <= j < len(turns) and abs(turns[j].created_at - h.created_at) <= NEIGHBOUR_SECONDS:
+                    best_around = max(best_around, lex[turns[j].id] * weight)
+            context[h.id] = best_around
     scored: list[Hit] = []
     seen_text: set[tuple[str, str]] = set()
     for h in pool.values():
