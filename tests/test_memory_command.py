@@ -150,3 +150,21 @@ async def test_a_voice_session_and_a_scribes_notes_each_leave_a_dated_summary(
         assert len(notes) == 1 and notes[0].text.startswith("Notes of the call of 20")
         assert "Hello there, friend." in notes[0].text  # what the scribe posted, from the engine
         assert len(llm.completion_requests) == requests + 1  # the notes' own request only
+
+
+async def test_memory_works_in_a_dm(discord_: LocalDiscord, llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.loopback.state import Channel, ChannelType
+    from tests.test_voice_commands import answer_of, raw_invoke
+
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        await tell(h, f"discord:dm:{h.alice.id}", "my sister is getting married in Lisbon in June")
+        world = discord_.world
+        dm = Channel(world.snowflakes.next(), None, ChannelType.DM, "", parent_id=h.alice.id)
+        world.channels[dm.id] = dm
+        shown = await answer_of(raw_invoke(discord_, h.alice.id, None, dm.id, "memory",
+                                           [{"name": "show", "type": 1, "options": []}]))
+        assert "Alice's sister is getting married in Lisbon in June (our direct messages" in shown
+        removed = await answer_of(raw_invoke(discord_, h.alice.id, None, dm.id, "memory", [
+            {"name": "forget", "type": 1, "options": [{"name": "item", "type": 3, "value": "all"}]}]))
+        assert removed.startswith("Removed everything I learnt about you: 1 fact about you.")
