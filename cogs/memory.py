@@ -11,6 +11,7 @@ with an engine that learns nothing (the ELIZA engine): then only the messages ar
 
 from __future__ import annotations
 
+import io
 import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ __all__ = ["MemoryCog", "place_name"]
 log = logging.getLogger(__name__)
 
 MAX_CHARS = 1900  # Discord's 2,000-character message, with room for the "and N more" line
-MAX_SUMMARY_CHARS = 160
+MAX_SUMMARY_CHARS = 160  # a summary's first words; /memory show lists where and when, recall has the whole
 
 
 def place_name(bot: discord.Client, room: str, language: str) -> str:
@@ -153,11 +154,20 @@ class MemoryCog(commands.Cog, name="Memory"):
         title = t("memory.title", language)
         budget = MAX_CHARS - len(how) - len(title) - 8
         lines: list[str] = [title]
+        cut = False
         for section in sections:
             share = max(200, budget // len(sections))
-            lines += [""] + _fit(section, language, share)
+            fitted = _fit(section, language, share)
+            cut = cut or len(fitted) < len(section) or fitted[-1] != section[-1]
+            lines += [""] + fitted
         lines += ["", how]
-        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
+        if not cut:
+            await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True)
+            return
+        # Too much for one message: the whole list as a file beside it, so nothing kept is hidden.
+        everything = "\n".join([title, *("\n" + "\n".join(section) for section in sections)]) + "\n"
+        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True,
+                                        file=discord.File(io.BytesIO(everything.encode()), filename="memory.txt"))
 
     @memory.command(name="forget")
     @app_commands.describe(item="The fact's number from /memory show, or all")

@@ -168,3 +168,25 @@ async def test_memory_works_in_a_dm(discord_: LocalDiscord, llm: FakeOpenAI, mon
         removed = await answer_of(raw_invoke(discord_, h.alice.id, None, dm.id, "memory", [
             {"name": "forget", "type": 1, "options": [{"name": "item", "type": 3, "value": "all"}]}]))
         assert removed.startswith("Removed everything I learnt about you: 1 fact about you.")
+
+
+async def test_more_than_a_message_holds_comes_as_a_file_too(discord_: LocalDiscord, llm: FakeOpenAI,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        facts = h.bot.services.facts
+        me = f"discord:{h.alice.id}"
+        for i in range(45):
+            await facts.store.add_fact(person=me, person_name="Alice", text=f"Alice collects stamps from country {i:02d}"
+                                       " and keeps them in a blue album", topic="", room=f"discord:dm:{h.alice.id}",
+                                       sources=[i + 1], now=1_780_000_000.0 + i, per_person=50)
+        from tests.test_voice_commands import answer_of, raw_invoke
+
+        handle = raw_invoke(discord_, h.alice.id, h.guild.id, h.text.id, "memory",
+                            [{"name": "show", "type": 1, "options": []}])
+        shown = await answer_of(handle)
+        assert len(shown) <= 2000 and "…and " in shown and "more." in shown
+        message = handle.followups[-1]
+        assert message.attachments == ["memory.txt"]
+        listed = message.attachment_data[0].decode()
+        assert all(f"country {i:02d}" in listed for i in range(45))  # every fact, none hidden
