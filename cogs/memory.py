@@ -104,7 +104,11 @@ class MemoryCog(commands.Cog, name="Memory"):
         kind, _, rest = identity.partition(":")
         if kind != "discord" or not rest.isdigit():
             return False
+        # Voice-channel members are cached from their voice states (the bot has no members intent);
+        # text messages from bots are never stored in the first place.
         user = self.bot.get_user(int(rest))
+        if user is None:
+            user = next((m for g in self.bot.guilds if (m := g.get_member(int(rest))) is not None), None)
         return bool(user is not None and user.bot)
 
     def _lang(self, interaction: discord.Interaction) -> str:

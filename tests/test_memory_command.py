@@ -190,3 +190,27 @@ async def test_more_than_a_message_holds_comes_as_a_file_too(discord_: LocalDisc
         assert message.attachments == ["memory.txt"]
         listed = message.attachment_data[0].decode()
         assert all(f"country {i:02d}" in listed for i in range(45))  # every fact, none hidden
+
+
+async def test_another_bots_words_in_voice_teach_nothing(discord_: LocalDiscord, llm: FakeOpenAI,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from bot.memory import Turn
+
+    h = _seed(discord_)
+    helper = h.guild.add_member("HelperBot", bot=True)  # another bot in the server (a music bot, say)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        facts = h.bot.services.facts
+        await helper.join_voice(h.voice)  # in the voice channel, as a music bot would be
+        await h.alice.join_voice(h.voice)
+        assert (await h.command(h.alice, "join")).startswith("I'm in")
+        assert facts.is_bot(f"discord:{helper.id}") and not facts.is_bot(f"discord:{h.alice.id}")
+        room = f"discord:{h.guild.id}:{h.voice.id}"
+        h.bot.services.memory.append(Turn(room, f"discord:{helper.id}", "HelperBot", "user", "I like jazz",
+                                          Modality.VOICE, time.time()))
+        await tell(h, room, "I like chess")
+        assert await facts.about(f"discord:{helper.id}") == ([], [])
+        assert [f.text for f in (await facts.about(f"discord:{h.alice.id}"))[0]] == ["Alice likes chess"]
+        assert facts.stats.dropped >= 1  # the scripted model gave Alice the bot's jazz; refused
+        await h.command(h.alice, "leave")
