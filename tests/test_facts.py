@@ -202,8 +202,12 @@ async def test_a_private_fact_never_reaches_a_public_channels_prompt(rig: Rig) -
 
 
 async def test_the_hourly_budget_holds(tmp_path: Path, backend: Store) -> None:
+    from bot.console.metrics import Metrics
+
     budget = 1500
     rig, db = await make_rig(tmp_path, backend, FACTS_TOKENS_PER_HOUR=str(budget))
+    metrics = Metrics(process=False)
+    rig.facts.listeners.append(metrics.learning_event)
     try:
         for i in range(12):
             await rig.say(f"discord:1000:{3000 + i % 3}", MAYA, "Maya", f"I like thing{i} " + "and more words " * 20)
@@ -213,6 +217,10 @@ async def test_the_hourly_budget_holds(tmp_path: Path, backend: Store) -> None:
         assert 1 <= sent < 12 and calls == sent
         assert spent <= budget and spent == rig.facts.stats.tokens
         assert rig.facts.stats.over_budget >= 1
+        scraped = metrics.render().decode()
+        assert f'voicebot_facts_requests_total{{outcome="sent"}} {float(sent)}' in scraped
+        assert f'voicebot_facts_requests_total{{outcome="over_budget"}} {float(rig.facts.stats.over_budget)}' in scraped
+        assert f"voicebot_facts_tokens_total {float(spent)}" in scraped
         learnt = len(await rig.facts_of(MAYA))
         # The next hour has budget again, and the rooms' unread turns are read then.
         rig.clock.now += 3600

@@ -115,6 +115,9 @@ class Console(LiveSource):
         recall = getattr(services, "recall", None)
         if recall is not None:
             recall.listeners.append(self.metrics.recall_outcome)
+        facts = getattr(services, "facts", None)
+        if facts is not None:
+            facts.listeners.append(self.metrics.learning_event)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +133,10 @@ class Console(LiveSource):
         if recall is not None:
             with contextlib.suppress(ValueError):
                 recall.listeners.remove(self.metrics.recall_outcome)
+        facts = getattr(self.services, "facts", None)
+        if facts is not None:
+            with contextlib.suppress(ValueError):
+                facts.listeners.remove(self.metrics.learning_event)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -183,6 +183,8 @@ class FactsService:
         self._one = asyncio.Semaphore(1)  # one request at a time in the whole process
         self._tasks: set[asyncio.Task[Any]] = set()
         self._forever: list[asyncio.Task[Any]] = []
+        # Told of each learning request: (outcome "sent" / "over_budget" / "failed", tokens it cost).
+        self.listeners: list[Callable[[str, int], None]] = []
         # identity -> (when read, their linked identities, their facts): the prompt's reads, see facts_for
         self._cache: dict[str, tuple[float, frozenset[str], list[Fact]]] = {}
         self._generation = 0
@@ -340,6 +342,7 @@ class FactsService:
         if await self.store.reserve(hour, estimate, self.config.tokens_per_hour):
             return estimate
         self.stats.over_budget += 1
+        self._tell("over_budget", 0)
         if self._budget_noted != hour:
             self._budget_noted = hour
             log.info("facts: this hour's budget of %d tokens is spent; learning waits for the next hour",
@@ -350,7 +353,15 @@ class FactsService:
                       reported: int | None) -> None:
         actual = reported if reported else sum(len(m["content"]) for m in messages) // 4 + len(answer) // 4
         self.stats.tokens += actual
+        self._tell("sent" if answer or reported else "failed", actual)
         await self.store.adjust(self._hour(), actual - reserved)
+
+    def _tell(self, outcome: str, tokens: int) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(outcome, tokens)
+            except Exception:
+                log.exception("facts listener failed")
 
     async def _extract_batch(self, room: str, batch: Sequence[SourceTurn], people: Sequence[str]) -> int | None:
         known = [KnownFact(f.id, f.person, f.text, f.topic)
