@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +50,7 @@ MAX_PROMPT_FACTS = 12
 SUMMARY_MAX_TOKENS = 300
 RETENTION_INTERVAL = 3600.0
 CACHE_SECONDS = 60.0
+LEASE_SECONDS = 300.0  # a room being read by a process that died is read by another after this
 CACHE_PEOPLE = 4096
 
 
@@ -192,6 +194,7 @@ class FactsService:
         self._idle.set()
         self._closed = False
         self._budget_noted: int | None = None
+        self.owner = uuid.uuid4().hex  # this process's name on the rooms it is reading
 
     def __repr__(self) -> str:
         return f"<FactsService pending={len(self._pending)} tasks={len(self._tasks)}>"
@@ -308,29 +311,40 @@ class FactsService:
                 and not self.is_bot(turn.speaker_id))
 
     async def extract_room(self, room: str) -> int:
-        """Read ``room``'s unread turns now; returns the facts added or confirmed."""
-        learnt = 0
+        """Read ``room``'s unread turns now; returns the facts added or confirmed (0 also when another
+        process is reading the room: it reads these turns too)."""
         async with self._lock(room):
-            cursor = await self.store.cursor(room) or 0
-            keep = self.config.batch_turns * BACKLOG_BATCHES
-            skipped_to = await self.turns.skip_to(room, cursor, keep)
-            if skipped_to != cursor:
-                if cursor:
-                    log.info("facts: a room fell %d+ turns behind; reading only the newest", keep,
-                             extra={"room": room})
-                cursor = skipped_to
-            while not self._closed:
-                batch = await self.turns.after(room, cursor, self.config.batch_turns)
-                if not batch:
-                    break
-                people = sorted({t.speaker_id for t in batch if self._person(t)})
-                if people:
-                    done = await self._extract_batch(room, batch, people)
-                    if done is None:
-                        break  # over budget or failed: these turns stay unread
-                    learnt += done
-                cursor = batch[-1].id
-                await self.store.set_cursor(room, cursor, self.clock())
+            if not await self.store.claim(room, self.owner, time.time(), LEASE_SECONDS):
+                log.debug("facts: another process is reading this room", extra={"room": room})
+                return 0
+            try:
+                return await self._extract_claimed(room)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(room, self.owner))
+
+    async def _extract_claimed(self, room: str) -> int:
+        learnt = 0
+        cursor = await self.store.cursor(room) or 0
+        keep = self.config.batch_turns * BACKLOG_BATCHES
+        skipped_to = await self.turns.skip_to(room, cursor, keep)
+        if skipped_to != cursor:
+            if cursor:
+                log.info("facts: a room fell %d+ turns behind; reading only the newest", keep,
+                         extra={"room": room})
+            cursor = skipped_to
+        while not self._closed:
+            batch = await self.turns.after(room, cursor, self.config.batch_turns)
+            if not batch:
+                break
+            people = sorted({t.speaker_id for t in batch if self._person(t)})
+            if people:
+                done = await self._extract_batch(room, batch, people)
+                if done is None:
+                    break  # over budget or failed: these turns stay unread
+                learnt += done
+            cursor = batch[-1].id
+            await self.store.set_cursor(room, cursor, self.clock())
         return learnt
 
     def _hour(self) -> int:

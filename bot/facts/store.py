@@ -9,7 +9,8 @@ Tables (component ``facts``):
 - ``summaries``: a dated summary of one voice session (or a scribe's notes), with the session's room as
   its audience; ``summary_people`` who spoke in it (forget drops every summary that names them).
 - ``facts_rooms``: how far extraction has read each room (the last turn id), so nothing is read twice
-  and a restart picks up where the last run stopped.
+  and a restart picks up where the last run stopped; and a lease, so two processes (an SMS webhook can
+  land on any of them) never pay to read the same room at once.
 - ``facts_spend``: tokens spent on extraction and summaries per clock hour (the hourly budget, shared by
   every process on the database).
 """
@@ -73,7 +74,9 @@ def _schema(dialect: str) -> str:
     CREATE TABLE facts_rooms (
         room TEXT PRIMARY KEY,
         last_turn_id {_REF[dialect]} NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL
+        updated_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT NOT NULL DEFAULT '',
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
     );
     CREATE TABLE facts_spend (
         hour {_REF[dialect]} PRIMARY KEY,
@@ -321,6 +324,20 @@ class FactStore:
             "INSERT INTO facts_rooms (room, last_turn_id, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (room) DO UPDATE SET last_turn_id = excluded.last_turn_id, updated_at = excluded.updated_at",
             (room, int(turn_id), float(now)))
+
+    async def claim(self, room: str, owner: str, now: float, ttl: float) -> bool:
+        """Take ``room``'s lease for ``ttl`` seconds unless another owner holds an unexpired one (one
+        statement: atomic across processes on both backends)."""
+        row = await self.db.query_one(
+            "INSERT INTO facts_rooms (room, last_turn_id, updated_at, lease_owner, lease_until) VALUES (?, 0, ?, ?, ?) "
+            "ON CONFLICT (room) DO UPDATE SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until "
+            "WHERE facts_rooms.lease_until < ? OR facts_rooms.lease_owner = excluded.lease_owner RETURNING room",
+            (room, float(now), owner, float(now + ttl), float(now)))
+        return row is not None
+
+    async def release(self, room: str, owner: str) -> None:
+        await self.db.execute("UPDATE facts_rooms SET lease_until = 0 WHERE room = ? AND lease_owner = ?",
+                              (room, owner))
 
     async def marks(self, prefix: str) -> list[str]:
         """Names recorded with :meth:`mark` that start with ``prefix`` (kept in the cursor table)."""
