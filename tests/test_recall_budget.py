@@ -33,10 +33,11 @@ class SlowRecall(Recall):
         self.gate = asyncio.Event()
 
     async def _lexical(self, terms: Sequence[str], rooms: Sequence[str], kinds: Sequence[str] | None,
-                       when: tuple[float, float] | None, limit: int) -> list[Hit]:
+                       when: tuple[float, float] | None, limit: int, *, around: bool = False
+                       ) -> tuple[list[Hit], list[Hit]]:
         self.entered.set()
         await self.gate.wait()
-        return await super()._lexical(terms, rooms, kinds, when, limit)
+        return await super()._lexical(terms, rooms, kinds, when, limit, around=around)
 
 
 def voice(recall: Recall, engine: EchoEngine, stt: ScriptedSTT, *, speculate: bool = True
