@@ -542,7 +542,8 @@ async def memory_compare(cfg: BenchConfig, speech: Sequence[Spoken], warm: Spoke
         run_cfg = dataclasses.replace(cfg, memory_turns=(cfg.memory_turns or 10_000) if on else 0)
         samples = await run_config("cloud", settings, speech, run_cfg, providers, warm=warm, extras=extra)
         waits = [s.wait_ms for s in samples if s.wait_ms is not None]
-        out[label] = {"wait_ms": _pct(waits), "turns": len(waits),
+        stages = summarize_config(samples, cloud=True)["breakdown_ms"]
+        out[label] = {"wait_ms": _pct(waits), "turns": len(waits), "agent_ms": stages.get("agent"),
                       **({"recall_outcomes": extra.get("recall_outcomes", {})} if on else {})}
     on_p50, off_p50 = out["on"]["wait_ms"]["p50"], out["off"]["wait_ms"]["p50"]
     out["added_p50_ms"] = None if on_p50 is None or off_p50 is None else round(on_p50 - off_p50, 1)

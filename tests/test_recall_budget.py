@@ -33,10 +33,11 @@ class SlowRecall(Recall):
         self.gate = asyncio.Event()
 
     async def _lexical(self, terms: Sequence[str], rooms: Sequence[str], kinds: Sequence[str] | None,
-                       when: tuple[float, float] | None, limit: int) -> list[Hit]:
+                       when: tuple[float, float] | None, limit: int, *, around: bool = False
+                       ) -> tuple[list[Hit], list[Hit]]:
         self.entered.set()
         await self.gate.wait()
-        return await super()._lexical(terms, rooms, kinds, when, limit)
+        return await super()._lexical(terms, rooms, kinds, when, limit, around=around)
 
 
 def voice(recall: Recall, engine: EchoEngine, stt: ScriptedSTT, *, speculate: bool = True
@@ -152,3 +153,27 @@ def test_visible_rooms_follow_discord_py_permissions() -> None:
     assert visible_rooms(guild, member(bob, "bob")) == {room + str(TEXT_ID), room + str(voice_id)}
     assert visible_rooms(guild, member(ALICE_ID, "alice")) == {room + str(c) for c in (TEXT_ID, voice_id, hidden)}
     assert visible_rooms(guild, None) is None and visible_rooms(None, member(bob, "bob")) is None
+
+
+async def test_recall_starts_on_the_interim_words_at_the_pause_and_the_reply_takes_that_search() -> None:
+    store = SqliteDatabase(":memory:")
+    recall = SlowRecall(store, RecallConfig(budget_ms=60_000))
+    engine = EchoEngine()
+    stt = ScriptedSTT({3: ["Where is my sister's wedding?"]})  # the final differs in case and punctuation
+    session, memory, out = voice(recall, engine, stt, speculate=False)
+    session.on_speech_start(3)
+    stream = stt.streams["3"]
+    stream.emit("where is my sister's")
+    stream.emit("where is my sister's wedding")
+    await until(lambda: session.participants[3].interim == "where is my sister's wedding")
+    session.on_speech_end(3)  # the pause: recall starts on the interim words, before the final is in
+    await asyncio.wait_for(recall.entered.wait(), 10)
+    searches = [t for t in session.agent._recalls]
+    assert len(searches) == 1 and engine.conversations == []
+    recall.gate.set()
+    await wait_turns(session, 1)
+    assert len(engine.conversations) == 1 and recall.outcomes["none"] == 1  # one search, taken by the reply
+    assert sum(recall.outcomes.values()) == 1
+    await session.aclose()
+    await session.agent.aclose()
+    await store.close()

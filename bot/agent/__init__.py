@@ -250,6 +250,8 @@ class Agent:
         # starts (a speculative voice reply: on the pause's words) under its budget.
         self.recall: Recall | None = None
         self._recalls: set[asyncio.Task[Any]] = set()  # searches past their budget, left to finish
+        # (room, speaker) -> (search words, visible rooms, the search started early, when): see prefetch_memories.
+        self._prefetched: dict[tuple[str, str], tuple[tuple[str, ...], Any, asyncio.Task[Any], float]] = {}
 
     @property
     def engine_name(self) -> str:
@@ -368,6 +370,45 @@ class Agent:
             async for delta in deltas:
                 yield delta
 
+    def prefetch_memories(self, incoming: Incoming) -> None:
+        """Start recall on words not final yet (a voice pause: the recognizer's latest words). A reply
+        to the same person in the same room, on the same search words, within a few seconds, takes
+        this search instead of starting its own, so the search overlaps the wait for the final."""
+        recall = self.recall
+        if recall is None or not recall.config.enabled or recall.config.count <= 0 or not incoming.text.strip():
+            return
+        from bot.recall.ranker import terms_of
+
+        terms = terms_of(incoming.text[:2000])
+        key = (incoming.room, incoming.speaker_id)
+        now = time.monotonic()
+        for stale in [k for k, e in self._prefetched.items() if now - e[3] > 10]:
+            del self._prefetched[stale]  # never taken: the person went on, or left
+        old = self._prefetched.get(key)
+        if old is not None and old[0] == terms and old[1] == incoming.visible and not old[2].done():
+            return  # the same search is running
+        task = asyncio.ensure_future(self._search(incoming))
+        self._recalls.add(task)
+        task.add_done_callback(self._recall_done)
+        self._prefetched[key] = (terms, incoming.visible, task, time.monotonic())
+
+    def _search(self, incoming: Incoming) -> Any:
+        assert self.recall is not None
+        return self.recall.search(incoming.text[:2000], asker=incoming.speaker_id, place=incoming.room,
+                                  visible=incoming.visible, limit=self.recall.config.count * 2 + 4,
+                                  kinds=MEMORY_KINDS)
+
+    def _take_prefetched(self, incoming: Incoming) -> asyncio.Task[Any] | None:
+        entry = self._prefetched.pop((incoming.room, incoming.speaker_id), None)
+        if entry is None:
+            return None
+        from bot.recall.ranker import terms_of
+
+        terms, visible, task, started = entry
+        if terms != terms_of(incoming.text[:2000]) or visible != incoming.visible or time.monotonic() - started > 10:
+            return None
+        return task
+
     async def memories_for(self, incoming: Incoming, history: Sequence[Turn], *, said_at: float) -> list[Any]:
         """The best memories for ``incoming`` that are not already in ``history``, or [] when recall
         is off, finds nothing, fails, or takes longer than its budget (then the reply goes on without)."""
@@ -376,19 +417,21 @@ class Agent:
             return []
         config = recall.config
         started = time.monotonic()
-        task = asyncio.ensure_future(recall.search(
-            incoming.text[:2000], asker=incoming.speaker_id, place=incoming.room, visible=incoming.visible,
-            limit=config.count * 2 + 4, kinds=MEMORY_KINDS))
+        task = self._take_prefetched(incoming) or asyncio.ensure_future(self._search(incoming))
         done, _ = await asyncio.wait({task}, timeout=config.budget_ms / 1000)
         elapsed = time.monotonic() - started
         if not done:
             # Not awaited: a statement already sent finishes on its own; the reply does not wait for it.
             task.cancel()
-            self._recalls.add(task)
-            task.add_done_callback(self._recall_done)
+            if task not in self._recalls:
+                self._recalls.add(task)
+                task.add_done_callback(self._recall_done)
             recall.report("over_budget", elapsed)
             log.debug("Recall took over its %d ms budget; replying without memories (room=%s)",
                       config.budget_ms, incoming.room)
+            return []
+        if task.cancelled():
+            recall.report("failed", elapsed)
             return []
         try:
             hits = task.result()
@@ -407,6 +450,9 @@ class Agent:
 
     def _recall_done(self, task: asyncio.Task[Any]) -> None:
         self._recalls.discard(task)
+        for key, entry in list(self._prefetched.items()):
+            if entry[2] is task and time.monotonic() - entry[3] > 10:
+                self._prefetched.pop(key, None)  # never taken: the person went on, or left
         if not task.cancelled() and task.exception() is not None:
             log.debug("A recall past its budget failed: %s", task.exception())
 

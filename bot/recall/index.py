@@ -379,7 +379,10 @@ class Recall:
         by the lexical score alone (the benchmark's baseline).
         """
         await self.start()
-        await self.flush()
+        # Turns handed over but not yet indexed: waited for, unless all are from ``place`` itself (what
+        # was just said here is in the recent turns, which memories leave out anyway).
+        if any(getattr(t, "room", None) != place for t, _ in list(self._pending)):
+            await self.flush()
         if isinstance(asker, str):
             identities = await self.identities_of(asker)
         else:
@@ -394,55 +397,78 @@ class Recall:
         rooms = sorted(scope.rooms) + ([""] if scope.everyone else [])
         kind_list = list(kinds) if kinds else None
         candidates: dict[int, Hit] = {}
+        neighbours: list[Hit] = []
         if plan.terms:
-            for hit in await self._lexical(plan.terms, rooms, kind_list, None, CANDIDATES if not lexical_only else limit):
-                candidates[hit.id] = hit
+            found, neighbours = await self._lexical(plan.terms, rooms, kind_list, None,
+                                                    limit if lexical_only else CANDIDATES, around=not lexical_only)
+            candidates = {hit.id: hit for hit in found}
         if lexical_only:
             return sorted(candidates.values(), key=lambda h: -h.score)[:limit]
         if plan.when is not None:
             if plan.terms:
-                dated = await self._lexical(plan.terms, rooms, kind_list, plan.when, CANDIDATES)
+                dated, _ = await self._lexical(plan.terms, rooms, kind_list, plan.when, CANDIDATES)
             else:
                 dated = await self._in_period(rooms, kind_list, plan.when, CANDIDATES)
             for hit in dated:
                 candidates.setdefault(hit.id, hit)
+            if not plan.terms:
+                neighbours = await self._neighbours(candidates.values(), rooms)
         if not candidates:
             return []
-        neighbours = await self._neighbours(candidates.values(), rooms)
         ranked = ranker.rank(plan, list(candidates.values()), neighbours, identities=identities, now=now)
         return ranked[:limit]
 
     async def _lexical(self, terms: Sequence[str], rooms: Sequence[str], kinds: Sequence[str] | None,
-                       when: tuple[float, float] | None, limit: int) -> list[Hit]:
+                       when: tuple[float, float] | None, limit: int, *, around: bool = False
+                       ) -> tuple[list[Hit], list[Hit]]:
+        """The ``limit`` best lexical matches inside ``rooms`` and, with ``around``, the turns said just
+        before and after the best of them (same room, within NEIGHBOUR_SECONDS): one statement, so one
+        trip to the database on the voice path."""
         if self.db.dialect == "sqlite":
             words = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
             tags = " OR ".join(room_token(r) for r in rooms)
             match = f"tags:({tags}) AND text:({words})"
             if kinds:
                 match += " AND tags:(" + " OR ".join(kind_token(k) for k in kinds) + ")"
-            sql = (f"SELECT {', '.join('d.' + c.strip() for c in _COLUMNS.split(','))}, "
-                   "-bm25(recall_fts, 1.0, 0.0) AS lex FROM recall_fts JOIN recall_docs d ON d.id = recall_fts.rowid "
-                   "WHERE recall_fts MATCH ?")
+            hits = (f"SELECT {', '.join('d.' + c.strip() for c in _COLUMNS.split(','))}, "
+                    "-bm25(recall_fts, 1.0, 0.0) AS lex FROM recall_fts JOIN recall_docs d ON d.id = recall_fts.rowid "
+                    "WHERE recall_fts MATCH ?")
             params: list[Any] = [match]
             if when is not None:
-                sql += " AND d.created_at >= ? AND d.created_at < ?"
+                hits += " AND d.created_at >= ? AND d.created_at < ?"
                 params += [float(when[0]), float(when[1])]
-            sql += " ORDER BY bm25(recall_fts, 1.0, 0.0) LIMIT ?"
+            hits += " ORDER BY bm25(recall_fts, 1.0, 0.0) LIMIT ?"
             params.append(int(limit))
         else:
-            sql = (f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q, 1) AS lex FROM recall_docs, "
-                   "to_tsquery('english', ?) AS q WHERE tsv @@ q AND room = ANY(?)")
+            hits = (f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q, 1) AS lex FROM recall_docs, "
+                    "to_tsquery('english', ?) AS q WHERE tsv @@ q AND room = ANY(?)")
             params = [" | ".join(terms), list(rooms)]
             if kinds:
-                sql += " AND kind = ANY(?)"
+                hits += " AND kind = ANY(?)"
                 params.append(list(kinds))
             if when is not None:
-                sql += " AND created_at >= ? AND created_at < ?"
+                hits += " AND created_at >= ? AND created_at < ?"
                 params += [float(when[0]), float(when[1])]
-            sql += " ORDER BY lex DESC LIMIT ?"
+            hits += " ORDER BY lex DESC LIMIT ?"
             params.append(int(limit))
-        rows = await self.db.query(sql, params)
-        return [_hit(r, float(r["lex"])) for r in rows]
+        if not around:
+            rows = await self.db.query(hits, params)
+            return [_hit(r, float(r["lex"])) for r in rows], []
+        n_cols = ", ".join("n." + c.strip() for c in _COLUMNS.split(","))
+        sql = (
+            f"WITH hits AS ({hits}), "
+            f"best AS (SELECT id, room, created_at FROM hits WHERE kind = 'turn' ORDER BY lex DESC LIMIT {NEIGHBOURS_OF}), "
+            f"near AS (SELECT {n_cols}, ROW_NUMBER() OVER (PARTITION BY b.id, n.created_at < b.created_at "
+            "ORDER BY abs(n.created_at - b.created_at), n.id) AS k FROM best b JOIN recall_docs n "
+            "ON n.room = b.room AND n.created_at >= b.created_at - ? AND n.created_at <= b.created_at + ? "
+            "AND n.kind = 'turn' AND n.id <> b.id) "
+            f"SELECT {_COLUMNS}, lex, 1 AS hit FROM hits UNION ALL "
+            f"SELECT {_COLUMNS}, 0.0 AS lex, 0 AS hit FROM near WHERE k <= {NEIGHBOURS_EACH_SIDE}"
+        )
+        rows = await self.db.query(sql, [*params, NEIGHBOUR_SECONDS, NEIGHBOUR_SECONDS])
+        found = [_hit(r, float(r["lex"])) for r in rows if int(r["hit"]) == 1]
+        near = [_hit(r, 0.0) for r in rows if int(r["hit"]) == 0]
+        return found, near
 
     async def _in_period(self, rooms: Sequence[str], kinds: Sequence[str] | None, when: tuple[float, float],
                          limit: int) -> list[Hit]:

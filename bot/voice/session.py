@@ -181,6 +181,7 @@ class Participant:
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
     candidate: PendingTurn | None = None  # words in, waiting to see whether the person goes on
     confirm: asyncio.TimerHandle | None = None  # ends the candidate turn if they stay quiet
+    interim: str = ""  # the recognizer's latest guess at the words after ``finals``
 
     @property
     def awaiting_recognizer(self) -> bool:
@@ -351,6 +352,11 @@ class VoiceSession:
         if person.stream is not None:
             person.speech_ends += 1
             self._spawn(person.stream.finalize(), f"stt-finalize-{user_id}")
+        words = " ".join([*person.finals, person.interim]).strip()
+        if words:  # long-term recall starts on the words heard so far, while the final is on its way
+            self.agent.prefetch_memories(Incoming(room=self.room, speaker_id=self.speaker_id(user_id),
+                                                  speaker_name=person.name, text=words, modality=self.modality,
+                                                  visible=self._visible(user_id)))
         self._touch()
 
     def on_leave(self, user_id: int) -> None:
@@ -443,9 +449,12 @@ class VoiceSession:
             self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock(),
                                 transcript.language)
         if not transcript.is_final:
+            if text:
+                person.interim = text
             if text and self._talking_over(person):
                 self._barge(person)
             return
+        person.interim = ""
         if text:
             person.finals.append(text)
             person.language = transcript.language or person.language
