@@ -43,7 +43,11 @@ note can quote both. ``word_error_rate`` compares the turns the bot heard with t
 a faster recognizer that hears worse shows. The JSON's ``measures`` says what each figure includes
 and leaves out.
 
-Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare] [--database-url postgresql://…]
+``--memory-compare`` runs the cloud configuration with long-term recall off, then on over
+``--memory-turns`` stored turns (``memory`` in the JSON: each wait and ``added_p50_ms``).
+
+Usage: python -m bench.latency [--json] [--configs local,cloud] [--compare] [--memory-compare]
+       [--database-url postgresql://…]
 Prints one JSON line on stdout (without ``--json`` a readable summary also goes to stderr).
 """
 
@@ -151,6 +155,12 @@ MEASURES: dict[str, str] = {
                        "end-of-turn final; alone_ms = the first sentence on its own"),
     "early_guesses": ("LOCAL_STT_EARLY_MS on: transcriptions started on a short packet gap, used as the final, "
                       "thrown away because the person went on (each thrown away cost one Whisper run of CPU)"),
+    "memory": ("--memory-compare: the cloud configuration run twice in this process, MEMORY_RECALL off then on; "
+               "with it on, memory_turns earlier turns are stored first (a tenth in the voice channel, some about "
+               "what the utterances ask), so each reply searches a real index under RECALL_BUDGET_MS and its "
+               "prompt may carry memories. added_p50_ms = on - off. recall_outcomes counts found / none / "
+               "over_budget. Leaves out: a PostgreSQL index (this is the bot's SQLite file), indexes past "
+               "memory_turns (see bench.memory --scale)"),
     "machine": "os.cpu_count() and the 1/5/15-minute load average at the end of the run (other processes "
                "share the CPU)",
 }
@@ -171,6 +181,8 @@ class BenchConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # settings for the measured runs
     two_guilds: bool = True  # local: also time two guilds' finals at the same moment
     call_turns: int = 10  # call: loopback phone calls measured (bench.call_latency)
+    memory_turns: int = 0  # turns put in the bot's recall index before speaking (memory on)
+    memory_compare: bool = False  # cloud with MEMORY_RECALL off, then on over memory_turns stored turns
 
 
 # --------------------------------------------------------------------------------------------- speech
@@ -435,6 +447,9 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
         if stt is not None and stt.name == "local":
             await stt.check()  # load the model now: its load time is not a turn's wait
         session = gv.session
+        recall = getattr(lb.services, "recall", None)
+        if recall is not None and cfg.memory_turns > 0:
+            await _fill_memory(recall, f"discord:{lb.guild.id}:{lb.voice.id}", cfg.memory_turns)
         turns: list[Any] = []
         session.on_turn = turns.append
         bot_id = lb.discord.bot_user_id
@@ -486,10 +501,55 @@ async def run_config(kind: str, settings: Settings, speech: Sequence[Spoken], cf
             samples.append(sample)
             await asyncio.sleep(cfg.gap)  # a natural gap before the next thing said, not synchronisation
         await lb.command(lb.host, "leave")
+        if extras is not None and recall is not None:
+            extras["recall_outcomes"] = dict(recall.outcomes)
         if extras is not None and stt is not None and getattr(stt, "early_ms", None):
             extras["early_guesses"] = {"early_ms": stt.early_ms, "started": stt.guesses, "used": stt.guesses_used,
                                        "wasted": stt.guesses_wasted}
     return samples
+
+
+async def _fill_memory(recall: Any, room: str, n: int) -> None:
+    """``n`` earlier turns for the bot to recall from: most in other guilds' channels, a tenth in this
+    voice channel over the past 60 days, some of them about what the utterances ask (Lisbon, weather)."""
+    from bench.memory import Filler
+    from bot.recall import Audience
+
+    filler = Filler(seed=11)
+    now = time.time()
+    topical = ["the weather in Lisbon was lovely when we went in June", "Lisbon has the best custard tarts",
+               "I think it will rain tomorrow, the forecast said so", "my sister lives in Lisbon now"]
+    docs = []
+    for k in range(n):
+        here = k % 10 == 0
+        text = topical[k // 10 % len(topical)] if here and k % 40 == 0 else filler.text()
+        docs.append({"kind": "turn", "text": text,
+                     "audience": Audience.of_room(room if here else f"discord:{9 + k % 31}:{700 + k % 211}"),
+                     "speaker_id": f"discord:{5000 + k % 17}", "speaker_name": f"Member{k % 17}",
+                     "created_at": now - 60 * 86400 + k * (60 * 86400 / max(1, n)), "turn_id": 50_000_000 + k})
+        if len(docs) >= 5000:
+            await recall.add_documents(docs)
+            docs = []
+    if docs:
+        await recall.add_documents(docs)
+
+
+async def memory_compare(cfg: BenchConfig, speech: Sequence[Spoken], warm: Spoken | None,
+                         providers: Providers) -> dict[str, Any]:
+    """The cloud wait with long-term recall off, then on (over ``memory_turns`` stored turns), one run."""
+    out: dict[str, Any] = {"memory_turns": cfg.memory_turns or 10_000}
+    for label, on in (("off", False), ("on", True)):
+        settings = _settings_for("cloud", providers, {**cfg.overrides, "memory_recall": on})
+        extra: dict[str, Any] = {}
+        run_cfg = dataclasses.replace(cfg, memory_turns=(cfg.memory_turns or 10_000) if on else 0)
+        samples = await run_config("cloud", settings, speech, run_cfg, providers, warm=warm, extras=extra)
+        waits = [s.wait_ms for s in samples if s.wait_ms is not None]
+        stages = summarize_config(samples, cloud=True)["breakdown_ms"]
+        out[label] = {"wait_ms": _pct(waits), "turns": len(waits), "agent_ms": stages.get("agent"),
+                      **({"recall_outcomes": extra.get("recall_outcomes", {})} if on else {})}
+    on_p50, off_p50 = out["on"]["wait_ms"]["p50"], out["off"]["wait_ms"]["p50"]
+    out["added_p50_ms"] = None if on_p50 is None or off_p50 is None else round(on_p50 - off_p50, 1)
+    return out
 
 
 async def two_at_once(speech: Sequence[Spoken], *, short_window: bool = True) -> dict[str, Any]:
@@ -669,6 +729,11 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                 extras[kind] = {}
                 results[kind] = await run_config(kind, settings, speech, cfg, providers if kind == "cloud" else None,
                                                  warm=warm, extras=extras[kind])
+            memory = None
+            if cfg.memory_compare:
+                if providers is None:
+                    providers = stack.enter_context(Providers())
+                memory = await memory_compare(cfg, speech, warm, providers)
         two = two_base = None
         if "local" in cfg.configs and cfg.two_guilds:
             two = await two_at_once(speech)
@@ -683,6 +748,8 @@ async def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         summary[kind].update(extra)
     if call is not None:
         summary["call"] = call
+    if memory is not None:
+        summary["memory"] = memory
     return summary
 
 
@@ -720,18 +787,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the benchmark, print the JSON line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="only the JSON line")
-    parser.add_argument("--configs", default="local,cloud,call", help="comma-separated: local, cloud, call")
+    parser.add_argument("--configs", default="local,cloud,call",
+                        help="comma-separated: local, cloud, call (empty with --memory-compare: only that)")
     parser.add_argument("--compare", action="store_true", help="also run the settings from before (baseline)")
     parser.add_argument("--utterances", type=int, default=len(UTTERANCES), help="use the first N utterances")
     parser.add_argument("--database-url", default=None, metavar="URL",
                         help="keep the bot's store in this PostgreSQL database (default: SQLite in memory)")
+    parser.add_argument("--memory-compare", action="store_true",
+                        help="also run the cloud configuration with long-term recall off, then on")
+    parser.add_argument("--memory-turns", type=int, default=10_000, help="turns stored for recall when it is on")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a bot setting for the measured runs (e.g. turn_detection=fixed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
     bad = [c for c in configs if c not in ("local", "cloud", "call")]
-    if bad or not configs:
+    if bad or not (configs or args.memory_compare):
         parser.error(f"--configs: unknown {bad or 'nothing'}; use local, cloud and/or call")
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -740,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.database_url:
         overrides["database_url"] = args.database_url
     cfg = BenchConfig(configs=configs, utterances=UTTERANCES[: max(1, args.utterances)], compare=args.compare,
-                      overrides=overrides)
+                      overrides=overrides, memory_compare=args.memory_compare, memory_turns=args.memory_turns)
     result = asyncio.run(run_benchmark(cfg))
     if not args.json:
         print(describe(result), file=sys.stderr)

@@ -28,7 +28,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,8 @@ class Memory:
         self._dropped_reported = 0
         self._last_report = 0.0
         self._failures_checked = 0  # failures whose possibly-committed batch was checked
+        # Told of every stored turn with its row id, once it is in the database: bot.recall indexes it.
+        self.on_stored: list[Callable[[Turn, int], object]] = []
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> Memory:
@@ -128,7 +130,17 @@ class Memory:
         rec = _Rec(turn)
         rec.id = await self.turns.insert(turn)
         self._cache_add(rec)
+        self._tell([rec])
         return rec.id
+
+    def _tell(self, recs: Iterable[_Rec]) -> None:
+        """Hand stored turns to the listeners (recall's index); a listener's failure stays its own."""
+        for rec in recs:
+            for listener in self.on_stored:
+                try:
+                    listener(rec.turn, rec.id)
+                except Exception:
+                    log.exception("a stored-turn listener failed")
 
     def _cache_add(self, rec: _Rec) -> None:
         room = self._rooms.get(rec.turn.room)
@@ -191,6 +203,7 @@ class Memory:
                     for _ in batch:
                         self._pending.popleft()
                     self.written += len(batch)
+                    self._tell(batch)
                     failed = False
                     if self.away_since is not None:
                         log.warning("The database takes turns again after %.1f s; %d still queued, %d dropped",
@@ -365,6 +378,7 @@ class Memory:
             for _ in batch:
                 self._pending.popleft()
             self.written += len(batch)
+            self._tell(batch)
         self._idle.set()
 
     async def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bot.settings import Settings, decode_privacy_key
 from bot.store import Database, DatabaseError
-from bot.store.erase import ForgetReport, classified
+from bot.store.erase import ForgetReport, classified, declare_tables
 from bot.store.erase import forget_person as _forget_person
 from bot.store.optouts import MIGRATIONS as _OPT_OUT_MIGRATIONS
 from bot.store.optouts import OptOuts as KeyedOptOuts
@@ -56,6 +56,18 @@ KEY_BYTES = 32
 
 # Every table, classified by the stores that own them (bot/store/*: each declares what it cleans on
 # a forget and what names no one). A test fails when a table of the database is in neither.
+declare_tables(  # bot/facts: cleaned by its own forget (cogs/privacy.forget_everything)
+    cleans={
+        "facts": "facts learnt about a person (their identity, name and what they said) - bot.facts",
+        "fact_sources": "the turn ids a fact was drawn from (deleted with the fact)",
+        "summaries": "voice-session summaries naming the people in them (dropped when one of them forgets)",
+        "summary_people": "who spoke in a summarised session (deleted with the summary)",
+        "facts_rooms": "how far fact extraction read each room (a DM's room names the person)",
+    },
+    keeps={"facts_spend": "tokens spent on background learning per clock hour"},
+)
+import bot.recall.index  # noqa: E402,F401  (declares the recall index's tables through its erasure)
+
 CLEANED_BY_FORGET, NAMES_NO_PERSON = classified()
 
 # The key is per database, loaded once and shared by every store on that database.

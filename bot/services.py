@@ -5,6 +5,7 @@ Cogs receive what they need from here through the bot; none of them constructs a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,11 +14,13 @@ from bot.agent import Agent
 from bot.agent.factory import build_agent
 from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
+from bot.recall import Recall, RecallConfig
 from bot.settings import Settings
 from bot.store import Database, PostgresDatabase, SqliteDatabase
 from bot.voice.guilds import GuildSettingsStore, OptOutList
 
 if TYPE_CHECKING:
+    from bot.facts import FactsService
     from bot.voice.manager import VoiceManager
 
 __all__ = ["Services", "build_services", "open_store"]
@@ -40,12 +43,36 @@ class Services:
     # voice cog builds one from these services and owns it.
     voice: VoiceManager | None = None
     retention: RetentionSchedule | None = None  # prunes old transcripts hourly while running
+    # Facts and voice-session summaries learnt in the background (None: the engine is not an LLM).
+    facts: FactsService | None = None
+    # Long-term recall over every stored turn (bot/recall), on the store; None when MEMORY_RECALL=off.
+    recall: Recall | None = None
+    knowledge_task: asyncio.Task[None] | None = None  # the character's knowledge going into recall
+
+    def __post_init__(self) -> None:
+        if self.recall is None and self.settings.memory_recall:
+            s = self.settings
+            self.recall = Recall(self.store, RecallConfig(
+                budget_ms=s.recall_budget_ms, count=s.memory_recall_count, prompt_tokens=s.memory_prompt_tokens,
+                embeddings=s.memory_embeddings, retention_days=s.transcript_retention_days,
+            ), linked=self.memory.identities_of)
+        if self.recall is not None:
+            if self.recall.on_stored not in self.memory.on_stored:
+                self.memory.on_stored.append(self.recall.on_stored)
+            self.agent.recall = self.recall
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
+        if self.knowledge_task is not None:
+            self.knowledge_task.cancel()
+            await asyncio.gather(self.knowledge_task, return_exceptions=True)
+        if self.facts is not None:
+            await self.facts.aclose()
         await self.agent.aclose()
         await self.memory.aclose()  # writes what is queued
+        if self.recall is not None:
+            await self.recall.aclose()
         await self.languages.aclose()
         await self.store.close()
 
@@ -82,5 +109,19 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
             await memory.aclose()
         await store.close()
         raise
-    return Services(settings=settings, store=store, memory=memory, agent=agent, languages=languages,
-                    guilds=guilds, optouts=optouts, retention=retention)
+    services = Services(settings=settings, store=store, memory=memory, agent=agent, languages=languages,
+                        guilds=guilds, optouts=optouts, retention=retention)
+    try:
+        from bot.facts import RecallDocuments, build_facts, index_knowledge
+
+        documents = RecallDocuments(services.recall) if services.recall is not None else None
+        services.facts = await build_facts(settings, agent, services.store, documents=documents)
+        if agent.knowledge is not None and services.recall is not None:
+            # The chunks go into the recall index once per version of the knowledge; until they are
+            # there, the knowledge index ranks them itself.
+            services.knowledge_task = asyncio.create_task(
+                index_knowledge(agent.knowledge, services.recall, services.store), name="knowledge-index")
+    except BaseException:
+        await services.aclose()
+        raise
+    return services

@@ -112,6 +112,18 @@ class Settings:
     elizaos_api_key: Secret | None = None
     elizaos_api: str = "auto"
     memory_context_turns: int = 20
+    # Background learning with an LLM engine: facts about people and voice-session summaries.
+    memory_facts: bool = True
+    facts_model: str | None = None  # None: OPENAI_MODEL
+    facts_debounce_seconds: float = 30.0
+    facts_per_person: int = 50
+    facts_tokens_per_hour: int = 20_000
+    knowledge_dir: Path | None = None  # None: the "knowledge" folder beside CHARACTER_FILE
+    memory_recall: bool = True  # long-term recall (bot/recall) adds remembered turns to the prompt
+    recall_budget_ms: int = 50  # a reply waits at most this long for memories, then goes on without
+    memory_recall_count: int = 5  # memories in a prompt at most
+    memory_prompt_tokens: int = 400  # ...and at most about this many tokens of them
+    memory_embeddings: str = "off"  # only "off" is built: lexical recall with context, speakers and dates
     data_dir: Path = Path("data")
     database_url: str | None = None  # postgresql://…; unset: the SQLite file in DATA_DIR
     memory_queue_max: int = 10_000  # turns held in memory while the database is away
@@ -471,6 +483,17 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ELIZAOS_API_KEY": ("elizaos_api_key", _secret),
     "ELIZAOS_API": ("elizaos_api", _choice(ELIZAOS_APIS)),
     "MEMORY_CONTEXT_TURNS": ("memory_context_turns", _int(0, 500)),
+    "MEMORY_FACTS": ("memory_facts", _bool),
+    "FACTS_MODEL": ("facts_model", _text),
+    "FACTS_DEBOUNCE_SECONDS": ("facts_debounce_seconds", _float(0.0, 3600.0)),
+    "FACTS_PER_PERSON": ("facts_per_person", _int(1, 1000)),
+    "FACTS_TOKENS_PER_HOUR": ("facts_tokens_per_hour", _int(0, 100_000_000)),
+    "KNOWLEDGE_DIR": ("knowledge_dir", _path),
+    "MEMORY_RECALL": ("memory_recall", _bool),
+    "RECALL_BUDGET_MS": ("recall_budget_ms", _int(1, 5000)),
+    "MEMORY_RECALL_COUNT": ("memory_recall_count", _int(0, 20)),
+    "MEMORY_PROMPT_TOKENS": ("memory_prompt_tokens", _int(50, 8000)),
+    "MEMORY_EMBEDDINGS": ("memory_embeddings", _choice(("off",))),
     "DATA_DIR": ("data_dir", _path),
     "DATABASE_URL": ("database_url", _database_url),
     "MEMORY_QUEUE_MAX": ("memory_queue_max", _int(10, 10_000_000)),

@@ -17,6 +17,7 @@ from bot.agent import AgentError, Incoming
 from bot.i18n.catalog import t
 from bot.i18n.places import Choice
 from bot.memory import Modality
+from bot.recall.discord_rooms import visible_rooms
 from bot.textchat import RateLimiter, StreamingWriter
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ class ChatCog(commands.Cog, name="Chat"):
             text=text,
             modality=Modality.TEXT,
             language=choice.language if choice is not None else None,
+            visible=visible_rooms(message.guild, message.author),
         )
         reply = self.agent.reply(incoming)
 

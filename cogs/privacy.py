@@ -17,16 +17,17 @@ from discord.ext import commands
 
 from bot.i18n.catalog import MESSAGES, t
 from bot.i18n.words import interaction_language
-from bot.memory import Memory
+from bot.memory import Memory, private_rooms
 from bot.privacy import ForgetReport
 from bot.voice.guilds import OptOutList
 from cogs.voice import guild_only_check
 
 if TYPE_CHECKING:
     from bot.client import VoiceBot
+    from bot.facts import FactsService
     from bot.voice.manager import VoiceManager
 
-__all__ = ["PrivacyCog", "optout_message", "optin_message", "forget_message", "forgotten_items"]
+__all__ = ["PrivacyCog", "forget_everything", "forget_message", "forgotten_items", "optin_message", "optout_message"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def optin_message(changed: bool, language: str = "en") -> str:
 
 def forgotten_items(report: ForgetReport, language: str = "en") -> str:
     """What a forget removed, in ``language``: ``"3 messages, 1 linked phone"``."""
-    order = ("message", "reply", "linked phone", "linked account", "sms record", "link code", "bookkeeping")
+    order = ("message", "reply", "fact", "summary", "linked phone", "linked account", "sms record", "link code",
+             "bookkeeping")
     kinds = [k for k in order if k in report.counts] + [k for k in report.counts if k not in order]
     parts = []
     for kind in kinds:
@@ -51,6 +53,21 @@ def forgotten_items(report: ForgetReport, language: str = "en") -> str:
         key = f"forget.kind.{kind.replace(' ', '_')}.{'one' if n == 1 else 'many'}"
         parts.append(t(key, language, count=n) if key in MESSAGES else f"{n} {kind}")
     return t("forget.and", language).join(parts)
+
+
+async def forget_everything(memory: Memory, facts: FactsService | None, identity: str) -> ForgetReport:
+    """``/forget``: the person's turns, links and SMS rows (memory), then what was learnt from them: facts
+    about them and the summaries that name them, under every identity linked to theirs."""
+    people = await memory.identities_of(identity)  # before memory forgets the links
+    report = await memory.forget_person(identity)
+    if facts is not None:
+        counts = await facts.forget(people, {room for who in people for room in private_rooms(who)})
+        for kind, n in counts.items():
+            report.add(kind, n)
+        scrubbed = await facts.store.db.scrub(["facts", "fact_sources", "summaries", "summary_people",
+                                               "facts_rooms"])
+        report.scrubbed = report.scrubbed and scrubbed
+    return report
 
 
 def forget_message(report: ForgetReport, language: str = "en") -> str:
@@ -111,7 +128,8 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         manager = self._manager()
         if manager is not None:
             manager.drop_live_state(user_id)
-        removed = await self.memory.forget_person(f"discord:{user_id}")
+        removed = await forget_everything(self.memory, getattr(self.bot.services, "facts", None),
+                                          f"discord:{user_id}")
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
         await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
 

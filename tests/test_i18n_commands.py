@@ -21,7 +21,7 @@ from tests.test_voice_commands import TIMEOUT, _seed, running_bot
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCALISED = ("de", "fr", "es", "pt", "ja")
-EVERY_COG = ("cogs.voice", "cogs.privacy", "cogs.link", "cogs.language")
+EVERY_COG = ("cogs.voice", "cogs.privacy", "cogs.link", "cogs.language", "cogs.memory")
 
 
 @pytest.fixture
@@ -93,6 +93,8 @@ async def test_a_german_server_gets_german_answers_from_every_command(
         assert (await h.command(h.alice, "listen")).startswith("Du hast dich abgemeldet")
         assert (await h.command(h.alice, "optin")).startswith("Willkommen zurück")
         assert (await h.command(h.alice, "forget")).startswith(("Vergessen:", "Ich hatte nichts"))
+        memory = await h.command(h.alice, "memory show")
+        assert memory.startswith("**Was ich über dich speichere**") and "Mit meiner jetzigen Engine" in memory
 
         assert (await h.command(h.alice, "link phone")).startswith("SMS sind bei diesem Bot nicht eingerichtet")
         assert await h.command(h.alice, "unlink") == "Mit deinem Konto ist keine Telefonnummer verknüpft."
@@ -124,10 +126,11 @@ def _app_commands() -> Iterator[app_commands.Command | app_commands.Group]:  # t
     import cogs.chat
     import cogs.language
     import cogs.link
+    import cogs.memory
     import cogs.privacy
     import cogs.voice
 
-    for module in (cogs.voice, cogs.language, cogs.privacy, cogs.link, cogs.chat):
+    for module in (cogs.voice, cogs.language, cogs.privacy, cogs.link, cogs.chat, cogs.memory):
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, commands.Cog) and value is not commands.Cog:
                 yield from value.__cog_app_commands__

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from bot.agent.character import parse_character
 from bot.agent.engines.base import Incoming
-from bot.agent.prompt import MAX_KNOWLEDGE, MAX_LORE, build_messages, build_system_prompt, clip
+from bot.agent.prompt import MAX_LORE, build_messages, build_system_prompt, clip
+from bot.facts.knowledge import KnowledgeIndex, chunks_of
 from bot.memory import Modality, Turn
 
 CHAR = parse_character(
@@ -61,10 +62,16 @@ def test_deterministic_for_same_input_and_varies_with_input() -> None:
     assert len(systems) > 1  # lore/example sampling is seeded by the input
 
 
-def test_relevant_knowledge_is_chosen() -> None:
-    system = build_system_prompt(CHAR, incoming("tell me about the volcano Etna"))
-    assert "the volcano Etna is in Sicily" in system
-    assert system.count("filler fact") == MAX_KNOWLEDGE - 1
+async def test_knowledge_is_recalled_by_the_ranker_not_listed() -> None:
+    index = KnowledgeIndex(chunks_of(CHAR.knowledge))
+    note = await index.prompt_note(incoming("tell me about the volcano Etna"))
+    assert note is not None and "the volcano Etna is in Sicily" in note
+    assert "filler fact" not in note  # "fact"/"filler" share no word with the question: not recalled
+    system = build_system_prompt(CHAR, incoming("tell me about the volcano Etna"), notes=[note])
+    assert "Things you know:\n- the volcano Etna is in Sicily" in system
+    assert system.index("Things you know") < system.index("Alice is writing to you")
+    # The character's knowledge is never in the prompt without being recalled for the message.
+    assert "Etna" not in build_system_prompt(CHAR, incoming("tell me about the volcano Etna"))
 
 
 def test_modalities_shape_the_instructions() -> None:

@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
 from bot.agent.prompt import build_messages, clip
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality, Turn
+from bot.recall.prompt import format_memories
+
+if TYPE_CHECKING:
+    from bot.recall import Recall
 
 __all__ = [
     "Agent",
@@ -51,6 +57,13 @@ log = logging.getLogger(__name__)
 # characters, and a wall of pasted text is better summarised by its start than rejected.
 MAX_INPUT_CHARS = 4000
 AGENT_SPEAKER_ID = "agent"
+# What recall brings into the prompt as memories: things said, facts and summaries. The character's
+# knowledge is recalled by the same index into its own section (bot.facts.knowledge).
+MEMORY_KINDS = ("turn", "fact", "summary")
+
+
+async def _no_notes() -> list[str]:
+    return []
 
 
 class Reply:
@@ -201,6 +214,7 @@ class Reply:
                 interrupted=interrupted,
             )
         )
+        self._agent._reply_stored(self.incoming)
 
 
 class Agent:
@@ -215,6 +229,7 @@ class Agent:
         context_turns: int = 20,
         max_input_chars: int = MAX_INPUT_CHARS,
         clock: Callable[[], float] = time.time,
+        context_budget: float = 0.05,
     ) -> None:
         self.character = character
         self.engine = engine
@@ -226,6 +241,23 @@ class Agent:
         # "ignored", seconds from the message to the reply's first text). The console counts the
         # text and SMS ones; voice sessions report their own, with what was heard and played.
         self.turn_listeners: list[Callable[[Modality, str, float | None], None]] = []
+        # Told when the agent's reply to a person was stored (background learning starts from here;
+        # a listener must only note it, never do the work on the caller's path).
+        self.reply_listeners: list[Callable[[Incoming], None]] = []
+        # Paragraphs for the system prompt drawn from long-term memory (what a person told the agent
+        # before, the character's knowledge recalled for this message). They run together before the
+        # engine is asked, under ``context_budget`` seconds; past it the reply goes on without them.
+        self.context_providers: list[Callable[[Incoming], Awaitable[str | None]]] = []
+        self.context_budget = context_budget
+        self.context_late = 0  # replies that went on without their memories (over the budget)
+        self.speaker_facts = False  # a context provider puts the speaker's facts in the prompt (bot.facts)
+        self.knowledge: Any = None  # the character's knowledge, chunked (bot.facts.knowledge.KnowledgeIndex)
+        # Long-term recall (bot.recall.Recall): memories for the prompt, searched when the reply
+        # starts (a speculative voice reply: on the pause's words) under its budget.
+        self.recall: Recall | None = None
+        self._recalls: set[asyncio.Task[Any]] = set()  # searches past their budget, left to finish
+        # (room, speaker) -> (search words, visible rooms, the search started early, when): see prefetch_memories.
+        self._prefetched: dict[tuple[str, str], tuple[tuple[str, ...], Any, asyncio.Task[Any], float]] = {}
 
     @property
     def engine_name(self) -> str:
@@ -245,6 +277,35 @@ class Agent:
                 listener(modality, outcome, wait)
             except Exception:
                 log.exception("turn listener failed")
+
+    def _reply_stored(self, incoming: Incoming) -> None:
+        for listener in list(self.reply_listeners):
+            try:
+                listener(incoming)
+            except Exception:
+                log.exception("reply listener failed")
+
+    async def _context(self, incoming: Incoming) -> list[str]:
+        """The providers' paragraphs, in provider order; none of them past the budget."""
+        tasks = [asyncio.ensure_future(provider(incoming)) for provider in self.context_providers]
+        done, late = await asyncio.wait(tasks, timeout=self.context_budget)
+        for task in late:
+            task.cancel()
+        if late:
+            self.context_late += 1
+            log.info("memories for a reply took over %.0f ms; answering without %d of them",
+                     self.context_budget * 1000, len(late), extra={"room": incoming.room})
+        notes: list[str] = []
+        for task in tasks:
+            if task not in done:
+                continue
+            if task.exception() is not None:
+                log.warning("a memory for the prompt failed: %s", task.exception(), extra={"room": incoming.room})
+                continue
+            note = task.result()
+            if note:
+                notes.append(note)
+        return notes
 
     def reply(self, incoming: Incoming, *, remember: bool = True) -> Reply:
         """Start a reply to ``incoming``: stores the person's turn, returns a :class:`Reply` to iterate.
@@ -288,6 +349,9 @@ class Agent:
                 messages=tuple(build_messages(self.character, history, incoming, text=text)),
                 history=history,
             )
+            recall = self.recall
+            if (recall is not None and recall.config.enabled and recall.config.count > 0) or self.context_providers:
+                return self._with_memories(conversation, turn.created_at)
             return self.engine.stream(conversation)
 
         if remember:
@@ -297,10 +361,119 @@ class Agent:
             reply._incoming_turn = turn
         return reply
 
+    async def _with_memories(self, conversation: Conversation, said_at: float) -> AsyncGenerator[str, None]:
+        """The engine's stream for ``conversation`` with recalled memories in its prompt (when any
+        come within the budget)."""
+        # Recall and the context providers (facts about the speaker, recalled knowledge) run together,
+        # each under its own budget.
+        memories, notes = await asyncio.gather(
+            self.memories_for(conversation.incoming, conversation.history, said_at=said_at),
+            self._context(conversation.incoming) if self.context_providers else _no_notes())
+        block = None
+        if memories:
+            block = format_memories(memories, place=conversation.incoming.room, now=self.clock(),
+                                    max_tokens=self.recall.config.prompt_tokens if self.recall else 0)
+        if block is not None or notes:
+            conversation = dataclasses.replace(
+                conversation, memories=tuple(memories) if block is not None else (),
+                messages=tuple(build_messages(self.character, conversation.history, conversation.incoming,
+                                              text=conversation.text, memories=block, notes=notes)))
+        async with contextlib.aclosing(self.engine.stream(conversation)) as deltas:  # type: ignore[type-var]
+            async for delta in deltas:
+                yield delta
+
+    def prefetch_memories(self, incoming: Incoming) -> None:
+        """Start recall on words not final yet (a voice pause: the recognizer's latest words). A reply
+        to the same person in the same room, on the same search words, within a few seconds, takes
+        this search instead of starting its own, so the search overlaps the wait for the final."""
+        recall = self.recall
+        if recall is None or not recall.config.enabled or recall.config.count <= 0 or not incoming.text.strip():
+            return
+        from bot.recall.ranker import terms_of
+
+        terms = terms_of(incoming.text[:2000])
+        key = (incoming.room, incoming.speaker_id)
+        now = time.monotonic()
+        for stale in [k for k, e in self._prefetched.items() if now - e[3] > 10]:
+            del self._prefetched[stale]  # never taken: the person went on, or left
+        old = self._prefetched.get(key)
+        if old is not None and old[0] == terms and old[1] == incoming.visible and not old[2].done():
+            return  # the same search is running
+        task = asyncio.ensure_future(self._search(incoming))
+        self._recalls.add(task)
+        task.add_done_callback(self._recall_done)
+        self._prefetched[key] = (terms, incoming.visible, task, time.monotonic())
+
+    def _search(self, incoming: Incoming) -> Any:
+        assert self.recall is not None
+        return self.recall.search(incoming.text[:2000], asker=incoming.speaker_id, place=incoming.room,
+                                  visible=incoming.visible, limit=self.recall.config.count * 2 + 4,
+                                  kinds=MEMORY_KINDS)
+
+    def _take_prefetched(self, incoming: Incoming) -> asyncio.Task[Any] | None:
+        entry = self._prefetched.pop((incoming.room, incoming.speaker_id), None)
+        if entry is None:
+            return None
+        from bot.recall.ranker import terms_of
+
+        terms, visible, task, started = entry
+        if terms != terms_of(incoming.text[:2000]) or visible != incoming.visible or time.monotonic() - started > 10:
+            return None
+        return task
+
+    async def memories_for(self, incoming: Incoming, history: Sequence[Turn], *, said_at: float) -> list[Any]:
+        """The best memories for ``incoming`` that are not already in ``history``, or [] when recall
+        is off, finds nothing, fails, or takes longer than its budget (then the reply goes on without)."""
+        recall = self.recall
+        if recall is None:
+            return []
+        config = recall.config
+        started = time.monotonic()
+        task = self._take_prefetched(incoming) or asyncio.ensure_future(self._search(incoming))
+        done, _ = await asyncio.wait({task}, timeout=config.budget_ms / 1000)
+        elapsed = time.monotonic() - started
+        if not done:
+            # Not awaited: a statement already sent finishes on its own; the reply does not wait for it.
+            task.cancel()
+            if task not in self._recalls:
+                self._recalls.add(task)
+                task.add_done_callback(self._recall_done)
+            recall.report("over_budget", elapsed)
+            log.debug("Recall took over its %d ms budget; replying without memories (room=%s)",
+                      config.budget_ms, incoming.room)
+            return []
+        if task.cancelled():
+            recall.report("failed", elapsed)
+            return []
+        try:
+            hits = task.result()
+        except Exception:
+            recall.report("failed", elapsed)
+            log.exception("Recall failed; replying without memories (room=%s)", incoming.room)
+            return []
+        # What the recent turns already show (this room since the oldest of them, or this very turn).
+        since = min((t.created_at for t in history), default=said_at)
+        fresh = [h for h in hits if not (h.kind == "turn" and h.place == incoming.room and h.created_at >= since)]
+        if self.speaker_facts:
+            # The speaker's own facts are in the prompt already (bot.facts' context provider).
+            fresh = [h for h in fresh if not (h.kind == "fact" and h.speaker_id == incoming.speaker_id)]
+        recall.report("found" if fresh else "none", elapsed)
+        return fresh[:config.count]
+
+    def _recall_done(self, task: asyncio.Task[Any]) -> None:
+        self._recalls.discard(task)
+        for key, entry in list(self._prefetched.items()):
+            if entry[2] is task and time.monotonic() - entry[3] > 10:
+                self._prefetched.pop(key, None)  # never taken: the person went on, or left
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("A recall past its budget failed: %s", task.exception())
+
     async def check(self) -> str:
         """Round-trip the engine's service (for ``voicebot check``); raises :class:`AgentError`."""
         return await self.engine.check()
 
     async def aclose(self) -> None:
-        """Close the engine."""
+        """Close the engine (after any recall still finishing past its budget)."""
+        if self._recalls:
+            await asyncio.gather(*self._recalls, return_exceptions=True)
         await self.engine.aclose()

@@ -8,8 +8,9 @@ An existing ElizaOS character JSON works unchanged: we read ``name``, ``bio`` (a
 {"elevenlabs": VOICE_ID, "espeak": VOICE}}``: how the character writes and sounds in that
 language (ElizaOS ignores unknown fields, so the file still loads there). Facts about the format:
 
-- ``knowledge`` entries may be strings or, in ElizaOS v1, objects such as ``{"path": ...}`` or
-  ``{"directory": ...}`` that the ElizaOS runtime loads from disk; we keep the strings only.
+- ``knowledge`` entries may be strings or, in ElizaOS, objects such as ``{"path": ..., "shared": ...}``
+  or ``{"directory": ...}`` naming files under the knowledge folder; the strings are kept in
+  ``knowledge`` and the objects in ``knowledge_sources``, read and chunked by :mod:`bot.facts.knowledge`.
 - ``messageExamples`` is a list of conversations, each a list of ``{"user"|"name": speaker,
   "content": {"text": ...}}`` (v0 uses ``user``, v1 uses ``name``). Speakers are usually the
   placeholders ``{{user1}}``/``{{name1}}`` or the character's own name.
@@ -39,6 +40,7 @@ __all__ = [
     "CharacterLanguage",
     "CharacterVoice",
     "ExampleMessage",
+    "KnowledgeSource",
     "default_character",
     "load_character",
     "parse_character",
@@ -73,6 +75,35 @@ class ExampleMessage:
 
 
 @dataclass(frozen=True)
+class KnowledgeSource:
+    """An ElizaOS knowledge entry naming a file (``kind="path"``) or a folder (``"directory"``)."""
+
+    kind: str
+    value: str
+    shared: bool = False
+
+
+def _knowledge_sources(value: Any, source: str) -> tuple[KnowledgeSource, ...]:
+    if not isinstance(value, list):
+        return ()
+    out: list[KnowledgeSource] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            continue
+        for kind in ("directory", "path"):
+            if kind in item:
+                where = item[kind]
+                if not isinstance(where, str) or not where.strip():
+                    raise CharacterError(source, f"knowledge[{i}].{kind}", f"expected a non-empty string, got "
+                                                                           f"{_type_name(where)}")
+                out.append(KnowledgeSource(kind, where.strip(), item.get("shared") is True))
+                break
+        else:
+            raise CharacterError(source, f"knowledge[{i}]", "expected a string, {\"path\": ...} or {\"directory\": ...}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class CharacterLanguage:
     """How the character writes and sounds in one language (the optional ``languages`` field)."""
 
@@ -92,6 +123,7 @@ class Character:
     adjectives: tuple[str, ...] = ()
     topics: tuple[str, ...] = ()
     knowledge: tuple[str, ...] = ()
+    knowledge_sources: tuple[KnowledgeSource, ...] = ()  # {"path": ...} / {"directory": ...} entries
     style_all: tuple[str, ...] = ()
     style_chat: tuple[str, ...] = ()
     style_post: tuple[str, ...] = ()
@@ -347,6 +379,7 @@ def parse_character(data: Any, source: str = "<memory>") -> Character:
         adjectives=_str_list(data.get("adjectives"), source, "adjectives"),
         topics=_str_list(data.get("topics"), source, "topics"),
         knowledge=_str_list(data.get("knowledge"), source, "knowledge", skip_non_strings=True),
+        knowledge_sources=_knowledge_sources(data.get("knowledge"), source),
         style_all=_str_list(style.get("all"), source, "style.all"),
         style_chat=_str_list(style.get("chat"), source, "style.chat"),
         style_post=_str_list(style.get("post"), source, "style.post"),

@@ -22,7 +22,6 @@ __all__ = ["build_messages", "build_system_prompt", "clip", "language_instructio
 
 MAX_BIO = 8
 MAX_LORE = 4
-MAX_KNOWLEDGE = 5
 MAX_ADJECTIVES = 5
 MAX_TOPICS = 6
 MAX_EXAMPLES = 2
@@ -34,11 +33,6 @@ T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\{\{\s*(user|name)(\d*)\s*\}\}", re.IGNORECASE)
 _AGENT_PLACEHOLDER = re.compile(r"\{\{\s*(agentName|char)\s*\}\}", re.IGNORECASE)
 _EXAMPLE_NAMES = ("Sam", "Alex", "Jordan", "Robin")
-_WORD = re.compile(r"[a-z0-9']+")
-_STOPWORDS = frozenset(
-    "a an and are as at be but by can do does for from has have how i if in is it its me my no not of on or "
-    "so that the their them there they this to was we what when where which who why will with you your".split()
-)
 
 
 def speaker_label(name: str) -> str:
@@ -58,19 +52,6 @@ def _sample(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
         return list(items)
     chosen = sorted(rng.sample(range(len(items)), k))
     return [items[i] for i in chosen]
-
-
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 2}
-
-
-def _relevant(items: Sequence[str], query: str, k: int) -> list[str]:
-    """The ``k`` items sharing most words with ``query`` (ties keep file order)."""
-    if len(items) <= k:
-        return list(items)
-    q = _words(query)
-    ranked = sorted(range(len(items)), key=lambda i: (-len(q & _words(items[i])), i))
-    return [items[i] for i in sorted(ranked[:k])]
 
 
 def _placeholder_name(match: re.Match[str]) -> str:
@@ -150,8 +131,13 @@ def situation(incoming: Incoming, *, group: bool = False) -> str:
     return text
 
 
-def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False) -> str:
-    """The system message: identity, personality, knowledge, style, examples and the situation."""
+def build_system_prompt(character: Character, incoming: Incoming, *, group: bool = False,
+                        notes: Sequence[str] = (), memories: bool = False) -> str:
+    """The system message: identity, personality, style, examples, ``notes`` and the situation.
+
+    ``notes`` are paragraphs recalled for this message (the character's knowledge chosen by the recall
+    ranker, what the speaker told the agent before: :attr:`bot.agent.Agent.context_providers`).
+    """
     rng = _rng(incoming.room, incoming.text)
     name = character.name
     parts: list[str] = [_fill_placeholders(character.system, character) if character.system else f"You are {name}."]
@@ -165,9 +151,6 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
         parts.append(f"{name} is " + ", ".join(_sample(character.adjectives, MAX_ADJECTIVES, rng)) + ".")
     if character.topics:
         parts.append(f"{name} is interested in " + ", ".join(_sample(character.topics, MAX_TOPICS, rng)) + ".")
-    if character.knowledge:
-        facts = _relevant(character.knowledge, incoming.text, MAX_KNOWLEDGE)
-        parts.append("Things you know:\n" + _bullets(facts, character))
     own = character.languages.get(incoming.language) if incoming.language else None
     style = [*character.style_all, *character.style_chat, *(own.style if own else ())]
     if style:
@@ -180,7 +163,12 @@ def build_system_prompt(character: Character, incoming: Incoming, *, group: bool
             f"Examples of how {name} talks (for tone only; these are not part of this conversation):\n\n"
             + "\n\n".join(examples)
         )
+    parts.extend(notes)
     parts.append(situation(incoming, group=group))
+    if memories:
+        from bot.recall.prompt import MEMORY_INSTRUCTIONS
+
+        parts.append(MEMORY_INSTRUCTIONS)
     if incoming.language:
         parts.append(language_instruction(incoming.language))
     return "\n\n".join(parts)
@@ -223,8 +211,13 @@ def build_messages(
     incoming: Incoming,
     *,
     text: str | None = None,
+    notes: Sequence[str] = (),
+    memories: str | None = None,
 ) -> list[ChatMessage]:
     """Chat messages for an OpenAI-style model.
+
+    ``memories`` (bot.recall.prompt.format_memories) goes under the recent turns, just before the
+    new message, and the system prompt says how to use it.
 
     ``history`` is the recent memory window of the room, oldest first, *not* including the new
     message; ``text`` overrides the incoming text (e.g. a shortened version of a very long one).
@@ -234,8 +227,11 @@ def build_messages(
     speakers = {t.speaker_id for t in history if t.role == "user"} | {incoming.speaker_id}
     group = len(speakers) > 1
     messages: list[ChatMessage] = [
-        {"role": "system", "content": build_system_prompt(character, incoming, group=group)}
+        {"role": "system", "content": build_system_prompt(character, incoming, group=group, notes=notes,
+                                                          memories=memories is not None)}
     ]
     messages.extend(_turn_message(t) for t in history if t.text.strip())
+    if memories is not None:
+        messages.append({"role": "system", "content": memories})
     messages.append({"role": "user", "content": f"{speaker_label(incoming.speaker_name)}: {said}"})
     return messages

@@ -113,6 +113,12 @@ class Console(LiveSource):
         agent = services.agent
         agent.engine = meter_engine(agent.engine, self.metrics)  # type: ignore[assignment]
         agent.turn_listeners.append(self._on_agent_turn)
+        recall = getattr(services, "recall", None)
+        if recall is not None:
+            recall.listeners.append(self.metrics.recall_outcome)
+        facts = getattr(services, "facts", None)
+        if facts is not None:
+            facts.listeners.append(self.metrics.learning_event)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,6 +130,14 @@ class Console(LiveSource):
         self._closed = True
         with contextlib.suppress(ValueError):
             self.services.agent.turn_listeners.remove(self._on_agent_turn)
+        recall = getattr(self.services, "recall", None)
+        if recall is not None:
+            with contextlib.suppress(ValueError):
+                recall.listeners.remove(self.metrics.recall_outcome)
+        facts = getattr(self.services, "facts", None)
+        if facts is not None:
+            with contextlib.suppress(ValueError):
+                facts.listeners.remove(self.metrics.learning_event)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -273,6 +273,16 @@ class Metrics:
                                 ["provider", "kind"], registry=r)
         self.errors = Counter("voicebot_provider_errors", "Failed requests to speech and reply providers.",
                               ["provider", "kind"], registry=r)
+        self.recall = Counter("voicebot_recall", "Memory recalls before a reply, by outcome: found, none, "
+                              "over_budget (the reply went on without memories), failed.", ["outcome"], registry=r)
+        for outcome in ("found", "none", "over_budget", "failed"):
+            self.recall.labels(outcome)
+        self.learning = Counter("voicebot_facts_requests", "Background learning requests (facts and summaries), "
+                                "by outcome: sent, over_budget (not sent: the hour's budget is spent), failed.",
+                                ["outcome"], registry=r)
+        for outcome in ("sent", "over_budget", "failed"):
+            self.learning.labels(outcome)
+        self.learning_tokens = Counter("voicebot_facts_tokens", "Tokens spent on background learning.", registry=r)
         for channel in CHANNELS:  # every series exists from the start, so rates work from the first scrape
             for outcome in OUTCOMES:
                 self.turns.labels(channel, outcome)
@@ -294,6 +304,16 @@ class Metrics:
         return generate_latest(self.registry)
 
     # ------------------------------------------------------------------ events
+
+    def learning_event(self, outcome: str, tokens: int) -> None:
+        """One background learning request (bot.facts.FactsService.listeners)."""
+        self.learning.labels(outcome).inc()
+        if tokens:
+            self.learning_tokens.inc(tokens)
+
+    def recall_outcome(self, outcome: str, seconds: float) -> None:
+        """One recall before a reply (bot.recall.Recall.listeners)."""
+        self.recall.labels(outcome).inc()
 
     def turn(self, channel: str, outcome: str, timing: TurnTiming | None = None, *, wait: float | None = None) -> None:
         """One turn ended. Voice turns pass their timing (stages); text turns pass ``wait``.

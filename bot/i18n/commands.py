@@ -43,6 +43,8 @@ NAMES: dict[str, dict[str, str]] = {
     "link": {"de": "verknüpfen", "fr": "lier", "es": "vincular", "pt": "vincular", "ja": "連携"},
     "phone": {"de": "telefon", "fr": "téléphone", "es": "teléfono", "pt": "telefone", "ja": "電話"},
     "unlink": {"de": "trennen", "fr": "délier", "es": "desvincular", "pt": "desvincular", "ja": "連携解除"},
+    "memory": {"de": "gedächtnis", "fr": "mémoire", "es": "memoria", "pt": "memória", "ja": "記憶"},
+    "show": {"de": "zeigen", "fr": "afficher", "es": "mostrar", "pt": "mostrar", "ja": "表示"},
 }
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -119,6 +121,34 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "es": "Deja que vuelva a oírte tras un /optout.",
         "pt": "Me deixe te ouvir de novo depois de um /optout.",
         "ja": "/optout の後、再びあなたの声を聞けるようにします。",
+    },
+    "What I remember about you, and removing it.": {
+        "de": "Was ich mir über dich merke, und es entfernen.",
+        "fr": "Ce que je retiens de toi, et l'effacer.",
+        "es": "Lo que recuerdo de ti, y borrarlo.",
+        "pt": "O que lembro de você, e apagar.",
+        "ja": "あなたについて覚えていることと、その削除。",
+    },
+    "See what I keep about you: facts, your messages by place, summaries (only you see it).": {
+        "de": "Sieh, was ich über dich speichere: Fakten, Nachrichten nach Ort, Zusammenfassungen (nur für dich).",
+        "fr": "Vois ce que je garde sur toi : faits, messages par endroit, résumés (visible par toi seul).",
+        "es": "Mira lo que guardo sobre ti: datos, mensajes por lugar, resúmenes (solo tú lo ves).",
+        "pt": "Veja o que guardo sobre você: fatos, mensagens por lugar, resumos (só você vê).",
+        "ja": "あなたについて保存していること（事実、場所別のメッセージ、要約）を見ます（本人のみ表示）。",
+    },
+    "Remove one fact I learnt about you, or all of them (your messages stay).": {
+        "de": "Entferne einen gelernten Fakt über dich oder alle (deine Nachrichten bleiben).",
+        "fr": "Retire un fait appris sur toi, ou tous (tes messages restent).",
+        "es": "Quita un dato aprendido sobre ti, o todos (tus mensajes se quedan).",
+        "pt": "Remova um fato aprendido sobre você, ou todos (suas mensagens ficam).",
+        "ja": "あなたについて覚えた事実を1つ、またはすべて削除します（メッセージは残ります）。",
+    },
+    "The fact's number from /memory show, or all": {
+        "de": "Die Nummer des Fakts aus /memory show, oder all",
+        "fr": "Le numéro du fait dans /memory show, ou all",
+        "es": "El número del dato en /memory show, o all",
+        "pt": "O número do fato em /memory show, ou all",
+        "ja": "/memory show の事実の番号、または all",
     },
     "Erase everything I remember about you (voice, text, and any linked phone).": {
         "de": "Löscht alles, was ich über dich weiß (Sprache, Text und verknüpfte Telefonnummer).",

@@ -224,16 +224,18 @@ class GuildHandle:
     def id(self) -> int:
         return self.guild.id
 
-    def _add_channel(self, name: str, type_: int) -> ChannelHandle:
+    def _add_channel(self, name: str, type_: int, overwrites: list[dict[str, Any]] | None = None) -> ChannelHandle:
         world = self.discord.world
-        channel = Channel(world.snowflakes.next(), self.guild.id, type_, name, position=len(self.guild.channels))
+        channel = Channel(world.snowflakes.next(), self.guild.id, type_, name, position=len(self.guild.channels),
+                          overwrites=list(overwrites or []))
         self.guild.channels[channel.id] = channel
         world.channels[channel.id] = channel
         self.discord._announce("CHANNEL_CREATE", channel_payload(channel))
         return ChannelHandle(self.discord, channel)
 
-    def add_text_channel(self, name: str = "general") -> ChannelHandle:
-        return self._add_channel(name, ChannelType.TEXT)
+    def add_text_channel(self, name: str = "general", *, overwrites: list[dict[str, Any]] | None = None) -> ChannelHandle:
+        """A text channel; ``overwrites`` are Discord permission overwrites (e.g. hide it from @everyone)."""
+        return self._add_channel(name, ChannelType.TEXT, overwrites)
 
     def add_voice_channel(self, name: str = "General") -> ChannelHandle:
         return self._add_channel(name, ChannelType.VOICE)

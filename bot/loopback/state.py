@@ -130,6 +130,8 @@ class Channel:
     bitrate: int = 64000
     user_limit: int = 0
     status: str | None = None  # voice channel status (PUT /channels/{id}/voice-status)
+    # Discord's permission_overwrites: {"id", "type" (0 role, 1 member), "allow", "deny"} (bit strings).
+    overwrites: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -411,7 +413,7 @@ def channel_payload(channel: Channel) -> dict[str, Any]:
         "type": channel.type,
         "name": channel.name,
         "position": channel.position,
-        "permission_overwrites": [],
+        "permission_overwrites": [dict(o) for o in channel.overwrites],
         "parent_id": str(channel.parent_id) if channel.parent_id else None,
         "nsfw": False,
         "flags": 0,

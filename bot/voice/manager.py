@@ -36,6 +36,7 @@ from bot.i18n.catalog import MESSAGES, t
 from bot.i18n.engine_texts import translate_engine_text
 from bot.i18n.places import Choice, LanguageStore, PlaceLanguages
 from bot.providers import voice_for
+from bot.recall.discord_rooms import visible_rooms
 from bot.voice.consent import (
     ConnectionStatus,
     Providers,
@@ -241,6 +242,7 @@ class GuildVoice:
     company: asyncio.Event = field(default_factory=asyncio.Event)  # set while a human is present
     leaving: bool = False
     bots: set[int] = field(default_factory=set)  # other bots in the channel (ignored unless the guild includes them)
+    notes_pending: bool = False  # a scribe's notes will be posted after leaving: they are the session's summary
 
     @property
     def room(self) -> str:
@@ -295,6 +297,9 @@ class VoiceManager:
         self.settings = settings
         self.agent = agent
         self.memory = memory
+        # Told when a voice session ends: (room, joined at, left at, the scribe's posted summary or None),
+        # epoch seconds. Long-term memory writes the session's dated summary from it, in the background.
+        self.session_listeners: list[Callable[..., None]] = []
         self.guild_settings = guild_settings
         self.optouts = optouts
         # The language per guild (bot.i18n); tests that build a manager by hand get one on its database.
@@ -441,10 +446,21 @@ class VoiceManager:
         """
         async with self._lock(guild_id):
             gv = self._guilds.get(guild_id)
+            scribe = notes and gv is not None and gv.session.policy.mode == VoiceMode.SCRIBE
+            if scribe and gv is not None:
+                gv.notes_pending = True  # the session's summary is the notes posted below
             left = await self._leave_locked(guild_id, reason=reason)
-        if left and notes and gv is not None and gv.session.policy.mode == VoiceMode.SCRIBE:
-            await self._post_notes(gv)
+        if left and scribe and gv is not None:
+            summary = await self._post_notes(gv)
+            self._session_ended(gv, summary)
         return left
+
+    def _session_ended(self, gv: GuildVoice, summary: str | None = None) -> None:
+        for listener in list(self.session_listeners):
+            try:
+                listener(gv.room, gv.joined_wall, time.time(), notes=summary)
+            except Exception:
+                log.exception("session listener failed", extra={"guild_id": gv.guild_id})
 
     # ------------------------------------------------------------------ notes (scribe)
 
@@ -463,13 +479,14 @@ class VoiceManager:
                                       language=language)
         return data, f"transcript-{started:%Y%m%d-%H%M}.txt", cut
 
-    async def _post_notes(self, gv: GuildVoice) -> None:
-        """After a note-taking call: the transcript as a file and, from a language model, a summary."""
+    async def _post_notes(self, gv: GuildVoice) -> str | None:
+        """After a note-taking call: the transcript as a file and, from a language model, a summary
+        (returned, so long-term memory keeps the same one)."""
         turns = await call_transcript(self.memory, gv.room, gv.joined_wall)
         language = self.guild_language(gv.channel.guild)
         if not turns:
             await self._post(gv, t("notes.nothing_said", language))
-            return
+            return None
         data, name, cut = await self._transcript_of(gv, language)
         summary = await summarize(self.agent, gv.room, turns, language)
         text = t("notes.title", language, channel=isolate(discord.utils.escape_markdown(gv.channel.name)))
@@ -482,6 +499,7 @@ class VoiceManager:
                                   allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
             log.info("could not post the call's notes: %s", exc.status, extra={"guild_id": gv.guild_id})
+        return summary
 
     async def _leave_locked(self, guild_id: int, *, reason: str, already_disconnected: bool = False) -> bool:
         gv = self._guilds.pop(guild_id, None)
@@ -489,6 +507,8 @@ class VoiceManager:
             return False
         log.info("leaving voice: %s", reason, extra={"guild_id": guild_id, "channel_id": gv.channel.id})
         await self._teardown(gv, disconnect=not already_disconnected)
+        if not gv.notes_pending:
+            self._session_ended(gv)
         return True
 
     async def _connect(self, channel: discord.VoiceChannel | discord.StageChannel, *, announce: bool = True) -> None:
@@ -596,8 +616,12 @@ class VoiceManager:
             gv = holder.get("gv")
             return len(humans_in(gv.channel)) if gv is not None else 0
 
+        def visible(user_id: int) -> frozenset[str] | None:
+            return visible_rooms(guild, guild.get_member(user_id))
+
         return VoiceSession(
             room=f"discord:{guild.id}:{channel.id}",
+            visible=visible,
             agent=self.agent,
             memory=self.memory,
             stt=self.stt,

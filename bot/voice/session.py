@@ -181,6 +181,7 @@ class Participant:
     turn_ends: int = 0  # end-of-turn finals the recognizer gave back
     candidate: PendingTurn | None = None  # words in, waiting to see whether the person goes on
     confirm: asyncio.TimerHandle | None = None  # ends the candidate turn if they stay quiet
+    interim: str = ""  # the recognizer's latest guess at the words after ``finals``
 
     @property
     def awaiting_recognizer(self) -> bool:
@@ -220,8 +221,12 @@ class VoiceSession:
         speculate: bool = False,
         choose_language: Callable[[str, str | None], Choice] | None = None,
         stream_options: dict[str, str] | None = None,
+        visible: Callable[[int], frozenset[str] | None] | None = None,
     ) -> None:
         self.room = room
+        # The transport's answer to "which rooms of this guild can this person see" (recall searches
+        # those besides this room); None: this room only.
+        self.visible = visible
         # None: the recognizer's end-of-turn final ends the turn at once (the fixed rule).
         self.turn_detection = turn_detection if turn_detection is not None and turn_detection.smart else None
         self.speculate = speculate and self.turn_detection is not None
@@ -353,6 +358,11 @@ class VoiceSession:
         if person.stream is not None:
             person.speech_ends += 1
             self._spawn(person.stream.finalize(), f"stt-finalize-{user_id}")
+        words = " ".join([*person.finals, person.interim]).strip()
+        if words:  # long-term recall starts on the words heard so far, while the final is on its way
+            self.agent.prefetch_memories(Incoming(room=self.room, speaker_id=self.speaker_id(user_id),
+                                                  speaker_name=person.name, text=words, modality=self.modality,
+                                                  visible=self._visible(user_id)))
         self._touch()
 
     def on_leave(self, user_id: int) -> None:
@@ -445,9 +455,12 @@ class VoiceSession:
             self._on_turn_event(person, transcript.turn_event, text, transcript.received_at or self.clock(),
                                 transcript.language)
         if not transcript.is_final:
+            if text:
+                person.interim = text
             if text and self._talking_over(person):
                 self._barge(person)
             return
+        person.interim = ""
         if text:
             person.finals.append(text)
             person.language = transcript.language or person.language
@@ -627,6 +640,15 @@ class VoiceSession:
                 self._discard_speculation(turn.user_id)
             self._report("ignored", None)
 
+    def _visible(self, user_id: int) -> frozenset[str] | None:
+        if self.visible is None:
+            return None
+        try:
+            return self.visible(user_id)
+        except Exception:  # a member gone from the cache: recall reads this room only
+            log.debug("visible rooms of %s unknown", user_id, extra={"room": self.room})
+            return None
+
     def _choose_language(self, turn: PendingTurn) -> tuple[str | None, str | None]:
         """The language to answer ``turn`` in (None: the default) and a notice to post first, if any."""
         if self.choose_language is None:
@@ -669,7 +691,7 @@ class VoiceSession:
                 await self._tell(notice)
             reply = self.agent.reply(Incoming(room=self.room, speaker_id=self.speaker_id(turn.user_id),
                                               speaker_name=turn.name, text=turn.text, modality=self.modality,
-                                              language=language))
+                                              language=language, visible=self._visible(turn.user_id)))
             sentences: asyncio.Queue[str | None] = asyncio.Queue()
             produce = asyncio.get_running_loop().create_task(
                 self._produce_sentences(reply, _reply_splitter(), sentences, timing), name=f"reply-text-{self.room}"
@@ -910,7 +932,8 @@ class _Speculation:
         self.language, self.notice = session._choose_language(turn)
         self.reply = session.agent.reply(
             Incoming(room=session.room, speaker_id=session.speaker_id(turn.user_id), speaker_name=turn.name,
-                     text=turn.text, modality=session.modality, language=self.language),
+                     text=turn.text, modality=session.modality, language=self.language,
+                     visible=session._visible(turn.user_id)),
             remember=False,
         )
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()

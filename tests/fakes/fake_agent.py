@@ -95,7 +95,11 @@ class FakeAgent:
         self.calls: list[Incoming] = []
         self.replies_made: list[FakeReply] = []
         self.ignored: list[Modality] = []  # turns its channel chose not to answer (Agent.turn_ignored)
+        self.prefetched: list[Incoming] = []  # words recall was asked to start on (Agent.prefetch_memories)
         self.closed = False
+
+    def prefetch_memories(self, incoming: Incoming) -> None:
+        self.prefetched.append(incoming)
 
     def reply(self, incoming: Incoming) -> FakeReply:
         self.calls.append(incoming)

@@ -5,7 +5,8 @@
 ``data: [DONE]``. Without ``stream`` it answers one ``chat.completion`` object. ``GET /v1/models``
 lists models. Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 
-Switches: ``fail_with`` (401 / 404 / 500 / 429), ``broken_sse`` (after the first token, one event
+Switches: ``responder`` (a function of the request body giving a whole completion's text),
+``fail_with`` (401 / 404 / 500 / 429), ``broken_sse`` (after the first token, one event
 that is not JSON (``"not-json"``), not UTF-8 (``"not-utf8"``), a chunk of the wrong shape
 (``"wrong-shape"``), or the connection cut mid-body (``"cut"``)), ``stall`` (hold the request open after
 ``stall_after`` chunks, never finishing), ``paced`` (send each chunk only when the test calls
@@ -23,6 +24,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +68,8 @@ class FakeOpenAI:
     first_token_delay: float = 0.0
     tokens_per_second: float | None = None  # None: as fast as the socket takes them
     connect_delay: float = 0.0
+    # The text of a whole (not streamed) completion, from its request body; None: ``reply_tokens`` joined.
+    responder: Callable[[dict[str, Any]], str] | None = None
 
     requests: list[RecordedRequest] = field(default_factory=list)
     streams: list[StreamTiming] = field(default_factory=list)
@@ -190,12 +194,16 @@ class FakeOpenAI:
                                "invalid_request_error", "model_not_found")
         if body.get("stream"):
             return await self._stream(request, model)
-        text = "".join(self.reply_tokens)
+        text = self.responder(body) if self.responder is not None else "".join(self.reply_tokens)
+        # Usage as a tokenizer would roughly count it (four characters a token), so budgets are real.
+        prompt_tokens = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
+        completion_tokens = len(text) // 4 + 1
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
         })
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.agent.character import Character
 from bot.i18n.catalog import t
@@ -32,6 +33,9 @@ class Incoming:
     modality: Modality
     # The language to answer in (ISO 639-1, e.g. "de"); None: whatever the person wrote in.
     language: str | None = None
+    # The guild rooms (discord:{guild}:{channel}) the speaker can see, from the transport's permission
+    # check: what long-term recall may search besides this room. None: this room only.
+    visible: frozenset[str] | None = None
 
 
 class AgentError(Exception):
@@ -73,6 +77,7 @@ class Conversation:
     text: str
     messages: Sequence[ChatMessage] = ()
     history: Sequence[Turn] = field(default=())
+    memories: Sequence[Any] = field(default=())  # bot.recall Hits shown in ``messages``, best first
 
 
 class ReplyEngine(ABC):

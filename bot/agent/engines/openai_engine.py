@@ -20,7 +20,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient
 from openai._constants import DEFAULT_CONNECTION_LIMITS
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
 from bot.i18n.catalog import t
@@ -244,6 +244,26 @@ class OpenAIEngine(ReplyEngine):
             # stream (an event that is not JSON, a chunk of the wrong shape, a connection cut
             # mid-body), a provider error like the others, not a crash of the engine.
             raise self._error(exc, language) from None
+
+    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int,
+                       temperature: float = 0.0) -> tuple[str, int | None]:
+        """One whole (not streamed) completion for background work: (text, tokens the server counted).
+
+        Raises :class:`AgentError`. The token count is ``usage.total_tokens`` when the server reports it.
+        """
+        key = "max_completion_tokens" if self._is_openai else "max_tokens"
+        body = {"model": self.model, "messages": messages, "temperature": temperature, key: max_tokens}
+        try:
+            response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        try:
+            text = response.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise self._error(exc) from None
+        usage = getattr(response, "usage", None)
+        total = getattr(usage, "total_tokens", None) if usage is not None else None
+        return str(text), int(total) if isinstance(total, int) and total > 0 else None
 
     async def check(self) -> str:
         """List the server's models and confirm the configured one is there."""
