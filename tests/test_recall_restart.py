@@ -66,4 +66,6 @@ async def test_a_new_process_recalls_what_was_said_and_keeps_the_dm_private(tmp_
         assert "my sister is getting married in Lisbon in June!" in ask_here
         assert "Alice said" in ask_here and "Porto" not in ask_here  # her DM never reaches the channel
         assert "surprise party for my sister in Porto" in ask_private
-        assert discord_.problems == []
+        # A restart within 5 s meets Discord's one-IDENTIFY-per-5-s rule (op 9); discord.py waits and
+        # identifies again, as it would against Discord. Nothing else may have gone wrong.
+        assert [p for p in discord_.problems if not p.startswith("IDENTIFY for shard")] == []
