@@ -19,6 +19,7 @@ from bot.store import Database as Store
 from bot.store import SqliteDatabase
 
 if TYPE_CHECKING:
+    from bot.usage import UsageMeter
     from bot.voice.manager import VoiceManager
 
 __all__ = ["Services", "build_services"]
@@ -39,17 +40,26 @@ class Services:
     languages: PlaceLanguages | None = None  # the language per guild / phone number (built from db when None)
     # The async store (bot/store) on the same database; stores move onto it from `db` one by one.
     store: Store | None = None
+    # Metering and daily limits of paid use (bot/usage), on the store; the agent's engine is wrapped.
+    usage: UsageMeter | None = None
 
     def __post_init__(self) -> None:
         if self.languages is None:
             self.languages = PlaceLanguages(self.db, self.settings.language)
         if self.store is None:
             self.store = SqliteDatabase(self.db.path or ":memory:")
+        if self.usage is None:
+            from bot.usage.wiring import build_meter, guard_agent
+
+            self.usage = build_meter(self.settings, self.store)
+            guard_agent(self.agent, self.usage)
 
     async def aclose(self) -> None:
         if self.retention is not None:
             await self.retention.aclose()
         await self.agent.aclose()
+        if self.usage is not None:
+            await self.usage.aclose()  # counts in flight are written before the store closes
         if self.store is not None:
             await self.store.close()
         self.db.close()

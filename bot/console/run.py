@@ -37,7 +37,7 @@ async def _serve_console(settings: Settings, out: TextIO, stop: asyncio.Event) -
         out.flush()
 
     try:
-        await serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop,
+        await serve(settings, agent=services.agent, memory=services.memory, db=services.db, usage=services.usage, stop=stop,
                     ready=ready, mounts=[mount])
     finally:
         await services.aclose()

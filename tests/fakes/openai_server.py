@@ -69,6 +69,7 @@ class FakeOpenAI:
 
     requests: list[RecordedRequest] = field(default_factory=list)
     streams: list[StreamTiming] = field(default_factory=list)
+    usage_reported: list[tuple[int, int]] = field(default_factory=list)  # (prompt, completion) per streamed reply
     new_connections: list[int] = field(default_factory=lambda: [0])
     chunks_sent: int = 0
     finished: bool = False
@@ -189,7 +190,7 @@ class FakeOpenAI:
             return self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
                                "invalid_request_error", "model_not_found")
         if body.get("stream"):
-            return await self._stream(request, model)
+            return await self._stream(request, model, body)
         text = "".join(self.reply_tokens)
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -244,7 +245,7 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
-    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
         timing = StreamTiming(requested_at=time.monotonic())
         self.streams.append(timing)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -267,6 +268,17 @@ class FakeOpenAI:
                 if timing.first_token_at is None:
                     timing.first_token_at = time.monotonic()
             await response.write(self._chunk(model, {}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # As OpenAI does: one last chunk with no choices and the request's token counts
+                # (here a prompt token per 4 characters, a completion token per token sent).
+                prompt = sum(len(m["content"]) for m in body["messages"]) // 4
+                completion = len(self.reply_tokens)
+                self.usage_reported.append((prompt, completion))
+                payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                           "model": model, "choices": [],
+                           "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                     "total_tokens": prompt + completion}}
+                await response.write(f"data: {json.dumps(payload)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
