@@ -73,6 +73,9 @@ class _GuardedStream(STTStream):
     def push(self, pcm: bytes) -> None:
         if self._closed or not pcm:
             return
+        if self._over is not None and self._guard.meter.clock() >= self._over.until:
+            self._over = None  # a new day: the person is heard again (if the new day's limits allow)
+            self._close_local()
         if self._over is not None:
             self._to_local(pcm)
             return
@@ -104,6 +107,23 @@ class _GuardedStream(STTStream):
             self._pump(self._local, paid=False)
         self._local_seconds += len(pcm) / self._bytes_per_second
         self._local.push(pcm)
+
+    def _close_local(self) -> None:
+        local, self._local = self._local, None
+        if local is not None:
+            task = asyncio.get_running_loop().create_task(self._finish(local), name=f"usage-stt-close-{self.speaker}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def wait_sent(self) -> None:
+        """Until the audio held for a reservation went to a recognizer or was dropped (tests, bench)."""
+        while self._reserving is not None and not self._reserving.done():
+            await asyncio.shield(self._reserving)
+
+    @property
+    def over(self) -> OverLimit | None:
+        """The refusal this speaker is resting under (None: heard by the paid recognizer)."""
+        return self._over
 
     def _reserve_soon(self) -> None:
         if self._reserving is None or self._reserving.done():
