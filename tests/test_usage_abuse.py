@@ -109,6 +109,7 @@ async def test_one_person_talking_for_8_hours_across_midnight_and_a_clock_that_j
             while clock.now < Clock.at("2026-12-08T00:00:00"):
                 await talk(session, a, 10, clock)
             assert paid_audio(deepgram) == alice_only  # nothing of Alice's four hours went to Deepgram
+            assert told(lb, notice_7th) == 1  # told once, in the channel
             while clock.now < Clock.at("2026-12-08T04:00:00"):  # past midnight: one new day's allowance
                 await talk(session, a, 10, clock)
             after = paid_audio(deepgram)
@@ -122,7 +123,7 @@ async def test_one_person_talking_for_8_hours_across_midnight_and_a_clock_that_j
             for _ in range(6):
                 await talk(session, a, 10, clock)
             assert paid_audio(deepgram) == after  # no day's allowance was handed out twice
-            assert told(lb, notice_7th) == 1 and told(lb, notice_8th) == 1  # told once a day, in the channel
+            assert notice_8th == notice_7th and told(lb, notice_8th) == 2  # once each day: the same words
             await lb.services.usage.flush()
             store = lb.services.usage.store
             assert await store.used("2026-12-07", "speech", f"discord:{a}") == pytest.approx(
