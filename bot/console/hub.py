@@ -29,6 +29,7 @@ from bot.console.metrics import (
     sms_states_from,
 )
 from bot.memory import Modality
+from bot.usage.report import UsageCollector, UsagePanel
 
 if TYPE_CHECKING:
     from audio.stt.base import STTEngine
@@ -112,6 +113,11 @@ class Console(LiveSource):
         agent = services.agent
         agent.engine = meter_engine(agent.engine, self.metrics)  # type: ignore[assignment]
         agent.turn_listeners.append(self._on_agent_turn)
+        # Use and spend per day (bot/usage): the panel reads the store, /metrics the meter's counters.
+        self.usage_panel: UsagePanel | None = None
+        if services.usage is not None:
+            self.usage_panel = UsagePanel(services.usage)
+            self.metrics.registry.register(UsageCollector(services.usage))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,6 +151,8 @@ class Console(LiveSource):
             try:
                 self._watch_sessions()
                 self._sample_receive()
+                if self.usage_panel is not None:
+                    await self.usage_panel.refresh()
             except Exception:
                 log.exception("console tick failed")
             await self._bump()
@@ -319,4 +327,5 @@ class Console(LiveSource):
             "turns": [t.to_json(self.show_content) for t in self.turns],
             "receive": list(self.receive_history),
             "show_content": self.show_content,
+            "usage": self.usage_panel.data if self.usage_panel is not None else None,
         }

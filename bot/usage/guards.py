@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -392,7 +393,7 @@ class LimitedEngine:
         return getattr(self.inner, item)
 
     async def stream(self, conversation: Any) -> AsyncIterator[str]:
-        from bot.agent.engines.base import AgentError, reported_usage
+        from bot.agent.engines.base import AgentError
 
         incoming = conversation.incoming
         who = who_of_room(incoming.room, incoming.speaker_id)
@@ -416,7 +417,7 @@ class LimitedEngine:
             error.user_message = told  # empty after the first time: they were told once, nothing is said
             raise error from None
         figures: dict[str, int] = {}
-        reported_usage.set(figures)  # the engine writes the API's own figures here, when it has them
+        conversation = dataclasses.replace(conversation, usage=figures)  # the API's own figures land here
         try:
             async for delta in self.inner.stream(conversation):
                 text += delta
@@ -424,8 +425,10 @@ class LimitedEngine:
         finally:
             if "prompt_tokens" in figures or "completion_tokens" in figures:
                 used = figures.get("prompt_tokens", 0) + figures.get("completion_tokens", 0)
-            else:
+            elif text:
                 used = prompt + count_tokens(text)
+            else:
+                used = 0  # refused or failed before a word (a 4xx is not billed); the reservation goes back
             self.meter.settle(grant, used)
 
     async def check(self) -> str:

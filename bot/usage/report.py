@@ -136,7 +136,7 @@ class UsagePanel:
                 spend = _spend(meter, used)
                 days.append({"day": day, "used": {k: round(v, 3) for k, v in used.items()},
                              "shown": {k: format_amount(k, v) for k, v in used.items()},
-                             "spend": None if spend is None else round(spend, 6)})
+                             "spend": None if spend is None else round(spend, 8)})
             self.data = {
                 "days": days,
                 "engines": [{"day": d, "kind": k, "engine": e, "used": round(u, 3), "shown": format_amount(k, u),

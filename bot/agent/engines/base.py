@@ -7,7 +7,6 @@ boundary, so nothing above them ever sees an SDK or HTTP exception.
 
 from __future__ import annotations
 
-import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +16,7 @@ from bot.i18n.catalog import t
 from bot.logs import redact
 from bot.memory import Modality, Turn
 
-__all__ = ["AgentError", "ChatMessage", "Conversation", "Incoming", "ReplyEngine", "reported_usage"]
-
-# Where an engine writes the token counts its API reported for the request it is streaming
-# (``prompt_tokens``, ``completion_tokens``), when whoever iterates it set a dict here (bot/usage).
-reported_usage: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("reported_usage", default=None)
+__all__ = ["AgentError", "ChatMessage", "Conversation", "Incoming", "ReplyEngine"]
 
 ChatMessage = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -78,6 +73,9 @@ class Conversation:
     text: str
     messages: Sequence[ChatMessage] = ()
     history: Sequence[Turn] = field(default=())
+    # Where an engine writes the token counts its API reported for this request (``prompt_tokens``,
+    # ``completion_tokens``), when the caller gave a dict (bot/usage meters model tokens with them).
+    usage: dict[str, int] | None = field(default=None, compare=False)
 
 
 class ReplyEngine(ABC):

@@ -22,7 +22,7 @@ from openai import AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient
 from openai._constants import DEFAULT_CONNECTION_LIMITS
 from openai.types.chat import ChatCompletionChunk
 
-from bot.agent.engines.base import AgentError, Conversation, ReplyEngine, reported_usage
+from bot.agent.engines.base import AgentError, Conversation, ReplyEngine
 from bot.i18n.catalog import t
 
 __all__ = ["OPENAI_BASE_URL", "OpenAIEngine", "safe_url", "translate_error"]
@@ -226,7 +226,7 @@ class OpenAIEngine(ReplyEngine):
         try:
             async with stream:
                 async for chunk in stream:
-                    if chunk.usage is not None and (figures := reported_usage.get()) is not None:
+                    if chunk.usage is not None and (figures := conversation.usage) is not None:
                         figures["prompt_tokens"] = int(chunk.usage.prompt_tokens or 0)
                         figures["completion_tokens"] = int(chunk.usage.completion_tokens or 0)
                     for choice in chunk.choices:
