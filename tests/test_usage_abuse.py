@@ -124,7 +124,7 @@ async def test_one_person_talking_for_8_hours_across_midnight_and_a_clock_that_j
                 await talk(session, a, 10, clock)
             assert paid_audio(deepgram) == after  # no day's allowance was handed out twice
             assert notice_8th == notice_7th and told(lb, notice_8th) == 2  # once each day: the same words
-            await lb.services.usage.flush()
+            await lb.services.usage.release()
             store = lb.services.usage.store
             assert await store.used("2026-12-07", "speech", f"discord:{a}") == pytest.approx(
                 before_midnight / SECOND, abs=0.01)
@@ -270,7 +270,7 @@ async def test_one_caller_calling_50_times_in_an_hour() -> None:
             assert paid_audio(deepgram) <= 15 * 8000  # μ-law: 8,000 bytes a second
             expected = html.escape("I'm resting for this number until 00:00 UTC", quote=False)
             assert all(expected in a and "<Hangup />" in a for a in refused)
-            await r.meter.flush()
+            await r.meter.release()
             used = await r.meter.store.used("2026-12-07", "phone", f"phone:{CALLER}")
             assert 0 < used < 10 * 60  # the calls' real length, not the minutes reserved
     finally:

@@ -33,10 +33,12 @@ class Clock:
         return self.now
 
 
-def meter(db: Database, clock: Clock, **limits: str) -> UsageMeter:
+def meter(db: Database, clock: Clock, lease: float = 0.0, **limits: str) -> UsageMeter:
+    """A meter whose every reservation is a round trip (``lease``: the share of the tightest limit
+    it reserves ahead, served from memory)."""
     return UsageMeter(UsageStore(db), per_person=parse_limits(limits.get("person", "")),
                       per_server=parse_limits(limits.get("server", "")), total=parse_limits(limits.get("total", "")),
-                      clock=clock)
+                      clock=clock, lease_share=lease)
 
 
 ANN = Who(person="discord:111", guild=900)
@@ -99,6 +101,28 @@ async def test_local_engines_are_counted_never_limited_and_no_limits_means_no_ro
     assert ("model", "openai", 321.0, 1) in [(k, e, u, r) for _d, k, e, u, r in rows]
     assert ("speech", "local", 30.0, 1) in [(k, e, u, r) for _d, k, e, u, r in rows]
     assert free.counters[("speech", "local")].amount == 30
+
+
+async def test_leases_serve_requests_from_memory_and_go_back(db: Database) -> None:
+    m = meter(db, Clock("2026-12-07T10:00:00"), lease=0.1, person="model=10k", server="model=100k")
+    calls = 0
+    reserve = m.store.reserve
+
+    async def counted(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await reserve(*args, **kw)  # type: ignore[arg-type]
+
+    m.store.reserve = counted  # type: ignore[method-assign]
+    grants = [await m.reserve("model", ANN, 100, engine="openai") for _ in range(10)]
+    assert calls == 1  # one lease of 1,000 tokens (10% of the person's 10k) served ten requests
+    for g in grants:
+        m.settle(g, 80)  # 20 unused each: back to the lease, up to its size
+    await m.flush()
+    assert await m.store.used(m.day(), "model", "discord:111") == 1000  # the lease, held
+    await m.release()
+    assert await m.store.used(m.day(), "model", "discord:111") == 800  # what was used
+    assert await m.store.used(m.day(), "model", "guild:900") == 800
 
 
 async def test_two_pools_on_one_postgresql_share_one_budget(pg_url: str) -> None:

@@ -412,7 +412,10 @@ class LimitedEngine:
         except OverLimit as exc:
             from bot.usage.messages import resting_text
 
-            told = resting_text(exc.level, exc.until, incoming.language) if exc.first else ""
+            # Told once; by SMS every text is answered with the one line (an SMS left unanswered
+            # reads as a failure, and the SMS pipeline sends no empty message).
+            again = str(getattr(incoming.modality, "value", incoming.modality)) == "sms"
+            told = resting_text(exc.level, exc.until, incoming.language) if exc.first or again else ""
             error = AgentError(f"daily model limit reached ({exc.level})", user_message=told or "-")
             error.user_message = told  # empty after the first time: they were told once, nothing is said
             raise error from None

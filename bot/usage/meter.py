@@ -78,6 +78,19 @@ class OverLimit(Exception):
 
 
 @dataclass
+class _Lease:
+    """Allowance reserved in the store ahead of use for one person's (kind, scopes) on one day; served
+    from memory, so most requests make no round trip. What is left goes back when idle or at close."""
+
+    day: str
+    kind: str
+    scopes: tuple[str, ...]
+    remaining: float
+    touched: float
+    cap: float = 0.0  # the most it keeps of what requests did not use
+
+
+@dataclass
 class Grant:
     """What one request may use; settle it with what it used."""
 
@@ -88,6 +101,7 @@ class Grant:
     granted: float
     reserved: bool  # taken from the store now (limits apply); else counted when settled
     settled: bool = False
+    lease: _Lease | None = None  # served from this lease (unused amounts go back to it)
 
 
 @dataclass
@@ -108,6 +122,9 @@ class UsageMeter:
     local_stt_fallback: bool = False
     clock: Callable[[], float] = time.time
     exempt: frozenset[str] = frozenset()  # people never limited (the operator's own identities)
+    # A lease is this share of the tightest limit that applies (0: every request is its own round trip).
+    lease_share: float = 0.05
+    lease_idle: float = 30.0  # seconds unused before a lease's rest goes back to the store
 
     def __post_init__(self) -> None:
         self._floor: str | None = None
@@ -118,6 +135,8 @@ class UsageMeter:
         self.refusals: dict[str, int] = {k: 0 for k in KINDS}
         self._told: set[tuple[str, str]] = set()  # (day, scope) told in this process (the store knows for all)
         self.listeners: list[Callable[[], None]] = []
+        self._leases: dict[tuple[str, str, tuple[str, ...]], _Lease] = {}
+        self._sweep_at = 0.0
 
     @property
     def limited(self) -> bool:
@@ -186,9 +205,26 @@ class UsageMeter:
             return Grant(kind, self.day(), engine, scopes, amount, reserved=False)
         await self.start()
         day = self.day()
-        result = await self.store.reserve(day, kind, [(r[0], r[1]) for r in rows], amount, minimum)
+        self._sweep()
+        key = (day, kind, scopes)
+        lease = self._leases.get(key)
+        if lease is not None and lease.remaining >= minimum:
+            take = min(amount, lease.remaining)
+            lease.remaining -= take
+            lease.touched = time.monotonic()
+            return Grant(kind, day, engine, scopes, take, reserved=True, lease=lease)
+        tightest = min(r[1] for r in rows if r[1] is not None)
+        want = max(amount, self.lease_share * tightest)
+        result = await self.store.reserve(day, kind, [(r[0], r[1]) for r in rows], want, minimum)
         if result.refused_by is None:
-            return Grant(kind, day, engine, scopes, result.granted, reserved=True)
+            take = min(amount, result.granted)
+            fresh = _Lease(day, kind, scopes, result.granted - take, time.monotonic(), self.lease_share * tightest)
+            old = self._leases.get(key)
+            self._leases[key] = fresh
+            if old is not None and old.remaining > 0:  # too little to serve this request: back to the store
+                self._spawn(self.store.adjust(old.day, old.kind, old.scopes, -old.remaining))
+                old.remaining = 0.0
+            return Grant(kind, day, engine, scopes, take, reserved=True, lease=fresh)
         level = next(r[2] for r in rows if r[0] == result.refused_by)
         self.refusals[kind] = self.refusals.get(kind, 0) + 1
         first = await self._first_refusal(day, result.refused_by)
@@ -212,7 +248,13 @@ class UsageMeter:
             return
         if grant.reserved:
             delta = used - grant.granted
-            if delta:
+            lease = grant.lease
+            if delta < 0 and lease is not None and self._leases.get((lease.day, lease.kind, lease.scopes)) is lease:
+                keep = min(-delta, max(0.0, lease.cap - lease.remaining))
+                lease.remaining += keep  # unused: back to the lease (still reserved in the store)...
+                if -delta - keep > 0:  # ...up to its size; the rest back to everyone
+                    self._spawn(self.store.adjust(grant.day, grant.kind, grant.scopes, delta + keep))
+            elif delta:
                 self._spawn(self.store.adjust(grant.day, grant.kind, grant.scopes, delta))
         elif used:
             self._spawn(self.store.add(grant.day, grant.kind, grant.scopes, used))
@@ -228,6 +270,20 @@ class UsageMeter:
         if paid and used:
             self._spawn(self.store.add(day, kind, tuple(r[0] for r in self._scopes(kind, who)), used))
         self._spawn(self.store.add_engine(day, kind, engine, used, 1))
+
+    def _sweep(self, *, everything: bool = False) -> None:
+        """Give back what idle leases (and leases of past days) still hold."""
+        now = time.monotonic()
+        if not everything and now < self._sweep_at:
+            return
+        self._sweep_at = now + 1.0
+        today = self.day()
+        for key, lease in list(self._leases.items()):
+            if everything or lease.day != today or now - lease.touched > self.lease_idle:
+                del self._leases[key]
+                if lease.remaining > 0 and self.store is not None:
+                    self._spawn(self.store.adjust(lease.day, lease.kind, lease.scopes, -lease.remaining))
+                lease.remaining = 0.0
 
     # --- people told ---------------------------------------------------------------------------
 
@@ -287,8 +343,13 @@ class UsageMeter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def aclose(self) -> None:
+    async def release(self) -> None:
+        """Give back what every lease still holds, and wait until it is written (close, tests)."""
+        self._sweep(everything=True)
         await self.flush()
+
+    async def aclose(self) -> None:
+        await self.release()
 
     # --- reading, for /usage and the console ------------------------------------------------------
 
