@@ -222,3 +222,33 @@ def test_parsers_round_numbers() -> None:
     assert parse_limits("speech=90s").get("speech") == 90
     assert parse_limits("phone=1.5h").get("phone") == 5400
     assert parse_prices("voice=0.3/1").spend("voice", 10) == pytest.approx(3.0)
+
+
+def test_a_malformed_limit_stops_the_bot_at_start_with_one_line(capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+
+    from bot.cli import main
+
+    monkeypatch.setenv("LIMITS_PER_SERVER", "speech=30m,voice=lots")
+    code = main(["--env-file", os.devnull, "chat"], stdin=io.StringIO(""), out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "LIMITS_PER_SERVER: voice='lots' is not an amount" in err
+
+
+async def test_forgetting_a_person_keeps_todays_count_and_drops_the_rest(db: Database) -> None:
+    clock = Clock("2026-12-06T10:00:00")
+    m = meter(db, clock, person="speech=1h")
+    m.settle(await m.reserve("speech", ANN, 30, engine="deepgram"), 30)
+    m.settle(await m.reserve("speech", BEN, 30, engine="deepgram"), 30)
+    clock.now += 86400
+    m.settle(await m.reserve("speech", ANN, 20, engine="deepgram"), 20)
+    await m.release()
+    removed = await m.store.forget("discord:111", keep_day=m.day())
+    assert removed == 2  # yesterday's own row and share of the server
+    assert await m.store.used("2026-12-06", "speech", "discord:111") == 0
+    assert await m.store.used("2026-12-07", "speech", "discord:111") == 20  # today's limit still holds
+    assert await m.store.used("2026-12-06", "speech", "discord:222") == 30
+    assert await m.store.used("2026-12-06", "speech", "guild:900") == 60  # names no one
