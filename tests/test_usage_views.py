@@ -119,3 +119,63 @@ async def test_a_server_over_its_voice_limit_hears_the_local_voice_and_is_told_o
             assert engines[("voice", "elevenlabs")] == 38 and engines[("voice", "espeak")] >= 37
             await lb.command(alice, "leave")
     assert lb.discord.problems == []
+
+
+async def test_texts_over_the_model_limit_get_the_notice_by_sms_and_reach_no_model() -> None:
+    import html
+    import re
+    import uuid
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.agent.factory import build_agent
+    from bot.db import Database as OldDatabase
+    from bot.memory import Memory
+    from bot.store import SqliteDatabase
+    from bot.usage.wiring import build_meter, guard_agent
+    from bot.web import build_sms, create_app
+    from tests.fakes.twilio_server import FakeTwilio, sign_webhook
+
+    account, token, ours, them, public = "AC" + "2" * 32, "usage-sms-token", "+15550009999", "+15551234567", \
+        "https://bot.example.com"
+    async with FakeOpenAI() as openai, FakeTwilio(account, token) as twilio:
+        settings = load_settings({"AGENT_ENGINE": "openai", "OPENAI_API_KEY": openai.api_key,
+                                  "OPENAI_BASE_URL": openai.base_url, "OPENAI_MODEL": openai.models[0],
+                                  "OPENAI_MAX_TOKENS": "16", "TWILIO_ACCOUNT_SID": account,
+                                  "TWILIO_AUTH_TOKEN": token, "TWILIO_PHONE_NUMBER": ours,
+                                  "TWILIO_API_BASE": twilio.base_url, "PUBLIC_URL": public, "PHONE_CALLS": "false",
+                                  "SMS_RATE_LIMIT": "1000", "LIMITS_PER_PERSON": "model=2000"}, env_file=None)
+        db = OldDatabase.in_memory()
+        memory = Memory(db)
+        store = SqliteDatabase(":memory:")
+        agent = await build_agent(settings, memory)
+        meter = build_meter(settings, store)
+        guard_agent(agent, meter)
+        service, webhooks = build_sms(settings, agent=agent, memory=memory, db=db, reply_budget=10.0)
+        try:
+            async with TestClient(TestServer(create_app(webhooks=webhooks))) as client:
+                async def text(body: str) -> list[str]:
+                    form = {"MessageSid": "SM" + uuid.uuid4().hex, "AccountSid": account, "From": them, "To": ours,
+                            "Body": body, "NumMedia": "0", "NumSegments": "1"}
+                    headers = {"X-Twilio-Signature": sign_webhook(token, public + "/twilio/sms", form)}
+                    resp = await client.post("/twilio/sms", data=form, headers=headers)
+                    assert resp.status == 200
+                    return [html.unescape(m) for m in re.findall(r"<Message>(.*?)</Message>", await resp.text(), re.S)]
+
+                notice = resting_text("person", meter.until(meter.day()), "en")
+                for i in range(20):
+                    answer = await text(f"tell me something nice {i}")
+                    if answer == [notice]:
+                        break
+                    assert answer == ["Hello there, friend."]
+                else:
+                    pytest.fail("the limit was never reached")
+                asked = len(openai.requests)
+                assert await text("still there?") == [notice] and await text("hello?") == [notice]
+                assert len(openai.requests) == asked  # no model request after the limit
+        finally:
+            await service.aclose()
+            await meter.aclose()
+            await agent.aclose()
+            await store.close()
+            db.close()
