@@ -302,3 +302,28 @@ async def test_two_processes_on_one_postgresql_share_one_callers_budget_and_a_re
     finally:
         for db in (first, second, third):
             await db.close()
+
+
+async def test_over_the_speech_limit_the_local_recognizer_listens_with_limits_local_fallback() -> None:
+    from bot.providers import local_stt_available
+
+    if not local_stt_available():
+        pytest.skip("faster-whisper is not installed")
+    async with FakeDeepgram() as deepgram:
+        settings = voice_settings(deepgram, LIMITS_PER_PERSON="speech=20s", LIMITS_LOCAL_FALLBACK="true")
+        async with running_bot(settings, ["Alice"]) as lb:
+            clock = Clock("2026-12-07T12:00:00")
+            lb.services.usage.clock = clock
+            alice = lb.members["Alice"]
+            await alice.join_voice(lb.voice)
+            await lb.command(alice, "join")
+            assert lb.manager.usage_local_stt is not None and lb.manager.usage_local_stt.name == "local"
+            session = lb.manager.session(lb.guild.id)
+            for _ in range(4):
+                await talk(session, alice.id, 10, clock)
+            assert paid_audio(deepgram) <= 20 * SECOND
+            assert session.participants[alice.id].stream.over is not None
+            local = lb.services.usage.counters[("speech", "local")]
+            assert local.amount >= 19  # the rest of her 40 s went to the local recognizer, counted
+            await lb.command(alice, "leave")
+    assert lb.discord.problems == []
