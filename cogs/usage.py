@@ -34,14 +34,14 @@ class UsageCog(commands.Cog, name="Usage"):
     async def usage(self, interaction: discord.Interaction) -> None:
         """Show what this server used of the paid services today and this week, and who used most."""
         assert interaction.guild_id is not None
+        languages = self.bot.services.languages
+        language = interaction_language(interaction, languages) if languages is not None else "en"
         if not interaction.permissions.manage_guild:
-            languages = self.bot.services.languages
-            language = interaction_language(interaction, languages) if languages is not None else "en"
             await interaction.response.send_message(t("command.needs_manage_server", language), ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await server_usage(self.meter, interaction.guild_id)
-        text = format_server_usage(report)
+        text = format_server_usage(report, language)
         await interaction.followup.send(text[:2000], ephemeral=True,
                                         allowed_mentions=discord.AllowedMentions.none())
 

@@ -47,6 +47,35 @@ USAGE_MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Desculpe, estou descansando para este número até {time}. Ligue de novo depois. Tchau.",
         "ja": "申し訳ありません、この番号とは{time}までお休みしています。その後でおかけ直しください。失礼します。",
     },
+    # /usage (amounts and units stay as numbers: min, chars, tokens)
+    "usage.today": {
+        "en": "**Today ({day}, UTC)**", "de": "**Heute ({day}, UTC)**", "fr": "**Aujourd'hui ({day}, UTC)**",
+        "es": "**Hoy ({day}, UTC)**", "pt": "**Hoje ({day}, UTC)**", "ja": "**今日（{day}、UTC）**",
+    },
+    "usage.nothing_yet": {
+        "en": "Nothing paid used yet.", "de": "Noch nichts Bezahltes verbraucht.",
+        "fr": "Rien de payant consommé pour l'instant.", "es": "Todavía no se ha usado nada de pago.",
+        "pt": "Nada pago usado ainda.", "ja": "有料サービスはまだ使われていません。",
+    },
+    "usage.of_limit": {
+        "en": "of {limit} a day", "de": "von {limit} am Tag", "fr": "sur {limit} par jour",
+        "es": "de {limit} al día", "pt": "de {limit} por dia", "ja": "（1日 {limit} まで）",
+    },
+    "usage.spend": {
+        "en": "spend", "de": "Kosten", "fr": "dépense", "es": "gasto", "pt": "gasto", "ja": "費用",
+    },
+    "usage.last_days": {
+        "en": "**Last {days} days**", "de": "**Letzte {days} Tage**", "fr": "**{days} derniers jours**",
+        "es": "**Últimos {days} días**", "pt": "**Últimos {days} dias**", "ja": "**過去{days}日間**",
+    },
+    "usage.nothing": {
+        "en": "nothing", "de": "nichts", "fr": "rien", "es": "nada", "pt": "nada", "ja": "なし",
+    },
+    "usage.top": {
+        "en": "**Top people by share ({days} days)**", "de": "**Wer am meisten verbraucht hat ({days} Tage)**",
+        "fr": "**Les plus gros consommateurs ({days} jours)**", "es": "**Quién usó más ({days} días)**",
+        "pt": "**Quem mais usou ({days} dias)**", "ja": "**利用割合の多い人（{days}日間）**",
+    },
 }
 
 for _key, _texts in USAGE_MESSAGES.items():

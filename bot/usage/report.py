@@ -75,26 +75,30 @@ def _mention(person: str) -> str:
     return person
 
 
-def format_server_usage(report: ServerUsage) -> str:
-    """The /usage answer (English: amounts and units; see the cog for the headings' language)."""
+def format_server_usage(report: ServerUsage, language: str | None = "en") -> str:
+    """The /usage answer in ``language`` (amounts in their units: min, chars, tokens)."""
+    from bot.i18n.catalog import t
+    from bot.usage import messages  # noqa: F401  (registers the usage texts)
+
     lines: list[str] = []
     today, used = report.days[0]
-    lines.append(f"**Today ({today}, UTC)**")
+    lines.append(t("usage.today", language, day=today))
     if not used:
-        lines.append("Nothing paid used yet.")
+        lines.append(t("usage.nothing_yet", language))
     for kind in KINDS:
         if kind in used or kind in report.limits:
             amount = format_amount(kind, used.get(kind, 0.0))
             limit = report.limits.get(kind)
-            lines.append(f"- {kind}: {amount}" + (f" of {format_amount(kind, limit)} a day" if limit else ""))
+            lines.append(f"- {kind}: {amount}" + (" " + t("usage.of_limit", language, limit=format_amount(kind, limit))
+                                                  if limit else ""))
     if report.spend[0] is not None:
-        lines.append(f"- spend: ${report.spend[0]:.4f}")
-    lines.append(f"**Last {len(report.days)} days**")
+        lines.append(f"- {t('usage.spend', language)}: ${report.spend[0]:.4f}")
+    lines.append(t("usage.last_days", language, days=len(report.days)))
     for (day, kinds), spend in zip(report.days, report.spend):
-        parts = [f"{k} {format_amount(k, v)}" for k, v in kinds.items() if v > 0] or ["nothing"]
+        parts = [f"{k} {format_amount(k, v)}" for k, v in kinds.items() if v > 0] or [t("usage.nothing", language)]
         lines.append(f"- {day}: " + ", ".join(parts) + (f" (${spend:.4f})" if spend else ""))
     if report.top:
-        lines.append(f"**Top people by share ({len(report.days)} days)**")
+        lines.append(t("usage.top", language, days=len(report.days)))
         for person, share, _kinds in report.top:
             lines.append(f"- {_mention(person)}: {share:.0%}")
     return "\n".join(lines)

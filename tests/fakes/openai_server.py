@@ -190,7 +190,7 @@ class FakeOpenAI:
             return self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
                                "invalid_request_error", "model_not_found")
         if body.get("stream"):
-            return await self._stream(request, model, body)
+            return await self._stream(request, model)
         text = "".join(self.reply_tokens)
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -245,7 +245,8 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
-    async def _stream(self, request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        body = self.requests[-1].body or {}  # this request's (recorded just before; subclasses read it too)
         timing = StreamTiming(requested_at=time.monotonic())
         self.streams.append(timing)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
