@@ -327,3 +327,36 @@ async def test_over_the_speech_limit_the_local_recognizer_listens_with_limits_lo
             assert local.amount >= 19  # the rest of her 40 s went to the local recognizer, counted
             await lb.command(alice, "leave")
     assert lb.discord.problems == []
+
+
+async def test_speech_over_the_real_voice_transport_stops_at_the_limit() -> None:
+    """Alice speaks through the loopback Discord's UDP (Opus, DAVE, transport encryption) as a
+    Discord client does; the bot's receive path feeds the guarded recognizer."""
+    import numpy as np
+    import soxr
+
+    from audio.native import load_libopus
+    from tests.speech_samples import espeak_pcm
+
+    load_libopus()
+    pcm, rate = espeak_pcm("Good morning, can you hear me? I would like to talk about the weather today.")
+    mono = soxr.resample(np.frombuffer(pcm, dtype="<i2"), rate, 48000).astype("<i2")
+    stereo = np.repeat(mono, 2).tobytes()
+    seconds = len(mono) / 48000
+    async with FakeDeepgram() as deepgram:
+        settings = voice_settings(deepgram, LIMITS_PER_PERSON=f"speech={seconds * 1.5:.1f}s")
+        async with running_bot(settings, ["Alice"]) as lb:
+            alice = lb.members["Alice"]
+            participant = await alice.join_voice(lb.voice)
+            await lb.command(alice, "join")
+            await lb.wait_dave_group([alice])
+            session = lb.manager.session(lb.guild.id)
+            for _ in range(3):
+                await lb.speak(participant.speak_pcm(stereo))
+                await asyncio.wait_for(session.wait_settled(), TIMEOUT)
+            assert 0 < paid_audio(deepgram) <= seconds * 1.5 * SECOND
+            assert session.participants[alice.id].stream.over is not None
+            notice = resting_text("person", lb.services.usage.until(lb.services.usage.day()), "en")
+            await lb.discord.wait_bot_message(lb.voice, contains=notice, timeout=TIMEOUT)
+            await lb.command(alice, "leave")
+    assert lb.discord.problems == []

@@ -236,6 +236,7 @@ class _GuardedStream(STTStream):
         if self._closed:
             return
         self._closed = True
+        self._guard._forget(self)
         if self._reserving is not None:
             self._reserving.cancel()
             with contextlib.suppress(BaseException):
