@@ -103,6 +103,18 @@ async def test_local_engines_are_counted_never_limited_and_no_limits_means_no_ro
     assert free.counters[("speech", "local")].amount == 30
 
 
+async def test_the_operator_is_counted_never_limited(db: Database) -> None:
+    m = meter(db, Clock("2026-12-07T10:00:00"), person="model=100", total="model=100")
+    operator = Who(person="console:playground")
+    for _ in range(3):
+        m.settle(await m.reserve("model", operator, 80, engine="openai"), 80)
+    await m.flush()
+    assert await m.store.used(m.day(), "model", "console:playground") == 240
+    with pytest.raises(OverLimit) as refused:  # everyone else meets the total the operator used up
+        await m.reserve("model", ANN, 10, engine="openai")
+    assert refused.value.level == "total"
+
+
 async def test_leases_serve_requests_from_memory_and_go_back(db: Database) -> None:
     m = meter(db, Clock("2026-12-07T10:00:00"), lease=0.1, person="model=10k", server="model=100k")
     calls = 0

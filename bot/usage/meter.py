@@ -178,7 +178,8 @@ class UsageMeter:
 
     def _scopes(self, kind: str, who: Who) -> list[tuple[str, float | None, str]]:
         """(scope, limit, level) rows a request touches; limits None when unlimited or exempt."""
-        exempt = who.person is not None and who.person in self.exempt
+        # The operator (the console's playground, `voicebot chat`: ``console:`` identities) is counted, never limited.
+        exempt = who.person is not None and (who.person in self.exempt or who.person.startswith("console:"))
         rows: list[tuple[str, float | None, str]] = [("total", None if exempt else self.total.get(kind), "total")]
         if who.guild is not None:
             rows.append((f"guild:{who.guild}", None if exempt else self.per_server.get(kind), "server"))
