@@ -71,9 +71,12 @@ CLEANED_BY_FORGET: dict[str, str] = {
     "voice_opt_outs": "legacy raw voice opt-outs (moved to opt_outs as keyed subjects at start)",
     "sms_opt_outs": "legacy raw SMS opt-outs (moved to opt_outs as keyed subjects at start, then dropped)",
     "language_places": "the language a phone number chose or wrote in (guild rows name no one)",
+    "usage_daily": "daily paid-use amounts per person (no content; the store of bot/usage): /forget removes "
+                   "those before today (today's hold today's limit); server and total rows name no one",
 }
 NAMES_NO_PERSON: dict[str, str] = {
     "schema_versions": "schema version per component",
+    "usage_engines": "daily use per kind and engine (bot/usage), no person or server",
     "sqlite_sequence": "SQLite's AUTOINCREMENT counters",
     "voice_guild_settings": "per-server choices keyed by guild id",
     "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",

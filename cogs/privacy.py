@@ -114,6 +114,12 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         removed = self.memory.forget_person(f"discord:{user_id}")
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
         await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
+        usage = getattr(self.bot.services, "usage", None)
+        if usage is not None:  # their daily use totals before today (bot/usage: today's hold today's limit)
+            try:
+                await usage.forget(f"discord:{user_id}")
+            except Exception:
+                log.exception("could not forget a person's usage totals")
 
 
 async def setup(bot: VoiceBot) -> None:

@@ -179,3 +179,30 @@ async def test_texts_over_the_model_limit_get_the_notice_by_sms_and_reach_no_mod
             await agent.aclose()
             await store.close()
             db.close()
+
+
+async def test_forget_removes_a_persons_usage_totals_before_today() -> None:
+    from bot.usage import Who
+
+    settings = load_settings({"AGENT_ENGINE": "eliza", "STT_ENGINE": "none", "TTS_ENGINE": "none",
+                              "LIMITS_PER_PERSON": "model=10k"}, env_file=None)
+    async with running_bot(settings, ["Alice"]) as lb:
+        meter = lb.services.usage
+        alice = lb.members["Alice"]
+        who = Who(person=f"discord:{alice.id}", guild=lb.guild.id)
+        real = meter.clock
+        meter.clock = lambda: real() - 86400  # yesterday's use
+        meter.settle(await meter.reserve("model", who, 700, engine="openai"), 600)
+        await meter.release()
+        meter.clock = real
+        meter.settle(await meter.reserve("model", who, 500, engine="openai"), 400)
+        await meter.release()
+        yesterday, today = meter.days_back(2)[1], meter.day()
+        assert await meter.store.used(yesterday, "model", who.person) == 600
+        await lb.command(alice, "forget")
+        async with asyncio.timeout(TIMEOUT):  # the totals go after the answer: wait for them to
+            while await meter.store.used(yesterday, "model", who.person):
+                await asyncio.sleep(0.01)
+        assert await meter.store.used(yesterday, "model", f"guild:{lb.guild.id}/{who.person}") == 0
+        assert await meter.store.used(today, "model", who.person) == 400  # today's limit still holds
+        assert await meter.store.used(yesterday, "model", f"guild:{lb.guild.id}") == 600

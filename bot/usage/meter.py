@@ -344,6 +344,14 @@ class UsageMeter:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def forget(self, person: str) -> int:
+        """Remove ``person``'s usage rows before today (today's stay: they hold today's limit)."""
+        if self.store is None:
+            return 0
+        await self.start()
+        await self.release()
+        return await self.store.forget(person, keep_day=self.day())
+
     async def release(self) -> None:
         """Give back what every lease still holds, and wait until it is written (close, tests)."""
         self._sweep(everything=True)
