@@ -23,7 +23,7 @@ from bot.phone.service import PhoneService, build_phone
 from bot.settings import Settings, load_settings
 from bot.simulate import running_bot
 from bot.store import Database, SqliteDatabase, open_database
-from bot.usage import UsageMeter, UsageStore
+from bot.usage import UsageMeter
 from bot.usage.messages import resting_text
 from bot.web import WebServer, create_app
 from tests.fakes.deepgram_server import FakeDeepgram, word_audio

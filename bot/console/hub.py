@@ -129,6 +129,8 @@ class Console(LiveSource):
         self._closed = True
         with contextlib.suppress(ValueError):
             self.services.agent.turn_listeners.remove(self._on_agent_turn)
+        if self.usage_panel is not None:
+            self.usage_panel.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

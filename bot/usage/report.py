@@ -120,6 +120,11 @@ class UsagePanel:
     def _changed(self) -> None:
         self._dirty = True
 
+    def close(self) -> None:
+        """Stop following the meter (the console closed)."""
+        if self._changed in self.meter.listeners:
+            self.meter.listeners.remove(self._changed)
+
     async def refresh(self, *, force: bool = False) -> dict[str, Any]:
         now = time.monotonic()
         if not force and (not self._dirty or now - self._last < self.every):
