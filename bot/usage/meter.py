@@ -338,6 +338,8 @@ class UsageMeter:
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before it ran (the loop closing on a process that was not shut down): nothing to write.
+        task.add_done_callback(lambda t: coro.close() if t.cancelled() else None)
 
     async def flush(self) -> None:
         """Wait until every count in flight is written."""
