@@ -129,7 +129,7 @@ async def _run_bot(settings: Settings) -> None:
         listening = asyncio.Event()
         web_task = asyncio.create_task(
             serve(settings, agent=services.agent, memory=services.memory, store=services.store,
-                  languages=services.languages, stop=stop_web,
+                  languages=services.languages, usage=services.usage, stop=stop_web,
                   health={"discord": bot.is_ready}, mounts=[console], ready=lambda _server: listening.set()),
             name="web-server",
         )

@@ -33,7 +33,8 @@ __all__ = ["EXTENSIONS", "VoiceBot", "make_intents", "discord_connector"]
 log = logging.getLogger(__name__)
 
 # Every feature, loaded in this order in setup_hook. One place to add or remove a feature.
-EXTENSIONS: tuple[str, ...] = ("cogs.chat", "cogs.voice", "cogs.privacy", "cogs.link", "cogs.language", "cogs.memory")
+EXTENSIONS: tuple[str, ...] = ("cogs.chat", "cogs.voice", "cogs.privacy", "cogs.link", "cogs.language", "cogs.memory",
+                               "cogs.usage")
 
 
 def make_intents() -> discord.Intents:

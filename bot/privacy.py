@@ -66,6 +66,11 @@ declare_tables(  # bot/facts: cleaned by its own forget (cogs/privacy.forget_eve
     },
     keeps={"facts_spend": "tokens spent on background learning per clock hour"},
 )
+declare_tables(  # bot/usage: cleaned by its own forget (cogs/privacy.forget_everything)
+    cleans={"usage_daily": "daily paid-use amounts per person (no content; the store of bot/usage): /forget removes "
+                           "those before today (today's hold today's limit); server and total rows name no one"},
+    keeps={"usage_engines": "daily use per kind and engine (bot/usage), no person or server"},
+)
 import bot.recall.index  # noqa: E402,F401  (declares the recall index's tables through its erasure)
 
 CLEANED_BY_FORGET, NAMES_NO_PERSON = classified()

@@ -21,6 +21,7 @@ from bot.voice.guilds import GuildSettingsStore, OptOutList
 
 if TYPE_CHECKING:
     from bot.facts import FactsService
+    from bot.usage import UsageMeter
     from bot.voice.manager import VoiceManager
 
 __all__ = ["Services", "build_services", "open_store"]
@@ -48,6 +49,8 @@ class Services:
     # Long-term recall over every stored turn (bot/recall), on the store; None when MEMORY_RECALL=off.
     recall: Recall | None = None
     knowledge_task: asyncio.Task[None] | None = None  # the character's knowledge going into recall
+    # Metering and daily limits of paid use (bot/usage), on the store; the agent's engine is wrapped.
+    usage: UsageMeter | None = None
 
     def __post_init__(self) -> None:
         if self.recall is None and self.settings.memory_recall:
@@ -60,6 +63,11 @@ class Services:
             if self.recall.on_stored not in self.memory.on_stored:
                 self.memory.on_stored.append(self.recall.on_stored)
             self.agent.recall = self.recall
+        if self.usage is None:
+            from bot.usage.wiring import build_meter, guard_agent
+
+            self.usage = build_meter(self.settings, self.store)
+            guard_agent(self.agent, self.usage)
 
     async def aclose(self) -> None:
         if self.retention is not None:
@@ -70,6 +78,8 @@ class Services:
         if self.facts is not None:
             await self.facts.aclose()
         await self.agent.aclose()
+        if self.usage is not None:
+            await self.usage.aclose()  # counts in flight are written before the store closes
         await self.memory.aclose()  # writes what is queued
         if self.recall is not None:
             await self.recall.aclose()

@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 from bot.shards import MAX_SHARD_COUNT, parse_shard_ids, shard_problems
+from bot.usage.limits import Limits, Prices, parse_limits, parse_prices
 
 __all__ = ["Secret", "Settings", "SettingsError", "env_file_in_use", "load_settings", "requested_log_level",
            "secret_values", "ENV_VARS"]
@@ -199,6 +200,12 @@ class Settings:
     log_level: str = "INFO"
     # --- Languages (issue 15)
     language: str = "en"  # a code (en, de, ja…) or "auto": answer each message in its own language
+    # --- Keeping costs down (issue 25, bot/usage): daily limits on paid use, and unit prices
+    limits_per_person: Limits = Limits()
+    limits_per_server: Limits = Limits()
+    limits_total: Limits = Limits()
+    prices: Prices = Prices()
+    limits_local_fallback: bool = False  # over the speech limit: the local recognizer listens instead
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -556,6 +563,11 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PHONE_MAX_CALLS": ("phone_max_calls", _int(1, 1000)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, lower=False)),
     "LANGUAGE": ("language", _language),
+    "LIMITS_PER_PERSON": ("limits_per_person", parse_limits),
+    "LIMITS_PER_SERVER": ("limits_per_server", parse_limits),
+    "LIMITS_TOTAL": ("limits_total", parse_limits),
+    "PRICES": ("prices", parse_prices),
+    "LIMITS_LOCAL_FALLBACK": ("limits_local_fallback", _bool),
 }
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -186,6 +186,7 @@ async def serve(
     health: Mapping[str, HealthCheck] | None = None,
     reply_budget: float = 10.0,
     mounts: Sequence[Callable[[web.Application], None]] = (),
+    usage: Any = None,
 ) -> None:
     """Run the web server (with SMS when configured) until ``stop`` is set or the task is cancelled.
 
@@ -209,7 +210,7 @@ async def serve(
     if settings.phone_enabled:
         from bot.phone.service import build_phone
 
-        phone = build_phone(settings, agent=agent, memory=memory, store=store, languages=languages)
+        phone = build_phone(settings, agent=agent, memory=memory, store=store, languages=languages, usage=usage)
     from bot.console.app import is_loopback
 
     if (service is not None or phone is not None) and is_loopback(settings.web_host):
@@ -257,7 +258,7 @@ def run_web_forever(settings: Settings) -> int:
                 pass
         try:
             await serve(settings, agent=services.agent, memory=services.memory, store=services.store,
-                        languages=services.languages, stop=stop)
+                        languages=services.languages, usage=services.usage, stop=stop)
         finally:
             await services.aclose()
 

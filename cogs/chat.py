@@ -163,6 +163,8 @@ class ChatCog(commands.Cog, name="Chat"):
         except AgentError as exc:
             log.warning("reply failed: %s", exc, extra={"room": incoming.room, "user_id": message.author.id})
             note = exc.user_message
+            if not note:
+                return  # nothing to say: a daily limit already told them once (bot/usage)
             if writer.messages:
                 await self._finish_safely(writer, f"\n\n*({note})*")
             else:

@@ -9,7 +9,7 @@ number too) and drops anything about them still in flight (an open recognizer st
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -55,11 +55,19 @@ def forgotten_items(report: ForgetReport, language: str = "en") -> str:
     return t("forget.and", language).join(parts)
 
 
-async def forget_everything(memory: Memory, facts: FactsService | None, identity: str) -> ForgetReport:
+async def forget_everything(memory: Memory, facts: FactsService | None, identity: str,
+                            usage: Any = None) -> ForgetReport:
     """``/forget``: the person's turns, links and SMS rows (memory), then what was learnt from them: facts
-    about them and the summaries that name them, under every identity linked to theirs."""
-    people = await memory.identities_of(identity)  # before memory forgets the links
+    about them and the summaries that name them, and their daily use totals before today (bot/usage:
+    today's hold today's limit), under every identity linked to theirs."""
+    people = await memory.identities_of(identity) | {identity}  # before memory forgets the links
     report = await memory.forget_person(identity)
+    if usage is not None:
+        for who in sorted(people):
+            try:
+                await usage.forget(who)
+            except Exception:
+                log.exception("could not forget a person's usage totals")
     if facts is not None:
         counts = await facts.forget(people, {room for who in people for room in private_rooms(who)})
         for kind, n in counts.items():
@@ -128,8 +136,9 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         manager = self._manager()
         if manager is not None:
             manager.drop_live_state(user_id)
-        removed = await forget_everything(self.memory, getattr(self.bot.services, "facts", None),
-                                          f"discord:{user_id}")
+        services = self.bot.services
+        removed = await forget_everything(self.memory, getattr(services, "facts", None), f"discord:{user_id}",
+                                          usage=getattr(services, "usage", None))
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
         await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
 

@@ -29,6 +29,7 @@ from bot.console.metrics import (
     sms_states_from,
 )
 from bot.memory import Modality
+from bot.usage.report import UsageCollector, UsagePanel
 
 if TYPE_CHECKING:
     from audio.stt.base import STTEngine
@@ -119,6 +120,11 @@ class Console(LiveSource):
         facts = getattr(services, "facts", None)
         if facts is not None:
             facts.listeners.append(self.metrics.learning_event)
+        # Use and spend per day (bot/usage): the panel reads the store, /metrics the meter's counters.
+        self.usage_panel: UsagePanel | None = None
+        if services.usage is not None:
+            self.usage_panel = UsagePanel(services.usage)
+            self.metrics.registry.register(UsageCollector(services.usage))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,6 +144,8 @@ class Console(LiveSource):
         if facts is not None:
             with contextlib.suppress(ValueError):
                 facts.listeners.remove(self.metrics.learning_event)
+        if self.usage_panel is not None:
+            self.usage_panel.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +168,8 @@ class Console(LiveSource):
             try:
                 self._watch_sessions()
                 self._sample_receive()
+                if self.usage_panel is not None:
+                    await self.usage_panel.refresh()
             except Exception:
                 log.exception("console tick failed")
             await self.refresh_sms_states()
@@ -344,4 +354,5 @@ class Console(LiveSource):
             "turns": [t.to_json(self.show_content) for t in self.turns],
             "receive": list(self.receive_history),
             "show_content": self.show_content,
+            "usage": self.usage_panel.data if self.usage_panel is not None else None,
         }

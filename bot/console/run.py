@@ -38,7 +38,7 @@ async def _serve_console(settings: Settings, out: TextIO, stop: asyncio.Event) -
 
     try:
         await serve(settings, agent=services.agent, memory=services.memory, store=services.store,
-                    languages=services.languages, stop=stop, ready=ready, mounts=[mount])
+                    languages=services.languages, usage=services.usage, stop=stop, ready=ready, mounts=[mount])
     finally:
         await services.aclose()
 

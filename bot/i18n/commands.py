@@ -45,9 +45,17 @@ NAMES: dict[str, dict[str, str]] = {
     "unlink": {"de": "trennen", "fr": "délier", "es": "desvincular", "pt": "desvincular", "ja": "連携解除"},
     "memory": {"de": "gedächtnis", "fr": "mémoire", "es": "memoria", "pt": "memória", "ja": "記憶"},
     "show": {"de": "zeigen", "fr": "afficher", "es": "mostrar", "pt": "mostrar", "ja": "表示"},
+    "usage": {"de": "verbrauch", "fr": "consommation", "es": "consumo", "pt": "consumo", "ja": "利用状況"},
 }
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "Show what this server used of the paid services today and this week, and who used most.": {
+        "de": "Was dieser Server heute und diese Woche an bezahlten Diensten verbraucht hat, und wer am meisten.",
+        "fr": "Montre ce que ce serveur a consommé en services payants aujourd'hui et cette semaine, et par qui.",
+        "es": "Muestra lo que este servidor usó hoy y esta semana de los servicios de pago, y quién usó más.",
+        "pt": "Mostra o que este servidor usou hoje e nesta semana dos serviços pagos, e quem usou mais.",
+        "ja": "このサーバーが今日と今週に使った有料サービスの量と、多く使った人を表示します。",
+    },
     "Bring me into your voice channel (or the one you name) to listen and talk.": {
         "de": "Hol mich in deinen Sprachkanal (oder den genannten), damit ich zuhöre und rede.",
         "fr": "Fais-moi venir dans ton salon vocal (ou celui indiqué) pour écouter et parler.",

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -145,8 +147,13 @@ class PhoneService:
         owned: Iterable[object] = (),
         languages: PlaceLanguages | None = None,
         recognizer_language: Callable[[str], str] | None = None,
+        usage: Any = None,
     ) -> None:
         self.agent = agent
+        # bot.usage.UsageMeter: a caller over a daily limit is turned away before any recognition;
+        # a call's minutes are reserved when it is answered (its length capped to what was granted).
+        self.usage = usage
+        self._usage_grants: dict[str, Any] = {}  # CallSid -> the call's reserved phone seconds
         self.memory = memory
         self.stt = stt
         self.tts = tts
@@ -212,6 +219,12 @@ class PhoneService:
             response.hangup()
             log.warning("call %s from %s turned away: %d calls connected or connecting (PHONE_MAX_CALLS=%d)",
                         call_sid, _mask(caller), self.active_calls(), self.max_calls)
+        elif (until := await self._usage_refusal(call_sid, caller)) is not None:
+            from bot.usage.messages import until_text
+
+            self._say(response, "usage.call_over", caller, time=until_text(until))
+            response.hangup()
+            log.info("call %s from %s turned away: over a daily limit", call_sid, _mask(caller))
         else:
             token = self.tokens.issue(call_sid, caller, called)
             if token is None:
@@ -243,16 +256,41 @@ class PhoneService:
             log.exception("looking up the language of %s failed", _mask(number))
             return "en"
 
-    def _say(self, response: VoiceResponse, key: str, number: str) -> None:
+    def _say(self, response: VoiceResponse, key: str, number: str, **values: object) -> None:
         language = self.language_of(number)
         if language not in SAY_VOICES:
-            response.say(t(key, "en"))
+            response.say(t(key, "en", **values))
             return
         locale, voice = SAY_VOICES[language]
         if voice is None:
-            response.say(t(key, language), language=locale)
+            response.say(t(key, language, **values), language=locale)
         else:
-            response.say(t(key, language), voice=voice, language=locale)
+            response.say(t(key, language, **values), voice=voice, language=locale)
+
+    async def _usage_refusal(self, call_sid: str, caller: str) -> float | None:
+        """Reserve the call's minutes (up to PHONE_MAX_CALL_SECONDS) and check the caller can still be
+        heard: None when the call may go on, else when the caller's allowance comes back."""
+        if self.usage is None or call_sid in self._usage_grants:
+            return None
+        from bot.usage import OverLimit, Who
+
+        who = Who(person=f"phone:{caller}")
+        try:
+            if self.stt is not None and self.stt.name == "deepgram" and not self.usage.local_stt_fallback:
+                await self.usage.check("speech", who, engine=self.stt.name)  # no recognizer would hear them
+            grant = await self.usage.reserve("phone", who, self.options.max_seconds, engine="twilio", minimum=10.0)
+        except OverLimit as exc:
+            return exc.until
+        except Exception:  # the store is down: the call goes on, its minutes counted when it ends
+            log.exception("usage: could not reserve call minutes for %s", call_sid)
+            return None
+        self._usage_grants[call_sid] = grant
+        return None
+
+    def _usage_settle(self, call_sid: str, seconds: float) -> None:
+        grant = self._usage_grants.pop(call_sid, None)
+        if grant is not None and self.usage is not None:
+            self.usage.settle(grant, seconds)
 
     def stream_options(self, number: str) -> dict[str, str]:
         """Recognizer options for a call from ``number``: Deepgram's language for the number's mode
@@ -273,6 +311,8 @@ class PhoneService:
             return web.Response(status=400, text="missing CallSid or CallStatus")
         if status in ENDED_STATUSES:
             self.tokens.end_call(call_sid)
+            if call_sid not in self.calls:  # never connected (or already over): its minutes go back
+                self._usage_settle(call_sid, 0.0)
         log.info("call %s %s%s", call_sid, status,
                  f" after {form['CallDuration']} s" if str(form.get("CallDuration", "")).isdigit() else "")
         return web.Response(status=204)
@@ -302,14 +342,21 @@ class PhoneService:
             raise
         finally:
             self._upgrading -= 1
+        options, on_session = self.options, self._console_hook(request)
+        usage_grant = self._usage_grants.get(grant.call_sid)
+        if self.usage is not None:
+            if usage_grant is not None and usage_grant.granted < options.max_seconds:
+                options = dataclasses.replace(options, max_seconds=usage_grant.granted)  # the minutes left today
+            on_session = self._usage_hook(grant.caller, on_session)
         call = PhoneCall(
             grant=grant, agent=self.agent, memory=self.memory, stt=self.stt, tts=self.tts,
-            fallback_tts=self.fallback_tts, voice=self.voice, options=self.options,
+            fallback_tts=self.fallback_tts, voice=self.voice, options=options,
             caller_name=await self._name(grant.caller),
             hangup=self.twilio_calls.hangup if self.twilio_calls is not None else None,
             languages=self.languages, stream_options=self.stream_options(grant.caller),
-            on_session=self._console_hook(request),
+            on_session=on_session,
         )
+        connected_at = time.monotonic()
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
@@ -318,6 +365,7 @@ class PhoneService:
         try:
             await call.run(ws)
         finally:
+            self._usage_settle(grant.call_sid, time.monotonic() - connected_at)
             self.calls.pop(grant.call_sid, None)
             self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
             self.finished.append(call)
@@ -326,6 +374,20 @@ class PhoneService:
                 self._handlers.discard(task)
             await self._notify()
         return ws
+
+    def _usage_hook(self, caller: str, then: Callable[[VoiceSession], None] | None) -> Callable[[VoiceSession], None]:
+        """Guard the call's session: the caller's speech and the voice's characters reserved first."""
+        from bot.usage import Who
+        from bot.usage.wiring import guard_session
+
+        def hook(session: VoiceSession) -> None:
+            person = f"phone:{caller}"
+            guard_session(session, self.usage, who_of=lambda _speaker: Who(person=person), person=person,
+                          language=lambda: self.language_of(caller))
+            if then is not None:
+                then(session)
+
+        return hook
 
     def _console_hook(self, request: web.Request) -> Callable[[VoiceSession], None] | None:
         """The console's metrics for the call's session, when the console is on this server: the
@@ -402,10 +464,11 @@ def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str
 
 
 def build_phone(settings: Settings, *, agent: Agent, memory: Memory, store: Store | None = None,
-                languages: PlaceLanguages | None = None) -> PhoneService:
+                languages: PlaceLanguages | None = None, usage: Any = None) -> PhoneService:
     """The phone service from settings (call inside the running loop; needs ``phone_enabled``).
 
-    ``store`` (bot/store, where the SMS links live) lets a linked caller be greeted by name."""
+    ``store`` (bot/store, where the SMS links live) lets a linked caller be greeted by name; ``usage``
+    (bot/usage) meters and limits call minutes."""
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
     if not settings.phone_enabled or not settings.public_url:
@@ -481,5 +544,5 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, store: Stor
         calls=TwilioCalls(settings.twilio_account_sid, settings.twilio_auth_token.get(),
                           api_base=settings.twilio_api_base),
         caller_name=caller_name, owned=owned, languages=languages, recognizer_language=recognizer_language,
-        max_calls=settings.phone_max_calls,
+        max_calls=settings.phone_max_calls, usage=usage,
     )

@@ -96,7 +96,7 @@ async def call_rig(settings: Settings) -> AsyncIterator[CallRig]:
         server: WebServer | None = None
         try:
             phone = build_phone(sim, agent=services.agent, memory=services.memory, store=services.store,
-                                languages=services.languages)
+                                languages=services.languages, usage=services.usage)
             if phone.stt is not None and phone.stt.name == "local":
                 await phone.stt.check()  # load the model now, not during the first turn
             server = WebServer(create_app(phone=phone), "127.0.0.1", 0)

@@ -293,8 +293,12 @@ class VoiceManager:
         owned: tuple[Any, ...] = (),
         connect_timeout: float = 30.0,
         languages: PlaceLanguages | None = None,
+        usage: Any = None,
+        usage_local_stt: STTEngine | None = None,
     ) -> None:
         self.settings = settings
+        self.usage = usage  # bot.usage.UsageMeter: paid requests reserved first (None: not metered)
+        self.usage_local_stt = usage_local_stt  # who is over the speech limit is heard by this one
         self.agent = agent
         self.memory = memory
         # Told when a voice session ends: (room, joined at, left at, the scribe's posted summary or None),
@@ -340,9 +344,15 @@ class VoiceManager:
             else:
                 local = build_local_tts(settings)
                 owned.append(local)
+        from bot.usage.wiring import local_fallback_stt
+
+        usage_local = local_fallback_stt(settings, stt)
+        if usage_local is not None:
+            owned.append(usage_local)
         return cls(settings=settings, agent=services.agent, memory=services.memory,
                    guild_settings=services.guilds, optouts=services.optouts,
-                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned), languages=services.languages)
+                   stt=stt, tts=tts, local_tts=local, owned=tuple(owned), languages=services.languages,
+                   usage=services.usage, usage_local_stt=usage_local)
 
     # ------------------------------------------------------------------ queries
 
@@ -619,7 +629,7 @@ class VoiceManager:
         def visible(user_id: int) -> frozenset[str] | None:
             return visible_rooms(guild, guild.get_member(user_id))
 
-        return VoiceSession(
+        session = VoiceSession(
             room=f"discord:{guild.id}:{channel.id}",
             visible=visible,
             agent=self.agent,
@@ -641,6 +651,19 @@ class VoiceManager:
             choose_language=self._language_chooser(guild),
             stream_options=self._stream_options(guild),
         )
+        if self.usage is not None:
+            from bot.usage import Who
+            from bot.usage.wiring import guard_session
+
+            async def post(text: str) -> None:
+                gv = holder.get("gv")
+                if gv is not None:
+                    await self._post(gv, text)
+
+            guard_session(session, self.usage, who_of=lambda speaker: Who(f"discord:{speaker}", guild.id),
+                          guild=guild.id, post=post, language=lambda: self.guild_language(guild),
+                          local_stt=self.usage_local_stt)
+        return session
 
     def language_summary(self, guild: discord.Guild | None, *, words: str = "en") -> str | None:
         """One line for /status: the server's language mode (``/language`` changes it), said in ``words``.

@@ -37,6 +37,7 @@ from bot.agent import Agent, AgentError, Incoming, Reply
 from bot.i18n.places import Choice
 from bot.i18n.voices import speaks, voice_for_language
 from bot.memory import Memory, Modality, Turn
+from bot.usage.meter import current_person
 from bot.voice.echo import EchoGuard
 from bot.voice.endpointing import TurnDetection
 from bot.voice.turns import PendingTurn, TurnPolicy
@@ -709,7 +710,7 @@ class VoiceSession:
         except AgentError as exc:
             log.warning("voice reply failed: %s", exc, extra={"room": self.room, "user_id": turn.user_id})
             self._report("failed", timing)
-            if not spoken:
+            if not spoken and exc.user_message:  # empty: told once already (a daily limit, bot/usage)
                 await self._speak_or_post(exc.user_message)
             return
         finally:
@@ -994,6 +995,8 @@ class _Prefetch:
 
     async def _run(self) -> None:
         session = self._session
+        if self._timing is not None:  # whose reply this is, for the voice's usage (bot/usage); this task only
+            current_person.set(session.speaker_id(self._timing.user_id))
         engines = [] if self._local_only else [session.tts]
         if session.fallback_tts is not None and session.fallback_tts is not session.tts:
             engines.append(session.fallback_tts)

@@ -73,6 +73,7 @@ class FakeOpenAI:
 
     requests: list[RecordedRequest] = field(default_factory=list)
     streams: list[StreamTiming] = field(default_factory=list)
+    usage_reported: list[tuple[int, int]] = field(default_factory=list)  # (prompt, completion) per streamed reply
     new_connections: list[int] = field(default_factory=lambda: [0])
     chunks_sent: int = 0
     finished: bool = False
@@ -253,6 +254,7 @@ class FakeOpenAI:
         return response
 
     async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        body = self.requests[-1].body or {}  # this request's (recorded just before; subclasses read it too)
         timing = StreamTiming(requested_at=time.monotonic())
         self.streams.append(timing)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -275,6 +277,17 @@ class FakeOpenAI:
                 if timing.first_token_at is None:
                     timing.first_token_at = time.monotonic()
             await response.write(self._chunk(model, {}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # As OpenAI does: one last chunk with no choices and the request's token counts
+                # (here a prompt token per 4 characters, a completion token per token sent).
+                prompt = sum(len(m["content"]) for m in body["messages"]) // 4
+                completion = len(self.reply_tokens)
+                self.usage_reported.append((prompt, completion))
+                payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                           "model": model, "choices": [],
+                           "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                     "total_tokens": prompt + completion}}
+                await response.write(f"data: {json.dumps(payload)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):

@@ -78,6 +78,9 @@ class Conversation:
     messages: Sequence[ChatMessage] = ()
     history: Sequence[Turn] = field(default=())
     memories: Sequence[Any] = field(default=())  # bot.recall Hits shown in ``messages``, best first
+    # Where an engine writes the token counts its API reported for this request (``prompt_tokens``,
+    # ``completion_tokens``), when the caller gave a dict (bot/usage meters model tokens with them).
+    usage: dict[str, int] | None = field(default=None, compare=False)
 
 
 class ReplyEngine(ABC):

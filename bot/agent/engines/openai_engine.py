@@ -204,6 +204,7 @@ class OpenAIEngine(ReplyEngine):
             "model": self.model,
             "messages": [dict(m) for m in conversation.messages],
             "stream": True,
+            "stream_options": {"include_usage": True},  # a last chunk with the request's token counts
             "temperature": self.temperature,
             **self._limits(),
         }
@@ -225,6 +226,9 @@ class OpenAIEngine(ReplyEngine):
         try:
             async with stream:
                 async for chunk in stream:
+                    if chunk.usage is not None and (figures := conversation.usage) is not None:
+                        figures["prompt_tokens"] = int(chunk.usage.prompt_tokens or 0)
+                        figures["completion_tokens"] = int(chunk.usage.completion_tokens or 0)
                     for choice in chunk.choices:
                         if choice.index == 0 and choice.delta is not None and choice.delta.content:
                             content = choice.delta.content

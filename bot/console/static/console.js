@@ -73,6 +73,7 @@ function render(state) {
   text("sms-waiting", String(state.sms.waiting));
   text("sms-failed", String(state.sms.failed));
   text("playground-count", String(state.playground));
+  renderUsage(state.usage);
   drawTurns(state.turns);
   drawReceive(state.receive);
   const list = $("turn-list");
@@ -83,6 +84,25 @@ function render(state) {
       (t.text ? ` — “${t.text}” → “${t.reply}”` : "");
     return li;
   }));
+}
+
+function renderUsage(usage) {
+  if (!usage) {
+    text("usage-note", "Usage is not metered here.");
+    return;
+  }
+  const kinds = ["speech", "voice", "model", "phone"];
+  $("usage-days").tBodies[0].replaceChildren(...usage.days.map((d) => row([
+    d.day, ...kinds.map((k) => d.shown[k] || "–"),
+    d.spend == null ? (usage.prices ? "$0" : "no PRICES") : `$${d.spend.toFixed(4)}`,
+  ])));
+  const refused = Object.entries(usage.refusals || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`);
+  text("usage-note", (usage.limited ? "Daily limits are on" : "No daily limits (LIMITS_* unset)") +
+    (refused.length ? `; paid requests refused since start: ${refused.join(", ")}` : "") +
+    ". Below: every engine's use, local ones included (never limited).");
+  $("usage-engines").tBodies[0].replaceChildren(...usage.engines.slice().reverse().map((e) => row([
+    e.day, e.kind, e.engine, e.shown, String(e.requests),
+  ])));
 }
 
 function canvasContext(canvas) {
