@@ -102,8 +102,15 @@ async def _run_bot(settings: Settings) -> None:
     from bot.client import VoiceBot
     from bot.services import build_services
 
+    from bot.cluster import ClusterMember, process_info
+
     services = await build_services(settings)
-    bot = VoiceBot(services)
+    assert services.store is not None
+    # Every process registers with the database it shares with the others (PostgreSQL across
+    # machines, the SQLite file on one), and paces its logins and claims its shards there.
+    member = ClusterMember(services.store, process_info(settings.process_name), heartbeat=settings.cluster_heartbeat,
+                           down_after=settings.cluster_down_after)
+    bot = VoiceBot(services, cluster=member)
     assert settings.discord_token is not None
     from bot.console import console_mount
     from bot.console.run import report_web_failure
@@ -120,6 +127,10 @@ async def _run_bot(settings: Settings) -> None:
         stopping.set()
         if start is not None and not start.done():
             start.cancel()  # login, setup_hook or the gateway: `async with bot` then closes it fully
+
+    async def lost_shards(_lost: list[int]) -> None:
+        on_sigterm()  # another process holds our shards now: stop as for SIGTERM
+    member.on_lost = lost_shards
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
@@ -151,6 +162,7 @@ async def _run_bot(settings: Settings) -> None:
         if web_task is not None:
             stop_web.set()
             await asyncio.gather(web_task, return_exceptions=True)
+        await member.leave()
         await services.aclose()
 
 
@@ -548,11 +560,17 @@ def describe_failure(exc: BaseException, settings: Settings) -> Failure:
     """The one line (and exit status) for an exception that ended a command (pure)."""
     from bot.agent import AgentError
     from bot.agent.character import CharacterError
+    from bot.cluster import ShardsHeld
     from bot.db import DatabaseError
+    from bot.store import DatabaseError as StoreError
 
     if isinstance(exc, CharacterError):
         setting = "CHARACTER_FILE " if settings.character_file is not None else ""
         return Failure(f"{setting}{exc}: fix the file, or unset CHARACTER_FILE to use the shipped character", CONFIG)
+    if isinstance(exc, ShardsHeld):
+        return Failure(str(exc), CONFIG)
+    if isinstance(exc, StoreError) and settings.database_url:
+        return Failure(f"DATABASE_URL: {exc}", CONFIG)
     if isinstance(exc, (DatabaseError, sqlite3.Error)):
         return _database_failure(exc, settings)
     discord_failure = _discord_failure(exc, settings)

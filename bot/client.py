@@ -25,6 +25,7 @@ from discord.ext import commands
 from bot.shards import BucketGate, IdentifyGate, SessionStartLimit, ShardStatus, describe_shards
 
 if TYPE_CHECKING:
+    from bot.cluster import ClusterMember
     from bot.services import Services
     from bot.settings import Settings
 
@@ -94,11 +95,14 @@ class VoiceBot(commands.AutoShardedBot):
     The services it is given belong to whoever built them (the composition root closes them after
     the bot and the web server have stopped, since both use them). ``identify_gate`` builds what
     paces this process's logins from Discord's session start limit (once ``GET /gateway/bot`` has
-    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process.
+    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process. With a
+    ``cluster`` member the gate is the database's (every process's logins) and ``setup_hook`` claims
+    this process's shards there before any of them logs in.
     """
 
     def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS,
-                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate) -> None:
+                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate,
+                 cluster: ClusterMember | None = None) -> None:
         settings = services.settings
         apply_api_base(settings)
         kwargs: dict[str, object] = {}
@@ -121,7 +125,8 @@ class VoiceBot(commands.AutoShardedBot):
         self.settings = settings
         self._extensions = extensions
         self.failed_extensions: dict[str, str] = {}
-        self._make_identify_gate = identify_gate
+        self.cluster = cluster
+        self._make_identify_gate = cluster.gate if cluster is not None else identify_gate
         self.identify_gate: IdentifyGate | None = None
         self.session_start_limit: SessionStartLimit | None = None
 
@@ -172,6 +177,10 @@ class VoiceBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         await self._learn_gateway()
+        if self.cluster is not None:
+            assert self.shard_count is not None
+            self.cluster.stats = self.cluster_stats
+            await self.cluster.join(self.owned_shards, self.shard_count)  # ShardsHeld: refuse to log in
         from bot.i18n.commands import CommandTranslator
         from bot.i18n.detect import preload
 
@@ -187,6 +196,11 @@ class VoiceBot(commands.AutoShardedBot):
                 self.failed_extensions[name] = str(exc.__cause__ or exc)
                 log.exception("extension %s failed to load", name)
         await self.sync_commands()
+
+    def cluster_stats(self) -> tuple[int, int]:
+        """(guilds, voice sessions) of this process, for its heartbeat."""
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        return len(self.guilds), len(manager.connections()) if manager is not None else 0
 
     async def sync_commands(self) -> None:
         """Sync to the development guild when configured; globally only on request."""

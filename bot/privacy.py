@@ -78,6 +78,13 @@ NAMES_NO_PERSON: dict[str, str] = {
     "voice_guild_settings": "per-server choices keyed by guild id",
     "voice_guild_channels": "per-server joining policy: voice channel ids to join by itself or allow",
     "opt_outs": "opt-outs as HMAC subjects; the key is outside the database (kept on purpose)",
+    "cluster_processes": "the bot's processes: host, pid, shards, counts (bot/cluster)",
+    "cluster_shards": "which process holds which Discord shard",
+    "cluster_identify": "when each login bucket last logged in",
+    "cluster_session_starts": "Discord's session starts left today",
+    "cluster_call_tokens": "a call's stream token; the caller's number is blanked once the stream connects "
+                           "or the token dies, and the row goes after a day",
+    "cluster_voice": "the voice channel, mode and language per guild to rejoin after a restart",
 }
 
 # The key is per database file, loaded once and shared by every store on that database.

@@ -56,10 +56,21 @@ class Services:
 
 
 async def build_services(settings: Settings, *, db: Database | None = None) -> Services:
-    """Open the database and build the agent. ``db`` lets tests pass an in-memory database."""
+    """Open the database and build the agent. ``db`` lets tests pass an in-memory database.
+
+    With ``DATABASE_URL`` the async store is that PostgreSQL database (shared by every process of the bot)."""
     if db is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.data_dir / "voicebot.sqlite3")
+    store: Store | None = None
+    if settings.database_url:
+        from bot.store import open_database
+
+        try:
+            store = await open_database(settings.database_url)
+        except BaseException:
+            db.close()
+            raise
     memory = Memory(db)
     retention = RetentionSchedule(memory, settings.transcript_retention_days)
     try:
@@ -67,6 +78,8 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
         agent = await build_agent(settings, memory)
     except BaseException:
         await retention.aclose()
+        if store is not None:
+            await store.close()
         db.close()
         raise
-    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention)
+    return Services(settings=settings, db=db, memory=memory, agent=agent, retention=retention, store=store)
