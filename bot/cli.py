@@ -192,6 +192,31 @@ def cmd_run(settings: Settings, out: TextIO, env_file: Path) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- cluster
+
+
+def cmd_cluster(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from bot.cluster.supervisor import run_cluster
+
+    try:
+        processes = int(args.processes)
+    except ValueError:
+        sys.stderr.write(f"voicebot cluster: --processes: expected a whole number, got {args.processes!r}\n")
+        return CONFIG
+    if not 1 <= processes <= 256:
+        sys.stderr.write(f"voicebot cluster: --processes: must be from 1 to 256, got {processes}\n")
+        return CONFIG
+    if settings.discord_token is None:
+        sys.stderr.write("voicebot cluster: DISCORD_TOKEN is not set: the workers have nothing to log in as\n")
+        return CONFIG
+    env_file = Path(args.env_file).absolute() if args.env_file else None
+    try:
+        return asyncio.run(run_cluster(settings, processes, out, env_file))
+    except ValueError as exc:
+        sys.stderr.write(f"voicebot cluster: {exc}\n")
+        return CONFIG
+
+
 # -------------------------------------------------------------------------------------------- chat
 
 
@@ -445,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("invite", help="print the URL that adds the bot to a server")
     sub.add_parser("check", help="validate settings and contact each configured service")
     sub.add_parser("serve", help="run only the web server (health check and Twilio SMS webhooks)")
+    cluster = sub.add_parser("cluster", help="run N bot workers on this machine, each with its share of the "
+                             "Discord shards; restart one that dies")
+    cluster.add_argument("--processes", metavar="N", required=True,
+                         help="how many worker processes (each runs SHARD_COUNT / N shards, on WEB_PORT + its number)")
+    cluster.add_argument("--shard-count", metavar="N", default=argparse.SUPPRESS,
+                         help="shards across all workers (overrides SHARD_COUNT; default: Discord's recommendation)")
     simulate = sub.add_parser(
         "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
     who = simulate.add_mutually_exclusive_group(required=True)
@@ -646,7 +677,7 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         except ValueError as exc:
             sys.stderr.write(f"{prog}: --language: {exc}\n")
             return CONFIG
-    if command == "run":
+    if command in ("run", "cluster"):
         try:
             settings = _with_shard_flags(args, settings)
         except ValueError as exc:
@@ -668,6 +699,8 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
             return run_web_forever(settings)
         if command == "simulate":
             return cmd_simulate(args, settings, out)
+        if command == "cluster":
+            return cmd_cluster(args, settings, out)
         raise AssertionError(command)
     except Exception as exc:
         failure = describe_failure(exc, settings)

@@ -16,6 +16,8 @@ the machine's on SQLite (one machine).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import zlib
 from collections.abc import Iterable
@@ -86,6 +88,19 @@ CLUSTER_STEPS = [
 
 _LOCK_KEY = zlib.crc32(b"voicebot-cluster") & 0x7FFFFFFF
 _CLAIM_LOCK = -1  # the second key of the shard-claim lock; buckets use 0 and up
+
+
+def _pid_alive(host: object, pid: object) -> bool:
+    """False only when ``host`` is this machine and no process ``pid`` runs here."""
+    if host != socket.gethostname() or pid is None:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (another user's) or cannot tell
+    return True
 
 
 class ShardsHeld(Exception):
@@ -184,6 +199,8 @@ class ClusterStore:
             taken: set[str] = set()
             for row in rows:
                 alive = row["beat_at"] is not None and row["stopped_at"] is None and float(row["beat_at"]) > live_since
+                if alive and not _pid_alive(row["host"], row["pid"]):
+                    alive = False  # killed on this machine (a supervisor restarting it): no need to wait
                 who = f"{row['name']} (pid {row['pid']} on {row['host']})" if row["name"] else str(row["process_id"])
                 if not alive:
                     if int(row["shard_id"]) in wanted:
@@ -252,7 +269,8 @@ class ClusterStore:
                 shard_count=int(r["shard_count"]), guilds=int(r["guilds"]), voice_sessions=int(r["voice_sessions"]),
                 version=str(r["version"]), started_at=float(r["started_at"]), beat_at=beat,
                 stopped_at=None if r["stopped_at"] is None else float(r["stopped_at"]),
-                up=r["stopped_at"] is None and beat > now - self.down_seconds, beat_age=max(0.0, now - beat)))
+                up=r["stopped_at"] is None and beat > now - self.down_seconds and _pid_alive(r["host"], r["pid"]),
+                beat_age=max(0.0, now - beat)))
         return found
 
     async def forget_stopped(self, older_than: float = 86_400.0) -> int:
