@@ -139,7 +139,8 @@ async def _run_bot(settings: Settings) -> None:
         _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
         listening = asyncio.Event()
         web_task = asyncio.create_task(
-            serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop_web,
+            serve(settings, agent=services.agent, memory=services.memory, db=services.db, store=services.store,
+                  stop=stop_web,
                   health={"discord": bot.is_ready}, mounts=[console], ready=lambda _server: listening.set()),
             name="web-server",
         )

@@ -82,8 +82,8 @@ NAMES_NO_PERSON: dict[str, str] = {
     "cluster_shards": "which process holds which Discord shard",
     "cluster_identify": "when each login bucket last logged in",
     "cluster_session_starts": "Discord's session starts left today",
-    "cluster_call_tokens": "a call's stream token; the caller's number is blanked once the stream connects "
-                           "or the token dies, and the row goes after a day",
+    "phone_call_tokens": "a call's stream token; the caller's number is blanked when the call ends or its "
+                         "token dies, and the row goes after a day",
     "cluster_voice": "the voice channel, mode and language per guild to rejoin after a restart",
 }
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bot.memory import Memory
     from bot.phone.service import PhoneService
     from bot.sms.inbound import SmsService, TwilioWebhooks
+    from bot.store import Database as Store
 
 __all__ = ["WebServer", "build_sms", "create_app", "run_web_forever", "serve"]
 
@@ -176,6 +177,7 @@ async def serve(
     agent: Agent,
     memory: Memory,
     db: Database,
+    store: Store | None = None,
     stop: asyncio.Event | None = None,
     ready: Callable[[WebServer], None] | None = None,
     health: Mapping[str, HealthCheck] | None = None,
@@ -201,7 +203,7 @@ async def serve(
     if settings.phone_enabled:
         from bot.phone.service import build_phone
 
-        phone = build_phone(settings, agent=agent, memory=memory, db=db)
+        phone = build_phone(settings, agent=agent, memory=memory, db=db, store=store)
     from bot.console.app import is_loopback
 
     if (service is not None or phone is not None) and is_loopback(settings.web_host):
@@ -248,7 +250,8 @@ def run_web_forever(settings: Settings) -> int:
             except (NotImplementedError, RuntimeError):  # e.g. Windows: KeyboardInterrupt still works
                 pass
         try:
-            await serve(settings, agent=services.agent, memory=services.memory, db=services.db, stop=stop)
+            await serve(settings, agent=services.agent, memory=services.memory, db=services.db, store=services.store,
+                        stop=stop)
         finally:
             await services.aclose()
 

@@ -83,7 +83,8 @@ class Proc:
         return code
 
 
-async def healthy(port: int) -> None:
+async def healthy(port: int, *runs: CliRun) -> None:
+    """Until the process on ``port`` answers /healthz with 200; fails at once when one of ``runs`` exited."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DEADLINE
     async with aiohttp.ClientSession() as session:
@@ -92,6 +93,8 @@ async def healthy(port: int) -> None:
                 async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
                     if response.status == 200:
                         return
+            for run in runs:
+                assert run.proc is not None and run.proc.poll() is None, f"exited: {run.finish().output[-3000:]}"
             assert loop.time() < deadline, f"the worker on port {port} never became healthy"
             await asyncio.sleep(0.2)
 

@@ -65,16 +65,6 @@ CLUSTER_STEPS = [
         remaining INTEGER NOT NULL,
         reset_at DOUBLE PRECISION NOT NULL
     );
-    CREATE TABLE cluster_call_tokens (
-        call_sid TEXT PRIMARY KEY,
-        token TEXT NOT NULL UNIQUE,
-        caller TEXT NOT NULL,
-        called TEXT NOT NULL,
-        state TEXT NOT NULL,
-        issued_by TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        seen_at DOUBLE PRECISION NOT NULL
-    );
     CREATE TABLE cluster_voice (
         guild_id BIGINT PRIMARY KEY,
         channel_id BIGINT NOT NULL,

@@ -38,7 +38,7 @@ from audio.tts.base import TTSEngine, VoiceSpec
 from bot.i18n.catalog import catalog_language, t
 from bot.i18n.languages import AUTO
 from bot.phone.call import CallOptions, CallText, PhoneCall, catalog_text
-from bot.phone.tokens import CallTokens, StreamTokens
+from bot.phone.tokens import CallTokens, DatabaseTokens, StreamTokens
 from bot.twilio_signature import TwilioSignature
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from bot.i18n.places import PlaceLanguages
     from bot.memory import Memory
     from bot.settings import Settings
+    from bot.store import Database as Store
     from bot.voice.session import VoiceSession
 
 __all__ = ["MEDIA_PATH", "PhoneService", "STATUS_PATH", "TwilioCalls", "VOICE_PATH", "build_phone", "ai_notice",
@@ -206,13 +207,13 @@ class PhoneService:
             self._say(response, "phone.not_allowed", caller)
             response.hangup()
             log.info("call %s from %s refused: not in PHONE_ALLOWED_CALLERS", call_sid, _mask(caller))
-        elif not self.tokens.seen(call_sid) and self.busy():
+        elif not await self.tokens.seen(call_sid) and await self.busy():
             self._say(response, "phone.busy", caller)
             response.hangup()
             log.warning("call %s from %s turned away: %d calls connected or connecting (PHONE_MAX_CALLS=%d)",
-                        call_sid, _mask(caller), self.active_calls(), self.max_calls)
+                        call_sid, _mask(caller), await self.active_calls(), self.max_calls)
         else:
-            token = self.tokens.issue(call_sid, caller, called)
+            token = await self.tokens.issue(call_sid, caller, called)
             if token is None:
                 # A replay (Twilio's signature holds no time): this call's one token is used or dead.
                 log.warning("call %s: voice webhook again after its stream connected or the call ended; "
@@ -225,12 +226,12 @@ class PhoneService:
             log.info("call %s from %s: connecting its media stream", call_sid, _mask(caller))
         return web.Response(text=str(response), content_type="application/xml")
 
-    def active_calls(self) -> int:
-        """Calls connected here plus calls whose stream is about to connect."""
-        return len(self.calls) + self._upgrading + self.tokens.pending()
+    async def active_calls(self) -> int:
+        """Calls connected here plus calls this process answered whose stream is about to connect."""
+        return len(self.calls) + self._upgrading + await self.tokens.pending()
 
-    def busy(self) -> bool:
-        return self.active_calls() >= self.max_calls
+    async def busy(self) -> bool:
+        return await self.active_calls() >= self.max_calls
 
     def language_of(self, number: str) -> str:
         """The language the bot's own words to ``number`` are in (its set or last sure language)."""
@@ -271,7 +272,7 @@ class PhoneService:
             log.warning("Twilio call status callback rejected with 400: missing CallSid or CallStatus")
             return web.Response(status=400, text="missing CallSid or CallStatus")
         if status in ENDED_STATUSES:
-            self.tokens.end_call(call_sid)
+            await self.tokens.end_call(call_sid)
         log.info("call %s %s%s", call_sid, status,
                  f" after {form['CallDuration']} s" if str(form.get("CallDuration", "")).isdigit() else "")
         return web.Response(status=204)
@@ -282,12 +283,12 @@ class PhoneService:
         refused = self._signature.check_upgrade(request, self._stream_base)
         if refused is not None:
             return refused  # before the token: a stranger cannot spend a real call's token
-        grant = self.tokens.redeem(request.match_info["token"])
+        grant = await self.tokens.redeem(request.match_info["token"])
         if grant is None or self._closing:
             # Refused before the upgrade: no socket, no audio. (No token detail in the log.)
             log.warning("media stream refused: %s", "shutting down" if grant else "unknown, used or expired token")
             if grant is not None:
-                self.tokens.end_call(grant.call_sid)
+                await self.tokens.end_call(grant.call_sid)
             return web.Response(status=403, text="stream not allowed")
         if grant.call_sid in self.calls:
             log.warning("call %s already has a media stream; refused a second", grant.call_sid)
@@ -297,7 +298,7 @@ class PhoneService:
         try:
             await ws.prepare(request)
         except BaseException:
-            self.tokens.end_call(grant.call_sid)
+            await self.tokens.end_call(grant.call_sid)
             raise
         finally:
             self._upgrading -= 1
@@ -318,7 +319,7 @@ class PhoneService:
             await call.run(ws)
         finally:
             self.calls.pop(grant.call_sid, None)
-            self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
+            await self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
             self.finished.append(call)
             del self.finished[:-20]
             if task is not None:
@@ -397,8 +398,13 @@ def ai_notice(settings: Settings, engine_name: str, language: str = "en") -> str
     return ("" if catalog_language(language) == "ja" else " ").join(sentences)
 
 
-def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None) -> PhoneService:
-    """The phone service from settings (call inside the running loop; needs ``phone_enabled``)."""
+def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Database | None = None,
+                store: Store | None = None) -> PhoneService:
+    """The phone service from settings (call inside the running loop; needs ``phone_enabled``).
+
+    With ``store`` (bot/store: the database every process shares) the call tokens live there, so the
+    TwiML answer from one process and the media WebSocket on another make one call."""
+    tokens = _shared_tokens(settings, store)
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
     if not settings.phone_enabled or not settings.public_url:
@@ -473,5 +479,14 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, db: Databas
         calls=TwilioCalls(settings.twilio_account_sid, settings.twilio_auth_token.get(),
                           api_base=settings.twilio_api_base),
         caller_name=caller_name, owned=owned, languages=languages, recognizer_language=recognizer_language,
-        max_calls=settings.phone_max_calls,
+        max_calls=settings.phone_max_calls, tokens=tokens,
     )
+
+
+def _shared_tokens(settings: Settings, store: Store | None) -> CallTokens | None:
+    if store is None:
+        return None
+    import os
+    import socket
+
+    return DatabaseTokens(store, issued_by=settings.process_name or f"{socket.gethostname()}:{os.getpid()}")
