@@ -136,7 +136,9 @@ async def _run_bot(settings: Settings) -> None:
     try:
         # The console (always) and SMS (when configured) answer through the same agent and memory;
         # the web server lives beside the gateway.
-        _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
+        hub, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None),
+                                     process_label=member.info.name)
+        hub.process_id = member.info.process_id
         listening = asyncio.Event()
         web_task = asyncio.create_task(
             serve(settings, agent=services.agent, memory=services.memory, db=services.db, store=services.store,

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -99,6 +100,20 @@ async def healthy(port: int, *runs: CliRun) -> None:
             await asyncio.sleep(0.2)
 
 
+async def console_until(port: int, predicate: Callable[[dict], bool]) -> dict:
+    """The ``cluster`` part of the console state on ``port`` once ``predicate`` holds for it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/console/state") as response:
+                panel = (await response.json())["cluster"]
+            if predicate(panel):
+                return panel
+            assert loop.time() < deadline, panel
+            await asyncio.sleep(0.2)
+
+
 def base_env(discord_: LocalDiscord, home: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HOME": str(home),
             "PYTHONDONTWRITEBYTECODE": "1", "DATA_DIR": str(home / "data"),
@@ -127,6 +142,15 @@ async def test_cluster_starts_workers_restarts_a_killed_one_and_stops_all(tmp_pa
                 await member.send_message(text, f"{mention} I feel fine today")
             for text, _ in rooms:
                 await discord_.wait_bot_message(text, timeout=DEADLINE)
+            # Either worker's console shows the whole cluster; its /metrics names the process.
+            def both_up(panel: dict) -> bool:
+                rows = {p["name"]: p for p in panel["processes"] if p["state"] == "up"}
+                return {n: (p["shards"], p["guilds"]) for n, p in rows.items()} == {"box-0": ("0", 1), "box-1": ("1", 1)}
+            panel = await console_until(port + 1, both_up)
+            assert [p["this"] for p in panel["processes"] if p["name"] == "box-1"] == [True]
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                exposition = await resp.text()
+            assert 'voicebot_turns_total{channel="text",outcome="answered",process="box-0"} 1.0' in exposition
 
             # SIGKILL worker 1: the supervisor starts it again and shard 1's guild is answered again.
             killed = int(first[1].group(1))
@@ -144,6 +168,11 @@ async def test_cluster_starts_workers_restarts_a_killed_one_and_stops_all(tmp_pa
             while len(text.bot_messages) == before:
                 assert loop.time() < deadline, sup.output[-3000:]
                 await asyncio.sleep(0.1)
+            # Worker 0's console: the killed process is down, its successor up with shard 1.
+            def replaced(panel: dict) -> bool:
+                states = {p["pid"]: p["state"] for p in panel["processes"]}
+                return states.get(killed) == "down" and states.get(int(again.group(1))) == "up" and panel["down"] == 1
+            await console_until(port, replaced)
             # Worker 0 never noticed: started once.
             assert not re.search(r"^worker 0 .*start 2", sup.output, re.M)
 
