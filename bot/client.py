@@ -9,6 +9,7 @@ those shards own (``bot/shards.py`` says how Discord divides them). Every IDENTI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -26,6 +27,7 @@ from bot.shards import BucketGate, IdentifyGate, SessionStartLimit, ShardStatus,
 
 if TYPE_CHECKING:
     from bot.cluster import ClusterMember
+    from bot.cluster.rejoin import VoicePresence
     from bot.services import Services
     from bot.settings import Settings
 
@@ -126,6 +128,8 @@ class VoiceBot(commands.AutoShardedBot):
         self._extensions = extensions
         self.failed_extensions: dict[str, str] = {}
         self.cluster = cluster
+        self.voice_presence: VoicePresence | None = None
+        self._rejoin_task: asyncio.Task[None] | None = None
         self._make_identify_gate = cluster.gate if cluster is not None else identify_gate
         self.identify_gate: IdentifyGate | None = None
         self.session_start_limit: SessionStartLimit | None = None
@@ -195,7 +199,36 @@ class VoiceBot(commands.AutoShardedBot):
             except commands.ExtensionError as exc:
                 self.failed_extensions[name] = str(exc.__cause__ or exc)
                 log.exception("extension %s failed to load", name)
+        self._wire_rejoin()
         await self.sync_commands()
+
+    def _wire_rejoin(self) -> None:
+        """In a cluster, the voice manager records its channels in the shared database (rejoined after a restart)."""
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        if self.cluster is None or manager is None:
+            return
+        from bot.cluster.rejoin import VoicePresence
+
+        self.voice_presence = VoicePresence(self.cluster.store.db, self.cluster.info.process_id)
+        manager.voice_log = self.voice_presence
+        presence = self.voice_presence
+
+        async def refresh() -> None:
+            await presence.refresh(manager)
+        self.cluster.on_beat = refresh
+
+    async def _rejoin_voice(self) -> None:
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        if manager is None or self.voice_presence is None:
+            return
+        try:
+            from bot.cluster.rejoin import rejoin_guilds
+
+            await rejoin_guilds(self, manager, self.voice_presence)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rejoining voice channels after the restart failed")
 
     def cluster_stats(self) -> tuple[int, int]:
         """(guilds, voice sessions) of this process, for its heartbeat."""
@@ -222,4 +255,14 @@ class VoiceBot(commands.AutoShardedBot):
         assert self.user is not None
         log.info("logged in as %s (%s) in %d guild(s) on shards %s of %s", self.user, self.user.id,
                  len(self.guilds), describe_shards(self.owned_shards), self.shard_count)
+        if self._rejoin_task is None and self.voice_presence is not None:
+            # Once per process: the voice channels its guilds had the bot in before it stopped.
+            self._rejoin_task = asyncio.create_task(self._rejoin_voice(), name="rejoin-voice")
+
+    async def close(self) -> None:
+        if self._rejoin_task is not None and not self._rejoin_task.done():
+            self._rejoin_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rejoin_task
+        await super().close()
 

@@ -110,6 +110,7 @@ class ClusterMember:
         self._joined = False
         self.stats: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.on_lost: Callable[[list[int]], Awaitable[None]] | None = None
+        self.on_beat: Callable[[], Awaitable[None]] | None = None  # after each beat (voice channels' state)
         self.beats = 0  # heartbeats written (tests wait on it)
 
     def gate(self, limit: SessionStartLimit) -> DatabaseGate:
@@ -138,6 +139,8 @@ class ClusterMember:
             try:
                 guilds, voice = self.stats()
                 lost = await self.store.beat(self.info.process_id, guilds=guilds, voice_sessions=voice)
+                if self.on_beat is not None:
+                    await self.on_beat()
                 self.beats += 1
                 if failing:
                     log.info("cluster heartbeat written again")
