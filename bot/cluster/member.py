@@ -82,7 +82,7 @@ class DatabaseGate:
             while True:
                 try:
                     await self._record_limit()
-                    delay = await self.store.try_identify(bucket, shard_id, self.process_id,
+                    delay, _at = await self.store.try_identify(bucket, shard_id, self.process_id,
                                                           IDENTIFY_INTERVAL + IDENTIFY_MARGIN)
                 except Exception as exc:  # the database is away: wait for it, never log in unpaced
                     if not failing:

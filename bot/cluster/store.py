@@ -288,8 +288,9 @@ class ClusterStore:
                 "ON CONFLICT (id) DO UPDATE SET total = excluded.total, remaining = excluded.remaining, "
                 "reset_at = excluded.reset_at", (int(total), int(remaining), now + float(reset_after)))
 
-    async def try_identify(self, bucket: int, shard_id: int, process_id: str, interval: float) -> float:
-        """Take ``bucket``'s turn to IDENTIFY now (returns 0), or say how many seconds to wait.
+    async def try_identify(self, bucket: int, shard_id: int, process_id: str, interval: float) -> tuple[float, float]:
+        """Take ``bucket``'s turn to IDENTIFY now, or say how many seconds to wait: (0, the time the
+        turn was recorded at) or (seconds to wait, 0).
 
         A turn is taken when the bucket's last IDENTIFY (by any process) is ``interval`` seconds old
         and a session start is left today; taking it records the time and spends a start, atomically.
@@ -303,17 +304,17 @@ class ClusterStore:
                     await tx.execute("UPDATE cluster_session_starts SET remaining = total, reset_at = ? WHERE id = 1",
                                      (now + 86_400.0,))
                 elif int(starts["remaining"]) <= 0:
-                    return float(starts["reset_at"]) - now
+                    return float(starts["reset_at"]) - now, 0.0
             last = await tx.scalar("SELECT last_at FROM cluster_identify WHERE bucket = ?", (int(bucket),))
             if last is not None and float(last) + interval > now:
-                return float(last) + interval - now
+                return float(last) + interval - now, 0.0
             await tx.execute(
                 "INSERT INTO cluster_identify (bucket, last_at, shard_id, process_id) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (bucket) DO UPDATE SET last_at = excluded.last_at, shard_id = excluded.shard_id, "
                 "process_id = excluded.process_id", (int(bucket), now, int(shard_id), process_id))
             if starts is not None:
                 await tx.execute("UPDATE cluster_session_starts SET remaining = remaining - 1 WHERE id = 1")
-            return 0.0
+            return 0.0, now
 
     async def identify_log(self) -> dict[int, float]:
         """When each bucket's last IDENTIFY went (epoch seconds)."""
