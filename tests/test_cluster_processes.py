@@ -244,3 +244,24 @@ async def test_two_processes_in_one_identify_bucket_keep_five_seconds_apart(tmp_
         assert sorted(e.data["shard"] for e in identifies) == [[0, 2], [1, 2]]
         assert discord_.problems == [], discord_.problems  # no IDENTIFY inside another's 5 s
         assert discord_.events.of("identify_refused") == []
+
+
+async def test_bad_cluster_commands_are_one_line_each(tmp_path: Path) -> None:
+    base = {"DISCORD_TOKEN": TOKEN, "SHARD_COUNT": "2", "DISCORD_API_BASE": "https://127.0.0.1:9/api/v10"}
+    cases = [
+        (base, ("--processes", "two"), "voicebot cluster: --processes: expected a whole number, got 'two'"),
+        (base, ("--processes", "0"), "voicebot cluster: --processes: must be from 1 to 256, got 0"),
+        (base, ("--processes", "3"), "voicebot cluster: --processes 3 is more than the 2 shard(s): each worker "
+                                     "needs at least one (raise SHARD_COUNT or run fewer processes)"),
+        ({**base, "SHARD_IDS": "0"}, ("--processes", "2"), "voicebot cluster: SHARD_IDS is set: `voicebot cluster` "
+                                                           "gives each worker its share itself; leave SHARD_IDS empty "
+                                                           "(SHARD_COUNT alone is fine)"),
+        ({"SHARD_COUNT": "2"}, ("--processes", "2"),
+         "voicebot cluster: DISCORD_TOKEN is not set: the workers have nothing to log in as"),
+    ]
+    runs = [CliRun("cluster", tmp_path / f"c{i}", env, args=args).start() for i, (env, args, _) in enumerate(cases)]
+    for run, (_, _, line) in zip(runs, cases, strict=True):
+        done = await asyncio.to_thread(run.finish, DEADLINE)
+        assert done.code == 2, done.output
+        assert done.stderr.strip().splitlines()[-1] == line
+        assert "Traceback" not in done.output and TOKEN not in done.output
