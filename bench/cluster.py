@@ -22,7 +22,7 @@ delivered by the loopback (as by Discord, which does not queue events for a dead
 counted as unanswered.
 
     python -m bench.cluster --json
-    python -m bench.cluster --guilds 40 --seconds 20 --interval 2 --json
+    python -m bench.cluster --guilds 40 --seconds 20 --interval 3 --json
 """
 
 from __future__ import annotations
@@ -265,6 +265,12 @@ async def run(guilds: int, seconds: float, interval: float) -> dict[str, Any]:
                                     "wait_ms": {"p50": percentile(waits, 0.5), "p95": percentile(waits, 0.95)}},
                     "worker_0_restarted": any("worker 0" in line and "start 2" in line for _, line in sup.lines),
                 }
+                # Every exit the supervisor saw, with what the worker logged just before (a worker dying
+                # outside the kill is a finding, not noise).
+                result["worker_exits"] = [
+                    {"line": line, "before": [text for _, text in sup.lines[max(0, i - 8):i]
+                                              if "WARNING" in text or "ERROR" in text or "Traceback" in text]}
+                    for i, (_, line) in enumerate(sup.lines) if re.match(r"^worker \d .*exited", line)]
             finally:
                 sup.stop()
             result["loopback_problems"] = discord_.problems
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--guilds", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each load phase")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between one member's messages")
+    parser.add_argument("--interval", type=float, default=3.0,
+                        help="seconds between one member's messages (40 guilds every 3 s stay under Discord's global 50 requests/s)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.guilds, args.seconds, args.interval))

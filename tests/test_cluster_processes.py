@@ -265,3 +265,21 @@ async def test_bad_cluster_commands_are_one_line_each(tmp_path: Path) -> None:
         assert done.code == 2, done.output
         assert done.stderr.strip().splitlines()[-1] == line
         assert "Traceback" not in done.output and TOKEN not in done.output
+
+
+async def test_a_database_url_that_cannot_be_used_is_one_line_without_its_password(tmp_path: Path) -> None:
+    secret = "s3cret-db-password-0123"
+    cases = [
+        ("postgresql://postgres@127.0.0.1:5432/vb_no_such_database_here",
+         "voicebot: DATABASE_URL: PostgreSQL at postgresql://postgres@127.0.0.1:5432/vb_no_such_database_here: "
+         "that database does not exist"),
+        (f"postgresql://postgres:{secret}@127.0.0.1:1/voicebot",
+         "voicebot: DATABASE_URL: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:1/voicebot: "),
+    ]
+    runs = [CliRun("run", tmp_path / f"d{i}", {"DISCORD_TOKEN": TOKEN, "DATABASE_URL": url}).start()
+            for i, (url, _) in enumerate(cases)]
+    for run, (_, line) in zip(runs, cases, strict=True):
+        done = await asyncio.to_thread(run.finish, DEADLINE)
+        assert done.code == 2, done.output
+        assert done.stderr.strip().splitlines()[-1].startswith(line), done.stderr
+        assert secret not in done.output and "Traceback" not in done.output
