@@ -13,6 +13,7 @@ import io
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -624,6 +625,12 @@ def secret_values(settings: Settings) -> list[str]:
         value = getattr(settings, f.name)
         if isinstance(value, Secret) and value.get():
             values.append(value.get())
+        elif f.name == "database_url" and value:
+            # A database URL names its user in the open (postgresql://postgres@host/db): only the
+            # password part is secret, else every "postgres" in the output would be masked.
+            parts = urllib.parse.urlsplit(value)
+            if parts.password:
+                values.extend(v for v in userinfo_values(value) if v != parts.username)
         elif isinstance(value, str) and "://" in value:
             values.extend(userinfo_values(value))
     if settings.twilio_account_sid and settings.twilio_auth_token:
