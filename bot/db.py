@@ -129,6 +129,10 @@ class Database:
                 except sqlite3.Error as exc:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
+                    if self.schema_version(component) >= number:
+                        # Another process on this file (a second worker starting at the same moment)
+                        # applied the step between our read of the version and our write lock.
+                        continue
                     raise DatabaseError(f"{self!r}: migration {component} step {number} failed: {exc}") from exc
                 log.info("Migrated %s schema to version %d", component, number)
 

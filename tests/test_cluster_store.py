@@ -112,3 +112,34 @@ async def test_no_identify_once_the_days_session_starts_are_spent(dbs: list[Data
     assert (await b.try_identify(1, 1, "q", 0.0))[0] == 0
     wait, _ = await a.try_identify(2, 2, "p", 0.0)
     assert 3500 < wait <= 3600
+
+
+
+def test_a_schema_step_another_process_applied_after_the_version_check_is_not_a_failure(tmp_path) -> None:
+    """Two workers starting at once on one SQLite file: the second read the version before the first
+    applied the step, and gets the write lock after (found by bench.cluster: a worker exited at start)."""
+    from bot.db import Database as SyncDatabase
+
+    steps = [f"CREATE TABLE race_{n} (id INTEGER PRIMARY KEY)" for n in range(3)]
+
+    class ReadTooEarly(SyncDatabase):
+        """The version as it was before the other process migrated (read once)."""
+
+        stale = True
+
+        def schema_version(self, component: str) -> int:
+            if self.stale:
+                self.stale = False
+                return 0
+            return super().schema_version(component)
+
+    first = SyncDatabase(tmp_path / "one.sqlite3")
+    second = ReadTooEarly(tmp_path / "one.sqlite3")
+    try:
+        first.migrate("race", steps)
+        second.migrate("race", steps)  # step 1 fails on the table the first made; the version says why
+        assert second.schema_version("race") == 3
+    finally:
+        first.close()
+        second.close()
+
