@@ -143,3 +143,14 @@ def test_a_schema_step_another_process_applied_after_the_version_check_is_not_a_
         first.close()
         second.close()
 
+
+
+async def test_processes_opening_a_fresh_postgresql_database_at_once_all_succeed(pg_url: str) -> None:
+    """Cluster workers starting together on a new DATABASE_URL (one of them exited at start before)."""
+    opened = await asyncio.gather(*(open_database(pg_url) for _ in range(4)), return_exceptions=True)
+    try:
+        assert [type(db).__name__ for db in opened] == ["PostgresDatabase"] * 4, opened
+    finally:
+        for db in opened:
+            if isinstance(db, Database):
+                await db.close()

@@ -601,7 +601,12 @@ class PostgresDatabase(Database):
             raise DatabaseError(f"cannot open PostgreSQL at {where}: {exc}") from None
         db = cls(url, pool)
         try:
-            await db.execute(_SCHEMA_TABLE)
+            # Processes opening a fresh database at the same moment: CREATE TABLE IF NOT EXISTS is
+            # not safe against itself in PostgreSQL (both pass the check, the second fails on the
+            # catalog's unique index), so it runs under a lock every process takes.
+            async with db.transaction() as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(b"voicebot-schema-table"),))
+                await tx.execute(_SCHEMA_TABLE)
         except BaseException:
             await pool.close()
             raise
