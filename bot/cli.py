@@ -102,8 +102,15 @@ async def _run_bot(settings: Settings) -> None:
     from bot.client import VoiceBot
     from bot.services import build_services
 
+    from bot.cluster import ClusterMember, process_info
+
     services = await build_services(settings)
-    bot = VoiceBot(services)
+    assert services.store is not None
+    # Every process registers with the database it shares with the others (PostgreSQL across
+    # machines, the SQLite file on one), and paces its logins and claims its shards there.
+    member = ClusterMember(services.store, process_info(settings.process_name), heartbeat=settings.cluster_heartbeat,
+                           down_after=settings.cluster_down_after)
+    bot = VoiceBot(services, cluster=member)
     assert settings.discord_token is not None
     from bot.console import console_mount
     from bot.console.run import report_web_failure
@@ -120,12 +127,18 @@ async def _run_bot(settings: Settings) -> None:
         stopping.set()
         if start is not None and not start.done():
             start.cancel()  # login, setup_hook or the gateway: `async with bot` then closes it fully
+
+    async def lost_shards(_lost: list[int]) -> None:
+        on_sigterm()  # another process holds our shards now: stop as for SIGTERM
+    member.on_lost = lost_shards
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         # The console (always) and SMS (when configured) answer through the same agent and memory;
         # the web server lives beside the gateway.
-        _, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None))
+        hub, console = console_mount(services, voice=lambda: getattr(bot.get_cog("Voice"), "manager", None),
+                                     process_label=member.info.name)
+        hub.process_id = member.info.process_id
         listening = asyncio.Event()
         web_task = asyncio.create_task(
             serve(settings, agent=services.agent, memory=services.memory, store=services.store,
@@ -152,6 +165,7 @@ async def _run_bot(settings: Settings) -> None:
         if web_task is not None:
             stop_web.set()
             await asyncio.gather(web_task, return_exceptions=True)
+        await member.leave()
         await services.aclose()
 
 
@@ -179,6 +193,31 @@ def cmd_run(settings: Settings, out: TextIO, env_file: Path) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+# ----------------------------------------------------------------------------------------- cluster
+
+
+def cmd_cluster(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from bot.cluster.supervisor import run_cluster
+
+    try:
+        processes = int(args.processes)
+    except ValueError:
+        sys.stderr.write(f"voicebot cluster: --processes: expected a whole number, got {args.processes!r}\n")
+        return CONFIG
+    if not 1 <= processes <= 256:
+        sys.stderr.write(f"voicebot cluster: --processes: must be from 1 to 256, got {processes}\n")
+        return CONFIG
+    if settings.discord_token is None:
+        sys.stderr.write("voicebot cluster: DISCORD_TOKEN is not set: the workers have nothing to log in as\n")
+        return CONFIG
+    env_file = Path(args.env_file).absolute() if args.env_file else None
+    try:
+        return asyncio.run(run_cluster(settings, processes, out, env_file))
+    except ValueError as exc:
+        sys.stderr.write(f"voicebot cluster: {exc}\n")
+        return CONFIG
 
 
 # -------------------------------------------------------------------------------------------- chat
@@ -437,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.db_cli import add_db_parser
 
     add_db_parser(sub)
+    cluster = sub.add_parser("cluster", help="run N bot workers on this machine, each with its share of the "
+                             "Discord shards; restart one that dies")
+    cluster.add_argument("--processes", metavar="N", required=True,
+                         help="how many worker processes (each runs SHARD_COUNT / N shards, on WEB_PORT + its number)")
+    cluster.add_argument("--shard-count", metavar="N", default=argparse.SUPPRESS,
+                         help="shards across all workers (overrides SHARD_COUNT; default: Discord's recommendation)")
     simulate = sub.add_parser(
         "simulate", help="try the voice pipeline on a local stand-in for Discord: scripted speakers talk to the bot")
     who = simulate.add_mutually_exclusive_group(required=True)
@@ -568,11 +613,14 @@ def describe_failure(exc: BaseException, settings: Settings) -> Failure:
     """The one line (and exit status) for an exception that ended a command (pure)."""
     from bot.agent import AgentError
     from bot.agent.character import CharacterError
+    from bot.cluster import ShardsHeld
     from bot.store import DatabaseError
 
     if isinstance(exc, CharacterError):
         setting = "CHARACTER_FILE " if settings.character_file is not None else ""
         return Failure(f"{setting}{exc}: fix the file, or unset CHARACTER_FILE to use the shipped character", CONFIG)
+    if isinstance(exc, ShardsHeld):
+        return Failure(str(exc), CONFIG)
     if isinstance(exc, (DatabaseError, sqlite3.Error)):
         return _database_failure(exc, settings)
     discord_failure = _discord_failure(exc, settings)
@@ -657,7 +705,7 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
         except ValueError as exc:
             sys.stderr.write(f"{prog}: --language: {exc}\n")
             return CONFIG
-    if command == "run":
+    if command in ("run", "cluster"):
         try:
             settings = _with_shard_flags(args, settings)
         except ValueError as exc:
@@ -683,6 +731,8 @@ def run_command(command: str, args: argparse.Namespace, stdin: TextIO, out: Text
             from bot.db_cli import cmd_db
 
             return cmd_db(args, settings, out, prog)
+        if command == "cluster":
+            return cmd_cluster(args, settings, out)
         raise AssertionError(command)
     except Exception as exc:
         failure = describe_failure(exc, settings)

@@ -9,6 +9,7 @@ those shards own (``bot/shards.py`` says how Discord divides them). Every IDENTI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -25,6 +26,8 @@ from discord.ext import commands
 from bot.shards import BucketGate, IdentifyGate, SessionStartLimit, ShardStatus, describe_shards
 
 if TYPE_CHECKING:
+    from bot.cluster import ClusterMember
+    from bot.cluster.rejoin import VoicePresence
     from bot.services import Services
     from bot.settings import Settings
 
@@ -95,11 +98,14 @@ class VoiceBot(commands.AutoShardedBot):
     The services it is given belong to whoever built them (the composition root closes them after
     the bot and the web server have stopped, since both use them). ``identify_gate`` builds what
     paces this process's logins from Discord's session start limit (once ``GET /gateway/bot`` has
-    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process.
+    told it); by default :class:`~bot.shards.BucketGate`, which knows only this process. With a
+    ``cluster`` member the gate is the database's (every process's logins) and ``setup_hook`` claims
+    this process's shards there before any of them logs in.
     """
 
     def __init__(self, services: Services, *, extensions: tuple[str, ...] = EXTENSIONS,
-                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate) -> None:
+                 identify_gate: Callable[[SessionStartLimit], IdentifyGate] = BucketGate,
+                 cluster: ClusterMember | None = None) -> None:
         settings = services.settings
         apply_api_base(settings)
         kwargs: dict[str, object] = {}
@@ -122,7 +128,10 @@ class VoiceBot(commands.AutoShardedBot):
         self.settings = settings
         self._extensions = extensions
         self.failed_extensions: dict[str, str] = {}
-        self._make_identify_gate = identify_gate
+        self.cluster = cluster
+        self.voice_presence: VoicePresence | None = None
+        self._rejoin_task: asyncio.Task[None] | None = None
+        self._make_identify_gate = cluster.gate if cluster is not None else identify_gate
         self.identify_gate: IdentifyGate | None = None
         self.session_start_limit: SessionStartLimit | None = None
 
@@ -173,6 +182,10 @@ class VoiceBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         await self._learn_gateway()
+        if self.cluster is not None:
+            assert self.shard_count is not None
+            self.cluster.stats = self.cluster_stats
+            await self.cluster.join(self.owned_shards, self.shard_count)  # ShardsHeld: refuse to log in
         from bot.i18n.commands import CommandTranslator
         from bot.i18n.detect import preload
 
@@ -187,7 +200,41 @@ class VoiceBot(commands.AutoShardedBot):
             except commands.ExtensionError as exc:
                 self.failed_extensions[name] = str(exc.__cause__ or exc)
                 log.exception("extension %s failed to load", name)
+        self._wire_rejoin()
         await self.sync_commands()
+
+    def _wire_rejoin(self) -> None:
+        """In a cluster, the voice manager records its channels in the shared database (rejoined after a restart)."""
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        if self.cluster is None or manager is None:
+            return
+        from bot.cluster.rejoin import VoicePresence
+
+        self.voice_presence = VoicePresence(self.cluster.store.db, self.cluster.info.process_id)
+        manager.voice_log = self.voice_presence
+        presence = self.voice_presence
+
+        async def refresh() -> None:
+            await presence.refresh(manager)
+        self.cluster.on_beat = refresh
+
+    async def _rejoin_voice(self) -> None:
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        if manager is None or self.voice_presence is None:
+            return
+        try:
+            from bot.cluster.rejoin import rejoin_guilds
+
+            await rejoin_guilds(self, manager, self.voice_presence)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rejoining voice channels after the restart failed")
+
+    def cluster_stats(self) -> tuple[int, int]:
+        """(guilds, voice sessions) of this process, for its heartbeat."""
+        manager = getattr(self.get_cog("Voice"), "manager", None)
+        return len(self.guilds), len(manager.connections()) if manager is not None else 0
 
     async def sync_commands(self) -> None:
         """Sync to the development guild when configured; globally only on request."""
@@ -209,4 +256,14 @@ class VoiceBot(commands.AutoShardedBot):
         assert self.user is not None
         log.info("logged in as %s (%s) in %d guild(s) on shards %s of %s", self.user, self.user.id,
                  len(self.guilds), describe_shards(self.owned_shards), self.shard_count)
+        if self._rejoin_task is None and self.voice_presence is not None:
+            # Once per process: the voice channels its guilds had the bot in before it stopped.
+            self._rejoin_task = asyncio.create_task(self._rejoin_voice(), name="rejoin-voice")
+
+    async def close(self) -> None:
+        if self._rejoin_task is not None and not self._rejoin_task.done():
+            self._rejoin_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rejoin_task
+        await super().close()
 

@@ -71,6 +71,15 @@ declare_tables(  # bot/usage: cleaned by its own forget (cogs/privacy.forget_eve
                            "those before today (today's hold today's limit); server and total rows name no one"},
     keeps={"usage_engines": "daily use per kind and engine (bot/usage), no person or server"},
 )
+declare_tables(keeps={  # bot/cluster and the phone's call tokens
+    "cluster_processes": "the bot's processes: host, pid, shards, counts (bot/cluster)",
+    "cluster_shards": "which process holds which Discord shard",
+    "cluster_identify": "when each login bucket last logged in",
+    "cluster_session_starts": "Discord's session starts left today",
+    "phone_call_tokens": "a call's stream token; the caller's number is blanked when the call ends or its "
+                         "token dies, and the row goes after a day",
+    "cluster_voice": "the voice channel, mode and language per guild to rejoin after a restart",
+})
 import bot.recall.index  # noqa: E402,F401  (declares the recall index's tables through its erasure)
 
 CLEANED_BY_FORGET, NAMES_NO_PERSON = classified()

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,11 @@ class Settings:
     discord_ca_file: Path | None = None  # extra CA certificate to trust (loopback Discord's TLS)
     shard_ids: tuple[int, ...] | None = None  # this process's shards; None: all of shard_count
     shard_count: int | None = None  # shards across all processes; None: Discord's recommendation
+    # --- Several processes (bot/cluster)
     database_url: str | None = None  # postgresql://...: the database the processes share; None: the SQLite file
+    process_name: str | None = None  # this process in the cluster and /metrics; None: host:pid
+    cluster_heartbeat: float = 5.0  # seconds between two heartbeats of a process
+    cluster_down_after: int = 3  # missed heartbeats after which a process counts as down
     chat_rate_limit: int = 6  # messages per user per minute
     # --- Agent
     character_file: Path | None = None  # None: the shipped default character
@@ -477,6 +482,9 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SHARD_IDS": ("shard_ids", parse_shard_ids),
     "SHARD_COUNT": ("shard_count", _int(1, MAX_SHARD_COUNT)),
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "PROCESS_NAME": ("process_name", _text),
+    "CLUSTER_HEARTBEAT": ("cluster_heartbeat", _float(0.2, 300.0)),
+    "CLUSTER_DOWN_AFTER": ("cluster_down_after", _int(2, 100)),
     "CHAT_RATE_LIMIT": ("chat_rate_limit", _int(1, 600)),
     "CHARACTER_FILE": ("character_file", _existing_file),
     "AGENT_ENGINE": ("agent_engine", _choice(AGENT_ENGINES)),
@@ -731,6 +739,12 @@ def secret_values(settings: Settings) -> list[str]:
         value = getattr(settings, f.name)
         if isinstance(value, Secret) and value.get():
             values.append(value.get())
+        elif f.name == "database_url" and value:
+            # A database URL names its user in the open (postgresql://postgres@host/db): only the
+            # password part is secret, else every "postgres" in the output would be masked.
+            parts = urllib.parse.urlsplit(value)
+            if parts.password:
+                values.extend(v for v in userinfo_values(value) if v != parts.username)
         elif isinstance(value, str) and "://" in value:
             values.extend(userinfo_values(value))
     if settings.twilio_account_sid and settings.twilio_auth_token:

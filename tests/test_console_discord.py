@@ -37,7 +37,9 @@ async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None
 def values(text: str, family: str, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
     for f in text_string_to_metric_families(text):
         if f.name == family:
-            return {tuple(sorted(s.labels.items())): s.value for s in f.samples if s.name == sample}
+            # Every sample of a running bot also carries process="PROCESS_NAME" (bot/cluster): keyed without it.
+            return {tuple(sorted((k, v) for k, v in s.labels.items() if k != "process")): s.value
+                    for s in f.samples if s.name == sample}
     raise AssertionError(family)
 
 
@@ -134,6 +136,7 @@ async def test_with_a_token_the_console_runs_beside_the_bot(tmp_path: Path) -> N
                 await asyncio.wait_for(poll(), TIMEOUT)
                 metrics = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
                 assert values(metrics, "voicebot_voice_connections", "voicebot_voice_connections")[()] == 0
+                assert 'voicebot_voice_connections{process="' in metrics
         finally:
             bot.cancel()
             await asyncio.gather(bot, return_exceptions=True)

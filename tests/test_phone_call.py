@@ -447,7 +447,7 @@ async def test_forged_or_unsigned_webhooks_get_403() -> None:
         status = {"CallSid": form["CallSid"], "CallStatus": "completed"}
         assert (await r.twilio.post_webhook("/twilio/voice/status", status, signature="forged"))[0] == 403
         assert await r.twilio.status_callback(form["CallSid"], "completed", duration=3) == 204
-        assert len(r.phone.tokens) == 0 and not r.phone.calls
+        assert await r.phone.tokens.pending() == 0 and not r.phone.calls
 
 
 async def test_callers_outside_the_allow_list_hear_a_goodbye() -> None:
@@ -760,7 +760,7 @@ async def test_a_replayed_voice_webhook_gets_the_same_token_or_none_and_no_token
         assert (await r.twilio.post_webhook("/twilio/voice", r.twilio.call_form(other_sid, CALLER)))[0] == 409
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await r.twilio.open_stream(r.twilio.stream_url(other) or "", other_sid, CALLER)
-        assert len(r.phone.finished) == 1 and r.phone.tokens.pending() == 0
+        assert len(r.phone.finished) == 1 and await r.phone.tokens.pending() == 0
         assert await r.healthy()
 
 
@@ -783,7 +783,7 @@ async def test_the_media_socket_needs_twilios_signature_of_the_upgrade(caplog: p
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await r.twilio.open_stream(url, call_sid, CALLER, signature=signature)
             assert info.value.status == 403
-        assert r.phone.tokens.pending() == 1  # refused before the token was looked at: Twilio's is still good
+        assert await r.phone.tokens.pending() == 1  # refused before the token was looked at: Twilio's is still good
         call = await r.twilio.open_stream(url, call_sid, CALLER)  # signed the way Twilio signs it
         await call.hang_up()
         await ended(r, call)

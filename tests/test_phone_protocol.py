@@ -26,7 +26,7 @@ from bot.phone.protocol import (
     parse_message,
 )
 from bot.phone.service import ai_notice, stream_base
-from bot.phone.tokens import StreamTokens
+from bot.phone.tokens import DatabaseTokens, StreamTokens
 from bot.settings import load_settings
 
 # ------------------------------------------------------------------------------------ μ-law
@@ -133,50 +133,114 @@ def test_json_nested_thousands_deep_is_a_protocol_error(text: str) -> None:
         parse_message(text)
 
 
-def test_tokens_are_single_use_short_lived_and_revocable() -> None:
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def token_kind(request: pytest.FixtureRequest, tmp_path) -> object:
+    """How to make call tokens on a test clock: in memory, or in the database on SQLite or PostgreSQL."""
+    from bot.store import open_database
+
+    opened = []
+
+    async def make(clock: object, **kw: float) -> object:
+        if request.param == "memory":
+            return StreamTokens(clock=clock, **kw)  # type: ignore[arg-type]
+        where = str(tmp_path / "t.sqlite3") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+        db = await open_database(where)
+        opened.append(db)
+        return DatabaseTokens(db, issued_by="test", clock=clock, **kw)  # type: ignore[arg-type]
+
+    yield make
+    for db in opened:
+        await db.close()
+
+
+async def test_tokens_are_single_use_short_lived_and_revocable(token_kind) -> None:
     now = [100.0]
-    tokens = StreamTokens(ttl=30, clock=lambda: now[0])
-    a = tokens.issue("CA1", "+15551", "+15552")
-    assert a is not None and tokens.redeem(a) is not None and tokens.redeem(a) is None  # used
-    b = tokens.issue("CA2", "+15551", "+15552")
+    tokens = await token_kind(lambda: now[0], ttl=30)
+    a = await tokens.issue("CA1", "+15551", "+15552")
+    assert a is not None and await tokens.redeem(a) is not None and await tokens.redeem(a) is None  # used
+    b = await tokens.issue("CA2", "+15551", "+15552")
     assert b is not None
     now[0] += 31
-    assert tokens.redeem(b) is None  # expired
-    c = tokens.issue("CA3", "+15551", "+15552")
+    assert await tokens.redeem(b) is None  # expired
+    c = await tokens.issue("CA3", "+15551", "+15552")
     assert c is not None
-    tokens.end_call("CA3")
-    assert tokens.redeem(c) is None and len(tokens) == 0
-    assert tokens.redeem("") is None
+    await tokens.end_call("CA3")
+    assert await tokens.redeem(c) is None and await tokens.pending() == 0
+    assert await tokens.redeem("") is None
 
 
-def test_one_call_gets_one_token_and_none_after_it_was_used_expired_or_ended() -> None:
+async def test_one_call_gets_one_token_and_none_after_it_was_used_expired_or_ended(token_kind) -> None:
     now = [100.0]
-    tokens = StreamTokens(ttl=30, clock=lambda: now[0])
-    first = tokens.issue("CA1", "+15551", "+15552")
-    assert first is not None and tokens.issue("CA1", "+15551", "+15552") == first  # a retry: the same answer
-    assert tokens.pending() == 1 and tokens.seen("CA1") and not tokens.seen("CA2")
-    grant = tokens.redeem(first)
-    assert grant is not None and grant.call_sid == "CA1"
-    assert tokens.issue("CA1", "+15551", "+15552") is None  # replayed while connected
-    tokens.end_call("CA1")
-    assert tokens.issue("CA1", "+15551", "+15552") is None  # replayed after the call
-    expired = tokens.issue("CA2", "+15551", "+15552")
+    tokens = await token_kind(lambda: now[0], ttl=30)
+    first = await tokens.issue("CA1", "+15551", "+15552")
+    assert first is not None and await tokens.issue("CA1", "+15551", "+15552") == first  # a retry: the same answer
+    assert await tokens.pending() == 1 and await tokens.seen("CA1") and not await tokens.seen("CA2")
+    grant = await tokens.redeem(first)
+    assert grant is not None and (grant.call_sid, grant.caller, grant.called) == ("CA1", "+15551", "+15552")
+    assert await tokens.issue("CA1", "+15551", "+15552") is None  # replayed while connected
+    await tokens.end_call("CA1")
+    assert await tokens.issue("CA1", "+15551", "+15552") is None  # replayed after the call
+    expired = await tokens.issue("CA2", "+15551", "+15552")
     now[0] += 31
-    assert tokens.issue("CA2", "+15551", "+15552") is None and expired is not None and tokens.redeem(expired) is None
-    ended = tokens.issue("CA3", "+15551", "+15552")
-    tokens.end_call("CA3")  # the call ended (status callback) before its stream connected
-    assert ended is not None and tokens.redeem(ended) is None and tokens.issue("CA3", "+1", "+2") is None
-    assert tokens.pending() == 0
+    assert await tokens.issue("CA2", "+15551", "+15552") is None and expired is not None
+    assert await tokens.redeem(expired) is None
+    ended = await tokens.issue("CA3", "+15551", "+15552")
+    await tokens.end_call("CA3")  # the call ended (status callback) before its stream connected
+    assert ended is not None and await tokens.redeem(ended) is None and await tokens.issue("CA3", "+1", "+2") is None
+    assert await tokens.pending() == 0
 
 
-def test_remembered_calls_are_bounded_in_number_and_time() -> None:
+async def test_remembered_calls_are_bounded_in_number_and_time() -> None:
     now = [0.0]
     tokens = StreamTokens(clock=lambda: now[0], retention=3600, max_calls=3)
-    issued = [tokens.issue(f"CA{i}", "+1", "+2") for i in range(5)]
-    assert [tokens.seen(f"CA{i}") for i in range(5)] == [False, False, True, True, True]
-    assert tokens.redeem(issued[0] or "") is None and tokens.redeem(issued[-1] or "") is not None
+    issued = [await tokens.issue(f"CA{i}", "+1", "+2") for i in range(5)]
+    assert [await tokens.seen(f"CA{i}") for i in range(5)] == [False, False, True, True, True]
+    assert await tokens.redeem(issued[0] or "") is None and await tokens.redeem(issued[-1] or "") is not None
     now[0] += 3601
-    assert not any(tokens.seen(f"CA{i}") for i in range(5)) and tokens.pending() == 0
+    assert not any([await tokens.seen(f"CA{i}") for i in range(5)]) and await tokens.pending() == 0
+
+
+async def test_database_tokens_forget_the_number_when_the_call_ends_and_the_row_after_a_day(tmp_path) -> None:
+    from bot.store import open_database
+
+    now = [0.0]
+    db = await open_database(str(tmp_path / "t.sqlite3"))
+    try:
+        tokens = DatabaseTokens(db, clock=lambda: now[0], retention=86400)
+        live = await tokens.issue("CA1", "+15550001111", "+15552")
+        await tokens.issue("CA2", "+15550002222", "+15552")
+        assert live is not None and await tokens.redeem(live) is not None
+        await tokens.end_call("CA1")
+        now[0] += 31  # CA2's token dies unused
+        await tokens.issue("CA3", "+15550003333", "+15552")
+        rows = {r[0]: (r[1], r[2]) for r in await db.query("SELECT call_sid, caller, state FROM phone_call_tokens")}
+        assert rows == {"CA1": ("", "ended"), "CA2": ("", "ended"), "CA3": ("+15550003333", "pending")}
+        now[0] += 86401
+        assert not await tokens.seen("CA1")
+        await tokens.issue("CA4", "+1", "+2")
+        assert [r[0] for r in await db.query("SELECT call_sid FROM phone_call_tokens")] == ["CA4"]
+    finally:
+        await db.close()
+
+
+async def test_two_processes_answering_one_call_give_the_same_token_and_it_opens_once(pg_url: str) -> None:
+    """Twilio's retry landing on another process at the same moment; the socket then tried on both."""
+    import asyncio
+
+    from bot.store import open_database
+
+    dbs = [await open_database(pg_url) for _ in range(2)]
+    try:
+        a, b = DatabaseTokens(dbs[0], issued_by="a"), DatabaseTokens(dbs[1], issued_by="b")
+        await a.pending()  # the schema, once
+        first, second = await asyncio.gather(a.issue("CA9", "+15551", "+15552"), b.issue("CA9", "+15551", "+15552"))
+        assert first is not None and first == second
+        grants = await asyncio.gather(a.redeem(first), b.redeem(first))
+        assert sum(g is not None for g in grants) == 1
+        assert await a.pending() + await b.pending() == 0
+    finally:
+        for db in dbs:
+            await db.close()
 
 
 def test_stream_base_follows_the_public_scheme() -> None:

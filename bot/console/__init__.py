@@ -23,7 +23,12 @@ __all__ = ["Console", "Metrics", "console_mount", "console_url", "mount"]
 
 
 def console_mount(services: Services, *, voice: Callable[[], VoiceManager | None] = lambda: None,
-                  metrics: Metrics | None = None) -> tuple[Console, Callable[[web.Application], None]]:
-    """A console over ``services`` and the function that mounts it on the web server's app."""
+                  metrics: Metrics | None = None,
+                  process_label: str | None = None) -> tuple[Console, Callable[[web.Application], None]]:
+    """A console over ``services`` and the function that mounts it on the web server's app.
+
+    ``process_label`` is this process's name on every /metrics sample (``process="..."``)."""
+    if metrics is None and process_label is not None:
+        metrics = Metrics(process_label=process_label)
     console = Console(services, metrics=metrics, voice=voice)
     return console, lambda app: mount(app, console)

@@ -30,8 +30,10 @@ from bot.console.metrics import (
 )
 from bot.memory import Modality
 from bot.usage.report import UsageCollector, UsagePanel
+from bot.shards import describe_shards
 
 if TYPE_CHECKING:
+    from bot.cluster.store import ProcessRow
     from audio.stt.base import STTEngine
     from audio.tts.base import TTSEngine
     from bot.console.playground import Playground
@@ -109,6 +111,13 @@ class Console(LiveSource):
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
         self._sms_states: dict[str, int] = {}
+        # Every process of the bot as the shared database knows it (bot/cluster), read once per
+        # heartbeat; ``process_id`` marks this one.
+        self.process_id: str | None = None
+        self.cluster_rows: list[ProcessRow] = []
+        self._cluster_read_at = float("-inf")
+        self._cluster_ready = False
+        self._cluster_failing = False
         # The agent's reply engine counts requests and errors from now on, its turn listeners the
         # text and SMS turns (voice-like rooms count in their sessions, see watch).
         agent = services.agent
@@ -173,6 +182,7 @@ class Console(LiveSource):
             except Exception:
                 log.exception("console tick failed")
             await self.refresh_sms_states()
+            await self.read_cluster()
             await self._bump()
             await asyncio.sleep(self.tick)
 
@@ -180,6 +190,37 @@ class Console(LiveSource):
         self.version += 1
         async with self.changed:
             self.changed.notify_all()
+
+    async def read_cluster(self, *, force: bool = False) -> None:
+        """The cluster's processes from the database, at most once per heartbeat (``force``: now)."""
+        store = self.services.store
+        now = time.monotonic()
+        if store is None or (not force and now - self._cluster_read_at < self.settings.cluster_heartbeat):
+            return
+        self._cluster_read_at = now
+        from bot.cluster.store import ClusterStore
+
+        cluster = ClusterStore(store, heartbeat=self.settings.cluster_heartbeat,
+                               down_after=self.settings.cluster_down_after)
+        try:
+            if not self._cluster_ready:
+                await cluster.migrate()
+                self._cluster_ready = True
+            self.cluster_rows = await cluster.processes()
+            self._cluster_failing = False
+        except Exception as exc:  # the database is away: the panel keeps its last rows and says so
+            if not self._cluster_failing:
+                log.warning("console: cannot read the cluster from the database: %s", exc)
+            self._cluster_failing = True
+
+    def cluster_snapshot(self) -> dict[str, Any]:
+        rows = [{
+            "name": r.name, "host": r.host, "pid": r.pid, "shards": describe_shards(r.shard_ids) or "–",
+            "shard_count": r.shard_count, "guilds": r.guilds, "voice": r.voice_sessions, "version": r.version,
+            "state": r.state, "beat_age": round(r.beat_age, 1), "this": r.process_id == self.process_id,
+        } for r in self.cluster_rows]
+        return {"processes": rows, "down": sum(1 for r in self.cluster_rows if r.state == "down"),
+                "stale": self._cluster_failing}
 
     # ------------------------------------------------------------------ sessions
 
@@ -355,4 +396,5 @@ class Console(LiveSource):
             "receive": list(self.receive_history),
             "show_content": self.show_content,
             "usage": self.usage_panel.data if self.usage_panel is not None else None,
+            "cluster": self.cluster_snapshot(),
         }

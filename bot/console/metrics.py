@@ -256,11 +256,30 @@ async def sms_states_from(db: Any) -> dict[str, int]:
     return out
 
 
+class _Labelled:
+    """A registry's families with ``labels`` added to every sample (what ``generate_latest`` reads)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [s._replace(labels={**s.labels, **self.labels}) for s in family.samples]
+            yield copy
+
+
 class Metrics:
     """The registry and the event families; pass one instance to everything that reports."""
 
-    def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+    def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True,
+                 process_label: str | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # PROCESS_NAME (or host:pid): every sample /metrics shows carries process="...", so one
+        # Prometheus scraping every process of a cluster tells them apart (added at exposition, so
+        # the registry's own label sets stay as they are).
+        self.process_label = process_label
         r = self.registry
         self.turns = Counter("voicebot_turns", "Turns people took, by channel and how they ended.",
                              ["channel", "outcome"], registry=r)
@@ -301,7 +320,9 @@ class Metrics:
         return self.live
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.process_label is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, {"process": self.process_label}))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ events
 

@@ -426,6 +426,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Estou desligando; tente de novo em um minuto.",
         "ja": "終了処理中です。1分ほどしてからもう一度お試しください。",
     },
+    "voice.back": {
+        "en": "I'm back in {channel} after a restart, listening as before.",
+        "de": "Ich bin nach einem Neustart zurück in {channel} und höre zu wie vorher.",
+        "fr": "Je suis de retour dans {channel} après un redémarrage, à l'écoute comme avant.",
+        "es": "He vuelto a {channel} tras un reinicio y escucho como antes.",
+        "pt": "Voltei para {channel} depois de um reinício e estou ouvindo como antes.",
+        "ja": "再起動のあと {channel} に戻りました。前と同じように聞いています。",
+    },
     "voice.no_codec": {
         "en": "My audio codec (libopus) is missing; the bot's log says how to fix it.",
         "de": "Mir fehlt der Audio-Codec (libopus); im Log des Bots steht, wie man das behebt.",

@@ -40,7 +40,7 @@ from audio.tts.base import TTSEngine, VoiceSpec
 from bot.i18n.catalog import catalog_language, t
 from bot.i18n.languages import AUTO
 from bot.phone.call import CallOptions, CallText, PhoneCall, catalog_text
-from bot.phone.tokens import CallTokens, StreamTokens
+from bot.phone.tokens import CallTokens, DatabaseTokens, StreamTokens
 from bot.twilio_signature import TwilioSignature
 
 if TYPE_CHECKING:
@@ -214,11 +214,11 @@ class PhoneService:
             self._say(response, "phone.not_allowed", caller)
             response.hangup()
             log.info("call %s from %s refused: not in PHONE_ALLOWED_CALLERS", call_sid, _mask(caller))
-        elif not self.tokens.seen(call_sid) and self.busy():
+        elif not await self.tokens.seen(call_sid) and await self.busy():
             self._say(response, "phone.busy", caller)
             response.hangup()
             log.warning("call %s from %s turned away: %d calls connected or connecting (PHONE_MAX_CALLS=%d)",
-                        call_sid, _mask(caller), self.active_calls(), self.max_calls)
+                        call_sid, _mask(caller), await self.active_calls(), self.max_calls)
         elif (until := await self._usage_refusal(call_sid, caller)) is not None:
             from bot.usage.messages import until_text
 
@@ -226,7 +226,7 @@ class PhoneService:
             response.hangup()
             log.info("call %s from %s turned away: over a daily limit", call_sid, _mask(caller))
         else:
-            token = self.tokens.issue(call_sid, caller, called)
+            token = await self.tokens.issue(call_sid, caller, called)
             if token is None:
                 # A replay (Twilio's signature holds no time): this call's one token is used or dead.
                 log.warning("call %s: voice webhook again after its stream connected or the call ended; "
@@ -239,12 +239,12 @@ class PhoneService:
             log.info("call %s from %s: connecting its media stream", call_sid, _mask(caller))
         return web.Response(text=str(response), content_type="application/xml")
 
-    def active_calls(self) -> int:
-        """Calls connected here plus calls whose stream is about to connect."""
-        return len(self.calls) + self._upgrading + self.tokens.pending()
+    async def active_calls(self) -> int:
+        """Calls connected here plus calls this process answered whose stream is about to connect."""
+        return len(self.calls) + self._upgrading + await self.tokens.pending()
 
-    def busy(self) -> bool:
-        return self.active_calls() >= self.max_calls
+    async def busy(self) -> bool:
+        return await self.active_calls() >= self.max_calls
 
     def language_of(self, number: str) -> str:
         """The language the bot's own words to ``number`` are in (its set or last sure language)."""
@@ -310,7 +310,7 @@ class PhoneService:
             log.warning("Twilio call status callback rejected with 400: missing CallSid or CallStatus")
             return web.Response(status=400, text="missing CallSid or CallStatus")
         if status in ENDED_STATUSES:
-            self.tokens.end_call(call_sid)
+            await self.tokens.end_call(call_sid)
             if call_sid not in self.calls:  # never connected (or already over): its minutes go back
                 self._usage_settle(call_sid, 0.0)
         log.info("call %s %s%s", call_sid, status,
@@ -323,12 +323,12 @@ class PhoneService:
         refused = self._signature.check_upgrade(request, self._stream_base)
         if refused is not None:
             return refused  # before the token: a stranger cannot spend a real call's token
-        grant = self.tokens.redeem(request.match_info["token"])
+        grant = await self.tokens.redeem(request.match_info["token"])
         if grant is None or self._closing:
             # Refused before the upgrade: no socket, no audio. (No token detail in the log.)
             log.warning("media stream refused: %s", "shutting down" if grant else "unknown, used or expired token")
             if grant is not None:
-                self.tokens.end_call(grant.call_sid)
+                await self.tokens.end_call(grant.call_sid)
             return web.Response(status=403, text="stream not allowed")
         if grant.call_sid in self.calls:
             log.warning("call %s already has a media stream; refused a second", grant.call_sid)
@@ -338,7 +338,7 @@ class PhoneService:
         try:
             await ws.prepare(request)
         except BaseException:
-            self.tokens.end_call(grant.call_sid)
+            await self.tokens.end_call(grant.call_sid)
             raise
         finally:
             self._upgrading -= 1
@@ -367,7 +367,7 @@ class PhoneService:
         finally:
             self._usage_settle(grant.call_sid, time.monotonic() - connected_at)
             self.calls.pop(grant.call_sid, None)
-            self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
+            await self.tokens.end_call(grant.call_sid)  # the call is over: no token of it opens anything again
             self.finished.append(call)
             del self.finished[:-20]
             if task is not None:
@@ -469,6 +469,7 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, store: Stor
 
     ``store`` (bot/store, where the SMS links live) lets a linked caller be greeted by name; ``usage``
     (bot/usage) meters and limits call minutes."""
+    tokens = _shared_tokens(settings, store)
     from bot.providers import build_local_tts, build_stt, tts_choice, voice_for
 
     if not settings.phone_enabled or not settings.public_url:
@@ -544,5 +545,14 @@ def build_phone(settings: Settings, *, agent: Agent, memory: Memory, store: Stor
         calls=TwilioCalls(settings.twilio_account_sid, settings.twilio_auth_token.get(),
                           api_base=settings.twilio_api_base),
         caller_name=caller_name, owned=owned, languages=languages, recognizer_language=recognizer_language,
-        max_calls=settings.phone_max_calls, usage=usage,
+        max_calls=settings.phone_max_calls, usage=usage, tokens=tokens,
     )
+
+
+def _shared_tokens(settings: Settings, store: Store | None) -> CallTokens | None:
+    if store is None:
+        return None
+    import os
+    import socket
+
+    return DatabaseTokens(store, issued_by=settings.process_name or f"{socket.gethostname()}:{os.getpid()}")

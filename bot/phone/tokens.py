@@ -13,21 +13,28 @@ status callback saying so, or the stream's own end), the CallSid gets none, ever
 :attr:`StreamTokens.retention` and while this process lives.
 
 :class:`CallTokens` is the interface the phone service uses. :class:`StreamTokens` keeps the state in
-memory: the webhook and the WebSocket of one call reach the same process within seconds. Behind a
-load balancer, route ``/twilio/*`` of one call to one process until the state lives in the database.
+memory, for one process. :class:`DatabaseTokens` keeps it in the database every process of the bot
+shares (``DATABASE_URL``): behind a load balancer the TwiML answer may come from one process and the
+media WebSocket land on another, and a token is still spent once (a compare-and-set ``UPDATE``) and
+dies after its 30 s wherever it is presented. The caller's number stays in the row only while the call
+can still connect or is connected; the row itself goes after :attr:`DatabaseTokens.retention`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["CallGrant", "CallTokens", "StreamTokens"]
+if TYPE_CHECKING:
+    from bot.store import Database
+
+__all__ = ["CallGrant", "CallTokens", "DatabaseTokens", "StreamTokens"]
 
 
 @dataclass(frozen=True)
@@ -41,22 +48,22 @@ class CallGrant:
 
 
 class CallTokens(Protocol):
-    """The token state of calls (in memory today; in the database for several processes)."""
+    """The token state of calls (in memory for one process; in the database for several)."""
 
-    def issue(self, call_sid: str, caller: str, called: str) -> str | None:
+    async def issue(self, call_sid: str, caller: str, called: str) -> str | None:
         """The call's token: a new one, the same one again while unused, or None once it was used,
         expired or the call ended."""
 
-    def redeem(self, token: str) -> CallGrant | None:
+    async def redeem(self, token: str) -> CallGrant | None:
         """The grant for ``token`` if it is live; the token is spent either way."""
 
-    def end_call(self, call_sid: str) -> None:
+    async def end_call(self, call_sid: str) -> None:
         """The call ended: its token, used or not, admits nothing and none is issued again."""
 
-    def pending(self) -> int:
-        """Tokens issued and not yet used or expired (calls about to connect)."""
+    async def pending(self) -> int:
+        """Tokens this process issued and not yet used or expired (calls about to connect)."""
 
-    def seen(self, call_sid: str) -> bool:
+    async def seen(self, call_sid: str) -> bool:
         """Whether this call was given a token (its webhook came before)."""
 
 
@@ -91,18 +98,15 @@ class StreamTokens:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # by CallSid, oldest first
         self._tokens: dict[str, str] = {}  # token -> CallSid, while pending
 
-    def __len__(self) -> int:
-        return self.pending()
-
-    def pending(self) -> int:
+    async def pending(self) -> int:
         self._expire()
         return len(self._tokens)
 
-    def seen(self, call_sid: str) -> bool:
+    async def seen(self, call_sid: str) -> bool:
         self._expire()
         return call_sid in self._calls
 
-    def issue(self, call_sid: str, caller: str, called: str) -> str | None:
+    async def issue(self, call_sid: str, caller: str, called: str) -> str | None:
         self._expire()
         call = self._calls.get(call_sid)
         if call is not None:
@@ -113,7 +117,7 @@ class StreamTokens:
         self._tokens[token] = call_sid
         return token
 
-    def redeem(self, token: str) -> CallGrant | None:
+    async def redeem(self, token: str) -> CallGrant | None:
         self._expire()
         call_sid = self._tokens.pop(token, None)
         call = self._calls.get(call_sid) if call_sid is not None else None
@@ -122,7 +126,7 @@ class StreamTokens:
         call.state = _State.CONNECTED
         return call.grant
 
-    def end_call(self, call_sid: str) -> None:
+    async def end_call(self, call_sid: str) -> None:
         call = self._calls.get(call_sid)
         if call is None:
             return
@@ -142,3 +146,108 @@ class StreamTokens:
                 break
             self._calls.popitem(last=False)
             self._tokens.pop(oldest.token, None)
+
+
+PHONE_TOKEN_STEPS = [
+    """
+    CREATE TABLE phone_call_tokens (
+        call_sid TEXT PRIMARY KEY,
+        token TEXT NOT NULL UNIQUE,
+        caller TEXT NOT NULL,
+        called TEXT NOT NULL,
+        state TEXT NOT NULL,
+        issued_by TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX phone_call_tokens_by_state ON phone_call_tokens (state, expires_at)
+    """,
+]
+
+
+class DatabaseTokens:
+    """:class:`CallTokens` in the database all processes share.
+
+    ``issued_by`` names this process (its pending tokens count towards its own ``PHONE_MAX_CALLS``).
+    Times are the database's clock on PostgreSQL (processes on several machines agree on a token's
+    30 s), the machine's on SQLite; ``clock`` replaces both (tests).
+    """
+
+    def __init__(self, db: Database, *, issued_by: str = "", ttl: float = 30.0, retention: float = 86400.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.db = db
+        self.issued_by = issued_by
+        self.ttl = ttl
+        self.retention = retention
+        self.clock = clock
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock()
+        if self.db.dialect == "postgresql":
+            return float(await self.db.scalar("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8"))
+        return time.time()
+
+    async def _prepare(self) -> float:
+        async with self._ready_lock:
+            if not self._ready:
+                await self.db.migrate("phone_tokens", PHONE_TOKEN_STEPS)
+                self._ready = True
+        return await self._now()
+
+    async def _expire(self, now: float) -> None:
+        # Never connected in time: the call gets no second token, and its number is not kept.
+        await self.db.execute("UPDATE phone_call_tokens SET state = ?, caller = '', called = '' "
+                              "WHERE state = ? AND expires_at < ?", (_State.ENDED.value, _State.PENDING.value, now))
+        await self.db.execute("DELETE FROM phone_call_tokens WHERE seen_at < ?", (now - self.retention,))
+
+    async def issue(self, call_sid: str, caller: str, called: str) -> str | None:
+        now = await self._prepare()
+        await self._expire(now)
+        # Twilio retrying the webhook may land on another process at the same moment: the first
+        # insert wins and both answer with its token.
+        await self.db.execute(
+            "INSERT INTO phone_call_tokens (call_sid, token, caller, called, state, issued_by, expires_at, seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO NOTHING",
+            (call_sid, secrets.token_urlsafe(24), caller, called, _State.PENDING.value, self.issued_by,
+             now + self.ttl, now))
+        row = await self.db.query_one("SELECT token, state FROM phone_call_tokens WHERE call_sid = ?", (call_sid,))
+        if row is None or row["state"] != _State.PENDING.value:
+            return None
+        return str(row["token"])
+
+    async def redeem(self, token: str) -> CallGrant | None:
+        now = await self._prepare()
+        # Spent either way: a live token becomes connected, a dead one ends its call.
+        row = await self.db.query_one(
+            "UPDATE phone_call_tokens SET state = ? WHERE token = ? AND state = ? AND expires_at >= ? "
+            "RETURNING call_sid, caller, called, expires_at",
+            (_State.CONNECTED.value, token, _State.PENDING.value, now))
+        if row is None:
+            await self.db.execute("UPDATE phone_call_tokens SET state = ?, caller = '', called = '' "
+                                  "WHERE token = ? AND state = ?", (_State.ENDED.value, token, _State.PENDING.value))
+            return None
+        return CallGrant(str(row["call_sid"]), str(row["caller"]), str(row["called"]), float(row["expires_at"]))
+
+    async def end_call(self, call_sid: str) -> None:
+        await self._prepare()
+        await self.db.execute("UPDATE phone_call_tokens SET state = ?, caller = '', called = '' WHERE call_sid = ?",
+                              (_State.ENDED.value, call_sid))
+
+    async def pending(self) -> int:
+        now = await self._prepare()
+        return int(await self.db.scalar(
+            "SELECT COUNT(*) FROM phone_call_tokens WHERE state = ? AND expires_at >= ? AND issued_by = ?",
+            (_State.PENDING.value, now, self.issued_by)) or 0)
+
+    async def seen(self, call_sid: str) -> bool:
+        now = await self._prepare()
+        return await self.db.scalar("SELECT 1 FROM phone_call_tokens WHERE call_sid = ? AND seen_at >= ?",
+                                    (call_sid, now - self.retention)) is not None
+
+
+from bot.store import registry as _schemas  # noqa: E402  (tools that open a database know this schema)
+
+_schemas.register("phone_tokens", PHONE_TOKEN_STEPS)

@@ -161,6 +161,12 @@ class Database(abc.ABC):
                 script = _step_sql(steps[number - 1], self.dialect).strip().rstrip(";")
                 try:
                     async with self.transaction() as tx:
+                        # Another process may have applied this step since the version was read (two
+                        # workers starting at once on one SQLite file): read it again under the write lock.
+                        done = await tx.scalar("SELECT version FROM schema_versions WHERE component = ?",
+                                               (component,))
+                        if done is not None and int(done) >= number:
+                            continue
                         await tx._script(script)
                         await tx.execute(
                             "INSERT INTO schema_versions (component, version, updated_at) VALUES (?, ?, ?) "

@@ -31,7 +31,8 @@ __all__ = ["Component", "STORE_MODULES", "all_components", "component_tables", "
 log = logging.getLogger(__name__)
 
 # Store modules outside the bot.store package (imported by all_components for their register() call).
-STORE_MODULES: tuple[str, ...] = ("bot.recall.index", "bot.facts.store", "bot.usage.store")
+STORE_MODULES: tuple[str, ...] = ("bot.recall.index", "bot.facts.store", "bot.usage.store", "bot.cluster.store",
+                                  "bot.phone.tokens")
 
 Step = str | Mapping[str, str]
 

@@ -54,6 +54,7 @@ from bot.voice.turns import TurnPolicy, VoiceMode
 if TYPE_CHECKING:
     from audio.stt.base import STTEngine
     from bot.agent import Agent
+    from bot.cluster.rejoin import VoicePresence
     from bot.memory import Memory
     from bot.services import Services
     from bot.settings import Settings
@@ -326,6 +327,9 @@ class VoiceManager:
         self._background: set[asyncio.Task[None]] = set()  # rejoins started by the watchdog
         self.providers: Providers = providers_from_settings(settings, agent.engine_name)
         self.left = asyncio.Condition()  # notified after every teardown (tests and simulate wait on it)
+        # Where each guild's voice is, for a restarted process to rejoin (bot/cluster/rejoin.py): set
+        # by the bot when it runs in a cluster. Kept when the process stops, dropped on a real leave.
+        self.voice_log: VoicePresence | None = None
 
     @classmethod
     def from_services(cls, services: Services) -> VoiceManager:
@@ -519,7 +523,29 @@ class VoiceManager:
         await self._teardown(gv, disconnect=not already_disconnected)
         if not gv.notes_pending:
             self._session_ended(gv)
+        if not self._closed:  # stopping the process keeps the record: the next start rejoins
+            await self._forget_channel(guild_id)
         return True
+
+    async def _remember(self, gv: GuildVoice) -> None:
+        if self.voice_log is None:
+            return
+        from bot.cluster.rejoin import state_of
+
+        try:
+            mode, language = state_of(self, gv.guild_id)
+            await self.voice_log.joined(gv.guild_id, gv.channel.id, mode, language)
+        except Exception as exc:  # the database is away: the call goes on, only a restart would not rejoin it
+            log.warning("could not record the voice channel to rejoin after a restart: %s", exc,
+                        extra={"guild_id": gv.guild_id})
+
+    async def _forget_channel(self, guild_id: int) -> None:
+        if self.voice_log is None:
+            return
+        try:
+            await self.voice_log.left(guild_id)
+        except Exception as exc:
+            log.warning("could not drop the voice channel to rejoin: %s", exc, extra={"guild_id": guild_id})
 
     async def _connect(self, channel: discord.VoiceChannel | discord.StageChannel, *, announce: bool = True) -> None:
         guild = channel.guild
@@ -552,6 +578,7 @@ class VoiceManager:
             raise
         self._guilds[guild.id] = gv
         log.info("joined voice", extra={"guild_id": guild.id, "channel_id": channel.id})
+        await self._remember(gv)
         await self._after_arrival(gv, announce=announce)
 
     def _wire(self, vc: ReceiveVoiceClient, channel: discord.VoiceChannel | discord.StageChannel) -> GuildVoice:
@@ -776,6 +803,7 @@ class VoiceManager:
         gv.watchdog.reset()
         self._start_tasks(gv)
         log.info("moved voice channel", extra={"guild_id": gv.guild_id, "from": old.id, "to": channel.id})
+        await self._remember(gv)
         await self._after_arrival(gv)
 
     async def _after_arrival(self, gv: GuildVoice, *, announce: bool = True) -> None:

@@ -70,6 +70,7 @@ function render(state) {
     g.guild, g.channel + (g.connected ? "" : " (reconnecting)"), String(g.present),
     g.speaking_names ? `${g.speaking} (${g.speaking_names.join(", ")})` : String(g.speaking),
   ])));
+  renderCluster(state.cluster);
   text("sms-waiting", String(state.sms.waiting));
   text("sms-failed", String(state.sms.failed));
   text("playground-count", String(state.playground));
@@ -103,6 +104,21 @@ function renderUsage(usage) {
   $("usage-engines").tBodies[0].replaceChildren(...usage.engines.slice().reverse().map((e) => row([
     e.day, e.kind, e.engine, e.shown, String(e.requests),
   ])));
+}
+
+function renderCluster(cluster) {
+  const up = cluster.processes.filter((p) => p.state === "up").length;
+  text("cluster-state", cluster.processes.length === 0 ? "No process has registered yet."
+    : `${up} up, ${cluster.down} down` + (cluster.stale ? " — the database cannot be read: these rows are the last known" : ""));
+  $("cluster-processes").tBodies[0].replaceChildren(...cluster.processes.map((p) => {
+    const tr = row([
+      p.name + (p.this ? " (this one)" : ""), p.host, String(p.pid),
+      p.shard_count ? `${p.shards} of ${p.shard_count}` : "–", String(p.guilds), String(p.voice),
+      `${p.beat_age} s ago`, p.state, p.version,
+    ]);
+    tr.className = `state-${p.state}`;
+    return tr;
+  }));
 }
 
 function canvasContext(canvas) {
