@@ -19,10 +19,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
+# free_port() hands out ports below Linux's ephemeral range (32768-60999), which the kernel never
+# gives to a bind(0) or to the source port of a connect(): a port that is free when picked stays
+# free until the child binds it, even with other pytest workers and test servers busy. Each process
+# starts at its own place in the range (its pid) and walks on, skipping what is taken.
+_PORTS = range(20000, 32768)
+_next_port = _PORTS.start + (os.getpid() * 97) % len(_PORTS)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, for a child process to bind."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _next_port
+        _next_port = _PORTS.start + (port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free loopback port in 20000-32767")
 
 
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
