@@ -140,3 +140,34 @@ async def test_a_slow_database_delays_storing_never_reading_context(target: tupl
             await memory.aclose()
             await db.close()
     await direct.close()
+
+
+async def test_a_full_disk_queues_turns_says_so_once_and_writes_them_when_there_is_room(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLITE_FULL, as a full disk gives it: the file may not grow past its pages (max_page_count)."""
+    from bot.store import SqliteDatabase
+
+    db = SqliteDatabase(tmp_path / "voicebot.sqlite3")
+    memory = await Memory.open(db, retry_max=0.2)
+    try:
+        memory.append(said("before"))
+        await memory.flush()
+        pages = int(await db.scalar("PRAGMA page_count"))
+        await db.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+        caplog.set_level(logging.WARNING, logger="bot.memory")
+        long = "x" * 3000  # each turn needs a new page
+        for i in range(20):
+            memory.append(said(f"while full {i} {long}"))
+        assert [t.text.split()[2] for t in await memory.recent(ROOM, 3)] == ["17", "18", "19"]  # still answering
+        await until(lambda: memory.failures > 0, "a failed write")
+        failed = [r.getMessage() for r in caplog.records if "Storing turns failed" in r.getMessage()]
+        assert len(failed) == 1 and "full" in failed[0].lower()  # one clear line, however many retries
+        assert memory.queue_state()["pending"] == 20
+
+        await db.execute("PRAGMA max_page_count = 1073741823")  # room again
+        await until(lambda: memory.pending == 0, "the queue written")
+        rows = await db.query("SELECT text FROM turns ORDER BY id")
+        assert [r[0].split()[0:3] for r in rows][1:] == [["while", "full", str(i)] for i in range(20)]
+    finally:
+        await memory.aclose()
+        await db.close()
