@@ -118,6 +118,7 @@ class Bot:
         }
         if database_url:
             self.env["DATABASE_URL"] = database_url
+            self.env["PRIVACY_KEY"] = "ab" * 32  # every process reads the same opt-out key
         self.command = "serve"  # or "run": the whole bot (needs Discord settings in env)
         # A host name of its own (a UTS namespace, as on another machine): nobody can judge it dead
         # from its pid, so its texts wait for their leases to expire.

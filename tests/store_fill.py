@@ -58,7 +58,8 @@ async def fill_every_table(db: Database, rows: int = 40) -> dict[str, int]:
                 elif not notnull and i % 4 == 3:
                     values.append(None)
                 elif "INT" in kind:
-                    values.append(10**15 + i if col in keys else i % 2)
+                    # keys past 32 bits where the column is declared BIGINT (PostgreSQL's INTEGER is 32-bit)
+                    values.append(((10**15 if "BIG" in kind else 2**31 - 1000) + i) if col in keys else i % 2)
                 elif any(k in kind for k in ("REAL", "DOUBLE", "FLOA")):
                     values.append(1.7e9 + i + 0.25)
                 elif "BLOB" in kind or "BYTEA" in kind:

@@ -28,7 +28,7 @@ async def test_twiml_from_one_process_and_the_stream_on_another_make_one_call(tm
                                                      account_sid=ACCOUNT, auth_token=AUTH) as twilio:
         ports = [free_port(), free_port()]
         env = {"TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": AUTH, "TWILIO_PHONE_NUMBER": twilio.number,
-               "TWILIO_API_BASE": twilio.api_base, "PUBLIC_URL": PUBLIC, "DATABASE_URL": pg_url,
+               "TWILIO_API_BASE": twilio.api_base, "PUBLIC_URL": PUBLIC, "DATABASE_URL": pg_url, "PRIVACY_KEY": "ab" * 32,
                "AGENT_ENGINE": "eliza", "STT_ENGINE": "deepgram", "DEEPGRAM_API_KEY": dg.api_key,
                "DEEPGRAM_URL": dg.ws_url, "TTS_ENGINE": "espeak", "LOG_LEVEL": "INFO"}
         runs = [CliRun("serve", tmp_path / f"p{i}", {**env, "WEB_PORT": str(ports[i])}).start() for i in range(2)]

@@ -228,6 +228,7 @@ async def test_two_processes_in_one_identify_bucket_keep_five_seconds_apart(tmp_
         env = {k: v for k, v in base_env(discord_, tmp_path).items() if k not in ("PATH", "PYTHONPATH", "HOME",
                                                                                  "PYTHONDONTWRITEBYTECODE", "DATA_DIR")}
         env["DATABASE_URL"] = pg_url
+        env["PRIVACY_KEY"] = "ab" * 32
         ports = [free_port(), free_port()]
         runs = [CliRun("run", tmp_path / f"w{i}", {**env, "WEB_PORT": str(ports[i])},
                        args=("--shard-ids", str(i), "--shard-count", "2")).start() for i in range(2)]
@@ -272,12 +273,11 @@ async def test_a_database_url_that_cannot_be_used_is_one_line_without_its_passwo
     cases = [
         ("postgresql://postgres@127.0.0.1:5432/vb_no_such_database_here",
          # Every URL's userinfo is masked in output (bot/logs.py), the user name too.
-         "voicebot: DATABASE_URL: PostgreSQL at postgresql://********@127.0.0.1:5432/vb_no_such_database_here: "
-         "that database does not exist"),
+         "voicebot: DATABASE_URL: PostgreSQL at 127.0.0.1:5432/vb_no_such_database_here: that database does not exist"),
         (f"postgresql://postgres:{secret}@127.0.0.1:1/voicebot",
-         "voicebot: DATABASE_URL: cannot reach PostgreSQL at "),  # (8-character pieces of the pair are masked too)
+         "voicebot: DATABASE_URL: cannot reach PostgreSQL at 127.0.0.1:1/voicebot"),  # (8-character pieces of the pair are masked too)
     ]
-    runs = [CliRun("run", tmp_path / f"d{i}", {"DISCORD_TOKEN": TOKEN, "DATABASE_URL": url}).start()
+    runs = [CliRun("run", tmp_path / f"d{i}", {"DISCORD_TOKEN": TOKEN, "DATABASE_URL": url, "PRIVACY_KEY": "ab" * 32}).start()
             for i, (url, _) in enumerate(cases)]
     for run, (_, line) in zip(runs, cases, strict=True):
         done = await asyncio.to_thread(run.finish, DEADLINE)

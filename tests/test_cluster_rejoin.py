@@ -35,7 +35,7 @@ async def test_a_restarted_process_rejoins_its_voice_channel_with_its_mode_and_l
         boss = guild.add_member("Boss", roles=[guild.add_role("mods", MANAGE_GUILD)])
         env = {"DISCORD_TOKEN": TOKEN, "DISCORD_API_BASE": discord_.api_base, "DISCORD_CA_FILE": str(discord_.ca_file),
                "DISCORD_DEV_GUILD_ID": str(guild.id), "AGENT_ENGINE": "eliza", "STT_ENGINE": "none",
-               "TTS_ENGINE": "none", "LOG_LEVEL": "INFO", "DATABASE_URL": pg_url, "CLUSTER_HEARTBEAT": "0.5"}
+               "TTS_ENGINE": "none", "LOG_LEVEL": "INFO", "DATABASE_URL": pg_url, "PRIVACY_KEY": "ab" * 32, "CLUSTER_HEARTBEAT": "0.5"}
 
         def start(home: str) -> tuple[CliRun, int]:
             port = free_port()

@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 MARKER_TABLE = "voicebot_copy_incomplete"
+# Tables the target fills itself from the ones copied: SQLite's full-text index over recall_docs (its
+# triggers index each copied row), which PostgreSQL keeps as a generated column instead.
+DERIVED = frozenset({"recall_fts", "recall_fts_data", "recall_fts_idx", "recall_fts_docsize", "recall_fts_config"})
 BATCH_ROWS = 5000
 _MOD = 1 << 128
 
@@ -161,9 +164,10 @@ async def _table(db: Database, name: str) -> Table:
         if not pk:
             return Table(name, columns, types, ["rowid"], row_address=True)
         return Table(name, columns, types, pk, serials=serials)
-    rows = await db.query(
+    rows = await db.query(  # generated columns (recall's tsvector) are computed by the target itself
         "SELECT column_name, data_type, column_default, is_identity FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position", (name,))
+        "WHERE table_schema = current_schema() AND table_name = ? AND is_generated <> 'ALWAYS' "
+        "ORDER BY ordinal_position", (name,))
     columns = [str(r[0]) for r in rows]
     types = {str(r[0]): str(r[1]).lower() for r in rows}
     serials = [str(r[0]) for r in rows if r[3] == "YES" or str(r[2] or "").startswith("nextval(")]
@@ -537,8 +541,8 @@ async def copy_database(source: Database, target: Database, *, force: bool = Fal
 
     source_tables = await source.tables()
     target_tables = await target.tables()
-    wanted = sorted({t for name, v in versions.items() for t in component_tables(name)[v]}
-                    & source_tables & target_tables)
+    wanted = sorted(({t for name, v in versions.items() for t in component_tables(name)[v]}
+                     & source_tables & target_tables) - DERIVED)
     order = _parents_first(wanted, await _references(target, wanted))
     shapes: dict[str, tuple[Table, Table, list[str]]] = {}
     totals: dict[str, int] = {}
