@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 from pathlib import Path
 
 from bot.loopback.server import LocalDiscord
@@ -66,15 +65,17 @@ async def test_a_restarted_process_rejoins_its_voice_channel_with_its_mode_and_l
             assert "Lounge" in back.content or str(voice.id) in back.content
             conn = await discord_.wait_bot_voice(guild, timeout=DEADLINE)
             assert conn is not before
-            # The same mode and language, now in machine B's own settings.
-            db = sqlite3.connect(tmp_path / "machine-b" / "data" / "voicebot.sqlite3")
+            # The same mode and language, in the settings every process shares (the one database).
+            from bot.store import open_database
+
+            db = await open_database(pg_url)
             try:
-                mode = db.execute("SELECT mode FROM voice_guild_settings WHERE guild_id = ?", (guild.id,)).fetchone()
-                language = db.execute("SELECT setting FROM language_places WHERE place = ?",
-                                      (f"guild:{guild.id}",)).fetchone()
+                mode = await db.scalar("SELECT mode FROM voice_guild_settings WHERE guild_id = ?", (guild.id,))
+                language = await db.scalar("SELECT setting FROM language_places WHERE place = ?",
+                                           (f"guild:{guild.id}",))
             finally:
-                db.close()
-            assert (mode, language) == (("push-to-talk",), ("de",))
+                await db.close()
+            assert (mode, language) == ("push-to-talk", "de")
             # Said once; a stop with SIGTERM keeps the channel for the next start.
             second.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             assert (await asyncio.to_thread(second.finish, DEADLINE)).code == 0
