@@ -373,24 +373,6 @@ def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser()
 
 
-def _database_url(raw: str) -> str:
-    """DATABASE_URL: a PostgreSQL URL (the message never repeats the value: it may hold a password)."""
-    from urllib.parse import urlsplit
-
-    value = raw.strip()
-    if not value.startswith(("postgresql://", "postgres://")):
-        raise ValueError("must be a PostgreSQL URL, postgresql://user:password@host:5432/database "
-                         "(leave it unset to keep the SQLite file in DATA_DIR)")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018  (raises on a port that is not a number)
-    except ValueError:
-        raise ValueError("is not a readable URL (a password with @, / or : must be percent-encoded)") from None
-    if not parts.hostname or not parts.path.strip("/"):
-        raise ValueError("needs a host and a database name: postgresql://user:password@host:5432/database")
-    return value
-
-
 def _existing_file(raw: str) -> Path:
     path = _path(raw)
     if not path.is_file():

@@ -385,22 +385,13 @@ class SqliteDatabase(Database):
             self._pool.shutdown()
 
 
-class _SqliteTx(Database):
-    """The open transaction of a :class:`SqliteDatabase` (its lock is held by the opener)."""
+class _Transaction(Database):
+    """An open transaction of ``_db``: statements go straight to its connection; nested blocks join it."""
 
-    dialect = "sqlite"
-
-    def __init__(self, db: SqliteDatabase) -> None:
-        super().__init__()
-        self._db = db
-        self._done = False
+    _db: Database
 
     def describe(self) -> str:
         return self._db.describe()
-
-    def _check(self) -> None:
-        if self._done:
-            raise DatabaseError("the transaction is over")
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         return await self._execute(sql, params)
@@ -414,6 +405,39 @@ class _SqliteTx(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Database]:
         yield self
+
+    def _begin(self) -> Any:
+        raise NotImplementedError
+
+    def _migration_lock(self, component: str) -> Any:
+        raise NotImplementedError
+
+    async def tables(self) -> set[str]:
+        return await self._db.tables()
+
+    async def scrub(self, tables: Sequence[str] = ()) -> bool:
+        raise DatabaseError("scrub() cannot run inside a transaction")
+
+    async def size_bytes(self) -> int:
+        return await self._db.size_bytes()
+
+    async def close(self) -> None:
+        raise DatabaseError("close the database, not its transaction")
+
+
+class _SqliteTx(_Transaction):
+    """The open transaction of a :class:`SqliteDatabase` (its lock is held by the opener)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        super().__init__()
+        self._db = db
+        self._done = False
+
+    def _check(self) -> None:
+        if self._done:
+            raise DatabaseError("the transaction is over")
 
     async def _execute(self, sql: str, params: Params) -> int:
         self._check()
@@ -435,23 +459,6 @@ class _SqliteTx(Database):
                 c.execute(statement)
         await self._db._run(run)
 
-    def _begin(self) -> Any:
-        raise NotImplementedError
-
-    def _migration_lock(self, component: str) -> Any:
-        raise NotImplementedError
-
-    async def tables(self) -> set[str]:
-        return await self._db.tables()
-
-    async def scrub(self, tables: Sequence[str] = ()) -> bool:
-        raise DatabaseError("scrub() cannot run inside a transaction")
-
-    async def size_bytes(self) -> int:
-        return await self._db.size_bytes()
-
-    async def close(self) -> None:
-        raise DatabaseError("close the database, not its transaction")
 
 
 def _split_statements(script: str) -> list[str]:
@@ -699,29 +706,13 @@ class PostgresDatabase(Database):
         await self._pool.close()
 
 
-class _PgTx(Database):
+class _PgTx(_Transaction):
     dialect = "postgresql"
 
     def __init__(self, db: PostgresDatabase, conn: Any) -> None:
         super().__init__()
         self._db = db
         self._conn = conn
-
-    def describe(self) -> str:
-        return self._db.describe()
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        return await self._execute(sql, params)
-
-    async def query(self, sql: str, params: Params = ()) -> list[Row]:
-        return await self._query(sql, params)
-
-    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
-        await self._executemany(sql, rows)
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Database]:
-        yield self
 
     async def _execute(self, sql: str, params: Params) -> int:
         async with _pg_errors(self._db):
@@ -739,23 +730,6 @@ class _PgTx(Database):
         async with _pg_errors(self._db):
             await self._conn.execute(script)  # no parameters: the simple protocol runs several statements
 
-    def _begin(self) -> Any:
-        raise NotImplementedError
-
-    def _migration_lock(self, component: str) -> Any:
-        raise NotImplementedError
-
-    async def tables(self) -> set[str]:
-        return await self._db.tables()
-
-    async def scrub(self, tables: Sequence[str] = ()) -> bool:
-        raise DatabaseError("scrub() cannot run inside a transaction")
-
-    async def size_bytes(self) -> int:
-        return await self._db.size_bytes()
-
-    async def close(self) -> None:
-        raise DatabaseError("close the database, not its transaction")
 
 
 def _rowcount(status: str) -> int:
