@@ -60,13 +60,14 @@ async def test_recall_starts_on_the_pauses_words_before_the_turn_is_over() -> No
     store = SqliteDatabase(":memory:")
     recall = SlowRecall(store, RecallConfig(budget_ms=60_000))
     engine = EchoEngine()
-    session, _, out = await voice(recall, engine, ScriptedSTT({1: ["I was thinking about my sister's wedding and"]}))
+    session, memory, out = await voice(recall, engine, ScriptedSTT({1: ["I was thinking about my sister's wedding and"]}))
     pause(session, 1)
     await asyncio.wait_for(recall.entered.wait(), 10)  # the search is running...
     assert session.speculations_started == 1 and out.played == [] and engine.conversations == []  # ...turn not over
     recall.gate.set()
     await until(lambda: len(engine.conversations) == 1)
     await session.aclose()
+    await memory.aclose()
     await store.close()
 
 
@@ -91,6 +92,7 @@ async def test_a_slow_index_is_cut_off_at_the_budget_and_counted() -> None:
     recall.gate.set()  # the abandoned search finishes on its own
     await session.aclose()
     await session.agent.aclose()
+    await memory.aclose()
     await store.close()
 
 
@@ -119,6 +121,7 @@ async def test_a_week_old_voice_turn_is_recalled_into_the_voice_prompt() -> None
     assert "playlist" not in block
     assert all("Lisbon" not in m["content"] for m in conversation.messages[:-2])  # not in the recent turns
     await session.aclose()
+    await memory.aclose()
     await store.close()
 
 
@@ -176,4 +179,5 @@ async def test_recall_starts_on_the_interim_words_at_the_pause_and_the_reply_tak
     assert sum(recall.outcomes.values()) == 1
     await session.aclose()
     await session.agent.aclose()
+    await memory.aclose()
     await store.close()

@@ -62,6 +62,13 @@ class DatabaseError(Exception):
     """The database cannot be used: unreachable, refused, closed, or written by a newer version."""
 
 
+def _current_task() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
 def is_postgres_url(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
@@ -92,13 +99,23 @@ class Database(abc.ABC):
 
     def __init__(self) -> None:
         # The transaction the current task has open on this database, if any.
-        self._tx: contextvars.ContextVar[Database | None] = contextvars.ContextVar(f"tx{id(self)}", default=None)
+        # The transaction the current task has open on this database. Tasks started inside it inherit the
+        # context; only the task that opened it joins it (a background task started there must not).
+        self._tx: contextvars.ContextVar[tuple[Database, object] | None] = contextvars.ContextVar(
+            f"tx{id(self)}", default=None)
+
+    def _open_tx(self) -> Database | None:
+        held = self._tx.get()
+        if held is None:
+            return None
+        tx, owner = held
+        return tx if owner is _current_task() else None
 
     # --- statements -------------------------------------------------------------------------
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement (committed at once unless a transaction is open); returns rows affected."""
-        tx = self._tx.get()
+        tx = self._open_tx()
         return await (tx or self)._execute(sql, params)
 
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
@@ -110,7 +127,7 @@ class Database(abc.ABC):
 
     async def query(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""
-        tx = self._tx.get()
+        tx = self._open_tx()
         return await (tx or self)._query(sql, params)
 
     async def query_one(self, sql: str, params: Params = ()) -> Row | None:
@@ -125,12 +142,12 @@ class Database(abc.ABC):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Database]:
         """Group statements into one atomic transaction; nested use joins the outer one."""
-        outer = self._tx.get()
+        outer = self._open_tx()
         if outer is not None:
             yield outer
             return
         async with self._begin() as tx:
-            token = self._tx.set(tx)
+            token = self._tx.set((tx, _current_task()))
             try:
                 yield tx
             finally:
@@ -489,6 +506,9 @@ class IntegrityError(DatabaseError):
     """A unique, foreign-key or check constraint refused the statement (both backends)."""
 
 
+CANCEL_WAIT = 10.0  # seconds a cancelled caller waits for the statement it sent to finish
+
+
 class _OneThread:
     """A single worker thread that runs calls in order (sqlite3 connections belong to one thread)."""
 
@@ -538,10 +558,12 @@ class _OneThread:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            while not future.done():
+            # Bounded: a call that never finishes (its loop going away) must not make the task uncancellable.
+            deadline = time.monotonic() + CANCEL_WAIT
+            while not future.done() and time.monotonic() < deadline:
                 try:
-                    await asyncio.shield(future)
-                except asyncio.CancelledError:
+                    await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+                except (asyncio.CancelledError, asyncio.TimeoutError):
                     continue
                 except BaseException:
                     break
