@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.store import Database
+from bot.store import Database, DatabaseError
 from bot.store.erase import RETENTION_INTERVAL, ForgetReport, Retention
 from bot.store.turns import Modality, Turn, TurnStore, private_rooms
 
@@ -189,6 +189,10 @@ class Memory:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # unreachable, restarting, full: keep the turns and retry
+                    if _closed_for_good(exc):  # the process is stopping: nothing will ever take these turns
+                        log.warning("Memory's database is closed; %d queued turns not stored", len(self._pending))
+                        self._idle.set()
+                        return
                     self.failures += 1
                     self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     if self.away_since is None:
@@ -432,6 +436,13 @@ class Memory:
         for entry in self._rooms.values():
             if entry.loading is not None:
                 entry.loading.cancel()
+
+
+def _closed_for_good(exc: BaseException) -> bool:
+    """The database was closed by this process (not away: a closed connection to a live server is retried)."""
+    text = str(exc)
+    return isinstance(exc, DatabaseError) and (text.endswith(" is closed") or text == "the database is closed"
+                                               or "pool is closed" in text)
 
 
 class RetentionSchedule(Retention):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import logging
 import re
@@ -346,7 +347,10 @@ class SqliteDatabase(Database):
             try:
                 yield tx
             except BaseException:
-                await asyncio.shield(self._run(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
+                # The block's own exception (a cancellation too) goes on: a rollback that fails (the
+                # database closed meanwhile) must not replace it, or a cancelled task would carry on.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._run(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
                 raise
             else:
                 await self._run(lambda c: c.execute("COMMIT"))
