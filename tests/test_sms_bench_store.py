@@ -7,17 +7,13 @@ from pathlib import Path
 import pytest
 
 from bench.sms_store import measure
-from bot.store import Database, SqliteDatabase, open_database
+from bot.store import Database
+from tests.backends import store_db  # noqa: F401  (both backends)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "voicebot.sqlite3")
-    else:
-        database = await open_database(request.getfixturevalue("pg_url"))
-    yield database
-    await database.close()
+@pytest.fixture
+def db(store_db: Database) -> Database:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 async def test_the_bench_times_each_move_and_sweeps_everything(db: Database) -> None:

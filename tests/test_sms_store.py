@@ -21,6 +21,7 @@ from bot.sms.store import LINK_CODE_TTL, RATE_WINDOW, Admission, Claim, SmsStore
 from bot.store import Database, SqliteDatabase, open_database
 from bot.store.leases import LeaseOwner, owner_alive, process_prefix
 from bot.store.sms import MIGRATIONS, UNFINISHED
+from tests.backends import store_db  # noqa: F401  (both backends)
 
 NUMBER = "+15551230001"
 
@@ -38,14 +39,9 @@ def elsewhere(name: str) -> LeaseOwner:
     return LeaseOwner(f"other-host-{name}/boot/1234/99/{name}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "voicebot.sqlite3")
-    else:
-        database = await open_database(request.getfixturevalue("pg_url"))
-    yield database
-    await database.close()
+@pytest.fixture
+def db(store_db: Database) -> Database:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 async def store_on(db: Database, clock: Clock | None = None, owner: LeaseOwner | None = None,

@@ -9,18 +9,14 @@ import datetime as dt
 import pytest
 
 from bot.settings import SettingsError, load_settings
-from bot.store import Database, SqliteDatabase, open_database
+from bot.store import Database, open_database
 from bot.usage import OverLimit, UsageMeter, UsageStore, Who, parse_limits, parse_prices
+from tests.backends import store_db  # noqa: F401  (both backends)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path) -> object:
-    if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "u.sqlite3")
-    else:
-        database = await open_database(request.getfixturevalue("pg_url"))
-    yield database
-    await database.close()
+@pytest.fixture
+def db(store_db: Database) -> Database:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 class Clock:
