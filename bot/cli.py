@@ -300,7 +300,8 @@ CheckResult = tuple[str, bool, str, float]
 async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> CheckResult:
     start = time.perf_counter()
     try:
-        detail = await asyncio.wait_for(probe(), timeout=15)
+        async with asyncio.timeout(15):
+            detail = await probe()
         return name, True, detail, time.perf_counter() - start
     except asyncio.TimeoutError:
         return name, False, "no answer within 15 s", time.perf_counter() - start

@@ -200,7 +200,8 @@ def _still_marked(target: str) -> bool | None:
     async def look() -> bool:
         from bot.store.copy import open_target
 
-        db = await asyncio.wait_for(open_target(target), 10)
+        async with asyncio.timeout(10):
+            db = await open_target(target)
         try:
             return await incomplete_copy(db) is not None
         finally:

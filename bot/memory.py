@@ -152,7 +152,8 @@ class Memory:
         """Wait until every queued turn is stored; False when ``timeout`` passed first."""
         self.start()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except asyncio.TimeoutError:
             return False
         return True

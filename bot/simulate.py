@@ -570,7 +570,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         except asyncio.TimeoutError:
             problems.append("simulate: the DAVE group with everyone in the call did not form in time")
         step.now = "loading the speech model"
-        await asyncio.wait_for(warm, STEP_TIMEOUT * 2)
+        async with asyncio.timeout(STEP_TIMEOUT * 2):
+            await warm
     finally:
         if not warm.done():
             warm.cancel()
@@ -592,7 +593,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
     tasks = [loop.create_task(_speak(lb, s, speakers[s.name], f, options.mode), name=f"simulate-speak-{s.name}")
              for s, f in zip(options.speeches, frames)]
     try:
-        results = await asyncio.wait_for(asyncio.gather(*tasks), longest + STEP_TIMEOUT)
+        async with asyncio.timeout(longest + STEP_TIMEOUT):
+            results = await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
@@ -606,7 +608,8 @@ async def _call(lb: LoopbackBot, options: SimulateOptions, step: _Step) -> Simul
         problems.append(f"simulate: the bot received {got} of the {sent} packets sent")
     completed = True
     try:
-        await asyncio.wait_for(session.wait_settled(), options.settle_timeout)
+        async with asyncio.timeout(options.settle_timeout):
+            await session.wait_settled()
     except asyncio.TimeoutError:
         completed = False
         problems.append(f"simulate: gave up after {options.settle_timeout:.0f} s waiting for {_pending(session)}")
@@ -706,7 +709,8 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> None:
         while not predicate():
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(poll(), timeout)
+    async with asyncio.timeout(timeout):
+        await poll()
 
 
 async def _warm_up(manager: VoiceManager) -> None:

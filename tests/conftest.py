@@ -25,3 +25,26 @@ def _restore_discord_api_base() -> object:
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     yield
     discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def _asyncio_task_stacks() -> str:
+    """Every pending task of every open event loop, with where each one waits."""
+    import asyncio
+    import gc
+    import io
+
+    out = io.StringIO()
+    for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+        if loop.is_closed():
+            continue
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=out)
+    return out.getvalue() or "(no pending tasks)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    # pytest-timeout prints the threads; a hang on the event loop is in its tasks, so print those too.
+    outcome = yield
+    if call.excinfo is not None and "Timeout" in str(call.excinfo.value):
+        outcome.get_result().sections.append(("asyncio tasks at the timeout", _asyncio_task_stacks()))

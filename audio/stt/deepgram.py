@@ -510,7 +510,8 @@ class DeepgramStream(STTStream):
         self._closing = True
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.engine.close_timeout + 1.0)
+            async with asyncio.timeout(self.engine.close_timeout + 1.0):
+                await asyncio.shield(self._task)
         except asyncio.TimeoutError:
             log.warning("STT stream %s did not close in time; cancelling", self.speaker)
             self._task.cancel()
@@ -633,7 +634,8 @@ class DeepgramStream(STTStream):
                 return
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
             except asyncio.TimeoutError:
                 return
 
@@ -735,7 +737,8 @@ class DeepgramStream(STTStream):
             if self._sent < self._pushed_end or self._finalize_requested or self._closing:
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), engine.keepalive_interval)
+                async with asyncio.timeout(engine.keepalive_interval):
+                    await self._wake.wait()
             except asyncio.TimeoutError:
                 if engine.clock() - self._last_audio >= engine.idle_timeout:
                     log.debug("STT %s: idle, closing the socket", self.speaker)

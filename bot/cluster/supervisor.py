@@ -142,7 +142,8 @@ class Supervisor:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
             self._status(worker, f"exited ({how}) after {ran:.0f} s; starting again in {worker.backoff:g} s")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), worker.backoff)
+                async with asyncio.timeout(worker.backoff):
+                    await self.stopping.wait()
             worker.backoff = min(BACKOFF_MAX, worker.backoff * 2)
 
     async def _stop_all(self) -> None:
@@ -156,7 +157,8 @@ class Supervisor:
         async def reap(worker: _Worker) -> None:
             assert worker.proc is not None
             try:
-                code = await asyncio.wait_for(worker.proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    code = await worker.proc.wait()
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.kill()

@@ -314,8 +314,8 @@ def mount(app: web.Application, console: Console, *, wrong_token_delay: float = 
                     seen = console.version
                     data = json.dumps(console.snapshot(), separators=(",", ":"))
                     try:
-                        await asyncio.wait_for(resp.write(f"event: state\ndata: {data}\n\n".encode()),
-                                               event_send_timeout)
+                        async with asyncio.timeout(event_send_timeout):
+                            await resp.write(f"event: state\ndata: {data}\n\n".encode())
                     except asyncio.TimeoutError:
                         stalled = True
                     stalled = stalled or transport.get_write_buffer_size() > STALLED_BYTES

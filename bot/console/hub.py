@@ -173,7 +173,7 @@ class Console(LiveSource):
             self.changed.notify_all()  # event streams notice the close and end
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._closed:  # besides the cancel aclose sends: a tick must not outlive its console
             try:
                 self._watch_sessions()
                 self._sample_receive()
@@ -333,7 +333,8 @@ class Console(LiveSource):
 
     async def refresh_sms_states(self) -> None:
         try:
-            self._sms_states = await asyncio.wait_for(sms_states_from(self.services.store), self.tick)
+            async with asyncio.timeout(self.tick):
+                self._sms_states = await sms_states_from(self.services.store)
         except Exception as exc:  # the database is away: the last counts stay, the storage state says why
             log.debug("reading SMS states failed: %s", exc)
 

@@ -175,7 +175,8 @@ class PlaygroundOut:
             remaining = started + total - self._clock()
             if remaining > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._stop.wait()
             interrupted = self._stop.is_set()
         played = total if started is None else min(total, self._clock() - started)
         if not self.closed:
@@ -244,13 +245,15 @@ class Playground:
             if ws.closed:
                 return
             async with send_lock:
-                await asyncio.wait_for(ws.send_str(json.dumps(data)), SEND_TIMEOUT)
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await ws.send_str(json.dumps(data))
 
         async def send_bytes(data: bytes) -> None:
             if ws.closed:
                 raise ConnectionError("the tab closed")
             async with send_lock:
-                await asyncio.wait_for(ws.send_bytes(data), SEND_TIMEOUT)
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await ws.send_bytes(data)
 
         stt, tts, fallback = await console.playground_engines()
         out = PlaygroundOut(send_json, send_bytes, clock=self.clock)

@@ -275,7 +275,8 @@ class FactsService:
             pending.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 # The debounce itself (a timer that a newer reply moves), not synchronisation.
-                await asyncio.wait_for(pending.wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await pending.wake.wait()
         if self._pending.get(room) is pending:
             del self._pending[room]
         await self.extract_room(room)

@@ -251,7 +251,8 @@ class Participant:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((predicate, future))
         try:
-            await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                await future
         finally:
             if not future.done():
                 future.cancel()

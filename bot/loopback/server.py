@@ -518,7 +518,8 @@ class LocalDiscord:
     # --- the bot's side, for tests ----------------------------------------------------------------
 
     async def wait_until_identified(self, timeout: float = 15.0) -> None:
-        await asyncio.wait_for(self.gateway.identified.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.gateway.identified.wait()
 
     def shard_of(self, guild: GuildHandle, shard_count: int) -> int:
         """The shard that receives ``guild``'s events when the bot runs ``shard_count`` shards."""
@@ -538,7 +539,8 @@ class LocalDiscord:
                         return conn
                     await self.voice.connection_changed.wait()
 
-        return await asyncio.wait_for(ready(), timeout)
+        async with asyncio.timeout(timeout):
+            return await ready()
 
     async def wait_dave_transition(self, guild: GuildHandle | None = None, *, after: int = 0,
                                    timeout: float = 20.0) -> Event:

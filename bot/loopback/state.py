@@ -298,7 +298,8 @@ class EventLog:
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters.append((match, future))
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             if not future.done():
                 future.cancel()

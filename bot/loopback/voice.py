@@ -451,7 +451,8 @@ class VoiceCall:
         if remote_waits and (self.prefer_remote_commit or not local_results):
             m, future = remote_waits[0]
             try:
-                winner = await asyncio.wait_for(asyncio.shield(future), DAVE_TIMEOUT)
+                async with asyncio.timeout(DAVE_TIMEOUT):
+                    winner = await asyncio.shield(future)
             except asyncio.TimeoutError:
                 if m.remote is not None and not m.remote.closed.is_set():
                     service.world.problem(f"user {m.user_id} did not answer MLS proposals (op 27) with a commit "
@@ -491,7 +492,8 @@ class VoiceCall:
         failed: list[_GroupMember] = []
         for m, future in waits:
             try:
-                ok = await asyncio.wait_for(future, DAVE_TIMEOUT)
+                async with asyncio.timeout(DAVE_TIMEOUT):
+                    ok = await future
             except asyncio.TimeoutError:
                 ok = False
                 if m.remote is not None and m.remote.closed.is_set():

@@ -491,7 +491,8 @@ class PhoneCall:
         """Serve the socket until the call ends; everything started here is finished on return."""
         self._ws = ws
         try:
-            start = await asyncio.wait_for(self._await_start(ws), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):
+                start = await self._await_start(ws)
             if start is None:
                 return
             refusal = self._refusal(start)
@@ -799,7 +800,8 @@ class PhoneCall:
             # Let the last words be transcribed and remembered, and the reply in progress record
             # what was heard (nothing more can play), then stop everything.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(session.wait_settled(), FINISH_GRACE)
+                async with asyncio.timeout(FINISH_GRACE):
+                    await session.wait_settled()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:

@@ -292,7 +292,8 @@ class LoopbackCall:
             while not predicate():
                 async with self._changed:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.05)
+                        async with asyncio.timeout(0.05):
+                            await self._changed.wait()
 
     async def wait_quiet(self, timeout: float = 30.0) -> None:
         """Wait until everything the bot sent has played and its marks were echoed."""
@@ -302,7 +303,8 @@ class LoopbackCall:
                 delay = max(0.02, self._playout_end - loop.time())
                 async with self._changed:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._changed.wait()
 
 
 class LoopbackTwilio:

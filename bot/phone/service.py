@@ -403,7 +403,8 @@ class PhoneService:
         if self._caller_name is not None:
             try:
                 # A database that is slow or away costs the caller a greeting by number, never a wait.
-                return await asyncio.wait_for(self._caller_name(number), NAME_BUDGET)
+                async with asyncio.timeout(NAME_BUDGET):
+                    return await self._caller_name(number)
             except asyncio.TimeoutError:
                 log.info("looking up the caller's name took over %.1f s; greeting by number", NAME_BUDGET)
             except Exception:

@@ -70,7 +70,8 @@ class CallRig:
         bot = self.phone.calls.get(call.call_sid)
         if bot is None:
             raise SimulationError("the bot dropped the call before it started")
-        await asyncio.wait_for(bot.started.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await bot.started.wait()
         opening = sum(1 for text in (bot.options.greeting, bot.options.notice) if text)
         await call.wait_for(lambda: len(call.marks_echoed) >= opening or call.ended, timeout * 2)
         return call, bot
@@ -204,7 +205,8 @@ async def simulate_call(wav: Path, settings: Settings, *, out_dir: Path | None =
             session = bot.session
             assert session is not None
             try:
-                await asyncio.wait_for(session.wait_settled(), settle_timeout)
+                async with asyncio.timeout(settle_timeout):
+                    await session.wait_settled()
                 await call.wait_quiet(STEP_TIMEOUT)
             except TimeoutError:
                 completed = False

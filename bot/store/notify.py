@@ -127,7 +127,8 @@ class Listener:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                await asyncio.wait_for(conn.close(), 2)
+                async with asyncio.timeout(2):
+                    await conn.close()
             except Exception:
                 conn.terminate()
         _listeners.pop(self.db, None)

@@ -1081,7 +1081,8 @@ class VoiceManager:
 
     async def _idle(self, gv: GuildVoice, seconds: float) -> None:
         try:
-            await asyncio.wait_for(gv.company.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await gv.company.wait()
             return  # someone arrived in time
         except asyncio.TimeoutError:
             pass

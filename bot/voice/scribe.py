@@ -110,7 +110,8 @@ async def summarize(agent: Agent, room: str, turns: Sequence[Turn], language: st
 
     started = time.monotonic()
     try:
-        await asyncio.wait_for(collect(), SUMMARY_TIMEOUT)
+        async with asyncio.timeout(SUMMARY_TIMEOUT):
+            await collect()
     except AgentError as exc:
         log.warning("could not summarise the call: %s", exc, extra={"room": room})
         return None
