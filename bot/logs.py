@@ -352,6 +352,20 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class OneLineConnectionErrors(logging.Filter):
+    """On a library's logger (asyncpg's pool): a connection that failed is one line with its reason,
+    not a traceback per retry while a database is away."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith("asyncpg"):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, stream: object = None) -> None:
     """Configure the root logger once: one stream handler, a plain format, secret redaction.
 
@@ -372,6 +386,9 @@ def setup_logging(level: str = "INFO", *, secrets: Iterable[str] | None = None, 
         for other in getattr(logger, "handlers", ()):
             if not any(isinstance(f, RedactingFilter) for f in other.filters):
                 other.addFilter(RedactingFilter())
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, OneLineConnectionErrors) for f in pool_log.filters):
+        pool_log.addFilter(OneLineConnectionErrors())
     numeric = logging.getLevelName(level)
     # discord.py logs every gateway event at DEBUG; keep it at INFO unless asked.
     logging.getLogger("discord").setLevel(max(numeric, logging.INFO))

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.store import Database, DatabaseError
+from bot.store import Database, DatabaseClosed, DatabaseError
 from bot.store.erase import RETENTION_INTERVAL, ForgetReport, Retention
 from bot.store.turns import Modality, Turn, TurnStore, private_rooms
 
@@ -441,9 +441,7 @@ class Memory:
 
 def _closed_for_good(exc: BaseException) -> bool:
     """The database was closed by this process (not away: a closed connection to a live server is retried)."""
-    text = str(exc)
-    return isinstance(exc, DatabaseError) and (text.endswith(" is closed") or text == "the database is closed"
-                                               or "pool is closed" in text)
+    return isinstance(exc, DatabaseClosed)
 
 
 class RetentionSchedule(Retention):

@@ -35,6 +35,7 @@ from bot.agent.prompt import build_messages, clip
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality, Turn
 from bot.recall.prompt import format_memories
+from bot.store import DatabaseError
 
 if TYPE_CHECKING:
     from bot.recall import Recall
@@ -447,9 +448,12 @@ class Agent:
             return []
         try:
             hits = task.result()
-        except Exception:
+        except Exception as exc:
             recall.report("failed", elapsed)
-            log.exception("Recall failed; replying without memories (room=%s)", incoming.room)
+            if isinstance(exc, DatabaseError):  # the database is away: one line
+                log.warning("Recall failed; replying without memories (room=%s): %s", incoming.room, exc)
+            else:
+                log.exception("Recall failed; replying without memories (room=%s)", incoming.room)
             return []
         # What the recent turns already show (this room since the oldest of them, or this very turn).
         since = min((t.created_at for t in history), default=said_at)

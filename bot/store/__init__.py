@@ -2,6 +2,7 @@
 
 from bot.store.database import (
     Database,
+    DatabaseClosed,
     DatabaseError,
     IntegrityError,
     PostgresDatabase,
@@ -13,6 +14,7 @@ from bot.store.database import (
 
 __all__ = [
     "Database",
+    "DatabaseClosed",
     "DatabaseError",
     "IntegrityError",
     "PostgresDatabase",

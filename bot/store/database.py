@@ -63,6 +63,12 @@ class DatabaseError(Exception):
     """The database cannot be used: unreachable, refused, closed, or written by a newer version."""
 
 
+class DatabaseClosed(DatabaseError):
+    """This process closed the database (it is stopping): nothing will take a write again.
+
+    Not an outage: a connection the server or the network closed is a plain :class:`DatabaseError`."""
+
+
 def _current_task() -> object:
     try:
         return asyncio.current_task()
@@ -168,8 +174,11 @@ class Database(abc.ABC):
         """
         if not _COMPONENT_RE.match(component):
             raise ValueError(f"invalid component name {component!r}")
-        async with self._migration_lock(component):
-            current = await self.schema_version(component)
+        # ``db``: where the steps run — on PostgreSQL the connection that holds the lock, so a migration
+        # never needs a second pool connection while it holds one (with the pool full of tasks waiting
+        # for the same lock, it would wait for ever).
+        async with self._migration_lock(component) as db:
+            current = await db.schema_version(component)
             if current > len(steps):
                 raise DatabaseError(
                     f"{self.describe()}: the {component} schema is at version {current} but this version "
@@ -178,7 +187,7 @@ class Database(abc.ABC):
             for number in range(current + 1, len(steps) + 1):
                 script = _step_sql(steps[number - 1], self.dialect).strip().rstrip(";")
                 try:
-                    async with self.transaction() as tx:
+                    async with db.transaction() as tx:
                         # Another process may have applied this step since the version was read (two
                         # workers starting at once on one SQLite file): read it again under the write lock.
                         done = await tx.scalar("SELECT version FROM schema_versions WHERE component = ?",
@@ -316,7 +325,7 @@ class SqliteDatabase(Database):
         def call() -> T:
             with self._thread_lock:
                 if self._closed:
-                    raise DatabaseError(f"{self.describe()} is closed")
+                    raise DatabaseClosed(f"{self.describe()} is closed")
                 return fn(self._conn)
         try:
             return await self._pool.submit(call)
@@ -358,7 +367,7 @@ class SqliteDatabase(Database):
                 tx._done = True
 
     @asynccontextmanager
-    async def _migration_lock(self, component: str) -> AsyncIterator[None]:
+    async def _migration_lock(self, component: str) -> AsyncIterator[Database]:
         # BEGIN IMMEDIATE orders processes; within this one, two tasks migrating the same component
         # at once (stores opened side by side) take turns, so the second finds every step applied.
         key = (asyncio.get_running_loop(), component)
@@ -366,7 +375,7 @@ class SqliteDatabase(Database):
         if lock is None:
             lock = self._migrating[key] = asyncio.Lock()
         async with lock:
-            yield
+            yield self
 
     async def tables(self) -> set[str]:
         rows = await self.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -539,7 +548,7 @@ class _OneThread:
 
     async def submit(self, fn: Callable[[], T]) -> T:
         if self.closed:
-            raise DatabaseError("the database is closed")
+            raise DatabaseClosed("the database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -625,6 +634,8 @@ class PostgresDatabase(Database):
         self.url = url
         self._pool = pool
         self._sql_cache: dict[str, str] = {}
+        self.closed = False  # close() was called: errors from here on are DatabaseClosed
+        self._migrating: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock] = {}
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0) -> PostgresDatabase:
@@ -693,15 +704,20 @@ class PostgresDatabase(Database):
                     yield _PgTx(self, conn)
 
     @asynccontextmanager
-    async def _migration_lock(self, component: str) -> AsyncIterator[None]:
+    async def _migration_lock(self, component: str) -> AsyncIterator[Database]:
         # A session-level advisory lock on a connection of its own: a second process starting at the
-        # same moment waits here, then finds every step applied.
+        # same moment waits here, then finds every step applied. Within this process tasks take turns
+        # first, so they do not fill the pool with connections all waiting for the one lock.
         key = zlib.crc32(f"voicebot-migrate:{component}".encode())
-        async with _pg_errors(self):
+        loop_key = (asyncio.get_running_loop(), component)
+        lock = self._migrating.get(loop_key)
+        if lock is None:
+            lock = self._migrating[loop_key] = asyncio.Lock()
+        async with lock, _pg_errors(self):
             async with self._pool.acquire() as conn:
                 await conn.execute("SELECT pg_advisory_lock($1)", key)
                 try:
-                    yield
+                    yield _PgSession(self, conn)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
@@ -728,6 +744,7 @@ class PostgresDatabase(Database):
     async def close(self) -> None:
         from bot.store.notify import close_listener
 
+        self.closed = True
         await close_listener(self)
         await self._pool.close()
 
@@ -758,6 +775,17 @@ class _PgTx(_Transaction):
 
 
 
+class _PgSession(_PgTx):
+    """One pool connection outside a transaction (the migration lock's): statements run on it, and a
+    transaction opened on it is a real one on that connection."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Database]:
+        async with _pg_errors(self._db):
+            async with self._conn.transaction():
+                yield _PgTx(self._db, self._conn)
+
+
 def _rowcount(status: str) -> int:
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
@@ -767,6 +795,8 @@ def _rowcount(status: str) -> int:
 async def _pg_errors(db: PostgresDatabase) -> AsyncIterator[None]:
     import asyncpg
 
+    if db.closed:
+        raise DatabaseClosed(f"{db.describe()} is closed")
     try:
         yield
     except asyncpg.IntegrityConstraintViolationError as exc:
@@ -777,6 +807,8 @@ async def _pg_errors(db: PostgresDatabase) -> AsyncIterator[None]:
             asyncpg.InterfaceError) as exc:
         if isinstance(exc, asyncpg.InterfaceError) and "another operation is in progress" in str(exc):
             raise
+        if db.closed:
+            raise DatabaseClosed(f"{db.describe()} is closed") from exc
         raise DatabaseError(f"{db.describe()} is unreachable: {exc}") from exc
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.usage.limits import KINDS, Limits, Prices
+from bot.store import DatabaseError
 from bot.usage.store import UsageStore
 
 __all__ = ["Grant", "OverLimit", "UsageMeter", "Who", "current_person", "day_of", "who_of_room"]
@@ -328,8 +329,12 @@ class UsageMeter:
                 await coro
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("usage: could not count use")
+            except Exception as exc:
+                coro.close()  # not started when start() failed
+                if isinstance(exc, DatabaseError):  # the database is away: one line, not a traceback
+                    log.warning("usage: could not count use: %s", exc)
+                else:
+                    log.exception("usage: could not count use")
 
         try:
             task = asyncio.get_running_loop().create_task(run(), name="usage-count")
