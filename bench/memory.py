@@ -21,7 +21,11 @@ room: it must stay 0); they lengthen every posting list the search reads, and on
 BM25's document frequencies (FTS5 counts them over the whole index), which moves recall a little. ``max_seconds`` bounds the filling per backend: a size not reached
 in time is reported as ``"reached"`` with the count it got to.
 
-Left out: embeddings (MEMORY_EMBEDDINGS=off), the prompt (see tests/test_recall_*), the network
+``--embeddings local`` (or ``openai``) also stores a vector per turn and ranks again with them:
+``backends[backend]["embeddings"]`` beside the lexical ranker's figures, measured on the same index in
+the same run, with ``embed_turns_per_s``. The top-level figures stay the default's (``off``).
+
+Left out: the prompt (see tests/test_recall_*), the network
 between the bot and a remote PostgreSQL (this one is on the same machine), and concurrency (one
 search at a time).
 """
@@ -29,6 +33,7 @@ search at a time).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 import random
@@ -43,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.memory import Modality, Turn
-from bot.recall import Audience, Recall
+from bot.recall import Audience, Recall, RecallConfig
 from bot.store import Database, PostgresDatabase, SqliteDatabase
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -217,7 +222,8 @@ async def _drop(name: str) -> None:
         await admin.close()
 
 
-async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[int], max_seconds: float) -> dict[str, Any]:
+async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[int], max_seconds: float,
+              embeddings: str = "off") -> dict[str, Any]:
     result: dict[str, Any] = {"backends": {}, "scale": {}}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for backend in backends:
@@ -232,6 +238,8 @@ async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[in
                     "ranker": ranker, "bm25_single_turn": bm25,
                     "ingest_turns_per_s": round(loaded.turns / loaded.ingest_seconds, 1) if loaded.ingest_seconds else None,
                 }
+                if embeddings != "off":
+                    result["backends"][backend]["embeddings"] = await _with_vectors(db, embeddings, loaded)
                 sizes: dict[str, Any] = {}
                 filler = Filler()
                 deadline = time.monotonic() + max_seconds
@@ -263,6 +271,27 @@ async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[in
     return result
 
 
+async def _with_vectors(db: Database, mode: str, loaded: Loaded) -> dict[str, Any]:
+    """The same index ranked again with vectors (``mode``: local or openai, from the environment)."""
+    from bot.recall.embed import build_embedder
+    from bot.settings import Settings, load_settings
+
+    settings = load_settings() if mode == "openai" else Settings()
+    embedder = build_embedder(dataclasses.replace(settings, memory_embeddings=mode))
+    recall = Recall(db, RecallConfig(budget_ms=10_000), embedder=embedder)
+    await recall.start()
+    started = time.perf_counter()
+    embedded = await recall.embed_all()
+    seconds = time.perf_counter() - started
+    try:
+        out = await evaluate(recall, loaded, lexical_only=False)
+    finally:
+        await recall.aclose()
+    out["model"] = embedder.name if embedder is not None else None
+    out["embed_turns_per_s"] = round(embedded / seconds, 1) if seconds > 0 else None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -270,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", default="", help="comma-separated index sizes, e.g. 10000,100000,1000000")
     parser.add_argument("--backends", default="sqlite", help="sqlite, postgresql or both (comma-separated)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time allowed to fill each backend")
+    parser.add_argument("--embeddings", choices=("off", "local", "openai"), default="off",
+                        help="also rank with vectors (local: voicebot[embeddings]; openai: OPENAI_* settings)")
     args = parser.parse_args(argv)
     try:
         data = json.loads(args.data.read_text(encoding="utf-8"))
@@ -283,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench.memory: --backends takes sqlite and/or postgresql", file=sys.stderr)
         return 2
     scales = sorted(int(s) for s in args.scale.split(",") if s.strip())
-    result = asyncio.run(run(data, backends, scales, args.max_seconds))
+    result = asyncio.run(run(data, backends, scales, args.max_seconds, args.embeddings))
     print(json.dumps(result))
     if not args.json:
         print(json.dumps(result, indent=2), file=sys.stderr)

@@ -53,21 +53,23 @@ class Services:
     usage: UsageMeter | None = None
 
     def __post_init__(self) -> None:
-        if self.recall is None and self.settings.memory_recall:
-            s = self.settings
-            self.recall = Recall(self.store, RecallConfig(
-                budget_ms=s.recall_budget_ms, count=s.memory_recall_count, prompt_tokens=s.memory_prompt_tokens,
-                embeddings=s.memory_embeddings, retention_days=s.transcript_retention_days,
-            ), linked=self.memory.identities_of)
-        if self.recall is not None:
-            if self.recall.on_stored not in self.memory.on_stored:
-                self.memory.on_stored.append(self.recall.on_stored)
-            self.agent.recall = self.recall
         if self.usage is None:
             from bot.usage.wiring import build_meter, guard_agent
 
             self.usage = build_meter(self.settings, self.store)
             guard_agent(self.agent, self.usage)
+        if self.recall is None and self.settings.memory_recall:
+            from bot.recall.embed import build_embedder
+
+            s = self.settings
+            self.recall = Recall(self.store, RecallConfig(
+                budget_ms=s.recall_budget_ms, count=s.memory_recall_count, prompt_tokens=s.memory_prompt_tokens,
+                embeddings=s.memory_embeddings, retention_days=s.transcript_retention_days,
+            ), linked=self.memory.identities_of, embedder=build_embedder(s, self.usage))
+        if self.recall is not None:
+            if self.recall.on_stored not in self.memory.on_stored:
+                self.memory.on_stored.append(self.recall.on_stored)
+            self.agent.recall = self.recall
 
     async def aclose(self) -> None:
         if self.retention is not None:
@@ -124,6 +126,8 @@ async def build_services(settings: Settings, *, db: Database | None = None) -> S
     try:
         from bot.facts import RecallDocuments, build_facts, index_knowledge
 
+        if services.recall is not None:
+            await services.recall.start()  # its tables, and the embedding model when MEMORY_EMBEDDINGS is on
         documents = RecallDocuments(services.recall) if services.recall is not None else None
         services.facts = await build_facts(settings, agent, services.store, documents=documents)
         if agent.knowledge is not None and services.recall is not None:

@@ -129,7 +129,8 @@ class Settings:
     recall_budget_ms: int = 50  # a reply waits at most this long for memories, then goes on without
     memory_recall_count: int = 5  # memories in a prompt at most
     memory_prompt_tokens: int = 400  # ...and at most about this many tokens of them
-    memory_embeddings: str = "off"  # only "off" is built: lexical recall with context, speakers and dates
+    memory_embeddings: str = "off"  # off | local (voicebot[embeddings]) | openai: vectors re-rank recall's candidates
+    memory_embeddings_model: str = "text-embedding-3-small"  # MEMORY_EMBEDDINGS=openai's model
     data_dir: Path = Path("data")
     database_url: str | None = None  # postgresql://…; unset: the SQLite file in DATA_DIR
     memory_queue_max: int = 10_000  # turns held in memory while the database is away
@@ -490,7 +491,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "RECALL_BUDGET_MS": ("recall_budget_ms", _int(1, 5000)),
     "MEMORY_RECALL_COUNT": ("memory_recall_count", _int(0, 20)),
     "MEMORY_PROMPT_TOKENS": ("memory_prompt_tokens", _int(50, 8000)),
-    "MEMORY_EMBEDDINGS": ("memory_embeddings", _choice(("off",))),
+    "MEMORY_EMBEDDINGS": ("memory_embeddings", _choice(("off", "local", "openai"))),
+    "MEMORY_EMBEDDINGS_MODEL": ("memory_embeddings_model", _text),
     "DATA_DIR": ("data_dir", _path),
     "DATABASE_URL": ("database_url", _database_url),
     "MEMORY_QUEUE_MAX": ("memory_queue_max", _int(10, 10_000_000)),
@@ -571,6 +573,14 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append("AGENT_ENGINE=elizaos needs ELIZAOS_URL")
     if values.get("elizaos_url") and not values.get("elizaos_agent_id"):
         problems.append("ELIZAOS_URL is set but ELIZAOS_AGENT_ID is not: the agent's id is required")
+    embeddings = values.get("memory_embeddings")
+    if embeddings == "openai" and not (values.get("openai_api_key") or values.get("openai_base_url")):
+        problems.append("MEMORY_EMBEDDINGS=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+    if embeddings == "local":
+        import importlib.util
+
+        if importlib.util.find_spec("wordllama") is None:
+            problems.append("MEMORY_EMBEDDINGS=local needs the local embedding model: pip install 'voicebot[embeddings]'")
     if values.get("stt_engine") == "deepgram" and not values.get("deepgram_api_key"):
         problems.append("STT_ENGINE=deepgram needs DEEPGRAM_API_KEY")
     if values.get("tts_engine") == "elevenlabs" and not values.get("elevenlabs_api_key"):

@@ -37,6 +37,9 @@ WEIGHTS = {
     "context": 0.45,  # the best lexical score of a turn around it
     "recency": 0.05,  # decays over RECENCY_DAYS
     "agent": -0.05,  # the bot's own words count a little less than people's
+    # MEMORY_EMBEDDINGS: the question's cosine similarity, 0..1. Small on purpose: on bench/data's sample
+    # and bench.memory_data's sets any larger weight lowered recall@5 (WordLlama; see README, Memory).
+    "semantic": 0.1,
 }
 RECENCY_DAYS = 30.0
 NEIGHBOUR_SECONDS = 180.0  # turns further apart than this are not "around" each other
@@ -190,8 +193,12 @@ def _first_name(name: str) -> str:
 
 
 def rank(p: Plan, candidates: Sequence[Hit], neighbours: Iterable[Hit], *, identities: set[str],
-         now: float, weights: dict[str, float] | None = None) -> list[Hit]:
-    """Candidates and their neighbours, best first, each with its combined ``score`` and ``features``."""
+         now: float, weights: dict[str, float] | None = None, semantic: dict[int, float] | None = None) -> list[Hit]:
+    """Candidates and their neighbours, best first, each with its combined ``score`` and ``features``.
+
+    ``semantic``: each document's cosine similarity to the question (MEMORY_EMBEDDINGS); a document
+    without one scores as the least similar.
+    """
     w = weights or WEIGHTS
     pool: dict[int, Hit] = {h.id: h for h in candidates}
     for n in neighbours:
@@ -214,6 +221,7 @@ def rank(p: Plan, candidates: Sequence[Hit], neighbours: Iterable[Hit], *, ident
                 if 0 <= j < len(turns) and abs(turns[j].created_at - h.created_at) <= NEIGHBOUR_SECONDS:
                     best_around = max(best_around, lex[turns[j].id] * weight)
             context[h.id] = best_around
+    sem = {i: max(0.0, v) for i, v in (semantic or {}).items()}
     scored: list[Hit] = []
     seen_text: set[tuple[str, str]] = set()
     for h in pool.values():
@@ -226,6 +234,8 @@ def rank(p: Plan, candidates: Sequence[Hit], neighbours: Iterable[Hit], *, ident
             "recency": math.exp(-max(0.0, now - h.created_at) / (RECENCY_DAYS * DAY)),
             "agent": 1.0 if h.role == "assistant" else 0.0,
         }
+        if semantic is not None:
+            f["semantic"] = sem.get(h.id, 0.0)
         if f["lex"] == 0.0 and f["context"] == 0.0 and f["date"] == 0.0:
             continue  # a neighbour of nothing that matters
         score = sum(w[k] * v for k, v in f.items())

@@ -3,7 +3,10 @@
 ``POST /v1/chat/completions`` with ``"stream": true`` answers ``text/event-stream``: one
 ``data: {chat.completion.chunk}`` event per token, a final chunk with ``finish_reason``, then
 ``data: [DONE]``. Without ``stream`` it answers one ``chat.completion`` object. ``GET /v1/models``
-lists models. Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
+lists models. ``POST /v1/embeddings`` answers a ``list`` of ``embedding`` objects (``index``,
+``embedding``) with ``usage.prompt_tokens``: each vector is the hashed words of its input projected
+on ``embedding_dim`` dimensions, so texts that share words are near; ``hold_embeddings`` (an event)
+keeps embedding requests waiting until it is set. Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 
 Switches: ``responder`` (a function of the request body giving a whole completion's text),
 ``fail_with`` (401 / 404 / 500 / 429), ``broken_sse`` (after the first token, one event
@@ -70,6 +73,8 @@ class FakeOpenAI:
     connect_delay: float = 0.0
     # The text of a whole (not streamed) completion, from its request body; None: ``reply_tokens`` joined.
     responder: Callable[[dict[str, Any]], str] | None = None
+    embedding_dim: int = 64
+    hold_embeddings: asyncio.Event | None = None
 
     requests: list[RecordedRequest] = field(default_factory=list)
     streams: list[StreamTiming] = field(default_factory=list)
@@ -93,12 +98,15 @@ class FakeOpenAI:
         app = web.Application(middlewares=[connection_cost_middleware(self.connect_delay, self.new_connections)])
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner, url = await serve_on_loopback(app, shutdown_timeout=0.5)
         self.base_url = url + "/v1"
         return self.base_url
 
     async def close(self) -> None:
         self._release.set()
+        if self.hold_embeddings is not None:
+            self.hold_embeddings.set()
         if self._permits is not None:
             for _ in range(1000):
                 self._permits.release()
@@ -168,6 +176,48 @@ class FakeOpenAI:
         return web.json_response({
             "object": "list",
             "data": [{"id": m, "object": "model", "created": created, "owned_by": "fake"} for m in self.models],
+        })
+
+    @property
+    def embedding_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
+
+    def vector_of(self, text: str) -> list[float]:
+        """The fake model: each word adds a fixed pseudo-random direction (sha256 of the word)."""
+        import hashlib
+        import re
+
+        vec = [0.0] * self.embedding_dim
+        for word in re.findall(r"\w+", text.lower()):
+            digest = hashlib.sha256(word.encode()).digest()
+            for i in range(self.embedding_dim):
+                vec[i] += (digest[i % 32] - 127.5) / 127.5
+        return vec
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await self._record(request)
+        except ValueError:
+            return self._error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if self.fail_with is not None:
+            return self._error(self.fail_with, "The server had an error while processing your request.",
+                               "server_error", None)
+        texts = (body or {}).get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not (body or {}).get("model") or not isinstance(texts, list) or not texts \
+                or not all(isinstance(t, str) and t for t in texts):
+            return self._error(400, "'input' must be a non-empty string or array of non-empty strings",
+                               "invalid_request_error", None, "input")
+        if self.hold_embeddings is not None:
+            await self.hold_embeddings.wait()
+        tokens = sum(max(1, len(t.split())) for t in texts)
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": self.vector_of(t)} for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
