@@ -540,6 +540,23 @@ class FactsService:
             await self._documents_removed("fact", [fact_id])
         return removed
 
+    async def turns_forgotten(self, room: str, turns: Sequence[tuple[int | None, Any]]) -> dict[str, int]:
+        """A person asked to forget what they just said: ``turns`` (row id, turn) left ``room``. Drops every
+        fact citing one of them and the summaries of a session they were said in, with their recall
+        entries. Waits for a reading of the room in progress, so nothing it learns from them lands after."""
+        ids = [row_id for row_id, _ in turns if row_id is not None]
+        async with self._lock(room):
+            facts = await self.store.forget_turns(ids)
+            summaries = await self.store.forget_summaries_at(room, [float(t.created_at) for _, t in turns])
+        if facts:
+            self._changed(())
+            self._cache.clear()
+        await self._documents_removed("fact", facts)
+        await self._documents_removed("summary", summaries)
+        if facts or summaries:
+            await self.store.db.scrub(["facts", "fact_sources", "summaries", "summary_people"])
+        return {"fact": len(facts), "summary": len(summaries)}
+
     async def forget_learnt(self, identity: str) -> dict[str, int]:
         """``/memory forget``'s "everything": the facts and summaries about them; their turns stay."""
         people = await self.turns.identities_of(identity)

@@ -1135,6 +1135,30 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Eu não tinha nada guardado sobre você. O que você estava dizendo agora também foi descartado.",
         "ja": "あなたについて保存しているものはありませんでした。直前に話していた内容も破棄しました。",
     },
+    "forget_last.done": {
+        "en": "Done — I've forgotten that.",
+        "de": "Erledigt — das habe ich vergessen.",
+        "fr": "C'est fait — je l'ai oublié.",
+        "es": "Hecho — lo he olvidado.",
+        "pt": "Pronto — esqueci isso.",
+        "ja": "わかりました。今のは忘れました。",
+    },
+    "forget_last.nothing": {
+        "en": "There's nothing to forget: I have nothing new that you said here.",
+        "de": "Da gibt es nichts zu vergessen: Ich habe hier nichts Neues von dir.",
+        "fr": "Il n'y a rien à oublier : je n'ai rien de nouveau que tu aies dit ici.",
+        "es": "No hay nada que olvidar: no tengo nada nuevo que hayas dicho aquí.",
+        "pt": "Não há nada para esquecer: não tenho nada novo que você tenha dito aqui.",
+        "ja": "忘れることはありません。ここであなたが新しく話したことは何も残っていません。",
+    },
+    "forget_last.failed": {
+        "en": "I couldn't forget that just now (my memory isn't reachable). Please ask again in a moment.",
+        "de": "Das konnte ich gerade nicht vergessen (mein Gedächtnis ist nicht erreichbar). Bitte frag gleich noch einmal.",
+        "fr": "Je n'ai pas pu l'oublier tout de suite (ma mémoire est injoignable). Redemande-moi dans un instant.",
+        "es": "No pude olvidarlo ahora mismo (mi memoria no responde). Pídemelo de nuevo en un momento.",
+        "pt": "Não consegui esquecer isso agora (minha memória não está acessível). Peça de novo daqui a pouco.",
+        "ja": "今は忘れられませんでした（記憶にアクセスできません）。少ししてからもう一度言ってください。",
+    },
     "privacy.forget_done": {
         "en": "Forgotten: I erased {what} (including texts from any phone you linked) and anything I was still "
               "processing. If you opted out, that stays: I keep only a scrambled mark of it.",
