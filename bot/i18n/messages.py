@@ -1889,17 +1889,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     "memory.more": {"en": "…and {count} more.", "de": "…und {count} weitere.", "fr": "…et {count} de plus.",
                     "es": "…y {count} más.", "pt": "…e mais {count}.", "ja": "…ほか{count}件。"},
     "memory.how": {"en": "Remove one fact with `/memory forget` and its number, everything I learnt with "
-                         "`/memory forget item: all` (your messages stay), or everything with `/forget`.",
+                         "`/memory forget item: all` (your messages stay), or everything with `/forget`. "
+                         "Saying or typing \"forget what I just said\" removes your last message there.",
                    "de": "Entferne einen Fakt mit `/memory forget` und seiner Nummer, alles Gelernte mit "
-                         "`/memory forget item: all` (deine Nachrichten bleiben) oder alles mit `/forget`.",
+                         "`/memory forget item: all` (deine Nachrichten bleiben) oder alles mit `/forget`. "
+                         "„Vergiss, was ich gerade gesagt habe“ entfernt deine letzte Nachricht dort.",
                    "fr": "Retire un fait avec `/memory forget` et son numéro, tout ce que j'ai appris avec "
-                         "`/memory forget item: all` (tes messages restent), ou tout avec `/forget`.",
+                         "`/memory forget item: all` (tes messages restent), ou tout avec `/forget`. "
+                         "« Oublie ce que je viens de dire » retire ton dernier message à cet endroit.",
                    "es": "Quita un dato con `/memory forget` y su número, todo lo aprendido con "
-                         "`/memory forget item: all` (tus mensajes se quedan), o todo con `/forget`.",
+                         "`/memory forget item: all` (tus mensajes se quedan), o todo con `/forget`. "
+                         "«Olvida lo que acabo de decir» quita tu último mensaje en ese lugar.",
                    "pt": "Remova um fato com `/memory forget` e o número dele, tudo o que aprendi com "
-                         "`/memory forget item: all` (suas mensagens ficam), ou tudo com `/forget`.",
+                         "`/memory forget item: all` (suas mensagens ficam), ou tudo com `/forget`. "
+                         "\"Esqueça o que eu acabei de dizer\" remove sua última mensagem ali.",
                    "ja": "事実を1つ消すには `/memory forget` と番号を、覚えたことをすべて消すには "
-                         "`/memory forget item: all`（メッセージは残ります）を、すべてを消すには `/forget` を使ってください。"},
+                         "`/memory forget item: all`（メッセージは残ります）を、すべてを消すには `/forget` を使ってください。"
+                         "「今言ったことは忘れて」と言うか書くと、その場所での直前のメッセージを消します。"},
     "memory.place.dm": {"en": "our direct messages", "de": "unsere Direktnachrichten", "fr": "nos messages privés",
                         "es": "nuestros mensajes directos", "pt": "nossas mensagens diretas", "ja": "ダイレクトメッセージ"},
     "memory.place.sms": {"en": "SMS", "de": "SMS", "fr": "SMS", "es": "SMS", "pt": "SMS", "ja": "SMS"},
