@@ -348,6 +348,26 @@ async def test_a_reply_still_being_written_is_not_stored_once_its_question_is_fo
     assert await rig.rows_with(SECRET) == []
 
 
+async def test_a_step_that_fails_after_the_turn_is_gone_is_finished_by_the_next_request(rig: Rig) -> None:
+    await rig.say(GUILD, MAYA, "Maya", f"I like {SECRET}")
+    assert [f.text for f in (await rig.facts.about(MAYA))[0]] == [f"Maya likes {SECRET}"]
+    failures = [ConnectionError("the facts tables are locked")]
+
+    async def flaky(room: str, gone: object) -> None:
+        if failures:
+            raise failures.pop()
+
+    rig.agent.forget_listeners.insert(0, flaky)
+    failed = "I couldn't forget that just now (my memory isn't reachable). Please ask again in a moment."
+    assert await rig.say(GUILD, MAYA, "Maya", "forget what I just said") == failed
+    assert await rig.memory.count(GUILD) == 0
+    assert await rig.rows_with(SECRET)  # the learnt fact is still there: not done, and they were told
+    assert await rig.say(GUILD, MAYA, "Maya", "forget what I just said") == "Done — I've forgotten that."
+    assert await rig.rows_with(SECRET) == [] and (await rig.facts.about(MAYA)) == ([], [])
+    if rig.store.dialect == "sqlite":
+        assert on_disk(rig.store, SECRET) == []
+
+
 async def test_a_speculative_request_forgets_nothing_until_the_turn_is_over(rig: Rig) -> None:
     await rig.say(GUILD, MAYA, "Maya", f"I like {SECRET}")
     thrown = rig.agent.reply(Incoming(GUILD, MAYA, "Maya", "forget what I just said", Modality.VOICE), remember=False)

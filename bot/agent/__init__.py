@@ -281,6 +281,9 @@ class Agent:
         # Each person's latest reply per room whose turn is stored, until it is finished: a reply still being
         # written when its question is forgotten is not stored either.
         self._open: weakref.WeakValueDictionary[tuple[str, str], Reply] = weakref.WeakValueDictionary()
+        # Turns memory deleted on request whose recall entries or learnt facts could not be removed then:
+        # the person is told it failed, and their next request there finishes the job.
+        self._unfinished: dict[tuple[str, str], list[tuple[int | None, Turn]]] = {}
 
     @property
     def engine_name(self) -> str:
@@ -424,32 +427,48 @@ class Agent:
         recall entries and what facts and summaries drew from them; then scrub the database's files.
         Returns what to tell them, in ``language``."""
         room, who = incoming.room, incoming.speaker_id
-        self._prefetched.pop((room, who), None)  # a search started on these words may hold the turn
+        key = (room, who)
+        self._prefetched.pop(key, None)  # a search started on these words may hold the turn
         try:
             gone = await self.memory.forget_last(room, who)
+        except Exception as exc:  # the database is away and the turn is stored: nothing was deleted
+            log.warning("forgetting a last turn on request failed: %s", exc, extra={"room": room})
+            return t("forget_last.failed", language)
+        if gone:
+            open_reply = self._open.get(key)
+            if open_reply is not None and open_reply._turn in [turn for _, turn in gone]:
+                open_reply._store = False  # still being written: its answer is not kept either
+            gone = self._unfinished.pop(key, []) + gone
+        else:
+            gone = self._unfinished.pop(key, [])  # what failed last time is finished now
             if not gone:
                 log.info("asked to forget a last turn: nothing new to forget", extra={"room": room})
                 return t("forget_last.nothing", language)
-            open_reply = self._open.get((room, who))
-            if open_reply is not None and open_reply._turn in [turn for _, turn in gone]:
-                open_reply._store = False  # still being written: its answer is not kept either
-            ids = [row_id for row_id, _ in gone if row_id is not None]
-            recall = self.recall
-            if recall is not None and ids:
-                await recall.flush()  # a turn handed to the index but not in it yet would land after the delete
-                await recall.remove_turns(ids)
-            for listener in list(self.forget_listeners):
-                await listener(room, gone)
-            if recall is not None:
-                await recall.scrub()
-            await self.memory.db.scrub(["turns"])
+        try:
+            await self._forget_drawn(room, gone)
         except asyncio.CancelledError:
+            self._unfinished[key] = gone
             raise
         except Exception as exc:
-            log.warning("forgetting a last turn on request failed: %s", exc, extra={"room": room})
+            self._unfinished[key] = gone
+            log.warning("forgetting what was drawn from a last turn failed: %s", exc, extra={"room": room})
             return t("forget_last.failed", language)
         log.info("forgot a last turn on request (%d turns)", len(gone), extra={"room": room})
         return t("forget_last.done", language)
+
+    async def _forget_drawn(self, room: str, gone: list[tuple[int | None, Turn]]) -> None:
+        """The recall entries of turns memory deleted, and what listeners (facts) drew from them; then the
+        database's files are scrubbed."""
+        ids = [row_id for row_id, _ in gone if row_id is not None]
+        recall = self.recall
+        if recall is not None and ids:
+            await recall.flush()  # a turn handed to the index but not in it yet would land after the delete
+            await recall.remove_turns(ids)
+        for listener in list(self.forget_listeners):
+            await listener(room, gone)
+        if recall is not None:
+            await recall.scrub()
+        await self.memory.db.scrub(["turns"])
 
     async def _with_memories(self, conversation: Conversation, said_at: float) -> AsyncGenerator[str, None]:
         """The engine's stream for ``conversation`` with recalled memories in its prompt (when any
