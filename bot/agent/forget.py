@@ -46,36 +46,40 @@ _LEADING = ("hey", "hi", "ok", "okay", "oh", "um", "uh", "hmm", "actually", "sor
 _TRAILING = ("thanks", "thank you", "thx", "gracias", "merci", "danke", "obrigado", "obrigada", "ありがとう",
              "ありがとうございます")
 
+# Each grammar: a verb that forgets takes what was said or a bare "that"; a verb that erases ("delete",
+# "borra", "lösch", "apaga", "消して") only what was said: "delete that" may be about anything else.
+_EN_SAID = (r"(?:about )?(?:what i (?:just )?(?:said|typed|wrote|sent|told you)|that last (?:message|bit|part|one)|"
+            r"my last message|the last thing i (?:said|typed|wrote))")
 _EN = re.compile(
-    r"(?:(?:can|could|would|will) you )?(?:just )?(?:forget|erase|delete) (?:about )?"
-    r"(?:what i (?:just )?(?:said|typed|wrote|sent|told you)|that|that last (?:message|bit|part|one)|"
-    r"my last message|the last thing i (?:said|typed|wrote))"
+    rf"(?:(?:can|could|would|will) you )?(?:just )?(?:forget (?:{_EN_SAID}|that)|(?:erase|delete) {_EN_SAID})"
     r"(?: just now| a moment ago)?(?: for me)?")
+_ES_SAID = r"(?:lo que (?:te )?(?:acabo de (?:decir|escribir)|dije|escribi)(?: ahora)?|mi ultimo mensaje)"
 _ES = re.compile(
     r"(?:(?:puedes|podrias|puede|podria) )?"
-    r"(?:olvida|olvide|olvidar|borra|borre|borrar|elimina|elimine|eliminar) "
-    r"(?:lo que (?:te )?(?:acabo de (?:decir|escribir)|dije|escribi)(?: ahora)?|eso|mi ultimo mensaje)")
+    rf"(?:(?:olvida|olvide|olvidar) (?:{_ES_SAID}|eso)|(?:borra|borre|borrar|elimina|elimine|eliminar) {_ES_SAID})")
+_FR_SAID = (r"(?:ce que (?:je viens de (?:te |vous )?(?:dire|ecrire)|j ai (?:dit|ecrit)|je t ai dit|je vous ai dit)|"
+            r"mon dernier message)")
 _FR = re.compile(
     r"(?:(?:peux tu|pouvez vous|tu peux|vous pouvez) )?"
-    r"(?:oublie|oubliez|oublier|efface|effacez|effacer|supprime|supprimez|supprimer) "
-    r"(?:ce que (?:je viens de (?:te |vous )?(?:dire|ecrire)|j ai (?:dit|ecrit)|je t ai dit|je vous ai dit)|"
-    r"ca|cela|mon dernier message)")
-_DE_WHAT = (r"(?:was ich (?:(?:dir|ihnen) )?(?:gerade|eben|grad)? ?(?:gesagt|geschrieben)(?: habe| hab)?|das|"
+    rf"(?:(?:oublie|oubliez|oublier) (?:{_FR_SAID}|ca|cela)"
+    rf"|(?:efface|effacez|effacer|supprime|supprimez|supprimer) {_FR_SAID})")
+_DE_SAID = (r"(?:was ich (?:(?:dir|ihnen) )?(?:gerade|eben|grad)? ?(?:gesagt|geschrieben)(?: habe| hab)?|"
             r"meine letzte nachricht)")
 _DE = re.compile(
-    rf"(?:vergiss|vergessen sie|losch|losche|loschen sie|loesche) {_DE_WHAT}"
-    rf"|(?:kannst du|konnen sie|konntest du|konnten sie) {_DE_WHAT} (?:vergessen|loschen)")
+    rf"(?:vergiss|vergessen sie) (?:{_DE_SAID}|das)|(?:losch|losche|loschen sie|loesche) {_DE_SAID}"
+    rf"|(?:kannst du|konnen sie|konntest du|konnten sie) (?:(?:{_DE_SAID}|das) vergessen|{_DE_SAID} loschen)")
+_PT_SAID = (r"(?:o que (?:eu )?(?:te )?(?:acabei de (?:dizer|escrever|falar)|disse|falei|escrevi)|"
+            r"minha ultima mensagem)")
 _PT = re.compile(
     r"(?:(?:pode|podes|voce pode|poderia) )?"
-    r"(?:esquece|esqueca|esquecer|apaga|apague|apagar) "
-    r"(?:o que (?:eu )?(?:te )?(?:acabei de (?:dizer|escrever|falar)|disse|falei|escrevi)|isso|"
-    r"minha ultima mensagem)")
+    rf"(?:(?:esquece|esqueca|esquecer) (?:{_PT_SAID}|isso)|(?:apaga|apague|apagar) {_PT_SAID})")
 # Japanese has no spaces between words: the folded text is joined before matching.
+_JA_NOW = r"(?:今|いま|さっき|先ほど|さきほど)"
+_JA_SAID = rf"(?:{_JA_NOW}(?:の|のこと|の話)?|{_JA_NOW}?(?:言った|いった|話した|はなした|書いた|かいた)(?:こと)?)"
+_JA_PLEASE = (r"(?:ください|下さい|くれ|ほしい|欲しい|くれる|くれますか|もらえる|もらえますか)?"
+              r"(?:お願いします|おねがいします|お願い|おねがい)?")
 _JA = re.compile(
-    r"(?:(?:今|いま|さっき|先ほど|さきほど)(?:の|のこと|の話|の話し)?|"
-    r"(?:今|いま|さっき|先ほど|さきほど)?(?:言った|いった|話した|はなした|書いた|かいた)(?:こと)?|それ)"
-    r"(?:は|を)?(?:忘れて|わすれて|消して|けして|削除して)(?:ください|下さい|くれ|ほしい|欲しい|くれる|くれますか|もらえる|もらえますか)?"
-    r"(?:お願いします|おねがいします|お願い|おねがい)?")
+    rf"(?:(?:{_JA_SAID}|それ)(?:は|を)?(?:忘れて|わすれて)|{_JA_SAID}(?:は|を)?(?:消して|けして|削除して)){_JA_PLEASE}")
 
 _GRAMMARS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("en", _EN), ("es", _ES), ("fr", _FR), ("de", _DE), ("pt", _PT))
