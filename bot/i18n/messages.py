@@ -268,17 +268,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "consent.optout": {
         "en": "Don't want to be heard? Use `/optout`: your voice is ignored from then on, and `/forget` erases what the "
-              "bot remembers about you. `/optin` undoes the opt-out.",
+              "bot remembers about you. `/optin` undoes the opt-out. "
+              "Saying \"forget what I just said\" removes just your last words.",
         "de": "Du willst nicht gehört werden? Nutze `/optout`: Ab dann wird deine Stimme ignoriert, und `/forget` löscht, "
-              "was der Bot über dich weiß. `/optin` macht das Opt-out rückgängig.",
+              "was der Bot über dich weiß. `/optin` macht das Opt-out rückgängig. "
+              "„Vergiss, was ich gerade gesagt habe“ entfernt nur deine letzten Worte.",
         "fr": "Tu ne veux pas être écouté ? Utilise `/optout` : ta voix est ignorée à partir de là, et `/forget` efface "
-              "ce que le bot retient de toi. `/optin` annule l'opt-out.",
+              "ce que le bot retient de toi. `/optin` annule l'opt-out. "
+              "« Oublie ce que je viens de dire » retire seulement tes derniers mots.",
         "es": "¿No quieres que te escuche? Usa `/optout`: desde entonces tu voz se ignora, y `/forget` borra lo que el bot "
-              "recuerda de ti. `/optin` deshace el opt-out.",
+              "recuerda de ti. `/optin` deshace el opt-out. "
+              "«Olvida lo que acabo de decir» quita solo tus últimas palabras.",
         "pt": "Não quer ser ouvido? Use `/optout`: a partir daí sua voz é ignorada, e `/forget` apaga o que o bot lembra "
-              "de você. `/optin` desfaz o opt-out.",
+              "de você. `/optin` desfaz o opt-out. "
+              "\"Esqueça o que eu acabei de dizer\" remove só suas últimas palavras.",
         "ja": "聞かれたくない場合は `/optout` を使ってください。それ以降あなたの声は無視されます。`/forget` で"
-              "ボットが覚えているあなたの情報を消去でき、`/optin` でオプトアウトを取り消せます。",
+              "ボットが覚えているあなたの情報を消去でき、`/optin` でオプトアウトを取り消せます。"
+              "「今言ったことは忘れて」と言うと、直前の発言だけを消します。",
     },
     "consent.local_stt": {
         "en": "a local recognizer on the bot's own server", "de": "eine lokale Spracherkennung auf dem Server des Bots",
@@ -1599,17 +1605,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     # -- SMS ---------------------------------------------------------------------------------
     "sms.help": {
         "en": "You're texting {name}, an AI character. Just text to chat. To link Discord, run /link phone there and "
-              "text the code here. Reply STOP to opt out, START to opt back in.",
+              "text the code here. Reply STOP to opt out, START to opt back in. "
+              "Text \"forget what I just said\" to remove your last message.",
         "de": "Du schreibst mit {name}, einer KI-Figur. Schreib einfach drauflos. Um Discord zu verknüpfen, nutze dort "
-              "/link phone und schick den Code hierher. Antworte STOPP zum Abmelden, START zum erneuten Anmelden.",
+              "/link phone und schick den Code hierher. Antworte STOPP zum Abmelden, START zum erneuten Anmelden. "
+              "„Vergiss, was ich gerade gesagt habe“ entfernt deine letzte Nachricht.",
         "fr": "Tu écris à {name}, un personnage IA. Écris simplement pour discuter. Pour lier Discord, lance /link phone "
-              "là-bas et envoie le code ici. Réponds ARRET pour te désinscrire, START pour te réinscrire.",
+              "là-bas et envoie le code ici. Réponds ARRET pour te désinscrire, START pour te réinscrire. "
+              "« Oublie ce que je viens de dire » retire ton dernier message.",
         "es": "Estás escribiendo a {name}, un personaje de IA. Escribe y charlamos. Para vincular Discord, usa allí "
-              "/link phone y envía el código aquí. Responde BAJA para darte de baja y START para volver.",
+              "/link phone y envía el código aquí. Responde BAJA para darte de baja y START para volver. "
+              "«Olvida lo que acabo de decir» quita tu último mensaje.",
         "pt": "Você está conversando com {name}, um personagem de IA. É só mandar mensagem. Para vincular o Discord, use "
-              "/link phone lá e mande o código aqui. Responda PARAR para sair e START para voltar.",
+              "/link phone lá e mande o código aqui. Responda PARAR para sair e START para voltar. "
+              "\"Esqueça o que eu acabei de dizer\" remove sua última mensagem.",
         "ja": "AIキャラクターの{name}とやりとりしています。気軽にメッセージを送ってください。Discordと連携するには、"
-              "Discordで /link phone を実行し、表示されたコードをここに送ってください。配信停止は「停止」、再開は START と返信してください。",
+              "Discordで /link phone を実行し、表示されたコードをここに送ってください。配信停止は「停止」、再開は START と返信してください。"
+              "「今言ったことは忘れて」と送ると直前のメッセージを消します。",
     },
     "sms.stopped": {
         "en": "You're unsubscribed and won't get more messages from me. Reply START to opt back in.",
