@@ -461,3 +461,40 @@ async def test_texted_by_sms_in_spanish_it_is_forgotten_and_confirmed_by_sms(rig
     assert await rig.rows_with(SECRET) == []
     if rig.store.dialect == "sqlite":
         assert on_disk(rig.store, SECRET) == []
+
+
+# ---------------------------------------------------------------------------------------- the whole bot
+
+
+async def test_the_real_bot_in_a_text_channel_forgets_and_confirms_in_the_channel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.loopback.server import LocalDiscord
+    from tests.test_chat_bounds import _openai_env, _wait_for, running_bot
+
+    async with FakeOpenAI() as fake, LocalDiscord(token="loopback.forgetbot.0123456789abcdef") as d:
+        async with running_bot(d, monkeypatch, {**_openai_env(fake), "FACTS_DEBOUNCE_SECONDS": "0"}) as bot:
+            alice = bot.guild.add_member("Alice")
+            memory = bot.services.memory
+            mention = f"<@{d.bot_user_id}>"
+
+            async def turns(n: int) -> bool:
+                return len(await memory.recent(bot.room, 10)) == n
+
+            await alice.send_message(bot.text, f"{mention} my sister is getting married in {SECRET} in June")
+            await _wait_for(lambda: len(bot.text.bot_messages) == 1, "the first reply")
+            await _wait_for(lambda: turns(2), "the first exchange stored")
+            await alice.send_message(bot.text, f"{mention} forget what I just said, please")
+            await _wait_for(lambda: len(bot.text.bot_messages) == 2, "the confirmation")
+            assert bot.text.bot_messages[-1].content == "Done — I've forgotten that."
+            assert await memory.recent(bot.room, 10) == []
+            requests = len(fake.completion_requests)
+            await alice.send_message(bot.text, f"{mention} where is the wedding?")
+            await _wait_for(lambda: len(bot.text.bot_messages) == 3, "the next reply")
+            await _wait_for(lambda: turns(2), "the next exchange stored")
+            prompts = [r.body for r in fake.completion_requests[requests:] if r.body and r.body.get("stream")]
+            assert prompts and all(SECRET not in str(body) and "forget what I" not in str(body) for body in prompts)
+            store = bot.services.store
+            for table in ("turns", "recall_docs", "facts"):
+                if table in await store.tables():
+                    assert not [r for r in await store.query(f"SELECT * FROM {table}") if SECRET in str(tuple(r))]
+        assert d.problems == []
