@@ -46,6 +46,7 @@ ROOM_TURNS = 64  # turns cached per room (the context is 20 by default)
 ROOMS = 4096  # rooms cached (least recently used leave first)
 READ_BUDGET = 0.25  # seconds a cold room's first read may wait for the database
 REPORT_INTERVAL = 60.0  # seconds between log lines about a database that is away / dropped turns
+FORGOT_MAX = 4096  # (room, speaker) pairs remembered as "nothing new said since they asked to forget"
 
 
 @dataclass(eq=False)
@@ -90,6 +91,9 @@ class Memory:
         self._failures_checked = 0  # failures whose possibly-committed batch was checked
         # Told of every stored turn with its row id, once it is in the database: bot.recall indexes it.
         self.on_stored: list[Callable[[Turn, int], object]] = []
+        # (room, speaker) whose last turn was forgotten on request, until they say something new there:
+        # asking twice forgets nothing more (see forget_last). This process's own; a restart starts empty.
+        self._forgot: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
 
     @classmethod
     async def open(cls, db: Database, **options: Any) -> Memory:
@@ -110,6 +114,7 @@ class Memory:
         """Queue one turn to be stored (never waits). Over the bound it is dropped and counted."""
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"role must be 'user' or 'assistant', got {turn.role!r}")
+        self._said(turn)
         rec = _Rec(turn)
         self._cache_add(rec)
         if len(self._pending) >= self.queue_max:
@@ -127,6 +132,7 @@ class Memory:
 
     async def append_now(self, turn: Turn) -> int:
         """Store one turn before returning (durable); returns its id."""
+        self._said(turn)
         rec = _Rec(turn)
         rec.id = await self.turns.insert(turn)
         self._cache_add(rec)
@@ -393,6 +399,54 @@ class Memory:
             removed = await self.turns.delete_latest_user_turn(room, speaker_id, text, since)
             self._rooms.pop(room, None)
         return removed
+
+    def _said(self, turn: Turn) -> None:
+        if turn.role == "user" and self._forgot:
+            self._forgot.pop((turn.room, turn.speaker_id), None)
+
+    async def forget_last(self, room: str, speaker_id: str) -> list[tuple[int | None, Turn]]:
+        """"Forget what I just said": delete ``speaker_id``'s latest turn in ``room`` and the agent's reply
+        right after it, whether stored or still queued; returns them, oldest first, with their row ids
+        (None: it was still queued and is never written). [] when there is nothing new to forget: they
+        said nothing here, or nothing since they last asked.
+
+        The queue is written first (the writer waits meanwhile), so the turn is found wherever it is.
+        While the database is away a turn still queued is taken off the queue; one already stored raises
+        the database's error (nothing was deleted).
+        """
+        key = (room, speaker_id)
+        async with self._write_lock:
+            if key in self._forgot:
+                return []
+            try:
+                await self._drain()
+            except Exception:
+                gone = self._unqueue_last(room, speaker_id)
+                if gone is None:
+                    raise
+            else:
+                gone = [(row_id, turn) for row_id, turn in await self.turns.delete_last_said(room, speaker_id)]
+            self._rooms.pop(room, None)
+            self._forgot[key] = None
+            while len(self._forgot) > FORGOT_MAX:
+                self._forgot.popitem(last=False)
+        return gone
+
+    def _unqueue_last(self, room: str, speaker_id: str) -> list[tuple[int | None, Turn]] | None:
+        """Take ``speaker_id``'s latest turn in ``room`` (and the reply after it) off the write queue;
+        None when none of theirs is queued there (it is stored, or there is none)."""
+        here = [r for r in self._pending if r.turn.room == room]
+        mine = [i for i, r in enumerate(here) if r.turn.speaker_id == speaker_id and r.turn.role == "user"]
+        if not mine:
+            return None
+        recs = [here[mine[-1]]]
+        if mine[-1] + 1 < len(here) and here[mine[-1] + 1].turn.role == "assistant":
+            recs.append(here[mine[-1] + 1])
+        for rec in recs:
+            self._pending.remove(rec)
+        if not self._pending:
+            self._idle.set()
+        return [(None, r.turn) for r in recs]
 
     async def forget_room(self, room: str) -> int:
         """Delete every turn in ``room``; returns the number deleted."""

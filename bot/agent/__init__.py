@@ -17,6 +17,11 @@ fails); the room's recent turns are read when the reply is first iterated (from 
 voice path never waits on the database);
 the agent's turn only when the caller says what was actually delivered, via :meth:`Reply.finish`
 (for voice: the part that was spoken before a barge-in).
+
+A message that asks to forget what the person just said (:func:`bot.agent.forget.forget_request`, six
+languages) never reaches the engine and is never stored: its reply removes that person's previous turn in
+the room, the agent's answer to it, their recall entries and what was learnt from them
+(:meth:`Agent.forget_last`), then confirms in a few words. Every channel gets this through ``reply``.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import contextlib
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bot.agent.character import Character, CharacterError, CharacterVoice
 from bot.agent.engines.base import AgentError, Conversation, Incoming, ReplyEngine
+from bot.agent.forget import forget_request
 from bot.agent.prompt import build_messages, clip
 from bot.i18n.catalog import t
 from bot.memory import Memory, Modality, Turn
@@ -67,6 +74,10 @@ async def _no_notes() -> list[str]:
     return []
 
 
+async def _said(text: str) -> AsyncGenerator[str, None]:
+    yield text
+
+
 class Reply:
     """One streamed reply. Async-iterate it once for text deltas; then call :meth:`finish`."""
 
@@ -92,6 +103,8 @@ class Reply:
         self.error: AgentError | None = None
         self._finished = False
         self._incoming_turn: Turn | None = None  # the person's turn, not stored yet (remember=False)
+        self._turn: Turn | None = None  # the person's turn once stored (see Agent.forget_last)
+        self._committed: asyncio.Event | None = None  # a request to forget waits for the turn to be over
         self._started = time.monotonic()
 
     def __repr__(self) -> str:
@@ -186,9 +199,12 @@ class Reply:
 
     def remember_incoming(self) -> None:
         """Store the person's turn now (a speculative reply that turned out to be the answer). Idempotent."""
+        if self._committed is not None:
+            self._committed.set()
         turn, self._incoming_turn = self._incoming_turn, None
         if turn is not None:
             self._agent.memory.append(turn)
+            self._agent._stored(self, turn)
 
     def finish(self, spoken: str | None = None, *, interrupted: bool = False) -> None:
         """Store the agent's turn: ``spoken`` if given (what was actually delivered), else the full text.
@@ -198,6 +214,7 @@ class Reply:
         if self._finished:
             return
         self._finished = True
+        self._agent._finished(self)
         if self.error is not None or not self._store:
             return
         said = self.text if spoken is None else spoken
@@ -259,6 +276,15 @@ class Agent:
         self._recalls: set[asyncio.Task[Any]] = set()  # searches past their budget, left to finish
         # (room, speaker) -> (search words, visible rooms, the search started early, when): see prefetch_memories.
         self._prefetched: dict[tuple[str, str], tuple[tuple[str, ...], Any, asyncio.Task[Any], float]] = {}
+        # Told of the turns a person asked to have forgotten, once memory and recall dropped them:
+        # (room, [(row id, or None for one never written), turn]). bot.facts drops what it drew from them.
+        self.forget_listeners: list[Callable[[str, list[tuple[int | None, Turn]]], Awaitable[object]]] = []
+        # Each person's latest reply per room whose turn is stored, until it is finished: a reply still being
+        # written when its question is forgotten is not stored either.
+        self._open: weakref.WeakValueDictionary[tuple[str, str], Reply] = weakref.WeakValueDictionary()
+        # Turns memory deleted on request whose recall entries or learnt facts could not be removed then:
+        # the person is told it failed, and their next request there finishes the job.
+        self._unfinished: dict[tuple[str, str], list[tuple[int | None, Turn]]] = {}
 
     @property
     def engine_name(self) -> str:
@@ -278,6 +304,21 @@ class Agent:
                 listener(modality, outcome, wait)
             except Exception:
                 log.exception("turn listener failed")
+
+    def _stored(self, reply: Reply, turn: Turn) -> None:
+        reply._turn = turn
+        self._open[(turn.room, turn.speaker_id)] = reply
+
+    def _finished(self, reply: Reply) -> None:
+        key = (reply.incoming.room, reply.incoming.speaker_id)
+        if self._open.get(key) is reply:
+            del self._open[key]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What people call the agent (a request may start with it): its name and the name's first word."""
+        name = self.character.name.strip()
+        return tuple(dict.fromkeys(n for n in (name, name.split(" ")[0] if name else "") if n))
 
     def _reply_stored(self, incoming: Incoming) -> None:
         for listener in list(self.reply_listeners):
@@ -323,6 +364,9 @@ class Agent:
             greeting = (t("agent.empty_named", incoming.language, name=name) if name
                         else t("agent.empty", incoming.language))
             return Reply(self, incoming, None, canned=greeting, store=False)
+        asked_in = forget_request(said, self.names)
+        if asked_in is not None:
+            return self._forget_reply(incoming, incoming.language or asked_in, committed=remember)
         turn = Turn(
             room=incoming.room,
             speaker_id=incoming.speaker_id,
@@ -355,12 +399,77 @@ class Agent:
                 return self._with_memories(conversation, turn.created_at)
             return self.engine.stream(conversation)
 
+        reply = Reply(self, incoming, None, prepare=prepare)
         if remember:
             self.memory.append(turn)
-        reply = Reply(self, incoming, None, prepare=prepare)
-        if not remember:
+            self._stored(reply, turn)
+        else:
             reply._incoming_turn = turn
         return reply
+
+    def _forget_reply(self, incoming: Incoming, language: str, *, committed: bool) -> Reply:
+        """The reply to "forget what I just said": the forgetting, then its confirmation. A speculative one
+        (``committed=False``: the person may not have finished) forgets nothing until
+        :meth:`Reply.remember_incoming` says the turn is over; thrown away, it never does."""
+        reply = Reply(self, incoming, None, store=False)
+        ready = reply._committed = asyncio.Event()
+        if committed:
+            ready.set()
+
+        async def prepare() -> AsyncIterator[str]:
+            await ready.wait()
+            return _said(await self.forget_last(incoming, language))
+
+        reply._prepare = prepare
+        return reply
+
+    async def forget_last(self, incoming: Incoming, language: str) -> str:
+        """Remove what the person of ``incoming`` last said in its room, the agent's reply to it, their
+        recall entries and what facts and summaries drew from them; then scrub the database's files.
+        Returns what to tell them, in ``language``."""
+        room, who = incoming.room, incoming.speaker_id
+        key = (room, who)
+        self._prefetched.pop(key, None)  # a search started on these words may hold the turn
+        try:
+            gone = await self.memory.forget_last(room, who)
+        except Exception as exc:  # the database is away and the turn is stored: nothing was deleted
+            log.warning("forgetting a last turn on request failed: %s", exc, extra={"room": room})
+            return t("forget_last.failed", language)
+        if gone:
+            open_reply = self._open.get(key)
+            if open_reply is not None and open_reply._turn in [turn for _, turn in gone]:
+                open_reply._store = False  # still being written: its answer is not kept either
+            gone = self._unfinished.pop(key, []) + gone
+        else:
+            gone = self._unfinished.pop(key, [])  # what failed last time is finished now
+            if not gone:
+                log.info("asked to forget a last turn: nothing new to forget", extra={"room": room})
+                return t("forget_last.nothing", language)
+        try:
+            await self._forget_drawn(room, gone)
+        except asyncio.CancelledError:
+            self._unfinished[key] = gone
+            raise
+        except Exception as exc:
+            self._unfinished[key] = gone
+            log.warning("forgetting what was drawn from a last turn failed: %s", exc, extra={"room": room})
+            return t("forget_last.failed", language)
+        log.info("forgot a last turn on request (%d turns)", len(gone), extra={"room": room})
+        return t("forget_last.done", language)
+
+    async def _forget_drawn(self, room: str, gone: list[tuple[int | None, Turn]]) -> None:
+        """The recall entries of turns memory deleted, and what listeners (facts) drew from them; then the
+        database's files are scrubbed."""
+        ids = [row_id for row_id, _ in gone if row_id is not None]
+        recall = self.recall
+        if recall is not None and ids:
+            await recall.flush()  # a turn handed to the index but not in it yet would land after the delete
+            await recall.remove_turns(ids)
+        for listener in list(self.forget_listeners):
+            await listener(room, gone)
+        if recall is not None:
+            await recall.scrub()
+        await self.memory.db.scrub(["turns"])
 
     async def _with_memories(self, conversation: Conversation, said_at: float) -> AsyncGenerator[str, None]:
         """The engine's stream for ``conversation`` with recalled memories in its prompt (when any

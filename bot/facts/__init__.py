@@ -81,6 +81,7 @@ async def build_facts(settings: Settings, agent: Agent, store: Database, *, docu
         await llm.aclose()
         raise
     agent.reply_listeners.append(lambda incoming: service.reply_sent(incoming.room))
+    agent.forget_listeners.append(service.turns_forgotten)
     agent.context_providers.append(service.prompt_note)
     agent.speaker_facts = True
     log.info("Memory: learning facts in the background (at most %d per person, %d tokens an hour)",

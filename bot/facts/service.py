@@ -227,11 +227,7 @@ class FactsService:
         if self.config.retention_days <= 0:
             return 0
         facts, summaries = await self.store.prune(self.clock() - self.config.retention_days * 86400.0)
-        if facts:
-            self._changed(())
-            self._cache.clear()
-        await self._documents_removed("fact", facts)
-        await self._documents_removed("summary", summaries)
+        await self._removed(facts, summaries)
         if facts or summaries:
             log.info("facts: retention removed %d facts and %d summaries", len(facts), len(summaries))
         return len(facts) + len(summaries)
@@ -425,6 +421,14 @@ class FactsService:
                                              created_at=self.clock(), sources=candidate.turns)
         return learnt
 
+    async def _removed(self, facts: Sequence[int], summaries: Sequence[int]) -> None:
+        """Facts and summaries were deleted from the store: drop what is cached and their recall entries."""
+        if facts:
+            self._changed(())
+            self._cache.clear()
+        await self._documents_removed("fact", facts)
+        await self._documents_removed("summary", summaries)
+
     async def _documents_removed(self, kind: str, ids: Iterable[int]) -> None:
         refs = [f"{kind}:{i}" for i in ids]
         if refs and self.documents is not None:
@@ -539,6 +543,19 @@ class FactsService:
         if removed:
             await self._documents_removed("fact", [fact_id])
         return removed
+
+    async def turns_forgotten(self, room: str, turns: Sequence[tuple[int | None, Any]]) -> dict[str, int]:
+        """A person asked to forget what they just said: ``turns`` (row id, turn) left ``room``. Drops every
+        fact citing one of them and the summaries of a session they were said in, with their recall
+        entries. Waits for a reading of the room in progress, so nothing it learns from them lands after."""
+        ids = [row_id for row_id, _ in turns if row_id is not None]
+        async with self._lock(room):
+            facts = await self.store.forget_turns(ids)
+            summaries = await self.store.forget_summaries_at(room, [float(t.created_at) for _, t in turns])
+        await self._removed(facts, summaries)
+        if facts or summaries:
+            await self.store.db.scrub(["facts", "fact_sources", "summaries", "summary_people"])
+        return {"fact": len(facts), "summary": len(summaries)}
 
     async def forget_learnt(self, identity: str) -> dict[str, int]:
         """``/memory forget``'s "everything": the facts and summaries about them; their turns stay."""

@@ -301,17 +301,26 @@ class FactStore:
         (what the bot learnt), leaving their turns alone."""
         return await self.forget(people, ())
 
-    async def forget_turns(self, turn_ids: Iterable[int]) -> int:
-        """Delete the facts drawn from any of ``turn_ids`` (the turns were forgotten)."""
+    async def forget_turns(self, turn_ids: Iterable[int]) -> list[int]:
+        """Delete every fact drawn from any of ``turn_ids`` (the turns were forgotten), also one with other
+        sources still standing: its words may rest on the forgotten turn. Returns the facts' ids."""
         ids = sorted({int(t) for t in turn_ids})
         if not ids:
-            return 0
+            return []
         rows = await self.db.query(
-            f"SELECT DISTINCT fact_id FROM fact_sources WHERE turn_id IN ({_marks(ids)})", ids)
-        facts = [int(r[0]) for r in rows]
-        if not facts:
-            return 0
-        return await self.db.execute(f"DELETE FROM facts WHERE id IN ({_marks(facts)})", facts)
+            f"DELETE FROM facts WHERE id IN (SELECT fact_id FROM fact_sources WHERE turn_id IN ({_marks(ids)})) "
+            "RETURNING id", ids)
+        return sorted(int(r[0]) for r in rows)
+
+    async def forget_summaries_at(self, room: str, times: Iterable[float]) -> list[int]:
+        """Delete the summaries of ``room`` whose session spans any of ``times`` (a summary is written from
+        every turn of its session: one said then is in it). Returns their ids."""
+        found: set[int] = set()
+        for at in sorted(set(times)):
+            rows = await self.db.query("DELETE FROM summaries WHERE room = ? AND started_at <= ? AND ended_at >= ? "
+                                       "RETURNING id", (room, float(at), float(at)))
+            found |= {int(r[0]) for r in rows}
+        return sorted(found)
 
     # ------------------------------------------------------------------------------ cursors and spend
 

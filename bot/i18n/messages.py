@@ -268,17 +268,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "consent.optout": {
         "en": "Don't want to be heard? Use `/optout`: your voice is ignored from then on, and `/forget` erases what the "
-              "bot remembers about you. `/optin` undoes the opt-out.",
+              "bot remembers about you. `/optin` undoes the opt-out. "
+              "Saying \"forget what I just said\" removes just your last words.",
         "de": "Du willst nicht gehört werden? Nutze `/optout`: Ab dann wird deine Stimme ignoriert, und `/forget` löscht, "
-              "was der Bot über dich weiß. `/optin` macht das Opt-out rückgängig.",
+              "was der Bot über dich weiß. `/optin` macht das Opt-out rückgängig. "
+              "„Vergiss, was ich gerade gesagt habe“ entfernt nur deine letzten Worte.",
         "fr": "Tu ne veux pas être écouté ? Utilise `/optout` : ta voix est ignorée à partir de là, et `/forget` efface "
-              "ce que le bot retient de toi. `/optin` annule l'opt-out.",
+              "ce que le bot retient de toi. `/optin` annule l'opt-out. "
+              "« Oublie ce que je viens de dire » retire seulement tes derniers mots.",
         "es": "¿No quieres que te escuche? Usa `/optout`: desde entonces tu voz se ignora, y `/forget` borra lo que el bot "
-              "recuerda de ti. `/optin` deshace el opt-out.",
+              "recuerda de ti. `/optin` deshace el opt-out. "
+              "«Olvida lo que acabo de decir» quita solo tus últimas palabras.",
         "pt": "Não quer ser ouvido? Use `/optout`: a partir daí sua voz é ignorada, e `/forget` apaga o que o bot lembra "
-              "de você. `/optin` desfaz o opt-out.",
+              "de você. `/optin` desfaz o opt-out. "
+              "\"Esqueça o que eu acabei de dizer\" remove só suas últimas palavras.",
         "ja": "聞かれたくない場合は `/optout` を使ってください。それ以降あなたの声は無視されます。`/forget` で"
-              "ボットが覚えているあなたの情報を消去でき、`/optin` でオプトアウトを取り消せます。",
+              "ボットが覚えているあなたの情報を消去でき、`/optin` でオプトアウトを取り消せます。"
+              "「今言ったことは忘れて」と言うと、直前の発言だけを消します。",
     },
     "consent.local_stt": {
         "en": "a local recognizer on the bot's own server", "de": "eine lokale Spracherkennung auf dem Server des Bots",
@@ -1135,6 +1141,30 @@ MESSAGES: dict[str, dict[str, str]] = {
         "pt": "Eu não tinha nada guardado sobre você. O que você estava dizendo agora também foi descartado.",
         "ja": "あなたについて保存しているものはありませんでした。直前に話していた内容も破棄しました。",
     },
+    "forget_last.done": {
+        "en": "Done — I've forgotten that.",
+        "de": "Erledigt — das habe ich vergessen.",
+        "fr": "C'est fait — je l'ai oublié.",
+        "es": "Hecho — lo he olvidado.",
+        "pt": "Pronto — esqueci isso.",
+        "ja": "わかりました。今のは忘れました。",
+    },
+    "forget_last.nothing": {
+        "en": "There's nothing to forget: I have nothing new that you said here.",
+        "de": "Da gibt es nichts zu vergessen: Ich habe hier nichts Neues von dir.",
+        "fr": "Il n'y a rien à oublier : je n'ai rien de nouveau que tu aies dit ici.",
+        "es": "No hay nada que olvidar: no tengo nada nuevo que hayas dicho aquí.",
+        "pt": "Não há nada para esquecer: não tenho nada novo que você tenha dito aqui.",
+        "ja": "忘れることはありません。ここであなたが新しく話したことは何も残っていません。",
+    },
+    "forget_last.failed": {
+        "en": "I couldn't forget that just now (my memory isn't reachable). Please ask again in a moment.",
+        "de": "Das konnte ich gerade nicht vergessen (mein Gedächtnis ist nicht erreichbar). Bitte frag gleich noch einmal.",
+        "fr": "Je n'ai pas pu l'oublier tout de suite (ma mémoire est injoignable). Redemande-moi dans un instant.",
+        "es": "No pude olvidarlo ahora mismo (mi memoria no responde). Pídemelo de nuevo en un momento.",
+        "pt": "Não consegui esquecer isso agora (minha memória não está acessível). Peça de novo daqui a pouco.",
+        "ja": "今は忘れられませんでした（記憶にアクセスできません）。少ししてからもう一度言ってください。",
+    },
     "privacy.forget_done": {
         "en": "Forgotten: I erased {what} (including texts from any phone you linked) and anything I was still "
               "processing. If you opted out, that stays: I keep only a scrambled mark of it.",
@@ -1575,17 +1605,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     # -- SMS ---------------------------------------------------------------------------------
     "sms.help": {
         "en": "You're texting {name}, an AI character. Just text to chat. To link Discord, run /link phone there and "
-              "text the code here. Reply STOP to opt out, START to opt back in.",
+              "text the code here. Reply STOP to opt out, START to opt back in. "
+              "Text \"forget what I just said\" to remove your last message.",
         "de": "Du schreibst mit {name}, einer KI-Figur. Schreib einfach drauflos. Um Discord zu verknüpfen, nutze dort "
-              "/link phone und schick den Code hierher. Antworte STOPP zum Abmelden, START zum erneuten Anmelden.",
+              "/link phone und schick den Code hierher. Antworte STOPP zum Abmelden, START zum erneuten Anmelden. "
+              "„Vergiss, was ich gerade gesagt habe“ entfernt deine letzte Nachricht.",
         "fr": "Tu écris à {name}, un personnage IA. Écris simplement pour discuter. Pour lier Discord, lance /link phone "
-              "là-bas et envoie le code ici. Réponds ARRET pour te désinscrire, START pour te réinscrire.",
+              "là-bas et envoie le code ici. Réponds ARRET pour te désinscrire, START pour te réinscrire. "
+              "« Oublie ce que je viens de dire » retire ton dernier message.",
         "es": "Estás escribiendo a {name}, un personaje de IA. Escribe y charlamos. Para vincular Discord, usa allí "
-              "/link phone y envía el código aquí. Responde BAJA para darte de baja y START para volver.",
+              "/link phone y envía el código aquí. Responde BAJA para darte de baja y START para volver. "
+              "«Olvida lo que acabo de decir» quita tu último mensaje.",
         "pt": "Você está conversando com {name}, um personagem de IA. É só mandar mensagem. Para vincular o Discord, use "
-              "/link phone lá e mande o código aqui. Responda PARAR para sair e START para voltar.",
+              "/link phone lá e mande o código aqui. Responda PARAR para sair e START para voltar. "
+              "\"Esqueça o que eu acabei de dizer\" remove sua última mensagem.",
         "ja": "AIキャラクターの{name}とやりとりしています。気軽にメッセージを送ってください。Discordと連携するには、"
-              "Discordで /link phone を実行し、表示されたコードをここに送ってください。配信停止は「停止」、再開は START と返信してください。",
+              "Discordで /link phone を実行し、表示されたコードをここに送ってください。配信停止は「停止」、再開は START と返信してください。"
+              "「今言ったことは忘れて」と送ると直前のメッセージを消します。",
     },
     "sms.stopped": {
         "en": "You're unsubscribed and won't get more messages from me. Reply START to opt back in.",
@@ -1865,17 +1901,23 @@ MESSAGES: dict[str, dict[str, str]] = {
     "memory.more": {"en": "…and {count} more.", "de": "…und {count} weitere.", "fr": "…et {count} de plus.",
                     "es": "…y {count} más.", "pt": "…e mais {count}.", "ja": "…ほか{count}件。"},
     "memory.how": {"en": "Remove one fact with `/memory forget` and its number, everything I learnt with "
-                         "`/memory forget item: all` (your messages stay), or everything with `/forget`.",
+                         "`/memory forget item: all` (your messages stay), or everything with `/forget`. "
+                         "Saying or typing \"forget what I just said\" removes your last message there.",
                    "de": "Entferne einen Fakt mit `/memory forget` und seiner Nummer, alles Gelernte mit "
-                         "`/memory forget item: all` (deine Nachrichten bleiben) oder alles mit `/forget`.",
+                         "`/memory forget item: all` (deine Nachrichten bleiben) oder alles mit `/forget`. "
+                         "„Vergiss, was ich gerade gesagt habe“ entfernt deine letzte Nachricht dort.",
                    "fr": "Retire un fait avec `/memory forget` et son numéro, tout ce que j'ai appris avec "
-                         "`/memory forget item: all` (tes messages restent), ou tout avec `/forget`.",
+                         "`/memory forget item: all` (tes messages restent), ou tout avec `/forget`. "
+                         "« Oublie ce que je viens de dire » retire ton dernier message à cet endroit.",
                    "es": "Quita un dato con `/memory forget` y su número, todo lo aprendido con "
-                         "`/memory forget item: all` (tus mensajes se quedan), o todo con `/forget`.",
+                         "`/memory forget item: all` (tus mensajes se quedan), o todo con `/forget`. "
+                         "«Olvida lo que acabo de decir» quita tu último mensaje en ese lugar.",
                    "pt": "Remova um fato com `/memory forget` e o número dele, tudo o que aprendi com "
-                         "`/memory forget item: all` (suas mensagens ficam), ou tudo com `/forget`.",
+                         "`/memory forget item: all` (suas mensagens ficam), ou tudo com `/forget`. "
+                         "\"Esqueça o que eu acabei de dizer\" remove sua última mensagem ali.",
                    "ja": "事実を1つ消すには `/memory forget` と番号を、覚えたことをすべて消すには "
-                         "`/memory forget item: all`（メッセージは残ります）を、すべてを消すには `/forget` を使ってください。"},
+                         "`/memory forget item: all`（メッセージは残ります）を、すべてを消すには `/forget` を使ってください。"
+                         "「今言ったことは忘れて」と言うか書くと、その場所での直前のメッセージを消します。"},
     "memory.place.dm": {"en": "our direct messages", "de": "unsere Direktnachrichten", "fr": "nos messages privés",
                         "es": "nuestros mensajes directos", "pt": "nossas mensagens diretas", "ja": "ダイレクトメッセージ"},
     "memory.place.sms": {"en": "SMS", "de": "SMS", "fr": "SMS", "es": "SMS", "pt": "SMS", "ja": "SMS"},

@@ -225,6 +225,24 @@ class TurnStore(Erasure):
             "AND text = ? AND created_at >= ? ORDER BY id DESC LIMIT 1)",
             (room, speaker_id, text, float(since))) > 0
 
+    async def delete_last_said(self, room: str, speaker_id: str) -> list[tuple[int, Turn]]:
+        """Delete ``speaker_id``'s latest user turn in ``room`` and the agent's reply right after it (the
+        rule :meth:`forget` uses for a reply); returns what was deleted, oldest first ([]: nothing)."""
+        await self.ready()
+        async with self.db.transaction() as tx:
+            said = await tx.query_one("SELECT * FROM turns WHERE room = ? AND speaker_id = ? AND role = 'user' "
+                                      "ORDER BY id DESC LIMIT 1", (room, speaker_id))
+            if said is None:
+                return []
+            gone = [(int(said["id"]), row_to_turn(said))]
+            after = await tx.query_one("SELECT * FROM turns WHERE room = ? AND id > ? ORDER BY id LIMIT 1",
+                                       (room, int(said["id"])))
+            if after is not None and after["role"] == "assistant":
+                gone.append((int(after["id"]), row_to_turn(after)))
+            ids = [i for i, _ in gone]
+            await tx.execute(f"DELETE FROM turns WHERE id IN ({marks(ids)})", ids)
+        return gone
+
     async def delete_room(self, room: str) -> int:
         await self.ready()
         return await self.db.execute("DELETE FROM turns WHERE room = ?", (room,))
