@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHARS = 1900  # Discord's 2,000-character message, with room for the "and N more" line
 MAX_SUMMARY_CHARS = 160  # a summary's first words; /memory show lists where and when, recall has the whole
+MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices and refuses more
+MAX_CHOICE_CHARS = 100  # and a choice's name of at most 100 characters
 
 
 def place_name(bot: discord.Client, room: str, language: str) -> str:
@@ -58,6 +60,11 @@ def place_name(bot: discord.Client, room: str, language: str) -> str:
 
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fit(lines: list[str], language: str, budget: int) -> list[str]:
@@ -207,21 +214,26 @@ class MemoryCog(commands.Cog, name="Memory"):
     @forget.autocomplete("item")
     async def _item_autocomplete(self, interaction: discord.Interaction,
                                  current: str) -> list[app_commands.Choice[str]]:
+        """The person's own facts that match what they typed; "all" last, and only when it matches too:
+        Discord highlights the first choice, and Enter must never pick "everything" for a search."""
         language = self._lang(interaction)
-        out = [app_commands.Choice(name=t("memory.all_choice", language)[:100], value="all")]
+        everything = app_commands.Choice(name=t("memory.all_choice", language)[:MAX_CHOICE_CHARS], value="all")
+        needle = current.strip().casefold()
+        offer_all = not needle or needle in everything.name.casefold() or "all".startswith(needle)
         facts = self.facts
         if facts is None:
-            return out
+            return [everything] if offer_all else []
         kept, _ = await facts.about(f"discord:{interaction.user.id}")
-        needle = current.strip().casefold()
+        room = MAX_CHOICES - (1 if offer_all else 0)
+        out: list[app_commands.Choice[str]] = []
         for fact in kept:
             label = f"{fact.id}: {fact.text}"
             if needle and needle not in label.casefold():
                 continue
-            out.append(app_commands.Choice(name=label[:100], value=str(fact.id)))
-            if len(out) >= 25:  # Discord shows at most 25 choices
+            if len(out) == room:
                 break
-        return out
+            out.append(app_commands.Choice(name=_clip(label, MAX_CHOICE_CHARS), value=str(fact.id)))
+        return out + [everything] if offer_all else out
 
 
 async def setup(bot: VoiceBot) -> None:

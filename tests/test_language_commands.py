@@ -106,3 +106,24 @@ async def test_mode_answers_in_the_callers_language(discord_: LocalDiscord, monk
     async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
         answer = await h.command(h.boss, "mode", {"mode": "push-to-talk"})
         assert answer.startswith("Mode réglé sur **push-to-talk**. ") and "Utilise `/listen`" in answer
+
+
+async def test_language_autocomplete_on_the_loopback_discord(discord_: LocalDiscord,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, extensions=EXTENSIONS):
+        async def typed(text: str) -> list[dict[str, str]]:
+            handle = await h.boss.type_option("language", {"language": text}, focused="language", channel=h.text)
+            return await handle.wait_choices(timeout=TIMEOUT)  # checked by the loopback against Discord's limits
+
+        everything = await typed("")
+        assert len(everything) == 25  # 2 settings and 33 languages: Discord's 25 at most
+        assert [c["value"] for c in everything[:3]] == ["auto", "default", "en"]
+        assert await typed("deu") == [{"name": "Deutsch (de)", "value": "de"}]
+        # Typing reaches the languages past the first 25.
+        assert await typed("BAHASA") == [{"name": "Bahasa Indonesia (id)", "value": "id"},
+                                         {"name": "Bahasa Melayu (ms)", "value": "ms"}]
+        picked = await h.boss.invoke_command("language", {"language": "ms"}, channel=h.text)
+        await picked.wait_text(timeout=TIMEOUT)
+        assert h.manager.languages.mode(f"guild:{h.guild.id}") == "ms"
+    assert discord_.problems == []

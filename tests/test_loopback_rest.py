@@ -233,6 +233,78 @@ async def test_command_sync_and_interactions(discord_: LocalDiscord, monkeypatch
     assert discord_.problems == []
 
 
+FRUITS = ("apple", "banana", "mango", "orange")
+
+
+def _autocomplete_setup(commands_ready: asyncio.Event) -> Callable[[discord.Client], None]:
+    def setup(client: discord.Client) -> None:
+        tree = app_commands.CommandTree(client)
+        pick = app_commands.Group(name="pick", description="Pick something")
+
+        @pick.command(name="fruit", description="A fruit")
+        async def fruit(interaction: discord.Interaction, name: str, size: int = 1) -> None:
+            await interaction.response.send_message(f"{name} x{size}")
+
+        @fruit.autocomplete("name")
+        async def fruit_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            if current == "many":
+                return [app_commands.Choice(name=f"fruit {i}", value=f"f{i}") for i in range(30)]
+            if current == "long":
+                return [app_commands.Choice(name="x" * 101, value="x")]
+            return [app_commands.Choice(name=f.title(), value=f) for f in FRUITS if current in f]
+
+        @fruit.autocomplete("size")
+        async def sizes(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
+            return [app_commands.Choice(name=f"{n} ({interaction.namespace.name})", value=n) for n in (1, 2, 3)]
+
+        tree.add_command(pick)
+
+        @client.event
+        async def on_ready() -> None:
+            for guild in client.guilds:
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
+            commands_ready.set()
+
+    return setup
+
+
+async def test_autocomplete_of_a_subcommand_option_and_discords_limits_on_the_answer(
+        discord_: LocalDiscord, monkeypatch: pytest.MonkeyPatch) -> None:
+    guild = discord_.add_guild()
+    text = guild.add_text_channel("general")
+    alice = guild.add_member("Alice")
+    synced = asyncio.Event()
+    async with running_client(discord_, monkeypatch, _autocomplete_setup(synced)):
+        await asyncio.wait_for(synced.wait(), TIMEOUT)
+        typing = await alice.type_option("pick fruit", {"name": "an"}, focused="name", channel=text)
+        assert await typing.wait_choices(TIMEOUT) == [{"name": "Banana", "value": "banana"},
+                                                      {"name": "Mango", "value": "mango"},
+                                                      {"name": "Orange", "value": "orange"}]
+        assert typing.interaction.type == 4 and typing.response_type == 8 and not typing.texts
+        # An integer option: the partial input is sent as a string, the choices' values are integers;
+        # the options filled in before come along.
+        sizes = await alice.type_option("pick fruit", {"name": "mango", "size": "2"}, focused="size")
+        assert [c["value"] for c in await sizes.wait_choices(TIMEOUT)] == [1, 2, 3]
+        assert sizes.choices is not None and sizes.choices[0]["name"] == "1 (mango)"
+        # Discord refuses more than 25 choices, and a name over 100 characters.
+        for typed, problem in (("many", "30 autocomplete choices; Discord allows 25"),
+                               ("long", "autocomplete choice 0 has a name of 101 characters")):
+            refused = await alice.type_option("pick fruit", {"name": typed}, focused="name")
+            await discord_.events.wait_for("problem", lambda e, i=refused.id: e.data.get("interaction_id") == i,
+                                           timeout=TIMEOUT)
+            assert not refused.answered and any(problem in p for p in discord_.problems)
+        # The chosen value then runs the subcommand.
+        chosen = await alice.invoke_command("pick fruit", {"name": "banana", "size": 3}, channel=text)
+        await chosen.wait_response(timeout=TIMEOUT)
+        assert chosen.texts == ["banana x3"]
+        with pytest.raises(KeyError):
+            await alice.type_option("pick fruit", {}, focused="colour")
+        with pytest.raises(KeyError):
+            await alice.invoke_command("pick vegetable")
+    assert len(discord_.problems) == 2
+
+
 async def test_late_interaction_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     async with LocalDiscord(interaction_deadline=0.2) as discord_:
         guild = discord_.add_guild()

@@ -4,11 +4,12 @@ OpenAI client on the loopback server, and facts learnt in the background by the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from bot.agent import Incoming
-from bot.loopback.server import LocalDiscord
+from bot.loopback.server import LocalDiscord, MemberHandle
 from bot.memory import Modality
 from tests.fakes.fact_model import FactRule, ScriptedFactModel
 from tests.fakes.openai_server import FakeOpenAI
@@ -214,3 +215,63 @@ async def test_another_bots_words_in_voice_teach_nothing(discord_: LocalDiscord,
         assert [f.text for f in (await facts.about(f"discord:{h.alice.id}"))[0]] == ["Alice likes chess"]
         assert facts.stats.dropped >= 1  # the scripted model gave Alice the bot's jazz; refused
         await h.command(h.alice, "leave")
+
+
+async def test_forget_autocomplete_offers_only_the_persons_own_matching_facts(
+        discord_: LocalDiscord, llm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typing in ``/memory forget item`` on the loopback Discord: an autocomplete interaction (type 4) with
+    the focused option, answered by the cog with a type-8 result the loopback checks against Discord's limits."""
+    from tests.test_voice_commands import answer_of
+
+    h = _seed(discord_)
+    async with running_bot(h, monkeypatch, env=env(llm), extensions=EXTENSIONS):
+        facts = h.bot.services.facts
+        me, boss = f"discord:{h.alice.id}", f"discord:{h.boss.id}"
+        channel_room, dm_room = f"discord:{h.guild.id}:{h.text.id}", f"discord:dm:{h.alice.id}"
+
+        async def add(person: str, name: str, text: str, room: str, n: int) -> int:
+            fact_id, _, _ = await facts.store.add_fact(person=person, person_name=name, text=text, topic="",
+                                                       room=room, sources=[n], now=1_780_000_000.0 + n, per_person=50)
+            return fact_id
+
+        stamps = [await add(me, "Alice", f"Alice collects stamps from country {i:02d}", dm_room, i) for i in range(30)]
+        lisbon = await add(me, "Alice", "Alice's sister is getting married in Lisbon in June", channel_room, 30)
+        long_text = "Alice's sister " + "plans a very long trip along the coast, " * 5 + "and back"
+        long_one = await add(me, "Alice", long_text, dm_room, 31)
+        porto = await add(boss, "Boss", "Boss's sister lives in Porto", channel_room, 32)
+        mine = {str(i) for i in [*stamps, lisbon, long_one]}
+
+        async def typed(member: MemberHandle, text: str) -> list[dict[str, Any]]:
+            handle = await member.type_option("memory forget", {"item": text}, focused="item", channel=h.text)
+            choices = await handle.wait_choices(timeout=20.0)
+            assert not handle.late
+            return choices
+
+        # Nothing typed yet: 25 at most (Discord's limit), her own facts only, "everything" last.
+        offered = await typed(h.alice, "")
+        assert len(offered) == 25
+        assert offered[-1] == {"name": "all: everything learnt about me", "value": "all"}
+        assert {c["value"] for c in offered[:-1]} <= mine
+        # What she typed, in any case: only her facts that match; the long one cut to 100 characters;
+        # never Boss's, and no "everything" to pick by mistake with Enter.
+        sister = {c["value"]: c["name"] for c in await typed(h.alice, "SISTER")}
+        assert set(sister) == {str(lisbon), str(long_one)}
+        assert sister[str(lisbon)] == f"{lisbon}: Alice's sister is getting married in Lisbon in June"
+        clipped = sister[str(long_one)]
+        assert len(clipped) == 100 and clipped == f"{long_one}: {long_text}"[:99] + "…"
+        assert await typed(h.boss, "sister") == [{"name": f"{porto}: Boss's sister lives in Porto", "value": str(porto)}]
+        assert await typed(h.alice, "Porto") == []
+        assert {c["value"] for c in await typed(h.alice, "country 1")} == {str(i) for i in stamps[10:20]}
+
+        # Picking the Lisbon choice runs /memory forget with its value: exactly that fact goes.
+        picked = await h.alice.invoke_command("memory forget", {"item": str(lisbon)}, channel=h.text)
+        assert await answer_of(picked) == "Removed: Alice's sister is getting married in Lisbon in June"
+        left = {f.id for f in (await facts.about(me))[0]}
+        assert left == {*stamps, long_one}
+        assert [f.id for f in (await facts.about(boss))[0]] == [porto]
+        assert [c["value"] for c in await typed(h.alice, "sister")] == [str(long_one)]
+
+        # In her Discord language: "everything" in German, found by the German word.
+        discord_.world.users[h.alice.id].locale = "de"
+        assert await typed(h.alice, "alles") == [{"name": "all: alles über mich Gelernte", "value": "all"}]
+    assert discord_.problems == []

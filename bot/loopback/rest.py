@@ -47,6 +47,8 @@ LOADING = 1 << 7
 # 8 autocomplete result, 9 modal, 12 launch activity.
 INTERACTION_RESPONSE_TYPES = {1, 4, 5, 6, 7, 8, 9, 12}
 COMPONENT_ONLY_TYPES = {6, 7}
+AUTOCOMPLETE_CHOICES = 25  # choices in one autocomplete result
+CHOICE_TEXT_LIMIT = 100  # characters of a choice's name, and of a string choice's value
 
 Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
 
@@ -481,6 +483,14 @@ class RestAPI:
         if rtype in COMPONENT_ONLY_TYPES and interaction.type != 3:
             self.world.problem(f"interaction {interaction.id}: response type {rtype} is only valid for component interactions")
             raise DiscordHTTPError(400, 40043, "Interaction is not a component interaction")
+        if (rtype == 8) != (interaction.type == 4):
+            # Autocomplete interactions take only the autocomplete result, and nothing else takes it.
+            self.world.problem(f"interaction {interaction.id} (/{interaction.name}) of type {interaction.type} "
+                               f"answered with response type {rtype}", interaction_id=interaction.id)
+            raise _form_error("type", "INTERACTION_RESPONSE_TYPE_INVALID",
+                              "Interaction response type is not valid for this interaction type.")
+        if rtype == 8:
+            self._check_choices(interaction, data)
         if rtype == 9:
             if not data.get("custom_id") or not data.get("title") or not data.get("components"):
                 raise _form_error("data", "BASE_TYPE_REQUIRED", "This field is required")
@@ -508,7 +518,8 @@ class RestAPI:
         self.world.events.append("interaction_response", interaction_id=interaction.id, type=rtype,
                                  latency=now - interaction.created_at,
                                  content=message.content if message else None,
-                                 ephemeral=bool(message and message.flags & EPHEMERAL))
+                                 ephemeral=bool(message and message.flags & EPHEMERAL),
+                                 choices=data.get("choices") if rtype == 8 else None)
         if call.request.query.get("with_response") not in ("1", "true", "True"):
             return self._empty(call)
         result: dict[str, Any] = {
@@ -525,6 +536,44 @@ class RestAPI:
         else:
             result["resource"] = {"type": rtype}
         return self._json(call, result)
+
+    def _check_choices(self, interaction: Interaction, data: dict[str, Any]) -> None:
+        """An autocomplete result as Discord checks it: at most 25 choices, each name 1-100 characters,
+        each value of the focused option's type (a string option's value 1-100 characters)."""
+        choices = data.get("choices")
+        where = f"interaction {interaction.id} (/{interaction.name})"
+
+        def refuse(field: str, code: str, message: str, problem: str) -> DiscordHTTPError:
+            self.world.problem(f"{where}: {problem}", interaction_id=interaction.id)
+            return _form_error(field, code, message)
+
+        if not isinstance(choices, list):
+            raise refuse("data.choices", "BASE_TYPE_REQUIRED", "This field is required",
+                         "an autocomplete result without a list of choices")
+        if len(choices) > AUTOCOMPLETE_CHOICES:
+            raise refuse("data.choices", "BASE_TYPE_MAX_LENGTH",
+                         f"Must be {AUTOCOMPLETE_CHOICES} or fewer in length.",
+                         f"{len(choices)} autocomplete choices; Discord allows {AUTOCOMPLETE_CHOICES}")
+        kind = interaction.focused_type or 3
+        for i, choice in enumerate(choices):
+            name = choice.get("name") if isinstance(choice, dict) else None
+            if not isinstance(name, str) or not 1 <= len(name) <= CHOICE_TEXT_LIMIT:
+                raise refuse(f"data.choices.{i}.name", "BASE_TYPE_BAD_LENGTH",
+                             f"Must be between 1 and {CHOICE_TEXT_LIMIT} in length.",
+                             f"autocomplete choice {i} has a name of {len(name) if isinstance(name, str) else '?'} "
+                             f"characters; Discord allows 1-{CHOICE_TEXT_LIMIT}")
+            value = choice.get("value")
+            if kind == 3:
+                ok = isinstance(value, str) and 1 <= len(value) <= CHOICE_TEXT_LIMIT
+            elif kind == 4:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise refuse(f"data.choices.{i}.value", "BASE_TYPE_BAD_LENGTH" if kind == 3 else "NUMBER_TYPE_COERCE",
+                             f"Must be between 1 and {CHOICE_TEXT_LIMIT} in length." if kind == 3
+                             else f"Value \"{value}\" is not {'int' if kind == 4 else 'number'}.",
+                             f"autocomplete choice {i} has the value {value!r}, not one for an option of type {kind}")
 
     def _followup_message(self, call: Call, interaction: Interaction) -> Message:
         raw = call.params["message_id"]

@@ -59,11 +59,11 @@ from bot.loopback.state import (
     VoiceState,
     World,
     channel_payload,
+    command_options,
     guild_create_payload,
     interaction_payload,
     member_payload,
     message_payload,
-    option_payloads,
     voice_state_payload,
 )
 from bot.loopback.tls import TLSMaterial, make_tls_material
@@ -148,6 +148,22 @@ class InteractionHandle:
         out.extend(m.content for m in self.followups if m.content)
         return out
 
+    @property
+    def choices(self) -> list[dict[str, Any]] | None:
+        """The autocomplete choices the bot offered (a type-8 answer), or None before it answered."""
+        data = self.interaction.response_data
+        if self.interaction.response_type != 8 or data is None:
+            return None
+        return list(data.get("choices") or [])
+
+    async def wait_choices(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait for the bot's autocomplete answer; its choices (checked against Discord's limits)."""
+        await self.wait_response(timeout)
+        choices = self.choices
+        if choices is None:
+            raise AssertionError(f"the bot answered autocomplete {self.id} with type {self.response_type}, not 8")
+        return choices
+
     async def wait_response(self, timeout: float = 10.0) -> Event:
         return await self.discord.events.wait_for(
             "interaction_response", lambda e: e.data["interaction_id"] == self.id, timeout=timeout)
@@ -199,6 +215,11 @@ class MemberHandle:
                              channel: ChannelHandle | None = None) -> InteractionHandle:
         """Use a slash command the bot registered, as this member (INTERACTION_CREATE)."""
         return self.discord.invoke_command(self, name, options, channel=channel)
+
+    async def type_option(self, name: str, options: dict[str, Any], *, focused: str,
+                          channel: ChannelHandle | None = None) -> InteractionHandle:
+        """Type into option ``focused`` of ``/name``: the autocomplete interaction Discord sends the bot."""
+        return self.discord.autocomplete(self, name, options, focused=focused, channel=channel)
 
     async def join_voice(self, channel: ChannelHandle, options: ParticipantOptions | None = None) -> Participant:
         """Join a voice channel as a scripted participant (DAVE member, can speak and listen)."""
@@ -455,26 +476,46 @@ class LocalDiscord:
 
     def invoke_command(self, member: MemberHandle, name: str, options: dict[str, Any] | None = None, *,
                        channel: ChannelHandle | None = None) -> InteractionHandle:
-        """Build and deliver the real INTERACTION_CREATE for ``/name`` used by ``member``."""
+        """Build and deliver the real INTERACTION_CREATE for ``/name`` used by ``member``.
+
+        ``name`` may name a subcommand as Discord shows it ("memory forget"); ``options`` are its own.
+        """
+        return self._interaction(member, name, options or {}, channel=channel, focused=None)
+
+    def autocomplete(self, member: MemberHandle, name: str, options: dict[str, Any] | None = None, *,
+                     focused: str, channel: ChannelHandle | None = None) -> InteractionHandle:
+        """``member`` is typing option ``focused`` of ``/name`` (APPLICATION_COMMAND_AUTOCOMPLETE, type 4).
+
+        ``options[focused]`` is what they have typed so far (sent as a string, as Discord does); the
+        other options are what they filled in before. The bot answers with a type-8 callback whose
+        choices :attr:`InteractionHandle.choices` holds once checked against Discord's limits.
+        """
+        return self._interaction(member, name, options or {}, channel=channel, focused=focused)
+
+    def _interaction(self, member: MemberHandle, name: str, options: dict[str, Any], *,
+                     channel: ChannelHandle | None, focused: str | None) -> InteractionHandle:
         world = self.world
         guild = member.guild.guild
-        command = world.find_command(name, guild.id)
+        top, *path = name.split()
+        command = world.find_command(top, guild.id)
         if command is None:
-            raise LookupError(f"/{name} is not registered for guild {guild.id}: the bot has not synced it "
+            raise LookupError(f"/{top} is not registered for guild {guild.id}: the bot has not synced it "
                               f"(registered: {sorted(world.global_commands) + sorted(world.guild_commands.get(guild.id, {}))})")
         if channel is None:
             channel = next((ChannelHandle(self, c) for c in guild.channels.values() if c.type == ChannelType.TEXT), None)
             if channel is None:
                 raise LookupError("the guild has no text channel to invoke the command in")
-        opts, resolved = option_payloads(command.options, options or {}, world, guild)
+        opts, resolved, focused_type = command_options(command, path, options, world, guild, focused=focused)
         loop = asyncio.get_running_loop()
-        interaction = Interaction(id=world.snowflakes.next(), token=new_interaction_token(), type=2,
-                                  guild_id=guild.id, channel_id=channel.id, user_id=member.id, name=name,
-                                  created_at=loop.time())
+        # Interaction types: 2 application command, 4 application command autocomplete.
+        interaction = Interaction(id=world.snowflakes.next(), token=new_interaction_token(),
+                                  type=2 if focused is None else 4, guild_id=guild.id, channel_id=channel.id,
+                                  user_id=member.id, name=name, created_at=loop.time(), focused_type=focused_type)
         world.interactions[interaction.id] = interaction
         world.interactions_by_token[interaction.token] = interaction
         payload = interaction_payload(interaction, world, command, opts, resolved)
-        world.events.append("interaction_create", interaction_id=interaction.id, name=name, user_id=member.id)
+        world.events.append("interaction_create", interaction_id=interaction.id, name=name, user_id=member.id,
+                            type=interaction.type)
         self.gateway.dispatch("INTERACTION_CREATE", payload)
         self.rest.track_interaction(interaction)
         return InteractionHandle(self, interaction)

@@ -44,6 +44,7 @@ __all__ = [
     "interaction_payload",
     "command_payload",
     "option_payloads",
+    "command_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class Interaction:
     original_message_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
     late: bool = False
+    focused_type: int | None = None  # autocomplete (type 4): the option type of the focused option
 
     @property
     def answered(self) -> bool:
@@ -595,6 +597,53 @@ def option_payloads(
         elif kind == 8 and guild is not None and ident in guild.roles:
             resolved.setdefault("roles", {})[str(ident)] = role_payload(guild.roles[ident])
     return options, resolved
+
+
+# Option types a slash command's options may autocomplete (string, integer, number).
+AUTOCOMPLETE_TYPES = (3, 4, 10)
+
+
+def command_options(
+    command: AppCommand, path: list[str], values: dict[str, Any], world: World, guild: Guild | None,
+    *, focused: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], int | None]:
+    """Interaction options for ``/command path…`` (subcommands and groups nested as Discord nests them).
+
+    With ``focused`` (an autocomplete interaction) that option carries ``"focused": true`` and what the
+    person has typed so far as a string, whatever the option's type: Discord sends the partial input,
+    which need not be a valid value yet. Returns the options, ``resolved`` and the focused option's type.
+    Raises ``KeyError`` naming an undeclared subcommand or option, ``LookupError`` for a focused option
+    that does not autocomplete.
+    """
+    declared = command.options
+    chain: list[dict[str, Any]] = []
+    for name in path:
+        sub = next((o for o in declared if o.get("name") == name and int(o.get("type", 0)) in (1, 2)), None)
+        if sub is None:
+            raise KeyError(name)
+        chain.append(sub)
+        declared = list(sub.get("options") or [])
+    focused_type: int | None = None
+    typed_values = dict(values)
+    partial = ""
+    if focused is not None:
+        decl = next((o for o in declared if o.get("name") == focused), None)
+        if decl is None:
+            raise KeyError(focused)
+        focused_type = int(decl.get("type", 3))
+        if focused_type not in AUTOCOMPLETE_TYPES or not decl.get("autocomplete"):
+            raise LookupError(f"option {focused!r} of /{command.name} does not autocomplete")
+        partial = str(typed_values.pop(focused, ""))
+        # A command still being typed: required options may be empty yet.
+        declared = [{**o, "required": False} for o in declared]
+    options, resolved = option_payloads(declared, typed_values, world, guild)
+    if focused is not None:
+        options.append({"name": focused, "type": focused_type, "value": partial, "focused": True})
+        order = {str(o.get("name")): i for i, o in enumerate(declared)}
+        options.sort(key=lambda o: order[o["name"]])
+    for sub in reversed(chain):
+        options = [{"name": sub["name"], "type": int(sub["type"]), "options": options}]
+    return options, resolved, focused_type
 
 
 def interaction_payload(
