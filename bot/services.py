@@ -16,7 +16,7 @@ from bot.i18n.places import PlaceLanguages
 from bot.memory import Memory, RetentionSchedule
 from bot.recall import Recall, RecallConfig
 from bot.settings import Settings
-from bot.store import Database, PostgresDatabase, SqliteDatabase
+from bot.store import Database, DatabaseError, PostgresDatabase, SqliteDatabase
 from bot.voice.guilds import GuildSettingsStore, OptOutList
 
 if TYPE_CHECKING:
@@ -91,11 +91,25 @@ class Services:
 
 async def open_store(settings: Settings) -> Database:
     """The database DATABASE_URL names, else the SQLite file in DATA_DIR (raises DatabaseError, one line)."""
+    from bot.store.copy import incomplete_copy
+
+    db: Database
     if settings.database_url:
         # The opt-out key stays out of the database: PRIVACY_KEY_FILE or PRIVACY_KEY (settings insist).
-        return await PostgresDatabase.connect(settings.database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteDatabase(settings.data_dir / SQLITE_NAME)
+        db = await PostgresDatabase.connect(settings.database_url)
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = SqliteDatabase(settings.data_dir / SQLITE_NAME)
+    try:
+        unfinished = await incomplete_copy(db)
+    except BaseException:
+        await db.close()
+        raise
+    if unfinished is not None:  # half a history would look whole to every store: refuse, in one line
+        await db.close()
+        raise DatabaseError(f"{db.describe()} holds an interrupted `voicebot db copy` (from {unfinished}); "
+                            "run the copy again (with --force) or point the bot at the database it came from")
+    return db
 
 
 async def build_services(settings: Settings, *, db: Database | None = None) -> Services:

@@ -227,6 +227,13 @@ def test_interrupted_copy_leaves_the_target_marked_and_refused_until_force(home:
             await db.close()
 
     assert run(marked())
+    # The bot itself refuses to start on the half-copied database, in one line.
+    (home / "half").mkdir()
+    (home / "half" / "voicebot.sqlite3").write_bytes(target.read_bytes())
+    started = subprocess.run([sys.executable, "-m", "bot", "chat"], cwd=home, text=True, capture_output=True,
+                             input="", timeout=120, env=_env(home, {"DATA_DIR": str(home / "half")}))
+    assert started.returncode == 2, started.stderr
+    assert "holds an interrupted `voicebot db copy`" in started.stderr and "Traceback" not in started.stderr
     refused = voicebot(home, "db", "copy", "--from", pg_url, "--to", str(target))
     assert refused.returncode == 2
     assert "interrupted copy" in _one_line(refused, "voicebot db copy")
