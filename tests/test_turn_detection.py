@@ -432,3 +432,21 @@ async def test_a_pause_with_no_speech_in_it_leaves_the_local_session_settled() -
     assert heard == [] and session.participants[1].turn_ends == session.participants[1].speech_ends == 2
     await session.aclose()
     await stt.aclose()
+
+
+async def test_words_heard_when_the_session_closes_are_kept_unanswered() -> None:
+    # A deploy (SIGTERM) closes the session while one person's turn waits to end (a speculative
+    # reply started on it, never adopted): what they said is stored, no reply is; a "forget what I
+    # just said" heard that way is a request, never stored as a remark.
+    engine = EchoEngine(hold=True)
+    stt = ScriptedSTT({1: ["I was thinking about"], 2: ["forget what I just said"]})
+    session, memory, out, heard = make(engine, stt)
+    pause(session, 1)
+    await until(lambda: len(engine.conversations) == 1)
+    pause(session, 2)
+    await until(lambda: all(p.candidate is not None for p in session.participants.values())
+                and len(session.participants) == 2)
+    assert stored(memory) == []
+    await session.aclose()
+    assert stored(memory) == [("user", "I was thinking about")]
+    assert out.played == [] and engine.closed_early == 1

@@ -603,9 +603,16 @@ class VoiceSession:
         self._report("ignored", None)
         self._discard_speculation(turn.user_id)
         # Not for the bot, but part of the room's conversation: the agent should know it was said.
+        self._keep_said(turn)
+
+    def _keep_said(self, turn: PendingTurn) -> None:
+        """Store words no reply will store (not for the bot, dropped, or heard as the session closed)."""
+        from bot.agent.forget import forget_request
+
+        if forget_request(turn.text, getattr(self.agent, "names", ())) is not None:
+            return  # "forget what I just said": a request, never a remark to keep
         self.memory.append(Turn(room=self.room, speaker_id=self.speaker_id(turn.user_id), speaker_name=turn.name,
-                                      role="user", text=turn.text, modality=self.modality,
-                                      created_at=time.time()))
+                                role="user", text=turn.text, modality=self.modality, created_at=time.time()))
 
     def _kick(self) -> None:
         if self._responder is None or self._responder.done():
@@ -640,6 +647,7 @@ class VoiceSession:
             if spec is not None and spec.turn.text == turn.text:  # not a newer turn's
                 self._discard_speculation(turn.user_id)
             self._report("ignored", None)
+            self._keep_said(turn)  # unanswered, still said
 
     def _visible(self, user_id: int) -> frozenset[str] | None:
         if self.visible is None:
@@ -897,6 +905,12 @@ class VoiceSession:
             return
         self._closed = True
         self.out.stop()
+        # Words heard that no reply has stored yet — a turn waiting to end (a speculative reply's too)
+        # and turns queued behind the answer in progress — are kept as said: a process stopping (a
+        # deploy, SIGTERM) must not lose them. The answer in progress stored its turn when it began.
+        unanswered = [p.candidate for p in self.participants.values() if p.candidate is not None]
+        for turn in sorted([*unanswered, *self.policy.drain()], key=lambda t: t.ended_at):
+            self._keep_said(turn)
         for person in self.participants.values():
             if person.confirm is not None:
                 person.confirm.cancel()

@@ -166,6 +166,11 @@ class TurnPolicy:
             return turn
         return None
 
+    def drain(self) -> list[PendingTurn]:
+        """Every waiting turn, oldest first, and an empty queue (the session is closing)."""
+        turns, self._queue = list(self._queue), deque()
+        return turns
+
     def __len__(self) -> int:
         return len(self._queue)
 
