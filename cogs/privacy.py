@@ -133,6 +133,9 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         """Erase everything I remember about you (voice, text, and any linked phone)."""
         user_id = interaction.user.id
         language = self._lang(interaction)  # before forgetting: a DM's learned language goes too
+        # Erasing and scrubbing a large history (PostgreSQL's VACUUM, SQLite's zeroed pages) can take longer
+        # than the 3 s Discord gives an answer: acknowledge first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         manager = self._manager()
         if manager is not None:
             manager.drop_live_state(user_id)
@@ -140,7 +143,7 @@ class PrivacyCog(commands.Cog, name="Privacy"):
         removed = await forget_everything(self.memory, getattr(services, "facts", None), f"discord:{user_id}",
                                           usage=getattr(services, "usage", None))
         log.info("forgot a person", extra={"removed": removed.counts})  # no id: they asked to be forgotten
-        await interaction.response.send_message(forget_message(removed, language), ephemeral=True)
+        await interaction.followup.send(forget_message(removed, language), ephemeral=True)
 
 
 async def setup(bot: VoiceBot) -> None:
