@@ -144,6 +144,12 @@ async def test_a_spoken_turn_is_answered_with_audio_and_counted(rig: Rig) -> Non
     assert [t.text for t in (await rig.services.memory.recent("playground", 10))][0] == "hello there computer"
     # The person at the console is a console identity, which /forget and `voicebot chat` know.
     assert (await rig.services.memory.recent("playground", 10))[0].speaker_id == "console:playground"
+    # Metered like any voice (bot/usage): the recognizer's seconds and the voice's characters, never limited.
+    usage = rig.services.usage
+    assert usage is not None
+    counters = usage.counters
+    assert counters[("speech", "fake")].amount == pytest.approx(1.0)
+    assert counters[("voice", "espeak")].amount >= len(turn["reply"]) - 5
     await ws.close()
 
 

@@ -275,6 +275,12 @@ class Playground:
                                # LANGUAGE decides here: a code, or auto (each utterance in its own)
                                choose_language=None if languages is None else
                                (lambda text, heard: languages.choose(PLACE, text, heard=heard)))
+        if services.usage is not None:  # counted like any voice (the operator's use is never limited)
+            from bot.usage.meter import Who
+            from bot.usage.wiring import guard_session
+
+            guard_session(session, services.usage, who_of=lambda _speaker: Who(person="console:playground"),
+                          person="console:playground")
         self._apply_language(session)
         console.watch(session)
         pending: set[asyncio.Task[None]] = set()
