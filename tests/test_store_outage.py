@@ -53,8 +53,11 @@ async def test_the_bot_keeps_answering_while_postgresql_is_away_and_writes_the_t
         reader = asyncio.create_task(read_log())
 
         async def log_shows(text: str) -> None:
-            async with logged:
-                await asyncio.wait_for(logged.wait_for(lambda: any(text in line for line in log)), DEADLINE)
+            try:
+                async with logged:
+                    await asyncio.wait_for(logged.wait_for(lambda: any(text in line for line in log)), DEADLINE)
+            except TimeoutError:
+                raise AssertionError(f"the bot never logged {text!r}; its log:\n" + "".join(log)[-6000:]) from None
 
         try:
             await _reply(proc)  # the banner and the first prompt

@@ -75,6 +75,11 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        if self._cut:  # cut while this one was being connected upstream: it must not outlive the cut
+            self.refused += 1
+            up_writer.close()
+            writer.close()
+            return
         self.connections += 1
         pair = (writer, up_writer)
         self._pairs.add(pair)
