@@ -8,7 +8,14 @@ credentials it received in the body and the headers. Everything each process pri
 stderr, and for `serve` the TwiML an SMS sender receives) is searched for every 8-character window
 of every secret. `voicebot` runs twice per fault: once against the echoing service as Discord's REST
 API (login fails), once logged in to the loopback Discord (bot/loopback) where Alice mentions it and
-its agent fails: what it posts in the channel is searched too. The 18 processes run at the same time.
+its agent fails: what it posts in the channel is searched too.
+
+The 18 processes overlap, in an order that keeps the machine's cores busy rather than crowded: the
+three `simulate` runs start first (their Deepgram reconnects back off for about 11 s of sleeps), the
+others once each has reached the echoing service as Deepgram (about 4 s of start-up); then `serve`
+and `gateway`, which wait to be texted or mentioned; then `voicebot`, `chat` and `check`, two at a
+time. Started all at once, every process crawled through its start-up together and the back-off came
+after it all.
 
 Coverage: 7 secret settings x 6 runs (5 commands, `voicebot` two ways) x 3 faults = 126 combinations
 searched; in 31 of them the run really sent that secret and had it echoed back (which secrets a run
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import signal
 import threading
 import time
@@ -203,35 +211,59 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
     loops = LoopThread()
     discords: dict[int, tuple[LocalDiscord, ChannelHandle, MemberHandle]] = {}
     try:
+        def prepare(command: str, fault: int) -> CliRun:
+            name = f"{command}-{fault}"
+            port = free_port()
+            args: tuple[str, ...] = ("--speak", f"Alice={wav}") if command == "simulate" else ()
+            settings = settings_for(base, command, name, fault, port)
+            if command == "gateway":
+                discords[fault] = loops.run(_open_discord())  # type: ignore[assignment]
+                settings.update(DISCORD_API_BASE=discords[fault][0].api_base,
+                                DISCORD_CA_FILE=str(discords[fault][0].ca_file))
+            run = CliRun("run" if command == "gateway" else command, root / name, settings, args=args,
+                         stdin="hello, are you there?\n/quit\n")
+            runs[(command, fault)] = (run, port)
+            return run
+
         for fault in FAULTS:
             for command in COMMANDS:
-                name = f"{command}-{fault}"
-                port = free_port()
-                args: tuple[str, ...] = ("--speak", f"Alice={wav}") if command == "simulate" else ()
-                settings = settings_for(base, command, name, fault, port)
-                if command == "gateway":
-                    discords[fault] = loops.run(_open_discord())  # type: ignore[assignment]
-                    settings.update(DISCORD_API_BASE=discords[fault][0].api_base,
-                                    DISCORD_CA_FILE=str(discords[fault][0].ca_file))
-                run = CliRun("run" if command == "gateway" else command, root / name, settings, args=args,
-                             stdin="hello, are you there?\n/quit\n")
-                runs[(command, fault)] = (run.start(), port)
+                prepare(command, fault)
         results: dict[tuple[str, int], Outcome] = {}
-        for (command, fault), (run, port) in runs.items():
-            extra = ""
-            people: tuple[str, ...] = ()
-            assert run.proc is not None
-            if command == "serve":
-                _wait_listening(port, run)
-                extra = _text_the_bot(port)
-                people = (TEXTER, TEXTER[1:])
-                run.proc.send_signal(signal.SIGTERM)
-            elif command == "gateway":
-                extra = str(loops.run(_mention_and_wait(*discords[fault]), timeout=180))
-                run.proc.send_signal(signal.SIGINT)
-            finished = run.finish(timeout=180)
+
+        def outcome(command: str, fault: int, extra: str = "", people: tuple[str, ...] = ()) -> None:
+            finished = runs[(command, fault)][0].finish(timeout=180)
             results[(command, fault)] = Outcome(command, fault, f"{command}-{fault}", finished, extra,
                                                 echo.credentials(f"{command}-{fault}"), people)
+
+        # The order (the module docstring): simulate, then serve and gateway, then the rest two at a time.
+        for fault in FAULTS:
+            runs[("simulate", fault)][0].start()
+        for fault in FAULTS:
+            simulating = runs[("simulate", fault)][0]
+            echo.wait_for_request(f"simulate-{fault}", gone=lambda run=simulating: run.proc is None
+                                  or run.proc.poll() is not None)
+        waiting = [key for key in runs if key[0] in ("serve", "gateway")]
+        for key in waiting:
+            runs[key][0].start()
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="secrets-runs") as pool:
+            by_themselves = [pool.submit(lambda key=key: (runs[key][0].start(), outcome(*key)))
+                             for key in runs if key[0] in ("run", "chat", "check")]
+            for command, fault in waiting:
+                run, port = runs[(command, fault)]
+                assert run.proc is not None
+                if command == "serve":
+                    _wait_listening(port, run)
+                    extra = _text_the_bot(port)
+                    run.proc.send_signal(signal.SIGTERM)
+                    outcome(command, fault, extra, (TEXTER, TEXTER[1:]))
+                else:
+                    extra = str(loops.run(_mention_and_wait(*discords[fault]), timeout=180))
+                    run.proc.send_signal(signal.SIGINT)
+                    outcome(command, fault, extra)
+            for future in by_themselves:
+                future.result()
+        for fault in FAULTS:
+            outcome("simulate", fault)
         yield results
     finally:
         for run, _ in runs.values():

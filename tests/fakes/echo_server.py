@@ -7,7 +7,8 @@ sent, whole and masked as OpenAI masks a wrong key (first 16 and last 4 characte
 ``Authorization`` header (and, for Basic, its decoded ``user:password``), ``xi-api-key``,
 ``Token``/``Bearer`` values, the query string. The same values come back in response headers.
 Retry hints are tiny so clients' retries end at once. Requests are recorded per ``run`` so a test
-knows which credentials each command actually sent (and had echoed back).
+knows which credentials each command actually sent (and had echoed back), and can wait for a run's
+first request (:meth:`EchoServer.wait_for_request`).
 
 It serves any HTTP client and refuses WebSocket handshakes (Deepgram) the same way. It runs in a
 thread of its own so tests can drive subprocesses against it.
@@ -19,7 +20,9 @@ import asyncio
 import base64
 import binascii
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -55,7 +58,9 @@ class EchoServer:
     def __init__(self) -> None:
         self.base_url = ""
         self.seen: dict[str, list[str]] = defaultdict(list)  # run -> credentials received
+        self.requests: dict[str, int] = defaultdict(int)  # run -> requests answered
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="echo-server", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -78,11 +83,26 @@ class EchoServer:
         with self._lock:
             return list(self.seen.get(run, ()))
 
+    def wait_for_request(self, run: str, *, gone: Callable[[], bool] = lambda: False,
+                         timeout: float = 120.0) -> None:
+        """Return as soon as ``run`` has sent a request (woken by the request itself); raise if
+        ``gone()`` becomes true first (the client exited) or ``timeout`` passes (a failure guard)."""
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while not self.requests.get(run):
+                if gone():
+                    raise AssertionError(f"{run} exited before it sent a request")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{run} sent no request in {timeout} s")
+                self._answered.wait(0.5)  # woken by the request; the 0.5 s only re-checks gone()
+
     async def _answer(self, request: web.Request) -> web.Response:
         status = int(request.match_info["status"])
         creds = _credentials(request)
-        with self._lock:
+        with self._answered:
             self.seen[request.match_info["run"]].extend(creds)
+            self.requests[request.match_info["run"]] += 1
+            self._answered.notify_all()
         # Whole, and masked the way OpenAI quotes a wrong key (its first 16 and last 4 characters).
         masked = [f"{c[:16]}{'*' * 8}{c[-4:]}" for c in creds if len(c) > 24]
         echo = " | ".join([*creds, *masked]) or "(none)"
