@@ -48,3 +48,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     if call.excinfo is not None and "Timeout" in str(call.excinfo.value):
         outcome.get_result().sections.append(("asyncio tasks at the timeout", _asyncio_task_stacks()))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # `-n auto`: most of the suite waits on real time (audio paced as people speak, real processes
+    # starting, the real clients' retry back-offs) rather than computing, so half again as many
+    # workers as cores keeps the cores busy; the tests themselves never depend on the machine's speed.
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores + cores // 2)
