@@ -197,6 +197,8 @@ class FakeOpenAI:
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._record(request)
+        except ConnectionResetError:  # the client gave up mid-body (a question's vector no longer wanted)
+            return web.Response(status=499)
         except ValueError:
             return self._error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
         if (err := self._auth_error(request)) is not None:
@@ -223,6 +225,8 @@ class FakeOpenAI:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._record(request)
+        except ConnectionResetError:  # the client gave up mid-body (a speculative reply thrown away)
+            return web.Response(status=499)
         except json.JSONDecodeError:
             return self._error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
         if (err := self._auth_error(request)) is not None:
