@@ -209,12 +209,7 @@ class Memory:
                     self._report()
                     failed = True
                 else:
-                    for rec, new_id in zip(batch, ids):
-                        rec.id = new_id
-                    for _ in batch:
-                        self._pending.popleft()
-                    self.written += len(batch)
-                    self._tell(batch)
+                    self._written(batch, ids)
                     failed = False
                     if self.away_since is not None:
                         log.warning("The database takes turns again after %.1f s; %d still queued, %d dropped",
@@ -383,14 +378,17 @@ class Memory:
         """Store every queued turn now (the caller holds the write lock)."""
         while self._pending:
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
-            ids = await self._store(batch)
-            for rec, new_id in zip(batch, ids):
-                rec.id = new_id
-            for _ in batch:
-                self._pending.popleft()
-            self.written += len(batch)
-            self._tell(batch)
+            self._written(batch, await self._store(batch))
         self._idle.set()
+
+    def _written(self, batch: list[_Rec], ids: list[int]) -> None:
+        """``batch``, the head of the queue, is stored with ``ids``: off the queue, and told to listeners."""
+        for rec, new_id in zip(batch, ids):
+            rec.id = new_id
+        for _ in batch:
+            self._pending.popleft()
+        self.written += len(batch)
+        self._tell(batch)
 
     async def forget_turn(self, room: str, speaker_id: str, text: str, since: float) -> bool:
         """Delete the latest user turn matching exactly (a reply being redone after a crash stores it again)."""
