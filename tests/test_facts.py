@@ -23,8 +23,8 @@ from bot.facts import FactsService, build_facts
 from bot.facts.extract import SourceTurn, build_request, parse_answer
 from bot.memory import Memory, Modality, Turn, private_rooms
 from bot.settings import load_settings
-from bot.store import PostgresDatabase, SqliteDatabase
 from bot.store import Database as Store
+from tests.backends import store_db  # noqa: F401
 from tests.fakes.fact_model import FactRule, ScriptedFactModel
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -99,14 +99,9 @@ async def make_rig(tmp_path: Path, store: Store, **env: str) -> Rig:
     return Rig(fake, model, memory, store, agent, facts, clock)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        store: Store = SqliteDatabase(tmp_path / "voicebot.sqlite3")
-    else:
-        store = await PostgresDatabase.connect(request.getfixturevalue("pg_url"))
-    yield store
-    await store.close()
+@pytest.fixture
+def backend(store_db: Store) -> Store:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 @pytest.fixture

@@ -3,15 +3,14 @@ searching inside the audience, the ranker's signals, removal."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from bot.memory import Modality, Turn
 from bot.recall import Audience, Recall
-from bot.store import Database, PostgresDatabase, SqliteDatabase
+from bot.store import Database
+from tests.backends import store_db  # noqa: F401
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -20,16 +19,9 @@ OTHER_CHANNEL = "discord:100:201"
 OTHER_GUILD = "discord:900:901"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "recall.sqlite3")
-    else:
-        database = await PostgresDatabase.connect(request.getfixturevalue("pg_url"))
-    try:
-        yield database
-    finally:
-        await database.close()
+@pytest.fixture
+def db(store_db: Database) -> Database:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 def turn(room: str, who: str, name: str, text: str, when: float, role: str = "user") -> Turn:

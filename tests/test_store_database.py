@@ -8,16 +8,12 @@ import pytest
 
 from bot.store import Database, DatabaseError, IntegrityError, PostgresDatabase, SqliteDatabase, open_database
 from bot.store.database import _numbered, redact_url
+from tests.backends import store_db  # noqa: F401
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path) -> object:
-    if request.param == "sqlite":
-        database: Database = SqliteDatabase(tmp_path / "t.sqlite3")
-    else:
-        database = await open_database(request.getfixturevalue("pg_url"))
-    yield database
-    await database.close()
+@pytest.fixture
+def db(store_db: Database) -> Database:  # noqa: F811  (tests/backends: a fresh SQLite file, then PostgreSQL)
+    return store_db
 
 
 STEPS = [
