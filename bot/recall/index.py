@@ -544,23 +544,23 @@ class Recall:
         if not plan.terms and plan.when is None:
             return []
         question: asyncio.Task[Any] | None = None
+        # The question's vector is made while the index is read (an embeddings endpoint's round trip
+        # overlaps the queries); a search waits for it at most QUERY_EMBED_SHARE of the budget.
+        vector_deadline = time.monotonic() + self.config.budget_ms / 1000.0 * QUERY_EMBED_SHARE
         if self.embedder is not None and not lexical_only:
-            # The question's vector is made while the index is read (an embeddings endpoint's round trip
-            # overlaps the queries); a search waits for it at most QUERY_EMBED_SHARE of the budget.
-            started = time.monotonic()
             question = asyncio.get_running_loop().create_task(
                 self.embedder.embed([query], who=_who(identities, place)), name="recall-question-vector")
             question.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             return await self._search(query, plan, identities, scope, place, limit, kinds, now, lexical_only,
-                                       question, started if question is not None else 0.0)
+                                       question, vector_deadline)
         finally:
             if question is not None and not question.done():
                 question.cancel()
 
     async def _search(self, query: str, plan: ranker.Plan, identities: set[str], scope: Scope, place: str,
                       limit: int, kinds: Sequence[str] | None, now: float, lexical_only: bool,
-                      question: asyncio.Task[Any] | None, started: float) -> list[Hit]:
+                      question: asyncio.Task[Any] | None, vector_deadline: float) -> list[Hit]:
         rooms = sorted(scope.rooms) + ([""] if scope.everyone else [])
         kind_list = list(kinds) if kinds else None
         candidates: dict[int, Hit] = {}
@@ -584,8 +584,8 @@ class Recall:
             return []
         semantic: dict[int, float] | None = None
         if question is not None:
-            wait = self.config.budget_ms / 1000.0 * QUERY_EMBED_SHARE - (time.monotonic() - started)
-            semantic = await self._similarity(question, [*candidates.values(), *neighbours], wait)
+            semantic = await self._similarity(question, [*candidates.values(), *neighbours],
+                                              vector_deadline - time.monotonic())
         ranked = ranker.rank(plan, list(candidates.values()), neighbours, identities=identities, now=now,
                              semantic=semantic)
         return ranked[:limit]

@@ -34,6 +34,7 @@ from audio.stt.base import STTEngine, STTError, STTStream, Transcript
 from audio.stt.invented import InventedTextFilter
 from audio.tts.base import AudioFormat, TTSEngine, TTSError, VoiceSpec
 from bot.agent import Agent, AgentError, Incoming, Reply
+from bot.agent.forget import forget_request
 from bot.i18n.places import Choice
 from bot.i18n.voices import speaks, voice_for_language
 from bot.memory import Memory, Modality, Turn
@@ -607,8 +608,6 @@ class VoiceSession:
 
     def _keep_said(self, turn: PendingTurn) -> None:
         """Store words no reply will store (not for the bot, dropped, or heard as the session closed)."""
-        from bot.agent.forget import forget_request
-
         if forget_request(turn.text, getattr(self.agent, "names", ())) is not None:
             return  # "forget what I just said": a request, never a remark to keep
         self.memory.append(Turn(room=self.room, speaker_id=self.speaker_id(turn.user_id), speaker_name=turn.name,
