@@ -33,16 +33,16 @@ search at a time).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import contextlib
+import dataclasses
 import json
 import random
 import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,6 @@ from bot.memory import Modality, Turn
 from bot.recall import Audience, Recall, RecallConfig
 from bot.store import Database, PostgresDatabase, SqliteDatabase
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GUILD = "1"
 ASKER = "discord:999999999"
 
@@ -197,29 +196,21 @@ async def fill(recall: Recall, filler: Filler, upto: int, *, deadline: float, ba
     return have
 
 
-async def _open(backend: str, where: Path) -> tuple[Database, str | None]:
-    if backend == "sqlite":
-        return SqliteDatabase(where / "bench-memory.sqlite3"), None
-    import asyncpg
+@contextlib.asynccontextmanager
+async def _opened(backend: str, where: Path) -> AsyncIterator[Database]:
+    """The backend's database for one run: a SQLite file in ``where``, or a scratch PostgreSQL database
+    (bench.store_voice.fresh_postgres: created, then dropped)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "sqlite":
+            db: Database = SqliteDatabase(where / "bench-memory.sqlite3")
+        else:
+            from bench.store_voice import fresh_postgres
 
-    name = f"vb_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    finally:
-        await admin.close()
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    return await PostgresDatabase.connect(url), name
-
-
-async def _drop(name: str) -> None:
-    import asyncpg
-
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+            db = await PostgresDatabase.connect(await stack.enter_async_context(fresh_postgres()))
+        try:
+            yield db
+        finally:
+            await db.close()
 
 
 async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[int], max_seconds: float,
@@ -227,8 +218,7 @@ async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[in
     result: dict[str, Any] = {"backends": {}, "scale": {}}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         for backend in backends:
-            db, pg_name = await _open(backend, Path(tmp))
-            try:
+            async with _opened(backend, Path(tmp)) as db:
                 recall = Recall(db)
                 await recall.start()
                 loaded = await load(recall, data)
@@ -257,10 +247,6 @@ async def run(data: dict[str, Any], backends: Sequence[str], scales: Sequence[in
                         break
                 if sizes:
                     result["scale"][backend] = sizes
-            finally:
-                await db.close()
-                if pg_name is not None:
-                    await _drop(pg_name)
     first = result["backends"][backends[0]]
     result.update({  # the issue's top-level figures: the first backend's ranker
         "recall_at_5": first["ranker"]["recall_at_5"], "recall_at_10": first["ranker"]["recall_at_10"],
